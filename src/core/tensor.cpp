@@ -88,6 +88,7 @@ TensorView::TensorView(void* data, Dtype dtype, const Shape& shape, const Stride
 }
 
 bool TensorView::is_contiguous() const {
+  if (numel_ == 0) return true;  // nothing is addressed
   int64_t expected = 1;
   for (int i = ndim() - 1; i >= 0; --i) {
     if (shape_[i] == 1) continue;

@@ -22,6 +22,8 @@ int64_t ConvertDesc::numel() const { return lowbit::numel(shape); }
 
 namespace {
 bool strides_contiguous(const Shape& shape, const Strides& strides) {
+  for (int64_t d : shape)
+    if (d == 0) return true;  // an empty tensor addresses nothing
   int64_t expected = 1;
   for (int i = shape.size() - 1; i >= 0; --i) {
     if (shape[i] == 1) continue;
