@@ -80,7 +80,8 @@ class Stream {
   void synchronize() const;
 
  private:
-  Stream(Device device, void* handle, bool owned) : device_(device), handle_(handle), owned_(owned) {}
+  Stream(Device device, void* handle, bool owned)
+      : device_(device), handle_(handle), owned_(owned) {}
   Device device_ = Device::cpu();
   void* handle_ = nullptr;
   bool owned_ = false;

@@ -36,7 +36,7 @@ struct DtypeTraits {
   uint8_t bits;            ///< bits per element
   bool is_signed;
   bool is_float;
-  uint8_t per_byte;        ///< elements per byte: 2 for packed 4-bit types, else 1
+  uint8_t per_byte;  ///< elements per byte: 2 for packed 4-bit types, else 1
 };
 
 // One row per Dtype, in enum order (checked below).

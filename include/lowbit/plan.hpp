@@ -26,22 +26,22 @@ std::string_view to_string(Backend backend);
 
 /// A kernel's identity: enough to tell two kernels (and two instantiations) apart.
 struct KernelSku {
-  std::string op;       ///< "convert"
+  std::string op;  ///< "convert"
   Backend backend = Backend::cpu;
-  std::string dtypes;   ///< "f32->bf16"
-  std::string scheme;   ///< quantization scheme text, "" if the op has none
-  std::string arch;     ///< "generic", "avx512", "sm_90", ...
-  std::string kernel;   ///< "convert_cuda_vec16"
+  std::string dtypes;  ///< "f32->bf16"
+  std::string scheme;  ///< quantization scheme text, "" if the op has none
+  std::string arch;    ///< "generic", "avx512", "sm_90", ...
+  std::string kernel;  ///< "convert_cuda_vec16"
   /// "convert/cuda/f32->bf16/sm_90/convert_cuda_vec16" (scheme inserted when present).
   std::string str() const;
 };
 
 /// What a kernel promises about its numbers.
 struct PrecisionGuarantee {
-  std::string math;                   ///< e.g. "exact: one RNE rounding per element"
-  std::optional<Dtype> accumulator;   ///< the accumulation dtype of reductions, if any
-  bool deterministic = true;          ///< same inputs give the same bits on every run
-  bool bit_stable = true;             ///< bit-identical to the op's reference kernel
+  std::string math;                  ///< e.g. "exact: one RNE rounding per element"
+  std::optional<Dtype> accumulator;  ///< the accumulation dtype of reductions, if any
+  bool deterministic = true;         ///< same inputs give the same bits on every run
+  bool bit_stable = true;            ///< bit-identical to the op's reference kernel
   std::string str() const;
 };
 

@@ -22,7 +22,8 @@ void* allocate(int device, std::size_t bytes, void* stream);
 void release(int device, void* ptr, void* stream) noexcept;
 /// cudaMemcpyAsync(kind = default, unified addressing) on `stream`; synchronous if
 /// `synchronize` is set.
-void copy(int device, void* dst, const void* src, std::size_t bytes, void* stream, bool synchronize);
+void copy(int device, void* dst, const void* src, std::size_t bytes, void* stream,
+          bool synchronize);
 void memset(int device, void* dst, int byte, std::size_t bytes, void* stream, bool synchronize);
 /// Throws Error(device_error) if the last kernel launch failed.
 void check_last_launch(const char* what);

@@ -4,13 +4,20 @@ namespace lowbit {
 
 std::string_view to_string(ErrorCode code) {
   switch (code) {
-    case ErrorCode::invalid_argument: return "invalid_argument";
-    case ErrorCode::unsupported: return "unsupported";
-    case ErrorCode::out_of_memory: return "out_of_memory";
-    case ErrorCode::device_error: return "device_error";
-    case ErrorCode::io_error: return "io_error";
-    case ErrorCode::corrupt_file: return "corrupt_file";
-    case ErrorCode::internal: return "internal";
+    case ErrorCode::invalid_argument:
+      return "invalid_argument";
+    case ErrorCode::unsupported:
+      return "unsupported";
+    case ErrorCode::out_of_memory:
+      return "out_of_memory";
+    case ErrorCode::device_error:
+      return "device_error";
+    case ErrorCode::io_error:
+      return "io_error";
+    case ErrorCode::corrupt_file:
+      return "corrupt_file";
+    case ErrorCode::internal:
+      return "internal";
   }
   return "unknown";
 }

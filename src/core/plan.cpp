@@ -10,8 +10,10 @@ namespace lowbit {
 
 std::string_view to_string(Backend backend) {
   switch (backend) {
-    case Backend::cpu: return "cpu";
-    case Backend::cuda: return "cuda";
+    case Backend::cpu:
+      return "cpu";
+    case Backend::cuda:
+      return "cuda";
   }
   return "unknown";
 }
@@ -47,9 +49,10 @@ bool verbose(std::string_view category) {
 
 void log_dispatch(std::string_view op, const std::string& desc, std::string_view chosen,
                   const KernelSku& sku, const std::vector<Declined>& declined) {
-  std::string line = fmt::format("[lowbit dispatch] {} {}: chose {} ({})", op, desc, chosen,
-                                 sku.str());
-  for (const Declined& d : declined) line += fmt::format("\n    declined {}: {}", d.kernel, d.reason);
+  std::string line =
+      fmt::format("[lowbit dispatch] {} {}: chose {} ({})", op, desc, chosen, sku.str());
+  for (const Declined& d : declined)
+    line += fmt::format("\n    declined {}: {}", d.kernel, d.reason);
   std::fprintf(stderr, "%s\n", line.c_str());
 }
 

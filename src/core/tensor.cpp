@@ -42,7 +42,8 @@ int64_t numel(const Shape& shape) {
   int64_t n = 1;
   for (int64_t d : shape) {
     if (d < 0)
-      throw_error(ErrorCode::invalid_argument, fmt::format("shape {} has a negative extent", shape.str()));
+      throw_error(ErrorCode::invalid_argument,
+                  fmt::format("shape {} has a negative extent", shape.str()));
     if (d != 0 && n > INT64_MAX / d)
       throw_error(ErrorCode::invalid_argument,
                   fmt::format("shape {}: element count overflows int64", shape.str()));
@@ -80,7 +81,8 @@ TensorView::TensorView(void* data, Dtype dtype, const Shape& shape, const Stride
   numel_ = lowbit::numel(shape);
   if (numel_ > 0 && data == nullptr)
     throw_error(ErrorCode::invalid_argument,
-                fmt::format("null data for a non-empty {} tensor of shape {}", dtype_name(dtype), shape.str()));
+                fmt::format("null data for a non-empty {} tensor of shape {}", dtype_name(dtype),
+                            shape.str()));
   if (is_packed(dtype) && !is_contiguous())
     throw_error(ErrorCode::invalid_argument,
                 fmt::format("packed dtype {} needs a contiguous view, got strides {} for shape {}",
@@ -114,12 +116,15 @@ std::string TensorView::str() const {
 
 TensorView TensorView::slice(int dim, int64_t begin, int64_t end, int64_t step) const {
   if (dim < 0 || dim >= ndim())
-    throw_error(ErrorCode::invalid_argument, fmt::format("slice: dim {} out of range for {}", dim, str()));
+    throw_error(ErrorCode::invalid_argument,
+                fmt::format("slice: dim {} out of range for {}", dim, str()));
   if (step < 1 || begin < 0 || end < begin || end > shape_[dim])
     throw_error(ErrorCode::invalid_argument,
-                fmt::format("slice: [{}:{}:{}] out of range for dim {} of {}", begin, end, step, dim, str()));
+                fmt::format("slice: [{}:{}:{}] out of range for dim {} of {}", begin, end, step,
+                            dim, str()));
   if (is_packed(dtype_))
-    throw_error(ErrorCode::invalid_argument, fmt::format("slice of packed dtype {}", dtype_name(dtype_)));
+    throw_error(ErrorCode::invalid_argument,
+                fmt::format("slice of packed dtype {}", dtype_name(dtype_)));
   Shape shape = shape_;
   shape[dim] = (end - begin + step - 1) / step;
   Strides strides = strides_;
@@ -221,7 +226,8 @@ void copy_strided_cpu(const TensorView& dst, const TensorView& src) {
 
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, int64_t bytes,
                 const Stream* stream) {
-  if (bytes < 0) throw_error(ErrorCode::invalid_argument, fmt::format("copy_bytes: negative size {}", bytes));
+  if (bytes < 0)
+    throw_error(ErrorCode::invalid_argument, fmt::format("copy_bytes: negative size {}", bytes));
   if (bytes == 0) return;
   check_device(dst_device);
   check_device(src_device);
@@ -237,11 +243,11 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
 void copy(const TensorView& dst, const TensorView& src, const Stream* stream) {
   if (dst.dtype() != src.dtype())
     throw_error(ErrorCode::invalid_argument,
-                fmt::format("copy: dst dtype {} != src dtype {} (use convert)", dtype_name(dst.dtype()),
-                            dtype_name(src.dtype())));
+                fmt::format("copy: dst dtype {} != src dtype {} (use convert)",
+                            dtype_name(dst.dtype()), dtype_name(src.dtype())));
   if (!(dst.shape() == src.shape()))
-    throw_error(ErrorCode::invalid_argument,
-                fmt::format("copy: dst shape {} != src shape {}", dst.shape().str(), src.shape().str()));
+    throw_error(ErrorCode::invalid_argument, fmt::format("copy: dst shape {} != src shape {}",
+                                                         dst.shape().str(), src.shape().str()));
   if (src.numel() == 0) return;
   if (src.is_contiguous() && dst.is_contiguous()) {
     copy_bytes(dst.data(), dst.device(), src.data(), src.device(),
@@ -259,7 +265,8 @@ void copy(const TensorView& dst, const TensorView& src, const Stream* stream) {
 
 void fill_bytes(const TensorView& dst, uint8_t byte, const Stream* stream) {
   if (!dst.is_contiguous())
-    throw_error(ErrorCode::invalid_argument, fmt::format("fill_bytes: {} is not contiguous", dst.str()));
+    throw_error(ErrorCode::invalid_argument,
+                fmt::format("fill_bytes: {} is not contiguous", dst.str()));
   const int64_t bytes = storage_bytes(dst.dtype(), dst.numel());
   if (bytes == 0) return;
   if (dst.device().is_cpu()) {
@@ -267,7 +274,8 @@ void fill_bytes(const TensorView& dst, uint8_t byte, const Stream* stream) {
     return;
   }
   void* s = stream && stream->device().is_cuda() ? stream->native_handle() : nullptr;
-  cuda_rt::memset(dst.device().index, dst.data(), byte, static_cast<size_t>(bytes), s, s == nullptr);
+  cuda_rt::memset(dst.device().index, dst.data(), byte, static_cast<size_t>(bytes), s,
+                  s == nullptr);
 }
 
 }  // namespace lowbit

@@ -124,7 +124,8 @@ void release(int device, void* ptr, void* stream) noexcept {
   cudaFreeAsync(ptr, static_cast<cudaStream_t>(stream));
 }
 
-void copy(int device, void* dst, const void* src, std::size_t bytes, void* stream, bool synchronize) {
+void copy(int device, void* dst, const void* src, std::size_t bytes, void* stream,
+          bool synchronize) {
   use_device(device);
   auto s = static_cast<cudaStream_t>(stream);
   check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, s), "cudaMemcpyAsync");

@@ -6,8 +6,9 @@
 namespace lowbit::cuda_rt {
 namespace {
 [[noreturn]] void no_cuda(const char* what) {
-  throw_error(ErrorCode::unsupported,
-              std::string(what) + ": lowbit was built without CUDA (configure with LOWBIT_CUDA=ON)");
+  throw_error(
+      ErrorCode::unsupported,
+      std::string(what) + ": lowbit was built without CUDA (configure with LOWBIT_CUDA=ON)");
 }
 }  // namespace
 

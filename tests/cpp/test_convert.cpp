@@ -27,9 +27,9 @@ struct LayoutCase {
 };
 
 const LayoutCase kLayouts[] = {
-    {"1", "contiguous"},     {"7", "contiguous"},      {"4099", "contiguous"},
-    {"0", "contiguous"},     {"3x0x5", "contiguous"},  {"2x3x257", "contiguous"},
-    {"33x17", "transposed"}, {"9x4099", "sliced"},     {"5x7x3", "transposed"},
+    {"1", "contiguous"},     {"7", "contiguous"},     {"4099", "contiguous"},
+    {"0", "contiguous"},     {"3x0x5", "contiguous"}, {"2x3x257", "contiguous"},
+    {"33x17", "transposed"}, {"9x4099", "sliced"},    {"5x7x3", "transposed"},
 };
 
 /// Memory for a view of `shape` with `layout`: a contiguous base buffer and the view in it.
@@ -90,10 +90,10 @@ TEST(Convert, EveryKernelMatchesReferenceOnEveryBackend) {
           if (!layout_allows(lc.layout, src_dtype, dst_dtype)) continue;
           for (Saturation sat : {Saturation::none, Saturation::finite}) {
             const Shape shape = testing::parse_shape(lc.shape);
-            const std::string name = fmt::format("convert src={} dst={} shape={} layout={} sat={} on {}",
-                                                 dtype_name(src_dtype), dtype_name(dst_dtype), lc.shape,
-                                                 lc.layout, sat == Saturation::finite ? "finite" : "none",
-                                                 device.str());
+            const std::string name =
+                fmt::format("convert src={} dst={} shape={} layout={} sat={} on {}",
+                            dtype_name(src_dtype), dtype_name(dst_dtype), lc.shape, lc.layout,
+                            sat == Saturation::finite ? "finite" : "none", device.str());
             SCOPED_TRACE(name);
             // The source base buffer, random bits (for "transposed" the base is the
             // transposed shape; for "sliced" twice as many rows).
@@ -112,8 +112,8 @@ TEST(Convert, EveryKernelMatchesReferenceOnEveryBackend) {
                 probe = ConvertDesc::for_views(d.view, s.view, sat);
               }
               if (!k->decline(probe).empty()) continue;
-              const Tensor actual =
-                  run_on(std::string(k->name()), device, host_src.base, shape, dst_dtype, lc.layout, sat);
+              const Tensor actual = run_on(std::string(k->name()), device, host_src.base, shape,
+                                           dst_dtype, lc.layout, sat);
               const std::string diff = compare_bytes(expected, actual);
               EXPECT_TRUE(diff.empty()) << k->name() << ": " << diff;
               ++runs[std::string(k->name()) + "@" + device.str()];
@@ -123,7 +123,8 @@ TEST(Convert, EveryKernelMatchesReferenceOnEveryBackend) {
       }
     }
   }
-  for (const auto& [kernel, count] : runs) std::printf("  %-28s ran %d cases\n", kernel.c_str(), count);
+  for (const auto& [kernel, count] : runs)
+    std::printf("  %-28s ran %d cases\n", kernel.c_str(), count);
   // A kernel that declined everything would make this test pass vacuously.
   EXPECT_GT(runs["convert_simd@cpu"], 100) << "the SIMD kernel ran on too few cases";
   if (cuda_device_count() > 0) {
@@ -137,16 +138,16 @@ TEST(Convert, LargeRandomContiguousOnEveryBackend) {
   // One large tensor per common pair through the public one-liner (the plan select()
   // would pick), against the reference.
   auto rng = testing::make_rng(2);
-  const std::pair<Dtype, Dtype> pairs[] = {{Dtype::f32, Dtype::bf16},    {Dtype::bf16, Dtype::f8e4m3fn},
-                                           {Dtype::f32, Dtype::f16},     {Dtype::f16, Dtype::f32},
-                                           {Dtype::bf16, Dtype::f4e2m1}, {Dtype::f32, Dtype::e8m0}};
+  const std::pair<Dtype, Dtype> pairs[] = {
+      {Dtype::f32, Dtype::bf16}, {Dtype::bf16, Dtype::f8e4m3fn}, {Dtype::f32, Dtype::f16},
+      {Dtype::f16, Dtype::f32},  {Dtype::bf16, Dtype::f4e2m1},   {Dtype::f32, Dtype::e8m0}};
   for (Device device : testing::test_devices()) {
     for (auto [s, d] : pairs) {
       SCOPED_TRACE(fmt::format("{}->{} on {}", dtype_name(s), dtype_name(d), device.str()));
       const Shape shape{(1 << 20) + 3};
       const Tensor src_host = testing::random_tensor(shape, s, rng);
-      const Tensor expected =
-          run_on("convert_reference", Device::cpu(), src_host, shape, d, "contiguous", Saturation::none);
+      const Tensor expected = run_on("convert_reference", Device::cpu(), src_host, shape, d,
+                                     "contiguous", Saturation::none);
       const Tensor src_dev = testing::to_device(src_host, device);
       const Tensor dst_dev = Tensor::empty(shape, d, device);
       fill_bytes(dst_dev, kPoison);
@@ -170,24 +171,35 @@ TEST(Convert, BadArgumentsGiveClearErrors) {
       EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
     }
   };
-  expect_error([&] { convert(i8, a); }, ErrorCode::invalid_argument, "dst dtype i8 is not a float dtype");
+  expect_error([&] { convert(i8, a); }, ErrorCode::invalid_argument,
+               "dst dtype i8 is not a float dtype");
   // A plan made for one shape refuses another.
   const ConvertPlan plan = ConvertPlan::select(ConvertDesc::for_views(b, a));
-  expect_error([&] { plan.run(Stream(), {}, {a, c}); }, ErrorCode::invalid_argument,
-               "dst.shape [7] != planned [8]");
-  expect_error([&] { plan.can_implement({a, TensorView(a.data(), Dtype::bf16, {8})}); },
-               ErrorCode::invalid_argument, "dst overlaps src");
+  expect_error(
+      [&] {
+        plan.run(Stream(), {}, {a, c});
+      },
+      ErrorCode::invalid_argument, "dst.shape [7] != planned [8]");
+  expect_error(
+      [&] {
+        plan.can_implement({a, TensorView(a.data(), Dtype::bf16, {8})});
+      },
+      ErrorCode::invalid_argument, "dst overlaps src");
   // Broadcast (stride-0) outputs would write one element many times.
-  expect_error([&] { convert(TensorView(b.data(), Dtype::bf16, {8}, {0}), a); }, ErrorCode::invalid_argument,
-               "dst stride 0 on dim 0");
+  expect_error([&] { convert(TensorView(b.data(), Dtype::bf16, {8}, {0}), a); },
+               ErrorCode::invalid_argument, "dst stride 0 on dim 0");
   // A CUDA device that is not there.
-  expect_error([&] { convert(TensorView(b.data(), Dtype::bf16, {8}, Device::cuda(7)),
-                             TensorView(a.data(), Dtype::f32, {8}, Device::cuda(7))); },
-               ErrorCode::invalid_argument, "cuda:7 does not exist");
+  expect_error(
+      [&] {
+        convert(TensorView(b.data(), Dtype::bf16, {8}, Device::cuda(7)),
+                TensorView(a.data(), Dtype::f32, {8}, Device::cuda(7)));
+      },
+      ErrorCode::invalid_argument, "cuda:7 does not exist");
   // Only the named kernel may be chosen; an unknown name lists why each declined.
   Preference pref;
   pref.kernel = "no_such_kernel";
-  expect_error([&] { ConvertPlan::select(ConvertDesc::for_views(b, a), pref); }, ErrorCode::unsupported,
+  expect_error([&] { ConvertPlan::select(ConvertDesc::for_views(b, a), pref); },
+               ErrorCode::unsupported,
                "convert_reference: not the requested kernel 'no_such_kernel'");
 }
 
@@ -199,7 +211,8 @@ TEST(Convert, PlanReportsSkuPrecisionAndDispatchLog) {
   const ConvertPlan plan = ConvertPlan::select(ConvertDesc::for_views(b, a));
   const std::string log = ::testing::internal::GetCapturedStderr();
   unsetenv("LOWBIT_VERBOSE");
-  EXPECT_NE(log.find("[lowbit dispatch] convert f32->bf16 [4099] on cpu: chose"), std::string::npos) << log;
+  EXPECT_NE(log.find("[lowbit dispatch] convert f32->bf16 [4099] on cpu: chose"), std::string::npos)
+      << log;
   EXPECT_EQ(plan.sku().op, "convert");
   EXPECT_EQ(plan.sku().backend, Backend::cpu);
   EXPECT_TRUE(plan.precision().bit_stable);
@@ -213,7 +226,8 @@ TEST(Convert, PlanReportsSkuPrecisionAndDispatchLog) {
   // Strided views fall through to a kernel that handles them.
   Tensor m = Tensor::empty({64, 32}, Dtype::f32);
   Tensor n = Tensor::empty({32, 64}, Dtype::bf16);
-  const ConvertPlan strided = ConvertPlan::select(ConvertDesc::for_views(n, m.view().transpose(0, 1)));
+  const ConvertPlan strided =
+      ConvertPlan::select(ConvertDesc::for_views(n, m.view().transpose(0, 1)));
   EXPECT_FALSE(strided.sku().kernel.empty());
 }
 

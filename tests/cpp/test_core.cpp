@@ -40,7 +40,8 @@ TEST(Dtype, TableAndParsing) {
   EXPECT_EQ(storage_bytes(Dtype::i4, 7), 4);
   EXPECT_EQ(storage_bytes(Dtype::bf16, 7), 14);
   EXPECT_FALSE(try_parse_dtype("float8").has_value());
-  expect_error([] { parse_dtype("fp9"); }, ErrorCode::invalid_argument, "dtype 'fp9' is not known (known: f64");
+  expect_error([] { parse_dtype("fp9"); }, ErrorCode::invalid_argument,
+               "dtype 'fp9' is not known (known: f64");
 }
 
 TEST(Error, CodeAndMessage) {
@@ -56,12 +57,15 @@ TEST(Device, ParseAndCheck) {
   EXPECT_EQ(parse_device("cuda"), Device::cuda(0));
   EXPECT_EQ(parse_device("cuda:3"), Device::cuda(3));
   EXPECT_EQ(Device::cuda(2).str(), "cuda:2");
-  expect_error([] { parse_device("gpu"); }, ErrorCode::invalid_argument, "device 'gpu' is not valid");
+  expect_error([] { parse_device("gpu"); }, ErrorCode::invalid_argument,
+               "device 'gpu' is not valid");
   expect_error([] { parse_device("cuda:-1"); }, ErrorCode::invalid_argument, "cuda:-1");
   expect_error([] { parse_device("cuda:1x"); }, ErrorCode::invalid_argument, "cuda:1x");
   const int n = cuda_device_count();
-  expect_error([n] { check_device(Device::cuda(n)); }, ErrorCode::invalid_argument, "does not exist");
-  expect_error([n] { Buffer b(16, Device::cuda(n + 3)); }, ErrorCode::invalid_argument, "does not exist");
+  expect_error([n] { check_device(Device::cuda(n)); }, ErrorCode::invalid_argument,
+               "does not exist");
+  expect_error([n] { Buffer b(16, Device::cuda(n + 3)); }, ErrorCode::invalid_argument,
+               "does not exist");
   expect_error([n] { cuda_device_properties(n); }, ErrorCode::invalid_argument, "does not exist");
   EXPECT_FALSE(cpu_features().str().empty());
 }
@@ -77,7 +81,8 @@ TEST(Buffer, CpuAlignmentAndMoves) {
     EXPECT_EQ(moved.size(), size);
   }
   expect_error([] { Buffer b(-1, Device::cpu()); }, ErrorCode::invalid_argument, "negative size");
-  expect_error([] { Buffer b(int64_t(1) << 62, Device::cpu()); }, ErrorCode::out_of_memory, "allocating");
+  expect_error([] { Buffer b(int64_t(1) << 62, Device::cpu()); }, ErrorCode::out_of_memory,
+               "allocating");
 }
 
 TEST(TensorView, ContiguitySliceTranspose) {
@@ -100,15 +105,25 @@ TEST(TensorView, ContiguitySliceTranspose) {
   EXPECT_TRUE(TensorView(data.data(), Dtype::f32, {1, 4}, {99, 1}).is_contiguous());
   expect_error([&] { v.slice(2, 0, 1); }, ErrorCode::invalid_argument, "dim 2 out of range");
   expect_error([&] { v.slice(0, 3, 9); }, ErrorCode::invalid_argument, "[3:9:1] out of range");
-  expect_error([&] { TensorView(data.data(), Dtype::f32, {2, 2}, {1}); }, ErrorCode::invalid_argument,
-               "do not match shape");
+  expect_error(
+      [&] {
+        TensorView(data.data(), Dtype::f32, {2, 2}, {1});
+      },
+      ErrorCode::invalid_argument, "do not match shape");
   expect_error([&] { TensorView(data.data(), Dtype::f32, {-2}); }, ErrorCode::invalid_argument,
                "negative extent");
-  expect_error([&] { TensorView(nullptr, Dtype::f32, {2}); }, ErrorCode::invalid_argument, "null data");
-  expect_error([&] { TensorView(data.data(), Dtype::i4, {4, 2}, {1, 4}); }, ErrorCode::invalid_argument,
-               "packed dtype i4 needs a contiguous view");
-  expect_error([&] { numel(Shape{int64_t(1) << 40, int64_t(1) << 40}); }, ErrorCode::invalid_argument,
-               "overflows int64");
+  expect_error([&] { TensorView(nullptr, Dtype::f32, {2}); }, ErrorCode::invalid_argument,
+               "null data");
+  expect_error(
+      [&] {
+        TensorView(data.data(), Dtype::i4, {4, 2}, {1, 4});
+      },
+      ErrorCode::invalid_argument, "packed dtype i4 needs a contiguous view");
+  expect_error(
+      [&] {
+        numel(Shape{int64_t(1) << 40, int64_t(1) << 40});
+      },
+      ErrorCode::invalid_argument, "overflows int64");
   expect_error([&] { Shape{1, 2, 3, 4, 5, 6, 7, 8, 9}; }, ErrorCode::invalid_argument, "at most 8");
   EXPECT_EQ(TensorView(data.data(), Dtype::f32, {0, 5}).span_bytes(), 0);
 }
@@ -128,10 +143,16 @@ TEST(Copy, StridedOnCpuAndRoundTripThroughEveryDevice) {
     EXPECT_EQ(on_device.device(), device);
     EXPECT_EQ(testing::compare_bytes(src, testing::to_host(on_device)), "");
   }
-  expect_error([&] { copy(Tensor::empty({37, 19}, Dtype::f32), src); }, ErrorCode::invalid_argument,
-               "use convert");
-  expect_error([&] { copy(Tensor::empty({19, 37}, Dtype::bf16), src); }, ErrorCode::invalid_argument,
-               "dst shape [19, 37] != src shape [37, 19]");
+  expect_error(
+      [&] {
+        copy(Tensor::empty({37, 19}, Dtype::f32), src);
+      },
+      ErrorCode::invalid_argument, "use convert");
+  expect_error(
+      [&] {
+        copy(Tensor::empty({19, 37}, Dtype::bf16), src);
+      },
+      ErrorCode::invalid_argument, "dst shape [19, 37] != src shape [37, 19]");
 }
 
 TEST(Cuda, StreamsBuffersAndOutOfMemory) {

@@ -8,13 +8,20 @@ namespace lowbit::cli {
 
 int exit_code(ErrorCode code) {
   switch (code) {
-    case ErrorCode::invalid_argument: return 2;
-    case ErrorCode::unsupported: return 3;
-    case ErrorCode::out_of_memory: return 4;
-    case ErrorCode::device_error: return 5;
-    case ErrorCode::io_error: return 6;
-    case ErrorCode::corrupt_file: return 7;
-    case ErrorCode::internal: return 70;
+    case ErrorCode::invalid_argument:
+      return 2;
+    case ErrorCode::unsupported:
+      return 3;
+    case ErrorCode::out_of_memory:
+      return 4;
+    case ErrorCode::device_error:
+      return 5;
+    case ErrorCode::io_error:
+      return 6;
+    case ErrorCode::corrupt_file:
+      return 7;
+    case ErrorCode::internal:
+      return 70;
   }
   return 70;
 }

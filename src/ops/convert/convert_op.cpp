@@ -6,7 +6,8 @@
 
 namespace lowbit {
 
-ConvertDesc ConvertDesc::for_views(const TensorView& dst, const TensorView& src, Saturation saturation) {
+ConvertDesc ConvertDesc::for_views(const TensorView& dst, const TensorView& src,
+                                   Saturation saturation) {
   ConvertDesc d;
   d.shape = src.shape();
   d.src = src.dtype();
@@ -54,7 +55,8 @@ void ConvertOp::validate(const Desc& d) {
     if (d.shape[i] > 1 && d.dst_strides[i] == 0)
       throw_error(ErrorCode::invalid_argument,
                   fmt::format("convert: dst stride 0 on dim {} of extent {} would write one "
-                              "element many times", i, d.shape[i]));
+                              "element many times",
+                              i, d.shape[i]));
   if ((is_packed(d.src) && !d.src_contiguous()) || (is_packed(d.dst) && !d.dst_contiguous()))
     throw_error(ErrorCode::invalid_argument, "convert: packed f4e2m1 tensors must be contiguous");
 }
@@ -63,17 +65,19 @@ void ConvertOp::check_args(const Desc& d, const Args& a) {
   auto check = [&](const char* which, const TensorView& v, Dtype dt, const Strides& strides) {
     if (v.dtype() != dt)
       throw_error(ErrorCode::invalid_argument,
-                  fmt::format("convert: {}.dtype {} != planned {}", which, dtype_name(v.dtype()), dtype_name(dt)));
+                  fmt::format("convert: {}.dtype {} != planned {}", which, dtype_name(v.dtype()),
+                              dtype_name(dt)));
     if (!(v.shape() == d.shape))
-      throw_error(ErrorCode::invalid_argument,
-                  fmt::format("convert: {}.shape {} != planned {}", which, v.shape().str(), d.shape.str()));
+      throw_error(ErrorCode::invalid_argument, fmt::format("convert: {}.shape {} != planned {}",
+                                                           which, v.shape().str(), d.shape.str()));
     if (!(v.strides() == strides))
       throw_error(ErrorCode::invalid_argument,
-                  fmt::format("convert: {}.strides {} != planned {}", which, v.strides().str(), strides.str()));
+                  fmt::format("convert: {}.strides {} != planned {}", which, v.strides().str(),
+                              strides.str()));
     if (!(v.device() == d.device))
       throw_error(ErrorCode::invalid_argument,
-                  fmt::format("convert: {} is on {}, the plan runs on {} (copy it there first)", which,
-                              v.device().str(), d.device.str()));
+                  fmt::format("convert: {} is on {}, the plan runs on {} (copy it there first)",
+                              which, v.device().str(), d.device.str()));
   };
   check("src", a.src, d.src, d.src_strides);
   check("dst", a.dst, d.dst, d.dst_strides);
@@ -96,15 +100,16 @@ KernelList<ConvertOp> ConvertOp::kernels() {
   // Most specialised first, reference last.
   static const Kernel<ConvertOp>* const list[] = {
 #if LOWBIT_HAS_CUDA
-      &convert_cuda_kernel(),
+    &convert_cuda_kernel(),
 #endif
-      &convert_simd_kernel(),
-      &convert_reference_kernel(),
+    &convert_simd_kernel(),
+    &convert_reference_kernel(),
   };
   return list;
 }
 
-void convert(const TensorView& dst, const TensorView& src, Saturation saturation, const Stream* stream) {
+void convert(const TensorView& dst, const TensorView& src, Saturation saturation,
+             const Stream* stream) {
   const ConvertPlan plan = ConvertPlan::select(ConvertDesc::for_views(dst, src, saturation));
   if (stream) {
     plan.run(*stream, {}, {src, dst});

@@ -22,7 +22,8 @@ class ConvertReference final : public Kernel<ConvertOp> {
   }
 
   PrecisionGuarantee precision(const ConvertDesc&) const override {
-    return {"exact: one round-to-nearest-even per element (f64 sources via f32)", std::nullopt, true, true};
+    return {"exact: one round-to-nearest-even per element (f64 sources via f32)", std::nullopt,
+            true, true};
   }
 
   void run(const ConvertDesc& d, const ConvertArgs& a, const Stream&, Workspace) const override {
@@ -41,7 +42,8 @@ class ConvertReference final : public Kernel<ConvertOp> {
       } else {
         const float v = convert_detail::load_f32(a.src.data(), d.src, so);
         if (packed_dst) {
-          const uint8_t code = static_cast<uint8_t>(convert_detail::encode_f32(v, d.dst, d.saturation));
+          const uint8_t code =
+              static_cast<uint8_t>(convert_detail::encode_f32(v, d.dst, d.saturation));
           uint8_t& byte = packed_dst[dof >> 1];
           byte = (dof & 1) ? static_cast<uint8_t>((byte & 0x0f) | (code << 4))
                            : static_cast<uint8_t>((byte & 0xf0) | code);

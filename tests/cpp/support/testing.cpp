@@ -83,7 +83,8 @@ void fill_random(void* data, Dtype dtype, int64_t numel, std::mt19937_64& rng) {
       if (rng() % 4 == 0) {
         h = static_cast<uint16_t>(rng());
       } else {
-        const float v = (rng() % 8 == 0) ? std::bit_cast<float>(special_f32(rng)) : ordinary_f32(rng);
+        const float v =
+            (rng() % 8 == 0) ? std::bit_cast<float>(special_f32(rng)) : ordinary_f32(rng);
         h = dtype == Dtype::f16 ? f32_to_f16(v) : f32_to_bf16(v);
       }
       std::memcpy(p + 2 * i, &h, 2);
@@ -134,8 +135,8 @@ std::string compare_bytes(const TensorView& expected, const TensorView& actual) 
     ac += fmt::format("{:02x}", b[start + k]);
   }
   return fmt::format("{} of {} bytes differ; first at element {} (byte {}): expected 0x{} got 0x{}",
-                     mismatches, bytes, is_packed(expected.dtype()) ? first * 2 : first / esize, first,
-                     ex, ac);
+                     mismatches, bytes, is_packed(expected.dtype()) ? first * 2 : first / esize,
+                     first, ex, ac);
 }
 
 Shape parse_shape(const std::string& text) {

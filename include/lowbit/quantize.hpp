@@ -1,0 +1,97 @@
+// quantize / dequantize / fake_quantize: plans and one-liners.
+//
+//   QuantizedTensor q = quantize(x, QuantScheme::parse("int4:block32:asym"));
+//   Tensor y = dequantize(q, Dtype::bf16);
+//
+// Dynamic quantization computes scales from the data (the rules of docs/formats.md);
+// static quantization (QuantizeDesc::given_scales) takes the scales and zero points already
+// in the destination and only computes codes. Every kernel is bit-identical to the
+// reference on every backend.
+//
+// Non-finite inputs: quantization refuses NaN and +-Inf with Error(invalid_argument) that
+// names the first bad element's index (in row-major order of the logical shape): a NaN
+// would otherwise poison a whole group's scale and give silently wrong finite codes.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "lowbit/plan.hpp"
+#include "lowbit/quantized.hpp"
+#include "lowbit/scheme.hpp"
+#include "lowbit/tensor.hpp"
+
+namespace lowbit {
+
+// ---- quantize -------------------------------------------------------------------------------
+
+struct QuantizeDesc {
+  Shape shape;
+  Dtype src = Dtype::f32;  ///< f32, f16, bf16 (f64: reference kernel only; rounds to f32 first)
+  Strides src_strides;
+  QuantScheme scheme;
+  Device device = Device::cpu();
+  bool given_scales = false;  ///< static: scale / zero / global_scale are inputs
+
+  static QuantizeDesc for_views(const QuantizedView& dst, const TensorView& src,
+                                bool given_scales = false);
+};
+
+struct QuantizeArgs {
+  TensorView src;
+  QuantizedView dst;
+};
+
+struct QuantizeOp {
+  static constexpr std::string_view name = "quantize";
+  using Desc = QuantizeDesc;
+  using Args = QuantizeArgs;
+  static void validate(const Desc& desc);
+  static void check_args(const Desc& desc, const Args& args);
+  static std::string describe(const Desc& desc);
+  static KernelList<QuantizeOp> kernels();
+};
+using QuantizePlan = Plan<QuantizeOp>;
+
+// ---- dequantize -----------------------------------------------------------------------------
+
+struct DequantizeDesc {
+  QuantScheme scheme;
+  Shape shape;
+  Dtype dst = Dtype::f32;  ///< f32, f16, bf16 (or f64 on the reference)
+  Device device = Device::cpu();
+
+  static DequantizeDesc for_views(const TensorView& dst, const QuantizedView& src);
+};
+
+struct DequantizeArgs {
+  QuantizedView src;
+  TensorView dst;  ///< contiguous
+};
+
+struct DequantizeOp {
+  static constexpr std::string_view name = "dequantize";
+  using Desc = DequantizeDesc;
+  using Args = DequantizeArgs;
+  static void validate(const Desc& desc);
+  static void check_args(const Desc& desc, const Args& args);
+  static std::string describe(const Desc& desc);
+  static KernelList<DequantizeOp> kernels();
+};
+using DequantizePlan = Plan<DequantizeOp>;
+
+// ---- one-liners -----------------------------------------------------------------------------
+
+/// Quantizes `src` dynamically with `scheme` on src's device.
+QuantizedTensor quantize(const TensorView& src, const QuantScheme& scheme);
+/// Quantizes `src` into `dst`; with given_scales, dst's scales / zero points are used as is.
+void quantize_into(const QuantizedView& dst, const TensorView& src, bool given_scales = false,
+                   const Stream* stream = nullptr);
+/// Dequantizes `src` to a new tensor of `dtype` on src's device.
+Tensor dequantize(const QuantizedView& src, Dtype dtype = Dtype::f32);
+void dequantize_into(const TensorView& dst, const QuantizedView& src,
+                     const Stream* stream = nullptr);
+/// quantize then dequantize (same dtype as src): what the scheme does to the values.
+Tensor fake_quantize(const TensorView& src, const QuantScheme& scheme);
+
+}  // namespace lowbit
