@@ -78,16 +78,16 @@ struct MiniFloat {
   int bias;
   Specials specials;
 
-  constexpr int width() const { return 1 + exp_bits + man_bits; }
-  constexpr uint32_t sign_bit() const { return 1u << (exp_bits + man_bits); }
-  constexpr uint32_t inf_code() const { return ((1u << exp_bits) - 1u) << man_bits; }
+  LOWBIT_HD constexpr int width() const { return 1 + exp_bits + man_bits; }
+  LOWBIT_HD constexpr uint32_t sign_bit() const { return 1u << (exp_bits + man_bits); }
+  LOWBIT_HD constexpr uint32_t inf_code() const { return ((1u << exp_bits) - 1u) << man_bits; }
   /// The NaN that conversions produce (ml_dtypes' choice: quiet, payload dropped).
-  constexpr uint32_t nan_code() const {
+  LOWBIT_HD constexpr uint32_t nan_code() const {
     return specials == Specials::ieee ? inf_code() | (1u << (man_bits - 1))
                                       : (1u << (exp_bits + man_bits)) - 1u;
   }
   /// The largest finite magnitude, as a code without its sign bit.
-  constexpr uint32_t max_code() const {
+  LOWBIT_HD constexpr uint32_t max_code() const {
     switch (specials) {
       case Specials::ieee: return inf_code() - 1u;
       case Specials::nan_only: return (1u << (exp_bits + man_bits)) - 2u;
@@ -298,29 +298,25 @@ LOWBIT_HD constexpr float f4e2m1_to_f32(uint8_t c) {
 
 // ---- e8m0 (OCP MX scale: 2^(code - 127), 0xff is NaN, no zero, no sign) --------------
 
-/// f32 -> e8m0 bits. ml_dtypes' rule: the exponent rounds half up (1.5 * 2^k -> 2^(k+1));
-/// values under 2^-127 clamp to code 0; zero, negatives, Inf and NaN give NaN (0xff);
-/// overflow past 2^127 gives NaN, or 0xfe (2^127) with Saturation::finite.
+/// f32 -> e8m0 bits, as ml_dtypes (and PyTorch) do it: the f32 pattern is rounded to its
+/// exponent field, so for normal inputs the exponent rounds half up (1.5 * 2^k -> 2^(k+1));
+/// an f32 subnormal (under 2^-126) gives code 0 (2^-127) up to and including 2^-127 and
+/// code 1 (2^-126) above it (the rounding treats code 0 as if it were zero, so 1.25 * 2^-127
+/// goes to 2^-126 although 2^-127 is nearer); zero, negatives, Inf and NaN give NaN (0xff);
+/// values from 1.5 * 2^127 up give NaN, or 0xfe (2^127) with Saturation::finite.
 LOWBIT_HD constexpr uint8_t f32_to_e8m0(float x, Saturation sat = Saturation::none) {
   const uint32_t b = numeric_detail::bits_of(x);
   if ((b >> 31) || b == 0u || b > 0x7f800000u) return 0xffu;
   if (b == 0x7f800000u) return sat == Saturation::finite ? 0xfeu : 0xffu;
-  int code;
   const uint32_t expf = b >> 23;
-  if (expf != 0) {
-    code = static_cast<int>(expf) + ((b & 0x400000u) ? 1 : 0);
-  } else {
-    // Subnormal input: value = b * 2^-149 with its leading bit at position p.
-    const int p = numeric_detail::msb_index(b);
-    const int round_up = (p > 0 && ((b >> (p - 1)) & 1u)) ? 1 : 0;
-    code = p - 149 + 127 + round_up;
-  }
-  if (code < 0) code = 0;
-  if (code >= 0xff) return sat == Saturation::finite ? 0xfeu : 0xffu;
+  // Normal: round the mantissa half up into the exponent. Subnormal (expf == 0): the
+  // pattern b is 0.m * 2^-126, rounded to nearest-even onto {0, 1} * 2^-126.
+  const uint32_t code = expf != 0 ? expf + ((b >> 22) & 1u) : (b > 0x400000u ? 1u : 0u);
+  if (code >= 0xffu) return sat == Saturation::finite ? 0xfeu : 0xffu;
   return static_cast<uint8_t>(code);
 }
-/// e8m0 bits -> f32: 2^(c - 127) (codes 0 and 1 are f32 subnormals 2^-127, normal 2^-126),
-/// 0xff -> NaN.
+/// e8m0 bits -> f32: 2^(c - 127) (code 0 is the f32 subnormal 2^-127, code 1 the smallest
+/// normal 2^-126), 0xff -> NaN (0x7fc00000).
 LOWBIT_HD constexpr float e8m0_to_f32(uint8_t c) {
   if (c == 0xffu) return numeric_detail::float_of(0x7fc00000u);
   if (c == 0u) return numeric_detail::float_of(0x00400000u);
