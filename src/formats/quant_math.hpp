@@ -44,6 +44,13 @@ LOWBIT_HD float round_scale(float scale, Dtype scale_dtype) {
   }
 }
 
+/// f32's smallest normal, 2^-126. A computed scale below it is flushed to 0: its
+/// reciprocal could overflow to Inf (0 * Inf = NaN), and a group that small (amax under
+/// ~1e-36) is zero for every practical purpose, so it quantizes to exact zeros.
+inline constexpr float kMinScale = 1.17549435e-38f;
+
+LOWBIT_HD float flush_tiny_scale(float scale) { return scale < kMinScale ? 0.0f : scale; }
+
 LOWBIT_HD IntParams int_params_from_scale(float scale, int32_t zero) {
   IntParams p;
   p.scale = scale;
@@ -55,7 +62,7 @@ LOWBIT_HD IntParams int_params_from_scale(float scale, int32_t zero) {
 /// Symmetric dynamic rule: scale = absmax / qmax (qmax = 127 or 7: the restricted range),
 /// zero point 0. An all-zero group gets scale 0: every code 0, dequantizing to exact zeros.
 LOWBIT_HD IntParams int_symmetric_params(float absmax, int qmax, Dtype scale_dtype) {
-  return int_params_from_scale(round_scale(absmax / static_cast<float>(qmax), scale_dtype), 0);
+  return int_params_from_scale(flush_tiny_scale(round_scale(absmax / static_cast<float>(qmax), scale_dtype)), 0);
 }
 
 /// Affine dynamic rule: the range [min(lo, 0), max(hi, 0)] (it always contains 0, so 0 is
@@ -65,7 +72,7 @@ LOWBIT_HD IntParams int_affine_params(float lo, float hi, int qmin, int qmax, Dt
   lo = lo < 0.0f ? lo : 0.0f;
   hi = hi > 0.0f ? hi : 0.0f;
   IntParams p = int_params_from_scale(
-      round_scale((hi - lo) / static_cast<float>(qmax - qmin), scale_dtype), 0);
+      flush_tiny_scale(round_scale((hi - lo) / static_cast<float>(qmax - qmin), scale_dtype)), 0);
   float z = static_cast<float>(qmin) - round_half_even(lo * p.inv_scale);
   z = z < static_cast<float>(qmin) ? static_cast<float>(qmin)
                                    : (z > static_cast<float>(qmax) ? static_cast<float>(qmax) : z);
@@ -90,7 +97,9 @@ LOWBIT_HD float int_dequantize(int32_t q, float scale, int32_t zero) {
 // ---- FP8 (e4m3fn, e5m2) with f32 scales ----------------------------------------------------
 
 /// scale = amax / max_finite (448 for e4m3fn, 57344 for e5m2); an all-zero group gets 0.
-LOWBIT_HD float fp8_scale(float amax, bool e5m2) { return amax / (e5m2 ? 57344.0f : 448.0f); }
+LOWBIT_HD float fp8_scale(float amax, bool e5m2) {
+  return flush_tiny_scale(amax / (e5m2 ? 57344.0f : 448.0f));
+}
 
 /// code = fp8(x * (1 / scale)), round-to-nearest-even, saturating to +-max_finite.
 LOWBIT_HD uint8_t fp8_quantize(float x, float inv_scale, bool e5m2) {
@@ -108,7 +117,9 @@ inline constexpr float kNvfp4BlockScaleMin =
     0.015625f;  // 2^-6: e4m3fn's smallest normal (torchao's E4M3_EPS)
 
 /// global = amax / (6 * 448), torchao's per_tensor_amax_to_scale.
-LOWBIT_HD float nvfp4_global_scale(float amax) { return amax / 2688.0f; }
+/// A global scale under 2^-126 is flushed to 0 (the tensor quantizes to zeros), so that
+/// global * block_scale cannot underflow to 0 and make x / 0.
+LOWBIT_HD float nvfp4_global_scale(float amax) { return flush_tiny_scale(amax / 2688.0f); }
 
 /// The block's e4m3 scale code: e4m3(clamp(block_amax / 6 / global, 2^-6, 448)).
 LOWBIT_HD uint8_t nvfp4_block_scale(float block_amax, float global) {
