@@ -2,8 +2,8 @@
 //
 // Four ways to run, chosen per call:
 //  - copy: f32->f32, f16->f16 and f64->f64 give back their input bits (the reference's
-//    round trip through f32 is the identity there), so contiguous views are one
-//    cudaMemcpyAsync.
+//    round trip through f32 is the identity there, but for f16 with Saturation::finite,
+//    which clamps Inf), so contiguous views are one cudaMemcpyAsync.
 //  - vec16: contiguous views of a common pair (f32/bf16/f16 -> f32/bf16/f16/f8e4m3fn/
 //    f8e5m2). The pair and the saturation mode are template arguments, so the per-element
 //    work is a short branch-free integer sequence. A thread moves a "group": the elements
@@ -790,6 +790,11 @@ bool launch_vector(const Pair& pair, int src_align, int dst_align, Dtype sdt, Dt
 constexpr bool is_copy(Dtype s, Dtype d) {
   return s == d && (s == Dtype::f64 || s == Dtype::f32 || s == Dtype::f16);
 }
+// A copy gives the reference's bits except for f16 -> f16 with Saturation::finite, where
+// the round trip through f32 clamps +-Inf to +-65504; that case takes the generic kernel.
+constexpr bool is_copy(Dtype s, Dtype d, Saturation sat) {
+  return is_copy(s, d) && !(s == Dtype::f16 && sat == Saturation::finite);
+}
 constexpr bool is_static_pair(Dtype s, Dtype d) {
   const bool src_ok = s == Dtype::f32 || s == Dtype::bf16 || s == Dtype::f16;
   const bool dst_ok = d == Dtype::f32 || d == Dtype::bf16 || d == Dtype::f16 ||
@@ -930,7 +935,7 @@ class ConvertCuda final : public Kernel<ConvertOp> {
     std::string variant;
     if (!(d.src_contiguous() && d.dst_contiguous())) {
       variant = "convert_cuda_strided";
-    } else if (is_copy(d.src, d.dst)) {
+    } else if (is_copy(d.src, d.dst, d.saturation)) {
       variant = "convert_cuda_copy";
     } else if (is_static_pair(d.src, d.dst)) {
       variant = "convert_cuda_vec16";  // misaligned views fall back to the strided kernel
@@ -958,7 +963,7 @@ class ConvertCuda final : public Kernel<ConvertOp> {
     const int sms = device_facts(d.device.index).multiprocessors;
     auto s = static_cast<cudaStream_t>(stream.native_handle());
     if (d.src_contiguous() && d.dst_contiguous()) {
-      if (is_copy(d.src, d.dst)) {
+      if (is_copy(d.src, d.dst, d.saturation)) {
         check_cuda(cudaMemcpyAsync(a.dst.data(), a.src.data(),
                                    static_cast<size_t>(storage_bytes(d.src, n)),
                                    cudaMemcpyDeviceToDevice, s),
