@@ -32,6 +32,11 @@ struct QuantizeDesc {
   QuantScheme scheme;
   Device device = Device::cpu();
   bool given_scales = false;  ///< static: scale / zero / global_scale are inputs
+  /// Refuse NaN / +-Inf inputs with an Error naming the first one (the default). On CUDA
+  /// the check needs the stream synchronised before run() returns; a caller that knows
+  /// its inputs are finite may turn it off, and then non-finite inputs give unspecified
+  /// (but memory-safe) codes.
+  bool check_finite = true;
 
   static QuantizeDesc for_views(const QuantizedView& dst, const TensorView& src,
                                 bool given_scales = false);

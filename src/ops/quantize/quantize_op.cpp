@@ -110,7 +110,12 @@ std::string QuantizeOp::describe(const Desc& d) {
 }
 
 KernelList<QuantizeOp> QuantizeOp::kernels() {
+  // Most specialised first, reference last.
   static const Kernel<QuantizeOp>* const list[] = {
+#if LOWBIT_HAS_CUDA
+      &quantize_cuda_kernel(),
+#endif
+      &quantize_simd_kernel(),
       &quantize_reference_kernel(),
   };
   return list;
@@ -143,6 +148,10 @@ std::string DequantizeOp::describe(const Desc& d) {
 
 KernelList<DequantizeOp> DequantizeOp::kernels() {
   static const Kernel<DequantizeOp>* const list[] = {
+#if LOWBIT_HAS_CUDA
+      &dequantize_cuda_kernel(),
+#endif
+      &dequantize_simd_kernel(),
       &dequantize_reference_kernel(),
   };
   return list;
