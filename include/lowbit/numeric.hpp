@@ -89,9 +89,12 @@ struct MiniFloat {
   /// The largest finite magnitude, as a code without its sign bit.
   LOWBIT_HD constexpr uint32_t max_code() const {
     switch (specials) {
-      case Specials::ieee: return inf_code() - 1u;
-      case Specials::nan_only: return (1u << (exp_bits + man_bits)) - 2u;
-      case Specials::none: return (1u << (exp_bits + man_bits)) - 1u;
+      case Specials::ieee:
+        return inf_code() - 1u;
+      case Specials::nan_only:
+        return (1u << (exp_bits + man_bits)) - 2u;
+      case Specials::none:
+        return (1u << (exp_bits + man_bits)) - 1u;
     }
     return 0;
   }
@@ -202,7 +205,8 @@ LOWBIT_HD constexpr float f64_to_f32(double d) {
   const uint32_t sign = static_cast<uint32_t>(b >> 63) << 31;
   const uint64_t a = b & 0x7fffffffffffffffull;
   if (a > 0x7ff0000000000000ull)
-    return numeric_detail::float_of(sign | 0x7fc00000u | static_cast<uint32_t>((a >> 29) & 0x7fffffu));
+    return numeric_detail::float_of(sign | 0x7fc00000u |
+                                    static_cast<uint32_t>((a >> 29) & 0x7fffffu));
   if (a == 0x7ff0000000000000ull) return numeric_detail::float_of(sign | 0x7f800000u);
   const int e = static_cast<int>(a >> 52) - 1023;
   uint32_t code;

@@ -62,7 +62,8 @@ LOWBIT_HD IntParams int_params_from_scale(float scale, int32_t zero) {
 /// Symmetric dynamic rule: scale = absmax / qmax (qmax = 127 or 7: the restricted range),
 /// zero point 0. An all-zero group gets scale 0: every code 0, dequantizing to exact zeros.
 LOWBIT_HD IntParams int_symmetric_params(float absmax, int qmax, Dtype scale_dtype) {
-  return int_params_from_scale(flush_tiny_scale(round_scale(absmax / static_cast<float>(qmax), scale_dtype)), 0);
+  return int_params_from_scale(
+      flush_tiny_scale(round_scale(absmax / static_cast<float>(qmax), scale_dtype)), 0);
 }
 
 /// Affine dynamic rule: the range [min(lo, 0), max(hi, 0)] (it always contains 0, so 0 is

@@ -113,10 +113,10 @@ KernelList<QuantizeOp> QuantizeOp::kernels() {
   // Most specialised first, reference last.
   static const Kernel<QuantizeOp>* const list[] = {
 #if LOWBIT_HAS_CUDA
-      &quantize_cuda_kernel(),
+    &quantize_cuda_kernel(),
 #endif
-      &quantize_simd_kernel(),
-      &quantize_reference_kernel(),
+    &quantize_simd_kernel(),
+    &quantize_reference_kernel(),
   };
   return list;
 }
@@ -149,10 +149,10 @@ std::string DequantizeOp::describe(const Desc& d) {
 KernelList<DequantizeOp> DequantizeOp::kernels() {
   static const Kernel<DequantizeOp>* const list[] = {
 #if LOWBIT_HAS_CUDA
-      &dequantize_cuda_kernel(),
+    &dequantize_cuda_kernel(),
 #endif
-      &dequantize_simd_kernel(),
-      &dequantize_reference_kernel(),
+    &dequantize_simd_kernel(),
+    &dequantize_reference_kernel(),
   };
   return list;
 }

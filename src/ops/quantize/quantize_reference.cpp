@@ -69,10 +69,11 @@ void put_nibble(uint8_t* codes, int64_t i, uint32_t code) {
 
 void check_given_scale(float s, int64_t g) {
   if (!std::isfinite(s) || s < 0.0f || (s > 0.0f && s < formats::kMinScale))
-    throw_error(ErrorCode::invalid_argument,
-                fmt::format("quantize: given scale {} of group {} must be finite and >= 0, and 0 or at "
-                            "least 2^-126 (the reciprocal of a smaller scale overflows)",
-                            s, g));
+    throw_error(
+        ErrorCode::invalid_argument,
+        fmt::format("quantize: given scale {} of group {} must be finite and >= 0, and 0 or at "
+                    "least 2^-126 (the reciprocal of a smaller scale overflows)",
+                    s, g));
 }
 
 class QuantizeReference final : public Kernel<QuantizeOp> {
