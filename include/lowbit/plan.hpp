@@ -18,6 +18,7 @@
 #include "lowbit/device.hpp"
 #include "lowbit/dtype.hpp"
 #include "lowbit/error.hpp"
+#include "lowbit/tensor.hpp"
 
 namespace lowbit {
 
@@ -164,5 +165,23 @@ class Plan {
   KernelSku sku_;
   std::vector<Declined> declined_;
 };
+
+/// Runs `plan` the way the one-liners do: on `stream` when one is given (the caller
+/// synchronises), otherwise on `device`'s default stream, waiting for the result. Scratch
+/// memory of workspace_size() bytes is allocated on the device (stream-ordered on CUDA).
+template <class Op>
+void run_plan(const Plan<Op>& plan, Device device, const Stream* stream,
+              const typename Op::Args& args) {
+  const Stream fallback = stream ? Stream() : Stream::default_for(device);
+  const Stream& s = stream ? *stream : fallback;
+  Buffer scratch;
+  Workspace workspace;
+  if (const std::size_t bytes = plan.workspace_size(); bytes > 0) {
+    scratch = Buffer(static_cast<int64_t>(bytes), device, &s);
+    workspace = {scratch.data(), bytes};
+  }
+  plan.run(s, workspace, args);
+  if (!stream) s.synchronize();
+}
 
 }  // namespace lowbit

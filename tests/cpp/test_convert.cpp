@@ -162,15 +162,7 @@ TEST(Convert, BadArgumentsGiveClearErrors) {
   Tensor b = Tensor::empty({8}, Dtype::bf16);
   Tensor c = Tensor::empty({7}, Dtype::bf16);
   Tensor i8 = Tensor::empty({8}, Dtype::i8);
-  auto expect_error = [](auto&& fn, ErrorCode code, const std::string& needle) {
-    try {
-      fn();
-      ADD_FAILURE() << "no error; expected one containing '" << needle << "'";
-    } catch (const Error& e) {
-      EXPECT_EQ(e.code(), code) << e.what();
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    }
-  };
+  using testing::expect_error;
   expect_error([&] { convert(i8, a); }, ErrorCode::invalid_argument,
                "dst dtype i8 is not a float dtype");
   // A plan made for one shape refuses another.

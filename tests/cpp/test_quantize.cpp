@@ -13,16 +13,7 @@
 namespace lowbit {
 namespace {
 
-template <class Fn>
-void expect_error(Fn&& fn, ErrorCode code, const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error; expected one containing '" << needle << "'";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), code) << e.what();
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
+using testing::expect_error;
 
 TEST(Scheme, TextFormsRoundTrip) {
   const char* canonical[] = {"int8:tensor",

@@ -110,14 +110,8 @@ KernelList<ConvertOp> ConvertOp::kernels() {
 
 void convert(const TensorView& dst, const TensorView& src, Saturation saturation,
              const Stream* stream) {
-  const ConvertPlan plan = ConvertPlan::select(ConvertDesc::for_views(dst, src, saturation));
-  if (stream) {
-    plan.run(*stream, {}, {src, dst});
-  } else {
-    const Stream s = Stream::default_for(src.device());
-    plan.run(s, {}, {src, dst});
-    s.synchronize();
-  }
+  run_plan(ConvertPlan::select(ConvertDesc::for_views(dst, src, saturation)), src.device(), stream,
+           {src, dst});
 }
 
 }  // namespace lowbit

@@ -161,14 +161,8 @@ KernelList<DequantizeOp> DequantizeOp::kernels() {
 
 void quantize_into(const QuantizedView& dst, const TensorView& src, bool given_scales,
                    const Stream* stream) {
-  const QuantizePlan plan = QuantizePlan::select(QuantizeDesc::for_views(dst, src, given_scales));
-  if (stream) {
-    plan.run(*stream, {}, {src, dst});
-  } else {
-    const Stream s = Stream::default_for(src.device());
-    plan.run(s, {}, {src, dst});
-    s.synchronize();
-  }
+  run_plan(QuantizePlan::select(QuantizeDesc::for_views(dst, src, given_scales)), src.device(),
+           stream, {src, dst});
 }
 
 QuantizedTensor quantize(const TensorView& src, const QuantScheme& scheme) {
@@ -178,14 +172,8 @@ QuantizedTensor quantize(const TensorView& src, const QuantScheme& scheme) {
 }
 
 void dequantize_into(const TensorView& dst, const QuantizedView& src, const Stream* stream) {
-  const DequantizePlan plan = DequantizePlan::select(DequantizeDesc::for_views(dst, src));
-  if (stream) {
-    plan.run(*stream, {}, {src, dst});
-  } else {
-    const Stream s = Stream::default_for(src.device());
-    plan.run(s, {}, {src, dst});
-    s.synchronize();
-  }
+  run_plan(DequantizePlan::select(DequantizeDesc::for_views(dst, src)), src.device(), stream,
+           {src, dst});
 }
 
 Tensor dequantize(const QuantizedView& src, Dtype dtype) {

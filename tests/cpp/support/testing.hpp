@@ -11,6 +11,7 @@
 
 #include "lowbit/device.hpp"
 #include "lowbit/dtype.hpp"
+#include "lowbit/error.hpp"
 #include "lowbit/tensor.hpp"
 
 namespace lowbit::testing {
@@ -27,6 +28,19 @@ inline constexpr uint8_t kPoison = 0xA5;
       GTEST_SKIP() << "SKIPPED: no CUDA device";                                    \
     }                                                                               \
   } while (0)
+
+/// Runs `fn` and checks that it throws lowbit::Error with `code` and a message containing
+/// `needle` (a test fails if it throws nothing, or something else).
+template <class Fn>
+void expect_error(Fn&& fn, ErrorCode code, const std::string& needle) {
+  try {
+    fn();
+    ADD_FAILURE() << "no error; expected one containing '" << needle << "'";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), code) << e.what();
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
 
 /// Devices to run kernels on: the CPU, plus cuda:0 when present.
 std::vector<Device> test_devices();
