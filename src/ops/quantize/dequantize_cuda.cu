@@ -1,19 +1,442 @@
-// Placeholder until the cuda kernel lands: declines every descriptor.
+// The CUDA kernel of dequantize: bit-identical to dequantize_reference.cpp for f32, f16 and
+// bf16 destinations, every non-GGUF scheme, and GGUF q8_0 / q4_0.
+//
+// Paths (sku() names them):
+//  - chunks: a thread decodes 8 consecutive elements ("a chunk") and writes them with one
+//    16-byte store (two for f32), consecutive threads writing consecutive chunks. A chunk
+//    never straddles a scale group when every group is a contiguous run whose length is a
+//    multiple of 8 (per-tensor, per-token, per-channel on axis 0, blockG, nvfp4, mx, GGUF),
+//    so the thread reads its group's scale (and zero point) once: group = chunk / (chunks
+//    per group), by multiplication with a precomputed reciprocal. Codes are read as one
+//    4- or 8-byte word per chunk (coalesced across the warp); GGUF chunks read their slice
+//    of the 18- / 34-byte block in 2-byte words plus the block's f16 scale. Two chunks per
+//    thread per step, loads first, keep several loads in flight.
+//  - generic: any other layout (2-d blocks, per-channel on a later axis, ragged fp8 blocks,
+//    element counts that are not a multiple of 8, misaligned views): one element per
+//    thread step, its group from formats::GroupMap.
+//
+// Bits: each element is quant_math.hpp's dequantize rule, one or two f32 products rounded to
+// nearest-even, then numeric.hpp's rounding to the destination. Products use mul_x86 so
+// that NaN results carry the bits the reference's x86 build gives (inputs here are arbitrary
+// codes and scales: e.g. an e4m3 NaN code or an e8m0 0xff scale).
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "formats/groups.hpp"
+#include "lowbit/gguf_blocks.hpp"
+#include "ops/quantize/quantize_cuda_common.cuh"
 #include "ops/quantize/quantize_kernels.hpp"
 
 namespace lowbit {
 namespace {
-class Placeholder final : public Kernel<DequantizeOp> {
+
+using namespace quant_cuda;
+
+constexpr int kThreads = 256;
+
+enum class DCode : int { i8, u8, i4, u4, e4m3, e5m2, nvfp4, mxfp4, mxe4m3, mxe5m2, q8_0, q4_0 };
+
+template <DCode F>
+constexpr bool kNibbles =
+    F == DCode::i4 || F == DCode::u4 || F == DCode::nvfp4 || F == DCode::mxfp4;
+template <DCode F>
+constexpr bool kGguf = F == DCode::q8_0 || F == DCode::q4_0;
+
+struct ChunkArgs {
+  const uint8_t* codes;
+  const void* scale;
+  const int32_t* zero;  ///< null: symmetric (zero point 0)
+  const float* global;  ///< nvfp4
+  uint8_t* dst;
+  uint32_t chunks;
+  Divisor32 per_group;  ///< chunks per scale group (GGUF: per block)
+  Dtype scale_dtype;
+};
+
+/// What one chunk needs from memory, read before any arithmetic.
+struct ChunkRaw {
+  uint32_t lo, hi;  ///< codes (4 bytes in lo for nibbles)
+  float scale;      ///< int / fp8 scale, GGUF d
+  int32_t zero;
+  uint32_t aux;  ///< nvfp4 / mx scale code; GGUF: the chunk's position in its block
+};
+
+template <DCode F>
+__device__ __forceinline__ ChunkRaw load_chunk(const ChunkArgs& a, uint32_t c) {
+  ChunkRaw r{};
+  const uint32_t g = a.per_group.div(c);
+  if constexpr (kGguf<F>) {
+    constexpr int kBytes = F == DCode::q8_0 ? kQ8_0Bytes : kQ4_0Bytes;
+    const uint32_t j = c - g * 4;
+    const uint16_t* blk =
+        reinterpret_cast<const uint16_t*>(a.codes + static_cast<uint64_t>(g) * kBytes);
+    r.scale = f16_to_f32(blk[0]);
+    const uint16_t* q = blk + 1 + (F == DCode::q8_0 ? 4 * j : 4 * (j & 1));
+    r.lo = q[0] | (static_cast<uint32_t>(q[1]) << 16);
+    r.hi = q[2] | (static_cast<uint32_t>(q[3]) << 16);
+    r.aux = j;
+  } else {
+    if constexpr (kNibbles<F>) {
+      r.lo = reinterpret_cast<const uint32_t*>(a.codes)[c];
+    } else {
+      const uint2 v = reinterpret_cast<const uint2*>(a.codes)[c];
+      r.lo = v.x;
+      r.hi = v.y;
+    }
+    if constexpr (F == DCode::nvfp4 || F == DCode::mxfp4 || F == DCode::mxe4m3 ||
+                  F == DCode::mxe5m2) {
+      r.aux = static_cast<const uint8_t*>(a.scale)[g];
+    } else if constexpr (F == DCode::e4m3 || F == DCode::e5m2) {
+      r.scale = static_cast<const float*>(a.scale)[g];
+    } else {
+      r.scale = load_scale(a.scale, a.scale_dtype, g);
+      r.zero = a.zero ? a.zero[g] : 0;
+    }
+  }
+  return r;
+}
+
+template <DCode F>
+__device__ __forceinline__ void decode_chunk(const ChunkRaw& r, float global, float (&v)[8]) {
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const uint32_t byte = ((i < 4 ? r.lo : r.hi) >> (8 * (i % 4))) & 0xffu;
+    const uint32_t nib = (r.lo >> (4 * i)) & 0xfu;
+    if constexpr (F == DCode::i8) {
+      v[i] = mul_x86(static_cast<float>(static_cast<int32_t>(static_cast<int8_t>(byte)) - r.zero),
+                     r.scale);
+    } else if constexpr (F == DCode::u8) {
+      v[i] = mul_x86(static_cast<float>(static_cast<int32_t>(byte) - r.zero), r.scale);
+    } else if constexpr (F == DCode::i4) {
+      v[i] = mul_x86(static_cast<float>((static_cast<int32_t>(nib ^ 8u) - 8) - r.zero), r.scale);
+    } else if constexpr (F == DCode::u4) {
+      v[i] = mul_x86(static_cast<float>(static_cast<int32_t>(nib) - r.zero), r.scale);
+    } else if constexpr (F == DCode::e4m3) {
+      v[i] = mul_x86(f8e4m3fn_to_f32(static_cast<uint8_t>(byte)), r.scale);
+    } else if constexpr (F == DCode::e5m2) {
+      v[i] = mul_x86(f8e5m2_to_f32(static_cast<uint8_t>(byte)), r.scale);
+    } else if constexpr (F == DCode::nvfp4) {
+      v[i] = mul_x86(mul_x86(f4e2m1_to_f32(static_cast<uint8_t>(nib)),
+                             f8e4m3fn_to_f32(static_cast<uint8_t>(r.aux))),
+                     global);
+    } else if constexpr (F == DCode::mxfp4) {
+      v[i] = mul_x86(f4e2m1_to_f32(static_cast<uint8_t>(nib)),
+                     e8m0_to_f32(static_cast<uint8_t>(r.aux)));
+    } else if constexpr (F == DCode::mxe4m3) {
+      v[i] = mul_x86(f8e4m3fn_to_f32(static_cast<uint8_t>(byte)),
+                     e8m0_to_f32(static_cast<uint8_t>(r.aux)));
+    } else if constexpr (F == DCode::mxe5m2) {
+      v[i] = mul_x86(f8e5m2_to_f32(static_cast<uint8_t>(byte)),
+                     e8m0_to_f32(static_cast<uint8_t>(r.aux)));
+    } else if constexpr (F == DCode::q8_0) {
+      v[i] = mul_x86(static_cast<float>(static_cast<int8_t>(byte)), r.scale);
+    } else {  // q4_0: chunks 0, 1 hold low nibbles of bytes 0..15, chunks 2, 3 the high ones
+      const uint32_t q = r.aux < 2 ? (byte & 0x0fu) : (byte >> 4);
+      v[i] = mul_x86(static_cast<float>(static_cast<int32_t>(q) - 8), r.scale);
+    }
+  }
+}
+
+template <DCode F, Dtype D>
+__global__ void __launch_bounds__(kThreads) dequantize_chunks_kernel(ChunkArgs a) {
+  constexpr int U = 2;
+  constexpr int kOut = 8 * (D == Dtype::f32 ? 4 : 2);  // bytes per chunk
+  float global = 0.0f;
+  if constexpr (F == DCode::nvfp4) global = a.global[0];
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  for (uint64_t c0 = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; c0 < a.chunks;
+       c0 += U * stride) {
+    ChunkRaw r[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const uint64_t c = c0 + u * stride;
+      if (c < a.chunks) r[u] = load_chunk<F>(a, static_cast<uint32_t>(c));
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const uint64_t c = c0 + u * stride;
+      if (c < a.chunks) {
+        float v[8];
+        decode_chunk<F>(r[u], global, v);
+        store8<D>(a.dst + c * kOut, v);
+      }
+    }
+  }
+}
+
+// ---- the generic path -------------------------------------------------------------------------
+
+struct GenericArgs {
+  const uint8_t* codes;
+  const void* scale;
+  const int32_t* zero;
+  const float* global;
+  void* dst;
+  Dtype dst_dtype;
+  uint64_t n;
+  formats::GroupMap gm;
+  QuantFormat format;
+  Dtype code_dtype;
+  Dtype scale_dtype;
+  bool q8_0;  ///< GGUF: q8_0, else q4_0
+};
+
+__device__ __forceinline__ uint32_t nibble_at(const uint8_t* codes, uint64_t i) {
+  return (codes[i >> 1] >> ((i & 1) * 4)) & 0xfu;
+}
+
+__device__ __forceinline__ float generic_value(const GenericArgs& a, uint64_t i) {
+  if (a.format == QuantFormat::gguf) {
+    const uint64_t b = i / 32;
+    const uint32_t e = static_cast<uint32_t>(i % 32);
+    const uint8_t* blk = a.codes + b * (a.q8_0 ? kQ8_0Bytes : kQ4_0Bytes);
+    const float d = f16_to_f32(static_cast<uint16_t>(blk[0] | (blk[1] << 8)));
+    if (a.q8_0) return mul_x86(static_cast<float>(static_cast<int8_t>(blk[2 + e])), d);
+    const uint32_t byte = blk[2 + (e & 15)];
+    const uint32_t q = e < 16 ? (byte & 0x0fu) : (byte >> 4);
+    return mul_x86(static_cast<float>(static_cast<int32_t>(q) - 8), d);
+  }
+  const auto g = static_cast<uint64_t>(a.gm.group_of(static_cast<int64_t>(i)));
+  switch (a.format) {
+    case QuantFormat::int8:
+    case QuantFormat::uint8:
+    case QuantFormat::int4:
+    case QuantFormat::uint4: {
+      int32_t c;
+      switch (a.code_dtype) {
+        case Dtype::i8:
+          c = static_cast<int8_t>(a.codes[i]);
+          break;
+        case Dtype::u8:
+          c = a.codes[i];
+          break;
+        case Dtype::i4:
+          c = static_cast<int32_t>(nibble_at(a.codes, i) ^ 8u) - 8;
+          break;
+        default:
+          c = static_cast<int32_t>(nibble_at(a.codes, i));
+          break;
+      }
+      const int32_t z = a.zero ? a.zero[g] : 0;
+      return mul_x86(static_cast<float>(c - z), load_scale(a.scale, a.scale_dtype, g));
+    }
+    case QuantFormat::fp8e4m3:
+      return mul_x86(f8e4m3fn_to_f32(a.codes[i]), static_cast<const float*>(a.scale)[g]);
+    case QuantFormat::fp8e5m2:
+      return mul_x86(f8e5m2_to_f32(a.codes[i]), static_cast<const float*>(a.scale)[g]);
+    case QuantFormat::nvfp4:
+      return mul_x86(mul_x86(f4e2m1_to_f32(static_cast<uint8_t>(nibble_at(a.codes, i))),
+                             f8e4m3fn_to_f32(static_cast<const uint8_t*>(a.scale)[g])),
+                     a.global[0]);
+    case QuantFormat::mxfp4:
+      return mul_x86(f4e2m1_to_f32(static_cast<uint8_t>(nibble_at(a.codes, i))),
+                     e8m0_to_f32(static_cast<const uint8_t*>(a.scale)[g]));
+    case QuantFormat::mxfp8e4m3:
+      return mul_x86(f8e4m3fn_to_f32(a.codes[i]),
+                     e8m0_to_f32(static_cast<const uint8_t*>(a.scale)[g]));
+    default:
+      return mul_x86(f8e5m2_to_f32(a.codes[i]),
+                     e8m0_to_f32(static_cast<const uint8_t*>(a.scale)[g]));
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) dequantize_generic_kernel(GenericArgs a) {
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < a.n;
+       i += stride)
+    store_any(a.dst, a.dst_dtype, i, generic_value(a, i));
+}
+
+// ---- host side --------------------------------------------------------------------------------
+
+DCode dcode_of(const QuantScheme& s) {
+  switch (s.format) {
+    case QuantFormat::int8:
+      return DCode::i8;
+    case QuantFormat::uint8:
+      return DCode::u8;
+    case QuantFormat::int4:
+      return DCode::i4;
+    case QuantFormat::uint4:
+      return DCode::u4;
+    case QuantFormat::fp8e4m3:
+      return DCode::e4m3;
+    case QuantFormat::fp8e5m2:
+      return DCode::e5m2;
+    case QuantFormat::nvfp4:
+      return DCode::nvfp4;
+    case QuantFormat::mxfp4:
+      return DCode::mxfp4;
+    case QuantFormat::mxfp8e4m3:
+      return DCode::mxe4m3;
+    case QuantFormat::mxfp8e5m2:
+      return DCode::mxe5m2;
+    default:
+      return s.gguf_type == 8u ? DCode::q8_0 : DCode::q4_0;
+  }
+}
+
+/// Elements per scale group when groups are contiguous runs (GGUF: 32, the block), else 0.
+int64_t chunk_group_length(const QuantScheme& s, const Shape& shape, int64_t n) {
+  if (s.format == QuantFormat::gguf) return 32;
+  if (s.format == QuantFormat::nvfp4 || is_mx(s.format)) return s.block;
+  return flat_group_length(s, shape, n);
+}
+
+/// Whether the chunks path applies to the descriptor (views aligned).
+bool chunks_fit(const DequantizeDesc& d) {
+  const int64_t n = numel(d.shape);
+  const int64_t g = chunk_group_length(d.scheme, d.shape, n);
+  return n > 0 && n % 8 == 0 && g > 0 && g % 8 == 0 && n / 8 < (int64_t{1} << 32);
+}
+
+template <DCode F, Dtype D>
+void launch_chunks(const ChunkArgs& a, int sms, cudaStream_t stream) {
+  auto kernel = dequantize_chunks_kernel<F, D>;
+  const uint32_t grid = grid_of(a.chunks, kThreads * 2, resident_grid(kernel, kThreads, sms));
+  kernel<<<grid, kThreads, 0, stream>>>(a);
+  check_launch("dequantize_chunks_kernel");
+}
+
+template <DCode F>
+void launch_chunks_dst(Dtype dst, const ChunkArgs& a, int sms, cudaStream_t stream) {
+  switch (dst) {
+    case Dtype::f32:
+      return launch_chunks<F, Dtype::f32>(a, sms, stream);
+    case Dtype::bf16:
+      return launch_chunks<F, Dtype::bf16>(a, sms, stream);
+    default:
+      return launch_chunks<F, Dtype::f16>(a, sms, stream);
+  }
+}
+
+void launch_chunks_any(DCode f, Dtype dst, const ChunkArgs& a, int sms, cudaStream_t stream) {
+  switch (f) {
+    case DCode::i8:
+      return launch_chunks_dst<DCode::i8>(dst, a, sms, stream);
+    case DCode::u8:
+      return launch_chunks_dst<DCode::u8>(dst, a, sms, stream);
+    case DCode::i4:
+      return launch_chunks_dst<DCode::i4>(dst, a, sms, stream);
+    case DCode::u4:
+      return launch_chunks_dst<DCode::u4>(dst, a, sms, stream);
+    case DCode::e4m3:
+      return launch_chunks_dst<DCode::e4m3>(dst, a, sms, stream);
+    case DCode::e5m2:
+      return launch_chunks_dst<DCode::e5m2>(dst, a, sms, stream);
+    case DCode::nvfp4:
+      return launch_chunks_dst<DCode::nvfp4>(dst, a, sms, stream);
+    case DCode::mxfp4:
+      return launch_chunks_dst<DCode::mxfp4>(dst, a, sms, stream);
+    case DCode::mxe4m3:
+      return launch_chunks_dst<DCode::mxe4m3>(dst, a, sms, stream);
+    case DCode::mxe5m2:
+      return launch_chunks_dst<DCode::mxe5m2>(dst, a, sms, stream);
+    case DCode::q8_0:
+      return launch_chunks_dst<DCode::q8_0>(dst, a, sms, stream);
+    case DCode::q4_0:
+      return launch_chunks_dst<DCode::q4_0>(dst, a, sms, stream);
+  }
+}
+
+class DequantizeCuda final : public Kernel<DequantizeOp> {
  public:
   std::string_view name() const override { return "dequantize_cuda"; }
-  std::string decline(const DequantizeDesc&) const override { return "not implemented yet"; }
-  KernelSku sku(const DequantizeDesc&) const override { return {"dequantize", Backend::cuda, "", "", "", "dequantize_cuda"}; }
-  PrecisionGuarantee precision(const DequantizeDesc&) const override { return {}; }
-  void run(const DequantizeDesc&, const DequantizeArgs&, const Stream&, Workspace) const override {}
+
+  std::string decline(const DequantizeDesc& d) const override {
+    if (!d.device.is_cuda()) return "runs on CUDA devices only";
+    const DeviceFacts& f = facts(d.device.index);
+    if (!f.has_image)
+      return "this build has no kernel image for " + f.arch + " (" + f.image_error +
+             "; add it to LOWBIT_CUDA_ARCHS)";
+    if (d.dst != Dtype::f32 && d.dst != Dtype::f16 && d.dst != Dtype::bf16)
+      return "dst must be f32, f16 or bf16 (f64: the reference kernel, on the CPU only)";
+    if (d.scheme.format == QuantFormat::gguf && !is_gguf_fast(d.scheme))
+      return "GGUF " + d.scheme.str() +
+             " has no CUDA kernel (q8_0 and q4_0 do; the reference kernel serves the other "
+             "types, on the CPU only)";
+    return {};
+  }
+
+  KernelSku sku(const DequantizeDesc& d) const override {
+    // Misaligned views fall back to the generic kernel (same bits).
+    return {"dequantize",
+            Backend::cuda,
+            std::string(dtype_name(d.dst)),
+            d.scheme.str(),
+            facts(d.device.index).arch,
+            chunks_fit(d) ? "dequantize_cuda_chunks" : "dequantize_cuda_generic"};
+  }
+
+  PrecisionGuarantee precision(const DequantizeDesc&) const override {
+    return {
+        "the rules of docs/formats.md in f32, one rounding to the destination "
+        "(bit-identical to the reference, NaN bits included)",
+        std::nullopt, true, true};
+  }
+
+  void run(const DequantizeDesc& d, const DequantizeArgs& a, const Stream& stream,
+           Workspace) const override {
+    const int64_t n = numel(d.shape);
+    if (n == 0) return;
+    DeviceScope scope(d.device.index);
+    auto s = static_cast<cudaStream_t>(stream.native_handle());
+    const int sms = facts(d.device.index).multiprocessors;
+    const QuantScheme& q = d.scheme;
+    const bool affine = q.is_integer() && !q.symmetric;
+    const DCode f = dcode_of(q);
+    if (chunks_fit(d)) {
+      const bool gguf = q.format == QuantFormat::gguf;
+      const int code_align = gguf ? 2 : (is_packed(q.code_dtype()) ? 4 : 8);
+      if (aligned(a.dst.data(), 16) && aligned(a.src.codes.data(), code_align)) {
+        ChunkArgs ca{};
+        ca.codes = static_cast<const uint8_t*>(a.src.codes.data());
+        ca.scale = a.src.scale.data();
+        ca.zero = affine ? a.src.zero.data_as<const int32_t>() : nullptr;
+        ca.global =
+            q.format == QuantFormat::nvfp4 ? a.src.global_scale.data_as<const float>() : nullptr;
+        ca.dst = static_cast<uint8_t*>(a.dst.data());
+        ca.chunks = static_cast<uint32_t>(n / 8);
+        ca.per_group =
+            Divisor32::make(static_cast<uint32_t>(chunk_group_length(q, d.shape, n) / 8));
+        ca.scale_dtype = q.is_integer() ? q.scale_dtype : Dtype::f32;
+        launch_chunks_any(f, d.dst, ca, sms, s);
+        return;
+      }
+    }
+    GenericArgs ga{};
+    ga.codes = static_cast<const uint8_t*>(a.src.codes.data());
+    ga.scale = a.src.scale.data();
+    ga.zero = affine ? a.src.zero.data_as<const int32_t>() : nullptr;
+    ga.global =
+        q.format == QuantFormat::nvfp4 ? a.src.global_scale.data_as<const float>() : nullptr;
+    ga.dst = a.dst.data();
+    ga.dst_dtype = d.dst;
+    ga.n = static_cast<uint64_t>(n);
+    if (q.format != QuantFormat::gguf) ga.gm = formats::GroupMap::make(q, d.shape);
+    ga.format = q.format;
+    ga.code_dtype = q.format == QuantFormat::gguf ? Dtype::u8 : q.code_dtype();
+    ga.scale_dtype = q.is_integer() ? q.scale_dtype : Dtype::f32;
+    ga.q8_0 = q.gguf_type == 8u;
+    const uint32_t grid = grid_of(static_cast<uint64_t>(n), kThreads * 4,
+                                  resident_grid(dequantize_generic_kernel, kThreads, sms));
+    dequantize_generic_kernel<<<grid, kThreads, 0, s>>>(ga);
+    check_launch("dequantize_generic_kernel");
+  }
+
+ private:
+  static const DeviceFacts& facts(int device) {
+    return device_facts(device, dequantize_generic_kernel);
+  }
 };
+
 }  // namespace
+
 const Kernel<DequantizeOp>& dequantize_cuda_kernel() {
-  static const Placeholder kernel;
+  static const DequantizeCuda kernel;
   return kernel;
 }
+
 }  // namespace lowbit

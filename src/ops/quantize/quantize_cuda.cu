@@ -1,19 +1,1212 @@
-// Placeholder until the cuda kernel lands: declines every descriptor.
+// The CUDA kernel of quantize: bit-identical to quantize_reference.cpp for f32, f16 and bf16
+// sources (contiguous), every non-GGUF scheme, and GGUF q8_0 / q4_0.
+//
+// Paths, chosen per call (sku() names them; views that miss an alignment fall back to the
+// generic path, which gives the same bits):
+//  - rows: int8 / uint8 / int4 / uint4 / fp8 whose scale groups are contiguous runs of G
+//    elements (token: G = K; channel on axis 0, or any axis with only extent-1 dims before
+//    it: G = the product of the later extents; blockG when K is a multiple of G). A team of
+//    threads owns a group: a power-of-two slice of a warp (up to 32 lanes) for short groups,
+//    a whole block (up to 1024 threads) for long rows. Each thread loads its share (up to
+//    four 16-byte vectors, strided by the team size so that loads coalesce), reduces absmax
+//    (and min / max for affine schemes) in registers, then across the team with warp
+//    shuffles (and shared memory for a block), and quantizes from the registers it loaded:
+//    one read of x, one write of the codes and scales.
+//  - tensor: per-tensor int / fp8 scales, two kernels. The first reduces absmax (min, max)
+//    over the tensor: per thread in registers, per block through shuffles and shared
+//    memory, then one atomicMax per block on the f32 bits of the (non-negative) statistic:
+//    max is order-independent, so the result is the same on every run. The second kernel
+//    computes the scale from those words and quantizes (the rows kernel in "global" mode).
+//  - blocks: nvfp4, mxfp4, mxfp8 and GGUF q8_0 / q4_0: one thread per 16- or 32-element
+//    block (the block is 2 to 8 vectors), codes and scale written by the thread. nvfp4's
+//    global scale comes from a first absmax pass like the tensor path's. GGUF blocks (18 or
+//    34 bytes, 2-byte aligned) are staged per warp in shared memory and written out with
+//    16-byte stores.
+//  - generic: everything else (per-channel on a later axis, 2-d blocks, fp8 blocks over a
+//    ragged last axis, odd shapes, misaligned views, given scales): a statistics kernel
+//    (atomicMax per group, warp-aggregated where a warp shares a group), a per-group
+//    parameter kernel that writes the scales, and an element-wise kernel that writes each
+//    code (each byte of a packed code stream is written by one thread, so neighbouring
+//    groups never race on a shared byte).
+//
+// Checks: the reference refuses NaN / Inf inputs (naming the first one), GGUF blocks whose
+// f16 scale overflows, and invalid given scales / zero points. With desc.check_finite (the
+// default) the kernels atomicMax the complement of the first offending flat index (element,
+// block or group) into a word of a per-call device buffer, and run() copies those words back
+// and SYNCHRONISES THE STREAM before it returns, then throws the reference's exact Error
+// text. With check_finite off nothing is checked and run() does not synchronise; such
+// inputs then give unspecified (but memory-safe) codes.
+//
+// Arithmetic: formats/quant_math.hpp's functions, compiled for the device (they are written
+// so that each f32 operation rounds once; no product there feeds an addition, so FMA
+// contraction cannot change them). GGUF q4_0's x * id + 8.5 is spelled __fmul_rn /
+// __fadd_rn: ggml's reference (x86-64, no FMA) rounds twice and nvcc would otherwise fuse it.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "formats/groups.hpp"
+#include "lowbit/gguf_blocks.hpp"
+#include "ops/quantize/quantize_cuda_common.cuh"
 #include "ops/quantize/quantize_kernels.hpp"
 
 namespace lowbit {
 namespace {
-class Placeholder final : public Kernel<QuantizeOp> {
+
+using namespace quant_cuda;
+
+constexpr int kThreads = 256;
+constexpr int kMaxTeam = 1024;     ///< largest block team (rows path)
+constexpr int kVecsPerThread = 4;  ///< 16-byte vectors a rows-path thread holds
+
+// ---- check words (a per-call device buffer) -------------------------------------------------
+
+struct CheckWords {
+  unsigned long long nonfinite;  ///< first NaN / Inf element
+  unsigned long long overflow;   ///< first GGUF block whose f16 scale overflows
+  unsigned long long given;      ///< first group with an invalid given scale / zero point
+  unsigned long long pad;
+  uint32_t stats[4];  ///< tensor absmax, -min, max (f32 bits of non-negative values)
+};
+
+// ---- per-element statistics as the bits of non-negative floats -----------------------------
+
+struct Stats {
+  uint32_t amax = 0;  ///< |x|
+  uint32_t nlo = 0;   ///< -min(x, 0)
+  uint32_t hi = 0;    ///< max(x, 0)
+  __device__ __forceinline__ void add(float x, bool affine) {
+    const uint32_t b = __float_as_uint(x);
+    amax = max(amax, b & 0x7fffffffu);
+    if (affine) {
+      // The reference's min / max start at 0; only the sign of x decides which one moves.
+      nlo = max(nlo, (b >> 31) ? (b & 0x7fffffffu) : 0u);
+      hi = max(hi, (b >> 31) ? 0u : b);
+    }
+  }
+  __device__ __forceinline__ void shfl_max(int offset) {
+    amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+    nlo = max(nlo, __shfl_xor_sync(0xffffffffu, nlo, offset));
+    hi = max(hi, __shfl_xor_sync(0xffffffffu, hi, offset));
+  }
+  __device__ __forceinline__ void warp_max() {
+    amax = __reduce_max_sync(0xffffffffu, amax);
+    nlo = __reduce_max_sync(0xffffffffu, nlo);
+    hi = __reduce_max_sync(0xffffffffu, hi);
+  }
+};
+
+/// Reduces `s` over the block; every thread gets the result. `smem` holds 2 x 3 x 32 words
+/// (double-buffered by `parity`, so one __syncthreads per call suffices).
+__device__ __forceinline__ void block_max(Stats& s, uint32_t* smem, int parity) {
+  s.warp_max();
+  uint32_t* buf = smem + parity * 96;
+  const int warp = threadIdx.x / 32, nwarps = (blockDim.x + 31) / 32;
+  if ((threadIdx.x & 31) == 0) {
+    buf[warp] = s.amax;
+    buf[32 + warp] = s.nlo;
+    buf[64 + warp] = s.hi;
+  }
+  __syncthreads();
+  Stats r;
+  for (int w = 0; w < nwarps; ++w) {
+    r.amax = max(r.amax, buf[w]);
+    r.nlo = max(r.nlo, buf[32 + w]);
+    r.hi = max(r.hi, buf[64 + w]);
+  }
+  s = r;
+}
+
+// ---- scaled formats (int8 / uint8 / int4 / uint4 / fp8) -------------------------------------
+
+enum class Code : int { i8, i4, e4m3, e5m2 };
+
+template <Code C>
+constexpr int kCodeBits = C == Code::i4 ? 4 : 8;
+
+/// What a scaled scheme needs at run time.
+struct ScaledConf {
+  int qmin = 0;
+  int qmax = 0;
+  bool affine = false;
+  Dtype scale_dtype = Dtype::f32;
+};
+
+/// A group's parameters: the stored scale, its reciprocal (0 for scale 0), the zero point.
+struct Params {
+  float scale;
+  float inv;
+  int32_t zero;
+};
+
+template <Code C>
+__device__ __forceinline__ Params params_from_stats(const Stats& s, const ScaledConf& c) {
+  Params p;
+  if constexpr (C == Code::i8 || C == Code::i4) {
+    const formats::IntParams q =
+        c.affine ? formats::int_affine_params(-__uint_as_float(s.nlo), __uint_as_float(s.hi),
+                                              c.qmin, c.qmax, c.scale_dtype)
+                 : formats::int_symmetric_params(__uint_as_float(s.amax), c.qmax, c.scale_dtype);
+    p.scale = q.scale;
+    p.inv = q.inv_scale;
+    p.zero = q.zero;
+  } else {
+    p.scale = formats::fp8_scale(__uint_as_float(s.amax), C == Code::e5m2);
+    p.inv = p.scale == 0.0f ? 0.0f : 1.0f / p.scale;
+    p.zero = 0;
+  }
+  return p;
+}
+
+template <Code C>
+__device__ __forceinline__ uint32_t scaled_code(float x, const Params& p, const ScaledConf& c) {
+  if constexpr (C == Code::i8 || C == Code::i4) {
+    formats::IntParams q;
+    q.inv_scale = p.inv;
+    q.zero = p.zero;
+    const auto v = static_cast<uint32_t>(formats::int_quantize(x, q, c.qmin, c.qmax));
+    return C == Code::i8 ? (v & 0xffu) : (v & 0xfu);
+  } else {
+    return formats::fp8_quantize(x, p.inv, C == Code::e5m2);
+  }
+}
+
+/// Quantizes the vector with index `vec` (elements vec * E ...) and stores its codes.
+template <Dtype S, Code C>
+__device__ __forceinline__ void store_scaled(uint8_t* codes, uint64_t vec, const uint4& v,
+                                             const Params& p, const ScaledConf& c) {
+  constexpr int E = Src<S>::kVec;
+  constexpr int kBits = kCodeBits<C>;
+  constexpr int kBytes = E * kBits / 8;  // 8, 4 or 2
+  uint32_t w[2] = {0u, 0u};
+#pragma unroll
+  for (int i = 0; i < E; ++i)
+    w[(i * kBits) / 32] |= scaled_code<C>(Src<S>::element(v, i), p, c) << ((i * kBits) % 32);
+  if constexpr (kBytes == 8) {
+    reinterpret_cast<uint2*>(codes)[vec] = make_uint2(w[0], w[1]);
+  } else if constexpr (kBytes == 4) {
+    reinterpret_cast<uint32_t*>(codes)[vec] = w[0];
+  } else {
+    reinterpret_cast<uint16_t*>(codes)[vec] = static_cast<uint16_t>(w[0]);
+  }
+}
+
+/// Records the first non-finite element of vector `vec` in `bad` (min of flat indices).
+template <Dtype S>
+__device__ __forceinline__ void check_vector(const uint4& v, uint64_t vec, uint64_t& bad) {
+  constexpr int E = Src<S>::kVec;
+  uint32_t mask = 0;
+#pragma unroll
+  for (int i = 0; i < E; ++i)
+    mask |= static_cast<uint32_t>(non_finite_bits(__float_as_uint(Src<S>::element(v, i)))) << i;
+  if (mask) bad = min(bad, static_cast<uint64_t>(vec * E + (__ffs(mask) - 1)));
+}
+
+struct RowsArgs {
+  const uint4* x;
+  uint8_t* codes;
+  void* scale;
+  int32_t* zero;        ///< null for symmetric schemes
+  uint64_t groups;      ///< groups (global mode: chunks of kVecsPerThread vectors)
+  uint32_t group_vecs;  ///< 16-byte vectors per group
+  uint64_t total_vecs;  ///< vectors in the tensor
+  ScaledConf conf;
+  const uint32_t* stats;          ///< global mode: the tensor's statistics; else null
+  unsigned long long* nonfinite;  ///< null: no check
+};
+
+/// The rows path (see the file comment). kBlockTeam: a block owns a group; else teams of
+/// 2^team_log2 lanes. All loops are uniform per block, so shuffles and barriers are safe.
+template <Dtype S, Code C, bool kBlockTeam>
+__global__ void __launch_bounds__(kMaxTeam) quantize_rows_kernel(RowsArgs a, int team_log2) {
+  constexpr int V = kVecsPerThread;
+  __shared__ uint32_t smem[2 * 96];
+  const uint32_t ts = kBlockTeam ? blockDim.x : (1u << team_log2);
+  const uint32_t lane = kBlockTeam ? threadIdx.x : (threadIdx.x & (ts - 1));
+  const uint64_t teams_per_block = kBlockTeam ? 1 : blockDim.x / ts;
+  const uint64_t team = kBlockTeam ? 0 : threadIdx.x / ts;
+  const bool global = a.stats != nullptr;
+  Params gp{};
+  if (global) {
+    Stats s;
+    s.amax = a.stats[0];
+    s.nlo = a.stats[1];
+    s.hi = a.stats[2];
+    gp = params_from_stats<C>(s, a.conf);
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+      store_scale(a.scale, a.conf.scale_dtype, 0, gp.scale);
+      if (a.zero) a.zero[0] = gp.zero;
+    }
+  }
+  uint64_t bad = ~uint64_t{0};
+  int parity = 0;
+  for (uint64_t base = blockIdx.x * teams_per_block; base < a.groups;
+       base += gridDim.x * teams_per_block, parity ^= 1) {
+    const uint64_t g = base + team;
+    const bool active = g < a.groups;
+    uint4 v[V];
+    uint64_t vi[V];
+    bool ok[V];
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const uint32_t k = lane + j * ts;
+      vi[j] = g * a.group_vecs + k;
+      ok[j] = active && k < a.group_vecs && vi[j] < a.total_vecs;
+      v[j] = ok[j] ? a.x[vi[j]] : make_uint4(0, 0, 0, 0);
+    }
+    if (a.nonfinite) {
+#pragma unroll
+      for (int j = 0; j < V; ++j) check_vector<S>(v[j], vi[j], bad);
+    }
+    Params p = gp;
+    if (!global) {
+      // Zero vectors (lanes past the group) change nothing: the statistics start at 0.
+      Stats s;
+#pragma unroll
+      for (int j = 0; j < V; ++j)
+#pragma unroll
+        for (int i = 0; i < Src<S>::kVec; ++i) s.add(Src<S>::element(v[j], i), a.conf.affine);
+      if constexpr (kBlockTeam) {
+        block_max(s, smem, parity);
+      } else {
+        for (uint32_t off = ts >> 1; off > 0; off >>= 1) s.shfl_max(static_cast<int>(off));
+      }
+      p = params_from_stats<C>(s, a.conf);
+      if (active && lane == 0) {
+        store_scale(a.scale, a.conf.scale_dtype, g, p.scale);
+        if (a.zero) a.zero[g] = p.zero;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < V; ++j)
+      if (ok[j]) store_scaled<S, C>(a.codes, vi[j], v[j], p, a.conf);
+  }
+  if (a.nonfinite && bad != ~uint64_t{0}) report(a.nonfinite, bad);
+}
+
+/// Tensor statistics (absmax; -min and max when affine) into stats[0..2], and the first
+/// non-finite element. x is 16-byte aligned; the n % E tail is read element by element.
+template <Dtype S>
+__global__ void __launch_bounds__(kThreads)
+    tensor_stats_kernel(const uint4* x, uint64_t n, bool affine, uint32_t* stats,
+                        unsigned long long* nonfinite) {
+  constexpr int E = Src<S>::kVec;
+  constexpr int U = 4;
+  __shared__ uint32_t smem[2 * 96];
+  const uint64_t nv = n / E;
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  uint64_t bad = ~uint64_t{0};
+  Stats s;
+  for (uint64_t v0 = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; v0 < nv;
+       v0 += U * stride) {
+    uint4 v[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const uint64_t k = v0 + u * stride;
+      v[u] = k < nv ? x[k] : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (nonfinite) check_vector<S>(v[u], v0 + u * stride, bad);
+#pragma unroll
+      for (int i = 0; i < E; ++i) s.add(Src<S>::element(v[u], i), affine);
+    }
+  }
+  if (blockIdx.x == 0 && threadIdx.x < n - nv * E) {
+    const uint64_t i = nv * E + threadIdx.x;
+    const float f = Src<S>::load(x, i);
+    if (nonfinite && non_finite_bits(__float_as_uint(f))) bad = min(bad, i);
+    s.add(f, affine);
+  }
+  if (nonfinite && bad != ~uint64_t{0}) report(nonfinite, bad);
+  block_max(s, smem, 0);
+  if (threadIdx.x == 0) {
+    if (s.amax) atomicMax(stats + 0, s.amax);
+    if (s.nlo) atomicMax(stats + 1, s.nlo);
+    if (s.hi) atomicMax(stats + 2, s.hi);
+  }
+}
+
+// ---- one thread per block: nvfp4, mx, GGUF q8_0 / q4_0 --------------------------------------
+
+enum class Blk : int { nvfp4, mxfp4, mxe4m3, mxe5m2, q8_0, q4_0 };
+
+template <Blk B>
+constexpr int kBlockElems = B == Blk::nvfp4 ? 16 : 32;
+template <Blk B>
+constexpr bool kGguf = B == Blk::q8_0 || B == Blk::q4_0;
+template <Blk B>
+constexpr int kGgufBytes = B == Blk::q8_0 ? kQ8_0Bytes : kQ4_0Bytes;
+
+struct BlocksArgs {
+  const void* x;
+  uint8_t* codes;
+  uint8_t* scales;  ///< nvfp4 / mx: one byte per block
+  uint64_t blocks;
+  float* global_scale;            ///< nvfp4: written (dynamic) or read (given)
+  const uint32_t* stats;          ///< nvfp4 dynamic: the tensor absmax bits
+  unsigned long long* nonfinite;  ///< null: no check
+  unsigned long long* overflow;   ///< GGUF: first block with an f16 overflow; null: no check
+  unsigned long long* given_bad;  ///< nvfp4 given global scale check; null: none
+};
+
+/// ggml's Q8_0 block (quantize_q8_0 in gguf_legacy.cpp): d = amax / 127, q = roundf(x / d)
+/// as x * (1 / d), half away from zero. Writes 34 bytes at `out` (2-byte aligned).
+__device__ __forceinline__ uint16_t gguf_q8_0(const float (&x)[32], uint8_t* q) {
+  float amax = 0.0f;
+#pragma unroll
+  for (int j = 0; j < 32; ++j) amax = fmaxf(amax, fabsf(x[j]));
+  const float d = amax / 127.0f;
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+#pragma unroll
+  for (int j = 0; j < 32; ++j) q[j] = float_to_byte_x86(roundf(__fmul_rn(x[j], id)));
+  return f32_to_f16(d);
+}
+
+/// ggml's Q4_0 block: the signed absmax (first on ties) maps to -8; q = min(15, (int8)(x * id
+/// + 8.5)) with the product and the sum rounded separately, as ggml's non-FMA build does.
+__device__ __forceinline__ uint16_t gguf_q4_0(const float (&x)[32], uint8_t* q) {
+  float amax = 0.0f, mx = 0.0f;
+#pragma unroll
+  for (int j = 0; j < 32; ++j) {
+    if (amax < fabsf(x[j])) {
+      amax = fabsf(x[j]);
+      mx = x[j];
+    }
+  }
+  const float d = mx / -8.0f;
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+    const float x0 = __fmul_rn(x[j], id);
+    const float x1 = __fmul_rn(x[j + 16], id);
+    const int q0 =
+        min(15, static_cast<int>(static_cast<int8_t>(float_to_byte_x86(__fadd_rn(x0, 8.5f)))));
+    const int q1 =
+        min(15, static_cast<int>(static_cast<int8_t>(float_to_byte_x86(__fadd_rn(x1, 8.5f)))));
+    q[j] = static_cast<uint8_t>(static_cast<uint8_t>(q0) | (static_cast<uint8_t>(q1) << 4));
+  }
+  return f32_to_f16(d);
+}
+
+template <Dtype S, Blk B, bool kVec>
+__global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a) {
+  constexpr int N = kBlockElems<B>;
+  constexpr int E = Src<S>::kVec;
+  constexpr int kStage = kGguf<B> ? 32 * kGgufBytes<B> : 16;  // bytes per warp
+  __shared__ __align__(16) uint8_t stage[kThreads / 32][kStage];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
+
+  float global = 0.0f;
+  if constexpr (B == Blk::nvfp4) {
+    if (a.stats) {
+      global = formats::nvfp4_global_scale(__uint_as_float(a.stats[0]));
+      if (blockIdx.x == 0 && threadIdx.x == 0) a.global_scale[0] = global;
+    } else {
+      global = a.global_scale[0];
+      if (a.given_bad && blockIdx.x == 0 && threadIdx.x == 0 &&
+          (!(global >= 0.0f && global <= 3.40282347e38f) ||
+           (global > 0.0f && global < formats::kMinScale)))
+        report(a.given_bad, 0);
+    }
+  }
+  uint64_t bad = ~uint64_t{0}, ovf = ~uint64_t{0};
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  // The loop is uniform per warp (GGUF's staging uses __syncwarp).
+  for (uint64_t b0 = blockIdx.x * static_cast<uint64_t>(blockDim.x) + warp * 32; b0 < a.blocks;
+       b0 += stride) {
+    const uint64_t b = b0 + lane;
+    const bool active = b < a.blocks;
+    float x[N];
+    if (active) {
+      if constexpr (kVec) {
+        const uint4* p = static_cast<const uint4*>(a.x) + b * (N / E);
+#pragma unroll
+        for (int k = 0; k < N / E; ++k) {
+          const uint4 v = p[k];
+#pragma unroll
+          for (int i = 0; i < E; ++i) x[k * E + i] = Src<S>::element(v, i);
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < N; ++i) x[i] = Src<S>::load(a.x, b * N + i);
+      }
+      if (a.nonfinite) {
+        uint32_t mask = 0;
+#pragma unroll
+        for (int i = 0; i < N; ++i)
+          mask |= static_cast<uint32_t>(non_finite_bits(__float_as_uint(x[i]))) << i;
+        if (mask) bad = min(bad, b * N + (__ffs(mask) - 1));
+      }
+    }
+    if constexpr (kGguf<B>) {
+      uint8_t* mine = stage[warp] + lane * kGgufBytes<B>;
+      if (active) {
+        uint8_t q[32];
+        const uint16_t d = B == Blk::q8_0 ? gguf_q8_0(x, q) : gguf_q4_0(x, q);
+        if (a.overflow && (d & 0x7fffu) == 0x7c00u) ovf = min(ovf, b);
+        reinterpret_cast<uint16_t*>(mine)[0] = d;
+#pragma unroll
+        for (int j = 0; j < kGgufBytes<B> - 2; j += 2)
+          reinterpret_cast<uint16_t*>(mine)[1 + j / 2] =
+              static_cast<uint16_t>(q[j] | (static_cast<uint32_t>(q[j + 1]) << 8));
+      }
+      __syncwarp();
+      const uint64_t nb = a.blocks - b0 < 32 ? a.blocks - b0 : 32;
+      const uint32_t bytes = static_cast<uint32_t>(nb) * kGgufBytes<B>;
+      uint8_t* out = a.codes + b0 * kGgufBytes<B>;
+      if (aligned(out, 16)) {
+        for (uint32_t k = lane; k < bytes / 16; k += 32)
+          reinterpret_cast<uint4*>(out)[k] = reinterpret_cast<const uint4*>(stage[warp])[k];
+        for (uint32_t k = bytes / 16 * 16 + lane; k < bytes; k += 32) out[k] = stage[warp][k];
+      } else {
+        for (uint32_t k = lane; k < bytes; k += 32) out[k] = stage[warp][k];
+      }
+      __syncwarp();
+    } else if (active) {
+      float amax = 0.0f;
+#pragma unroll
+      for (int i = 0; i < N; ++i) amax = fmaxf(amax, fabsf(x[i]));
+      uint8_t sc;
+      uint32_t w[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      if constexpr (B == Blk::nvfp4) {
+        sc = global == 0.0f ? 0 : formats::nvfp4_block_scale(amax, global);
+#pragma unroll
+        for (int i = 0; i < N; ++i)
+          w[i / 8] |= static_cast<uint32_t>(formats::nvfp4_quantize(x[i], global, sc))
+                      << (4 * (i % 8));
+      } else if constexpr (B == Blk::mxfp4) {
+        sc = formats::mx_scale_code(amax, 2);
+#pragma unroll
+        for (int i = 0; i < N; ++i)
+          w[i / 8] |= static_cast<uint32_t>(formats::mxfp4_quantize(x[i], sc)) << (4 * (i % 8));
+      } else {
+        sc = formats::mx_scale_code(amax, B == Blk::mxe4m3 ? 8 : 15);
+#pragma unroll
+        for (int i = 0; i < N; ++i)
+          w[i / 4] |= static_cast<uint32_t>(formats::mxfp8_quantize(x[i], sc, B == Blk::mxe5m2))
+                      << (8 * (i % 4));
+      }
+      a.scales[b] = sc;
+      constexpr int kCodeBytes = B == Blk::nvfp4 ? 8 : (B == Blk::mxfp4 ? 16 : 32);
+      if constexpr (kVec) {
+        if constexpr (kCodeBytes == 8) {
+          reinterpret_cast<uint2*>(a.codes)[b] = make_uint2(w[0], w[1]);
+        } else {
+#pragma unroll
+          for (int k = 0; k < kCodeBytes / 16; ++k)
+            reinterpret_cast<uint4*>(a.codes)[b * (kCodeBytes / 16) + k] =
+                make_uint4(w[4 * k], w[4 * k + 1], w[4 * k + 2], w[4 * k + 3]);
+        }
+      } else {
+#pragma unroll
+        for (int k = 0; k < kCodeBytes; ++k)
+          a.codes[b * kCodeBytes + k] = static_cast<uint8_t>(w[k / 4] >> (8 * (k % 4)));
+      }
+    }
+  }
+  if (a.nonfinite && bad != ~uint64_t{0}) report(a.nonfinite, bad);
+  if (a.overflow && ovf != ~uint64_t{0}) report(a.overflow, ovf);
+}
+
+// ---- the generic path -------------------------------------------------------------------------
+
+struct GenericArgs {
+  const void* x;
+  Dtype src;
+  uint64_t n;
+  formats::GroupMap gm;
+  QuantFormat format;
+  bool affine;
+  uint32_t* amax;         ///< per group
+  uint32_t* nlo;          ///< per group (affine)
+  uint32_t* hi;           ///< per group (affine)
+  uint32_t* tensor_amax;  ///< nvfp4: the tensor's absmax
+  unsigned long long* nonfinite;
+};
+
+/// Per-group statistics: each lane takes 8 consecutive elements per step; runs of one group
+/// are merged in registers and flushed with atomicMax (one per warp where the whole warp
+/// shares a group, as for per-tensor scales).
+__global__ void __launch_bounds__(kThreads) generic_stats_kernel(GenericArgs a) {
+  __shared__ uint32_t smem[2 * 96];
+  const uint64_t chunks = (a.n + 7) / 8;
+  const int lane = threadIdx.x & 31;
+  const uint64_t warps = static_cast<uint64_t>(gridDim.x) * (blockDim.x / 32);
+  uint64_t bad = ~uint64_t{0};
+  Stats cur, tensor;
+  int64_t cur_g = -1;
+  auto flush = [&] {
+    if (cur_g < 0) return;
+    if (cur.amax) atomicMax(a.amax + cur_g, cur.amax);
+    if (cur.nlo) atomicMax(a.nlo + cur_g, cur.nlo);
+    if (cur.hi) atomicMax(a.hi + cur_g, cur.hi);
+  };
+  for (uint64_t base =
+           (blockIdx.x * static_cast<uint64_t>(blockDim.x / 32) + threadIdx.x / 32) * 32;
+       base < chunks; base += warps * 32) {
+    const uint64_t c = base + lane;
+    for (int j = 0; j < 8; ++j) {
+      const uint64_t i = c * 8 + j;
+      if (c >= chunks || i >= a.n) break;
+      const float x = load_any(a.x, a.src, i);
+      if (a.nonfinite && non_finite_bits(__float_as_uint(x))) bad = min(bad, i);
+      const int64_t g = a.gm.group_of(static_cast<int64_t>(i));
+      if (g != cur_g) {
+        flush();
+        cur = Stats();
+        cur_g = g;
+      }
+      cur.add(x, a.affine);
+      tensor.add(x, false);
+    }
+  }
+  // A warp whose lanes all hold the same group flushes once.
+  const int64_t g0 = __shfl_sync(0xffffffffu, cur_g, 0);
+  if (__all_sync(0xffffffffu, cur_g == g0 || cur_g < 0) && g0 >= 0) {
+    cur.warp_max();
+    if (lane == 0) flush();
+  } else {
+    flush();
+  }
+  if (a.nonfinite && bad != ~uint64_t{0}) report(a.nonfinite, bad);
+  if (a.tensor_amax) {
+    block_max(tensor, smem, 0);
+    if (threadIdx.x == 0 && tensor.amax) atomicMax(a.tensor_amax, tensor.amax);
+  }
+}
+
+struct ParamsArgs {
+  QuantFormat format;
+  ScaledConf conf;
+  bool given;
+  uint64_t count;
+  const uint32_t* amax;
+  const uint32_t* nlo;
+  const uint32_t* hi;
+  const uint32_t* tensor_amax;
+  void* scale;
+  int32_t* zero;
+  float* global_scale;
+  float* inv;   ///< per group: 1 / scale (int, fp8)
+  int32_t* zw;  ///< per group: zero point (int)
+  unsigned long long* given_bad;
+};
+
+/// check_given_scale's condition: finite, >= 0, and 0 or at least 2^-126.
+__device__ __forceinline__ bool bad_given_scale(float s) {
+  return !(s >= 0.0f && s <= 3.40282347e38f) || (s > 0.0f && s < formats::kMinScale);
+}
+
+__global__ void __launch_bounds__(kThreads) generic_params_kernel(ParamsArgs a) {
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  for (uint64_t g = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; g < a.count;
+       g += stride) {
+    Stats s;
+    s.amax = a.amax[g];
+    s.nlo = a.nlo[g];
+    s.hi = a.hi[g];
+    switch (a.format) {
+      case QuantFormat::int8:
+      case QuantFormat::uint8:
+      case QuantFormat::int4:
+      case QuantFormat::uint4: {
+        Params p;
+        if (a.given) {
+          const float sc = load_scale(a.scale, a.conf.scale_dtype, g);
+          const int32_t z = a.conf.affine ? a.zero[g] : 0;
+          if (a.given_bad && (bad_given_scale(sc) || z < a.conf.qmin || z > a.conf.qmax))
+            report(a.given_bad, g);
+          const formats::IntParams q = formats::int_params_from_scale(sc, z);
+          p = {q.scale, q.inv_scale, q.zero};
+        } else {
+          p = params_from_stats<Code::i8>(s, a.conf);
+          store_scale(a.scale, a.conf.scale_dtype, g, p.scale);
+          if (a.conf.affine) a.zero[g] = p.zero;
+        }
+        a.inv[g] = p.inv;
+        a.zw[g] = p.zero;
+        break;
+      }
+      case QuantFormat::fp8e4m3:
+      case QuantFormat::fp8e5m2: {
+        float sc;
+        if (a.given) {
+          sc = static_cast<const float*>(a.scale)[g];
+          if (a.given_bad && bad_given_scale(sc)) report(a.given_bad, g);
+        } else {
+          sc = formats::fp8_scale(__uint_as_float(s.amax), a.format == QuantFormat::fp8e5m2);
+          static_cast<float*>(a.scale)[g] = sc;
+        }
+        a.inv[g] = sc == 0.0f ? 0.0f : 1.0f / sc;
+        break;
+      }
+      case QuantFormat::nvfp4: {
+        float global;
+        if (a.given) {
+          global = a.global_scale[0];
+          if (g == 0 && a.given_bad && bad_given_scale(global)) report(a.given_bad, 0);
+        } else {
+          global = formats::nvfp4_global_scale(__uint_as_float(*a.tensor_amax));
+          if (g == 0) a.global_scale[0] = global;
+        }
+        static_cast<uint8_t*>(a.scale)[g] =
+            global == 0.0f ? 0 : formats::nvfp4_block_scale(__uint_as_float(s.amax), global);
+        break;
+      }
+      default: {  // mx
+        const int emax =
+            a.format == QuantFormat::mxfp4 ? 2 : (a.format == QuantFormat::mxfp8e4m3 ? 8 : 15);
+        static_cast<uint8_t*>(a.scale)[g] = formats::mx_scale_code(__uint_as_float(s.amax), emax);
+        break;
+      }
+    }
+  }
+}
+
+struct ElementsArgs {
+  const void* x;
+  Dtype src;
+  uint64_t n;
+  formats::GroupMap gm;
+  QuantFormat format;
+  ScaledConf conf;
+  uint8_t* codes;
+  const uint8_t* scale_codes;  ///< nvfp4 / mx
+  const float* global_scale;   ///< nvfp4
+  const float* inv;
+  const int32_t* zw;
+};
+
+__device__ __forceinline__ uint32_t generic_code(const ElementsArgs& a, uint64_t i) {
+  const float x = load_any(a.x, a.src, i);
+  const auto g = static_cast<uint64_t>(a.gm.group_of(static_cast<int64_t>(i)));
+  switch (a.format) {
+    case QuantFormat::int8:
+    case QuantFormat::uint8:
+    case QuantFormat::int4:
+    case QuantFormat::uint4: {
+      formats::IntParams q;
+      q.inv_scale = a.inv[g];
+      q.zero = a.zw[g];
+      return static_cast<uint32_t>(formats::int_quantize(x, q, a.conf.qmin, a.conf.qmax));
+    }
+    case QuantFormat::fp8e4m3:
+    case QuantFormat::fp8e5m2:
+      return formats::fp8_quantize(x, a.inv[g], a.format == QuantFormat::fp8e5m2);
+    case QuantFormat::nvfp4:
+      return formats::nvfp4_quantize(x, a.global_scale[0], a.scale_codes[g]);
+    case QuantFormat::mxfp4:
+      return formats::mxfp4_quantize(x, a.scale_codes[g]);
+    default:
+      return formats::mxfp8_quantize(x, a.scale_codes[g], a.format == QuantFormat::mxfp8e5m2);
+  }
+}
+
+/// One thread per code byte: packed formats combine elements 2u and 2u + 1 (the high
+/// nibble of an odd count's last byte is 0, as in the reference's zeroed buffer).
+__global__ void __launch_bounds__(kThreads) generic_elements_kernel(ElementsArgs a, bool packed) {
+  const uint64_t units = packed ? (a.n + 1) / 2 : a.n;
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  for (uint64_t u = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; u < units;
+       u += stride) {
+    if (packed) {
+      const uint32_t lo = generic_code(a, 2 * u) & 0xfu;
+      const uint32_t hi = 2 * u + 1 < a.n ? generic_code(a, 2 * u + 1) & 0xfu : 0u;
+      a.codes[u] = static_cast<uint8_t>(lo | (hi << 4));
+    } else {
+      a.codes[u] = static_cast<uint8_t>(generic_code(a, u));
+    }
+  }
+}
+
+// ---- host side --------------------------------------------------------------------------------
+
+bool is_scaled(QuantFormat f) {
+  return f == QuantFormat::int8 || f == QuantFormat::uint8 || f == QuantFormat::int4 ||
+         f == QuantFormat::uint4 || f == QuantFormat::fp8e4m3 || f == QuantFormat::fp8e5m2;
+}
+
+bool is_contiguous(const QuantizeDesc& d) {
+  const Strides c = contiguous_strides(d.shape);
+  for (int i = 0; i < d.shape.size(); ++i)
+    if (d.shape[i] != 1 && d.src_strides[i] != c[i]) return false;
+  return true;
+}
+
+enum class Path { rows, tensor, blocks, generic };
+
+/// The path a descriptor takes when its views are aligned.
+Path choose_path(const QuantizeDesc& d) {
+  const QuantScheme& s = d.scheme;
+  const int64_t n = numel(d.shape);
+  if (s.format == QuantFormat::gguf) return Path::blocks;
+  if (n == 0) return Path::generic;
+  if (s.format == QuantFormat::nvfp4 || is_mx(s.format)) return Path::blocks;
+  if (d.given_scales) return Path::generic;
+  const int E = 16 / static_cast<int>(bit_width(d.src) / 8);
+  if (s.granularity == Granularity::tensor) return n % E == 0 ? Path::tensor : Path::generic;
+  const int64_t g = flat_group_length(s, d.shape, n);
+  if (g <= 0 || g % E != 0 || g / E > int64_t{kMaxTeam} * kVecsPerThread) return Path::generic;
+  return Path::rows;
+}
+
+const char* path_name(Path p) {
+  switch (p) {
+    case Path::rows:
+      return "quantize_cuda_rows";
+    case Path::tensor:
+      return "quantize_cuda_tensor";
+    case Path::blocks:
+      return "quantize_cuda_blocks";
+    default:
+      return "quantize_cuda_generic";
+  }
+}
+
+/// Everything one run needs on the host side.
+struct Call {
+  const QuantizeDesc& d;
+  const QuantizeArgs& a;
+  cudaStream_t stream;
+  int sms;
+  CheckWords* words;  ///< device
+  bool check;
+};
+
+template <Dtype S, Code C>
+void launch_rows(const Call& c, RowsArgs ra, uint64_t group_vecs, bool global) {
+  constexpr int V = kVecsPerThread;
+  if (global) {
+    ra.group_vecs = V;
+    ra.groups = (ra.total_vecs + V - 1) / V;
+    auto kernel = quantize_rows_kernel<S, C, false>;
+    const uint32_t grid = grid_of(ra.groups, kThreads, resident_grid(kernel, kThreads, c.sms));
+    kernel<<<grid, kThreads, 0, c.stream>>>(ra, 0);
+    check_launch("quantize_rows_kernel");
+    return;
+  }
+  ra.group_vecs = static_cast<uint32_t>(group_vecs);
+  const uint64_t need = (group_vecs + V - 1) / V;  // threads per group
+  if (need <= 32) {
+    int log2 = 0;
+    while ((1u << log2) < need) ++log2;
+    auto kernel = quantize_rows_kernel<S, C, false>;
+    const uint64_t teams_per_block = kThreads >> log2;
+    const uint32_t grid =
+        grid_of(ra.groups, teams_per_block, resident_grid(kernel, kThreads, c.sms));
+    kernel<<<grid, kThreads, 0, c.stream>>>(ra, log2);
+  } else {
+    const int threads = static_cast<int>((need + 31) / 32 * 32);
+    auto kernel = quantize_rows_kernel<S, C, true>;
+    const uint32_t grid = grid_of(ra.groups, 1, resident_grid(kernel, threads, c.sms));
+    kernel<<<grid, threads, 0, c.stream>>>(ra, 0);
+  }
+  check_launch("quantize_rows_kernel");
+}
+
+template <Dtype S>
+void launch_tensor_stats(const Call& c, bool affine) {
+  auto kernel = tensor_stats_kernel<S>;
+  const uint64_t n = static_cast<uint64_t>(numel(c.d.shape));
+  const uint32_t grid =
+      grid_of(n / Src<S>::kVec + 1, kThreads * 4, resident_grid(kernel, kThreads, c.sms));
+  kernel<<<grid, kThreads, 0, c.stream>>>(static_cast<const uint4*>(c.a.src.data()), n, affine,
+                                          c.words->stats, c.check ? &c.words->nonfinite : nullptr);
+  check_launch("tensor_stats_kernel");
+}
+
+/// The rows / tensor paths; false if the views are not aligned for them.
+template <Dtype S>
+bool run_scaled(const Call& c, Path path) {
+  const QuantScheme& s = c.d.scheme;
+  const int64_t n = numel(c.d.shape);
+  constexpr int E = Src<S>::kVec;
+  const int code_bits = bit_width(s.code_dtype());
+  const int store_bytes = E * code_bits / 8;
+  if (!aligned(c.a.src.data(), 16) || !aligned(c.a.dst.codes.data(), store_bytes)) return false;
+  RowsArgs ra{};
+  ra.x = static_cast<const uint4*>(c.a.src.data());
+  ra.codes = static_cast<uint8_t*>(c.a.dst.codes.data());
+  ra.scale = c.a.dst.scale.data();
+  ra.zero = s.is_integer() && !s.symmetric ? static_cast<int32_t*>(c.a.dst.zero.data()) : nullptr;
+  ra.total_vecs = static_cast<uint64_t>(n / E);
+  ra.conf.affine = s.is_integer() && !s.symmetric;
+  ra.conf.qmin = s.is_integer() ? s.qmin() : 0;
+  ra.conf.qmax = s.is_integer() ? s.qmax() : 0;
+  ra.conf.scale_dtype = s.is_integer() ? s.scale_dtype : Dtype::f32;
+  ra.nonfinite = c.check ? &c.words->nonfinite : nullptr;
+  const bool global = path == Path::tensor;
+  uint64_t group_vecs = 0;
+  if (global) {
+    launch_tensor_stats<S>(c, ra.conf.affine);
+    ra.stats = c.words->stats;
+    ra.nonfinite = nullptr;  // checked by the statistics pass
+  } else {
+    const int64_t g = flat_group_length(s, c.d.shape, n);
+    group_vecs = static_cast<uint64_t>(g / E);
+    ra.groups = static_cast<uint64_t>(n / g);
+  }
+  switch (s.format) {
+    case QuantFormat::int8:
+    case QuantFormat::uint8:
+      launch_rows<S, Code::i8>(c, ra, group_vecs, global);
+      break;
+    case QuantFormat::int4:
+    case QuantFormat::uint4:
+      launch_rows<S, Code::i4>(c, ra, group_vecs, global);
+      break;
+    case QuantFormat::fp8e4m3:
+      launch_rows<S, Code::e4m3>(c, ra, group_vecs, global);
+      break;
+    default:
+      launch_rows<S, Code::e5m2>(c, ra, group_vecs, global);
+      break;
+  }
+  return true;
+}
+
+template <Dtype S, Blk B>
+void launch_blocks_kernel(const Call& c, const BlocksArgs& ba, bool vec) {
+  auto kernel = vec ? quantize_blocks_kernel<S, B, true> : quantize_blocks_kernel<S, B, false>;
+  const uint32_t grid = grid_of(ba.blocks, kThreads, resident_grid(kernel, kThreads, c.sms));
+  kernel<<<grid, kThreads, 0, c.stream>>>(ba);
+  check_launch("quantize_blocks_kernel");
+}
+
+/// nvfp4 / mx / GGUF; false if the views are not aligned (nvfp4 / mx only: GGUF has a
+/// per-element variant).
+template <Dtype S>
+bool run_blocks(const Call& c) {
+  const QuantScheme& s = c.d.scheme;
+  const int64_t n = numel(c.d.shape);
+  BlocksArgs ba{};
+  ba.x = c.a.src.data();
+  ba.codes = static_cast<uint8_t*>(c.a.dst.codes.data());
+  ba.nonfinite = c.check ? &c.words->nonfinite : nullptr;
+  const bool x_aligned = aligned(ba.x, 16);
+  if (s.format == QuantFormat::gguf) {
+    ba.blocks = static_cast<uint64_t>(n / 32);
+    ba.overflow = c.check ? &c.words->overflow : nullptr;
+    if (ba.blocks == 0) return true;
+    if (s.gguf_type == static_cast<uint32_t>(gguf::GgmlType::q8_0))
+      launch_blocks_kernel<S, Blk::q8_0>(c, ba, x_aligned);
+    else
+      launch_blocks_kernel<S, Blk::q4_0>(c, ba, x_aligned);
+    return true;
+  }
+  const int code_bytes = s.format == QuantFormat::nvfp4 ? 8 : 16;
+  if (!x_aligned || !aligned(ba.codes, code_bytes)) return false;
+  ba.scales = static_cast<uint8_t*>(c.a.dst.scale.data());
+  if (s.format == QuantFormat::nvfp4) {
+    ba.blocks = static_cast<uint64_t>(n / 16);
+    ba.global_scale = c.a.dst.global_scale.data_as<float>();
+    if (c.d.given_scales) {
+      ba.given_bad = c.check ? &c.words->given : nullptr;
+    } else {
+      launch_tensor_stats<S>(c, false);
+      ba.stats = c.words->stats;
+      ba.nonfinite = nullptr;  // checked by the statistics pass
+    }
+    launch_blocks_kernel<S, Blk::nvfp4>(c, ba, true);
+    return true;
+  }
+  ba.blocks = static_cast<uint64_t>(n / 32);
+  if (s.format == QuantFormat::mxfp4)
+    launch_blocks_kernel<S, Blk::mxfp4>(c, ba, true);
+  else if (s.format == QuantFormat::mxfp8e4m3)
+    launch_blocks_kernel<S, Blk::mxe4m3>(c, ba, true);
+  else
+    launch_blocks_kernel<S, Blk::mxe5m2>(c, ba, true);
+  return true;
+}
+
+/// The generic path: statistics, parameters, codes. `scratch` is a device buffer kept alive
+/// by the caller until the stream has run these kernels.
+void run_generic(const Call& c, Buffer& scratch, const Stream& stream) {
+  const QuantizeDesc& d = c.d;
+  const QuantScheme& s = d.scheme;
+  const uint64_t n = static_cast<uint64_t>(numel(d.shape));
+  const formats::GroupMap gm = formats::GroupMap::make(s, d.shape);
+  const auto count = static_cast<uint64_t>(gm.count);
+  const bool affine = s.is_integer() && !s.symmetric;
+  // Per group: amax, -min, max (stats), 1/scale, zero point.
+  scratch = Buffer(static_cast<int64_t>(std::max<uint64_t>(count, 1) * 5 * 4), d.device, &stream);
+  auto* ws = static_cast<uint32_t*>(scratch.data());
+  uint32_t* amax = ws;
+  uint32_t* nlo = ws + count;
+  uint32_t* hi = ws + 2 * count;
+  auto* inv = reinterpret_cast<float*>(ws + 3 * count);
+  auto* zw = reinterpret_cast<int32_t*>(ws + 4 * count);
+  check_cuda(cudaMemsetAsync(ws, 0, count * 3 * 4, c.stream), "quantize: cudaMemsetAsync");
+  // Given int / fp8 scales need no statistics (but the finiteness check reads x anyway);
+  // nvfp4's block scales always come from the data.
+  const bool need_stats = !d.given_scales || !is_scaled(s.format) || c.check;
+  if (n > 0 && need_stats) {
+    GenericArgs ga{};
+    ga.x = c.a.src.data();
+    ga.src = d.src;
+    ga.n = n;
+    ga.gm = gm;
+    ga.format = s.format;
+    ga.affine = affine;
+    ga.amax = amax;
+    ga.nlo = nlo;
+    ga.hi = hi;
+    ga.tensor_amax = s.format == QuantFormat::nvfp4 ? c.words->stats : nullptr;
+    ga.nonfinite = c.check ? &c.words->nonfinite : nullptr;
+    const uint32_t grid =
+        grid_of((n + 7) / 8, kThreads, resident_grid(generic_stats_kernel, kThreads, c.sms));
+    generic_stats_kernel<<<grid, kThreads, 0, c.stream>>>(ga);
+    check_launch("generic_stats_kernel");
+  }
+  if (s.format == QuantFormat::nvfp4 && count == 0 && !d.given_scales) {
+    // No block to write the global scale: the reference still stores global(0) = 0.
+    check_cuda(cudaMemsetAsync(c.a.dst.global_scale.data(), 0, 4, c.stream),
+               "quantize: cudaMemsetAsync");
+  }
+  if (count > 0) {
+    ParamsArgs pa{};
+    pa.format = s.format;
+    pa.conf.affine = affine;
+    pa.conf.qmin = s.is_integer() ? s.qmin() : 0;
+    pa.conf.qmax = s.is_integer() ? s.qmax() : 0;
+    pa.conf.scale_dtype = s.is_integer() ? s.scale_dtype : Dtype::f32;
+    pa.given = d.given_scales;
+    pa.count = count;
+    pa.amax = amax;
+    pa.nlo = nlo;
+    pa.hi = hi;
+    pa.tensor_amax = c.words->stats;
+    pa.scale = c.a.dst.scale.data();
+    pa.zero = affine ? c.a.dst.zero.data_as<int32_t>() : nullptr;
+    pa.global_scale =
+        s.format == QuantFormat::nvfp4 ? c.a.dst.global_scale.data_as<float>() : nullptr;
+    pa.inv = inv;
+    pa.zw = zw;
+    pa.given_bad = c.check && d.given_scales ? &c.words->given : nullptr;
+    const uint32_t grid =
+        grid_of(count, kThreads, resident_grid(generic_params_kernel, kThreads, c.sms));
+    generic_params_kernel<<<grid, kThreads, 0, c.stream>>>(pa);
+    check_launch("generic_params_kernel");
+  }
+  if (n > 0) {
+    ElementsArgs ea{};
+    ea.x = c.a.src.data();
+    ea.src = d.src;
+    ea.n = n;
+    ea.gm = gm;
+    ea.format = s.format;
+    ea.conf.affine = affine;
+    ea.conf.qmin = s.is_integer() ? s.qmin() : 0;
+    ea.conf.qmax = s.is_integer() ? s.qmax() : 0;
+    ea.codes = static_cast<uint8_t*>(c.a.dst.codes.data());
+    ea.scale_codes = static_cast<const uint8_t*>(c.a.dst.scale.data());
+    ea.global_scale =
+        s.format == QuantFormat::nvfp4 ? c.a.dst.global_scale.data_as<float>() : nullptr;
+    ea.inv = inv;
+    ea.zw = zw;
+    const bool packed = is_packed(s.code_dtype());
+    const uint64_t units = packed ? (n + 1) / 2 : n;
+    const uint32_t grid =
+        grid_of(units, kThreads * 4, resident_grid(generic_elements_kernel, kThreads, c.sms));
+    generic_elements_kernel<<<grid, kThreads, 0, c.stream>>>(ea, packed);
+    check_launch("generic_elements_kernel");
+  }
+}
+
+// ---- host side: turning check words into the reference's errors -----------------------------
+
+float host_element(const QuantizeDesc& d, const void* src, uint64_t i) {
+  const int bytes = bit_width(d.src) / 8;
+  uint32_t raw = 0;
+  check_cuda(
+      cudaMemcpy(&raw, static_cast<const uint8_t*>(src) + i * bytes, bytes, cudaMemcpyDeviceToHost),
+      "quantize: reading a source element");
+  switch (d.src) {
+    case Dtype::f32:
+      return float_of(raw);
+    case Dtype::bf16:
+      return bf16_to_f32(static_cast<uint16_t>(raw));
+    default:
+      return f16_to_f32(static_cast<uint16_t>(raw));
+  }
+}
+
+void throw_non_finite(const QuantizeDesc& d, const void* src, uint64_t i) {
+  const float v = host_element(d, src, i);
+  throw_error(ErrorCode::invalid_argument,
+              "quantize: src element " + index_str(d.shape, static_cast<int64_t>(i)) +
+                  " (flat index " + std::to_string(i) + ") is " + (std::isnan(v) ? "NaN" : "Inf") +
+                  "; quantization needs finite inputs (replace or mask non-finite values first)");
+}
+
+/// Re-runs the reference GGUF quantizer on the row holding block `b`, so that the error
+/// (block index within the row, values, field, value) is the reference's own text.
+void throw_gguf_overflow(const QuantizeDesc& d, const void* src, uint64_t b) {
+  const int64_t k = last_dim(d.shape);
+  const int64_t row = static_cast<int64_t>(b) / (k / 32);
+  const int bytes = bit_width(d.src) / 8;
+  std::vector<uint8_t> raw(static_cast<size_t>(k * bytes));
+  check_cuda(cudaMemcpy(raw.data(), static_cast<const uint8_t*>(src) + row * k * bytes, raw.size(),
+                        cudaMemcpyDeviceToHost),
+             "quantize: reading a source row");
+  std::vector<float> x(static_cast<size_t>(k));
+  for (int64_t j = 0; j < k; ++j) {
+    uint32_t v = 0;
+    std::memcpy(&v, raw.data() + j * bytes, static_cast<size_t>(bytes));
+    x[static_cast<size_t>(j)] = d.src == Dtype::f32    ? float_of(v)
+                                : d.src == Dtype::bf16 ? bf16_to_f32(static_cast<uint16_t>(v))
+                                                       : f16_to_f32(static_cast<uint16_t>(v));
+  }
+  const auto type = static_cast<gguf::GgmlType>(d.scheme.gguf_type);
+  std::vector<uint8_t> out(static_cast<size_t>(gguf::row_bytes(type, k)));
+  gguf::quantize_row_reference(type, x.data(), out.data(), k);
+  throw_error(ErrorCode::internal, "quantize_cuda: block " + std::to_string(b) +
+                                       " overflowed on the GPU but not in the reference");
+}
+
+void throw_given(const QuantizeDesc& d, const QuantizeArgs& a, uint64_t g) {
+  const QuantScheme& s = d.scheme;
+  float sc = 0.0f;
+  int32_t z = 0;
+  if (s.format == QuantFormat::nvfp4) {
+    check_cuda(cudaMemcpy(&sc, a.dst.global_scale.data(), 4, cudaMemcpyDeviceToHost),
+               "quantize: reading the global scale");
+  } else {
+    const Dtype sdt = s.is_integer() ? s.scale_dtype : Dtype::f32;
+    const int bytes = bit_width(sdt) / 8;
+    uint32_t raw = 0;
+    check_cuda(cudaMemcpy(&raw, static_cast<const uint8_t*>(a.dst.scale.data()) + g * bytes, bytes,
+                          cudaMemcpyDeviceToHost),
+               "quantize: reading a given scale");
+    sc = load_scale(&raw, sdt, 0);
+    if (s.is_integer() && !s.symmetric)
+      check_cuda(cudaMemcpy(&z, a.dst.zero.data_as<int32_t>() + g, 4, cudaMemcpyDeviceToHost),
+                 "quantize: reading a given zero point");
+  }
+  if (!std::isfinite(sc) || sc < 0.0f || (sc > 0.0f && sc < formats::kMinScale))
+    throw_error(ErrorCode::invalid_argument,
+                "quantize: given scale " + fmt_float(sc) + " of group " + std::to_string(g) +
+                    " must be finite and >= 0, and 0 or at least 2^-126 (the reciprocal of a "
+                    "smaller scale overflows)");
+  throw_error(ErrorCode::invalid_argument, "quantize: given zero point " + std::to_string(z) +
+                                               " of group " + std::to_string(g) + " is outside [" +
+                                               std::to_string(s.qmin()) + ", " +
+                                               std::to_string(s.qmax()) + "]");
+}
+
+// ---- the kernel object --------------------------------------------------------------------------
+
+class QuantizeCuda final : public Kernel<QuantizeOp> {
  public:
   std::string_view name() const override { return "quantize_cuda"; }
-  std::string decline(const QuantizeDesc&) const override { return "not implemented yet"; }
-  KernelSku sku(const QuantizeDesc&) const override { return {"quantize", Backend::cuda, "", "", "", "quantize_cuda"}; }
-  PrecisionGuarantee precision(const QuantizeDesc&) const override { return {}; }
-  void run(const QuantizeDesc&, const QuantizeArgs&, const Stream&, Workspace) const override {}
+
+  std::string decline(const QuantizeDesc& d) const override {
+    if (!d.device.is_cuda()) return "runs on CUDA devices only";
+    const DeviceFacts& f = facts(d.device.index);
+    if (!f.has_image)
+      return "this build has no kernel image for " + f.arch + " (" + f.image_error +
+             "; add it to LOWBIT_CUDA_ARCHS)";
+    if (d.src == Dtype::f64)
+      return "f64 sources are not supported on CUDA (the reference kernel takes them, on the "
+             "CPU only); convert to f32 first";
+    if (d.src != Dtype::f32 && d.src != Dtype::f16 && d.src != Dtype::bf16)
+      return "src must be f32, f16 or bf16";
+    if (!is_contiguous(d))
+      return "strided sources are not supported on CUDA (the reference kernel takes them, on "
+             "the CPU only); make the source contiguous";
+    if (d.scheme.format == QuantFormat::gguf &&
+        d.scheme.gguf_type != static_cast<uint32_t>(gguf::GgmlType::q8_0) &&
+        d.scheme.gguf_type != static_cast<uint32_t>(gguf::GgmlType::q4_0))
+      return "GGUF " + d.scheme.str() +
+             " has no CUDA kernel (q8_0 and q4_0 do; the reference kernel serves the other "
+             "types, on the CPU only)";
+    return {};
+  }
+
+  KernelSku sku(const QuantizeDesc& d) const override {
+    return {"quantize",
+            Backend::cuda,
+            std::string(dtype_name(d.src)),
+            d.scheme.str(),
+            facts(d.device.index).arch,
+            path_name(choose_path(d))};
+  }
+
+  PrecisionGuarantee precision(const QuantizeDesc&) const override {
+    return {
+        "the rules of docs/formats.md in f32, round-to-nearest-even (bit-identical to the "
+        "reference; max reductions are order-independent)",
+        std::nullopt, true, true};
+  }
+
+  void run(const QuantizeDesc& d, const QuantizeArgs& a, const Stream& stream,
+           Workspace) const override {
+    DeviceScope scope(d.device.index);
+    auto s = static_cast<cudaStream_t>(stream.native_handle());
+    // Check words and tensor statistics: a small per-call buffer from the stream-ordered
+    // pool, zeroed on the stream.
+    Buffer words(sizeof(CheckWords), d.device, &stream);
+    check_cuda(cudaMemsetAsync(words.data(), 0, sizeof(CheckWords), s),
+               "quantize: cudaMemsetAsync");
+    Buffer scratch;
+    const Call c{d,
+                 a,
+                 s,
+                 facts(d.device.index).multiprocessors,
+                 static_cast<CheckWords*>(words.data()),
+                 d.check_finite};
+    const Path path = choose_path(d);
+    bool done = false;
+    switch (d.src) {
+      case Dtype::f32:
+        done = dispatch<Dtype::f32>(c, path);
+        break;
+      case Dtype::bf16:
+        done = dispatch<Dtype::bf16>(c, path);
+        break;
+      default:
+        done = dispatch<Dtype::f16>(c, path);
+        break;
+    }
+    if (!done) run_generic(c, scratch, stream);
+    if (!d.check_finite) return;
+    uint64_t w[3];
+    read_flags(words.data(), w, 3, s);  // synchronises the stream
+    uint64_t index;
+    if (flagged(w[0], index)) throw_non_finite(d, a.src.data(), index);
+    if (flagged(w[2], index)) throw_given(d, a, index);
+    if (flagged(w[1], index)) throw_gguf_overflow(d, a.src.data(), index);
+  }
+
+ private:
+  static const DeviceFacts& facts(int device) {
+    return device_facts(device, generic_params_kernel);
+  }
+
+  template <Dtype S>
+  static bool dispatch(const Call& c, Path path) {
+    switch (path) {
+      case Path::rows:
+      case Path::tensor:
+        return run_scaled<S>(c, path);
+      case Path::blocks:
+        return run_blocks<S>(c);
+      default:
+        return false;
+    }
+  }
 };
+
 }  // namespace
+
 const Kernel<QuantizeOp>& quantize_cuda_kernel() {
-  static const Placeholder kernel;
+  static const QuantizeCuda kernel;
   return kernel;
 }
+
 }  // namespace lowbit
