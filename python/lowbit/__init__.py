@@ -84,22 +84,35 @@ def dequantize(q: QuantizedTensor, dtype: Any = "f32") -> Any:
     return _arrays.wrap(_lowbit.dequantize(q, dtype_name(dtype)), q._origin)
 
 
-def fake_quantize(x: Any, scheme: Scheme | str) -> Any:
-    """quantize then dequantize, in x's dtype: what `scheme` does to the values.
+def fake_quantize(
+    x: Any,
+    scheme: Scheme | str,
+    *,
+    scale: Any = None,
+    zero: Any = None,
+    global_scale: Any = None,
+) -> Any:
+    """quantize then dequantize, in x's dtype: what `scheme` does to the values. Dynamic,
+    or static with given scale / zero / global_scale (as in quantize).
 
     A torch tensor that requires grad goes through a torch.autograd.Function whose backward
     is the straight-through estimator: dx = dy * ste_mask(x, q), 1 where x quantizes inside
     the representable range and 0 where it saturates.
     """
     kind = _arrays.framework(x)
+    given = (scale, zero, global_scale)
     if kind == "torch" and x.requires_grad:
         import torch
 
         if torch.is_grad_enabled():
             from ._torch import FakeQuantize
 
-            return FakeQuantize.apply(x, scheme)
-    return _arrays.wrap(_lowbit.fake_quantize(as_array(x), scheme), kind)
+            return FakeQuantize.apply(x, scheme, *given)
+    a = as_array(x)
+    if all(p is None for p in given):
+        return _arrays.wrap(_lowbit.fake_quantize(a, scheme), kind)
+    q = _lowbit.quantize(a, scheme, *[None if p is None else as_array(p) for p in given])
+    return _arrays.wrap(_lowbit.dequantize(q, a.dtype), kind)
 
 
 def convert(x: Any, dtype: Any, *, saturation: str = "none") -> Any:

@@ -177,6 +177,11 @@ def as_array(x: Any) -> Array:
     name = _NUMPY_4BIT.get(x.dtype)
     if name is not None:
         return _lowbit.from_dlpack(pack_nibbles(x), name, list(x.shape))
+    if x.dtype.hasobject or x.dtype.kind in "USVmM":
+        raise TypeError(
+            f"lowbit takes numeric arrays (NumPy, PyTorch, DLPack); got {type(x).__name__} "
+            f"of dtype {x.dtype}"
+        )
     return _lowbit.from_dlpack(x)
 
 

@@ -13,8 +13,9 @@ class FakeQuantize(torch.autograd.Function):
     straight-through estimator: the gradient passes where x quantizes without saturating)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, scheme) -> torch.Tensor:
-        q = _lowbit.quantize(_arrays.as_array(x), scheme, None, None, None)
+    def forward(ctx, x: torch.Tensor, scheme, scale=None, zero=None, global_scale=None):
+        given = [None if p is None else _arrays.as_array(p) for p in (scale, zero, global_scale)]
+        q = _lowbit.quantize(_arrays.as_array(x), scheme, *given)
         y = _arrays.array_torch(_lowbit.dequantize(q, _arrays.dtype_name(x.dtype)))
         if ctx.needs_input_grad[0]:
             ctx.save_for_backward(ste_mask(x, q))
@@ -23,4 +24,4 @@ class FakeQuantize(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         (mask,) = ctx.saved_tensors
-        return dy * mask.to(dy.dtype), None
+        return dy * mask.to(dy.dtype), None, None, None, None

@@ -235,9 +235,23 @@ PyQuantized own(QuantizedTensor q) {
 void copy_given_parts(QuantizedTensor& q, const std::optional<Array>& scale,
                       const std::optional<Array>& zero, const std::optional<Array>& global_scale) {
   const QuantScheme& s = q.scheme;
-  const Device dev = q.device();
+  // A given part is copied in; float scales of another float dtype are converted (one
+  // round-to-nearest-even), e.g. f32 scales for a scale=f16 scheme.
   auto give = [&](const char* which, const std::optional<Array>& a, const Tensor& part) {
-    const TensorView given = adopt_part(which, *a, part.dtype(), part.shape(), a->view.device());
+    const TensorView& v = a->view;
+    if (is_float(part.dtype()) && is_float(v.dtype()) && v.dtype() != part.dtype() &&
+        !is_packed(v.dtype()) && v.numel() == part.numel() && v.is_contiguous()) {
+      const TensorView src(v.data(), v.dtype(), part.shape(), v.device());
+      if (!(v.device() == part.device())) {
+        Tensor staged = Tensor::empty(part.shape(), v.dtype(), part.device());
+        copy(staged.view(), src);
+        convert(part.view(), staged.view());
+      } else {
+        convert(part.view(), src);
+      }
+      return;
+    }
+    const TensorView given = adopt_part(which, *a, part.dtype(), part.shape(), v.device());
     copy(part.view(), given);
   };
   if (s.format == QuantFormat::nvfp4) {
@@ -267,7 +281,6 @@ void copy_given_parts(QuantizedTensor& q, const std::optional<Array>& scale,
                                  : " is symmetric and takes no zero point"));
   give("scale", scale, q.scale);
   if (zero) give("zero", zero, q.zero);
-  (void)dev;
 }
 
 // ---- plan introspection -----------------------------------------------------------------------
@@ -776,6 +789,16 @@ NB_MODULE(_lowbit, m) {
         return v;
       },
       "Every lowbit dtype's canonical name.");
+  m.def(
+      "_raise_error",
+      [](std::string_view code, const std::string& message) {
+        for (ErrorCode c : {ErrorCode::invalid_argument, ErrorCode::unsupported,
+                            ErrorCode::out_of_memory, ErrorCode::device_error, ErrorCode::io_error,
+                            ErrorCode::corrupt_file, ErrorCode::internal})
+          if (to_string(c) == code) throw_error(c, message);
+        throw_error(ErrorCode::invalid_argument, "no error code '" + std::string(code) + "'");
+      },
+      "code"_a, "message"_a, "Raises lowbit::Error(code, message) (tests the error mapping).");
   m.def(
       "canonical_dtype",
       [](std::string_view text) -> std::optional<std::string> {
