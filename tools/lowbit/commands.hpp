@@ -11,5 +11,9 @@ namespace lowbit::cli {
 int exit_code(ErrorCode code);
 
 void add_info_command(CLI::App& app);
+void add_quantize_command(CLI::App& app);
+void add_dequantize_command(CLI::App& app);
+void add_inspect_command(CLI::App& app);
+void add_verify_command(CLI::App& app);
 
 }  // namespace lowbit::cli

@@ -12,6 +12,10 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
 
   lowbit::cli::add_info_command(app);
+  lowbit::cli::add_quantize_command(app);
+  lowbit::cli::add_dequantize_command(app);
+  lowbit::cli::add_inspect_command(app);
+  lowbit::cli::add_verify_command(app);
 
   try {
     app.parse(argc, argv);
