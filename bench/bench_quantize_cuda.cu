@@ -1,0 +1,322 @@
+// bench_quantize_cuda: lowbit's quantize and dequantize on GPU 0 against the device-to-device
+// copy ceiling, measured in one process, on a 16384 x 8192 tensor.
+//
+// Rows: bf16 -> int8:token, fp8e4m3:token, int4:block32, nvfp4, mxfp4 and f32 -> q8_0, q4_0,
+// each with check_finite on (the default: the kernels flag NaN / Inf and run() reads the flag
+// back, which synchronises the stream) and off; then each dequantized back to bf16 (f32 for
+// the GGUF types). Each row is timed with CUDA events around every repetition, repetitions
+// queued back to back after warm-up runs; the median is reported. Bandwidth counts bytes
+// read plus bytes written once each (source, codes, scales), so two-pass schemes (nvfp4's
+// global absmax reads the source twice) show the second read as lost bandwidth. Inputs are
+// normally distributed values (what torch.randn gives the peer, bench_quantize_torch.py).
+// After timing, the first 64 rows of every row's output are checked bit for bit against the
+// reference kernels on the host (nvfp4 with the GPU's global scale as a given scale, since
+// that scale depends on the whole tensor).
+//
+// Usage: bench_quantize_cuda [--json PATH] [--reps N] [--rows R] [--cols K]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "lowbit/convert.hpp"
+#include "lowbit/device.hpp"
+#include "lowbit/error.hpp"
+#include "lowbit/quantize.hpp"
+#include "lowbit/tensor.hpp"
+
+namespace {
+
+using lowbit::Device;
+using lowbit::Dtype;
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    std::fprintf(stderr, "bench_quantize_cuda: %s: %s\n", what, cudaGetErrorString(err));
+    std::exit(1);
+  }
+}
+
+/// Normal(0, 1) samples from a counter hash and Box-Muller (as bench_convert_cuda).
+__global__ void fill_normal(float* out, uint64_t n, uint64_t seed) {
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += stride) {
+    uint64_t z = (i + seed) * 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    const float u1 = (static_cast<uint32_t>(z) + 1.0f) * 0x1p-32f;  // (0, 1]
+    const float u2 = static_cast<uint32_t>(z >> 32) * 0x1p-32f;
+    out[i] = sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2);
+  }
+}
+
+struct Row {
+  std::string pair;
+  int64_t elements = 0;
+  int64_t bytes = 0;
+  double ms = 0;
+  double gbps = 0;
+  double pct = 0;
+  std::string kernel;
+  std::string check = "-";
+};
+
+/// Median milliseconds of `reps` runs of `fn` on `stream` after `warmup` runs.
+double median_ms(cudaStream_t stream, int warmup, int reps, const std::function<void()>& fn) {
+  for (int i = 0; i < warmup; ++i) fn();
+  std::vector<cudaEvent_t> events(2 * static_cast<size_t>(reps));
+  for (cudaEvent_t& e : events) check(cudaEventCreate(&e), "cudaEventCreate");
+  for (int r = 0; r < reps; ++r) {
+    check(cudaEventRecord(events[2 * r], stream), "cudaEventRecord");
+    fn();
+    check(cudaEventRecord(events[2 * r + 1], stream), "cudaEventRecord");
+  }
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  std::vector<double> ms(static_cast<size_t>(reps));
+  for (int r = 0; r < reps; ++r) {
+    float t = 0;
+    check(cudaEventElapsedTime(&t, events[2 * r], events[2 * r + 1]), "cudaEventElapsedTime");
+    ms[r] = t;
+  }
+  for (cudaEvent_t& e : events) cudaEventDestroy(e);
+  std::sort(ms.begin(), ms.end());
+  return reps % 2 ? ms[reps / 2] : 0.5 * (ms[reps / 2 - 1] + ms[reps / 2]);
+}
+
+std::string json_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+int64_t part_bytes(const lowbit::Tensor& t) {
+  return t.data() ? lowbit::storage_bytes(t.dtype(), t.numel()) : 0;
+}
+int64_t quantized_bytes(const lowbit::QuantizedTensor& q) {
+  return part_bytes(q.codes) + part_bytes(q.scale) + part_bytes(q.zero) +
+         part_bytes(q.global_scale);
+}
+
+/// The first `rows` indices of dim 0 of a contiguous view (a view of the same memory).
+lowbit::TensorView first_rows(const lowbit::TensorView& v, int64_t rows) {
+  if (!v.data()) return v;
+  lowbit::Shape shape = v.shape();
+  shape[0] = rows;
+  return lowbit::TensorView(v.data(), v.dtype(), shape, v.device());
+}
+
+/// The parts of the first `rows` rows of a quantized [R, K] tensor whose scale groups lie
+/// within rows (every scheme here): views of the same memory; the global scale is shared.
+lowbit::QuantizedView first_rows(const lowbit::QuantizedView& q, int64_t rows) {
+  lowbit::QuantizedView s = q;
+  s.shape = {rows, q.shape[1]};
+  s.codes = first_rows(q.codes, rows);
+  s.scale = first_rows(q.scale, rows);
+  s.zero = first_rows(q.zero, rows);
+  return s;
+}
+
+bool same_bytes(const lowbit::TensorView& host, const lowbit::TensorView& device) {
+  if (!host.data()) return true;
+  lowbit::Tensor h = lowbit::Tensor::empty(device.shape(), device.dtype());
+  lowbit::copy(h, device);
+  return std::memcmp(h.data(), host.data(),
+                     static_cast<size_t>(lowbit::storage_bytes(host.dtype(), host.numel()))) == 0;
+}
+
+/// Checks the first `rows` rows of a GPU quantization against the reference kernel.
+std::string check_quantize(const lowbit::TensorView& src, const lowbit::QuantizedTensor& q,
+                           int64_t rows) {
+  const lowbit::TensorView xs = first_rows(src, rows);
+  lowbit::Tensor hx = lowbit::Tensor::empty(xs.shape(), xs.dtype());
+  lowbit::copy(hx, xs);
+  lowbit::QuantizedTensor want = lowbit::QuantizedTensor::allocate(q.scheme, xs.shape());
+  const bool nvfp4 = q.scheme.format == lowbit::QuantFormat::nvfp4;
+  if (nvfp4) lowbit::copy(want.global_scale, q.global_scale);
+  lowbit::Preference ref;
+  ref.kernel = "quantize_reference";
+  lowbit::QuantizePlan::select(lowbit::QuantizeDesc::for_views(want.view(), hx, nvfp4), ref)
+      .run(lowbit::Stream(), {}, {hx, want.view()});
+  const lowbit::QuantizedView got = first_rows(q.view(), rows);
+  const bool ok = same_bytes(want.codes, got.codes) && same_bytes(want.scale, got.scale) &&
+                  same_bytes(want.zero, got.zero);
+  return ok ? "exact" : "MISMATCH";
+}
+
+/// Checks the first `rows` rows of a GPU dequantization against the reference kernel.
+std::string check_dequantize(const lowbit::QuantizedTensor& q, const lowbit::TensorView& y,
+                             int64_t rows) {
+  const lowbit::QuantizedView qs = first_rows(q.view(), rows);
+  lowbit::QuantizedTensor hq = lowbit::QuantizedTensor::allocate(q.scheme, qs.shape);
+  lowbit::copy(hq.codes, qs.codes);
+  if (hq.scale.data()) lowbit::copy(hq.scale, qs.scale);
+  if (hq.zero.data()) lowbit::copy(hq.zero, qs.zero);
+  if (hq.global_scale.data()) lowbit::copy(hq.global_scale, q.global_scale);
+  lowbit::Tensor want = lowbit::Tensor::empty(qs.shape, y.dtype());
+  lowbit::Preference ref;
+  ref.kernel = "dequantize_reference";
+  lowbit::DequantizePlan::select(lowbit::DequantizeDesc::for_views(want, hq.view()), ref)
+      .run(lowbit::Stream(), {}, {hq.view(), want});
+  return same_bytes(want, first_rows(y, rows)) ? "exact" : "MISMATCH";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string json_path;
+  int reps = 30;
+  int64_t rows = 16384, cols = 8192;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--json" && i + 1 < argc) {
+      json_path = argv[++i];
+    } else if (a == "--reps" && i + 1 < argc) {
+      reps = std::max(5, std::atoi(argv[++i]));
+    } else if (a == "--rows" && i + 1 < argc) {
+      rows = std::max<int64_t>(64, std::atoll(argv[++i]));
+    } else if (a == "--cols" && i + 1 < argc) {
+      cols = std::max<int64_t>(256, std::atoll(argv[++i]) / 256 * 256);
+    } else {
+      std::fprintf(stderr, "usage: %s [--json PATH] [--reps N>=5] [--rows R] [--cols K]\n",
+                   argv[0]);
+      return 2;
+    }
+  }
+  if (lowbit::cuda_device_count() == 0) {
+    std::printf("bench_quantize_cuda: SKIPPED: no CUDA device, nothing measured\n");
+    return 0;
+  }
+  try {
+    const Device gpu = Device::cuda(0);
+    const lowbit::CudaDeviceProperties props = lowbit::cuda_device_properties(0);
+    const lowbit::Stream stream = lowbit::Stream::create(gpu);
+    auto s = static_cast<cudaStream_t>(stream.native_handle());
+    const int warmup = 5;
+    const int64_t check_rows = 64;
+    std::vector<Row> rows_out;
+
+    // The ceiling: cudaMemcpyAsync device to device, 1 GiB.
+    {
+      const int64_t bytes = int64_t{1} << 30;
+      lowbit::Buffer a(bytes, gpu, &stream), b(bytes, gpu, &stream);
+      check(cudaMemsetAsync(a.data(), 1, bytes, s), "cudaMemsetAsync");
+      Row r;
+      r.pair = "copy d2d (cudaMemcpyAsync, 1 GiB)";
+      r.elements = bytes;
+      r.bytes = 2 * bytes;
+      r.ms = median_ms(s, warmup, reps, [&] {
+        check(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, s),
+              "cudaMemcpyAsync");
+      });
+      r.kernel = "cudaMemcpyAsync";
+      rows_out.push_back(r);
+    }
+    const double copy_gbps = rows_out[0].bytes / rows_out[0].ms / 1e6;
+
+    const lowbit::Shape shape{rows, cols};
+    const int64_t n = rows * cols;
+    lowbit::Tensor f32 = lowbit::Tensor::empty(shape, Dtype::f32, gpu, &stream);
+    fill_normal<<<1024, 256, 0, s>>>(f32.data_as<float>(), static_cast<uint64_t>(n), 12345);
+    check(cudaGetLastError(), "fill_normal");
+    lowbit::Tensor bf16 = lowbit::Tensor::empty(shape, Dtype::bf16, gpu, &stream);
+    lowbit::convert(bf16, f32, lowbit::Saturation::none, &stream);
+    stream.synchronize();
+
+    const char* schemes[] = {"int8:token", "fp8e4m3:token", "int4:block32", "nvfp4",
+                             "mxfp4",      "q8_0",          "q4_0"};
+    for (const char* text : schemes) {
+      const lowbit::QuantScheme scheme = lowbit::QuantScheme::parse(text);
+      const bool gguf = scheme.format == lowbit::QuantFormat::gguf;
+      const lowbit::Tensor& src = gguf ? f32 : bf16;
+      const std::string sname(lowbit::dtype_name(src.dtype()));
+      lowbit::QuantizedTensor q = lowbit::QuantizedTensor::allocate(scheme, shape, gpu);
+      for (bool check_finite : {true, false}) {
+        lowbit::QuantizeDesc d = lowbit::QuantizeDesc::for_views(q.view(), src);
+        d.check_finite = check_finite;
+        const lowbit::QuantizePlan plan = lowbit::QuantizePlan::select(d);
+        const lowbit::QuantizeArgs args{src.view(), q.view()};
+        Row r;
+        r.pair = sname + "->" + text + (check_finite ? "" : " (check off)");
+        r.elements = n;
+        r.bytes = lowbit::storage_bytes(src.dtype(), n) + quantized_bytes(q);
+        r.ms = median_ms(s, warmup, reps, [&] { plan.run(stream, {}, args); });
+        r.kernel = plan.sku().str();
+        stream.synchronize();
+        r.check = check_quantize(src, q, check_rows);
+        rows_out.push_back(r);
+      }
+      const Dtype back = gguf ? Dtype::f32 : Dtype::bf16;
+      lowbit::Tensor y = lowbit::Tensor::empty(shape, back, gpu, &stream);
+      const lowbit::DequantizePlan dplan =
+          lowbit::DequantizePlan::select(lowbit::DequantizeDesc::for_views(y, q.view()));
+      const lowbit::DequantizeArgs dargs{q.view(), y.view()};
+      Row r;
+      r.pair = std::string(text) + "->" + std::string(lowbit::dtype_name(back));
+      r.elements = n;
+      r.bytes = quantized_bytes(q) + lowbit::storage_bytes(back, n);
+      r.ms = median_ms(s, warmup, reps, [&] { dplan.run(stream, {}, dargs); });
+      r.kernel = dplan.sku().str();
+      stream.synchronize();
+      r.check = check_dequantize(q, y, check_rows);
+      rows_out.push_back(r);
+    }
+
+    for (Row& r : rows_out) {
+      r.gbps = r.bytes / r.ms / 1e6;
+      r.pct = 100.0 * r.gbps / copy_gbps;
+    }
+    std::printf(
+        "\nlowbit quantize / dequantize of [%lld, %lld] on %s (%d SMs), median of %d reps\n",
+        static_cast<long long>(rows), static_cast<long long>(cols), props.name.c_str(),
+        props.multiprocessors, reps);
+    std::printf("| pair | elements | bytes moved | time ms | GB/s | %% of copy |\n");
+    std::printf("| --- | --- | --- | --- | --- | --- |\n");
+    for (const Row& r : rows_out)
+      std::printf("| %s | %lld | %lld | %.4f | %.0f | %.1f%% |\n", r.pair.c_str(),
+                  static_cast<long long>(r.elements), static_cast<long long>(r.bytes), r.ms, r.gbps,
+                  r.pct);
+    std::printf("\nkernels (first %lld rows checked against the reference kernels):\n",
+                static_cast<long long>(check_rows));
+    bool all_exact = true;
+    for (const Row& r : rows_out) {
+      if (r.check == "-") continue;
+      std::printf("  %-34s %-8s %s\n", r.pair.c_str(), r.check.c_str(), r.kernel.c_str());
+      all_exact = all_exact && r.check == "exact";
+    }
+    if (!json_path.empty()) {
+      FILE* f = std::fopen(json_path.c_str(), "w");
+      if (!f) {
+        std::fprintf(stderr, "bench_quantize_cuda: cannot write %s\n", json_path.c_str());
+        return 1;
+      }
+      for (const Row& r : rows_out)
+        std::fprintf(f,
+                     "{\"bench\": \"quantize_cuda\", \"device\": \"%s\", \"pair\": \"%s\", "
+                     "\"elements\": %lld, \"bytes\": %lld, \"ms\": %.5f, \"gbps\": %.1f, "
+                     "\"pct_of_copy\": %.2f, \"kernel\": \"%s\", \"check\": \"%s\"}\n",
+                     json_escape(props.name).c_str(), json_escape(r.pair).c_str(),
+                     static_cast<long long>(r.elements), static_cast<long long>(r.bytes), r.ms,
+                     r.gbps, r.pct, json_escape(r.kernel).c_str(), r.check.c_str());
+      std::fclose(f);
+    }
+    if (!all_exact) {
+      std::fprintf(stderr, "bench_quantize_cuda: a result differs from the reference\n");
+      return 1;
+    }
+  } catch (const lowbit::Error& e) {
+    std::fprintf(stderr, "bench_quantize_cuda: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
