@@ -1,7 +1,7 @@
 // The CUDA kernel of dequantize: bit-identical to dequantize_reference.cpp for f32, f16 and
 // bf16 destinations, every non-GGUF scheme, and GGUF q8_0 / q4_0.
 //
-// Paths (sku() names them):
+// Paths, chosen per call (all under the one kernel name):
 //  - chunks: a thread decodes 8 consecutive elements ("a chunk") and writes them with one
 //    16-byte store (two for f32), consecutive threads writing consecutive chunks. A chunk
 //    never straddles a scale group when every group is a contiguous run whose length is a
@@ -361,13 +361,13 @@ class DequantizeCuda final : public Kernel<DequantizeOp> {
   }
 
   KernelSku sku(const DequantizeDesc& d) const override {
-    // Misaligned views fall back to the generic kernel (same bits).
+    // One kernel name for both paths (chunks, generic: see the file comment).
     return {"dequantize",
             Backend::cuda,
             std::string(dtype_name(d.dst)),
             d.scheme.str(),
             facts(d.device.index).arch,
-            chunks_fit(d) ? "dequantize_cuda_chunks" : "dequantize_cuda_generic"};
+            std::string(name())};
   }
 
   PrecisionGuarantee precision(const DequantizeDesc&) const override {

@@ -1,8 +1,8 @@
 // The CUDA kernel of quantize: bit-identical to quantize_reference.cpp for f32, f16 and bf16
 // sources (contiguous), every non-GGUF scheme, and GGUF q8_0 / q4_0.
 //
-// Paths, chosen per call (sku() names them; views that miss an alignment fall back to the
-// generic path, which gives the same bits):
+// Paths, chosen per call under the one kernel name (views that miss an alignment fall back
+// to the generic path, which gives the same bits):
 //  - rows: int8 / uint8 / int4 / uint4 / fp8 whose scale groups are contiguous runs of G
 //    elements (token: G = K; channel on axis 0, or any axis with only extent-1 dims before
 //    it: G = the product of the later extents; blockG when K is a multiple of G). A team of
@@ -754,19 +754,6 @@ Path choose_path(const QuantizeDesc& d) {
   return Path::rows;
 }
 
-const char* path_name(Path p) {
-  switch (p) {
-    case Path::rows:
-      return "quantize_cuda_rows";
-    case Path::tensor:
-      return "quantize_cuda_tensor";
-    case Path::blocks:
-      return "quantize_cuda_blocks";
-    default:
-      return "quantize_cuda_generic";
-  }
-}
-
 /// Everything one run needs on the host side.
 struct Call {
   const QuantizeDesc& d;
@@ -1129,12 +1116,14 @@ class QuantizeCuda final : public Kernel<QuantizeOp> {
   }
 
   KernelSku sku(const QuantizeDesc& d) const override {
+    // One kernel name for every path (rows, tensor, blocks, generic: see the file comment);
+    // the path follows from the scheme, the shape and the views' alignment.
     return {"quantize",
             Backend::cuda,
             std::string(dtype_name(d.src)),
             d.scheme.str(),
             facts(d.device.index).arch,
-            path_name(choose_path(d))};
+            std::string(name())};
   }
 
   PrecisionGuarantee precision(const QuantizeDesc&) const override {
