@@ -274,46 +274,6 @@ std::string dims(const Shape& s) {
   return out.empty() ? "scalar" : out;
 }
 
-// ---- the benchmark's schemes, full size --------------------------------------------------------
-
-TEST(QuantizeCuda, BenchmarkSchemesAtFullSizeMatchTheReference) {
-  LOWBIT_REQUIRE_CUDA();
-  const int64_t rows = 16384, k = 8192;
-  auto rng = testing::make_rng(101);
-  std::vector<float> values(static_cast<size_t>(rows * k));
-  // Normal values with a per-row magnitude (the bench's data is plain N(0, 1)).
-  {
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::uniform_int_distribution<int> expo(-8, 8);
-    for (int64_t r = 0; r < rows; ++r) {
-      const float scale = std::ldexp(1.0f, expo(rng));
-      for (int64_t j = 0; j < k; ++j) values[static_cast<size_t>(r * k + j)] = normal(rng) * scale;
-    }
-  }
-  const Tensor bf16 = host_source(values, {rows, k}, Dtype::bf16);
-  const Tensor f32 = host_source(values, {rows, k}, Dtype::f32);
-  for (const char* text :
-       {"int8:token", "fp8e4m3:token", "int4:block32", "nvfp4", "mxfp4", "q8_0", "q4_0"}) {
-    const QuantScheme s = QuantScheme::parse(text);
-    const bool gguf = s.format == QuantFormat::gguf;
-    const Tensor& host = gguf ? f32 : bf16;
-    SCOPED_TRACE(text);
-    QBuf ref = QBuf::make(s, {rows, k}, Device::cpu(), false);
-    ASSERT_EQ(run_quantize(kRef, host, ref.view), "");
-    OffsetTensor x = device_source(host, 0);
-    QBuf dev = QBuf::make(s, {rows, k}, Device::cuda(0), false);
-    std::printf("  %-14s %s\n", text, sku_of(x.view, dev.view).c_str());
-    ASSERT_EQ(run_quantize(kCuda, x.view, dev.view), "");
-    EXPECT_EQ(compare_parts(ref.view, dev.view), "");
-    const Dtype dt = gguf ? Dtype::f32 : Dtype::bf16;
-    OffsetTensor want = OffsetTensor::make({rows, k}, dt, Device::cpu(), 0);
-    OffsetTensor got = OffsetTensor::make({rows, k}, dt, Device::cuda(0), 0);
-    ASSERT_EQ(run_dequantize(kDqRef, ref.view, want.view), "");
-    ASSERT_EQ(run_dequantize(kDqCuda, dev.view, got.view), "");
-    EXPECT_EQ(compare_bytes(want.view, testing::to_host(got.view)), "");
-  }
-}
-
 // ---- a sweep over schemes, shapes, sources and alignments ---------------------------------------
 
 TEST(QuantizeCuda, SweepMatchesTheReference) {
@@ -583,6 +543,46 @@ TEST(QuantizeCuda, RepeatedRunsGiveIdenticalBits) {
         EXPECT_EQ(compare_parts(first.view, again.view), "") << text << " run " << rep;
       }
     }
+  }
+}
+
+// ---- the benchmark's schemes, full size --------------------------------------------------------
+
+TEST(QuantizeCuda, BenchmarkSchemesAtFullSizeMatchTheReference) {
+  LOWBIT_REQUIRE_CUDA();
+  const int64_t rows = 16384, k = 8192;
+  auto rng = testing::make_rng(101);
+  std::vector<float> values(static_cast<size_t>(rows * k));
+  // Normal values with a per-row magnitude (the bench's data is plain N(0, 1)).
+  {
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::uniform_int_distribution<int> expo(-8, 8);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float scale = std::ldexp(1.0f, expo(rng));
+      for (int64_t j = 0; j < k; ++j) values[static_cast<size_t>(r * k + j)] = normal(rng) * scale;
+    }
+  }
+  const Tensor bf16 = host_source(values, {rows, k}, Dtype::bf16);
+  const Tensor f32 = host_source(values, {rows, k}, Dtype::f32);
+  for (const char* text :
+       {"int8:token", "fp8e4m3:token", "int4:block32", "nvfp4", "mxfp4", "q8_0", "q4_0"}) {
+    const QuantScheme s = QuantScheme::parse(text);
+    const bool gguf = s.format == QuantFormat::gguf;
+    const Tensor& host = gguf ? f32 : bf16;
+    SCOPED_TRACE(text);
+    QBuf ref = QBuf::make(s, {rows, k}, Device::cpu(), false);
+    ASSERT_EQ(run_quantize(kRef, host, ref.view), "");
+    OffsetTensor x = device_source(host, 0);
+    QBuf dev = QBuf::make(s, {rows, k}, Device::cuda(0), false);
+    std::printf("  %-14s %s\n", text, sku_of(x.view, dev.view).c_str());
+    ASSERT_EQ(run_quantize(kCuda, x.view, dev.view), "");
+    EXPECT_EQ(compare_parts(ref.view, dev.view), "");
+    const Dtype dt = gguf ? Dtype::f32 : Dtype::bf16;
+    OffsetTensor want = OffsetTensor::make({rows, k}, dt, Device::cpu(), 0);
+    OffsetTensor got = OffsetTensor::make({rows, k}, dt, Device::cuda(0), 0);
+    ASSERT_EQ(run_dequantize(kDqRef, ref.view, want.view), "");
+    ASSERT_EQ(run_dequantize(kDqCuda, dev.view, got.view), "");
+    EXPECT_EQ(compare_bytes(want.view, testing::to_host(got.view)), "");
   }
 }
 
