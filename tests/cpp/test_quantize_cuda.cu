@@ -4,6 +4,7 @@
 // reaches every path of the CUDA kernels (rows, tensor, blocks, chunks, generic); the error
 // texts (non-finite inputs, GGUF scale overflow, invalid given scales); check_finite off;
 // and identical bits over repeated runs. Skips visibly without a GPU.
+#include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -17,6 +18,7 @@
 #include "lowbit/convert.hpp"
 #include "lowbit/numeric.hpp"
 #include "lowbit/quantize.hpp"
+#include "ops/quantize/quantize_cuda_common.cuh"
 #include "support/testing.hpp"
 
 namespace lowbit {
@@ -167,7 +169,8 @@ void fill_values(float* x, int64_t rows, int64_t k, std::mt19937_64& rng, bool t
           break;
         }
       }
-      x[r * k + j] = v;
+      // Tame data stays below 2e5, where no GGUF block's f16 scale overflows.
+      x[r * k + j] = tame ? std::fmax(-2e5f, std::fmin(2e5f, v)) : v;
     }
   }
 }
@@ -249,10 +252,48 @@ std::string check_dequantize_random(const QuantScheme& s, const Shape& shape, bo
       testing::fill_random(p, v.dtype(), v.numel(), rng);
     }
   };
+  // Scales without NaN: where both factors of a product are NaN, which NaN x86 returns
+  // depends on the operand order the reference's compiler chose (no kernel promises it).
+  // NaN codes, Inf scales and 0 * Inf stay in.
+  auto no_nan = [&](const TensorView& v) {
+    if (!has_part(v)) return;
+    auto* p = static_cast<uint8_t*>(v.data());
+    for (int64_t i = 0; i < v.numel(); ++i) {
+      switch (v.dtype()) {
+        case Dtype::f32: {
+          uint32_t b;
+          std::memcpy(&b, p + 4 * i, 4);
+          if ((b & 0x7fffffffu) > 0x7f800000u) b = 0x3f800000u;
+          std::memcpy(p + 4 * i, &b, 4);
+          break;
+        }
+        case Dtype::f16:
+        case Dtype::bf16: {
+          uint16_t h;
+          std::memcpy(&h, p + 2 * i, 2);
+          const bool nan =
+              v.dtype() == Dtype::f16 ? (h & 0x7fffu) > 0x7c00u : (h & 0x7fffu) > 0x7f80u;
+          if (nan) h = 0x3c00u;
+          std::memcpy(p + 2 * i, &h, 2);
+          break;
+        }
+        case Dtype::f8e4m3fn:
+          if ((p[i] & 0x7fu) == 0x7fu) p[i] = 0x38u;
+          break;
+        case Dtype::e8m0:
+          if (p[i] == 0xffu) p[i] = 0x7fu;
+          break;
+        default:
+          break;
+      }
+    }
+  };
   randomize(ref.view.codes);
   randomize(ref.view.scale);
   randomize(ref.view.zero);
   randomize(ref.view.global_scale);
+  no_nan(ref.view.scale);
+  no_nan(ref.view.global_scale);
   QBuf dev = QBuf::make(s, shape, Device::cuda(0), misalign);
   copy_parts(dev.view, ref.view);
   for (Dtype dt : {Dtype::f32, Dtype::bf16, Dtype::f16}) {
@@ -272,6 +313,161 @@ std::string dims(const Shape& s) {
   std::string out;
   for (int i = 0; i < s.size(); ++i) out += (i ? "x" : "") + std::to_string(s[i]);
   return out.empty() ? "scalar" : out;
+}
+
+// ---- the kernels' fast conversions against numeric.hpp, on every input -------------------------
+
+enum Conv : int {
+  kE4m3Lo,
+  kE4m3Hi,
+  kE5m2Lo,
+  kE5m2Hi,
+  kE2m1,
+  kBf16Lo,
+  kBf16Hi,
+  kF16Lo,
+  kF16Hi,
+  kConvs
+};
+const char* const kConvNames[kConvs] = {"fp8x2_satfinite<e4m3> low",
+                                        "fp8x2_satfinite<e4m3> high",
+                                        "fp8x2_satfinite<e5m2> low",
+                                        "fp8x2_satfinite<e5m2> high",
+                                        "e2m1_from_f32",
+                                        "bf16x2_rn low",
+                                        "bf16x2_rn high",
+                                        "f16x2_rn low",
+                                        "f16x2_rn high"};
+
+/// Every f32 pattern u (and its partner u * 0x9e3779b9 in the other half of the pair
+/// conversions) through each fast encoder and numeric.hpp's; mismatches counted, the first
+/// input of each kept. fp8 and e2m1 skip NaN inputs (the quantizers never convert NaN).
+__global__ void sweep_encoders(unsigned long long* mismatches, unsigned int* first) {
+  using namespace quant_cuda;
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x;
+       i < (uint64_t{1} << 32); i += stride) {
+    const uint32_t u = static_cast<uint32_t>(i);
+    const uint32_t v = u * 0x9e3779b9u;
+    const float x = __uint_as_float(u), y = __uint_as_float(v);
+    const bool xnan = (u & 0x7fffffffu) > 0x7f800000u, ynan = (v & 0x7fffffffu) > 0x7f800000u;
+    bool bad[kConvs] = {};
+    {
+      const uint32_t r = fp8x2_satfinite<false>(x, y);
+      bad[kE4m3Lo] = !xnan && (r & 0xffu) != f32_to_f8e4m3fn(x, Saturation::finite);
+      bad[kE4m3Hi] = !ynan && (r >> 8) != f32_to_f8e4m3fn(y, Saturation::finite);
+    }
+    {
+      const uint32_t r = fp8x2_satfinite<true>(x, y);
+      bad[kE5m2Lo] = !xnan && (r & 0xffu) != f32_to_f8e5m2(x, Saturation::finite);
+      bad[kE5m2Hi] = !ynan && (r >> 8) != f32_to_f8e5m2(y, Saturation::finite);
+    }
+    bad[kE2m1] = !xnan && e2m1_from_f32(x) != f32_to_f4e2m1(x);
+    {
+      const uint32_t r = bf16x2_rn(x, y);
+      bad[kBf16Lo] = (r & 0xffffu) != f32_to_bf16(x);
+      bad[kBf16Hi] = (r >> 16) != f32_to_bf16(y);
+    }
+    {
+      const uint32_t r = f16x2_rn(x, y);
+      bad[kF16Lo] = (r & 0xffffu) != f32_to_f16(x);
+      bad[kF16Hi] = (r >> 16) != f32_to_f16(y);
+    }
+    for (int k = 0; k < kConvs; ++k)
+      if (bad[k]) {
+        if (atomicAdd(mismatches + k, 1ull) == 0) first[k] = u;
+      }
+  }
+}
+
+/// Every code through the fast decoders and numeric.hpp's (bits compared).
+__global__ void sweep_decoders(unsigned int* mismatches) {
+  using namespace quant_cuda;
+  const uint32_t c = threadIdx.x;  // 256 threads
+  if (__float_as_uint(e4m3_to_f32(c)) != __float_as_uint(f8e4m3fn_to_f32(static_cast<uint8_t>(c))))
+    atomicAdd(mismatches + 0, 1u);
+  if (__float_as_uint(e5m2_to_f32(c)) != __float_as_uint(f8e5m2_to_f32(static_cast<uint8_t>(c))))
+    atomicAdd(mismatches + 1, 1u);
+  if (c < 16 &&
+      __float_as_uint(e2m1_to_f32(c)) != __float_as_uint(f4e2m1_to_f32(static_cast<uint8_t>(c))))
+    atomicAdd(mismatches + 2, 1u);
+}
+
+/// mul_x86 on the device against the host's own f32 product (this test runs on x86-64).
+__global__ void products(const float* a, const float* b, float* out, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = quant_cuda::mul_x86(a[i], b[i]);
+}
+
+TEST(QuantizeCuda, FastConversionsEqualNumericOnEveryInput) {
+  LOWBIT_REQUIRE_CUDA();
+  unsigned long long* mism = nullptr;
+  unsigned int* first = nullptr;
+  unsigned int* dmism = nullptr;
+  ASSERT_EQ(cudaMalloc(&mism, sizeof(unsigned long long) * kConvs), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&first, sizeof(unsigned int) * kConvs), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dmism, sizeof(unsigned int) * 3), cudaSuccess);
+  cudaMemset(mism, 0, sizeof(unsigned long long) * kConvs);
+  cudaMemset(first, 0, sizeof(unsigned int) * kConvs);
+  cudaMemset(dmism, 0, sizeof(unsigned int) * 3);
+  sweep_encoders<<<4096, 256>>>(mism, first);
+  sweep_decoders<<<1, 256>>>(dmism);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  unsigned long long hm[kConvs];
+  unsigned int hf[kConvs], hd[3];
+  cudaMemcpy(hm, mism, sizeof hm, cudaMemcpyDeviceToHost);
+  cudaMemcpy(hf, first, sizeof hf, cudaMemcpyDeviceToHost);
+  cudaMemcpy(hd, dmism, sizeof hd, cudaMemcpyDeviceToHost);
+  for (int k = 0; k < kConvs; ++k)
+    EXPECT_EQ(hm[k], 0u) << kConvNames[k] << ": first mismatch at input 0x" << std::hex << hf[k];
+  EXPECT_EQ(hd[0], 0u) << "e4m3_to_f32";
+  EXPECT_EQ(hd[1], 0u) << "e5m2_to_f32";
+  EXPECT_EQ(hd[2], 0u) << "e2m1_to_f32";
+  cudaFree(mism);
+  cudaFree(first);
+  cudaFree(dmism);
+
+  // mul_x86: products of special values (NaN payloads, Inf, zeros, subnormals) and random
+  // ones; pairs of two NaNs are left out (x86 returns the first operand, and which one is
+  // first is the compiler's choice).
+  const uint32_t specials[] = {0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u, 0x7fc00000u,
+                               0xffc00000u, 0x7f800001u, 0xffa00005u, 0x7fbfffffu, 0x00000001u,
+                               0x80400000u, 0x3f800000u, 0xc0000000u, 0x7f7fffffu, 0x00800000u};
+  auto rng = testing::make_rng(11);
+  std::vector<float> a, b;
+  for (uint32_t x : specials)
+    for (uint32_t y : specials) {
+      a.push_back(numeric_detail::float_of(x));
+      b.push_back(numeric_detail::float_of(y));
+    }
+  for (int i = 0; i < 100000; ++i) {
+    a.push_back(numeric_detail::float_of(static_cast<uint32_t>(rng())));
+    b.push_back(numeric_detail::float_of(static_cast<uint32_t>(rng())));
+  }
+  const int n = static_cast<int>(a.size());
+  float *da, *db, *dout;
+  cudaMalloc(&da, n * 4);
+  cudaMalloc(&db, n * 4);
+  cudaMalloc(&dout, n * 4);
+  cudaMemcpy(da, a.data(), n * 4, cudaMemcpyHostToDevice);
+  cudaMemcpy(db, b.data(), n * 4, cudaMemcpyHostToDevice);
+  products<<<(n + 255) / 256, 256>>>(da, db, dout, n);
+  std::vector<float> got(n);
+  cudaMemcpy(got.data(), dout, n * 4, cudaMemcpyDeviceToHost);
+  int bad = 0;
+  for (int i = 0; i < n; ++i) {
+    if (std::isnan(a[i]) && std::isnan(b[i])) continue;
+    volatile float va = a[i], vb = b[i];
+    const float want = va * vb;
+    if (numeric_detail::bits_of(want) != numeric_detail::bits_of(got[i]) && ++bad <= 5)
+      ADD_FAILURE() << std::hex << "mul_x86(0x" << numeric_detail::bits_of(a[i]) << ", 0x"
+                    << numeric_detail::bits_of(b[i]) << "): host 0x"
+                    << numeric_detail::bits_of(want) << ", device 0x"
+                    << numeric_detail::bits_of(got[i]);
+  }
+  cudaFree(da);
+  cudaFree(db);
+  cudaFree(dout);
 }
 
 // ---- a sweep over schemes, shapes, sources and alignments ---------------------------------------

@@ -58,9 +58,10 @@ struct ChunkArgs {
 /// What one chunk needs from memory, read before any arithmetic.
 struct ChunkRaw {
   uint32_t lo, hi;  ///< codes (4 bytes in lo for nibbles)
-  float scale;      ///< int / fp8 scale, GGUF d
+  float scale;      ///< the group's scale as f32 (int / fp8 scale, nvfp4 block scale, mx
+                    ///< 2^e, GGUF d)
   int32_t zero;
-  uint32_t aux;  ///< nvfp4 / mx scale code; GGUF: the chunk's position in its block
+  uint32_t aux;  ///< GGUF: the chunk's position in its block
 };
 
 template <DCode F>
@@ -85,9 +86,10 @@ __device__ __forceinline__ ChunkRaw load_chunk(const ChunkArgs& a, uint32_t c) {
       r.lo = v.x;
       r.hi = v.y;
     }
-    if constexpr (F == DCode::nvfp4 || F == DCode::mxfp4 || F == DCode::mxe4m3 ||
-                  F == DCode::mxe5m2) {
-      r.aux = static_cast<const uint8_t*>(a.scale)[g];
+    if constexpr (F == DCode::nvfp4) {
+      r.scale = e4m3_to_f32(static_cast<const uint8_t*>(a.scale)[g]);
+    } else if constexpr (F == DCode::mxfp4 || F == DCode::mxe4m3 || F == DCode::mxe5m2) {
+      r.scale = e8m0_to_f32(static_cast<const uint8_t*>(a.scale)[g]);
     } else if constexpr (F == DCode::e4m3 || F == DCode::e5m2) {
       r.scale = static_cast<const float*>(a.scale)[g];
     } else {
@@ -114,22 +116,17 @@ __device__ __forceinline__ void decode_chunk(const ChunkRaw& r, float global, fl
     } else if constexpr (F == DCode::u4) {
       v[i] = mul_x86(static_cast<float>(static_cast<int32_t>(nib) - r.zero), r.scale);
     } else if constexpr (F == DCode::e4m3) {
-      v[i] = mul_x86(f8e4m3fn_to_f32(static_cast<uint8_t>(byte)), r.scale);
+      v[i] = mul_x86(e4m3_to_f32(byte), r.scale);
     } else if constexpr (F == DCode::e5m2) {
-      v[i] = mul_x86(f8e5m2_to_f32(static_cast<uint8_t>(byte)), r.scale);
+      v[i] = mul_x86(e5m2_to_f32(byte), r.scale);
     } else if constexpr (F == DCode::nvfp4) {
-      v[i] = mul_x86(mul_x86(f4e2m1_to_f32(static_cast<uint8_t>(nib)),
-                             f8e4m3fn_to_f32(static_cast<uint8_t>(r.aux))),
-                     global);
+      v[i] = mul_x86(mul_x86(e2m1_to_f32(nib), r.scale), global);  // r.scale: the e4m3 scale
     } else if constexpr (F == DCode::mxfp4) {
-      v[i] = mul_x86(f4e2m1_to_f32(static_cast<uint8_t>(nib)),
-                     e8m0_to_f32(static_cast<uint8_t>(r.aux)));
+      v[i] = mul_x86(e2m1_to_f32(nib), r.scale);  // r.scale: 2^(code - 127)
     } else if constexpr (F == DCode::mxe4m3) {
-      v[i] = mul_x86(f8e4m3fn_to_f32(static_cast<uint8_t>(byte)),
-                     e8m0_to_f32(static_cast<uint8_t>(r.aux)));
+      v[i] = mul_x86(e4m3_to_f32(byte), r.scale);
     } else if constexpr (F == DCode::mxe5m2) {
-      v[i] = mul_x86(f8e5m2_to_f32(static_cast<uint8_t>(byte)),
-                     e8m0_to_f32(static_cast<uint8_t>(r.aux)));
+      v[i] = mul_x86(e5m2_to_f32(byte), r.scale);
     } else if constexpr (F == DCode::q8_0) {
       v[i] = mul_x86(static_cast<float>(static_cast<int8_t>(byte)), r.scale);
     } else {  // q4_0: chunks 0, 1 hold low nibbles of bytes 0..15, chunks 2, 3 the high ones

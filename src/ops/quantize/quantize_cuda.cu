@@ -174,17 +174,32 @@ __device__ __forceinline__ uint32_t scaled_code(float x, const Params& p, const 
   }
 }
 
-/// Quantizes the vector with index `vec` (elements vec * E ...) and stores its codes.
+/// The codes of one 16-byte source vector, packed little-endian into w (E code bytes or
+/// E / 2 for 4-bit codes).
 template <Dtype S, Code C>
-__device__ __forceinline__ void store_scaled(uint8_t* codes, uint64_t vec, const uint4& v,
-                                             const Params& p, const ScaledConf& c) {
+__device__ __forceinline__ void vector_codes(const uint4& v, const Params& p, const ScaledConf& c,
+                                             uint32_t (&w)[2]) {
   constexpr int E = Src<S>::kVec;
-  constexpr int kBits = kCodeBits<C>;
-  constexpr int kBytes = E * kBits / 8;  // 8, 4 or 2
-  uint32_t w[2] = {0u, 0u};
+  w[0] = w[1] = 0u;
+  if constexpr (C == Code::e4m3 || C == Code::e5m2) {
+    // fp8_quantize: fp8(x * inv, satfinite), two elements per cvt.
 #pragma unroll
-  for (int i = 0; i < E; ++i)
-    w[(i * kBits) / 32] |= scaled_code<C>(Src<S>::element(v, i), p, c) << ((i * kBits) % 32);
+    for (int i = 0; i < E; i += 2)
+      w[i / 4] |= fp8x2_satfinite<C == Code::e5m2>(__fmul_rn(Src<S>::element(v, i), p.inv),
+                                                   __fmul_rn(Src<S>::element(v, i + 1), p.inv))
+                  << (8 * (i % 4));
+  } else {
+    constexpr int kBits = kCodeBits<C>;
+#pragma unroll
+    for (int i = 0; i < E; ++i)
+      w[(i * kBits) / 32] |= scaled_code<C>(Src<S>::element(v, i), p, c) << ((i * kBits) % 32);
+  }
+}
+
+/// Stores the codes of vector `vec`.
+template <Dtype S, Code C>
+__device__ __forceinline__ void store_vector(uint8_t* codes, uint64_t vec, const uint32_t (&w)[2]) {
+  constexpr int kBytes = Src<S>::kVec * kCodeBits<C> / 8;  // 8, 4 or 2
   if constexpr (kBytes == 8) {
     reinterpret_cast<uint2*>(codes)[vec] = make_uint2(w[0], w[1]);
   } else if constexpr (kBytes == 4) {
@@ -216,6 +231,7 @@ struct RowsArgs {
   ScaledConf conf;
   const uint32_t* stats;          ///< global mode: the tensor's statistics; else null
   unsigned long long* nonfinite;  ///< null: no check
+  bool wide;  ///< one thread per group whose codes are whole, aligned 16-byte units
 };
 
 /// The rows path (see the file comment). kBlockTeam: a block owns a group; else teams of
@@ -245,8 +261,10 @@ __global__ void __launch_bounds__(kMaxTeam) quantize_rows_kernel(RowsArgs a, int
   int parity = 0;
   for (uint64_t base = blockIdx.x * teams_per_block; base < a.groups;
        base += gridDim.x * teams_per_block, parity ^= 1) {
-    const uint64_t g = base + team;
-    const bool active = g < a.groups;
+    const bool active = base + team < a.groups;
+    // Global mode (per-tensor scale) walks the tensor from the end: the statistics pass
+    // read it from the start, so its tail is still in L2.
+    const uint64_t g = global ? a.groups - 1 - (base + team) : base + team;
     uint4 v[V];
     uint64_t vi[V];
     bool ok[V];
@@ -257,10 +275,6 @@ __global__ void __launch_bounds__(kMaxTeam) quantize_rows_kernel(RowsArgs a, int
       ok[j] = active && k < a.group_vecs && vi[j] < a.total_vecs;
       v[j] = ok[j] ? a.x[vi[j]] : make_uint4(0, 0, 0, 0);
     }
-    if (a.nonfinite) {
-#pragma unroll
-      for (int j = 0; j < V; ++j) check_vector<S>(v[j], vi[j], bad);
-    }
     Params p = gp;
     if (!global) {
       // Zero vectors (lanes past the group) change nothing: the statistics start at 0.
@@ -269,6 +283,11 @@ __global__ void __launch_bounds__(kMaxTeam) quantize_rows_kernel(RowsArgs a, int
       for (int j = 0; j < V; ++j)
 #pragma unroll
         for (int i = 0; i < Src<S>::kVec; ++i) s.add(Src<S>::element(v[j], i), a.conf.affine);
+      // The finiteness check costs one compare unless this thread holds a NaN / Inf.
+      if (a.nonfinite && s.amax >= 0x7f800000u) {
+#pragma unroll
+        for (int j = 0; j < V; ++j) check_vector<S>(v[j], vi[j], bad);
+      }
       if constexpr (kBlockTeam) {
         block_max(s, smem, parity);
       } else {
@@ -280,9 +299,39 @@ __global__ void __launch_bounds__(kMaxTeam) quantize_rows_kernel(RowsArgs a, int
         if (a.zero) a.zero[g] = p.zero;
       }
     }
+    uint32_t w[V][2];
 #pragma unroll
-    for (int j = 0; j < V; ++j)
-      if (ok[j]) store_scaled<S, C>(a.codes, vi[j], v[j], p, a.conf);
+    for (int j = 0; j < V; ++j) vector_codes<S, C>(v[j], p, a.conf, w[j]);
+    if (!kBlockTeam && a.wide) {
+      // One thread holds the whole group: its codes are contiguous and whole 16-byte units.
+      if (active) {
+        constexpr int kBytes = Src<S>::kVec * kCodeBits<C> / 8;
+        uint32_t out[2 * V];
+#pragma unroll
+        for (int k = 0; k < 2 * V; ++k) out[k] = 0;
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          if constexpr (kBytes == 8) {
+            out[2 * j] = w[j][0];
+            out[2 * j + 1] = w[j][1];
+          } else if constexpr (kBytes == 4) {
+            out[j] = w[j][0];
+          } else {
+            out[j / 2] |= (w[j][0] & 0xffffu) << (16 * (j % 2));
+          }
+        }
+        const uint32_t units = a.group_vecs * kBytes / 16;
+        uint4* dst = reinterpret_cast<uint4*>(a.codes + g * a.group_vecs * kBytes);
+#pragma unroll
+        for (int q = 0; q < 2 * V / 4; ++q)
+          if (q < units)
+            dst[q] = make_uint4(out[4 * q], out[4 * q + 1], out[4 * q + 2], out[4 * q + 3]);
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < V; ++j)
+        if (ok[j]) store_vector<S, C>(a.codes, vi[j], w[j]);
+    }
   }
   if (a.nonfinite && bad != ~uint64_t{0}) report(a.nonfinite, bad);
 }
@@ -309,10 +358,14 @@ __global__ void __launch_bounds__(kThreads)
       v[u] = k < nv ? x[k] : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (nonfinite) check_vector<S>(v[u], v0 + u * stride, bad);
+    for (int u = 0; u < U; ++u)
 #pragma unroll
       for (int i = 0; i < E; ++i) s.add(Src<S>::element(v[u], i), affine);
+    // The running absmax reaches Inf's bits only once a NaN / Inf has been read: then this
+    // batch holds the thread's first one (earlier batches were finite).
+    if (nonfinite && bad == ~uint64_t{0} && s.amax >= 0x7f800000u) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) check_vector<S>(v[u], v0 + u * stride, bad);
     }
   }
   if (blockIdx.x == 0 && threadIdx.x < n - nv * E) {
@@ -351,6 +404,7 @@ struct BlocksArgs {
   unsigned long long* nonfinite;  ///< null: no check
   unsigned long long* overflow;   ///< GGUF: first block with an f16 overflow; null: no check
   unsigned long long* given_bad;  ///< nvfp4 given global scale check; null: none
+  bool reverse;                   ///< walk the blocks from the end (second pass over x)
 };
 
 /// ggml's Q8_0 block (quantize_q8_0 in gguf_legacy.cpp): d = amax / 127, q = roundf(x / d)
@@ -392,9 +446,30 @@ __device__ __forceinline__ uint16_t gguf_q4_0(const float (&x)[32], uint8_t* q) 
   return f32_to_f16(d);
 }
 
+/// Max of |x| as f32 bits over `n` values (the bits order like the values; NaN > Inf).
+template <int N>
+__device__ __forceinline__ uint32_t amax_bits(const float (&x)[N]) {
+  uint32_t m = 0;
+#pragma unroll
+  for (int i = 0; i < N; ++i) m = max(m, __float_as_uint(x[i]) & 0x7fffffffu);
+  return m;
+}
+
+/// The first non-finite element of x (index base + i) folded into `bad`.
+template <int N>
+__device__ __forceinline__ void first_non_finite(const float (&x)[N], uint64_t base,
+                                                 uint64_t& bad) {
+  uint32_t mask = 0;
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+    mask |= static_cast<uint32_t>(non_finite_bits(__float_as_uint(x[i]))) << i;
+  if (mask) bad = min(bad, base + (__ffs(mask) - 1));
+}
+
 template <Dtype S, Blk B, bool kVec>
 __global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a) {
   constexpr int N = kBlockElems<B>;
+  constexpr int P = B == Blk::nvfp4 ? 2 : 1;  // blocks per thread: 32 elements in flight
   constexpr int E = Src<S>::kVec;
   constexpr int kStage = kGguf<B> ? 32 * kGgufBytes<B> : 16;  // bytes per warp
   __shared__ __align__(16) uint8_t stage[kThreads / 32][kStage];
@@ -414,40 +489,51 @@ __global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a)
     }
   }
   uint64_t bad = ~uint64_t{0}, ovf = ~uint64_t{0};
-  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
-  // The loop is uniform per warp (GGUF's staging uses __syncwarp).
-  for (uint64_t b0 = blockIdx.x * static_cast<uint64_t>(blockDim.x) + warp * 32; b0 < a.blocks;
-       b0 += stride) {
-    const uint64_t b = b0 + lane;
-    const bool active = b < a.blocks;
-    float x[N];
-    if (active) {
-      if constexpr (kVec) {
-        const uint4* p = static_cast<const uint4*>(a.x) + b * (N / E);
+  const uint64_t units = (a.blocks + P - 1) / P;  // a unit: the P blocks of one thread
+  const uint64_t chunks = (units + 31) / 32;      // a chunk: the units of one warp
+  const uint64_t warps = static_cast<uint64_t>(gridDim.x) * (blockDim.x / 32);
+  // The loop is uniform per warp (GGUF's staging uses __syncwarp). `reverse` walks the
+  // chunks from the end, so that a second pass over x starts where the first one ended and
+  // finds that part still in L2.
+  for (uint64_t c0 = blockIdx.x * static_cast<uint64_t>(blockDim.x / 32) + warp; c0 < chunks;
+       c0 += warps) {
+    const uint64_t chunk = a.reverse ? chunks - 1 - c0 : c0;
+    const uint64_t u = chunk * 32 + lane;
+    float x[P][N];
+    bool ok[P];
 #pragma unroll
-        for (int k = 0; k < N / E; ++k) {
-          const uint4 v = p[k];
+    for (int p = 0; p < P; ++p) {
+      const uint64_t b = u * P + p;
+      ok[p] = b < a.blocks;
+      if (ok[p]) {
+        if constexpr (kVec) {
+          const uint4* src = static_cast<const uint4*>(a.x) + b * (N / E);
 #pragma unroll
-          for (int i = 0; i < E; ++i) x[k * E + i] = Src<S>::element(v, i);
+          for (int k = 0; k < N / E; ++k) {
+            const uint4 v = src[k];
+#pragma unroll
+            for (int i = 0; i < E; ++i) x[p][k * E + i] = Src<S>::element(v, i);
+          }
+        } else {
+#pragma unroll
+          for (int i = 0; i < N; ++i) x[p][i] = Src<S>::load(a.x, b * N + i);
         }
-      } else {
-#pragma unroll
-        for (int i = 0; i < N; ++i) x[i] = Src<S>::load(a.x, b * N + i);
-      }
-      if (a.nonfinite) {
-        uint32_t mask = 0;
-#pragma unroll
-        for (int i = 0; i < N; ++i)
-          mask |= static_cast<uint32_t>(non_finite_bits(__float_as_uint(x[i]))) << i;
-        if (mask) bad = min(bad, b * N + (__ffs(mask) - 1));
       }
     }
+    uint32_t am[P];
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      am[p] = ok[p] ? amax_bits(x[p]) : 0u;
+      // The finiteness check costs a compare unless the block holds a NaN / Inf.
+      if (a.nonfinite && am[p] >= 0x7f800000u) first_non_finite(x[p], (u * P + p) * N, bad);
+    }
     if constexpr (kGguf<B>) {
+      const uint64_t b0 = chunk * 32;
       uint8_t* mine = stage[warp] + lane * kGgufBytes<B>;
-      if (active) {
+      if (ok[0]) {
         uint8_t q[32];
-        const uint16_t d = B == Blk::q8_0 ? gguf_q8_0(x, q) : gguf_q4_0(x, q);
-        if (a.overflow && (d & 0x7fffu) == 0x7c00u) ovf = min(ovf, b);
+        const uint16_t d = B == Blk::q8_0 ? gguf_q8_0(x[0], q) : gguf_q4_0(x[0], q);
+        if (a.overflow && (d & 0x7fffu) == 0x7c00u) ovf = min(ovf, u);
         reinterpret_cast<uint16_t*>(mine)[0] = d;
 #pragma unroll
         for (int j = 0; j < kGgufBytes<B> - 2; j += 2)
@@ -466,45 +552,58 @@ __global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a)
         for (uint32_t k = lane; k < bytes; k += 32) out[k] = stage[warp][k];
       }
       __syncwarp();
-    } else if (active) {
-      float amax = 0.0f;
-#pragma unroll
-      for (int i = 0; i < N; ++i) amax = fmaxf(amax, fabsf(x[i]));
-      uint8_t sc;
-      uint32_t w[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      if constexpr (B == Blk::nvfp4) {
-        sc = global == 0.0f ? 0 : formats::nvfp4_block_scale(amax, global);
-#pragma unroll
-        for (int i = 0; i < N; ++i)
-          w[i / 8] |= static_cast<uint32_t>(formats::nvfp4_quantize(x[i], global, sc))
-                      << (4 * (i % 8));
-      } else if constexpr (B == Blk::mxfp4) {
-        sc = formats::mx_scale_code(amax, 2);
-#pragma unroll
-        for (int i = 0; i < N; ++i)
-          w[i / 8] |= static_cast<uint32_t>(formats::mxfp4_quantize(x[i], sc)) << (4 * (i % 8));
-      } else {
-        sc = formats::mx_scale_code(amax, B == Blk::mxe4m3 ? 8 : 15);
-#pragma unroll
-        for (int i = 0; i < N; ++i)
-          w[i / 4] |= static_cast<uint32_t>(formats::mxfp8_quantize(x[i], sc, B == Blk::mxe5m2))
-                      << (8 * (i % 4));
-      }
-      a.scales[b] = sc;
+    } else {
       constexpr int kCodeBytes = B == Blk::nvfp4 ? 8 : (B == Blk::mxfp4 ? 16 : 32);
-      if constexpr (kVec) {
-        if constexpr (kCodeBytes == 8) {
-          reinterpret_cast<uint2*>(a.codes)[b] = make_uint2(w[0], w[1]);
+      uint32_t w[P][kCodeBytes / 4];
+#pragma unroll
+      for (int p = 0; p < P; ++p) {
+#pragma unroll
+        for (int k = 0; k < kCodeBytes / 4; ++k) w[p][k] = 0;
+        if (!ok[p]) continue;
+        const float amax = __uint_as_float(am[p]);
+        uint8_t sc;
+        if constexpr (B == Blk::nvfp4) {
+          // nvfp4_quantize: e2m1(clamp(x / (global * block_scale), -6, 6)); the encoder
+          // saturates, so the clamp is implied. x / total is IEEE division (div.rn).
+          sc = global == 0.0f ? 0 : formats::nvfp4_block_scale(amax, global);
+          const float total = __fmul_rn(global, e4m3_to_f32(sc));
+#pragma unroll
+          for (int i = 0; i < N; ++i)
+            w[p][i / 8] |= (global == 0.0f ? 0u : e2m1_from_f32(__fdiv_rn(x[p][i], total)))
+                           << (4 * (i % 8));
+        } else if constexpr (B == Blk::mxfp4) {
+          sc = formats::mx_scale_code(amax, 2);
+#pragma unroll
+          for (int i = 0; i < N; ++i)
+            w[p][i / 8] |= e2m1_from_f32(formats::mx_unscale(x[p][i], sc)) << (4 * (i % 8));
+        } else {
+          sc = formats::mx_scale_code(amax, B == Blk::mxe4m3 ? 8 : 15);
+#pragma unroll
+          for (int i = 0; i < N; i += 2)
+            w[p][i / 4] |= fp8x2_satfinite<B == Blk::mxe5m2>(formats::mx_unscale(x[p][i], sc),
+                                                             formats::mx_unscale(x[p][i + 1], sc))
+                           << (8 * (i % 4));
+        }
+        a.scales[u * P + p] = sc;
+      }
+#pragma unroll
+      for (int p = 0; p < P; ++p) {
+        if (!ok[p]) continue;
+        const uint64_t b = u * P + p;
+        if constexpr (kVec) {
+          if constexpr (kCodeBytes == 8) {
+            reinterpret_cast<uint2*>(a.codes)[b] = make_uint2(w[p][0], w[p][1]);
+          } else {
+#pragma unroll
+            for (int k = 0; k < kCodeBytes / 16; ++k)
+              reinterpret_cast<uint4*>(a.codes)[b * (kCodeBytes / 16) + k] =
+                  make_uint4(w[p][4 * k], w[p][4 * k + 1], w[p][4 * k + 2], w[p][4 * k + 3]);
+          }
         } else {
 #pragma unroll
-          for (int k = 0; k < kCodeBytes / 16; ++k)
-            reinterpret_cast<uint4*>(a.codes)[b * (kCodeBytes / 16) + k] =
-                make_uint4(w[4 * k], w[4 * k + 1], w[4 * k + 2], w[4 * k + 3]);
+          for (int k = 0; k < kCodeBytes; ++k)
+            a.codes[b * kCodeBytes + k] = static_cast<uint8_t>(w[p][k / 4] >> (8 * (k % 4)));
         }
-      } else {
-#pragma unroll
-        for (int k = 0; k < kCodeBytes; ++k)
-          a.codes[b * kCodeBytes + k] = static_cast<uint8_t>(w[k / 4] >> (8 * (k % 4)));
       }
     }
   }
@@ -836,6 +935,8 @@ bool run_scaled(const Call& c, Path path) {
     const int64_t g = flat_group_length(s, c.d.shape, n);
     group_vecs = static_cast<uint64_t>(g / E);
     ra.groups = static_cast<uint64_t>(n / g);
+    ra.wide =
+        group_vecs <= kVecsPerThread && group_vecs * store_bytes % 16 == 0 && aligned(ra.codes, 16);
   }
   switch (s.format) {
     case QuantFormat::int8:
@@ -898,6 +999,7 @@ bool run_blocks(const Call& c) {
       ba.stats = c.words->stats;
       ba.nonfinite = nullptr;  // checked by the statistics pass
     }
+    ba.reverse = ba.stats != nullptr;  // the second pass over x starts where the first ended
     launch_blocks_kernel<S, Blk::nvfp4>(c, ba, true);
     return true;
   }

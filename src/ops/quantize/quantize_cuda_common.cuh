@@ -9,6 +9,7 @@
 // operations out with __fmul_rn / __fadd_rn so that nvcc cannot contract them into an FMA).
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -309,20 +310,107 @@ __device__ __forceinline__ float mul_x86(float a, float b) {
   return __uint_as_float(0xffc00000u);
 }
 
-// ---- device: destinations -------------------------------------------------------------------
+// ---- device: fast exact conversions ----------------------------------------------------------
+//
+// The per-element conversions of the hot loops, each giving numeric.hpp's bits (the test
+// test_quantize_cuda checks every f32 input, or every code, against numeric.hpp on the GPU):
+// hardware cvt instructions where they round the same way, with NaN results fixed up to
+// numeric.hpp's rules, and short branch-free integer forms otherwise.
 
-/// f32 -> the bits of dst dtype D (f32, bf16, f16), as convert_detail::store_f32 does with
-/// Saturation::none.
-template <Dtype D>
-__device__ __forceinline__ uint32_t encode_dst(float v) {
-  if constexpr (D == Dtype::f32) {
-    return __float_as_uint(v);
-  } else if constexpr (D == Dtype::bf16) {
-    return f32_to_bf16(v);
+/// Two f32 -> f8e4m3fn (kE5M2: f8e5m2) codes, round-to-nearest-even, overflow and +-Inf
+/// saturating to +-max: f32_to_f8e4m3fn(x, Saturation::finite) for every input but NaN
+/// (which the quantizers never convert). `a` lands in the low byte.
+template <bool kE5M2>
+__device__ __forceinline__ uint32_t fp8x2_satfinite(float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  unsigned short r;
+  if constexpr (kE5M2) {
+    asm("cvt.rn.satfinite.e5m2x2.f32 %0, %2, %1;" : "=h"(r) : "f"(a), "f"(b));
   } else {
-    return f32_to_f16(v);
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %2, %1;" : "=h"(r) : "f"(a), "f"(b));
   }
+  return r;
+#else
+  if constexpr (kE5M2) {
+    return f32_to_f8e5m2(a, Saturation::finite) |
+           (static_cast<uint32_t>(f32_to_f8e5m2(b, Saturation::finite)) << 8);
+  } else {
+    return f32_to_f8e4m3fn(a, Saturation::finite) |
+           (static_cast<uint32_t>(f32_to_f8e4m3fn(b, Saturation::finite)) << 8);
+  }
+#endif
 }
+
+/// f32 -> f4e2m1 code (low nibble), round-to-nearest-even, saturating to +-6: the seven
+/// midpoints between e2m1's magnitudes (0, 0.5, 1, 1.5, 2, 3, 4, 6) are compared directly,
+/// ">" where the tie rounds down to the even code and ">=" where it rounds up. Equals
+/// f32_to_f4e2m1 for every input but NaN.
+__device__ __forceinline__ uint32_t e2m1_from_f32(float y) {
+  const float a = fabsf(y);
+  const uint32_t c = static_cast<uint32_t>(a > 0.25f) + static_cast<uint32_t>(a >= 0.75f) +
+                     static_cast<uint32_t>(a > 1.25f) + static_cast<uint32_t>(a >= 1.75f) +
+                     static_cast<uint32_t>(a > 2.5f) + static_cast<uint32_t>(a >= 3.5f) +
+                     static_cast<uint32_t>(a > 5.0f);
+  return c | ((__float_as_uint(y) >> 28) & 8u);
+}
+
+/// f4e2m1 code (low nibble) -> f32, exact (f4e2m1_to_f32).
+__device__ __forceinline__ float e2m1_to_f32(uint32_t c) {
+  const uint32_t m = c & 7u;
+  const uint32_t mag =
+      m < 2u ? (m ? 0x3f000000u : 0u) : ((((m >> 1) + 126u) << 23) | ((m & 1u) << 22));
+  return __uint_as_float(mag | ((c & 8u) << 28));
+}
+
+/// f8e4m3fn code -> f32, exact; NaN gives 0x7fc00000 with the code's sign (f8e4m3fn_to_f32).
+__device__ __forceinline__ float e4m3_to_f32(uint32_t c) {
+  const uint32_t m = c & 0x7fu;
+  uint32_t mag =
+      (m >> 3) ? ((m << 20) + (120u << 23)) : __float_as_uint(static_cast<float>(m) * 0x1p-9f);
+  mag = m == 0x7fu ? 0x7fc00000u : mag;
+  return __uint_as_float(mag | ((c & 0x80u) << 24));
+}
+
+/// f8e5m2 code -> f32, exact; Inf, and NaN as 0x7fc00000 with the sign (f8e5m2_to_f32).
+__device__ __forceinline__ float e5m2_to_f32(uint32_t c) {
+  const uint32_t m = c & 0x7fu;
+  uint32_t mag =
+      (m >> 2) ? ((m << 21) + (112u << 23)) : __float_as_uint(static_cast<float>(m) * 0x1p-16f);
+  mag = m >= 0x7cu ? (m == 0x7cu ? 0x7f800000u : 0x7fc00000u) : mag;
+  return __uint_as_float(mag | ((c & 0x80u) << 24));
+}
+
+/// Two f32 -> bf16 (a in the low half), round-to-nearest-even, overflow to Inf: the
+/// hardware cvt.rn.bf16x2.f32, with NaN given f32_to_bf16's 0x7fc0 and the input's sign.
+__device__ __forceinline__ uint32_t bf16x2_rn(float a, float b) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+  uint32_t r;
+  memcpy(&r, &h, 4);
+  const uint32_t lo = a == a ? (r & 0xffffu) : (((__float_as_uint(a) >> 16) & 0x8000u) | 0x7fc0u);
+  const uint32_t hi = b == b ? (r >> 16) : (((__float_as_uint(b) >> 16) & 0x8000u) | 0x7fc0u);
+  return lo | (hi << 16);
+}
+
+/// f32_to_f16's NaN: the top 10 payload bits (1 if they vanish), sign kept, not quieted.
+__device__ __forceinline__ uint32_t f16_nan_bits(float v) {
+  const uint32_t b = __float_as_uint(v);
+  uint32_t h = 0x7c00u + ((b & 0x7fffffu) >> 13);
+  h = h == 0x7c00u ? 0x7c01u : h;
+  return ((b >> 16) & 0x8000u) | h;
+}
+
+/// Two f32 -> f16 (a in the low half), round-to-nearest-even, overflow to Inf: the hardware
+/// cvt.rn.f16x2.f32 with f32_to_f16's NaN rule.
+__device__ __forceinline__ uint32_t f16x2_rn(float a, float b) {
+  const __half2 h = __floats2half2_rn(a, b);
+  uint32_t r;
+  memcpy(&r, &h, 4);
+  const uint32_t lo = a == a ? (r & 0xffffu) : f16_nan_bits(a);
+  const uint32_t hi = b == b ? (r >> 16) : f16_nan_bits(b);
+  return lo | (hi << 16);
+}
+
+// ---- device: destinations -------------------------------------------------------------------
 
 /// Stores 8 consecutive f32 values as D at `p` (16-byte aligned): one 16-byte store for
 /// 16-bit dtypes, two for f32.
@@ -338,7 +426,8 @@ __device__ __forceinline__ void store8(void* p, const float (&v)[8]) {
     uint32_t w[4];
 #pragma unroll
     for (int k = 0; k < 4; ++k)
-      w[k] = encode_dst<D>(v[2 * k]) | (encode_dst<D>(v[2 * k + 1]) << 16);
+      w[k] =
+          D == Dtype::bf16 ? bf16x2_rn(v[2 * k], v[2 * k + 1]) : f16x2_rn(v[2 * k], v[2 * k + 1]);
     *static_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
   }
 }
