@@ -199,46 +199,120 @@ HWY_INLINE void UnpackNibbles(const uint8_t* codes, int64_t e, int64_t m, uint8_
 // ---- groups ----------------------------------------------------------------------------------
 
 /// Calls fn(e, len, g) for each maximal run of elements in [e0, e1) that share group g
-/// (not for columns mode).
+/// (not for columns mode). Divisions only once per call: the walk steps its counters.
 template <class Fn>
 HWY_INLINE void ForEachRun(const Layout& L, int64_t e0, int64_t e1, Fn&& fn) {
   const formats::GroupMap& m = L.gm;
-  int64_t e = e0;
-  while (e < e1) {
-    int64_t end, g;
-    switch (m.granularity) {
-      case Granularity::tensor:
-        end = e1;
-        g = 0;
-        break;
-      case Granularity::token: {
-        const int64_t row = e / m.k;
-        end = std::min(e1, (row + 1) * m.k);
-        g = row;
-        break;
+  if (e0 >= e1) return;
+  switch (m.granularity) {
+    case Granularity::tensor:
+      fn(e0, e1 - e0, int64_t{0});
+      return;
+    case Granularity::token: {
+      int64_t row = e0 / m.k, e = e0;
+      while (e < e1) {
+        const int64_t end = std::min(e1, (row + 1) * m.k);
+        fn(e, end - e, row);
+        e = end;
+        ++row;
       }
-      case Granularity::channel: {
-        const int64_t run = e / m.inner;
-        end = std::min(e1, (run + 1) * m.inner);
-        g = run % m.channels;
-        break;
-      }
-      case Granularity::block: {
-        const int64_t row = e / m.k, b = (e - row * m.k) / m.block;
-        end = std::min(e1, row * m.k + std::min(m.k, (b + 1) * m.block));
-        g = row * m.blocks_k + b;
-        break;
-      }
-      default: {  // block2d
-        const int64_t row = e / m.k, b = (e - row * m.k) / m.block;
-        end = std::min(e1, row * m.k + std::min(m.k, (b + 1) * m.block));
-        g = ((row / m.rows) * m.blocks_r + (row % m.rows) / m.block) * m.blocks_k + b;
-        break;
-      }
+      return;
     }
-    fn(e, end - e, g);
-    e = end;
+    case Granularity::channel: {
+      int64_t run = e0 / m.inner, e = e0;
+      int64_t g = run % m.channels;
+      while (e < e1) {
+        const int64_t end = std::min(e1, (run + 1) * m.inner);
+        fn(e, end - e, g);
+        e = end;
+        ++run;
+        if (++g == m.channels) g = 0;
+      }
+      return;
+    }
+    default: {  // block, block2d: runs of `block` along rows (the last one may be partial)
+      int64_t row = e0 / m.k;
+      int64_t col = e0 - row * m.k;
+      int64_t b = col / m.block;
+      const bool two_d = m.granularity == Granularity::block2d;
+      int64_t rin = two_d ? row % m.rows : 0;  // row within its matrix
+      int64_t base = two_d ? ((row / m.rows) * m.blocks_r + rin / m.block) * m.blocks_k
+                           : row * m.blocks_k;  // group of the row's first block
+      int64_t e = e0;
+      while (e < e1) {
+        const int64_t bend = std::min(m.k, (b + 1) * m.block);
+        const int64_t len = std::min(e1 - e, bend - col);
+        fn(e, len, base + b);
+        e += len;
+        col += len;
+        if (col == bend) {
+          ++b;
+          if (col == m.k) {
+            col = 0;
+            b = 0;
+            ++row;
+            if (two_d) {
+              if (++rin == m.rows) rin = 0;
+              base = ((row / m.rows) * m.blocks_r + rin / m.block) * m.blocks_k;
+            } else {
+              base += m.blocks_k;
+            }
+          }
+        }
+      }
+      return;
+    }
   }
+}
+
+// ---- per-group maxima of a batch of groups -----------------------------------------------------
+
+/// Where ReduceMaxGroups puts group b's maximum (a 4 x G transpose, G = N / 4).
+HWY_INLINE size_t GroupLane(size_t b) {
+  constexpr size_t G = kMaxLanes / 4;
+  return 4 * (b % G) + b / G;
+}
+
+/// Within each 128-bit block: lane m of the result is the maximum of x[m]'s lanes there.
+HWY_INLINE VI Reduce4(const VI* x) {
+  const DI di;
+  const hn::Repartition<int64_t, DI> d64;
+  const VI a = hn::Max(hn::InterleaveLower(di, x[0], x[1]), hn::InterleaveUpper(di, x[0], x[1]));
+  const VI b = hn::Max(hn::InterleaveLower(di, x[2], x[3]), hn::InterleaveUpper(di, x[2], x[3]));
+  const auto a64 = hn::BitCast(d64, a), b64 = hn::BitCast(d64, b);
+  return hn::Max(hn::BitCast(di, hn::InterleaveLower(d64, a64, b64)),
+                 hn::BitCast(di, hn::InterleaveUpper(d64, a64, b64)));
+}
+
+/// N vectors (one per group) -> one vector: lane GroupLane(b) is the maximum (signed) of
+/// all lanes of v[b]. A transpose-and-reduce tree: about 3 operations per group instead of
+/// a horizontal reduction each.
+HWY_INLINE VI ReduceMaxGroups(const VI* v) {
+  const DI di;
+#if HWY_TARGET <= HWY_AVX3
+  VI w[8];
+  for (int i = 0; i < 8; ++i)
+    w[i] = hn::Max(hn::ConcatLowerLower(di, v[2 * i + 1], v[2 * i]),
+                   hn::ConcatUpperUpper(di, v[2 * i + 1], v[2 * i]));
+  VI x[4];
+  for (int j = 0; j < 4; ++j) {
+    const __m512i lo =
+        _mm512_shuffle_i32x4(w[2 * j].raw, w[2 * j + 1].raw, _MM_SHUFFLE(2, 0, 2, 0));
+    const __m512i hi =
+        _mm512_shuffle_i32x4(w[2 * j].raw, w[2 * j + 1].raw, _MM_SHUFFLE(3, 1, 3, 1));
+    x[j] = hn::Max(VI{lo}, VI{hi});
+  }
+  return Reduce4(x);
+#elif HWY_TARGET == HWY_AVX2
+  VI w[4];
+  for (int i = 0; i < 4; ++i)
+    w[i] = hn::Max(hn::ConcatLowerLower(di, v[2 * i + 1], v[2 * i]),
+                   hn::ConcatUpperUpper(di, v[2 * i + 1], v[2 * i]));
+  return Reduce4(w);
+#else
+  static_assert(kMaxLanes == 4, "128-bit targets only");
+  return Reduce4(v);
+#endif
 }
 
 /// Columns mode: calls fn(e, len, col) for each piece of a period-P row in [e0, e1).

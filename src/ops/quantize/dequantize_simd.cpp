@@ -150,34 +150,25 @@ HWY_INLINE void DecodeCols(const DCall& c, const uint8_t* p, int64_t e, int64_t 
   }
 }
 
-/// A run's codes as bytes (through a buffer for 4-bit codes), then DecodeRun / DecodeCols.
-template <Code C, Dtype D, class Body>
-HWY_INLINE void WithCodeBytes(const DCall& c, int64_t e, int64_t len, Body&& body) {
-  if constexpr (!kPacked<C>) {
-    body(c.codes + e, e, len, int64_t{0});
-  } else {
-    HWY_ALIGN uint8_t tmp[kTmp];
-    for (int64_t off = 0; off < len; off += kTmp) {
-      const int64_t m = std::min(kTmp, len - off);
-      UnpackNibbles(c.codes, e + off, m, tmp);
-      body(tmp, e + off, m, off);
-    }
-  }
-}
-
 template <Code C, Dtype D>
 void DeqChunk(const DCall& c, int64_t e0, int64_t e1) {
   const DF df;
   const DI di;
-  if (c.L.columns) {
-    ForEachRowPiece(c.L.period, e0, e1, [&](int64_t e, int64_t len, int64_t col) {
-      WithCodeBytes<C, D>(c, e, len, [&](const uint8_t* p, int64_t ee, int64_t m, int64_t off) {
-        DecodeCols<C, D>(c, p, ee, m, col + off);
+  const VF g = hn::Set(df, c.global);
+  HWY_ALIGN uint8_t tmp[kTmp];
+  // 4-bit codes: unpacked to bytes a piece of kTmp elements at a time.
+  const int64_t piece = kPacked<C> ? kTmp : e1 - e0;
+  for (int64_t p0 = e0; p0 < e1; p0 += piece) {
+    const int64_t p1 = std::min(e1, p0 + piece);
+    if constexpr (kPacked<C>) UnpackNibbles(c.codes, p0, p1 - p0, tmp);
+    auto bytes = [&](int64_t e) { return kPacked<C> ? tmp + (e - p0) : c.codes + e; };
+    if (c.L.columns) {
+      ForEachRowPiece(c.L.period, p0, p1, [&](int64_t e, int64_t len, int64_t col) {
+        DecodeCols<C, D>(c, bytes(e), e, len, col);
       });
-    });
-  } else {
-    const VF g = hn::Set(df, c.global);
-    ForEachRun(c.L, e0, e1, [&](int64_t e, int64_t len, int64_t grp) {
+      continue;
+    }
+    ForEachRun(c.L, p0, p1, [&](int64_t e, int64_t len, int64_t grp) {
       float s;
       int32_t z = 0;
       if constexpr (C == Code::nvfp4) {
@@ -188,11 +179,7 @@ void DeqChunk(const DCall& c, int64_t e0, int64_t e1) {
         s = convert_detail::load_f32(c.scale, c.scale_dtype, grp);
         if (c.zero) z = c.zero[grp];
       }
-      const VF vs = hn::Set(df, s);
-      const VI vz = hn::Set(di, z);
-      WithCodeBytes<C, D>(c, e, len, [&](const uint8_t* p, int64_t ee, int64_t m, int64_t) {
-        DecodeRun<C, D>(c, p, ee, m, vs, vz, g);
-      });
+      DecodeRun<C, D>(c, bytes(e), e, len, hn::Set(df, s), hn::Set(di, z), g);
     });
   }
   if (c.stream) hwy::FlushStream();

@@ -106,6 +106,18 @@ constexpr int64_t kTmp = 4096;
 
 // ---- element rules --------------------------------------------------------------------------
 
+/// x86's truncating f32 -> i32 (cvttps2dq): INT32_MIN for NaN and out-of-range values, the
+/// behaviour ggml's reference casts have on x86-64 (Highway's ConvertTo saturates instead).
+HWY_INLINE VI CvttI32(VF v) {
+#if HWY_TARGET <= HWY_AVX3
+  return VI{_mm512_cvttps_epi32(v.raw)};
+#elif HWY_TARGET == HWY_AVX2
+  return VI{_mm256_cvttps_epi32(v.raw)};
+#else
+  return VI{_mm_cvttps_epi32(v.raw)};
+#endif
+}
+
 /// The codes of N elements x under a group's parameters (low 8 bits of each lane).
 template <Fmt F>
 HWY_INLINE VI Encode(VF x, VF mul, VF add, VF qmin, VF qmax) {
@@ -115,7 +127,7 @@ HWY_INLINE VI Encode(VF x, VF mul, VF add, VF qmin, VF qmax) {
     // int_quantize: clamp(rne(x * inv_scale) + zero, qmin, qmax).
     VF r = hn::Add(hn::Round(hn::Mul(x, mul)), add);
     r = hn::Min(hn::Max(r, qmin), qmax);
-    return hn::ConvertTo(DI(), r);
+    return CvttI32(r);  // integral and in range: exact
   } else if constexpr (F == Fmt::e4m3 || F == Fmt::mx8e4m3) {
     const VU y = hn::BitCast(du, hn::Mul(x, mul));
     return hn::BitCast(DI(), simd_convert::EncodeMiniFloat<nd::kF8E4M3FN>(
@@ -326,20 +338,186 @@ void StatsCols(const QCall& q, int64_t c0, int64_t c1) {
 template <Dtype S, Fmt F>
 void CodesChunk(const QCall& q, int64_t e0, int64_t e1) {
   VI amax = hn::Zero(DI());
-  if (q.L.columns) {
-    ForEachRowPiece(q.L.period, e0, e1, [&](int64_t e, int64_t len, int64_t col) {
-      QuantCols<S, F>(q, e, len, col, amax);
-    });
-  } else {
-    ForEachRun(q.L, e0, e1, [&](int64_t e, int64_t len, int64_t g) {
-      GroupParams p;
-      p.mul = q.mul[g];
-      p.add = q.add[g];
-      QuantRun<S, F>(q, e, len, p, amax);
-    });
+  HWY_ALIGN uint8_t tmp[kTmp];
+  // 4-bit codes: byte codes for pieces of kTmp elements, packed once per piece.
+  const int64_t piece = q.packed ? kTmp : e1 - e0;
+  for (int64_t p0 = e0; p0 < e1; p0 += piece) {
+    const int64_t p1 = std::min(e1, p0 + piece);
+    // Element e's byte code goes here.
+    auto out = [&](int64_t e) { return q.packed ? tmp + (e - p0) : q.codes + e; };
+    if (q.L.columns) {
+      ForEachRowPiece(q.L.period, p0, p1, [&](int64_t e, int64_t len, int64_t col) {
+        EncodeCols<S, F>(q, e, len, col, out(e), amax);
+      });
+    } else {
+      ForEachRun(q.L, p0, p1, [&](int64_t e, int64_t len, int64_t g) {
+        GroupParams p;
+        p.mul = q.mul[g];
+        p.add = q.add[g];
+        EncodeRun<S, F>(q, e, len, p, out(e), amax);
+      });
+    }
+    if (q.packed) PackNibbles(tmp, p1 - p0, q.codes, p0);
   }
   if (static_cast<uint32_t>(hn::GetLane(hn::MaxOfLanes(DI(), amax))) >= kNonFinite)
     q.bad->store(1, std::memory_order_relaxed);
+}
+
+// ---- batches of groups ------------------------------------------------------------------------
+
+/// The parameters of N groups g0 .. g0 + N - 1 from their maxima (lanes in GroupLane
+/// order), vectorised: the same f32 operations as formats/quant_math.hpp's functions, the
+/// narrow-float roundings through numeric.hpp's integer rules. Writes the groups' scales
+/// (or block codes) and mul / add per lane. False where the scalar rules serve (affine
+/// integers, nvfp4 with a zero global scale).
+template <Fmt F>
+HWY_INLINE bool BatchParams(const QCall& q, VI amax_bits, int64_t g0, float* mul_l, float* add_l) {
+  const DF df;
+  const DU du;
+  const DI di;
+  constexpr size_t N = kMaxLanes;
+  const VF amax = hn::BitCast(df, amax_bits);
+  const VF zero = hn::Zero(df);
+  const VF min_scale = hn::Set(df, formats::kMinScale);
+  hn::Store(zero, df, add_l);
+  if constexpr (F == Fmt::integer || F == Fmt::e4m3 || F == Fmt::e5m2) {
+    VF s;
+    if constexpr (F == Fmt::integer) {
+      if (!q.symmetric) return false;
+      // int_symmetric_params: flush(round_scale(amax / qmax)).
+      s = hn::Div(amax, hn::Set(df, static_cast<float>(q.qmax)));
+      if (q.scale_dtype == Dtype::f16) {
+        const VU c = simd_convert::EncodeMiniFloat<nd::kF16>(du, hn::BitCast(du, s),
+                                                             hn::Set(du, nd::kF16.max_code()));
+        s = hn::BitCast(df, simd_convert::DecodeMiniFloat<nd::kF16>(du, c));
+      } else if (q.scale_dtype == Dtype::bf16) {
+        const VU c = simd_convert::EncodeMiniFloat<nd::kBF16>(du, hn::BitCast(du, s),
+                                                              hn::Set(du, nd::kBF16.max_code()));
+        s = hn::BitCast(df, hn::ShiftLeft<16>(c));
+      }
+    } else {
+      s = hn::Div(amax, hn::Set(df, F == Fmt::e5m2 ? 57344.0f : 448.0f));  // fp8_scale
+    }
+    s = hn::IfThenZeroElse(hn::Lt(s, min_scale), s);
+    hn::Store(hn::IfThenZeroElse(hn::Eq(s, zero), hn::Div(hn::Set(df, 1.0f), s)), df, mul_l);
+    HWY_ALIGN float s_l[N];
+    hn::Store(s, df, s_l);
+    for (size_t b = 0; b < N; ++b)
+      convert_detail::store_f32(q.scale, q.fmt == Fmt::integer ? q.scale_dtype : Dtype::f32,
+                                g0 + static_cast<int64_t>(b), s_l[GroupLane(b)],
+                                Saturation::finite);
+    return true;
+  } else if constexpr (F == Fmt::nvfp4) {
+    if (q.global == 0.0f) return false;
+    const VF global = hn::Set(df, q.global);
+    // nvfp4_block_scale: e4m3(clamp(amax / 6 / global, 2^-6, 448)).
+    VF s = hn::Div(hn::Div(amax, hn::Set(df, 6.0f)), global);
+    s = hn::Min(hn::Max(s, hn::Set(df, formats::kNvfp4BlockScaleMin)), hn::Set(df, 448.0f));
+    const VU code = simd_convert::EncodeMiniFloat<nd::kF8E4M3FN>(
+        du, hn::BitCast(du, s), hn::Set(du, nd::kF8E4M3FN.nan_code()));
+    hn::Store(
+        hn::Mul(global, hn::BitCast(df, simd_convert::DecodeMiniFloat<nd::kF8E4M3FN>(du, code))),
+        df, mul_l);
+    HWY_ALIGN uint32_t c_l[N];
+    hn::Store(code, du, c_l);
+    auto* out = static_cast<uint8_t*>(q.scale) + g0;
+    for (size_t b = 0; b < N; ++b) out[b] = static_cast<uint8_t>(c_l[GroupLane(b)]);
+    return true;
+  } else if constexpr (F == Fmt::mxfp4 || F == Fmt::mx8e4m3 || F == Fmt::mx8e5m2) {
+    // mx_scale_code: floor(log2(amax)) - emax clamped to [-127, 127], + 127; 0 for amax 0.
+    const VI expf = hn::ShiftRight<23>(amax_bits);
+    const VI mant = hn::And(amax_bits, hn::Set(di, 0x7fffff));
+    const VI msb = hn::Sub(hn::ShiftRight<23>(hn::BitCast(di, hn::ConvertTo(df, mant))),
+                           hn::Set(di, 127));  // exact: mant < 2^23
+    const VI fl = hn::IfThenElse(hn::Eq(expf, hn::Zero(di)), hn::Sub(msb, hn::Set(di, 149)),
+                                 hn::Sub(expf, hn::Set(di, 127)));
+    VI e = hn::Sub(fl, hn::Set(di, lowbit::quant_simd::mx_emax(F)));
+    e = hn::Min(hn::Max(e, hn::Set(di, -127)), hn::Set(di, 127));
+    const VI code =
+        hn::IfThenZeroElse(hn::Eq(amax_bits, hn::Zero(di)), hn::Add(e, hn::Set(di, 127)));
+    // mx_unscale's factor 2^(127 - code).
+    const VI e2 = hn::Sub(hn::Set(di, 127), code);
+    const VI fbits =
+        hn::IfThenElse(hn::Gt(e2, hn::Set(di, -127)),
+                       hn::ShiftLeft<23>(hn::Add(e2, hn::Set(di, 127))), hn::Set(di, 0x00400000));
+    hn::Store(hn::BitCast(df, fbits), df, mul_l);
+    HWY_ALIGN int32_t c_l[N];
+    hn::Store(code, di, c_l);
+    auto* out = static_cast<uint8_t*>(q.scale) + g0;
+    for (size_t b = 0; b < N; ++b) out[b] = static_cast<uint8_t>(c_l[GroupLane(b)]);
+    return true;
+  } else {
+    return false;
+  }
+}
+
+/// N whole groups of `glen` elements (a multiple of N) from element e0, groups g0 ..:
+/// statistics of all, one reduction, parameters, then codes (4-bit: packed once).
+/// False after a non-finite input (flagged).
+template <Dtype S, Fmt F, bool kAffine>
+HWY_INLINE bool FusedBatch(const QCall& q, int64_t e0, int64_t glen, int64_t g0, uint8_t* tmp) {
+  const DF df;
+  const DI di;
+  constexpr size_t N = kMaxLanes;
+  const int64_t n = static_cast<int64_t>(N);
+  const VI sign = hn::Set(di, static_cast<int32_t>(0x80000000u));
+  VI a[N], nl[N];
+  for (size_t b = 0; b < N; ++b) {
+    const int64_t e = e0 + static_cast<int64_t>(b) * glen;
+    VI ab = hn::Zero(di), nb = hn::Zero(di);
+    for (int64_t i = 0; i < glen; i += n) {
+      const VF x = LoadSrc<S>(df, q.src, e + i);
+      if constexpr (kAffine) {
+        const VI bits = hn::BitCast(di, x);
+        ab = hn::Max(ab, bits);
+        nb = hn::Max(nb, hn::Xor(bits, sign));
+      } else {
+        ab = hn::Max(ab, AbsBits(x));
+      }
+    }
+    a[b] = ab;
+    nl[b] = nb;
+  }
+  VI amax, hi, neglo;
+  if constexpr (kAffine) {
+    hi = ReduceMaxGroups(a);
+    neglo = ReduceMaxGroups(nl);
+    amax = hn::Max(hi, neglo);
+  } else {
+    amax = ReduceMaxGroups(a);
+    hi = neglo = amax;
+  }
+  if (!hn::AllTrue(di, hn::Lt(amax, hn::Set(di, static_cast<int32_t>(kNonFinite))))) {
+    q.bad->store(1, std::memory_order_relaxed);
+    return false;
+  }
+  HWY_ALIGN float mul_l[N], add_l[N];
+  bool zero_codes = false;
+  if (!BatchParams<F>(q, amax, g0, mul_l, add_l)) {
+    HWY_ALIGN uint32_t am_l[N], hi_l[N], nl_l[N];
+    hn::Store(hn::BitCast(DU(), amax), DU(), am_l);
+    hn::Store(hn::BitCast(DU(), hi), DU(), hi_l);
+    hn::Store(hn::BitCast(DU(), neglo), DU(), nl_l);
+    for (size_t b = 0; b < N; ++b) {
+      const size_t l = GroupLane(b);
+      const GroupParams p = lowbit::quant_simd::dynamic_params(q, am_l[l], hi_l[l], nl_l[l],
+                                                               g0 + static_cast<int64_t>(b));
+      mul_l[l] = p.mul;
+      add_l[l] = p.add;
+      zero_codes = p.zero_codes;
+    }
+  }
+  VI unused = hn::Zero(di);
+  for (size_t b = 0; b < N; ++b) {
+    const int64_t off = static_cast<int64_t>(b) * glen;
+    GroupParams p;
+    p.mul = mul_l[GroupLane(b)];
+    p.add = add_l[GroupLane(b)];
+    p.zero_codes = zero_codes;
+    EncodeRun<S, F>(q, e0 + off, glen, p, q.packed ? tmp + off : q.codes + e0 + off, unused);
+  }
+  if (q.packed) PackNibbles(tmp, n * glen, q.codes, e0);
+  return true;
 }
 
 /// Rows [r0, r1): a row is the last axis (token, block, nvfp4, MX) or one channel
@@ -351,9 +529,19 @@ void FusedRows(const QCall& q, int64_t r0, int64_t r1) {
   const int64_t row_len = m.granularity == Granularity::channel ? m.inner : m.k;
   const int64_t glen = m.granularity == Granularity::block ? m.block : row_len;
   const int64_t gpr = (row_len + glen - 1) / glen;
+  const int64_t n = static_cast<int64_t>(kMaxLanes);
+  // Batches of N whole groups when groups are short vector multiples.
+  const bool batch = glen % n == 0 && n * glen <= kTmp && gpr >= n;
+  const int64_t whole = row_len / glen;  // groups that are not partial
+  HWY_ALIGN uint8_t tmp[kTmp];
   VI amax = hn::Zero(DI());
   for (int64_t r = r0; r < r1; ++r) {
-    for (int64_t j = 0; j < gpr; ++j) {
+    int64_t j = 0;
+    if (batch) {
+      for (; j + n <= whole; j += n)
+        if (!FusedBatch<S, F, kAffine>(q, r * row_len + j * glen, glen, r * gpr + j, tmp)) return;
+    }
+    for (; j < gpr; ++j) {
       const int64_t e = r * row_len + j * glen;
       const int64_t len = std::min(glen, row_len - j * glen);
       const int64_t g = r * gpr + j;
@@ -395,19 +583,80 @@ HWY_INLINE void ReferenceBlock(const VF* x, uint8_t* y, Codec codec) {
   codec(tmp, y, 1);
 }
 
+/// One Q8_0 block's codes (d normal or 0, so |x * id| <= 127.00002).
+HWY_INLINE void Q8_0Codes(const VF* x, float id, uint8_t* y) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const VF vid = hn::Set(df, id);
+  const VF half = hn::Set(df, 0.49999997f);  // the float below 0.5
+  for (int64_t v = 0; v < kNV; ++v) {
+    const VF t = hn::Mul(x[v], vid);
+    // roundf (half away from zero) then the int8 cast.
+    const VI c = CvttI32(hn::Add(t, hn::CopySign(half, t)));
+    hn::StoreU(hn::DemoteTo(DI8(), c), DI8(), reinterpret_cast<int8_t*>(y + v * N));
+  }
+}
+
 /// ggml's quantize_row_q8_0_ref: d = amax / 127, id = 1/d (or 0), q = roundf(x * id).
+/// Blocks go in batches of N: their maxima in one reduction, d, 1/d and f16(d) as vectors.
 template <Dtype S>
 void Q8_0Rows(const QCall& q, int64_t r0, int64_t r1) {
   const DF df;
+  const DU du;
   const DI di;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  constexpr size_t NL = kMaxLanes;
+  const int64_t N = static_cast<int64_t>(NL);
   const int64_t K = q.L.gm.k, nb = K / kQK;
-  const VF half = hn::Set(df, 0.49999997f);  // the float below 0.5
+  constexpr int64_t kBytes = 2 + kQK;
   for (int64_t r = r0; r < r1; ++r) {
-    uint8_t* y = q.codes + r * q.row_bytes;
-    for (int64_t b = 0; b < nb; ++b, y += 2 + kQK) {
+    uint8_t* yr = q.codes + r * q.row_bytes;
+    const int64_t er = r * K;
+    int64_t b = 0;
+    for (; b + N <= nb; b += N) {
+      VI am[NL];
+      for (size_t i = 0; i < NL; ++i) {
+        const int64_t e = er + (b + static_cast<int64_t>(i)) * kQK;
+        VI a = AbsBits(LoadSrc<S>(df, q.src, e));
+        for (int64_t v = 1; v < kNV; ++v) a = hn::Max(a, AbsBits(LoadSrc<S>(df, q.src, e + v * N)));
+        am[i] = a;
+      }
+      const VI amax = ReduceMaxGroups(am);
+      if (!hn::AllTrue(di, hn::Lt(amax, hn::Set(di, static_cast<int32_t>(kNonFinite))))) {
+        q.bad->store(1, std::memory_order_relaxed);
+        return;
+      }
+      const VF d = hn::Div(hn::BitCast(df, amax), hn::Set(df, 127.0f));
+      const VF id = hn::IfThenZeroElse(hn::Eq(d, hn::Zero(df)), hn::Div(hn::Set(df, 1.0f), d));
+      const VU h = simd_convert::EncodeMiniFloat<nd::kF16, true>(du, hn::BitCast(du, d),
+                                                                 hn::Set(du, nd::kF16.inf_code()));
+      if (!hn::AllFalse(du, hn::Eq(hn::And(h, hn::Set(du, 0x7fffu)), hn::Set(du, 0x7c00u)))) {
+        q.bad->store(1, std::memory_order_relaxed);  // store_scale_f16 refuses it
+        return;
+      }
+      HWY_ALIGN float id_l[NL], d_l[NL];
+      HWY_ALIGN uint32_t h_l[NL];
+      hn::Store(id, df, id_l);
+      hn::Store(d, df, d_l);
+      hn::Store(h, du, h_l);
+      for (size_t i = 0; i < NL; ++i) {
+        const size_t l = GroupLane(i);
+        const int64_t e = er + (b + static_cast<int64_t>(i)) * kQK;
+        uint8_t* y = yr + (b + static_cast<int64_t>(i)) * kBytes;
+        VF x[kNV];
+        for (int64_t v = 0; v < kNV; ++v) x[v] = LoadSrc<S>(df, q.src, e + v * N);
+        if (d_l[l] != 0.0f && d_l[l] < FLT_MIN) {  // x * id may leave [-127.5, 127.5]
+          ReferenceBlock(x, y, gguf::detail::quantize_q8_0);
+          continue;
+        }
+        const uint16_t h16 = static_cast<uint16_t>(h_l[l]);
+        std::memcpy(y, &h16, 2);
+        Q8_0Codes(x, id_l[l], y + 2);
+      }
+    }
+    for (; b < nb; ++b) {
+      uint8_t* y = yr + b * kBytes;
       VF x[kNV];
-      const uint32_t amax_bits = LoadBlock<S>(q.src, r * K + b * kQK, x);
+      const uint32_t amax_bits = LoadBlock<S>(q.src, er + b * kQK, x);
       if (amax_bits >= kNonFinite) {
         q.bad->store(1, std::memory_order_relaxed);
         return;
@@ -415,22 +664,16 @@ void Q8_0Rows(const QCall& q, int64_t r0, int64_t r1) {
       const float d = lowbit::quant_simd::float_of(amax_bits) / 127.0f;
       const float id = d != 0.0f ? 1.0f / d : 0.0f;
       const uint16_t h = f32_to_f16(d);
-      if ((h & 0x7fffu) == 0x7c00u) {  // store_scale_f16 refuses it
+      if ((h & 0x7fffu) == 0x7c00u) {
         q.bad->store(1, std::memory_order_relaxed);
         return;
       }
-      if (d != 0.0f && d < FLT_MIN) {  // x * id may leave [-127.5, 127.5]: ggml's own path
+      if (d != 0.0f && d < FLT_MIN) {
         ReferenceBlock(x, y, gguf::detail::quantize_q8_0);
         continue;
       }
       std::memcpy(y, &h, 2);
-      const VF vid = hn::Set(df, id);
-      for (int64_t v = 0; v < kNV; ++v) {
-        const VF t = hn::Mul(x[v], vid);
-        // roundf (half away from zero) then the int8 cast; |t| <= 127.00002 here.
-        const VI c = hn::ConvertTo(di, hn::Add(t, hn::CopySign(half, t)));
-        hn::StoreU(hn::DemoteTo(DI8(), c), DI8(), reinterpret_cast<int8_t*>(y + 2 + v * N));
-      }
+      Q8_0Codes(x, id, y + 2);
     }
   }
 }
@@ -480,7 +723,7 @@ void Q4_0Rows(const QCall& q, int64_t r0, int64_t r1) {
       const VF vid = hn::Set(df, id);
       VI c[kNV];
       for (int64_t v = 0; v < kNV; ++v)
-        c[v] = hn::Min(hn::ConvertTo(di, hn::Add(hn::Mul(x[v], vid), bias)), fifteen);
+        c[v] = hn::Min(CvttI32(hn::Add(hn::Mul(x[v], vid), bias)), fifteen);
       // Byte j holds element j (low nibble) and j + 16 (high nibble).
       for (int64_t v = 0; v < kNV / 2; ++v)
         hn::StoreU(hn::DemoteTo(DU8(), hn::Or(c[v], hn::ShiftLeft<4>(c[v + kNV / 2]))), DU8(),
