@@ -524,8 +524,11 @@ NB_MODULE(_lowbit, m) {
              if (nb::isinstance<QuantScheme>(other))
                return nb::bool_(s == nb::cast<QuantScheme>(other));
              if (nb::isinstance<nb::str>(other)) {
-               const auto t = QuantScheme::parse(nb::cast<std::string>(other));
-               return nb::bool_(s == t);
+               try {
+                 return nb::bool_(s == QuantScheme::parse(nb::cast<std::string>(other)));
+               } catch (const Error&) {
+                 return nb::bool_(false);  // not a scheme's text: not equal
+               }
              }
              return nb::borrow(Py_NotImplemented);
            })

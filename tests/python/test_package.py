@@ -113,7 +113,7 @@ def test_scheme_text_forms_and_properties():
     s = lowbit.Scheme("int4:block32:asym")
     assert str(s) == "int4:block32:asym" and repr(s) == "lowbit.Scheme('int4:block32:asym')"
     assert s == lowbit.Scheme("int4:block32:asym") == "int4:block32:asym"
-    assert s != lowbit.Scheme("int4:block32") and s != 3
+    assert s != lowbit.Scheme("int4:block32") and s != 3 and s != "not a scheme"
     assert hash(s) == hash(lowbit.Scheme(str(s)))
     assert (s.format, s.granularity, s.block, s.axis, s.symmetric, s.is_integer) == (
         "int4", "block", 32, None, False, True)
@@ -667,7 +667,7 @@ def test_torch_autograd_matches_torch_fake_quantize(torch, text, qmin, qmax):
     """Forward and straight-through backward against torch.fake_quantize_per_tensor_affine
     on the CPU (same f32 reciprocal arithmetic), with a scale small enough to saturate."""
     x = torch.from_numpy(data((16, 64), text, "autograd") * F32(2)).requires_grad_()
-    scale, zp = 0.03, (0 if "int8" in text else 5 if "uint" in text else -2)
+    scale, zp = 0.03, (5 if text.startswith("uint") else -2)
     s = lowbit.Scheme(text)
     given = {"scale": np.array([scale], F32)}
     if not s.symmetric:
