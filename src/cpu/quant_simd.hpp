@@ -85,11 +85,17 @@ struct QCall {
   const float* add = nullptr;
   // GGUF rows
   int64_t row_bytes = 0;
-  /// Set when the data needs the reference's judgement: a non-finite input, a block whose
-  /// f16 scale overflows. The kernel then hands the call to the reference kernel, which
-  /// throws its exact error (or, were the flag ever raised wrongly, computes the result).
+  /// Flags (kFlag*) raised when the data needs the reference's judgement: a non-finite
+  /// input, a block whose f16 scale overflows. The kernel then hands the call to the
+  /// reference kernel, which throws its exact error (or, were a flag ever raised wrongly,
+  /// computes the result). Non-finite inputs count only with check_finite; without it they
+  /// give unspecified but memory-safe codes, as on CUDA.
   std::atomic<int>* bad = nullptr;
+  bool check_finite = true;
 };
+
+inline constexpr int kFlagNonFinite = 1;  ///< a NaN or Inf input
+inline constexpr int kFlagRefuse = 2;     ///< anything else the reference refuses
 
 /// One dequantize call's operands.
 struct DCall {

@@ -118,6 +118,16 @@ HWY_INLINE VI CvttI32(VF v) {
 #endif
 }
 
+/// Flags a non-finite input; true if the pass should stop (the reference will throw).
+HWY_INLINE bool NonFinite(const QCall& q) {
+  q.bad->fetch_or(lowbit::quant_simd::kFlagNonFinite, std::memory_order_relaxed);
+  return q.check_finite;
+}
+/// Flags what the reference refuses besides non-finite inputs.
+HWY_INLINE void Refuse(const QCall& q) {
+  q.bad->fetch_or(lowbit::quant_simd::kFlagRefuse, std::memory_order_relaxed);
+}
+
 /// The codes of N elements x under a group's parameters (low 8 bits of each lane).
 template <Fmt F>
 HWY_INLINE VI Encode(VF x, VF mul, VF add, VF qmin, VF qmax) {
@@ -287,7 +297,7 @@ template <Dtype S, bool kAffine>
 void StatsChunk(const QCall& q, int64_t e0, int64_t e1) {
   ForEachRun(q.L, e0, e1, [&](int64_t e, int64_t len, int64_t g) {
     const RunMax r = RunStats<S, kAffine>(q.src, e, len);
-    if (r.amax >= kNonFinite) q.bad->store(1, std::memory_order_relaxed);
+    if (r.amax >= kNonFinite) NonFinite(q);
     lowbit::quant_simd::atomic_max(q.amax + g, r.amax);
     if constexpr (kAffine) {
       lowbit::quant_simd::atomic_max(q.hi + g, r.hi);
@@ -359,8 +369,7 @@ void CodesChunk(const QCall& q, int64_t e0, int64_t e1) {
     }
     if (q.packed) PackNibbles(tmp, p1 - p0, q.codes, p0);
   }
-  if (static_cast<uint32_t>(hn::GetLane(hn::MaxOfLanes(DI(), amax))) >= kNonFinite)
-    q.bad->store(1, std::memory_order_relaxed);
+  if (static_cast<uint32_t>(hn::GetLane(hn::MaxOfLanes(DI(), amax))) >= kNonFinite) NonFinite(q);
 }
 
 // ---- batches of groups ------------------------------------------------------------------------
@@ -487,10 +496,8 @@ HWY_INLINE bool FusedBatch(const QCall& q, int64_t e0, int64_t glen, int64_t g0,
     amax = ReduceMaxGroups(a);
     hi = neglo = amax;
   }
-  if (!hn::AllTrue(di, hn::Lt(amax, hn::Set(di, static_cast<int32_t>(kNonFinite))))) {
-    q.bad->store(1, std::memory_order_relaxed);
+  if (!hn::AllTrue(di, hn::Lt(amax, hn::Set(di, static_cast<int32_t>(kNonFinite)))) && NonFinite(q))
     return false;
-  }
   HWY_ALIGN float mul_l[N], add_l[N];
   bool zero_codes = false;
   if (!BatchParams<F>(q, amax, g0, mul_l, add_l)) {
@@ -546,10 +553,7 @@ void FusedRows(const QCall& q, int64_t r0, int64_t r1) {
       const int64_t len = std::min(glen, row_len - j * glen);
       const int64_t g = r * gpr + j;
       const RunMax st = RunStats<S, kAffine>(q.src, e, len);
-      if (st.amax >= kNonFinite) {
-        q.bad->store(1, std::memory_order_relaxed);
-        return;
-      }
+      if (st.amax >= kNonFinite && NonFinite(q)) return;
       const GroupParams p = lowbit::quant_simd::dynamic_params(q, st.amax, st.hi, st.neglo, g);
       QuantRun<S, F>(q, e, len, p, amax);
     }
@@ -621,16 +625,17 @@ void Q8_0Rows(const QCall& q, int64_t r0, int64_t r1) {
         am[i] = a;
       }
       const VI amax = ReduceMaxGroups(am);
-      if (!hn::AllTrue(di, hn::Lt(amax, hn::Set(di, static_cast<int32_t>(kNonFinite))))) {
-        q.bad->store(1, std::memory_order_relaxed);
-        return;
-      }
+      const auto finite = hn::Lt(amax, hn::Set(di, static_cast<int32_t>(kNonFinite)));
+      if (!hn::AllTrue(di, finite) && NonFinite(q)) return;
       const VF d = hn::Div(hn::BitCast(df, amax), hn::Set(df, 127.0f));
       const VF id = hn::IfThenZeroElse(hn::Eq(d, hn::Zero(df)), hn::Div(hn::Set(df, 1.0f), d));
       const VU h = simd_convert::EncodeMiniFloat<nd::kF16, true>(du, hn::BitCast(du, d),
                                                                  hn::Set(du, nd::kF16.inf_code()));
-      if (!hn::AllFalse(du, hn::Eq(hn::And(h, hn::Set(du, 0x7fffu)), hn::Set(du, 0x7c00u)))) {
-        q.bad->store(1, std::memory_order_relaxed);  // store_scale_f16 refuses it
+      // store_scale_f16 refuses a scale that overflows f16 (from finite values).
+      if (!hn::AllFalse(du,
+                        hn::And(hn::RebindMask(du, finite),
+                                hn::Eq(hn::And(h, hn::Set(du, 0x7fffu)), hn::Set(du, 0x7c00u))))) {
+        Refuse(q);
         return;
       }
       HWY_ALIGN float id_l[NL], d_l[NL];
@@ -657,15 +662,12 @@ void Q8_0Rows(const QCall& q, int64_t r0, int64_t r1) {
       uint8_t* y = yr + b * kBytes;
       VF x[kNV];
       const uint32_t amax_bits = LoadBlock<S>(q.src, er + b * kQK, x);
-      if (amax_bits >= kNonFinite) {
-        q.bad->store(1, std::memory_order_relaxed);
-        return;
-      }
+      if (amax_bits >= kNonFinite && NonFinite(q)) return;
       const float d = lowbit::quant_simd::float_of(amax_bits) / 127.0f;
       const float id = d != 0.0f ? 1.0f / d : 0.0f;
       const uint16_t h = f32_to_f16(d);
-      if ((h & 0x7fffu) == 0x7c00u) {
-        q.bad->store(1, std::memory_order_relaxed);
+      if ((h & 0x7fffu) == 0x7c00u && amax_bits < kNonFinite) {
+        Refuse(q);
         return;
       }
       if (d != 0.0f && d < FLT_MIN) {
@@ -693,10 +695,7 @@ void Q4_0Rows(const QCall& q, int64_t r0, int64_t r1) {
     for (int64_t b = 0; b < nb; ++b, y += 2 + kQK / 2) {
       VF x[kNV];
       const uint32_t amax_bits = LoadBlock<S>(q.src, r * K + b * kQK, x);
-      if (amax_bits >= kNonFinite) {
-        q.bad->store(1, std::memory_order_relaxed);
-        return;
-      }
+      if (amax_bits >= kNonFinite && NonFinite(q)) return;
       float max = 0.0f;  // ggml's start value: an all-zero block keeps +0
       if (amax_bits != 0) {
         const VI target = hn::Set(di, static_cast<int32_t>(amax_bits));
@@ -711,8 +710,8 @@ void Q4_0Rows(const QCall& q, int64_t r0, int64_t r1) {
       const float d = max / -8.0f;
       const float id = d != 0.0f ? 1.0f / d : 0.0f;
       const uint16_t h = f32_to_f16(d);
-      if ((h & 0x7fffu) == 0x7c00u) {
-        q.bad->store(1, std::memory_order_relaxed);
+      if ((h & 0x7fffu) == 0x7c00u && amax_bits < kNonFinite) {
+        Refuse(q);
         return;
       }
       if (d != 0.0f && std::fabs(d) < FLT_MIN) {
@@ -950,6 +949,12 @@ class QuantizeSimd final : public Kernel<QuantizeOp> {
     q.zero = a.dst.zero.data_as<int32_t>();
     std::atomic<int> bad{0};
     q.bad = &bad;
+    q.check_finite = d.check_finite;
+    // Whether the reference must judge this call (and throw its exact Error).
+    auto failed = [&] {
+      const int f = bad.load();
+      return (f & quant_simd::kFlagRefuse) || ((f & quant_simd::kFlagNonFinite) && d.check_finite);
+    };
     const bool affine = s.is_integer() && !s.symmetric;
     const QuantFns f = HWY_DYNAMIC_DISPATCH(SelectQuantFns)(d.src, q.fmt, affine);
     auto reference = [&] { quantize_reference_kernel().run(d, a, stream, ws); };
@@ -960,7 +965,7 @@ class QuantizeSimd final : public Kernel<QuantizeOp> {
       const int64_t rows = gm.k > 0 ? n / gm.k : 0;
       q.row_bytes = gguf::row_bytes(static_cast<gguf::GgmlType>(s.gguf_type), gm.k);
       over_range(q, f.gguf_rows, rows, rows_per_chunk(gm.k, false));
-      if (bad.load()) reference();
+      if (failed()) reference();
       return;
     }
 
@@ -976,13 +981,13 @@ class QuantizeSimd final : public Kernel<QuantizeOp> {
         uint32_t amax = 0;
         t.amax = &amax;
         over_range(t, f.stats_chunk, n, kChunk);
-        if (bad.load() || amax >= 0x7f800000u) return reference();
+        if (failed()) return reference();
         q.global = formats::nvfp4_global_scale(quant_simd::float_of(amax));
         global_out[0] = q.global;
       }
       const int64_t rows = gm.k > 0 ? n / gm.k : 0;
       over_range(q, f.fused_rows, rows, rows_per_chunk(gm.k, true));
-      if (bad.load()) reference();
+      if (failed()) reference();
       return;
     }
 
@@ -990,7 +995,7 @@ class QuantizeSimd final : public Kernel<QuantizeOp> {
         s.format == QuantFormat::mxfp8e5m2) {
       const int64_t rows = gm.k > 0 ? n / gm.k : 0;
       over_range(q, f.fused_rows, rows, rows_per_chunk(gm.k, q.packed));
-      if (bad.load()) reference();
+      if (failed()) reference();
       return;
     }
 
@@ -1006,7 +1011,7 @@ class QuantizeSimd final : public Kernel<QuantizeOp> {
         add[static_cast<size_t>(g)] = p.add;
       }
       code_pass(q, f, mul, add);
-      if (bad.load()) reference();
+      if (failed()) reference();
       return;
     }
 
@@ -1017,7 +1022,7 @@ class QuantizeSimd final : public Kernel<QuantizeOp> {
     if (fused) {
       const int64_t row_len = gm.granularity == Granularity::channel ? gm.inner : gm.k;
       over_range(q, f.fused_rows, n / row_len, rows_per_chunk(row_len, q.packed));
-      if (bad.load()) reference();
+      if (failed()) reference();
       return;
     }
 
@@ -1057,9 +1062,10 @@ class QuantizeSimd final : public Kernel<QuantizeOp> {
     } else {
       over_range(q, f.stats_chunk, n, kChunk);
     }
-    if (bad.load()) return reference();
-    for (uint32_t v : amax)
-      if (v >= 0x7f800000u) return reference();
+    if (failed()) return reference();
+    if (d.check_finite)  // columns mode's statistics do not raise the flag
+      for (uint32_t v : amax)
+        if (v >= 0x7f800000u) return reference();
     mul.resize(static_cast<size_t>(gm.count));
     add.resize(static_cast<size_t>(gm.count));
     const int64_t pchunks = (gm.count + 4095) / 4096;
@@ -1073,7 +1079,7 @@ class QuantizeSimd final : public Kernel<QuantizeOp> {
       }
     });
     code_pass(q, f, mul, add);
-    if (bad.load()) reference();
+    if (failed()) reference();
   }
 
  private:
