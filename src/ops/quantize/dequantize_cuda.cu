@@ -100,45 +100,73 @@ __device__ __forceinline__ ChunkRaw load_chunk(const ChunkArgs& a, uint32_t c) {
   return r;
 }
 
+/// x * y for a chunk: mul_x86 where a NaN can come out, a plain product where none can.
+template <bool kPlain>
+__device__ __forceinline__ float product(float x, float y) {
+  if constexpr (kPlain) {
+    return __fmul_rn(x, y);
+  } else {
+    return mul_x86(x, y);
+  }
+}
+
+/// Whether no product of this chunk can be NaN (finite scales, no NaN / Inf codes), so that
+/// plain products and plain conversions to the destination give the reference's bits. The
+/// other chunks take the careful path (mul_x86, NaN fix-ups), a divergence only where the
+/// data holds NaN / Inf codes or scales.
 template <DCode F>
+__device__ __forceinline__ bool chunk_is_plain(const ChunkRaw& r, float global) {
+  const bool finite = (__float_as_uint(r.scale) & 0x7f800000u) != 0x7f800000u;
+  if constexpr (F == DCode::e4m3 || F == DCode::mxe4m3) {
+    // A byte of t equals 0x7f (NaN) iff adding 1 sets its top bit (no carries: bytes <= 0x7f).
+    const uint32_t lo = r.lo & 0x7f7f7f7fu, hi = r.hi & 0x7f7f7f7fu;
+    return finite && !(((lo + 0x01010101u) | (hi + 0x01010101u)) & 0x80808080u);
+  } else if constexpr (F == DCode::e5m2 || F == DCode::mxe5m2) {
+    // Exponent field all ones (Inf, NaN): bits 0x7c of a byte all set.
+    const uint32_t lo = r.lo & 0x7c7c7c7cu, hi = r.hi & 0x7c7c7c7cu;
+    return finite && !(((lo + 0x04040404u) | (hi + 0x04040404u)) & 0x80808080u);
+  } else if constexpr (F == DCode::nvfp4) {
+    return finite && (__float_as_uint(global) & 0x7f800000u) != 0x7f800000u;
+  } else {
+    return finite;
+  }
+}
+
+template <DCode F, bool kPlain>
 __device__ __forceinline__ void decode_chunk(const ChunkRaw& r, float global, float (&v)[8]) {
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
     const uint32_t byte = ((i < 4 ? r.lo : r.hi) >> (8 * (i % 4))) & 0xffu;
     const uint32_t nib = (r.lo >> (4 * i)) & 0xfu;
+    float x;
     if constexpr (F == DCode::i8) {
-      v[i] = mul_x86(static_cast<float>(static_cast<int32_t>(static_cast<int8_t>(byte)) - r.zero),
-                     r.scale);
+      x = static_cast<float>(static_cast<int32_t>(static_cast<int8_t>(byte)) - r.zero);
     } else if constexpr (F == DCode::u8) {
-      v[i] = mul_x86(static_cast<float>(static_cast<int32_t>(byte) - r.zero), r.scale);
+      x = static_cast<float>(static_cast<int32_t>(byte) - r.zero);
     } else if constexpr (F == DCode::i4) {
-      v[i] = mul_x86(static_cast<float>((static_cast<int32_t>(nib ^ 8u) - 8) - r.zero), r.scale);
+      x = static_cast<float>((static_cast<int32_t>(nib ^ 8u) - 8) - r.zero);
     } else if constexpr (F == DCode::u4) {
-      v[i] = mul_x86(static_cast<float>(static_cast<int32_t>(nib) - r.zero), r.scale);
-    } else if constexpr (F == DCode::e4m3) {
-      v[i] = mul_x86(e4m3_to_f32(byte), r.scale);
-    } else if constexpr (F == DCode::e5m2) {
-      v[i] = mul_x86(e5m2_to_f32(byte), r.scale);
-    } else if constexpr (F == DCode::nvfp4) {
-      v[i] = mul_x86(mul_x86(e2m1_to_f32(nib), r.scale), global);  // r.scale: the e4m3 scale
-    } else if constexpr (F == DCode::mxfp4) {
-      v[i] = mul_x86(e2m1_to_f32(nib), r.scale);  // r.scale: 2^(code - 127)
-    } else if constexpr (F == DCode::mxe4m3) {
-      v[i] = mul_x86(e4m3_to_f32(byte), r.scale);
-    } else if constexpr (F == DCode::mxe5m2) {
-      v[i] = mul_x86(e5m2_to_f32(byte), r.scale);
+      x = static_cast<float>(static_cast<int32_t>(nib) - r.zero);
+    } else if constexpr (F == DCode::e4m3 || F == DCode::mxe4m3) {
+      x = e4m3_to_f32(byte);
+    } else if constexpr (F == DCode::e5m2 || F == DCode::mxe5m2) {
+      x = e5m2_to_f32(byte);
+    } else if constexpr (F == DCode::nvfp4 || F == DCode::mxfp4) {
+      x = e2m1_to_f32(nib);
     } else if constexpr (F == DCode::q8_0) {
-      v[i] = mul_x86(static_cast<float>(static_cast<int8_t>(byte)), r.scale);
+      x = static_cast<float>(static_cast<int8_t>(byte));
     } else {  // q4_0: chunks 0, 1 hold low nibbles of bytes 0..15, chunks 2, 3 the high ones
-      const uint32_t q = r.aux < 2 ? (byte & 0x0fu) : (byte >> 4);
-      v[i] = mul_x86(static_cast<float>(static_cast<int32_t>(q) - 8), r.scale);
+      x = static_cast<float>(static_cast<int32_t>(r.aux < 2 ? (byte & 0x0fu) : (byte >> 4)) - 8);
     }
+    // r.scale: the int / fp8 scale, nvfp4's e4m3 block scale, mx's 2^(code - 127), GGUF's d.
+    v[i] = product<kPlain>(x, r.scale);
+    if constexpr (F == DCode::nvfp4) v[i] = product<kPlain>(v[i], global);
   }
 }
 
 template <DCode F, Dtype D>
 __global__ void __launch_bounds__(kThreads) dequantize_chunks_kernel(ChunkArgs a) {
-  constexpr int U = 2;
+  constexpr int U = 4;  // chunks per thread and step, their loads issued first
   constexpr int kOut = 8 * (D == Dtype::f32 ? 4 : 2);  // bytes per chunk
   float global = 0.0f;
   if constexpr (F == DCode::nvfp4) global = a.global[0];
@@ -156,8 +184,13 @@ __global__ void __launch_bounds__(kThreads) dequantize_chunks_kernel(ChunkArgs a
       const uint64_t c = c0 + u * stride;
       if (c < a.chunks) {
         float v[8];
-        decode_chunk<F>(r[u], global, v);
-        store8<D>(a.dst + c * kOut, v);
+        if (chunk_is_plain<F>(r[u], global)) {
+          decode_chunk<F, true>(r[u], global, v);
+          store8<D, true>(a.dst + c * kOut, v);
+        } else {
+          decode_chunk<F, false>(r[u], global, v);
+          store8<D, false>(a.dst + c * kOut, v);
+        }
       }
     }
   }

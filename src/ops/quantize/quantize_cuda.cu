@@ -237,7 +237,8 @@ struct RowsArgs {
 /// The rows path (see the file comment). kBlockTeam: a block owns a group; else teams of
 /// 2^team_log2 lanes. All loops are uniform per block, so shuffles and barriers are safe.
 template <Dtype S, Code C, bool kBlockTeam>
-__global__ void __launch_bounds__(kMaxTeam) quantize_rows_kernel(RowsArgs a, int team_log2) {
+__global__ void __launch_bounds__(kBlockTeam ? kMaxTeam : kThreads, kBlockTeam ? 1 : 4)
+    quantize_rows_kernel(RowsArgs a, int team_log2) {
   constexpr int V = kVecsPerThread;
   __shared__ uint32_t smem[2 * 96];
   const uint32_t ts = kBlockTeam ? blockDim.x : (1u << team_log2);
@@ -408,21 +409,28 @@ struct BlocksArgs {
 };
 
 /// ggml's Q8_0 block (quantize_q8_0 in gguf_legacy.cpp): d = amax / 127, q = roundf(x / d)
-/// as x * (1 / d), half away from zero. Writes 34 bytes at `out` (2-byte aligned).
-__device__ __forceinline__ uint16_t gguf_q8_0(const float (&x)[32], uint8_t* q) {
+/// as x * (1 / d), half away from zero. Returns d's f16 bits; the 32 code bytes go to q
+/// (little-endian words).
+__device__ __forceinline__ uint16_t gguf_q8_0(const float (&x)[32], uint32_t (&q)[8]) {
   float amax = 0.0f;
 #pragma unroll
   for (int j = 0; j < 32; ++j) amax = fmaxf(amax, fabsf(x[j]));
   const float d = amax / 127.0f;
   const float id = d != 0.0f ? 1.0f / d : 0.0f;
 #pragma unroll
-  for (int j = 0; j < 32; ++j) q[j] = float_to_byte_x86(roundf(__fmul_rn(x[j], id)));
+  for (int j = 0; j < 8; ++j) q[j] = 0;
+#pragma unroll
+  for (int j = 0; j < 32; ++j)
+    q[j / 4] |= static_cast<uint32_t>(float_to_byte_x86(roundf(__fmul_rn(x[j], id))))
+                << (8 * (j % 4));
   return f32_to_f16(d);
 }
 
 /// ggml's Q4_0 block: the signed absmax (first on ties) maps to -8; q = min(15, (int8)(x * id
-/// + 8.5)) with the product and the sum rounded separately, as ggml's non-FMA build does.
-__device__ __forceinline__ uint16_t gguf_q4_0(const float (&x)[32], uint8_t* q) {
+/// + 8.5)) with the product and the sum rounded separately, as ggml's non-FMA build does
+/// (__fmul_rn / __fadd_rn keep nvcc from contracting them into an FMA). Returns d's f16 bits;
+/// the 16 code bytes go to q[0..3].
+__device__ __forceinline__ uint16_t gguf_q4_0(const float (&x)[32], uint32_t (&q)[8]) {
   float amax = 0.0f, mx = 0.0f;
 #pragma unroll
   for (int j = 0; j < 32; ++j) {
@@ -434,6 +442,8 @@ __device__ __forceinline__ uint16_t gguf_q4_0(const float (&x)[32], uint8_t* q) 
   const float d = mx / -8.0f;
   const float id = d != 0.0f ? 1.0f / d : 0.0f;
 #pragma unroll
+  for (int j = 0; j < 8; ++j) q[j] = 0;
+#pragma unroll
   for (int j = 0; j < 16; ++j) {
     const float x0 = __fmul_rn(x[j], id);
     const float x1 = __fmul_rn(x[j + 16], id);
@@ -441,7 +451,9 @@ __device__ __forceinline__ uint16_t gguf_q4_0(const float (&x)[32], uint8_t* q) 
         min(15, static_cast<int>(static_cast<int8_t>(float_to_byte_x86(__fadd_rn(x0, 8.5f)))));
     const int q1 =
         min(15, static_cast<int>(static_cast<int8_t>(float_to_byte_x86(__fadd_rn(x1, 8.5f)))));
-    q[j] = static_cast<uint8_t>(static_cast<uint8_t>(q0) | (static_cast<uint8_t>(q1) << 4));
+    const uint32_t byte =
+        static_cast<uint8_t>(static_cast<uint8_t>(q0) | (static_cast<uint8_t>(q1) << 4));
+    q[j / 4] |= byte << (8 * (j % 4));
   }
   return f32_to_f16(d);
 }
@@ -531,14 +543,16 @@ __global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a)
       const uint64_t b0 = chunk * 32;
       uint8_t* mine = stage[warp] + lane * kGgufBytes<B>;
       if (ok[0]) {
-        uint8_t q[32];
+        uint32_t q[8];
         const uint16_t d = B == Blk::q8_0 ? gguf_q8_0(x[0], q) : gguf_q4_0(x[0], q);
         if (a.overflow && (d & 0x7fffu) == 0x7c00u) ovf = min(ovf, u);
-        reinterpret_cast<uint16_t*>(mine)[0] = d;
+        uint16_t* h = reinterpret_cast<uint16_t*>(mine);  // 2-byte aligned
+        h[0] = d;
 #pragma unroll
-        for (int j = 0; j < kGgufBytes<B> - 2; j += 2)
-          reinterpret_cast<uint16_t*>(mine)[1 + j / 2] =
-              static_cast<uint16_t>(q[j] | (static_cast<uint32_t>(q[j + 1]) << 8));
+        for (int j = 0; j < (kGgufBytes<B> - 2) / 4; ++j) {
+          h[1 + 2 * j] = static_cast<uint16_t>(q[j]);
+          h[2 + 2 * j] = static_cast<uint16_t>(q[j] >> 16);
+        }
       }
       __syncwarp();
       const uint64_t nb = a.blocks - b0 < 32 ? a.blocks - b0 : 32;
@@ -567,10 +581,21 @@ __global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a)
           // saturates, so the clamp is implied. x / total is IEEE division (div.rn).
           sc = global == 0.0f ? 0 : formats::nvfp4_block_scale(amax, global);
           const float total = __fmul_rn(global, e4m3_to_f32(sc));
+          // x / total, correctly rounded, decides the code only through which side of
+          // e2m1's rounding midpoints (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5: each a multiple
+          // of 2^21 in f32 bits) it falls on. x * (1 / total) is within 3 ulps of it, so
+          // where that product is more than 8 ulps from every midpoint it gives the same
+          // code, and only the rest (rare outside test data) pay for the division. A total
+          // under 2^-100 (its reciprocal could overflow) always divides.
+          const float rcp = __frcp_rn(total);
+          const bool divide_all = total < 0x1p-100f;
 #pragma unroll
-          for (int i = 0; i < N; ++i)
-            w[p][i / 8] |= (global == 0.0f ? 0u : e2m1_from_f32(__fdiv_rn(x[p][i], total)))
-                           << (4 * (i % 8));
+          for (int i = 0; i < N; ++i) {
+            float q = __fmul_rn(x[p][i], rcp);
+            if (divide_all || (((__float_as_uint(q) & 0x7fffffffu) + 8u) & 0x1fffffu) < 16u)
+              q = __fdiv_rn(x[p][i], total);
+            w[p][i / 8] |= (global == 0.0f ? 0u : e2m1_from_f32(q)) << (4 * (i % 8));
+          }
         } else if constexpr (B == Blk::mxfp4) {
           sc = formats::mx_scale_code(amax, 2);
 #pragma unroll

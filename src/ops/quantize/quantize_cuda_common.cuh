@@ -341,17 +341,21 @@ __device__ __forceinline__ uint32_t fp8x2_satfinite(float a, float b) {
 #endif
 }
 
-/// f32 -> f4e2m1 code (low nibble), round-to-nearest-even, saturating to +-6: the seven
-/// midpoints between e2m1's magnitudes (0, 0.5, 1, 1.5, 2, 3, 4, 6) are compared directly,
-/// ">" where the tie rounds down to the even code and ">=" where it rounds up. Equals
-/// f32_to_f4e2m1 for every input but NaN.
+/// f32 -> f4e2m1 code (low nibble), round-to-nearest-even, saturating to +-6; equals
+/// f32_to_f4e2m1 for every input but NaN. From 1 up (e2m1's normals) the f32 pattern is
+/// re-biased and its mantissa rounded to one bit in place (a carry bumps the exponent);
+/// below 1 (steps of 0.5) one f32 addition of 2^22, whose ulp is 0.5, rounds |y| / 0.5 to
+/// nearest-even in the low bits. Codes past 7 saturate.
 __device__ __forceinline__ uint32_t e2m1_from_f32(float y) {
-  const float a = fabsf(y);
-  const uint32_t c = static_cast<uint32_t>(a > 0.25f) + static_cast<uint32_t>(a >= 0.75f) +
-                     static_cast<uint32_t>(a > 1.25f) + static_cast<uint32_t>(a >= 1.75f) +
-                     static_cast<uint32_t>(a > 2.5f) + static_cast<uint32_t>(a >= 3.5f) +
-                     static_cast<uint32_t>(a > 5.0f);
-  return c | ((__float_as_uint(y) >> 28) & 8u);
+  const uint32_t b = __float_as_uint(y);
+  const uint32_t a = b & 0x7fffffffu;
+  uint32_t r = a - (126u << 23);
+  r += (1u << 21) - 1u + ((r >> 22) & 1u);
+  uint32_t code = r >> 22;
+  const uint32_t sub = __float_as_uint(__fadd_rn(__uint_as_float(a), 4194304.0f)) - 0x4a800000u;
+  code = a < 0x3f800000u ? sub : code;
+  code = code < 7u ? code : 7u;
+  return code | ((b >> 28) & 8u);
 }
 
 /// f4e2m1 code (low nibble) -> f32, exact (f4e2m1_to_f32).
@@ -412,9 +416,24 @@ __device__ __forceinline__ uint32_t f16x2_rn(float a, float b) {
 
 // ---- device: destinations -------------------------------------------------------------------
 
-/// Stores 8 consecutive f32 values as D at `p` (16-byte aligned): one 16-byte store for
-/// 16-bit dtypes, two for f32.
+/// Two f32 -> bf16 / f16 (a in the low half) with the hardware conversion alone: right for
+/// every input but NaN.
 template <Dtype D>
+__device__ __forceinline__ uint32_t pair_rn_no_nan(float a, float b) {
+  uint32_t r;
+  if constexpr (D == Dtype::bf16) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    memcpy(&r, &h, 4);
+  } else {
+    const __half2 h = __floats2half2_rn(a, b);
+    memcpy(&r, &h, 4);
+  }
+  return r;
+}
+
+/// Stores 8 consecutive f32 values as D at `p` (16-byte aligned): one 16-byte store for
+/// 16-bit dtypes, two for f32. kNoNaN: the caller knows no value is NaN.
+template <Dtype D, bool kNoNaN = false>
 __device__ __forceinline__ void store8(void* p, const float (&v)[8]) {
   if constexpr (D == Dtype::f32) {
     uint4* q = static_cast<uint4*>(p);
@@ -425,9 +444,14 @@ __device__ __forceinline__ void store8(void* p, const float (&v)[8]) {
   } else {
     uint32_t w[4];
 #pragma unroll
-    for (int k = 0; k < 4; ++k)
-      w[k] =
-          D == Dtype::bf16 ? bf16x2_rn(v[2 * k], v[2 * k + 1]) : f16x2_rn(v[2 * k], v[2 * k + 1]);
+    for (int k = 0; k < 4; ++k) {
+      if constexpr (kNoNaN) {
+        w[k] = pair_rn_no_nan<D>(v[2 * k], v[2 * k + 1]);
+      } else {
+        w[k] =
+            D == Dtype::bf16 ? bf16x2_rn(v[2 * k], v[2 * k + 1]) : f16x2_rn(v[2 * k], v[2 * k + 1]);
+      }
+    }
     *static_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
   }
 }
