@@ -128,36 +128,76 @@ HWY_INLINE void Refuse(const QCall& q) {
   q.bad->fetch_or(lowbit::quant_simd::kFlagRefuse, std::memory_order_relaxed);
 }
 
+/// The f32 value an fp8 / fp4 rule encodes: x * mul, or nvfp4's clamp(x / total, -6, 6)
+/// (a division, as the reference).
+template <Fmt F>
+HWY_INLINE VF Scaled(VF x, VF mul) {
+  if constexpr (F == Fmt::nvfp4) {
+    const DF df;
+    const VF y = hn::Div(x, mul);
+    return hn::Min(hn::Max(y, hn::Set(df, -6.0f)), hn::Set(df, 6.0f));
+  } else {
+    return hn::Mul(x, mul);
+  }
+}
+
+/// The narrow format of an fp8 / fp4 rule; codes saturate (Saturation::finite).
+template <Fmt F>
+constexpr nd::MiniFloat kElem = F == Fmt::e5m2 || F == Fmt::mx8e5m2   ? nd::kF8E5M2
+                                : F == Fmt::e4m3 || F == Fmt::mx8e4m3 ? nd::kF8E4M3FN
+                                                                      : nd::kF4E2M1;
+
 /// The codes of N elements x under a group's parameters (low 8 bits of each lane).
 template <Fmt F>
 HWY_INLINE VI Encode(VF x, VF mul, VF add, VF qmin, VF qmax) {
-  const DF df;
-  const DU du;
   if constexpr (F == Fmt::integer) {
     // int_quantize: clamp(rne(x * inv_scale) + zero, qmin, qmax).
     VF r = hn::Add(hn::Round(hn::Mul(x, mul)), add);
     r = hn::Min(hn::Max(r, qmin), qmax);
     return CvttI32(r);  // integral and in range: exact
-  } else if constexpr (F == Fmt::e4m3 || F == Fmt::mx8e4m3) {
-    const VU y = hn::BitCast(du, hn::Mul(x, mul));
-    return hn::BitCast(DI(), simd_convert::EncodeMiniFloat<nd::kF8E4M3FN>(
-                                 du, y, hn::Set(du, nd::kF8E4M3FN.max_code())));
-  } else if constexpr (F == Fmt::e5m2 || F == Fmt::mx8e5m2) {
-    const VU y = hn::BitCast(du, hn::Mul(x, mul));
-    return hn::BitCast(DI(), simd_convert::EncodeMiniFloat<nd::kF8E5M2>(
-                                 du, y, hn::Set(du, nd::kF8E5M2.max_code())));
-  } else if constexpr (F == Fmt::nvfp4) {
-    // nvfp4_quantize: e2m1(clamp(x / total, -6, 6)); a division, as the reference.
-    VF y = hn::Div(x, mul);
-    y = hn::Min(hn::Max(y, hn::Set(df, -6.0f)), hn::Set(df, 6.0f));
-    return hn::BitCast(DI(), simd_convert::EncodeMiniFloat<nd::kF4E2M1>(
-                                 du, hn::BitCast(du, y), hn::Set(du, nd::kF4E2M1.max_code())));
-  } else {  // mxfp4
-    const VU y = hn::BitCast(du, hn::Mul(x, mul));
-    return hn::BitCast(DI(), simd_convert::EncodeMiniFloat<nd::kF4E2M1>(
-                                 du, y, hn::Set(du, nd::kF4E2M1.max_code())));
+  } else {
+    const DU du;
+    constexpr nd::MiniFloat M = kElem<F>;
+    return hn::BitCast(DI(),
+                       simd_convert::EncodeMiniFloat<M>(du, hn::BitCast(du, Scaled<F>(x, mul)),
+                                                        hn::Set(du, M.max_code())));
   }
 }
+
+#if HWY_TARGET <= HWY_AVX3
+/// AVX3: 2N fp8 / fp4 codes from two vectors of encode inputs, encoded in u16 lanes (twice
+/// the lanes per instruction). Each f32 input is cut to its top 16 bits with the dropped
+/// bits' OR kept in the last bit (round to odd): fp8 and fp4 round at bit 20 or above, so
+/// every rounding decision and compare reads the same bits; convert's exhaustive test
+/// checks this path against numeric.hpp for all 2^32 inputs.
+template <Fmt F>
+HWY_INLINE void EncodePairU16(VF y0, VF y1, uint8_t* out) {
+  const DU du;
+  const hn::Repartition<uint16_t, DF> d16;
+  const hn::RebindToSigned<decltype(d16)> di16;
+  const hn::Rebind<uint8_t, decltype(d16)> d8;
+  constexpr nd::MiniFloat M = kElem<F>;
+  auto to_odd = [&](VF y) {
+    const VU x = hn::BitCast(du, y);
+    const VU sticky = hn::Min(hn::And(x, hn::Set(du, 0xffffu)), hn::Set(du, 1u));
+    return hn::Or(hn::ShiftRight<16>(x), sticky);
+  };
+  // packus works per 128-bit block; the 64-bit permute restores element order.
+  const __m512i packed = _mm512_packus_epi32(to_odd(y0).raw, to_odd(y1).raw);
+  const hn::Vec<decltype(d16)> w{
+      _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), packed)};
+  const auto c = simd_convert::EncodeMiniFloatFromBF16<M>(
+      d16, w, hn::Set(d16, static_cast<uint16_t>(M.max_code())));
+  hn::StoreU(hn::DemoteTo(d8, hn::BitCast(di16, c)), d8, out);
+}
+template <Fmt F>
+constexpr bool kPairU16 = F != Fmt::integer&& F != Fmt::q8_0&& F != Fmt::q4_0;
+#else
+template <Fmt F>
+constexpr bool kPairU16 = false;
+template <Fmt F>
+HWY_INLINE void EncodePairU16(VF, VF, uint8_t*) {}
+#endif
 
 /// Byte codes of `len` elements from e with uniform parameters; `amax` collects |x| bits
 /// (the non-finite check of passes without statistics).
@@ -178,8 +218,12 @@ HWY_INLINE void EncodeRun(const QCall& q, int64_t e, int64_t len, const GroupPar
     const VF x0 = LoadSrc<S>(df, q.src, e + i);
     const VF x1 = LoadSrc<S>(df, q.src, e + i + N);
     amax = hn::Max(amax, hn::Max(AbsBits(x0), AbsBits(x1)));
-    StoreBytes(Encode<F>(x0, mul, add, lo, hi), out + i);
-    StoreBytes(Encode<F>(x1, mul, add, lo, hi), out + i + N);
+    if constexpr (kPairU16<F>) {
+      EncodePairU16<F>(Scaled<F>(x0, mul), Scaled<F>(x1, mul), out + i);
+    } else {
+      StoreBytes(Encode<F>(x0, mul, add, lo, hi), out + i);
+      StoreBytes(Encode<F>(x1, mul, add, lo, hi), out + i + N);
+    }
   }
   for (; i + N <= len; i += N) {
     const VF x = LoadSrc<S>(df, q.src, e + i);
@@ -515,13 +559,27 @@ HWY_INLINE bool FusedBatch(const QCall& q, int64_t e0, int64_t glen, int64_t g0,
     }
   }
   VI unused = hn::Zero(di);
+  uint8_t* out = q.packed ? tmp : q.codes + e0;
+  if constexpr (kPairU16<F>) {
+    if (glen == n && !zero_codes) {  // one vector per group (nvfp4 on AVX3): two at a time
+      for (size_t b = 0; b < N; b += 2) {
+        const int64_t off = static_cast<int64_t>(b) * glen;
+        const VF y0 = Scaled<F>(LoadSrc<S>(df, q.src, e0 + off), hn::Set(df, mul_l[GroupLane(b)]));
+        const VF y1 =
+            Scaled<F>(LoadSrc<S>(df, q.src, e0 + off + n), hn::Set(df, mul_l[GroupLane(b + 1)]));
+        EncodePairU16<F>(y0, y1, out + off);
+      }
+      if (q.packed) PackNibbles(tmp, n * glen, q.codes, e0);
+      return true;
+    }
+  }
   for (size_t b = 0; b < N; ++b) {
     const int64_t off = static_cast<int64_t>(b) * glen;
     GroupParams p;
     p.mul = mul_l[GroupLane(b)];
     p.add = add_l[GroupLane(b)];
     p.zero_codes = zero_codes;
-    EncodeRun<S, F>(q, e0 + off, glen, p, q.packed ? tmp + off : q.codes + e0 + off, unused);
+    EncodeRun<S, F>(q, e0 + off, glen, p, out + off, unused);
   }
   if (q.packed) PackNibbles(tmp, n * glen, q.codes, e0);
   return true;
