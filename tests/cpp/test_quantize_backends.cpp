@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/convert_simd.hpp"
 #include "lowbit/convert.hpp"
 #include "lowbit/gguf_blocks.hpp"
 #include "lowbit/quantize.hpp"
@@ -609,6 +610,40 @@ TEST(QuantizeBackends, EveryKernelMatchesReferenceOnEveryBackend) {
   } else {
     std::printf("SKIPPED: no CUDA device (quantize_cuda / dequantize_cuda not run)\n");
   }
+}
+
+TEST(QuantizeBackends, LargeTensorsPastTheStreamingThreshold) {
+  // Outputs this large leave through non-temporal stores (GGUF blocks, f32 values): the
+  // paths the matrix's smaller shapes do not reach. Several threads' chunks too.
+  const int64_t K = 4096;
+  const int64_t rows = convert_simd_detail::stream_threshold_bytes() / (K * 4) + 3;
+  const Shape shape{rows, K};
+  auto rng = testing::make_rng(77);
+  const std::vector<float> x = make_values(rows * K, 32, Data::mixed, rng);
+  const Tensor src = make_source(x, shape, Dtype::f32);
+  Counter count;
+  Matrix m{count, false, true, testing::make_rng(78)};
+  for (const char* text : {"q8_0", "q4_0", "int8:token"}) {
+    SCOPED_TRACE(text);
+    const QuantScheme s = QuantScheme::parse(text);
+    const std::optional<QOut> ref = m.check_quantize(std::string("large ") + text, src, s, nullptr);
+    ASSERT_TRUE(ref && !ref->threw);
+    const QuantizedTensor q = as_quantized(s, shape, *ref);
+    const Tensor want = run_dequantize("dequantize_reference", Device::cpu(), q, Dtype::f32);
+    for (const Kernel<DequantizeOp>* k : DequantizeOp::kernels()) {
+      if (k->name() == "dequantize_reference") continue;
+      for (Device dev : testing::test_devices()) {
+        DequantizeDesc d{s, shape, Dtype::f32, dev};
+        if (!k->decline(d).empty()) continue;
+        EXPECT_EQ(compare_bytes(want, run_dequantize(std::string(k->name()), dev, q, Dtype::f32)),
+                  "")
+            << k->name() << " on " << dev.str();
+        count.add(std::string(k->name()), dev);
+      }
+    }
+  }
+  EXPECT_GE(count.runs["quantize_simd@cpu"], 3);
+  EXPECT_GE(count.runs["dequantize_simd@cpu"], 3);
 }
 
 TEST(QuantizeBackends, SimdDeclinesWithReasons) {
