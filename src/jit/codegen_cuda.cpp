@@ -1,0 +1,828 @@
+// Program + Variant -> CUDA C++ source of one kernel, "lowbit_fused".
+//
+// The element computation is one inlined function, lb_eval, with a line per Program step
+// taken from the op table below (op -> expression over jit_math.inc's functions). Around
+// it, one of two kernels:
+//  - vec: every operand is contiguous over the whole space (or a single element) and
+//    16-byte aligned. A thread takes a group of G elements, G = 16 bytes over the
+//    smallest element size, so that every operand moves in whole 16-byte vectors, and
+//    keeps U groups' loads in flight; a grid-stride loop covers the groups, then the
+//    tail elements one by one.
+//  - strided: any strides (broadcast dims have stride 0) over the collapsed dims; the
+//    element index is split with one division per dim. A packed (f4e2m1) output makes
+//    a thread compute an element pair, one byte.
+// Loads and stores go through numeric.hpp's functions, the same as convert's reference.
+// Indices are 32-bit when every index and offset of the call fits (Variant::idx32).
+#include <fmt/format.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "jit/jit.hpp"
+
+namespace lowbit::fusion {
+namespace {
+
+// ---- headers given to NVRTC ------------------------------------------------------------
+
+#define LOWBIT_JIT_SOURCE(...) #__VA_ARGS__
+const char* const kMathText =
+#include "jit/jit_math.inc"
+    ;
+#undef LOWBIT_JIT_SOURCE
+
+const char* const kStdintStub = R"(#pragma once
+typedef signed char int8_t;
+typedef short int16_t;
+typedef int int32_t;
+typedef long long int64_t;
+typedef unsigned char uint8_t;
+typedef unsigned short uint16_t;
+typedef unsigned int uint32_t;
+typedef unsigned long long uint64_t;
+namespace std {
+using ::int8_t; using ::int16_t; using ::int32_t; using ::int64_t;
+using ::uint8_t; using ::uint16_t; using ::uint32_t; using ::uint64_t;
+}
+)";
+
+// numeric.hpp includes <bit> for the host's std::bit_cast; device code uses intrinsics.
+const char* const kBitStub = "#pragma once\n";
+
+const char* const kPrelude = R"(#pragma once
+#include "lowbit/numeric.hpp"
+#define JM_FN __device__ __forceinline__
+#define JM_SQRTF(x) sqrtf(x)
+#define JM_D_EXP(x) exp(x)
+#define JM_D_LOG(x) log(x)
+#define JM_D_SQRT(x) sqrt(x)
+#define JM_D_TANH(x) tanh(x)
+#define JM_D_ERF(x) erf(x)
+#define JM_D_LOG1P(x) log1p(x)
+#define JM_D_POW(x, p) pow(x, p)
+#define JM_D_TRUNC(x) trunc(x)
+#include "lowbit_jit_math.h"
+
+namespace lbrt {
+__device__ __forceinline__ unsigned word(const uint4& q, int w) {
+  return w == 0 ? q.x : w == 1 ? q.y : w == 2 ? q.z : q.w;
+}
+__device__ __forceinline__ void or_word(uint4& q, int w, unsigned v) {
+  if (w == 0) q.x |= v; else if (w == 1) q.y |= v; else if (w == 2) q.z |= v; else q.w |= v;
+}
+/* Element j (of B bytes: 1, 2 or 4) of an array of 16-byte vectors. */
+template <int B>
+__device__ __forceinline__ unsigned lane(const uint4* v, int j) {
+  const int byte = j * B;
+  const unsigned w = word(v[byte / 16], (byte % 16) / 4);
+  return B == 4 ? w : (w >> (8 * (byte % 4))) & ((1u << (8 * B)) - 1u);
+}
+__device__ __forceinline__ unsigned long long lane8(const uint4* v, int j) {
+  const uint4& q = v[j / 2];
+  return (j % 2) ? ((unsigned long long)q.w << 32 | q.z) : ((unsigned long long)q.y << 32 | q.x);
+}
+template <int B>
+__device__ __forceinline__ void put(uint4* v, int j, unsigned bits) {
+  const int byte = j * B;
+  const unsigned m = B == 4 ? bits : (bits & ((1u << (8 * B)) - 1u)) << (8 * (byte % 4));
+  or_word(v[byte / 16], (byte % 16) / 4, m);
+}
+/* The same with a run-time element index (for the rolled element loop): selects, so the
+   vectors stay in registers. V is the number of vectors. */
+template <int B, int V>
+__device__ __forceinline__ unsigned lane_rt(const uint4* v, int j) {
+  const int byte = j * B;
+  uint4 q = v[0];
+#pragma unroll
+  for (int i = 1; i < V; ++i) q = (byte / 16 == i) ? v[i] : q;
+  const unsigned w = word(q, (byte % 16) / 4);
+  return B == 4 ? w : (w >> (8 * (byte % 4))) & ((1u << (8 * B)) - 1u);
+}
+template <int V>
+__device__ __forceinline__ unsigned long long lane8_rt(const uint4* v, int j) {
+  uint4 q = v[0];
+#pragma unroll
+  for (int i = 1; i < V; ++i) q = (j / 2 == i) ? v[i] : q;
+  return (j % 2) ? ((unsigned long long)q.w << 32 | q.z) : ((unsigned long long)q.y << 32 | q.x);
+}
+template <int B, int V>
+__device__ __forceinline__ void put_rt(uint4* v, int j, unsigned bits) {
+  const int byte = j * B;
+  const unsigned m = B == 4 ? bits : (bits & ((1u << (8 * B)) - 1u)) << (8 * (byte % 4));
+  const int w = (byte % 16) / 4;
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    if (byte / 16 == i) {
+      v[i].x |= w == 0 ? m : 0u;
+      v[i].y |= w == 1 ? m : 0u;
+      v[i].z |= w == 2 ? m : 0u;
+      v[i].w |= w == 3 ? m : 0u;
+    }
+  }
+}
+template <int V>
+__device__ __forceinline__ void put8_rt(uint4* v, int j, unsigned long long bits) {
+  const unsigned lo = (unsigned)bits, hi = (unsigned)(bits >> 32);
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    if (j / 2 == i) {
+      if (j % 2) { v[i].z = lo; v[i].w = hi; } else { v[i].x = lo; v[i].y = hi; }
+    }
+  }
+}
+__device__ __forceinline__ void put8(uint4* v, int j, unsigned long long bits) {
+  uint4& q = v[j / 2];
+  if (j % 2) { q.z = (unsigned)bits; q.w = (unsigned)(bits >> 32); }
+  else { q.x = (unsigned)bits; q.y = (unsigned)(bits >> 32); }
+}
+}  // namespace lbrt
+)";
+
+/// The source tree's include/lowbit/numeric.hpp (or $LOWBIT_INCLUDE_DIR/lowbit/numeric.hpp):
+/// generated code must use the very functions convert uses.
+std::string read_numeric_hpp() {
+  std::vector<std::filesystem::path> candidates;
+  if (const char* dir = std::getenv("LOWBIT_INCLUDE_DIR"))
+    candidates.push_back(std::filesystem::path(dir) / "lowbit" / "numeric.hpp");
+  // __FILE__ is <root>/src/jit/codegen_cuda.cpp (CMake passes absolute paths).
+  candidates.push_back(std::filesystem::path(__FILE__).parent_path().parent_path().parent_path() /
+                       "include" / "lowbit" / "numeric.hpp");
+  for (const auto& c : candidates) {
+    std::ifstream f(c, std::ios::binary);
+    if (!f) continue;
+    std::ostringstream ss;
+    ss << f.rdbuf();
+    if (!ss.str().empty()) return ss.str();
+  }
+  std::string tried;
+  for (const auto& c : candidates) tried += " " + c.string();
+  throw_error(ErrorCode::unsupported,
+              "fusion: generated CUDA code includes lowbit/numeric.hpp, which was not found "
+              "(tried" +
+                  tried + "); set LOWBIT_INCLUDE_DIR to lowbit's include directory");
+}
+
+// ---- dtypes in generated code ---------------------------------------------------------------
+
+const char* num_type(Num n) { return n == Num::f64 ? "double" : "float"; }
+
+/// C type of one element in memory.
+const char* mem_type(Dtype d) {
+  switch (d) {
+    case Dtype::f64:
+      return "unsigned long long";
+    case Dtype::f32:
+    case Dtype::i32:
+    case Dtype::u32:
+      return "unsigned";
+    case Dtype::f16:
+    case Dtype::bf16:
+    case Dtype::i16:
+      return "unsigned short";
+    default:
+      return "unsigned char";
+  }
+}
+
+int elem_bytes(Dtype d) { return d == Dtype::f64 ? 8 : bit_width(d) / 8; }
+
+/// Expression giving the value (in the input step's Num) of element bits `b` of dtype d.
+std::string decode(Dtype d, const std::string& b) {
+  switch (d) {
+    case Dtype::f64:
+      return fmt::format("__longlong_as_double((long long)({}))", b);
+    case Dtype::f32:
+      return fmt::format("__uint_as_float({})", b);
+    case Dtype::f16:
+      return fmt::format("lowbit::f16_to_f32((unsigned short)({}))", b);
+    case Dtype::bf16:
+      return fmt::format("lowbit::bf16_to_f32((unsigned short)({}))", b);
+    case Dtype::f8e4m3fn:
+      return fmt::format("lowbit::f8e4m3fn_to_f32((unsigned char)({}))", b);
+    case Dtype::f8e5m2:
+      return fmt::format("lowbit::f8e5m2_to_f32((unsigned char)({}))", b);
+    case Dtype::e8m0:
+      return fmt::format("lowbit::e8m0_to_f32((unsigned char)({}))", b);
+    case Dtype::f4e2m1:
+      return fmt::format("lowbit::f4e2m1_to_f32((unsigned char)({}))", b);
+    case Dtype::i8:
+      return fmt::format("(double)(signed char)({})", b);
+    case Dtype::u8:
+      return fmt::format("(double)(unsigned char)({})", b);
+    case Dtype::i16:
+      return fmt::format("(double)(short)({})", b);
+    case Dtype::i32:
+      return fmt::format("(double)(int)({})", b);
+    case Dtype::u32:
+      return fmt::format("(double)(unsigned)({})", b);
+    default:
+      return "0";
+  }
+}
+
+/// Expression giving the element bits of dtype d for value `v` (f32, or f64 for f64 and
+/// integer dtypes).
+std::string encode(Dtype d, const std::string& v) {
+  switch (d) {
+    case Dtype::f64:
+      return fmt::format("(unsigned long long)__double_as_longlong({})", v);
+    case Dtype::f32:
+      return fmt::format("__float_as_uint({})", v);
+    case Dtype::f16:
+      return fmt::format("(unsigned)lowbit::f32_to_f16({})", v);
+    case Dtype::bf16:
+      return fmt::format("lowbit::jit_math::lb_bf16_bits({})", v);
+    case Dtype::f8e4m3fn:
+      return fmt::format("(unsigned)lowbit::f32_to_f8e4m3fn({})", v);
+    case Dtype::f8e5m2:
+      return fmt::format("(unsigned)lowbit::f32_to_f8e5m2({})", v);
+    case Dtype::e8m0:
+      return fmt::format("(unsigned)lowbit::f32_to_e8m0({})", v);
+    case Dtype::f4e2m1:
+      return fmt::format("(unsigned)lowbit::f32_to_f4e2m1({})", v);
+    default: {
+      const std::string t =
+          fmt::format("lowbit::jit_math::lb_to_int({}, {:.1f}, {:.1f})", v, int_min(d), int_max(d));
+      if (d == Dtype::u32 || d == Dtype::u8)
+        return fmt::format("(unsigned)(unsigned long long)({})", t);
+      return fmt::format("(unsigned)(int)({})", t);
+    }
+  }
+}
+
+std::string dbl(double v) { return fmt::format("{:a}", v); }
+
+/// The value of a float dtype nearest f32 `v` (cast to a narrow float).
+std::string round_float(Dtype d, const std::string& v) {
+  switch (d) {
+    case Dtype::f32:
+      return v;
+    case Dtype::f16:
+      return fmt::format("lowbit::f16_to_f32(lowbit::f32_to_f16({}))", v);
+    case Dtype::bf16:
+      return fmt::format("__uint_as_float(lb_bf16_bits({}) << 16)", v);
+    case Dtype::f8e4m3fn:
+      return fmt::format("lowbit::f8e4m3fn_to_f32(lowbit::f32_to_f8e4m3fn({}))", v);
+    case Dtype::f8e5m2:
+      return fmt::format("lowbit::f8e5m2_to_f32(lowbit::f32_to_f8e5m2({}))", v);
+    case Dtype::f4e2m1:
+      return fmt::format("lowbit::f4e2m1_to_f32(lowbit::f32_to_f4e2m1({}))", v);
+    case Dtype::e8m0:
+      return fmt::format("lowbit::e8m0_to_f32(lowbit::f32_to_e8m0({}))", v);
+    default:
+      return v;
+  }
+}
+
+// ---- the op table ----------------------------------------------------------------------------
+
+/// The CUDA expression of step `in` (operands named t<i>, constants c<i>).
+std::string step_expr(const Program& p, const Instr& in) {
+  const auto t = [](int i) { return fmt::format("t{}", i); };
+  switch (in.op) {
+    case Op::input:
+      return fmt::format("x{}", in.slot);
+    case Op::constant:
+      return fmt::format("c{}", in.slot);
+    case Op::add:
+      return fmt::format("lb_add({}, {})", t(in.a), t(in.b));
+    case Op::sub:
+      return fmt::format("lb_sub({}, {})", t(in.a), t(in.b));
+    case Op::mul:
+      return fmt::format("lb_mul({}, {})", t(in.a), t(in.b));
+    case Op::div:
+      return fmt::format("lb_div({}, {})", t(in.a), t(in.b));
+    case Op::minimum:
+      return fmt::format("lb_min({}, {})", t(in.a), t(in.b));
+    case Op::maximum:
+      return fmt::format("lb_max({}, {})", t(in.a), t(in.b));
+    case Op::clamp:
+      return fmt::format("lb_clamp({}, {}, {})", t(in.a), t(in.b), t(in.c));
+    case Op::where:
+      return fmt::format("lb_where({}, {}, {})", t(in.a), t(in.b), t(in.c));
+    case Op::lt:
+      return fmt::format("lb_lt({}, {})", t(in.a), t(in.b));
+    case Op::le:
+      return fmt::format("lb_le({}, {})", t(in.a), t(in.b));
+    case Op::gt:
+      return fmt::format("lb_gt({}, {})", t(in.a), t(in.b));
+    case Op::ge:
+      return fmt::format("lb_ge({}, {})", t(in.a), t(in.b));
+    case Op::eq:
+      return fmt::format("lb_eq({}, {})", t(in.a), t(in.b));
+    case Op::ne:
+      return fmt::format("lb_ne({}, {})", t(in.a), t(in.b));
+    case Op::neg:
+      return fmt::format("lb_neg({})", t(in.a));
+    case Op::abs:
+      return fmt::format("lb_abs({})", t(in.a));
+    case Op::exp:
+      return fmt::format("lb_exp({})", t(in.a));
+    case Op::log:
+      return fmt::format("lb_log({})", t(in.a));
+    case Op::sqrt:
+      return fmt::format("lb_sqrt({})", t(in.a));
+    case Op::rsqrt:
+      return fmt::format("lb_rsqrt({})", t(in.a));
+    case Op::tanh:
+      return fmt::format("lb_tanh({})", t(in.a));
+    case Op::sigmoid:
+      return fmt::format("lb_sigmoid({})", t(in.a));
+    case Op::relu:
+      return fmt::format("lb_relu({})", t(in.a));
+    case Op::leaky_relu:
+      return fmt::format("lb_leaky_relu({}, {})", t(in.a), t(in.b));
+    case Op::gelu:
+      return fmt::format("lb_gelu_erf({})", t(in.a));
+    case Op::gelu_tanh:
+      return fmt::format("lb_gelu_tanh({})", t(in.a));
+    case Op::silu:
+      return fmt::format("lb_silu({})", t(in.a));
+    case Op::softplus:
+      return fmt::format("lb_softplus({})", t(in.a));
+    case Op::pow:
+      return fmt::format("lb_pow({}, {})", t(in.a), dbl(in.param));
+    case Op::cast: {
+      const std::string a = t(in.a);
+      if (is_int(in.dtype)) {
+        const std::string v = in.arg_num == Num::f32 ? "(double)" + a : a;
+        return fmt::format("lb_to_int({}, {}, {})", v, dbl(int_min(in.dtype)),
+                           dbl(int_max(in.dtype)));
+      }
+      if (in.dtype == Dtype::f64)
+        return in.arg_num == Num::f32 ? fmt::format("lowbit::f32_to_f64({})", a) : a;
+      const std::string f = in.arg_num == Num::f64 ? fmt::format("lowbit::f64_to_f32({})", a) : a;
+      return round_float(in.dtype, f);
+    }
+  }
+  (void)p;
+  return "0";
+}
+
+struct Gen {
+  const Program& p;
+  const Variant& v;
+  size_t ni, no, nc;
+  std::string idx;               // the index type
+  std::vector<uint8_t> uniform;  // per step: depends only on constants and single elements
+
+  Gen(const Program& prog, const Variant& var)
+      : p(prog),
+        v(var),
+        ni(prog.input_dtypes.size()),
+        no(prog.output_dtypes.size()),
+        nc(prog.constants.size()),
+        idx(var.idx32 ? "unsigned" : "unsigned long long") {
+    uniform.assign(p.code.size(), 0);
+    for (size_t i = 0; i < p.code.size(); ++i) {
+      const Instr& in = p.code[i];
+      if (in.op == Op::constant) {
+        uniform[i] = 1;
+      } else if (in.op == Op::input) {
+        uniform[i] = scalar_input(static_cast<size_t>(in.slot));
+      } else {
+        bool u = true;
+        for (int x : {in.a, in.b, in.c})
+          if (x >= 0) u = u && uniform[x];
+        uniform[i] = u;
+      }
+    }
+  }
+
+  bool scalar_input(size_t k) const {
+    return k < v.cls.size() && v.cls[k] == Layout::Class::scalar;
+  }
+  Num input_num(size_t k) const { return num_of(Type{p.input_dtypes[k], false, false}); }
+  Num output_num(size_t o) const { return p.code[p.outputs[o]].num; }
+
+  std::string params() const {
+    std::string s = "struct Params {\n";
+    s +=
+        fmt::format("  const void* in[{}];\n  void* out[{}];\n  double c[{}];\n  {} n;\n",
+                    std::max<size_t>(ni, 1), std::max<size_t>(no, 1), std::max<size_t>(nc, 1), idx);
+    if (!v.vec)
+      s += fmt::format("  {0} ext[{1}];\n  {0} st[{2}][{1}];\n", idx, v.nd,
+                       std::max<size_t>(ni + no, 1));
+    return s + "};\n";
+  }
+
+  /// lb_eval's arguments: element inputs x<k>, uniform steps t<i>, outputs y<o>.
+  std::vector<std::string> eval_args(bool declare) const {
+    std::vector<std::string> a;
+    for (size_t k = 0; k < ni; ++k)
+      if (!scalar_input(k))
+        a.push_back(declare ? fmt::format("{} x{}", num_type(input_num(k)), k)
+                            : fmt::format("x{}", k));
+    for (size_t i = 0; i < p.code.size(); ++i)
+      if (uniform[i] && used_in_eval(i))
+        a.push_back(declare ? fmt::format("{} t{}", num_type(p.code[i].num), i)
+                            : fmt::format("t{}", i));
+    for (size_t o = 0; o < no; ++o)
+      a.push_back(declare ? fmt::format("{}& y{}", num_type(output_num(o)), o)
+                          : fmt::format("y{}", o));
+    return a;
+  }
+
+  /// Whether lb_eval reads uniform step i (a non-uniform step or an output does).
+  bool used_in_eval(size_t i) const {
+    for (size_t j = 0; j < p.code.size(); ++j) {
+      if (uniform[j]) continue;
+      const Instr& in = p.code[j];
+      if (in.a == static_cast<int>(i) || in.b == static_cast<int>(i) || in.c == static_cast<int>(i))
+        return true;
+    }
+    for (int o : p.outputs)
+      if (o == static_cast<int>(i)) return true;
+    return false;
+  }
+
+  static std::string join(const std::vector<std::string>& v) {
+    std::string s;
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (i) s += ", ";
+      s += v[i];
+    }
+    return s;
+  }
+
+  std::string eval_fn() const {
+    std::string s = "__device__ __forceinline__ void lb_eval(" + join(eval_args(true)) + ") {\n";
+    s += "  using namespace lowbit::jit_math;\n";
+    for (size_t i = 0; i < p.code.size(); ++i) {
+      if (uniform[i]) continue;
+      const Instr& in = p.code[i];
+      s += fmt::format("  const {} t{} = {};\n", num_type(in.num), i, step_expr(p, in));
+    }
+    for (size_t o = 0; o < no; ++o) s += fmt::format("  y{} = t{};\n", o, p.outputs[o]);
+    return s + "}\n";
+  }
+
+  std::string eval_call() const { return "lb_eval(" + join(eval_args(false)) + ");"; }
+
+  /// Kernel start: indices, constants, single-element inputs and every uniform step.
+  std::string prologue() const {
+    std::string s = "  using namespace lowbit::jit_math;\n";
+    for (size_t c = 0; c < nc; ++c) s += fmt::format("  const double c{0} = p.c[{0}];\n", c);
+    s += fmt::format(
+        "  const {0} n = p.n;\n  const {0} tid = ({0})blockIdx.x * blockDim.x + "
+        "threadIdx.x;\n  const {0} nthreads = ({0})gridDim.x * blockDim.x;\n",
+        idx);
+    for (size_t k = 0; k < ni; ++k)
+      if (scalar_input(k)) s += load_elem(k, "0", "  ");
+    for (size_t i = 0; i < p.code.size(); ++i)
+      if (uniform[i])
+        s += fmt::format("  const {} t{} = {};\n", num_type(p.code[i].num), i,
+                         step_expr(p, p.code[i]));
+    return s;
+  }
+
+  std::string declare_outputs(const std::string& indent) const {
+    std::string s;
+    for (size_t o = 0; o < no; ++o)
+      s += fmt::format("{}{} y{};\n", indent, num_type(output_num(o)), o);
+    return s;
+  }
+
+  /// Memory bits of element `off` of input k.
+  std::string in_bits(size_t k, const std::string& off) const {
+    const Dtype d = p.input_dtypes[k];
+    if (is_packed(d))
+      return fmt::format(
+          "((((const unsigned char*)p.in[{0}])[({1}) >> 1] >> ((({1}) & 1) * 4)) & "
+          "15u)",
+          k, off);
+    return fmt::format("((const {}*)p.in[{}])[{}]", mem_type(d), k, off);
+  }
+
+  std::string load_elem(size_t k, const std::string& off, const std::string& indent) const {
+    return fmt::format("{}const {} x{} = {};\n", indent, num_type(input_num(k)), k,
+                       decode(p.input_dtypes[k], in_bits(k, off)));
+  }
+
+  std::string store_elem(size_t o, const std::string& off, const std::string& indent) const {
+    const Dtype d = p.output_dtypes[o];
+    return fmt::format("{}(({}*)p.out[{}])[{}] = ({}){};\n", indent, mem_type(d), o, off,
+                       mem_type(d), encode(d, fmt::format("y{}", o)));
+  }
+
+  // ---- vec ----
+
+  int group() const {
+    int min_bytes = 16;
+    for (size_t k = 0; k < ni + no; ++k) {
+      if (v.cls[k] != Layout::Class::full) continue;
+      const Dtype d = k < ni ? p.input_dtypes[k] : p.output_dtypes[k - ni];
+      min_bytes = std::min(min_bytes, elem_bytes(d));
+    }
+    return 16 / min_bytes;
+  }
+
+  /// Groups per thread step. One 16-byte load per operand per step keeps enough bytes in
+  /// flight at full occupancy; every extra group is another inlined copy of the
+  /// expression (compile time), so only f32-only kernels with one input take two.
+  int unroll(int g) const {
+    int vecs = 0;
+    for (size_t k = 0; k < ni; ++k)
+      if (v.cls[k] == Layout::Class::full) vecs += g * elem_bytes(p.input_dtypes[k]) / 16;
+    return vecs == 1 && g <= 4 ? 2 : 1;
+  }
+
+  int vecs(Dtype d, int g) const { return g * elem_bytes(d) / 16; }
+
+  /// A rough cost of one element of the expression, in simple ops.
+  int weight() const {
+    int w = 0;
+    for (size_t i = 0; i < p.code.size(); ++i) {
+      if (uniform[i]) continue;
+      switch (p.code[i].op) {
+        case Op::exp:
+        case Op::log:
+        case Op::tanh:
+        case Op::sigmoid:
+        case Op::silu:
+        case Op::softplus:
+        case Op::gelu:
+        case Op::gelu_tanh:
+        case Op::pow:
+          w += 12;
+          break;
+        case Op::div:
+        case Op::sqrt:
+        case Op::rsqrt:
+        case Op::cast:
+          w += 4;
+          break;
+        default:
+          w += 1;
+      }
+    }
+    for (size_t k = 0; k < ni + no; ++k) {
+      const Dtype d = k < ni ? p.input_dtypes[k] : p.output_dtypes[k - ni];
+      if (d != Dtype::f32 && d != Dtype::bf16 && !is_int(d)) w += 4;  // numeric.hpp's codecs
+    }
+    return w;
+  }
+
+  /// Whether the loop over a group's elements stays rolled: unrolled, each element is an
+  /// inlined copy of the expression (fastest, but NVRTC's time grows with the copies), so
+  /// big expressions on wide groups run the loop with a run-time index instead.
+  bool rolled(int g) const { return weight() * g > kRollAbove; }
+  static constexpr int kRollAbove = 400;
+
+  std::string lane(Dtype d, const std::string& arr, const std::string& j, int g,
+                   bool runtime) const {
+    const int vk = vecs(d, g);
+    if (runtime)
+      return elem_bytes(d) == 8
+                 ? fmt::format("lbrt::lane8_rt<{}>({}, {})", vk, arr, j)
+                 : fmt::format("lbrt::lane_rt<{}, {}>({}, {})", elem_bytes(d), vk, arr, j);
+    return elem_bytes(d) == 8 ? fmt::format("lbrt::lane8({}, {})", arr, j)
+                              : fmt::format("lbrt::lane<{}>({}, {})", elem_bytes(d), arr, j);
+  }
+  std::string put(Dtype d, const std::string& arr, const std::string& j, const std::string& bits,
+                  int g, bool runtime) const {
+    const int vk = vecs(d, g);
+    if (runtime)
+      return elem_bytes(d) == 8 ? fmt::format("lbrt::put8_rt<{}>({}, {}, {})", vk, arr, j, bits)
+                                : fmt::format("lbrt::put_rt<{}, {}>({}, {}, (unsigned)({}))",
+                                              elem_bytes(d), vk, arr, j, bits);
+    return elem_bytes(d) == 8
+               ? fmt::format("lbrt::put8({}, {}, {})", arr, j, bits)
+               : fmt::format("lbrt::put<{}>({}, {}, (unsigned)({}))", elem_bytes(d), arr, j, bits);
+  }
+
+  /// One thread step over `u` groups: vector loads of whole groups, element loads of the
+  /// last, partial group; the expression on each element; stores alike.
+  std::string vec_kernel(int g, int u) const {
+    std::string s = "extern \"C\" __global__ void __launch_bounds__(" + std::to_string(kThreads) +
+                    ") lowbit_fused(const Params p) {\n";
+    s += prologue();
+    s += fmt::format("  const {0} full = n / {1};\n  const {0} groups = (n + {2}) / {1};\n", idx, g,
+                     g - 1);
+    s += fmt::format("  for ({0} g0 = tid; g0 < groups; g0 += nthreads * {1}) {{\n", idx, u);
+    for (size_t k = 0; k < ni; ++k)
+      if (v.cls[k] == Layout::Class::full)
+        s += fmt::format("    uint4 r{}[{}][{}];\n", k, u, vecs(p.input_dtypes[k], g));
+    s += fmt::format("#pragma unroll\n    for (int u = 0; u < {}; ++u) {{\n", u);
+    s += fmt::format("      const {} g = g0 + u * nthreads;\n", idx);
+    s += "      if (g < full) {\n";
+    for (size_t k = 0; k < ni; ++k) {
+      if (v.cls[k] != Layout::Class::full) continue;
+      const int vk = vecs(p.input_dtypes[k], g);
+      s += fmt::format(
+          "#pragma unroll\n        for (int w = 0; w < {1}; ++w) r{0}[u][w] = "
+          "((const uint4*)p.in[{0}])[g * {1} + w];\n",
+          k, vk);
+    }
+    s += "      } else if (g < groups) {\n";
+    for (size_t k = 0; k < ni; ++k) {
+      if (v.cls[k] != Layout::Class::full) continue;
+      const Dtype d = p.input_dtypes[k];
+      const int vk = vecs(d, g);
+      s += fmt::format(
+          "#pragma unroll\n        for (int w = 0; w < {1}; ++w) r{0}[u][w] = "
+          "make_uint4(0u, 0u, 0u, 0u);\n",
+          k, vk);
+      s += fmt::format("#pragma unroll\n        for (int j = 0; j < {}; ++j) {{\n", g);
+      s += fmt::format("          const {} e = g * {} + j;\n", idx, g);
+      s += fmt::format("          if (e < n) {};\n        }}\n",
+                       put(d, fmt::format("r{}[u]", k), "j", in_bits(k, "e"), g, false));
+    }
+    s += "      }\n    }\n";
+    s += fmt::format("#pragma unroll\n    for (int u = 0; u < {}; ++u) {{\n", u);
+    s += fmt::format("      const {} g = g0 + u * nthreads;\n      if (g >= groups) break;\n", idx);
+    for (size_t o = 0; o < no; ++o) {
+      const int wo = vecs(p.output_dtypes[o], g);
+      s += fmt::format("      uint4 w{}[{}];\n", o, wo);
+      s += fmt::format(
+          "#pragma unroll\n      for (int w = 0; w < {1}; ++w) w{0}[w] = "
+          "make_uint4(0u, 0u, 0u, 0u);\n",
+          o, wo);
+    }
+    s += fmt::format("#pragma unroll{}\n      for (int j = 0; j < {}; ++j) {{\n",
+                     rolled(g) ? " 1" : "", g);
+    for (size_t k = 0; k < ni; ++k) {
+      if (v.cls[k] != Layout::Class::full) continue;
+      const Dtype d = p.input_dtypes[k];
+      s += fmt::format("        const {} x{} = {};\n", num_type(input_num(k)), k,
+                       decode(d, lane(d, fmt::format("r{}[u]", k), "j", g, rolled(g))));
+    }
+    s += declare_outputs("        ");
+    s += "        " + eval_call() + "\n";
+    for (size_t o = 0; o < no; ++o) {
+      const Dtype d = p.output_dtypes[o];
+      s += "        " +
+           put(d, fmt::format("w{}", o), "j", encode(d, fmt::format("y{}", o)), g, rolled(g)) +
+           ";\n";
+    }
+    s += "      }\n      if (g < full) {\n";
+    for (size_t o = 0; o < no; ++o) {
+      const int wo = vecs(p.output_dtypes[o], g);
+      s += fmt::format(
+          "#pragma unroll\n        for (int w = 0; w < {1}; ++w) ((uint4*)p.out[{0}])"
+          "[g * {1} + w] = w{0}[w];\n",
+          o, wo);
+    }
+    s += "      } else {\n";
+    for (size_t o = 0; o < no; ++o) {
+      const Dtype d = p.output_dtypes[o];
+      s += fmt::format("#pragma unroll\n        for (int j = 0; j < {}; ++j) {{\n", g);
+      s += fmt::format("          const {} e = g * {} + j;\n", idx, g);
+      s += fmt::format("          if (e < n) (({0}*)p.out[{1}])[e] = ({0}){2};\n        }}\n",
+                       mem_type(d), o, lane(d, fmt::format("w{}", o), "j", g, false));
+    }
+    s += "      }\n    }\n  }\n}\n";
+    return s;
+  }
+
+  // ---- strided ----
+
+  /// Offsets of element `e` in every operand: o<k>.
+  std::string offsets(const std::string& e, const std::string& indent) const {
+    const size_t nops = ni + no;
+    std::string s = fmt::format("{}{} rem = {};\n", indent, idx, e);
+    for (size_t k = 0; k < nops; ++k) s += fmt::format("{}{} o{} = 0;\n", indent, idx, k);
+    for (int d = v.nd - 1; d >= 0; --d) {
+      if (d > 0) {
+        s += fmt::format("{0}{{ const {1} i = rem % p.ext[{2}]; rem /= p.ext[{2}];\n", indent, idx,
+                         d);
+      } else {
+        s += fmt::format("{}{{ const {} i = rem;\n", indent, idx);
+      }
+      for (size_t k = 0; k < nops; ++k)
+        if (k >= ni || !scalar_input(k))
+          s += fmt::format("{}  o{} += i * p.st[{}][{}];\n", indent, k, k, d);
+      s += indent + "}\n";
+    }
+    return s;
+  }
+
+  std::string strided_kernel() const {
+    std::string s = "extern \"C\" __global__ void __launch_bounds__(" + std::to_string(kThreads) +
+                    ") lowbit_fused(const Params p) {\n";
+    s += prologue();
+    auto element = [&](const std::string& indent, bool pair) {
+      std::string b = offsets("e", indent);
+      for (size_t k = 0; k < ni; ++k)
+        if (!scalar_input(k)) b += load_elem(k, fmt::format("o{}", k), indent);
+      b += declare_outputs(indent);
+      b += indent + eval_call() + "\n";
+      for (size_t o = 0; o < no; ++o) {
+        if (pair && is_packed(p.output_dtypes[o])) {
+          b += fmt::format("{}byte{} |= ({}) << (4 * h);\n", indent, o,
+                           encode(p.output_dtypes[o], fmt::format("y{}", o)));
+        } else {
+          b += store_elem(o, fmt::format("o{}", ni + o), indent);
+        }
+      }
+      return b;
+    };
+    if (!v.pair) {
+      s += fmt::format("  for ({} e = tid; e < n; e += nthreads) {{\n", idx);
+      s += element("    ", false);
+      return s + "  }\n}\n";
+    }
+    // Element pairs: packed outputs get whole bytes.
+    s += fmt::format("  const {} units = (n + 1) / 2;\n", idx);
+    s += fmt::format("  for ({} u = tid; u < units; u += nthreads) {{\n", idx);
+    for (size_t o = 0; o < no; ++o)
+      if (is_packed(p.output_dtypes[o])) s += fmt::format("    unsigned byte{} = 0u;\n", o);
+    s += "    for (int h = 0; h < 2; ++h) {\n";
+    s += fmt::format("      const {} e = 2 * u + h;\n      if (e >= n) break;\n", idx);
+    s += element("      ", true);
+    s += "    }\n";
+    for (size_t o = 0; o < no; ++o)
+      if (is_packed(p.output_dtypes[o]))
+        s += fmt::format("    ((unsigned char*)p.out[{0}])[u] = (unsigned char)byte{0};\n", o);
+    return s + "  }\n}\n";
+  }
+
+  int param_bytes() const {
+    const size_t isz = v.idx32 ? 4 : 8;
+    size_t b = 8 * (std::max<size_t>(ni, 1) + std::max<size_t>(no, 1) + std::max<size_t>(nc, 1));
+    b += isz;
+    if (!v.vec) b += isz * v.nd * (1 + std::max<size_t>(ni + no, 1));
+    return static_cast<int>((b + 7) / 8 * 8);
+  }
+};
+
+}  // namespace
+
+const HeaderSet& jit_headers() {
+  static const HeaderSet set = [] {
+    HeaderSet h;
+    h.names = {"lowbit/numeric.hpp", "cstdint", "bit", "lowbit_jit_math.h", "lowbit_jit_prelude.h"};
+    h.contents = {read_numeric_hpp(), kStdintStub, kBitStub, kMathText, kPrelude};
+    uint64_t hash = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < h.names.size(); ++i) {
+      hash = fnv1a64(h.names[i].data(), h.names[i].size(), hash);
+      hash = fnv1a64(h.contents[i].data(), h.contents[i].size(), hash);
+    }
+    h.hash = hash;
+    return h;
+  }();
+  return set;
+}
+
+KernelSource generate_cuda(const Program& program, const Variant& variant, bool with_code) {
+  const Gen gen(program, variant);
+  KernelSource ks;
+  ks.name = "lowbit_fused";
+  ks.param_bytes = gen.param_bytes();
+  if (variant.vec) {
+    ks.group = gen.group();
+    ks.unroll = gen.unroll(ks.group);
+  }
+  if (!with_code) return ks;
+  std::string s = fmt::format("// lowbit fused kernel (codegen v{}), variant {}\n// {}\n",
+                              kCodegenVersion, variant.key(), program.canonical);
+  s += "#include \"lowbit_jit_prelude.h\"\n\n";
+  s += gen.params() + "\n" + gen.eval_fn() + "\n";
+  s += variant.vec ? gen.vec_kernel(ks.group, ks.unroll) : gen.strided_kernel();
+  ks.code = std::move(s);
+  return ks;
+}
+
+std::vector<unsigned char> pack_params(const Program& program, const Variant& v, const Layout& L,
+                                       const FusedArgs& args) {
+  const Gen gen(program, v);
+  std::vector<unsigned char> buf(static_cast<size_t>(gen.param_bytes()), 0);
+  size_t at = 0;
+  auto put = [&](const void* src, size_t bytes) {
+    std::memcpy(buf.data() + at, src, bytes);
+    at += bytes;
+  };
+  auto put_idx = [&](int64_t x) {
+    if (v.idx32) {
+      const uint32_t y = static_cast<uint32_t>(x);
+      put(&y, 4);
+    } else {
+      const uint64_t y = static_cast<uint64_t>(x);
+      put(&y, 8);
+    }
+  };
+  for (size_t k = 0; k < std::max<size_t>(gen.ni, 1); ++k) {
+    const void* ptr = k < args.inputs.size() ? args.inputs[k].data() : nullptr;
+    put(&ptr, 8);
+  }
+  for (size_t o = 0; o < std::max<size_t>(gen.no, 1); ++o) {
+    const void* ptr = o < args.outputs.size() ? args.outputs[o].data() : nullptr;
+    put(&ptr, 8);
+  }
+  for (size_t c = 0; c < std::max<size_t>(gen.nc, 1); ++c) {
+    const double x = c < program.constants.size() ? program.constants[c] : 0.0;
+    put(&x, 8);
+  }
+  put_idx(L.numel);
+  if (!v.vec) {
+    for (int d = 0; d < v.nd; ++d) put_idx(L.extent[d]);
+    for (size_t k = 0; k < std::max<size_t>(gen.ni + gen.no, 1); ++k)
+      for (int d = 0; d < v.nd; ++d) put_idx(k < L.strides.size() ? L.strides[k][d] : 0);
+  }
+  return buf;
+}
+
+}  // namespace lowbit::fusion

@@ -1,0 +1,707 @@
+// The CPU kernel of the fused op: one tiled pass over memory.
+//
+// The iteration space (the outputs' shape, collapsed) is cut into tiles of kTile
+// consecutive elements; OpenMP threads take tiles. For each tile, every step of the
+// Program runs over the whole tile in a small scratch buffer (f32 or f64) before the next
+// step: short, branch-free loops over contiguous arrays that the compiler vectorises
+// (this file is built for AVX-512, AVX2 and baseline x86-64, picked at run time). Steps
+// that depend only on constants and single-element inputs ("uniform") run once per
+// thread. Buffers are reused once their step's last reader has run, so a tile's working
+// set stays in L1/L2.
+//
+// Loads and stores of full, contiguous operands use convert's SIMD kernel (or, for f32
+// and bf16, a copy or jit_math's lb_bf16_bits, which restates numeric.hpp's rounding), so
+// their bits are convert's; strided operands go element by element through numeric.hpp.
+// The formulas are jit_math.inc's, as on CUDA, compiled without FMA contraction.
+#pragma GCC optimize("fp-contract=off")
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "jit/jit.hpp"
+#include "jit/jit_math_host.hpp"
+#include "ops/convert/convert_element.hpp"
+#include "ops/convert/convert_kernels.hpp"
+
+namespace lowbit {
+namespace {
+
+using fusion::Instr;
+using fusion::Layout;
+using fusion::Num;
+using fusion::Op;
+using fusion::Program;
+using namespace lowbit::jit_math;
+
+constexpr int kTile = 2048;  // elements per tile (even: packed bytes never straddle tiles)
+/// Below this many elements a call runs on the calling thread.
+constexpr int64_t kParallelMin = int64_t{1} << 16;
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define LOWBIT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define LOWBIT_CLONES
+#endif
+
+// ---- conversions of contiguous runs ------------------------------------------------------
+
+/// convert's SIMD kernel on `n` contiguous elements (src / dst may be packed at an even
+/// element).
+void convert_run(const void* src, Dtype sd, void* dst, Dtype dd, int64_t n) {
+  ConvertDesc d;
+  d.shape = Shape{n};
+  d.src = sd;
+  d.dst = dd;
+  d.src_strides = Strides{1};
+  d.dst_strides = Strides{1};
+  const ConvertArgs a{TensorView(const_cast<void*>(src), sd, d.shape),
+                      TensorView(dst, dd, d.shape)};
+  static const Stream cpu;
+  convert_simd_kernel().run(d, a, cpu, {});
+}
+
+LOWBIT_CLONES void bf16_to_f32_run(const uint16_t* s, float* d, int n) {
+  for (int i = 0; i < n; ++i) d[i] = float_of(static_cast<uint32_t>(s[i]) << 16);
+}
+LOWBIT_CLONES void f32_to_bf16_run(const float* s, uint16_t* d, int n) {
+  for (int i = 0; i < n; ++i) d[i] = static_cast<uint16_t>(lb_bf16_bits(s[i]));
+}
+
+template <class T>
+void int_to_num(const void* base, Dtype dt, int64_t off, int64_t stride, int n, T* d) {
+  switch (dt) {
+    case Dtype::i8: {
+      const auto* p = static_cast<const int8_t*>(base) + off;
+      for (int i = 0; i < n; ++i) d[i] = static_cast<T>(p[i * stride]);
+      return;
+    }
+    case Dtype::u8: {
+      const auto* p = static_cast<const uint8_t*>(base) + off;
+      for (int i = 0; i < n; ++i) d[i] = static_cast<T>(p[i * stride]);
+      return;
+    }
+    case Dtype::i16: {
+      const auto* p = static_cast<const int16_t*>(base) + off;
+      for (int i = 0; i < n; ++i) d[i] = static_cast<T>(p[i * stride]);
+      return;
+    }
+    case Dtype::i32: {
+      const auto* p = static_cast<const int32_t*>(base) + off;
+      for (int i = 0; i < n; ++i) d[i] = static_cast<T>(p[i * stride]);
+      return;
+    }
+    case Dtype::u32: {
+      const auto* p = static_cast<const uint32_t*>(base) + off;
+      for (int i = 0; i < n; ++i) d[i] = static_cast<T>(p[i * stride]);
+      return;
+    }
+    default:
+      return;
+  }
+}
+
+/// Stores f64 values (already integers in range, see lb_to_int) as integer dtype `dt`.
+void num_to_int(const double* s, void* base, Dtype dt, int64_t off, int64_t stride, int n) {
+  const double lo = fusion::int_min(dt), hi = fusion::int_max(dt);
+  auto put = [&](auto* p) {
+    using T = std::remove_pointer_t<decltype(p)>;
+    p += off;
+    for (int i = 0; i < n; ++i) p[i * stride] = static_cast<T>(lb_to_int(s[i], lo, hi));
+  };
+  switch (dt) {
+    case Dtype::i8:
+      return put(static_cast<int8_t*>(base));
+    case Dtype::u8:
+      return put(static_cast<uint8_t*>(base));
+    case Dtype::i16:
+      return put(static_cast<int16_t*>(base));
+    case Dtype::i32:
+      return put(static_cast<int32_t*>(base));
+    case Dtype::u32:
+      return put(static_cast<uint32_t*>(base));
+    default:
+      return;
+  }
+}
+
+/// Loads n elements of any supported dtype at element offsets off, off + stride, ... as
+/// the step's Num (f32: via load_f32; f64: the value itself for f64 and integers).
+void load_run(const void* base, Dtype dt, Num num, int64_t off, int64_t stride, int n, void* dst) {
+  if (fusion::is_int(dt)) {
+    int_to_num(base, dt, off, stride, n, static_cast<double*>(dst));
+    return;
+  }
+  if (num == Num::f64) {  // only f64 inputs load as f64
+    const double* p = static_cast<const double*>(base) + off;
+    double* d = static_cast<double*>(dst);
+    for (int i = 0; i < n; ++i) d[i] = p[i * stride];
+    return;
+  }
+  float* d = static_cast<float*>(dst);
+  if (stride == 1 && !is_packed(dt)) {
+    if (dt == Dtype::f32) {
+      std::memcpy(d, static_cast<const float*>(base) + off, sizeof(float) * n);
+    } else if (dt == Dtype::bf16) {
+      bf16_to_f32_run(static_cast<const uint16_t*>(base) + off, d, n);
+    } else {
+      convert_run(static_cast<const char*>(base) + storage_bytes(dt, off), dt, d, Dtype::f32, n);
+    }
+    return;
+  }
+  for (int i = 0; i < n; ++i) d[i] = convert_detail::load_f32(base, dt, off + i * stride);
+}
+
+/// Stores n values (f32, or f64 for f64 and integer dtypes) at element offsets off,
+/// off + stride, ... of a non-packed destination.
+void store_run(const void* src, Num num, void* base, Dtype dt, int64_t off, int64_t stride, int n) {
+  if (fusion::is_int(dt)) {
+    num_to_int(static_cast<const double*>(src), base, dt, off, stride, n);
+    return;
+  }
+  if (num == Num::f64) {
+    const double* s = static_cast<const double*>(src);
+    double* p = static_cast<double*>(base) + off;
+    for (int i = 0; i < n; ++i) p[i * stride] = s[i];
+    return;
+  }
+  const float* s = static_cast<const float*>(src);
+  if (stride == 1) {
+    if (dt == Dtype::f32) {
+      std::memcpy(static_cast<float*>(base) + off, s, sizeof(float) * n);
+    } else if (dt == Dtype::bf16) {
+      f32_to_bf16_run(s, static_cast<uint16_t*>(base) + off, n);
+    } else {
+      convert_run(s, Dtype::f32, static_cast<char*>(base) + storage_bytes(dt, off), dt, n);
+    }
+    return;
+  }
+  for (int i = 0; i < n; ++i)
+    convert_detail::store_f32(base, dt, off + i * stride, s[i], Saturation::none);
+}
+
+// ---- the steps --------------------------------------------------------------------------
+
+template <class T>
+JM_FN void sqrt_run(const T* a, T* o, int n) {
+  int i = 0;
+#if defined(__x86_64__)
+  // __builtin_sqrt keeps errno handling and does not vectorise; SSE2's sqrt is the same
+  // correctly rounded operation.
+  if constexpr (sizeof(T) == 4) {
+    for (; i + 4 <= n; i += 4) _mm_storeu_ps(o + i, _mm_sqrt_ps(_mm_loadu_ps(a + i)));
+  } else {
+    for (; i + 2 <= n; i += 2) _mm_storeu_pd(o + i, _mm_sqrt_pd(_mm_loadu_pd(a + i)));
+  }
+#endif
+  for (; i < n; ++i) o[i] = lb_sqrt(a[i]);
+}
+
+template <class T>
+JM_FN void unary_run(Op op, const T* a, T* o, int n, double p) {
+  switch (op) {
+    case Op::neg:
+      for (int i = 0; i < n; ++i) o[i] = lb_neg(a[i]);
+      return;
+    case Op::abs:
+      for (int i = 0; i < n; ++i) o[i] = lb_abs(a[i]);
+      return;
+    case Op::exp:
+      for (int i = 0; i < n; ++i) o[i] = lb_exp(a[i]);
+      return;
+    case Op::log:
+      for (int i = 0; i < n; ++i) o[i] = lb_log(a[i]);
+      return;
+    case Op::sqrt:
+      sqrt_run(a, o, n);
+      return;
+    case Op::rsqrt:
+      sqrt_run(a, o, n);
+      for (int i = 0; i < n; ++i) o[i] = T(1) / o[i];
+      return;
+    case Op::tanh:
+      for (int i = 0; i < n; ++i) o[i] = lb_tanh(a[i]);
+      return;
+    case Op::sigmoid:
+      for (int i = 0; i < n; ++i) o[i] = lb_sigmoid(a[i]);
+      return;
+    case Op::relu:
+      for (int i = 0; i < n; ++i) o[i] = lb_relu(a[i]);
+      return;
+    case Op::gelu:
+      for (int i = 0; i < n; ++i) o[i] = lb_gelu_erf(a[i]);
+      return;
+    case Op::gelu_tanh:
+      for (int i = 0; i < n; ++i) o[i] = lb_gelu_tanh(a[i]);
+      return;
+    case Op::silu:
+      for (int i = 0; i < n; ++i) o[i] = lb_silu(a[i]);
+      return;
+    case Op::softplus:
+      for (int i = 0; i < n; ++i) o[i] = lb_softplus(a[i]);
+      return;
+    case Op::pow:
+      for (int i = 0; i < n; ++i) o[i] = lb_pow(a[i], p);
+      return;
+    default:
+      return;
+  }
+}
+
+template <class T>
+JM_FN void binary_run(Op op, const T* a, const T* b, T* o, int n) {
+  switch (op) {
+    case Op::add:
+      for (int i = 0; i < n; ++i) o[i] = lb_add(a[i], b[i]);
+      return;
+    case Op::sub:
+      for (int i = 0; i < n; ++i) o[i] = lb_sub(a[i], b[i]);
+      return;
+    case Op::mul:
+      for (int i = 0; i < n; ++i) o[i] = lb_mul(a[i], b[i]);
+      return;
+    case Op::div:
+      for (int i = 0; i < n; ++i) o[i] = lb_div(a[i], b[i]);
+      return;
+    case Op::minimum:
+      for (int i = 0; i < n; ++i) o[i] = lb_min(a[i], b[i]);
+      return;
+    case Op::maximum:
+      for (int i = 0; i < n; ++i) o[i] = lb_max(a[i], b[i]);
+      return;
+    case Op::leaky_relu:
+      for (int i = 0; i < n; ++i) o[i] = lb_leaky_relu(a[i], b[i]);
+      return;
+    default:
+      return;
+  }
+}
+
+template <class T>
+JM_FN void compare_run(Op op, const T* a, const T* b, float* o, int n) {
+  switch (op) {
+    case Op::lt:
+      for (int i = 0; i < n; ++i) o[i] = lb_lt(a[i], b[i]);
+      return;
+    case Op::le:
+      for (int i = 0; i < n; ++i) o[i] = lb_le(a[i], b[i]);
+      return;
+    case Op::gt:
+      for (int i = 0; i < n; ++i) o[i] = lb_gt(a[i], b[i]);
+      return;
+    case Op::ge:
+      for (int i = 0; i < n; ++i) o[i] = lb_ge(a[i], b[i]);
+      return;
+    case Op::eq:
+      for (int i = 0; i < n; ++i) o[i] = lb_eq(a[i], b[i]);
+      return;
+    case Op::ne:
+      for (int i = 0; i < n; ++i) o[i] = lb_ne(a[i], b[i]);
+      return;
+    default:
+      return;
+  }
+}
+
+/// The value of a float dtype nearest each f32 value (numeric.hpp's rounding).
+void round_f32_run(Dtype dt, const float* a, float* o, int n) {
+  switch (dt) {
+    case Dtype::f32:
+      if (o != a) std::memcpy(o, a, sizeof(float) * n);
+      return;
+    case Dtype::bf16:
+      for (int i = 0; i < n; ++i) o[i] = float_of(lb_bf16_bits(a[i]) << 16);
+      return;
+    case Dtype::f16:
+      for (int i = 0; i < n; ++i) o[i] = f16_to_f32(f32_to_f16(a[i]));
+      return;
+    case Dtype::f8e4m3fn:
+      for (int i = 0; i < n; ++i) o[i] = f8e4m3fn_to_f32(f32_to_f8e4m3fn(a[i]));
+      return;
+    case Dtype::f8e5m2:
+      for (int i = 0; i < n; ++i) o[i] = f8e5m2_to_f32(f32_to_f8e5m2(a[i]));
+      return;
+    case Dtype::f4e2m1:
+      for (int i = 0; i < n; ++i) o[i] = f4e2m1_to_f32(f32_to_f4e2m1(a[i]));
+      return;
+    case Dtype::e8m0:
+      for (int i = 0; i < n; ++i) o[i] = e8m0_to_f32(f32_to_e8m0(a[i]));
+      return;
+    default:
+      return;
+  }
+}
+
+void cast_run(const Instr& in, const void* a, void* o, int n) {
+  if (fusion::is_int(in.dtype)) {  // result f64
+    const double lo = fusion::int_min(in.dtype), hi = fusion::int_max(in.dtype);
+    double* d = static_cast<double*>(o);
+    if (in.arg_num == Num::f32) {
+      const float* s = static_cast<const float*>(a);
+      for (int i = 0; i < n; ++i) d[i] = lb_to_int(static_cast<double>(s[i]), lo, hi);
+    } else {
+      const double* s = static_cast<const double*>(a);
+      for (int i = 0; i < n; ++i) d[i] = lb_to_int(s[i], lo, hi);
+    }
+    return;
+  }
+  if (in.dtype == Dtype::f64) {
+    double* d = static_cast<double*>(o);
+    if (in.arg_num == Num::f32) {
+      const float* s = static_cast<const float*>(a);
+      for (int i = 0; i < n; ++i) d[i] = f32_to_f64(s[i]);
+    } else if (d != a) {
+      std::memcpy(d, a, sizeof(double) * n);
+    }
+    return;
+  }
+  float* d = static_cast<float*>(o);
+  const float* s = static_cast<const float*>(a);
+  if (in.arg_num == Num::f64) {
+    const double* s64 = static_cast<const double*>(a);
+    for (int i = 0; i < n; ++i) d[i] = f64_to_f32(s64[i]);
+    s = d;
+  }
+  round_f32_run(in.dtype, s, d, n);
+}
+
+/// One step over n elements.
+LOWBIT_CLONES void run_step(const Instr& in, void* o, const void* a, const void* b, const void* c,
+                            int n) {
+  const bool d = in.num == Num::f64;
+  switch (in.op) {
+    case Op::add:
+    case Op::sub:
+    case Op::mul:
+    case Op::div:
+    case Op::minimum:
+    case Op::maximum:
+    case Op::leaky_relu:
+      if (d) {
+        binary_run(in.op, static_cast<const double*>(a), static_cast<const double*>(b),
+                   static_cast<double*>(o), n);
+      } else {
+        binary_run(in.op, static_cast<const float*>(a), static_cast<const float*>(b),
+                   static_cast<float*>(o), n);
+      }
+      return;
+    case Op::lt:
+    case Op::le:
+    case Op::gt:
+    case Op::ge:
+    case Op::eq:
+    case Op::ne:
+      if (in.arg_num == Num::f64) {
+        compare_run(in.op, static_cast<const double*>(a), static_cast<const double*>(b),
+                    static_cast<float*>(o), n);
+      } else {
+        compare_run(in.op, static_cast<const float*>(a), static_cast<const float*>(b),
+                    static_cast<float*>(o), n);
+      }
+      return;
+    case Op::clamp:
+      if (d) {
+        const auto *x = static_cast<const double*>(a), *lo = static_cast<const double*>(b),
+                   *hi = static_cast<const double*>(c);
+        auto* r = static_cast<double*>(o);
+        for (int i = 0; i < n; ++i) r[i] = lb_clamp(x[i], lo[i], hi[i]);
+      } else {
+        const auto *x = static_cast<const float*>(a), *lo = static_cast<const float*>(b),
+                   *hi = static_cast<const float*>(c);
+        auto* r = static_cast<float*>(o);
+        for (int i = 0; i < n; ++i) r[i] = lb_clamp(x[i], lo[i], hi[i]);
+      }
+      return;
+    case Op::where: {
+      auto run = [&](auto* cond, auto* x, auto* y, auto* r) {
+        for (int i = 0; i < n; ++i) r[i] = lb_where(cond[i], x[i], y[i]);
+      };
+      const bool cd = in.arg_num == Num::f64;
+      if (d && cd) {
+        run(static_cast<const double*>(a), static_cast<const double*>(b),
+            static_cast<const double*>(c), static_cast<double*>(o));
+      } else if (d) {
+        run(static_cast<const float*>(a), static_cast<const double*>(b),
+            static_cast<const double*>(c), static_cast<double*>(o));
+      } else if (cd) {
+        run(static_cast<const double*>(a), static_cast<const float*>(b),
+            static_cast<const float*>(c), static_cast<float*>(o));
+      } else {
+        run(static_cast<const float*>(a), static_cast<const float*>(b),
+            static_cast<const float*>(c), static_cast<float*>(o));
+      }
+      return;
+    }
+    case Op::cast:
+      cast_run(in, a, o, n);
+      return;
+    default:
+      if (d) {
+        unary_run(in.op, static_cast<const double*>(a), static_cast<double*>(o), n, in.param);
+      } else {
+        unary_run(in.op, static_cast<const float*>(a), static_cast<float*>(o), n, in.param);
+      }
+      return;
+  }
+}
+
+// ---- the pass ------------------------------------------------------------------------------
+
+/// What every thread needs to evaluate tiles: which steps are uniform, where each step's
+/// value lives, and how operands are laid out.
+struct Schedule {
+  std::vector<uint8_t> uniform;  ///< per step
+  std::vector<uint8_t> skip;     ///< per step: nothing reads it
+  std::vector<int> slot;         ///< per step: its scratch buffer (-1: aliases the input)
+  int slots = 0;
+};
+
+Schedule make_schedule(const Program& p, const Layout& L) {
+  Schedule s;
+  const int n = static_cast<int>(p.code.size());
+  s.uniform.assign(n, 0);
+  s.slot.assign(n, -1);
+  std::vector<int> last(n, -1);
+  for (int i = 0; i < n; ++i) {
+    const Instr& in = p.code[i];
+    if (in.op == Op::constant) {
+      s.uniform[i] = 1;
+    } else if (in.op == Op::input) {
+      s.uniform[i] = L.cls[in.slot] == Layout::Class::scalar;
+    } else {
+      bool u = true;
+      for (int x : {in.a, in.b, in.c})
+        if (x >= 0) u = u && s.uniform[x];
+      s.uniform[i] = u;
+    }
+    for (int x : {in.a, in.b, in.c})
+      if (x >= 0) last[x] = i;
+  }
+  for (int o : p.outputs) last[o] = n;  // stored after the last step
+  s.skip.assign(n, 0);
+  for (int i = 0; i < n; ++i) s.skip[i] = last[i] < 0 && !s.uniform[i];
+  // Full f32 / f64 inputs are read in place.
+  auto aliased = [&](int i) {
+    const Instr& in = p.code[i];
+    return in.op == Op::input && L.cls[in.slot] == Layout::Class::full &&
+           (in.dtype == Dtype::f32 || in.dtype == Dtype::f64);
+  };
+  std::vector<int> free_slots;
+  std::vector<std::vector<int>> release(n + 1);
+  for (int i = 0; i < n; ++i) {
+    for (int x : release[i]) free_slots.push_back(x);
+    if (aliased(i) || (last[i] < 0 && !s.uniform[i])) continue;
+    if (s.uniform[i] || free_slots.empty()) {
+      s.slot[i] = s.slots++;  // uniform steps keep theirs
+    } else {
+      s.slot[i] = free_slots.back();
+      free_slots.pop_back();
+    }
+    // Freed after the last reader ran (not at it: a cast f32 -> f64 cannot run in place).
+    if (!s.uniform[i] && last[i] < n) release[last[i] + 1].push_back(s.slot[i]);
+  }
+  return s;
+}
+
+struct Pass {
+  const Program& p;
+  const Layout& L;
+  const FusedArgs& args;
+  const Schedule& s;
+
+  /// Element offset of linear index e in operand k.
+  int64_t offset(size_t k, int64_t e) const {
+    int64_t off = 0;
+    for (int d = L.nd - 1; d >= 0; --d) {
+      const int64_t i = e % L.extent[d];
+      e /= L.extent[d];
+      off += i * L.strides[k][d];
+    }
+    return off;
+  }
+
+  /// Calls fn(pos, count, offset, stride) for the runs of operand k within [e0, e0 + n):
+  /// stretches along the innermost collapsed dim.
+  template <class Fn>
+  void runs(size_t k, int64_t e0, int n, Fn&& fn) const {
+    const int64_t inner = L.extent[L.nd - 1];
+    const int64_t st = L.strides[k][L.nd - 1];
+    int pos = 0;
+    while (pos < n) {
+      const int64_t e = e0 + pos;
+      const int64_t j = e % inner;
+      const int count = static_cast<int>(std::min<int64_t>(n - pos, inner - j));
+      fn(pos, count, offset(k, e), st);
+      pos += count;
+    }
+  }
+
+  void load(int step, int64_t e0, int n, void* dst, const void** ptr) const {
+    const Instr& in = p.code[step];
+    const size_t k = static_cast<size_t>(in.slot);
+    const TensorView& v = args.inputs[k];
+    const Layout::Class cls = L.cls[k];
+    if (cls == Layout::Class::full) {
+      if (s.slot[step] < 0) {  // read in place
+        const size_t bytes = in.dtype == Dtype::f64 ? 8 : 4;
+        *ptr = static_cast<const char*>(v.data()) + bytes * e0;
+        return;
+      }
+      if (is_packed(in.dtype)) {
+        convert_run(static_cast<const char*>(v.data()) + e0 / 2, in.dtype, dst, Dtype::f32, n);
+      } else {
+        load_run(v.data(), in.dtype, in.num, e0, 1, n, dst);
+      }
+    } else if (cls == Layout::Class::scalar) {
+      load_run(v.data(), in.dtype, in.num, 0, 1, 1, dst);
+      if (in.num == Num::f64) {
+        std::fill_n(static_cast<double*>(dst) + 1, n - 1, static_cast<double*>(dst)[0]);
+      } else {
+        std::fill_n(static_cast<float*>(dst) + 1, n - 1, static_cast<float*>(dst)[0]);
+      }
+    } else {
+      const size_t esize = in.num == Num::f64 ? 8 : 4;
+      runs(k, e0, n, [&](int pos, int count, int64_t off, int64_t st) {
+        load_run(v.data(), in.dtype, in.num, off, st, count, static_cast<char*>(dst) + esize * pos);
+      });
+    }
+    *ptr = dst;
+  }
+
+  void store(size_t o, const void* src, int64_t e0, int n) const {
+    const size_t k = args.inputs.size() + o;
+    const TensorView& v = args.outputs[o];
+    const Dtype dt = v.dtype();
+    const Num num = p.code[p.outputs[o]].num;
+    if (is_packed(dt)) {  // packed outputs are contiguous; e0 is even
+      convert_run(src, Dtype::f32, static_cast<char*>(v.data()) + e0 / 2, dt, n);
+      return;
+    }
+    if (L.cls[k] == Layout::Class::full) {
+      store_run(src, num, v.data(), dt, e0, 1, n);
+      return;
+    }
+    const size_t esize = num == Num::f64 ? 8 : 4;
+    runs(k, e0, n, [&](int pos, int count, int64_t off, int64_t st) {
+      store_run(static_cast<const char*>(src) + esize * pos, num, v.data(), dt, off, st, count);
+    });
+  }
+
+  void step(int i, int64_t e0, int n, char* scratch, const void** ptr) const {
+    const Instr& in = p.code[i];
+    if (s.skip[i]) return;
+    void* own = s.slot[i] >= 0 ? scratch + static_cast<size_t>(s.slot[i]) * kTile * 8 : nullptr;
+    if (in.op == Op::input) {
+      load(i, e0, n, own, &ptr[i]);
+      return;
+    }
+    if (in.op == Op::constant) {
+      std::fill_n(static_cast<double*>(own), n, p.constants[in.slot]);
+      ptr[i] = own;
+      return;
+    }
+    run_step(in, own, in.a >= 0 ? ptr[in.a] : nullptr, in.b >= 0 ? ptr[in.b] : nullptr,
+             in.c >= 0 ? ptr[in.c] : nullptr, n);
+    ptr[i] = own;
+  }
+
+  /// Evaluates tiles [t0, t1) on this thread.
+  void tiles(int64_t t0, int64_t t1) const {
+    const size_t bytes = static_cast<size_t>(std::max(s.slots, 1)) * kTile * 8;
+    std::unique_ptr<char, decltype(&std::free)> mem(
+        static_cast<char*>(std::aligned_alloc(64, bytes)), &std::free);
+    if (!mem) throw_error(ErrorCode::out_of_memory, "fused_cpu: scratch allocation failed");
+    char* scratch = mem.get();
+    std::vector<const void*> ptr(p.code.size(), nullptr);
+    const int steps = static_cast<int>(p.code.size());
+    const int64_t numel = L.numel;
+    // Uniform steps: once, over a whole tile.
+    for (int i = 0; i < steps; ++i)
+      if (s.uniform[i]) step(i, 0, kTile, scratch, ptr.data());
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t e0 = t * kTile;
+      const int n = static_cast<int>(std::min<int64_t>(kTile, numel - e0));
+      for (int i = 0; i < steps; ++i)
+        if (!s.uniform[i]) step(i, e0, n, scratch, ptr.data());
+      for (size_t o = 0; o < p.outputs.size(); ++o) store(o, ptr[p.outputs[o]], e0, n);
+    }
+  }
+};
+
+class FusedCpu final : public Kernel<FusedOp> {
+ public:
+  std::string_view name() const override { return "fused_cpu"; }
+
+  std::string decline(const FusedDesc& d) const override {
+    if (!d.device.is_cpu()) return "runs on the cpu only";
+    return {};
+  }
+
+  KernelSku sku(const FusedDesc& d) const override {
+    return {"fused", Backend::cpu, dtypes(d), "", cpu_features().best_target, "fused_cpu_tiled"};
+  }
+
+  PrecisionGuarantee precision(const FusedDesc& d) const override {
+    return {
+        "f32 math for dtypes narrower than f32 (f64 for f64 and integers), no rounding "
+        "between ops, one rounding per output; transcendental functions by lowbit's own "
+        "f32 formulas (<= 2.5 ulp), bit-identical to fused_cuda" +
+            std::string(d.program && d.program->f64_transcendental
+                            ? " except f64 transcendental functions (libm)"
+                            : ""),
+        std::nullopt, true, true};
+  }
+
+  void run(const FusedDesc& d, const FusedArgs& a, const Stream&, Workspace) const override {
+    const Layout& L = d.state->get_layout(d);
+    if (L.numel == 0) return;
+    const Program& p = *d.program;
+    const Schedule s = make_schedule(p, L);
+    const Pass pass{p, L, a, s};
+    const int64_t tiles = (L.numel + kTile - 1) / kTile;
+    const int threads = omp_get_max_threads();
+    if (L.numel < kParallelMin || threads <= 1 || tiles < 2) {
+      pass.tiles(0, tiles);
+      return;
+    }
+    // Static contiguous ranges of tiles per thread: each thread streams its own part.
+    std::exception_ptr error;
+#pragma omp parallel num_threads(static_cast <int>(std::min <int64_t>(threads, tiles)))
+    {
+      const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+      try {
+        pass.tiles(tiles * t / nt, tiles * (t + 1) / nt);
+      } catch (...) {
+#pragma omp critical
+        error = std::current_exception();
+      }
+    }
+    if (error) std::rethrow_exception(error);
+  }
+
+  static std::string dtypes(const FusedDesc& d) {
+    std::string s;
+    for (const FusedOperand& in : d.inputs)
+      s += (s.empty() ? "" : ",") + std::string(dtype_name(in.dtype));
+    s += "->";
+    for (size_t o = 0; o < d.outputs.size(); ++o)
+      s += (o ? "," : "") + std::string(dtype_name(d.outputs[o].dtype));
+    return s;
+  }
+};
+
+}  // namespace
+
+const Kernel<FusedOp>& fused_cpu_kernel() {
+  static const FusedCpu kernel;
+  return kernel;
+}
+
+}  // namespace lowbit

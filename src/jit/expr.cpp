@@ -1,0 +1,648 @@
+// Expressions: nodes with their promoted types, scalar folding, the Program (evaluation
+// order with every conversion explicit), its canonical key, and the collapsed Layout of a
+// call's operands.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <unordered_map>
+
+#include "jit/jit.hpp"
+#include "jit/jit_math_host.hpp"
+
+namespace lowbit::fusion {
+
+std::string_view op_name(Op op) {
+  switch (op) {
+    case Op::input:
+      return "input";
+    case Op::constant:
+      return "const";
+    case Op::add:
+      return "add";
+    case Op::sub:
+      return "sub";
+    case Op::mul:
+      return "mul";
+    case Op::div:
+      return "div";
+    case Op::neg:
+      return "neg";
+    case Op::abs:
+      return "abs";
+    case Op::minimum:
+      return "minimum";
+    case Op::maximum:
+      return "maximum";
+    case Op::clamp:
+      return "clamp";
+    case Op::where:
+      return "where";
+    case Op::lt:
+      return "lt";
+    case Op::le:
+      return "le";
+    case Op::gt:
+      return "gt";
+    case Op::ge:
+      return "ge";
+    case Op::eq:
+      return "eq";
+    case Op::ne:
+      return "ne";
+    case Op::exp:
+      return "exp";
+    case Op::log:
+      return "log";
+    case Op::sqrt:
+      return "sqrt";
+    case Op::rsqrt:
+      return "rsqrt";
+    case Op::tanh:
+      return "tanh";
+    case Op::sigmoid:
+      return "sigmoid";
+    case Op::relu:
+      return "relu";
+    case Op::leaky_relu:
+      return "leaky_relu";
+    case Op::gelu:
+      return "gelu";
+    case Op::gelu_tanh:
+      return "gelu_tanh";
+    case Op::silu:
+      return "silu";
+    case Op::softplus:
+      return "softplus";
+    case Op::pow:
+      return "pow";
+    case Op::cast:
+      return "cast";
+  }
+  return "?";
+}
+
+namespace {
+
+using NodePtr = std::shared_ptr<const Node>;
+
+NodePtr make_constant(double value, Type type) {
+  auto n = std::make_shared<Node>();
+  n->op = Op::constant;
+  n->type = type;
+  n->value = value;
+  return n;
+}
+
+/// The value of `op` on scalar operands, computed on the host in f64 (as Python would).
+double fold(Op op, const std::vector<double>& v, double param) {
+  using namespace jit_math;
+  switch (op) {
+    case Op::add:
+      return v[0] + v[1];
+    case Op::sub:
+      return v[0] - v[1];
+    case Op::mul:
+      return v[0] * v[1];
+    case Op::div:
+      return v[0] / v[1];
+    case Op::neg:
+      return -v[0];
+    case Op::abs:
+      return lb_abs(v[0]);
+    case Op::minimum:
+      return lb_min(v[0], v[1]);
+    case Op::maximum:
+      return lb_max(v[0], v[1]);
+    case Op::clamp:
+      return lb_clamp(v[0], v[1], v[2]);
+    case Op::where:
+      return lb_where(v[0], v[1], v[2]);
+    case Op::lt:
+      return lb_lt(v[0], v[1]);
+    case Op::le:
+      return lb_le(v[0], v[1]);
+    case Op::gt:
+      return lb_gt(v[0], v[1]);
+    case Op::ge:
+      return lb_ge(v[0], v[1]);
+    case Op::eq:
+      return lb_eq(v[0], v[1]);
+    case Op::ne:
+      return lb_ne(v[0], v[1]);
+    case Op::exp:
+      return lb_exp(v[0]);
+    case Op::log:
+      return lb_log(v[0]);
+    case Op::sqrt:
+      return lb_sqrt(v[0]);
+    case Op::rsqrt:
+      return lb_rsqrt(v[0]);
+    case Op::tanh:
+      return lb_tanh(v[0]);
+    case Op::sigmoid:
+      return lb_sigmoid(v[0]);
+    case Op::relu:
+      return lb_relu(v[0]);
+    case Op::leaky_relu:
+      return lb_leaky_relu(v[0], param);
+    case Op::gelu:
+      return lb_gelu_erf(v[0]);
+    case Op::gelu_tanh:
+      return lb_gelu_tanh(v[0]);
+    case Op::silu:
+      return lb_silu(v[0]);
+    case Op::softplus:
+      return lb_softplus(v[0]);
+    case Op::pow:
+      return lb_pow(v[0], param);
+    default:
+      return 0.0;
+  }
+}
+
+/// The value of scalar `v` as a value of `dtype` (cast semantics).
+double round_to(double v, Dtype dtype) {
+  if (dtype == Dtype::f64) return v;
+  if (is_int(dtype)) return jit_math::lb_to_int(v, int_min(dtype), int_max(dtype));
+  const float f = f64_to_f32(v);
+  switch (dtype) {
+    case Dtype::f32:
+      return f;
+    case Dtype::f16:
+      return f16_to_f32(f32_to_f16(f));
+    case Dtype::bf16:
+      return bf16_to_f32(f32_to_bf16(f));
+    case Dtype::f8e4m3fn:
+      return f8e4m3fn_to_f32(f32_to_f8e4m3fn(f));
+    case Dtype::f8e5m2:
+      return f8e5m2_to_f32(f32_to_f8e5m2(f));
+    case Dtype::f4e2m1:
+      return f4e2m1_to_f32(f32_to_f4e2m1(f));
+    case Dtype::e8m0:
+      return e8m0_to_f32(f32_to_e8m0(f));
+    default:
+      return f;
+  }
+}
+
+void check_operand(const Expr& e, const char* what) {
+  if (!e.node())
+    throw_error(ErrorCode::invalid_argument, fmt::format("fusion: {} is an empty Expr", what));
+}
+
+/// The node of `op` on `args` with result type `type`; scalar operands fold.
+Expr make(Op op, Type type, std::vector<Expr> args, double param = 0) {
+  for (const Expr& a : args) check_operand(a, op_name(op).data());
+  bool all_scalar = true;
+  for (const Expr& a : args) all_scalar = all_scalar && a.is_scalar();
+  if (all_scalar && op != Op::cast) {
+    std::vector<double> v;
+    for (const Expr& a : args) v.push_back(a.node()->value);
+    return Expr(make_constant(fold(op, v, param), type));
+  }
+  auto n = std::make_shared<Node>();
+  n->op = op;
+  n->type = type;
+  n->value = param;
+  for (Expr& a : args) n->args.push_back(a.node());
+  return Expr(std::move(n));
+}
+
+Expr binary(Op op, const Expr& a, const Expr& b) {
+  check_operand(a, "lhs");
+  check_operand(b, "rhs");
+  Type t = promote(a.node()->type, b.node()->type);
+  if (op == Op::div) t = to_float(t);
+  return make(op, t, {a, b});
+}
+
+Expr compare(Op op, const Expr& a, const Expr& b) {
+  check_operand(a, "lhs");
+  check_operand(b, "rhs");
+  const bool weak = a.is_scalar() && b.is_scalar();
+  return make(op, Type{Dtype::u8, true, weak}, {a, b});
+}
+
+Expr float_unary(Op op, const Expr& x, double param = 0) {
+  check_operand(x, op_name(op).data());
+  return make(op, to_float(x.node()->type), {x}, param);
+}
+
+Expr same_unary(Op op, const Expr& x, double param = 0) {
+  check_operand(x, op_name(op).data());
+  Type t = x.node()->type;
+  if (t.boolean) t = {Dtype::u8, false, t.weak};
+  return make(op, t, {x}, param);
+}
+
+}  // namespace
+
+// ---- Expr ----------------------------------------------------------------------------------
+
+Expr::Expr(double value) : node_(make_constant(value, Type{Dtype::f64, false, true})) {}
+Expr::Expr(int value) : node_(make_constant(value, Type{Dtype::i32, false, true})) {}
+Expr::Expr(std::shared_ptr<const Node> node) : node_(std::move(node)) {}
+
+Op Expr::op() const { return node_ ? node_->op : Op::constant; }
+Dtype Expr::dtype() const {
+  if (!node_) return Dtype::f32;
+  if (node_->type.weak && !node_->type.boolean)
+    return is_float(node_->type.dtype) ? Dtype::f32 : Dtype::i32;
+  return node_->type.dtype;
+}
+bool Expr::is_bool() const { return node_ && node_->type.boolean; }
+bool Expr::is_scalar() const { return node_ && node_->op == Op::constant; }
+
+std::string Expr::str() const {
+  if (!node_) return "<empty>";
+  std::unordered_map<const Node*, int> inputs;
+  auto rec = [&](auto&& self, const Node& n) -> std::string {
+    if (n.op == Op::input) {
+      auto [it, fresh] = inputs.try_emplace(&n, static_cast<int>(inputs.size()));
+      return fmt::format("in{}:{}", it->second, dtype_name(n.view.dtype()));
+    }
+    if (n.op == Op::constant) return fmt::format("{}", n.value);
+    std::string s = std::string(op_name(n.op)) + "(";
+    for (size_t i = 0; i < n.args.size(); ++i) s += (i ? ", " : "") + self(self, *n.args[i]);
+    if (n.op == Op::leaky_relu || n.op == Op::pow) s += fmt::format(", {}", n.value);
+    s += ")";
+    if (n.type.boolean) return s + ":bool";
+    return s + ":" + std::string(dtype_name(n.type.dtype));
+  };
+  return rec(rec, *node_);
+}
+
+Expr input(const TensorView& view) {
+  if (!supported_dtype(view.dtype()))
+    throw_error(ErrorCode::invalid_argument,
+                fmt::format("fusion: input dtype {} is not supported (float dtypes and i8, u8, "
+                            "i16, i32, u32 are)",
+                            dtype_name(view.dtype())));
+  auto n = std::make_shared<Node>();
+  n->op = Op::input;
+  n->type = Type{view.dtype(), false, false};
+  n->view = view;
+  return Expr(std::move(n));
+}
+
+Expr add(const Expr& a, const Expr& b) { return binary(Op::add, a, b); }
+Expr sub(const Expr& a, const Expr& b) { return binary(Op::sub, a, b); }
+Expr mul(const Expr& a, const Expr& b) { return binary(Op::mul, a, b); }
+Expr div(const Expr& a, const Expr& b) { return binary(Op::div, a, b); }
+Expr minimum(const Expr& a, const Expr& b) { return binary(Op::minimum, a, b); }
+Expr maximum(const Expr& a, const Expr& b) { return binary(Op::maximum, a, b); }
+Expr neg(const Expr& x) { return same_unary(Op::neg, x); }
+Expr abs(const Expr& x) { return same_unary(Op::abs, x); }
+Expr relu(const Expr& x) { return same_unary(Op::relu, x); }
+
+Expr clamp(const Expr& x, const Expr& lo, const Expr& hi) {
+  check_operand(x, "clamp");
+  check_operand(lo, "clamp lo");
+  check_operand(hi, "clamp hi");
+  const Type t = promote(promote(x.node()->type, lo.node()->type), hi.node()->type);
+  return make(Op::clamp, t, {x, lo, hi});
+}
+
+Expr where(const Expr& cond, const Expr& a, const Expr& b) {
+  check_operand(cond, "where cond");
+  check_operand(a, "where a");
+  check_operand(b, "where b");
+  return make(Op::where, promote(a.node()->type, b.node()->type), {cond, a, b});
+}
+
+Expr lt(const Expr& a, const Expr& b) { return compare(Op::lt, a, b); }
+Expr le(const Expr& a, const Expr& b) { return compare(Op::le, a, b); }
+Expr gt(const Expr& a, const Expr& b) { return compare(Op::gt, a, b); }
+Expr ge(const Expr& a, const Expr& b) { return compare(Op::ge, a, b); }
+Expr eq(const Expr& a, const Expr& b) { return compare(Op::eq, a, b); }
+Expr ne(const Expr& a, const Expr& b) { return compare(Op::ne, a, b); }
+
+Expr exp(const Expr& x) { return float_unary(Op::exp, x); }
+Expr log(const Expr& x) { return float_unary(Op::log, x); }
+Expr sqrt(const Expr& x) { return float_unary(Op::sqrt, x); }
+Expr rsqrt(const Expr& x) { return float_unary(Op::rsqrt, x); }
+Expr tanh(const Expr& x) { return float_unary(Op::tanh, x); }
+Expr sigmoid(const Expr& x) { return float_unary(Op::sigmoid, x); }
+Expr silu(const Expr& x) { return float_unary(Op::silu, x); }
+Expr softplus(const Expr& x) { return float_unary(Op::softplus, x); }
+
+Expr leaky_relu(const Expr& x, double slope) {
+  if (!std::isfinite(slope))
+    throw_error(ErrorCode::invalid_argument,
+                fmt::format("fusion: leaky_relu slope {} is not finite", slope));
+  return float_unary(Op::leaky_relu, x, slope);
+}
+
+Expr gelu(const Expr& x, std::string_view approximate) {
+  if (approximate == "none") return float_unary(Op::gelu, x);
+  if (approximate == "tanh") return float_unary(Op::gelu_tanh, x);
+  throw_error(ErrorCode::invalid_argument,
+              fmt::format("fusion: gelu approximate '{}' is not 'none' or 'tanh'", approximate));
+}
+
+Expr pow(const Expr& x, double exponent) {
+  check_operand(x, "pow");
+  if (!std::isfinite(exponent))
+    throw_error(ErrorCode::invalid_argument,
+                fmt::format("fusion: pow exponent {} is not finite", exponent));
+  const Type t = x.node()->type;
+  const bool keep =
+      (!t.boolean && is_float(t.dtype)) || (exponent == std::trunc(exponent) && exponent >= 0);
+  Type r = keep ? t : to_float(t);
+  if (r.boolean) r = {Dtype::u8, false, r.weak};
+  return make(Op::pow, r, {x}, exponent);
+}
+
+Expr scale(const Expr& x, double factor) { return mul(x, Expr(factor)); }
+
+Expr cast(const Expr& x, Dtype dtype) {
+  check_operand(x, "cast");
+  if (!supported_dtype(dtype))
+    throw_error(ErrorCode::invalid_argument,
+                fmt::format("fusion: cannot cast to {}", dtype_name(dtype)));
+  if (x.is_scalar())
+    return Expr(make_constant(round_to(x.node()->value, dtype), Type{dtype, false, false}));
+  return make(Op::cast, Type{dtype, false, false}, {x});
+}
+
+// ---- Program ------------------------------------------------------------------------------
+
+namespace {
+
+Num num_of_dtype(Dtype d) { return num_of(Type{d, false, false}); }
+
+bool transcendental(Op op) {
+  switch (op) {
+    case Op::exp:
+    case Op::log:
+    case Op::tanh:
+    case Op::sigmoid:
+    case Op::gelu:
+    case Op::gelu_tanh:
+    case Op::silu:
+    case Op::softplus:
+    case Op::pow:
+      return true;
+    default:
+      return false;
+  }
+}
+
+class Builder {
+ public:
+  explicit Builder(Program& p) : p_(p) {}
+
+  int value(const NodePtr& node) {
+    if (auto it = memo_.find(node.get()); it != memo_.end()) return it->second;
+    const int r = emit(*node);
+    memo_[node.get()] = r;
+    return r;
+  }
+
+  /// Step r converted to `num` (a cast step, made once per step and Num).
+  int to_num(int r, Num num) {
+    if (p_.code[r].num == num) return r;
+    const uint64_t key = static_cast<uint64_t>(r) * 2 + (num == Num::f64 ? 1 : 0);
+    if (auto it = conv_.find(key); it != conv_.end()) return it->second;
+    Instr in;
+    in.op = Op::cast;
+    in.num = num;
+    in.arg_num = p_.code[r].num;
+    in.dtype = num == Num::f64 ? Dtype::f64 : Dtype::f32;
+    in.a = r;
+    const int s = push(in);
+    conv_[key] = s;
+    return s;
+  }
+
+  int push(const Instr& in) {
+    p_.code.push_back(in);
+    return static_cast<int>(p_.code.size()) - 1;
+  }
+
+  int constant(double v) {
+    Instr in;
+    in.op = Op::constant;
+    in.num = Num::f64;
+    in.arg_num = Num::f64;
+    in.dtype = Dtype::f64;
+    in.slot = static_cast<int>(p_.constants.size());
+    p_.constants.push_back(v);
+    return push(in);
+  }
+
+ private:
+  int emit(const Node& n) {
+    const Num num = num_of(n.type);
+    Instr in;
+    in.op = n.op;
+    in.num = num;
+    in.arg_num = num;
+    in.dtype = n.type.dtype;
+    switch (n.op) {
+      case Op::input: {
+        in.slot = static_cast<int>(p_.bound_inputs.size());
+        in.num = num_of_dtype(n.view.dtype());
+        in.arg_num = in.num;
+        in.dtype = n.view.dtype();
+        p_.bound_inputs.push_back(n.view);
+        p_.input_dtypes.push_back(n.view.dtype());
+        return push(in);
+      }
+      case Op::constant:
+        return constant(n.value);
+      case Op::lt:
+      case Op::le:
+      case Op::gt:
+      case Op::ge:
+      case Op::eq:
+      case Op::ne: {
+        const Num common = num_of(promote(n.args[0]->type, n.args[1]->type));
+        in.num = Num::f32;
+        in.arg_num = common;
+        in.a = to_num(value(n.args[0]), common);
+        in.b = to_num(value(n.args[1]), common);
+        return push(in);
+      }
+      case Op::where: {
+        in.a = value(n.args[0]);
+        in.arg_num = p_.code[in.a].num;
+        in.b = to_num(value(n.args[1]), num);
+        in.c = to_num(value(n.args[2]), num);
+        return push(in);
+      }
+      case Op::cast: {
+        in.a = value(n.args[0]);
+        in.arg_num = p_.code[in.a].num;
+        return push(in);
+      }
+      case Op::leaky_relu: {  // the slope is an operand: a constant step
+        in.a = to_num(value(n.args[0]), num);
+        in.b = to_num(constant(n.value), num);
+        return push(in);
+      }
+      case Op::pow:
+        return emit_pow(n, num);
+      default: {
+        int* operands[3] = {&in.a, &in.b, &in.c};
+        for (size_t i = 0; i < n.args.size() && i < 3; ++i)
+          *operands[i] = to_num(value(n.args[i]), num);
+        if (num == Num::f64 && transcendental(n.op)) p_.f64_transcendental = true;
+        return push(in);
+      }
+    }
+  }
+
+  /// pow by small integers and +-1/2 become multiplications, divisions and square roots
+  /// (what PyTorch's kernels do for these exponents); other exponents call lb_pow.
+  int emit_pow(const Node& n, Num num) {
+    const double p = n.value;
+    const int x = to_num(value(n.args[0]), num);
+    auto op2 = [&](Op op, int a, int b) {
+      Instr in;
+      in.op = op;
+      in.num = num;
+      in.arg_num = num;
+      in.dtype = n.type.dtype;
+      in.a = a;
+      in.b = b;
+      return push(in);
+    };
+    auto one = [&] { return to_num(constant(1.0), num); };
+    if (p == 0) return one();
+    if (p == 1) return x;
+    if (p == 2) return op2(Op::mul, x, x);
+    if (p == 3) return op2(Op::mul, op2(Op::mul, x, x), x);
+    if (p == -1) return op2(Op::div, one(), x);
+    if (p == -2) return op2(Op::div, one(), op2(Op::mul, x, x));
+    if (p == 0.5) return op2(Op::sqrt, x, -1);
+    if (p == -0.5) return op2(Op::rsqrt, x, -1);
+    Instr in;
+    in.op = Op::pow;
+    in.num = num;
+    in.arg_num = num;
+    in.dtype = n.type.dtype;
+    in.a = x;
+    in.param = p;
+    if (num == Num::f64) p_.f64_transcendental = true;
+    return push(in);
+  }
+
+  Program& p_;
+  std::unordered_map<const Node*, int> memo_;
+  std::unordered_map<uint64_t, int> conv_;
+};
+
+char num_char(Num n) { return n == Num::f64 ? 'd' : 'f'; }
+
+}  // namespace
+
+std::shared_ptr<const Program> build_program(const std::vector<FusedOutput>& outputs) {
+  auto p = std::make_shared<Program>();
+  Builder b(*p);
+  for (const FusedOutput& o : outputs) {
+    if (!o.value.node())
+      throw_error(ErrorCode::invalid_argument, "fusion: an output's value is an empty Expr");
+    if (!supported_dtype(o.dst.dtype()))
+      throw_error(
+          ErrorCode::invalid_argument,
+          fmt::format("fusion: output dtype {} is not supported", dtype_name(o.dst.dtype())));
+    const int r = b.value(o.value.node());
+    p->outputs.push_back(b.to_num(r, num_of_dtype(o.dst.dtype())));
+    p->output_dtypes.push_back(o.dst.dtype());
+    p->bound_outputs.push_back(o.dst);
+  }
+  std::string& s = p->canonical;
+  for (size_t i = 0; i < p->code.size(); ++i) {
+    const Instr& in = p->code[i];
+    s += fmt::format("{}{}{}", op_name(in.op), num_char(in.num), num_char(in.arg_num));
+    if (in.op == Op::input || in.op == Op::cast) s += ":" + std::string(dtype_name(in.dtype));
+    if (in.op == Op::input) s += fmt::format("#{}", in.slot);
+    if (in.op == Op::constant) s += fmt::format("@{}", in.slot);
+    if (in.op == Op::pow) s += fmt::format("^{:a}", in.param);
+    if (in.a >= 0) s += fmt::format("({}", in.a);
+    if (in.b >= 0) s += fmt::format(",{}", in.b);
+    if (in.c >= 0) s += fmt::format(",{}", in.c);
+    if (in.a >= 0) s += ")";
+    s += ";";
+  }
+  for (size_t o = 0; o < p->outputs.size(); ++o)
+    s += fmt::format("out{}={}:{};", o, p->outputs[o], dtype_name(p->output_dtypes[o]));
+  return p;
+}
+
+// ---- Layout ---------------------------------------------------------------------------------
+
+std::string Variant::key() const {
+  std::string s = fmt::format("{}{}", vec ? "vec" : "strided", idx32 ? "32" : "64");
+  if (!vec) s += fmt::format("nd{}", nd);
+  if (pair) s += "pair";
+  s += ":";
+  for (Layout::Class c : cls)
+    s += c == Layout::Class::full ? 'c' : c == Layout::Class::scalar ? 's' : 'x';
+  return s;
+}
+
+Layout make_layout(const FusedDesc& d) {
+  Layout L;
+  const int nd0 = d.shape.size();
+  const size_t nops = d.inputs.size() + d.outputs.size();
+  // Per operand strides over the output's dims (broadcast dims: 0).
+  std::vector<std::array<int64_t, kMaxDims>> st(nops);
+  for (size_t k = 0; k < nops; ++k) {
+    const bool is_in = k < d.inputs.size();
+    const FusedOperand& op = is_in ? d.inputs[k] : d.outputs[k - d.inputs.size()];
+    st[k].fill(0);
+    const int off = nd0 - op.shape.size();
+    for (int i = 0; i < op.shape.size(); ++i) st[k][off + i] = op.shape[i] == 1 ? 0 : op.strides[i];
+    L.packed = L.packed || is_packed(op.dtype);
+    if (!is_in && is_packed(op.dtype)) L.packed_out = true;
+  }
+  L.strides.assign(nops, {});
+  L.numel = d.numel();
+  // Collapse: skip extent-1 dims, merge a dim into the previous one when it nests in
+  // every operand.
+  for (int i = 0; i < nd0; ++i) {
+    if (d.shape[i] == 1) continue;
+    if (L.nd > 0) {
+      const int k = L.nd - 1;
+      bool nest = true;
+      for (size_t o = 0; o < nops && nest; ++o) nest = L.strides[o][k] == st[o][i] * d.shape[i];
+      if (nest) {
+        L.extent[k] *= d.shape[i];
+        for (size_t o = 0; o < nops; ++o) L.strides[o][k] = st[o][i];
+        continue;
+      }
+    }
+    L.extent[L.nd] = d.shape[i];
+    for (size_t o = 0; o < nops; ++o) L.strides[o][L.nd] = st[o][i];
+    ++L.nd;
+  }
+  if (L.nd == 0) {  // one element (or none)
+    L.extent[0] = L.numel;
+    for (size_t o = 0; o < nops; ++o) L.strides[o][0] = 0;
+    L.nd = 1;
+  }
+  L.cls.resize(nops);
+  constexpr int64_t kLimit = int64_t{1} << 31;
+  L.idx32 = L.numel < kLimit;
+  L.vec_ok = !L.packed;
+  for (size_t o = 0; o < nops; ++o) {
+    bool zero = true, full = true;
+    int64_t expect = 1, last = 0;
+    for (int k = L.nd - 1; k >= 0; --k) {
+      zero = zero && L.strides[o][k] == 0;
+      full = full && L.strides[o][k] == expect;
+      expect *= L.extent[k];
+      last += (L.extent[k] - 1) * L.strides[o][k];
+    }
+    L.cls[o] = zero ? Layout::Class::scalar : full ? Layout::Class::full : Layout::Class::strided;
+    if (L.numel == 1) L.cls[o] = Layout::Class::scalar;
+    if (L.cls[o] == Layout::Class::strided) L.vec_ok = false;
+    if (o >= d.inputs.size() && L.cls[o] != Layout::Class::full) L.vec_ok = false;
+    L.idx32 = L.idx32 && last < kLimit;
+  }
+  return L;
+}
+
+}  // namespace lowbit::fusion

@@ -1,0 +1,195 @@
+// The fused op: descriptor construction and checks, argument checks, the kernel list, and
+// the fuse() one-liner.
+#include <fmt/format.h>
+
+#include "jit/jit.hpp"
+
+namespace lowbit {
+
+using fusion::Program;
+
+namespace {
+
+FusedOperand operand_of(const TensorView& v) { return {v.dtype(), v.shape(), v.strides()}; }
+
+bool broadcastable(const Shape& in, const Shape& out) {
+  if (in.size() > out.size()) return false;
+  const int off = out.size() - in.size();
+  for (int i = 0; i < in.size(); ++i)
+    if (in[i] != 1 && in[i] != out[off + i]) return false;
+  return true;
+}
+
+/// Bytes [begin, end) a view addresses.
+std::pair<const char*, const char*> span_of(const TensorView& v) {
+  const auto* p = static_cast<const char*>(v.data());
+  return {p, p + v.span_bytes()};
+}
+
+bool overlap(const TensorView& a, const TensorView& b) {
+  if (a.numel() == 0 || b.numel() == 0) return false;
+  auto [a0, a1] = span_of(a);
+  auto [b0, b1] = span_of(b);
+  return a0 < b1 && b0 < a1;
+}
+
+}  // namespace
+
+FusedDesc FusedDesc::make(const std::vector<FusedOutput>& outputs) {
+  if (outputs.empty()) throw_error(ErrorCode::invalid_argument, "fused: no outputs");
+  FusedDesc d;
+  d.program = fusion::build_program(outputs);
+  d.shape = outputs[0].dst.shape();
+  d.device = outputs[0].dst.device();
+  for (const TensorView& v : d.program->bound_inputs) d.inputs.push_back(operand_of(v));
+  for (const FusedOutput& o : outputs) d.outputs.push_back(operand_of(o.dst));
+  // Inputs follow the outputs onto their device; check it here too for a clear message.
+  for (size_t i = 0; i < d.program->bound_inputs.size(); ++i)
+    if (!(d.program->bound_inputs[i].device() == d.device))
+      throw_error(ErrorCode::invalid_argument,
+                  fmt::format("fused: input {} is on {}, the outputs on {}", i,
+                              d.program->bound_inputs[i].device().str(), d.device.str()));
+  for (size_t o = 0; o < outputs.size(); ++o)
+    if (!(outputs[o].dst.device() == d.device))
+      throw_error(ErrorCode::invalid_argument,
+                  fmt::format("fused: output {} is on {}, output 0 on {}", o,
+                              outputs[o].dst.device().str(), d.device.str()));
+  d.state = std::make_shared<fusion::PlanState>();
+  return d;
+}
+
+FusedArgs FusedDesc::bound_args() const {
+  if (!program) return {};
+  return {program->bound_inputs, program->bound_outputs};
+}
+
+int64_t FusedDesc::numel() const { return lowbit::numel(shape); }
+
+void FusedOp::validate(const Desc& d) {
+  if (!d.program || !d.state)
+    throw_error(ErrorCode::invalid_argument, "fused: descriptor not made by FusedDesc::make");
+  const Program& p = *d.program;
+  if (d.inputs.size() != p.input_dtypes.size() || d.outputs.size() != p.output_dtypes.size())
+    throw_error(ErrorCode::invalid_argument,
+                fmt::format("fused: descriptor has {} inputs / {} outputs, its program {} / {}",
+                            d.inputs.size(), d.outputs.size(), p.input_dtypes.size(),
+                            p.output_dtypes.size()));
+  check_device(d.device);
+  lowbit::numel(d.shape);
+  for (size_t i = 0; i < d.inputs.size(); ++i) {
+    const FusedOperand& in = d.inputs[i];
+    if (in.dtype != p.input_dtypes[i])
+      throw_error(ErrorCode::invalid_argument,
+                  fmt::format("fused: input {} dtype {} != its program's {}", i,
+                              dtype_name(in.dtype), dtype_name(p.input_dtypes[i])));
+    if (!broadcastable(in.shape, d.shape))
+      throw_error(ErrorCode::invalid_argument,
+                  fmt::format("fused: input {} of shape {} does not broadcast to the output "
+                              "shape {}",
+                              i, in.shape.str(), d.shape.str()));
+    if (in.strides.size() != in.shape.size())
+      throw_error(ErrorCode::invalid_argument,
+                  fmt::format("fused: input {} strides {} do not match its shape {}", i,
+                              in.strides.str(), in.shape.str()));
+  }
+  for (size_t o = 0; o < d.outputs.size(); ++o) {
+    const FusedOperand& out = d.outputs[o];
+    if (out.dtype != p.output_dtypes[o])
+      throw_error(ErrorCode::invalid_argument,
+                  fmt::format("fused: output {} dtype {} != its program's {}", o,
+                              dtype_name(out.dtype), dtype_name(p.output_dtypes[o])));
+    if (!(out.shape == d.shape))
+      throw_error(ErrorCode::invalid_argument,
+                  fmt::format("fused: output {} has shape {}, output 0 {} (outputs share one "
+                              "shape)",
+                              o, out.shape.str(), d.shape.str()));
+    if (out.strides.size() != out.shape.size())
+      throw_error(ErrorCode::invalid_argument,
+                  fmt::format("fused: output {} strides {} do not match its shape {}", o,
+                              out.strides.str(), out.shape.str()));
+    for (int i = 0; i < out.shape.size(); ++i)
+      if (out.shape[i] > 1 && out.strides[i] == 0)
+        throw_error(ErrorCode::invalid_argument,
+                    fmt::format("fused: output {} has stride 0 on dim {} of extent {}: it would "
+                                "write one element many times",
+                                o, i, out.shape[i]));
+  }
+}
+
+void FusedOp::check_args(const Desc& d, const Args& a) {
+  if (a.inputs.size() != d.inputs.size() || a.outputs.size() != d.outputs.size())
+    throw_error(ErrorCode::invalid_argument,
+                fmt::format("fused: {} inputs / {} outputs given, the plan has {} / {}",
+                            a.inputs.size(), a.outputs.size(), d.inputs.size(), d.outputs.size()));
+  auto check = [&](const char* what, size_t i, const TensorView& v, const FusedOperand& want) {
+    if (v.dtype() != want.dtype)
+      throw_error(ErrorCode::invalid_argument,
+                  fmt::format("fused: {} {} dtype {} != planned {}", what, i, dtype_name(v.dtype()),
+                              dtype_name(want.dtype)));
+    if (!(v.shape() == want.shape))
+      throw_error(ErrorCode::invalid_argument,
+                  fmt::format("fused: {} {} shape {} != planned {}", what, i, v.shape().str(),
+                              want.shape.str()));
+    if (!(v.strides() == want.strides))
+      throw_error(ErrorCode::invalid_argument,
+                  fmt::format("fused: {} {} strides {} != planned {}", what, i, v.strides().str(),
+                              want.strides.str()));
+    if (!(v.device() == d.device))
+      throw_error(ErrorCode::invalid_argument,
+                  fmt::format("fused: {} {} is on {}, the plan runs on {}", what, i,
+                              v.device().str(), d.device.str()));
+    if (v.numel() > 0 && !v.data())
+      throw_error(ErrorCode::invalid_argument, fmt::format("fused: {} {} has no data", what, i));
+  };
+  for (size_t i = 0; i < a.inputs.size(); ++i) check("input", i, a.inputs[i], d.inputs[i]);
+  for (size_t o = 0; o < a.outputs.size(); ++o) check("output", o, a.outputs[o], d.outputs[o]);
+  // Outputs may not overlap each other. An output may be an input exactly (same memory,
+  // dtype, shape and strides: every element reads its input before its output is
+  // written), but not overlap one otherwise.
+  for (size_t o = 0; o < a.outputs.size(); ++o) {
+    for (size_t q = o + 1; q < a.outputs.size(); ++q)
+      if (overlap(a.outputs[o], a.outputs[q]))
+        throw_error(ErrorCode::invalid_argument,
+                    fmt::format("fused: outputs {} and {} overlap in memory", o, q));
+    for (size_t i = 0; i < a.inputs.size(); ++i) {
+      const TensorView& in = a.inputs[i];
+      const TensorView& out = a.outputs[o];
+      if (!overlap(in, out)) continue;
+      const bool same = in.data() == out.data() && in.dtype() == out.dtype() &&
+                        in.shape() == out.shape() && in.strides() == out.strides();
+      if (!same)
+        throw_error(ErrorCode::invalid_argument,
+                    fmt::format("fused: output {} overlaps input {} in memory (only an exact "
+                                "alias, same data, dtype, shape and strides, may be written in "
+                                "place)",
+                                o, i));
+    }
+  }
+}
+
+std::string FusedOp::describe(const Desc& d) {
+  std::string ins, outs;
+  for (const FusedOperand& in : d.inputs)
+    ins += (ins.empty() ? "" : ", ") + std::string(dtype_name(in.dtype)) + in.shape.str();
+  for (const FusedOperand& out : d.outputs)
+    outs += (outs.empty() ? "" : ", ") + std::string(dtype_name(out.dtype));
+  return fmt::format("({}) -> ({}) {} on {}: {}", ins, outs, d.shape.str(), d.device.str(),
+                     d.program ? d.program->canonical : std::string("?"));
+}
+
+KernelList<FusedOp> FusedOp::kernels() {
+  static const Kernel<FusedOp>* const list[] = {
+#if LOWBIT_HAS_CUDA
+    &fused_cuda_kernel(),
+#endif
+    &fused_cpu_kernel(),
+  };
+  return list;
+}
+
+void fuse(const std::vector<FusedOutput>& outputs, const Stream* stream) {
+  const FusedDesc desc = FusedDesc::make(outputs);
+  run_plan(FusedPlan::select(desc), desc.device, stream, desc.bound_args());
+}
+
+}  // namespace lowbit

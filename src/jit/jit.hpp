@@ -1,0 +1,253 @@
+// Internals of the element-wise fusion JIT, shared by src/jit/*.cpp.
+//
+//   expr.cpp          Expr nodes, the Program (evaluation order, casts made explicit), the
+//                     canonical key, and the Layout (collapsed dims, operand classes)
+//   promote.cpp       PyTorch's type promotion
+//   fused_op.cpp      FusedDesc / FusedOp checks, the kernel list, fuse()
+//   cpu_eval.cpp      the CPU kernel: tiled interpreter
+//   codegen_cuda.cpp  Program + Layout -> CUDA source
+//   nvrtc.cpp         CUDA source -> cubin (and PTX), with the NVRTC log on failure
+//   module_cache.cpp  in-memory LRU + on-disk cache of cubins
+//   launch.cpp        the CUDA kernel: driver API (dlopen'ed), module load, launch
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "lowbit/fusion.hpp"
+
+namespace lowbit::fusion {
+
+// ---- types (promote.cpp) -------------------------------------------------------------
+
+/// The static type of a value: a dtype, plus whether it is a comparison result (bool,
+/// held as u8 in memory) and whether it is a scalar constant ("weak": it does not decide
+/// the dtype of tensors it meets, as Python scalars in PyTorch).
+struct Type {
+  Dtype dtype = Dtype::f32;
+  bool boolean = false;
+  bool weak = false;
+  friend bool operator==(const Type&, const Type&) = default;
+};
+
+/// The arithmetic type values of a dtype are computed in.
+enum class Num : uint8_t { f32, f64 };
+
+/// Whether `d` can be an operand dtype of an expression (every float, i8 u8 i16 i32 u32).
+bool supported_dtype(Dtype d);
+bool is_int(Dtype d);
+/// f64 for f64 and integer dtypes (and scalars), f32 otherwise.
+Num num_of(const Type& t);
+/// The result type of a binary arithmetic op on a and b (PyTorch's rules).
+Type promote(const Type& a, const Type& b);
+/// The type of a floating-point op (exp, div, ...) on t: t if float, else f32.
+Type to_float(const Type& t);
+/// Smallest / largest value of an integer dtype.
+double int_min(Dtype d);
+double int_max(Dtype d);
+
+// ---- the graph (expr.cpp) -------------------------------------------------------------
+
+struct Node {
+  Op op = Op::constant;
+  Type type;
+  std::vector<std::shared_ptr<const Node>> args;
+  double value = 0;  ///< constant: the value; leaky_relu: slope; pow: exponent
+  TensorView view;   ///< input: the tensor
+};
+
+/// One step of a Program. Operands are indices of earlier steps; every operand already
+/// has the Num the step computes in (Op::cast steps are inserted where it changes).
+struct Instr {
+  Op op = Op::constant;
+  Num num = Num::f32;        ///< the result's arithmetic type
+  Num arg_num = Num::f32;    ///< the operands' (differs for compares, where's condition, casts)
+  Dtype dtype = Dtype::f32;  ///< input: the tensor's dtype; cast: the target dtype
+  int a = -1, b = -1, c = -1;
+  int slot = -1;     ///< input: the input's index; constant: its index in constants
+  double param = 0;  ///< pow: the exponent
+};
+
+struct Program {
+  std::vector<Instr> code;
+  std::vector<double> constants;  ///< constant values, f64 (kernel arguments)
+  std::vector<int> outputs;       ///< per output: the step whose value it stores
+  std::vector<Dtype> input_dtypes;
+  std::vector<Dtype> output_dtypes;
+  std::vector<TensorView> bound_inputs;
+  std::vector<TensorView> bound_outputs;
+  /// The DAG as text: steps with ops, dtypes and the pow exponents (constants' values are
+  /// kernel arguments, so expressions that differ only in constants share a kernel).
+  std::string canonical;
+  /// A step runs an f64 transcendental function (libm vs CUDA may differ in the last bit).
+  bool f64_transcendental = false;
+};
+
+/// Builds the program of writing each output's expression into a tensor of its dtype.
+std::shared_ptr<const Program> build_program(const std::vector<FusedOutput>& outputs);
+
+/// The iteration space of one call, collapsed: extent-1 dims dropped, dims that nest in
+/// every operand merged. Operands are the inputs, then the outputs.
+struct Layout {
+  enum class Class : uint8_t { full, scalar, strided };
+  int nd = 0;
+  std::array<int64_t, kMaxDims> extent{};
+  std::vector<std::array<int64_t, kMaxDims>> strides;  ///< per operand, in elements (0: broadcast)
+  std::vector<Class> cls;  ///< full: row-major over the whole space; scalar: one element
+  int64_t numel = 0;
+  bool idx32 = true;    ///< every element index and operand offset fits in 31 bits
+  bool packed = false;  ///< an operand is packed (f4e2m1)
+  bool packed_out = false;
+  /// Every operand is full or scalar (so nd <= 1) and none is packed: the vector path
+  /// applies when the pointers are aligned.
+  bool vec_ok = false;
+};
+Layout make_layout(const FusedDesc& desc);
+
+// ---- CUDA (codegen_cuda.cpp, nvrtc.cpp, module_cache.cpp, launch.cpp) ------------------
+
+/// Which kernel shape a call needs, beyond the program.
+struct Variant {
+  bool vec = false;  ///< 16-byte vector path (else strided)
+  bool idx32 = true;
+  int nd = 1;  ///< strided: collapsed dims
+  std::vector<Layout::Class> cls;
+  bool pair = false;  ///< strided: a thread computes element pairs (a packed output)
+  std::string key() const;
+};
+
+/// Generated CUDA source and what launching it needs.
+struct KernelSource {
+  std::string name;  ///< "lowbit_fused" (the entry point)
+  std::string code;
+  int group = 1;        ///< vec: elements per thread step
+  int unroll = 1;       ///< vec: groups in flight per thread
+  int param_bytes = 0;  ///< size of the kernel's Params struct
+};
+inline constexpr int kCodegenVersion = 1;
+inline constexpr int kThreads = 256;
+/// The kernel of `program` for `variant` (with with_code false: only its shape fields).
+KernelSource generate_cuda(const Program& program, const Variant& variant, bool with_code = true);
+/// Fills the kernel's Params struct for one call.
+std::vector<unsigned char> pack_params(const Program& program, const Variant& variant,
+                                       const Layout& layout, const FusedArgs& args);
+
+/// The text of the headers generated code includes (numeric.hpp, the shared math, stubs).
+struct HeaderSet {
+  std::vector<std::string> names;
+  std::vector<std::string> contents;
+  uint64_t hash = 0;  ///< FNV-1a over all of them: part of every cache key
+};
+const HeaderSet& jit_headers();
+
+/// NVRTC's version as "13.0", or "" when this build has no NVRTC.
+std::string nvrtc_version();
+/// The flags every compile uses (part of the cache key).
+std::string nvrtc_flags();
+
+struct Compiled {
+  std::string key;        ///< the full cache key
+  std::string hash;       ///< 16 hex digits of the key's FNV-1a (file names)
+  std::string cubin;      ///< the binary
+  std::string entry;      ///< the kernel's name in it
+  double compile_ms = 0;  ///< 0 if it came from the disk cache
+  std::string origin;     ///< "compiled", "disk" or "memory"
+  /// Per-device loaded module (launch.cpp), filled lazily.
+  mutable std::mutex load_mutex;
+  mutable std::array<std::atomic<void*>, 16> loaded{};
+};
+
+/// Compiles `source` for `arch` ("sm_90a") to a cubin; throws Error(internal) with the
+/// NVRTC log and where the source was written when it does not compile, and
+/// Error(unsupported) without NVRTC. Writes source and PTX to $LOWBIT_JIT_DUMP if set.
+std::string compile_cuda(const KernelSource& source, const std::string& arch,
+                         const std::string& hash, double* milliseconds);
+
+uint64_t fnv1a64(const void* data, std::size_t size, uint64_t seed = 0xcbf29ce484222325ull);
+std::string hex64(uint64_t v);
+/// True if LOWBIT_VERBOSE asks for jit logging.
+bool jit_verbose();
+
+/// In-memory LRU of compiled kernels, in front of an on-disk cache.
+class ModuleCache {
+ public:
+  struct Options {
+    std::string dir;  ///< "" = $LOWBIT_CACHE_DIR, else $XDG_CACHE_HOME/lowbit, else ~/.cache/lowbit
+    bool disk = true;
+    std::size_t capacity = 256;  ///< kernels kept in memory
+  };
+  struct Stats {
+    uint64_t memory_hits = 0;
+    uint64_t disk_hits = 0;
+    uint64_t compiles = 0;
+    uint64_t corrupt = 0;  ///< disk entries that failed verification (recompiled)
+    uint64_t disk_writes = 0;
+    uint64_t evictions = 0;
+  };
+  explicit ModuleCache(Options options);
+  ~ModuleCache();
+  ModuleCache(const ModuleCache&) = delete;
+  ModuleCache& operator=(const ModuleCache&) = delete;
+  /// The process-wide cache.
+  static ModuleCache& global();
+
+  /// The full cache key of `source` for `arch`.
+  static std::string key_for(const std::string& canonical, const std::string& arch);
+  /// The kernel for `key`: from memory, else from disk (verified), else compiled by
+  /// generating `source()` (then stored in both).
+  std::shared_ptr<const Compiled> get(const std::string& key, const std::string& arch,
+                                      const std::function<KernelSource()>& source) {
+    if (auto hit = lookup(key)) return hit;
+    return load_or_compile(key, arch, source);
+  }
+  std::shared_ptr<const Compiled> lookup(const std::string& key);
+  /// The disk entry of `key`, else a compile of `source()` (called only then).
+  std::shared_ptr<const Compiled> load_or_compile(const std::string& key, const std::string& arch,
+                                                  const std::function<KernelSource()>& source);
+  Stats stats() const;
+  /// The directory entries live in ("" if the disk cache is off or unusable).
+  const std::string& dir() const;
+  /// The file of `key`'s entry.
+  std::string entry_path(const std::string& key) const;
+  void clear_memory();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Per-descriptor memory of the CUDA path: the layout and the kernel of each variant.
+struct PlanState {
+  std::once_flag layout_once;
+  Layout layout;
+  std::mutex mutex;
+  std::shared_ptr<const Compiled> kernels[2];  ///< [vec, strided]; set once, then read-only
+  Variant variants[2];
+  KernelSource shapes[2];  ///< without code
+  std::string arch;
+  const Layout& get_layout(const FusedDesc& desc) {
+    std::call_once(layout_once, [&] { layout = make_layout(desc); });
+    return layout;
+  }
+};
+
+/// Launches `compiled` on desc's device (launch.cpp).
+void launch_cuda(const Compiled& compiled, const KernelSource& shape, const Variant& variant,
+                 const std::vector<unsigned char>& params, const Layout& layout, int device,
+                 void* stream);
+
+}  // namespace lowbit::fusion
+
+namespace lowbit {
+// The kernels of the fused op (fused_op.cpp lists them).
+const Kernel<FusedOp>& fused_cpu_kernel();  // cpu_eval.cpp
+#if LOWBIT_HAS_CUDA
+const Kernel<FusedOp>& fused_cuda_kernel();  // launch.cpp
+#endif
+}  // namespace lowbit

@@ -1,0 +1,253 @@
+// The CUDA kernel of the fused op: picks the variant of a call (vector or strided), gets
+// its cubin from the module cache (compiling it on a miss), loads it through the driver
+// API and launches it.
+//
+// The driver library is opened with dlopen("libcuda.so.1") at the first launch, so lowbit
+// loads, and NVRTC compiles, on machines without a GPU or driver. Modules are loaded into
+// each device's primary context (the one the CUDA runtime uses) once per kernel and device.
+#include "jit/jit.hpp"
+
+#if LOWBIT_HAS_CUDA
+
+#include <cuda.h>
+#include <cuda_runtime_api.h>
+#include <dlfcn.h>
+#include <fmt/format.h>
+
+#include <cstdlib>
+
+namespace lowbit {
+namespace fusion {
+namespace {
+
+struct Driver {
+  decltype(&::cuInit) init = nullptr;
+  decltype(&::cuModuleLoadData) module_load_data = nullptr;
+  decltype(&::cuModuleGetFunction) module_get_function = nullptr;
+  decltype(&::cuLaunchKernel) launch_kernel = nullptr;
+  decltype(&::cuGetErrorName) get_error_name = nullptr;
+  decltype(&::cuOccupancyMaxActiveBlocksPerMultiprocessor) occupancy = nullptr;
+  std::string error;  // why the driver is unusable ("" if it is)
+
+  static const Driver& get() {
+    static const Driver d = [] {
+      Driver d;
+      void* lib = ::dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+      if (!lib) {
+        d.error = std::string("cannot load libcuda.so.1: ") + ::dlerror();
+        return d;
+      }
+      auto sym = [&](auto& fn, const char* name) {
+        fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(::dlsym(lib, name));
+        if (!fn && d.error.empty()) d.error = std::string("libcuda.so.1 lacks ") + name;
+      };
+      sym(d.init, "cuInit");
+      sym(d.module_load_data, "cuModuleLoadData");
+      sym(d.module_get_function, "cuModuleGetFunction");
+      sym(d.launch_kernel, "cuLaunchKernel");
+      sym(d.get_error_name, "cuGetErrorName");
+      sym(d.occupancy, "cuOccupancyMaxActiveBlocksPerMultiprocessor");
+      if (d.error.empty() && d.init(0) != CUDA_SUCCESS) d.error = "cuInit failed";
+      return d;
+    }();
+    return d;
+  }
+
+  void check(CUresult r, const char* what) const {
+    if (r == CUDA_SUCCESS) return;
+    const char* name = nullptr;
+    if (get_error_name) get_error_name(r, &name);
+    throw_error(ErrorCode::device_error,
+                fmt::format("fusion: {}: {}", what, name ? name : std::to_string(r)));
+  }
+};
+
+void check_rt(cudaError_t err, const char* what) {
+  if (err != cudaSuccess)
+    throw_error(ErrorCode::device_error,
+                fmt::format("fusion: {}: {}", what, cudaGetErrorName(err)));
+}
+
+class DeviceScope {
+ public:
+  explicit DeviceScope(int device) {
+    check_rt(cudaGetDevice(&previous_), "cudaGetDevice");
+    if (previous_ != device) check_rt(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~DeviceScope() {
+    int now = previous_;
+    if (cudaGetDevice(&now) == cudaSuccess && now != previous_) cudaSetDevice(previous_);
+  }
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
+/// A kernel loaded on one device.
+struct Loaded {
+  CUmodule module = nullptr;
+  CUfunction function = nullptr;
+  int blocks_per_sm = 1;
+};
+
+/// Per-device facts read once.
+struct DeviceInfo {
+  int sms = 0;
+  std::string arch;
+};
+
+const DeviceInfo& device_info(int device) {
+  static std::mutex mutex;
+  static std::array<DeviceInfo, 64> info;
+  if (device < 0 || device >= 64)
+    throw_error(ErrorCode::invalid_argument, fmt::format("cuda:{} is out of range", device));
+  std::lock_guard<std::mutex> lock(mutex);
+  if (info[device].sms == 0) {
+    const CudaDeviceProperties p = cuda_device_properties(device);
+    info[device].sms = p.multiprocessors;
+    info[device].arch = fmt::format("sm_{}{}", p.sm_major, p.sm_minor);
+  }
+  return info[device];
+}
+
+/// The arch to compile for: $LOWBIT_JIT_ARCH if set (e.g. "sm_90a"), else the device's.
+std::string arch_for(int device) {
+  if (const char* a = std::getenv("LOWBIT_JIT_ARCH"); a && *a) return a;
+  return device_info(device).arch;
+}
+
+const Loaded& load(const Compiled& c, int device) {
+  if (device < 0 || device >= static_cast<int>(c.loaded.size()))
+    throw_error(ErrorCode::unsupported,
+                fmt::format("fusion: cuda:{} is beyond the {} devices the JIT supports", device,
+                            c.loaded.size()));
+  if (void* p = c.loaded[device].load(std::memory_order_acquire))
+    return *static_cast<const Loaded*>(p);
+  std::lock_guard<std::mutex> lock(c.load_mutex);
+  if (void* p = c.loaded[device].load(std::memory_order_acquire))
+    return *static_cast<const Loaded*>(p);
+  const Driver& drv = Driver::get();
+  auto l = std::make_unique<Loaded>();
+  drv.check(drv.module_load_data(&l->module, c.cubin.data()), "cuModuleLoadData");
+  drv.check(drv.module_get_function(&l->function, l->module, c.entry.c_str()),
+            "cuModuleGetFunction");
+  int blocks = 0;
+  if (drv.occupancy(&blocks, l->function, kThreads, 0) != CUDA_SUCCESS || blocks < 1) blocks = 1;
+  l->blocks_per_sm = blocks;
+  // The module stays loaded for the life of the process (as the Compiled entry may).
+  const Loaded* raw = l.release();
+  c.loaded[device].store(const_cast<Loaded*>(raw), std::memory_order_release);
+  return *raw;
+}
+
+}  // namespace
+
+void launch_cuda(const Compiled& compiled, const KernelSource& shape, const Variant& variant,
+                 const std::vector<unsigned char>& params, const Layout& layout, int device,
+                 void* stream) {
+  const Driver& drv = Driver::get();
+  if (!drv.error.empty()) throw_error(ErrorCode::device_error, "fusion: " + drv.error);
+  DeviceScope scope(device);
+  const Loaded& l = load(compiled, device);
+  const uint64_t n = static_cast<uint64_t>(layout.numel);
+  uint64_t items;
+  if (variant.vec) {
+    const uint64_t groups = n / static_cast<uint64_t>(shape.group);
+    items = (groups + shape.unroll - 1) / shape.unroll;
+  } else {
+    items = variant.pair ? (n + 1) / 2 : n;
+  }
+  const uint64_t wanted = std::max<uint64_t>(1, (items + kThreads - 1) / kThreads);
+  const uint64_t resident =
+      static_cast<uint64_t>(device_info(device).sms) * static_cast<uint64_t>(l.blocks_per_sm);
+  const unsigned grid = static_cast<unsigned>(std::min(wanted, std::max<uint64_t>(resident, 1)));
+  void* args[] = {const_cast<unsigned char*>(params.data())};
+  drv.check(drv.launch_kernel(l.function, grid, 1, 1, kThreads, 1, 1, 0,
+                              static_cast<CUstream>(stream), args, nullptr),
+            "cuLaunchKernel");
+}
+
+}  // namespace fusion
+
+namespace {
+
+using fusion::Layout;
+
+class FusedCuda final : public Kernel<FusedOp> {
+ public:
+  std::string_view name() const override { return "fused_cuda"; }
+
+  std::string decline(const FusedDesc& d) const override {
+    if (!d.device.is_cuda()) return "runs on CUDA devices only";
+    const fusion::Driver& drv = fusion::Driver::get();
+    if (!drv.error.empty()) return drv.error;
+    return {};
+  }
+
+  KernelSku sku(const FusedDesc& d) const override {
+    std::string s;
+    for (const FusedOperand& in : d.inputs)
+      s += (s.empty() ? "" : ",") + std::string(dtype_name(in.dtype));
+    s += "->";
+    for (size_t o = 0; o < d.outputs.size(); ++o)
+      s += (o ? "," : "") + std::string(dtype_name(d.outputs[o].dtype));
+    return {"fused", Backend::cuda, s, "", fusion::arch_for(d.device.index), "fused_cuda_jit"};
+  }
+
+  PrecisionGuarantee precision(const FusedDesc& d) const override {
+    return fused_cpu_kernel().precision(d);
+  }
+
+  void run(const FusedDesc& d, const FusedArgs& a, const Stream& stream, Workspace) const override {
+    fusion::PlanState& st = *d.state;
+    const Layout& L = st.get_layout(d);
+    if (L.numel == 0) return;
+    // The vector path needs every full operand 16-byte aligned.
+    bool vec = L.vec_ok;
+    for (size_t k = 0; vec && k < L.cls.size(); ++k) {
+      if (L.cls[k] != Layout::Class::full) continue;
+      const void* p =
+          k < a.inputs.size() ? a.inputs[k].data() : a.outputs[k - a.inputs.size()].data();
+      vec = reinterpret_cast<uintptr_t>(p) % 16 == 0;
+    }
+    const int which = vec ? 0 : 1;
+    const fusion::Compiled* compiled;
+    {
+      std::lock_guard<std::mutex> lock(st.mutex);
+      if (!st.kernels[which]) {
+        fusion::Variant v;
+        v.vec = vec;
+        v.idx32 = L.idx32;
+        v.nd = L.nd;
+        v.cls = L.cls;
+        v.pair = !vec && L.packed_out;
+        if (st.arch.empty()) st.arch = fusion::arch_for(d.device.index);
+        const std::string key =
+            fusion::ModuleCache::key_for(d.program->canonical + "|" + v.key(), st.arch);
+        st.kernels[which] = fusion::ModuleCache::global().get(
+            key, st.arch, [&] { return fusion::generate_cuda(*d.program, v); });
+        st.shapes[which] = fusion::generate_cuda(*d.program, v, false);
+        st.variants[which] = std::move(v);
+      }
+      compiled = st.kernels[which].get();
+    }
+    // Set once under the lock, read-only since: no copies on this path.
+    const fusion::Variant& variant = st.variants[which];
+    const std::vector<unsigned char> params = fusion::pack_params(*d.program, variant, L, a);
+    fusion::launch_cuda(*compiled, st.shapes[which], variant, params, L, d.device.index,
+                        stream.native_handle());
+  }
+};
+
+}  // namespace
+
+const Kernel<FusedOp>& fused_cuda_kernel() {
+  static const FusedCuda kernel;
+  return kernel;
+}
+
+}  // namespace lowbit
+
+#endif  // LOWBIT_HAS_CUDA

@@ -1,0 +1,1425 @@
+// The element-wise fusion JIT.
+//
+//  - Type promotion against a table of PyTorch's results.
+//  - Property tests: thousands of random expressions (random ops, dtypes, broadcast shapes
+//    with extent-1 dims, transposed and sliced views, scalars, several outputs) run by the
+//    CPU kernel and checked element by element against an f64 interval interpreter written
+//    here: every node's value is an interval that contains the exact result of the node on
+//    any value its operands may hold, widened by what the implementation may deviate
+//    (tolerances below); comparisons and where() follow both branches when undecided.
+//    Outputs are poisoned first, and the gaps of strided outputs must stay untouched.
+//  - The bf16 store fast path of the CPU kernel against numeric.hpp.
+//  - NVRTC: generated kernels of a few hundred random expressions, both kernel shapes,
+//    compile for sm_90a (no GPU needed); a compile error is an Error(internal) with the
+//    NVRTC log and the source's location.
+//  - The module cache: hits and misses, an entry reused by a second cache instance, a
+//    corrupted entry (one flipped byte) detected and replaced, no temporary files left,
+//    the directory created 0700.
+//  - On a GPU (skipped here with a visible notice): the same random expressions on cuda:0
+//    give the CPU kernel's bits (NaN payloads aside), and the interval check passes.
+//
+// Tolerances (widening of a node's interval, in units of the last place of the node's
+// arithmetic type at the result, "ulp", plus an absolute term):
+//   + - * / sqrt, f64 -> f32 conversions                         1 ulp (0.5 ulp rounding)
+//   exp, log, pow (f32)                                           2 ulp (measured <= 1)
+//   tanh                                                          3 ulp (measured 1.4)
+//   sigmoid, silu, softplus                                       5 ulp; sigmoid and silu
+//       also 2^-125 / 2^-121 absolute: exp(-x) overflows f32 before x e^x underflows
+//   gelu (erf and tanh forms)                                     5 ulp + 2^-21 |x|: the
+//       f32 formula x/2 (1 + erf(..)) cancels for negative x (as PyTorch's does)
+//   leaky_relu                                                    2 ulp (slope rounded to f32)
+//   f64 arithmetic 2 ulp of f64; f64 transcendental functions (libm / CUDA) 4 ulp of f64
+//   casts and output stores: exact (the rounding of the interval's ends)
+#pragma GCC optimize("fp-contract=off")  // the scalar formulas below, as the kernels run them
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <thread>
+#include <unordered_map>
+
+#include "jit/jit.hpp"
+#include "jit/jit_math_host.hpp"
+#include "lowbit/fusion.hpp"
+#include "lowbit/numeric.hpp"
+#include "ops/convert/convert_element.hpp"
+#include "support/testing.hpp"
+
+namespace lowbit {
+namespace {
+
+using fusion::Expr;
+using fusion::Node;
+using fusion::Op;
+using testing::kPoison;
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kF32Max = 3.4028234663852886e38;
+
+// ---- promotion ----------------------------------------------------------------------------
+
+TEST(FusionTypes, PromotionFollowsPyTorch) {
+  using fusion::promote;
+  using fusion::Type;
+  auto t = [](Dtype d) { return Type{d, false, false}; };
+  const Type fs{Dtype::f64, false, true}, is{Dtype::i32, false, true};
+  struct Case {
+    Type a, b;
+    Dtype want;
+  };
+  const Case cases[] = {
+      {t(Dtype::bf16), t(Dtype::f16), Dtype::f32},
+      {t(Dtype::f16), t(Dtype::f32), Dtype::f32},
+      {t(Dtype::bf16), t(Dtype::bf16), Dtype::bf16},
+      {t(Dtype::f32), t(Dtype::f64), Dtype::f64},
+      {t(Dtype::i32), t(Dtype::bf16), Dtype::bf16},
+      {t(Dtype::u8), t(Dtype::f16), Dtype::f16},
+      {t(Dtype::u8), t(Dtype::i8), Dtype::i16},
+      {t(Dtype::i8), t(Dtype::i32), Dtype::i32},
+      {t(Dtype::u8), t(Dtype::i16), Dtype::i16},
+      {t(Dtype::bf16), fs, Dtype::bf16},
+      {t(Dtype::i16), fs, Dtype::f32},
+      {t(Dtype::i16), is, Dtype::i16},
+      {t(Dtype::f8e4m3fn), t(Dtype::bf16), Dtype::bf16},
+      {t(Dtype::f8e4m3fn), t(Dtype::f8e5m2), Dtype::f32},
+      {t(Dtype::f4e2m1), t(Dtype::f8e4m3fn), Dtype::f8e4m3fn},
+      {t(Dtype::e8m0), t(Dtype::f16), Dtype::f32},
+      {Type{Dtype::u8, true, false}, t(Dtype::i8), Dtype::i16},
+      {Type{Dtype::u8, true, false}, t(Dtype::bf16), Dtype::bf16},
+  };
+  for (const Case& c : cases) {
+    EXPECT_EQ(promote(c.a, c.b).dtype, c.want)
+        << dtype_name(c.a.dtype) << " + " << dtype_name(c.b.dtype);
+    EXPECT_EQ(promote(c.b, c.a).dtype, c.want);
+  }
+  // Through the API: float ops on integers give f32, compares give bool, casts their dtype.
+  Tensor x = Tensor::empty({4}, Dtype::bf16), i = Tensor::empty({4}, Dtype::i16);
+  const Expr a = fusion::input(x), b = fusion::input(i);
+  EXPECT_EQ((a * 0.5).dtype(), Dtype::bf16);
+  EXPECT_EQ((b * 2).dtype(), Dtype::i16);
+  EXPECT_EQ((b * 2.5).dtype(), Dtype::f32);
+  EXPECT_EQ(fusion::exp(b).dtype(), Dtype::f32);
+  EXPECT_EQ((b / b).dtype(), Dtype::f32);
+  EXPECT_TRUE((a < b).is_bool());
+  EXPECT_EQ(fusion::cast(a, Dtype::f8e4m3fn).dtype(), Dtype::f8e4m3fn);
+  EXPECT_EQ(fusion::where(a > 0.0, b, a).dtype(), Dtype::bf16);
+  // Scalars fold on the host.
+  const Expr s = Expr(2.0) * 3.0 + fusion::exp(Expr(0.0));
+  EXPECT_TRUE(s.is_scalar());
+  EXPECT_EQ(s.node()->value, 7.0);
+}
+
+// ---- values in memory -------------------------------------------------------------------------
+
+/// Element `off` (in elements) of any supported dtype, as a double.
+double read_value(const void* base, Dtype dt, int64_t off) {
+  switch (dt) {
+    case Dtype::f64:
+      return static_cast<const double*>(base)[off];
+    case Dtype::i8:
+      return static_cast<const int8_t*>(base)[off];
+    case Dtype::u8:
+      return static_cast<const uint8_t*>(base)[off];
+    case Dtype::i16:
+      return static_cast<const int16_t*>(base)[off];
+    case Dtype::i32:
+      return static_cast<const int32_t*>(base)[off];
+    case Dtype::u32:
+      return static_cast<const uint32_t*>(base)[off];
+    default:
+      return convert_detail::load_f32(base, dt, off);
+  }
+}
+
+/// The value of dtype dt nearest x (the cast / store rounding; NaN stays NaN, or 0 for
+/// dtypes without NaN).
+double round_to(double x, Dtype dt) {
+  if (dt == Dtype::f64) return x;
+  if (fusion::is_int(dt)) return jit_math::lb_to_int(x, fusion::int_min(dt), fusion::int_max(dt));
+  const float f = f64_to_f32(x);
+  if (dt == Dtype::f32) return f;
+  const uint32_t code = convert_detail::encode_f32(f, dt, Saturation::none);
+  uint8_t bytes[4] = {};
+  std::memcpy(bytes, &code, 4);  // little-endian: the code's low bytes
+  if (dt == Dtype::f4e2m1) bytes[0] &= 0xf;
+  return convert_detail::load_f32(bytes, dt, 0);
+}
+
+float max_finite(Dtype dt) {
+  switch (dt) {
+    case Dtype::f16:
+      return 65504.0f;
+    case Dtype::bf16:
+      return 0x1.fep127f;
+    case Dtype::f8e4m3fn:
+      return 448.0f;
+    case Dtype::f8e5m2:
+      return 57344.0f;
+    case Dtype::f4e2m1:
+      return 6.0f;
+    default:
+      return 3.4028234663852886e38f;
+  }
+}
+
+// ---- the interval interpreter -------------------------------------------------------------
+
+/// A set of possible values: [lo, hi] (ends may be infinite), and whether NaN is possible
+/// or certain.
+struct Iv {
+  double lo = 0, hi = 0;
+  bool maybe_nan = false;
+  bool nan_only = false;
+  static Iv point(double v) {
+    if (std::isnan(v)) return nan();
+    return {v, v, false, false};
+  }
+  static Iv nan() { return {0, 0, true, true}; }
+  static Iv all() { return {-kInf, kInf, true, false}; }
+};
+
+double ulp_of(double x, bool f64) {
+  const double a = std::fabs(x);
+  if (std::isinf(a) || std::isnan(a)) return 0;
+  if (f64) return a < 0x1p-1022 ? 0x1p-1074 : std::ldexp(1.0, std::ilogb(a) - 52);
+  return a < 0x1p-126 ? 0x1p-149 : std::ldexp(1.0, std::ilogb(a) - 23);
+}
+
+/// Widens by `ulps` ulp of the arithmetic type plus `abs`, then models f32 overflow.
+Iv widen(Iv v, bool f64, double ulps, double abs = 0) {
+  if (v.nan_only) return v;
+  v.lo -= ulps * ulp_of(v.lo, f64) + abs;
+  v.hi += ulps * ulp_of(v.hi, f64) + abs;
+  if (!f64) {
+    if (v.hi > kF32Max) v.hi = kInf;
+    if (v.lo > kF32Max) v.lo = kF32Max;
+    if (v.lo < -kF32Max) v.lo = -kInf;
+    if (v.hi < -kF32Max) v.hi = -kF32Max;
+  }
+  return v;
+}
+
+Iv hull(const Iv& a, const Iv& b) {
+  if (a.nan_only && b.nan_only) return Iv::nan();
+  if (a.nan_only) return {b.lo, b.hi, true, false};
+  if (b.nan_only) return {a.lo, a.hi, true, false};
+  return {std::min(a.lo, b.lo), std::max(a.hi, b.hi), a.maybe_nan || b.maybe_nan, false};
+}
+
+/// f applied to every pair of ends (f monotone in each argument on the box), NaN-aware.
+template <class F>
+Iv corners(const Iv& a, const Iv& b, F f) {
+  if (a.nan_only || b.nan_only) return Iv::nan();
+  Iv r{kInf, -kInf, a.maybe_nan || b.maybe_nan, false};
+  for (double x : {a.lo, a.hi})
+    for (double y : {b.lo, b.hi}) {
+      const double v = f(x, y);
+      if (std::isnan(v)) {
+        r.maybe_nan = true;
+        continue;
+      }
+      r.lo = std::min(r.lo, v);
+      r.hi = std::max(r.hi, v);
+    }
+  if (r.lo > r.hi) return Iv::nan();
+  return r;
+}
+
+/// A monotone (increasing or decreasing) f on [lo, hi].
+template <class F>
+Iv monotone(const Iv& a, F f) {
+  if (a.nan_only) return Iv::nan();
+  const double x = f(a.lo), y = f(a.hi);
+  Iv r{std::min(x, y), std::max(x, y), a.maybe_nan, false};
+  if (std::isnan(x) || std::isnan(y)) return Iv::all();
+  return r;
+}
+
+/// f with one minimum at xc (decreasing before, increasing after).
+template <class F>
+Iv valley(const Iv& a, double xc, F f) {
+  if (a.nan_only) return Iv::nan();
+  const double x = f(a.lo), y = f(a.hi);
+  if (std::isnan(x) || std::isnan(y)) return Iv::all();
+  Iv r{std::min(x, y), std::max(x, y), a.maybe_nan, false};
+  if (a.lo < xc && xc < a.hi) r.lo = std::min(r.lo, f(xc));
+  return r;
+}
+
+double gelu_ref(double x) { return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0))); }
+double gelu_tanh_ref(double x) {
+  return 0.5 * x * (1 + std::tanh(0.79788456080286535588 * (x + 0.044715 * x * x * x)));
+}
+double silu_ref(double x) { return x / (1 + std::exp(-x)); }
+
+struct Interpreter {
+  /// Values of the inputs at the current element, by node.
+  std::unordered_map<const Node*, double> input_value;
+  std::unordered_map<const Node*, Iv> memo;
+
+  static bool is_f64(const fusion::Type& t) { return fusion::num_of(t) == fusion::Num::f64; }
+
+  /// The operand's interval as the consumer sees it: rounded to f32 when an f64 value
+  /// enters f32 arithmetic.
+  Iv operand(const std::shared_ptr<const Node>& n, bool consumer_f64) {
+    Iv v = eval(n);
+    if (consumer_f64 || is_f64(n->type) == false || v.nan_only) return v;
+    v.lo = f64_to_f32(v.lo);
+    v.hi = f64_to_f32(v.hi);
+    return v;
+  }
+
+  Iv eval(const std::shared_ptr<const Node>& np) {
+    if (auto it = memo.find(np.get()); it != memo.end()) return it->second;
+    const Iv r = compute(*np);
+    memo[np.get()] = r;
+    return r;
+  }
+
+  Iv compute(const Node& n) {
+    const bool d = is_f64(n.type);
+    auto arg = [&](int i, bool consumer_f64) { return operand(n.args[i], consumer_f64); };
+    switch (n.op) {
+      case Op::input:
+        return Iv::point(input_value.at(&n));
+      case Op::constant:
+        return Iv::point(n.value);
+      case Op::add:
+        return widen(corners(arg(0, d), arg(1, d), [](double x, double y) { return x + y; }), d, 1);
+      case Op::sub:
+        return widen(corners(arg(0, d), arg(1, d), [](double x, double y) { return x - y; }), d, 1);
+      case Op::mul: {
+        const Iv a = arg(0, d), b = arg(1, d);
+        Iv r = corners(a, b, [](double x, double y) { return x * y; });
+        // 0 * inf inside the box, not at a corner
+        auto zero = [](const Iv& v) { return v.lo <= 0 && v.hi >= 0; };
+        auto inf = [](const Iv& v) { return std::isinf(v.lo) || std::isinf(v.hi); };
+        if ((zero(a) && inf(b)) || (zero(b) && inf(a))) r.maybe_nan = true;
+        return widen(r, d, 1);
+      }
+      case Op::div: {
+        const Iv a = arg(0, d), b = arg(1, d);
+        if (b.nan_only || a.nan_only) return Iv::nan();
+        if (b.lo <= 0 && b.hi >= 0) return Iv::all();
+        return widen(corners(a, b, [](double x, double y) { return x / y; }), d, 1);
+      }
+      case Op::neg: {
+        const Iv a = arg(0, d);
+        return {-a.hi, -a.lo, a.maybe_nan, a.nan_only};
+      }
+      case Op::abs: {
+        const Iv a = arg(0, d);
+        if (a.nan_only) return a;
+        if (a.lo >= 0) return a;
+        if (a.hi <= 0) return {-a.hi, -a.lo, a.maybe_nan, false};
+        return {0, std::max(-a.lo, a.hi), a.maybe_nan, false};
+      }
+      case Op::minimum:
+      case Op::maximum: {
+        const Iv a = arg(0, d), b = arg(1, d);
+        if (a.nan_only || b.nan_only) return Iv::nan();
+        const bool mn = n.op == Op::minimum;
+        return {mn ? std::min(a.lo, b.lo) : std::max(a.lo, b.lo),
+                mn ? std::min(a.hi, b.hi) : std::max(a.hi, b.hi), a.maybe_nan || b.maybe_nan,
+                false};
+      }
+      case Op::clamp: {
+        const Iv x = arg(0, d), lo = arg(1, d), hi = arg(2, d);
+        if (x.nan_only || lo.nan_only || hi.nan_only) return Iv::nan();
+        const double l1 = std::max(x.lo, lo.lo), h1 = std::max(x.hi, lo.hi);
+        return {std::min(l1, hi.lo), std::min(h1, hi.hi),
+                x.maybe_nan || lo.maybe_nan || hi.maybe_nan, false};
+      }
+      case Op::where: {
+        const Iv c = eval(n.args[0]);
+        const Iv a = arg(1, d), b = arg(2, d);
+        const bool nonzero = c.nan_only || c.lo > 0 || c.hi < 0;
+        const bool zero = !c.maybe_nan && c.lo == 0 && c.hi == 0;
+        if (nonzero) return a;
+        if (zero) return b;
+        return hull(a, b);
+      }
+      case Op::lt:
+      case Op::le:
+      case Op::gt:
+      case Op::ge:
+      case Op::eq:
+      case Op::ne: {
+        const bool cd = is_f64(fusion::promote(n.args[0]->type, n.args[1]->type));
+        const Iv a = arg(0, cd), b = arg(1, cd);
+        const Iv maybe{0, 1, false, false};
+        if (a.nan_only || b.nan_only) return Iv::point(n.op == Op::ne ? 1 : 0);
+        int certain = -1;  // 1 true, 0 false, -1 unknown (without NaN)
+        switch (n.op) {
+          case Op::lt:
+            certain = a.hi < b.lo ? 1 : a.lo >= b.hi ? 0 : -1;
+            break;
+          case Op::le:
+            certain = a.hi <= b.lo ? 1 : a.lo > b.hi ? 0 : -1;
+            break;
+          case Op::gt:
+            certain = a.lo > b.hi ? 1 : a.hi <= b.lo ? 0 : -1;
+            break;
+          case Op::ge:
+            certain = a.lo >= b.hi ? 1 : a.hi < b.lo ? 0 : -1;
+            break;
+          case Op::eq:
+            certain = (a.lo == a.hi && b.lo == b.hi && a.lo == b.lo) ? 1
+                      : (a.hi < b.lo || b.hi < a.lo)                 ? 0
+                                                                     : -1;
+            break;
+          case Op::ne:
+            certain = (a.lo == a.hi && b.lo == b.hi && a.lo == b.lo) ? 0
+                      : (a.hi < b.lo || b.hi < a.lo)                 ? 1
+                                                                     : -1;
+            break;
+          default:
+            break;
+        }
+        if (certain < 0) return maybe;
+        if (a.maybe_nan || b.maybe_nan) {
+          const int nan_result = n.op == Op::ne ? 1 : 0;
+          if (certain != nan_result) return maybe;
+        }
+        return Iv::point(certain);
+      }
+      case Op::exp:
+        return widen(monotone(arg(0, d), [](double x) { return std::exp(x); }), d, d ? 4 : 2);
+      case Op::log: {
+        Iv a = arg(0, d);
+        if (a.nan_only || a.hi < 0) return Iv::nan();
+        if (a.lo < 0) {
+          a.lo = 0;
+          a.maybe_nan = true;
+        }
+        return widen(monotone(a, [](double x) { return std::log(x); }), d, d ? 4 : 2);
+      }
+      case Op::sqrt: {
+        Iv a = arg(0, d);
+        if (a.nan_only || a.hi < 0) return Iv::nan();
+        if (a.lo < 0) {
+          a.lo = 0;
+          a.maybe_nan = true;
+        }
+        return widen(monotone(a, [](double x) { return std::sqrt(x); }), d, 1);
+      }
+      case Op::rsqrt: {
+        Iv a = arg(0, d);
+        if (a.nan_only || a.hi < 0) return Iv::nan();
+        if (a.lo <= 0) return Iv::all();  // +-0 give +-inf
+        return widen(monotone(a, [](double x) { return 1 / std::sqrt(x); }), d, 2);
+      }
+      case Op::tanh:
+        return widen(monotone(arg(0, d), [](double x) { return std::tanh(x); }), d, d ? 4 : 3);
+      case Op::sigmoid:
+        return widen(monotone(arg(0, d), [](double x) { return 1 / (1 + std::exp(-x)); }), d,
+                     d ? 4 : 5, d ? 0 : 0x1p-125);
+      case Op::relu:
+        return monotone(arg(0, d), [](double x) { return x <= 0 ? 0.0 : x; });
+      case Op::leaky_relu: {
+        // Piecewise linear with its kink at 0: the extremes are at the ends or at 0.
+        const double s = n.value;
+        auto f = [s](double x) { return x > 0 ? x : x * s; };
+        const Iv a = arg(0, d);
+        if (a.nan_only) return a;
+        Iv r = hull(Iv::point(f(a.lo)), Iv::point(f(a.hi)));
+        if (a.lo < 0 && a.hi > 0) r = hull(r, Iv::point(0));
+        r.maybe_nan = a.maybe_nan;
+        return widen(r, d, 2);
+      }
+      case Op::gelu:
+      case Op::gelu_tanh: {
+        const Iv a = arg(0, d);
+        const bool t = n.op == Op::gelu_tanh;
+        Iv r = valley(a, t ? -0.75224 : -0.75179, [t](double x) {
+          if (x == -kInf) return 0.0;
+          return t ? gelu_tanh_ref(x) : gelu_ref(x);
+        });
+        if (a.lo == -kInf) r.maybe_nan = true;  // -inf * 0
+        const double m = std::max(std::fabs(a.lo), std::fabs(a.hi));
+        return widen(r, d, d ? 4 : 5, (d ? 0x1p-50 : 0x1p-21) * (std::isinf(m) ? 0 : m));
+      }
+      case Op::silu: {
+        const Iv a = arg(0, d);
+        Iv r = valley(a, -1.2784645, [](double x) { return x == -kInf ? 0.0 : silu_ref(x); });
+        if (a.lo == -kInf) r.maybe_nan = true;  // -inf / inf
+        return widen(r, d, d ? 4 : 5, d ? 0 : 0x1p-121);
+      }
+      case Op::softplus:
+        return widen(
+            monotone(arg(0, d), [](double x) { return x > 20 ? x : std::log1p(std::exp(x)); }), d,
+            d ? 4 : 5);
+      case Op::pow:
+        return pow_iv(arg(0, d), n.value, d);
+      case Op::cast:
+        return cast_iv(eval(n.args[0]), n.args[0]->type, n.type.dtype);
+    }
+    return Iv::all();
+  }
+
+  static Iv pow_iv(Iv a, double p, bool d) {
+    if (p == 0) return Iv::point(1);
+    if (a.nan_only) return Iv::nan();
+    if (a.lo == -kInf) return Iv::all();  // pow(-inf, p): signs by C's rules
+    auto f = [p](double x) { return std::pow(x, p); };
+    const bool p_int = p == std::trunc(p);
+    const bool even = p_int && std::fmod(p, 2.0) == 0;
+    Iv r;
+    if (!p_int) {
+      if (a.hi < 0) return Iv::nan();
+      if (a.lo < 0) {
+        a.lo = 0;
+        a.maybe_nan = true;
+      }
+      if (p < 0 && a.lo == 0) return Iv::all();
+      r = monotone(a, f);
+    } else if (p < 0 && a.lo <= 0 && a.hi >= 0) {
+      return Iv::all();
+    } else if (even) {
+      r = corners(a, a, [&](double x, double) { return f(x); });
+      if (a.lo < 0 && a.hi > 0) r = p > 0 ? Iv{0, r.hi, a.maybe_nan, false} : Iv::all();
+    } else {
+      r = monotone(a, f);
+    }
+    r.maybe_nan = r.maybe_nan || a.maybe_nan;
+    return widen(r, d, d ? 4 : 3);
+  }
+
+  /// A value of type `from` (interval v) cast to dtype `to`.
+  static Iv cast_iv(Iv v, const fusion::Type& from, Dtype to) {
+    const bool has_nan = is_float(to) && to != Dtype::f4e2m1;
+    if (!is_f64(from) && !v.nan_only) {
+      // the operand as computed in f32 (the interval already covers it)
+    }
+    if (v.nan_only) return has_nan ? Iv::nan() : Iv::point(0);
+    Iv r{round_to(v.lo, to), round_to(v.hi, to), v.maybe_nan, false};
+    const double big = is_float(to) ? max_finite(to) : 0;
+    if (std::isnan(r.lo)) {  // overflow to NaN (f8e4m3fn) at the low end
+      r.lo = -kInf;
+      r.maybe_nan = true;
+    }
+    if (std::isnan(r.hi)) {
+      r.hi = kInf;
+      r.maybe_nan = true;
+    }
+    (void)big;
+    if (v.maybe_nan && !has_nan) {  // NaN becomes 0 (f4e2m1: a signed zero; ints: 0)
+      r = hull(r, Iv::point(0));
+      r.maybe_nan = false;
+    }
+    return r;
+  }
+};
+
+// ---- random expressions -----------------------------------------------------------------
+
+const Dtype kInputDtypes[] = {Dtype::f32,    Dtype::f32,    Dtype::bf16, Dtype::bf16,
+                              Dtype::f16,    Dtype::f16,    Dtype::f64,  Dtype::f8e4m3fn,
+                              Dtype::f8e5m2, Dtype::f4e2m1, Dtype::e8m0, Dtype::i8,
+                              Dtype::u8,     Dtype::i16,    Dtype::i32,  Dtype::u32};
+const Dtype kOutputDtypes[] = {Dtype::f32,    Dtype::f32, Dtype::bf16,     Dtype::bf16,
+                               Dtype::f16,    Dtype::f64, Dtype::f8e4m3fn, Dtype::f8e5m2,
+                               Dtype::f4e2m1, Dtype::i32, Dtype::u8,       Dtype::i8};
+const Dtype kCastDtypes[] = {Dtype::f32,    Dtype::bf16,   Dtype::f16, Dtype::f64, Dtype::f8e4m3fn,
+                             Dtype::f8e5m2, Dtype::f4e2m1, Dtype::i8,  Dtype::i32, Dtype::u8};
+
+/// An operand's memory: a contiguous host buffer and the view of it the expression uses.
+struct Placed {
+  Tensor base;
+  TensorView view;
+  std::string layout;
+};
+
+Placed place(const Shape& shape, Dtype dt, std::mt19937_64& rng, bool allow_strided) {
+  Placed p;
+  const int nd = shape.size();
+  const int pick = allow_strided && !is_packed(dt) ? static_cast<int>(rng() % 4) : 0;
+  if (pick == 1 && nd >= 2) {
+    const int i = static_cast<int>(rng() % nd), j = static_cast<int>(rng() % nd);
+    Shape bs = shape;
+    std::swap(bs[i], bs[j]);
+    p.base = Tensor::empty(bs, dt);
+    p.view = p.base.view().transpose(i, j);
+    p.layout = fmt::format("transposed {} {}", i, j);
+  } else if (pick == 2 && nd >= 1) {
+    const int i = static_cast<int>(rng() % nd);
+    Shape bs = shape;
+    const int64_t begin = static_cast<int64_t>(rng() % 2);
+    bs[i] = shape[i] * 2 + begin;
+    p.base = Tensor::empty(bs, dt);
+    p.view = p.base.view().slice(i, begin, bs[i], 2);
+    p.layout = fmt::format("sliced dim {} from {} step 2", i, begin);
+  } else {
+    p.base = Tensor::empty(shape, dt);
+    p.view = p.base.view();
+    p.layout = "contiguous";
+  }
+  return p;
+}
+
+/// Ordinary values of a spread of magnitudes, with a few special ones.
+void fill_values(const Tensor& t, std::mt19937_64& rng) {
+  const Dtype dt = t.dtype();
+  const int64_t n = t.numel();
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int64_t i = 0; i < n; ++i) {
+    double v;
+    const uint64_t r = rng() % 100;
+    if (r < 4) {
+      const double specials[] = {0.0,  -0.0,   kInf,    -kInf, std::nan(""),
+                                 1e30, -1e-30, 65504.0, 448.0, 1e-40};
+      v = specials[rng() % std::size(specials)];
+    } else {
+      const double scale = std::ldexp(1.0, static_cast<int>(rng() % 12) - 5);
+      v = normal(rng) * scale;
+    }
+    switch (dt) {
+      case Dtype::f64:
+        t.data_as<double>()[i] = v;
+        break;
+      case Dtype::i8:
+        t.data_as<int8_t>()[i] = static_cast<int8_t>(static_cast<int>(rng() % 256) - 128);
+        break;
+      case Dtype::u8:
+        t.data_as<uint8_t>()[i] = static_cast<uint8_t>(rng());
+        break;
+      case Dtype::i16:
+        t.data_as<int16_t>()[i] = static_cast<int16_t>(static_cast<int>(rng() % 2000) - 1000);
+        break;
+      case Dtype::i32:
+        t.data_as<int32_t>()[i] = static_cast<int32_t>(rng() % 200001) - 100000;
+        break;
+      case Dtype::u32:
+        t.data_as<uint32_t>()[i] = static_cast<uint32_t>(rng() % 100000);
+        break;
+      case Dtype::e8m0:
+        t.data_as<uint8_t>()[i] = static_cast<uint8_t>(110 + rng() % 36);
+        break;
+      default: {
+        const float f = f64_to_f32(v);
+        if (dt == Dtype::f4e2m1) {
+          uint8_t* b = t.data_as<uint8_t>();
+          const uint8_t code = f32_to_f4e2m1(f);
+          b[i / 2] = static_cast<uint8_t>((i & 1) ? ((b[i / 2] & 0x0f) | (code << 4))
+                                                  : ((b[i / 2] & 0xf0) | code));
+        } else {
+          convert_detail::store_f32(t.data(), dt, i, f, Saturation::none);
+        }
+      }
+    }
+  }
+}
+
+struct Case {
+  uint64_t seed = 0;
+  Shape shape;
+  std::vector<Placed> inputs;
+  std::vector<Placed> outputs;
+  std::vector<Expr> values;
+  std::vector<Expr> input_exprs;
+  std::string describe() const {
+    std::string s = fmt::format("seed {} shape {}", seed, shape.str());
+    for (size_t i = 0; i < inputs.size(); ++i)
+      s += fmt::format("\n  in{}: {} ({})", i, inputs[i].view.str(), inputs[i].layout);
+    for (size_t o = 0; o < outputs.size(); ++o)
+      s += fmt::format("\n  out{}: {} ({}) = {}", o, outputs[o].view.str(), outputs[o].layout,
+                       values[o].str());
+    return s;
+  }
+};
+
+Shape random_shape(std::mt19937_64& rng, int64_t max_numel) {
+  static const int64_t extents[] = {1, 2, 3, 5, 7, 8, 16, 33};
+  for (;;) {
+    const int nd = static_cast<int>(rng() % 5);  // 0-d .. 4-d
+    Shape s;
+    for (int i = 0; i < nd; ++i) s.push_back(extents[rng() % std::size(extents)]);
+    if (numel(s) <= max_numel) return s;
+  }
+}
+
+Expr random_expr(std::mt19937_64& rng, const std::vector<Expr>& leaves, int depth) {
+  if (depth == 0 || rng() % 5 == 0) {
+    if (rng() % 6 == 0) {
+      static const double consts[] = {0.0, 1.0, -1.0, 0.5, 2.0, -3.25, 1e-3, 100.0, 0.1};
+      if (rng() % 4 == 0) return Expr(static_cast<int>(rng() % 7) - 3);
+      return Expr(consts[rng() % std::size(consts)]);
+    }
+    return leaves[rng() % leaves.size()];
+  }
+  auto sub = [&] { return random_expr(rng, leaves, depth - 1); };
+  switch (rng() % 31) {
+    case 0:
+      return sub() + sub();
+    case 1:
+      return sub() - sub();
+    case 2:
+      return sub() * sub();
+    case 3:
+      return sub() / sub();
+    case 4:
+      return -sub();
+    case 5:
+      return fusion::abs(sub());
+    case 6:
+      return fusion::minimum(sub(), sub());
+    case 7:
+      return fusion::maximum(sub(), sub());
+    case 8:
+      return fusion::clamp(sub(), -1.5, 2.0);
+    case 9:
+      return fusion::where(sub() > sub(), sub(), sub());
+    case 10: {
+      const Expr a = sub(), b = sub();
+      switch (rng() % 6) {
+        case 0:
+          return fusion::lt(a, b);
+        case 1:
+          return fusion::le(a, b);
+        case 2:
+          return fusion::gt(a, b);
+        case 3:
+          return fusion::ge(a, b);
+        case 4:
+          return fusion::eq(a, b);
+        default:
+          return fusion::ne(a, b);
+      }
+    }
+    case 11:
+      return fusion::exp(sub());
+    case 12:
+      return fusion::log(sub());
+    case 13:
+      return fusion::sqrt(sub());
+    case 14:
+      return fusion::rsqrt(sub());
+    case 15:
+      return fusion::tanh(sub());
+    case 16:
+      return fusion::sigmoid(sub());
+    case 17:
+      return fusion::relu(sub());
+    case 18: {
+      static const double slopes[] = {0.01, 0.2, 1.5};
+      return fusion::leaky_relu(sub(), slopes[rng() % 3]);
+    }
+    case 19:
+      return fusion::gelu(sub());
+    case 20:
+      return fusion::gelu(sub(), "tanh");
+    case 21:
+      return fusion::silu(sub());
+    case 22:
+      return fusion::softplus(sub());
+    case 23: {
+      static const double exps[] = {2, 3, 0.5, -1, -2, -0.5, 1.5, 2.5, -1.3, 0, 1, 4, 0.75};
+      return fusion::pow(sub(), exps[rng() % std::size(exps)]);
+    }
+    case 24:
+      return fusion::scale(sub(), 0.375);
+    case 25:
+      return fusion::cast(sub(), kCastDtypes[rng() % std::size(kCastDtypes)]);
+    case 26:
+      return fusion::clamp(sub(), sub(), sub());
+    case 27:
+      return fusion::silu(sub()) * sub();
+    case 28:
+      return sub() * 1.25 + sub();
+    case 29:
+      return fusion::where(fusion::ne(sub(), 0), sub(), -0.5);
+    default:
+      return sub();
+  }
+}
+
+Case random_case(uint64_t seed, int64_t max_numel, bool allow_strided = true) {
+  std::mt19937_64 rng(seed);
+  Case c;
+  c.seed = seed;
+  c.shape = random_shape(rng, max_numel);
+  const int n_in = 1 + static_cast<int>(rng() % 3);
+  for (int i = 0; i < n_in; ++i) {
+    // A broadcastable shape: some leading dims dropped, some extents set to 1.
+    Shape s;
+    const int drop = c.shape.size() > 0 ? static_cast<int>(rng() % (c.shape.size() + 1)) : 0;
+    for (int d = drop; d < c.shape.size(); ++d) s.push_back(rng() % 3 == 0 ? 1 : c.shape[d]);
+    const Dtype dt = kInputDtypes[rng() % std::size(kInputDtypes)];
+    Placed p = place(s, dt, rng, allow_strided);
+    fill_values(p.base, rng);
+    c.input_exprs.push_back(fusion::input(p.view));
+    c.inputs.push_back(std::move(p));
+  }
+  const int n_out = 1 + static_cast<int>(rng() % 2);
+  for (int o = 0; o < n_out; ++o) {
+    Expr e = random_expr(rng, c.input_exprs, 1 + static_cast<int>(rng() % 4));
+    const Dtype dt = kOutputDtypes[rng() % std::size(kOutputDtypes)];
+    Placed p = place(c.shape, dt, rng, allow_strided);
+    c.values.push_back(e);
+    c.outputs.push_back(std::move(p));
+  }
+  return c;
+}
+
+std::vector<FusedOutput> outputs_of(const Case& c, const std::vector<TensorView>& dst) {
+  std::vector<FusedOutput> out;
+  for (size_t o = 0; o < c.values.size(); ++o) out.push_back({dst[o], c.values[o]});
+  return out;
+}
+
+/// Element offset of linear index e of `shape` in view v, with v broadcast to shape.
+int64_t offset_in(const TensorView& v, const Shape& shape, int64_t e) {
+  int64_t off = 0;
+  const int extra = shape.size() - v.ndim();
+  for (int d = shape.size() - 1; d >= 0; --d) {
+    const int64_t i = e % shape[d];
+    e /= shape[d];
+    const int vd = d - extra;
+    if (vd >= 0 && v.dim(vd) != 1) off += i * v.stride(vd);
+  }
+  return off;
+}
+
+/// Checks every output element of case c (outputs in `got`, host views laid out like the
+/// case's) against the interval interpreter; returns "" or the first failure.
+std::string check_case(const Case& c, const std::vector<TensorView>& got, int64_t* checked,
+                       int64_t* vacuous) {
+  const int64_t n = numel(c.shape);
+  for (int64_t e = 0; e < n; ++e) {
+    Interpreter it;
+    for (size_t i = 0; i < c.inputs.size(); ++i) {
+      const TensorView& v = c.inputs[i].view;
+      it.input_value[c.input_exprs[i].node().get()] =
+          read_value(v.data(), v.dtype(), offset_in(v, c.shape, e));
+    }
+    for (size_t o = 0; o < c.values.size(); ++o) {
+      const Dtype dt = got[o].dtype();
+      Iv r = Interpreter::cast_iv(it.eval(c.values[o].node()), c.values[o].node()->type, dt);
+      // The output takes the expression's value through its Num first (f32 for float
+      // outputs but f64): an f64 value rounds to f32 before a narrow store, which the
+      // cast above does; an f32 value stored as f64 is exact.
+      const double g = read_value(got[o].data(), dt, offset_in(got[o], c.shape, e));
+      ++*checked;
+      bool ok;
+      if (r.nan_only) {
+        ok = std::isnan(g);
+      } else if (std::isnan(g)) {
+        ok = r.maybe_nan;
+      } else {
+        ok = r.lo <= g && g <= r.hi;
+        if (std::isinf(r.lo) && std::isinf(r.hi)) ++*vacuous;
+      }
+      if (!ok) {
+        std::string ins;
+        for (size_t i = 0; i < c.inputs.size(); ++i)
+          ins += fmt::format(" in{}={}", i, it.input_value[c.input_exprs[i].node().get()]);
+        return fmt::format("{}\n  element {} of out{}: got {}, expected [{}, {}]{}{}; inputs:{}",
+                           c.describe(), e, o, g, r.lo, r.hi, r.maybe_nan ? " or NaN" : "",
+                           r.nan_only ? " (NaN)" : "", ins);
+      }
+    }
+  }
+  return {};
+}
+
+/// Bytes of an output's base buffer outside its view must keep the poison.
+std::string check_gaps(const Placed& p, const Shape& shape) {
+  if (p.layout == "contiguous") return {};
+  const int64_t n = numel(shape);
+  std::vector<uint8_t> inside(static_cast<size_t>(p.base.nbytes()), 0);
+  const auto* base = static_cast<const uint8_t*>(p.base.data());
+  const auto* v0 = static_cast<const uint8_t*>(p.view.data());
+  const int64_t esize = bit_width(p.view.dtype()) / 8;
+  for (int64_t e = 0; e < n; ++e) {
+    const int64_t off = offset_in(p.view, shape, e) * esize + (v0 - base);
+    for (int64_t b = 0; b < esize; ++b) inside[off + b] = 1;
+  }
+  for (size_t i = 0; i < inside.size(); ++i)
+    if (!inside[i] && base[i] != kPoison)
+      return fmt::format("byte {} outside the view was written", i);
+  return {};
+}
+
+std::vector<TensorView> poisoned_outputs(const Case& c) {
+  std::vector<TensorView> v;
+  for (const Placed& p : c.outputs) {
+    std::memset(p.base.data(), kPoison, static_cast<size_t>(p.base.nbytes()));
+    v.push_back(p.view);
+  }
+  return v;
+}
+
+// ---- CPU property tests ------------------------------------------------------------------
+
+TEST(FusionCpu, RandomExpressionsMatchTheIntervalReference) {
+  const int kCases = 3000;
+  int64_t checked = 0, vacuous = 0;
+  std::map<std::string, int> errors;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int k = 0; k < kCases; ++k) {
+    const Case c = random_case(1000 + k, k % 100 == 0 ? 70000 : 300);
+    if (std::getenv("FUSION_TRACE")) std::fprintf(stderr, "%s\n", c.describe().c_str());
+    const std::vector<TensorView> out = poisoned_outputs(c);
+    try {
+      fuse(outputs_of(c, out));
+    } catch (const Error& e) {
+      // Only documented refusals are allowed: outputs overlapping inputs cannot happen
+      // here, so any error is a failure.
+      ADD_FAILURE() << c.describe() << "\n  threw " << e.what();
+      continue;
+    }
+    const std::string why = check_case(c, out, &checked, &vacuous);
+    ASSERT_EQ(why, "");
+    for (const Placed& p : c.outputs) ASSERT_EQ(check_gaps(p, c.shape), "") << c.describe();
+  }
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf(
+      "%d random expressions, %lld output elements checked (%lld with an unbounded "
+      "interval) in %.1f s\n",
+      kCases, static_cast<long long>(checked), static_cast<long long>(vacuous), s);
+  EXPECT_LT(vacuous, checked / 4) << "too many elements with no bound: the test is too weak";
+}
+
+TEST(FusionCpu, ChainMatchesScalarFormulaBitForBit) {
+  // bf16 inputs, the benchmark's 8-op chain, odd length (tail) and multi-tile.
+  const int64_t n = 70001;
+  std::mt19937_64 rng(7);
+  Tensor a = Tensor::empty({n}, Dtype::bf16), b = Tensor::empty({n}, Dtype::bf16);
+  fill_values(a, rng);
+  fill_values(b, rng);
+  Tensor y = Tensor::empty({n}, Dtype::bf16);
+  const Expr x0 = fusion::input(a), x1 = fusion::input(b);
+  const Expr t = fusion::silu(x0 * 1.25 + x1) * x1;
+  fuse({{y, fusion::clamp(t - x0 * 0.5, -8.0, 8.0)}});
+  for (int64_t i = 0; i < n; ++i) {
+    const float av = bf16_to_f32(a.data_as<uint16_t>()[i]),
+                bv = bf16_to_f32(b.data_as<uint16_t>()[i]);
+    const float u = av * 1.25f + bv;  // no contraction: two roundings
+    const float sv = jit_math::lb_silu(u) * bv;
+    const float w = jit_math::lb_clamp(sv - av * 0.5f, -8.0f, 8.0f);
+    const uint16_t want = f32_to_bf16(w);
+    const uint16_t gotv = y.data_as<uint16_t>()[i];
+    if (want != gotv && !((want & 0x7fff) > 0x7f80 && (gotv & 0x7fff) > 0x7f80))
+      FAIL() << "element " << i << ": a " << av << " b " << bv << " want " << want << " got "
+             << gotv;
+  }
+}
+
+TEST(FusionCpu, Bf16StoreMatchesNumeric) {
+  // Every high half with a set of low halves, and every low half with a set of high
+  // halves: the rounding depends on both.
+  const uint32_t lows[] = {0x0000, 0x0001, 0x7fff, 0x8000, 0x8001, 0xffff, 0x4000, 0xc000};
+  const uint32_t highs[] = {0x0000, 0x0001, 0x007f, 0x0080, 0x3f80, 0x7f7f, 0x7f80, 0x7fc0,
+                            0x7f81, 0x8000, 0xff7f, 0xff80, 0xffc0, 0x4049, 0x3400};
+  std::vector<uint32_t> bits;
+  for (uint32_t h = 0; h < 0x10000; ++h)
+    for (uint32_t l : lows) bits.push_back(h << 16 | l);
+  for (uint32_t l = 0; l < 0x10000; ++l)
+    for (uint32_t h : highs) bits.push_back(h << 16 | l);
+  const int64_t n = static_cast<int64_t>(bits.size());
+  TensorView in(bits.data(), Dtype::f32, {n});
+  Tensor out = Tensor::empty({n}, Dtype::bf16);
+  fuse({{out, fusion::input(in)}});
+  for (int64_t i = 0; i < n; ++i)
+    ASSERT_EQ(out.data_as<uint16_t>()[i], f32_to_bf16(std::bit_cast<float>(bits[i])))
+        << std::hex << bits[i];
+}
+
+TEST(FusionCpu, BroadcastInPlaceAndSeveralOutputs) {
+  Tensor x = Tensor::empty({4, 3}, Dtype::f32), bias = Tensor::empty({3}, Dtype::bf16);
+  for (int i = 0; i < 12; ++i) x.data_as<float>()[i] = static_cast<float>(i) - 5.5f;
+  for (int j = 0; j < 3; ++j) bias.data_as<uint16_t>()[j] = f32_to_bf16(static_cast<float>(j));
+  Tensor y = Tensor::empty({4, 3}, Dtype::f16);
+  const Expr a = fusion::input(x), b = fusion::input(bias);
+  // x is written in place (an exact alias of input 0) and y from the same pass.
+  fuse({{x, fusion::relu(a + b)}, {y, fusion::maximum(a, b) * 2}});
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 3; ++j) {
+      const float xv = static_cast<float>(i * 3 + j) - 5.5f;
+      EXPECT_EQ(x.data_as<float>()[i * 3 + j], std::max(xv + j, 0.0f));
+      EXPECT_EQ(f16_to_f32(y.data_as<uint16_t>()[i * 3 + j]), std::max(xv, float(j)) * 2);
+    }
+}
+
+TEST(FusionCpu, PlanReuseWithOtherTensors) {
+  Tensor a = Tensor::empty({100}, Dtype::bf16), b = Tensor::empty({100}, Dtype::bf16);
+  Tensor y = Tensor::empty({100}, Dtype::bf16);
+  const FusedDesc desc = FusedDesc::make({{y, fusion::silu(fusion::input(a)) * fusion::input(b)}});
+  const FusedPlan plan = FusedPlan::select(desc);
+  EXPECT_EQ(plan.sku().kernel, "fused_cpu_tiled");
+  EXPECT_EQ(plan.sku().dtypes, "bf16,bf16->bf16");
+  Tensor a2 = Tensor::empty({100}, Dtype::bf16), b2 = Tensor::empty({100}, Dtype::bf16);
+  Tensor y2 = Tensor::empty({100}, Dtype::bf16);
+  for (int i = 0; i < 100; ++i) {
+    a2.data_as<uint16_t>()[i] = f32_to_bf16(0.1f * i);
+    b2.data_as<uint16_t>()[i] = f32_to_bf16(2.0f);
+  }
+  plan.run(Stream(), {}, FusedArgs{{a2, b2}, {y2}});
+  for (int i = 0; i < 100; ++i) {
+    const float av = bf16_to_f32(a2.data_as<uint16_t>()[i]);
+    EXPECT_EQ(y2.data_as<uint16_t>()[i], f32_to_bf16(jit_math::lb_silu(av) * 2.0f));
+  }
+}
+
+TEST(FusionCpu, BadArgumentsGiveClearErrors) {
+  using testing::expect_error;
+  Tensor a = Tensor::empty({4, 3}, Dtype::f32), y = Tensor::empty({4, 3}, Dtype::f32);
+  Tensor z = Tensor::empty({5}, Dtype::f32), i4 = Tensor::empty({4}, Dtype::i4);
+  const Expr x = fusion::input(a);
+  expect_error([&] { fuse({}); }, ErrorCode::invalid_argument, "no outputs");
+  expect_error([&] { fuse({{z, x}}); }, ErrorCode::invalid_argument, "does not broadcast");
+  expect_error([&] { fusion::input(i4); }, ErrorCode::invalid_argument, "not supported");
+  expect_error(
+      [&] {
+        fuse({{y, x}, {z, x}});
+      },
+      ErrorCode::invalid_argument, "outputs share one shape");
+  expect_error([&] { fusion::gelu(x, "fast"); }, ErrorCode::invalid_argument, "approximate");
+  expect_error([&] { fusion::pow(x, kInf); }, ErrorCode::invalid_argument, "not finite");
+  // An output that overlaps an input without being the same view.
+  const TensorView shifted(a.data_as<float>() + 1, Dtype::f32, {3, 3});
+  const TensorView a33(a.data(), Dtype::f32, {3, 3});
+  expect_error(
+      [&] {
+        fuse({{shifted, fusion::input(a33) + 1.0}});
+      },
+      ErrorCode::invalid_argument, "overlaps input");
+  expect_error(
+      [&] {
+        fuse({{y, x}, {y, x * 2.0}});
+      },
+      ErrorCode::invalid_argument, "overlap in memory");
+  const TensorView bcast(y.data(), Dtype::f32, {4, 3}, {0, 1});
+  expect_error([&] { fuse({{bcast, x}}); }, ErrorCode::invalid_argument, "stride 0");
+  const FusedDesc desc = FusedDesc::make({{y, x + 1.0}});
+  const FusedPlan plan = FusedPlan::select(desc);
+  expect_error(
+      [&] {
+        plan.run(Stream(), {}, FusedArgs{{z}, {y}});
+      },
+      ErrorCode::invalid_argument, "input 0 shape");
+  expect_error(
+      [&] {
+        plan.run(Stream(), {}, FusedArgs{{}, {y}});
+      },
+      ErrorCode::invalid_argument, "inputs / 1 outputs given");
+}
+
+TEST(FusionCpu, EmptyAndScalarShapes) {
+  Tensor e = Tensor::empty({0, 5}, Dtype::bf16), ye = Tensor::empty({0, 5}, Dtype::bf16);
+  fuse({{ye, fusion::exp(fusion::input(e))}});
+  Tensor s = Tensor::empty({}, Dtype::f32), ys = Tensor::empty({}, Dtype::f4e2m1);
+  s.data_as<float>()[0] = 2.4f;
+  ys.data_as<uint8_t>()[0] = 0xff;
+  fuse({{ys, fusion::input(s) * 2.0}});  // 4.8 -> 4 in f4e2m1, high nibble zeroed
+  EXPECT_EQ(ys.data_as<uint8_t>()[0], f32_to_f4e2m1(4.8f));
+  // Only constants: the value fills the output.
+  Tensor yc = Tensor::empty({3, 3}, Dtype::f16);
+  fuse({{yc, Expr(1.5) * 2.0}});
+  for (int i = 0; i < 9; ++i) EXPECT_EQ(f16_to_f32(yc.data_as<uint16_t>()[i]), 3.0f);
+}
+
+// ---- NVRTC ------------------------------------------------------------------------------------
+
+#if LOWBIT_HAS_CUDA
+constexpr bool kHasNvrtc = true;
+#else
+constexpr bool kHasNvrtc = false;
+#endif
+
+#define LOWBIT_REQUIRE_NVRTC()                                          \
+  do {                                                                  \
+    if (!kHasNvrtc) {                                                   \
+      std::printf("SKIPPED: this build has no CUDA toolkit (NVRTC)\n"); \
+      GTEST_SKIP() << "no NVRTC";                                       \
+    }                                                                   \
+  } while (0)
+
+/// A variant of case c's program: the vector kernel where the layout allows it (or when
+/// `force_strided` is false and the coin says so), else the strided kernel.
+fusion::Variant variant_of(const FusedDesc& d, std::mt19937_64& rng, bool idx64) {
+  const fusion::Layout L = fusion::make_layout(d);
+  fusion::Variant v;
+  v.vec = L.vec_ok && rng() % 2 == 0;
+  v.idx32 = L.idx32 && !idx64;
+  v.nd = L.nd;
+  v.cls = L.cls;
+  v.pair = !v.vec && L.packed_out;
+  return v;
+}
+
+TEST(FusionNvrtc, RandomExpressionsCompileForSm90a) {
+  LOWBIT_REQUIRE_NVRTC();
+  const int kCases = 240;
+  struct Job {
+    std::string what;
+    fusion::KernelSource src;
+    std::string kind;
+    double ms = 0;
+    std::string error;
+  };
+  std::vector<Job> jobs;
+  for (int k = 0; k < kCases; ++k) {
+    // Contiguous cases half the time, so that the vector kernel gets its share.
+    const Case c = random_case(50000 + k, 64, k % 2 == 0);
+    std::vector<TensorView> out;
+    for (const Placed& p : c.outputs) out.push_back(p.view);
+    const FusedDesc d = FusedDesc::make(outputs_of(c, out));
+    std::mt19937_64 rng(k);
+    const fusion::Variant v = variant_of(d, rng, k % 7 == 0);
+    jobs.push_back({c.describe() + "\n  variant " + v.key(), fusion::generate_cuda(*d.program, v),
+                    v.vec    ? "vec"
+                    : v.pair ? "strided pair"
+                             : "strided"});
+  }
+  // NVRTC is thread-safe: compile on every core.
+  std::atomic<size_t> next{0};
+  auto worker = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < jobs.size();) {
+      try {
+        const std::string cubin =
+            fusion::compile_cuda(jobs[i].src, "sm_90a", fmt::format("test{}", i), &jobs[i].ms);
+        if (cubin.size() < 100) jobs[i].error = "tiny cubin";
+      } catch (const Error& e) {
+        jobs[i].error = e.what();
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  for (unsigned t = 0; t < std::max(1u, std::thread::hardware_concurrency()); ++t)
+    threads.emplace_back(worker);
+  for (std::thread& t : threads) t.join();
+  std::vector<double> ms;
+  std::map<std::string, int> kinds;
+  for (const Job& j : jobs) {
+    ASSERT_EQ(j.error, "") << j.what;
+    ms.push_back(j.ms);
+    ++kinds[j.kind];
+  }
+  std::sort(ms.begin(), ms.end());
+  double sum = 0;
+  for (double t : ms) sum += t;
+  std::printf(
+      "NVRTC %s, sm_90a: %d kernels (vec %d, strided %d, strided pair %d), compile ms "
+      "(wall, %u threads) mean %.1f median %.1f max %.1f\n",
+      fusion::nvrtc_version().c_str(), kCases, kinds["vec"], kinds["strided"],
+      kinds["strided pair"], std::max(1u, std::thread::hardware_concurrency()), sum / ms.size(),
+      ms[ms.size() / 2], ms.back());
+  EXPECT_GT(kinds["vec"], kCases / 10);
+}
+
+TEST(FusionNvrtc, CompileErrorIsAnInternalErrorWithTheLogAndSource) {
+  LOWBIT_REQUIRE_NVRTC();
+  fusion::KernelSource bad;
+  bad.name = "lowbit_fused";
+  bad.code =
+      "#include \"lowbit_jit_prelude.h\"\nextern \"C\" __global__ void lowbit_fused() { "
+      "undeclared_thing(); }\n";
+  try {
+    double t = 0;
+    fusion::compile_cuda(bad, "sm_90a", "badbadbad", &t);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::internal);
+    const std::string m = e.what();
+    EXPECT_NE(m.find("undeclared_thing"), std::string::npos) << m;
+    EXPECT_NE(m.find("lowbit_fused_badbadbad.cu(2)"), std::string::npos) << m;
+    const size_t at = m.find("written to ");
+    ASSERT_NE(at, std::string::npos) << m;
+    const std::string path = m.substr(at + 11, m.find(". NVRTC log") - at - 11);
+    EXPECT_TRUE(std::filesystem::exists(path)) << path;
+    std::filesystem::remove(path);
+  }
+}
+
+TEST(FusionNvrtc, DumpWritesSourceAndPtx) {
+  LOWBIT_REQUIRE_NVRTC();
+  const std::string dir = ::testing::TempDir() + fmt::format("lowbit_dump_{}", ::getpid());
+  ::setenv("LOWBIT_JIT_DUMP", dir.c_str(), 1);
+  Tensor a = Tensor::empty({64}, Dtype::bf16), y = Tensor::empty({64}, Dtype::bf16);
+  const FusedDesc d = FusedDesc::make({{y, fusion::exp(fusion::input(a))}});
+  std::mt19937_64 rng(1);
+  const fusion::Variant v = variant_of(d, rng, false);
+  double t = 0;
+  fusion::compile_cuda(fusion::generate_cuda(*d.program, v), "sm_90a", "dumptest", &t);
+  ::unsetenv("LOWBIT_JIT_DUMP");
+  EXPECT_TRUE(std::filesystem::exists(dir + "/lowbit_fused_dumptest.cu"));
+  EXPECT_TRUE(std::filesystem::exists(dir + "/lowbit_fused_dumptest.ptx"));
+  std::ifstream ptx(dir + "/lowbit_fused_dumptest.ptx");
+  std::stringstream ss;
+  ss << ptx.rdbuf();
+  EXPECT_NE(ss.str().find(".entry lowbit_fused"), std::string::npos);
+  std::filesystem::remove_all(dir);
+}
+
+// ---- the module cache ---------------------------------------------------------------------------
+
+struct CacheDir {
+  std::string path;
+  CacheDir() {
+    path = ::testing::TempDir() +
+           fmt::format("lowbit_cache_{}_{}/deeper/lowbit", ::getpid(),
+                       std::chrono::steady_clock::now().time_since_epoch().count());
+  }
+  ~CacheDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(std::filesystem::path(path).parent_path().parent_path(), ec);
+  }
+};
+
+TEST(FusionCache, MemoryDiskCorruptionAndPermissions) {
+  LOWBIT_REQUIRE_NVRTC();
+  CacheDir dir;
+  Tensor a = Tensor::empty({64}, Dtype::bf16), b = Tensor::empty({64}, Dtype::f16);
+  Tensor y = Tensor::empty({64}, Dtype::bf16);
+  const FusedDesc d = FusedDesc::make({{y, fusion::tanh(fusion::input(a)) + fusion::input(b)}});
+  const fusion::Layout L = fusion::make_layout(d);
+  fusion::Variant v;
+  v.vec = true;
+  v.cls = L.cls;
+  const std::string key =
+      fusion::ModuleCache::key_for(d.program->canonical + "|" + v.key(), "sm_90a");
+  int generated = 0;
+  auto source = [&] {
+    ++generated;
+    return fusion::generate_cuda(*d.program, v);
+  };
+
+  fusion::ModuleCache::Options opt;
+  opt.dir = dir.path;
+  fusion::ModuleCache one(opt);
+  ASSERT_EQ(one.dir(), dir.path);
+  struct stat st {};
+  ASSERT_EQ(::stat(dir.path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u) << "cache directory mode";
+  // Miss: compiled and written; then a memory hit.
+  auto k1 = one.get(key, "sm_90a", source);
+  EXPECT_EQ(k1->origin, "compiled");
+  EXPECT_EQ(one.stats().compiles, 1u);
+  EXPECT_EQ(one.stats().disk_writes, 1u);
+  auto k2 = one.get(key, "sm_90a", source);
+  EXPECT_EQ(k2.get(), k1.get());
+  EXPECT_EQ(one.stats().memory_hits, 1u);
+  EXPECT_EQ(generated, 1);
+  // Written through a temporary file and a rename: only the entry is left, mode 0600.
+  int files = 0;
+  for (const auto& f : std::filesystem::directory_iterator(dir.path)) {
+    ++files;
+    EXPECT_EQ(f.path().extension(), ".lbjit") << f.path();
+  }
+  EXPECT_EQ(files, 1);
+  const std::string entry = one.entry_path(key);
+  ASSERT_EQ(::stat(entry.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+
+  // A second cache (another process, as far as the disk knows) loads the entry.
+  fusion::ModuleCache two(opt);
+  auto k3 = two.get(key, "sm_90a", source);
+  EXPECT_EQ(k3->origin, "disk");
+  EXPECT_EQ(k3->cubin, k1->cubin);
+  EXPECT_EQ(two.stats().disk_hits, 1u);
+  EXPECT_EQ(two.stats().compiles, 0u);
+  EXPECT_EQ(generated, 1);
+
+  // One flipped byte in the middle of the cubin: detected, recompiled, replaced.
+  {
+    std::fstream f(entry, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(0, std::ios::end);
+    const auto size = static_cast<std::streamoff>(f.tellg());
+    f.seekg(size / 2);
+    char c = 0;
+    f.read(&c, 1);
+    c = static_cast<char>(c ^ 0x10);
+    f.seekp(size / 2);
+    f.write(&c, 1);
+  }
+  fusion::ModuleCache three(opt);
+  auto k4 = three.get(key, "sm_90a", source);
+  EXPECT_EQ(k4->origin, "compiled");
+  EXPECT_EQ(three.stats().corrupt, 1u);
+  EXPECT_EQ(k4->cubin, k1->cubin);  // NVRTC is deterministic
+  fusion::ModuleCache four(opt);
+  EXPECT_EQ(four.get(key, "sm_90a", source)->origin, "disk");  // the replacement is whole
+  // A truncated entry too.
+  std::filesystem::resize_file(entry, 40);
+  fusion::ModuleCache five(opt);
+  EXPECT_EQ(five.get(key, "sm_90a", source)->origin, "compiled");
+  EXPECT_EQ(five.stats().corrupt, 1u);
+
+  // Another key is another entry; the in-memory LRU evicts past its capacity.
+  opt.capacity = 1;
+  fusion::ModuleCache small(opt);
+  small.get(key, "sm_90a", source);
+  const std::string key2 = fusion::ModuleCache::key_for(d.program->canonical + "|other", "sm_90a");
+  small.get(key2, "sm_90a", source);
+  EXPECT_EQ(small.stats().evictions, 1u);
+  EXPECT_EQ(small.lookup(key), nullptr);
+  EXPECT_NE(small.entry_path(key), small.entry_path(key2));
+
+  // A directory others can write to is not used.
+  const std::string open_dir = dir.path + "_open";
+  std::filesystem::create_directories(open_dir);
+  ::chmod(open_dir.c_str(), 0777);
+  opt.dir = open_dir;
+  fusion::ModuleCache unsafe(opt);
+  EXPECT_EQ(unsafe.dir(), "");
+  std::filesystem::remove_all(open_dir);
+}
+
+TEST(FusionCache, KeyNamesEverythingThatChangesTheBinary) {
+  const std::string k = fusion::ModuleCache::key_for("CANON", "sm_90a");
+  EXPECT_NE(k.find("CANON"), std::string::npos);
+  EXPECT_NE(k.find("sm_90a"), std::string::npos);
+  EXPECT_NE(k.find("codegen " + std::to_string(fusion::kCodegenVersion)), std::string::npos);
+  EXPECT_NE(k.find("--fmad=false"), std::string::npos);
+  EXPECT_NE(k.find("headers "), std::string::npos);
+  if (kHasNvrtc) EXPECT_NE(k.find("nvrtc " + fusion::nvrtc_version()), std::string::npos);
+  // Constants are kernel arguments: expressions differing only in them share a kernel.
+  Tensor a = Tensor::empty({8}, Dtype::f32), y = Tensor::empty({8}, Dtype::f32);
+  const Expr x = fusion::input(a);
+  EXPECT_EQ(FusedDesc::make({{y, x * 2.0 + 1.0}}).program->canonical,
+            FusedDesc::make({{y, x * 3.0 + 7.0}}).program->canonical);
+  EXPECT_NE(FusedDesc::make({{y, x * 2.0}}).program->canonical,
+            FusedDesc::make({{y, x + 2.0}}).program->canonical);
+  EXPECT_NE(FusedDesc::make({{y, fusion::pow(x, 2.5)}}).program->canonical,
+            FusedDesc::make({{y, fusion::pow(x, 1.5)}}).program->canonical);
+}
+
+// ---- GPU ----------------------------------------------------------------------------------------
+
+/// A copy of host placement p on `device` with the same layout.
+struct DevicePlaced {
+  Tensor base;
+  TensorView view;
+};
+
+DevicePlaced to_device(const Placed& p, Device device) {
+  DevicePlaced d;
+  d.base = testing::to_device(p.base, device);
+  const int64_t off =
+      static_cast<const char*>(p.view.data()) - static_cast<const char*>(p.base.data());
+  d.view = TensorView(static_cast<char*>(d.base.data()) + off, p.view.dtype(), p.view.shape(),
+                      p.view.strides(), device);
+  return d;
+}
+
+/// True if the two outputs hold the same values (NaN payloads and signs aside).
+std::string same_values(const TensorView& want, const TensorView& got, const Shape& shape) {
+  const int64_t n = numel(shape);
+  for (int64_t e = 0; e < n; ++e) {
+    const double a = read_value(want.data(), want.dtype(), offset_in(want, shape, e));
+    const double b = read_value(got.data(), got.dtype(), offset_in(got, shape, e));
+    if (std::isnan(a) && std::isnan(b)) continue;
+    if (std::memcmp(&a, &b, sizeof a) != 0)
+      return fmt::format("element {}: cpu {} ({:a}), cuda {} ({:a})", e, a, a, b, b);
+  }
+  return {};
+}
+
+TEST(FusionCuda, RandomExpressionsMatchTheCpuKernel) {
+  LOWBIT_REQUIRE_CUDA();
+  const Device gpu = Device::cuda(0);
+  const int kCases = 600;
+  int64_t checked = 0, vacuous = 0;
+  int exact = 0;
+  for (int k = 0; k < kCases; ++k) {
+    const Case c = random_case(90000 + k, k % 50 == 0 ? 70000 : 300, k % 3 != 0);
+    // CPU reference run.
+    const std::vector<TensorView> cpu_out = poisoned_outputs(c);
+    fuse(outputs_of(c, cpu_out));
+    // The same on the GPU, with inputs of the same layouts.
+    std::vector<DevicePlaced> din, dout;
+    std::unordered_map<const Node*, Expr> remap;
+    for (size_t i = 0; i < c.inputs.size(); ++i) din.push_back(to_device(c.inputs[i], gpu));
+    for (const Placed& p : c.outputs) {
+      std::memset(p.base.data(), kPoison, static_cast<size_t>(p.base.nbytes()));
+      dout.push_back(to_device(p, gpu));
+    }
+    // Rebind the expression's inputs to the device tensors: same program, other args.
+    std::vector<TensorView> dviews;
+    for (const DevicePlaced& p : dout) dviews.push_back(p.view);
+    const FusedDesc desc = FusedDesc::make(outputs_of(c, cpu_out));
+    FusedDesc ddesc = desc;
+    ddesc.device = gpu;
+    FusedArgs args;
+    for (const TensorView& bound : desc.program->bound_inputs)  // the program's input order
+      for (size_t i = 0; i < c.inputs.size(); ++i)
+        if (c.inputs[i].view.data() == bound.data()) args.inputs.push_back(din[i].view);
+    args.outputs = dviews;
+    ddesc.state = std::make_shared<fusion::PlanState>();
+    const FusedPlan plan = FusedPlan::select(ddesc);
+    ASSERT_EQ(plan.sku().backend, Backend::cuda);
+    try {
+      plan.run(Stream::default_for(gpu), {}, args);
+      Stream::default_for(gpu).synchronize();
+    } catch (const Error& e) {
+      FAIL() << c.describe() << "\n  threw " << e.what();
+    }
+    std::vector<TensorView> got;
+    std::vector<Tensor> host;
+    for (size_t o = 0; o < dout.size(); ++o) {
+      host.push_back(testing::to_host(dout[o].base));
+      const int64_t off = static_cast<const char*>(c.outputs[o].view.data()) -
+                          static_cast<const char*>(c.outputs[o].base.data());
+      got.emplace_back(static_cast<char*>(host.back().data()) + off, c.outputs[o].view.dtype(),
+                       c.outputs[o].view.shape(), c.outputs[o].view.strides());
+    }
+    const std::string why = check_case(c, got, &checked, &vacuous);
+    ASSERT_EQ(why, "") << "(cuda)";
+    if (!desc.program->f64_transcendental) {
+      for (size_t o = 0; o < got.size(); ++o)
+        ASSERT_EQ(same_values(cpu_out[o], got[o], c.shape), "") << c.describe();
+      ++exact;
+    }
+  }
+  std::printf(
+      "cuda: %d random expressions (%d compared bit for bit with the cpu), %lld "
+      "elements checked\n",
+      kCases, exact, static_cast<long long>(checked));
+}
+
+TEST(FusionCuda, AlignedContiguousUsesTheVectorKernelAndMisalignedFallsBack) {
+  LOWBIT_REQUIRE_CUDA();
+  const Device gpu = Device::cuda(0);
+  const int64_t n = (int64_t{1} << 20) + 3;
+  std::mt19937_64 rng(3);
+  Tensor ha = Tensor::empty({n + 1}, Dtype::bf16), hb = Tensor::empty({n + 1}, Dtype::bf16);
+  fill_values(ha, rng);
+  fill_values(hb, rng);
+  Tensor da = testing::to_device(ha, gpu), db = testing::to_device(hb, gpu);
+  Tensor dy = Tensor::empty({n + 1}, Dtype::bf16, gpu);
+  Tensor hy = Tensor::empty({n + 1}, Dtype::bf16);
+  for (int shift : {0, 1}) {
+    auto view = [&](const Tensor& t, Device dev) {
+      return TensorView(static_cast<uint16_t*>(t.data()) + shift, Dtype::bf16, {n}, dev);
+    };
+    const Expr e = fusion::silu(fusion::input(view(da, gpu))) * fusion::input(view(db, gpu));
+    fuse({{view(dy, gpu), e}});
+    const Expr ec = fusion::silu(fusion::input(view(ha, Device::cpu()))) *
+                    fusion::input(view(hb, Device::cpu()));
+    fuse({{view(hy, Device::cpu()), ec}});
+    Tensor back = testing::to_host(dy);
+    EXPECT_EQ(std::memcmp(static_cast<uint16_t*>(back.data()) + shift,
+                          static_cast<uint16_t*>(hy.data()) + shift, 2 * n),
+              0)
+        << "shift " << shift;
+  }
+  const auto st = fusion::ModuleCache::global().stats();
+  std::printf("global cache: %llu compiles, %llu disk hits, %llu memory hits\n",
+              static_cast<unsigned long long>(st.compiles),
+              static_cast<unsigned long long>(st.disk_hits),
+              static_cast<unsigned long long>(st.memory_hits));
+}
+
+}  // namespace
+}  // namespace lowbit
