@@ -286,4 +286,138 @@ class SafetensorsWriter {
   int64_t data_size_ = 0;
 };
 
+// ---- GGUF -----------------------------------------------------------------------------------
+
+/// GGUF metadata value types (gguf_type), as stored.
+enum class GgufValueType : uint32_t {
+  u8 = 0,
+  i8 = 1,
+  u16 = 2,
+  i16 = 3,
+  u32 = 4,
+  i32 = 5,
+  f32 = 6,
+  boolean = 7,
+  string = 8,
+  array = 9,
+  u64 = 10,
+  i64 = 11,
+  f64 = 12,
+};
+
+/// One metadata entry of a GGUF file: its key, type and encoded value (a view of the file).
+struct GgufKV {
+  std::string key;
+  GgufValueType type = GgufValueType::u8;
+  GgufValueType elem_type = GgufValueType::u8;  ///< arrays only
+  uint64_t count = 0;                           ///< arrays only: element count
+  std::span<const uint8_t> value;  ///< the bytes after the type id (arrays: after elem type, count)
+  /// The value as JSON text: numbers, true/false, "strings", [arrays].
+  std::string json() const;
+  /// The value of a string entry (nullopt for other types).
+  std::optional<std::string> as_string() const;
+};
+
+/// A tensor of a GGUF file.
+struct GgufTensor {
+  std::string name;
+  uint32_t ggml_type = 0;
+  Shape shape;         ///< outermost first (numpy order): ggml's ne[] reversed
+  int64_t offset = 0;  ///< in the data section
+  int64_t nbytes = 0;
+};
+
+/// ggml type ids lowbit reads and writes: f32, f16, bf16, f64, i8, i16, i32, i64 (plain) and
+/// the block types of gguf_blocks.hpp. Returns the safetensors dtype of a plain type.
+std::optional<StDtype> ggml_plain_st_dtype(uint32_t ggml_type);
+std::optional<uint32_t> ggml_type_of(StDtype dtype);
+/// ggml's name of a type id ("f32", "q4_K", "i8"); "type <id>" if unknown.
+std::string ggml_type_name(uint32_t ggml_type);
+/// Bytes of a tensor of `shape` (numpy order) of `ggml_type`; throws Error(invalid_argument)
+/// for an unknown type, a shape that does not fit its blocks, or overflow.
+int64_t ggml_nbytes(uint32_t ggml_type, const Shape& shape);
+
+/// A validated GGUF (v2 / v3) file, memory-mapped, with ggml's checks and stricter ones
+/// (docs/formats.md, "GGUF files"). Move-only.
+class GgufReader {
+ public:
+  static GgufReader open(const std::string& path);
+  static GgufReader parse(std::span<const uint8_t> bytes, const std::string& label = "<memory>");
+
+  const std::string& path() const { return label_; }
+  uint32_t version() const { return version_; }
+  int64_t alignment() const { return alignment_; }
+  int64_t data_offset() const { return data_offset_; }
+  int64_t file_size() const { return static_cast<int64_t>(bytes_.size()); }
+  const std::vector<GgufKV>& metadata() const { return kvs_; }
+  const GgufKV* find_kv(std::string_view key) const;
+  const std::vector<GgufTensor>& tensors() const { return tensors_; }
+  const GgufTensor* find(std::string_view name) const;
+  std::span<const uint8_t> bytes(const GgufTensor& t) const;
+  /// Block-quantized (a GGUF scheme) rather than plain.
+  bool is_quantized(const GgufTensor& t) const;
+  /// Plain tensors: a zero-copy view (types without a lowbit dtype: u8 [nbytes]).
+  TensorView view(const GgufTensor& t) const;
+  /// Block types: the scheme (q4_K, ...) and codes u8 [rows, row bytes], zero-copy.
+  QuantizedView quantized_view(const GgufTensor& t) const;
+  void release(const GgufTensor& t) const;
+
+ private:
+  void parse_all();
+  std::shared_ptr<MappedFile> file_;
+  std::span<const uint8_t> bytes_;
+  std::string label_;
+  uint32_t version_ = 0;
+  int64_t alignment_ = 32;
+  int64_t data_offset_ = 0;
+  std::vector<GgufKV> kvs_;
+  std::vector<GgufTensor> tensors_;
+};
+
+/// Writes a GGUF v3 file atomically (like SafetensorsWriter): declare, begin(), write in any
+/// order, commit(). Tensors are laid out in declaration order, each at an offset aligned to
+/// `general.alignment` (32 unless set), zero-padded.
+class GgufWriter {
+ public:
+  explicit GgufWriter(std::string path, WriteOptions options = {});
+  ~GgufWriter();
+  GgufWriter(const GgufWriter&) = delete;
+  GgufWriter& operator=(const GgufWriter&) = delete;
+
+  void set_string(const std::string& key, const std::string& value);
+  void set_u32(const std::string& key, uint32_t value);
+  /// Copies an entry of another file (its encoded value).
+  void set_kv(const GgufKV& kv);
+  void add_tensor(const std::string& name, uint32_t ggml_type, const Shape& shape);
+  void begin();
+  void write(std::string_view name, std::span<const uint8_t> bytes);
+  void commit();
+  int64_t file_size() const { return file_size_; }
+
+ private:
+  struct Kv {
+    std::string key;
+    uint32_t type;
+    std::string encoded;  ///< the value's bytes (arrays: elem type, count, elements)
+  };
+  struct Slot {
+    std::string name;
+    uint32_t type;
+    Shape shape;
+    int64_t nbytes = 0;
+    int64_t offset = 0;
+    bool written = false;
+  };
+  void set(Kv kv);
+  std::string path_;
+  WriteOptions options_;
+  std::vector<Kv> kvs_;
+  std::vector<Slot> slots_;
+  std::unique_ptr<AtomicFile> file_;
+  bool begun_ = false;
+  bool committed_ = false;
+  int64_t data_offset_ = 0;
+  int64_t file_size_ = 0;
+};
+
 }  // namespace lowbit::io

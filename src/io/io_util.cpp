@@ -64,6 +64,44 @@ std::string quote_name(std::string_view name) {
   return out;
 }
 
+/// A JSON string as serde_json (the reference) writes it: UTF-8 kept, `"` and `\` escaped,
+/// control characters as \b \f \n \r \t or \u00xx.
+void append_json_string(std::string& out, std::string_view s) {
+  out += '"';
+  for (const char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (c < 0x20)
+          out += fmt::format("\\u{:04x}", c);
+        else
+          out += ch;
+    }
+  }
+  out += '"';
+}
+
 namespace {
 
 bool exists(const std::string& path) {

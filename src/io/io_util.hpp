@@ -43,6 +43,10 @@ inline void store_le64(uint8_t* p, uint64_t v) {
 /// nothing above U+10FFFF), or -1 if `s` is valid.
 int64_t first_invalid_utf8(std::string_view s);
 
+/// Appends `s` as a JSON string the way serde_json (the safetensors reference) writes it:
+/// UTF-8 kept, `"` and `\` escaped, control characters as \b \f \n \r \t or \u00xx.
+void append_json_string(std::string& out, std::string_view s);
+
 /// A printable, bounded rendering of a name from a file for error messages.
 std::string quote_name(std::string_view name);
 

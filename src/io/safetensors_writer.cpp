@@ -11,44 +11,6 @@
 namespace lowbit::io {
 namespace {
 
-/// A JSON string as serde_json (the reference) writes it: UTF-8 kept, `"` and `\` escaped,
-/// control characters as \b \f \n \r \t or \u00xx.
-void append_json_string(std::string& out, std::string_view s) {
-  out += '"';
-  for (const char ch : s) {
-    const auto c = static_cast<unsigned char>(ch);
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\b':
-        out += "\\b";
-        break;
-      case '\f':
-        out += "\\f";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (c < 0x20)
-          out += fmt::format("\\u{:04x}", c);
-        else
-          out += ch;
-    }
-  }
-  out += '"';
-}
-
 void check_text(std::string_view what, std::string_view s) {
   if (first_invalid_utf8(s) >= 0)
     throw_error(ErrorCode::invalid_argument,

@@ -31,46 +31,44 @@ void run_dequantize(const DequantizeOptions& o) {
 
   ModelInput in = ModelInput::open(o.in);
   check_not_input(in, o.out);
-  io::SafetensorsWriter out(o.out, {.overwrite = o.force});
+  ModelOutput out(o.out, o.force);
   std::vector<std::string> dropped;
-  for (const InputTensor& it : in.tensors)
-    if (it.entry.quantized) {
-      dropped.push_back(io::scheme_key(it.name()));
-      dropped.push_back(io::shape_key(it.name()));
+  for (const InputTensor& t : in.tensors)
+    if (t.quantized) {
+      dropped.push_back(io::scheme_key(t.name));
+      dropped.push_back(io::shape_key(t.name));
     }
-  for (const auto& [k, v] : in.metadata)
-    if (std::find(dropped.begin(), dropped.end(), k) == dropped.end()) out.set_metadata(k, v);
+  out.copy_metadata(in, dropped);
   int64_t n = 0;
-  for (const InputTensor& it : in.tensors) {
-    if (it.entry.plain) {
-      out.add_tensor(it.name(), it.entry.plain->st_dtype, it.entry.plain->shape);
+  for (const InputTensor& t : in.tensors) {
+    if (!t.quantized) {
+      out.add_plain(t.name, t.st_dtype, t.shape);
     } else {
-      out.add_tensor(it.name(), st, it.entry.quantized->shape);
+      out.add_plain(t.name, st, t.shape);
       ++n;
     }
   }
   out.begin();
   Progress progress(static_cast<int64_t>(in.tensors.size()), true);
-  for (const InputTensor& it : in.tensors) {
-    progress.step(it.name());
-    const io::SafetensorsReader& f = *it.file;
-    if (it.entry.plain) {
-      out.write(it.name(), f.bytes(*it.entry.plain));
-      f.release(*it.entry.plain);
+  for (const InputTensor& t : in.tensors) {
+    progress.step(t.name);
+    if (!t.quantized) {
+      out.write_plain(t.name, t.data);
+      t.release();
       continue;
     }
-    const io::StQuantized& q = *it.entry.quantized;
     QuantizedTensor storage;
-    const QuantizedView v = aligned(f.quantized_view(q), storage);
+    const QuantizedView v = aligned(t.qview, storage);
     Tensor y;
     try {
       y = dequantize(v, dtype);
     } catch (const Error& e) {
-      throw Error(e.code(), fmt::format("tensor '{}': {}", q.name, e.message()));
+      throw Error(e.code(), fmt::format("tensor '{}': {}", t.name, e.message()));
     }
-    out.write(it.name(), y.view());
-    for (int idx : {q.codes, q.scale, q.zero, q.global_scale})
-      if (idx >= 0) f.release(f.tensors()[static_cast<size_t>(idx)]);
+    out.write_plain(
+        t.name, std::span<const uint8_t>(static_cast<const uint8_t*>(y.data()),
+                                         static_cast<size_t>(storage_bytes(y.dtype(), y.numel()))));
+    t.release();
   }
   progress.done();
   out.commit();
@@ -90,8 +88,9 @@ void add_dequantize_command(CLI::App& app) {
   auto o = std::make_shared<DequantizeOptions>();
   CLI::App* cmd = app.add_subcommand(
       "dequantize", "Dequantize every quantized tensor of a model file to a float dtype");
-  cmd->add_option("IN", o->in, "Input: .safetensors (or .safetensors.index.json)")->required();
-  cmd->add_option("OUT", o->out, "Output .safetensors file (written atomically)")->required();
+  cmd->add_option("IN", o->in, "Input: .safetensors, .safetensors.index.json or .gguf")->required();
+  cmd->add_option("OUT", o->out, "Output .safetensors or .gguf file (written atomically)")
+      ->required();
   cmd->add_option("--dtype", o->dtype, "f32, f16 or bf16")->capture_default_str();
   cmd->add_flag("--force,-f", o->force, "Replace OUT if it exists");
   cmd->add_flag("--quiet,-q", o->quiet, "Print nothing on success");

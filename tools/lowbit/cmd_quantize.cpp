@@ -43,7 +43,7 @@ struct Row {
   double seconds = 0;
 };
 
-bool is_float_source(const io::StTensor& t) {
+bool is_float_source(const InputTensor& t) {
   return t.dtype && (*t.dtype == Dtype::f32 || *t.dtype == Dtype::f16 || *t.dtype == Dtype::bf16 ||
                      *t.dtype == Dtype::f64);
 }
@@ -54,11 +54,11 @@ std::string lower(std::string s) {
 }
 
 /// Why the default rule keeps a tensor (empty: it is a weight to quantize).
-std::string default_keep_reason(const io::StTensor& t) {
+std::string default_keep_reason(const InputTensor& t) {
   const std::string n = lower(t.name);
   if (t.shape.size() != 2) return fmt::format("{}-d", t.shape.size());
-  if (n.find("embed") != std::string::npos || n.find("wte.") != std::string::npos ||
-      n.find("wpe.") != std::string::npos)
+  if (n.find("embed") != std::string::npos || n.find("embd") != std::string::npos ||
+      n.find("wte.") != std::string::npos || n.find("wpe.") != std::string::npos)
     return "embedding";
   if (n.find("norm") != std::string::npos || n.find("ln_") != std::string::npos) return "norm";
   if (n.find("bias") != std::string::npos) return "bias";
@@ -84,29 +84,26 @@ void run_quantize(const QuantizeOptions& o) {
 
   ModelInput in = ModelInput::open(o.in);
   check_not_input(in, o.out);
-  io::SafetensorsWriter out(o.out, {.overwrite = o.force});
+  ModelOutput out(o.out, o.force);
 
   // Plan: what happens to each tensor, and the output's declarations.
   std::vector<Row> rows(in.tensors.size());
-  for (const auto& [k, v] : in.metadata) out.set_metadata(k, v);
+  out.copy_metadata(in);
   for (size_t i = 0; i < in.tensors.size(); ++i) {
-    const InputTensor& it = in.tensors[i];
+    const InputTensor& t = in.tensors[i];
     Row& row = rows[i];
-    row.name = it.name();
-    row.bytes_before = it.nbytes();
-    if (it.entry.quantized) {
-      const io::StQuantized& q = *it.entry.quantized;
+    row.name = t.name;
+    row.bytes_before = t.nbytes;
+    row.shape = t.shape;
+    if (t.quantized) {
       row.action = "copied";
       row.reason = "already quantized";
-      row.scheme = q.scheme.str();
-      row.shape = q.shape;
-      row.bytes_after = q.nbytes;
-      out.add_quantized(q.name, q.scheme, q.shape);
+      row.scheme = t.qview.scheme.str();
+      row.bytes_after = t.nbytes;
+      out.add_quantized(t.name, t.qview.scheme, t.shape);
       continue;
     }
-    const io::StTensor& t = *it.entry.plain;
-    row.dtype = std::string(io::st_dtype_name(t.st_dtype));
-    row.shape = t.shape;
+    row.dtype = t.type_text;
     const bool included = matches_any(t.name, o.include);
     std::string reason;
     if (included) {
@@ -135,13 +132,14 @@ void run_quantize(const QuantizeOptions& o) {
       row.scheme = scheme.str();
       int64_t after = 0;
       for (const io::StoredPart& p : io::stored_parts(scheme, t.shape)) after += p.nbytes;
+      if (scheme.format == QuantFormat::gguf) after = io::stored_parts(scheme, t.shape)[0].nbytes;
       row.bytes_after = after;
       out.add_quantized(t.name, scheme, t.shape);
     } else {
       row.action = "kept";
       row.reason = reason;
-      row.bytes_after = t.nbytes();
-      out.add_tensor(t.name, t.st_dtype, t.shape);
+      row.bytes_after = t.nbytes;
+      out.add_plain(t.name, t.st_dtype, t.shape);
     }
   }
 
@@ -149,29 +147,22 @@ void run_quantize(const QuantizeOptions& o) {
   out.begin();
   Progress progress(static_cast<int64_t>(in.tensors.size()), true);
   for (size_t i = 0; i < in.tensors.size(); ++i) {
-    const InputTensor& it = in.tensors[i];
+    const InputTensor& t = in.tensors[i];
     Row& row = rows[i];
     progress.step(row.name);
-    const io::SafetensorsReader& f = *it.file;
     if (row.action == "copied") {
-      const io::StQuantized& q = *it.entry.quantized;
-      for (int idx : {q.codes, q.scale, q.zero, q.global_scale}) {
-        if (idx < 0) continue;
-        const io::StTensor& part = f.tensors()[static_cast<size_t>(idx)];
-        out.write(part.name, f.bytes(part));
-        f.release(part);
-      }
+      out.write_quantized(t.name, t.qview);
+      t.release();
       continue;
     }
-    const io::StTensor& t = *it.entry.plain;
     if (row.action == "kept") {
-      out.write(t.name, f.bytes(t));
-      f.release(t);
+      out.write_plain(t.name, t.data);
+      t.release();
       continue;
     }
     const auto ts = std::chrono::steady_clock::now();
     Tensor aligned_src;
-    TensorView src = f.view(t);
+    TensorView src = t.view;
     if (!is_aligned(src)) {
       aligned_src = copy_of(src);
       src = aligned_src.view();
@@ -183,7 +174,7 @@ void run_quantize(const QuantizeOptions& o) {
       throw Error(e.code(), fmt::format("tensor '{}': {}", t.name, e.message()));
     }
     out.write_quantized(t.name, r.q.view());
-    f.release(t);
+    t.release();
     row.stats = r.stats;
     row.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
   }
@@ -292,10 +283,13 @@ void add_quantize_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "quantize",
       "Quantize a model's 2-D weights (skipping norms, biases and embeddings unless --include "
-      "names them) into a new safetensors file; every other tensor and the metadata are kept");
-  cmd->add_option("IN", o->in, "Input: model.safetensors or model.safetensors.index.json")
+      "names them) into a new file; every other tensor and the metadata are kept. IN and OUT "
+      "may each be .safetensors or .gguf (GGUF output takes GGUF schemes: q8_0, q4_K, ...)");
+  cmd->add_option("IN", o->in,
+                  "Input: model.safetensors, model.safetensors.index.json or model.gguf")
       ->required();
-  cmd->add_option("OUT", o->out, "Output .safetensors file (written atomically)")->required();
+  cmd->add_option("OUT", o->out, "Output .safetensors or .gguf file (written atomically)")
+      ->required();
   cmd->add_option("--scheme,-s", o->scheme,
                   "Quantization scheme, e.g. int8:channel, int4:block32, fp8e4m3, nvfp4, q4_K "
                   "(docs/formats.md)")

@@ -94,17 +94,25 @@ void run_verify(const VerifyOptions& o) {
   std::vector<std::string> defects;
   uint64_t checksum = 0;  // touch every byte, so unreadable pages show here
   int64_t n_quantized = 0;
-  for (const auto& f : in.files) {
-    for (const io::StTensor& t : f->tensors()) {
-      for (uint8_t b : f->bytes(t)) checksum += b;
-      f->release(t);
-    }
-    for (const io::StQuantized& q : f->quantized()) {
+  for (const InputTensor& t : in.tensors) {
+    const std::span<const uint8_t> bytes = t.quantized ? std::span<const uint8_t>() : t.data;
+    for (uint8_t b : bytes) checksum += b;
+    if (t.quantized) {
       ++n_quantized;
-      for (const std::string& d : check_values(*f, q))
-        defects.push_back(fmt::format("{}: quantized tensor '{}' ({}): {}", f->path(), q.name,
-                                      q.scheme.str(), d));
+      auto touch = [&](const TensorView& v) {
+        const auto* p = static_cast<const uint8_t*>(v.data());
+        for (int64_t i = 0; i < storage_bytes(v.dtype(), v.numel()); ++i) checksum += p[i];
+      };
+      touch(t.qview.codes);
+      touch(t.qview.scale);
+      touch(t.qview.zero);
+      touch(t.qview.global_scale);
+      if (t.st_file)
+        for (const std::string& d : check_values(*t.st_file, *t.st_entry.quantized))
+          defects.push_back(fmt::format("{}: quantized tensor '{}' ({}): {}", t.st_file->path(),
+                                        t.name, t.type_text, d));
     }
+    t.release();
   }
   if (!defects.empty()) {
     for (const std::string& d : defects) fmt::print(stderr, "lowbit: defect: {}\n", d);
@@ -113,7 +121,7 @@ void run_verify(const VerifyOptions& o) {
                             defects.size() == 1 ? "" : "s"));
   }
   if (!o.quiet)
-    fmt::print("{}: ok (safetensors, {} tensors, {} quantized, {})\n", o.path, in.tensors.size(),
+    fmt::print("{}: ok ({}, {} tensors, {} quantized, {})\n", o.path, in.format, in.tensors.size(),
                n_quantized, human_bytes(in.total_bytes));
   __asm__ volatile("" : : "g"(checksum) : "memory");  // keep the reads
 }
@@ -124,7 +132,8 @@ void add_verify_command(CLI::App& app) {
   auto o = std::make_shared<VerifyOptions>();
   CLI::App* cmd = app.add_subcommand(
       "verify", "Validate a model file completely; exit 7 (corrupt file) on any defect");
-  cmd->add_option("FILE", o->path, "model.safetensors or model.safetensors.index.json")->required();
+  cmd->add_option("FILE", o->path, "model.safetensors, model.safetensors.index.json or model.gguf")
+      ->required();
   cmd->add_flag("--quiet,-q", o->quiet, "Print nothing when the file is valid");
   cmd->callback([o] { run_verify(*o); });
 }

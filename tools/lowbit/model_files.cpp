@@ -29,8 +29,18 @@ namespace lowbit::cli {
 
 // ---- input ----------------------------------------------------------------------------------
 
-int64_t InputTensor::nbytes() const {
-  return entry.plain ? entry.plain->nbytes() : entry.quantized->nbytes;
+void InputTensor::release() const {
+  if (gguf_file) {
+    gguf_file->release(*gguf_tensor);
+    return;
+  }
+  if (st_entry.plain) {
+    st_file->release(*st_entry.plain);
+    return;
+  }
+  const io::StQuantized& q = *st_entry.quantized;
+  for (int idx : {q.codes, q.scale, q.zero, q.global_scale})
+    if (idx >= 0) st_file->release(st_file->tensors()[static_cast<size_t>(idx)]);
 }
 
 namespace {
@@ -55,6 +65,35 @@ void add_file(ModelInput& in, const std::string& path) {
 
 ModelInput ModelInput::open(const std::string& path) {
   ModelInput in;
+  in.format = "safetensors";
+  if (ends_with(path, ".gguf")) {
+    in.format = "gguf";
+    in.gguf = std::make_unique<io::GgufReader>(io::GgufReader::open(path));
+    in.paths.push_back(path);
+    in.total_bytes = in.gguf->file_size();
+    for (const io::GgufKV& kv : in.gguf->metadata()) in.metadata.emplace_back(kv.key, kv.json());
+    for (const io::GgufTensor& t : in.gguf->tensors()) {
+      InputTensor it;
+      it.name = t.name;
+      it.shape = t.shape;
+      it.nbytes = t.nbytes;
+      it.gguf_file = in.gguf.get();
+      it.gguf_tensor = &t;
+      if (in.gguf->is_quantized(t)) {
+        it.quantized = true;
+        it.qview = in.gguf->quantized_view(t);
+        it.type_text = it.qview.scheme.str();
+      } else {
+        it.st_dtype = *io::ggml_plain_st_dtype(t.ggml_type);
+        it.dtype = io::to_dtype(it.st_dtype);
+        it.data = in.gguf->bytes(t);
+        it.view = in.gguf->view(t);
+        it.type_text = std::string(io::st_dtype_name(it.st_dtype));
+      }
+      in.tensors.push_back(std::move(it));
+    }
+    return in;
+  }
   if (!ends_with(path, ".index.json")) {
     add_file(in, path);
   } else {
@@ -114,7 +153,26 @@ ModelInput ModelInput::open(const std::string& path) {
       if (!names.insert(e.name()).second)
         throw_error(ErrorCode::corrupt_file,
                     fmt::format("{}: tensor '{}' appears in two shards", path, e.name()));
-      in.tensors.push_back({f.get(), e});
+      InputTensor it;
+      it.name = e.name();
+      it.st_file = f.get();
+      it.st_entry = e;
+      if (e.plain) {
+        it.st_dtype = e.plain->st_dtype;
+        it.dtype = e.plain->dtype;
+        it.shape = e.plain->shape;
+        it.data = f->bytes(*e.plain);
+        it.view = f->view(*e.plain);
+        it.nbytes = e.plain->nbytes();
+        it.type_text = std::string(io::st_dtype_name(it.st_dtype));
+      } else {
+        it.quantized = true;
+        it.shape = e.quantized->shape;
+        it.qview = f->quantized_view(*e.quantized);
+        it.nbytes = e.quantized->nbytes;
+        it.type_text = e.quantized->scheme.str();
+      }
+      in.tensors.push_back(std::move(it));
     }
     for (const auto& [k, v] : f->metadata()) {
       const bool known = std::any_of(in.metadata.begin(), in.metadata.end(),
@@ -124,6 +182,75 @@ ModelInput ModelInput::open(const std::string& path) {
   }
   return in;
 }
+
+// ---- output ---------------------------------------------------------------------------------
+
+ModelOutput::ModelOutput(const std::string& path, bool force) {
+  if (ends_with(path, ".gguf"))
+    gguf_ = std::make_unique<io::GgufWriter>(path, io::WriteOptions{.overwrite = force});
+  else
+    st_ = std::make_unique<io::SafetensorsWriter>(path, io::WriteOptions{.overwrite = force});
+}
+
+void ModelOutput::copy_metadata(const ModelInput& in, const std::vector<std::string>& skip) {
+  auto skipped = [&](const std::string& k) {
+    return std::find(skip.begin(), skip.end(), k) != skip.end();
+  };
+  if (in.gguf) {
+    for (const io::GgufKV& kv : in.gguf->metadata()) {
+      if (skipped(kv.key)) continue;
+      if (gguf_)
+        gguf_->set_kv(kv);
+      else if (kv.key != "general.alignment")
+        st_->set_metadata("gguf." + kv.key, kv.json());
+    }
+    return;
+  }
+  for (const auto& [k, v] : in.metadata) {
+    if (skipped(k)) continue;
+    if (st_)
+      st_->set_metadata(k, v);
+    else if (!k.starts_with("lowbit."))  // GGUF stores the types of its tensors itself
+      gguf_->set_string(k, v);
+  }
+}
+
+void ModelOutput::add_plain(const std::string& name, io::StDtype dtype, const Shape& shape) {
+  if (st_) return st_->add_tensor(name, dtype, shape);
+  const auto t = io::ggml_type_of(dtype);
+  if (!t)
+    throw_error(ErrorCode::unsupported,
+                fmt::format("tensor '{}': GGUF has no {} type", name, io::st_dtype_name(dtype)));
+  gguf_->add_tensor(name, *t, shape);
+}
+
+void ModelOutput::add_quantized(const std::string& name, const QuantScheme& scheme,
+                                const Shape& shape) {
+  if (st_) return st_->add_quantized(name, scheme, shape);
+  if (scheme.format != QuantFormat::gguf)
+    throw_error(ErrorCode::unsupported,
+                fmt::format("tensor '{}': a .gguf file holds GGUF block types only (q8_0, q4_0, "
+                            "q4_K, ...), not {}; write a .safetensors file for it",
+                            name, scheme.str()));
+  gguf_->add_tensor(name, scheme.gguf_type, shape);
+}
+
+void ModelOutput::begin() { st_ ? st_->begin() : gguf_->begin(); }
+
+void ModelOutput::write_plain(const std::string& name, std::span<const uint8_t> bytes) {
+  st_ ? st_->write(name, bytes) : gguf_->write(name, bytes);
+}
+
+void ModelOutput::write_quantized(const std::string& name, const QuantizedView& q) {
+  if (st_) return st_->write_quantized(name, q);
+  gguf_->write(name, std::span<const uint8_t>(
+                         static_cast<const uint8_t*>(q.codes.data()),
+                         static_cast<size_t>(storage_bytes(q.codes.dtype(), q.codes.numel()))));
+}
+
+void ModelOutput::commit() { st_ ? st_->commit() : gguf_->commit(); }
+
+int64_t ModelOutput::file_size() const { return st_ ? st_->file_size() : gguf_->file_size(); }
 
 void check_not_input(const ModelInput& in, const std::string& out) {
   struct stat so {};

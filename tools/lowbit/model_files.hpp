@@ -5,6 +5,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,26 +17,66 @@
 
 namespace lowbit::cli {
 
-/// One logical tensor of the input and the file it lives in.
+/// One logical tensor of the input, from a safetensors file or a GGUF file.
 struct InputTensor {
-  const io::SafetensorsReader* file = nullptr;
-  io::StEntry entry;
-  const std::string& name() const { return entry.name(); }
-  /// Bytes stored (all parts of a quantized tensor).
-  int64_t nbytes() const;
+  std::string name;
+  bool quantized = false;
+  // plain tensors
+  io::StDtype st_dtype = io::StDtype::U8;
+  std::optional<Dtype> dtype;  ///< nullopt: raw bytes only
+  Shape shape;                 ///< the logical shape (quantized too)
+  std::span<const uint8_t> data;
+  TensorView view;  ///< zero-copy (u8 [nbytes] without a lowbit dtype); may be misaligned
+  // quantized tensors
+  QuantizedView qview;    ///< zero-copy parts; may be misaligned
+  int64_t nbytes = 0;     ///< bytes stored (all parts)
+  std::string type_text;  ///< "F32", "int4:block32:asym", "q4_K" (for reports)
+  // where it lives
+  const io::SafetensorsReader* st_file = nullptr;
+  io::StEntry st_entry;
+  const io::GgufReader* gguf_file = nullptr;
+  const io::GgufTensor* gguf_tensor = nullptr;
+  /// Drops the tensor's pages from the resident set.
+  void release() const;
 };
 
-/// A model to read: a .safetensors file, or a sharded one through its
+/// A model to read: a .safetensors file, a sharded one through its
 /// model.safetensors.index.json (every shard validated; the index must list exactly the
-/// shards' tensors).
+/// shards' tensors), or a .gguf file.
 struct ModelInput {
+  std::string format;              ///< "safetensors" or "gguf"
   std::vector<std::string> paths;  ///< the files read (the index first, if any)
   std::vector<std::unique_ptr<io::SafetensorsReader>> files;
+  std::unique_ptr<io::GgufReader> gguf;
   std::vector<InputTensor> tensors;                           ///< shard by shard, file order
-  std::vector<std::pair<std::string, std::string>> metadata;  ///< the shards' (first wins)
+  std::vector<std::pair<std::string, std::string>> metadata;  ///< safetensors: the shards' (first
+                                                              ///< wins); GGUF: key -> JSON value
   int64_t total_bytes = 0;                                    ///< sizes of all files
 
   static ModelInput open(const std::string& path);
+};
+
+/// A model to write: .gguf (GGUF v3) by the extension, else safetensors; atomic either way.
+/// GGUF holds plain F32 F16 BF16 F64 I8 I16 I32 I64 tensors of at most 4 dims and GGUF
+/// schemes (q8_0 ... q8_K); anything else is Error(unsupported) naming the tensor.
+class ModelOutput {
+ public:
+  ModelOutput(const std::string& path, bool force);
+  bool is_gguf() const { return gguf_ != nullptr; }
+  /// Copies the input's metadata: safetensors string entries as they are; GGUF entries as
+  /// they are into GGUF, as "gguf.<key>" = JSON text into safetensors. `skip` drops keys.
+  void copy_metadata(const ModelInput& in, const std::vector<std::string>& skip = {});
+  void add_plain(const std::string& name, io::StDtype dtype, const Shape& shape);
+  void add_quantized(const std::string& name, const QuantScheme& scheme, const Shape& shape);
+  void begin();
+  void write_plain(const std::string& name, std::span<const uint8_t> bytes);
+  void write_quantized(const std::string& name, const QuantizedView& q);
+  void commit();
+  int64_t file_size() const;
+
+ private:
+  std::unique_ptr<io::SafetensorsWriter> st_;
+  std::unique_ptr<io::GgufWriter> gguf_;
 };
 
 /// Throws Error(invalid_argument) if `out` is (a link to) one of the input's files.
