@@ -14,8 +14,8 @@
 // Usage: bench_quantize_cpu [--rows R] [--cols K] [--reps N] [--copy-mib M] [--ggml-dir DIR]
 // GB/s counts bytes read + written; "f32 GiB/s" is the f32-side rate ggml's own benchmarks
 // report (4 bytes per value / time, GiB); the percentages compare GB/s with the streaming-
-// read and the copy ceilings on the same number of threads. Medians of N timed runs after
-// one warm-up run.
+// read and the copy ceilings on the same number of threads. Best of N timed runs (default 7)
+// after one warm-up run.
 #include <dlfcn.h>
 #include <fmt/format.h>
 #include <omp.h>
@@ -48,7 +48,7 @@ using lowbit::Tensor;
 struct Options {
   int64_t rows = 4096;
   int64_t cols = 16384;
-  int reps = 5;
+  int reps = 7;
   int64_t copy_bytes = int64_t{1} << 30;
   std::string ggml_dir;
 };
@@ -84,16 +84,18 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
-double median_seconds(int reps, const std::function<void()>& f) {
+/// Best (shortest) of `reps` timed runs after one warm-up run: on a machine shared with
+/// other work the minimum is the stable estimate of what the code can do.
+double best_seconds(int reps, const std::function<void()>& f) {
   f();
-  std::vector<double> t;
+  double best = 1e30;
   for (int r = 0; r < reps; ++r) {
     const auto t0 = std::chrono::steady_clock::now();
     f();
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    best = std::min(best,
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+  return best;
 }
 
 void prefault(void* p, int64_t bytes) {
@@ -272,11 +274,11 @@ int main(int argc, char** argv) {
   for (int threads = 1; threads <= max_threads; ++threads) {
     omp_set_num_threads(threads);
     const double cb = static_cast<double>(opt.copy_bytes);
-    const double t_copy = median_seconds(
+    const double t_copy = best_seconds(
         opt.reps, [&] { parallel_memcpy(copy_dst.data(), copy_src.data(), opt.copy_bytes); });
     rows.push_back({"ceiling", "memcpy 1 GiB", threads, t_copy, 2 * cb, 0, ""});
     copy_gbs[threads] = 2 * cb / t_copy / 1e9;
-    const double t_read = median_seconds(opt.reps, [&] {
+    const double t_read = best_seconds(opt.reps, [&] {
       sink = sink +
              parallel_sum(reinterpret_cast<const uint64_t*>(copy_src.data()), opt.copy_bytes / 8);
     });
@@ -297,13 +299,13 @@ int main(int argc, char** argv) {
           lowbit::QuantizePlan::select(lowbit::QuantizeDesc::for_views(q.view(), *c.src));
       qarch = qp.sku().arch;
       const lowbit::Stream stream;
-      const double tq = median_seconds(opt.reps, [&] { qp.run(stream, {}, {*c.src, q.view()}); });
+      const double tq = best_seconds(opt.reps, [&] { qp.run(stream, {}, {*c.src, q.view()}); });
       rows.push_back(
           {qname, "lowbit " + qp.sku().kernel, threads, tq, src_bytes + q_bytes, f32_side, ""});
       const lowbit::DequantizePlan dp =
           lowbit::DequantizePlan::select(lowbit::DequantizeDesc::for_views(*c.back, q.view()));
       darch = dp.sku().arch;
-      const double td = median_seconds(opt.reps, [&] { dp.run(stream, {}, {q.view(), *c.back}); });
+      const double td = best_seconds(opt.reps, [&] { dp.run(stream, {}, {q.view(), *c.back}); });
       rows.push_back({dname, "lowbit " + dp.sku().kernel, threads, td,
                       q_bytes + static_cast<double>(c.back->nbytes()), f32_side, ""});
 
@@ -317,7 +319,7 @@ int main(int argc, char** argv) {
           c.ggml_type == kGgmlQ8_0 ? lowbit::gguf::GgmlType::q8_0 : lowbit::gguf::GgmlType::q4_0,
           K);
       uint8_t* y = ggml_q.data();
-      const double tr = median_seconds(opt.reps, [&] {
+      const double tr = best_seconds(opt.reps, [&] {
         split_rows(R, [&](int64_t r0, int64_t r1) {
           ggml.quantize_chunk(c.ggml_type, x, y, r0 * K, r1 - r0, K, nullptr);
         });
@@ -327,7 +329,7 @@ int main(int argc, char** argv) {
                       f32_side, same ? "lowbit bytes identical" : "lowbit bytes DIFFER"});
       const ggml_type_traits_cpu* tc = ggml.traits_cpu ? ggml.traits_cpu(c.ggml_type) : nullptr;
       if (tc && tc->from_float) {
-        const double tf = median_seconds(opt.reps, [&] {
+        const double tf = best_seconds(opt.reps, [&] {
           split_rows(R, [&](int64_t r0, int64_t r1) {
             tc->from_float(x + r0 * K, y + r0 * rb, (r1 - r0) * K);
           });
@@ -348,7 +350,7 @@ int main(int argc, char** argv) {
         // lowbit's result first, to compare.
         dp.run(stream, {}, {q.view(), *c.back});
         std::vector<float> mine(out, out + std::min<int64_t>(n, int64_t{1} << 22));
-        const double tt_s = median_seconds(opt.reps, [&] {
+        const double tt_s = best_seconds(opt.reps, [&] {
           split_rows(R, [&](int64_t r0, int64_t r1) {
             tt->to_float(qb + r0 * rb, out + r0 * K, (r1 - r0) * K);
           });
@@ -362,7 +364,7 @@ int main(int argc, char** argv) {
   }
 
   std::printf(
-      "bench_quantize_cpu: %lld x %lld (roughly normal, sigma 1), median of %d runs; lowbit "
+      "bench_quantize_cpu: %lld x %lld (roughly normal, sigma 1), best of %d runs; lowbit "
       "dispatches quantize to %s, dequantize to %s; %s; peer: %s\n\n",
       static_cast<long long>(R), static_cast<long long>(K), opt.reps, qarch.c_str(), darch.c_str(),
       cpu.str().c_str(), ggml.why.c_str());

@@ -9,16 +9,21 @@
 //    so the thread reads its group's scale (and zero point) once: group = chunk / (chunks
 //    per group), by multiplication with a precomputed reciprocal. Codes are read as one
 //    4- or 8-byte word per chunk (coalesced across the warp); GGUF chunks read their slice
-//    of the 18- / 34-byte block in 2-byte words plus the block's f16 scale. Two chunks per
+//    of the 18- / 34-byte block in 2-byte words plus the block's f16 scale. Four chunks per
 //    thread per step, loads first, keep several loads in flight.
 //  - generic: any other layout (2-d blocks, per-channel on a later axis, ragged fp8 blocks,
 //    element counts that are not a multiple of 8, misaligned views): one element per
 //    thread step, its group from formats::GroupMap.
 //
 // Bits: each element is quant_math.hpp's dequantize rule, one or two f32 products rounded to
-// nearest-even, then numeric.hpp's rounding to the destination. Products use mul_x86 so
-// that NaN results carry the bits the reference's x86 build gives (inputs here are arbitrary
-// codes and scales: e.g. an e4m3 NaN code or an e8m0 0xff scale).
+// nearest-even, then numeric.hpp's rounding to the destination (hardware cvt.rn, which
+// agrees with it on every input but NaN). Inputs here are arbitrary codes and scales (an
+// e4m3 NaN code, an e8m0 0xff scale, an Inf scale times a zero code), and a NaN result must
+// carry the bits the reference's x86 build gives: a chunk whose scale or codes could make a
+// NaN takes mul_x86 and the NaN-fixing conversions; every other chunk (one test of its
+// scale and code bytes) takes plain products and plain conversions. When both factors of
+// a product are NaN, x86 returns the first one, and which is first is the reference
+// compiler's choice: that case is not promised (the backend test avoids it too).
 #include <cuda_runtime.h>
 
 #include <cstdint>

@@ -17,11 +17,14 @@
 //    memory, then one atomicMax per block on the f32 bits of the (non-negative) statistic:
 //    max is order-independent, so the result is the same on every run. The second kernel
 //    computes the scale from those words and quantizes (the rows kernel in "global" mode).
-//  - blocks: nvfp4, mxfp4, mxfp8 and GGUF q8_0 / q4_0: one thread per 16- or 32-element
-//    block (the block is 2 to 8 vectors), codes and scale written by the thread. nvfp4's
-//    global scale comes from a first absmax pass like the tensor path's. GGUF blocks (18 or
-//    34 bytes, 2-byte aligned) are staged per warp in shared memory and written out with
-//    16-byte stores.
+//  - blocks: nvfp4, mxfp4, mxfp8 and GGUF q8_0 / q4_0: one thread per 32 elements (one
+//    32-element block, or two nvfp4 blocks), codes and scale written by the thread. nvfp4's
+//    global scale comes from a first absmax pass like the tensor path's, and the second pass
+//    walks the tensor backwards so that it starts on what the first left in L2. nvfp4's
+//    x / (global * block scale) is IEEE division only near e2m1's rounding midpoints, a
+//    product with the reciprocal elsewhere (see the comment there for why that is exact).
+//    GGUF blocks (18 or 34 bytes, 2-byte aligned) are staged per warp in shared memory and
+//    written out with 16-byte stores.
 //  - generic: everything else (per-channel on a later axis, 2-d blocks, fp8 blocks over a
 //    ragged last axis, odd shapes, misaligned views, given scales): a statistics kernel
 //    (atomicMax per group, warp-aggregated where a warp shares a group), a per-group
@@ -34,8 +37,12 @@
 // default) the kernels atomicMax the complement of the first offending flat index (element,
 // block or group) into a word of a per-call device buffer, and run() copies those words back
 // and SYNCHRONISES THE STREAM before it returns, then throws the reference's exact Error
-// text. With check_finite off nothing is checked and run() does not synchronise; such
-// inputs then give unspecified (but memory-safe) codes.
+// text. The finiteness test costs one compare per thread: the absmax that every path
+// reduces anyway reaches Inf's bits only when a NaN / Inf is present, and only then are the
+// elements searched. With check_finite off none of these three checks runs and run() does
+// not synchronise; such inputs then give unspecified (but memory-safe) codes and no Error
+// (the SIMD kernel still refuses GGUF overflow and bad given scales there: those refusals
+// would cost this kernel the same synchronisation).
 //
 // Arithmetic: formats/quant_math.hpp's functions, compiled for the device (they are written
 // so that each f32 operation rounds once; no product there feeds an addition, so FMA
@@ -1297,6 +1304,15 @@ class QuantizeCuda final : public Kernel<QuantizeOp> {
     if (flagged(w[0], index)) throw_non_finite(d, a.src.data(), index);
     if (flagged(w[2], index)) throw_given(d, a, index);
     if (flagged(w[1], index)) throw_gguf_overflow(d, a.src.data(), index);
+    if (d.given_scales && d.scheme.format == QuantFormat::nvfp4 && numel(d.shape) == 0) {
+      // No block, so no kernel looked at the given global scale; the reference still
+      // refuses an invalid one. (The stream is synchronised above.)
+      float global = 0.0f;
+      check_cuda(cudaMemcpy(&global, a.dst.global_scale.data(), 4, cudaMemcpyDeviceToHost),
+                 "quantize: reading the global scale");
+      if (!std::isfinite(global) || global < 0.0f || (global > 0.0f && global < formats::kMinScale))
+        throw_given(d, a, 0);
+    }
   }
 
  private:
