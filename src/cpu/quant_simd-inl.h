@@ -33,7 +33,7 @@ namespace hn = hwy::HWY_NAMESPACE;
 namespace nd = numeric_detail;
 using lowbit::quant_simd::Layout;
 
-#if HWY_TARGET != HWY_SCALAR
+#if HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128
 
 using DF = hn::ScalableTag<float>;
 using VF = hn::Vec<DF>;
@@ -327,7 +327,7 @@ HWY_INLINE void ForEachRowPiece(int64_t period, int64_t e0, int64_t e1, Fn&& fn)
   }
 }
 
-#endif  // HWY_TARGET != HWY_SCALAR
+#endif  // HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128
 
 }  // namespace quant_simd
 }  // namespace HWY_NAMESPACE

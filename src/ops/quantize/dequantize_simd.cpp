@@ -65,7 +65,7 @@ using lowbit::quant_simd::Code;
 using lowbit::quant_simd::DCall;
 using lowbit::quant_simd::DeqFn;
 
-#if HWY_TARGET != HWY_SCALAR
+#if HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128
 
 constexpr int64_t kTmp = 4096;
 
@@ -386,14 +386,14 @@ DeqFn GgufFor(uint32_t type) {
   }
 }
 
-#endif  // HWY_TARGET != HWY_SCALAR
+#endif  // HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128
 
 }  // namespace quant_simd
 
 /// This target's range function: flat chunks for `code` (gguf_type 0), or GGUF rows.
 lowbit::quant_simd::DeqFn SelectDeqFn(lowbit::quant_simd::Code code, uint32_t gguf_type,
                                       Dtype dst) {
-#if HWY_TARGET == HWY_SCALAR
+#if HWY_TARGET == HWY_SCALAR || HWY_TARGET == HWY_EMU128
   (void)code;
   (void)gguf_type;
   (void)dst;
@@ -416,7 +416,7 @@ lowbit::quant_simd::DeqFn SelectDeqFn(lowbit::quant_simd::Code code, uint32_t gg
 }
 
 const char* DeqTargetName() { return hwy::TargetName(HWY_TARGET); }
-bool DeqTargetIsSimd() { return HWY_TARGET != HWY_SCALAR; }
+bool DeqTargetIsSimd() { return HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128; }
 
 }  // namespace HWY_NAMESPACE
 }  // namespace lowbit

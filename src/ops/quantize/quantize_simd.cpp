@@ -100,7 +100,7 @@ using lowbit::quant_simd::GroupParams;
 using lowbit::quant_simd::QCall;
 using lowbit::quant_simd::QuantFns;
 
-#if HWY_TARGET != HWY_SCALAR
+#if HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128
 
 /// Codes of byte-buffered 4-bit runs go through this many elements at a time.
 constexpr int64_t kTmp = 4096;
@@ -876,13 +876,13 @@ QuantFns FnsForSource(Fmt fmt, bool affine) {
   return {};
 }
 
-#endif  // HWY_TARGET != HWY_SCALAR
+#endif  // HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128
 
 }  // namespace quant_simd
 
 /// This target's range functions; all nullptr on HWY_SCALAR (the kernel declines there).
 lowbit::quant_simd::QuantFns SelectQuantFns(Dtype src, lowbit::quant_simd::Fmt fmt, bool affine) {
-#if HWY_TARGET == HWY_SCALAR
+#if HWY_TARGET == HWY_SCALAR || HWY_TARGET == HWY_EMU128
   (void)src;
   (void)fmt;
   (void)affine;
@@ -902,7 +902,7 @@ lowbit::quant_simd::QuantFns SelectQuantFns(Dtype src, lowbit::quant_simd::Fmt f
 }
 
 const char* QuantTargetName() { return hwy::TargetName(HWY_TARGET); }
-bool QuantTargetIsSimd() { return HWY_TARGET != HWY_SCALAR; }
+bool QuantTargetIsSimd() { return HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128; }
 
 }  // namespace HWY_NAMESPACE
 }  // namespace lowbit
