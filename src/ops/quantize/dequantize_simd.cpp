@@ -150,12 +150,87 @@ HWY_INLINE void DecodeCols(const DCall& c, const uint8_t* p, int64_t e, int64_t 
   }
 }
 
+/// The scale values of groups g0 .. g0 + ng - 1 as f32 (nvfp4: the e4m3 block scale;
+/// MX: 2^e; integer and fp8: the stored scale), decoded exactly, N at a time.
+template <Code C>
+HWY_INLINE void DecodeScales(const DCall& c, int64_t g0, int64_t ng, float* out) {
+  const DF df;
+  const DU du;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  for (int64_t i = 0; i < ng; i += N) {
+    const int64_t m = std::min(N, ng - i);
+    VF v;
+    if constexpr (C == Code::nvfp4 || C == Code::mxfp4 || C == Code::mx8e4m3 ||
+                  C == Code::mx8e5m2) {
+      HWY_ALIGN uint8_t buf[kMaxLanes] = {};
+      std::memcpy(buf, static_cast<const uint8_t*>(c.scale) + g0 + i, static_cast<size_t>(m));
+      const VU code = hn::PromoteTo(du, hn::Load(DU8(), buf));
+      if constexpr (C == Code::nvfp4) {
+        v = hn::BitCast(df, simd_convert::DecodeMiniFloat<nd::kF8E4M3FN>(du, code));
+      } else {
+        v = hn::BitCast(df, simd_convert::DecodeE8M0(du, code));
+      }
+    } else if (c.scale_dtype == Dtype::f32) {
+      HWY_ALIGN float buf[kMaxLanes] = {};
+      std::memcpy(buf, static_cast<const float*>(c.scale) + g0 + i, static_cast<size_t>(m) * 4);
+      v = hn::Load(df, buf);
+    } else {
+      HWY_ALIGN uint16_t buf[kMaxLanes] = {};
+      std::memcpy(buf, static_cast<const uint16_t*>(c.scale) + g0 + i, static_cast<size_t>(m) * 2);
+      const VU w = hn::PromoteTo(du, hn::Load(DU16(), buf));
+      v = c.scale_dtype == Dtype::bf16
+              ? hn::BitCast(df, hn::ShiftLeft<16>(w))
+              : hn::BitCast(df, simd_convert::DecodeMiniFloat<nd::kF16, true>(du, w));
+    }
+    hn::Store(v, df, out + i);
+  }
+}
+
+/// Whole blocks [p0, p1) of a 1-D block scheme whose blocks divide the last axis (group
+/// of element e = e / block); `bytes` holds the codes of p0.. one per byte.
+template <Code C, Dtype D>
+HWY_INLINE void DeqBlocks(const DCall& c, int64_t p0, int64_t p1, const uint8_t* bytes) {
+  const DF df;
+  const DI di;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t blk = c.L.gm.block;
+  const int64_t g0 = p0 / blk, ng = (p1 - p0) / blk;
+  HWY_ALIGN float s_l[kTmp / 16 + kMaxLanes];
+  DecodeScales<C>(c, g0, ng, s_l);
+  const VF g = hn::Set(df, c.global);
+  const bool stream = D == Dtype::f32 && c.stream;  // blocks of >= 16 f32: whole vectors
+  for (int64_t b = 0; b < ng; ++b) {
+    const VF vs = hn::Set(df, s_l[b]);
+    const VI vz = hn::Set(di, c.zero ? c.zero[g0 + b] : 0);
+    const int64_t e = p0 + b * blk;
+    for (int64_t i = 0; i < blk; i += N)
+      StoreDst<D>(Decode<C>(bytes + b * blk + i, vs, vz, g), c.dst, e + i, stream);
+  }
+}
+
 template <Code C, Dtype D>
 void DeqChunk(const DCall& c, int64_t e0, int64_t e1) {
   const DF df;
   const DI di;
   const VF g = hn::Set(df, c.global);
   HWY_ALIGN uint8_t tmp[kTmp];
+  // 1-D blocks that divide the last axis (nvfp4, MX, integer and fp8 blocks): blocks in
+  // order, scales decoded per piece. Chunk and piece bounds are multiples of every block.
+  const formats::GroupMap& m = c.L.gm;
+  if (m.granularity == Granularity::block && m.k % m.block == 0 && m.block <= 256 &&
+      m.block % static_cast<int64_t>(hn::Lanes(df)) == 0) {
+    for (int64_t p0 = e0; p0 < e1; p0 += kTmp) {
+      const int64_t p1 = std::min(e1, p0 + kTmp);
+      if constexpr (kPacked<C>) {
+        UnpackNibbles(c.codes, p0, p1 - p0, tmp);
+        DeqBlocks<C, D>(c, p0, p1, tmp);
+      } else {
+        DeqBlocks<C, D>(c, p0, p1, c.codes + p0);
+      }
+    }
+    if (c.stream) hwy::FlushStream();
+    return;
+  }
   // 4-bit codes: unpacked to bytes a piece of kTmp elements at a time.
   const int64_t piece = kPacked<C> ? kTmp : e1 - e0;
   for (int64_t p0 = e0; p0 < e1; p0 += piece) {
