@@ -66,7 +66,7 @@ const char* const kShapes[] = {"1",      "7",       "4099",    "3x1",     "5x7",
                                "2x4099", "2x3x64",  "4x256",   "0",       "3x0x5",
                                "0x32",   "300x200", "40x4096", "33x4099", "17x96"};
 // The smaller matrix for the other Highway targets.
-const char* const kShapesLite[] = {"5x7", "2x3x64", "4x256", "33x4099"};
+const char* const kShapesLite[] = {"5x7", "2x3x64", "4x256", "17x96", "33x4099"};
 
 // ---- inputs --------------------------------------------------------------------------------
 

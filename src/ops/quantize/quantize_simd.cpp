@@ -601,7 +601,13 @@ void FusedRows(const QCall& q, int64_t r0, int64_t r1) {
   const int64_t whole = row_len / glen;  // groups that are not partial
   HWY_ALIGN uint8_t tmp[kTmp];
   VI amax = hn::Zero(DI());
-  for (int64_t r = r0; r < r1; ++r) {
+  int64_t r = r0;
+  if (gpr == 1 && glen == row_len && glen % n == 0 && n * glen <= kTmp) {
+    // One group per row (token, leading-axis channel) and short rows: batches of N rows.
+    for (; r + n <= r1; r += n)
+      if (!FusedBatch<S, F, kAffine>(q, r * row_len, glen, r, tmp)) return;
+  }
+  for (; r < r1; ++r) {
     int64_t j = 0;
     if (batch) {
       for (; j + n <= whole; j += n)
