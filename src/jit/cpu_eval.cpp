@@ -13,7 +13,7 @@
 // and bf16, a copy or jit_math's lb_bf16_bits, which restates numeric.hpp's rounding), so
 // their bits are convert's; strided operands go element by element through numeric.hpp.
 // The formulas are jit_math.inc's, as on CUDA, compiled without FMA contraction.
-#pragma GCC optimize("fp-contract=off")
+#pragma GCC optimize("fp-contract=off", "no-trapping-math")
 
 #include <omp.h>
 
@@ -41,7 +41,11 @@ using fusion::Op;
 using fusion::Program;
 using namespace lowbit::jit_math;
 
-constexpr int kTile = 2048;  // elements per tile (even: packed bytes never straddle tiles)
+/// Elements per tile (even: packed bytes never straddle tiles). A step reads one or two
+/// tiles of scratch and writes one: at 4 KiB per f32 tile a program's live tiles stay in L1.
+constexpr int kTile = 1024;
+/// Tiles between the one computed and the one prefetched.
+constexpr int64_t kAhead = 2;
 /// Below this many elements a call runs on the calling thread.
 constexpr int64_t kParallelMin = int64_t{1} << 16;
 
@@ -461,6 +465,7 @@ struct Schedule {
   std::vector<uint8_t> skip;     ///< per step: nothing reads it
   std::vector<int> slot;         ///< per step: its scratch buffer (-1: aliases the input)
   int slots = 0;
+  size_t slot_bytes = kTile * 4;  ///< kTile * 8 when a step computes in f64
 };
 
 Schedule make_schedule(const Program& p, const Layout& L) {
@@ -493,21 +498,55 @@ Schedule make_schedule(const Program& p, const Layout& L) {
     return in.op == Op::input && L.cls[in.slot] == Layout::Class::full &&
            (in.dtype == Dtype::f32 || in.dtype == Dtype::f64);
   };
+  for (const Instr& in : p.code)
+    if (in.num == Num::f64 || in.arg_num == Num::f64) s.slot_bytes = kTile * 8;
+  // Linear scan: a step's buffer returns to the pool after its last reader. A step whose
+  // operands and result have one element size may write over an operand it reads last
+  // (every loop reads element i before writing it); others (f32 -> f64 casts, compares
+  // of f64 values, ...) get a fresh buffer.
   std::vector<int> free_slots;
-  std::vector<std::vector<int>> release(n + 1);
+  std::vector<uint8_t> owned(n, 0);  // step i's slot is a pooled one
   for (int i = 0; i < n; ++i) {
-    for (int x : release[i]) free_slots.push_back(x);
-    if (aliased(i) || (last[i] < 0 && !s.uniform[i])) continue;
-    if (s.uniform[i] || free_slots.empty()) {
-      s.slot[i] = s.slots++;  // uniform steps keep theirs
-    } else {
-      s.slot[i] = free_slots.back();
-      free_slots.pop_back();
+    const Instr& in = p.code[i];
+    std::vector<int> dying;
+    for (int x : {in.a, in.b, in.c})
+      if (x >= 0 && last[x] == i && owned[x] &&
+          std::find(dying.begin(), dying.end(), s.slot[x]) == dying.end())
+        dying.push_back(s.slot[x]);
+    const bool in_place = in.num == in.arg_num;
+    if (in_place)
+      for (int x : dying) free_slots.push_back(x);
+    if (!aliased(i) && !(last[i] < 0 && !s.uniform[i])) {
+      if (s.uniform[i] || free_slots.empty()) {
+        s.slot[i] = s.slots++;  // uniform steps keep theirs
+      } else {
+        s.slot[i] = free_slots.back();
+        free_slots.pop_back();
+      }
+      owned[i] = !s.uniform[i];
     }
-    // Freed after the last reader ran (not at it: a cast f32 -> f64 cannot run in place).
-    if (!s.uniform[i] && last[i] < n) release[last[i] + 1].push_back(s.slot[i]);
+    if (!in_place)
+      for (int x : dying) free_slots.push_back(x);
   }
   return s;
+}
+
+/// This thread's scratch memory, at least `bytes`, kept between calls.
+char* thread_scratch(size_t bytes) {
+  struct Buffer {
+    char* p = nullptr;
+    size_t size = 0;
+    ~Buffer() { std::free(p); }
+  };
+  thread_local Buffer buf;
+  if (buf.size < bytes) {
+    std::free(buf.p);
+    buf.size = 0;
+    buf.p = static_cast<char*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+    if (!buf.p) throw_error(ErrorCode::out_of_memory, "fused_cpu: scratch allocation failed");
+    buf.size = bytes;
+  }
+  return buf.p;
 }
 
 struct Pass {
@@ -597,7 +636,7 @@ struct Pass {
   void step(int i, int64_t e0, int n, char* scratch, const void** ptr) const {
     const Instr& in = p.code[i];
     if (s.skip[i]) return;
-    void* own = s.slot[i] >= 0 ? scratch + static_cast<size_t>(s.slot[i]) * kTile * 8 : nullptr;
+    void* own = s.slot[i] >= 0 ? scratch + static_cast<size_t>(s.slot[i]) * s.slot_bytes : nullptr;
     if (in.op == Op::input) {
       load(i, e0, n, own, &ptr[i]);
       return;
@@ -612,24 +651,92 @@ struct Pass {
     ptr[i] = own;
   }
 
+  /// The memory of tile e0's full operands, as ranges to prefetch (reads, then writes).
+  static constexpr int kMaxRanges = 16;
+  struct Ranges {
+    const char* p[kMaxRanges];
+    int64_t bytes[kMaxRanges];
+    bool write[kMaxRanges];
+    int count = 0;
+    int64_t total = 0;  // cache lines
+  };
+
+  Ranges ranges(int64_t e0) const {
+    Ranges r;
+    const int64_t n = std::min<int64_t>(kTile, L.numel - e0);
+    const size_t nin = args.inputs.size();
+    for (size_t k = 0; k < L.cls.size() && r.count < kMaxRanges; ++k) {
+      if (L.cls[k] != Layout::Class::full) continue;
+      const TensorView& v = k < nin ? args.inputs[k] : args.outputs[k - nin];
+      r.p[r.count] = static_cast<const char*>(v.data()) + storage_bytes(v.dtype(), e0);
+      r.bytes[r.count] = storage_bytes(v.dtype(), n);
+      r.write[r.count] = k >= nin;
+      r.total += (r.bytes[r.count] + 63) / 64;
+      ++r.count;
+    }
+    return r;
+  }
+
+  /// Prefetches cache lines [from, to) of the ranges (counted across them).
+  static void prefetch(const Ranges& r, int64_t from, int64_t to) {
+#if defined(__GNUC__)
+    int64_t base = 0;
+    for (int i = 0; i < r.count; ++i) {
+      const int64_t lines = (r.bytes[i] + 63) / 64;
+      for (int64_t l = std::max(from - base, int64_t{0}); l < std::min(to - base, lines); ++l) {
+        if (r.write[i]) {
+          __builtin_prefetch(r.p[i] + 64 * l, 1, 3);
+        } else {
+          __builtin_prefetch(r.p[i] + 64 * l, 0, 3);
+        }
+      }
+      base += lines;
+    }
+#endif
+  }
+
   /// Evaluates tiles [t0, t1) on this thread.
   void tiles(int64_t t0, int64_t t1) const {
-    const size_t bytes = static_cast<size_t>(std::max(s.slots, 1)) * kTile * 8;
-    std::unique_ptr<char, decltype(&std::free)> mem(
-        static_cast<char*>(std::aligned_alloc(64, bytes)), &std::free);
-    if (!mem) throw_error(ErrorCode::out_of_memory, "fused_cpu: scratch allocation failed");
-    char* scratch = mem.get();
+    char* scratch = thread_scratch(static_cast<size_t>(std::max(s.slots, 1)) * s.slot_bytes);
     std::vector<const void*> ptr(p.code.size(), nullptr);
     const int steps = static_cast<int>(p.code.size());
     const int64_t numel = L.numel;
-    // Uniform steps: once, over a whole tile.
-    for (int i = 0; i < steps; ++i)
-      if (s.uniform[i]) step(i, 0, kTile, scratch, ptr.data());
+    // Uniform steps: once, on one element, then spread over a whole tile.
+    for (int i = 0; i < steps; ++i) {
+      if (!s.uniform[i]) continue;
+      step(i, 0, 1, scratch, ptr.data());
+      if (s.slot[i] < 0) continue;
+      char* own = scratch + static_cast<size_t>(s.slot[i]) * s.slot_bytes;
+      if (p.code[i].num == Num::f64) {
+        std::fill_n(reinterpret_cast<double*>(own) + 1, kTile - 1,
+                    reinterpret_cast<double*>(own)[0]);
+      } else {
+        std::fill_n(reinterpret_cast<float*>(own) + 1, kTile - 1, reinterpret_cast<float*>(own)[0]);
+      }
+    }
+    // Memory runs kAhead tiles ahead of the arithmetic: the next tiles' lines are asked
+    // for a few at a time between the steps (a burst of requests would be dropped).
+    for (int64_t t = t0; t < std::min(t1, t0 + kAhead); ++t) {
+      const Ranges r = ranges(t * kTile);
+      prefetch(r, 0, r.total);
+    }
+    int work = 0;
+    for (int i = 0; i < steps; ++i) work += !s.uniform[i] && !s.skip[i];
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t e0 = t * kTile;
       const int n = static_cast<int>(std::min<int64_t>(kTile, numel - e0));
-      for (int i = 0; i < steps; ++i)
-        if (!s.uniform[i]) step(i, e0, n, scratch, ptr.data());
+      const bool ahead = t + kAhead < t1;
+      const Ranges r = ahead ? ranges(e0 + kAhead * kTile) : Ranges{};
+      const int64_t per = (r.total + work) / std::max(work, 1);
+      int64_t issued = 0;
+      for (int i = 0; i < steps; ++i) {
+        if (s.uniform[i] || s.skip[i]) continue;
+        step(i, e0, n, scratch, ptr.data());
+        if (ahead) {
+          prefetch(r, issued, issued + per);
+          issued += per;
+        }
+      }
       for (size_t o = 0; o < p.outputs.size(); ++o) store(o, ptr[p.outputs[o]], e0, n);
     }
   }
@@ -663,7 +770,11 @@ class FusedCpu final : public Kernel<FusedOp> {
     const Layout& L = d.state->get_layout(d);
     if (L.numel == 0) return;
     const Program& p = *d.program;
-    const Schedule s = make_schedule(p, L);
+    fusion::PlanState& st = *d.state;
+    std::call_once(st.cpu_once, [&] {
+      st.cpu_schedule = std::make_shared<const Schedule>(make_schedule(p, L));
+    });
+    const Schedule& s = *static_cast<const Schedule*>(st.cpu_schedule.get());
     const Pass pass{p, L, a, s};
     const int64_t tiles = (L.numel + kTile - 1) / kTile;
     const int threads = omp_get_max_threads();

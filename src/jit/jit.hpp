@@ -231,6 +231,9 @@ struct PlanState {
   Variant variants[2];
   KernelSource shapes[2];  ///< without code
   std::string arch;
+  /// The CPU kernel's schedule (cpu_eval.cpp), made on first use.
+  std::once_flag cpu_once;
+  std::shared_ptr<const void> cpu_schedule;
   const Layout& get_layout(const FusedDesc& desc) {
     std::call_once(layout_once, [&] { layout = make_layout(desc); });
     return layout;
