@@ -504,3 +504,121 @@ def test_minilm(cli, tmp_path, scheme, limit):
     for r in rows:
         assert 0 < r["nmse"] < limit, r
     assert run(cli, "verify", out).returncode == 0
+
+
+# ---- GGUF -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["q8_0", "q4_0", "q5_1", "q4_K", "q6_K"])
+def test_gguf_we_write_loads_in_the_gguf_package(cli, qs, tmp_path, scheme):
+    import gguf
+
+    model = small_model(np.random.default_rng(12))
+    del model["encoder.layer.0.intermediate.dense.weight"]  # BF16: gguf-py reads it as raw
+    src = tmp_path / "model.safetensors"
+    save_file(model, src, metadata={"format": "pt"})
+    out = tmp_path / "q.gguf"
+    rep = json.loads(run(cli, "quantize", src, out, "-s", scheme, "--report", "json").stdout)
+    quantized = {r["name"] for r in rep["tensors"] if r["action"] == "quantized"}
+    assert "encoder.layer.0.big.weight" in quantized
+    r = gguf.GGUFReader(out)
+    assert r.fields["format"].contents() == "pt"
+    tensors = {t.name: t for t in r.tensors}
+    assert set(tensors) == set(model)
+    for name, x in model.items():
+        t = tensors[name]
+        assert list(reversed([int(d) for d in t.shape])) == list(x.shape), name
+        if name in quantized:
+            assert t.tensor_type.name.lower() == scheme.lower()
+            q = qs.quantize(scheme, x)
+            assert bytes(t.data.tobytes()) == q.codes.tobytes(), name
+            theirs = gguf.quants.dequantize(t.data, t.tensor_type).reshape(x.shape)
+            ours = qs.dequantize(q, np.float32)
+            assert theirs.astype(np.float32).tobytes() == ours.tobytes(), name
+        else:
+            assert bytes(t.data.tobytes()) == x.tobytes(), name
+    assert "ok (gguf" in run(cli, "verify", out).stdout
+    # and back: GGUF -> safetensors keeps the blocks' bytes
+    back = tmp_path / "back.safetensors"
+    run(cli, "quantize", out, back, "-s", scheme)
+    loaded = load_file(back)
+    for name in quantized:
+        assert loaded[name].tobytes() == bytes(tensors[name].data.tobytes())
+
+
+def test_gguf_they_write_loads_in_ours(cli, qs, tmp_path):
+    import gguf
+    from gguf import GGMLQuantizationType as QT
+
+    rng = np.random.default_rng(13)
+    path = tmp_path / "theirs.gguf"
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_uint32("x.u32", 7)
+    w.add_string("s", "hé \"q\"")
+    w.add_array("arr", [1, 2, 3])
+    w.add_array("sarr", ["a", "bb"])
+    w.add_float32("f", 0.5)
+    w.add_bool("b", True)
+    x = rng.standard_normal((64, 256)).astype(np.float32)
+    w.add_tensor("token_embd.weight", rng.standard_normal((10, 32)).astype(np.float32))
+    w.add_tensor("blk.0.attn_q.weight", x)
+    # (gguf-py has no Q4_K quantizer: the blocks come from lowbit, the file from gguf-py)
+    w.add_tensor("blk.0.ffn_up.weight", qs.quantize("q4_K", x).codes, raw_dtype=QT.Q4_K)
+    w.add_tensor("blk.0.ffn_down.weight", gguf.quants.quantize(x, QT.Q8_0), raw_dtype=QT.Q8_0)
+    w.add_tensor("blk.0.attn_norm.weight", np.ones(256, np.float32))
+    w.add_tensor("pos", np.arange(5, dtype=np.int32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    info = json.loads(run(cli, "inspect", "--json", path).stdout)
+    assert info["format"] == "gguf" and info["gguf_version"] == 3
+    meta = info["metadata"]
+    assert meta["x.u32"] == "7" and json.loads(meta["s"]) == "hé \"q\""
+    assert json.loads(meta["arr"]) == [1, 2, 3] and json.loads(meta["sarr"]) == ["a", "bb"]
+    assert meta["f"] == "0.5" and meta["b"] == "true"
+    shapes = {t["name"]: (t.get("scheme") or t["dtype"], t["shape"]) for t in info["tensors"]}
+    assert shapes["blk.0.ffn_up.weight"] == ("q4_K", [64, 256])
+    assert shapes["pos"] == ("I32", [5])
+    assert "ok (gguf" in run(cli, "verify", path).stdout
+    out = tmp_path / "q.safetensors"
+    rep = json.loads(run(cli, "quantize", path, out, "-s", "int8:channel", "--report", "json").stdout)
+    actions = {r["name"]: r["action"] for r in rep["tensors"]}
+    assert actions == {"token_embd.weight": "kept", "blk.0.attn_q.weight": "quantized",
+                       "blk.0.ffn_up.weight": "copied", "blk.0.ffn_down.weight": "copied",
+                       "blk.0.attn_norm.weight": "kept",
+                       "pos": "kept"}
+    with safe_open(out, framework="np") as f:
+        assert f.metadata()["gguf.x.u32"] == "7"
+    r = gguf.GGUFReader(path)
+    theirs = {t.name: t for t in r.tensors}
+    loaded = load_file(out)
+    assert loaded["blk.0.ffn_up.weight"].tobytes() == bytes(theirs["blk.0.ffn_up.weight"].data.tobytes())
+    # GGUF output refuses schemes GGUF cannot hold, with exit 3
+    p = run(cli, "quantize", path, tmp_path / "x.gguf", "-s", "int8:channel", expect=3)
+    assert "GGUF block types only" in p.stderr
+    # GGUF -> GGUF keeps every metadata entry
+    gg = tmp_path / "re.gguf"
+    run(cli, "quantize", path, gg, "-s", "q8_0")
+    r2 = gguf.GGUFReader(gg)
+    for key in ("x.u32", "s", "arr", "sarr", "f", "b", "general.architecture"):
+        assert r2.fields[key].contents() == r.fields[key].contents(), key
+
+
+@pytest.mark.parametrize("what,data", [
+    ("bad magic", b"GGUX" + struct.pack("<IQQ", 3, 0, 0)),
+    ("version 1", b"GGUF" + struct.pack("<IQQ", 1, 0, 0)),
+    ("huge counts", b"GGUF" + struct.pack("<IQQ", 3, 2**62, 2**62)),
+    ("n_dims 5", b"GGUF" + struct.pack("<IQQ", 3, 1, 0) + struct.pack("<Q", 1) + b"a"
+     + struct.pack("<I", 5) + struct.pack("<5Q", 1, 1, 1, 1, 1) + struct.pack("<IQ", 0, 0)),
+    ("type id 99", b"GGUF" + struct.pack("<IQQ", 3, 1, 0) + struct.pack("<Q", 1) + b"a"
+     + struct.pack("<IQ", 1, 4) + struct.pack("<IQ", 99, 0)),
+    ("misaligned offset", b"GGUF" + struct.pack("<IQQ", 3, 1, 0) + struct.pack("<Q", 1) + b"a"
+     + struct.pack("<IQ", 1, 4) + struct.pack("<IQ", 0, 8) + bytes(64)),
+])
+def test_hostile_gguf_gives_exit_7(cli, tmp_path, what, data):
+    path = tmp_path / "h.gguf"
+    path.write_bytes(data)
+    for cmd in ("verify", "inspect"):
+        p = run(cli, cmd, path, expect=EXIT_CORRUPT)
+        assert p.stderr.startswith("lowbit: error: corrupt_file: " + str(path)), p.stderr

@@ -73,7 +73,8 @@ void run_inspect(const InspectOptions& o) {
       t["shape"] = shape_json(it.shape);
       const std::vector<Part> parts = parts_of(it);
       if (it.quantized) t["scheme"] = it.qview.scheme.str();
-      if (!it.quantized || in.gguf) t["dtype"] = parts[0].dtype;
+      if (!it.quantized) t["dtype"] = it.type_text;  // safetensors' dtype names
+      if (in.gguf) t["ggml_type"] = parts[0].dtype;
       if (!it.quantized || in.gguf) {
         t["data_offsets"] = {parts[0].begin, parts[0].end};
       } else {
