@@ -70,9 +70,11 @@ void check_rt(cudaError_t err, const char* what) {
 
 class DeviceScope {
  public:
+  /// cudaSetDevice also makes the device's primary context current on this thread (CUDA
+  /// 12+), which the driver calls below need even on a thread that never used the runtime.
   explicit DeviceScope(int device) {
     check_rt(cudaGetDevice(&previous_), "cudaGetDevice");
-    if (previous_ != device) check_rt(cudaSetDevice(device), "cudaSetDevice");
+    check_rt(cudaSetDevice(device), "cudaSetDevice");
   }
   ~DeviceScope() {
     int now = previous_;

@@ -1,0 +1,406 @@
+// bench_fusion_cuda: fused element-wise expressions on GPU 0 against the device-to-device
+// copy ceiling, and the JIT's own costs, measured in one process.
+//
+// Rows:
+//  - copy d2d (cudaMemcpyAsync, 1 GiB): the ceiling;
+//  - chain8: y = clamp(silu(a * 1.25 + b) * b - a * 0.5, -8, 8) over 2^28 bf16 elements,
+//    two inputs (8 ops: mul, add, silu, mul, mul, sub, clamp, cast), bytes = 6 per element;
+//  - silu(a) * b, the gated-MLP pattern, same size;
+//  - chain8 unfused: seven lowbit passes through bf16 tensors (eager PyTorch's traffic);
+//  - bias + gelu over [2^14, 2^14] with a [2^14] bf16 bias (broadcast: the strided kernel);
+//  - JIT costs: cold compile (NVRTC, empty caches), disk-cache load (a new process would
+//    see: memory cache cleared), in-memory hit plus launch (a new descriptor each call:
+//    program build, plan selection, cache lookup, launch; CPU microseconds per call), and
+//    a plan's steady-state launch overhead.
+// Kernel timings: CUDA events around each repetition, repetitions queued back to back
+// after warm-up, median reported. Every fused row's first 2^20 elements are checked bit for
+// bit against the CPU kernel ("exact"). The disk cache lives in a fresh temporary directory
+// ($LOWBIT_CACHE_DIR is set before the first use), so "cold" is cold.
+//
+// Usage: bench_fusion_cuda [--json PATH] [--reps N] [--log2 K]   (K: log2 of elements, 28)
+#include <cuda_runtime.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "jit/jit.hpp"
+#include "lowbit/device.hpp"
+#include "lowbit/error.hpp"
+#include "lowbit/fusion.hpp"
+#include "lowbit/tensor.hpp"
+
+namespace {
+
+using lowbit::Device;
+using lowbit::Dtype;
+using lowbit::FusedArgs;
+using lowbit::FusedDesc;
+using lowbit::FusedPlan;
+using lowbit::Tensor;
+using lowbit::fusion::Expr;
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    std::fprintf(stderr, "bench_fusion_cuda: %s: %s\n", what, cudaGetErrorString(err));
+    std::exit(1);
+  }
+}
+
+/// Normal(0, 1) samples as bf16 (a counter hash and Box-Muller).
+__global__ void fill_normal_bf16(uint16_t* out, uint64_t n, uint64_t seed) {
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += stride) {
+    uint64_t z = (i + seed) * 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    const float u1 = (static_cast<uint32_t>(z) + 1.0f) * 0x1p-32f;
+    const float u2 = static_cast<uint32_t>(z >> 32) * 0x1p-32f;
+    const float v = sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2);
+    out[i] = static_cast<uint16_t>(__float_as_uint(v) >> 16);  // truncation is fine here
+  }
+}
+
+struct Row {
+  std::string pair;
+  int64_t elements = 0;
+  double bytes = 0;
+  double ms = 0;
+  double gbps = 0;
+  double pct = 0;
+  std::string kernel;
+  std::string check = "-";
+};
+
+double median_ms(cudaStream_t stream, int warmup, int reps, const std::function<void()>& fn) {
+  for (int i = 0; i < warmup; ++i) fn();
+  std::vector<cudaEvent_t> events(2 * static_cast<size_t>(reps));
+  for (cudaEvent_t& e : events) check(cudaEventCreate(&e), "cudaEventCreate");
+  for (int r = 0; r < reps; ++r) {
+    check(cudaEventRecord(events[2 * r], stream), "cudaEventRecord");
+    fn();
+    check(cudaEventRecord(events[2 * r + 1], stream), "cudaEventRecord");
+  }
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  std::vector<double> ms(static_cast<size_t>(reps));
+  for (int r = 0; r < reps; ++r) {
+    float t = 0;
+    check(cudaEventElapsedTime(&t, events[2 * r], events[2 * r + 1]), "cudaEventElapsedTime");
+    ms[r] = t;
+  }
+  for (cudaEvent_t& e : events) cudaEventDestroy(e);
+  std::sort(ms.begin(), ms.end());
+  return reps % 2 ? ms[reps / 2] : 0.5 * (ms[reps / 2 - 1] + ms[reps / 2]);
+}
+
+double now_ms() {
+  return std::chrono::duration<double, std::milli>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string json_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+/// A contiguous view of the first n elements of t (on its device).
+lowbit::TensorView head(const Tensor& t, int64_t n) {
+  return lowbit::TensorView(t.data(), t.dtype(), {n}, t.device());
+}
+
+/// Runs `make(views)` on host copies of the first n elements of `inputs` with the CPU
+/// kernel and compares with the first n elements of the GPU output `out`.
+std::string check_prefix(const std::vector<const Tensor*>& inputs, const Tensor& out, int64_t n,
+                         const std::function<Expr(const std::vector<Expr>&)>& make) {
+  std::vector<Tensor> host;
+  std::vector<Expr> leaves;
+  for (const Tensor* t : inputs) {
+    host.push_back(Tensor::empty({n}, t->dtype()));
+    lowbit::copy(host.back(), head(*t, n));
+  }
+  for (const Tensor& h : host) leaves.push_back(lowbit::fusion::input(h));
+  Tensor want = Tensor::empty({n}, out.dtype());
+  lowbit::fuse({{want, make(leaves)}});
+  Tensor got = Tensor::empty({n}, out.dtype());
+  lowbit::copy(got, head(out, n));
+  return std::memcmp(want.data(), got.data(), static_cast<size_t>(want.nbytes())) == 0 ? "exact"
+                                                                                       : "MISMATCH";
+}
+
+Expr chain8(const std::vector<Expr>& x) {
+  using namespace lowbit::fusion;
+  return clamp(silu(x[0] * 1.25 + x[1]) * x[1] - x[0] * 0.5, -8.0, 8.0);
+}
+Expr gated(const std::vector<Expr>& x) { return lowbit::fusion::silu(x[0]) * x[1]; }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string json_path;
+  int reps = 30;
+  int log2n = 28;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--json" && i + 1 < argc) {
+      json_path = argv[++i];
+    } else if (a == "--reps" && i + 1 < argc) {
+      reps = std::max(5, std::atoi(argv[++i]));
+    } else if (a == "--log2" && i + 1 < argc) {
+      log2n = std::clamp(std::atoi(argv[++i]), 12, 30);
+    } else {
+      std::fprintf(stderr, "usage: %s [--json PATH] [--reps N>=5] [--log2 K]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (lowbit::cuda_device_count() == 0) {
+    std::printf("bench_fusion_cuda: SKIPPED: no CUDA device, nothing measured\n");
+    return 0;
+  }
+  // A fresh disk cache, so that the first compile is cold.
+  const std::filesystem::path cache_dir =
+      std::filesystem::temp_directory_path() / ("lowbit_bench_cache_" + std::to_string(::getpid()));
+  ::setenv("LOWBIT_CACHE_DIR", cache_dir.c_str(), 1);
+  int rc = 0;
+  try {
+    const Device gpu = Device::cuda(0);
+    const lowbit::CudaDeviceProperties props = lowbit::cuda_device_properties(0);
+    const lowbit::Stream stream = lowbit::Stream::create(gpu);
+    auto s = static_cast<cudaStream_t>(stream.native_handle());
+    const int warmup = 5;
+    std::vector<Row> rows;
+
+    {
+      const int64_t bytes = int64_t{1} << 30;
+      lowbit::Buffer a(bytes, gpu, &stream), b(bytes, gpu, &stream);
+      check(cudaMemsetAsync(a.data(), 1, bytes, s), "cudaMemsetAsync");
+      Row r;
+      r.pair = "copy d2d (cudaMemcpyAsync, 1 GiB)";
+      r.elements = bytes;
+      r.bytes = 2.0 * bytes;
+      r.ms = median_ms(s, warmup, reps, [&] {
+        check(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, s),
+              "cudaMemcpyAsync");
+      });
+      r.kernel = "cudaMemcpyAsync";
+      rows.push_back(r);
+    }
+
+    const int64_t n = int64_t{1} << log2n;
+    Tensor a = Tensor::empty({n}, Dtype::bf16, gpu, &stream);
+    Tensor b = Tensor::empty({n}, Dtype::bf16, gpu, &stream);
+    Tensor y = Tensor::empty({n}, Dtype::bf16, gpu, &stream);
+    Tensor t = Tensor::empty({n}, Dtype::bf16, gpu, &stream);
+    fill_normal_bf16<<<1024, 256, 0, s>>>(a.data_as<uint16_t>(), static_cast<uint64_t>(n), 1);
+    fill_normal_bf16<<<1024, 256, 0, s>>>(b.data_as<uint16_t>(), static_cast<uint64_t>(n), 2);
+    check(cudaGetLastError(), "fill_normal_bf16");
+    stream.synchronize();
+    const int64_t check_n = std::min<int64_t>(n, int64_t{1} << 20);
+
+    using namespace lowbit::fusion;
+    const Expr ea = input(a), eb = input(b);
+    lowbit::fusion::ModuleCache& cache = lowbit::fusion::ModuleCache::global();
+
+    // ---- JIT costs --------------------------------------------------------------------------
+    // Cold: plan, compile, load, launch of chain8 with empty caches.
+    double cold_ms = 0, compile_ms = 0, disk_ms = 0;
+    {
+      const double t0 = now_ms();
+      const FusedDesc d = FusedDesc::make({{y, chain8({ea, eb})}});
+      FusedPlan::select(d).run(stream, {}, d.bound_args());
+      stream.synchronize();
+      cold_ms = now_ms() - t0;
+      compile_ms = d.state->kernels[0] ? d.state->kernels[0]->compile_ms : 0;
+    }
+    // Disk: the same expression in a "new process": memory cache cleared.
+    {
+      cache.clear_memory();
+      const double t0 = now_ms();
+      const FusedDesc d = FusedDesc::make({{y, chain8({ea, eb})}});
+      FusedPlan::select(d).run(stream, {}, d.bound_args());
+      stream.synchronize();
+      disk_ms = now_ms() - t0;
+      if (!d.state->kernels[0] || d.state->kernels[0]->origin != "disk")
+        std::fprintf(stderr,
+                     "bench_fusion_cuda: note: the second run did not come from disk "
+                     "(%s)\n",
+                     cache.dir().empty() ? "disk cache off" : "unexpected");
+    }
+    // In-memory hit + launch: a new descriptor per call, host time per call.
+    double hit_us = 0, launch_us = 0;
+    {
+      const int calls = 2000;
+      const double t0 = now_ms();
+      for (int i = 0; i < calls; ++i) {
+        const FusedDesc d = FusedDesc::make({{y, chain8({ea, eb})}});
+        FusedPlan::select(d).run(stream, {}, d.bound_args());
+      }
+      hit_us = (now_ms() - t0) * 1e3 / calls;
+      stream.synchronize();
+      const FusedDesc d = FusedDesc::make({{y, chain8({ea, eb})}});
+      const FusedPlan plan = FusedPlan::select(d);
+      const FusedArgs args = d.bound_args();
+      plan.run(stream, {}, args);
+      stream.synchronize();
+      const double t1 = now_ms();
+      for (int i = 0; i < calls; ++i) plan.run(stream, {}, args);
+      launch_us = (now_ms() - t1) * 1e3 / calls;
+      stream.synchronize();
+    }
+
+    // ---- bandwidth rows ------------------------------------------------------------------------
+    auto fused_row = [&](const std::string& name, const std::vector<const Tensor*>& ins,
+                         const Tensor& out,
+                         const std::function<Expr(const std::vector<Expr>&)>& f) {
+      std::vector<Expr> leaves;
+      double bytes = static_cast<double>(out.nbytes());
+      for (const Tensor* x : ins) {
+        leaves.push_back(input(*x));
+        bytes += static_cast<double>(x->nbytes());
+      }
+      const FusedDesc d = FusedDesc::make({{out, f(leaves)}});
+      const FusedPlan plan = FusedPlan::select(d);
+      const FusedArgs args = d.bound_args();
+      Row r;
+      r.pair = name;
+      r.elements = out.numel();
+      r.bytes = bytes;
+      r.ms = median_ms(s, warmup, reps, [&] { plan.run(stream, {}, args); });
+      stream.synchronize();
+      r.kernel = plan.sku().str() + " " +
+                 (d.state->kernels[0]   ? "vec"
+                  : d.state->kernels[1] ? "strided"
+                                        : "?");
+      r.check = check_prefix(ins, out, std::min<int64_t>(out.numel(), check_n), f);
+      rows.push_back(r);
+    };
+    fused_row("chain8 fused (2 x bf16 -> bf16)", {&a, &b}, y, chain8);
+    fused_row("silu(a) * b fused (2 x bf16 -> bf16)", {&a, &b}, y, gated);
+
+    {  // Unfused: one pass per op, bf16 intermediates in memory.
+      const Expr et = input(t), ey = input(y);
+      std::vector<FusedPlan> plans;
+      std::vector<FusedArgs> args;
+      auto add = [&](const Tensor& out, const Expr& e) {
+        const FusedDesc d = FusedDesc::make({{out, e}});
+        plans.push_back(FusedPlan::select(d));
+        args.push_back(d.bound_args());
+      };
+      add(t, ea * 1.25);
+      add(t, et + eb);
+      add(t, silu(et));
+      add(t, et * eb);
+      add(y, ea * 0.5);
+      add(y, et - ey);
+      add(y, clamp(ey, -8.0, 8.0));
+      Row r;
+      r.pair = "chain8 unfused (7 lowbit passes, bf16 between)";
+      r.elements = n;
+      r.bytes = 6.0 * static_cast<double>(n);  // the fused pass's bytes: comparable speed
+      r.ms = median_ms(s, 2, std::max(5, reps / 3), [&] {
+        for (size_t i = 0; i < plans.size(); ++i) plans[i].run(stream, {}, args[i]);
+      });
+      r.kernel = "7 x fused_cuda_jit";
+      rows.push_back(r);
+    }
+    {  // Broadcast bias + gelu: the strided kernel.
+      const int64_t rows_n = int64_t{1} << (log2n / 2), cols = n / rows_n;
+      Tensor x2 = Tensor::empty({rows_n, cols}, Dtype::bf16, gpu, &stream);
+      Tensor bias = Tensor::empty({cols}, Dtype::bf16, gpu, &stream);
+      Tensor y2 = Tensor::empty({rows_n, cols}, Dtype::bf16, gpu, &stream);
+      check(cudaMemcpyAsync(x2.data(), a.data(), x2.nbytes(), cudaMemcpyDeviceToDevice, s), "copy");
+      check(cudaMemcpyAsync(bias.data(), b.data(), bias.nbytes(), cudaMemcpyDeviceToDevice, s),
+            "copy");
+      const FusedDesc d = FusedDesc::make({{y2, gelu(input(x2) + input(bias))}});
+      const FusedPlan plan = FusedPlan::select(d);
+      const FusedArgs args = d.bound_args();
+      Row r;
+      r.pair = "gelu(x + bias[N]) fused, broadcast (bf16)";
+      r.elements = n;
+      r.bytes = static_cast<double>(x2.nbytes() + y2.nbytes() + bias.nbytes());
+      r.ms = median_ms(s, warmup, reps, [&] { plan.run(stream, {}, args); });
+      r.kernel = plan.sku().str() + " strided";
+      rows.push_back(r);
+    }
+
+    for (Row& r : rows) {
+      r.gbps = r.bytes / r.ms / 1e6;
+      r.pct = 100.0 * r.gbps / rows[0].gbps;
+    }
+    auto cost = [&](const std::string& what, double ms) {
+      Row r;
+      r.pair = what;
+      r.ms = ms;
+      r.kernel = "-";
+      rows.push_back(r);
+    };
+    cost("jit cold: plan + NVRTC compile + load + launch (chain8)", cold_ms);
+    cost("jit NVRTC compile alone (chain8)", compile_ms);
+    cost("jit disk-cache load + launch (chain8)", disk_ms);
+    cost("jit in-memory hit + launch, new descriptor (host ms per call)", hit_us / 1e3);
+    cost("plan.run launch overhead, resolved plan (host ms per call)", launch_us / 1e3);
+
+    std::printf("\nlowbit fusion on %s (%d SMs), median of %d reps, %lld elements\n",
+                props.name.c_str(), props.multiprocessors, reps, static_cast<long long>(n));
+    std::printf(
+        "| what | time ms | GB/s | %% of copy | check |\n| --- | --- | --- | --- | --- |\n");
+    for (const Row& r : rows)
+      std::printf("| %s | %.4f | %.0f | %.1f%% | %s |\n", r.pair.c_str(), r.ms, r.gbps, r.pct,
+                  r.check.c_str());
+    std::printf(
+        "\nJIT: cold %.1f ms (NVRTC %.1f ms), disk load %.2f ms, in-memory hit + launch "
+        "%.2f us, resolved plan launch %.2f us (host time per call)\n",
+        cold_ms, compile_ms, disk_ms, hit_us, launch_us);
+    std::printf("kernels:\n");
+    for (const Row& r : rows)
+      if (r.kernel != "-") std::printf("  %-48s %s\n", r.pair.c_str(), r.kernel.c_str());
+    const auto st = cache.stats();
+    std::printf("cache: %llu compiles, %llu disk hits, %llu memory hits, dir %s\n",
+                static_cast<unsigned long long>(st.compiles),
+                static_cast<unsigned long long>(st.disk_hits),
+                static_cast<unsigned long long>(st.memory_hits), cache.dir().c_str());
+
+    if (!json_path.empty()) {
+      FILE* f = std::fopen(json_path.c_str(), "w");
+      if (!f) {
+        std::fprintf(stderr, "bench_fusion_cuda: cannot write %s\n", json_path.c_str());
+        rc = 1;
+      } else {
+        for (const Row& r : rows)
+          std::fprintf(f,
+                       "{\"bench\": \"fusion_cuda\", \"device\": \"%s\", \"pair\": \"%s\", "
+                       "\"elements\": %lld, \"bytes\": %.0f, \"ms\": %.5f, \"gbps\": %.1f, "
+                       "\"pct_of_copy\": %.2f, \"kernel\": \"%s\", \"check\": \"%s\"}\n",
+                       json_escape(props.name).c_str(), json_escape(r.pair).c_str(),
+                       static_cast<long long>(r.elements), r.bytes, r.ms, r.gbps, r.pct,
+                       json_escape(r.kernel).c_str(), r.check.c_str());
+        std::fclose(f);
+      }
+    }
+    for (const Row& r : rows)
+      if (r.check == "MISMATCH") {
+        std::fprintf(stderr, "bench_fusion_cuda: %s differs from the CPU kernel\n", r.pair.c_str());
+        rc = 1;
+      }
+  } catch (const lowbit::Error& e) {
+    std::fprintf(stderr, "bench_fusion_cuda: %s\n", e.what());
+    rc = 1;
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(cache_dir, ec);
+  return rc;
+}

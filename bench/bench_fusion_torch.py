@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Peer for bench_fusion_cuda: the same element-wise chains in PyTorch, eager and
+torch.compile, on the same GPU in the same run.
+
+  chain8: y = clamp(silu(a * 1.25 + b) * b - a * 0.5, -8, 8)   (bf16, 2^28 elements)
+  gated:  y = silu(a) * b
+
+Rows (JSON lines: name, n, ms, gbps), the first one the device-to-device copy ceiling;
+bandwidth counts the fused pass's bytes (two inputs read, one output written) for every
+row, so that rows compare as speeds. Run by scripts/gpu-check after bench_fusion_cuda.
+"""
+import json
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+N = 1 << 28
+
+
+def bench(fn, reps=30):
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def chain8(a, b):
+    return torch.clamp(F.silu(a * 1.25 + b) * b - a * 0.5, -8.0, 8.0)
+
+
+def gated(a, b):
+    return F.silu(a) * b
+
+
+def main():
+    if not torch.cuda.is_available():
+        print("SKIPPED: no CUDA device (bench_fusion_torch)")
+        return
+    dev = torch.device("cuda")
+    src = torch.empty(1 << 29, dtype=torch.uint8, device=dev).random_()
+    dst = torch.empty_like(src)
+    copy_ms = bench(lambda: dst.copy_(src))
+    copy_gbs = 2 * src.numel() / copy_ms / 1e6
+    del src, dst
+    rows = [("copy (d2d, 512 MiB)", 1 << 29, copy_ms, copy_gbs)]
+
+    a = torch.randn(N, device=dev, dtype=torch.float32).to(torch.bfloat16)
+    b = torch.randn(N, device=dev, dtype=torch.float32).to(torch.bfloat16)
+    nbytes = 3 * 2 * N  # two bf16 inputs, one bf16 output
+    notes = []
+    for name, fn in (("chain8", chain8), ("silu(a) * b", gated)):
+        ms = bench(lambda: fn(a, b))
+        rows.append((f"torch eager {name}", N, ms, nbytes / ms / 1e6))
+        compiled = torch.compile(fn)
+        t0 = time.perf_counter()
+        compiled(a, b)
+        torch.cuda.synchronize()
+        notes.append(f"torch.compile {name}: first call (compile) {time.perf_counter() - t0:.1f} s")
+        ms = bench(lambda: compiled(a, b))
+        rows.append((f"torch.compile {name}", N, ms, nbytes / ms / 1e6))
+
+    print(f"\nPyTorch {torch.__version__} element-wise chains on {torch.cuda.get_device_name()}, "
+          f"{N} bf16 elements")
+    print("| what | elements | ms | GB/s | % of copy |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, n, ms, gbs in rows:
+        print(f"| {name} | {n} | {ms:.4f} | {gbs:.0f} | {100 * gbs / copy_gbs:.1f}% |")
+    for note in notes:
+        print(note)
+    if len(sys.argv) > 2 and sys.argv[1] == "--json":
+        with open(sys.argv[2], "w") as f:
+            for name, n, ms, gbs in rows:
+                f.write(json.dumps({"name": name, "n": n, "ms": ms, "gbps": gbs}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
