@@ -158,7 +158,10 @@ std::string read_numeric_hpp() {
     if (!ss.str().empty()) return ss.str();
   }
   std::string tried;
-  for (const auto& c : candidates) tried += " " + c.string();
+  for (const auto& c : candidates) {
+    tried += ' ';
+    tried += c.string();
+  }
   throw_error(ErrorCode::unsupported,
               "fusion: generated CUDA code includes lowbit/numeric.hpp, which was not found "
               "(tried" +

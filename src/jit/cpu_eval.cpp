@@ -752,7 +752,8 @@ class FusedCpu final : public Kernel<FusedOp> {
   }
 
   KernelSku sku(const FusedDesc& d) const override {
-    return {"fused", Backend::cpu, dtypes(d), "", cpu_features().best_target, "fused_cpu_tiled"};
+    return {"fused",          Backend::cpu, fused_dtypes(d), "", cpu_features().best_target,
+            "fused_cpu_tiled"};
   }
 
   PrecisionGuarantee precision(const FusedDesc& d) const override {
@@ -795,16 +796,6 @@ class FusedCpu final : public Kernel<FusedOp> {
       }
     }
     if (error) std::rethrow_exception(error);
-  }
-
-  static std::string dtypes(const FusedDesc& d) {
-    std::string s;
-    for (const FusedOperand& in : d.inputs)
-      s += (s.empty() ? "" : ",") + std::string(dtype_name(in.dtype));
-    s += "->";
-    for (size_t o = 0; o < d.outputs.size(); ++o)
-      s += (o ? "," : "") + std::string(dtype_name(d.outputs[o].dtype));
-    return s;
   }
 };
 

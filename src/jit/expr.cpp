@@ -556,7 +556,10 @@ std::shared_ptr<const Program> build_program(const std::vector<FusedOutput>& out
   for (size_t i = 0; i < p->code.size(); ++i) {
     const Instr& in = p->code[i];
     s += fmt::format("{}{}{}", op_name(in.op), num_char(in.num), num_char(in.arg_num));
-    if (in.op == Op::input || in.op == Op::cast) s += ":" + std::string(dtype_name(in.dtype));
+    if (in.op == Op::input || in.op == Op::cast) {
+      s += ':';
+      s += dtype_name(in.dtype);
+    }
     if (in.op == Op::input) s += fmt::format("#{}", in.slot);
     if (in.op == Op::constant) s += fmt::format("@{}", in.slot);
     if (in.op == Op::pow) s += fmt::format("^{:a}", in.param);

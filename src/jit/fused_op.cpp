@@ -35,6 +35,20 @@ bool overlap(const TensorView& a, const TensorView& b) {
 
 }  // namespace
 
+std::string fused_dtypes(const FusedDesc& d) {
+  std::string s;
+  for (const FusedOperand& in : d.inputs) {
+    if (!s.empty()) s += ',';
+    s += dtype_name(in.dtype);
+  }
+  s += "->";
+  for (size_t o = 0; o < d.outputs.size(); ++o) {
+    if (o) s += ',';
+    s += dtype_name(d.outputs[o].dtype);
+  }
+  return s;
+}
+
 FusedDesc FusedDesc::make(const std::vector<FusedOutput>& outputs) {
   if (outputs.empty()) throw_error(ErrorCode::invalid_argument, "fused: no outputs");
   FusedDesc d;

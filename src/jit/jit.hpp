@@ -248,6 +248,8 @@ void launch_cuda(const Compiled& compiled, const KernelSource& shape, const Vari
 }  // namespace lowbit::fusion
 
 namespace lowbit {
+/// "bf16,bf16->bf16": a descriptor's dtypes, for KernelSku (fused_op.cpp).
+std::string fused_dtypes(const FusedDesc& desc);
 // The kernels of the fused op (fused_op.cpp lists them).
 const Kernel<FusedOp>& fused_cpu_kernel();  // cpu_eval.cpp
 #if LOWBIT_HAS_CUDA

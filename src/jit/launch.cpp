@@ -189,13 +189,8 @@ class FusedCuda final : public Kernel<FusedOp> {
   }
 
   KernelSku sku(const FusedDesc& d) const override {
-    std::string s;
-    for (const FusedOperand& in : d.inputs)
-      s += (s.empty() ? "" : ",") + std::string(dtype_name(in.dtype));
-    s += "->";
-    for (size_t o = 0; o < d.outputs.size(); ++o)
-      s += (o ? "," : "") + std::string(dtype_name(d.outputs[o].dtype));
-    return {"fused", Backend::cuda, s, "", fusion::arch_for(d.device.index), "fused_cuda_jit"};
+    return {"fused",         Backend::cuda, fused_dtypes(d), "", fusion::arch_for(d.device.index),
+            "fused_cuda_jit"};
   }
 
   PrecisionGuarantee precision(const FusedDesc& d) const override {

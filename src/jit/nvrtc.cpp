@@ -62,7 +62,10 @@ std::filesystem::path dump_dir() {
 
 std::string nvrtc_flags() {
   std::string s;
-  for (const char* f : kFlags) s += (s.empty() ? "" : " ") + std::string(f);
+  for (const char* f : kFlags) {
+    if (!s.empty()) s += ' ';
+    s += f;
+  }
   return s;
 }
 

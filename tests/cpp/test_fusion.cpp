@@ -1080,7 +1080,8 @@ TEST(FusionNvrtc, RandomExpressionsCompileForSm90a) {
     jobs.push_back({c.describe() + "\n  variant " + v.key(), fusion::generate_cuda(*d.program, v),
                     v.vec    ? "vec"
                     : v.pair ? "strided pair"
-                             : "strided"});
+                             : "strided",
+                    0.0, ""});
   }
   // NVRTC is thread-safe: compile on every core.
   std::atomic<size_t> next{0};
@@ -1283,7 +1284,9 @@ TEST(FusionCache, KeyNamesEverythingThatChangesTheBinary) {
   EXPECT_NE(k.find("codegen " + std::to_string(fusion::kCodegenVersion)), std::string::npos);
   EXPECT_NE(k.find("--fmad=false"), std::string::npos);
   EXPECT_NE(k.find("headers "), std::string::npos);
-  if (kHasNvrtc) EXPECT_NE(k.find("nvrtc " + fusion::nvrtc_version()), std::string::npos);
+  if (kHasNvrtc) {
+    EXPECT_NE(k.find("nvrtc " + fusion::nvrtc_version()), std::string::npos);
+  }
   // Constants are kernel arguments: expressions differing only in them share a kernel.
   Tensor a = Tensor::empty({8}, Dtype::f32), y = Tensor::empty({8}, Dtype::f32);
   const Expr x = fusion::input(a);
