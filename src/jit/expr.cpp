@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <charconv>
 #include <unordered_map>
 
 #include "jit/jit.hpp"
@@ -390,7 +391,10 @@ bool transcendental(Op op) {
 
 class Builder {
  public:
-  explicit Builder(Program& p) : p_(p) {}
+  explicit Builder(Program& p) : p_(p) {
+    memo_.reserve(32);
+    conv_.reserve(16);
+  }
 
   int value(const NodePtr& node) {
     if (auto it = memo_.find(node.get()); it != memo_.end()) return it->second;
@@ -552,25 +556,48 @@ std::shared_ptr<const Program> build_program(const std::vector<FusedOutput>& out
     p->output_dtypes.push_back(o.dst.dtype());
     p->bound_outputs.push_back(o.dst);
   }
+  // The canonical form, built by appends (it is made for every descriptor).
   std::string& s = p->canonical;
-  for (size_t i = 0; i < p->code.size(); ++i) {
-    const Instr& in = p->code[i];
-    s += fmt::format("{}{}{}", op_name(in.op), num_char(in.num), num_char(in.arg_num));
+  s.reserve(24 * p->code.size() + 16 * p->outputs.size());
+  auto num = [&](int v) {
+    char buf[16];
+    const auto r = std::to_chars(buf, buf + sizeof buf, v);
+    s.append(buf, r.ptr);
+  };
+  for (const Instr& in : p->code) {
+    s += op_name(in.op);
+    s += num_char(in.num);
+    s += num_char(in.arg_num);
     if (in.op == Op::input || in.op == Op::cast) {
       s += ':';
       s += dtype_name(in.dtype);
     }
-    if (in.op == Op::input) s += fmt::format("#{}", in.slot);
-    if (in.op == Op::constant) s += fmt::format("@{}", in.slot);
+    if (in.op == Op::input) {
+      s += '#';
+      num(in.slot);
+    }
+    if (in.op == Op::constant) {
+      s += '@';
+      num(in.slot);
+    }
     if (in.op == Op::pow) s += fmt::format("^{:a}", in.param);
-    if (in.a >= 0) s += fmt::format("({}", in.a);
-    if (in.b >= 0) s += fmt::format(",{}", in.b);
-    if (in.c >= 0) s += fmt::format(",{}", in.c);
-    if (in.a >= 0) s += ")";
-    s += ";";
+    const int ops[3] = {in.a, in.b, in.c};
+    for (int k = 0; k < 3 && ops[k] >= 0; ++k) {
+      s += k ? ',' : '(';
+      num(ops[k]);
+    }
+    if (in.a >= 0) s += ')';
+    s += ';';
   }
-  for (size_t o = 0; o < p->outputs.size(); ++o)
-    s += fmt::format("out{}={}:{};", o, p->outputs[o], dtype_name(p->output_dtypes[o]));
+  for (size_t o = 0; o < p->outputs.size(); ++o) {
+    s += "out";
+    num(static_cast<int>(o));
+    s += '=';
+    num(p->outputs[o]);
+    s += ':';
+    s += dtype_name(p->output_dtypes[o]);
+    s += ';';
+  }
   return p;
 }
 
