@@ -85,7 +85,6 @@ struct QCall {
   const float* add = nullptr;
   // GGUF rows
   int64_t row_bytes = 0;
-  bool stream = false;  ///< GGUF: blocks go out with non-temporal stores
   /// Flags (kFlag*) raised when the data needs the reference's judgement: a non-finite
   /// input, a block whose f16 scale overflows. The kernel then hands the call to the
   /// reference kernel, which throws its exact error (or, were a flag ever raised wrongly,

@@ -613,8 +613,8 @@ TEST(QuantizeBackends, EveryKernelMatchesReferenceOnEveryBackend) {
 }
 
 TEST(QuantizeBackends, LargeTensorsPastTheStreamingThreshold) {
-  // Outputs this large leave through non-temporal stores (GGUF blocks, f32 values): the
-  // paths the matrix's smaller shapes do not reach. Several threads' chunks too.
+  // Dequantized f32 outputs this large leave through non-temporal stores: a path the
+  // matrix's smaller shapes do not reach. Many threads' chunks too.
   const int64_t K = 4096;
   const int64_t rows = convert_simd_detail::stream_threshold_bytes() / (K * 4) + 3;
   const Shape shape{rows, K};

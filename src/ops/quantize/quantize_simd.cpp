@@ -59,7 +59,6 @@
 #include <string>
 #include <vector>
 
-#include "cpu/convert_simd.hpp"
 #include "cpu/quant_simd.hpp"
 #include "formats/gguf_block_codecs.hpp"
 #include "lowbit/gguf_blocks.hpp"
@@ -794,43 +793,23 @@ HWY_INLINE bool Q4_0Blocks(const QCall& q, int64_t e0, int64_t nb, uint8_t* y) {
   return true;
 }
 
-/// Copies `bytes` (a multiple of 64) to a 64-byte aligned destination past the caches.
-HWY_INLINE void StreamCopy(uint8_t* dst, const uint8_t* src, int64_t bytes) {
-  const hn::ScalableTag<uint8_t> d8;
-  const int64_t n8 = static_cast<int64_t>(hn::Lanes(d8));
-  for (int64_t i = 0; i < bytes; i += n8) hn::Stream(hn::Load(d8, src + i), d8, dst + i);
-}
-
-/// GGUF rows through a per-type block function. Large outputs whose rows are whole cache
-/// lines go out 32 blocks (a whole number of cache lines) at a time: made in L1, then
-/// streamed, which spares the memory traffic of reading the destination lines first.
+/// GGUF rows through a per-type block function. (Streaming the blocks past the caches,
+/// 32 blocks at a time from an L1 buffer, was measured slower here than plain stores: the
+/// output is a quarter of the input at most.)
 template <class Blocks>
-HWY_INLINE void GgufRows(const QCall& q, int64_t r0, int64_t r1, int64_t block_bytes,
-                         Blocks blocks) {
+HWY_INLINE void GgufRows(const QCall& q, int64_t r0, int64_t r1, Blocks blocks) {
   const int64_t K = q.L.gm.k, nb = K / kQK;
-  constexpr int64_t kGroup = 32;
-  HWY_ALIGN uint8_t buf[kGroup * (2 + kQK)];
-  for (int64_t r = r0; r < r1; ++r) {
-    uint8_t* yr = q.codes + r * q.row_bytes;
-    int64_t b = 0;
-    if (q.stream) {
-      for (; b + kGroup <= nb; b += kGroup) {
-        if (!blocks(q, r * K + b * kQK, kGroup, buf)) return;
-        StreamCopy(yr + b * block_bytes, buf, kGroup * block_bytes);
-      }
-    }
-    if (b < nb && !blocks(q, r * K + b * kQK, nb - b, yr + b * block_bytes)) return;
-  }
-  if (q.stream) hwy::FlushStream();
+  for (int64_t r = r0; r < r1; ++r)
+    if (!blocks(q, r * K, nb, q.codes + r * q.row_bytes)) return;
 }
 
 template <Dtype S>
 void Q8_0Rows(const QCall& q, int64_t r0, int64_t r1) {
-  GgufRows(q, r0, r1, 2 + kQK, &Q8_0Blocks<S>);
+  GgufRows(q, r0, r1, &Q8_0Blocks<S>);
 }
 template <Dtype S>
 void Q4_0Rows(const QCall& q, int64_t r0, int64_t r1) {
-  GgufRows(q, r0, r1, 2 + kQK / 2, &Q4_0Blocks<S>);
+  GgufRows(q, r0, r1, &Q4_0Blocks<S>);
 }
 
 // ---- selection ------------------------------------------------------------------------------
@@ -1066,10 +1045,6 @@ class QuantizeSimd final : public Kernel<QuantizeOp> {
     if (s.format == QuantFormat::gguf) {
       const int64_t rows = gm.k > 0 ? n / gm.k : 0;
       q.row_bytes = gguf::row_bytes(static_cast<gguf::GgmlType>(s.gguf_type), gm.k);
-      // Stream the blocks out when the output is large and its rows are whole cache lines.
-      q.stream = rows * q.row_bytes + storage_bytes(d.src, n) >=
-                     convert_simd_detail::stream_threshold_bytes() &&
-                 reinterpret_cast<uintptr_t>(q.codes) % 64 == 0 && q.row_bytes % 64 == 0;
       over_range(q, f.gguf_rows, rows, rows_per_chunk(gm.k, false));
       if (failed()) reference();
       return;
