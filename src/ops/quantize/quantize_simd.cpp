@@ -748,47 +748,103 @@ HWY_INLINE bool Q8_0Blocks(const QCall& q, int64_t e0, int64_t nb, uint8_t* yr) 
 template <Dtype S>
 HWY_INLINE bool Q4_0Blocks(const QCall& q, int64_t e0, int64_t nb, uint8_t* y) {
   const DF df;
+  const DU du;
   const DI di;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  constexpr size_t NL = kMaxLanes;
+  const int64_t N = static_cast<int64_t>(NL);
+  constexpr int64_t kBytes = 2 + kQK / 2;
   const VF bias = hn::Set(df, 8.5f);
   const VI fifteen = hn::Set(di, 15);
-  {
-    for (int64_t b = 0; b < nb; ++b, y += 2 + kQK / 2) {
+  // The first value of largest |x| (ggml's max; +0 for an all-zero block).
+  auto signed_max = [&](const VF* x, uint32_t amax_bits) {
+    if (amax_bits == 0) return 0.0f;
+    const VI target = hn::Set(di, static_cast<int32_t>(amax_bits));
+    for (int64_t v = 0; v < kNV; ++v) {
+      const intptr_t lane = hn::FindFirstTrue(di, hn::Eq(AbsBits(x[v]), target));
+      if (lane >= 0) return hn::ExtractLane(x[v], static_cast<size_t>(lane));
+    }
+    return 0.0f;  // not reached
+  };
+  auto codes = [&](const VF* x, float id, uint8_t* out) {
+    const VF vid = hn::Set(df, id);
+    VI c[kNV];
+    for (int64_t v = 0; v < kNV; ++v)
+      c[v] = hn::Min(CvttI32(hn::Add(hn::Mul(x[v], vid), bias)), fifteen);
+    // Byte j holds element j (low nibble) and j + 16 (high nibble).
+    for (int64_t v = 0; v < kNV / 2; ++v)
+      hn::StoreU(hn::DemoteTo(DU8(), hn::Or(c[v], hn::ShiftLeft<4>(c[v + kNV / 2]))), DU8(),
+                 out + v * N);
+  };
+  int64_t b = 0;
+  // Batches of N blocks: maxima in one reduction, d, 1/d and f16(d) as vectors.
+  for (; b + N <= nb; b += N) {
+    VI am[NL];
+    for (size_t i = 0; i < NL; ++i) {
+      const int64_t e = e0 + (b + static_cast<int64_t>(i)) * kQK;
+      VI a = AbsBits(LoadSrc<S>(df, q.src, e));
+      for (int64_t v = 1; v < kNV; ++v) a = hn::Max(a, AbsBits(LoadSrc<S>(df, q.src, e + v * N)));
+      am[i] = a;
+    }
+    const VI amax = ReduceMaxGroups(am);
+    const auto finite = hn::Lt(amax, hn::Set(di, static_cast<int32_t>(kNonFinite)));
+    if (!hn::AllTrue(di, finite) && NonFinite(q)) return false;
+    HWY_ALIGN uint32_t am_l[NL];
+    HWY_ALIGN float max_l[NL], id_l[NL], d_l[NL];
+    HWY_ALIGN uint32_t h_l[NL];
+    hn::Store(hn::BitCast(du, amax), du, am_l);
+    for (size_t i = 0; i < NL; ++i) {
+      const size_t l = GroupLane(i);
+      const int64_t e = e0 + (b + static_cast<int64_t>(i)) * kQK;
       VF x[kNV];
-      const uint32_t amax_bits = LoadBlock<S>(q.src, e0 + b * kQK, x);
-      if (amax_bits >= kNonFinite && NonFinite(q)) return false;
-      float max = 0.0f;  // ggml's start value: an all-zero block keeps +0
-      if (amax_bits != 0) {
-        const VI target = hn::Set(di, static_cast<int32_t>(amax_bits));
-        for (int64_t v = 0; v < kNV; ++v) {
-          const intptr_t lane = hn::FindFirstTrue(di, hn::Eq(AbsBits(x[v]), target));
-          if (lane >= 0) {
-            max = hn::ExtractLane(x[v], static_cast<size_t>(lane));
-            break;
-          }
-        }
-      }
-      const float d = max / -8.0f;
-      const float id = d != 0.0f ? 1.0f / d : 0.0f;
-      const uint16_t h = f32_to_f16(d);
-      if ((h & 0x7fffu) == 0x7c00u && amax_bits < kNonFinite) {
-        Refuse(q);
-        return false;
-      }
-      if (d != 0.0f && std::fabs(d) < FLT_MIN) {
-        ReferenceBlock(x, y, gguf::detail::quantize_q4_0);
+      for (int64_t v = 0; v < kNV; ++v) x[v] = LoadSrc<S>(df, q.src, e + v * N);
+      max_l[l] = signed_max(x, am_l[l]);
+    }
+    const VF d = hn::Div(hn::Load(df, max_l), hn::Set(df, -8.0f));
+    const VF id = hn::IfThenZeroElse(hn::Eq(d, hn::Zero(df)), hn::Div(hn::Set(df, 1.0f), d));
+    const VU h = simd_convert::EncodeMiniFloat<nd::kF16, true>(du, hn::BitCast(du, d),
+                                                               hn::Set(du, nd::kF16.inf_code()));
+    if (!hn::AllFalse(du,
+                      hn::And(hn::RebindMask(du, finite),
+                              hn::Eq(hn::And(h, hn::Set(du, 0x7fffu)), hn::Set(du, 0x7c00u))))) {
+      Refuse(q);
+      return false;
+    }
+    hn::Store(id, df, id_l);
+    hn::Store(d, df, d_l);
+    hn::Store(h, du, h_l);
+    for (size_t i = 0; i < NL; ++i) {
+      const size_t l = GroupLane(i);
+      const int64_t e = e0 + (b + static_cast<int64_t>(i)) * kQK;
+      uint8_t* yb = y + (b + static_cast<int64_t>(i)) * kBytes;
+      VF x[kNV];
+      for (int64_t v = 0; v < kNV; ++v) x[v] = LoadSrc<S>(df, q.src, e + v * N);
+      if (d_l[l] != 0.0f && std::fabs(d_l[l]) < FLT_MIN) {  // 1/d overflows: ggml's own path
+        ReferenceBlock(x, yb, gguf::detail::quantize_q4_0);
         continue;
       }
-      std::memcpy(y, &h, 2);
-      const VF vid = hn::Set(df, id);
-      VI c[kNV];
-      for (int64_t v = 0; v < kNV; ++v)
-        c[v] = hn::Min(CvttI32(hn::Add(hn::Mul(x[v], vid), bias)), fifteen);
-      // Byte j holds element j (low nibble) and j + 16 (high nibble).
-      for (int64_t v = 0; v < kNV / 2; ++v)
-        hn::StoreU(hn::DemoteTo(DU8(), hn::Or(c[v], hn::ShiftLeft<4>(c[v + kNV / 2]))), DU8(),
-                   y + 2 + v * N);
+      const uint16_t h16 = static_cast<uint16_t>(h_l[l]);
+      std::memcpy(yb, &h16, 2);
+      codes(x, id_l[l], yb + 2);
     }
+  }
+  for (; b < nb; ++b) {
+    uint8_t* yb = y + b * kBytes;
+    VF x[kNV];
+    const uint32_t amax_bits = LoadBlock<S>(q.src, e0 + b * kQK, x);
+    if (amax_bits >= kNonFinite && NonFinite(q)) return false;
+    const float d = signed_max(x, amax_bits) / -8.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const uint16_t h = f32_to_f16(d);
+    if ((h & 0x7fffu) == 0x7c00u && amax_bits < kNonFinite) {
+      Refuse(q);
+      return false;
+    }
+    if (d != 0.0f && std::fabs(d) < FLT_MIN) {
+      ReferenceBlock(x, yb, gguf::detail::quantize_q4_0);
+      continue;
+    }
+    std::memcpy(yb, &h, 2);
+    codes(x, id, yb + 2);
   }
   return true;
 }
