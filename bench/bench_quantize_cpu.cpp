@@ -11,6 +11,9 @@
 //    to the reference) and to_float (ggml_get_type_traits). The lowbit Q8_0 / Q4_0 bytes
 //    are compared with ggml_quantize_chunk's, and the dequantized floats with to_float's.
 //
+// lowbit and ggml run in turn, rep by rep (best of each), so that a busy moment of this
+// shared machine does not fall on one side only.
+//
 // Usage: bench_quantize_cpu [--rows R] [--cols K] [--reps N] [--copy-mib M] [--ggml-dir DIR]
 // GB/s counts bytes read + written; "f32 GiB/s" is the f32-side rate ggml's own benchmarks
 // report (4 bytes per value / time, GiB); the percentages compare GB/s with the streaming-
@@ -95,6 +98,21 @@ double best_seconds(int reps, const std::function<void()>& f) {
     best = std::min(best,
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
+  return best;
+}
+
+/// Best of `reps` for each of several implementations of one operation, run in turn rep by
+/// rep, so that a busy moment of the machine does not fall on one of them only.
+std::vector<double> best_interleaved(int reps, const std::vector<std::function<void()>>& fs) {
+  for (const auto& f : fs) f();
+  std::vector<double> best(fs.size(), 1e30);
+  for (int r = 0; r < reps; ++r)
+    for (size_t i = 0; i < fs.size(); ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      fs[i]();
+      best[i] = std::min(
+          best[i], std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
   return best;
 }
 
@@ -239,7 +257,9 @@ int main(int argc, char** argv) {
   }
   Tensor out_f32 = Tensor::empty(shape, Dtype::f32);
   Tensor out_bf16 = Tensor::empty(shape, Dtype::bf16);
+  Tensor out_ggml = Tensor::empty(shape, Dtype::f32);
   prefault(out_f32.data(), out_f32.nbytes());
+  prefault(out_ggml.data(), out_ggml.nbytes());
   prefault(out_bf16.data(), out_bf16.nbytes());
   std::vector<uint8_t> copy_src(static_cast<size_t>(opt.copy_bytes), 1),
       copy_dst(static_cast<size_t>(opt.copy_bytes));
@@ -298,44 +318,56 @@ int main(int argc, char** argv) {
       const lowbit::QuantizePlan qp =
           lowbit::QuantizePlan::select(lowbit::QuantizeDesc::for_views(q.view(), *c.src));
       qarch = qp.sku().arch;
-      const lowbit::Stream stream;
-      const double tq = best_seconds(opt.reps, [&] { qp.run(stream, {}, {*c.src, q.view()}); });
-      rows.push_back(
-          {qname, "lowbit " + qp.sku().kernel, threads, tq, src_bytes + q_bytes, f32_side, ""});
       const lowbit::DequantizePlan dp =
           lowbit::DequantizePlan::select(lowbit::DequantizeDesc::for_views(*c.back, q.view()));
       darch = dp.sku().arch;
-      const double td = best_seconds(opt.reps, [&] { dp.run(stream, {}, {q.view(), *c.back}); });
-      rows.push_back({dname, "lowbit " + dp.sku().kernel, threads, td,
-                      q_bytes + static_cast<double>(c.back->nbytes()), f32_side, ""});
-
-      if (!c.ggml_type) continue;
-      if (!ggml.ok) {
-        rows.push_back({qname, "ggml", threads, 0, 0, 0, "skipped: " + ggml.why});
+      const lowbit::Stream stream;
+      auto lowbit_q = [&] { qp.run(stream, {}, {*c.src, q.view()}); };
+      auto lowbit_d = [&] { dp.run(stream, {}, {q.view(), *c.back}); };
+      const double q_rw = src_bytes + q_bytes;
+      const double d_rw = q_bytes + static_cast<double>(c.back->nbytes());
+      if (!c.ggml_type || !ggml.ok) {
+        rows.push_back({qname, "lowbit " + qp.sku().kernel, threads,
+                        best_seconds(opt.reps, lowbit_q), q_rw, f32_side, ""});
+        rows.push_back({dname, "lowbit " + dp.sku().kernel, threads,
+                        best_seconds(opt.reps, lowbit_d), d_rw, f32_side, ""});
+        if (c.ggml_type) rows.push_back({qname, "ggml", threads, 0, 0, 0, "skipped: " + ggml.why});
         continue;
       }
+      // GGUF: lowbit and ggml measured in turn; outputs compared first.
       const float* x = f32.data_as<const float>();
       const int64_t rb = lowbit::gguf::row_bytes(
           c.ggml_type == kGgmlQ8_0 ? lowbit::gguf::GgmlType::q8_0 : lowbit::gguf::GgmlType::q4_0,
           K);
       uint8_t* y = ggml_q.data();
-      const double tr = best_seconds(opt.reps, [&] {
+      const size_t qbytes = static_cast<size_t>(rb * R);
+      auto ggml_chunk = [&] {
         split_rows(R, [&](int64_t r0, int64_t r1) {
           ggml.quantize_chunk(c.ggml_type, x, y, r0 * K, r1 - r0, K, nullptr);
         });
-      });
-      const bool same = std::memcmp(y, q.codes.data(), static_cast<size_t>(rb * R)) == 0;
-      rows.push_back({qname, "ggml_quantize_chunk (reference)", threads, tr, src_bytes + q_bytes,
-                      f32_side, same ? "lowbit bytes identical" : "lowbit bytes DIFFER"});
+      };
       const ggml_type_traits_cpu* tc = ggml.traits_cpu ? ggml.traits_cpu(c.ggml_type) : nullptr;
-      if (tc && tc->from_float) {
-        const double tf = best_seconds(opt.reps, [&] {
-          split_rows(R, [&](int64_t r0, int64_t r1) {
-            tc->from_float(x + r0 * K, y + r0 * rb, (r1 - r0) * K);
-          });
+      auto ggml_fast = [&] {
+        split_rows(R, [&](int64_t r0, int64_t r1) {
+          tc->from_float(x + r0 * K, y + r0 * rb, (r1 - r0) * K);
         });
-        const bool same_fast = std::memcmp(y, q.codes.data(), static_cast<size_t>(rb * R)) == 0;
-        rows.push_back({qname, "ggml CPU from_float", threads, tf, src_bytes + q_bytes, f32_side,
+      };
+      lowbit_q();
+      ggml_chunk();
+      const bool same = std::memcmp(y, q.codes.data(), qbytes) == 0;
+      std::vector<std::function<void()>> qf{lowbit_q, ggml_chunk};
+      bool same_fast = false;
+      if (tc && tc->from_float) {
+        ggml_fast();
+        same_fast = std::memcmp(y, q.codes.data(), qbytes) == 0;
+        qf.push_back(ggml_fast);
+      }
+      const std::vector<double> tq = best_interleaved(opt.reps, qf);
+      rows.push_back({qname, "lowbit " + qp.sku().kernel, threads, tq[0], q_rw, f32_side, ""});
+      rows.push_back({qname, "ggml_quantize_chunk (reference)", threads, tq[1], q_rw, f32_side,
+                      same ? "lowbit bytes identical" : "lowbit bytes DIFFER"});
+      if (tc && tc->from_float) {
+        rows.push_back({qname, "ggml CPU from_float", threads, tq[2], q_rw, f32_side,
                         same_fast ? "bytes identical to lowbit"
                                   : "differs from the reference (round-half-even)"});
       } else {
@@ -343,23 +375,28 @@ int main(int argc, char** argv) {
                         "skipped: ggml_get_type_traits_cpu not exported"});
       }
       const ggml_type_traits* tt = ggml.traits(c.ggml_type);
-      if (tt && tt->to_float) {
-        // ggml dequantizes lowbit's bytes (identical to its own reference's).
-        const uint8_t* qb = q.codes.data_as<const uint8_t>();
-        float* out = out_f32.data_as<float>();
-        // lowbit's result first, to compare.
-        dp.run(stream, {}, {q.view(), *c.back});
-        std::vector<float> mine(out, out + std::min<int64_t>(n, int64_t{1} << 22));
-        const double tt_s = best_seconds(opt.reps, [&] {
-          split_rows(R, [&](int64_t r0, int64_t r1) {
-            tt->to_float(qb + r0 * rb, out + r0 * K, (r1 - r0) * K);
-          });
-        });
-        const bool same_d = std::memcmp(mine.data(), out, mine.size() * sizeof(float)) == 0;
-        rows.push_back({dname, "ggml to_float", threads, tt_s,
-                        q_bytes + static_cast<double>(c.back->nbytes()), f32_side,
-                        same_d ? "lowbit floats identical" : "lowbit floats DIFFER"});
+      if (!tt || !tt->to_float) {
+        rows.push_back({dname, "lowbit " + dp.sku().kernel, threads,
+                        best_seconds(opt.reps, lowbit_d), d_rw, f32_side, ""});
+        continue;
       }
+      // ggml dequantizes the same bytes (lowbit's, identical to its reference's) into its
+      // own buffer.
+      const uint8_t* qb = q.codes.data_as<const uint8_t>();
+      float* out = out_ggml.data_as<float>();
+      auto ggml_d = [&] {
+        split_rows(R, [&](int64_t r0, int64_t r1) {
+          tt->to_float(qb + r0 * rb, out + r0 * K, (r1 - r0) * K);
+        });
+      };
+      lowbit_d();
+      ggml_d();
+      const bool same_d =
+          std::memcmp(c.back->data(), out, static_cast<size_t>(c.back->nbytes())) == 0;
+      const std::vector<double> td = best_interleaved(opt.reps, {lowbit_d, ggml_d});
+      rows.push_back({dname, "lowbit " + dp.sku().kernel, threads, td[0], d_rw, f32_side, ""});
+      rows.push_back({dname, "ggml to_float", threads, td[1], d_rw, f32_side,
+                      same_d ? "lowbit floats identical" : "lowbit floats DIFFER"});
     }
   }
 
