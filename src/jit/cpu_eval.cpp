@@ -209,7 +209,10 @@ JM_FN void sqrt_run(const T* a, T* o, int n) {
 }
 
 template <class T>
-JM_FN void unary_run(Op op, const T* a, T* o, int n, double p) {
+JM_FN void unary_run(Op op, const T* a, T* o, int n, double p, T* e) {
+  // sigmoid, silu, tanh and softplus run as two loops, the exp into `e` (a tile of
+  // scratch) and then the rest: the same operations as the one-line formula. In one loop
+  // GCC splits the exp's clamps into paths and executes the division once per path.
   switch (op) {
     case Op::neg:
       for (int i = 0; i < n; ++i) o[i] = lb_neg(a[i]);
@@ -231,11 +234,18 @@ JM_FN void unary_run(Op op, const T* a, T* o, int n, double p) {
       for (int i = 0; i < n; ++i) o[i] = T(1) / o[i];
       return;
     case Op::tanh:
-      for (int i = 0; i < n; ++i) o[i] = lb_tanh(a[i]);
+      if constexpr (sizeof(T) == 4) {
+        for (int i = 0; i < n; ++i) e[i] = lb_exp(lb_tanh_arg(a[i]));
+        for (int i = 0; i < n; ++i) o[i] = lb_tanh_e(a[i], e[i]);
+      } else {
+        for (int i = 0; i < n; ++i) o[i] = lb_tanh(a[i]);
+      }
       return;
-    case Op::sigmoid:
-      for (int i = 0; i < n; ++i) o[i] = lb_sigmoid(a[i]);
+    case Op::sigmoid: {
+      for (int i = 0; i < n; ++i) e[i] = lb_exp(-a[i]);
+      for (int i = 0; i < n; ++i) o[i] = lb_sigmoid_e(e[i]);
       return;
+    }
     case Op::relu:
       for (int i = 0; i < n; ++i) o[i] = lb_relu(a[i]);
       return;
@@ -245,12 +255,16 @@ JM_FN void unary_run(Op op, const T* a, T* o, int n, double p) {
     case Op::gelu_tanh:
       for (int i = 0; i < n; ++i) o[i] = lb_gelu_tanh(a[i]);
       return;
-    case Op::silu:
-      for (int i = 0; i < n; ++i) o[i] = lb_silu(a[i]);
+    case Op::silu: {
+      for (int i = 0; i < n; ++i) e[i] = lb_exp(-a[i]);
+      for (int i = 0; i < n; ++i) o[i] = lb_silu_e(a[i], e[i]);
       return;
-    case Op::softplus:
-      for (int i = 0; i < n; ++i) o[i] = lb_softplus(a[i]);
+    }
+    case Op::softplus: {
+      for (int i = 0; i < n; ++i) e[i] = lb_exp(a[i]);
+      for (int i = 0; i < n; ++i) o[i] = lb_softplus_e(a[i], e[i]);
       return;
+    }
     case Op::pow:
       for (int i = 0; i < n; ++i) o[i] = lb_pow(a[i], p);
       return;
@@ -378,7 +392,7 @@ void cast_run(const Instr& in, const void* a, void* o, int n) {
 
 /// One step over n elements.
 LOWBIT_CLONES void run_step(const Instr& in, void* o, const void* a, const void* b, const void* c,
-                            int n) {
+                            int n, void* tmp) {
   const bool d = in.num == Num::f64;
   switch (in.op) {
     case Op::add:
@@ -448,9 +462,11 @@ LOWBIT_CLONES void run_step(const Instr& in, void* o, const void* a, const void*
       return;
     default:
       if (d) {
-        unary_run(in.op, static_cast<const double*>(a), static_cast<double*>(o), n, in.param);
+        unary_run(in.op, static_cast<const double*>(a), static_cast<double*>(o), n, in.param,
+                  static_cast<double*>(tmp));
       } else {
-        unary_run(in.op, static_cast<const float*>(a), static_cast<float*>(o), n, in.param);
+        unary_run(in.op, static_cast<const float*>(a), static_cast<float*>(o), n, in.param,
+                  static_cast<float*>(tmp));
       }
       return;
   }
@@ -647,7 +663,8 @@ struct Pass {
       return;
     }
     run_step(in, own, in.a >= 0 ? ptr[in.a] : nullptr, in.b >= 0 ? ptr[in.b] : nullptr,
-             in.c >= 0 ? ptr[in.c] : nullptr, n);
+             in.c >= 0 ? ptr[in.c] : nullptr, n,
+             scratch + static_cast<size_t>(s.slots) * s.slot_bytes);
     ptr[i] = own;
   }
 
@@ -697,7 +714,8 @@ struct Pass {
 
   /// Evaluates tiles [t0, t1) on this thread.
   void tiles(int64_t t0, int64_t t1) const {
-    char* scratch = thread_scratch(static_cast<size_t>(std::max(s.slots, 1)) * s.slot_bytes);
+    // The slots, then one more tile for exps (see unary_run).
+    char* scratch = thread_scratch(static_cast<size_t>(s.slots + 1) * s.slot_bytes);
     std::vector<const void*> ptr(p.code.size(), nullptr);
     const int steps = static_cast<int>(p.code.size());
     const int64_t numel = L.numel;
