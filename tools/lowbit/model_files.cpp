@@ -174,10 +174,10 @@ ModelInput ModelInput::open(const std::string& path) {
       }
       in.tensors.push_back(std::move(it));
     }
-    for (const auto& [k, v] : f->metadata()) {
+    for (const auto& entry : f->metadata()) {
       const bool known = std::any_of(in.metadata.begin(), in.metadata.end(),
-                                     [&](const auto& kv) { return kv.first == k; });
-      if (!known) in.metadata.emplace_back(k, v);
+                                     [&](const auto& kv) { return kv.first == entry.first; });
+      if (!known) in.metadata.push_back(entry);
     }
   }
   return in;
