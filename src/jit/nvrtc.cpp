@@ -110,6 +110,10 @@ std::string compile_cuda(const KernelSource& source, const std::string& arch,
     while (!log.empty() && (log.back() == '\0' || log.back() == '\n')) log.pop_back();
   }
   const std::filesystem::path dump = dump_dir();
+  if (r == NVRTC_ERROR_INVALID_OPTION)  // e.g. an arch this NVRTC does not know
+    throw_error(
+        ErrorCode::unsupported,
+        fmt::format("fusion: NVRTC {} refused the options for {}: {}", nvrtc_version(), arch, log));
   if (r != NVRTC_SUCCESS) {
     // A bug in codegen: keep the source for the report.
     std::filesystem::path where = dump;

@@ -1144,6 +1144,20 @@ TEST(FusionNvrtc, CompileErrorIsAnInternalErrorWithTheLogAndSource) {
   }
 }
 
+TEST(FusionNvrtc, AnArchNvrtcDoesNotKnowIsUnsupported) {
+  LOWBIT_REQUIRE_NVRTC();
+  Tensor a = Tensor::empty({64}, Dtype::bf16), y = Tensor::empty({64}, Dtype::bf16);
+  const FusedDesc d = FusedDesc::make({{y, fusion::input(a) + 1.0}});
+  std::mt19937_64 rng(1);
+  const fusion::KernelSource src = fusion::generate_cuda(*d.program, variant_of(d, rng, false));
+  testing::expect_error(
+      [&] {
+        double t = 0;
+        fusion::compile_cuda(src, "sm_7", "badarch", &t);
+      },
+      ErrorCode::unsupported, "sm_7");
+}
+
 TEST(FusionNvrtc, DumpWritesSourceAndPtx) {
   LOWBIT_REQUIRE_NVRTC();
   const std::string dir = ::testing::TempDir() + fmt::format("lowbit_dump_{}", ::getpid());
