@@ -42,7 +42,7 @@ const char* const kFlags[] = {"-std=c++20", "--fmad=false", "--ftz=false", "--pr
                               "--prec-sqrt=true"};
 
 /// Writes `text` to `path` (best effort); true on success.
-bool write_file(const std::filesystem::path& path, const std::string& text) {
+[[maybe_unused]] bool write_file(const std::filesystem::path& path, const std::string& text) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
   if (!f) return false;
   f.write(text.data(), static_cast<std::streamsize>(text.size()));
@@ -50,7 +50,7 @@ bool write_file(const std::filesystem::path& path, const std::string& text) {
 }
 
 /// $LOWBIT_JIT_DUMP, created if needed; empty if unset.
-std::filesystem::path dump_dir() {
+[[maybe_unused]] std::filesystem::path dump_dir() {
   const char* d = std::getenv("LOWBIT_JIT_DUMP");
   if (!d || !*d) return {};
   std::error_code ec;
