@@ -546,6 +546,48 @@ def test_gguf_we_write_loads_in_the_gguf_package(cli, qs, tmp_path, scheme):
         assert loaded[name].tobytes() == bytes(tensors[name].data.tobytes())
 
 
+
+@pytest.mark.parametrize("scheme", ["q8_0", "q4_K"])
+@pytest.mark.parametrize("src_ext,dst_ext", [(".gguf", ".safetensors"), (".gguf", ".gguf"),
+                                             (".safetensors", ".gguf")])
+def test_dequantize_bf16_through_gguf(cli, qs, tmp_path, scheme, src_ext, dst_ext):
+    """`lowbit dequantize --dtype bf16` from and to .gguf files equals the in-memory ops."""
+    import gguf
+
+    model = small_model(np.random.default_rng(14))
+    del model["encoder.layer.0.intermediate.dense.weight"]  # BF16: gguf-py reads it as raw
+    src = tmp_path / "model.safetensors"
+    save_file(model, src, metadata={"format": "pt"})
+    q = tmp_path / f"q{src_ext}"
+    rep = json.loads(run(cli, "quantize", src, q, "-s", scheme, "--report", "json").stdout)
+    quantized = {r["name"] for r in rep["tensors"] if r["action"] == "quantized"}
+    assert "encoder.layer.0.big.weight" in quantized
+    out = tmp_path / f"d{dst_ext}"
+    run(cli, "dequantize", q, out, "--dtype", "bf16", "-q")
+    if dst_ext == ".gguf":
+        r = gguf.GGUFReader(out)
+        assert r.fields["format"].contents() == "pt"
+        back = {t.name: (t.tensor_type.name, bytes(t.data.tobytes()),
+                         list(reversed([int(d) for d in t.shape]))) for t in r.tensors}
+    else:
+        with safe_open(out, framework="np") as f:
+            meta = f.metadata()
+        assert not any(k.startswith("lowbit.") for k in meta)
+        header, _ = header_of(out)
+        back = {n: (header[n]["dtype"], our_raw(out, n), header[n]["shape"])
+                for n in header if n != "__metadata__"}
+    assert set(back) == set(model)
+    for name, x in model.items():
+        kind, raw, shape = back[name]
+        assert list(shape) == list(x.shape), name
+        if name in quantized:
+            assert kind == "BF16", name
+            assert raw == qs.dequantize(qs.quantize(scheme, x), BF16).tobytes(), name
+        else:
+            assert raw == x.tobytes(), name
+    assert run(cli, "verify", out).returncode == 0
+
+
 def test_gguf_they_write_loads_in_ours(cli, qs, tmp_path):
     import gguf
     from gguf import GGMLQuantizationType as QT
