@@ -9,7 +9,8 @@
 
 Inputs are NumPy arrays (ml_dtypes' bfloat16 / float8 types included), PyTorch tensors (CPU,
 and CUDA where lowbit was built with CUDA) or any object with __dlpack__; they are read in
-place, without copies. Results come back in the input's framework. docs/python.md has the
+place, without copies. Results come back in the input's framework. lowbit.load / save read
+and write safetensors and GGUF files (memory-mapped, zero-copy). docs/python.md has the
 tutorial.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from . import _arrays, _lowbit
 from ._arrays import as_array, dtype_name
+from ._files import load, load_metadata, save
 from ._lowbit import Array, CorruptFileError, PlanInfo, QuantizedTensor, Scheme
 from ._ste import ste_mask
 
@@ -38,8 +40,11 @@ __all__ = [
     "dtype_name",
     "fake_quantize",
     "info",
+    "load",
+    "load_metadata",
     "plan_info",
     "quantize",
+    "save",
     "ste_mask",
 ]
 

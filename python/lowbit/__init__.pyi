@@ -1,6 +1,7 @@
 # Type stubs for the lowbit package (the public API of python/lowbit/__init__.py and the
 # classes of the lowbit._lowbit extension it re-exports).
-from typing import Any, Literal, Sequence
+import os
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -183,3 +184,20 @@ def convert(x: ArrayLike, dtype: DtypeLike, *, saturation: Saturation = "none") 
 def plan_info(op: Literal["quantize", "dequantize", "convert"], *args: Any, **kwargs: Any) -> PlanInfo: ...
 def cuda_device_count() -> int: ...
 def info() -> dict[str, Any]: ...
+def load(
+    path: str | os.PathLike[str],
+    *,
+    framework: Literal["numpy", "np", "torch", "pt"] = "numpy",
+    format: Literal["safetensors", "gguf"] | None = None,
+) -> dict[str, Any]: ...  # name -> NumPy array / torch tensor / QuantizedTensor
+def load_metadata(
+    path: str | os.PathLike[str], *, format: Literal["safetensors", "gguf"] | None = None
+) -> dict[str, Any]: ...
+def save(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, ArrayLike | QuantizedTensor],
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    format: Literal["safetensors", "gguf"] | None = None,
+    overwrite: bool = True,
+) -> None: ...

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "dlpack.hpp"
+#include "files.hpp"
 #include "lowbit/convert.hpp"
 #include "lowbit/device.hpp"
 #include "lowbit/error.hpp"
@@ -202,26 +203,6 @@ TensorView adopt_part(const char* which, const Array& a, Dtype want, const Shape
 }
 
 // ---- QuantizedTensor --------------------------------------------------------------------------
-
-struct PyQuantized {
-  std::shared_ptr<const void> owner;  ///< a lowbit::QuantizedTensor, or the adopted parts
-  QuantizedView view;
-  std::string origin = "numpy";  ///< the framework dequantize returns ("numpy", "torch", "array")
-
-  std::optional<Array> part(const TensorView& v, bool present) const {
-    if (!present) return std::nullopt;
-    Array a;
-    a.owner = owner;
-    a.view = bytes_view(v);
-    return a;
-  }
-  int64_t nbytes() const {
-    int64_t n = 0;
-    for (const TensorView* v : {&view.codes, &view.scale, &view.zero, &view.global_scale})
-      if (v->data() != nullptr || v->numel() > 0) n += storage_bytes(v->dtype(), v->numel());
-    return n;
-  }
-};
 
 PyQuantized own(QuantizedTensor q) {
   auto holder = std::make_shared<QuantizedTensor>(std::move(q));
@@ -449,6 +430,7 @@ NB_MODULE(_lowbit, m) {
                                 PyExc_ValueError, nullptr);
   m.attr("CorruptFileError") = nb::handle(g_corrupt_file_error);
   nb::register_exception_translator(translate_error);
+  bind_files(m);
 
   // ---- Array ----------------------------------------------------------------------------------
   nb::class_<Array>(m, "Array",
