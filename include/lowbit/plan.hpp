@@ -152,6 +152,8 @@ class Plan {
   }
 
   const Desc& desc() const { return desc_; }
+  /// The chosen kernel (ops with kernel-specific extras, like matmul's weight layouts).
+  const Kernel<Op>& kernel() const { return *kernel_; }
   const KernelSku& sku() const { return sku_; }
   PrecisionGuarantee precision() const { return kernel_->precision(desc_); }
   /// The kernels tried before the chosen one, with their reasons.

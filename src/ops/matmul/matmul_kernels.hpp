@@ -1,0 +1,12 @@
+// The kernels of the matmul op; matmul_op.cpp lists them in order.
+#pragma once
+
+#include "lowbit/matmul.hpp"
+
+namespace lowbit {
+
+const MatmulKernel& matmul_reference_kernel();  // matmul_reference.cpp
+#if LOWBIT_HAS_CUDA
+#endif
+
+}  // namespace lowbit

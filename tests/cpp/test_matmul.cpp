@@ -1,0 +1,369 @@
+// Every matmul kernel on every backend against the f64 product of the dequantized operands.
+//
+// For each kernel of MatmulOp::kernels() (selected by name) on every device of
+// testing::test_devices(), over the weight schemes of kWeightSchemes (weight-only, f32 / f16 /
+// bf16 activations) and kW8A8 (quantized activations, given quantized or quantized by the plan),
+// and over awkward M, N, K: a kernel that declines a case is skipped; one that accepts it must
+// produce y within the tolerance of kTolerance below, with every unwritten element showing
+// (y is poisoned first, and y's row-stride gaps must stay poisoned).
+//
+// Tolerance (the per-path tolerances of docs/matmul.md): with ref = the f64 product of the
+// operands as the dequantize op defines them, and s = sqrt(sum_k (x_k w_k)^2) (the magnitude
+// a sum of K random-sign products has), |y - ref| <= tol * (|ref| + s) where tol is 1e-5 for
+// an f32 y and 1e-2 for f16 / bf16. NaN in the reference must be NaN in y, +-Inf the same Inf.
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "lowbit/matmul.hpp"
+#include "lowbit/quantize.hpp"
+#include "ops/convert/convert_element.hpp"
+#include "support/testing.hpp"
+
+namespace lowbit {
+namespace {
+
+using testing::kPoison;
+
+const char* const kWeightSchemes[] = {"int8:block32",
+                                      "int8:block32:asym",
+                                      "int8:block128",
+                                      "int8:channel",
+                                      "int4:block32",
+                                      "int4:block64",
+                                      "int4:block128",
+                                      "int4:block32:asym",
+                                      "int4:block128:asym",
+                                      "int4:channel",
+                                      "fp8e4m3:channel",
+                                      "fp8e5m2:channel",
+                                      "fp8e4m3:tensor",
+                                      "fp8e4m3:block128x128",
+                                      "nvfp4",
+                                      "mxfp4",
+                                      "q8_0",
+                                      "q4_0",
+                                      "q4_K",
+                                      "q6_K"};
+
+struct W8A8Case {
+  const char* x_scheme;
+  const char* w_scheme;
+};
+const W8A8Case kW8A8[] = {
+    {"int8:token", "int8:channel"},
+    {"fp8e4m3:tensor", "fp8e4m3:tensor"},
+    {"fp8e4m3:token", "fp8e4m3:channel"},
+    {"fp8e4m3:block128", "fp8e4m3:block128x128"},
+};
+
+double tolerance(Dtype y) { return y == Dtype::f32 ? 1e-5 : 1e-2; }
+
+/// Random finite values of moderate magnitude (a matmul test is about sums, not about the
+/// encoders' edge cases, which test_quantize_backends covers).
+Tensor random_values(const Shape& shape, Dtype dtype, std::mt19937_64& rng, float scale = 1.f) {
+  Tensor t = Tensor::empty(shape, dtype);
+  std::normal_distribution<float> nd(0.f, scale);
+  for (int64_t i = 0; i < t.numel(); ++i)
+    convert_detail::store_f32(t.data(), dtype, i, nd(rng), Saturation::none);
+  return t;
+}
+
+std::vector<double> as_f64(const TensorView& host) {
+  std::vector<double> v(static_cast<size_t>(host.numel()));
+  for (int64_t i = 0; i < host.numel(); ++i)
+    v[static_cast<size_t>(i)] = convert_detail::load_f32(host.data(), host.dtype(), i);
+  return v;
+}
+
+QuantizedTensor quantized_to_device(const QuantizedTensor& h, Device device) {
+  QuantizedTensor q;
+  q.scheme = h.scheme;
+  q.shape = h.shape;
+  auto move = [&](const Tensor& t) {
+    return t.data() || t.numel() ? testing::to_device(t, device) : Tensor();
+  };
+  q.codes = move(h.codes);
+  q.scale = move(h.scale);
+  q.zero = move(h.zero);
+  q.global_scale = move(h.global_scale);
+  return q;
+}
+
+struct Case {
+  int64_t m, n, k;
+  Dtype x;
+  Dtype y;
+  std::string w_scheme;
+  std::string x_scheme;  // "" weight-only
+  bool x_given_quantized = false;
+  bool bias = false;
+  int64_t y_pad = 0;     // extra elements per row of y
+  bool special = false;  // NaN / Inf in x
+};
+
+std::string case_name(const Case& c) {
+  return fmt::format("m={} n={} k={} x={} y={} w={} xs={}{} bias={} y_pad={}{}", c.m, c.n, c.k,
+                     dtype_name(c.x), dtype_name(c.y), c.w_scheme, c.x_scheme,
+                     c.x_given_quantized ? "(given)" : "", c.bias, c.y_pad,
+                     c.special ? " special" : "");
+}
+
+/// Runs `kernel` on `device` for `c`; returns false if the kernel declined. Checks y.
+bool run_case(std::string_view kernel, Device device, const Case& c, uint64_t seed) {
+  SCOPED_TRACE(
+      fmt::format("kernel {} on {}: {} seed {}", kernel, device.str(), case_name(c), seed));
+  std::mt19937_64 rng(seed);
+  const QuantScheme ws = QuantScheme::parse(c.w_scheme);
+  Tensor w_f32 = random_values({c.n, c.k}, Dtype::f32, rng, 0.5f);
+  // Blocks of zeros in W: whole rows and the first 32 elements of row 1.
+  if (c.n > 2) std::fill_n(w_f32.data_as<float>() + 2 * c.k, c.k, 0.f);
+  if (c.n > 1) std::fill_n(w_f32.data_as<float>() + 1 * c.k, std::min<int64_t>(32, c.k), 0.f);
+  const QuantizedTensor wq_host = quantize(w_f32, ws);
+  Tensor x_host = random_values({c.m, c.k}, c.x_given_quantized ? Dtype::f32 : c.x, rng);
+  if (c.special && c.m > 0 && c.k > 2) {
+    convert_detail::store_f32(x_host.data(), x_host.dtype(), 1, NAN, Saturation::none);
+    if (c.m > 1)
+      convert_detail::store_f32(x_host.data(), x_host.dtype(), c.k + 2, INFINITY, Saturation::none);
+  }
+  std::optional<QuantizedTensor> xq_host;
+  if (!c.x_scheme.empty() && c.x_given_quantized)
+    xq_host = quantize(x_host, QuantScheme::parse(c.x_scheme));
+  Tensor bias_host = c.bias ? random_values({c.n}, c.y, rng) : Tensor();
+
+  // The oracle: f64 products of the dequantized operands.
+  const std::vector<double> wd = as_f64(dequantize(wq_host.view(), Dtype::f32));
+  std::vector<double> xd;
+  if (xq_host)
+    xd = as_f64(dequantize(xq_host->view(), Dtype::f32));
+  else if (!c.x_scheme.empty())
+    xd = as_f64(dequantize(quantize(x_host, QuantScheme::parse(c.x_scheme)).view(), Dtype::f32));
+  else
+    xd = as_f64(x_host);
+  const std::vector<double> bd = c.bias ? as_f64(bias_host) : std::vector<double>();
+
+  MatmulDesc d;
+  d.m = c.m;
+  d.n = c.n;
+  d.k = c.k;
+  d.x = xq_host ? xq_host->scheme.code_dtype() : c.x;
+  if (!c.x_scheme.empty()) d.x_scheme = QuantScheme::parse(c.x_scheme);
+  d.w = ws;
+  d.y = c.y;
+  d.bias = c.bias;
+  d.y_row_stride = c.n + c.y_pad;
+  d.device = device;
+  Preference pref;
+  pref.kernel = std::string(kernel);
+  std::optional<MatmulPlan> plan;
+  try {
+    plan = MatmulPlan::select(d, pref);
+  } catch (const Error& e) {
+    if (e.code() == ErrorCode::unsupported) return false;
+    throw;
+  }
+
+  const QuantizedTensor wq = quantized_to_device(wq_host, device);
+  const Tensor x = testing::to_device(x_host, device);
+  std::optional<QuantizedTensor> xq;
+  if (xq_host) xq = quantized_to_device(*xq_host, device);
+  const Tensor bias = c.bias ? testing::to_device(bias_host, device) : Tensor();
+  const int64_t ys = c.n + c.y_pad;
+  Tensor y_store = Tensor::empty({std::max<int64_t>(c.m * ys, 1)}, c.y, device);
+  fill_bytes(y_store, kPoison);
+  const TensorView y(y_store.data(), c.y, {c.m, c.n}, {ys, 1}, device);
+
+  Tensor packed;
+  MatmulArgs args{xq ? TensorView() : x.view(),
+                  xq ? xq->view() : QuantizedView(),
+                  wq.view(),
+                  {},
+                  c.bias ? bias.view() : TensorView(),
+                  y};
+  if (const int64_t bytes = prepared_bytes(*plan); bytes > 0) {
+    packed = Tensor::empty({bytes}, Dtype::u8, device);
+    prepare_weight(*plan, wq.view(), packed);
+    args.w_packed = packed;
+  }
+  const Stream stream = Stream::default_for(device);
+  Buffer scratch;
+  Workspace ws_mem;
+  if (const size_t bytes = plan->workspace_size(); bytes > 0) {
+    scratch = Buffer(static_cast<int64_t>(bytes), device);
+    ws_mem = {scratch.data(), bytes};
+  }
+  plan->run(stream, ws_mem, args);
+  stream.synchronize();
+
+  const Tensor y_back = testing::to_host(y_store);
+  const double tol = tolerance(c.y);
+  int failures = 0;
+  for (int64_t i = 0; i < c.m; ++i) {
+    for (int64_t j = 0; j < ys; ++j) {
+      const int64_t at = i * ys + j;
+      if (j >= c.n) {  // a gap of a padded row: never written
+        const auto* bytes = static_cast<const uint8_t*>(y_back.data()) +
+                            at * static_cast<int>(storage_bytes(c.y, 1));
+        for (int b = 0; b < static_cast<int>(storage_bytes(c.y, 1)); ++b)
+          if (bytes[b] != kPoison && failures++ < 5) ADD_FAILURE() << "gap written at " << at;
+        continue;
+      }
+      double ref = c.bias ? bd[static_cast<size_t>(j)] : 0.0, s2 = 0.0;
+      for (int64_t t = 0; t < c.k; ++t) {
+        const double p =
+            xd[static_cast<size_t>(i * c.k + t)] * wd[static_cast<size_t>(j * c.k + t)];
+        ref += p;
+        s2 += p * p;
+      }
+      const double got = convert_detail::load_f32(y_back.data(), c.y, at);
+      bool ok;
+      if (std::isnan(ref))
+        ok = std::isnan(got);
+      else if (std::isinf(ref))
+        ok = got == ref;
+      else
+        ok = std::fabs(got - ref) <= tol * (std::fabs(ref) + std::sqrt(s2)) + 1e-30;
+      if (!ok && failures++ < 5)
+        ADD_FAILURE() << fmt::format("y[{},{}] = {} vs f64 {} (s = {})", i, j, got, ref,
+                                     std::sqrt(s2));
+    }
+  }
+  return true;
+}
+
+std::vector<std::string> kernel_names() {
+  std::vector<std::string> names;
+  for (const Kernel<MatmulOp>* k : MatmulOp::kernels()) names.emplace_back(k->name());
+  return names;
+}
+
+/// The cases one kernel runs on one device; `big` adds sizes that take the fast paths'
+/// tiling (several N tiles, several K blocks, M beyond a GEMV).
+std::vector<Case> cases(bool reference) {
+  std::vector<Case> out;
+  const int64_t ms[] = {1, 3, 17};
+  const int64_t ns[] = {1, 7, 67};
+  for (const char* w : kWeightSchemes) {
+    const QuantScheme ws = QuantScheme::parse(w);
+    const int64_t kb = ws.format == QuantFormat::gguf && ws.str().find("_K") != std::string::npos
+                           ? 256
+                           : (ws.granularity == Granularity::block2d ? 128 : 128);
+    for (Dtype xd : {Dtype::f32, Dtype::bf16, Dtype::f16}) {
+      for (int64_t m : ms)
+        for (int64_t n : ns) {
+          const int64_t k = (reference && m * n > 100) ? kb : 2 * kb + (n == 7 ? kb : 0);
+          out.push_back({m, n, k, xd, xd, w, "", false, n == 7, n == 67 ? 5 : 0, false});
+        }
+      if (!reference) {
+        out.push_back({1, 300, 2048, xd, xd, w, "", false, false, 0, false});
+        out.push_back({33, 130, 1024, xd, xd, w, "", false, true, 0, false});
+        out.push_back({70, 64, 512, xd, Dtype::f32, w, "", false, false, 0, false});
+      }
+    }
+    out.push_back({4, 9, kb, Dtype::f32, Dtype::f32, w, "", false, false, 0, true});
+    out.push_back({0, 9, kb, Dtype::bf16, Dtype::bf16, w, "", false, false, 0, false});
+    out.push_back({3, 0, kb, Dtype::bf16, Dtype::bf16, w, "", false, false, 0, false});
+  }
+  for (const W8A8Case& c : kW8A8) {
+    for (bool given : {true, false})
+      for (Dtype y : {Dtype::bf16, Dtype::f32}) {
+        out.push_back({1, 7, 256, given ? Dtype::f32 : Dtype::bf16, y, c.w_scheme, c.x_scheme,
+                       given, false, 0, false});
+        out.push_back({17, 130, 512, given ? Dtype::f32 : Dtype::f32, y, c.w_scheme, c.x_scheme,
+                       given, true, 3, false});
+        if (!reference)
+          out.push_back({150, 256, 1024, given ? Dtype::f32 : Dtype::bf16, y, c.w_scheme,
+                         c.x_scheme, given, false, 0, false});
+      }
+  }
+  return out;
+}
+
+TEST(Matmul, EveryKernelOnEveryDeviceMatchesTheF64Product) {
+  for (Device device : testing::test_devices()) {
+    for (const std::string& kernel : kernel_names()) {
+      const bool reference = kernel == "matmul_reference";
+      int ran = 0;
+      uint64_t seed = 1;
+      for (const Case& c : cases(reference)) {
+        // The reference is checked on the CPU; a W8A8 case with NaN is meaningless (quantize
+        // refuses).
+        if (run_case(kernel, device, c, seed++)) ++ran;
+        if (::testing::Test::HasFailure()) return;
+      }
+      std::printf("%-32s on %-7s ran %d cases\n", kernel.c_str(), device.str().c_str(), ran);
+      if (reference && device.is_cpu()) EXPECT_GT(ran, 100);
+    }
+  }
+}
+
+TEST(Matmul, PlanStatesItsKernelAndPrecision) {
+  MatmulDesc d;
+  d.m = 1;
+  d.n = 8;
+  d.k = 64;
+  d.x = Dtype::bf16;
+  d.w = QuantScheme::parse("int4:block32");
+  d.y = Dtype::bf16;
+  Preference pref;
+  pref.kernel = "matmul_reference";
+  const MatmulPlan plan = MatmulPlan::select(d, pref);
+  EXPECT_EQ(plan.sku().op, "matmul");
+  EXPECT_EQ(plan.precision().accumulator, Dtype::f64);
+  EXPECT_TRUE(plan.precision().deterministic);
+  EXPECT_EQ(weight_layout(plan), "plain");
+}
+
+TEST(Matmul, BadArgumentsGiveClearErrors) {
+  std::mt19937_64 rng(7);
+  const Tensor w = random_values({8, 64}, Dtype::f32, rng);
+  const QuantizedTensor q = quantize(w, QuantScheme::parse("int4:block32"));
+  const Tensor x = random_values({2, 64}, Dtype::bf16, rng);
+  const Tensor x_bad_k = random_values({2, 96}, Dtype::bf16, rng);
+  const Tensor x_i32 = Tensor::empty({2, 64}, Dtype::i32);
+  // K not matching the weight.
+  testing::expect_error([&] { (void)matmul(x_bad_k, q.view()); }, ErrorCode::invalid_argument, "k");
+  // K not a multiple of the block.
+  MatmulDesc d;
+  d.m = 1;
+  d.n = 8;
+  d.k = 4097;
+  d.w = QuantScheme::parse("int4:block32");
+  testing::expect_error([&] { (void)MatmulPlan::select(d); }, ErrorCode::invalid_argument, "32");
+  d.k = 64;
+  d.x = Dtype::i32;
+  testing::expect_error([&] { (void)MatmulPlan::select(d); }, ErrorCode::invalid_argument,
+                        "x dtype i32");
+  // Wrong y shape.
+  Tensor y = Tensor::empty({2, 9}, Dtype::bf16);
+  testing::expect_error([&] { matmul_into(y, x, q.view()); }, ErrorCode::invalid_argument,
+                        "y has shape [2, 9]");
+  // Bias of the wrong length.
+  Tensor bias = Tensor::empty({7}, Dtype::bf16);
+  testing::expect_error([&] { (void)matmul(x, q.view(), &bias.view()); },
+                        ErrorCode::invalid_argument, "bias");
+  // A 3-d x works (leading dims are rows); the result has x's leading shape.
+  const Tensor x3 = random_values({2, 3, 64}, Dtype::f32, rng);
+  const Tensor y3 = matmul(x3, q.view());
+  EXPECT_EQ(y3.shape(), (Shape{2, 3, 8}));
+}
+
+TEST(Matmul, QuantizedLinearCachesPlansAndAgreesWithTheOneLiner) {
+  std::mt19937_64 rng(11);
+  const Tensor w = random_values({40, 256}, Dtype::f32, rng);
+  QuantizedLinear layer(quantize(w, QuantScheme::parse("q4_0")));
+  for (int64_t m : {1, 5, 33}) {
+    const Tensor x = random_values({m, 256}, Dtype::bf16, rng);
+    const Tensor a = layer(x);
+    const Tensor b = matmul(x, layer.weight().view());
+    EXPECT_EQ(testing::compare_bytes(a, b), "") << "m=" << m;
+  }
+}
+
+}  // namespace
+}  // namespace lowbit
