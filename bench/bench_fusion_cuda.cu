@@ -8,6 +8,9 @@
 //  - silu(a) * b, the gated-MLP pattern, same size;
 //  - chain8 unfused: seven lowbit passes through bf16 tensors (eager PyTorch's traffic);
 //  - bias + gelu over [2^14, 2^14] with a [2^14] bf16 bias (broadcast: the strided kernel);
+//  - the quantize epilogue: silu(a) * b over [2^28 / 8192, 8192] quantized per token to
+//    fp8e4m3 (and int8, mxfp4) in the same kernel, bytes = 4 per element in, the codes and
+//    scales out; with the finiteness check off (no synchronisation) and on;
 //  - JIT costs: cold compile (NVRTC, empty caches), disk-cache load (a new process would
 //    see: memory cache cleared), in-memory hit plus launch (a new descriptor each call:
 //    program build, plan selection, cache lookup, launch; CPU microseconds per call), and
@@ -36,6 +39,7 @@
 #include "lowbit/device.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/fusion.hpp"
+#include "lowbit/quantize.hpp"
 #include "lowbit/tensor.hpp"
 
 namespace {
@@ -290,6 +294,54 @@ int main(int argc, char** argv) {
     };
     fused_row("chain8 fused (2 x bf16 -> bf16)", {&a, &b}, y, chain8);
     fused_row("silu(a) * b fused (2 x bf16 -> bf16)", {&a, &b}, y, gated);
+
+    // The quantize epilogue: silu(a) * b quantized per token (rows of 8192), scales computed
+    // in the same kernel. Bytes: two bf16 inputs, the codes and the f32 row scales.
+    auto quant_row = [&](const std::string& name, const char* scheme_text, bool check) {
+      const int64_t cols = 8192, rows_n = n / cols;
+      const lowbit::QuantScheme scheme = lowbit::QuantScheme::parse(scheme_text);
+      const lowbit::QuantizedTensor q =
+          lowbit::QuantizedTensor::allocate(scheme, {rows_n, cols}, gpu);
+      const lowbit::TensorView a2(a.data(), Dtype::bf16, {rows_n, cols}, gpu);
+      const lowbit::TensorView b2(b.data(), Dtype::bf16, {rows_n, cols}, gpu);
+      const FusedDesc d =
+          FusedDesc::make({lowbit::FusedOutput(q.view(), silu(input(a2)) * input(b2), check)});
+      const FusedPlan plan = FusedPlan::select(d);
+      const FusedArgs args = d.bound_args();
+      Row r;
+      r.pair = name;
+      r.elements = n;
+      r.bytes = static_cast<double>(a.nbytes() + b.nbytes() + q.nbytes());
+      r.ms = median_ms(s, warmup, reps, [&] { plan.run(stream, {}, args); });
+      stream.synchronize();
+      r.kernel = plan.sku().str() + " row kernel";
+      // The first 64 rows against the CPU epilogue (the bits of quantize() on the unfused
+      // result, test_fusion_quant).
+      const int64_t check_rows = 64;
+      Tensor ha = Tensor::empty({check_rows, cols}, Dtype::bf16);
+      Tensor hb = Tensor::empty({check_rows, cols}, Dtype::bf16);
+      lowbit::copy(ha, head(a, check_rows * cols));
+      lowbit::copy(hb, head(b, check_rows * cols));
+      const lowbit::QuantizedTensor want =
+          lowbit::QuantizedTensor::allocate(scheme, {check_rows, cols});
+      lowbit::fuse({{want.view(), silu(input(ha)) * input(hb)}});
+      Tensor codes = Tensor::empty(want.codes.shape(), want.codes.dtype());
+      Tensor scales = Tensor::empty(want.scale.shape(), want.scale.dtype());
+      lowbit::copy(codes,
+                   lowbit::TensorView(q.codes.data(), want.codes.dtype(), want.codes.shape(), gpu));
+      lowbit::copy(scales,
+                   lowbit::TensorView(q.scale.data(), want.scale.dtype(), want.scale.shape(), gpu));
+      const bool same =
+          std::memcmp(codes.data(), want.codes.data(), static_cast<size_t>(codes.nbytes())) == 0 &&
+          std::memcmp(scales.data(), want.scale.data(), static_cast<size_t>(scales.nbytes())) == 0;
+      r.check = same ? "exact" : "MISMATCH";
+      rows.push_back(r);
+    };
+    quant_row("silu(a) * b -> fp8e4m3:token fused, check off [32768 x 8192]", "fp8e4m3:token",
+              false);
+    quant_row("silu(a) * b -> fp8e4m3:token fused, finiteness check", "fp8e4m3:token", true);
+    quant_row("silu(a) * b -> int8:token fused, check off", "int8:token", false);
+    quant_row("silu(a) * b -> mxfp4 fused, check off", "mxfp4", false);
 
     {  // Unfused: one pass per op, bf16 intermediates in memory.
       const Expr et = input(t), ey = input(y);

@@ -4,10 +4,11 @@ torch.compile, on the same GPU in the same run.
 
   chain8: y = clamp(silu(a * 1.25 + b) * b - a * 0.5, -8, 8)   (bf16, 2^28 elements)
   gated:  y = silu(a) * b
+  gated + fp8: silu(a) * b quantized per row of 8192 to fp8 e4m3 (scale = amax / 448)
 
 Rows (JSON lines: name, n, ms, gbps), the first one the device-to-device copy ceiling;
-bandwidth counts the fused pass's bytes (two inputs read, one output written) for every
-row, so that rows compare as speeds. Run by scripts/gpu-check after bench_fusion_cuda.
+bandwidth counts the fused pass's bytes (two inputs read, one output written; for the
+quantized rows the codes and row scales) for every row, so that rows compare as speeds. Run by scripts/gpu-check after bench_fusion_cuda.
 """
 import json
 import sys
@@ -43,6 +44,17 @@ def gated(a, b):
     return F.silu(a) * b
 
 
+def gated_fp8(a, b):
+    """silu(a) * b, then per-row fp8 e4m3 quantization with the scale computed over the
+    row (lowbit's rule: scale = amax / 448, codes = fp8(y * (1 / scale)), saturating)."""
+    y = F.silu(a) * b
+    amax = y.abs().amax(dim=-1, keepdim=True).float()
+    scale = amax / 448.0
+    inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
+    q = (y.float() * inv).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+    return q, scale
+
+
 def main():
     if not torch.cuda.is_available():
         print("SKIPPED: no CUDA device (bench_fusion_torch)")
@@ -69,6 +81,20 @@ def main():
         notes.append(f"torch.compile {name}: first call (compile) {time.perf_counter() - t0:.1f} s")
         ms = bench(lambda: compiled(a, b))
         rows.append((f"torch.compile {name}", N, ms, nbytes / ms / 1e6))
+
+    # silu(a) * b with a per-token fp8 quantization, rows of 8192 (bytes: two bf16 inputs,
+    # fp8 codes, f32 row scales).
+    a2, b2 = a.view(-1, 8192), b.view(-1, 8192)
+    qbytes = 2 * 2 * N + N + 4 * (N // 8192)
+    for label, fn in (("torch eager silu(a) * b -> fp8e4m3:token", gated_fp8),
+                      ("torch.compile silu(a) * b -> fp8e4m3:token", torch.compile(gated_fp8))):
+        t0 = time.perf_counter()
+        fn(a2, b2)
+        torch.cuda.synchronize()
+        if label.startswith("torch.compile"):
+            notes.append(f"{label}: first call (compile) {time.perf_counter() - t0:.1f} s")
+        ms = bench(lambda: fn(a2, b2))
+        rows.append((label, N, ms, qbytes / ms / 1e6))
 
     print(f"\nPyTorch {torch.__version__} element-wise chains on {torch.cuda.get_device_name()}, "
           f"{N} bf16 elements")

@@ -4,6 +4,8 @@
 //   Expr a = input(x), b = input(y);           // TensorViews: any dtype, broadcastable
 //   lowbit::fuse({{out, silu(a * 1.25 + b) * b}});         // one kernel, one pass
 //   lowbit::fuse({{out1, relu(a) + b}, {out2, maximum(a, b)}});  // several outputs
+//   QuantizedTensor q = QuantizedTensor::allocate(QuantScheme::parse("fp8e4m3:token"), shape, dev);
+//   lowbit::fuse({{q.view(), silu(a) * b}});   // quantize epilogue: row scales in the same pass
 //
 // On CUDA the expression becomes a small kernel compiled at run time with NVRTC and kept
 // in an in-memory and an on-disk cache; on the CPU one tiled pass evaluates it. Both run
@@ -28,6 +30,7 @@
 
 #include "lowbit/dtype.hpp"
 #include "lowbit/plan.hpp"
+#include "lowbit/quantized.hpp"
 #include "lowbit/tensor.hpp"
 
 namespace lowbit {
@@ -145,9 +148,28 @@ struct PlanState;
 }  // namespace fusion
 
 /// One output of a fused expression: the tensor it is written to, and its value.
+///
+/// Quantize epilogue: with a QuantizedView as the destination, the expression's value
+/// (rounded to the expression's dtype, which must be f32, f16, bf16 or f64, as if it had
+/// been stored) is quantized with dst.scheme in the same pass, scales computed from the
+/// values: the bits quantize() gives on the unfused result. Schemes with row-local groups:
+/// int8 / uint8 / int4 / uint4 and fp8e4m3 / fp8e5m2 per token or per block along the
+/// last axis (any scale dtype, symmetric or affine), mxfp4, mxfp8e4m3, mxfp8e5m2. A
+/// quantized output is the call's only output. Non-finite values are refused with
+/// Error(invalid_argument) naming the first one, as quantize() does, unless check_finite
+/// is false (the CUDA check costs a stream synchronisation; then such values give
+/// unspecified codes).
 struct FusedOutput {
-  TensorView dst;
+  FusedOutput(TensorView dst_, fusion::Expr value_)
+      : dst(std::move(dst_)), value(std::move(value_)) {}
+  FusedOutput(const QuantizedView& dst_, fusion::Expr value_, bool check_finite_ = true)
+      : value(std::move(value_)), quantized(true), qdst(dst_), check_finite(check_finite_) {}
+
+  TensorView dst;  ///< empty for a quantized output
   fusion::Expr value;
+  bool quantized = false;
+  QuantizedView qdst;  ///< the quantized output's parts
+  bool check_finite = true;
 };
 
 /// Dtype, shape and strides of one operand of a fused expression.
@@ -159,7 +181,8 @@ struct FusedOperand {
 
 struct FusedArgs {
   std::vector<TensorView> inputs;   ///< in FusedDesc::inputs order
-  std::vector<TensorView> outputs;  ///< in FusedDesc::outputs order
+  std::vector<TensorView> outputs;  ///< in FusedDesc::outputs order (the quantized one: unused)
+  QuantizedView quantized;          ///< the quantized output's parts, if the plan has one
 };
 
 struct FusedDesc {
@@ -170,6 +193,11 @@ struct FusedDesc {
   std::vector<FusedOperand> outputs;
   Shape shape;  ///< every output's shape: the iteration space
   Device device = Device::cpu();
+  /// The quantize epilogue: the output quantized with `scheme` (its FusedOperand is the
+  /// expression's value, contiguous, never stored), or -1.
+  int quantized_output = -1;
+  QuantScheme scheme;
+  bool check_finite = true;
   /// Per-plan memory of compiled kernels (shared by copies of this descriptor).
   std::shared_ptr<fusion::PlanState> state;
 

@@ -64,7 +64,11 @@ const char* const kPrelude = R"(#pragma once
 #define JM_D_LOG1P(x) log1p(x)
 #define JM_D_POW(x, p) pow(x, p)
 #define JM_D_TRUNC(x) trunc(x)
+#define JM_RINTF(x) rintf(x)
 #include "lowbit_jit_math.h"
+#ifndef LB_DYN_SMEM
+#define LB_DYN_SMEM(T, name) extern __shared__ T name[]
+#endif
 
 namespace lbrt {
 __device__ __forceinline__ unsigned word(const uint4& q, int w) {
@@ -409,6 +413,11 @@ struct Gen {
     if (!v.vec)
       s += fmt::format("  {0} ext[{1}];\n  {0} st[{2}][{1}];\n", idx, v.nd,
                        std::max<size_t>(ni + no, 1));
+    if (v.quant)
+      s += fmt::format(
+          "  void* qcodes;\n  void* qscale;\n  void* qzero;\n  unsigned long long* qflag;\n"
+          "  {0} qk;\n  {0} qrows;\n",
+          idx);
     return s + "};\n";
   }
 
@@ -743,11 +752,303 @@ struct Gen {
     return s + "  }\n}\n";
   }
 
+  // ---- the quantize epilogue: a block per row ----
+
+  /// What the scheme needs from the kernel.
+  struct QuantShape {
+    enum Kind { integer, fp8, mx4, mx8 } kind = integer;
+    bool block = false;  ///< per-block groups (else one per row)
+    int b = 0;           ///< block size
+    bool affine = false;
+    bool packed = false;  ///< 4-bit codes
+    bool e5m2 = false;
+    int qmin = 0, qmax = 0, sd = 0, emax = 0;
+  };
+  QuantShape quant_shape() const {
+    const QuantScheme& sc = p.scheme;
+    QuantShape q;
+    switch (sc.format) {
+      case QuantFormat::fp8e4m3:
+      case QuantFormat::fp8e5m2:
+        q.kind = QuantShape::fp8;
+        q.e5m2 = sc.format == QuantFormat::fp8e5m2;
+        break;
+      case QuantFormat::mxfp4:
+        q.kind = QuantShape::mx4;
+        q.emax = 2;
+        break;
+      case QuantFormat::mxfp8e4m3:
+      case QuantFormat::mxfp8e5m2:
+        q.kind = QuantShape::mx8;
+        q.e5m2 = sc.format == QuantFormat::mxfp8e5m2;
+        q.emax = q.e5m2 ? 15 : 8;
+        break;
+      default:
+        q.kind = QuantShape::integer;
+        q.qmin = sc.qmin();
+        q.qmax = sc.qmax();
+        q.affine = !sc.symmetric;
+        q.sd = sc.scale_dtype == Dtype::f16 ? 1 : sc.scale_dtype == Dtype::bf16 ? 2 : 0;
+        break;
+    }
+    q.block = sc.granularity == Granularity::block;
+    q.b = q.block ? sc.block : 0;
+    q.packed = is_packed(sc.code_dtype());
+    return q;
+  }
+
+  /// Statements folding value `v` into the group statistics a / lo / hi.
+  static std::string fold_stats(const QuantShape& q, const std::string& v, const std::string& a,
+                                const std::string& lo, const std::string& hi,
+                                const std::string& indent) {
+    if (q.affine)
+      return fmt::format("{0}{1} = {3} < {1} ? {3} : {1};\n{0}{2} = {3} > {2} ? {3} : {2};\n",
+                         indent, lo, hi, v);
+    return fmt::format("{0}{{ const float av = lb_abs({2}); {1} = av > {1} ? av : {1}; }}\n",
+                       indent, a, v);
+  }
+
+  /// Statements computing a group's parameters from a / lo / hi: `inv` (float) and `z`
+  /// (int: the zero point, or the MX scale code), and storing the scale (and zero) of
+  /// group `g` to global memory.
+  std::string group_params(const QuantShape& q, const std::string& g,
+                           const std::string& indent) const {
+    const Dtype sdt = p.scheme.is_integer() ? p.scheme.scale_dtype : Dtype::f32;
+    auto store_scale = [&](const std::string& sc) {
+      switch (sdt) {
+        case Dtype::f16:
+          return fmt::format(
+              "{}((unsigned short*)p.qscale)[{}] = lowbit::f32_to_f16({}, "
+              "lowbit::Saturation::finite);\n",
+              indent, g, sc);
+        case Dtype::bf16:
+          return fmt::format(
+              "{}((unsigned short*)p.qscale)[{}] = lowbit::f32_to_bf16({}, "
+              "lowbit::Saturation::finite);\n",
+              indent, g, sc);
+        default:
+          return fmt::format("{}((float*)p.qscale)[{}] = {};\n", indent, g, sc);
+      }
+    };
+    std::string s;
+    switch (q.kind) {
+      case QuantShape::integer:
+        if (q.affine) {
+          s += fmt::format("{}const float sc = lbq_int_affine_scale(lo, hi, {}, {}, {});\n", indent,
+                           q.qmin, q.qmax, q.sd);
+          s += fmt::format("{}const float inv = lbq_inv(sc);\n", indent);
+          s += fmt::format("{}const int z = lbq_int_affine_zero(lo, inv, {}, {});\n", indent,
+                           q.qmin, q.qmax);
+          s += store_scale("sc");
+          s += fmt::format("{}((int*)p.qzero)[{}] = z;\n", indent, g);
+        } else {
+          s += fmt::format("{}const float sc = lbq_int_sym_scale(a, {}, {});\n", indent, q.qmax,
+                           q.sd);
+          s +=
+              fmt::format("{}const float inv = lbq_inv(sc);\n{}const int z = 0;\n", indent, indent);
+          s += store_scale("sc");
+        }
+        return s;
+      case QuantShape::fp8:
+        s += fmt::format("{}const float sc = lbq_fp8_scale(a, {});\n", indent,
+                         q.e5m2 ? "true" : "false");
+        s += fmt::format("{}const float inv = lbq_inv(sc);\n{}const int z = 0;\n", indent, indent);
+        s += store_scale("sc");
+        return s;
+      default:
+        s += fmt::format("{}const float inv = 0.0f;\n", indent);
+        s += fmt::format("{}const int z = (int)lbq_mx_scale(a, {});\n", indent, q.emax);
+        s += fmt::format("{}((unsigned char*)p.qscale)[{}] = (unsigned char)z;\n", indent, g);
+        return s;
+    }
+  }
+
+  /// The code of value `v` with parameters inv / z.
+  static std::string code_of(const QuantShape& q, const std::string& v, const std::string& inv,
+                             const std::string& z) {
+    switch (q.kind) {
+      case QuantShape::integer:
+        return fmt::format("(unsigned)lbq_int_code({}, {}, {}, {}, {})", v, inv, z, q.qmin, q.qmax);
+      case QuantShape::fp8:
+        return fmt::format("lbq_fp8_code({}, {}, {})", v, inv, q.e5m2 ? "true" : "false");
+      case QuantShape::mx4:
+        return fmt::format("lbq_mxfp4_code({}, (unsigned){})", v, z);
+      default:
+        return fmt::format("lbq_mxfp8_code({}, (unsigned){}, {})", v, z, q.e5m2 ? "true" : "false");
+    }
+  }
+
+  /// The value the quantizer reads: the output's f32 value rounded to its dtype.
+  std::string quant_value(const std::string& y) const {
+    return round_float(p.output_dtypes[static_cast<size_t>(p.quantized_output)], y);
+  }
+
+  /// Statements after value v of flat element e is known: shared memory slot `at`, the
+  /// row statistics (per-row groups) and the finiteness check.
+  std::string quant_element(const QuantShape& q, const std::string& at,
+                            const std::string& indent) const {
+    std::string s = fmt::format("{}const float v = {};\n{}lbq_v[{}] = v;\n", indent,
+                                quant_value("y0"), indent, at);
+    if (!q.block) s += fold_stats(q, "v", "lbq_a", "lbq_lo", "lbq_hi", indent);
+    if (p.check_finite)
+      s += fmt::format(
+          "{0}{{ const unsigned vb = __float_as_uint(v);\n"
+          "{0}  if ((vb & 0x7f800000u) == 0x7f800000u)\n"
+          "{0}    atomicMax(p.qflag, ~((unsigned long long)e * 2ull + ((vb & 0x7fffffu) != 0u ? "
+          "1ull : 0ull))); }}\n",
+          indent);
+    return s;
+  }
+
+  std::string quant_kernel(int g) const {
+    const QuantShape q = quant_shape();
+    std::string s = "extern \"C\" __global__ void __launch_bounds__(" + std::to_string(kThreads) +
+                    ") lowbit_fused(const Params p) {\n";
+    s += prologue();
+    s += "  LB_DYN_SMEM(float, lbq_v);\n  __shared__ float lbq_red[3][32];\n"
+         "  __shared__ float lbq_row[2];\n";
+    s += fmt::format("  const {} K = p.qk;\n", idx);
+    if (q.block)
+      s += fmt::format(
+          "  const {0} NB = K / {1};\n  float* lbq_pi = lbq_v + K;\n"
+          "  int* lbq_pz = (int*)(lbq_pi + NB);\n",
+          idx, q.b);
+    s += "  const int lbq_lane = threadIdx.x & 31, lbq_warp = threadIdx.x >> 5;\n"
+         "  const int lbq_nwarps = blockDim.x >> 5;\n";
+    s += "  (void)lbq_lane; (void)lbq_warp; (void)lbq_nwarps; (void)lbq_red; (void)lbq_row;\n";
+    s += fmt::format(
+        "  for ({0} row = blockIdx.x; row < p.qrows; row += gridDim.x) {{\n"
+        "    const {0} base = row * K;\n",
+        idx);
+    if (!q.block) s += "    float lbq_a = 0.0f, lbq_lo = 0.0f, lbq_hi = 0.0f;\n";
+    // Pass 1: the values into shared memory.
+    if (v.vec) {
+      s += fmt::format(
+          "    for ({0} u = threadIdx.x; u < K / {1}; u += blockDim.x) {{\n"
+          "      const {0} g = base / {1} + u;\n",
+          idx, g);
+      for (size_t k = 0; k < ni; ++k) {
+        if (v.cls[k] != Layout::Class::full) continue;
+        const int vk = vecs(p.input_dtypes[k], g);
+        s += fmt::format(
+            "      uint4 r{0}[{1}];\n#pragma unroll\n      for (int w = 0; w < {1}; ++w) r{0}[w] = "
+            "((const uint4*)p.in[{0}])[g * {1} + w];\n",
+            k, vk);
+      }
+      s += fmt::format("#pragma unroll{}\n      for (int j = 0; j < {}; ++j) {{\n",
+                       rolled(g) ? " 1" : "", g);
+      for (size_t k = 0; k < ni; ++k) {
+        if (v.cls[k] != Layout::Class::full) continue;
+        const Dtype d = p.input_dtypes[k];
+        s += fmt::format("        const {} x{} = {};\n", num_type(input_num(k)), k,
+                         decode(d, lane(d, fmt::format("r{}", k), "j", g, rolled(g))));
+      }
+      s += declare_outputs("        ");
+      s += "        " + eval_call() + "\n";
+      s += fmt::format("        const {} e = g * {} + j;\n        (void)e;\n", idx, g);
+      s += quant_element(q, fmt::format("u * {} + j", g), "        ");
+      s += "      }\n    }\n";
+    } else {
+      s += fmt::format(
+          "    for ({0} j = threadIdx.x; j < K; j += blockDim.x) {{\n"
+          "      const {0} e = base + j;\n",
+          idx);
+      s += offsets("e", "      ");
+      for (size_t k = 0; k < ni; ++k)
+        if (!scalar_input(k)) s += load_elem(k, fmt::format("o{}", k), "      ");
+      s += declare_outputs("      ");
+      s += "      " + eval_call() + "\n";
+      s += quant_element(q, "j", "      ");
+      s += "    }\n";
+    }
+    // The groups' parameters.
+    if (!q.block) {
+      s += "    for (int o = 16; o > 0; o >>= 1) {\n";
+      if (q.affine)
+        s += "      const float l2 = __shfl_xor_sync(0xffffffffu, lbq_lo, o);\n"
+             "      const float h2 = __shfl_xor_sync(0xffffffffu, lbq_hi, o);\n"
+             "      lbq_lo = l2 < lbq_lo ? l2 : lbq_lo;\n      lbq_hi = h2 > lbq_hi ? h2 : "
+             "lbq_hi;\n";
+      else
+        s += "      const float a2 = __shfl_xor_sync(0xffffffffu, lbq_a, o);\n"
+             "      lbq_a = a2 > lbq_a ? a2 : lbq_a;\n";
+      s += "    }\n";
+      s += "    if (lbq_lane == 0) {\n      lbq_red[0][lbq_warp] = lbq_a;\n"
+           "      lbq_red[1][lbq_warp] = lbq_lo;\n      lbq_red[2][lbq_warp] = lbq_hi;\n    }\n"
+           "    __syncthreads();\n";
+      s += "    if (threadIdx.x == 0) {\n      float a = 0.0f, lo = 0.0f, hi = 0.0f;\n"
+           "      for (int w = 0; w < lbq_nwarps; ++w) {\n";
+      s += fold_stats(q, "lbq_red[0][w]", "a", "lo", "hi", "        ");
+      if (q.affine)
+        s += "        lo = lbq_red[1][w] < lo ? lbq_red[1][w] : lo;\n"
+             "        hi = lbq_red[2][w] > hi ? lbq_red[2][w] : hi;\n";
+      s += "      }\n      (void)a; (void)lo; (void)hi;\n";
+      s += group_params(q, "row", "      ");
+      s += "      lbq_row[0] = inv;\n      lbq_row[1] = __int_as_float(z);\n    }\n"
+           "    __syncthreads();\n"
+           "    const float lbq_inv = lbq_row[0];\n    const int lbq_z = "
+           "__float_as_int(lbq_row[1]);\n"
+           "    (void)lbq_inv; (void)lbq_z;\n";
+    } else {
+      s += "    __syncthreads();\n";
+      s += fmt::format("    for ({} gi = threadIdx.x; gi < NB; gi += blockDim.x) {{\n", idx);
+      s += fmt::format("      const float* gv = lbq_v + gi * {};\n", q.b);
+      s += "      float a = 0.0f, lo = 0.0f, hi = 0.0f;\n";
+      // Each thread starts at another element of its group: no bank conflicts.
+      s += fmt::format(
+          "      for (int j = 0; j < {0}; ++j) {{\n"
+          "        const float x = gv[(j + (int)threadIdx.x) % {0}];\n",
+          q.b);
+      s += fold_stats(q, "x", "a", "lo", "hi", "        ");
+      s += "      }\n      (void)a; (void)lo; (void)hi;\n";
+      s += group_params(q, "row * NB + gi", "      ");
+      s += "      lbq_pi[gi] = inv;\n      lbq_pz[gi] = z;\n    }\n    __syncthreads();\n";
+    }
+    // Pass 2: codes.
+    auto params_at = [&](const std::string& j, const std::string& indent) {
+      if (!q.block)
+        return indent + "const float inv = lbq_inv;\n" + indent + "const int z = lbq_z;\n";
+      return fmt::format(
+          "{0}const float inv = lbq_pi[({1}) / {2}];\n{0}const int z = "
+          "lbq_pz[({1}) / {2}];\n{0}(void)inv; (void)z;\n",
+          indent, j, q.b);
+    };
+    if (v.qstore) {
+      s += fmt::format("    for ({} u = threadIdx.x; u < K / 16; u += blockDim.x) {{\n", idx);
+      s += params_at("u * 16", "      ");
+      s += "      unsigned w[4] = {0u, 0u, 0u, 0u};\n#pragma unroll\n"
+           "      for (int j = 0; j < 16; ++j) {\n        const float v = lbq_v[u * 16 + j];\n";
+      s += "        const unsigned c = " + code_of(q, "v", "inv", "z") + ";\n";
+      s += q.packed ? "        w[j >> 3] |= (c & 15u) << (4 * (j & 7));\n"
+                    : "        w[j >> 2] |= (c & 255u) << (8 * (j & 3));\n";
+      s += "      }\n";
+      s += q.packed
+               ? "      ((uint2*)p.qcodes)[base / 16 + u] = make_uint2(w[0], w[1]);\n"
+               : "      ((uint4*)p.qcodes)[base / 16 + u] = make_uint4(w[0], w[1], w[2], w[3]);\n";
+      s += "    }\n";
+    } else if (q.packed) {
+      s += fmt::format("    for ({} j2 = threadIdx.x; j2 < K / 2; j2 += blockDim.x) {{\n", idx);
+      s += params_at("2 * j2", "      ");
+      s += "      const unsigned c0 = " + code_of(q, "lbq_v[2 * j2]", "inv", "z") + ";\n";
+      s += "      const unsigned c1 = " + code_of(q, "lbq_v[2 * j2 + 1]", "inv", "z") + ";\n";
+      s += "      ((unsigned char*)p.qcodes)[(base + 2 * j2) / 2] = (unsigned char)((c0 & 15u) | "
+           "((c1 & 15u) << 4));\n    }\n";
+    } else {
+      s += fmt::format("    for ({} j = threadIdx.x; j < K; j += blockDim.x) {{\n", idx);
+      s += params_at("j", "      ");
+      s += "      ((unsigned char*)p.qcodes)[base + j] = (unsigned char)(" +
+           code_of(q, "lbq_v[j]", "inv", "z") + ");\n    }\n";
+    }
+    s += "    __syncthreads();\n  }\n}\n";
+    return s;
+  }
+
   int param_bytes() const {
     const size_t isz = v.idx32 ? 4 : 8;
     size_t b = 8 * (std::max<size_t>(ni, 1) + std::max<size_t>(no, 1) + std::max<size_t>(nc, 1));
     b += isz;
     if (!v.vec) b += isz * v.nd * (1 + std::max<size_t>(ni + no, 1));
+    if (v.quant) b = (b + 7) / 8 * 8 + 4 * 8 + 2 * isz;
     return static_cast<int>((b + 7) / 8 * 8);
   }
 };
@@ -779,18 +1080,26 @@ KernelSource generate_cuda(const Program& program, const Variant& variant, bool 
     ks.group = gen.group();
     ks.unroll = gen.unroll(ks.group);
   }
+  if (variant.quant) ks.unroll = 1;
   if (!with_code) return ks;
   std::string s = fmt::format("// lowbit fused kernel (codegen v{}), variant {}\n// {}\n",
                               kCodegenVersion, variant.key(), program.canonical);
   s += "#include \"lowbit_jit_prelude.h\"\n\n";
   s += gen.params() + "\n" + gen.eval_fn() + "\n";
-  s += variant.vec ? gen.vec_kernel(ks.group, ks.unroll) : gen.strided_kernel();
+  if (variant.quant)
+    s += gen.quant_kernel(ks.group);
+  else
+    s += variant.vec ? gen.vec_kernel(ks.group, ks.unroll) : gen.strided_kernel();
   ks.code = std::move(s);
   return ks;
 }
 
+int64_t quant_row(const Layout&, const Program&, const QuantizedView& q) {
+  return q.shape.size() > 0 ? q.shape[q.shape.size() - 1] : 1;
+}
+
 std::vector<unsigned char> pack_params(const Program& program, const Variant& v, const Layout& L,
-                                       const FusedArgs& args) {
+                                       const FusedArgs& args, void* flag) {
   const Gen gen(program, v);
   std::vector<unsigned char> buf(static_cast<size_t>(gen.param_bytes()), 0);
   size_t at = 0;
@@ -824,6 +1133,15 @@ std::vector<unsigned char> pack_params(const Program& program, const Variant& v,
     for (int d = 0; d < v.nd; ++d) put_idx(L.extent[d]);
     for (size_t k = 0; k < std::max<size_t>(gen.ni + gen.no, 1); ++k)
       for (int d = 0; d < v.nd; ++d) put_idx(k < L.strides.size() ? L.strides[k][d] : 0);
+  }
+  if (v.quant) {
+    at = (at + 7) / 8 * 8;
+    const QuantizedView& q = args.quantized;
+    const void* ptrs[4] = {q.codes.data(), q.scale.data(), q.zero.data(), flag};
+    for (const void* ptr : ptrs) put(&ptr, 8);
+    const int64_t k = quant_row(L, program, q);
+    put_idx(k);
+    put_idx(k > 0 ? L.numel / k : 0);
   }
   return buf;
 }

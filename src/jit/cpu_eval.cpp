@@ -18,9 +18,12 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
+#include <optional>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -565,11 +568,33 @@ char* thread_scratch(size_t bytes) {
   return buf.p;
 }
 
+/// A second per-thread buffer: the quantize epilogue's rows of values.
+char* quant_scratch(size_t bytes) {
+  struct Buffer {
+    char* p = nullptr;
+    size_t size = 0;
+    ~Buffer() { std::free(p); }
+  };
+  thread_local Buffer buf;
+  if (buf.size < bytes) {
+    std::free(buf.p);
+    buf.size = 0;
+    buf.p = static_cast<char*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+    if (!buf.p) throw_error(ErrorCode::out_of_memory, "fused_cpu: scratch allocation failed");
+    buf.size = bytes;
+  }
+  return buf.p;
+}
+
 struct Pass {
   const Program& p;
   const Layout& L;
   const FusedArgs& args;
   const Schedule& s;
+  /// The quantize epilogue: the quantized output's values go to qbuf, element e at
+  /// e - qorigin (contiguous, in the output's dtype).
+  char* qbuf = nullptr;
+  int64_t qorigin = 0;
 
   /// Element offset of linear index e in operand k.
   int64_t offset(size_t k, int64_t e) const {
@@ -633,8 +658,12 @@ struct Pass {
   void store(size_t o, const void* src, int64_t e0, int n) const {
     const size_t k = args.inputs.size() + o;
     const TensorView& v = args.outputs[o];
-    const Dtype dt = v.dtype();
+    const Dtype dt = p.output_dtypes[o];
     const Num num = p.code[p.outputs[o]].num;
+    if (static_cast<int>(o) == p.quantized_output) {
+      store_run(src, num, qbuf, dt, e0 - qorigin, 1, n);
+      return;
+    }
     if (is_packed(dt)) {  // packed outputs are contiguous; e0 is even
       convert_run(src, Dtype::f32, static_cast<char*>(v.data()) + e0 / 2, dt, n);
       return;
@@ -684,6 +713,7 @@ struct Pass {
     const size_t nin = args.inputs.size();
     for (size_t k = 0; k < L.cls.size() && r.count < kMaxRanges; ++k) {
       if (L.cls[k] != Layout::Class::full) continue;
+      if (k >= nin && static_cast<int>(k - nin) == p.quantized_output) continue;  // scratch
       const TensorView& v = k < nin ? args.inputs[k] : args.outputs[k - nin];
       r.p[r.count] = static_cast<const char*>(v.data()) + storage_bytes(v.dtype(), e0);
       r.bytes[r.count] = storage_bytes(v.dtype(), n);
@@ -713,7 +743,11 @@ struct Pass {
   }
 
   /// Evaluates tiles [t0, t1) on this thread.
-  void tiles(int64_t t0, int64_t t1) const {
+  void tiles(int64_t t0, int64_t t1) const { span(t0 * kTile, std::min(t1 * kTile, L.numel)); }
+
+  /// Evaluates elements [b, end) on this thread, in tiles of kTile from b (b even).
+  void span(int64_t b, int64_t end) const {
+    const int64_t t0 = 0, t1 = (end - b + kTile - 1) / kTile;
     // The slots, then one more tile for exps (see unary_run).
     char* scratch = thread_scratch(static_cast<size_t>(s.slots + 1) * s.slot_bytes);
     std::vector<const void*> ptr(p.code.size(), nullptr);
@@ -735,14 +769,14 @@ struct Pass {
     // Memory runs kAhead tiles ahead of the arithmetic: the next tiles' lines are asked
     // for a few at a time between the steps (a burst of requests would be dropped).
     for (int64_t t = t0; t < std::min(t1, t0 + kAhead); ++t) {
-      const Ranges r = ranges(t * kTile);
+      const Ranges r = ranges(b + t * kTile);
       prefetch(r, 0, r.total);
     }
     int work = 0;
     for (int i = 0; i < steps; ++i) work += !s.uniform[i] && !s.skip[i];
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t e0 = t * kTile;
-      const int n = static_cast<int>(std::min<int64_t>(kTile, numel - e0));
+      const int64_t e0 = b + t * kTile;
+      const int n = static_cast<int>(std::min<int64_t>(kTile, std::min(end, numel) - e0));
       const bool ahead = t + kAhead < t1;
       const Ranges r = ahead ? ranges(e0 + kAhead * kTile) : Ranges{};
       const int64_t per = (r.total + work) / std::max(work, 1);
@@ -794,6 +828,7 @@ class FusedCpu final : public Kernel<FusedOp> {
       st.cpu_schedule = std::make_shared<const Schedule>(make_schedule(p, L));
     });
     const Schedule& s = *static_cast<const Schedule*>(st.cpu_schedule.get());
+    if (d.quantized_output >= 0) return run_quantized(d, a, s, L);
     const Pass pass{p, L, a, s};
     const int64_t tiles = (L.numel + kTile - 1) / kTile;
     const int threads = omp_get_max_threads();
@@ -814,6 +849,123 @@ class FusedCpu final : public Kernel<FusedOp> {
       }
     }
     if (error) std::rethrow_exception(error);
+  }
+
+ private:
+  /// Elements per row tile of the quantize epilogue (its values stay in L2).
+  static constexpr int64_t kQuantTile = int64_t{1} << 14;
+
+  /// The quantize epilogue: per tile of whole rows, the expression into a scratch buffer
+  /// (in the expression's dtype), then the quantize op's CPU kernel on those rows: the
+  /// schemes the epilogue takes have groups within rows, so the bits are those of
+  /// quantize() on the whole unfused result, and memory is read once.
+  static void run_quantized(const FusedDesc& d, const FusedArgs& a, const Schedule& s,
+                            const Layout& L) {
+    const Program& p = *d.program;
+    const QuantizedView& q = a.quantized;
+    const QuantScheme& scheme = d.scheme;
+    const int64_t K = d.shape.size() > 0 ? d.shape[d.shape.size() - 1] : 1;
+    const int64_t R = K > 0 ? L.numel / K : 0;
+    if (R == 0) return;
+    const Dtype vt = p.output_dtypes[static_cast<size_t>(d.quantized_output)];
+    const int64_t esize = bit_width(vt) / 8;
+    int64_t rt = std::max<int64_t>(1, kQuantTile / K);
+    if (K % 2) rt += rt % 2;  // tiles start at even elements (packed inputs and codes)
+    rt = std::min(rt, R);
+    const int64_t tiles = (R + rt - 1) / rt;
+    // Per row: how many scale (and zero) elements.
+    const int64_t scales_per_row = numel(scale_shape(scheme, Shape{1, K}));
+    const Dtype cd = scheme.code_dtype();
+    QuantizeDesc qd = fusion::quantize_desc(d, Shape{rt, K});
+    qd.check_finite = false;  // checked below, with the index in the whole space
+    const QuantizePlan full = QuantizePlan::select(qd);
+    std::optional<QuantizePlan> last;
+    if (R % rt) {
+      qd.shape = Shape{R % rt, K};
+      qd.src_strides = contiguous_strides(qd.shape);
+      last.emplace(QuantizePlan::select(qd));
+    }
+    std::atomic<int64_t> first_bad{INT64_MAX};
+    std::atomic<bool> bad_nan{false};
+    std::mutex bad_mutex;
+    auto work = [&](int64_t t0, int64_t t1) {
+      Pass pass{p, L, a, s};
+      pass.qbuf = quant_scratch(static_cast<size_t>(rt * K * esize));
+      static const Stream cpu;
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t r0 = t * rt, rows = std::min(rt, R - r0);
+        const int64_t e0 = r0 * K, count = rows * K;
+        if (e0 > first_bad.load(std::memory_order_relaxed)) return;
+        pass.qorigin = e0;
+        pass.span(e0, e0 + count);
+        if (d.check_finite) {
+          const int64_t bad = first_non_finite(pass.qbuf, vt, count);
+          if (bad >= 0) {
+            std::lock_guard<std::mutex> lock(bad_mutex);
+            if (e0 + bad < first_bad.load()) {
+              first_bad.store(e0 + bad);
+              bad_nan.store(is_nan_at(pass.qbuf, vt, bad));
+            }
+            return;
+          }
+        }
+        const Shape shape{rows, K};
+        QuantizedView qv;
+        qv.scheme = scheme;
+        qv.shape = shape;
+        qv.codes = TensorView(static_cast<char*>(q.codes.data()) + storage_bytes(cd, e0), cd,
+                              code_shape(scheme, shape));
+        const Shape ss = scale_shape(scheme, shape);
+        qv.scale = TensorView(static_cast<char*>(q.scale.data()) +
+                                  storage_bytes(q.scale.dtype(), r0 * scales_per_row),
+                              q.scale.dtype(), ss);
+        if (q.zero.data())
+          qv.zero = TensorView(static_cast<int32_t*>(q.zero.data()) + r0 * scales_per_row,
+                               Dtype::i32, ss);
+        const TensorView src(pass.qbuf, vt, shape);
+        (rows == rt ? full : *last).run(cpu, {}, QuantizeArgs{src, qv});
+      }
+    };
+    const int threads = omp_get_max_threads();
+    if (L.numel < kParallelMin || threads <= 1 || tiles < 2) {
+      work(0, tiles);
+    } else {
+      std::exception_ptr error;
+#pragma omp parallel num_threads(static_cast <int>(std::min <int64_t>(threads, tiles)))
+      {
+        const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+        try {
+          work(tiles * t / nt, tiles * (t + 1) / nt);
+        } catch (...) {
+#pragma omp critical
+          error = std::current_exception();
+        }
+      }
+      if (error) std::rethrow_exception(error);
+    }
+    if (first_bad.load() != INT64_MAX)
+      fusion::throw_non_finite(d, first_bad.load(), bad_nan.load());
+  }
+
+  /// The first NaN / Inf among n values of dtype dt (f32, f16, bf16), or -1.
+  static int64_t first_non_finite(const char* v, Dtype dt, int64_t n) {
+    if (dt == Dtype::f32) {
+      const auto* u = reinterpret_cast<const uint32_t*>(v);
+      for (int64_t i = 0; i < n; ++i)
+        if ((u[i] & 0x7f800000u) == 0x7f800000u) return i;
+    } else {
+      const uint16_t mask = dt == Dtype::bf16 ? 0x7f80u : 0x7c00u;
+      const auto* u = reinterpret_cast<const uint16_t*>(v);
+      for (int64_t i = 0; i < n; ++i)
+        if ((u[i] & mask) == mask) return i;
+    }
+    return -1;
+  }
+  static bool is_nan_at(const char* v, Dtype dt, int64_t i) {
+    if (dt == Dtype::f32)
+      return (reinterpret_cast<const uint32_t*>(v)[i] & 0x7fffffffu) > 0x7f800000u;
+    const uint16_t u = reinterpret_cast<const uint16_t*>(v)[i] & 0x7fffu;
+    return dt == Dtype::bf16 ? u > 0x7f80u : u > 0x7c00u;
   }
 };
 

@@ -547,14 +547,33 @@ std::shared_ptr<const Program> build_program(const std::vector<FusedOutput>& out
   for (const FusedOutput& o : outputs) {
     if (!o.value.node())
       throw_error(ErrorCode::invalid_argument, "fusion: an output's value is an empty Expr");
-    if (!supported_dtype(o.dst.dtype()))
-      throw_error(
-          ErrorCode::invalid_argument,
-          fmt::format("fusion: output dtype {} is not supported", dtype_name(o.dst.dtype())));
+    Dtype dt = o.dst.dtype();
+    if (o.quantized) {
+      if (outputs.size() != 1)
+        throw_error(ErrorCode::unsupported,
+                    "fusion: a quantized output (quantize epilogue) must be the call's only "
+                    "output");
+      // The value quantize() would read from the unfused result: the expression stored in
+      // its own dtype (f64 rounds to f32 first, as quantize does).
+      const Type t = o.value.node()->type;
+      dt = t.dtype == Dtype::f64 ? Dtype::f32 : t.dtype;
+      if (t.boolean || (dt != Dtype::f32 && dt != Dtype::f16 && dt != Dtype::bf16))
+        throw_error(ErrorCode::invalid_argument,
+                    fmt::format("fusion: a quantized output needs an f32, f16, bf16 or f64 "
+                                "expression (quantize's source dtypes); this one is {} (cast it)",
+                                t.boolean ? "bool" : dtype_name(t.dtype)));
+      p->quantized_output = static_cast<int>(p->outputs.size());
+      p->scheme = o.qdst.scheme;
+      p->check_finite = o.check_finite;
+      p->bound_quantized = o.qdst;
+    }
+    if (!supported_dtype(dt))
+      throw_error(ErrorCode::invalid_argument,
+                  fmt::format("fusion: output dtype {} is not supported", dtype_name(dt)));
     const int r = b.value(o.value.node());
-    p->outputs.push_back(b.to_num(r, num_of_dtype(o.dst.dtype())));
-    p->output_dtypes.push_back(o.dst.dtype());
-    p->bound_outputs.push_back(o.dst);
+    p->outputs.push_back(b.to_num(r, num_of_dtype(dt)));
+    p->output_dtypes.push_back(dt);
+    p->bound_outputs.push_back(o.quantized ? TensorView() : o.dst);
   }
   // The canonical form, built by appends (it is made for every descriptor).
   std::string& s = p->canonical;
@@ -598,6 +617,11 @@ std::shared_ptr<const Program> build_program(const std::vector<FusedOutput>& out
     s += dtype_name(p->output_dtypes[o]);
     s += ';';
   }
+  if (p->quantized_output >= 0) {
+    s += "quantize:";
+    s += p->scheme.str();
+    s += p->check_finite ? ":check;" : ":nocheck;";
+  }
   return p;
 }
 
@@ -607,6 +631,7 @@ std::string Variant::key() const {
   std::string s = fmt::format("{}{}", vec ? "vec" : "strided", idx32 ? "32" : "64");
   if (!vec) s += fmt::format("nd{}", nd);
   if (pair) s += "pair";
+  if (quant) s += qstore ? "quantv" : "quant";
   s += ":";
   for (Layout::Class c : cls)
     s += c == Layout::Class::full ? 'c' : c == Layout::Class::scalar ? 's' : 'x';

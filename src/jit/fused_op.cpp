@@ -49,14 +49,96 @@ std::string fused_dtypes(const FusedDesc& d) {
   return s;
 }
 
+namespace fusion {
+
+std::string quantize_epilogue_unsupported(const QuantScheme& s) {
+  switch (s.format) {
+    case QuantFormat::int8:
+    case QuantFormat::uint8:
+    case QuantFormat::int4:
+    case QuantFormat::uint4:
+    case QuantFormat::fp8e4m3:
+    case QuantFormat::fp8e5m2:
+      if (s.granularity == Granularity::token || s.granularity == Granularity::block) return {};
+      return "the epilogue computes scales per row (token) or per block of the last axis; " +
+             s.str() + " needs groups across rows (quantize the fused result separately)";
+    case QuantFormat::mxfp4:
+    case QuantFormat::mxfp8e4m3:
+    case QuantFormat::mxfp8e5m2:
+      return {};
+    case QuantFormat::nvfp4:
+      return "nvfp4's global scale needs the whole tensor's amax before any code (two passes); "
+             "quantize the fused result separately";
+    case QuantFormat::gguf:
+      return "GGUF blocks are not supported by the epilogue; quantize the fused result";
+  }
+  return "unknown format";
+}
+
+QuantizeDesc quantize_desc(const FusedDesc& d, const Shape& shape) {
+  QuantizeDesc q;
+  q.shape = shape;
+  q.src = d.outputs.at(static_cast<size_t>(d.quantized_output)).dtype;
+  q.src_strides = contiguous_strides(shape);
+  q.scheme = d.scheme;
+  q.device = d.device;
+  q.check_finite = d.check_finite;
+  return q;
+}
+
+TensorView quantize_src(const FusedDesc& d) {
+  const FusedOperand& o = d.outputs.at(static_cast<size_t>(d.quantized_output));
+  // Never read: only its dtype, shape and strides are checked (views need a non-null
+  // pointer).
+  alignas(64) static char placeholder[64];
+  return TensorView(placeholder, o.dtype, o.shape, o.strides, d.device);
+}
+
+void throw_non_finite(const FusedDesc& d, int64_t e, bool nan) {
+  std::string idx;
+  int64_t rest = e;
+  std::vector<int64_t> at(static_cast<size_t>(d.shape.size()));
+  for (int i = d.shape.size() - 1; i >= 0; --i) {
+    at[static_cast<size_t>(i)] = d.shape[i] ? rest % d.shape[i] : 0;
+    rest = d.shape[i] ? rest / d.shape[i] : 0;
+  }
+  for (size_t i = 0; i < at.size(); ++i) idx += (i ? ", " : "") + std::to_string(at[i]);
+  throw_error(ErrorCode::invalid_argument,
+              fmt::format("fused: quantize epilogue: the expression's value at [{}] (flat index "
+                          "{}) is {}; quantization needs finite inputs (replace or mask "
+                          "non-finite values first)",
+                          idx, e, nan ? "NaN" : "Inf"));
+}
+
+}  // namespace fusion
+
 FusedDesc FusedDesc::make(const std::vector<FusedOutput>& outputs) {
   if (outputs.empty()) throw_error(ErrorCode::invalid_argument, "fused: no outputs");
   FusedDesc d;
   d.program = fusion::build_program(outputs);
-  d.shape = outputs[0].dst.shape();
-  d.device = outputs[0].dst.device();
+  const Program& p = *d.program;
+  if (p.quantized_output >= 0) {
+    const QuantizedView& q = p.bound_quantized;
+    if (const std::string why = fusion::quantize_epilogue_unsupported(q.scheme); !why.empty())
+      throw_error(ErrorCode::unsupported,
+                  "fused: quantize epilogue with " + q.scheme.str() + ": " + why);
+    d.shape = q.shape;
+    d.device = q.device();
+    d.quantized_output = p.quantized_output;
+    d.scheme = p.scheme;
+    d.check_finite = p.check_finite;
+  } else {
+    d.shape = outputs[0].dst.shape();
+    d.device = outputs[0].dst.device();
+  }
   for (const TensorView& v : d.program->bound_inputs) d.inputs.push_back(operand_of(v));
-  for (const FusedOutput& o : outputs) d.outputs.push_back(operand_of(o.dst));
+  for (size_t o = 0; o < outputs.size(); ++o)
+    d.outputs.push_back(static_cast<int>(o) == p.quantized_output
+                            ? FusedOperand{p.output_dtypes[o], d.shape, contiguous_strides(d.shape)}
+                            : operand_of(outputs[o].dst));
+  if (p.quantized_output >= 0)  // the parts against the scheme and shape, as quantize() checks
+    QuantizeOp::check_args(fusion::quantize_desc(d, d.shape),
+                           {fusion::quantize_src(d), p.bound_quantized});
   // Inputs follow the outputs onto their device; check it here too for a clear message.
   for (size_t i = 0; i < d.program->bound_inputs.size(); ++i)
     if (!(d.program->bound_inputs[i].device() == d.device))
@@ -64,7 +146,7 @@ FusedDesc FusedDesc::make(const std::vector<FusedOutput>& outputs) {
                   fmt::format("fused: input {} is on {}, the outputs on {}", i,
                               d.program->bound_inputs[i].device().str(), d.device.str()));
   for (size_t o = 0; o < outputs.size(); ++o)
-    if (!(outputs[o].dst.device() == d.device))
+    if (!outputs[o].quantized && !(outputs[o].dst.device() == d.device))
       throw_error(ErrorCode::invalid_argument,
                   fmt::format("fused: output {} is on {}, output 0 on {}", o,
                               outputs[o].dst.device().str(), d.device.str()));
@@ -74,7 +156,7 @@ FusedDesc FusedDesc::make(const std::vector<FusedOutput>& outputs) {
 
 FusedArgs FusedDesc::bound_args() const {
   if (!program) return {};
-  return {program->bound_inputs, program->bound_outputs};
+  return {program->bound_inputs, program->bound_outputs, program->bound_quantized};
 }
 
 int64_t FusedDesc::numel() const { return lowbit::numel(shape); }
@@ -156,7 +238,18 @@ void FusedOp::check_args(const Desc& d, const Args& a) {
       throw_error(ErrorCode::invalid_argument, fmt::format("fused: {} {} has no data", what, i));
   };
   for (size_t i = 0; i < a.inputs.size(); ++i) check("input", i, a.inputs[i], d.inputs[i]);
-  for (size_t o = 0; o < a.outputs.size(); ++o) check("output", o, a.outputs[o], d.outputs[o]);
+  for (size_t o = 0; o < a.outputs.size(); ++o)
+    if (static_cast<int>(o) != d.quantized_output) check("output", o, a.outputs[o], d.outputs[o]);
+  if (d.quantized_output >= 0) {
+    const QuantizedView& q = a.quantized;
+    QuantizeOp::check_args(fusion::quantize_desc(d, d.shape), {fusion::quantize_src(d), q});
+    for (const TensorView* part : {&q.codes, &q.scale, &q.zero, &q.global_scale})
+      for (size_t i = 0; i < a.inputs.size(); ++i)
+        if (part->data() && overlap(*part, a.inputs[i]))
+          throw_error(ErrorCode::invalid_argument,
+                      fmt::format("fused: the quantized output overlaps input {} in memory", i));
+    return;
+  }
   // Outputs may not overlap each other. An output may be an input exactly (same memory,
   // dtype, shape and strides: every element reads its input before its output is
   // written), but not overlap one otherwise.

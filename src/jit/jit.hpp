@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "lowbit/fusion.hpp"
+#include "lowbit/quantize.hpp"
 
 namespace lowbit::fusion {
 
@@ -87,6 +88,12 @@ struct Program {
   std::string canonical;
   /// A step runs an f64 transcendental function (libm vs CUDA may differ in the last bit).
   bool f64_transcendental = false;
+  /// The quantize epilogue (FusedOutput with a QuantizedView): the output whose value is
+  /// quantized (its output dtype is the expression's dtype, f64 as f32), else -1.
+  int quantized_output = -1;
+  QuantScheme scheme;
+  bool check_finite = true;
+  QuantizedView bound_quantized;
 };
 
 /// Builds the program of writing each output's expression into a tensor of its dtype.
@@ -110,6 +117,17 @@ struct Layout {
 };
 Layout make_layout(const FusedDesc& desc);
 
+// ---- the quantize epilogue (fused_op.cpp) ----------------------------------------------
+
+/// Why the epilogue cannot quantize with `scheme` ("" if it can).
+std::string quantize_epilogue_unsupported(const QuantScheme& scheme);
+/// The quantize op's descriptor for the epilogue's values over `shape` (contiguous, the
+/// program's output dtype), and a data-less source view of them.
+QuantizeDesc quantize_desc(const FusedDesc& d, const Shape& shape);
+TensorView quantize_src(const FusedDesc& d);
+/// The message of a non-finite value at flat index `e` of the iteration space.
+[[noreturn]] void throw_non_finite(const FusedDesc& d, int64_t e, bool nan);
+
 // ---- CUDA (codegen_cuda.cpp, nvrtc.cpp, module_cache.cpp, launch.cpp) ------------------
 
 /// Which kernel shape a call needs, beyond the program.
@@ -119,6 +137,10 @@ struct Variant {
   int nd = 1;  ///< strided: collapsed dims
   std::vector<Layout::Class> cls;
   bool pair = false;  ///< strided: a thread computes element pairs (a packed output)
+  /// The quantize epilogue: a block per row (vec: pass 1 in 16-byte vectors); qstore: codes
+  /// in 16-element vectors (rows and blocks multiples of 16, codes 16-byte aligned).
+  bool quant = false;
+  bool qstore = false;
   std::string key() const;
 };
 
@@ -136,7 +158,10 @@ inline constexpr int kThreads = 256;
 KernelSource generate_cuda(const Program& program, const Variant& variant, bool with_code = true);
 /// Fills the kernel's Params struct for one call.
 std::vector<unsigned char> pack_params(const Program& program, const Variant& variant,
-                                       const Layout& layout, const FusedArgs& args);
+                                       const Layout& layout, const FusedArgs& args,
+                                       void* flag = nullptr);
+/// The quantize epilogue's row length (the last extent of the quantized shape).
+int64_t quant_row(const Layout& layout, const Program& program, const QuantizedView& q);
 
 /// The text of the headers generated code includes (numeric.hpp, the shared math, stubs).
 struct HeaderSet {
@@ -227,9 +252,15 @@ struct PlanState {
   std::once_flag layout_once;
   Layout layout;
   std::mutex mutex;
-  std::shared_ptr<const Compiled> kernels[2];  ///< [vec, strided]; set once, then read-only
-  Variant variants[2];
-  KernelSource shapes[2];  ///< without code
+  /// [vec, strided] (+ 2: the quantize epilogue's codes in vectors); set once, then read-only
+  std::shared_ptr<const Compiled> kernels[4];
+  Variant variants[4];
+  KernelSource shapes[4];  ///< without code
+  /// The quantize epilogue's check word on the device (allocated at the first CUDA run),
+  /// its blocks per SM.
+  std::shared_ptr<void> qflag;
+  int qflag_device = -1;
+  int quant_blocks_per_sm = 0;
   std::string arch;
   /// The CPU kernel's schedule (cpu_eval.cpp), made on first use.
   std::once_flag cpu_once;

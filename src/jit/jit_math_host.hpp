@@ -17,6 +17,7 @@
 #define JM_D_LOG1P(x) std::log1p(x)
 #define JM_D_POW(x, p) std::pow(x, p)
 #define JM_D_TRUNC(x) std::trunc(x)
+#define JM_RINTF(x) std::nearbyint(x)
 #define LOWBIT_JIT_SOURCE(...) __VA_ARGS__
 #include "jit/jit_math.inc"
 #undef LOWBIT_JIT_SOURCE

@@ -14,7 +14,9 @@
 #include <dlfcn.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <optional>
 
 namespace lowbit {
 namespace fusion {
@@ -27,6 +29,7 @@ struct Driver {
   decltype(&::cuLaunchKernel) launch_kernel = nullptr;
   decltype(&::cuGetErrorName) get_error_name = nullptr;
   decltype(&::cuOccupancyMaxActiveBlocksPerMultiprocessor) occupancy = nullptr;
+  decltype(&::cuFuncSetAttribute) func_set_attribute = nullptr;
   std::string error;  // why the driver is unusable ("" if it is)
 
   static const Driver& get() {
@@ -47,6 +50,7 @@ struct Driver {
       sym(d.launch_kernel, "cuLaunchKernel");
       sym(d.get_error_name, "cuGetErrorName");
       sym(d.occupancy, "cuOccupancyMaxActiveBlocksPerMultiprocessor");
+      sym(d.func_set_attribute, "cuFuncSetAttribute");
       if (d.error.empty() && d.init(0) != CUDA_SUCCESS) d.error = "cuInit failed";
       return d;
     }();
@@ -97,6 +101,7 @@ struct Loaded {
 /// Per-device facts read once.
 struct DeviceInfo {
   int sms = 0;
+  int smem_optin = 48 * 1024;  ///< dynamic shared memory a block may opt in to
   std::string arch;
 };
 
@@ -110,6 +115,13 @@ const DeviceInfo& device_info(int device) {
     const CudaDeviceProperties p = cuda_device_properties(device);
     info[device].sms = p.multiprocessors;
     info[device].arch = fmt::format("sm_{}{}", p.sm_major, p.sm_minor);
+    int optin = 0;
+    if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) ==
+            cudaSuccess &&
+        optin > 0)
+      info[device].smem_optin = optin;
+    else
+      cudaGetLastError();
   }
   return info[device];
 }
@@ -145,6 +157,40 @@ const Loaded& load(const Compiled& c, int device) {
 }
 
 }  // namespace
+
+/// The quantize epilogue's kernel: a block of `threads` per row, `smem` bytes of dynamic
+/// shared memory (the row's values and the groups' parameters).
+void launch_quant(const Compiled& compiled, const std::vector<unsigned char>& params, int64_t rows,
+                  unsigned threads, unsigned smem, int device, void* stream, int* blocks_per_sm) {
+  const Driver& drv = Driver::get();
+  if (!drv.error.empty()) throw_error(ErrorCode::device_error, "fusion: " + drv.error);
+  DeviceScope scope(device);
+  const Loaded& l = load(compiled, device);
+  const DeviceInfo& info = device_info(device);
+  if (smem > static_cast<unsigned>(info.smem_optin))
+    throw_error(ErrorCode::unsupported,
+                fmt::format("fused: quantize epilogue: a row needs {} bytes of shared memory, "
+                            "cuda:{} allows {} (rows of at most about {} elements)",
+                            smem, device, info.smem_optin, info.smem_optin / 4 - 64));
+  if (*blocks_per_sm == 0) {
+    if (smem > 48 * 1024)
+      drv.check(drv.func_set_attribute(l.function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                       static_cast<int>(smem)),
+                "cuFuncSetAttribute");
+    int blocks = 0;
+    if (drv.occupancy(&blocks, l.function, static_cast<int>(threads), smem) != CUDA_SUCCESS ||
+        blocks < 1)
+      blocks = 1;
+    *blocks_per_sm = blocks;
+  }
+  const uint64_t resident = static_cast<uint64_t>(info.sms) * static_cast<uint64_t>(*blocks_per_sm);
+  const unsigned grid = static_cast<unsigned>(
+      std::max<uint64_t>(1, std::min<uint64_t>(static_cast<uint64_t>(rows), resident)));
+  void* args[] = {const_cast<unsigned char*>(params.data())};
+  drv.check(drv.launch_kernel(l.function, grid, 1, 1, threads, 1, 1, smem,
+                              static_cast<CUstream>(stream), args, nullptr),
+            "cuLaunchKernel");
+}
 
 void launch_cuda(const Compiled& compiled, const KernelSource& shape, const Variant& variant,
                  const std::vector<unsigned char>& params, const Layout& layout, int device,
@@ -201,6 +247,7 @@ class FusedCuda final : public Kernel<FusedOp> {
     fusion::PlanState& st = *d.state;
     const Layout& L = st.get_layout(d);
     if (L.numel == 0) return;
+    if (d.quantized_output >= 0) return run_quantized(d, a, stream, L);
     // The vector path needs every full operand 16-byte aligned.
     bool vec = L.vec_ok;
     for (size_t k = 0; vec && k < L.cls.size(); ++k) {
@@ -235,6 +282,77 @@ class FusedCuda final : public Kernel<FusedOp> {
     const std::vector<unsigned char> params = fusion::pack_params(*d.program, variant, L, a);
     fusion::launch_cuda(*compiled, st.shapes[which], variant, params, L, d.device.index,
                         stream.native_handle());
+  }
+
+ private:
+  /// The quantize epilogue: one block per row (codegen's quant_kernel).
+  static void run_quantized(const FusedDesc& d, const FusedArgs& a, const Stream& stream,
+                            const Layout& L) {
+    fusion::PlanState& st = *d.state;
+    const QuantizedView& q = a.quantized;
+    const int64_t K = fusion::quant_row(L, *d.program, q);
+    const int64_t rows = K > 0 ? L.numel / K : 0;
+    if (rows == 0) return;
+    bool vec = L.vec_ok;
+    for (size_t k = 0; vec && k < a.inputs.size(); ++k)
+      if (L.cls[k] == Layout::Class::full)
+        vec = reinterpret_cast<uintptr_t>(a.inputs[k].data()) % 16 == 0;
+    const bool block = d.scheme.granularity == Granularity::block;
+    const bool qstore = K % 16 == 0 && (!block || d.scheme.block % 16 == 0) &&
+                        reinterpret_cast<uintptr_t>(q.codes.data()) % 16 == 0;
+    int which = -1;
+    const fusion::Compiled* compiled;
+    {
+      std::lock_guard<std::mutex> lock(st.mutex);
+      fusion::Variant v;
+      v.idx32 = L.idx32;
+      v.nd = L.nd;
+      v.cls = L.cls;
+      v.quant = true;
+      v.qstore = qstore;
+      v.vec = vec;
+      // Pass 1 in vectors needs rows of whole groups.
+      if (v.vec && K % fusion::generate_cuda(*d.program, v, false).group != 0) v.vec = false;
+      which = (v.vec ? 0 : 1) + (qstore ? 2 : 0);
+      if (!st.kernels[which]) {
+        if (st.arch.empty()) st.arch = fusion::arch_for(d.device.index);
+        const std::string key =
+            fusion::ModuleCache::key_for(d.program->canonical + "|" + v.key(), st.arch);
+        st.kernels[which] = fusion::ModuleCache::global().get(
+            key, st.arch, [&] { return fusion::generate_cuda(*d.program, v); });
+        st.shapes[which] = fusion::generate_cuda(*d.program, v, false);
+        st.variants[which] = std::move(v);
+      }
+      compiled = st.kernels[which].get();
+    }
+    const fusion::Variant& variant = st.variants[which];
+    const int group = variant.vec ? st.shapes[which].group : 1;
+    const int64_t units = K / group;
+    const unsigned threads =
+        static_cast<unsigned>(std::clamp<int64_t>((units + 31) / 32 * 32, 32, fusion::kThreads));
+    const int64_t nb = block ? K / d.scheme.block : 0;
+    const unsigned smem = static_cast<unsigned>(4 * K + 8 * nb);
+    auto s = static_cast<cudaStream_t>(stream.native_handle());
+    std::optional<Buffer> flag;
+    if (d.check_finite) {
+      flag.emplace(8, d.device, &stream);
+      fusion::check_rt(cudaMemsetAsync(flag->data(), 0, 8, s), "cudaMemsetAsync");
+    }
+    const std::vector<unsigned char> params =
+        fusion::pack_params(*d.program, variant, L, a, flag ? flag->data() : nullptr);
+    int blocks_per_sm = st.quant_blocks_per_sm;
+    fusion::launch_quant(*compiled, params, rows, threads, smem, d.device.index, s, &blocks_per_sm);
+    st.quant_blocks_per_sm = blocks_per_sm;
+    if (flag) {
+      uint64_t word = 0;
+      fusion::check_rt(cudaMemcpyAsync(&word, flag->data(), 8, cudaMemcpyDeviceToHost, s),
+                       "cudaMemcpyAsync");
+      fusion::check_rt(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+      if (word != 0) {
+        const uint64_t v = ~word;
+        fusion::throw_non_finite(d, static_cast<int64_t>(v >> 1), (v & 1) != 0);
+      }
+    }
   }
 };
 

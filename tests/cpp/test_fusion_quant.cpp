@@ -1,0 +1,640 @@
+// The fusion JIT's quantize epilogue: an expression quantized in the same pass.
+//
+//  - The epilogue's formulas (jit_math.inc's lbq_*, which generated CUDA code runs) against
+//    src/formats/quant_math.hpp on many values: the same bits.
+//  - CPU: fuse({{q.view(), expr}}) gives the bits of quantize(expr evaluated and stored in
+//    its dtype) for every supported scheme (int8/uint8/int4/uint4 per token and per block,
+//    symmetric and affine, f32/f16/bf16 scales; fp8 per token and block; mxfp4/mxfp8), for
+//    broadcast and strided inputs, f32/f16/bf16/f64 expressions, one and many threads.
+//  - Non-finite values: Error(invalid_argument) with the first bad element, as quantize.
+//  - Unsupported schemes and combinations: clear errors.
+//  - NVRTC: the generated row kernels of every scheme and kernel shape compile (no GPU).
+//  - Host emulator: generated row kernels run on the CPU, one std::thread per CUDA thread
+//    (barriers and warp shuffles emulated), against the CPU epilogue.
+//  - On a GPU: the CUDA epilogue gives the CPU epilogue's bits; the check reports NaN.
+#pragma GCC optimize("fp-contract=off")
+
+#include <dlfcn.h>
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <omp.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "lowbit/dtype.hpp"
+// clang-format off: quant_math.hpp uses Dtype without including dtype.hpp
+#include "formats/quant_math.hpp"
+// clang-format on
+#include "jit/jit.hpp"
+#include "jit/jit_math_host.hpp"
+#include "lowbit/fusion.hpp"
+#include "lowbit/numeric.hpp"
+#include "lowbit/quantize.hpp"
+#include "support/testing.hpp"
+
+namespace lowbit {
+namespace {
+
+using fusion::Expr;
+
+const char* const kSchemes[] = {
+    "int8:token",
+    "int8:token:asym",
+    "uint8:token:asym",
+    "int8:token:scale=bf16",
+    "int8:token:scale=f16",
+    "int4:token",
+    "uint4:token:asym",
+    "int4:block32",
+    "int4:block32:asym",
+    "int8:block64",
+    "fp8e4m3:token",
+    "fp8e5m2:token",
+    "fp8e4m3:block128",
+    "fp8e5m2:block32",
+    "mxfp4",
+    "mxfp8e4m3",
+    "mxfp8e5m2",
+};
+
+/// Normal values of a spread of scales (finite), per row a different magnitude.
+void fill(const Tensor& t, std::mt19937_64& rng, double scale = 1.0) {
+  std::normal_distribution<double> normal(0.0, 1.0);
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const double v = normal(rng) * scale * std::ldexp(1.0, static_cast<int>(rng() % 9) - 4);
+    const float f = static_cast<float>(v);
+    switch (t.dtype()) {
+      case Dtype::f64:
+        t.data_as<double>()[i] = v;
+        break;
+      case Dtype::f32:
+        t.data_as<float>()[i] = f;
+        break;
+      case Dtype::f16:
+        t.data_as<uint16_t>()[i] = f32_to_f16(f);
+        break;
+      case Dtype::bf16:
+        t.data_as<uint16_t>()[i] = f32_to_bf16(f);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+/// Random bytes in every part of q (so that stale bytes cannot pass for results).
+void scribble(const QuantizedTensor& q, std::mt19937_64& rng) {
+  for (const Tensor* t : {&q.codes, &q.scale, &q.zero}) {
+    if (!t->data()) continue;
+    const int64_t bytes = t->nbytes();
+    if (t->device().is_cpu()) {
+      auto* p = static_cast<uint8_t*>(t->data());
+      for (int64_t i = 0; i < bytes; ++i) p[i] = static_cast<uint8_t>(rng());
+    }
+  }
+}
+
+/// Byte-compares every part of two quantized tensors; "" or the first difference.
+std::string same_parts(const QuantizedView& want, const QuantizedView& got) {
+  auto cmp = [](const char* what, const TensorView& a, const TensorView& b) -> std::string {
+    if (!a.data() && !b.data()) return {};
+    const int64_t bytes = storage_bytes(a.dtype(), a.numel());
+    const auto* x = static_cast<const uint8_t*>(a.data());
+    const auto* y = static_cast<const uint8_t*>(b.data());
+    for (int64_t i = 0; i < bytes; ++i)
+      if (x[i] != y[i])
+        return fmt::format("{} byte {} of {}: want {:#04x}, got {:#04x}", what, i, bytes, x[i],
+                           y[i]);
+    return {};
+  };
+  for (auto r : {cmp("codes", want.codes, got.codes), cmp("scale", want.scale, got.scale),
+                 cmp("zero", want.zero, got.zero)})
+    if (!r.empty()) return r;
+  return {};
+}
+
+struct QCase {
+  Shape shape;
+  std::vector<Tensor> inputs;  // owners
+  std::vector<TensorView> views;
+  Expr value = Expr(0.0);
+  std::string text;
+};
+
+/// A case: inputs a (the full shape, maybe transposed storage), b (full or a row vector
+/// broadcast over rows, or a column broadcast over the row), an expression of dtype
+/// `dt` over them.
+QCase make_case(std::mt19937_64& rng, const Shape& shape, Dtype in_dt, int kind) {
+  QCase c;
+  c.shape = shape;
+  const int nd = shape.size();
+  Tensor a = Tensor::empty(shape, in_dt);
+  fill(a, rng);
+  c.views.push_back(a.view());
+  c.inputs.push_back(std::move(a));
+  Shape bs = shape;
+  if (kind % 3 == 1) {
+    bs = Shape{shape[nd - 1]};  // a per-column vector, broadcast over rows
+  } else if (kind % 3 == 2 && nd >= 2) {
+    bs[nd - 1] = 1;  // a per-row value, broadcast along the row
+  }
+  Tensor b = Tensor::empty(bs, in_dt);
+  fill(b, rng);
+  c.views.push_back(b.view());
+  c.inputs.push_back(std::move(b));
+  const Expr x = fusion::input(c.views[0]), y = fusion::input(c.views[1]);
+  switch (kind % 4) {
+    case 0:
+      c.value = fusion::silu(x) * y;
+      c.text = "silu(a) * b";
+      break;
+    case 1:
+      c.value = fusion::gelu(x + y) * 3.0;
+      c.text = "gelu(a + b) * 3";
+      break;
+    case 2:
+      c.value = x * fusion::sigmoid(y) - 0.25;
+      c.text = "a * sigmoid(b) - 0.25";
+      break;
+    default:
+      c.value = fusion::clamp(x * 1.25 + y, -4.0, 6.0);
+      c.text = "clamp(a * 1.25 + b, -4, 6)";
+      break;
+  }
+  return c;
+}
+
+/// quantize(expr evaluated into a tensor of its dtype): the definition.
+QuantizedTensor unfused(const QCase& c, const QuantScheme& scheme) {
+  Tensor y = Tensor::empty(c.shape, c.value.dtype());
+  fuse({{y, c.value}});
+  return quantize(y, scheme);
+}
+
+// ---- the formulas -----------------------------------------------------------------------------
+
+TEST(FusionQuantMath, EpilogueFormulasMatchQuantMath) {
+  std::mt19937_64 rng(11);
+  std::vector<float> xs;
+  for (int i = 0; i < 200000; ++i) {
+    const uint32_t b = static_cast<uint32_t>(rng());
+    const float f = std::bit_cast<float>(b);
+    if (std::isfinite(f)) xs.push_back(f);
+    xs.push_back(static_cast<float>(std::ldexp(static_cast<double>(rng() % 100000) / 1e4 - 5.0,
+                                               static_cast<int>(rng() % 40) - 20)));
+  }
+  xs.push_back(0.0f);
+  xs.push_back(1e-40f);
+  xs.push_back(3.4e38f);
+  using namespace jit_math;
+  const Dtype sds[] = {Dtype::f32, Dtype::f16, Dtype::bf16};
+  for (size_t i = 0; i + 1 < xs.size(); ++i) {
+    const float amax = std::fabs(xs[i]), x = xs[i + 1];
+    for (int sd = 0; sd < 3; ++sd) {
+      for (int qmax : {127, 7}) {
+        const formats::IntParams want = formats::int_symmetric_params(amax, qmax, sds[sd]);
+        const float sc = lbq_int_sym_scale(amax, qmax, sd);
+        ASSERT_EQ(std::bit_cast<uint32_t>(sc), std::bit_cast<uint32_t>(want.scale)) << amax;
+        ASSERT_EQ(std::bit_cast<uint32_t>(lbq_inv(sc)), std::bit_cast<uint32_t>(want.inv_scale));
+        ASSERT_EQ(lbq_int_code(x, want.inv_scale, 0, -qmax, qmax),
+                  formats::int_quantize(x, want, -qmax, qmax))
+            << x << " " << amax;
+      }
+      const float lo = std::min(xs[i], 0.0f) * 0.5f, hi = std::max(xs[i + 1], 0.0f);
+      for (auto [qmin, qmax] : {std::pair{0, 255}, std::pair{-128, 127}, std::pair{0, 15}}) {
+        const formats::IntParams want = formats::int_affine_params(lo, hi, qmin, qmax, sds[sd]);
+        const float sc = lbq_int_affine_scale(lo, hi, qmin, qmax, sd);
+        ASSERT_EQ(std::bit_cast<uint32_t>(sc), std::bit_cast<uint32_t>(want.scale));
+        ASSERT_EQ(lbq_int_affine_zero(lo, lbq_inv(sc), qmin, qmax), want.zero) << lo << " " << hi;
+        ASSERT_EQ(lbq_int_code(x, want.inv_scale, want.zero, qmin, qmax),
+                  formats::int_quantize(x, want, qmin, qmax));
+      }
+    }
+    for (bool e5m2 : {false, true}) {
+      const float sc = lbq_fp8_scale(amax, e5m2);
+      ASSERT_EQ(std::bit_cast<uint32_t>(sc),
+                std::bit_cast<uint32_t>(formats::fp8_scale(amax, e5m2)));
+      const float inv = lbq_inv(sc);
+      ASSERT_EQ(lbq_fp8_code(x, inv, e5m2), formats::fp8_quantize(x, inv, e5m2));
+    }
+    for (int emax : {2, 8, 15}) {
+      const unsigned code = lbq_mx_scale(amax, emax);
+      ASSERT_EQ(code, formats::mx_scale_code(amax, emax)) << amax;
+      ASSERT_EQ(lbq_mxfp4_code(x, code), formats::mxfp4_quantize(x, static_cast<uint8_t>(code)));
+      ASSERT_EQ(lbq_mxfp8_code(x, code, emax == 15),
+                formats::mxfp8_quantize(x, static_cast<uint8_t>(code), emax == 15));
+    }
+  }
+}
+
+// ---- CPU ----------------------------------------------------------------------------------------
+
+TEST(FusionQuantCpu, MatchesQuantizeOfTheUnfusedResult) {
+  std::mt19937_64 rng(5);
+  const Shape shapes[] = {{3, 128}, {2, 3, 256}, {7, 96 * 2}, {1, 64}, {33, 384}};
+  const Dtype dts[] = {Dtype::bf16, Dtype::f32, Dtype::f16};
+  int cases = 0;
+  for (const char* text : kSchemes) {
+    const QuantScheme scheme = QuantScheme::parse(text);
+    for (int k = 0; k < 6; ++k) {
+      const Shape& shape = shapes[(k + cases) % std::size(shapes)];
+      const int64_t K = shape[shape.size() - 1];
+      if (scheme.granularity == Granularity::block && K % scheme.block != 0) continue;
+      const QCase c = make_case(rng, shape, dts[k % 3], k);
+      const QuantizedTensor want = unfused(c, scheme);
+      const QuantizedTensor got = QuantizedTensor::allocate(scheme, shape);
+      scribble(got, rng);
+      fuse({{got.view(), c.value}});
+      ASSERT_EQ(same_parts(want.view(), got.view()), "")
+          << text << " " << shape.str() << " " << dtype_name(c.value.dtype()) << " " << c.text;
+      ++cases;
+    }
+  }
+  std::printf("%d quantize-epilogue cases bit-identical to quantize() of the unfused result\n",
+              cases);
+}
+
+TEST(FusionQuantCpu, F64ExpressionsStridedInputsAndThreads) {
+  std::mt19937_64 rng(9);
+  // f64 inputs: the value rounds to f32 as quantize rounds an f64 tensor.
+  {
+    const QCase c = make_case(rng, {5, 64}, Dtype::f64, 0);
+    ASSERT_EQ(c.value.dtype(), Dtype::f64);
+    for (const char* text : {"int8:token", "fp8e4m3:block32", "mxfp4"}) {
+      const QuantScheme scheme = QuantScheme::parse(text);
+      const QuantizedTensor want = unfused(c, scheme);
+      const QuantizedTensor got = QuantizedTensor::allocate(scheme, c.shape);
+      fuse({{got.view(), c.value}});
+      ASSERT_EQ(same_parts(want.view(), got.view()), "") << text;
+    }
+  }
+  // A transposed input, and a large case run by several threads (and by one).
+  for (const Shape& shape : {Shape{96, 64}, Shape{600, 512}}) {
+    Tensor base = Tensor::empty({shape[1], shape[0]}, Dtype::bf16);
+    fill(base, rng);
+    const TensorView at = base.view().transpose(0, 1);
+    Tensor b = Tensor::empty(shape, Dtype::bf16);
+    fill(b, rng);
+    const Expr e = fusion::silu(fusion::input(at)) * fusion::input(b);
+    for (const char* text : {"fp8e4m3:token", "int4:block32:asym"}) {
+      const QuantScheme scheme = QuantScheme::parse(text);
+      Tensor y = Tensor::empty(shape, Dtype::bf16);
+      fuse({{y, e}});
+      const QuantizedTensor want = quantize(y, scheme);
+      for (int threads : {1, 4}) {
+        omp_set_num_threads(threads);
+        const QuantizedTensor got = QuantizedTensor::allocate(scheme, shape);
+        fuse({{got.view(), e}});
+        ASSERT_EQ(same_parts(want.view(), got.view()), "")
+            << text << " " << shape.str() << " threads " << threads;
+      }
+    }
+  }
+  omp_set_num_threads(omp_get_num_procs());
+}
+
+TEST(FusionQuantCpu, NonFiniteValuesAreRefusedWithTheirIndex) {
+  Tensor a = Tensor::empty({300, 256}, Dtype::f32);
+  for (int64_t i = 0; i < a.numel(); ++i) a.data_as<float>()[i] = 1.0f + (i % 7);
+  a.data_as<float>()[250 * 256 + 3] = -1.0f;  // log(-1): NaN
+  a.data_as<float>()[260 * 256 + 5] = 0.0f;   // log(0): -inf, later
+  const Expr e = fusion::log(fusion::input(a));
+  for (int threads : {1, 2}) {
+    omp_set_num_threads(threads);
+    const QuantizedTensor q =
+        QuantizedTensor::allocate(QuantScheme::parse("fp8e4m3:token"), a.shape());
+    testing::expect_error(
+        [&] {
+          fuse({{q.view(), e}});
+        },
+        ErrorCode::invalid_argument, "[250, 3] (flat index 64003) is NaN");
+  }
+  omp_set_num_threads(omp_get_num_procs());
+  // Unchecked: no error.
+  const QuantizedTensor q = QuantizedTensor::allocate(QuantScheme::parse("int8:token"), a.shape());
+  fuse({FusedOutput(q.view(), e, /*check_finite=*/false)});
+}
+
+TEST(FusionQuantCpu, UnsupportedSchemesAndCombinations) {
+  using testing::expect_error;
+  Tensor a = Tensor::empty({4, 64}, Dtype::bf16), y = Tensor::empty({4, 64}, Dtype::bf16);
+  fill(a, *std::make_unique<std::mt19937_64>(1));
+  const Expr x = fusion::input(a);
+  for (const char* text : {"int8", "int8:channel", "nvfp4", "fp8e4m3:block32x32", "q8_0"}) {
+    const QuantScheme s = QuantScheme::parse(text);
+    Shape shape = a.shape();
+    const QuantizedTensor q = QuantizedTensor::allocate(s, shape);
+    expect_error([&] { fuse({{q.view(), x}}); }, ErrorCode::unsupported, "quantize epilogue");
+  }
+  const QuantizedTensor q = QuantizedTensor::allocate(QuantScheme::parse("int8:token"), a.shape());
+  expect_error([&] { fuse({{q.view(), x}, {y, x}}); }, ErrorCode::unsupported, "only output");
+  Tensor i = Tensor::empty({4, 64}, Dtype::i32);
+  expect_error(
+      [&] {
+        fuse({{q.view(), fusion::input(i) + 1}});
+      },
+      ErrorCode::invalid_argument, "f32, f16, bf16 or f64");
+  // Parts that do not fit the scheme.
+  const QuantizedTensor other =
+      QuantizedTensor::allocate(QuantScheme::parse("int8:token"), Shape{8, 32});
+  QuantizedView bad = other.view();
+  bad.shape = a.shape();
+  expect_error([&] { fuse({{bad, x}}); }, ErrorCode::invalid_argument, "codes");
+  // The quantized output may not overlap an input.
+  QuantizedView alias = q.view();
+  alias.codes = TensorView(a.data(), Dtype::i8, a.shape());
+  expect_error([&] { fuse({{alias, x}}); }, ErrorCode::invalid_argument, "overlaps input");
+}
+
+// ---- generated kernels: NVRTC and the host emulator ------------------------------------------
+
+#if LOWBIT_HAS_CUDA
+constexpr bool kHasNvrtc = true;
+#else
+constexpr bool kHasNvrtc = false;
+#endif
+
+/// The variants of a quantize-epilogue program (as launch.cpp picks them).
+std::vector<fusion::Variant> quant_variants(const FusedDesc& d) {
+  const fusion::Layout L = fusion::make_layout(d);
+  std::vector<fusion::Variant> out;
+  for (int vec = 0; vec < 2; ++vec)
+    for (int qstore = 0; qstore < 2; ++qstore) {
+      fusion::Variant v;
+      v.idx32 = L.idx32;
+      v.nd = L.nd;
+      v.cls = L.cls;
+      v.quant = true;
+      v.vec = vec && L.vec_ok;
+      const int64_t K = d.shape[d.shape.size() - 1];
+      if (v.vec && K % fusion::generate_cuda(*d.program, v, false).group != 0) continue;
+      if (vec && !v.vec) continue;
+      const bool block = d.scheme.granularity == Granularity::block;
+      v.qstore = qstore;
+      if (qstore && !(K % 16 == 0 && (!block || d.scheme.block % 16 == 0))) continue;
+      out.push_back(v);
+    }
+  return out;
+}
+
+TEST(FusionQuantNvrtc, RowKernelsCompileForSm90a) {
+  if (!kHasNvrtc) {
+    std::printf("SKIPPED: this build has no CUDA toolkit (NVRTC)\n");
+    GTEST_SKIP() << "no NVRTC";
+  }
+  std::mt19937_64 rng(3);
+  int kernels = 0;
+  double total_ms = 0, max_ms = 0;
+  for (const char* text : kSchemes) {
+    const QuantScheme scheme = QuantScheme::parse(text);
+    const QCase c = make_case(rng, {4, 256}, kernels % 2 ? Dtype::f32 : Dtype::bf16,
+                              static_cast<int>(rng() % 6));
+    const QuantizedTensor q = QuantizedTensor::allocate(scheme, c.shape);
+    for (bool check : {true, false}) {
+      const FusedDesc d = FusedDesc::make({FusedOutput(q.view(), c.value, check)});
+      for (const fusion::Variant& v : quant_variants(d)) {
+        const fusion::KernelSource src = fusion::generate_cuda(*d.program, v);
+        double ms = 0;
+        try {
+          const std::string cubin = fusion::compile_cuda(src, "sm_90a", "test", &ms);
+          EXPECT_FALSE(cubin.empty());
+        } catch (const Error& e) {
+          FAIL() << text << " " << v.key() << ": " << e.what();
+        }
+        total_ms += ms;
+        max_ms = std::max(max_ms, ms);
+        ++kernels;
+      }
+    }
+  }
+  std::printf("NVRTC: %d quantize-epilogue kernels compiled, mean %.0f ms, max %.0f ms\n", kernels,
+              total_ms / std::max(kernels, 1), max_ms);
+}
+
+/// CUDA built-ins for running a row kernel on the CPU with one std::thread per CUDA
+/// thread: __syncthreads is a barrier, warp shuffles go through memory between two
+/// barriers (every thread of the row kernel reaches them together).
+const char* const kThreadShim = R"(#pragma once
+#include <barrier>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(x)
+#define __shared__ static
+struct uint4 { unsigned x, y, z, w; };
+struct uint2 { unsigned x, y; };
+inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
+inline uint2 make_uint2(unsigned a, unsigned b) { return {a, b}; }
+struct Dim3 { unsigned x = 0, y = 0, z = 0; };
+static thread_local Dim3 blockIdx, threadIdx;
+static Dim3 gridDim, blockDim;
+inline float __uint_as_float(unsigned u) { return std::bit_cast<float>(u); }
+inline unsigned __float_as_uint(float f) { return std::bit_cast<unsigned>(f); }
+inline float __int_as_float(int u) { return std::bit_cast<float>(u); }
+inline int __float_as_int(float f) { return std::bit_cast<int>(f); }
+inline double __longlong_as_double(long long u) { return std::bit_cast<double>(u); }
+inline long long __double_as_longlong(double d) { return std::bit_cast<long long>(d); }
+using std::exp; using std::log; using std::sqrt; using std::tanh; using std::erf;
+using std::log1p; using std::pow; using std::trunc;
+inline float sqrtf(float x) { return std::sqrt(x); }
+inline float rintf(float x) { return std::nearbyint(x); }
+static std::barrier<>* lb_emu_barrier = nullptr;
+static float lb_emu_shfl[1024];
+static char* lb_emu_dyn = nullptr;
+inline void __syncthreads() { lb_emu_barrier->arrive_and_wait(); }
+inline float __shfl_xor_sync(unsigned, float v, int o) {
+  lb_emu_shfl[threadIdx.x] = v;
+  __syncthreads();
+  const float r = lb_emu_shfl[threadIdx.x ^ o];
+  __syncthreads();
+  return r;
+}
+inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v) {
+  static std::mutex m;
+  std::lock_guard<std::mutex> lock(m);
+  const unsigned long long old = *p;
+  if (v > old) *p = v;
+  return old;
+}
+#define LB_DYN_SMEM(T, name) T* name = reinterpret_cast<T*>(lb_emu_dyn)
+)";
+
+const char* const kThreadMain = R"(
+extern "C" int lowbit_emulate(const void* params, unsigned blocks, unsigned threads,
+                              unsigned smem) {
+  Params p;
+  std::memcpy(&p, params, sizeof p);
+  std::vector<double> dyn(smem / 8 + 2);
+  lb_emu_dyn = reinterpret_cast<char*>(dyn.data());
+  gridDim.x = blocks;
+  blockDim.x = threads;
+  for (unsigned b = 0; b < blocks; ++b) {
+    std::barrier<> bar(threads);
+    lb_emu_barrier = &bar;
+    std::vector<std::thread> ts;
+    for (unsigned t = 0; t < threads; ++t)
+      ts.emplace_back([&, t] {
+        blockIdx.x = b;
+        threadIdx.x = t;
+        lowbit_fused(p);
+      });
+    for (std::thread& th : ts) th.join();
+  }
+  return static_cast<int>(sizeof(Params));
+}
+)";
+
+TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
+  const char* cxx_env = std::getenv("CXX");
+  const std::string cxx = cxx_env && *cxx_env ? cxx_env : "c++";
+  if (std::system((cxx + " --version > /dev/null 2>&1").c_str()) != 0) {
+    std::printf("SKIPPED: no host C++ compiler (%s) to emulate kernels\n", cxx.c_str());
+    GTEST_SKIP() << "no host compiler";
+  }
+  const std::string dir = ::testing::TempDir() + fmt::format("lowbit_qemu_{}", ::getpid());
+  std::filesystem::create_directories(dir + "/lowbit");
+  const fusion::HeaderSet& h = fusion::jit_headers();
+  for (size_t i = 0; i < h.names.size(); ++i) {
+    if (h.names[i] == "cstdint" || h.names[i] == "bit") continue;
+    std::ofstream(dir + "/" + h.names[i]) << h.contents[i];
+  }
+  std::ofstream(dir + "/shim.h") << kThreadShim;
+  std::mt19937_64 rng(21);
+  int kernels = 0;
+  const char* schemes[] = {"int8:token:asym",  "fp8e4m3:token", "int4:block32",
+                           "uint4:token:asym", "mxfp4",         "int8:block64:scale=bf16"};
+  int si = 0;
+  for (const char* text : schemes) {
+    const QuantScheme scheme = QuantScheme::parse(text);
+    const Shape shape = si % 2 ? Shape{5, 192} : Shape{3, 2, 64};
+    const QCase c = make_case(rng, shape, si % 3 == 2 ? Dtype::f32 : Dtype::bf16, si);
+    ++si;
+    const QuantizedTensor want = QuantizedTensor::allocate(scheme, shape);
+    fuse({{want.view(), c.value}});
+    const QuantizedTensor got = QuantizedTensor::allocate(scheme, shape);
+    const FusedDesc d = FusedDesc::make({{got.view(), c.value}});
+    const FusedArgs args = d.bound_args();
+    const fusion::Layout L = fusion::make_layout(d);
+    unsigned long long flag = 0;
+    for (const fusion::Variant& v : quant_variants(d)) {
+      scribble(got, rng);
+      const fusion::KernelSource src = fusion::generate_cuda(*d.program, v);
+      const std::vector<unsigned char> params = fusion::pack_params(*d.program, v, L, args, &flag);
+      const std::string stem = fmt::format("{}/q{}", dir, kernels);
+      std::ofstream(stem + ".cpp") << "#include \"shim.h\"\n" << src.code << kThreadMain;
+      const std::string cmd = fmt::format(
+          "{} -std=c++20 -O0 -w -fPIC -shared -pthread -I{} {}.cpp -o {}.so", cxx, dir, stem, stem);
+      ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd << "\n" << src.code;
+      void* so = ::dlopen((stem + ".so").c_str(), RTLD_NOW | RTLD_LOCAL);
+      ASSERT_NE(so, nullptr) << ::dlerror();
+      auto run = reinterpret_cast<int (*)(const void*, unsigned, unsigned, unsigned)>(
+          ::dlsym(so, "lowbit_emulate"));
+      ASSERT_NE(run, nullptr);
+      const int64_t K = shape[shape.size() - 1];
+      const int group = v.vec ? src.group : 1;
+      const unsigned threads = static_cast<unsigned>(
+          std::clamp<int64_t>((K / group + 31) / 32 * 32, 32, fusion::kThreads));
+      const int64_t nb = scheme.granularity == Granularity::block ? K / scheme.block : 0;
+      // Two blocks: the row loop wraps.
+      const int size = run(params.data(), 2, threads, static_cast<unsigned>(4 * K + 8 * nb));
+      EXPECT_EQ(size, src.param_bytes);
+      ::dlclose(so);
+      ASSERT_EQ(same_parts(want.view(), got.view()), "") << text << " variant " << v.key();
+      EXPECT_EQ(flag, 0u);
+      ++kernels;
+    }
+  }
+  std::filesystem::remove_all(dir);
+  std::printf("emulated %d quantize-epilogue row kernels on the host\n", kernels);
+  EXPECT_GT(kernels, 8);
+}
+
+// ---- GPU ----------------------------------------------------------------------------------------
+
+TEST(FusionQuantCuda, MatchesTheCpuEpilogue) {
+  LOWBIT_REQUIRE_CUDA();
+  const Device gpu = Device::cuda(0);
+  std::mt19937_64 rng(17);
+  const Shape shapes[] = {{64, 4096}, {3, 5, 256}, {130, 96}, {1000, 1024}, {16, 8192 + 32}};
+  int cases = 0;
+  for (const char* text : kSchemes) {
+    const QuantScheme scheme = QuantScheme::parse(text);
+    for (int k = 0; k < 4; ++k) {
+      const Shape& shape = shapes[(k + cases) % std::size(shapes)];
+      const int64_t K = shape[shape.size() - 1];
+      if (scheme.granularity == Granularity::block && K % scheme.block != 0) continue;
+      const QCase c = make_case(rng, shape, k % 2 ? Dtype::f32 : Dtype::bf16, k + cases);
+      const QuantizedTensor want = QuantizedTensor::allocate(scheme, shape);
+      fuse({{want.view(), c.value}});
+      // The same program on the GPU: inputs copied, a device quantized tensor.
+      std::vector<Tensor> din;
+      FusedArgs args;
+      for (const Tensor& t : c.inputs) {
+        din.push_back(testing::to_device(t, gpu));
+        args.inputs.push_back(din.back());
+      }
+      const QuantizedTensor dq = QuantizedTensor::allocate(scheme, shape, gpu);
+      args.outputs.push_back(TensorView());
+      args.quantized = dq.view();
+      FusedDesc dd = FusedDesc::make({{want.view(), c.value}});
+      dd.device = gpu;
+      dd.state = std::make_shared<fusion::PlanState>();
+      const FusedPlan plan = FusedPlan::select(dd);
+      ASSERT_EQ(plan.sku().backend, Backend::cuda);
+      try {
+        plan.run(Stream::default_for(gpu), {}, args);
+        Stream::default_for(gpu).synchronize();
+      } catch (const Error& e) {
+        FAIL() << text << " " << shape.str() << ": " << e.what();
+      }
+      QuantizedView back;
+      back.scheme = scheme;
+      back.shape = shape;
+      const Tensor codes = testing::to_host(dq.codes), scale = testing::to_host(dq.scale);
+      Tensor zero;
+      back.codes = codes;
+      back.scale = scale;
+      if (dq.zero.data()) {
+        zero = testing::to_host(dq.zero);
+        back.zero = zero;
+      }
+      ASSERT_EQ(same_parts(want.view(), back), "")
+          << text << " " << shape.str() << " " << c.text << " (cuda)";
+      ++cases;
+    }
+  }
+  std::printf("cuda: %d quantize-epilogue cases bit-identical to the cpu epilogue\n", cases);
+}
+
+TEST(FusionQuantCuda, NonFiniteValuesAreRefused) {
+  LOWBIT_REQUIRE_CUDA();
+  const Device gpu = Device::cuda(0);
+  Tensor a = Tensor::empty({300, 256}, Dtype::f32);
+  for (int64_t i = 0; i < a.numel(); ++i) a.data_as<float>()[i] = 1.0f + (i % 7);
+  a.data_as<float>()[250 * 256 + 3] = -1.0f;
+  a.data_as<float>()[270 * 256 + 1] = 0.0f;
+  const Tensor da = testing::to_device(a, gpu);
+  const QuantizedTensor q =
+      QuantizedTensor::allocate(QuantScheme::parse("fp8e4m3:token"), a.shape(), gpu);
+  testing::expect_error(
+      [&] {
+        fuse({{q.view(), fusion::log(fusion::input(da))}});
+      },
+      ErrorCode::invalid_argument, "[250, 3] (flat index 64003) is NaN");
+}
+
+}  // namespace
+}  // namespace lowbit
