@@ -90,7 +90,9 @@ struct Mapping {
   std::span<const uint8_t> bytes() const { return {data, size}; }
 
   static std::shared_ptr<Mapping> open(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO must not wait for a writer (it is then refused as not a
+    // regular file); it changes nothing for regular files.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) throw_errno(path, "cannot open");
     struct stat st {};
     if (::fstat(fd, &st) != 0) {

@@ -538,6 +538,11 @@ def test_file_system_errors_are_oserrors(tmp_path):
         lowbit.load(tmp_path)
     with pytest.raises(FileNotFoundError):
         lowbit.load_metadata(missing)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opening it must not block waiting for a writer
+    with pytest.raises(OSError, match="not a regular file"):
+        lowbit.load(fifo)
+    fifo.unlink()
     with pytest.raises(OSError, match="no-such-dir"):
         lowbit.save(tmp_path / "no-such-dir" / "x.safetensors", {"a": np.zeros(2, F32)})
     with pytest.raises(TypeError, match="a path is a str"):
