@@ -320,8 +320,8 @@ int main(int argc, char** argv) {
       const int64_t check_rows = 64;
       Tensor ha = Tensor::empty({check_rows, cols}, Dtype::bf16);
       Tensor hb = Tensor::empty({check_rows, cols}, Dtype::bf16);
-      lowbit::copy(ha, head(a, check_rows * cols));
-      lowbit::copy(hb, head(b, check_rows * cols));
+      lowbit::copy(ha, lowbit::TensorView(a.data(), Dtype::bf16, {check_rows, cols}, gpu));
+      lowbit::copy(hb, lowbit::TensorView(b.data(), Dtype::bf16, {check_rows, cols}, gpu));
       const lowbit::QuantizedTensor want =
           lowbit::QuantizedTensor::allocate(scheme, {check_rows, cols});
       lowbit::fuse({{want.view(), silu(input(ha)) * input(hb)}});

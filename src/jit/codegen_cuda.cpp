@@ -249,7 +249,7 @@ std::string encode(Dtype d, const std::string& v) {
     case Dtype::e8m0:
       return fmt::format("(unsigned)lowbit::f32_to_e8m0({})", v);
     case Dtype::f4e2m1:
-      return fmt::format("(unsigned)lowbit::f32_to_f4e2m1({})", v);
+      return fmt::format("lowbit::jit_math::lb_f4e2m1_code({})", v);
     default: {
       const std::string t =
           fmt::format("lowbit::jit_math::lb_to_int({}, {:.1f}, {:.1f})", v, int_min(d), int_max(d));
@@ -276,7 +276,7 @@ std::string round_float(Dtype d, const std::string& v) {
     case Dtype::f8e5m2:
       return fmt::format("lowbit::f8e5m2_to_f32(lowbit::f32_to_f8e5m2({}))", v);
     case Dtype::f4e2m1:
-      return fmt::format("lowbit::f4e2m1_to_f32(lowbit::f32_to_f4e2m1({}))", v);
+      return fmt::format("lowbit::f4e2m1_to_f32(lowbit::jit_math::lb_f4e2m1_code({}))", v);
     case Dtype::e8m0:
       return fmt::format("lowbit::e8m0_to_f32(lowbit::f32_to_e8m0({}))", v);
     default:

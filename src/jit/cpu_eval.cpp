@@ -350,7 +350,7 @@ void round_f32_run(Dtype dt, const float* a, float* o, int n) {
       for (int i = 0; i < n; ++i) o[i] = f8e5m2_to_f32(f32_to_f8e5m2(a[i]));
       return;
     case Dtype::f4e2m1:
-      for (int i = 0; i < n; ++i) o[i] = f4e2m1_to_f32(f32_to_f4e2m1(a[i]));
+      for (int i = 0; i < n; ++i) o[i] = f4e2m1_to_f32(lb_f4e2m1_code(a[i]));
       return;
     case Dtype::e8m0:
       for (int i = 0; i < n; ++i) o[i] = e8m0_to_f32(f32_to_e8m0(a[i]));
@@ -665,7 +665,11 @@ struct Pass {
       return;
     }
     if (is_packed(dt)) {  // packed outputs are contiguous; e0 is even
-      convert_run(src, Dtype::f32, static_cast<char*>(v.data()) + e0 / 2, dt, n);
+      // f4e2m1: NaN as +NaN (lb_f4e2m1_code), then convert's codes.
+      float canon[kTile];
+      const auto* f = static_cast<const float*>(src);
+      for (int i = 0; i < n; ++i) canon[i] = f[i] != f[i] ? float_of(0x7fc00000u) : f[i];
+      convert_run(canon, Dtype::f32, static_cast<char*>(v.data()) + e0 / 2, dt, n);
       return;
     }
     if (L.cls[k] == Layout::Class::full) {
