@@ -949,5 +949,48 @@ TEST(FakeQuantize, ReferenceTakesStridedViews) {
   EXPECT_EQ(compare_bytes(want.c, dz), "");
 }
 
+TEST(FakeQuantize, WorkedExamplesOfTheDocs) {
+  // docs/formats.md, "Fake quantization and its gradients".
+  const QuantScheme s = QuantScheme::parse("uint4:tensor");
+  const Tensor x = from_values({-0.7f, 0.05f, 1.0f, 2.0f}, {4}, Dtype::f32);
+  const Tensor dy = from_values({1.0f, 2.0f, 3.0f, 4.0f}, {4}, Dtype::f32);
+  Tensor scale = Tensor::empty({1}, Dtype::f32), zero = Tensor::empty({1}, Dtype::i32);
+  scale.data_as<float>()[0] = 0.1f;
+  zero.data_as<int32_t>()[0] = 5;
+  for (const auto& [fk, bk] : {std::pair<std::string, std::string>{
+                                   "fake_quantize_reference", "fake_quantize_backward_reference"},
+                               {"fake_quantize_simd", "fake_quantize_backward_simd"}}) {
+    SCOPED_TRACE(fk);
+    Given g;
+    g.scale = Tensor::empty({1}, Dtype::f32);
+    g.zero = Tensor::empty({1}, Dtype::i32);
+    copy(g.scale, scale);
+    copy(g.zero, zero);
+    const Out y = run_forward(fk, Device::cpu(), x, Dtype::f32, s, &g);
+    const std::vector<float> want_y = {-0.5f, 0.0f, 1.0f, 1.0f};
+    for (int i = 0; i < 4; ++i) EXPECT_EQ(y.a.data_as<float>()[i], want_y[static_cast<size_t>(i)]);
+    const Out b = run_backward(bk, Device::cpu(), x, dy, s, g, {true, true, false});
+    const std::vector<float> want_dx = {0.0f, 2.0f, 3.0f, 0.0f};
+    for (int i = 0; i < 4; ++i) EXPECT_EQ(b.a.data_as<float>()[i], want_dx[static_cast<size_t>(i)]);
+    EXPECT_EQ(b.b.data_as<float>()[0], 34.0f);
+    EXPECT_EQ(b.c.data_as<float>()[0], -0.5f);
+    const Out l = run_backward(bk, Device::cpu(), x, dy, s, g, {true, true, true});
+    const float gf = 0.12909944f;
+    EXPECT_EQ(gf, static_cast<float>(1.0 / std::sqrt(60.0)));
+    EXPECT_EQ(l.b.data_as<float>()[0], 34.0f * gf);
+    EXPECT_EQ(l.c.data_as<float>()[0], -0.5f * gf);
+  }
+  // int8:tensor, scale 0.5: dscale 889 (0x445E4000).
+  const QuantScheme s8 = QuantScheme::parse("int8:tensor");
+  const Tensor x8 = from_values({0.3f, 1.0f, 100.0f, -127.1f, 63.3f, -63.7f}, {6}, Dtype::f32);
+  const Tensor dy8 = from_values({1.0f, -2.0f, 3.0f, -4.0f, 5.0f, -6.0f}, {6}, Dtype::f32);
+  Tensor sc8 = Tensor::empty({1}, Dtype::f32);
+  sc8.data_as<float>()[0] = 0.5f;
+  const FakeQuantizeGrads g8 = fake_quantize_backward(dy8, x8, s8, sc8, {}, {true, false, false});
+  uint32_t b8;
+  std::memcpy(&b8, g8.dscale.data(), 4);
+  EXPECT_EQ(b8, 0x445E4000u);
+}
+
 }  // namespace
 }  // namespace lowbit
