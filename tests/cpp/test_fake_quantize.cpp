@@ -439,8 +439,10 @@ void run_matrix(const std::string& fwd_kernel, const std::string& bwd_kernel, De
             for (Dtype dy_dt : {Dtype::f32, src_dt}) {
               if (dy_dt == Dtype::f32 && src_dt != Dtype::f32 && lite) continue;
               const Tensor dy = make_dy(shape, dy_dt, seg, rng);
-              std::vector<BwdOptions> opts = {
-                  {false, false, false}, {true, is_affine(s), false}, {true, is_affine(s), true}};
+              std::vector<BwdOptions> opts = {{false, false, false},
+                                              {true, is_affine(s), false},
+                                              {true, is_affine(s), true},
+                                              {false, is_affine(s), false}};
               for (const BwdOptions& o : opts) {
                 SCOPED_TRACE(fmt::format("backward dy {} scale_grad {} zero_grad {} lsq {}",
                                          dtype_name(dy_dt), o.scale_grad, o.zero_grad, o.lsq));

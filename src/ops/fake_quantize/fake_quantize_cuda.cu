@@ -223,18 +223,19 @@ __device__ __forceinline__ void store_dx(void* dx, const void* dy, int64_t i, bo
 }
 
 __device__ __forceinline__ void flush(unsigned long long* acc, int64_t g, const fq::ExactSum& s,
-                                      const fq::ExactSum& z, bool want_z) {
+                                      const fq::ExactSum& z) {
   unsigned long long* a = acc + 4 * g;
   if (s.hi) atomicAdd(a + 0, static_cast<unsigned long long>(s.hi));
   if (s.lo) atomicAdd(a + 1, static_cast<unsigned long long>(s.lo));
-  if (want_z && z.hi) atomicAdd(a + 2, static_cast<unsigned long long>(z.hi));
-  if (want_z && z.lo) atomicAdd(a + 3, static_cast<unsigned long long>(z.lo));
+  if (z.hi) atomicAdd(a + 2, static_cast<unsigned long long>(z.hi));
+  if (z.lo) atomicAdd(a + 3, static_cast<unsigned long long>(z.lo));
 }
 
 template <Dtype SX, Dtype SD>
 __global__ void backward_kernel(Conf c, const void* x, const void* dy, void* dx,
-                                const fq::Params* params, bool sums, const int* ks, const int* kz,
-                                unsigned long long* acc, Flags* flags) {
+                                const fq::Params* params, bool want_s, bool want_z, const int* ks,
+                                const int* kz, unsigned long long* acc, Flags* flags) {
+  const bool sums = want_s || want_z;
   const float qmin = static_cast<float>(c.qmin), qmax = static_cast<float>(c.qmax);
   const int64_t runs = (c.n + kRun - 1) / kRun;
   uint64_t bad_x = ~uint64_t{0}, bad_dy = ~uint64_t{0};
@@ -247,7 +248,7 @@ __global__ void backward_kernel(Conf c, const void* x, const void* dy, void* dx,
     for (int64_t i = r * kRun; i < e1; ++i) {
       const int64_t gi = c.gm.group_of(i);
       if (gi != g) {
-        if (sums && g >= 0) flush(acc, g, s, z, true);
+        if (sums && g >= 0) flush(acc, g, s, z);
         g = gi;
         p = params[g];
         if (sums) {
@@ -263,13 +264,12 @@ __global__ void backward_kernel(Conf c, const void* x, const void* dy, void* dx,
       if (abs_bits(di) >= 0x7f800000u && static_cast<uint64_t>(i) < bad_dy) bad_dy = i;
       const fq::Grad gr = c.fp8 ? fq::grad_fp8(xi, p, c.e5m2) : fq::grad_int(xi, p, qmin, qmax);
       store_dx<SD>(dx, dy, i, gr.inside);
-      if (sums) {
-        const double d = static_cast<double>(di);
+      const double d = static_cast<double>(di);
+      if (want_s)
         fq::exact_add(s, fq::grid_round(__dmul_rn(__dmul_rn(d, static_cast<double>(gr.c)), ms)));
-        if (!gr.inside) fq::exact_add(z, fq::grid_round(__dmul_rn(d, mz)));
-      }
+      if (want_z && !gr.inside) fq::exact_add(z, fq::grid_round(__dmul_rn(d, mz)));
     }
-    if (sums && g >= 0) flush(acc, g, s, z, true);
+    if (sums && g >= 0) flush(acc, g, s, z);
   }
   if (c.check && bad_x != ~uint64_t{0}) report(&flags->x, bad_x);
   if (c.check && bad_dy != ~uint64_t{0}) report(&flags->dy, bad_dy);
@@ -449,11 +449,11 @@ struct LaunchDmax {
 template <Dtype SX, Dtype SD>
 struct LaunchBackward {
   static void run(const Conf& c, const void* x, const void* dy, void* dx, const fq::Params* params,
-                  bool sums, const int* ks, const int* kz, unsigned long long* acc, Flags* flags,
-                  cudaStream_t s) {
+                  bool want_s, bool want_z, const int* ks, const int* kz, unsigned long long* acc,
+                  Flags* flags, cudaStream_t s) {
     if (c.n == 0) return;
     backward_kernel<SX, SD><<<blocks_for((c.n + kRun - 1) / kRun), kThreads, 0, s>>>(
-        c, x, dy, dx, params, sums, ks, kz, acc, flags);
+        c, x, dy, dx, params, want_s, want_z, ks, kz, acc, flags);
     check_launch("fake_quantize backward_kernel");
   }
 };
@@ -584,9 +584,10 @@ class FakeQuantizeBackwardCuda final : public Kernel<FakeQuantizeBackwardOp> {
         check_launch("fake_quantize grid_kernel");
       }
     }
-    dispatch2<LaunchBackward>(
-        d.x, d.dy, c, a.x.data(), a.dy.data(), a.dx.data(), static_cast<const fq::Params*>(params),
-        sums, static_cast<const int*>(ks), static_cast<const int*>(kz), acc, flags, s);
+    dispatch2<LaunchBackward>(d.x, d.dy, c, a.x.data(), a.dy.data(), a.dx.data(),
+                              static_cast<const fq::Params*>(params), d.scale_grad, d.zero_grad,
+                              static_cast<const int*>(ks), static_cast<const int*>(kz), acc, flags,
+                              s);
     if (sums && count > 0) {
       finish_kernel<<<blocks_for(count), kThreads, 0, s>>>(
           c, acc, ks, kz, params, d.lsq_grad_scale,

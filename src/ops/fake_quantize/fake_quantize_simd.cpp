@@ -65,11 +65,13 @@ struct FqCall {
   uint32_t* hi = nullptr;
   uint32_t* neglo = nullptr;
   // backward
-  uint32_t* dmax = nullptr;    ///< max |dy| bits per group
-  const double* ms = nullptr;  ///< 2^ks per group
-  const double* mz = nullptr;  ///< 2^kz per group
-  int64_t* acc = nullptr;      ///< per group: dscale hi, lo, dzero hi, lo
-  bool sums = false;
+  uint32_t* dmax = nullptr;         ///< max |dy| bits per group
+  const double* ms = nullptr;       ///< 2^ks per group
+  const double* mz = nullptr;       ///< 2^kz per group
+  int64_t* acc = nullptr;           ///< per group: dscale hi, lo, dzero hi, lo
+  bool sums = false;                ///< dscale or dzero wanted (the dmax pass ran)
+  bool want_s = false;              ///< dscale's sums
+  bool want_z = false;              ///< dzero's sums
   std::atomic<int>* bad = nullptr;  ///< set on a non-finite input
 };
 
@@ -319,10 +321,9 @@ void BackwardChunk(const FqCall& c, int64_t e0, int64_t e1) {
       } else {
         StoreDstPartial<SD>(dxv, c.dx, at, count);
       }
-      if (c.sums) {  // the partial vector's other lanes hold d = 0: they add 0
-        AddTerms(s, d, cf, ms, true);
-        AddTerms(z, hn::IfThenZeroElse(inside, d), d, mz, false);
-      }
+      // (the partial vector's other lanes hold d = 0: they add 0)
+      if (c.want_s) AddTerms(s, d, cf, ms, true);
+      if (c.want_z) AddTerms(z, hn::IfThenZeroElse(inside, d), d, mz, false);
     };
     int64_t i = 0;
     for (; i + N <= len; i += N)
@@ -621,6 +622,8 @@ class FakeQuantizeBackwardSimd final : public Kernel<FakeQuantizeBackwardOp> {
     if (!given_params(s, a.scale, a.zero, gm.count, d.check_finite, params)) return reference();
     c.params = params.data();
     c.sums = d.scale_grad || d.zero_grad;
+    c.want_s = d.scale_grad;
+    c.want_z = d.zero_grad;
     const bool fp8 = !s.is_integer();
     const bool e5m2 = s.format == QuantFormat::fp8e5m2;
     std::vector<uint32_t> dmax;
