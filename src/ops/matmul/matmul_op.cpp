@@ -46,10 +46,13 @@ void check_quantized_header(const char* which, const QuantizedView& q, const Qua
     bad(fmt::format("{} has shape {}, the plan needs [{}, {}]", which, q.shape.str(), rows, cols));
 }
 
-/// The parts of a plain quantized view: the dequantize op's own checks.
+/// The parts of a plain quantized view: the dequantize op's own checks. The dst view only
+/// has to pass the shape check (a TensorView refuses null data for a non-empty shape), so it
+/// points at a byte that is never read.
 void check_quantized_parts(const QuantizedView& q, Device device) {
+  static char never_read;
   DequantizeOp::check_args(DequantizeDesc{q.scheme, q.shape, Dtype::f32, device},
-                           DequantizeArgs{q, TensorView(nullptr, Dtype::f32, q.shape, device)});
+                           DequantizeArgs{q, TensorView(&never_read, Dtype::f32, q.shape, device)});
 }
 
 Shape rows_by_k(const TensorView& x) {
@@ -163,6 +166,8 @@ std::string MatmulOp::describe(const Desc& d) {
 KernelList<MatmulOp> MatmulOp::kernels() {
   // Most specialised first, reference last.
   static const Kernel<MatmulOp>* const list[] = {
+      &matmul_cpu_avx512_vnni_kernel(),
+      &matmul_cpu_avx512_kernel(),
       &matmul_reference_kernel(),
   };
   return list;
@@ -215,6 +220,7 @@ Tensor matmul(const TensorView& x, const QuantizedView& w, const TensorView* bia
   const Shape mk = rows_by_k(x);
   if (!x.is_contiguous()) bad("x must be contiguous (or call matmul_into with a 2-D strided view)");
   if (w.shape.size() != 2) bad(fmt::format("w has shape {}, needs [N, K]", w.shape.str()));
+  if (mk[1] != w.shape[1]) bad(fmt::format("x has k = {}, w has k = {}", mk[1], w.shape[1]));
   const TensorView x2(x.data(), x.dtype(), mk, x.device());
   Shape out_shape;
   for (int i = 0; i + 1 < x.ndim(); ++i) out_shape.push_back(x.dim(i));
