@@ -66,9 +66,9 @@ const char* const kSchemes[] = {"int8:tensor",
                                 "fp8e5m2:token",
                                 "fp8e4m3:channel:axis=-1"};
 
-const char* const kShapes[] = {"1",      "7",       "4099",  "3x1",    "5x7",
-                               "2x4099", "2x3x64",  "4x256", "0",      "3x0x5",
-                               "0x32",   "300x200", "17x96", "9x4099", "130x257"};
+const char* const kShapes[] = {"1",      "7",      "4099",    "3x1",    "5x7",  "2x4099",
+                               "2x3x64", "4x256",  "0",       "3x0x5",  "0x32", "300x200",
+                               "17x96",  "9x4099", "130x257", "33x4099"};
 const char* const kShapesLite[] = {"5x7", "2x3x64", "4x256", "17x96", "9x4099"};
 
 const Dtype kFloats[] = {Dtype::f32, Dtype::f16, Dtype::bf16};

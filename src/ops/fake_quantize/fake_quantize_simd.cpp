@@ -1,10 +1,11 @@
 // The CPU SIMD kernels of fake_quantize and its backward: Highway, dispatched at run time
 // (once per call) to the best target the CPU supports (AVX3, AVX2, SSE4), OpenMP across
 // chunks of 64 Ki elements. Contiguous f32 / f16 / bf16 tensors, every integer and fp8
-// scheme whose scale groups come in runs of at least 64 elements (tensor, token, block,
-// 2-D tiles, channel along an axis with >= 64 elements after it); channel scales along a
-// late axis (short runs) are declined and served by the reference. Bit-identical to the
-// reference kernels (tests/cpp/test_fake_quantize.cpp).
+// scheme. Scale groups that come in runs of at least 64 elements (tensor, token, block,
+// 2-D tiles, channel along an axis with >= 64 elements after it) take the vector passes;
+// channel scales along a late axis (shorter runs) take a scalar per-element path in which
+// threads own ranges of channels (ShortRuns). Bit-identical to the reference kernels
+// (tests/cpp/test_fake_quantize.cpp).
 //
 // How the bits stay the reference's:
 //  * Per-group parameters come from fake_quantize_math.hpp's scalar functions, fed with
@@ -463,21 +464,63 @@ Kind kind_of(const QuantScheme& s) {
 Dtype scale_dtype(const QuantScheme& s) { return s.is_integer() ? s.scale_dtype : Dtype::f32; }
 bool is_affine(const QuantScheme& s) { return s.is_integer() && !s.symmetric; }
 
-/// Short runs of one group (channel scales along a late axis): not vectorised here.
-std::string short_runs(const QuantScheme& s, const Shape& shape) {
-  if (s.granularity != Granularity::channel) return {};
-  const formats::GroupMap gm = formats::GroupMap::make(s, shape);
-  if (gm.inner >= 64 || gm.channels <= 1 || numel(shape) == 0) return {};
-  return "channel scales along axis " + std::to_string(s.axis) + " come in runs of " +
-         std::to_string(gm.inner) +
-         " elements (< 64): not vectorised, the reference kernel serves them";
+/// Channel scales along a late axis: runs of `inner` < 64 elements of one group, too short
+/// for the vector passes. These go through ShortRuns below.
+bool short_runs(const formats::GroupMap& gm) {
+  return gm.granularity == Granularity::channel && gm.inner > 0 && gm.inner < 64 && gm.channels > 1;
 }
 
-std::string common_decline(const Device& device, const Shape& shape, const QuantScheme& s) {
+std::string common_decline(const Device& device) {
   if (!device.is_cpu()) return "runs on the cpu only";
   if (!HWY_DYNAMIC_DISPATCH(FqTargetIsSimd)())
     return "no SIMD target on this CPU (Highway chose SCALAR)";
-  return short_runs(s, shape);
+  return {};
+}
+
+/// The short-run layout (channel scales with runs of inner < 64 elements, period P =
+/// channels * inner): threads own ranges of groups and walk every row, so that no
+/// accumulator is shared; per element with fake_quantize_math.hpp's scalar functions (the
+/// reference's own code). Not vectorised.
+struct ShortRuns {
+  int64_t inner = 1, channels = 1, rows = 0;
+  explicit ShortRuns(const formats::GroupMap& gm, int64_t n)
+      : inner(gm.inner), channels(gm.channels), rows(n / (gm.channels * gm.inner)) {}
+
+  /// fn(g0, g1) over ranges of groups, in parallel.
+  template <class Fn>
+  void for_groups(Fn&& fn) const {
+    const int64_t pieces =
+        std::min<int64_t>(channels, 4 * static_cast<int64_t>(std::max(1, omp_get_max_threads())));
+    if (pieces > 1 && rows * channels * inner >= kChunk) {
+#pragma omp parallel for schedule(dynamic, 1)
+      for (int64_t p = 0; p < pieces; ++p) fn(channels * p / pieces, channels * (p + 1) / pieces);
+    } else {
+      fn(int64_t{0}, channels);
+    }
+  }
+  /// fn(e, g) for the elements of groups [g0, g1), row by row.
+  template <class Fn>
+  void walk(int64_t g0, int64_t g1, Fn&& fn) const {
+    const int64_t P = channels * inner;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t base = r * P + g * inner;
+        for (int64_t j = 0; j < inner; ++j) fn(base + j, g);
+      }
+  }
+};
+
+uint32_t abs_bits(float v) { return quant_simd::bits_of(v) & 0x7fffffffu; }
+
+/// dy's element e with only its sign kept unless `inside` (dx's bits).
+void store_dx(void* dx, const void* dy, Dtype dtype, int64_t e, bool inside) {
+  if (dtype == Dtype::f32) {
+    const uint32_t b = static_cast<const uint32_t*>(dy)[e];
+    static_cast<uint32_t*>(dx)[e] = inside ? b : (b & 0x80000000u);
+  } else {
+    const uint16_t b = static_cast<const uint16_t*>(dy)[e];
+    static_cast<uint16_t*>(dx)[e] = inside ? b : static_cast<uint16_t>(b & 0x8000u);
+  }
 }
 
 /// Given scales / zero points as parameters; false where the reference refuses them.
@@ -497,7 +540,7 @@ bool given_params(const QuantScheme& s, const TensorView& scale, const TensorVie
 FqCall make_call(const QuantScheme& s, const Shape& shape) {
   FqCall c;
   c.L = quant_simd::Layout::make(s, shape);
-  c.L.columns = false;  // runs of at least 64 elements only (decline above)
+  c.L.columns = false;  // short runs take ShortRuns instead
   if (s.is_integer()) {
     c.qmin = static_cast<float>(s.qmin());
     c.qmax = static_cast<float>(s.qmax());
@@ -510,7 +553,7 @@ class FakeQuantizeSimd final : public Kernel<FakeQuantizeOp> {
   std::string_view name() const override { return "fake_quantize_simd"; }
 
   std::string decline(const FakeQuantizeDesc& d) const override {
-    if (std::string why = common_decline(d.device, d.shape, d.scheme); !why.empty()) return why;
+    if (std::string why = common_decline(d.device); !why.empty()) return why;
     if (!simd_dtype(d.src) || !simd_dtype(d.dst))
       return "f64 src or dst: the reference kernel serves them";
     if (!contiguous(d.shape, d.src_strides)) return "src not contiguous";
@@ -553,7 +596,25 @@ class FakeQuantizeSimd final : public Kernel<FakeQuantizeOp> {
       c.amax = amax.data();
       c.hi = hi.data();
       c.neglo = neglo.data();
-      over_chunks(c, f.stats, n);
+      if (short_runs(gm)) {
+        const ShortRuns sr(gm, n);
+        sr.for_groups([&](int64_t g0, int64_t g1) {
+          bool nonfinite = false;
+          sr.walk(g0, g1, [&](int64_t e, int64_t g) {
+            const uint32_t b = quant_simd::bits_of(convert_detail::load_f32(c.x, d.src, e));
+            const size_t gi = static_cast<size_t>(g);
+            amax[gi] = std::max(amax[gi], b & 0x7fffffffu);
+            hi[gi] = static_cast<uint32_t>(
+                std::max(static_cast<int32_t>(hi[gi]), static_cast<int32_t>(b)));
+            neglo[gi] = static_cast<uint32_t>(
+                std::max(static_cast<int32_t>(neglo[gi]), static_cast<int32_t>(b ^ 0x80000000u)));
+            nonfinite |= (b & 0x7fffffffu) >= 0x7f800000u;
+          });
+          if (nonfinite) bad.store(1);
+        });
+      } else {
+        over_chunks(c, f.stats, n);
+      }
       if (d.check_finite && bad.load()) return reference();
       params.resize(static_cast<size_t>(gm.count));
       for (int64_t g = 0; g < gm.count; ++g) {
@@ -571,7 +632,24 @@ class FakeQuantizeSimd final : public Kernel<FakeQuantizeOp> {
       }
     }
     c.params = params.data();
-    over_chunks(c, f.forward, n);
+    if (short_runs(gm)) {
+      const ShortRuns sr(gm, n);
+      const bool fp8 = !s.is_integer(), e5m2 = s.format == QuantFormat::fp8e5m2;
+      sr.for_groups([&](int64_t g0, int64_t g1) {
+        bool nonfinite = false;
+        sr.walk(g0, g1, [&](int64_t e, int64_t g) {
+          const float xe = convert_detail::load_f32(c.x, d.src, e);
+          nonfinite |= abs_bits(xe) >= 0x7f800000u;
+          const fq::Params& p = params[static_cast<size_t>(g)];
+          const float y =
+              fp8 ? fq::forward_fp8(xe, p, e5m2) : fq::forward_int(xe, p, c.qmin, c.qmax);
+          convert_detail::store_f32(c.y, d.dst, e, y, Saturation::none);
+        });
+        if (nonfinite) bad.store(1);
+      });
+    } else {
+      over_chunks(c, f.forward, n);
+    }
     if (d.check_finite && bad.load()) reference();
   }
 };
@@ -581,7 +659,7 @@ class FakeQuantizeBackwardSimd final : public Kernel<FakeQuantizeBackwardOp> {
   std::string_view name() const override { return "fake_quantize_backward_simd"; }
 
   std::string decline(const FakeQuantizeBackwardDesc& d) const override {
-    if (std::string why = common_decline(d.device, d.shape, d.scheme); !why.empty()) return why;
+    if (std::string why = common_decline(d.device); !why.empty()) return why;
     if (!simd_dtype(d.x) || !simd_dtype(d.dy))
       return "f64 x or dy: the reference kernel serves them";
     if (!contiguous(d.shape, d.x_strides) || !contiguous(d.shape, d.dy_strides))
@@ -633,7 +711,20 @@ class FakeQuantizeBackwardSimd final : public Kernel<FakeQuantizeBackwardOp> {
     if (c.sums) {
       dmax.assign(static_cast<size_t>(gm.count), 0);
       c.dmax = dmax.data();
-      over_chunks(c, f.dmax, n);
+      if (short_runs(gm)) {
+        const ShortRuns sr(gm, n);
+        sr.for_groups([&](int64_t g0, int64_t g1) {
+          bool nonfinite = false;
+          sr.walk(g0, g1, [&](int64_t e, int64_t g) {
+            const uint32_t b = abs_bits(convert_detail::load_f32(c.dy, d.dy, e));
+            dmax[static_cast<size_t>(g)] = std::max(dmax[static_cast<size_t>(g)], b);
+            nonfinite |= b >= 0x7f800000u;
+          });
+          if (nonfinite) bad.store(1);
+        });
+      } else {
+        over_chunks(c, f.dmax, n);
+      }
       if (d.check_finite && bad.load()) return reference();
       ks.resize(static_cast<size_t>(gm.count));
       kz.resize(ks.size());
@@ -653,7 +744,38 @@ class FakeQuantizeBackwardSimd final : public Kernel<FakeQuantizeBackwardOp> {
       c.mz = mz.data();
       c.acc = acc.data();
     }
-    over_chunks(c, f.backward, n);
+    if (short_runs(gm)) {
+      const ShortRuns sr(gm, n);
+      sr.for_groups([&](int64_t g0, int64_t g1) {
+        bool nonfinite = false;
+        sr.walk(g0, g1, [&](int64_t e, int64_t g) {
+          const float xe = convert_detail::load_f32(c.x, d.x, e);
+          const float de = convert_detail::load_f32(c.dy, d.dy, e);
+          nonfinite |= abs_bits(xe) >= 0x7f800000u || abs_bits(de) >= 0x7f800000u;
+          const size_t gi = static_cast<size_t>(g);
+          const fq::Grad gr = fp8 ? fq::grad_fp8(xe, params[gi], e5m2)
+                                  : fq::grad_int(xe, params[gi], c.qmin, c.qmax);
+          store_dx(c.dx, c.dy, d.dy, e, gr.inside);
+          // This thread owns group g's words: plain (exact, integer) additions.
+          const double dd = static_cast<double>(de);
+          if (c.want_s) {
+            fq::ExactSum sum{acc[4 * gi], acc[4 * gi + 1]};
+            fq::exact_add(sum, fq::grid_round(dd * static_cast<double>(gr.c) * ms[gi]));
+            acc[4 * gi] = sum.hi;
+            acc[4 * gi + 1] = sum.lo;
+          }
+          if (c.want_z && !gr.inside) {
+            fq::ExactSum sum{acc[4 * gi + 2], acc[4 * gi + 3]};
+            fq::exact_add(sum, fq::grid_round(dd * mz[gi]));
+            acc[4 * gi + 2] = sum.hi;
+            acc[4 * gi + 3] = sum.lo;
+          }
+        });
+        if (nonfinite) bad.store(1);
+      });
+    } else {
+      over_chunks(c, f.backward, n);
+    }
     if (d.check_finite && bad.load()) return reference();
     if (!c.sums) return;
     const float lsq_q = fp8 ? fq::fp8_max(e5m2) : c.qmax;
