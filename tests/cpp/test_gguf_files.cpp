@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -227,6 +229,13 @@ std::vector<Hostile> corpus() {
     info(g, "b", {8}, 0, 0);
     c.push_back({"tensors out of order", g.pad().data(64).bytes(), "offset 32, expected 0"});
   }
+  {
+    G g = header(2, 0);
+    info(g, "a", {8}, 0, 0);
+    info(g, "b", {8}, 0, 0);
+    c.push_back({"overlapping tensors", g.pad().data(64).bytes(), "offset 0, expected 32"});
+  }
+  c.push_back({"offset 2^62", one_tensor("a", {4}, 0, uint64_t{1} << 62, 32), "expected 0"});
   c.push_back({"data past the end", one_tensor("a", {64}, 0, 0, 100), "the file has"});
   {
     auto b = good();
@@ -241,6 +250,35 @@ TEST(GgufFilesHostile, EachFileGivesAClearError) {
     SCOPED_TRACE(h.what);
     expect_error([&] { parse(h.file); }, h.code, h.needle);
   }
+}
+
+/// Writes every hostile file and the good file truncated at every byte to
+/// $LOWBIT_HOSTILE_DIR (a temporary folder when unset) with a gguf-manifest.tsv of
+/// "file <TAB> error code <TAB> message needle <TAB> what" lines; tests/python/test_files.py
+/// runs the CLI on each file and checks its exit code and the message on stderr.
+TEST(GgufFilesHostile, CorpusForTheCli) {
+  const char* env = std::getenv("LOWBIT_HOSTILE_DIR");
+  const std::string tmp = (fs::temp_directory_path() / fmt::format("lowbit-gguf-{}", ::getpid()));
+  const std::string dir = env ? std::string(env) : tmp;
+  fs::create_directories(dir);
+  std::ofstream manifest(dir + "/gguf-manifest.tsv");
+  int n = 0;
+  auto put = [&](const std::string& what, const std::vector<uint8_t>& bytes, ErrorCode code,
+                 const char* needle) {
+    const std::string name = fmt::format("gguf-{:04}.gguf", n++);
+    std::ofstream(dir + "/" + name, std::ios::binary)
+        .write(reinterpret_cast<const char*>(bytes.data()), static_cast<long>(bytes.size()));
+    manifest << name << '\t' << to_string(code) << '\t' << needle << '\t' << what << '\n';
+  };
+  for (const Hostile& h : corpus()) put(h.what, h.file, h.code, h.needle);
+  const auto b = good();
+  for (size_t len = 0; len + 30 < b.size(); ++len)  // as in TruncatedAtEveryByte
+    put(fmt::format("truncated to {} bytes", len),
+        std::vector<uint8_t>(b.begin(), b.begin() + static_cast<long>(len)),
+        ErrorCode::corrupt_file, "");
+  manifest.close();
+  EXPECT_GT(n, 150);
+  if (!env) fs::remove_all(tmp);
 }
 
 TEST(GgufFilesHostile, RandomByteFlipsNeverCrash) {

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -563,6 +564,40 @@ TEST(SafetensorsHostile, ThroughTheFileSystemToo) {
                "No such file");
   expect_error([&] { SafetensorsReader::open(dir.file("")); }, ErrorCode::io_error,
                "not a regular file");
+}
+
+/// Writes every hostile file, and the good file truncated at every byte (with and without
+/// its length field adjusted), to $LOWBIT_HOSTILE_DIR (a temporary folder when unset) with
+/// a manifest.tsv of "file <TAB> error code <TAB> message needle <TAB> what" lines.
+/// tests/python/test_files.py runs the CLI on each file and checks its exit code and the
+/// message on stderr.
+TEST(SafetensorsHostile, CorpusForTheCli) {
+  const char* env = std::getenv("LOWBIT_HOSTILE_DIR");
+  TempDir tmp;
+  const std::string dir = env ? std::string(env) : tmp.file("");
+  fs::create_directories(dir);
+  std::ofstream manifest(dir + "/safetensors-manifest.tsv");
+  int n = 0;
+  auto put = [&](const std::string& what, const std::vector<uint8_t>& bytes, const char* needle) {
+    const std::string name = fmt::format("st-{:04}.safetensors", n++);
+    std::ofstream(dir + "/" + name, std::ios::binary)
+        .write(reinterpret_cast<const char*>(bytes.data()), static_cast<long>(bytes.size()));
+    manifest << name << '\t' << to_string(ErrorCode::corrupt_file) << '\t' << needle << '\t' << what
+             << '\n';
+  };
+  for (const Hostile& h : hostile_corpus()) put(h.what, h.file, h.needle);
+  const std::vector<uint8_t> good = make_file(kGood, 19);
+  for (size_t len = 0; len < good.size(); ++len)
+    put(fmt::format("truncated to {} bytes", len),
+        std::vector<uint8_t>(good.begin(), good.begin() + static_cast<long>(len)), "");
+  for (size_t len = 0; len + 8 < good.size() - 19; ++len)
+    put(fmt::format("header truncated to {} bytes, length field to match", len),
+        with_length(std::vector<uint8_t>(good.begin(), good.begin() + static_cast<long>(8 + len)),
+                    len),
+        "");
+  manifest.close();
+  EXPECT_GT(n, 300);
+  EXPECT_TRUE(fs::exists(dir + "/st-0000.safetensors"));
 }
 
 TEST(SafetensorsHostile, RandomByteFlipsNeverCrash) {

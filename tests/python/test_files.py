@@ -438,6 +438,62 @@ def test_hostile_files_give_exit_7_and_a_message(cli, io, tmp_path, what):
     assert io.lowbit_io_last_error_code() == 5
 
 
+
+EXIT_OF = {"corrupt_file": EXIT_CORRUPT, "unsupported": 3}
+
+
+@pytest.fixture(scope="module")
+def hostile_corpus(tmp_path_factory) -> list[tuple[pathlib.Path, str, str, str]]:
+    """The C++ tests' hostile corpora (tests/cpp/test_safetensors.cpp, test_gguf_files.cpp:
+    every named defect, and the good files truncated at every byte), written by their
+    CorpusForTheCli tests: (path, error code, message needle, what) per file."""
+    d = tmp_path_factory.mktemp("hostile")
+    rows = []
+    for exe, manifest in (("test_safetensors", "safetensors-manifest.tsv"),
+                          ("test_gguf_files", "gguf-manifest.tsv")):
+        path = build_dir() / "tests" / exe
+        if not path.is_file():
+            pytest.skip(f"{path} not found: build the C++ tests")
+        subprocess.run([str(path), "--gtest_filter=*Hostile.CorpusForTheCli"], check=True,
+                       capture_output=True, env={**os.environ, "LOWBIT_HOSTILE_DIR": str(d)})
+        for line in (d / manifest).read_text().splitlines():
+            name, code, needle, what = line.split("\t")
+            rows.append((d / name, code, needle, what))
+    return rows
+
+
+def test_every_hostile_file_gives_its_exit_code_and_message(cli, hostile_corpus, tmp_path):
+    """Each file of the corpora, through the CLI: `verify` and `inspect` exit 7 (3 for a
+    ggml type lowbit lacks) with `lowbit: error: <code>: <file>: ... <needle> ...` on stderr
+    and nothing on stdout; `quantize` and `dequantize` of the named defects too, leaving no
+    output and no temporary file behind."""
+    import concurrent.futures
+
+    out = tmp_path / "out"
+    out.mkdir()
+    named = [c for c in hostile_corpus if not c[3].startswith(("truncated", "header truncated"))]
+    truncated = [c for c in hostile_corpus if c not in named]
+    assert len(named) > 80 and len(truncated) > 300
+
+    def check(case, cmd):
+        path, code, needle, what = case
+        args = {"verify": ["verify", path], "inspect": ["inspect", path],
+                "quantize": ["quantize", path, out / f"{path.stem}.q{path.suffix}", "-s", "q8_0"],
+                "dequantize": ["dequantize", path, out / f"{path.stem}.d.safetensors"]}[cmd]
+        p = run(cli, *args, expect=None)
+        ok = (p.returncode == EXIT_OF[code] and p.stdout == ""
+              and p.stderr.startswith(f"lowbit: error: {code}: {path}: ")
+              and needle in p.stderr and p.stderr.count("\n") == 1)
+        return None if ok else (what, cmd, p.returncode, p.stdout, p.stderr)
+
+    jobs = [(c, cmd) for c in named for cmd in ("verify", "inspect", "quantize", "dequantize")]
+    jobs += [(c, "verify") for c in truncated]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        failures = [f for f in pool.map(lambda j: check(*j), jobs) if f is not None]
+    assert not failures, failures[:5]
+    assert list(out.iterdir()) == []
+
+
 def test_verify_checks_the_values_of_quantized_parts(cli, tmp_path):
     model = small_model(np.random.default_rng(10))
     src = tmp_path / "model.safetensors"
