@@ -56,6 +56,7 @@ const char* const kPrelude = R"(#pragma once
 #include "lowbit/numeric.hpp"
 #define JM_FN __device__ __forceinline__
 #define JM_SQRTF(x) sqrtf(x)
+#define JM_FMAF(a, b, c) fmaf(a, b, c)
 #define JM_D_EXP(x) exp(x)
 #define JM_D_LOG(x) log(x)
 #define JM_D_SQRT(x) sqrt(x)
@@ -136,6 +137,50 @@ __device__ __forceinline__ void put8_rt(uint4* v, int j, unsigned long long bits
       if (j % 2) { v[i].z = lo; v[i].w = hi; } else { v[i].x = lo; v[i].y = hi; }
     }
   }
+}
+/* Two f32 values as bf16 bits (lo in the low half): lb_bf16_bits' rounding, on the GPU
+   by one cvt.rn.bf16x2.f32 (round to nearest even, subnormals kept), with NaN (which the
+   instruction makes canonical) taken through lb_bf16_bits for its 0x7fc0 and sign. */
+__device__ __forceinline__ unsigned bf16x2(float lo, float hi) {
+#if defined(__CUDA_ARCH__)
+  unsigned r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  if (lo != lo || hi != hi)
+    r = lowbit::jit_math::lb_bf16_bits(lo) | (lowbit::jit_math::lb_bf16_bits(hi) << 16);
+  return r;
+#else
+  return lowbit::jit_math::lb_bf16_bits(lo) | (lowbit::jit_math::lb_bf16_bits(hi) << 16);
+#endif
+}
+/* Two f32 values as fp8 codes (lo in the low byte), saturating to the finite range:
+   numeric.hpp's f32_to_f8e4m3fn / f32_to_f8e5m2 with Saturation::finite, on the GPU by one
+   cvt.rn.satfinite instruction (NaN goes through numeric.hpp for its sign). */
+__device__ __forceinline__ unsigned fp8x2(float lo, float hi, bool e5m2) {
+#if defined(__CUDA_ARCH__)
+  unsigned short h;
+  if (e5m2)
+    asm("cvt.rn.satfinite.e5m2x2.f32 %0, %1, %2;" : "=h"(h) : "f"(hi), "f"(lo));
+  else
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(h) : "f"(hi), "f"(lo));
+  if (lo != lo || hi != hi)
+    return lowbit::jit_math::lbq_fp8_code(lo, 1.0f, e5m2) |
+           (lowbit::jit_math::lbq_fp8_code(hi, 1.0f, e5m2) << 8);
+  return h;
+#else
+  return lowbit::jit_math::lbq_fp8_code(lo, 1.0f, e5m2) |
+         (lowbit::jit_math::lbq_fp8_code(hi, 1.0f, e5m2) << 8);
+#endif
+}
+/* The bf16 value nearest x, as f32 (lb_bf16_bits' rounding; one cvt on the GPU). */
+__device__ __forceinline__ float bf16r(float x) {
+#if defined(__CUDA_ARCH__)
+  unsigned short h;
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(x));
+  return x != x ? __uint_as_float(lowbit::jit_math::lb_bf16_bits(x) << 16)
+                : __uint_as_float((unsigned)h << 16);
+#else
+  return __uint_as_float(lowbit::jit_math::lb_bf16_bits(x) << 16);
+#endif
 }
 __device__ __forceinline__ void put8(uint4* v, int j, unsigned long long bits) {
   uint4& q = v[j / 2];
@@ -270,7 +315,7 @@ std::string round_float(Dtype d, const std::string& v) {
     case Dtype::f16:
       return fmt::format("lowbit::f16_to_f32(lowbit::f32_to_f16({}))", v);
     case Dtype::bf16:
-      return fmt::format("__uint_as_float(lb_bf16_bits({}) << 16)", v);
+      return fmt::format("lbrt::bf16r({})", v);
     case Dtype::f8e4m3fn:
       return fmt::format("lowbit::f8e4m3fn_to_f32(lowbit::f32_to_f8e4m3fn({}))", v);
     case Dtype::f8e5m2:
@@ -608,42 +653,71 @@ struct Gen {
 
   /// One thread step over `u` groups: vector loads of whole groups, element loads of the
   /// last, partial group; the expression on each element; stores alike.
+  /// Loads of the u groups g0 + u * nthreads into arrays <prefix><k>[u][]: whole 16-byte
+  /// vectors for full groups, elements for the last, partial one.
+  std::string load_groups(const std::string& prefix, const std::string& g0, int g, int u,
+                          const std::string& indent) const {
+    std::string s =
+        fmt::format("{}#pragma unroll\n{}for (int u = 0; u < {}; ++u) {{\n", indent, indent, u);
+    s += fmt::format("{}  const {} g = {} + u * nthreads;\n", indent, idx, g0);
+    s += indent + "  if (g < full) {\n";
+    for (size_t k = 0; k < ni; ++k) {
+      if (v.cls[k] != Layout::Class::full) continue;
+      const int vk = vecs(p.input_dtypes[k], g);
+      s += fmt::format(
+          "#pragma unroll\n{3}    for (int w = 0; w < {1}; ++w) {2}{0}[u][w] = "
+          "((const uint4*)p.in[{0}])[g * {1} + w];\n",
+          k, vk, prefix, indent);
+    }
+    s += indent + "  } else if (g < groups) {\n";
+    for (size_t k = 0; k < ni; ++k) {
+      if (v.cls[k] != Layout::Class::full) continue;
+      const Dtype d = p.input_dtypes[k];
+      const int vk = vecs(d, g);
+      s += fmt::format(
+          "#pragma unroll\n{3}    for (int w = 0; w < {1}; ++w) {2}{0}[u][w] = "
+          "make_uint4(0u, 0u, 0u, 0u);\n",
+          k, vk, prefix, indent);
+      s += fmt::format("#pragma unroll\n{}    for (int j = 0; j < {}; ++j) {{\n", indent, g);
+      s += fmt::format("{}      const {} e = g * {} + j;\n", indent, idx, g);
+      s += fmt::format("{}      if (e < n) {};\n{}    }}\n", indent,
+                       put(d, fmt::format("{}{}[u]", prefix, k), "j", in_bits(k, "e"), g, false),
+                       indent);
+    }
+    s += indent + "  }\n" + indent + "}\n";
+    return s;
+  }
+
+  /// bf16 outputs of unrolled element loops are rounded in pairs (one conversion
+  /// instruction on the GPU, lb_bf16_bits' bits).
+  bool bf16_pairs(size_t o, int g) const {
+    return p.output_dtypes[o] == Dtype::bf16 && !rolled(g) && g % 2 == 0;
+  }
+
+  /// The next groups' loads are issued before the current ones are computed (the loop
+  /// keeps two sets of input vectors), so that memory stays busy during the arithmetic.
   std::string vec_kernel(int g, int u) const {
     std::string s = "extern \"C\" __global__ void __launch_bounds__(" + std::to_string(kThreads) +
                     ") lowbit_fused(const Params p) {\n";
     s += prologue();
     s += fmt::format("  const {0} full = n / {1};\n  const {0} groups = (n + {2}) / {1};\n", idx, g,
                      g - 1);
-    s += fmt::format("  for ({0} g0 = tid; g0 < groups; g0 += nthreads * {1}) {{\n", idx, u);
+    s += fmt::format("  const {} step = nthreads * {};\n", idx, u);
     for (size_t k = 0; k < ni; ++k)
       if (v.cls[k] == Layout::Class::full)
-        s += fmt::format("    uint4 r{}[{}][{}];\n", k, u, vecs(p.input_dtypes[k], g));
-    s += fmt::format("#pragma unroll\n    for (int u = 0; u < {}; ++u) {{\n", u);
-    s += fmt::format("      const {} g = g0 + u * nthreads;\n", idx);
-    s += "      if (g < full) {\n";
-    for (size_t k = 0; k < ni; ++k) {
-      if (v.cls[k] != Layout::Class::full) continue;
-      const int vk = vecs(p.input_dtypes[k], g);
-      s += fmt::format(
-          "#pragma unroll\n        for (int w = 0; w < {1}; ++w) r{0}[u][w] = "
-          "((const uint4*)p.in[{0}])[g * {1} + w];\n",
-          k, vk);
-    }
-    s += "      } else if (g < groups) {\n";
-    for (size_t k = 0; k < ni; ++k) {
-      if (v.cls[k] != Layout::Class::full) continue;
-      const Dtype d = p.input_dtypes[k];
-      const int vk = vecs(d, g);
-      s += fmt::format(
-          "#pragma unroll\n        for (int w = 0; w < {1}; ++w) r{0}[u][w] = "
-          "make_uint4(0u, 0u, 0u, 0u);\n",
-          k, vk);
-      s += fmt::format("#pragma unroll\n        for (int j = 0; j < {}; ++j) {{\n", g);
-      s += fmt::format("          const {} e = g * {} + j;\n", idx, g);
-      s += fmt::format("          if (e < n) {};\n        }}\n",
-                       put(d, fmt::format("r{}[u]", k), "j", in_bits(k, "e"), g, false));
-    }
-    s += "      }\n    }\n";
+        s += fmt::format("  uint4 q{}[{}][{}];\n", k, u, vecs(p.input_dtypes[k], g));
+    s += load_groups("q", "tid", g, u, "  ");
+    s += fmt::format("  for ({0} g0 = tid; g0 < groups; g0 += step) {{\n", idx);
+    for (size_t k = 0; k < ni; ++k)
+      if (v.cls[k] == Layout::Class::full) {
+        const int vk = vecs(p.input_dtypes[k], g);
+        s += fmt::format(
+            "    uint4 r{0}[{1}][{2}];\n#pragma unroll\n    for (int u = 0; u < {1}; "
+            "++u)\n#pragma unroll\n      for (int w = 0; w < {2}; ++w) r{0}[u][w] = "
+            "q{0}[u][w];\n",
+            k, u, vk);
+      }
+    s += load_groups("q", "g0 + step", g, u, "    ");
     s += fmt::format("#pragma unroll\n    for (int u = 0; u < {}; ++u) {{\n", u);
     s += fmt::format("      const {} g = g0 + u * nthreads;\n      if (g >= groups) break;\n", idx);
     for (size_t o = 0; o < no; ++o) {
@@ -653,6 +727,7 @@ struct Gen {
           "#pragma unroll\n      for (int w = 0; w < {1}; ++w) w{0}[w] = "
           "make_uint4(0u, 0u, 0u, 0u);\n",
           o, wo);
+      if (bf16_pairs(o, g)) s += fmt::format("      float yb{}[{}];\n", o, g);
     }
     s += fmt::format("#pragma unroll{}\n      for (int j = 0; j < {}; ++j) {{\n",
                      rolled(g) ? " 1" : "", g);
@@ -666,11 +741,22 @@ struct Gen {
     s += "        " + eval_call() + "\n";
     for (size_t o = 0; o < no; ++o) {
       const Dtype d = p.output_dtypes[o];
+      if (bf16_pairs(o, g)) {
+        s += fmt::format("        yb{0}[j] = y{0};\n", o);
+        continue;
+      }
       s += "        " +
            put(d, fmt::format("w{}", o), "j", encode(d, fmt::format("y{}", o)), g, rolled(g)) +
            ";\n";
     }
-    s += "      }\n      if (g < full) {\n";
+    s += "      }\n";
+    for (size_t o = 0; o < no; ++o)
+      if (bf16_pairs(o, g))
+        s += fmt::format(
+            "#pragma unroll\n      for (int q = 0; q < {1}; ++q) lbrt::or_word(w{0}[q / 4], q % 4, "
+            "lbrt::bf16x2(yb{0}[2 * q], yb{0}[2 * q + 1]));\n",
+            o, g / 2);
+    s += "      if (g < full) {\n";
     for (size_t o = 0; o < no; ++o) {
       const int wo = vecs(p.output_dtypes[o], g);
       s += fmt::format(
@@ -923,6 +1009,25 @@ struct Gen {
     if (!q.block) s += "    float lbq_a = 0.0f, lbq_lo = 0.0f, lbq_hi = 0.0f;\n";
     // Pass 1: the values into shared memory.
     if (v.vec) {
+      // The next unit's vectors load while this one is computed.
+      auto load = [&](const std::string& unit, const std::string& indent) {
+        std::string l;
+        for (size_t k = 0; k < ni; ++k) {
+          if (v.cls[k] != Layout::Class::full) continue;
+          const int vk = vecs(p.input_dtypes[k], g);
+          l += fmt::format(
+              "#pragma unroll\n{4}for (int w = 0; w < {1}; ++w) q{0}[w] = "
+              "((const uint4*)p.in[{0}])[(base / {2} + ({3})) * {1} + w];\n",
+              k, vk, g, unit, indent);
+        }
+        return l;
+      };
+      for (size_t k = 0; k < ni; ++k)
+        if (v.cls[k] == Layout::Class::full)
+          s += fmt::format("    uint4 q{}[{}];\n", k, vecs(p.input_dtypes[k], g));
+      s += fmt::format("    if (threadIdx.x < K / {}) {{\n", g);
+      s += load("threadIdx.x", "      ");
+      s += "    }\n";
       s += fmt::format(
           "    for ({0} u = threadIdx.x; u < K / {1}; u += blockDim.x) {{\n"
           "      const {0} g = base / {1} + u;\n",
@@ -932,9 +1037,12 @@ struct Gen {
         const int vk = vecs(p.input_dtypes[k], g);
         s += fmt::format(
             "      uint4 r{0}[{1}];\n#pragma unroll\n      for (int w = 0; w < {1}; ++w) r{0}[w] = "
-            "((const uint4*)p.in[{0}])[g * {1} + w];\n",
+            "q{0}[w];\n",
             k, vk);
       }
+      s += fmt::format("      if (u + blockDim.x < K / {}) {{\n", g);
+      s += load("u + blockDim.x", "        ");
+      s += "      }\n";
       s += fmt::format("#pragma unroll{}\n      for (int j = 0; j < {}; ++j) {{\n",
                        rolled(g) ? " 1" : "", g);
       for (size_t k = 0; k < ni; ++k) {
@@ -1016,12 +1124,26 @@ struct Gen {
     if (v.qstore) {
       s += fmt::format("    for ({} u = threadIdx.x; u < K / 16; u += blockDim.x) {{\n", idx);
       s += params_at("u * 16", "      ");
-      s += "      unsigned w[4] = {0u, 0u, 0u, 0u};\n#pragma unroll\n"
-           "      for (int j = 0; j < 16; ++j) {\n        const float v = lbq_v[u * 16 + j];\n";
-      s += "        const unsigned c = " + code_of(q, "v", "inv", "z") + ";\n";
-      s += q.packed ? "        w[j >> 3] |= (c & 15u) << (4 * (j & 7));\n"
-                    : "        w[j >> 2] |= (c & 255u) << (8 * (j & 3));\n";
-      s += "      }\n";
+      s += "      unsigned w[4] = {0u, 0u, 0u, 0u};\n";
+      if (q.kind == QuantShape::fp8 || q.kind == QuantShape::mx8) {
+        // fp8 codes in pairs: one conversion instruction per pair on the GPU.
+        const std::string y0 = q.kind == QuantShape::fp8 ? "lbq_v[u * 16 + j] * inv"
+                                                         : "lbq_mx_unscale(lbq_v[u * 16 + j], z)";
+        const std::string y1 = q.kind == QuantShape::fp8
+                                   ? "lbq_v[u * 16 + j + 1] * inv"
+                                   : "lbq_mx_unscale(lbq_v[u * 16 + j + 1], z)";
+        s += fmt::format(
+            "#pragma unroll\n      for (int j = 0; j < 16; j += 2) w[j >> 2] |= "
+            "lbrt::fp8x2({}, {}, {}) << (8 * (j & 3));\n",
+            y0, y1, q.e5m2 ? "true" : "false");
+      } else {
+        s += "#pragma unroll\n"
+             "      for (int j = 0; j < 16; ++j) {\n        const float v = lbq_v[u * 16 + j];\n";
+        s += "        const unsigned c = " + code_of(q, "v", "inv", "z") + ";\n";
+        s += q.packed ? "        w[j >> 3] |= (c & 15u) << (4 * (j & 7));\n"
+                      : "        w[j >> 2] |= (c & 255u) << (8 * (j & 3));\n";
+        s += "      }\n";
+      }
       s += q.packed
                ? "      ((uint2*)p.qcodes)[base / 16 + u] = make_uint2(w[0], w[1]);\n"
                : "      ((uint4*)p.qcodes)[base / 16 + u] = make_uint4(w[0], w[1], w[2], w[3]);\n";

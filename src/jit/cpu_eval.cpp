@@ -53,7 +53,9 @@ constexpr int64_t kAhead = 2;
 constexpr int64_t kParallelMin = int64_t{1} << 16;
 
 #if defined(__x86_64__) && defined(__GNUC__)
-#define LOWBIT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+// x86-64-v3 / v4 include FMA (jit_math's JM_FMAF); the baseline clone calls fmaf (the
+// same bits, slower).
+#define LOWBIT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define LOWBIT_CLONES
 #endif
@@ -238,14 +240,14 @@ JM_FN void unary_run(Op op, const T* a, T* o, int n, double p, T* e) {
       return;
     case Op::tanh:
       if constexpr (sizeof(T) == 4) {
-        for (int i = 0; i < n; ++i) e[i] = lb_exp(lb_tanh_arg(a[i]));
+        for (int i = 0; i < n; ++i) e[i] = lb_exp_n(lb_tanh_arg(a[i]));
         for (int i = 0; i < n; ++i) o[i] = lb_tanh_e(a[i], e[i]);
       } else {
         for (int i = 0; i < n; ++i) o[i] = lb_tanh(a[i]);
       }
       return;
     case Op::sigmoid: {
-      for (int i = 0; i < n; ++i) e[i] = lb_exp(-a[i]);
+      for (int i = 0; i < n; ++i) e[i] = lb_exp_n(-a[i]);
       for (int i = 0; i < n; ++i) o[i] = lb_sigmoid_e(e[i]);
       return;
     }
@@ -259,7 +261,7 @@ JM_FN void unary_run(Op op, const T* a, T* o, int n, double p, T* e) {
       for (int i = 0; i < n; ++i) o[i] = lb_gelu_tanh(a[i]);
       return;
     case Op::silu: {
-      for (int i = 0; i < n; ++i) e[i] = lb_exp(-a[i]);
+      for (int i = 0; i < n; ++i) e[i] = lb_exp_n(-a[i]);
       for (int i = 0; i < n; ++i) o[i] = lb_silu_e(a[i], e[i]);
       return;
     }

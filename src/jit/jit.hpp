@@ -152,7 +152,7 @@ struct KernelSource {
   int unroll = 1;       ///< vec: groups in flight per thread
   int param_bytes = 0;  ///< size of the kernel's Params struct
 };
-inline constexpr int kCodegenVersion = 1;
+inline constexpr int kCodegenVersion = 2;
 inline constexpr int kThreads = 256;
 /// The kernel of `program` for `variant` (with with_code false: only its shape fields).
 KernelSource generate_cuda(const Program& program, const Variant& variant, bool with_code = true);

@@ -9,6 +9,7 @@
 
 #define JM_FN inline __attribute__((always_inline))
 #define JM_SQRTF(x) __builtin_sqrtf(x)
+#define JM_FMAF(a, b, c) __builtin_fmaf(a, b, c)
 #define JM_D_EXP(x) std::exp(x)
 #define JM_D_LOG(x) std::log(x)
 #define JM_D_SQRT(x) std::sqrt(x)
