@@ -14,9 +14,10 @@
 //  * dx = dy where the element is inside the code range (qmin <= rne(x * inv_scale) + zero
 //    <= qmax; fp8: |x * inv_scale| <= max finite), a zero of dy's sign elsewhere: the
 //    straight-through estimator, bit for bit torch.fake_quantize_per_*_affine's gradient;
-//  * optionally dscale (LSQ, Esser et al. 2019) and dzero, per scale group, f32: exact sums
-//    of exact per-element products, rounded once (so the same bits on every kernel, thread
-//    count and run), optionally times LSQ's gradient scale 1 / sqrt(n_group * qmax).
+//  * optionally dscale (LSQ, Esser et al. 2019) and dzero, per scale group, f32: the
+//    per-element products (exact in f64) on a grid of 2^-61 of the group's bound, summed
+//    exactly in integers and rounded once (so the same bits on every kernel, thread count
+//    and run), optionally times LSQ's gradient scale 1 / sqrt(n_group * qmax).
 //
 // Non-finite inputs: with check_finite (the default) NaN / Inf in x (and dy) and invalid
 // given scales / zero points are an Error(invalid_argument) that names the first bad
