@@ -9,7 +9,7 @@ shim the other files use.
   ml_dtypes, strided views, torch CPU / CUDA tensors), parts exported twice share memory,
   writes through an exported part reach lowbit, results outlive their QuantizedTensor.
 * Round trips through safetensors and GGUF files read by the `safetensors` and `gguf`
-  packages.
+  packages (parts saved by those packages; lowbit.load / save: test_package_files.py).
 * Errors: each lowbit error code becomes its Python exception with lowbit's message.
 * 10^5 small calls keep the process's resident memory flat and the inputs' refcounts.
 * torch (skipped, visibly, where `import torch` fails; the GPU machine has it): CPU and
