@@ -1,5 +1,6 @@
 // The CPU matmul kernels beyond test_matmul's driver:
-//  * matmul_cpu_avx512_vnni on every integer weight format and every x_scheme it takes
+//  * matmul_cpu_avx512_vnni and _vnni_packed (W prepared) on every integer weight format and every
+//  x_scheme it takes
 //    (int8 block / token / tensor, q8_0, q8_K; dynamic and given quantized x), on both
 //    loops (gemv for m <= 4, panels beyond), against the f64 product of the dequantized
 //    operands: the dots are exact integers, so the bound is 2e-6 (f32 y) relative to
@@ -64,6 +65,12 @@ Result run_plan_with(const std::string& kernel, const MatmulDesc& d, const Tenso
   if (!xq) xv = TensorView(x.data(), d.x, {d.m, d.k}, {d.x_stride(), 1});
   MatmulArgs args{xv, xq ? xq->view() : QuantizedView(),  w.view(),
                   {}, bias ? bias->view() : TensorView(), y};
+  Tensor packed;
+  if (const int64_t bytes = prepared_bytes(plan); bytes > 0) {
+    packed = Tensor::empty({bytes}, Dtype::u8);
+    prepare_weight(plan, w.view(), packed);
+    args.w_packed = packed;
+  }
   Buffer scratch;
   Workspace ws;
   if (const size_t bytes = plan.workspace_size(); bytes > 0) {
@@ -148,15 +155,17 @@ TEST(MatmulCpu, Int8ActivationsOnEveryIntegerWeightFormat) {
         d.w = ws;
         d.y = yd;
         d.y_row_stride = n + 3;
-        const Result r =
-            run_plan_with("matmul_cpu_avx512_vnni", d, x, given ? &xq : nullptr, wq, 3);
-        check(r.y, n + 3, as_f64(dequantize(xq.view())), as_f64(dequantize(wq.view())), {}, m, n, k,
-              yd == Dtype::f32 ? 2e-6 : 1e-2);
-        // The unused tail of each y row stays poisoned.
-        for (int64_t i = 0; i < m; ++i)
-          EXPECT_EQ(static_cast<const uint8_t*>(
-                        r.y.data())[(i * (n + 3) + n) * (yd == Dtype::f32 ? 4 : 2)],
-                    testing::kPoison);
+        for (const char* kernel : {"matmul_cpu_avx512_vnni", "matmul_cpu_avx512_vnni_packed"}) {
+          SCOPED_TRACE(kernel);
+          const Result r = run_plan_with(kernel, d, x, given ? &xq : nullptr, wq, 3);
+          check(r.y, n + 3, as_f64(dequantize(xq.view())), as_f64(dequantize(wq.view())), {}, m, n,
+                k, yd == Dtype::f32 ? 2e-6 : 1e-2);
+          // The unused tail of each y row stays poisoned.
+          for (int64_t i = 0; i < m; ++i)
+            EXPECT_EQ(static_cast<const uint8_t*>(
+                          r.y.data())[(i * (n + 3) + n) * (yd == Dtype::f32 ? 4 : 2)],
+                      testing::kPoison);
+        }
         ++ran;
         if (::testing::Test::HasFailure()) return;
       }
@@ -184,7 +193,7 @@ TEST(MatmulCpu, PlanQuantizedXEqualsGivenQuantizedX) {
       d.w = wq.scheme;
       d.y = Dtype::f32;
       const Result dyn = run_plan_with("", d, x, nullptr, wq);
-      EXPECT_EQ(dyn.kernel, "matmul_cpu_avx512_vnni");
+      EXPECT_EQ(dyn.kernel, "matmul_cpu_avx512_vnni_packed");
       const QuantizedTensor xq = quantize(x, xs);
       d.x = xs.format == QuantFormat::gguf ? Dtype::u8 : xs.code_dtype();
       const Result given = run_plan_with("", d, x, &xq, wq);
@@ -275,15 +284,22 @@ TEST(MatmulCpu, SelectPicksByDescriptor) {
     EXPECT_EQ(p.sku().kernel, "matmul_cpu_avx512");
     ASSERT_FALSE(p.declined().empty());
     EXPECT_EQ(p.declined().back().kernel, "matmul_cpu_avx512_vnni");
+    EXPECT_EQ(weight_layout(p), "plain");
     EXPECT_NE(p.declined().back().reason.find("no x_scheme"), std::string::npos);
     EXPECT_EQ(p.precision().accumulator, Dtype::f32);
     EXPECT_TRUE(p.precision().deterministic);
   }
   // x_scheme: the int8 kernel.
   d.x_scheme = QuantScheme::parse("q8_K");
-  EXPECT_EQ(pick(d), "matmul_cpu_avx512_vnni");
+  EXPECT_EQ(pick(d), "matmul_cpu_avx512_vnni_packed");
   d.x_scheme = QuantScheme::parse("int8:token");
-  EXPECT_EQ(pick(d), "matmul_cpu_avx512_vnni");
+  {
+    const MatmulPlan p = MatmulPlan::select(d);
+    EXPECT_EQ(p.sku().kernel, "matmul_cpu_avx512_vnni_packed");
+    EXPECT_EQ(weight_layout(p), "cpu_avx512_vnni_x16");
+    EXPECT_GT(prepared_bytes(p), 0);
+    EXPECT_EQ(p.precision().accumulator, Dtype::i32);
+  }
   // What they decline, the reference serves, with reasons.
   d.x_scheme = QuantScheme::parse("fp8e4m3:token");
   {

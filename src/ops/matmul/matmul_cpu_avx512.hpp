@@ -34,7 +34,8 @@ struct WeightRef {
   int64_t row_bytes = 0;
   const void* scale = nullptr;  ///< f32 / f16 / bf16 (integer, fp8); e4m3 (nvfp4); e8m0 (mxfp4)
   FDt scale_dt = FDt::f32;
-  const int32_t* zero = nullptr;  ///< affine integer formats, else nullptr
+  bool affine = false;            ///< integer formats with zero points (c terms)
+  const int32_t* zero = nullptr;  ///< their zero points (nullptr in shape-only refs)
   int64_t scale_row_div = 1, scale_row_stride = 0, scale_col_div = kNoDiv;
   float global = 0.0f;  ///< nvfp4's global scale
 };
@@ -91,5 +92,16 @@ void run_exact(const WeightRef& w, const XFloatRef& x, const YRef& y, int64_t m,
 /// group an exact i32 sum, then f32 scales.
 void run_int8(const WeightRef& w, const XQuantRef& x, const YRef& y, int64_t m, Path path,
               void* workspace);
+
+/// The prepared layout of the int8 kernel (matmul_cpu_avx512_packed.cpp): its size, the
+/// packing of a plain W (w complete), and the kernel on it (w: shape and format only; the
+/// packed bytes carry everything else). Packed runs lay out the workspace as
+/// int8_layout(..., Path::gemm) whatever their loop.
+size_t packed_bytes(const WeightRef& w);
+void pack_weight(const WeightRef& w, void* packed);
+/// The header fields pack_weight writes, for checks: magic, format, n, k.
+bool packed_header_matches(const WeightRef& w, const void* packed);
+void run_int8_packed(const WeightRef& w, const void* packed, const XQuantRef& x, const YRef& y,
+                     int64_t m, Path path, void* workspace);
 
 }  // namespace lowbit::matmul_cpu

@@ -167,6 +167,7 @@ WeightRef weight_ref(const MatmulDesc& d, const QuantizedView* q) {
   w.group = param_group(d.w);
   w.n = d.n;
   w.k = d.k;
+  w.affine = d.w.is_integer() && !d.w.symmetric;
   const QuantScheme& s = d.w;
   const int64_t K = d.k;
   switch (s.format) {
@@ -319,103 +320,151 @@ std::string x_scheme_reason(const QuantScheme& xs, int group) {
   }
 }
 
+/// Bytes of x's codes when the plan quantizes x (64-byte aligned).
+size_t x_code_bytes(const MatmulDesc& d) {
+  if (d.x_quantized()) return 0;
+  const Shape cs = code_shape(*d.x_scheme, Shape{d.m, d.k});
+  return (static_cast<size_t>(cs[0] * cs[1]) + 63) & ~size_t{63};
+}
+
+/// Bytes of x's codes and scales when the plan quantizes x.
+size_t x_quant_bytes(const MatmulDesc& d) {
+  if (d.x_quantized()) return 0;
+  const QuantScheme& xs = *d.x_scheme;
+  size_t scale = 0;
+  if (xs.format != QuantFormat::gguf) {
+    int64_t n = 1;
+    for (int64_t e : scale_shape(xs, Shape{d.m, d.k})) n *= e;
+    scale = static_cast<size_t>(storage_bytes(xs.scale_dtype, n));
+  }
+  return x_code_bytes(d) + ((scale + 63) & ~size_t{63});
+}
+
+/// x as int8 codes: a's xq when given, else x quantized into the workspace at `base` by the
+/// quantize op (the same codes and scales as lowbit::quantize, and as the reference kernel).
+XQuantRef quantized_x(const MatmulDesc& d, const MatmulArgs& a, char* base) {
+  const QuantScheme& xs = *d.x_scheme;
+  const Shape mk{d.m, d.k};
+  QuantizedView xq;
+  if (d.x_quantized()) {
+    xq = a.xq;
+  } else {
+    const Shape cs = code_shape(xs, mk);
+    xq.scheme = xs;
+    xq.shape = mk;
+    xq.codes = TensorView(base, xs.format == QuantFormat::gguf ? Dtype::u8 : xs.code_dtype(), cs);
+    if (xs.format != QuantFormat::gguf)
+      xq.scale = TensorView(base + x_code_bytes(d), xs.scale_dtype, scale_shape(xs, mk));
+    const TensorView xv(a.x.data(), d.x, mk, {d.x_stride(), 1});
+    quantize_into(xq, xv);
+  }
+  XQuantRef x;
+  x.data = static_cast<const uint8_t*>(xq.codes.data());
+  if (xs.format == QuantFormat::gguf) {
+    x.kind = static_cast<gguf::GgmlType>(xs.gguf_type) == gguf::GgmlType::q8_0 ? XQKind::q8_0
+                                                                               : XQKind::q8_K;
+    x.row_bytes = gguf::row_bytes(static_cast<gguf::GgmlType>(xs.gguf_type), d.k);
+  } else {
+    x.kind = XQKind::int8;
+    x.row_bytes = d.k;
+    x.scale = xq.scale.data();
+    x.scale_dt = fdt(xq.scale.dtype());
+    if (xs.granularity == Granularity::tensor) {
+      x.scale_row_stride = 0;
+      x.scale_col_div = kNoDiv;
+    } else if (xs.granularity == Granularity::block) {
+      x.scale_row_stride = d.k / xs.block;
+      x.scale_col_div = xs.block;
+    } else {  // token, channel along rows
+      x.scale_row_stride = 1;
+      x.scale_col_div = kNoDiv;
+    }
+  }
+  return x;
+}
+
+/// Why the int8 kernels decline `d` (empty if they take it).
+std::string int8_reason(const MatmulDesc& d) {
+  if (!d.device.is_cpu()) return "runs on the cpu only";
+  if (!d.x_scheme) return "weight-only descriptor (no x_scheme): matmul_cpu_avx512's";
+  if (std::string why = cpu_reason(); !why.empty()) return why;
+  if (d.w.format == QuantFormat::fp8e4m3 || d.w.format == QuantFormat::fp8e5m2)
+    return fmt::format("{} weights: int8 dot products need integer weight codes", d.w.str());
+  if (std::string why = weight_reason(d); !why.empty()) return why;
+  return x_scheme_reason(*d.x_scheme, param_group(d.w));
+}
+
+std::string int8_math(const MatmulDesc& d) {
+  return fmt::format(
+      "x quantized with {} (the quantize op's codes), per group of {} an exact i32 dot product "
+      "of the codes, scales and sums in f32 in a fixed order, one rounding to y",
+      d.x_scheme ? d.x_scheme->str() : std::string("-"), param_group(d.w));
+}
+
+/// int8 activations, W in its plain layout.
 class MatmulCpuAvx512Vnni final : public MatmulKernel {
  public:
   std::string_view name() const override { return "matmul_cpu_avx512_vnni"; }
-
-  std::string decline(const MatmulDesc& d) const override {
-    if (!d.device.is_cpu()) return "runs on the cpu only";
-    if (!d.x_scheme) return "weight-only descriptor (no x_scheme): matmul_cpu_avx512's";
-    if (std::string why = cpu_reason(); !why.empty()) return why;
-    if (d.w.format == QuantFormat::fp8e4m3 || d.w.format == QuantFormat::fp8e5m2)
-      return fmt::format("{} weights: int8 dot products need integer weight codes", d.w.str());
-    if (std::string why = weight_reason(d); !why.empty()) return why;
-    return x_scheme_reason(*d.x_scheme, param_group(d.w));
-  }
-
+  std::string decline(const MatmulDesc& d) const override { return int8_reason(d); }
   KernelSku sku(const MatmulDesc& d) const override { return cpu_sku(d, name()); }
-
   PrecisionGuarantee precision(const MatmulDesc& d) const override {
-    return {fmt::format("x quantized with {} (the quantize op's codes), per group of {} an exact "
-                        "i32 dot product of the codes, scales and sums in f32 in a fixed order, "
-                        "one rounding to y",
-                        d.x_scheme ? d.x_scheme->str() : std::string("-"), param_group(d.w)),
-            Dtype::i32, true, false};
+    return {int8_math(d), Dtype::i32, true, false};
   }
-
   std::size_t workspace_size(const MatmulDesc& d) const override {
-    return quant_bytes(d) +
+    return x_quant_bytes(d) +
            matmul_cpu::int8_layout(weight_ref(d, nullptr), d.m, y_ref(d, nullptr), path(d)).total;
   }
-
   void run(const MatmulDesc& d, const MatmulArgs& a, const Stream&, Workspace ws) const override {
     if (d.m == 0 || d.n == 0) return;
-    const WeightRef w = weight_ref(d, &a.w);
-    const QuantScheme& xs = *d.x_scheme;
-    const Shape mk{d.m, d.k};
     auto* base = static_cast<char*>(ws.data);
-    QuantizedView xq;
-    if (d.x_quantized()) {
-      xq = a.xq;
-    } else {
-      // Quantize x into the workspace with the quantize op: the same codes and scales as
-      // lowbit::quantize (and as the reference kernel).
-      const Shape cs = code_shape(xs, mk);
-      xq.scheme = xs;
-      xq.shape = mk;
-      xq.codes = TensorView(base, xs.format == QuantFormat::gguf ? Dtype::u8 : xs.code_dtype(), cs);
-      if (xs.format != QuantFormat::gguf)
-        xq.scale = TensorView(base + code_bytes(d), xs.scale_dtype, scale_shape(xs, mk));
-      const TensorView xv(a.x.data(), d.x, mk, {d.x_stride(), 1});
-      quantize_into(xq, xv);
-    }
-    XQuantRef x;
-    x.data = static_cast<const uint8_t*>(xq.codes.data());
-    if (xs.format == QuantFormat::gguf) {
-      x.kind = static_cast<gguf::GgmlType>(xs.gguf_type) == gguf::GgmlType::q8_0 ? XQKind::q8_0
-                                                                                 : XQKind::q8_K;
-      x.row_bytes = gguf::row_bytes(static_cast<gguf::GgmlType>(xs.gguf_type), d.k);
-    } else {
-      x.kind = XQKind::int8;
-      x.row_bytes = d.k;
-      x.scale = xq.scale.data();
-      x.scale_dt = fdt(xq.scale.dtype());
-      if (xs.granularity == Granularity::tensor) {
-        x.scale_row_stride = 0;
-        x.scale_col_div = kNoDiv;
-      } else if (xs.granularity == Granularity::block) {
-        x.scale_row_stride = d.k / xs.block;
-        x.scale_col_div = xs.block;
-      } else {  // token, channel along rows
-        x.scale_row_stride = 1;
-        x.scale_col_div = kNoDiv;
-      }
-    }
-    matmul_cpu::run_int8(w, x, y_ref(d, &a), d.m, path(d), base + quant_bytes(d));
+    const XQuantRef x = quantized_x(d, a, base);
+    matmul_cpu::run_int8(weight_ref(d, &a.w), x, y_ref(d, &a), d.m, path(d),
+                         base + x_quant_bytes(d));
   }
 
  private:
   static Path path(const MatmulDesc& d) {
     return d.m <= kGemvMaxRowsInt8 ? Path::gemv : Path::gemm;
   }
+};
 
-  /// Bytes of x's codes when the plan quantizes x (64-byte aligned).
-  static size_t code_bytes(const MatmulDesc& d) {
-    if (d.x_quantized()) return 0;
-    const Shape cs = code_shape(*d.x_scheme, Shape{d.m, d.k});
-    return (static_cast<size_t>(cs[0] * cs[1]) + 63) & ~size_t{63};
+/// int8 activations, W prepared once into 16-row interleaved strips (matmul_cpu_avx512_packed.cpp).
+class MatmulCpuAvx512VnniPacked final : public MatmulKernel {
+ public:
+  std::string_view name() const override { return "matmul_cpu_avx512_vnni_packed"; }
+  std::string decline(const MatmulDesc& d) const override { return int8_reason(d); }
+  KernelSku sku(const MatmulDesc& d) const override { return cpu_sku(d, name()); }
+  PrecisionGuarantee precision(const MatmulDesc& d) const override {
+    return {int8_math(d), Dtype::i32, true, false};
   }
-  /// Bytes of x's codes and scales when the plan quantizes x.
-  static size_t quant_bytes(const MatmulDesc& d) {
-    if (d.x_quantized()) return 0;
-    const QuantScheme& xs = *d.x_scheme;
-    size_t scale = 0;
-    if (xs.format != QuantFormat::gguf) {
-      int64_t n = 1;
-      for (int64_t e : scale_shape(xs, Shape{d.m, d.k})) n *= e;
-      scale = static_cast<size_t>(storage_bytes(xs.scale_dtype, n));
-    }
-    return code_bytes(d) + ((scale + 63) & ~size_t{63});
+  std::string weight_layout(const MatmulDesc&) const override { return "cpu_avx512_vnni_x16"; }
+  int64_t prepared_bytes(const MatmulDesc& d) const override {
+    return static_cast<int64_t>(matmul_cpu::packed_bytes(weight_ref(d, nullptr)));
+  }
+  void prepare(const MatmulDesc& d, const QuantizedView& w, const TensorView& packed,
+               const Stream&) const override {
+    matmul_cpu::pack_weight(weight_ref(d, &w), packed.data());
+  }
+  std::size_t workspace_size(const MatmulDesc& d) const override {
+    return x_quant_bytes(d) +
+           matmul_cpu::int8_layout(weight_ref(d, nullptr), d.m, y_ref(d, nullptr), Path::gemm)
+               .total;
+  }
+  void run(const MatmulDesc& d, const MatmulArgs& a, const Stream&, Workspace ws) const override {
+    if (d.m == 0 || d.n == 0) return;
+    const WeightRef w = weight_ref(d, nullptr);
+    if (a.w_packed.data() == nullptr ||
+        a.w_packed.numel() != static_cast<int64_t>(matmul_cpu::packed_bytes(w)) ||
+        !matmul_cpu::packed_header_matches(w, a.w_packed.data()))
+      throw_error(ErrorCode::invalid_argument,
+                  fmt::format("matmul: {} reads W in its prepared layout cpu_avx512_vnni_x16: pass "
+                              "prepare_weight()'s {} bytes as w_packed (got {})",
+                              name(), matmul_cpu::packed_bytes(w), a.w_packed.str()));
+    auto* base = static_cast<char*>(ws.data);
+    const XQuantRef x = quantized_x(d, a, base);
+    matmul_cpu::run_int8_packed(w, a.w_packed.data(), x, y_ref(d, &a), d.m,
+                                d.m <= kGemvMaxRowsInt8 ? Path::gemv : Path::gemm,
+                                base + x_quant_bytes(d));
   }
 };
 
@@ -423,6 +472,11 @@ class MatmulCpuAvx512Vnni final : public MatmulKernel {
 
 const MatmulKernel& matmul_cpu_avx512_kernel() {
   static const MatmulCpuAvx512 kernel;
+  return kernel;
+}
+
+const MatmulKernel& matmul_cpu_avx512_vnni_packed_kernel() {
+  static const MatmulCpuAvx512VnniPacked kernel;
   return kernel;
 }
 

@@ -166,6 +166,7 @@ std::string MatmulOp::describe(const Desc& d) {
 KernelList<MatmulOp> MatmulOp::kernels() {
   // Most specialised first, reference last.
   static const Kernel<MatmulOp>* const list[] = {
+      &matmul_cpu_avx512_vnni_packed_kernel(),
       &matmul_cpu_avx512_vnni_kernel(),
       &matmul_cpu_avx512_kernel(),
       &matmul_reference_kernel(),
