@@ -1,0 +1,477 @@
+// bench_matmul_cuda: lowbit's CUDA matmul kernels on GPU 0 beside cuBLAS bf16 (cuBLASLt, the
+// library torch.nn.functional.linear calls) and the device-to-device copy ceiling, all measured
+// in this process; bench_matmul_torch.py measures the PyTorch peers (F.linear, tinygemm,
+// _int_mm, _scaled_mm) in the same device call and joins both tables.
+//
+// Linear layers y[M, N] = x[M, K] · W[N, K]^T, bf16 x and y, N x K = 8192x8192, 14336x4096,
+// 4096x14336, M = 1, 16, 64, 256, 2048:
+//  * weight-only, every M: int4:block32, int4:block128, nvfp4, mxfp4, int8:channel,
+//    fp8e4m3:channel; GEMV rows only (M = 1, 16) on 4096x14336: int4:block64,
+//    int4:block32:asym, int8:block32, fp8e5m2:channel, fp8e4m3:tensor, q4_0, q8_0, q4_K, q6_K.
+//  * W8A8, every M: int8:token x int8:channel, fp8e4m3:token x fp8e4m3:channel,
+//    fp8e4m3:tensor x fp8e4m3:tensor, with x given as bf16 (quantized in front, "dyn") and
+//    given quantized ("pre").
+// Each row is timed with CUDA events around the call alone, after writing a 256 MiB buffer
+// (so that every call reads its weights from HBM, as triton.testing.do_bench does for the
+// peers); the median of the repetitions is reported. Weight bytes are the scheme's own (codes
+// + scales + zero points, the plain layout's size); GB/s = (weight + x + y bytes) / time, shown
+// as a share of the copy ceiling. Every weight-only row is checked against the plain
+// dequantize + cuBLASLt path (relative Frobenius error <= 1e-2) and reports its kernel.
+//
+// Usage: bench_matmul_cuda [--json PATH] [--reps N] [--quick]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "lowbit/convert.hpp"
+#include "lowbit/matmul.hpp"
+#include "lowbit/quantize.hpp"
+#include "ops/matmul/matmul_cuda_common.cuh"
+
+namespace {
+
+using lowbit::Device;
+using lowbit::Dtype;
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    std::fprintf(stderr, "bench_matmul_cuda: %s: %s\n", what, cudaGetErrorString(err));
+    std::exit(1);
+  }
+}
+
+/// Normal(0, sd) samples from a counter hash and Box-Muller.
+__global__ void fill_normal(float* out, uint64_t n, uint64_t seed, float sd) {
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += stride) {
+    uint64_t z = (i + seed) * 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    const float u1 = (static_cast<uint32_t>(z) + 1.0f) * 0x1p-32f;
+    const float u2 = static_cast<uint32_t>(z >> 32) * 0x1p-32f;
+    out[i] = sd * sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2);
+  }
+}
+
+/// sum((a - b)^2), sum(b^2) over n bf16 values.
+__global__ void diff_norms(const uint16_t* a, const uint16_t* b, uint64_t n, double* out) {
+  double d = 0, r = 0;
+  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
+    const float x = __uint_as_float(static_cast<uint32_t>(a[i]) << 16);
+    const float y = __uint_as_float(static_cast<uint32_t>(b[i]) << 16);
+    d += static_cast<double>(x - y) * (x - y);
+    r += static_cast<double>(y) * y;
+  }
+  atomicAdd(out, d);
+  atomicAdd(out + 1, r);
+}
+
+struct Row {
+  std::string group;  // "weight-only", "w8a8", "bf16", "copy"
+  std::string scheme;
+  int64_t n = 0, k = 0, m = 0;
+  int64_t wbytes = 0, bytes = 0;
+  double ms = 0, gbps = 0, pct = 0, tflops = 0, vs_bf16 = 0;
+  std::string kernel;
+  std::string check = "-";
+  /// A row for scripts/gpu-check's short summary.
+  bool key() const {
+    if (group == "copy") return true;
+    if (n != 8192 || k != 8192) return false;
+    if (group == "bf16") return m == 1 || m == 16 || m == 2048;
+    if (group == "weight-only")
+      return (m == 1 || m == 16) &&
+             (scheme == "int4:block32" || scheme == "nvfp4" || scheme == "int8:channel");
+    return m == 2048 && scheme == "fp8e4m3:tokenxfp8e4m3:channel pre";
+  }
+  std::string pair() const {
+    return group + " " + scheme + " " + std::to_string(n) + "x" + std::to_string(k) +
+           " M=" + std::to_string(m);
+  }
+};
+
+struct Timer {
+  cudaStream_t s;
+  void* flush = nullptr;
+  size_t flush_bytes = size_t{256} << 20;
+  int reps = 15;
+  /// Median ms of `fn`, each repetition after a write of the flush buffer.
+  double median(const std::function<void()>& fn, int reps_override = 0) {
+    const int n = reps_override ? reps_override : reps;
+    for (int i = 0; i < 2; ++i) fn();
+    std::vector<cudaEvent_t> ev(2 * static_cast<size_t>(n));
+    for (auto& e : ev) check(cudaEventCreate(&e), "cudaEventCreate");
+    for (int r = 0; r < n; ++r) {
+      check(cudaMemsetAsync(flush, r & 0xff, flush_bytes, s), "flush");
+      check(cudaEventRecord(ev[2 * r], s), "record");
+      fn();
+      check(cudaEventRecord(ev[2 * r + 1], s), "record");
+    }
+    check(cudaStreamSynchronize(s), "sync");
+    std::vector<double> ms(static_cast<size_t>(n));
+    for (int r = 0; r < n; ++r) {
+      float t = 0;
+      check(cudaEventElapsedTime(&t, ev[2 * r], ev[2 * r + 1]), "elapsed");
+      ms[static_cast<size_t>(r)] = t;
+    }
+    for (auto& e : ev) cudaEventDestroy(e);
+    std::sort(ms.begin(), ms.end());
+    return n % 2 ? ms[n / 2] : 0.5 * (ms[n / 2 - 1] + ms[n / 2]);
+  }
+};
+
+int64_t part_bytes(const lowbit::Tensor& t) {
+  return t.data() ? lowbit::storage_bytes(t.dtype(), t.numel()) : 0;
+}
+int64_t quantized_bytes(const lowbit::QuantizedTensor& q) {
+  return part_bytes(q.codes) + part_bytes(q.scale) + part_bytes(q.zero) +
+         part_bytes(q.global_scale);
+}
+
+/// A quantized copy of `w` (f32 [n, k] on the GPU) on the GPU. GGUF K-quants have no CUDA
+/// quantizer: 128 rows are quantized on the host and repeated (the speed does not depend on
+/// the values).
+lowbit::QuantizedTensor quantize_weight(const lowbit::Tensor& w, const lowbit::QuantScheme& s,
+                                        const lowbit::Stream& stream) {
+  const Device gpu = w.device();
+  const int64_t n = w.shape()[0], k = w.shape()[1];
+  if (s.format == lowbit::QuantFormat::gguf && !lowbit::quant_cuda::is_gguf_fast(s)) {
+    const int64_t rows = 128;
+    lowbit::Tensor h = lowbit::Tensor::empty({rows, k}, Dtype::f32);
+    check(cudaMemcpy(h.data(), w.data(), static_cast<size_t>(rows * k * 4), cudaMemcpyDefault),
+          "copy rows");
+    const lowbit::QuantizedTensor qh = lowbit::quantize(h, s);
+    lowbit::QuantizedTensor q = lowbit::QuantizedTensor::allocate(s, {n, k}, gpu);
+    const size_t rb =
+        static_cast<size_t>(lowbit::storage_bytes(qh.codes.dtype(), qh.codes.numel()));
+    for (int64_t r = 0; r < n; r += rows)
+      check(cudaMemcpy(static_cast<uint8_t*>(q.codes.data()) + r / rows * rb, qh.codes.data(),
+                       std::min<size_t>(rb, static_cast<size_t>((n - r) / rows) * rb),
+                       cudaMemcpyDefault),
+            "copy blocks");
+    return q;
+  }
+  lowbit::QuantizedTensor q = lowbit::QuantizedTensor::allocate(s, {n, k}, gpu);
+  lowbit::quantize_into(q.view(), w, false, &stream);
+  stream.synchronize();
+  return q;
+}
+
+struct Prepared {
+  lowbit::MatmulPlan plan;
+  lowbit::Tensor packed;
+  lowbit::Buffer ws;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string json_path;
+  int reps = 15;
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--json" && i + 1 < argc) {
+      json_path = argv[++i];
+    } else if (a == "--reps" && i + 1 < argc) {
+      reps = std::max(3, std::atoi(argv[++i]));
+    } else if (a == "--quick") {
+      quick = true;
+    } else {
+      std::fprintf(stderr, "usage: %s [--json PATH] [--reps N] [--quick]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (lowbit::cuda_device_count() == 0) {
+    std::printf("bench_matmul_cuda: SKIPPED: no CUDA device, nothing measured\n");
+    return 0;
+  }
+  try {
+    const Device gpu = Device::cuda(0);
+    const lowbit::CudaDeviceProperties props = lowbit::cuda_device_properties(0);
+    const lowbit::Stream stream = lowbit::Stream::create(gpu);
+    const auto s = static_cast<cudaStream_t>(stream.native_handle());
+    lowbit::Buffer flush(static_cast<int64_t>(256) << 20, gpu, &stream);
+    Timer timer{s, flush.data()};
+    timer.reps = reps;
+    std::vector<Row> rows;
+
+    // The copy ceiling: 1 GiB device to device.
+    double copy_gbps = 0;
+    {
+      const int64_t bytes = int64_t{1} << 30;
+      lowbit::Buffer a(bytes, gpu, &stream), b(bytes, gpu, &stream);
+      check(cudaMemsetAsync(a.data(), 1, bytes, s), "memset");
+      Row r;
+      r.group = "copy";
+      r.scheme = "d2d 1 GiB";
+      r.bytes = 2 * bytes;
+      r.ms = timer.median([&] {
+        check(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, s), "copy");
+      });
+      r.gbps = r.bytes / r.ms / 1e6;
+      copy_gbps = r.gbps;
+      r.pct = 100;
+      r.kernel = "cudaMemcpyAsync";
+      rows.push_back(r);
+    }
+
+    const int64_t shapes[][2] = {{8192, 8192}, {14336, 4096}, {4096, 14336}};
+    std::vector<int64_t> ms = {1, 16, 64, 256, 2048};
+    if (quick) ms = {1, 16, 256};
+    const char* full_schemes[] = {"int4:block32", "int4:block128", "nvfp4",
+                                  "mxfp4",        "int8:channel",  "fp8e4m3:channel"};
+    const char* gemv_schemes[] = {"int4:block64",
+                                  "int4:block32:asym",
+                                  "int8:block32",
+                                  "fp8e5m2:channel",
+                                  "fp8e4m3:tensor",
+                                  "q4_0",
+                                  "q8_0",
+                                  "q4_K",
+                                  "q6_K"};
+    struct W8A8 {
+      const char* x;
+      const char* w;
+    };
+    const W8A8 w8a8[] = {{"int8:token", "int8:channel"},
+                         {"fp8e4m3:token", "fp8e4m3:channel"},
+                         {"fp8e4m3:tensor", "fp8e4m3:tensor"}};
+
+    for (const auto& shape : shapes) {
+      const int64_t n = shape[0], k = shape[1];
+      const int64_t mmax = ms.back();
+      lowbit::Tensor wf = lowbit::Tensor::empty({n, k}, Dtype::f32, gpu, &stream);
+      fill_normal<<<2048, 256, 0, s>>>(wf.data_as<float>(), static_cast<uint64_t>(n * k), 7, 0.02f);
+      lowbit::Tensor wb = lowbit::Tensor::empty({n, k}, Dtype::bf16, gpu, &stream);
+      lowbit::convert(wb, wf, lowbit::Saturation::none, &stream);
+      lowbit::Tensor xf = lowbit::Tensor::empty({mmax, k}, Dtype::f32, gpu, &stream);
+      fill_normal<<<2048, 256, 0, s>>>(xf.data_as<float>(), static_cast<uint64_t>(mmax * k), 99,
+                                       1.0f);
+      lowbit::Tensor xb = lowbit::Tensor::empty({mmax, k}, Dtype::bf16, gpu, &stream);
+      lowbit::convert(xb, xf, lowbit::Saturation::none, &stream);
+      lowbit::Tensor y = lowbit::Tensor::empty({mmax, n}, Dtype::bf16, gpu, &stream);
+      lowbit::Tensor yref = lowbit::Tensor::empty({mmax, n}, Dtype::bf16, gpu, &stream);
+      lowbit::Buffer lt_ws(static_cast<int64_t>(lowbit::mm_cuda::kLtWorkspace), gpu, &stream);
+      lowbit::Buffer norms(16, gpu, &stream);
+      stream.synchronize();
+
+      auto xv = [&](int64_t m) { return lowbit::TensorView(xb.data(), Dtype::bf16, {m, k}, gpu); };
+      auto yv = [&](const lowbit::Tensor& t, int64_t m) {
+        return lowbit::TensorView(t.data(), Dtype::bf16, {m, n}, gpu);
+      };
+
+      // cuBLAS bf16 (cuBLASLt, y = x W^T), per M.
+      std::vector<double> bf16_ms(ms.size());
+      for (size_t mi = 0; mi < ms.size(); ++mi) {
+        const int64_t m = ms[mi];
+        lowbit::mm_cuda::LtGemm g;
+        g.n = n;
+        g.m = m;
+        g.k = k;
+        g.lda = k;
+        g.ldb = k;
+        g.ldd = n;
+        const float one = 1.0f;
+        Row r;
+        r.group = "bf16";
+        r.scheme = "cuBLASLt bf16";
+        r.n = n, r.k = k, r.m = m;
+        r.wbytes = n * k * 2;
+        r.bytes = r.wbytes + m * k * 2 + m * n * 2;
+        r.ms = timer.median([&] {
+          lowbit::mm_cuda::lt_run(g, wb.data(), xb.data(), y.data(), nullptr, nullptr, nullptr,
+                                  &one, lt_ws.data(), lowbit::mm_cuda::kLtWorkspace, s);
+        });
+        r.kernel = "cublasLtMatmul";
+        bf16_ms[mi] = r.ms;
+        rows.push_back(r);
+      }
+
+      auto run_weight_only = [&](const char* text, const std::vector<int64_t>& m_list) {
+        const lowbit::QuantScheme scheme = lowbit::QuantScheme::parse(text);
+        const lowbit::QuantizedTensor q = quantize_weight(wf, scheme, stream);
+        const int64_t wbytes = quantized_bytes(q);
+        std::vector<std::pair<std::string, lowbit::Tensor>> packed;  // layout -> bytes
+        for (const int64_t m : m_list) {
+          const size_t mi = static_cast<size_t>(std::find(ms.begin(), ms.end(), m) - ms.begin());
+          const lowbit::MatmulDesc d = lowbit::MatmulDesc::for_views(yv(y, m), xv(m), q.view());
+          const lowbit::MatmulPlan plan = lowbit::MatmulPlan::select(d);
+          lowbit::MatmulArgs args{xv(m), {}, q.view(), {}, {}, yv(y, m)};
+          if (const int64_t pb = lowbit::prepared_bytes(plan); pb > 0) {
+            const std::string layout = lowbit::weight_layout(plan);
+            auto it = std::find_if(packed.begin(), packed.end(),
+                                   [&](const auto& p) { return p.first == layout; });
+            if (it == packed.end()) {
+              lowbit::Tensor t = lowbit::Tensor::empty({pb}, Dtype::u8, gpu);
+              lowbit::prepare_weight(plan, q.view(), t);
+              packed.emplace_back(layout, std::move(t));
+              it = packed.end() - 1;
+            }
+            args.w_packed = it->second;
+          }
+          lowbit::Buffer ws(static_cast<int64_t>(std::max<size_t>(plan.workspace_size(), 1)), gpu,
+                            &stream);
+          const lowbit::Workspace wsp{ws.data(), plan.workspace_size()};
+          Row r;
+          r.group = "weight-only";
+          r.scheme = text;
+          r.n = n, r.k = k, r.m = m;
+          r.wbytes = wbytes;
+          r.bytes = wbytes + m * k * 2 + m * n * 2;
+          r.ms = timer.median([&] { plan.run(stream, wsp, args); });
+          r.kernel = plan.sku().kernel;
+          if (mi < bf16_ms.size()) r.vs_bf16 = bf16_ms[mi] / r.ms;
+          // Check against the dequantize + cuBLASLt path (the plain layout's when it has one).
+          std::string verdict = "-";
+          try {
+            lowbit::Preference ref;
+            ref.kernel = lowbit::quant_cuda::is_gguf_fast(scheme) ||
+                                 scheme.format != lowbit::QuantFormat::gguf
+                             ? "matmul_cuda_dequant_lt"
+                             : "matmul_cuda_dequant_tc_lt";
+            const lowbit::MatmulDesc dr =
+                lowbit::MatmulDesc::for_views(yv(yref, m), xv(m), q.view());
+            const lowbit::MatmulPlan rp = lowbit::MatmulPlan::select(dr, ref);
+            lowbit::MatmulArgs rargs{xv(m), {}, q.view(), {}, {}, yv(yref, m)};
+            lowbit::Tensor rpacked;
+            if (const int64_t pb = lowbit::prepared_bytes(rp); pb > 0) {
+              rpacked = lowbit::Tensor::empty({pb}, Dtype::u8, gpu);
+              lowbit::prepare_weight(rp, q.view(), rpacked);
+              rargs.w_packed = rpacked;
+            }
+            lowbit::Buffer rws(static_cast<int64_t>(rp.workspace_size()), gpu, &stream);
+            rp.run(stream, {rws.data(), rp.workspace_size()}, rargs);
+            check(cudaMemsetAsync(norms.data(), 0, 16, s), "memset");
+            diff_norms<<<256, 256, 0, s>>>(
+                y.data_as<const uint16_t>(), yref.data_as<const uint16_t>(),
+                static_cast<uint64_t>(m * n), static_cast<double*>(norms.data()));
+            double h[2];
+            check(cudaMemcpy(h, norms.data(), 16, cudaMemcpyDefault), "norms");
+            const double rel = std::sqrt(h[0] / std::max(h[1], 1e-300));
+            char buf[64];
+            std::snprintf(buf, sizeof buf, "%s %.1e", rel <= 1e-2 ? "ok" : "BAD", rel);
+            verdict = buf;
+          } catch (const lowbit::Error& e) {
+            verdict = "no ref (" + std::string(e.what()).substr(0, 60) + ")";
+          }
+          r.check = verdict;
+          rows.push_back(r);
+          std::fprintf(stderr, "  %-60s %.4f ms %s\n", r.pair().c_str(), r.ms, r.check.c_str());
+        }
+      };
+
+      for (const char* text : full_schemes) run_weight_only(text, ms);
+      if (n == 4096 && k == 14336)
+        for (const char* text : gemv_schemes) run_weight_only(text, {1, 16});
+
+      for (const W8A8& c : w8a8) {
+        const lowbit::QuantScheme xs = lowbit::QuantScheme::parse(c.x);
+        const lowbit::QuantScheme ws_ = lowbit::QuantScheme::parse(c.w);
+        const lowbit::QuantizedTensor q = quantize_weight(wf, ws_, stream);
+        for (size_t mi = 0; mi < ms.size(); ++mi) {
+          const int64_t m = ms[mi];
+          for (const bool dynamic : {true, false}) {
+            lowbit::QuantizedTensor xq;
+            lowbit::MatmulDesc d;
+            lowbit::MatmulArgs args;
+            if (dynamic) {
+              d = lowbit::MatmulDesc::for_views(yv(y, m), xv(m), q.view());
+              d.x_scheme = xs;
+              args = {xv(m), {}, q.view(), {}, {}, yv(y, m)};
+            } else {
+              xq = lowbit::QuantizedTensor::allocate(xs, {m, k}, gpu);
+              lowbit::quantize_into(xq.view(), xv(m), false, &stream);
+              d = lowbit::MatmulDesc::for_views(yv(y, m), xq.view(), q.view());
+              args = {{}, xq.view(), q.view(), {}, {}, yv(y, m)};
+            }
+            Row r;
+            r.group = "w8a8";
+            r.scheme = std::string(c.x) + "x" + c.w + (dynamic ? " dyn" : " pre");
+            r.n = n, r.k = k, r.m = m;
+            r.wbytes = quantized_bytes(q);
+            r.bytes = r.wbytes + m * k * (dynamic ? 2 : 1) + m * n * 2;
+            try {
+              const lowbit::MatmulPlan plan = lowbit::MatmulPlan::select(d);
+              lowbit::Buffer wsb(static_cast<int64_t>(std::max<size_t>(plan.workspace_size(), 1)),
+                                 gpu, &stream);
+              const lowbit::Workspace wsp{wsb.data(), plan.workspace_size()};
+              r.ms = timer.median([&] { plan.run(stream, wsp, args); });
+              r.kernel = plan.sku().kernel;
+              r.vs_bf16 = bf16_ms[mi] / r.ms;
+            } catch (const lowbit::Error& e) {
+              r.kernel = std::string("none: ") + e.what();
+              r.ms = 0;
+            }
+            rows.push_back(r);
+            std::fprintf(stderr, "  %-60s %.4f ms %s\n", r.pair().c_str(), r.ms, r.kernel.c_str());
+          }
+        }
+      }
+    }
+
+    for (Row& r : rows) {
+      if (r.ms <= 0) continue;
+      r.gbps = r.bytes / r.ms / 1e6;
+      r.pct = 100.0 * r.gbps / copy_gbps;
+      r.tflops = r.m > 0 ? 2.0 * r.m * r.n * r.k / r.ms / 1e9 : 0;
+    }
+    std::printf(
+        "\nlowbit matmul on %s (%d SMs), bf16 x and y, median of %d reps after an L2 flush\n",
+        props.name.c_str(), props.multiprocessors, reps);
+    std::printf("copy ceiling: %.0f GB/s\n", copy_gbps);
+    std::printf(
+        "| what | N x K | M | ms | x cuBLAS bf16 | GB/s | %% of copy | TFLOP/s | kernel | check "
+        "|\n");
+    std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    for (const Row& r : rows) {
+      if (r.group == "copy") continue;
+      std::printf("| %s %s | %lldx%lld | %lld | %.4f | %.2f | %.0f | %.1f%% | %.1f | %s | %s |\n",
+                  r.group.c_str(), r.scheme.c_str(), static_cast<long long>(r.n),
+                  static_cast<long long>(r.k), static_cast<long long>(r.m), r.ms, r.vs_bf16, r.gbps,
+                  r.pct, r.tflops, r.kernel.c_str(), r.check.c_str());
+    }
+    bool all_ok = true;
+    for (const Row& r : rows)
+      if (r.check.rfind("BAD", 0) == 0) all_ok = false;
+    if (!json_path.empty()) {
+      FILE* f = std::fopen(json_path.c_str(), "w");
+      if (!f) {
+        std::fprintf(stderr, "bench_matmul_cuda: cannot write %s\n", json_path.c_str());
+        return 1;
+      }
+      for (const Row& r : rows)
+        std::fprintf(f,
+                     "{\"bench\": \"matmul_cuda\", \"device\": \"%s\", \"pair\": \"%s\", "
+                     "\"group\": \"%s\", \"scheme\": \"%s\", \"n\": %lld, \"k\": %lld, \"m\": "
+                     "%lld, \"weight_bytes\": %lld, \"bytes\": %lld, \"ms\": %.5f, \"gbps\": %.1f, "
+                     "\"pct_of_copy\": %.2f, \"tflops\": %.2f, \"vs_bf16\": %.3f, \"kernel\": "
+                     "\"%s\", \"check\": \"%s\", \"key\": %s}\n",
+                     props.name.c_str(), r.pair().c_str(), r.group.c_str(), r.scheme.c_str(),
+                     static_cast<long long>(r.n), static_cast<long long>(r.k),
+                     static_cast<long long>(r.m), static_cast<long long>(r.wbytes),
+                     static_cast<long long>(r.bytes), r.ms, r.gbps, r.pct, r.tflops, r.vs_bf16,
+                     r.kernel.c_str(), r.check.c_str(), r.key() ? "true" : "false");
+      std::fclose(f);
+    }
+    if (!all_ok) {
+      std::fprintf(stderr, "bench_matmul_cuda: a result differs from the dequantize path\n");
+      return 1;
+    }
+  } catch (const lowbit::Error& e) {
+    std::fprintf(stderr, "bench_matmul_cuda: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

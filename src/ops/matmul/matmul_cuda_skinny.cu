@@ -1,0 +1,334 @@
+// matmul_cuda_skinny_tc: weight-only y = x · dequant(W)^T for a few rows of x (M <= 16),
+// bf16 / f16 activations, on tensor cores (mma.sync.m16n8k16) over the prepared
+// "cuda_tc16x128" weight layout (matmul_cuda_layout.cuh).
+//
+// Shape of the work (W: [N, K], x: [M, K], y: [M, N]):
+//   block = one 16-row tile of W and all of K; its 4 warps take the 128-k segments in turn
+//   (warp w: segments w, w + 4, ...), so that the block streams contiguous memory.
+//   warp  = per segment: 2 x 16 bytes of codes per lane (4-bit; 2 x 32 for 8-bit), one
+//           16-byte load each, read once (no L1 allocation); 8 mma steps of 16 k, each with the
+//           16 x 16 weight operand decoded in registers and x^T [16 k, 8 rows of x] as the
+//           B operand (8 bytes of x per lane and step, from L1 / L2); NT = ceil(M / 8) mmas.
+// Numbers: the operand is the exact code (u - 8, the byte, the fp8 / e2m1 value); the mma
+// multiplies it by x exactly and sums a scale group's 16..128 products in f32; the group's
+// scale (and offset, times the group's sum of x from an mma with an all-ones operand, for
+// affine formats) is applied to that f32 partial sum. The 4 warps' partial sums are added in
+// warp order through shared memory: deterministic, no atomics.
+#include <cuda_runtime.h>
+
+#include "ops/matmul/matmul_cuda_common.cuh"
+#include "ops/matmul/matmul_kernels.hpp"
+
+namespace lowbit {
+namespace {
+
+using tc::Code;
+using tc::Scale;
+using tc::TcWeights;
+
+constexpr int kWarps = 4;
+constexpr int kMaxM = 16;
+
+struct SkinnyArgs {
+  TcWeights w;
+  const uint8_t* x = nullptr;
+  int64_t x_stride = 0;  ///< elements
+  bool x_vec = true;     ///< rows 8-byte aligned: one 8-byte load per step
+  void* y = nullptr;
+  int64_t y_stride = 0;
+  Dtype y_dtype = Dtype::bf16;
+  const void* bias = nullptr;
+  int m = 0;
+  int64_t n = 0;
+};
+
+template <bool kBf16>
+__device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+  if constexpr (kBf16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+}
+
+/// A 16-byte load of data read once: not kept in L1 (x keeps it).
+__device__ __forceinline__ uint4 load_stream16(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+/// x[row][k .. k + 3] as two 32-bit operand registers (16-bit x).
+__device__ __forceinline__ uint2 load_x4(const SkinnyArgs& p, int row, int64_t k) {
+  const uint8_t* at = p.x + (static_cast<int64_t>(row) * p.x_stride + k) * 2;
+  if (p.x_vec) return __ldg(reinterpret_cast<const uint2*>(at));
+  const auto* h = reinterpret_cast<const uint16_t*>(at);
+  return make_uint2(h[0] | (static_cast<uint32_t>(h[1]) << 16),
+                    h[2] | (static_cast<uint32_t>(h[3]) << 16));
+}
+
+template <Code C, Scale S, int kStepsLog2, bool kBf16, int NT>
+__global__ void __launch_bounds__(kWarps * 32) skinny_tc_kernel(SkinnyArgs p) {
+  constexpr int kBits = (C == Code::u4 || C == Code::fp4) ? 4 : 8;
+  constexpr int kWords = kBits == 4 ? 4 : 8;  // 32-bit code words per lane and half
+  constexpr int kGS = 1 << kStepsLog2;        // steps per scale group
+  constexpr int kFlushes = 8 / kGS;           // groups per segment
+  constexpr float kF = (C == Code::fp4 && !kBf16) ? tc::kFp4F16Factor : 1.0f;
+  constexpr uint32_t kOnes = kBf16 ? 0x3f803f80u : 0x3c003c00u;  // (1.0, 1.0)
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int r = lane >> 2, q = lane & 3;
+  const int64_t tile = blockIdx.x;
+  const int64_t row0 = tile * 16 + r, row1 = row0 + 8;
+  const bool affine = S == Scale::q4k || (S == Scale::integer && p.w.zero != nullptr);
+
+  float acc[NT][4];
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
+
+  for (int64_t s = warp; s < p.w.segments; s += kWarps) {
+    // Codes of rows r and r + 8: 16 (or 32) bytes each, one load per 16 bytes.
+    uint32_t c0[kWords], c1[kWords];
+    const uint8_t* base0 =
+        p.w.codes + tc::lane_code_offset(p.w.segments, kWords * 4, tile, s, 0, lane);
+    const uint8_t* base1 =
+        p.w.codes + tc::lane_code_offset(p.w.segments, kWords * 4, tile, s, 1, lane);
+#pragma unroll
+    for (int v = 0; v < kWords / 4; ++v) {
+      const uint4 t0 = load_stream16(base0 + 16 * v);
+      const uint4 t1 = load_stream16(base1 + 16 * v);
+      c0[4 * v] = t0.x, c0[4 * v + 1] = t0.y, c0[4 * v + 2] = t0.z, c0[4 * v + 3] = t0.w;
+      c1[4 * v] = t1.x, c1[4 * v + 1] = t1.y, c1[4 * v + 2] = t1.z, c1[4 * v + 3] = t1.w;
+    }
+    // The segment's group scales for both rows.
+    float a0s[kFlushes], a1s[kFlushes], b0s[kFlushes], b1s[kFlushes];
+#pragma unroll
+    for (int f = 0; f < kFlushes; ++f) {
+      const int64_t k0 = s * 128 + f * kGS * 16;
+      tc::group_ab<S>(p.w, row0, k0, a0s[f], b0s[f]);
+      tc::group_ab<S>(p.w, row1, k0, a1s[f], b1s[f]);
+    }
+    // x^T operand: row c = 8 t + r of x, k = 128 s + 16 j + 4 q .. + 3.
+    uint2 xv[NT][8];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      const int c = 8 * t + r;
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        xv[t][j] = c < p.m ? load_x4(p, c, tc::step_k(s, j, q)) : make_uint2(0u, 0u);
+    }
+    float g[NT][4], g1[NT][4];
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) g[t][i] = g1[t][i] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const uint32_t w0 = c0[tc::step_word(kBits, j)], w1 = c1[tc::step_word(kBits, j)];
+      const int p0 = tc::step_pair(kBits, j, 0), p1 = tc::step_pair(kBits, j, 1);
+      const uint32_t a0 = tc::decode_pair<C, kBf16>(w0, p0);
+      const uint32_t a1 = tc::decode_pair<C, kBf16>(w1, p0);
+      const uint32_t a2 = tc::decode_pair<C, kBf16>(w0, p1);
+      const uint32_t a3 = tc::decode_pair<C, kBf16>(w1, p1);
+#pragma unroll
+      for (int t = 0; t < NT; ++t) mma16816<kBf16>(g[t], a0, a1, a2, a3, xv[t][j].x, xv[t][j].y);
+      if (affine) {
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+          mma16816<kBf16>(g1[t], kOnes, kOnes, kOnes, kOnes, xv[t][j].x, xv[t][j].y);
+      }
+      if ((j & (kGS - 1)) == kGS - 1) {
+        const int f = j >> kStepsLog2;
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+          acc[t][0] += a0s[f] * (g[t][0] * kF);
+          acc[t][1] += a0s[f] * (g[t][1] * kF);
+          acc[t][2] += a1s[f] * (g[t][2] * kF);
+          acc[t][3] += a1s[f] * (g[t][3] * kF);
+          if (affine) {
+            acc[t][0] += b0s[f] * g1[t][0];
+            acc[t][1] += b0s[f] * g1[t][1];
+            acc[t][2] += b1s[f] * g1[t][2];
+            acc[t][3] += b1s[f] * g1[t][3];
+          }
+#pragma unroll
+          for (int i = 0; i < 4; ++i) g[t][i] = g1[t][i] = 0.0f;
+        }
+      }
+    }
+  }
+
+  // The warps' sums, added in warp order.
+  __shared__ float red[kWarps - 1][NT * 4][32];
+  if (warp > 0) {
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) red[warp - 1][4 * t + i][lane] = acc[t][i];
+  }
+  __syncthreads();
+  if (warp != 0) return;
+#pragma unroll
+  for (int w = 0; w < kWarps - 1; ++w)
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[t][i] += red[w][4 * t + i][lane];
+
+  const float global = S == Scale::e4m3 ? p.w.global[0] : 1.0f;
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t row = i < 2 ? row0 : row1;
+      const int c = 8 * t + 2 * q + (i & 1);
+      if (c >= p.m || row >= p.n) continue;
+      float v = acc[t][i];
+      if (S == Scale::e4m3) v *= global;
+      if (p.bias) v += quant_cuda::load_any(p.bias, p.y_dtype, static_cast<uint64_t>(row));
+      quant_cuda::store_any(p.y, p.y_dtype, static_cast<uint64_t>(c * p.y_stride + row), v);
+    }
+}
+
+// ---- dispatch ---------------------------------------------------------------------------------
+
+using Launcher = void (*)(const SkinnyArgs&, int64_t tiles, cudaStream_t);
+
+template <Code C, Scale S, int SL, bool kBf16, int NT>
+void launch(const SkinnyArgs& a, int64_t tiles, cudaStream_t stream) {
+  skinny_tc_kernel<C, S, SL, kBf16, NT>
+      <<<static_cast<unsigned>(tiles), kWarps * 32, 0, stream>>>(a);
+  mm_cuda::check_launch("skinny_tc_kernel");
+}
+
+template <Code C, Scale S, int SL>
+Launcher pick(bool bf16, int nt) {
+  if (bf16) return nt == 1 ? &launch<C, S, SL, true, 1> : &launch<C, S, SL, true, 2>;
+  return nt == 1 ? &launch<C, S, SL, false, 1> : &launch<C, S, SL, false, 2>;
+}
+
+/// The instantiation for a format, or null (with the reason) when none is built.
+Launcher launcher_for(const tc::Format& f, bool bf16, int nt, std::string* why) {
+  const int sl = f.steps_log2;
+  switch (f.scale) {
+    case Scale::integer:
+      if (sl == 0) break;
+      if (f.code == Code::u4)
+        return sl == 1   ? pick<Code::u4, Scale::integer, 1>(bf16, nt)
+               : sl == 2 ? pick<Code::u4, Scale::integer, 2>(bf16, nt)
+                         : pick<Code::u4, Scale::integer, 3>(bf16, nt);
+      return sl == 1   ? pick<Code::i8, Scale::integer, 1>(bf16, nt)
+             : sl == 2 ? pick<Code::i8, Scale::integer, 2>(bf16, nt)
+                       : pick<Code::i8, Scale::integer, 3>(bf16, nt);
+    case Scale::f32:
+      if (sl != 3) break;
+      return f.code == Code::e4m3 ? pick<Code::e4m3, Scale::f32, 3>(bf16, nt)
+                                  : pick<Code::e5m2, Scale::f32, 3>(bf16, nt);
+    case Scale::e4m3:
+      return pick<Code::fp4, Scale::e4m3, 0>(bf16, nt);
+    case Scale::e8m0:
+      return pick<Code::fp4, Scale::e8m0, 1>(bf16, nt);
+    case Scale::f16d:
+      return f.code == Code::u4 ? pick<Code::u4, Scale::f16d, 1>(bf16, nt)
+                                : pick<Code::i8, Scale::f16d, 1>(bf16, nt);
+    case Scale::q4k:
+      return pick<Code::u4, Scale::q4k, 1>(bf16, nt);
+    case Scale::q6k:
+      return pick<Code::i8, Scale::q6k, 0>(bf16, nt);
+  }
+  if (why)
+    *why = "scale groups of " + std::to_string(f.group) +
+           " elements have no instantiation here (the dequantize path serves them)";
+  return nullptr;
+}
+
+class MatmulCudaSkinny final : public MatmulKernel {
+ public:
+  std::string_view name() const override { return "matmul_cuda_skinny_tc"; }
+
+  std::string decline(const MatmulDesc& d) const override {
+    std::string why = mm_cuda::cuda_device_decline(
+        d, reinterpret_cast<const void*>(&skinny_tc_kernel<Code::u4, Scale::integer, 1, true, 1>));
+    if (!why.empty()) return why;
+    if (d.x_scheme) return "weight-only kernel (x_scheme is set: W8A8)";
+    if (d.x != Dtype::bf16 && d.x != Dtype::f16)
+      return "x is " + std::string(dtype_name(d.x)) + "; the tensor-core operands are bf16 / f16";
+    if (d.m > kMaxM)
+      return "M = " + std::to_string(d.m) + " > " + std::to_string(kMaxM) +
+             " (a GEMV kernel: every warp re-reads x; larger M goes to a GEMM)";
+    const auto f = tc::format_of(d.w, d.n, d.k, &why);
+    if (!f) return why;
+    if (!launcher_for(*f, true, 1, &why)) return why;
+    return {};
+  }
+
+  KernelSku sku(const MatmulDesc& d) const override {
+    return {"matmul",
+            Backend::cuda,
+            std::string(dtype_name(d.x)) + "x" + d.w.str() + "->" + std::string(dtype_name(d.y)),
+            d.w.str(),
+            d.device.is_cuda() ? mm_cuda::cuda_arch(d.device.index) : "sm_90",
+            std::string(name())};
+  }
+
+  PrecisionGuarantee precision(const MatmulDesc&) const override {
+    return {
+        "exact codes times x on tensor cores (mma.sync bf16/f16), f32 sums per scale group, "
+        "group scale applied in f32; 4 k-slices added in a fixed order",
+        Dtype::f32, true, false};
+  }
+
+  std::string weight_layout(const MatmulDesc&) const override { return tc::kLayoutName; }
+  int64_t prepared_bytes(const MatmulDesc& d) const override {
+    return mm_cuda::tc_plan(d).layout.bytes;
+  }
+  void prepare(const MatmulDesc& d, const QuantizedView& w, const TensorView& packed,
+               const Stream& stream) const override {
+    mm_cuda::tc_prepare(d, w, packed, stream);
+  }
+
+  void run(const MatmulDesc& d, const MatmulArgs& a, const Stream& stream,
+           Workspace) const override {
+    if (d.m == 0 || d.n == 0) return;
+    if (!a.w_packed.data())
+      throw_error(ErrorCode::invalid_argument,
+                  "matmul: matmul_cuda_skinny_tc needs the prepared weight (prepare_weight)");
+    const mm_cuda::TcPlan tp = mm_cuda::tc_plan(d);
+    SkinnyArgs sa;
+    sa.w = mm_cuda::tc_weights(tp.format, tp.layout, a.w_packed.data());
+    sa.x = static_cast<const uint8_t*>(a.x.data());
+    sa.x_stride = d.x_stride();
+    sa.x_vec = quant_cuda::aligned(a.x.data(), 8) && sa.x_stride % 4 == 0;
+    sa.y = a.y.data();
+    sa.y_stride = d.y_stride();
+    sa.y_dtype = d.y;
+    sa.bias = d.bias ? a.bias.data() : nullptr;
+    sa.m = static_cast<int>(d.m);
+    sa.n = d.n;
+    const Launcher l = launcher_for(tp.format, d.x == Dtype::bf16, d.m > 8 ? 2 : 1, nullptr);
+    mm_cuda::DeviceScope scope(d.device.index);
+    l(sa, tp.layout.tiles, static_cast<cudaStream_t>(stream.native_handle()));
+  }
+};
+
+}  // namespace
+
+const MatmulKernel& matmul_cuda_skinny_kernel() {
+  static const MatmulCudaSkinny kernel;
+  return kernel;
+}
+
+}  // namespace lowbit
