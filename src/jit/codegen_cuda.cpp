@@ -973,8 +973,8 @@ struct Gen {
   /// row statistics (per-row groups) and the finiteness check.
   std::string quant_element(const QuantShape& q, const std::string& at,
                             const std::string& indent) const {
-    std::string s = fmt::format("{}const float v = {};\n{}lbq_v[{}] = v;\n", indent,
-                                quant_value("y0"), indent, at);
+    std::string s = fmt::format("{}const float v = {};\n", indent, quant_value("y0"));
+    if (!at.empty()) s += fmt::format("{}lbq_v[{}] = v;\n", indent, at);
     if (!q.block) s += fold_stats(q, "v", "lbq_a", "lbq_lo", "lbq_hi", indent);
     if (p.check_finite)
       s += fmt::format(
@@ -1043,6 +1043,7 @@ struct Gen {
       s += fmt::format("      if (u + blockDim.x < K / {}) {{\n", g);
       s += load("u + blockDim.x", "        ");
       s += "      }\n";
+      if (g % 4 == 0 && !rolled(g)) s += fmt::format("      float lbq_u[{}];\n", g);
       s += fmt::format("#pragma unroll{}\n      for (int j = 0; j < {}; ++j) {{\n",
                        rolled(g) ? " 1" : "", g);
       for (size_t k = 0; k < ni; ++k) {
@@ -1054,8 +1055,20 @@ struct Gen {
       s += declare_outputs("        ");
       s += "        " + eval_call() + "\n";
       s += fmt::format("        const {} e = g * {} + j;\n        (void)e;\n", idx, g);
-      s += quant_element(q, fmt::format("u * {} + j", g), "        ");
-      s += "      }\n    }\n";
+      if (g % 4 == 0 && !rolled(g)) {
+        // The unit's values leave in float4 stores.
+        s += quant_element(q, "", "        ");
+        s += "        lbq_u[j] = v;\n      }\n";
+        s += fmt::format(
+            "#pragma unroll\n      for (int w = 0; w < {0} / 4; ++w) ((float4*)lbq_v)[u * ({0} / "
+            "4) "
+            "+ w] = make_float4(lbq_u[4 * w], lbq_u[4 * w + 1], lbq_u[4 * w + 2], lbq_u[4 * w + "
+            "3]);\n    }}\n",
+            g);
+      } else {
+        s += quant_element(q, fmt::format("u * {} + j", g), "        ");
+        s += "      }\n    }\n";
+      }
     } else {
       s += fmt::format(
           "    for ({0} j = threadIdx.x; j < K; j += blockDim.x) {{\n"
@@ -1122,31 +1135,34 @@ struct Gen {
           indent, j, q.b);
     };
     if (v.qstore) {
-      s += fmt::format("    for ({} u = threadIdx.x; u < K / 16; u += blockDim.x) {{\n", idx);
-      s += params_at("u * 16", "      ");
-      s += "      unsigned w[4] = {0u, 0u, 0u, 0u};\n";
+      // Units of 4 elements: a float4 from shared memory (consecutive threads read
+      // consecutive 16 bytes: no bank conflicts) and one 4-byte (8-bit codes) or 2-byte
+      // (4-bit codes) store, coalesced across the warp.
+      s += fmt::format("    for ({} u = threadIdx.x; u < K / 4; u += blockDim.x) {{\n", idx);
+      s += params_at("u * 4", "      ");
+      s += "      const float4 f = ((const float4*)lbq_v)[u];\n";
       if (q.kind == QuantShape::fp8 || q.kind == QuantShape::mx8) {
         // fp8 codes in pairs: one conversion instruction per pair on the GPU.
-        const std::string y0 = q.kind == QuantShape::fp8 ? "lbq_v[u * 16 + j] * inv"
-                                                         : "lbq_mx_unscale(lbq_v[u * 16 + j], z)";
-        const std::string y1 = q.kind == QuantShape::fp8
-                                   ? "lbq_v[u * 16 + j + 1] * inv"
-                                   : "lbq_mx_unscale(lbq_v[u * 16 + j + 1], z)";
+        auto y = [&](const char* c) {
+          return q.kind == QuantShape::fp8 ? fmt::format("f.{} * inv", c)
+                                           : fmt::format("lbq_mx_unscale(f.{}, z)", c);
+        };
+        const char* e5 = q.e5m2 ? "true" : "false";
         s += fmt::format(
-            "#pragma unroll\n      for (int j = 0; j < 16; j += 2) w[j >> 2] |= "
-            "lbrt::fp8x2({}, {}, {}) << (8 * (j & 3));\n",
-            y0, y1, q.e5m2 ? "true" : "false");
+            "      ((unsigned*)p.qcodes)[base / 4 + u] = lbrt::fp8x2({}, {}, {}) | "
+            "(lbrt::fp8x2({}, {}, {}) << 16);\n",
+            y("x"), y("y"), e5, y("z"), y("w"), e5);
       } else {
-        s += "#pragma unroll\n"
-             "      for (int j = 0; j < 16; ++j) {\n        const float v = lbq_v[u * 16 + j];\n";
-        s += "        const unsigned c = " + code_of(q, "v", "inv", "z") + ";\n";
-        s += q.packed ? "        w[j >> 3] |= (c & 15u) << (4 * (j & 7));\n"
-                      : "        w[j >> 2] |= (c & 255u) << (8 * (j & 3));\n";
-        s += "      }\n";
+        s += "      const unsigned c0 = " + code_of(q, "f.x", "inv", "z") + ";\n";
+        s += "      const unsigned c1 = " + code_of(q, "f.y", "inv", "z") + ";\n";
+        s += "      const unsigned c2 = " + code_of(q, "f.z", "inv", "z") + ";\n";
+        s += "      const unsigned c3 = " + code_of(q, "f.w", "inv", "z") + ";\n";
+        s += q.packed
+                 ? "      ((unsigned short*)p.qcodes)[base / 4 + u] = (unsigned short)((c0 & 15u) "
+                   "| ((c1 & 15u) << 4) | ((c2 & 15u) << 8) | ((c3 & 15u) << 12));\n"
+                 : "      ((unsigned*)p.qcodes)[base / 4 + u] = (c0 & 255u) | ((c1 & 255u) << 8) "
+                   "| ((c2 & 255u) << 16) | ((c3 & 255u) << 24);\n";
       }
-      s += q.packed
-               ? "      ((uint2*)p.qcodes)[base / 16 + u] = make_uint2(w[0], w[1]);\n"
-               : "      ((uint4*)p.qcodes)[base / 16 + u] = make_uint4(w[0], w[1], w[2], w[3]);\n";
       s += "    }\n";
     } else if (q.packed) {
       s += fmt::format("    for ({} j2 = threadIdx.x; j2 < K / 2; j2 += blockDim.x) {{\n", idx);

@@ -138,7 +138,7 @@ struct Variant {
   std::vector<Layout::Class> cls;
   bool pair = false;  ///< strided: a thread computes element pairs (a packed output)
   /// The quantize epilogue: a block per row (vec: pass 1 in 16-byte vectors); qstore: codes
-  /// in 16-element vectors (rows and blocks multiples of 16, codes 16-byte aligned).
+  /// of 4 elements per store (rows and blocks multiples of 4, codes 4-byte aligned).
   bool quant = false;
   bool qstore = false;
   std::string key() const;

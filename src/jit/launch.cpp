@@ -298,8 +298,8 @@ class FusedCuda final : public Kernel<FusedOp> {
       if (L.cls[k] == Layout::Class::full)
         vec = reinterpret_cast<uintptr_t>(a.inputs[k].data()) % 16 == 0;
     const bool block = d.scheme.granularity == Granularity::block;
-    const bool qstore = K % 16 == 0 && (!block || d.scheme.block % 16 == 0) &&
-                        reinterpret_cast<uintptr_t>(q.codes.data()) % 16 == 0;
+    const bool qstore = K % 4 == 0 && (!block || d.scheme.block % 4 == 0) &&
+                        reinterpret_cast<uintptr_t>(q.codes.data()) % 4 == 0;
     int which = -1;
     const fusion::Compiled* compiled;
     {

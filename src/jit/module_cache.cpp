@@ -243,8 +243,19 @@ ModuleCache& ModuleCache::global() {
 }
 
 std::string ModuleCache::key_for(const std::string& canonical, const std::string& arch) {
-  return fmt::format("lowbit-jit|codegen {}|nvrtc {}|{}|{}|headers {}|{}", kCodegenVersion,
-                     nvrtc_version(), arch, nvrtc_flags(), hex64(jit_headers().hash), canonical);
+  // "lowbit-jit|codegen V|nvrtc M.m|<arch>|<flags>|headers <hash>|<canonical>", the fixed
+  // parts formatted once (this runs for every new descriptor's first launch).
+  static const std::string head =
+      fmt::format("lowbit-jit|codegen {}|nvrtc {}|", kCodegenVersion, nvrtc_version());
+  static const std::string mid =
+      fmt::format("|{}|headers {}|", nvrtc_flags(), hex64(jit_headers().hash));
+  std::string k;
+  k.reserve(head.size() + arch.size() + mid.size() + canonical.size());
+  k += head;
+  k += arch;
+  k += mid;
+  k += canonical;
+  return k;
 }
 
 std::shared_ptr<const Compiled> ModuleCache::lookup(const std::string& key) {

@@ -376,7 +376,7 @@ std::vector<fusion::Variant> quant_variants(const FusedDesc& d) {
       if (vec && !v.vec) continue;
       const bool block = d.scheme.granularity == Granularity::block;
       v.qstore = qstore;
-      if (qstore && !(K % 16 == 0 && (!block || d.scheme.block % 16 == 0))) continue;
+      if (qstore && !(K % 4 == 0 && (!block || d.scheme.block % 4 == 0))) continue;
       out.push_back(v);
     }
   return out;
@@ -436,6 +436,8 @@ const char* const kThreadShim = R"(#pragma once
 #define __shared__ static
 struct uint4 { unsigned x, y, z, w; };
 struct uint2 { unsigned x, y; };
+struct alignas(16) float4 { float x, y, z, w; };
+inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
 inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
 inline uint2 make_uint2(unsigned a, unsigned b) { return {a, b}; }
 struct Dim3 { unsigned x = 0, y = 0, z = 0; };
@@ -477,8 +479,8 @@ extern "C" int lowbit_emulate(const void* params, unsigned blocks, unsigned thre
                               unsigned smem) {
   Params p;
   std::memcpy(&p, params, sizeof p);
-  std::vector<double> dyn(smem / 8 + 2);
-  lb_emu_dyn = reinterpret_cast<char*>(dyn.data());
+  std::vector<double> dyn(smem / 8 + 4);
+  lb_emu_dyn = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(dyn.data()) + 15) & ~uintptr_t{15});
   gridDim.x = blocks;
   blockDim.x = threads;
   for (unsigned b = 0; b < blocks; ++b) {
