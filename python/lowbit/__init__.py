@@ -6,11 +6,15 @@
     w2 = lowbit.dequantize(q)                       # float32, like w
     codes = np.asarray(q.data)                      # zero-copy views of the parts
     y = lowbit.fake_quantize(x_torch, "fp8e4m3:token")   # autograd: straight-through
+    y = lowbit.matmul(x, q)                         # x @ dequantize(q).T, from the codes
+    out = lowbit.fuse(lowbit.fx.silu(lowbit.fx.input(a)) * b)   # one fused pass
 
 Inputs are NumPy arrays (ml_dtypes' bfloat16 / float8 types included), PyTorch tensors (CPU,
 and CUDA where lowbit was built with CUDA) or any object with __dlpack__; they are read in
 place, without copies. Results come back in the input's framework. lowbit.load / save read
-and write safetensors and GGUF files (memory-mapped, zero-copy). docs/python.md has the
+and write safetensors and GGUF files (memory-mapped, zero-copy); lowbit.matmul /
+QuantizedLinear run the quantized matmul; lowbit.fx and lowbit.fuse evaluate element-wise
+expressions in one pass. docs/python.md has the
 tutorial.
 """
 
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _arrays, _lowbit
+from . import _arrays, _lowbit, fx
 from ._arrays import as_array, dtype_name
 from ._files import load, load_metadata, save
 from ._lowbit import Array, CorruptFileError, PlanInfo, QuantizedTensor, Scheme
@@ -30,6 +34,7 @@ __all__ = [
     "Array",
     "CorruptFileError",
     "PlanInfo",
+    "QuantizedLinear",
     "QuantizedTensor",
     "Scheme",
     "__version__",
@@ -39,9 +44,11 @@ __all__ = [
     "dequantize",
     "dtype_name",
     "fake_quantize",
+    "fuse",
     "info",
     "load",
     "load_metadata",
+    "matmul",
     "plan_info",
     "quantize",
     "save",
@@ -141,9 +148,11 @@ def plan_info(op: str, *args: Any, **kwargs: Any) -> PlanInfo:
         plan_info("quantize", x, scheme, given_scales=False)
         plan_info("dequantize", q, dtype="f32")
         plan_info("convert", x, dtype, saturation="none")
+        plan_info("matmul", x, q, bias=False, out_dtype=None, x_scheme=None)
 
     .sku names the kernel, .precision states what it promises, .declined lists the kernels
-    tried before it with their reasons. Raises NotImplementedError (with every kernel's
+    tried before it with their reasons; matmul plans also give .weight_layout ("plain" or the
+kernel's own) and .prepared_bytes. Raises NotImplementedError (with every kernel's
     reason) when none fits.
     """
     if op == "quantize":
@@ -152,7 +161,11 @@ def plan_info(op: str, *args: Any, **kwargs: Any) -> PlanInfo:
         return _plan_dequantize(*args, **kwargs)
     if op == "convert":
         return _plan_convert(*args, **kwargs)
-    raise ValueError(f'plan_info: op must be "quantize", "dequantize" or "convert", got {op!r}')
+    if op == "matmul":
+        return _plan_matmul(*args, **kwargs)
+    raise ValueError(
+        f'plan_info: op must be "quantize", "dequantize", "convert" or "matmul", got {op!r}'
+    )
 
 
 def _plan_quantize(x: Any, scheme: Scheme | str, given_scales: bool = False) -> PlanInfo:
@@ -165,6 +178,199 @@ def _plan_dequantize(q: QuantizedTensor, dtype: Any = "f32") -> PlanInfo:
 
 def _plan_convert(x: Any, dtype: Any, saturation: str = "none") -> PlanInfo:
     return _lowbit.plan_convert(as_array(x), dtype_name(dtype), saturation)
+
+
+def _plan_matmul(
+    x: Any,
+    q: QuantizedTensor,
+    bias: bool = False,
+    out_dtype: Any = None,
+    x_scheme: Scheme | str | None = None,
+) -> PlanInfo:
+    _check_weight("plan_info", q)
+    return _lowbit.plan_matmul(
+        as_array(x), q, bool(bias), None if out_dtype is None else dtype_name(out_dtype), x_scheme
+    )
+
+
+# ---- matmul -------------------------------------------------------------------------------------
+
+
+def _check_weight(who: str, q: Any) -> None:
+    if not isinstance(q, QuantizedTensor):
+        raise TypeError(
+            f"{who}: the weight must be a lowbit.QuantizedTensor (lowbit.quantize(w, scheme)), "
+            f"got {type(q).__name__}"
+        )
+
+
+def matmul(
+    x: Any,
+    q: QuantizedTensor,
+    bias: Any = None,
+    out_dtype: Any = None,
+    *,
+    x_scheme: Scheme | str | None = None,
+) -> Any:
+    """y = x @ dequantize(q).T (+ bias), computed from q's codes: x of shape [..., K] (f32,
+    f16 or bf16), q of logical shape [N, K] (any scheme), y of shape [..., N] in
+    `out_dtype` (default: x's dtype), in x's framework and on x's device.
+
+    W8A8: `x_scheme` (e.g. "int8:token", "fp8e4m3:token") quantizes x dynamically inside the
+    plan and multiplies codes by codes; or pass an already quantized 2-D x (a
+    QuantizedTensor; y then defaults to f32). `bias` is [N], converted to y's dtype if it
+    has another. The weight is prepared per call when the kernel wants its own layout: use
+    QuantizedLinear to prepare it once.
+    """
+    _check_weight("matmul", q)
+    b = None if bias is None else as_array(bias)
+    od = None if out_dtype is None else dtype_name(out_dtype)
+    if isinstance(x, QuantizedTensor):
+        return _arrays.wrap(_lowbit.matmul(x, q, b, od, x_scheme), x._origin)
+    return _arrays.wrap(_lowbit.matmul(as_array(x), q, b, od, x_scheme), _arrays.framework(x))
+
+
+class QuantizedLinear:
+    """A linear layer over a quantized weight: ``layer(x) == matmul(x, q, bias)``, with the
+    plan chosen per (rows, dtype) and the weight prepared once per layout the kernels want,
+    then kept (thread-safe). `q` (and `bias`) stay referenced, not copied.
+
+        layer = lowbit.QuantizedLinear(lowbit.quantize(w, "int4:block32"), bias)
+        y = layer(x)                                   # x [..., K] -> y [..., N]
+        layer.plan_for(1, "bf16").sku                  # the kernel a 1-row bf16 call uses
+    """
+
+    def __init__(
+        self, q: QuantizedTensor, bias: Any = None, *, x_scheme: Scheme | str | None = None
+    ) -> None:
+        _check_weight("QuantizedLinear", q)
+        self._impl = _lowbit._Linear(q, None if bias is None else as_array(bias), x_scheme)
+        self._bias = bias
+
+    def __call__(self, x: Any, out_dtype: Any = None) -> Any:
+        od = None if out_dtype is None else dtype_name(out_dtype)
+        return _arrays.wrap(self._impl.call(as_array(x), od), _arrays.framework(x))
+
+    def plan_for(self, m: int, dtype: Any = "f32", out_dtype: Any = None) -> PlanInfo:
+        """The plan a call with `m` rows of `dtype` uses: .sku, .precision, .weight_layout."""
+        od = None if out_dtype is None else dtype_name(out_dtype)
+        return self._impl.plan_for(int(m), dtype_name(dtype), od)
+
+    @property
+    def weight(self) -> QuantizedTensor:
+        return self._impl.weight
+
+    @property
+    def bias(self) -> Any:
+        return self._bias
+
+    @property
+    def x_scheme(self) -> Scheme | None:
+        return self._impl.x_scheme
+
+    @property
+    def in_features(self) -> int:
+        return self._impl.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self._impl.weight.shape[0]
+
+    @property
+    def prepared_layouts(self) -> list[str]:
+        """The prepared weights kept so far, by layout name."""
+        return self._impl.prepared_layouts
+
+    def __repr__(self) -> str:
+        w = self._impl.weight
+        xs = f", x_scheme={self.x_scheme}" if self.x_scheme is not None else ""
+        return (
+            f"lowbit.QuantizedLinear(in_features={w.shape[1]}, out_features={w.shape[0]}, "
+            f"{w.scheme}, bias={self._bias is not None}{xs}, {w.device})"
+        )
+
+
+# ---- fuse ---------------------------------------------------------------------------------------
+
+
+def _output(out: Any) -> Any:
+    """An output of fuse: a QuantizedTensor, or an array written in place (never a copy)."""
+    if isinstance(out, QuantizedTensor):
+        return out
+    a = as_array(out)
+    ptr = None
+    if isinstance(out, _arrays.np.ndarray):
+        ptr = out.__array_interface__["data"][0]
+        if not out.flags.writeable:
+            raise ValueError("fuse: the output NumPy array is read-only")
+    if ptr is not None and a.data_ptr != ptr:
+        raise ValueError(
+            f"fuse: the output ({out.dtype}, strides {out.strides}) cannot be written in place "
+            "by lowbit (it would be a copy); pass a native-endian array with non-negative strides"
+        )
+    return a
+
+
+def fuse(
+    what: Any,
+    *,
+    out: Any = None,
+    dtype: Any = None,
+    scheme: Scheme | str | None = None,
+    check_finite: bool = True,
+) -> Any:
+    """Evaluates element-wise expressions (lowbit.fx) in one pass over memory.
+
+        fuse(expr)                          -> a new array of the inputs' broadcast shape,
+                                               expr's dtype (or `dtype`), in the first
+                                               input's framework
+        fuse(expr, scheme="fp8e4m3:token")  -> a new QuantizedTensor: the quantize epilogue
+                                               (the bits of quantize(fuse(expr), scheme))
+        fuse(expr, out=arr)                 -> writes into arr (an array, or a
+                                               QuantizedTensor: the epilogue), returns it
+        fuse([(out1, e1), (out2, e2)])      -> several outputs in one pass, in place
+        fuse({out1: e1, out2: e2})          -> the same, for hashable outputs (torch
+                                               tensors, QuantizedTensors; not NumPy arrays)
+        fuse([e1, e2])                      -> a tuple of new arrays
+
+    `check_finite=False` skips the epilogue's refusal of NaN / Inf (their codes are then
+    unspecified).
+    """
+    if not isinstance(what, (list, tuple, dict)):
+        what = fx.input(what)  # an Expr stays itself; an array becomes its copy's expression
+        if out is not None:
+            if dtype is not None or scheme is not None:
+                raise ValueError("fuse: out= takes its dtype / scheme from the output")
+            _lowbit._fuse_into([(_output(out), what)], check_finite)
+            return out
+        res = _lowbit._fuse_new(
+            [what], None if dtype is None else dtype_name(dtype), scheme, check_finite
+        )
+        if scheme is not None:
+            return res
+        return _arrays.wrap(res[0], what.origin)
+    if out is not None or scheme is not None:
+        raise ValueError(
+            "fuse: out= and scheme= go with one expression; several outputs are given as "
+            "pairs (out, expression)"
+        )
+    items = list(what.items()) if isinstance(what, dict) else list(what)
+    if items and all(isinstance(e, fx.Expr) for e in items):
+        res = _lowbit._fuse_new(items, None if dtype is None else dtype_name(dtype), None,
+                                check_finite)
+        return tuple(_arrays.wrap(r, e.origin) for r, e in zip(res, items))
+    if dtype is not None:
+        raise ValueError("fuse: outputs given in place take their dtypes from themselves")
+    pairs = []
+    for item in items:
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise TypeError(
+                "fuse: give expressions, or pairs (out, expression); got "
+                f"{type(item).__name__}"
+            )
+        pairs.append((_output(item[0]), item[1]))
+    _lowbit._fuse_into(pairs, check_finite)
+    return None
 
 
 def _from_parts(

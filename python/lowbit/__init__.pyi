@@ -5,6 +5,9 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
+from . import fx as fx
+from .fx import Expr
+
 __version__: str
 
 ArrayLike = Any  # numpy.ndarray, torch.Tensor, an object with __dlpack__, or a sequence
@@ -159,6 +162,32 @@ class PlanInfo:
     def declined(self) -> list[tuple[str, str]]: ...
     @property
     def workspace_size(self) -> int: ...
+    @property
+    def weight_layout(self) -> str | None: ...  # matmul: "plain" or the kernel's own layout
+    @property
+    def prepared_bytes(self) -> int: ...  # matmul: bytes of the prepared weight (0: plain)
+
+class QuantizedLinear:
+    """A linear layer over a quantized weight [N, K]: plans per (rows, dtype), the weight
+    prepared once per layout and kept."""
+
+    def __init__(
+        self, q: QuantizedTensor, bias: ArrayLike | None = None, *, x_scheme: Scheme | str | None = None
+    ) -> None: ...
+    def __call__(self, x: ArrayLike, out_dtype: DtypeLike | None = None) -> Any: ...
+    def plan_for(self, m: int, dtype: DtypeLike = "f32", out_dtype: DtypeLike | None = None) -> PlanInfo: ...
+    @property
+    def weight(self) -> QuantizedTensor: ...
+    @property
+    def bias(self) -> Any: ...
+    @property
+    def x_scheme(self) -> Scheme | None: ...
+    @property
+    def in_features(self) -> int: ...
+    @property
+    def out_features(self) -> int: ...
+    @property
+    def prepared_layouts(self) -> list[str]: ...
 
 def asarray(x: ArrayLike) -> Array: ...
 def dtype_name(dtype: DtypeLike) -> str: ...
@@ -181,7 +210,25 @@ def fake_quantize(
 ) -> Any: ...
 def ste_mask(x: ArrayLike, q: QuantizedTensor) -> Any: ...
 def convert(x: ArrayLike, dtype: DtypeLike, *, saturation: Saturation = "none") -> Any: ...
-def plan_info(op: Literal["quantize", "dequantize", "convert"], *args: Any, **kwargs: Any) -> PlanInfo: ...
+def plan_info(
+    op: Literal["quantize", "dequantize", "convert", "matmul"], *args: Any, **kwargs: Any
+) -> PlanInfo: ...
+def matmul(
+    x: ArrayLike | QuantizedTensor,
+    q: QuantizedTensor,
+    bias: ArrayLike | None = None,
+    out_dtype: DtypeLike | None = None,
+    *,
+    x_scheme: Scheme | str | None = None,
+) -> Any: ...
+def fuse(
+    what: Expr | ArrayLike | Sequence[Expr] | Sequence[tuple[Any, Expr]] | Mapping[Any, Expr],
+    *,
+    out: Any = None,
+    dtype: DtypeLike | None = None,
+    scheme: Scheme | str | None = None,
+    check_finite: bool = True,
+) -> Any: ...  # an array, a QuantizedTensor (scheme= / out=q), a tuple of arrays, or None
 def cuda_device_count() -> int: ...
 def info() -> dict[str, Any]: ...
 def load(

@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "common.hpp"
 #include "dlpack.hpp"
 #include "files.hpp"
 #include "lowbit/convert.hpp"
@@ -78,6 +79,8 @@ void translate_error(const std::exception_ptr& p, void*) {
   }
 }
 
+}  // namespace
+
 // ---- helpers ----------------------------------------------------------------------------------
 
 nb::tuple to_tuple(const Dims& d) {
@@ -97,13 +100,6 @@ QuantScheme to_scheme(nb::handle h) {
           .c_str());
 }
 
-Saturation to_saturation(std::string_view s) {
-  if (s == "none") return Saturation::none;
-  if (s == "finite") return Saturation::finite;
-  throw_error(ErrorCode::invalid_argument,
-              "saturation must be \"none\" or \"finite\", got \"" + std::string(s) + "\"");
-}
-
 /// An Array owning a freshly made Tensor.
 Array own(Tensor t) {
   auto holder = std::make_shared<Tensor>(std::move(t));
@@ -111,6 +107,23 @@ Array own(Tensor t) {
   a.view = holder->view();
   a.owner = std::move(holder);
   return a;
+}
+
+PyQuantized own(QuantizedTensor q) {
+  auto holder = std::make_shared<QuantizedTensor>(std::move(q));
+  PyQuantized p;
+  p.view = holder->view();
+  p.owner = std::move(holder);
+  return p;
+}
+
+namespace {
+
+Saturation to_saturation(std::string_view s) {
+  if (s == "none") return Saturation::none;
+  if (s == "finite") return Saturation::finite;
+  throw_error(ErrorCode::invalid_argument,
+              "saturation must be \"none\" or \"finite\", got \"" + std::string(s) + "\"");
 }
 
 std::string_view format_name(QuantFormat f) {
@@ -204,14 +217,6 @@ TensorView adopt_part(const char* which, const Array& a, Dtype want, const Shape
 
 // ---- QuantizedTensor --------------------------------------------------------------------------
 
-PyQuantized own(QuantizedTensor q) {
-  auto holder = std::make_shared<QuantizedTensor>(std::move(q));
-  PyQuantized p;
-  p.view = holder->view();
-  p.owner = std::move(holder);
-  return p;
-}
-
 /// Copies the caller's given parts into `q` (static quantization).
 void copy_given_parts(QuantizedTensor& q, const std::optional<Array>& scale,
                       const std::optional<Array>& zero, const std::optional<Array>& global_scale) {
@@ -265,27 +270,6 @@ void copy_given_parts(QuantizedTensor& q, const std::optional<Array>& scale,
 }
 
 // ---- plan introspection -----------------------------------------------------------------------
-
-struct PlanInfo {
-  std::string op;
-  std::string description;
-  KernelSku sku;
-  PrecisionGuarantee precision;
-  std::vector<std::pair<std::string, std::string>> declined;
-  size_t workspace_size = 0;
-};
-
-template <class P>
-PlanInfo plan_info_of(const P& plan, std::string_view op, const std::string& description) {
-  PlanInfo info;
-  info.op = op;
-  info.description = description;
-  info.sku = plan.sku();
-  info.precision = plan.precision();
-  for (const Declined& d : plan.declined()) info.declined.emplace_back(d.kernel, d.reason);
-  info.workspace_size = plan.workspace_size();
-  return info;
-}
 
 nb::dict info_dict() {
   nb::dict d;
@@ -724,6 +708,8 @@ NB_MODULE(_lowbit, m) {
       .def_prop_ro("bit_stable", [](const PlanInfo& p) { return p.precision.bit_stable; })
       .def_ro("declined", &PlanInfo::declined)
       .def_ro("workspace_size", &PlanInfo::workspace_size)
+      .def_ro("weight_layout", &PlanInfo::weight_layout)
+      .def_ro("prepared_bytes", &PlanInfo::prepared_bytes)
       .def("__repr__", [](const PlanInfo& p) {
         return "lowbit.PlanInfo(" + p.op + ": " + p.description + " -> " + p.sku.str() + ")";
       });
@@ -762,6 +748,9 @@ NB_MODULE(_lowbit, m) {
         return plan_info_of(ConvertPlan::select(d), "convert", ConvertOp::describe(d));
       },
       "x"_a, "dtype"_a, "saturation"_a = "none");
+
+  bind_matmul(m);
+  bind_fuse(m);
 
   // ---- machine --------------------------------------------------------------------------------
   m.def("cuda_device_count", &cuda_device_count, "CUDA devices usable now (0 without CUDA).");
