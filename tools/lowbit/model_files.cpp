@@ -534,6 +534,17 @@ std::string human_bytes(int64_t bytes) {
 }
 
 int64_t peak_rss_bytes() {
+  // VmHWM: the high-water mark of this process's own address space. getrusage's ru_maxrss
+  // is not: Linux carries it across execve, so it starts at the RSS the parent had when it
+  // forked us (a Python test or script holding a model would be counted as ours).
+  if (std::FILE* f = std::fopen("/proc/self/status", "r")) {
+    char line[256];
+    long long kib = -1;
+    while (std::fgets(line, sizeof line, f))
+      if (std::sscanf(line, "VmHWM: %lld kB", &kib) == 1) break;
+    std::fclose(f);
+    if (kib >= 0) return static_cast<int64_t>(kib) * 1024;
+  }
   struct rusage ru {};
   ::getrusage(RUSAGE_SELF, &ru);
   return static_cast<int64_t>(ru.ru_maxrss) * 1024;  // KiB on Linux

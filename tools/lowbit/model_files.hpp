@@ -122,7 +122,8 @@ QuantizeResult quantize_measured(const TensorView& src, const QuantScheme& schem
 
 /// "1.5 MiB".
 std::string human_bytes(int64_t bytes);
-/// Peak resident set size of this process so far, in bytes (getrusage).
+/// Peak resident set size of this process so far, in bytes (VmHWM of /proc/self/status;
+/// getrusage where that is missing).
 int64_t peak_rss_bytes();
 /// Matches `name` against shell globs (fnmatch; '*' crosses dots).
 bool matches_any(const std::string& name, const std::vector<std::string>& globs);
