@@ -168,11 +168,14 @@ lowbit::QuantizedTensor quantize_weight(const lowbit::Tensor& w, const lowbit::Q
   return q;
 }
 
-struct Prepared {
-  lowbit::MatmulPlan plan;
-  lowbit::Tensor packed;
-  lowbit::Buffer ws;
-};
+std::string json_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c == '\n' ? ' ' : c;
+  }
+  return out;
+}
 
 }  // namespace
 
@@ -372,9 +375,24 @@ int main(int argc, char** argv) {
         }
       };
 
-      for (const char* text : full_schemes) run_weight_only(text, ms);
+      auto guarded = [&](const char* text, const std::vector<int64_t>& m_list) {
+        try {
+          run_weight_only(text, m_list);
+        } catch (const lowbit::Error& e) {
+          std::fprintf(stderr, "  %s %lldx%lld: FAILED: %s\n", text, static_cast<long long>(n),
+                       static_cast<long long>(k), e.what());
+          Row r;
+          r.group = "weight-only";
+          r.scheme = text;
+          r.n = n, r.k = k;
+          r.check = "BAD (error)";
+          r.kernel = e.what();
+          rows.push_back(r);
+        }
+      };
+      for (const char* text : full_schemes) guarded(text, ms);
       if (n == 4096 && k == 14336)
-        for (const char* text : gemv_schemes) run_weight_only(text, {1, 16});
+        for (const char* text : gemv_schemes) guarded(text, {1, 16});
 
       for (const W8A8& c : w8a8) {
         const lowbit::QuantScheme xs = lowbit::QuantScheme::parse(c.x);
@@ -462,7 +480,8 @@ int main(int argc, char** argv) {
                      static_cast<long long>(r.n), static_cast<long long>(r.k),
                      static_cast<long long>(r.m), static_cast<long long>(r.wbytes),
                      static_cast<long long>(r.bytes), r.ms, r.gbps, r.pct, r.tflops, r.vs_bf16,
-                     r.kernel.c_str(), r.check.c_str(), r.key() ? "true" : "false");
+                     json_escape(r.kernel).c_str(), json_escape(r.check).c_str(),
+                     r.key() ? "true" : "false");
       std::fclose(f);
     }
     if (!all_ok) {

@@ -26,7 +26,7 @@ using tc::Code;
 using tc::Scale;
 using tc::TcWeights;
 
-constexpr int kWarps = 4;
+constexpr int kMaxWarps = 8;  // warps per block: 8 for few tiles, else 4 (see launch)
 constexpr int kMaxM = 16;
 
 struct SkinnyArgs {
@@ -46,14 +46,12 @@ template <bool kBf16>
 __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                          uint32_t a3, uint32_t b0, uint32_t b1) {
   if constexpr (kBf16) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
   } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
@@ -63,9 +61,9 @@ __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1
 /// A 16-byte load of data read once: not kept in L1 (x keeps it).
 __device__ __forceinline__ uint4 load_stream16(const void* p) {
   uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
   return v;
 }
 
@@ -79,7 +77,7 @@ __device__ __forceinline__ uint2 load_x4(const SkinnyArgs& p, int row, int64_t k
 }
 
 template <Code C, Scale S, int kStepsLog2, bool kBf16, int NT>
-__global__ void __launch_bounds__(kWarps * 32) skinny_tc_kernel(SkinnyArgs p) {
+__global__ void __launch_bounds__(kMaxWarps * 32) skinny_tc_kernel(SkinnyArgs p) {
   constexpr int kBits = (C == Code::u4 || C == Code::fp4) ? 4 : 8;
   constexpr int kWords = kBits == 4 ? 4 : 8;  // 32-bit code words per lane and half
   constexpr int kGS = 1 << kStepsLog2;        // steps per scale group
@@ -99,9 +97,10 @@ __global__ void __launch_bounds__(kWarps * 32) skinny_tc_kernel(SkinnyArgs p) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
 
-  for (int64_t s = warp; s < p.w.segments; s += kWarps) {
-    // Codes of rows r and r + 8: 16 (or 32) bytes each, one load per 16 bytes.
-    uint32_t c0[kWords], c1[kWords];
+  // Codes of rows r and r + 8: 16 (or 32) bytes each, one load per 16 bytes; the next
+  // segment's are loaded before this one's arithmetic (two segments in flight per warp).
+  const int nwarps = static_cast<int>(blockDim.x >> 5);
+  auto load_codes = [&](int64_t s, uint32_t(&c0)[kWords], uint32_t(&c1)[kWords]) {
     const uint8_t* base0 =
         p.w.codes + tc::lane_code_offset(p.w.segments, kWords * 4, tile, s, 0, lane);
     const uint8_t* base1 =
@@ -113,6 +112,12 @@ __global__ void __launch_bounds__(kWarps * 32) skinny_tc_kernel(SkinnyArgs p) {
       c0[4 * v] = t0.x, c0[4 * v + 1] = t0.y, c0[4 * v + 2] = t0.z, c0[4 * v + 3] = t0.w;
       c1[4 * v] = t1.x, c1[4 * v + 1] = t1.y, c1[4 * v + 2] = t1.z, c1[4 * v + 3] = t1.w;
     }
+  };
+  uint32_t c0[kWords] = {}, c1[kWords] = {};
+  if (warp < p.w.segments) load_codes(warp, c0, c1);
+  for (int64_t s = warp; s < p.w.segments; s += nwarps) {
+    uint32_t n0[kWords] = {}, n1[kWords] = {};
+    if (s + nwarps < p.w.segments) load_codes(s + nwarps, n0, n1);
     // The segment's group scales for both rows.
     float a0s[kFlushes], a1s[kFlushes], b0s[kFlushes], b1s[kFlushes];
 #pragma unroll
@@ -169,10 +174,12 @@ __global__ void __launch_bounds__(kWarps * 32) skinny_tc_kernel(SkinnyArgs p) {
         }
       }
     }
+#pragma unroll
+    for (int i = 0; i < kWords; ++i) c0[i] = n0[i], c1[i] = n1[i];
   }
 
   // The warps' sums, added in warp order.
-  __shared__ float red[kWarps - 1][NT * 4][32];
+  __shared__ float red[kMaxWarps - 1][NT * 4][32];
   if (warp > 0) {
 #pragma unroll
     for (int t = 0; t < NT; ++t)
@@ -182,11 +189,13 @@ __global__ void __launch_bounds__(kWarps * 32) skinny_tc_kernel(SkinnyArgs p) {
   __syncthreads();
   if (warp != 0) return;
 #pragma unroll
-  for (int w = 0; w < kWarps - 1; ++w)
+  for (int w = 0; w < kMaxWarps - 1; ++w) {
+    if (w + 1 >= nwarps) break;
 #pragma unroll
     for (int t = 0; t < NT; ++t)
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[t][i] += red[w][4 * t + i][lane];
+  }
 
   const float global = S == Scale::e4m3 ? p.w.global[0] : 1.0f;
 #pragma unroll
@@ -205,12 +214,11 @@ __global__ void __launch_bounds__(kWarps * 32) skinny_tc_kernel(SkinnyArgs p) {
 
 // ---- dispatch ---------------------------------------------------------------------------------
 
-using Launcher = void (*)(const SkinnyArgs&, int64_t tiles, cudaStream_t);
+using Launcher = void (*)(const SkinnyArgs&, int64_t tiles, int warps, cudaStream_t);
 
 template <Code C, Scale S, int SL, bool kBf16, int NT>
-void launch(const SkinnyArgs& a, int64_t tiles, cudaStream_t stream) {
-  skinny_tc_kernel<C, S, SL, kBf16, NT>
-      <<<static_cast<unsigned>(tiles), kWarps * 32, 0, stream>>>(a);
+void launch(const SkinnyArgs& a, int64_t tiles, int warps, cudaStream_t stream) {
+  skinny_tc_kernel<C, S, SL, kBf16, NT><<<static_cast<unsigned>(tiles), warps * 32, 0, stream>>>(a);
   mm_cuda::check_launch("skinny_tc_kernel");
 }
 
@@ -320,7 +328,10 @@ class MatmulCudaSkinny final : public MatmulKernel {
     sa.n = d.n;
     const Launcher l = launcher_for(tp.format, d.x == Dtype::bf16, d.m > 8 ? 2 : 1, nullptr);
     mm_cuda::DeviceScope scope(d.device.index);
-    l(sa, tp.layout.tiles, static_cast<cudaStream_t>(stream.native_handle()));
+    // 8 warps per block when there are few tiles (more loads in flight per SM), else 4.
+    const int sms = cuda_device_properties(d.device.index).multiprocessors;
+    const int warps = tp.layout.tiles < 3 * static_cast<int64_t>(sms) ? 8 : 4;
+    l(sa, tp.layout.tiles, warps, static_cast<cudaStream_t>(stream.native_handle()));
   }
 };
 
