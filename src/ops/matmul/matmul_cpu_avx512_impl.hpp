@@ -32,6 +32,20 @@ constexpr int kRowsInt8 = 4;    // rows of x per int8 gemm tile (8 i32 + 8 f32 a
 constexpr int kGemvRows = 4;    // rows of x per gemv pass
 
 i64 min64(i64 a, i64 b) { return a < b ? a : b; }
+/// 128-bit quarter t of v: the intrinsic's index must be a constant for clang (the loops
+/// that call this unroll, so the switch folds away).
+inline __m128i quarter_of(__m512i v, int t) {
+  switch (t) {
+    case 0:
+      return _mm512_extracti32x4_epi32(v, 0);
+    case 1:
+      return _mm512_extracti32x4_epi32(v, 1);
+    case 2:
+      return _mm512_extracti32x4_epi32(v, 2);
+    default:
+      return _mm512_extracti32x4_epi32(v, 3);
+  }
+}
 
 __mmask16 first_n16(i64 n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
 
@@ -354,7 +368,7 @@ struct Fmt {
     } else {
       const __m512i s = _mm512_xor_si512(codes(r, c), _mm512_set1_epi8(char(0x80)));
       for (int t = 0; t < 4; ++t) {
-        const __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(s, t)));
+        const __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(quarter_of(s, t)));
         const int g = (16 * t) / G;
         if constexpr (C) {
           out[t] = _mm512_fmadd_ps(v, _mm512_set1_ps(a[g]), _mm512_set1_ps(cc[g]));
