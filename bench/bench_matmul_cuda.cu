@@ -146,6 +146,7 @@ lowbit::QuantizedTensor quantize_weight(const lowbit::Tensor& w, const lowbit::Q
                                         const lowbit::Stream& stream) {
   const Device gpu = w.device();
   const int64_t n = w.shape()[0], k = w.shape()[1];
+  stream.synchronize();  // w is written on `stream`; the copies below use the legacy stream
   if (s.format == lowbit::QuantFormat::gguf && !lowbit::quant_cuda::is_gguf_fast(s)) {
     const int64_t rows = 128;
     lowbit::Tensor h = lowbit::Tensor::empty({rows, k}, Dtype::f32);
@@ -361,7 +362,8 @@ int main(int argc, char** argv) {
                 y.data_as<const uint16_t>(), yref.data_as<const uint16_t>(),
                 static_cast<uint64_t>(m * n), static_cast<double*>(norms.data()));
             double h[2];
-            check(cudaMemcpy(h, norms.data(), 16, cudaMemcpyDefault), "norms");
+            check(cudaMemcpyAsync(h, norms.data(), 16, cudaMemcpyDefault, s), "norms");
+            stream.synchronize();
             const double rel = std::sqrt(h[0] / std::max(h[1], 1e-300));
             char buf[64];
             std::snprintf(buf, sizeof buf, "%s %.1e", rel <= 1e-2 ? "ok" : "BAD", rel);
@@ -372,6 +374,33 @@ int main(int argc, char** argv) {
           r.check = verdict;
           rows.push_back(r);
           std::fprintf(stderr, "  %-60s %.4f ms %s\n", r.pair().c_str(), r.ms, r.check.c_str());
+          // From M = 64 on, the dequantize + cuBLASLt kernel beside the selected one (the
+          // crossover select() uses).
+          if (m >= 64 && r.kernel != "matmul_cuda_dequant_tc_lt") {
+            try {
+              lowbit::Preference alt;
+              alt.kernel = "matmul_cuda_dequant_tc_lt";
+              const lowbit::MatmulPlan ap = lowbit::MatmulPlan::select(d, alt);
+              lowbit::MatmulArgs aargs = args;
+              lowbit::Tensor apacked;
+              if (lowbit::weight_layout(ap) != lowbit::weight_layout(plan)) {
+                apacked = lowbit::Tensor::empty({lowbit::prepared_bytes(ap)}, Dtype::u8, gpu);
+                lowbit::prepare_weight(ap, q.view(), apacked);
+                aargs.w_packed = apacked;
+              }
+              lowbit::Buffer aws(static_cast<int64_t>(ap.workspace_size()), gpu, &stream);
+              Row ra = r;
+              ra.scheme = std::string(text) + " (dequant+GEMM)";
+              ra.ms = timer.median([&] { ap.run(stream, {aws.data(), ap.workspace_size()}, aargs); });
+              ra.kernel = ap.sku().kernel;
+              ra.vs_bf16 = mi < bf16_ms.size() ? bf16_ms[mi] / ra.ms : 0;
+              ra.check = "-";
+              rows.push_back(ra);
+              std::fprintf(stderr, "  %-60s %.4f ms\n", ra.pair().c_str(), ra.ms);
+            } catch (const lowbit::Error& e) {
+              std::fprintf(stderr, "  dequant+GEMM alternative: %s\n", e.what());
+            }
+          }
         }
       };
 
@@ -428,6 +457,9 @@ int main(int argc, char** argv) {
               r.ms = timer.median([&] { plan.run(stream, wsp, args); });
               r.kernel = plan.sku().kernel;
               r.vs_bf16 = bf16_ms[mi] / r.ms;
+              if (!plan.declined().empty() && mi == 0)
+                std::fprintf(stderr, "    %s declined: %s\n", plan.declined()[0].kernel.c_str(),
+                             plan.declined()[0].reason.c_str());
             } catch (const lowbit::Error& e) {
               r.kernel = std::string("none: ") + e.what();
               r.ms = 0;

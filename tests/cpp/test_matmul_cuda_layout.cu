@@ -103,7 +103,7 @@ Prepared prepare(const QuantizedTensor& q) {
   p.w.groups = p.L.groups;
   p.w.k = p.L.k;
   p.w.group_log2 = p.f.group_log2;
-  p.w.scale_dtype = p.f.scale_dtype;
+  p.w.scale_dtype = Dtype::f32;  // the layout stores integer scales as f32
   return p;
 }
 
@@ -141,6 +141,23 @@ std::vector<float> dense_emulated(const Prepared& p) {
 
 // ---- skinny ------------------------------------------------------------------------------
 
+/// The raw scales of (row, segment) as the skinny kernel loads them (its instantiations).
+template <Scale S>
+tc::SegScales seg_scales(const Prepared& p, int64_t row, int64_t s) {
+  if constexpr (S == Scale::integer || S == Scale::f32) {
+    switch (p.f.steps_log2) {
+      case 1:
+        return tc::load_seg_scales<S, 1>(p.w, row, s);
+      case 2:
+        return tc::load_seg_scales<S, 2>(p.w, row, s);
+      default:
+        return tc::load_seg_scales<S, 3>(p.w, row, s);
+    }
+  } else {
+    return tc::load_seg_scales < S, S == Scale::e4m3 || S == Scale::q6k ? 0 : 1 > (p.w, row, s);
+  }
+}
+
 /// The skinny kernel's arithmetic for one x dtype: y[m][n] (f32, before rounding to y).
 template <Code C, Scale S, bool kBf16>
 std::vector<float> skinny_emulated(const Prepared& p, const std::vector<float>& x, int m) {
@@ -149,88 +166,90 @@ std::vector<float> skinny_emulated(const Prepared& p, const std::vector<float>& 
   const float F = (C == Code::fp4 && !kBf16) ? tc::kFp4F16Factor : 1.0f;
   const int nt_count = m > 8 ? 2 : 1;
   const int64_t n = p.L.n, k = p.L.k;
-  const bool affine = S == Scale::q4k || (S == Scale::integer && p.w.zero);
+  const bool zero = S == Scale::integer && p.w.zero;
+  const bool affine = S == Scale::q4k || zero;
   std::vector<float> y(static_cast<size_t>(m * n), NAN);
-  for (int64_t tile = 0; tile < p.L.tiles; ++tile) {
-    float acc[4][32][2][4] = {};  // [warp][lane][nt][i]
-    for (int warp = 0; warp < 4; ++warp) {
-      for (int64_t s = warp; s < p.L.segments; s += 4) {
-        uint32_t c0[32][8], c1[32][8];
-        for (int lane = 0; lane < 32; ++lane) {
-          words_of(p, tile, s, 0, lane, c0[lane]);
-          words_of(p, tile, s, 1, lane, c1[lane]);
-        }
-        float g[32][2][4] = {}, g1[32][2][4] = {};
-        for (int j = 0; j < 8; ++j) {
-          // The fragments as matrices: A [16 rows of W][16 logical k], B [16 logical k][16].
-          float A[16][16], B[16][16] = {};
+  for (int m0 = 0; m0 < m; m0 += 16)
+    for (int64_t tile = 0; tile < p.L.tiles; ++tile) {
+      float acc[4][32][2][4] = {};  // [warp][lane][nt][i]
+      for (int warp = 0; warp < 4; ++warp) {
+        for (int64_t s = warp; s < p.L.segments; s += 4) {
+          uint32_t c0[32][8], c1[32][8];
           for (int lane = 0; lane < 32; ++lane) {
-            const int r = lane >> 2, q = lane & 3;
-            const int w = bits == 4 ? j >> 1 : j;
-            const int p0 = tc::step_pair(bits, j, 0), p1 = tc::step_pair(bits, j, 1);
-            tc::decode_pair_host<C, kBf16>(c0[lane][w], p0, A[r][2 * q], A[r][2 * q + 1]);
-            tc::decode_pair_host<C, kBf16>(c1[lane][w], p0, A[r + 8][2 * q], A[r + 8][2 * q + 1]);
-            tc::decode_pair_host<C, kBf16>(c0[lane][w], p1, A[r][2 * q + 8], A[r][2 * q + 9]);
-            tc::decode_pair_host<C, kBf16>(c1[lane][w], p1, A[r + 8][2 * q + 8],
-                                           A[r + 8][2 * q + 9]);
-            for (int t = 0; t < nt_count; ++t) {
-              const int c = 8 * t + r;
-              const int64_t kk = tc::step_k(s, j, q);
-              for (int i = 0; i < 4; ++i) {
-                const float v = c < m ? x[static_cast<size_t>(c * k + kk + i)] : 0.0f;
-                const int lk = (i < 2 ? 2 * q : 2 * q + 8) + (i & 1);
-                B[lk][8 * t + r] = v;
+            words_of(p, tile, s, 0, lane, c0[lane]);
+            words_of(p, tile, s, 1, lane, c1[lane]);
+          }
+          float g[32][2][4] = {}, g1[32][2][4] = {};
+          for (int j = 0; j < 8; ++j) {
+            // The fragments as matrices: A [16 rows of W][16 logical k], B [16 logical k][16].
+            float A[16][16], B[16][16] = {};
+            for (int lane = 0; lane < 32; ++lane) {
+              const int r = lane >> 2, q = lane & 3;
+              const int w = bits == 4 ? j >> 1 : j;
+              const int p0 = tc::step_pair(bits, j, 0), p1 = tc::step_pair(bits, j, 1);
+              tc::decode_pair_host<C, kBf16>(c0[lane][w], p0, A[r][2 * q], A[r][2 * q + 1]);
+              tc::decode_pair_host<C, kBf16>(c1[lane][w], p0, A[r + 8][2 * q], A[r + 8][2 * q + 1]);
+              tc::decode_pair_host<C, kBf16>(c0[lane][w], p1, A[r][2 * q + 8], A[r][2 * q + 9]);
+              tc::decode_pair_host<C, kBf16>(c1[lane][w], p1, A[r + 8][2 * q + 8],
+                                             A[r + 8][2 * q + 9]);
+              for (int t = 0; t < nt_count; ++t) {
+                const int c = m0 + 8 * t + r;
+                const int64_t kk = tc::step_k(s, j, q);
+                for (int i = 0; i < 4; ++i) {
+                  const float v = c < m ? x[static_cast<size_t>(c * k + kk + i)] : 0.0f;
+                  const int lk = (i < 2 ? 2 * q : 2 * q + 8) + (i & 1);
+                  B[lk][8 * t + r] = v;
+                }
               }
             }
-          }
-          // D = A B (exact products, f64 sums standing in for the tensor core's), into lanes.
-          for (int lane = 0; lane < 32; ++lane) {
-            const int r = lane >> 2, q = lane & 3;
-            for (int t = 0; t < nt_count; ++t)
-              for (int i = 0; i < 4; ++i) {
-                const int row = i < 2 ? r : r + 8, col = 8 * t + 2 * q + (i & 1);
-                double d = 0, d1 = 0;
-                for (int kk = 0; kk < 16; ++kk) {
-                  d += static_cast<double>(A[row][kk]) * B[kk][col];
-                  d1 += B[kk][col];
-                }
-                g[lane][t][i] = static_cast<float>(g[lane][t][i] + d);
-                g1[lane][t][i] = static_cast<float>(g1[lane][t][i] + d1);
-              }
-          }
-          if ((j & (gs - 1)) == gs - 1) {
-            const int64_t k0 = s * 128 + (j >> p.f.steps_log2) * gs * 16;
+            // D = A B (exact products, f64 sums standing in for the tensor core's), into lanes.
             for (int lane = 0; lane < 32; ++lane) {
-              const int64_t row0 = tile * 16 + (lane >> 2), row1 = row0 + 8;
-              float a0, b0, a1, b1;
-              tc::group_ab<S>(p.w, row0, k0, a0, b0);
-              tc::group_ab<S>(p.w, row1, k0, a1, b1);
-              for (int t = 0; t < nt_count; ++t) {
+              const int r = lane >> 2, q = lane & 3;
+              for (int t = 0; t < nt_count; ++t)
                 for (int i = 0; i < 4; ++i) {
-                  const float a = i < 2 ? a0 : a1, b = i < 2 ? b0 : b1;
-                  acc[warp][lane][t][i] += a * (g[lane][t][i] * F);
-                  if (affine) acc[warp][lane][t][i] += b * g1[lane][t][i];
-                  g[lane][t][i] = g1[lane][t][i] = 0.0f;
+                  const int row = i < 2 ? r : r + 8, col = 8 * t + 2 * q + (i & 1);
+                  double d = 0, d1 = 0;
+                  for (int kk = 0; kk < 16; ++kk) {
+                    d += static_cast<double>(A[row][kk]) * B[kk][col];
+                    d1 += B[kk][col];
+                  }
+                  g[lane][t][i] = static_cast<float>(g[lane][t][i] + d);
+                  g1[lane][t][i] = static_cast<float>(g1[lane][t][i] + d1);
+                }
+            }
+            if ((j & (gs - 1)) == gs - 1) {
+              const int f = j >> p.f.steps_log2;
+              for (int lane = 0; lane < 32; ++lane) {
+                const int64_t row0 = tile * 16 + (lane >> 2), row1 = row0 + 8;
+                float a0, b0, a1, b1;
+                tc::seg_group_ab<S>(seg_scales<S>(p, row0, s), f, zero, a0, b0);
+                tc::seg_group_ab<S>(seg_scales<S>(p, row1, s), f, zero, a1, b1);
+                for (int t = 0; t < nt_count; ++t) {
+                  for (int i = 0; i < 4; ++i) {
+                    const float a = i < 2 ? a0 : a1, b = i < 2 ? b0 : b1;
+                    acc[warp][lane][t][i] += a * (g[lane][t][i] * F);
+                    if (affine) acc[warp][lane][t][i] += b * g1[lane][t][i];
+                    g[lane][t][i] = g1[lane][t][i] = 0.0f;
+                  }
                 }
               }
             }
           }
         }
       }
+      for (int lane = 0; lane < 32; ++lane) {
+        const int r = lane >> 2, q = lane & 3;
+        for (int t = 0; t < nt_count; ++t)
+          for (int i = 0; i < 4; ++i) {
+            float v = acc[0][lane][t][i];
+            for (int w = 1; w < 4; ++w) v += acc[w][lane][t][i];
+            if (S == Scale::e4m3) v *= p.w.global[0];
+            const int64_t row = tile * 16 + (i < 2 ? r : r + 8);
+            const int c = m0 + 8 * t + 2 * q + (i & 1);
+            if (c < m && row < n) y[static_cast<size_t>(c * n + row)] = v;
+          }
+      }
     }
-    for (int lane = 0; lane < 32; ++lane) {
-      const int r = lane >> 2, q = lane & 3;
-      for (int t = 0; t < nt_count; ++t)
-        for (int i = 0; i < 4; ++i) {
-          float v = acc[0][lane][t][i];
-          for (int w = 1; w < 4; ++w) v += acc[w][lane][t][i];
-          if (S == Scale::e4m3) v *= p.w.global[0];
-          const int64_t row = tile * 16 + (i < 2 ? r : r + 8);
-          const int c = 8 * t + 2 * q + (i & 1);
-          if (c < m && row < n) y[static_cast<size_t>(c * n + row)] = v;
-        }
-    }
-  }
   return y;
 }
 
@@ -297,7 +316,7 @@ TEST(MatmulCudaLayout, SkinnyEmulationMatchesTheF64Product) {
     const Prepared p = prepare(q);
     const Tensor wd = dequantize(q.view(), Dtype::f32);
     for (bool bf16 : {true, false})
-      for (int m : {1, 5, 16}) {
+      for (int m : {1, 5, 16, 40}) {
         SCOPED_TRACE(str(text, " x=", bf16 ? "bf16" : "f16", " m=", m));
         // x rounded to the operand dtype (what the kernel reads).
         std::vector<float> x(static_cast<size_t>(m * k));
@@ -384,6 +403,8 @@ TEST(MatmulCuda, BlockScaledFp8W8A8) {
   const MatmulDesc d = MatmulDesc::for_views(y, xd.view(), wd.view());
   MatmulPlan plan = MatmulPlan::select(d);
   std::printf("block-scaled fp8 W8A8 on %s: %s\n", gpu.str().c_str(), plan.sku().str().c_str());
+  for (const Declined& dc : plan.declined())
+    std::printf("  declined by %s: %s\n", dc.kernel.c_str(), dc.reason.c_str());
   Buffer ws(static_cast<int64_t>(std::max<size_t>(plan.workspace_size(), 1)), gpu);
   const Stream stream = Stream::default_for(gpu);
   plan.run(stream, {ws.data(), plan.workspace_size()}, {{}, xd.view(), wd.view(), {}, {}, y});

@@ -36,7 +36,7 @@ inline TcWeights tc_weights(const tc::Format& f, const tc::Layout& L, const void
   w.groups = L.groups;
   w.k = L.k;
   w.group_log2 = f.group_log2;
-  w.scale_dtype = f.scale_dtype;
+  w.scale_dtype = Dtype::f32;  // the layout stores integer scales as f32
   return w;
 }
 

@@ -152,9 +152,7 @@ Layout layout_of(const Format& f, int64_t n, int64_t k) {
   L.scale = at;
   int64_t scale_bytes = 0;
   switch (f.scale) {
-    case Scale::integer:
-      scale_bytes = L.rows * L.groups * static_cast<int>(bit_width(f.scale_dtype) / 8);
-      break;
+    case Scale::integer:  // stored as f32 whatever the scheme's scale dtype (exact)
     case Scale::f32:
       scale_bytes = L.rows * L.groups * 4;
       break;
@@ -279,6 +277,16 @@ void prepare_host(const QuantScheme& s, const Format& f, const Layout& L, const 
   if (f.scale == Scale::integer || f.scale == Scale::f32) {
     const int es = f.scale == Scale::f32 ? 4 : static_cast<int>(bit_width(f.scale_dtype) / 8);
     const auto* src = static_cast<const uint8_t*>(scale);
+    auto as_f32 = [&](int64_t at) {
+      if (es == 4) {
+        float v;
+        std::memcpy(&v, src + at * 4, 4);
+        return v;
+      }
+      uint16_t h;
+      std::memcpy(&h, src + at * 2, 2);
+      return f.scale_dtype == Dtype::bf16 ? bf16_to_f32(h) : f16_to_f32(h);
+    };
     const int64_t kblocks = f.group >= k ? 1 : (k + f.group - 1) / f.group;
     for (int64_t row = 0; row < n; ++row)
       for (int64_t g = 0; g < L.groups; ++g) {
@@ -292,7 +300,8 @@ void prepare_host(const QuantScheme& s, const Format& f, const Layout& L, const 
         } else {  // channel / token: one per row
           at = row;
         }
-        std::memcpy(sc + (row * L.groups + g) * es, src + at * es, static_cast<size_t>(es));
+        const float v = as_f32(at);
+        std::memcpy(sc + (row * L.groups + g) * 4, &v, 4);
         if (f.zero) {
           const int32_t z = zero[at] - f.zero_shift;
           out[L.zero + row * L.groups + g] = static_cast<uint8_t>(static_cast<int8_t>(z));

@@ -400,6 +400,113 @@ LOWBIT_HD float dense_value(uint32_t u, const TcWeights& w, int64_t row, int64_t
   }
 }
 
+// ---- one row's scales for one segment, as the skinny kernel loads them -----------------------
+
+/// The raw scale words of one row for one 128-k segment (loaded with one or two vector loads):
+///  integer: w = the segment's f32 scales (1, 2 or 4 groups), aux[0] = its i8 zero points
+///  f32: w[0]; e4m3: 8 bytes; e8m0: 4 bytes; f16d: 4 x f16; q4_K: w[0] = (d, dmin),
+///  aux = 4 x (sc, m); q6_K: w[0] = d, aux = 8 x i8 sc.
+struct SegScales {
+  uint32_t w[4];
+  uint32_t aux[2];
+};
+
+/// Loads of 4, 8 or 16 bytes (device: one vector load, read-only path).
+template <int kBytes>
+LOWBIT_HD void load_words(const void* src, uint32_t* dst) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (kBytes == 16) {
+    const uint4 v = __ldg(static_cast<const uint4*>(src));
+    dst[0] = v.x, dst[1] = v.y, dst[2] = v.z, dst[3] = v.w;
+  } else if constexpr (kBytes == 8) {
+    const uint2 v = __ldg(static_cast<const uint2*>(src));
+    dst[0] = v.x, dst[1] = v.y;
+  } else if constexpr (kBytes == 4) {
+    dst[0] = __ldg(static_cast<const uint32_t*>(src));
+  } else if constexpr (kBytes == 2) {
+    dst[0] = __ldg(static_cast<const unsigned short*>(src));
+  } else {
+    dst[0] = __ldg(static_cast<const unsigned char*>(src));
+  }
+#else
+  dst[0] = 0;
+  std::memcpy(dst, src, kBytes);
+#endif
+}
+
+template <Scale S, int kStepsLog2>
+LOWBIT_HD SegScales load_seg_scales(const TcWeights& w, int64_t row, int64_t s) {
+  SegScales r{};
+  constexpr int kGroups = 8 >> kStepsLog2;  // groups in a segment (1 when groups >= 128)
+  if constexpr (S == Scale::integer || S == Scale::f32) {
+    const int64_t g = row * w.groups + ((s * 128) >> w.group_log2);
+    load_words<4 * kGroups>(reinterpret_cast<const float*>(w.scale) + g, r.w);
+    if constexpr (S == Scale::integer)
+      if (w.zero) load_words<kGroups>(w.zero + g, r.aux);
+  } else if constexpr (S == Scale::e4m3) {
+    load_words<8>(w.scale + row * w.groups + s * 8, r.w);
+  } else if constexpr (S == Scale::e8m0) {
+    load_words<4>(w.scale + row * w.groups + s * 4, r.w);
+  } else if constexpr (S == Scale::f16d) {
+    load_words<8>(reinterpret_cast<const uint16_t*>(w.scale) + row * w.groups + s * 4, r.w);
+  } else if constexpr (S == Scale::q4k) {
+    load_words<4>(reinterpret_cast<const uint16_t*>(w.scale) + (row * (w.k >> 8) + (s >> 1)) * 2,
+                  r.w);
+    load_words<8>(w.aux + (row * (w.k >> 5) + s * 4) * 2, r.aux);
+  } else {  // q6k
+    load_words<2>(reinterpret_cast<const uint16_t*>(w.scale) + row * (w.k >> 8) + (s >> 1), r.w);
+    load_words<8>(w.aux + row * (w.k >> 4) + s * 8, r.aux);
+  }
+  return r;
+}
+
+LOWBIT_HD uint32_t byte_of(const uint32_t* words, int i) {
+  return (words[i >> 2] >> (8 * (i & 3))) & 0xffu;
+}
+
+/// f16 / e4m3 -> f32, exact (hardware conversions on the device).
+LOWBIT_HD float h2f(uint32_t h) {
+#if defined(__CUDA_ARCH__)
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(h)));
+#else
+  return f16_to_f32(static_cast<uint16_t>(h));
+#endif
+}
+LOWBIT_HD float e4m3_2f(uint32_t c) {
+#if defined(__CUDA_ARCH__)
+  uint32_t h2;
+  const unsigned short b16 = static_cast<unsigned short>(c);
+  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h2) : "h"(b16));
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(h2 & 0xffffu)));
+#else
+  return f8e4m3fn_to_f32(static_cast<uint8_t>(c));
+#endif
+}
+
+/// Group f (0 .. groups per segment - 1) of a segment's scales as w = a * A + b (group_ab's
+/// numbers, from the raw words).
+template <Scale S>
+LOWBIT_HD void seg_group_ab(const SegScales& r, int f, bool zero, float& a, float& b) {
+  b = 0.0f;
+  if constexpr (S == Scale::integer) {
+    a = numeric_detail::float_of(r.w[f]);
+    if (zero) b = -mul_rn(a, static_cast<float>(static_cast<int8_t>(byte_of(r.aux, f))));
+  } else if constexpr (S == Scale::f32) {
+    a = numeric_detail::float_of(r.w[0]);
+  } else if constexpr (S == Scale::e4m3) {
+    a = e4m3_2f(byte_of(r.w, f));
+  } else if constexpr (S == Scale::e8m0) {
+    a = e8m0_to_f32(static_cast<uint8_t>(byte_of(r.w, f)));
+  } else if constexpr (S == Scale::f16d) {
+    a = h2f((r.w[f >> 1] >> (16 * (f & 1))) & 0xffffu);
+  } else if constexpr (S == Scale::q4k) {
+    a = mul_rn(h2f(r.w[0] & 0xffffu), static_cast<float>(byte_of(r.aux, 2 * f)));
+    b = sub_rn(8.0f * a, mul_rn(h2f(r.w[0] >> 16), static_cast<float>(byte_of(r.aux, 2 * f + 1))));
+  } else {  // q6k
+    a = mul_rn(h2f(r.w[0] & 0xffffu), static_cast<float>(static_cast<int8_t>(byte_of(r.aux, f))));
+  }
+}
+
 /// The stored code of value i (0..3) of step j in a lane's words.
 LOWBIT_HD uint32_t stored_code(const uint32_t* words, int code_bits, int j, int i) {
   if (code_bits == 4) return (words[j >> 1] >> (4 * nibble_slot(4 * (j & 1) + i))) & 0xfu;

@@ -1,18 +1,21 @@
-// matmul_cuda_skinny_tc: weight-only y = x · dequant(W)^T for a few rows of x (M <= 16),
+// matmul_cuda_skinny_tc: weight-only y = x · dequant(W)^T for a few rows of x (M <= 64),
 // bf16 / f16 activations, on tensor cores (mma.sync.m16n8k16) over the prepared
 // "cuda_tc16x128" weight layout (matmul_cuda_layout.cuh).
 //
 // Shape of the work (W: [N, K], x: [M, K], y: [M, N]):
-//   block = one 16-row tile of W and all of K; its 4 warps take the 128-k segments in turn
-//   (warp w: segments w, w + 4, ...), so that the block streams contiguous memory.
-//   warp  = per segment: 2 x 16 bytes of codes per lane (4-bit; 2 x 32 for 8-bit), one
-//           16-byte load each, read once (no L1 allocation); 8 mma steps of 16 k, each with the
-//           16 x 16 weight operand decoded in registers and x^T [16 k, 8 rows of x] as the
-//           B operand (8 bytes of x per lane and step, from L1 / L2); NT = ceil(M / 8) mmas.
+//   block = one 16-row tile of W (grid.y), 16 rows of x (grid.x), all of K; its 4 (or, when
+//           blocks are few, 8) warps take the 128-k segments in turn, so that a block streams
+//           contiguous memory. Blocks of the same tile run side by side, so that W comes from
+//           HBM once and from L2 for the other rows of x.
+//   warp  = per segment: 2 x 16 bytes of codes per lane (4-bit; 2 x 32 for 8-bit), 16-byte
+//           loads that skip L1, issued 4 (8-bit: 2) segments ahead; the segment's scales one
+//           segment ahead; 8 mma steps of 16 k, each with the 16 x 16 weight operand decoded in
+//           registers and x^T [16 k, 8 rows of x] as the B operand (8 bytes of x per lane and
+//           step, from L1 / L2); NT = 1 or 2 mmas per step for 8 or 16 rows of x.
 // Numbers: the operand is the exact code (u - 8, the byte, the fp8 / e2m1 value); the mma
 // multiplies it by x exactly and sums a scale group's 16..128 products in f32; the group's
 // scale (and offset, times the group's sum of x from an mma with an all-ones operand, for
-// affine formats) is applied to that f32 partial sum. The 4 warps' partial sums are added in
+// affine formats) is applied to that f32 partial sum. The warps' partial sums are added in
 // warp order through shared memory: deterministic, no atomics.
 #include <cuda_runtime.h>
 
@@ -27,7 +30,7 @@ using tc::Scale;
 using tc::TcWeights;
 
 constexpr int kMaxWarps = 8;  // warps per block: 8 for few tiles, else 4 (see launch)
-constexpr int kMaxM = 16;
+constexpr int kMaxM = 256;    // x rows: blocks take 16 each (grid.x), W re-reads come from L2
 
 struct SkinnyArgs {
   TcWeights w;
@@ -67,29 +70,45 @@ __device__ __forceinline__ uint4 load_stream16(const void* p) {
   return v;
 }
 
-/// x[row][k .. k + 3] as two 32-bit operand registers (16-bit x).
-__device__ __forceinline__ uint2 load_x4(const SkinnyArgs& p, int row, int64_t k) {
-  const uint8_t* at = p.x + (static_cast<int64_t>(row) * p.x_stride + k) * 2;
-  if (p.x_vec) return __ldg(reinterpret_cast<const uint2*>(at));
-  const auto* h = reinterpret_cast<const uint16_t*>(at);
-  return make_uint2(h[0] | (static_cast<uint32_t>(h[1]) << 16),
-                    h[2] | (static_cast<uint32_t>(h[3]) << 16));
-}
-
 template <Code C, Scale S, int kStepsLog2, bool kBf16, int NT>
 __global__ void __launch_bounds__(kMaxWarps * 32) skinny_tc_kernel(SkinnyArgs p) {
   constexpr int kBits = (C == Code::u4 || C == Code::fp4) ? 4 : 8;
-  constexpr int kWords = kBits == 4 ? 4 : 8;  // 32-bit code words per lane and half
+  constexpr int kVec = kBits == 4 ? 1 : 2;    // 16-byte code vectors per lane and half
+  constexpr int kDepth = kBits == 4 ? 4 : 2;  // segments of codes in flight per warp
   constexpr int kGS = 1 << kStepsLog2;        // steps per scale group
   constexpr int kFlushes = 8 / kGS;           // groups per segment
   constexpr float kF = (C == Code::fp4 && !kBf16) ? tc::kFp4F16Factor : 1.0f;
   constexpr uint32_t kOnes = kBf16 ? 0x3f803f80u : 0x3c003c00u;  // (1.0, 1.0)
+  constexpr int kLaneBytes = 16 * kVec;
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int nwarps = static_cast<int>(blockDim.x >> 5);
   const int r = lane >> 2, q = lane & 3;
-  const int64_t tile = blockIdx.x;
+  const int m0 = 16 * static_cast<int>(blockIdx.x);  // this block's rows of x
+  const int64_t tile = blockIdx.y;
   const int64_t row0 = tile * 16 + r, row1 = row0 + 8;
-  const bool affine = S == Scale::q4k || (S == Scale::integer && p.w.zero != nullptr);
+  const int64_t segs = p.w.segments;
+  const bool zero = S == Scale::integer && p.w.zero != nullptr;
+  const bool affine = S == Scale::q4k || zero;
+
+  // This lane's codes: (tile, segment s, half h) at codes_t + (2 s + h) * 32 * kLaneBytes.
+  const uint8_t* codes_t = p.w.codes + (tile * segs * 64 + lane) * kLaneBytes;
+  auto load_codes = [&](int64_t s, uint4(&c)[2][kVec]) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int v = 0; v < kVec; ++v)
+        c[h][v] = load_stream16(codes_t + (2 * s + h) * 32 * kLaneBytes + 16 * v);
+  };
+  // x^T operand rows: c = m0 + 8 t + r.
+  const uint8_t* xrow[NT];
+  bool xon[NT];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    const int c = m0 + 8 * t + r;
+    xon[t] = c < p.m;
+    xrow[t] = p.x + (static_cast<int64_t>(xon[t] ? c : 0) * p.x_stride + 4 * q) * 2;
+  }
 
   float acc[NT][4];
 #pragma unroll
@@ -97,85 +116,96 @@ __global__ void __launch_bounds__(kMaxWarps * 32) skinny_tc_kernel(SkinnyArgs p)
 #pragma unroll
     for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
 
-  // Codes of rows r and r + 8: 16 (or 32) bytes each, one load per 16 bytes; the next
-  // segment's are loaded before this one's arithmetic (two segments in flight per warp).
-  const int nwarps = static_cast<int>(blockDim.x >> 5);
-  auto load_codes = [&](int64_t s, uint32_t(&c0)[kWords], uint32_t(&c1)[kWords]) {
-    const uint8_t* base0 =
-        p.w.codes + tc::lane_code_offset(p.w.segments, kWords * 4, tile, s, 0, lane);
-    const uint8_t* base1 =
-        p.w.codes + tc::lane_code_offset(p.w.segments, kWords * 4, tile, s, 1, lane);
+  // Codes kDepth segments ahead, scales one segment ahead, x at the segment's start.
+  uint4 ring[kDepth][2][kVec];
 #pragma unroll
-    for (int v = 0; v < kWords / 4; ++v) {
-      const uint4 t0 = load_stream16(base0 + 16 * v);
-      const uint4 t1 = load_stream16(base1 + 16 * v);
-      c0[4 * v] = t0.x, c0[4 * v + 1] = t0.y, c0[4 * v + 2] = t0.z, c0[4 * v + 3] = t0.w;
-      c1[4 * v] = t1.x, c1[4 * v + 1] = t1.y, c1[4 * v + 2] = t1.z, c1[4 * v + 3] = t1.w;
-    }
-  };
-  uint32_t c0[kWords] = {}, c1[kWords] = {};
-  if (warp < p.w.segments) load_codes(warp, c0, c1);
-  for (int64_t s = warp; s < p.w.segments; s += nwarps) {
-    uint32_t n0[kWords] = {}, n1[kWords] = {};
-    if (s + nwarps < p.w.segments) load_codes(s + nwarps, n0, n1);
-    // The segment's group scales for both rows.
-    float a0s[kFlushes], a1s[kFlushes], b0s[kFlushes], b1s[kFlushes];
+  for (int d = 0; d < kDepth; ++d)
+    if (warp + d * nwarps < segs) load_codes(warp + d * nwarps, ring[d]);
+  tc::SegScales sc0{}, sc1{};
+  if (warp < segs) {
+    sc0 = tc::load_seg_scales<S, kStepsLog2>(p.w, row0, warp);
+    sc1 = tc::load_seg_scales<S, kStepsLog2>(p.w, row1, warp);
+  }
+  for (int64_t base = warp; base < segs; base += kDepth * nwarps) {
 #pragma unroll
-    for (int f = 0; f < kFlushes; ++f) {
-      const int64_t k0 = s * 128 + f * kGS * 16;
-      tc::group_ab<S>(p.w, row0, k0, a0s[f], b0s[f]);
-      tc::group_ab<S>(p.w, row1, k0, a1s[f], b1s[f]);
-    }
-    // x^T operand: row c = 8 t + r of x, k = 128 s + 16 j + 4 q .. + 3.
-    uint2 xv[NT][8];
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const int c = 8 * t + r;
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-        xv[t][j] = c < p.m ? load_x4(p, c, tc::step_k(s, j, q)) : make_uint2(0u, 0u);
-    }
-    float g[NT][4], g1[NT][4];
-#pragma unroll
-    for (int t = 0; t < NT; ++t)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) g[t][i] = g1[t][i] = 0.0f;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const uint32_t w0 = c0[tc::step_word(kBits, j)], w1 = c1[tc::step_word(kBits, j)];
-      const int p0 = tc::step_pair(kBits, j, 0), p1 = tc::step_pair(kBits, j, 1);
-      const uint32_t a0 = tc::decode_pair<C, kBf16>(w0, p0);
-      const uint32_t a1 = tc::decode_pair<C, kBf16>(w1, p0);
-      const uint32_t a2 = tc::decode_pair<C, kBf16>(w0, p1);
-      const uint32_t a3 = tc::decode_pair<C, kBf16>(w1, p1);
-#pragma unroll
-      for (int t = 0; t < NT; ++t) mma16816<kBf16>(g[t], a0, a1, a2, a3, xv[t][j].x, xv[t][j].y);
-      if (affine) {
-#pragma unroll
-        for (int t = 0; t < NT; ++t)
-          mma16816<kBf16>(g1[t], kOnes, kOnes, kOnes, kOnes, xv[t][j].x, xv[t][j].y);
+    for (int d = 0; d < kDepth; ++d) {
+      const int64_t s = base + d * nwarps;
+      if (s >= segs) break;
+      const tc::SegScales cs0 = sc0, cs1 = sc1;
+      if (s + nwarps < segs) {
+        sc0 = tc::load_seg_scales<S, kStepsLog2>(p.w, row0, s + nwarps);
+        sc1 = tc::load_seg_scales<S, kStepsLog2>(p.w, row1, s + nwarps);
       }
-      if ((j & (kGS - 1)) == kGS - 1) {
-        const int f = j >> kStepsLog2;
+      uint2 xv[NT][8];
 #pragma unroll
-        for (int t = 0; t < NT; ++t) {
-          acc[t][0] += a0s[f] * (g[t][0] * kF);
-          acc[t][1] += a0s[f] * (g[t][1] * kF);
-          acc[t][2] += a1s[f] * (g[t][2] * kF);
-          acc[t][3] += a1s[f] * (g[t][3] * kF);
-          if (affine) {
-            acc[t][0] += b0s[f] * g1[t][0];
-            acc[t][1] += b0s[f] * g1[t][1];
-            acc[t][2] += b1s[f] * g1[t][2];
-            acc[t][3] += b1s[f] * g1[t][3];
+      for (int t = 0; t < NT; ++t)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const uint8_t* at = xrow[t] + (s * 128 + 16 * j) * 2;
+          if (!xon[t]) {
+            xv[t][j] = make_uint2(0u, 0u);
+          } else if (p.x_vec) {
+            xv[t][j] = __ldg(reinterpret_cast<const uint2*>(at));
+          } else {
+            const auto* h = reinterpret_cast<const uint16_t*>(at);
+            xv[t][j] = make_uint2(h[0] | (static_cast<uint32_t>(h[1]) << 16),
+                                  h[2] | (static_cast<uint32_t>(h[3]) << 16));
           }
+        }
+      uint32_t w0[4 * kVec], w1[4 * kVec];
 #pragma unroll
-          for (int i = 0; i < 4; ++i) g[t][i] = g1[t][i] = 0.0f;
+      for (int v = 0; v < kVec; ++v) {
+        w0[4 * v] = ring[d][0][v].x, w0[4 * v + 1] = ring[d][0][v].y;
+        w0[4 * v + 2] = ring[d][0][v].z, w0[4 * v + 3] = ring[d][0][v].w;
+        w1[4 * v] = ring[d][1][v].x, w1[4 * v + 1] = ring[d][1][v].y;
+        w1[4 * v + 2] = ring[d][1][v].z, w1[4 * v + 3] = ring[d][1][v].w;
+      }
+      if (s + kDepth * nwarps < segs) load_codes(s + kDepth * nwarps, ring[d]);
+
+      float g[NT][4], g1[NT][4];
+#pragma unroll
+      for (int t = 0; t < NT; ++t)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) g[t][i] = g1[t][i] = 0.0f;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const uint32_t c0 = w0[tc::step_word(kBits, j)], c1 = w1[tc::step_word(kBits, j)];
+        const int p0 = tc::step_pair(kBits, j, 0), p1 = tc::step_pair(kBits, j, 1);
+        const uint32_t a0 = tc::decode_pair<C, kBf16>(c0, p0);
+        const uint32_t a1 = tc::decode_pair<C, kBf16>(c1, p0);
+        const uint32_t a2 = tc::decode_pair<C, kBf16>(c0, p1);
+        const uint32_t a3 = tc::decode_pair<C, kBf16>(c1, p1);
+#pragma unroll
+        for (int t = 0; t < NT; ++t) mma16816<kBf16>(g[t], a0, a1, a2, a3, xv[t][j].x, xv[t][j].y);
+        if (affine) {
+#pragma unroll
+          for (int t = 0; t < NT; ++t)
+            mma16816<kBf16>(g1[t], kOnes, kOnes, kOnes, kOnes, xv[t][j].x, xv[t][j].y);
+        }
+        if ((j & (kGS - 1)) == kGS - 1) {
+          const int f = j >> kStepsLog2;
+          float a0s, b0s, a1s, b1s;
+          tc::seg_group_ab<S>(cs0, f, zero, a0s, b0s);
+          tc::seg_group_ab<S>(cs1, f, zero, a1s, b1s);
+#pragma unroll
+          for (int t = 0; t < NT; ++t) {
+            acc[t][0] += a0s * (g[t][0] * kF);
+            acc[t][1] += a0s * (g[t][1] * kF);
+            acc[t][2] += a1s * (g[t][2] * kF);
+            acc[t][3] += a1s * (g[t][3] * kF);
+            if (affine) {
+              acc[t][0] += b0s * g1[t][0];
+              acc[t][1] += b0s * g1[t][1];
+              acc[t][2] += b1s * g1[t][2];
+              acc[t][3] += b1s * g1[t][3];
+            }
+#pragma unroll
+            for (int i = 0; i < 4; ++i) g[t][i] = g1[t][i] = 0.0f;
+          }
         }
       }
+      (void)kFlushes;
     }
-#pragma unroll
-    for (int i = 0; i < kWords; ++i) c0[i] = n0[i], c1[i] = n1[i];
   }
 
   // The warps' sums, added in warp order.
@@ -188,14 +218,11 @@ __global__ void __launch_bounds__(kMaxWarps * 32) skinny_tc_kernel(SkinnyArgs p)
   }
   __syncthreads();
   if (warp != 0) return;
-#pragma unroll
-  for (int w = 0; w < kMaxWarps - 1; ++w) {
-    if (w + 1 >= nwarps) break;
+  for (int w = 0; w + 1 < nwarps; ++w)
 #pragma unroll
     for (int t = 0; t < NT; ++t)
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[t][i] += red[w][4 * t + i][lane];
-  }
 
   const float global = S == Scale::e4m3 ? p.w.global[0] : 1.0f;
 #pragma unroll
@@ -203,7 +230,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) skinny_tc_kernel(SkinnyArgs p)
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int64_t row = i < 2 ? row0 : row1;
-      const int c = 8 * t + 2 * q + (i & 1);
+      const int c = m0 + 8 * t + 2 * q + (i & 1);
       if (c >= p.m || row >= p.n) continue;
       float v = acc[t][i];
       if (S == Scale::e4m3) v *= global;
@@ -218,7 +245,8 @@ using Launcher = void (*)(const SkinnyArgs&, int64_t tiles, int warps, cudaStrea
 
 template <Code C, Scale S, int SL, bool kBf16, int NT>
 void launch(const SkinnyArgs& a, int64_t tiles, int warps, cudaStream_t stream) {
-  skinny_tc_kernel<C, S, SL, kBf16, NT><<<static_cast<unsigned>(tiles), warps * 32, 0, stream>>>(a);
+  const dim3 grid(static_cast<unsigned>((a.m + 15) / 16), static_cast<unsigned>(tiles));
+  skinny_tc_kernel<C, S, SL, kBf16, NT><<<grid, warps * 32, 0, stream>>>(a);
   mm_cuda::check_launch("skinny_tc_kernel");
 }
 
@@ -276,7 +304,7 @@ class MatmulCudaSkinny final : public MatmulKernel {
       return "x is " + std::string(dtype_name(d.x)) + "; the tensor-core operands are bf16 / f16";
     if (d.m > kMaxM)
       return "M = " + std::to_string(d.m) + " > " + std::to_string(kMaxM) +
-             " (a GEMV kernel: every warp re-reads x; larger M goes to a GEMM)";
+             " (a GEMV kernel: each 16 rows of x re-read W from L2; larger M goes to a GEMM)";
     const auto f = tc::format_of(d.w, d.n, d.k, &why);
     if (!f) return why;
     if (!launcher_for(*f, true, 1, &why)) return why;
@@ -327,10 +355,13 @@ class MatmulCudaSkinny final : public MatmulKernel {
     sa.m = static_cast<int>(d.m);
     sa.n = d.n;
     const Launcher l = launcher_for(tp.format, d.x == Dtype::bf16, d.m > 8 ? 2 : 1, nullptr);
+    if (tp.layout.tiles > 65535)
+      throw_error(ErrorCode::unsupported, "matmul_cuda_skinny_tc: N > 1048560");
     mm_cuda::DeviceScope scope(d.device.index);
     // 8 warps per block when there are few tiles (more loads in flight per SM), else 4.
     const int sms = cuda_device_properties(d.device.index).multiprocessors;
-    const int warps = tp.layout.tiles < 3 * static_cast<int64_t>(sms) ? 8 : 4;
+    const int64_t blocks = tp.layout.tiles * ((d.m + 15) / 16);
+    const int warps = blocks < 3 * static_cast<int64_t>(sms) ? 8 : 4;
     l(sa, tp.layout.tiles, warps, static_cast<cudaStream_t>(stream.native_handle()));
   }
 };

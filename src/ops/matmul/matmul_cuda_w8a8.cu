@@ -21,7 +21,10 @@ namespace {
 
 constexpr int kThreads = 256;
 
-enum class Kind { int8, fp8, fp8_block };
+/// int8: IMMA + epilogue; fp8: scales applied by cuBLASLt; fp8_epilogue: per-token /
+/// per-channel fp8 where cuBLASLt has no OUTER_VEC_32F algorithm: an unscaled fp8 GEMM into
+/// f32 sums, then the int8 path's epilogue; fp8_block: 1x128 x 128x128 blocks.
+enum class Kind { int8, fp8, fp8_epilogue, fp8_block };
 
 bool is_fp8(QuantFormat f) { return f == QuantFormat::fp8e4m3 || f == QuantFormat::fp8e5m2; }
 bool per_row(const QuantScheme& s) {
@@ -94,6 +97,11 @@ mm_cuda::LtGemm gemm_of(const MatmulDesc& d, Kind kind) {
     g.compute = CUBLAS_COMPUTE_32I;
     g.scale_type = CUDA_R_32I;
     g.ldd = i32_ld(d);
+  } else if (kind == Kind::fp8_epilogue) {
+    g.d_type = CUDA_R_32F;
+    g.compute = CUBLAS_COMPUTE_32F;
+    g.scale_type = CUDA_R_32F;
+    g.ldd = i32_ld(d);
   } else {
     g.d_type = mm_cuda::cuda_type(d.y);
     g.compute = CUBLAS_COMPUTE_32F;
@@ -122,7 +130,7 @@ Pieces pieces_of(const MatmulDesc& d, Kind kind) {
   p.xq = at;
   at = mm_cuda::align_up(at + mm_cuda::x_quant_bytes(d), 256);
   p.mid = at;
-  if (kind == Kind::int8) {
+  if (kind == Kind::int8 || kind == Kind::fp8_epilogue) {
     at = mm_cuda::align_up(at + static_cast<size_t>(d.m * i32_ld(d)) * 4, 256);
   } else if (kind == Kind::fp8_block) {
     at = mm_cuda::align_up(at + static_cast<size_t>(kblocks(d) * d.m) * 4, 256);  // x: [kb][m]
@@ -135,10 +143,11 @@ Pieces pieces_of(const MatmulDesc& d, Kind kind) {
 }
 
 /// y[m][n] = f32(acc[m][n]) * sx * sw (+ bias[n]).
+template <class Acc>
 __global__ void __launch_bounds__(kThreads)
-    int8_epilogue_kernel(const int32_t* acc, int64_t ld, const void* sx, Dtype sxd, bool sx_row,
-                         const void* sw, Dtype swd, bool sw_row, const void* bias, void* y,
-                         Dtype yd, int64_t y_stride, int64_t m, int64_t n) {
+    scale_epilogue_kernel(const Acc* acc, int64_t ld, const void* sx, Dtype sxd, bool sx_row,
+                          const void* sw, Dtype swd, bool sw_row, const void* bias, void* y,
+                          Dtype yd, int64_t y_stride, int64_t m, int64_t n) {
   const int64_t total = m * n;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
@@ -179,11 +188,25 @@ class MatmulCudaW8A8 final : public MatmulKernel {
     std::string why = mm_cuda::cuda_device_decline(d, reinterpret_cast<const void*>(&probe_kernel));
     if (!why.empty()) return why;
     if (!d.x_scheme) return "W8A8 only (x_scheme is not set)";
-    const auto kind = kind_of(d, &why);
-    if (!kind) return why;
-    if (d.m > 0 && d.n > 0 && !mm_cuda::lt_available(gemm_of(d, *kind), &why))
-      return "the GEMM: " + why;
+    if (!resolve(d, &why)) return why;
     return {};
+  }
+
+  /// The kind for `d` after asking cuBLASLt (per-row fp8 falls back to the epilogue form).
+  static std::optional<Kind> resolve(const MatmulDesc& d, std::string* why) {
+    auto kind = kind_of(d, why);
+    if (!kind) return kind;
+    if (d.m == 0 || d.n == 0) return kind;
+    std::string lt_why;
+    if (mm_cuda::lt_available(gemm_of(d, *kind), &lt_why)) return kind;
+    if (*kind == Kind::fp8) {
+      std::string e_why;
+      if (mm_cuda::lt_available(gemm_of(d, Kind::fp8_epilogue), &e_why)) return Kind::fp8_epilogue;
+      *why = "the GEMM with cuBLASLt's scales: " + lt_why + "; unscaled: " + e_why;
+      return std::nullopt;
+    }
+    *why = "the GEMM: " + lt_why;
+    return std::nullopt;
   }
   KernelSku sku(const MatmulDesc& d) const override {
     return {"matmul",
@@ -196,7 +219,7 @@ class MatmulCudaW8A8 final : public MatmulKernel {
   }
   PrecisionGuarantee precision(const MatmulDesc& d) const override {
     std::string why;
-    const auto kind = kind_of(d, &why);
+    const auto kind = resolve(d, &why);
     if (kind == Kind::int8)
       return {
           "int8 codes multiplied and summed exactly in i32 (cuBLASLt IMMA), then "
@@ -209,14 +232,14 @@ class MatmulCudaW8A8 final : public MatmulKernel {
   }
   std::size_t workspace_size(const MatmulDesc& d) const override {
     std::string why;
-    return pieces_of(d, kind_of(d, &why).value_or(Kind::fp8)).total;
+    return pieces_of(d, resolve(d, &why).value_or(Kind::fp8_epilogue)).total;
   }
 
   void run(const MatmulDesc& d, const MatmulArgs& a, const Stream& stream,
            Workspace workspace) const override {
     if (d.m == 0 || d.n == 0) return;
     std::string why;
-    const Kind kind = *kind_of(d, &why);
+    const Kind kind = *resolve(d, &why);
     const Pieces p = pieces_of(d, kind);
     auto* ws = static_cast<uint8_t*>(workspace.data);
     mm_cuda::DeviceScope scope(d.device.index);
@@ -224,18 +247,29 @@ class MatmulCudaW8A8 final : public MatmulKernel {
     const QuantizedView xq = mm_cuda::activations(d, a, ws + p.xq, stream);
     const mm_cuda::LtGemm g = gemm_of(d, kind);
     const int sms = cuda_device_properties(d.device.index).multiprocessors;
-    if (kind == Kind::int8) {
-      const int32_t one = 1;
-      mm_cuda::lt_run(g, a.w.codes.data(), xq.codes.data(), ws + p.mid, nullptr, nullptr, nullptr,
-                      &one, ws + p.lt, mm_cuda::kLtWorkspace, s);
+    if (kind == Kind::int8 || kind == Kind::fp8_epilogue) {
+      const int32_t one_i = 1;
+      const float one_f = 1.0f;
+      mm_cuda::lt_run(
+          g, a.w.codes.data(), xq.codes.data(), ws + p.mid, nullptr, nullptr, nullptr,
+          kind == Kind::int8 ? static_cast<const void*>(&one_i) : static_cast<const void*>(&one_f),
+          ws + p.lt, mm_cuda::kLtWorkspace, s);
       const unsigned grid = quant_cuda::grid_of(static_cast<uint64_t>(d.m * d.n), kThreads,
                                                 static_cast<uint32_t>(sms * 8));
-      int8_epilogue_kernel<<<grid, kThreads, 0, s>>>(
-          reinterpret_cast<const int32_t*>(ws + p.mid), i32_ld(d), xq.scale.data(),
-          xq.scale.dtype(), xq.scheme.granularity != Granularity::tensor, a.w.scale.data(),
-          a.w.scale.dtype(), d.w.granularity != Granularity::tensor,
-          d.bias ? a.bias.data() : nullptr, a.y.data(), d.y, d.y_stride(), d.m, d.n);
-      mm_cuda::check_launch("int8_epilogue_kernel");
+      const bool sx_row = xq.scheme.granularity != Granularity::tensor;
+      const bool sw_row = d.w.granularity != Granularity::tensor;
+      const void* bias = d.bias ? a.bias.data() : nullptr;
+      if (kind == Kind::int8)
+        scale_epilogue_kernel<int32_t><<<grid, kThreads, 0, s>>>(
+            reinterpret_cast<const int32_t*>(ws + p.mid), i32_ld(d), xq.scale.data(),
+            xq.scale.dtype(), sx_row, a.w.scale.data(), a.w.scale.dtype(), sw_row, bias, a.y.data(),
+            d.y, d.y_stride(), d.m, d.n);
+      else
+        scale_epilogue_kernel<float><<<grid, kThreads, 0, s>>>(
+            reinterpret_cast<const float*>(ws + p.mid), i32_ld(d), xq.scale.data(),
+            xq.scale.dtype(), sx_row, a.w.scale.data(), a.w.scale.dtype(), sw_row, bias, a.y.data(),
+            d.y, d.y_stride(), d.m, d.n);
+      mm_cuda::check_launch("scale_epilogue_kernel");
       return;
     }
     const void* sa = a.w.scale.data();
