@@ -28,7 +28,7 @@ constexpr int kChunk = 64;      // codes per decoded zmm
 constexpr i64 kKcExact = 256;   // k per panel, exact gemm (f32 panel 32 KiB)
 constexpr i64 kKcInt8 = 512;    // k per panel, int8 gemm (codes 16 KiB)
 constexpr int kRowsExact = 12;  // rows of x per exact gemm tile (24 accumulators)
-constexpr int kRowsInt8 = 4;    // rows of x per int8 gemm tile (8 i32 + 8 f32 accumulators)
+constexpr int kRowsInt8 = 6;    // rows of x per int8 gemm tile (12 i32 + 12 f32 accumulators)
 constexpr int kGemvRows = 4;    // rows of x per gemv pass
 
 i64 min64(i64 a, i64 b) { return a < b ? a : b; }

@@ -62,6 +62,7 @@ namespace lowbit::matmul_cpu {
 namespace {
 
 constexpr uint32_t kMagic = 0x31784C42;  // "BLx1"
+constexpr i64 kPrefetchBytes = 4096;     // gemv: how far ahead in a strip's codes (measured)
 constexpr i64 kHeader = 64;
 
 enum class PClass : uint8_t { nib, byte, q6 };
@@ -96,14 +97,17 @@ struct Packed {
     if constexpr (kF == WFmt::q4_K) return K / 256 * 320;
     if constexpr (kF == WFmt::q6_K) return K / 256 * 288;
     const i64 B = block(w);
-    return (K + B - 1) / B * 128;
+    return (K + B - 1) / B * int_record(w.scale_dt);
   }
+  /// Integer formats: bytes per scale block of a strip: 16 scales as stored (f32, f16 or
+  /// bf16), then 16 f32 c when the format has c terms.
+  static i64 int_record(FDt dt) { return 16 * (dt == FDt::f32 ? 4 : 2) + (F::kC ? 64 : 0); }
   static i64 strip_bytes(const WeightRef& w) {
     return (code_bytes(w.k) + param_bytes(w) + 63) & ~i64{63};
   }
 
   /// a and c of group g of a strip (P: the strip's parameters).
-  static void params(const uint8_t* P, i64 g, i64 B, float global, __m512& a, __m512& c) {
+  static void params(const uint8_t* P, i64 g, i64 B, FDt sdt, float global, __m512& a, __m512& c) {
     c = _mm512_setzero_ps();
     if constexpr (kF == WFmt::q4_0 || kF == WFmt::q8_0) {
       a = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(P + 32 * g)));
@@ -116,17 +120,9 @@ struct Packed {
       a = _mm512_mul_ps(e8m0_f32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(P + 16 * g))),
                         _mm512_set1_ps(0.5f));
     } else if constexpr (kF == WFmt::q4_K) {
-      const uint8_t* sb = P + (g >> 3) * 320;
-      const int j = static_cast<int>(g & 7);
-      const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb)));
-      const __m512 dmin =
-          _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb + 32)));
-      const __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(sb + 64 + 16 * j))));
-      const __m512 mn = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(sb + 192 + 16 * j))));
-      a = _mm512_mul_ps(d, sc);
-      c = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(dmin, mn));
+      __m512 d, dmin;
+      super_block(P, g, d, dmin);
+      q4k_group(P, g, d, dmin, a, c);
     } else if constexpr (kF == WFmt::q6_K) {
       const uint8_t* sb = P + (g >> 4) * 288;
       const int j = static_cast<int>(g & 15);
@@ -134,10 +130,29 @@ struct Packed {
       a = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
                                reinterpret_cast<const __m128i*>(sb + 32 + 16 * j)))));
     } else {
-      const i64 blk = g * G / B;
-      a = _mm512_loadu_ps(reinterpret_cast<const float*>(P + 128 * blk));
-      c = _mm512_loadu_ps(reinterpret_cast<const float*>(P + 128 * blk + 64));
+      const uint8_t* rec = P + g * G / B * int_record(sdt);
+      a = load16(rec, sdt, 0, 16);
+      if constexpr (F::kC)
+        c = _mm512_loadu_ps(reinterpret_cast<const float*>(rec + 16 * (sdt == FDt::f32 ? 4 : 2)));
     }
+  }
+
+  /// q4_K: the f16 d and dmin of group g's super-block (once per 8 groups in the gemv).
+  static void super_block(const uint8_t* P, i64 g, __m512& d, __m512& dmin) {
+    const uint8_t* sb = P + (g >> 3) * 320;
+    d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb)));
+    dmin = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb + 32)));
+  }
+  /// q4_K: a = d * sc and c = -(dmin * m) of group g (ggml's d1 and -m1).
+  static void q4k_group(const uint8_t* P, i64 g, __m512 d, __m512 dmin, __m512& a, __m512& c) {
+    const uint8_t* sb = P + (g >> 3) * 320;
+    const int j = static_cast<int>(g & 7);
+    const __m512 sc = _mm512_cvtepi32_ps(
+        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sb + 64 + 16 * j))));
+    const __m512 mn = _mm512_cvtepi32_ps(
+        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sb + 192 + 16 * j))));
+    a = _mm512_mul_ps(d, sc);
+    c = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(dmin, mn));
   }
 
   /// The vpdpbusd operands of step t (4-bit / q6: 8 k, lo then hi; 8-bit: 4 k, lo only).
@@ -180,6 +195,7 @@ struct Packed {
 struct PackedView {
   const uint8_t* base;  // the first strip
   i64 strip_bytes, code_bytes, B;
+  FDt sdt;  // integer formats: the scales' type
   float global;
   const uint8_t* codes(i64 s) const { return base + s * strip_bytes; }
   const uint8_t* params(i64 s) const { return base + s * strip_bytes + code_bytes; }
@@ -190,7 +206,7 @@ PackedView packed_view(const WeightRef& w, const uint8_t* packed) {
   using P = Packed<F>;
   float global;
   std::memcpy(&global, packed + 24, 4);
-  return {packed + kHeader, P::strip_bytes(w), P::code_bytes(w.k), P::block(w), global};
+  return {packed + kHeader, P::strip_bytes(w), P::code_bytes(w.k), P::block(w), w.scale_dt, global};
 }
 
 // ---- packing ------------------------------------------------------------------------------------
@@ -303,13 +319,24 @@ void pack_strip(const WeightRef& w, i64 s, uint8_t* out) {
       // Integer formats: a and c per scale block, from the plain kernel's own parameters.
       const i64 B = P::block(w), nb = (K + B - 1) / B;
       alignas(64) float a[16], c[16];
+      const i64 rb = P::int_record(w.scale_dt), sb = w.scale_dt == FDt::f32 ? 4 : 2;
       for (i64 blk = 0; blk < nb; ++blk) {
         const i64 g = blk * B / G;  // first group of the block
         const i64 g16 = g & ~i64{15};
         F::params(w, row, g16, min64(16, K / G - g16), a, c);
-        auto* pa = reinterpret_cast<float*>(p + 128 * blk);
-        pa[j] = a[g & 15];
-        pa[16 + j] = F::kC ? c[g & 15] : 0.0f;
+        uint8_t* rec = p + blk * rb;
+        // The scale back in its own type (exact: a is its widening).
+        const float av = a[g & 15];
+        if (w.scale_dt == FDt::f32) {
+          std::memcpy(rec + 4 * j, &av, 4);
+        } else {
+          uint32_t bits;
+          std::memcpy(&bits, &av, 4);
+          const uint16_t h = w.scale_dt == FDt::f16 ? static_cast<uint16_t>(_cvtss_sh(av, 0))
+                                                    : static_cast<uint16_t>(bits >> 16);
+          std::memcpy(rec + 2 * j, &h, 2);
+        }
+        if constexpr (F::kC) std::memcpy(rec + 16 * sb + 4 * j, &c[g & 15], 4);
       }
     }
   }
@@ -331,6 +358,7 @@ void gemv_packed(const PackedView& pv, i64 K, const int8_t* xq, const int32_t* i
     const uint8_t* params = pv.params(s);
     __m512 acc[MR];
     for (int i = 0; i < MR; ++i) acc[i] = _mm512_setzero_ps();
+    __m512 d_sb = _mm512_setzero_ps(), dmin_sb = _mm512_setzero_ps();  // q4_K super-block
     for (i64 g = 0; g < ng; ++g) {
       __m512i J[MR][NJ];
       for (int i = 0; i < MR; ++i) {
@@ -340,6 +368,9 @@ void gemv_packed(const PackedView& pv, i64 K, const int8_t* xq, const int32_t* i
       const i64 t0 = g * kSteps;
 #pragma GCC unroll 8
       for (int st = 0; st < kSteps; ++st) {
+        // The codes a few groups ahead (a strip is read once, front to back).
+        _mm_prefetch(reinterpret_cast<const char*>(codes + 64 * (t0 + st) + kPrefetchBytes),
+                     _MM_HINT_T0);
         __m512i lo, hi;
         P::step(codes, K, t0 + st, lo, hi);
         for (int i = 0; i < MR; ++i) {
@@ -356,7 +387,12 @@ void gemv_packed(const PackedView& pv, i64 K, const int8_t* xq, const int32_t* i
         }
       }
       __m512 a, c;
-      P::params(params, g, pv.B, pv.global, a, c);
+      if constexpr (F::kFmt == WFmt::q4_K) {
+        if ((g & 7) == 0) P::super_block(params, g, d_sb, dmin_sb);
+        P::q4k_group(params, g, d_sb, dmin_sb, a, c);
+      } else {
+        P::params(params, g, pv.B, pv.sdt, pv.global, a, c);
+      }
       for (int i = 0; i < MR; ++i) {
         __m512i j = J[i][0];
         for (int q = 1; q < NJ; ++q) j = _mm512_add_epi32(j, J[i][q]);
@@ -402,7 +438,7 @@ void decode_packed_panel(const PackedView& pv, i64 K, i64 strips, i64 s0, i64 k0
     }
     for (i64 g = 0; g < kc / G; ++g) {
       __m512 a, c;
-      P::params(pv.params(s), k0 / G + g, pv.B, pv.global, a, c);
+      P::params(pv.params(s), k0 / G + g, pv.B, pv.sdt, pv.global, a, c);
       _mm512_store_ps(A + 32 * g + 16 * h, a);
       _mm512_store_ps(Cc + 32 * g + 16 * h, c);
     }

@@ -212,6 +212,7 @@ WeightRef weight_ref(const MatmulDesc& d, const QuantizedView* q) {
     w.scale_row_stride = K / b;
     w.scale_col_div = b;
   }
+  if (s.is_integer()) w.scale_dt = fdt(s.scale_dtype);
   if (!q) return w;
   w.codes = static_cast<const uint8_t*>(q->codes.data());
   if (s.format != QuantFormat::gguf) {
