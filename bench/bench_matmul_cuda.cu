@@ -184,6 +184,7 @@ int main(int argc, char** argv) {
   std::string json_path;
   int reps = 15;
   bool quick = false;
+  std::string only_scheme, only_shape, only_m;  // --scheme S --shape NxK --m M: one case
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--json" && i + 1 < argc) {
@@ -192,8 +193,17 @@ int main(int argc, char** argv) {
       reps = std::max(3, std::atoi(argv[++i]));
     } else if (a == "--quick") {
       quick = true;
+    } else if (a == "--scheme" && i + 1 < argc) {
+      only_scheme = argv[++i];
+    } else if (a == "--shape" && i + 1 < argc) {
+      only_shape = argv[++i];
+    } else if (a == "--m" && i + 1 < argc) {
+      only_m = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: %s [--json PATH] [--reps N] [--quick]\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--json PATH] [--reps N] [--quick] [--scheme S] [--shape NxK] "
+                   "[--m M]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -234,6 +244,7 @@ int main(int argc, char** argv) {
     const int64_t shapes[][2] = {{8192, 8192}, {14336, 4096}, {4096, 14336}};
     std::vector<int64_t> ms = {1, 16, 64, 256, 2048};
     if (quick) ms = {1, 16, 256};
+    if (!only_m.empty()) ms = {std::atoll(only_m.c_str())};
     const char* full_schemes[] = {"int4:block32", "int4:block128", "nvfp4",
                                   "mxfp4",        "int8:channel",  "fp8e4m3:channel"};
     const char* gemv_schemes[] = {"int4:block64",
@@ -255,6 +266,8 @@ int main(int argc, char** argv) {
 
     for (const auto& shape : shapes) {
       const int64_t n = shape[0], k = shape[1];
+      if (!only_shape.empty() && only_shape != std::to_string(n) + "x" + std::to_string(k))
+        continue;
       const int64_t mmax = ms.back();
       lowbit::Tensor wf = lowbit::Tensor::empty({n, k}, Dtype::f32, gpu, &stream);
       fill_normal<<<2048, 256, 0, s>>>(wf.data_as<float>(), static_cast<uint64_t>(n * k), 7, 0.02f);
@@ -391,7 +404,9 @@ int main(int argc, char** argv) {
               lowbit::Buffer aws(static_cast<int64_t>(ap.workspace_size()), gpu, &stream);
               Row ra = r;
               ra.scheme = std::string(text) + " (dequant+GEMM)";
-              ra.ms = timer.median([&] { ap.run(stream, {aws.data(), ap.workspace_size()}, aargs); });
+              ra.ms = timer.median([&] {
+                ap.run(stream, {aws.data(), ap.workspace_size()}, aargs);
+              });
               ra.kernel = ap.sku().kernel;
               ra.vs_bf16 = mi < bf16_ms.size() ? bf16_ms[mi] / ra.ms : 0;
               ra.check = "-";
@@ -419,6 +434,10 @@ int main(int argc, char** argv) {
           rows.push_back(r);
         }
       };
+      if (!only_scheme.empty()) {
+        guarded(only_scheme.c_str(), ms);
+        continue;
+      }
       for (const char* text : full_schemes) guarded(text, ms);
       if (n == 4096 && k == 14336)
         for (const char* text : gemv_schemes) guarded(text, {1, 16});

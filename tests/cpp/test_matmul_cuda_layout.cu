@@ -369,8 +369,8 @@ TEST(MatmulCuda, QuantizedLinearSharesOnePreparedWeight) {
   qd.scale = testing::to_device(qh.scale, gpu);
   QuantizedLinear layer(std::move(qd));
   EXPECT_EQ(layer.plan_for(4, Dtype::bf16).sku().kernel, "matmul_cuda_skinny_tc");
-  EXPECT_EQ(layer.plan_for(64, Dtype::bf16).sku().kernel, "matmul_cuda_dequant_tc_lt");
-  for (int64_t m : {4, 64}) {
+  EXPECT_EQ(layer.plan_for(300, Dtype::bf16).sku().kernel, "matmul_cuda_dequant_tc_lt");
+  for (int64_t m : {4, 300}) {
     Tensor xh = Tensor::empty({m, 512}, Dtype::bf16);
     std::normal_distribution<float> nd(0.f, 1.f);
     for (int64_t i = 0; i < xh.numel(); ++i)

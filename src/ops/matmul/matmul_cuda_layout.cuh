@@ -229,12 +229,14 @@ __device__ __forceinline__ uint32_t decode_pair(uint32_t word, int p) {
   if constexpr (C == Code::u4) {
     const uint32_t pat = pattern4<C, kBf16>(word, p);
     if constexpr (kBf16) {
+      const uint32_t k136 = 0x43084308u;  // (136, 136) as bf16
       const __nv_bfloat162 v = __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&pat),
-                                       __floats2bfloat162_rn(136.0f, 136.0f));
+                                       *reinterpret_cast<const __nv_bfloat162*>(&k136));
       r = *reinterpret_cast<const uint32_t*>(&v);
     } else {
-      const __half2 v =
-          __hsub2(*reinterpret_cast<const __half2*>(&pat), __floats2half2_rn(1032.0f, 1032.0f));
+      const uint32_t k1032 = 0x64086408u;  // (1032, 1032) as f16
+      const __half2 v = __hsub2(*reinterpret_cast<const __half2*>(&pat),
+                                *reinterpret_cast<const __half2*>(&k1032));
       r = *reinterpret_cast<const uint32_t*>(&v);
     }
   } else if constexpr (C == Code::fp4) {
@@ -251,8 +253,9 @@ __device__ __forceinline__ uint32_t decode_pair(uint32_t word, int p) {
   } else if constexpr (!kBf16 && (C == Code::i8 || C == Code::e5m2)) {
     const uint32_t pat = pattern8_f16<C>(word, p);
     if constexpr (C == Code::i8) {
-      const __half2 v =
-          __hsub2(*reinterpret_cast<const __half2*>(&pat), __floats2half2_rn(1152.0f, 1152.0f));
+      const uint32_t k1152 = 0x64806480u;  // (1152, 1152) as f16
+      const __half2 v = __hsub2(*reinterpret_cast<const __half2*>(&pat),
+                                *reinterpret_cast<const __half2*>(&k1152));
       r = *reinterpret_cast<const uint32_t*>(&v);
     } else {
       r = pat;
@@ -415,18 +418,19 @@ struct SegScales {
 template <int kBytes>
 LOWBIT_HD void load_words(const void* src, uint32_t* dst) {
 #if defined(__CUDA_ARCH__)
+  // volatile: issued where written (the skinny kernel orders its loads before its arithmetic).
   if constexpr (kBytes == 16) {
-    const uint4 v = __ldg(static_cast<const uint4*>(src));
-    dst[0] = v.x, dst[1] = v.y, dst[2] = v.z, dst[3] = v.w;
+    asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(dst[0]), "=r"(dst[1]), "=r"(dst[2]), "=r"(dst[3])
+                 : "l"(src));
   } else if constexpr (kBytes == 8) {
-    const uint2 v = __ldg(static_cast<const uint2*>(src));
-    dst[0] = v.x, dst[1] = v.y;
+    asm volatile("ld.global.nc.v2.u32 {%0,%1}, [%2];" : "=r"(dst[0]), "=r"(dst[1]) : "l"(src));
   } else if constexpr (kBytes == 4) {
-    dst[0] = __ldg(static_cast<const uint32_t*>(src));
+    asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(dst[0]) : "l"(src));
   } else if constexpr (kBytes == 2) {
-    dst[0] = __ldg(static_cast<const unsigned short*>(src));
+    asm volatile("ld.global.nc.u16 %0, [%1];" : "=r"(dst[0]) : "l"(src));
   } else {
-    dst[0] = __ldg(static_cast<const unsigned char*>(src));
+    asm volatile("ld.global.nc.u8 %0, [%1];" : "=r"(dst[0]) : "l"(src));
   }
 #else
   dst[0] = 0;

@@ -48,13 +48,17 @@ struct SkinnyArgs {
 template <bool kBf16>
 __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                          uint32_t a3, uint32_t b0, uint32_t b1) {
+  // volatile: the loads below are volatile too, so that the order written here (every load of
+  // a segment before its arithmetic) is the order issued.
   if constexpr (kBf16) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
   } else {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
@@ -64,19 +68,25 @@ __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1
 /// A 16-byte load of data read once: not kept in L1 (x keeps it).
 __device__ __forceinline__ uint4 load_stream16(const void* p) {
   uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+/// 8 bytes of x (read by every block: kept in L1).
+__device__ __forceinline__ uint2 load_x8(const void* p) {
+  uint2 v;
+  asm volatile("ld.global.nc.v2.u32 {%0,%1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
   return v;
 }
 
 template <Code C, Scale S, int kStepsLog2, bool kBf16, int NT>
 __global__ void __launch_bounds__(kMaxWarps * 32) skinny_tc_kernel(SkinnyArgs p) {
   constexpr int kBits = (C == Code::u4 || C == Code::fp4) ? 4 : 8;
-  constexpr int kVec = kBits == 4 ? 1 : 2;    // 16-byte code vectors per lane and half
-  constexpr int kDepth = kBits == 4 ? 4 : 2;  // segments of codes in flight per warp
-  constexpr int kGS = 1 << kStepsLog2;        // steps per scale group
-  constexpr int kFlushes = 8 / kGS;           // groups per segment
+  constexpr int kVec = kBits == 4 ? 1 : 2;                 // 16-byte code vectors per half
+  constexpr int kDepth = (kBits == 4 && NT == 1) ? 4 : 2;  // segments of codes in flight
+  constexpr int kGS = 1 << kStepsLog2;                     // steps per scale group
   constexpr float kF = (C == Code::fp4 && !kBf16) ? tc::kFp4F16Factor : 1.0f;
   constexpr uint32_t kOnes = kBf16 ? 0x3f803f80u : 0x3c003c00u;  // (1.0, 1.0)
   constexpr int kLaneBytes = 16 * kVec;
@@ -109,6 +119,23 @@ __global__ void __launch_bounds__(kMaxWarps * 32) skinny_tc_kernel(SkinnyArgs p)
     xon[t] = c < p.m;
     xrow[t] = p.x + (static_cast<int64_t>(xon[t] ? c : 0) * p.x_stride + 4 * q) * 2;
   }
+  auto load_x = [&](int64_t s, uint2(&xv)[NT][8]) {
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const uint8_t* at = xrow[t] + (s * 128 + 16 * j) * 2;
+        if (!xon[t]) {
+          xv[t][j] = make_uint2(0u, 0u);
+        } else if (p.x_vec) {
+          xv[t][j] = load_x8(at);
+        } else {
+          const auto* h = reinterpret_cast<const uint16_t*>(at);
+          xv[t][j] = make_uint2(h[0] | (static_cast<uint32_t>(h[1]) << 16),
+                                h[2] | (static_cast<uint32_t>(h[3]) << 16));
+        }
+      }
+  };
 
   float acc[NT][4];
 #pragma unroll
@@ -116,42 +143,30 @@ __global__ void __launch_bounds__(kMaxWarps * 32) skinny_tc_kernel(SkinnyArgs p)
 #pragma unroll
     for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
 
-  // Codes kDepth segments ahead, scales one segment ahead, x at the segment's start.
+  // In flight: codes kDepth segments ahead; x and scales one segment ahead.
   uint4 ring[kDepth][2][kVec];
 #pragma unroll
   for (int d = 0; d < kDepth; ++d)
     if (warp + d * nwarps < segs) load_codes(warp + d * nwarps, ring[d]);
-  tc::SegScales sc0{}, sc1{};
+  uint2 xn[NT][8];
+  tc::SegScales sn0{}, sn1{};
   if (warp < segs) {
-    sc0 = tc::load_seg_scales<S, kStepsLog2>(p.w, row0, warp);
-    sc1 = tc::load_seg_scales<S, kStepsLog2>(p.w, row1, warp);
+    load_x(warp, xn);
+    sn0 = tc::load_seg_scales<S, kStepsLog2>(p.w, row0, warp);
+    sn1 = tc::load_seg_scales<S, kStepsLog2>(p.w, row1, warp);
   }
   for (int64_t base = warp; base < segs; base += kDepth * nwarps) {
 #pragma unroll
     for (int d = 0; d < kDepth; ++d) {
       const int64_t s = base + d * nwarps;
       if (s >= segs) break;
-      const tc::SegScales cs0 = sc0, cs1 = sc1;
-      if (s + nwarps < segs) {
-        sc0 = tc::load_seg_scales<S, kStepsLog2>(p.w, row0, s + nwarps);
-        sc1 = tc::load_seg_scales<S, kStepsLog2>(p.w, row1, s + nwarps);
-      }
+      // This segment's operands, then every load for later segments, then the arithmetic.
       uint2 xv[NT][8];
 #pragma unroll
       for (int t = 0; t < NT; ++t)
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const uint8_t* at = xrow[t] + (s * 128 + 16 * j) * 2;
-          if (!xon[t]) {
-            xv[t][j] = make_uint2(0u, 0u);
-          } else if (p.x_vec) {
-            xv[t][j] = __ldg(reinterpret_cast<const uint2*>(at));
-          } else {
-            const auto* h = reinterpret_cast<const uint16_t*>(at);
-            xv[t][j] = make_uint2(h[0] | (static_cast<uint32_t>(h[1]) << 16),
-                                  h[2] | (static_cast<uint32_t>(h[3]) << 16));
-          }
-        }
+        for (int j = 0; j < 8; ++j) xv[t][j] = xn[t][j];
+      const tc::SegScales cs0 = sn0, cs1 = sn1;
       uint32_t w0[4 * kVec], w1[4 * kVec];
 #pragma unroll
       for (int v = 0; v < kVec; ++v) {
@@ -161,6 +176,11 @@ __global__ void __launch_bounds__(kMaxWarps * 32) skinny_tc_kernel(SkinnyArgs p)
         w1[4 * v + 2] = ring[d][1][v].z, w1[4 * v + 3] = ring[d][1][v].w;
       }
       if (s + kDepth * nwarps < segs) load_codes(s + kDepth * nwarps, ring[d]);
+      if (s + nwarps < segs) {
+        load_x(s + nwarps, xn);
+        sn0 = tc::load_seg_scales<S, kStepsLog2>(p.w, row0, s + nwarps);
+        sn1 = tc::load_seg_scales<S, kStepsLog2>(p.w, row1, s + nwarps);
+      }
 
       float g[NT][4], g1[NT][4];
 #pragma unroll
@@ -204,7 +224,6 @@ __global__ void __launch_bounds__(kMaxWarps * 32) skinny_tc_kernel(SkinnyArgs p)
           }
         }
       }
-      (void)kFlushes;
     }
   }
 
