@@ -275,6 +275,19 @@ QuantizedView activations(const MatmulDesc& d, const MatmulArgs& a, void* ws,
   return q;
 }
 
+int sm_count(int device) {
+  static std::mutex mutex;
+  static std::array<int, 64> sms{};
+  std::lock_guard<std::mutex> lock(mutex);
+  if (sms[device] == 0) {
+    int v = 0;
+    check_cuda(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device),
+               "cudaDeviceGetAttribute");
+    sms[device] = v;
+  }
+  return sms[device];
+}
+
 std::string cuda_arch(int device) {
   const CudaDeviceProperties p = cuda_device_properties(device);
   return "sm_" + std::to_string(p.sm_major) + std::to_string(p.sm_minor);

@@ -56,6 +56,8 @@ void tc_prepare(const MatmulDesc& d, const QuantizedView& w, const TensorView& p
 /// "runs on CUDA devices only" / "this build has no kernel image ..." / "" for a usable device.
 std::string cuda_device_decline(const MatmulDesc& d, const void* probe_kernel);
 std::string cuda_arch(int device);
+/// Multiprocessors of `device` (cached: cudaGetDeviceProperties is slow).
+int sm_count(int device);
 
 /// 16 for bf16, f16; 32 for f32.
 inline int dtype_bits(Dtype d) { return bit_width(d); }

@@ -167,7 +167,7 @@ mm_cuda::LtGemm gemm_of(const MatmulDesc& d, Dtype t) {
   return g;
 }
 
-int sms_of(int device) { return cuda_device_properties(device).multiprocessors; }
+int sms_of(int device) { return mm_cuda::sm_count(device); }
 
 /// Workspace pieces, 256-aligned: dense W, x in T, x's codes / scales (W8A8), cuBLASLt.
 struct Pieces {

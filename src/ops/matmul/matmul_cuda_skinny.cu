@@ -36,7 +36,6 @@ struct SkinnyArgs {
   TcWeights w;
   const uint8_t* x = nullptr;
   int64_t x_stride = 0;  ///< elements
-  bool x_vec = true;     ///< rows 8-byte aligned: one 8-byte load per step
   void* y = nullptr;
   int64_t y_stride = 0;
   Dtype y_dtype = Dtype::bf16;
@@ -65,24 +64,31 @@ __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1
   }
 }
 
-/// A 16-byte load of data read once: not kept in L1 (x keeps it).
-__device__ __forceinline__ uint4 load_stream16(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
+/// A 16-byte load of data read once (not kept in L1: x keeps it), issued only when `on`.
+__device__ __forceinline__ void load_stream16(uint4& v, const void* p, bool on) {
+  asm volatile(
+      "{ .reg .pred q; setp.ne.b32 q, %5, 0;\n"
+      "  @q ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4]; }"
+      : "+r"(v.x), "+r"(v.y), "+r"(v.z), "+r"(v.w)
+      : "l"(p), "r"(static_cast<int>(on)));
+}
+
+/// 8 bytes of x (read by every block: kept in L1), or zeros when not `on`.
+__device__ __forceinline__ uint2 load_x8(const void* p, bool on) {
+  uint2 v = make_uint2(0u, 0u);
+  asm volatile(
+      "{ .reg .pred q; setp.ne.b32 q, %3, 0;\n"
+      "  @q ld.global.nc.v2.u32 {%0,%1}, [%2]; }"
+      : "+r"(v.x), "+r"(v.y)
+      : "l"(p), "r"(static_cast<int>(on)));
   return v;
 }
 
-/// 8 bytes of x (read by every block: kept in L1).
-__device__ __forceinline__ uint2 load_x8(const void* p) {
-  uint2 v;
-  asm volatile("ld.global.nc.v2.u32 {%0,%1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
-  return v;
-}
-
+/// The inner loop is one basic block per segment (no branches): format-dependent work is
+/// resolved at compile time, the affine term is always computed for the formats that can have
+/// one (an extra mma, tensor pipe to spare) and added by selection, loads are predicated.
 template <Code C, Scale S, int kStepsLog2, bool kBf16, int NT>
-__global__ void __launch_bounds__(kMaxWarps * 32) skinny_tc_kernel(SkinnyArgs p) {
+__global__ void __launch_bounds__(kMaxWarps * 32, 2) skinny_tc_kernel(SkinnyArgs p) {
   constexpr int kBits = (C == Code::u4 || C == Code::fp4) ? 4 : 8;
   constexpr int kVec = kBits == 4 ? 1 : 2;                 // 16-byte code vectors per half
   constexpr int kDepth = (kBits == 4 && NT == 1) ? 4 : 2;  // segments of codes in flight
@@ -90,6 +96,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) skinny_tc_kernel(SkinnyArgs p)
   constexpr float kF = (C == Code::fp4 && !kBf16) ? tc::kFp4F16Factor : 1.0f;
   constexpr uint32_t kOnes = kBf16 ? 0x3f803f80u : 0x3c003c00u;  // (1.0, 1.0)
   constexpr int kLaneBytes = 16 * kVec;
+  constexpr bool kAffine = S == Scale::q4k || S == Scale::integer;
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int nwarps = static_cast<int>(blockDim.x >> 5);
@@ -99,18 +106,19 @@ __global__ void __launch_bounds__(kMaxWarps * 32) skinny_tc_kernel(SkinnyArgs p)
   const int64_t row0 = tile * 16 + r, row1 = row0 + 8;
   const int64_t segs = p.w.segments;
   const bool zero = S == Scale::integer && p.w.zero != nullptr;
-  const bool affine = S == Scale::q4k || zero;
+  const bool use_b = S == Scale::q4k || zero;
 
   // This lane's codes: (tile, segment s, half h) at codes_t + (2 s + h) * 32 * kLaneBytes.
   const uint8_t* codes_t = p.w.codes + (tile * segs * 64 + lane) * kLaneBytes;
   auto load_codes = [&](int64_t s, uint4(&c)[2][kVec]) {
+    const bool on = s < segs;
+    const uint8_t* at = codes_t + (on ? s : 0) * 64 * kLaneBytes;
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
-      for (int v = 0; v < kVec; ++v)
-        c[h][v] = load_stream16(codes_t + (2 * s + h) * 32 * kLaneBytes + 16 * v);
+      for (int v = 0; v < kVec; ++v) load_stream16(c[h][v], at + h * 32 * kLaneBytes + 16 * v, on);
   };
-  // x^T operand rows: c = m0 + 8 t + r.
+  // x^T operand rows: c = m0 + 8 t + r (rows past M read as zeros).
   const uint8_t* xrow[NT];
   bool xon[NT];
 #pragma unroll
@@ -119,23 +127,6 @@ __global__ void __launch_bounds__(kMaxWarps * 32) skinny_tc_kernel(SkinnyArgs p)
     xon[t] = c < p.m;
     xrow[t] = p.x + (static_cast<int64_t>(xon[t] ? c : 0) * p.x_stride + 4 * q) * 2;
   }
-  auto load_x = [&](int64_t s, uint2(&xv)[NT][8]) {
-#pragma unroll
-    for (int t = 0; t < NT; ++t)
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const uint8_t* at = xrow[t] + (s * 128 + 16 * j) * 2;
-        if (!xon[t]) {
-          xv[t][j] = make_uint2(0u, 0u);
-        } else if (p.x_vec) {
-          xv[t][j] = load_x8(at);
-        } else {
-          const auto* h = reinterpret_cast<const uint16_t*>(at);
-          xv[t][j] = make_uint2(h[0] | (static_cast<uint32_t>(h[1]) << 16),
-                                h[2] | (static_cast<uint32_t>(h[3]) << 16));
-        }
-      }
-  };
 
   float acc[NT][4];
 #pragma unroll
@@ -143,15 +134,18 @@ __global__ void __launch_bounds__(kMaxWarps * 32) skinny_tc_kernel(SkinnyArgs p)
 #pragma unroll
     for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
 
-  // In flight: codes kDepth segments ahead; x and scales one segment ahead.
+  // In flight: codes kDepth segments ahead, scales one segment ahead.
   uint4 ring[kDepth][2][kVec];
 #pragma unroll
-  for (int d = 0; d < kDepth; ++d)
-    if (warp + d * nwarps < segs) load_codes(warp + d * nwarps, ring[d]);
-  uint2 xn[NT][8];
+  for (int d = 0; d < kDepth; ++d) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) ring[d][h][v] = make_uint4(0u, 0u, 0u, 0u);
+    load_codes(warp + d * nwarps, ring[d]);
+  }
   tc::SegScales sn0{}, sn1{};
   if (warp < segs) {
-    load_x(warp, xn);
     sn0 = tc::load_seg_scales<S, kStepsLog2>(p.w, row0, warp);
     sn1 = tc::load_seg_scales<S, kStepsLog2>(p.w, row1, warp);
   }
@@ -160,12 +154,12 @@ __global__ void __launch_bounds__(kMaxWarps * 32) skinny_tc_kernel(SkinnyArgs p)
     for (int d = 0; d < kDepth; ++d) {
       const int64_t s = base + d * nwarps;
       if (s >= segs) break;
-      // This segment's operands, then every load for later segments, then the arithmetic.
+      // This segment's x, then the loads for later segments, then the arithmetic.
       uint2 xv[NT][8];
 #pragma unroll
       for (int t = 0; t < NT; ++t)
 #pragma unroll
-        for (int j = 0; j < 8; ++j) xv[t][j] = xn[t][j];
+        for (int j = 0; j < 8; ++j) xv[t][j] = load_x8(xrow[t] + (s * 128 + 16 * j) * 2, xon[t]);
       const tc::SegScales cs0 = sn0, cs1 = sn1;
       uint32_t w0[4 * kVec], w1[4 * kVec];
 #pragma unroll
@@ -175,9 +169,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32) skinny_tc_kernel(SkinnyArgs p)
         w1[4 * v] = ring[d][1][v].x, w1[4 * v + 1] = ring[d][1][v].y;
         w1[4 * v + 2] = ring[d][1][v].z, w1[4 * v + 3] = ring[d][1][v].w;
       }
-      if (s + kDepth * nwarps < segs) load_codes(s + kDepth * nwarps, ring[d]);
+      load_codes(s + kDepth * nwarps, ring[d]);
       if (s + nwarps < segs) {
-        load_x(s + nwarps, xn);
         sn0 = tc::load_seg_scales<S, kStepsLog2>(p.w, row0, s + nwarps);
         sn1 = tc::load_seg_scales<S, kStepsLog2>(p.w, row1, s + nwarps);
       }
@@ -197,7 +190,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) skinny_tc_kernel(SkinnyArgs p)
         const uint32_t a3 = tc::decode_pair<C, kBf16>(c1, p1);
 #pragma unroll
         for (int t = 0; t < NT; ++t) mma16816<kBf16>(g[t], a0, a1, a2, a3, xv[t][j].x, xv[t][j].y);
-        if (affine) {
+        if constexpr (kAffine) {
 #pragma unroll
           for (int t = 0; t < NT; ++t)
             mma16816<kBf16>(g1[t], kOnes, kOnes, kOnes, kOnes, xv[t][j].x, xv[t][j].y);
@@ -213,11 +206,12 @@ __global__ void __launch_bounds__(kMaxWarps * 32) skinny_tc_kernel(SkinnyArgs p)
             acc[t][1] += a0s * (g[t][1] * kF);
             acc[t][2] += a1s * (g[t][2] * kF);
             acc[t][3] += a1s * (g[t][3] * kF);
-            if (affine) {
-              acc[t][0] += b0s * g1[t][0];
-              acc[t][1] += b0s * g1[t][1];
-              acc[t][2] += b1s * g1[t][2];
-              acc[t][3] += b1s * g1[t][3];
+            if constexpr (kAffine) {
+              // Selected, not multiplied by 0: an infinite x must not turn into NaN here.
+              acc[t][0] += use_b ? b0s * g1[t][0] : 0.0f;
+              acc[t][1] += use_b ? b0s * g1[t][1] : 0.0f;
+              acc[t][2] += use_b ? b1s * g1[t][2] : 0.0f;
+              acc[t][3] += use_b ? b1s * g1[t][3] : 0.0f;
             }
 #pragma unroll
             for (int i = 0; i < 4; ++i) g[t][i] = g1[t][i] = 0.0f;
@@ -355,18 +349,34 @@ class MatmulCudaSkinny final : public MatmulKernel {
     mm_cuda::tc_prepare(d, w, packed, stream);
   }
 
+  /// Room for a copy of x when it is not 8-byte aligned (used only then).
+  std::size_t workspace_size(const MatmulDesc& d) const override {
+    return static_cast<std::size_t>(d.m * d.k * 2);
+  }
+
   void run(const MatmulDesc& d, const MatmulArgs& a, const Stream& stream,
-           Workspace) const override {
+           Workspace ws) const override {
     if (d.m == 0 || d.n == 0) return;
     if (!a.w_packed.data())
       throw_error(ErrorCode::invalid_argument,
                   "matmul: matmul_cuda_skinny_tc needs the prepared weight (prepare_weight)");
     const mm_cuda::TcPlan tp = mm_cuda::tc_plan(d);
+    mm_cuda::DeviceScope scope(d.device.index);
     SkinnyArgs sa;
     sa.w = mm_cuda::tc_weights(tp.format, tp.layout, a.w_packed.data());
     sa.x = static_cast<const uint8_t*>(a.x.data());
     sa.x_stride = d.x_stride();
-    sa.x_vec = quant_cuda::aligned(a.x.data(), 8) && sa.x_stride % 4 == 0;
+    if (!quant_cuda::aligned(a.x.data(), 8) || sa.x_stride % 4 != 0) {
+      // The kernel reads x 8 bytes at a time: an unaligned x is copied into the workspace.
+      mm_cuda::check_cuda(
+          cudaMemcpy2DAsync(ws.data, static_cast<size_t>(d.k) * 2, a.x.data(),
+                            static_cast<size_t>(sa.x_stride) * 2, static_cast<size_t>(d.k) * 2,
+                            static_cast<size_t>(d.m), cudaMemcpyDeviceToDevice,
+                            static_cast<cudaStream_t>(stream.native_handle())),
+          "matmul: copying x");
+      sa.x = static_cast<const uint8_t*>(ws.data);
+      sa.x_stride = d.k;
+    }
     sa.y = a.y.data();
     sa.y_stride = d.y_stride();
     sa.y_dtype = d.y;
@@ -376,9 +386,8 @@ class MatmulCudaSkinny final : public MatmulKernel {
     const Launcher l = launcher_for(tp.format, d.x == Dtype::bf16, d.m > 8 ? 2 : 1, nullptr);
     if (tp.layout.tiles > 65535)
       throw_error(ErrorCode::unsupported, "matmul_cuda_skinny_tc: N > 1048560");
-    mm_cuda::DeviceScope scope(d.device.index);
     // 8 warps per block when there are few tiles (more loads in flight per SM), else 4.
-    const int sms = cuda_device_properties(d.device.index).multiprocessors;
+    const int sms = mm_cuda::sm_count(d.device.index);
     const int64_t blocks = tp.layout.tiles * ((d.m + 15) / 16);
     const int warps = blocks < 3 * static_cast<int64_t>(sms) ? 8 : 4;
     l(sa, tp.layout.tiles, warps, static_cast<cudaStream_t>(stream.native_handle()));

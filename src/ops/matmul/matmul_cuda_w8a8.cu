@@ -253,7 +253,7 @@ class MatmulCudaW8A8 final : public MatmulKernel {
     const auto s = static_cast<cudaStream_t>(stream.native_handle());
     const QuantizedView xq = mm_cuda::activations(d, a, ws + p.xq, stream);
     const mm_cuda::LtGemm g = gemm_of(d, kind);
-    const int sms = cuda_device_properties(d.device.index).multiprocessors;
+    const int sms = mm_cuda::sm_count(d.device.index);
     if (kind == Kind::int8 || kind == Kind::fp8_epilogue) {
       const int32_t one_i = 1;
       const float one_f = 1.0f;
