@@ -145,8 +145,9 @@ class Tensor {
   TensorView view_;
 };
 
-/// Copies `src` into `dst` (same dtype and shape) between any two devices. Views on
-/// different devices must both be contiguous; on one device any strides work.
+/// Copies `src` into `dst` (same dtype and shape) between any two devices, any strides.
+/// Contiguous views cross directly; a strided view on a GPU is staged through the host
+/// (synchronously: slower, for convenience rather than hot paths).
 /// With a CUDA stream the copy is ordered on it (the caller synchronizes); without,
 /// the copy is finished on return.
 void copy(const TensorView& dst, const TensorView& src, const Stream* stream = nullptr);

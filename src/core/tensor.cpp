@@ -258,9 +258,31 @@ void copy(const TensorView& dst, const TensorView& src, const Stream* stream) {
     copy_strided_cpu(dst, src);
     return;
   }
-  throw_error(ErrorCode::unsupported,
-              fmt::format("copy: strided copy from {} to {} (only contiguous views cross devices)",
-                          src.str(), dst.str()));
+  // A strided view on a GPU: stage through the host, synchronously (the staging buffers
+  // live only in this call). The source's whole span crosses and a strided CPU copy picks
+  // its elements; a strided GPU destination's span is read, patched and written back, so
+  // the bytes between its elements keep their values.
+  if (stream) stream->synchronize();
+  Buffer src_stage;
+  TensorView s = src;
+  if (!src.device().is_cpu()) {
+    const int64_t span = src.span_bytes();
+    src_stage = Buffer(span, Device::cpu());
+    copy_bytes(src_stage.data(), Device::cpu(), src.data(), src.device(), span);
+    s = TensorView(src_stage.data(), src.dtype(), src.shape(), src.strides(), Device::cpu());
+  }
+  if (dst.device().is_cpu()) {
+    copy_strided_cpu(dst, s);
+    return;
+  }
+  const int64_t span =
+      dst.is_contiguous() ? storage_bytes(dst.dtype(), dst.numel()) : dst.span_bytes();
+  Buffer dst_stage(span, Device::cpu());
+  if (!dst.is_contiguous())
+    copy_bytes(dst_stage.data(), Device::cpu(), dst.data(), dst.device(), span);
+  copy_strided_cpu(
+      TensorView(dst_stage.data(), dst.dtype(), dst.shape(), dst.strides(), Device::cpu()), s);
+  copy_bytes(dst.data(), dst.device(), dst_stage.data(), Device::cpu(), span);
 }
 
 void fill_bytes(const TensorView& dst, uint8_t byte, const Stream* stream) {

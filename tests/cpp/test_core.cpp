@@ -133,6 +133,22 @@ TEST(Copy, StridedOnCpuAndRoundTripThroughEveryDevice) {
     const Tensor on_device = testing::to_device(src, device);
     EXPECT_EQ(on_device.device(), device);
     EXPECT_EQ(testing::compare_bytes(src, testing::to_host(on_device)), "");
+    // Strided views cross devices too: a transposed device view to a host tensor, and a
+    // host transpose into every other column of a device tensor (the gaps keep their bytes).
+    Tensor back = Tensor::empty({19, 37}, Dtype::bf16);
+    copy(back, on_device.view().transpose(0, 1));
+    EXPECT_EQ(testing::compare_bytes(t, back), "") << device.str();
+    Tensor wide_host = testing::random_tensor({19, 74}, Dtype::bf16, rng);
+    const Tensor wide = testing::to_device(wide_host, device);
+    copy(wide.view().slice(1, 0, 74, 2), src.view().transpose(0, 1));
+    const Tensor wide_back = testing::to_host(wide);
+    const auto* w = wide_back.data_as<uint16_t>();
+    const auto* w0 = wide_host.data_as<uint16_t>();
+    for (int j = 0; j < 19; ++j)
+      for (int i = 0; i < 37; ++i) {
+        ASSERT_EQ(w[j * 74 + 2 * i], s[i * 19 + j]) << device.str();
+        ASSERT_EQ(w[j * 74 + 2 * i + 1], w0[j * 74 + 2 * i + 1]) << device.str();
+      }
   }
   expect_error(
       [&] {
