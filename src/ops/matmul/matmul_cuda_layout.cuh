@@ -493,8 +493,11 @@ template <Scale S>
 LOWBIT_HD void seg_group_ab(const SegScales& r, int f, bool zero, float& a, float& b) {
   b = 0.0f;
   if constexpr (S == Scale::integer) {
+    // Branch-free (the skinny kernel's inner loop is one basic block): without zero points
+    // the zero bytes are 0 and b is -0, which the kernel does not add.
+    (void)zero;
     a = numeric_detail::float_of(r.w[f]);
-    if (zero) b = -mul_rn(a, static_cast<float>(static_cast<int8_t>(byte_of(r.aux, f))));
+    b = -mul_rn(a, static_cast<float>(static_cast<int8_t>(byte_of(r.aux, f))));
   } else if constexpr (S == Scale::f32) {
     a = numeric_detail::float_of(r.w[0]);
   } else if constexpr (S == Scale::e4m3) {
