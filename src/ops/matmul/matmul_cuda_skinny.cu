@@ -1,4 +1,4 @@
-// matmul_cuda_skinny_tc: weight-only y = x · dequant(W)^T for a few rows of x (M <= 32; see kMaxM),
+// matmul_cuda_skinny_tc: weight-only y = x · dequant(W)^T for a few rows of x (M <= 32: kMaxM),
 // bf16 / f16 activations, on tensor cores (mma.sync.m16n8k16) over the prepared
 // "cuda_tc16x128" weight layout (matmul_cuda_layout.cuh).
 //
