@@ -10,6 +10,14 @@
 #error "include matmul_cpu_avx512_impl.hpp only after the AVX-512 target pragma of its users"
 #endif
 
+// Each including translation unit uses only part of what follows.
+#if defined(__clang__)
+#pragma clang diagnostic ignored "-Wunneeded-internal-declaration"
+#pragma clang diagnostic ignored "-Wunused-function"
+#elif defined(__GNUC__)
+#pragma GCC diagnostic ignored "-Wunused-function"
+#endif
+
 #include <immintrin.h>
 #include <omp.h>
 
