@@ -8,9 +8,11 @@
 //    multiple of 8 (per-tensor, per-token, per-channel on axis 0, blockG, nvfp4, mx, GGUF),
 //    so the thread reads its group's scale (and zero point) once: group = chunk / (chunks
 //    per group), by multiplication with a precomputed reciprocal. Codes are read as one
-//    4- or 8-byte word per chunk (coalesced across the warp); GGUF chunks read their slice
-//    of the 18- / 34-byte block in 2-byte words plus the block's f16 scale. Four chunks per
-//    thread per step, loads first, keep several loads in flight.
+//    4- or 8-byte word per chunk (coalesced across the warp); GGUF chunks: a warp's 32
+//    chunks are 8 whole blocks, loaded with 16-byte loads into shared memory (codes 16-byte
+//    aligned; else each lane reads its slice of the 18- / 34-byte block in 2-byte words).
+//    Four chunks per thread per step, loads first, keep several loads in flight; the grid
+//    gives every block the same number of steps (balanced_grid).
 //  - generic: any other layout (2-d blocks, per-channel on a later axis, ragged fp8 blocks,
 //    element counts that are not a multiple of 8, misaligned views): one element per
 //    thread step, its group from formats::GroupMap.
@@ -21,7 +23,8 @@
 // e4m3 NaN code, an e8m0 0xff scale, an Inf scale times a zero code), and a NaN result must
 // carry the bits the reference's x86 build gives: a chunk whose scale or codes could make a
 // NaN takes mul_x86 and the NaN-fixing conversions; every other chunk (one test of its
-// scale and code bytes) takes plain products and plain conversions. When both factors of
+// scale and code bytes) takes plain products, plain conversions and code decoding without
+// integer-to-float instructions (plain_code). When both factors of
 // a product are NaN, x86 returns the first one, and which is first is the reference
 // compiler's choice: that case is not promised (the backend test avoids it too).
 #include <cuda_runtime.h>
@@ -58,6 +61,7 @@ struct ChunkArgs {
   uint32_t chunks;
   Divisor32 per_group;  ///< chunks per scale group (GGUF: per block)
   Dtype scale_dtype;
+  bool staged;  ///< GGUF with 16-byte aligned codes: blocks come in through shared memory
 };
 
 /// What one chunk needs from memory, read before any arithmetic.
@@ -132,8 +136,43 @@ __device__ __forceinline__ bool chunk_is_plain(const ChunkRaw& r, float global) 
     return finite && !(((lo + 0x04040404u) | (hi + 0x04040404u)) & 0x80808080u);
   } else if constexpr (F == DCode::nvfp4) {
     return finite && (__float_as_uint(global) & 0x7f800000u) != 0x7f800000u;
+  } else if constexpr (F == DCode::i8 || F == DCode::u8 || F == DCode::i4 || F == DCode::u4) {
+    return finite && r.zero > -(1 << 22) && r.zero < (1 << 22);  // plain_code's exact range
   } else {
     return finite;
+  }
+}
+
+/// 2^23 + k as f32 for 0 <= k < 2^23: the bits 0x4B000000 | k.
+__device__ __forceinline__ float magic_plus(uint32_t k) { return __uint_as_float(0x4B000000u | k); }
+
+/// The plain path's decoding, without I2F (integer to float conversions run on the SM's
+/// conversion unit, at a small fraction of the FP32 rate, and would be one per element). Integer
+/// codes: (2^23 + u) - (2^23 + off) = u - off exactly, u the code made non-negative (u < 256), off
+/// its offset plus the zero point (|zero| < 2^22, chunk_is_plain's condition, keeps both terms and
+/// the difference exact). Float codes: the magnitude bits placed at the top of an f32 mantissa /
+/// exponent (an f32 subnormal for the format's subnormals) times 2^(127 - bias), a power of two, so
+/// exact; the sign is set first (-0 stays -0). Each equals numeric.hpp's conversion for every
+/// non-NaN, non-Inf code (which chunk_is_plain rules out).
+template <DCode F>
+__device__ __forceinline__ float plain_code(uint32_t byte, uint32_t nib, const ChunkRaw& r) {
+  if constexpr (F == DCode::i8 || F == DCode::q8_0) {
+    const float off = magic_plus(128u) + static_cast<float>(F == DCode::q8_0 ? 0 : r.zero);
+    return __fsub_rn(magic_plus(byte ^ 0x80u), off);
+  } else if constexpr (F == DCode::u8) {
+    return __fsub_rn(magic_plus(byte), magic_plus(0u) + static_cast<float>(r.zero));
+  } else if constexpr (F == DCode::i4) {
+    return __fsub_rn(magic_plus(nib ^ 8u), magic_plus(8u) + static_cast<float>(r.zero));
+  } else if constexpr (F == DCode::u4) {
+    return __fsub_rn(magic_plus(nib), magic_plus(0u) + static_cast<float>(r.zero));
+  } else if constexpr (F == DCode::q4_0) {
+    return __fsub_rn(magic_plus(r.aux < 2 ? (byte & 0x0fu) : (byte >> 4)), magic_plus(8u));
+  } else if constexpr (F == DCode::e4m3 || F == DCode::mxe4m3) {
+    return __fmul_rn(__uint_as_float(((byte & 0x7fu) << 20) | ((byte & 0x80u) << 24)), 0x1p120f);
+  } else if constexpr (F == DCode::e5m2 || F == DCode::mxe5m2) {
+    return __fmul_rn(__uint_as_float(((byte & 0x7fu) << 21) | ((byte & 0x80u) << 24)), 0x1p112f);
+  } else {  // e2m1: nvfp4, mxfp4
+    return __fmul_rn(__uint_as_float(((nib & 7u) << 22) | ((nib & 8u) << 28)), 0x1p126f);
   }
 }
 
@@ -141,6 +180,13 @@ template <DCode F, bool kPlain>
 __device__ __forceinline__ void decode_chunk(const ChunkRaw& r, float global, float (&v)[8]) {
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
+    if constexpr (kPlain) {
+      const uint32_t byte = ((i < 4 ? r.lo : r.hi) >> (8 * (i % 4))) & 0xffu;
+      const uint32_t nib = (r.lo >> (4 * i)) & 0xfu;
+      v[i] = __fmul_rn(plain_code<F>(byte, nib, r), r.scale);
+      if constexpr (F == DCode::nvfp4) v[i] = __fmul_rn(v[i], global);
+      continue;
+    }
     const uint32_t byte = ((i < 4 ? r.lo : r.hi) >> (8 * (i % 4))) & 0xffu;
     const uint32_t nib = (r.lo >> (4 * i)) & 0xfu;
     float x;
@@ -169,24 +215,84 @@ __device__ __forceinline__ void decode_chunk(const ChunkRaw& r, float global, fl
   }
 }
 
+/// GGUF chunks through shared memory: the 32 chunks of a warp step are 8 whole blocks (272
+/// or 144 bytes, 16-byte aligned when the codes are), loaded with 16-byte loads; each lane
+/// then reads its chunk's 8 code bytes and the block's f16 scale from there.
+template <DCode F>
+__device__ __forceinline__ ChunkRaw staged_chunk(const uint8_t* blocks, uint32_t lane) {
+  constexpr int kBytes = F == DCode::q8_0 ? kQ8_0Bytes : kQ4_0Bytes;
+  const uint32_t j = lane % 4;
+  const uint16_t* blk = reinterpret_cast<const uint16_t*>(blocks + (lane / 4) * kBytes);
+  ChunkRaw r{};
+  r.scale = f16_to_f32(blk[0]);
+  const uint16_t* q = blk + 1 + (F == DCode::q8_0 ? 4 * j : 4 * (j & 1));
+  r.lo = q[0] | (static_cast<uint32_t>(q[1]) << 16);
+  r.hi = q[2] | (static_cast<uint32_t>(q[3]) << 16);
+  r.aux = j;
+  return r;
+}
+
 template <DCode F, Dtype D>
 __global__ void __launch_bounds__(kThreads) dequantize_chunks_kernel(ChunkArgs a) {
   constexpr int U = 4;  // chunks per thread and step, their loads issued first
   constexpr int kOut = 8 * (D == Dtype::f32 ? 4 : 2);  // bytes per chunk
   float global = 0.0f;
   if constexpr (F == DCode::nvfp4) global = a.global[0];
+  const uint32_t lane = threadIdx.x & 31;
   const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
-  for (uint64_t c0 = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; c0 < a.chunks;
-       c0 += U * stride) {
+  // Warp-uniform loop (GGUF's staging synchronises the warp): w0 is the warp's first chunk.
+  for (uint64_t w0 = blockIdx.x * static_cast<uint64_t>(blockDim.x) + (threadIdx.x - lane);
+       w0 < a.chunks; w0 += U * stride) {
     ChunkRaw r[U];
+    if constexpr (kGguf<F>) {
+      if (a.staged) {
+        constexpr int kBytes = F == DCode::q8_0 ? kQ8_0Bytes : kQ4_0Bytes;
+        constexpr int kStage = 8 * kBytes;  // 8 blocks: a warp's 32 chunks
+        __shared__ __align__(16) uint8_t stage[kThreads / 32][U][kStage];
+        uint8_t(*st)[kStage] = stage[threadIdx.x / 32];
+        uint4 v[U];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const uint64_t c = c0 + u * stride;
-      if (c < a.chunks) r[u] = load_chunk<F>(a, static_cast<uint32_t>(c));
+        for (int u = 0; u < U; ++u) {  // all loads first
+          const uint64_t b0 = (w0 + u * stride) / 4;
+          const bool whole = (w0 + u * stride) + 32 <= a.chunks;
+          v[u] = whole && lane < kStage / 16
+                     ? reinterpret_cast<const uint4*>(a.codes + b0 * kBytes)[lane]
+                     : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const uint64_t c = w0 + u * stride;
+          if (c + 32 <= a.chunks) {
+            if (lane < kStage / 16) reinterpret_cast<uint4*>(st[u])[lane] = v[u];
+          } else if (c < a.chunks) {  // the last, partial step: 2-byte copies
+            const uint32_t half_words = static_cast<uint32_t>((a.chunks - c) / 4) * kBytes / 2;
+            const auto* src = reinterpret_cast<const uint16_t*>(a.codes + c / 4 * kBytes);
+            for (uint32_t k = lane; k < half_words; k += 32)
+              reinterpret_cast<uint16_t*>(st[u])[k] = src[k];
+          }
+        }
+        __syncwarp();
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+          if (w0 + u * stride + lane < a.chunks) r[u] = staged_chunk<F>(st[u], lane);
+        __syncwarp();
+      } else {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const uint64_t c = w0 + u * stride + lane;
+          if (c < a.chunks) r[u] = load_chunk<F>(a, static_cast<uint32_t>(c));
+        }
+      }
+    } else {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const uint64_t c = w0 + u * stride + lane;
+        if (c < a.chunks) r[u] = load_chunk<F>(a, static_cast<uint32_t>(c));
+      }
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const uint64_t c = c0 + u * stride;
+      const uint64_t c = w0 + u * stride + lane;
       if (c < a.chunks) {
         float v[8];
         if (chunk_is_plain<F>(r[u], global)) {
@@ -330,7 +436,7 @@ bool chunks_fit(const DequantizeDesc& d) {
 template <DCode F, Dtype D>
 void launch_chunks(const ChunkArgs& a, int sms, cudaStream_t stream) {
   auto kernel = dequantize_chunks_kernel<F, D>;
-  const uint32_t grid = grid_of(a.chunks, kThreads * 2, resident_grid(kernel, kThreads, sms));
+  const uint32_t grid = balanced_grid(a.chunks, kThreads * 4, resident_grid(kernel, kThreads, sms));
   kernel<<<grid, kThreads, 0, stream>>>(a);
   check_launch("dequantize_chunks_kernel");
 }
@@ -437,6 +543,7 @@ class DequantizeCuda final : public Kernel<DequantizeOp> {
         ca.per_group =
             Divisor32::make(static_cast<uint32_t>(chunk_group_length(q, d.shape, n) / 8));
         ca.scale_dtype = q.is_integer() ? q.scale_dtype : Dtype::f32;
+        ca.staged = gguf && aligned(ca.codes, 16);
         launch_chunks_any(f, d.dst, ca, sms, s);
         return;
       }

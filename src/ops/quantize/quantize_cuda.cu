@@ -17,10 +17,13 @@
 //    memory, then one atomicMax per block on the f32 bits of the (non-negative) statistic:
 //    max is order-independent, so the result is the same on every run. The second kernel
 //    computes the scale from those words and quantizes (the rows kernel in "global" mode).
-//  - blocks: nvfp4, mxfp4, mxfp8 and GGUF q8_0 / q4_0: one thread per 32 elements (one
-//    32-element block, or two nvfp4 blocks), codes and scale written by the thread. nvfp4's
-//    global scale comes from a first absmax pass like the tensor path's, and the second pass
-//    walks the tensor backwards so that it starts on what the first left in L2. nvfp4's
+//  - blocks: nvfp4, mxfp4, mxfp8 and GGUF q8_0 / q4_0: a warp takes 128 consecutive
+//    16-byte source vectors per step, lane l the vectors l, l + 32, l + 64, l + 96 (every
+//    load instruction reads 512 contiguous bytes); a format block then lies in 2, 4 or 8
+//    consecutive lanes, which reduce its absmax with shuffles and store their own codes
+//    (consecutive across the warp). nvfp4's global scale comes from a first absmax pass like
+//    the tensor path's (two reads of x: the given-global-scale path needs one), and the
+//    second pass walks the tensor backwards so that it starts on what the first left in L2. nvfp4's
 //    x / (global * block scale) is IEEE division only near e2m1's rounding midpoints, a
 //    product with the reciprocal elsewhere (see the comment there for why that is exact).
 //    GGUF blocks (18 or 34 bytes, 2-byte aligned) are staged per warp in shared memory and
@@ -415,54 +418,18 @@ struct BlocksArgs {
   bool reverse;                   ///< walk the blocks from the end (second pass over x)
 };
 
-/// ggml's Q8_0 block (quantize_q8_0 in gguf_legacy.cpp): d = amax / 127, q = roundf(x / d)
-/// as x * (1 / d), half away from zero. Returns d's f16 bits; the 32 code bytes go to q
-/// (little-endian words).
-__device__ __forceinline__ uint16_t gguf_q8_0(const float (&x)[32], uint32_t (&q)[8]) {
-  float amax = 0.0f;
-#pragma unroll
-  for (int j = 0; j < 32; ++j) amax = fmaxf(amax, fabsf(x[j]));
-  const float d = amax / 127.0f;
-  const float id = d != 0.0f ? 1.0f / d : 0.0f;
-#pragma unroll
-  for (int j = 0; j < 8; ++j) q[j] = 0;
-#pragma unroll
-  for (int j = 0; j < 32; ++j)
-    q[j / 4] |= static_cast<uint32_t>(float_to_byte_x86(roundf(__fmul_rn(x[j], id))))
-                << (8 * (j % 4));
-  return f32_to_f16(d);
+/// ggml's Q8_0 element (quantize_q8_0 in gguf_legacy.cpp): roundf(x * id), half away from
+/// zero, as the x86 build's byte (id = 1 / d, d = amax / 127; 0 for an all-zero block).
+__device__ __forceinline__ uint32_t gguf_q8_0_code(float x, float id) {
+  return float_to_byte_x86(roundf(__fmul_rn(x, id)));
 }
 
-/// ggml's Q4_0 block: the signed absmax (first on ties) maps to -8; q = min(15, (int8)(x * id
-/// + 8.5)) with the product and the sum rounded separately, as ggml's non-FMA build does
-/// (__fmul_rn / __fadd_rn keep nvcc from contracting them into an FMA). Returns d's f16 bits;
-/// the 16 code bytes go to q[0..3].
-__device__ __forceinline__ uint16_t gguf_q4_0(const float (&x)[32], uint32_t (&q)[8]) {
-  float amax = 0.0f, mx = 0.0f;
-#pragma unroll
-  for (int j = 0; j < 32; ++j) {
-    if (amax < fabsf(x[j])) {
-      amax = fabsf(x[j]);
-      mx = x[j];
-    }
-  }
-  const float d = mx / -8.0f;
-  const float id = d != 0.0f ? 1.0f / d : 0.0f;
-#pragma unroll
-  for (int j = 0; j < 8; ++j) q[j] = 0;
-#pragma unroll
-  for (int j = 0; j < 16; ++j) {
-    const float x0 = __fmul_rn(x[j], id);
-    const float x1 = __fmul_rn(x[j + 16], id);
-    const int q0 =
-        min(15, static_cast<int>(static_cast<int8_t>(float_to_byte_x86(__fadd_rn(x0, 8.5f)))));
-    const int q1 =
-        min(15, static_cast<int>(static_cast<int8_t>(float_to_byte_x86(__fadd_rn(x1, 8.5f)))));
-    const uint32_t byte =
-        static_cast<uint8_t>(static_cast<uint8_t>(q0) | (static_cast<uint8_t>(q1) << 4));
-    q[j / 4] |= byte << (8 * (j % 4));
-  }
-  return f32_to_f16(d);
+/// ggml's Q4_0 element: min(15, (int8)(x * id + 8.5)) with the product and the sum rounded
+/// separately, as ggml's non-FMA build does (__fmul_rn / __fadd_rn keep nvcc from
+/// contracting them into an FMA).
+__device__ __forceinline__ uint32_t gguf_q4_0_code(float x, float id) {
+  const int q = static_cast<int8_t>(float_to_byte_x86(__fadd_rn(__fmul_rn(x, id), 8.5f)));
+  return static_cast<uint32_t>(min(15, q)) & 0xfu;
 }
 
 /// Max of |x| as f32 bits over `n` values (the bits order like the values; NaN > Inf).
@@ -485,14 +452,54 @@ __device__ __forceinline__ void first_non_finite(const float (&x)[N], uint64_t b
   if (mask) bad = min(bad, base + (__ffs(mask) - 1));
 }
 
+/// Max over the T consecutive lanes of a team (T a power of two, every lane of the warp
+/// taking part).
+template <int T>
+__device__ __forceinline__ uint32_t team_max(uint32_t v) {
+#pragma unroll
+  for (int off = 1; off < T; off <<= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+
+/// Q4_0's signed absmax over a team: the value of largest magnitude, the first one (lowest
+/// element index) on ties, as ggml's `if (amax < fabsf(x))` scan finds it. `amax` / `mx`
+/// hold the lane's own (first) maximum; lanes hold the block's elements in lane order.
+template <int T>
+__device__ __forceinline__ float team_signed_max(float amax, float mx) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int off = 1; off < T; off <<= 1) {
+    const float oa = __shfl_xor_sync(0xffffffffu, amax, off);
+    const float om = __shfl_xor_sync(0xffffffffu, mx, off);
+    // The lower half of each pair keeps its value on ties; the upper half takes the other's.
+    const bool take = (lane & off) ? !(amax > oa) : (oa > amax);
+    amax = take ? oa : amax;
+    mx = take ? om : mx;
+  }
+  return mx;
+}
+
+/// The blocks path (see the file comment): a warp owns a run of 32 * kBlockVecs 16-byte
+/// source vectors; lane l loads vectors l, l + 32, l + 64, l + 96 (each load instruction
+/// reads 512 contiguous bytes), so a format block of N elements lies in T = N / E
+/// consecutive lanes, which reduce its absmax with shuffles. Codes leave from registers
+/// (4-, 8- or 2-byte stores, consecutive across the warp); GGUF blocks (18 or 34 bytes,
+/// 2-byte aligned) are assembled per warp in shared memory and written out with 16-byte
+/// stores. kVec: x is 16-byte aligned (else element loads, same layout).
+constexpr int kBlockVecs = 4;  ///< 16-byte source vectors a lane holds per step
+
 template <Dtype S, Blk B, bool kVec>
 __global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a) {
   constexpr int N = kBlockElems<B>;
-  constexpr int P = B == Blk::nvfp4 ? 2 : 1;  // blocks per thread: 32 elements in flight
   constexpr int E = Src<S>::kVec;
-  constexpr int kStage = kGguf<B> ? 32 * kGgufBytes<B> : 16;  // bytes per warp
+  constexpr int T = N / E;  // lanes per format block: 2, 4 or 8
+  constexpr int V = kBlockVecs;
+  constexpr int kWarpBlocks = 32 * V / T;
+  constexpr int kStage = kGguf<B> ? kWarpBlocks * kGgufBytes<B> : 16;  // bytes per warp
+  static_assert(32 % T == 0 && kStage % 16 == 0);
   __shared__ __align__(16) uint8_t stage[kThreads / 32][kStage];
   const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
+  const int t = lane % T;  // the lane's place in its block
 
   float global = 0.0f;
   if constexpr (B == Blk::nvfp4) {
@@ -508,81 +515,111 @@ __global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a)
     }
   }
   uint64_t bad = ~uint64_t{0}, ovf = ~uint64_t{0};
-  const uint64_t units = (a.blocks + P - 1) / P;  // a unit: the P blocks of one thread
-  const uint64_t chunks = (units + 31) / 32;      // a chunk: the units of one warp
+  const uint64_t total_vecs = a.blocks * T;
+  const uint64_t chunks = (total_vecs + 32 * V - 1) / (32 * V);  // a chunk: one warp's step
   const uint64_t warps = static_cast<uint64_t>(gridDim.x) * (blockDim.x / 32);
-  // The loop is uniform per warp (GGUF's staging uses __syncwarp). `reverse` walks the
-  // chunks from the end, so that a second pass over x starts where the first one ended and
-  // finds that part still in L2.
+  // The loop is uniform per warp (shuffles, and GGUF's staging uses __syncwarp). `reverse`
+  // walks the chunks from the end, so that a second pass over x starts where the first one
+  // ended and finds that part still in L2.
   for (uint64_t c0 = blockIdx.x * static_cast<uint64_t>(blockDim.x / 32) + warp; c0 < chunks;
        c0 += warps) {
     const uint64_t chunk = a.reverse ? chunks - 1 - c0 : c0;
-    const uint64_t u = chunk * 32 + lane;
-    float x[P][N];
-    bool ok[P];
+    float x[V][E];
+    uint64_t vi[V];
+    bool ok[V];
 #pragma unroll
-    for (int p = 0; p < P; ++p) {
-      const uint64_t b = u * P + p;
-      ok[p] = b < a.blocks;
-      if (ok[p]) {
-        if constexpr (kVec) {
-          const uint4* src = static_cast<const uint4*>(a.x) + b * (N / E);
+    for (int j = 0; j < V; ++j) {
+      vi[j] = chunk * (32 * V) + j * 32 + lane;
+      ok[j] = vi[j] < total_vecs;  // whole blocks: T divides 32
+      if constexpr (kVec) {
+        const uint4 v = ok[j] ? static_cast<const uint4*>(a.x)[vi[j]] : make_uint4(0, 0, 0, 0);
 #pragma unroll
-          for (int k = 0; k < N / E; ++k) {
-            const uint4 v = src[k];
+        for (int i = 0; i < E; ++i) x[j][i] = Src<S>::element(v, i);
+      } else {
 #pragma unroll
-            for (int i = 0; i < E; ++i) x[p][k * E + i] = Src<S>::element(v, i);
-          }
-        } else {
-#pragma unroll
-          for (int i = 0; i < N; ++i) x[p][i] = Src<S>::load(a.x, b * N + i);
-        }
+        for (int i = 0; i < E; ++i) x[j][i] = ok[j] ? Src<S>::load(a.x, vi[j] * E + i) : 0.0f;
       }
     }
-    uint32_t am[P];
+    uint32_t am[V];
 #pragma unroll
-    for (int p = 0; p < P; ++p) {
-      am[p] = ok[p] ? amax_bits(x[p]) : 0u;
-      // The finiteness check costs a compare unless the block holds a NaN / Inf.
-      if (a.nonfinite && am[p] >= 0x7f800000u) first_non_finite(x[p], (u * P + p) * N, bad);
+    for (int j = 0; j < V; ++j) {
+      const uint32_t mine = amax_bits(x[j]);
+      // The finiteness check costs a compare unless the lane holds a NaN / Inf.
+      if (a.nonfinite && mine >= 0x7f800000u) first_non_finite(x[j], vi[j] * E, bad);
+      am[j] = team_max<T>(mine);
     }
     if constexpr (kGguf<B>) {
-      const uint64_t b0 = chunk * 32;
-      uint8_t* mine = stage[warp] + lane * kGgufBytes<B>;
-      if (ok[0]) {
-        uint32_t q[8];
-        const uint16_t d = B == Blk::q8_0 ? gguf_q8_0(x[0], q) : gguf_q4_0(x[0], q);
-        if (a.overflow && (d & 0x7fffu) == 0x7c00u) ovf = min(ovf, u);
-        uint16_t* h = reinterpret_cast<uint16_t*>(mine);  // 2-byte aligned
-        h[0] = d;
+      uint8_t* st = stage[warp];
 #pragma unroll
-        for (int j = 0; j < (kGgufBytes<B> - 2) / 4; ++j) {
-          h[1 + 2 * j] = static_cast<uint16_t>(q[j]);
-          h[2 + 2 * j] = static_cast<uint16_t>(q[j] >> 16);
+      for (int j = 0; j < V; ++j) {
+        const int local = (j * 32 + lane) / T;  // the block's index within the chunk
+        uint8_t* blk = st + local * kGgufBytes<B>;
+        float d;
+        uint32_t q[E];
+        if constexpr (B == Blk::q8_0) {
+          d = __uint_as_float(am[j]) / 127.0f;
+          const float id = d != 0.0f ? 1.0f / d : 0.0f;
+#pragma unroll
+          for (int i = 0; i < E; ++i) q[i] = gguf_q8_0_code(x[j][i], id);
+        } else {
+          float amax = 0.0f, mx = 0.0f;
+#pragma unroll
+          for (int i = 0; i < E; ++i) {
+            if (amax < fabsf(x[j][i])) {
+              amax = fabsf(x[j][i]);
+              mx = x[j][i];
+            }
+          }
+          d = team_signed_max<T>(amax, mx) / -8.0f;
+          const float id = d != 0.0f ? 1.0f / d : 0.0f;
+#pragma unroll
+          for (int i = 0; i < E; ++i) q[i] = gguf_q4_0_code(x[j][i], id);
+        }
+        const uint16_t d16 = f32_to_f16(d);
+        const uint64_t b = vi[j] / T;
+        if (a.overflow && ok[j] && t == 0 && (d16 & 0x7fffu) == 0x7c00u) ovf = min(ovf, b);
+        uint16_t* h = reinterpret_cast<uint16_t*>(blk);  // 2-byte aligned
+        if (t == 0) h[0] = d16;
+        if constexpr (B == Blk::q8_0) {
+          // Elements tE .. tE + E - 1 are bytes 2 + tE ...
+#pragma unroll
+          for (int i = 0; i < E; i += 2) h[1 + (t * E + i) / 2] = q[i] | (q[i + 1] << 8);
+        } else {
+          // Byte k (k < 16) holds element k (low nibble) and k + 16 (high): lanes t < T / 2
+          // hold the low halves and take the high ones from lane t + T / 2.
+          uint32_t mine = 0;
+#pragma unroll
+          for (int i = 0; i < E; ++i) mine |= q[i] << (4 * i);
+          const uint32_t other = __shfl_xor_sync(0xffffffffu, mine, T / 2);
+          if (t < T / 2) {
+#pragma unroll
+            for (int i = 0; i < E; i += 2) {
+              const uint32_t b0 = (q[i] | (((other >> (4 * i)) & 0xfu) << 4));
+              const uint32_t b1 = (q[i + 1] | (((other >> (4 * i + 4)) & 0xfu) << 4));
+              h[1 + (t * E + i) / 2] = static_cast<uint16_t>(b0 | (b1 << 8));
+            }
+          }
         }
       }
       __syncwarp();
-      const uint64_t nb = a.blocks - b0 < 32 ? a.blocks - b0 : 32;
+      const uint64_t b0 = chunk * kWarpBlocks;
+      const uint64_t nb = a.blocks - b0 < kWarpBlocks ? a.blocks - b0 : kWarpBlocks;
       const uint32_t bytes = static_cast<uint32_t>(nb) * kGgufBytes<B>;
       uint8_t* out = a.codes + b0 * kGgufBytes<B>;
       if (aligned(out, 16)) {
         for (uint32_t k = lane; k < bytes / 16; k += 32)
-          reinterpret_cast<uint4*>(out)[k] = reinterpret_cast<const uint4*>(stage[warp])[k];
-        for (uint32_t k = bytes / 16 * 16 + lane; k < bytes; k += 32) out[k] = stage[warp][k];
+          reinterpret_cast<uint4*>(out)[k] = reinterpret_cast<const uint4*>(st)[k];
+        for (uint32_t k = bytes / 16 * 16 + lane; k < bytes; k += 32) out[k] = st[k];
       } else {
-        for (uint32_t k = lane; k < bytes; k += 32) out[k] = stage[warp][k];
+        for (uint32_t k = lane; k < bytes; k += 32) out[k] = st[k];
       }
       __syncwarp();
     } else {
-      constexpr int kCodeBytes = B == Blk::nvfp4 ? 8 : (B == Blk::mxfp4 ? 16 : 32);
-      uint32_t w[P][kCodeBytes / 4];
 #pragma unroll
-      for (int p = 0; p < P; ++p) {
-#pragma unroll
-        for (int k = 0; k < kCodeBytes / 4; ++k) w[p][k] = 0;
-        if (!ok[p]) continue;
-        const float amax = __uint_as_float(am[p]);
+      for (int j = 0; j < V; ++j) {
+        const float amax = __uint_as_float(am[j]);
         uint8_t sc;
+        uint32_t w[2] = {0u, 0u};  // the lane's codes, little-endian
         if constexpr (B == Blk::nvfp4) {
           // nvfp4_quantize: e2m1(clamp(x / (global * block_scale), -6, 6)); the encoder
           // saturates, so the clamp is implied. x / total is IEEE division (div.rn).
@@ -597,44 +634,35 @@ __global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a)
           const float rcp = __frcp_rn(total);
           const bool divide_all = total < 0x1p-100f;
 #pragma unroll
-          for (int i = 0; i < N; ++i) {
-            float q = __fmul_rn(x[p][i], rcp);
+          for (int i = 0; i < E; ++i) {
+            float q = __fmul_rn(x[j][i], rcp);
             if (divide_all || (((__float_as_uint(q) & 0x7fffffffu) + 8u) & 0x1fffffu) < 16u)
-              q = __fdiv_rn(x[p][i], total);
-            w[p][i / 8] |= (global == 0.0f ? 0u : e2m1_from_f32(q)) << (4 * (i % 8));
+              q = __fdiv_rn(x[j][i], total);
+            w[0] |= (global == 0.0f ? 0u : e2m1_from_f32(q)) << (4 * i);
           }
         } else if constexpr (B == Blk::mxfp4) {
           sc = formats::mx_scale_code(amax, 2);
+          const float f = formats::mx_unscale(1.0f, sc);  // 2^-e, exact: x * f is mx_unscale
 #pragma unroll
-          for (int i = 0; i < N; ++i)
-            w[p][i / 8] |= e2m1_from_f32(formats::mx_unscale(x[p][i], sc)) << (4 * (i % 8));
+          for (int i = 0; i < E; ++i) w[0] |= e2m1_from_f32(__fmul_rn(x[j][i], f)) << (4 * i);
         } else {
           sc = formats::mx_scale_code(amax, B == Blk::mxe4m3 ? 8 : 15);
+          const float f = formats::mx_unscale(1.0f, sc);
 #pragma unroll
-          for (int i = 0; i < N; i += 2)
-            w[p][i / 4] |= fp8x2_satfinite<B == Blk::mxe5m2>(formats::mx_unscale(x[p][i], sc),
-                                                             formats::mx_unscale(x[p][i + 1], sc))
-                           << (8 * (i % 4));
+          for (int i = 0; i < E; i += 2)
+            w[i / 4] |=
+                fp8x2_satfinite<B == Blk::mxe5m2>(__fmul_rn(x[j][i], f), __fmul_rn(x[j][i + 1], f))
+                << (8 * (i % 4));
         }
-        a.scales[u * P + p] = sc;
-      }
-#pragma unroll
-      for (int p = 0; p < P; ++p) {
-        if (!ok[p]) continue;
-        const uint64_t b = u * P + p;
-        if constexpr (kVec) {
-          if constexpr (kCodeBytes == 8) {
-            reinterpret_cast<uint2*>(a.codes)[b] = make_uint2(w[p][0], w[p][1]);
-          } else {
-#pragma unroll
-            for (int k = 0; k < kCodeBytes / 16; ++k)
-              reinterpret_cast<uint4*>(a.codes)[b * (kCodeBytes / 16) + k] =
-                  make_uint4(w[p][4 * k], w[p][4 * k + 1], w[p][4 * k + 2], w[p][4 * k + 3]);
-          }
+        if (!ok[j]) continue;
+        if (t == 0) a.scales[vi[j] / T] = sc;
+        constexpr int kCodeBytes = B == Blk::nvfp4 || B == Blk::mxfp4 ? E / 2 : E;  // per lane
+        if constexpr (kCodeBytes == 8) {
+          reinterpret_cast<uint2*>(a.codes)[vi[j]] = make_uint2(w[0], w[1]);
+        } else if constexpr (kCodeBytes == 4) {
+          reinterpret_cast<uint32_t*>(a.codes)[vi[j]] = w[0];
         } else {
-#pragma unroll
-          for (int k = 0; k < kCodeBytes; ++k)
-            a.codes[b * kCodeBytes + k] = static_cast<uint8_t>(w[p][k / 4] >> (8 * (k % 4)));
+          reinterpret_cast<uint16_t*>(a.codes)[vi[j]] = static_cast<uint16_t>(w[0]);
         }
       }
     }
@@ -902,7 +930,8 @@ void launch_rows(const Call& c, RowsArgs ra, uint64_t group_vecs, bool global) {
     ra.group_vecs = V;
     ra.groups = (ra.total_vecs + V - 1) / V;
     auto kernel = quantize_rows_kernel<S, C, false>;
-    const uint32_t grid = grid_of(ra.groups, kThreads, resident_grid(kernel, kThreads, c.sms));
+    const uint32_t grid =
+        balanced_grid(ra.groups, kThreads, resident_grid(kernel, kThreads, c.sms));
     kernel<<<grid, kThreads, 0, c.stream>>>(ra, 0);
     check_launch("quantize_rows_kernel");
     return;
@@ -915,12 +944,12 @@ void launch_rows(const Call& c, RowsArgs ra, uint64_t group_vecs, bool global) {
     auto kernel = quantize_rows_kernel<S, C, false>;
     const uint64_t teams_per_block = kThreads >> log2;
     const uint32_t grid =
-        grid_of(ra.groups, teams_per_block, resident_grid(kernel, kThreads, c.sms));
+        balanced_grid(ra.groups, teams_per_block, resident_grid(kernel, kThreads, c.sms));
     kernel<<<grid, kThreads, 0, c.stream>>>(ra, log2);
   } else {
     const int threads = static_cast<int>((need + 31) / 32 * 32);
     auto kernel = quantize_rows_kernel<S, C, true>;
-    const uint32_t grid = grid_of(ra.groups, 1, resident_grid(kernel, threads, c.sms));
+    const uint32_t grid = balanced_grid(ra.groups, 1, resident_grid(kernel, threads, c.sms));
     kernel<<<grid, threads, 0, c.stream>>>(ra, 0);
   }
   check_launch("quantize_rows_kernel");
@@ -931,7 +960,7 @@ void launch_tensor_stats(const Call& c, bool affine) {
   auto kernel = tensor_stats_kernel<S>;
   const uint64_t n = static_cast<uint64_t>(numel(c.d.shape));
   const uint32_t grid =
-      grid_of(n / Src<S>::kVec + 1, kThreads * 4, resident_grid(kernel, kThreads, c.sms));
+      balanced_grid(n / Src<S>::kVec + 1, kThreads * 4, resident_grid(kernel, kThreads, c.sms));
   kernel<<<grid, kThreads, 0, c.stream>>>(static_cast<const uint4*>(c.a.src.data()), n, affine,
                                           c.words->stats, c.check ? &c.words->nonfinite : nullptr);
   check_launch("tensor_stats_kernel");
@@ -992,7 +1021,10 @@ bool run_scaled(const Call& c, Path path) {
 template <Dtype S, Blk B>
 void launch_blocks_kernel(const Call& c, const BlocksArgs& ba, bool vec) {
   auto kernel = vec ? quantize_blocks_kernel<S, B, true> : quantize_blocks_kernel<S, B, false>;
-  const uint32_t grid = grid_of(ba.blocks, kThreads, resident_grid(kernel, kThreads, c.sms));
+  constexpr uint64_t kChunkBlocks = 32 * kBlockVecs / (kBlockElems<B> / Src<S>::kVec);
+  const uint64_t chunks = (ba.blocks + kChunkBlocks - 1) / kChunkBlocks;
+  const uint32_t grid =
+      balanced_grid(chunks, kThreads / 32, resident_grid(kernel, kThreads, c.sms));
   kernel<<<grid, kThreads, 0, c.stream>>>(ba);
   check_launch("quantize_blocks_kernel");
 }
@@ -1018,8 +1050,8 @@ bool run_blocks(const Call& c) {
       launch_blocks_kernel<S, Blk::q4_0>(c, ba, x_aligned);
     return true;
   }
-  const int code_bytes = s.format == QuantFormat::nvfp4 ? 8 : 16;
-  if (!x_aligned || !aligned(ba.codes, code_bytes)) return false;
+  // The widest code store is 8 bytes (a lane's mxfp8 codes of a bf16 / f16 vector).
+  if (!x_aligned || !aligned(ba.codes, 8)) return false;
   ba.scales = static_cast<uint8_t*>(c.a.dst.scale.data());
   if (s.format == QuantFormat::nvfp4) {
     ba.blocks = static_cast<uint64_t>(n / 16);
@@ -1271,19 +1303,27 @@ class QuantizeCuda final : public Kernel<QuantizeOp> {
            Workspace) const override {
     DeviceScope scope(d.device.index);
     auto s = static_cast<cudaStream_t>(stream.native_handle());
-    // Check words and tensor statistics: a small per-call buffer from the stream-ordered
-    // pool, zeroed on the stream.
-    Buffer words(sizeof(CheckWords), d.device, &stream);
-    check_cuda(cudaMemsetAsync(words.data(), 0, sizeof(CheckWords), s),
-               "quantize: cudaMemsetAsync");
-    Buffer scratch;
-    const Call c{d,
-                 a,
-                 s,
-                 facts(d.device.index).multiprocessors,
-                 static_cast<CheckWords*>(words.data()),
-                 d.check_finite};
     const Path path = choose_path(d);
+    // Check words and tensor statistics: a small per-call buffer from the stream-ordered
+    // pool, zeroed on the stream; skipped (a memset kernel less per call) when nothing
+    // reads them: no check, and a one-pass path without tensor statistics. The generic
+    // path, which an unaligned view falls back to, allocates them below.
+    Buffer words;
+    auto make_words = [&] {
+      words = Buffer(sizeof(CheckWords), d.device, &stream);
+      check_cuda(cudaMemsetAsync(words.data(), 0, sizeof(CheckWords), s),
+                 "quantize: cudaMemsetAsync");
+    };
+    const bool dynamic_nvfp4 = d.scheme.format == QuantFormat::nvfp4 && !d.given_scales;
+    if (d.check_finite || path == Path::tensor || path == Path::generic || dynamic_nvfp4)
+      make_words();
+    Buffer scratch;
+    Call c{d,
+           a,
+           s,
+           facts(d.device.index).multiprocessors,
+           static_cast<CheckWords*>(words.data()),
+           d.check_finite};
     bool done = false;
     switch (d.src) {
       case Dtype::f32:
@@ -1296,7 +1336,13 @@ class QuantizeCuda final : public Kernel<QuantizeOp> {
         done = dispatch<Dtype::f16>(c, path);
         break;
     }
-    if (!done) run_generic(c, scratch, stream);
+    if (!done) {
+      if (!words.data()) {
+        make_words();
+        c.words = static_cast<CheckWords*>(words.data());
+      }
+      run_generic(c, scratch, stream);
+    }
     if (!d.check_finite) return;
     uint64_t w[3];
     read_flags(words.data(), w, 3, s);  // synchronises the stream

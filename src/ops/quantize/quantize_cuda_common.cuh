@@ -137,6 +137,16 @@ inline uint32_t grid_of(uint64_t items, uint64_t per_block, uint32_t cap) {
   return static_cast<uint32_t>(std::max<uint64_t>(1, std::min<uint64_t>(want, cap)));
 }
 
+/// The grid of a grid-stride kernel over `items` (per_block per block per step) with at most
+/// `cap` blocks: as few blocks as give every block the same number of steps as the
+/// resident grid would need, so that no block runs a last step alone while the others sit
+/// idle (items 16.5 x the cap would leave half the grid idle for the last step).
+inline uint32_t balanced_grid(uint64_t items, uint64_t per_block, uint32_t cap) {
+  const uint64_t blocks = std::max<uint64_t>(1, (items + per_block - 1) / per_block);
+  const uint64_t steps = (blocks + cap - 1) / std::max<uint32_t>(cap, 1);
+  return static_cast<uint32_t>((blocks + steps - 1) / steps);
+}
+
 LOWBIT_HD bool aligned(const void* p, uintptr_t a) {
   return reinterpret_cast<uintptr_t>(p) % a == 0;
 }
