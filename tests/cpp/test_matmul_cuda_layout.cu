@@ -6,9 +6,9 @@
 //    tc::dense_value) gives the dequantize op's reference values bit for bit.
 //  * Skinny: an emulation of matmul_cuda_skinny_tc's warps (the same per-lane loads, the 16-bit
 //    operand bit patterns of tc::pattern4 / pattern8_f16, the PTX m16n8k16 fragment layout, the
-//    group flushes, the fixed warp order) matches the f64 product of the dequantized weights and
-//    x to 1e-5 relative: any slip in the k mapping, the nibble order, the group index or the
-//    affine term shows up as an O(1) error.
+//    group flushes, the k-split over `split` warps added in warp order) matches the f64 product of
+//    the dequantized weights and x to 1e-5 relative: any slip in the k mapping, the nibble order,
+//    the group index or the affine term shows up as an O(1) error.
 // GPU extras (skipped without a device): QuantizedLinear on CUDA picks the skinny kernel for a
 // few rows and the dequantize path for many from one prepared copy; runs are bit-identical
 // (determinism); block-scaled fp8 W8A8 (M a multiple of 4, which test_matmul's shapes are not).
@@ -159,8 +159,11 @@ tc::SegScales seg_scales(const Prepared& p, int64_t row, int64_t s) {
 }
 
 /// The skinny kernel's arithmetic for one x dtype: y[m][n] (f32, before rounding to y).
+/// `split` warps take the segments of a tile in turn (warp w: w, w + split, ...), as the kernel's
+/// blocks do (the host picks split per shape; 5 here leaves warps with unequal counts).
 template <Code C, Scale S, bool kBf16>
 std::vector<float> skinny_emulated(const Prepared& p, const std::vector<float>& x, int m) {
+  constexpr int split = 5;
   const int bits = p.f.code_bits();
   const int gs = 1 << p.f.steps_log2;
   const float F = (C == Code::fp4 && !kBf16) ? tc::kFp4F16Factor : 1.0f;
@@ -171,9 +174,9 @@ std::vector<float> skinny_emulated(const Prepared& p, const std::vector<float>& 
   std::vector<float> y(static_cast<size_t>(m * n), NAN);
   for (int m0 = 0; m0 < m; m0 += 16)
     for (int64_t tile = 0; tile < p.L.tiles; ++tile) {
-      float acc[4][32][2][4] = {};  // [warp][lane][nt][i]
-      for (int warp = 0; warp < 4; ++warp) {
-        for (int64_t s = warp; s < p.L.segments; s += 4) {
+      float acc[split][32][2][4] = {};  // [warp][lane][nt][i]
+      for (int warp = 0; warp < split; ++warp) {
+        for (int64_t s = warp; s < p.L.segments; s += split) {
           uint32_t c0[32][8], c1[32][8];
           for (int lane = 0; lane < 32; ++lane) {
             words_of(p, tile, s, 0, lane, c0[lane]);
@@ -242,7 +245,7 @@ std::vector<float> skinny_emulated(const Prepared& p, const std::vector<float>& 
         for (int t = 0; t < nt_count; ++t)
           for (int i = 0; i < 4; ++i) {
             float v = acc[0][lane][t][i];
-            for (int w = 1; w < 4; ++w) v += acc[w][lane][t][i];
+            for (int w = 1; w < split; ++w) v += acc[w][lane][t][i];
             if (S == Scale::e4m3) v *= p.w.global[0];
             const int64_t row = tile * 16 + (i < 2 ? r : r + 8);
             const int c = m0 + 8 * t + 2 * q + (i & 1);
@@ -311,7 +314,7 @@ TEST(MatmulCudaLayout, SkinnyEmulationMatchesTheF64Product) {
   std::mt19937_64 rng(5);
   for (const char* text : kSchemes) {
     const QuantScheme s = QuantScheme::parse(text);
-    const int64_t n = 40, k = 768;  // 3 tiles (one partial), 6 segments over 4 warps
+    const int64_t n = 40, k = 768;  // 3 tiles (one partial), 6 segments over 5 warps
     const QuantizedTensor q = quantize(random_f32({n, k}, rng, 0.5f), s);
     const Prepared p = prepare(q);
     const Tensor wd = dequantize(q.view(), Dtype::f32);

@@ -1,0 +1,309 @@
+// The kernel of matmul_cuda_skinny_tc (weight-only y = x · dequant(W)^T for M <= 32 rows of
+// bf16 / f16 x) as a template, instantiated per (code, scale, group, x dtype, M tile, affine)
+// by matmul_cuda_skinny_{int4,int8,float}.cu; the plan code is in matmul_cuda_skinny.cu.
+//
+// Shape of the work (W: [N, K] in the "cuda_tc16x128" layout, x: [M, K], y: [M, N]):
+//   block = one 16-row tile of W (grid.x) and 8 NT rows of x (grid.y); its `split` warps
+//           (1..16, blockDim.x = 32 split) take the tile's 128-k segments in turn (warp w:
+//           segments w, w + split, ...), so the block streams one contiguous stretch of W;
+//           the host picks split so that tiles x split fills the GPU's warp slots once.
+//   warp  = per segment: 2 x 16 bytes of codes per lane (4-bit; 2 x 32 for 8-bit), 16-byte
+//           loads that skip L1, issued kDepth segments ahead; the segment's scales one segment
+//           ahead; 8 mma.m16n8k16 steps of 16 k, each with the 16 x 16 weight operand decoded
+//           in registers and x^T [16 k, 8 rows of x] (8 bytes per lane and step, from L1) as
+//           the B operand, NT = 1 or 2 mmas per step for 8 or 16 rows of x.
+//   end   = the warps' f32 sums added in warp order through shared memory (deterministic, no
+//           atomics), then bias and one rounding to y by warp 0.
+// Why it is lean (the previous version issued 368 warp instructions per 2048 weights and was
+// issue-bound at 22% occupancy, BENCHMARKS.md): 72-96 registers (kRegs: 20-28 warps per
+// SM), the zero-point mma only in affine instantiations, x read without
+// predicates (a row past M re-reads row M - 1: B's columns are independent, those outputs are
+// never stored), 32-bit segment offsets, group scales applied to the f32 partial sums, one
+// kernel per M tile.
+// Numbers: the operand is the exact code (u - 8, the byte, the fp8 / e2m1 value); the mma
+// multiplies it by x exactly and sums a scale group's 16..128 products in f32; the group's
+// scale (and offset times the group's sum of x, for affine formats) is applied to that f32
+// partial sum; the warps' sums are added in a fixed order.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "ops/matmul/matmul_cuda_common.cuh"
+
+namespace lowbit::skinny {
+
+using tc::Code;
+using tc::Scale;
+using tc::TcWeights;
+
+inline constexpr int kMaxSplit = 16;  ///< warps per block (k-split of a tile)
+inline constexpr int kMaxM = 32;      ///< rows of x select() sends here (see matmul_cuda_skinny.cu)
+
+struct Args {
+  TcWeights w;
+  const uint8_t* x = nullptr;
+  int64_t x_stride = 0;  ///< elements
+  void* y = nullptr;
+  int64_t y_stride = 0;
+  Dtype y_dtype = Dtype::bf16;
+  const void* bias = nullptr;
+  int m = 0;
+  int64_t n = 0;
+};
+
+/// Launches one instantiation for `tiles` 16-row tiles on a device with `sms` multiprocessors.
+using Launcher = void (*)(const Args&, int64_t tiles, int sms, cudaStream_t);
+
+/// The instantiation for a format, x dtype and M tile (nt = 1: 8 rows, 2: 16 rows per block),
+/// or null (with the reason in `why`) when none is built. One per translation unit.
+Launcher launcher_int4(const tc::Format& f, bool bf16, int nt, std::string* why);
+Launcher launcher_int8(const tc::Format& f, bool bf16, int nt, std::string* why);
+Launcher launcher_float(const tc::Format& f, bool bf16, int nt, std::string* why);
+
+#if defined(__CUDACC__)
+
+template <bool kBf16>
+__device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+  if constexpr (kBf16) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+}
+
+/// A 16-byte load of data read once (not kept in L1), issued only when `on`; volatile so that
+/// it is issued where written (ahead of the arithmetic that hides its latency).
+__device__ __forceinline__ void load_stream16(uint4& v, const void* p, bool on) {
+  asm volatile(
+      "{ .reg .pred q; setp.ne.b32 q, %5, 0;\n"
+      "  @q ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4]; }"
+      : "+r"(v.x), "+r"(v.y), "+r"(v.z), "+r"(v.w)
+      : "l"(p), "r"(static_cast<int>(on)));
+}
+
+/// 8 bytes of x (read by every block of the row: kept in L1).
+__device__ __forceinline__ uint2 load_x8(const uint8_t* p) {
+  return __ldg(reinterpret_cast<const uint2*>(p));
+}
+
+/// Registers per thread: about as few as the instantiation needs without spilling in its loop
+/// (ptxas -v), so that 16-28 warps fit on a multiprocessor (8-bit codes hold twice the bytes).
+template <int kBits, int NT, bool kAffine>
+inline constexpr int kRegs = kBits == 4 ? (NT == 1 ? (kAffine ? 80 : 72) : 96)
+                                        : (NT == 1 && !kAffine ? 96 : 128);
+
+template <Code C, Scale S, int kStepsLog2, bool kBf16, int NT, bool kAffine>
+__global__ void __launch_bounds__(kMaxSplit * 32)
+    __maxnreg__((kRegs < (C == Code::u4 || C == Code::fp4) ? 4 : 8, NT, kAffine >))
+        skinny_kernel(Args p) {
+  constexpr int kBits = (C == Code::u4 || C == Code::fp4) ? 4 : 8;
+  constexpr int kVec = kBits == 4 ? 1 : 2;  // 16-byte code vectors per half
+  constexpr int kDepth = 2;                 // segments of codes in flight beyond the current
+  constexpr int kGS = 1 << kStepsLog2;      // steps per scale group
+  constexpr float kF = (C == Code::fp4 && !kBf16) ? tc::kFp4F16Factor : 1.0f;
+  constexpr uint32_t kOnes = kBf16 ? 0x3f803f80u : 0x3c003c00u;  // (1.0, 1.0)
+  constexpr int kLaneBytes = 16 * kVec;
+
+  const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31);
+  const int split = static_cast<int>(blockDim.x >> 5);
+  const int r = lane >> 2, q = lane & 3;
+  const int64_t tile = blockIdx.x;
+  const int m0 = static_cast<int>(blockIdx.y) * 8 * NT;  // this block's rows of x
+  const int segs = static_cast<int>(p.w.segments);
+  const int64_t row0 = tile * 16 + r, row1 = row0 + 8;
+
+  // This lane's codes of segment s, half h: codes_t + s * 64 kLaneBytes + h * 32 kLaneBytes.
+  const uint8_t* codes_t = p.w.codes + (tile * segs * 64 + lane) * kLaneBytes;
+  auto load_codes = [&](int s, uint4(&c)[2][kVec]) {
+    const bool on = s < segs;
+    const uint8_t* at = codes_t + (on ? s : 0) * (64 * kLaneBytes);
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) load_stream16(c[h][v], at + h * 32 * kLaneBytes + 16 * v, on);
+  };
+  // x^T operand columns c = m0 + 8 t + r; past M, row M - 1 stands in (its outputs are dropped).
+  const uint8_t* xrow[NT];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    const int c = min(m0 + 8 * t + r, p.m - 1);
+    xrow[t] = p.x + (static_cast<int64_t>(c) * p.x_stride + 4 * q) * 2;
+  }
+
+  float acc[NT][4];
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
+
+  uint4 ring[kDepth][2][kVec];
+#pragma unroll
+  for (int d = 0; d < kDepth; ++d) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) ring[d][h][v] = make_uint4(0u, 0u, 0u, 0u);
+    load_codes(warp + d * split, ring[d]);
+  }
+  tc::SegScales sn0{}, sn1{};
+  if (warp < segs) {
+    sn0 = tc::load_seg_scales<S, kStepsLog2>(p.w, row0, warp);
+    sn1 = tc::load_seg_scales<S, kStepsLog2>(p.w, row1, warp);
+  }
+  for (int base = warp; base < segs; base += kDepth * split) {
+#pragma unroll
+    for (int d = 0; d < kDepth; ++d) {
+      const int s = base + d * split;
+      if (s >= segs) break;
+      const tc::SegScales cs0 = sn0, cs1 = sn1;
+      uint32_t w0[4 * kVec], w1[4 * kVec];
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) {
+        w0[4 * v] = ring[d][0][v].x, w0[4 * v + 1] = ring[d][0][v].y;
+        w0[4 * v + 2] = ring[d][0][v].z, w0[4 * v + 3] = ring[d][0][v].w;
+        w1[4 * v] = ring[d][1][v].x, w1[4 * v + 1] = ring[d][1][v].y;
+        w1[4 * v + 2] = ring[d][1][v].z, w1[4 * v + 3] = ring[d][1][v].w;
+      }
+      // The loads for later segments go out before this segment's arithmetic.
+      load_codes(s + kDepth * split, ring[d]);
+      if (s + split < segs) {
+        sn0 = tc::load_seg_scales<S, kStepsLog2>(p.w, row0, s + split);
+        sn1 = tc::load_seg_scales<S, kStepsLog2>(p.w, row1, s + split);
+      }
+      const int xk = s * 256;  // byte offset of the segment in a row of x
+
+      float g[NT][4], g1[NT][4];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        if ((j & (kGS - 1)) == 0) {
+#pragma unroll
+          for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) g[t][i] = g1[t][i] = 0.0f;
+        }
+        uint2 xv[NT];
+#pragma unroll
+        for (int t = 0; t < NT; ++t) xv[t] = load_x8(xrow[t] + xk + 32 * j);
+        const uint32_t c0 = w0[tc::step_word(kBits, j)], c1 = w1[tc::step_word(kBits, j)];
+        const int p0 = tc::step_pair(kBits, j, 0), p1 = tc::step_pair(kBits, j, 1);
+        const uint32_t a0 = tc::decode_pair<C, kBf16>(c0, p0);
+        const uint32_t a1 = tc::decode_pair<C, kBf16>(c1, p0);
+        const uint32_t a2 = tc::decode_pair<C, kBf16>(c0, p1);
+        const uint32_t a3 = tc::decode_pair<C, kBf16>(c1, p1);
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+          mma16816<kBf16>(g[t], a0, a1, a2, a3, xv[t].x, xv[t].y);
+          if constexpr (kAffine)
+            mma16816<kBf16>(g1[t], kOnes, kOnes, kOnes, kOnes, xv[t].x, xv[t].y);
+        }
+        if ((j & (kGS - 1)) == kGS - 1) {
+          const int f = j >> kStepsLog2;
+          float a0s, b0s, a1s, b1s;
+          tc::seg_group_ab<S>(cs0, f, kAffine, a0s, b0s);
+          tc::seg_group_ab<S>(cs1, f, kAffine, a1s, b1s);
+#pragma unroll
+          for (int t = 0; t < NT; ++t) {
+            acc[t][0] += a0s * (g[t][0] * kF);
+            acc[t][1] += a0s * (g[t][1] * kF);
+            acc[t][2] += a1s * (g[t][2] * kF);
+            acc[t][3] += a1s * (g[t][3] * kF);
+            if constexpr (kAffine) {
+              acc[t][0] += b0s * g1[t][0];
+              acc[t][1] += b0s * g1[t][1];
+              acc[t][2] += b1s * g1[t][2];
+              acc[t][3] += b1s * g1[t][3];
+            }
+          }
+        }
+      }
+    }
+  }
+
+  // The warps' sums, added in warp order: [split - 1][NT * 4][32] f32 in dynamic shared memory.
+  extern __shared__ float red[];
+  if (warp > 0) {
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) red[((warp - 1) * NT * 4 + 4 * t + i) * 32 + lane] = acc[t][i];
+  }
+  __syncthreads();
+  if (warp != 0) return;
+  for (int w = 0; w + 1 < split; ++w)
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[t][i] += red[(w * NT * 4 + 4 * t + i) * 32 + lane];
+
+  const float global = S == Scale::e4m3 ? p.w.global[0] : 1.0f;
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t row = i < 2 ? row0 : row1;
+      const int c = m0 + 8 * t + 2 * q + (i & 1);
+      if (c >= p.m || row >= p.n) continue;
+      float v = acc[t][i];
+      if (S == Scale::e4m3) v *= global;
+      if (p.bias) v += quant_cuda::load_any(p.bias, p.y_dtype, static_cast<uint64_t>(row));
+      quant_cuda::store_any(p.y, p.y_dtype, static_cast<uint64_t>(c * p.y_stride + row), v);
+    }
+}
+
+/// Warps of `kernel` that fit on one multiprocessor (cached by the caller).
+inline int warps_per_sm(const void* kernel, int nt) {
+  int blocks = 0;
+  const size_t smem = static_cast<size_t>(7) * nt * 4 * 32 * 4;  // a block of 8 warps
+  mm_cuda::check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, 256, smem),
+                      "matmul: occupancy of skinny_kernel");
+  return std::max(1, blocks * 8);
+}
+
+/// split = warps per tile: as many as fill the GPU's warp slots in one wave (at least 1, at
+/// most kMaxSplit and the tile's segments).
+template <Code C, Scale S, int SL, bool kBf16, int NT, bool kAffine>
+void launch(const Args& a, int64_t tiles, int sms, cudaStream_t stream) {
+  const auto kernel = &skinny_kernel<C, S, SL, kBf16, NT, kAffine>;
+  static const int per_sm = warps_per_sm(reinterpret_cast<const void*>(kernel), NT);
+  const int64_t mblocks = (a.m + 8 * NT - 1) / (8 * NT);
+  const int64_t slots = static_cast<int64_t>(sms) * per_sm;
+  const int split = static_cast<int>(std::clamp<int64_t>(
+      slots / (tiles * mblocks), 1, std::min<int64_t>(kMaxSplit, a.w.segments)));
+  const size_t smem = static_cast<size_t>(split - 1) * NT * 4 * 32 * 4;
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(mblocks));
+  kernel<<<grid, split * 32, smem, stream>>>(a);
+  mm_cuda::check_launch("skinny_kernel");
+}
+
+template <Code C, Scale S, int SL, bool kAffine>
+Launcher pick(bool bf16, int nt) {
+  if (bf16)
+    return nt == 1 ? &launch<C, S, SL, true, 1, kAffine> : &launch<C, S, SL, true, 2, kAffine>;
+  return nt == 1 ? &launch<C, S, SL, false, 1, kAffine> : &launch<C, S, SL, false, 2, kAffine>;
+}
+
+/// Integer formats: groups of 32 (SL 1), 64 (2), 128 and more (3); symmetric or affine.
+template <Code C>
+Launcher pick_integer(const tc::Format& f, bool bf16, int nt) {
+  const int sl = f.steps_log2;
+  if (f.zero)
+    return sl == 1   ? pick<C, Scale::integer, 1, true>(bf16, nt)
+           : sl == 2 ? pick<C, Scale::integer, 2, true>(bf16, nt)
+                     : pick<C, Scale::integer, 3, true>(bf16, nt);
+  return sl == 1   ? pick<C, Scale::integer, 1, false>(bf16, nt)
+         : sl == 2 ? pick<C, Scale::integer, 2, false>(bf16, nt)
+                   : pick<C, Scale::integer, 3, false>(bf16, nt);
+}
+
+#endif  // __CUDACC__
+
+}  // namespace lowbit::skinny
