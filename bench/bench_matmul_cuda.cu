@@ -13,7 +13,12 @@
 //    given quantized ("pre").
 // Each row is timed with CUDA events around the call alone, after writing a 256 MiB buffer
 // (so that every call reads its weights from HBM, as triton.testing.do_bench does for the
-// peers); the median of the repetitions is reported. Weight bytes are the scheme's own (codes
+// peers); the median of the repetitions is reported. That flush leaves L2 full of dirty lines,
+// so a call that reads less than L2 holds (a 4-bit 8192x8192 weight: 34 MB) also writes as
+// many bytes back to HBM, where cuBLAS bf16's 134 MB read pays that once for a quarter of
+// its bytes; the "clean-L2" rows (M = 1, 16: cuBLAS bf16 and the skinny kernel) time the same
+// calls after the write and then a read of another 256 MiB buffer, which leaves L2 clean. Weight
+// bytes are the scheme's own (codes
 // + scales + zero points, the plain layout's size); GB/s = (weight + x + y bytes) / time, shown
 // as a share of the copy ceiling. Every weight-only row is checked against the plain
 // dequantize + cuBLASLt path (relative Frobenius error <= 1e-2) and reports its kernel.
@@ -101,19 +106,38 @@ struct Row {
   }
 };
 
+/// Reads n 16-byte words: afterwards L2 holds clean lines of this buffer only.
+__global__ void read_words(const uint4* p, uint64_t n, uint32_t* sink) {
+  uint32_t acc = 0;
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += stride) {
+    const uint4 v = p[i];
+    acc ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (acc == 0x9e3779b9u) *sink = acc;  // keeps the loads; the buffer is zeros
+}
+
 struct Timer {
   cudaStream_t s;
   void* flush = nullptr;
   size_t flush_bytes = size_t{256} << 20;
+  void* clean = nullptr;  ///< flush_bytes of zeros, read after the flush for clean-L2 timings
   int reps = 15;
-  /// Median ms of `fn`, each repetition after a write of the flush buffer.
-  double median(const std::function<void()>& fn, int reps_override = 0) {
+  /// Median ms of `fn`, each repetition after a write of the flush buffer (and, when
+  /// `clean_l2`, a read of the clean buffer).
+  double median(const std::function<void()>& fn, int reps_override = 0, bool clean_l2 = false) {
     const int n = reps_override ? reps_override : reps;
     for (int i = 0; i < 2; ++i) fn();
     std::vector<cudaEvent_t> ev(2 * static_cast<size_t>(n));
     for (auto& e : ev) check(cudaEventCreate(&e), "cudaEventCreate");
     for (int r = 0; r < n; ++r) {
       check(cudaMemsetAsync(flush, r & 0xff, flush_bytes, s), "flush");
+      if (clean_l2) {
+        read_words<<<1024, 256, 0, s>>>(static_cast<const uint4*>(clean), flush_bytes / 16,
+                                        static_cast<uint32_t*>(flush));
+        check(cudaGetLastError(), "read_words");
+      }
       check(cudaEventRecord(ev[2 * r], s), "record");
       fn();
       check(cudaEventRecord(ev[2 * r + 1], s), "record");
@@ -217,7 +241,10 @@ int main(int argc, char** argv) {
     const lowbit::Stream stream = lowbit::Stream::create(gpu);
     const auto s = static_cast<cudaStream_t>(stream.native_handle());
     lowbit::Buffer flush(static_cast<int64_t>(256) << 20, gpu, &stream);
+    lowbit::Buffer clean(static_cast<int64_t>(256) << 20, gpu, &stream);
+    check(cudaMemsetAsync(clean.data(), 0, static_cast<size_t>(256) << 20, s), "memset");
     Timer timer{s, flush.data()};
+    timer.clean = clean.data();
     timer.reps = reps;
     std::vector<Row> rows;
 
@@ -290,7 +317,7 @@ int main(int argc, char** argv) {
       };
 
       // cuBLAS bf16 (cuBLASLt, y = x W^T), per M.
-      std::vector<double> bf16_ms(ms.size());
+      std::vector<double> bf16_ms(ms.size()), bf16_clean_ms(ms.size());
       for (size_t mi = 0; mi < ms.size(); ++mi) {
         const int64_t m = ms[mi];
         lowbit::mm_cuda::LtGemm g;
@@ -314,6 +341,18 @@ int main(int argc, char** argv) {
         r.kernel = "cublasLtMatmul";
         bf16_ms[mi] = r.ms;
         rows.push_back(r);
+        if (m <= 16) {
+          r.group = "clean-L2";
+          r.ms = timer.median(
+              [&] {
+                lowbit::mm_cuda::lt_run(g, wb.data(), xb.data(), y.data(), nullptr, nullptr,
+                                        nullptr, &one, lt_ws.data(), lowbit::mm_cuda::kLtWorkspace,
+                                        s);
+              },
+              0, true);
+          bf16_clean_ms[mi] = r.ms;
+          rows.push_back(r);
+        }
       }
 
       auto run_weight_only = [&](const char* text, const std::vector<int64_t>& m_list) {
@@ -387,6 +426,15 @@ int main(int argc, char** argv) {
           r.check = verdict;
           rows.push_back(r);
           std::fprintf(stderr, "  %-60s %.4f ms %s\n", r.pair().c_str(), r.ms, r.check.c_str());
+          if (m <= 16 && r.kernel == "matmul_cuda_skinny_tc") {
+            Row rc = r;
+            rc.group = "clean-L2";
+            rc.ms = timer.median([&] { plan.run(stream, wsp, args); }, 0, true);
+            rc.vs_bf16 = bf16_clean_ms[mi] > 0 ? bf16_clean_ms[mi] / rc.ms : 0;
+            rc.check = "-";
+            rows.push_back(rc);
+            std::fprintf(stderr, "  %-60s %.4f ms (clean L2)\n", rc.pair().c_str(), rc.ms);
+          }
           // From M = 64 on, the dequantize + cuBLASLt kernel beside the selected one (the
           // crossover select() uses).
           if (m >= 64 && r.kernel != "matmul_cuda_dequant_tc_lt") {

@@ -15,7 +15,7 @@
 //   end   = the warps' f32 sums added in warp order through shared memory (deterministic, no
 //           atomics), then bias and one rounding to y by warp 0.
 // Why it is lean (the previous version issued 368 warp instructions per 2048 weights and was
-// issue-bound at 22% occupancy, BENCHMARKS.md): 72-96 registers (kRegs: 20-28 warps per
+// issue-bound at 22% occupancy, BENCHMARKS.md): 80-128 registers (kRegs: 16-24 warps per
 // SM), the zero-point mma only in affine instantiations, x read without
 // predicates (a row past M re-reads row M - 1: B's columns are independent, those outputs are
 // never stored), 32-bit segment offsets, group scales applied to the f32 partial sums, one
@@ -90,16 +90,18 @@ __device__ __forceinline__ void load_stream16(uint4& v, const void* p, bool on) 
       : "l"(p), "r"(static_cast<int>(on)));
 }
 
-/// 8 bytes of x (read by every block of the row: kept in L1).
+/// 8 bytes of x (read by every block of the row: kept in L1); volatile like the code loads, so
+/// that a segment's x is requested at its start, one L1 / L2 round trip per segment.
 __device__ __forceinline__ uint2 load_x8(const uint8_t* p) {
-  return __ldg(reinterpret_cast<const uint2*>(p));
+  uint2 v;
+  asm volatile("ld.global.nc.v2.u32 {%0,%1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+  return v;
 }
 
 /// Registers per thread: about as few as the instantiation needs without spilling in its loop
-/// (ptxas -v), so that 16-28 warps fit on a multiprocessor (8-bit codes hold twice the bytes).
+/// (ptxas -v), so that 16-24 warps fit on a multiprocessor (8-bit codes hold twice the bytes).
 template <int kBits, int NT, bool kAffine>
-inline constexpr int kRegs = kBits == 4 ? (NT == 1 ? (kAffine ? 80 : 72) : 96)
-                                        : (NT == 1 && !kAffine ? 96 : 128);
+inline constexpr int kRegs = kBits == 4 ? (NT == 1 ? (kAffine ? 88 : 80) : 128) : 128;
 
 template <Code C, Scale S, int kStepsLog2, bool kBf16, int NT, bool kAffine>
 __global__ void __launch_bounds__(kMaxSplit * 32)
@@ -164,6 +166,13 @@ __global__ void __launch_bounds__(kMaxSplit * 32)
     for (int d = 0; d < kDepth; ++d) {
       const int s = base + d * split;
       if (s >= segs) break;
+      // This segment's x, then the loads for later segments, then the arithmetic.
+      const int xk = s * 256;  // byte offset of the segment in a row of x
+      uint2 xv[NT][8];
+#pragma unroll
+      for (int t = 0; t < NT; ++t)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) xv[t][j] = load_x8(xrow[t] + xk + 32 * j);
       const tc::SegScales cs0 = sn0, cs1 = sn1;
       uint32_t w0[4 * kVec], w1[4 * kVec];
 #pragma unroll
@@ -173,13 +182,11 @@ __global__ void __launch_bounds__(kMaxSplit * 32)
         w1[4 * v] = ring[d][1][v].x, w1[4 * v + 1] = ring[d][1][v].y;
         w1[4 * v + 2] = ring[d][1][v].z, w1[4 * v + 3] = ring[d][1][v].w;
       }
-      // The loads for later segments go out before this segment's arithmetic.
       load_codes(s + kDepth * split, ring[d]);
       if (s + split < segs) {
         sn0 = tc::load_seg_scales<S, kStepsLog2>(p.w, row0, s + split);
         sn1 = tc::load_seg_scales<S, kStepsLog2>(p.w, row1, s + split);
       }
-      const int xk = s * 256;  // byte offset of the segment in a row of x
 
       float g[NT][4], g1[NT][4];
 #pragma unroll
@@ -190,9 +197,6 @@ __global__ void __launch_bounds__(kMaxSplit * 32)
 #pragma unroll
             for (int i = 0; i < 4; ++i) g[t][i] = g1[t][i] = 0.0f;
         }
-        uint2 xv[NT];
-#pragma unroll
-        for (int t = 0; t < NT; ++t) xv[t] = load_x8(xrow[t] + xk + 32 * j);
         const uint32_t c0 = w0[tc::step_word(kBits, j)], c1 = w1[tc::step_word(kBits, j)];
         const int p0 = tc::step_pair(kBits, j, 0), p1 = tc::step_pair(kBits, j, 1);
         const uint32_t a0 = tc::decode_pair<C, kBf16>(c0, p0);
@@ -201,9 +205,9 @@ __global__ void __launch_bounds__(kMaxSplit * 32)
         const uint32_t a3 = tc::decode_pair<C, kBf16>(c1, p1);
 #pragma unroll
         for (int t = 0; t < NT; ++t) {
-          mma16816<kBf16>(g[t], a0, a1, a2, a3, xv[t].x, xv[t].y);
+          mma16816<kBf16>(g[t], a0, a1, a2, a3, xv[t][j].x, xv[t][j].y);
           if constexpr (kAffine)
-            mma16816<kBf16>(g1[t], kOnes, kOnes, kOnes, kOnes, xv[t].x, xv[t].y);
+            mma16816<kBf16>(g1[t], kOnes, kOnes, kOnes, kOnes, xv[t][j].x, xv[t][j].y);
         }
         if ((j & (kGS - 1)) == kGS - 1) {
           const int f = j >> kStepsLog2;
