@@ -60,6 +60,23 @@ __global__ void fill_normal(float* out, uint64_t n, uint64_t seed) {
   }
 }
 
+/// Reads n 16-byte vectors (four independent loads per thread in flight) and writes one
+/// word per thread: the streaming-read ceiling.
+__global__ void read_only(const uint4* x, uint64_t n, uint32_t* sink) {
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  uint32_t acc = 0;
+  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += 4 * stride) {
+    uint4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      v[u] = i + u * stride < n ? x[i + u * stride] : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int u = 0; u < 4; ++u) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+  }
+  sink[blockIdx.x * blockDim.x + threadIdx.x] = acc;
+}
+
 struct Row {
   std::string pair;
   int64_t elements = 0;
@@ -229,6 +246,34 @@ int main(int argc, char** argv) {
       rows_out.push_back(r);
     }
     const double copy_gbps = rows_out[0].bytes / rows_out[0].ms / 1e6;
+    // Write-only and read-only rates of the same memory: dequantizers write 2-4x the bytes
+    // they read, quantizers the reverse, so these bound them beside the 1:1 copy.
+    {
+      const int64_t bytes = int64_t{1} << 30;
+      lowbit::Buffer a(bytes, gpu, &stream);
+      lowbit::Buffer sink(int64_t{4} << 20, gpu, &stream);
+      check(cudaMemsetAsync(a.data(), 1, bytes, s), "cudaMemsetAsync");
+      Row w;
+      w.pair = "write only (cudaMemsetAsync, 1 GiB)";
+      w.elements = bytes;
+      w.bytes = bytes;
+      w.ms = median_ms(s, warmup, reps,
+                       [&] { check(cudaMemsetAsync(a.data(), 2, bytes, s), "cudaMemsetAsync"); });
+      w.kernel = "cudaMemsetAsync";
+      rows_out.push_back(w);
+      Row r;
+      r.pair = "read only (16-byte loads, 1 GiB)";
+      r.elements = bytes;
+      r.bytes = bytes;
+      const int grid = props.multiprocessors * 8;
+      r.ms = median_ms(s, warmup, reps, [&] {
+        read_only<<<grid, 256, 0, s>>>(static_cast<const uint4*>(a.data()), bytes / 16,
+                                       static_cast<uint32_t*>(sink.data()));
+      });
+      check(cudaGetLastError(), "read_only");
+      r.kernel = "read_only";
+      rows_out.push_back(r);
+    }
 
     const lowbit::Shape shape{rows, cols};
     const int64_t n = rows * cols;

@@ -240,56 +240,12 @@ __global__ void __launch_bounds__(kThreads) dequantize_chunks_kernel(ChunkArgs a
   if constexpr (F == DCode::nvfp4) global = a.global[0];
   const uint32_t lane = threadIdx.x & 31;
   const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
-  // Warp-uniform loop (GGUF's staging synchronises the warp): w0 is the warp's first chunk.
-  for (uint64_t w0 = blockIdx.x * static_cast<uint64_t>(blockDim.x) + (threadIdx.x - lane);
-       w0 < a.chunks; w0 += U * stride) {
-    ChunkRaw r[U];
-    if constexpr (kGguf<F>) {
-      if (a.staged) {
-        constexpr int kBytes = F == DCode::q8_0 ? kQ8_0Bytes : kQ4_0Bytes;
-        constexpr int kStage = 8 * kBytes;  // 8 blocks: a warp's 32 chunks
-        __shared__ __align__(16) uint8_t stage[kThreads / 32][U][kStage];
-        uint8_t(*st)[kStage] = stage[threadIdx.x / 32];
-        uint4 v[U];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {  // all loads first
-          const uint64_t b0 = (w0 + u * stride) / 4;
-          const bool whole = (w0 + u * stride) + 32 <= a.chunks;
-          v[u] = whole && lane < kStage / 16
-                     ? reinterpret_cast<const uint4*>(a.codes + b0 * kBytes)[lane]
-                     : make_uint4(0, 0, 0, 0);
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          const uint64_t c = w0 + u * stride;
-          if (c + 32 <= a.chunks) {
-            if (lane < kStage / 16) reinterpret_cast<uint4*>(st[u])[lane] = v[u];
-          } else if (c < a.chunks) {  // the last, partial step: 2-byte copies
-            const uint32_t half_words = static_cast<uint32_t>((a.chunks - c) / 4) * kBytes / 2;
-            const auto* src = reinterpret_cast<const uint16_t*>(a.codes + c / 4 * kBytes);
-            for (uint32_t k = lane; k < half_words; k += 32)
-              reinterpret_cast<uint16_t*>(st[u])[k] = src[k];
-          }
-        }
-        __syncwarp();
-#pragma unroll
-        for (int u = 0; u < U; ++u)
-          if (w0 + u * stride + lane < a.chunks) r[u] = staged_chunk<F>(st[u], lane);
-        __syncwarp();
-      } else {
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          const uint64_t c = w0 + u * stride + lane;
-          if (c < a.chunks) r[u] = load_chunk<F>(a, static_cast<uint32_t>(c));
-        }
-      }
-    } else {
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const uint64_t c = w0 + u * stride + lane;
-        if (c < a.chunks) r[u] = load_chunk<F>(a, static_cast<uint32_t>(c));
-      }
-    }
+  const uint64_t step = U * stride;
+  // The loops are warp-uniform (GGUF's staging synchronises the warp): w0 is the warp's
+  // first chunk of a step. Each step's loads are issued during the previous step's
+  // arithmetic (software pipelining), so that loads stay in flight while a warp computes.
+  const uint64_t first = blockIdx.x * static_cast<uint64_t>(blockDim.x) + (threadIdx.x - lane);
+  auto decode_store = [&](uint64_t w0, const ChunkRaw(&r)[U]) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const uint64_t c = w0 + u * stride + lane;
@@ -304,6 +260,67 @@ __global__ void __launch_bounds__(kThreads) dequantize_chunks_kernel(ChunkArgs a
         }
       }
     }
+  };
+  if constexpr (kGguf<F>) {
+    if (a.staged) {
+      constexpr int kBytes = F == DCode::q8_0 ? kQ8_0Bytes : kQ4_0Bytes;
+      constexpr int kStage = 8 * kBytes;  // 8 blocks: a warp's 32 chunks
+      __shared__ __align__(16) uint8_t stage[kThreads / 32][U][kStage];
+      uint8_t(*st)[kStage] = stage[threadIdx.x / 32];
+      uint4 next[U];
+      auto fetch = [&](uint64_t w0) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const uint64_t c = w0 + u * stride;
+          next[u] = c + 32 <= a.chunks && lane < kStage / 16
+                        ? reinterpret_cast<const uint4*>(a.codes + c / 4 * kBytes)[lane]
+                        : make_uint4(0, 0, 0, 0);
+        }
+      };
+      if (first < a.chunks) fetch(first);
+      for (uint64_t w0 = first; w0 < a.chunks; w0 += step) {
+        uint4 v[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) v[u] = next[u];
+        if (w0 + step < a.chunks) fetch(w0 + step);
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const uint64_t c = w0 + u * stride;
+          if (c + 32 <= a.chunks) {
+            if (lane < kStage / 16) reinterpret_cast<uint4*>(st[u])[lane] = v[u];
+          } else if (c < a.chunks) {  // the last, partial step: 2-byte copies
+            const uint32_t half_words = static_cast<uint32_t>((a.chunks - c) / 4) * kBytes / 2;
+            const auto* src = reinterpret_cast<const uint16_t*>(a.codes + c / 4 * kBytes);
+            for (uint32_t k = lane; k < half_words; k += 32)
+              reinterpret_cast<uint16_t*>(st[u])[k] = src[k];
+          }
+        }
+        __syncwarp();
+        ChunkRaw r[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+          if (w0 + u * stride + lane < a.chunks) r[u] = staged_chunk<F>(st[u], lane);
+        __syncwarp();
+        decode_store(w0, r);
+      }
+      return;
+    }
+  }
+  ChunkRaw next[U];
+  auto fetch = [&](uint64_t w0) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const uint64_t c = w0 + u * stride + lane;
+      if (c < a.chunks) next[u] = load_chunk<F>(a, static_cast<uint32_t>(c));
+    }
+  };
+  if (first < a.chunks) fetch(first);
+  for (uint64_t w0 = first; w0 < a.chunks; w0 += step) {
+    ChunkRaw r[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) r[u] = next[u];
+    if (w0 + step < a.chunks) fetch(w0 + step);
+    decode_store(w0, r);
   }
 }
 

@@ -72,15 +72,36 @@ constexpr int kThreads = 256;
 constexpr int kMaxTeam = 1024;     ///< largest block team (rows path)
 constexpr int kVecsPerThread = 4;  ///< 16-byte vectors a rows-path thread holds
 
-// ---- check words (a per-call device buffer) -------------------------------------------------
+// ---- check words ------------------------------------------------------------------------------
 
 struct CheckWords {
   unsigned long long nonfinite;  ///< first NaN / Inf element
   unsigned long long overflow;   ///< first GGUF block whose f16 scale overflows
   unsigned long long given;      ///< first group with an invalid given scale / zero point
-  unsigned long long pad;
-  uint32_t stats[4];  ///< tensor absmax, -min, max (f32 bits of non-negative values)
+  unsigned long long done;       ///< blocks of the last kernel that finished (hand_off)
+  uint32_t stats[4];             ///< tensor absmax, -min, max (f32 bits of non-negative values)
 };
+
+/// The end of the last kernel of a checked call on the rows / tensor / blocks paths: the
+/// last block to finish copies the flag words into `host` (pinned, mapped host memory) and
+/// zeroes the device words for the thread's next call. run() then needs neither a memset
+/// before the kernels nor a device-to-host copy after them, only the stream synchronisation
+/// (two fewer operations between the call and its result: about 5 us of the 15-20 us that
+/// the check cost). Every thread of every block calls it (no early returns).
+__device__ __forceinline__ void hand_off(CheckWords* words, CheckWords* host) {
+  __syncthreads();  // this block's reports (each fenced by report()) come first
+  if (threadIdx.x != 0) return;
+  __threadfence();
+  if (atomicAdd(&words->done, 1ull) != gridDim.x - 1) return;
+  __threadfence();
+  host->nonfinite = atomicExch(&words->nonfinite, 0ull);
+  host->overflow = atomicExch(&words->overflow, 0ull);
+  host->given = atomicExch(&words->given, 0ull);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) atomicExch(&words->stats[k], 0u);
+  atomicExch(&words->done, 0ull);
+  __threadfence_system();
+}
 
 // ---- per-element statistics as the bits of non-negative floats -----------------------------
 
@@ -145,11 +166,13 @@ struct ScaledConf {
   Dtype scale_dtype = Dtype::f32;
 };
 
-/// A group's parameters: the stored scale, its reciprocal (0 for scale 0), the zero point.
+/// A group's parameters: the stored scale, its reciprocal (0 for scale 0), the zero point;
+/// integer codes also the range [qmin - zero, qmax - zero] of rne(x * inv) as f32.
 struct Params {
   float scale;
   float inv;
   int32_t zero;
+  float lo, hi;
 };
 
 template <Code C>
@@ -163,6 +186,8 @@ __device__ __forceinline__ Params params_from_stats(const Stats& s, const Scaled
     p.scale = q.scale;
     p.inv = q.inv_scale;
     p.zero = q.zero;
+    p.lo = static_cast<float>(c.qmin - q.zero);
+    p.hi = static_cast<float>(c.qmax - q.zero);
   } else {
     p.scale = formats::fp8_scale(__uint_as_float(s.amax), C == Code::e5m2);
     p.inv = p.scale == 0.0f ? 0.0f : 1.0f / p.scale;
@@ -171,17 +196,20 @@ __device__ __forceinline__ Params params_from_stats(const Stats& s, const Scaled
   return p;
 }
 
+/// formats::int_quantize (clamp(rne(x * inv) + zero, qmin, qmax)) without conversion
+/// instructions, which run on the SM's conversion unit at a small fraction of the FP32
+/// rate (the reference's form needs two per element: rint and the float-to-int). Clamping
+/// x * inv to [qmin - zero, qmax - zero] (integers) before rounding gives the same code, as
+/// rounding is monotonic; a NaN product clamps to an end, where the reference's code is
+/// unspecified too (NaN inputs are refused with the check on). The clamped value v is
+/// within +-2^9, so v + 1.5 * 2^23 rounds it to an integer in the f32's low bits (ulp 1,
+/// ties to even), two's complement around 0x4B400000; adding the zero point there leaves
+/// the code in the low 8 (or 4) bits.
 template <Code C>
-__device__ __forceinline__ uint32_t scaled_code(float x, const Params& p, const ScaledConf& c) {
-  if constexpr (C == Code::i8 || C == Code::i4) {
-    formats::IntParams q;
-    q.inv_scale = p.inv;
-    q.zero = p.zero;
-    const auto v = static_cast<uint32_t>(formats::int_quantize(x, q, c.qmin, c.qmax));
-    return C == Code::i8 ? (v & 0xffu) : (v & 0xfu);
-  } else {
-    return formats::fp8_quantize(x, p.inv, C == Code::e5m2);
-  }
+__device__ __forceinline__ uint32_t int_code(float x, const Params& p) {
+  const float v = fminf(fmaxf(__fmul_rn(x, p.inv), p.lo), p.hi);
+  const uint32_t r = __float_as_uint(__fadd_rn(v, 12582912.0f)) + static_cast<uint32_t>(p.zero);
+  return C == Code::i8 ? (r & 0xffu) : (r & 0xfu);
 }
 
 /// The codes of one 16-byte source vector, packed little-endian into w (E code bytes or
@@ -202,7 +230,7 @@ __device__ __forceinline__ void vector_codes(const uint4& v, const Params& p, co
     constexpr int kBits = kCodeBits<C>;
 #pragma unroll
     for (int i = 0; i < E; ++i)
-      w[(i * kBits) / 32] |= scaled_code<C>(Src<S>::element(v, i), p, c) << ((i * kBits) % 32);
+      w[(i * kBits) / 32] |= int_code<C>(Src<S>::element(v, i), p) << ((i * kBits) % 32);
   }
 }
 
@@ -241,13 +269,15 @@ struct RowsArgs {
   ScaledConf conf;
   const uint32_t* stats;          ///< global mode: the tensor's statistics; else null
   unsigned long long* nonfinite;  ///< null: no check
-  bool wide;  ///< one thread per group whose codes are whole, aligned 16-byte units
+  bool wide;          ///< one thread per group whose codes are whole, aligned 16-byte units
+  CheckWords* words;  ///< with host: the call's check words, handed off at the end
+  CheckWords* host;   ///< null: no hand-off (run() reads the words itself, or no check)
 };
 
 /// The rows path (see the file comment). kBlockTeam: a block owns a group; else teams of
 /// 2^team_log2 lanes. All loops are uniform per block, so shuffles and barriers are safe.
 template <Dtype S, Code C, bool kBlockTeam>
-__global__ void __launch_bounds__(kBlockTeam ? kMaxTeam : kThreads, kBlockTeam ? 1 : 4)
+__global__ void __launch_bounds__(kBlockTeam ? kMaxTeam : kThreads, kBlockTeam ? 1 : 3)
     quantize_rows_kernel(RowsArgs a, int team_log2) {
   constexpr int V = kVecsPerThread;
   __shared__ uint32_t smem[2 * 96];
@@ -270,12 +300,32 @@ __global__ void __launch_bounds__(kBlockTeam ? kMaxTeam : kThreads, kBlockTeam ?
   }
   uint64_t bad = ~uint64_t{0};
   int parity = 0;
-  for (uint64_t base = blockIdx.x * teams_per_block; base < a.groups;
-       base += gridDim.x * teams_per_block, parity ^= 1) {
+  // Global mode (per-tensor scale) walks the tensor from the end: the statistics pass read
+  // it from the start, so its tail is still in L2.
+  auto group_of = [&](uint64_t base) {
+    return global ? a.groups - 1 - (base + team) : base + team;
+  };
+  // Software pipelining: the next step's vectors are loaded before this step's reduction
+  // and arithmetic, so that loads stay in flight while the team computes. Not in block
+  // teams: their 1024-thread bound leaves 64 registers, and the extra vectors would spill.
+  constexpr bool kPrefetch = !kBlockTeam;
+  const uint64_t step = gridDim.x * teams_per_block;
+  uint4 next[V];
+  auto fetch = [&](uint64_t base) {
+    const bool act = base + team < a.groups;
+    const uint64_t g = group_of(base);
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const uint32_t k = lane + j * ts;
+      const uint64_t idx = g * a.group_vecs + k;
+      next[j] = act && k < a.group_vecs && idx < a.total_vecs ? a.x[idx] : make_uint4(0, 0, 0, 0);
+    }
+  };
+  const uint64_t first = blockIdx.x * teams_per_block;
+  if (kPrefetch && first < a.groups) fetch(first);
+  for (uint64_t base = first; base < a.groups; base += step, parity ^= 1) {
     const bool active = base + team < a.groups;
-    // Global mode (per-tensor scale) walks the tensor from the end: the statistics pass
-    // read it from the start, so its tail is still in L2.
-    const uint64_t g = global ? a.groups - 1 - (base + team) : base + team;
+    const uint64_t g = group_of(base);
     uint4 v[V];
     uint64_t vi[V];
     bool ok[V];
@@ -284,7 +334,14 @@ __global__ void __launch_bounds__(kBlockTeam ? kMaxTeam : kThreads, kBlockTeam ?
       const uint32_t k = lane + j * ts;
       vi[j] = g * a.group_vecs + k;
       ok[j] = active && k < a.group_vecs && vi[j] < a.total_vecs;
-      v[j] = ok[j] ? a.x[vi[j]] : make_uint4(0, 0, 0, 0);
+      if constexpr (kPrefetch) v[j] = next[j];
+    }
+    if constexpr (kPrefetch) {
+      if (base + step < a.groups) fetch(base + step);
+    } else {
+      fetch(base);
+#pragma unroll
+      for (int j = 0; j < V; ++j) v[j] = next[j];
     }
     Params p = gp;
     if (!global) {
@@ -345,6 +402,7 @@ __global__ void __launch_bounds__(kBlockTeam ? kMaxTeam : kThreads, kBlockTeam ?
     }
   }
   if (a.nonfinite && bad != ~uint64_t{0}) report(a.nonfinite, bad);
+  if (a.host) hand_off(a.words, a.host);
 }
 
 /// Tensor statistics (absmax; -min and max when affine) into stats[0..2], and the first
@@ -416,6 +474,8 @@ struct BlocksArgs {
   unsigned long long* overflow;   ///< GGUF: first block with an f16 overflow; null: no check
   unsigned long long* given_bad;  ///< nvfp4 given global scale check; null: none
   bool reverse;                   ///< walk the blocks from the end (second pass over x)
+  CheckWords* words;              ///< with host: the call's check words, handed off
+  CheckWords* host;               ///< null: no hand-off
 };
 
 /// ggml's Q8_0 element (quantize_q8_0 in gguf_legacy.cpp): roundf(x * id), half away from
@@ -430,6 +490,31 @@ __device__ __forceinline__ uint32_t gguf_q8_0_code(float x, float id) {
 __device__ __forceinline__ uint32_t gguf_q4_0_code(float x, float id) {
   const int q = static_cast<int8_t>(float_to_byte_x86(__fadd_rn(__fmul_rn(x, id), 8.5f)));
   return static_cast<uint32_t>(min(15, q)) & 0xfu;
+}
+
+/// gguf_q8_0_code for a block whose d is 0 or a normal f32, without conversion
+/// instructions: then |x * id| <= 127 * (1 + 3 * 2^-24) (d, id and the product each round
+/// once), so v + 1.5 * 2^23 rounds v to an integer (ties to even) in the f32's low bits,
+/// and a tie (v - r = +-0.5 on v's side) moves one step further from zero, roundf's rule.
+__device__ __forceinline__ uint32_t gguf_q8_0_code_normal(float x, float id) {
+  const float v = __fmul_rn(x, id);
+  const float t = __fadd_rn(v, 12582912.0f);
+  const float diff = __fsub_rn(v, __fsub_rn(t, 12582912.0f));  // exact
+  uint32_t q = __float_as_uint(t);
+  q += diff == 0.5f && v > 0.0f ? 1u : 0u;
+  q -= diff == -0.5f && v < 0.0f ? 1u : 0u;
+  return q & 0xffu;
+}
+
+/// gguf_q4_0_code for a block whose d is 0 or a normal f32: then |x * id| <= 8 * (1 + 2 *
+/// 2^-24), so w = x * id + 8.5 lies in (0.49, 16.51), where the truncation is floor: the
+/// rounded integer of w + 1.5 * 2^23, less one where it rounded up.
+__device__ __forceinline__ uint32_t gguf_q4_0_code_normal(float x, float id) {
+  const float w = __fadd_rn(__fmul_rn(x, id), 8.5f);
+  const float t = __fadd_rn(w, 12582912.0f);
+  uint32_t q = __float_as_uint(t) - 0x4B400000u;
+  q -= __fsub_rn(t, 12582912.0f) > w ? 1u : 0u;
+  return min(q, 15u);
 }
 
 /// Max of |x| as f32 bits over `n` values (the bits order like the values; NaN > Inf).
@@ -521,9 +606,29 @@ __global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a)
   // The loop is uniform per warp (shuffles, and GGUF's staging uses __syncwarp). `reverse`
   // walks the chunks from the end, so that a second pass over x starts where the first one
   // ended and finds that part still in L2.
-  for (uint64_t c0 = blockIdx.x * static_cast<uint64_t>(blockDim.x / 32) + warp; c0 < chunks;
-       c0 += warps) {
+  // Aligned sources are software-pipelined: the next step's vectors are loaded before this
+  // step's arithmetic, so that loads stay in flight while the warp computes (without it a
+  // warp alternates between waiting and computing, and the H200's bandwidth needs more
+  // bytes in flight than that leaves).
+  uint4 next[V];
+  auto fetch = [&](uint64_t c) {
+    const uint64_t chunk = a.reverse ? chunks - 1 - c : c;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const uint64_t k = chunk * (32 * V) + j * 32 + lane;
+      next[j] = k < total_vecs ? static_cast<const uint4*>(a.x)[k] : make_uint4(0, 0, 0, 0);
+    }
+  };
+  const uint64_t first = blockIdx.x * static_cast<uint64_t>(blockDim.x / 32) + warp;
+  if (kVec && first < chunks) fetch(first);
+  for (uint64_t c0 = first; c0 < chunks; c0 += warps) {
     const uint64_t chunk = a.reverse ? chunks - 1 - c0 : c0;
+    uint4 cur[V];
+    if constexpr (kVec) {
+#pragma unroll
+      for (int j = 0; j < V; ++j) cur[j] = next[j];
+      if (c0 + warps < chunks) fetch(c0 + warps);
+    }
     float x[V][E];
     uint64_t vi[V];
     bool ok[V];
@@ -532,9 +637,8 @@ __global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a)
       vi[j] = chunk * (32 * V) + j * 32 + lane;
       ok[j] = vi[j] < total_vecs;  // whole blocks: T divides 32
       if constexpr (kVec) {
-        const uint4 v = ok[j] ? static_cast<const uint4*>(a.x)[vi[j]] : make_uint4(0, 0, 0, 0);
 #pragma unroll
-        for (int i = 0; i < E; ++i) x[j][i] = Src<S>::element(v, i);
+        for (int i = 0; i < E; ++i) x[j][i] = Src<S>::element(cur[j], i);
       } else {
 #pragma unroll
         for (int i = 0; i < E; ++i) x[j][i] = ok[j] ? Src<S>::load(a.x, vi[j] * E + i) : 0.0f;
@@ -559,8 +663,13 @@ __global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a)
         if constexpr (B == Blk::q8_0) {
           d = __uint_as_float(am[j]) / 127.0f;
           const float id = d != 0.0f ? 1.0f / d : 0.0f;
+          if (!(d > 0.0f && d < 0x1p-126f)) {
 #pragma unroll
-          for (int i = 0; i < E; ++i) q[i] = gguf_q8_0_code(x[j][i], id);
+            for (int i = 0; i < E; ++i) q[i] = gguf_q8_0_code_normal(x[j][i], id);
+          } else {
+#pragma unroll
+            for (int i = 0; i < E; ++i) q[i] = gguf_q8_0_code(x[j][i], id);
+          }
         } else {
           float amax = 0.0f, mx = 0.0f;
 #pragma unroll
@@ -572,8 +681,13 @@ __global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a)
           }
           d = team_signed_max<T>(amax, mx) / -8.0f;
           const float id = d != 0.0f ? 1.0f / d : 0.0f;
+          if (!(fabsf(d) > 0.0f && fabsf(d) < 0x1p-126f)) {
 #pragma unroll
-          for (int i = 0; i < E; ++i) q[i] = gguf_q4_0_code(x[j][i], id);
+            for (int i = 0; i < E; ++i) q[i] = gguf_q4_0_code_normal(x[j][i], id);
+          } else {
+#pragma unroll
+            for (int i = 0; i < E; ++i) q[i] = gguf_q4_0_code(x[j][i], id);
+          }
         }
         const uint16_t d16 = f32_to_f16(d);
         const uint64_t b = vi[j] / T;
@@ -623,8 +737,19 @@ __global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a)
         if constexpr (B == Blk::nvfp4) {
           // nvfp4_quantize: e2m1(clamp(x / (global * block_scale), -6, 6)); the encoder
           // saturates, so the clamp is implied. x / total is IEEE division (div.rn).
-          sc = global == 0.0f ? 0 : formats::nvfp4_block_scale(amax, global);
-          const float total = __fmul_rn(global, e4m3_to_f32(sc));
+          // formats::nvfp4_block_scale with the hardware e4m3 conversion (exact: the
+          // clamped quotient is never NaN for finite inputs), and the code (a normal e4m3,
+          // >= 2^-6) widened by placing its bits in an f32 and scaling by 2^120.
+          if (global == 0.0f) {
+            sc = 0;
+          } else {
+            float q = amax / 6.0f / global;
+            q = q < formats::kNvfp4BlockScaleMin ? formats::kNvfp4BlockScaleMin
+                                                 : (q > 448.0f ? 448.0f : q);
+            sc = static_cast<uint8_t>(fp8x2_satfinite<false>(q, 0.0f));
+          }
+          const float total = __fmul_rn(
+              global, __fmul_rn(__uint_as_float(static_cast<uint32_t>(sc) << 20), 0x1p120f));
           // x / total, correctly rounded, decides the code only through which side of
           // e2m1's rounding midpoints (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5: each a multiple
           // of 2^21 in f32 bits) it falls on. x * (1 / total) is within 3 ulps of it, so
@@ -669,6 +794,7 @@ __global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a)
   }
   if (a.nonfinite && bad != ~uint64_t{0}) report(a.nonfinite, bad);
   if (a.overflow && ovf != ~uint64_t{0}) report(a.overflow, ovf);
+  if (a.host) hand_off(a.words, a.host);
 }
 
 // ---- the generic path -------------------------------------------------------------------------
@@ -921,6 +1047,7 @@ struct Call {
   int sms;
   CheckWords* words;  ///< device
   bool check;
+  CheckWords* host = nullptr;  ///< the hand-off's mapped host copy (checked fast paths)
 };
 
 template <Dtype S, Code C>
@@ -986,6 +1113,8 @@ bool run_scaled(const Call& c, Path path) {
   ra.conf.qmax = s.is_integer() ? s.qmax() : 0;
   ra.conf.scale_dtype = s.is_integer() ? s.scale_dtype : Dtype::f32;
   ra.nonfinite = c.check ? &c.words->nonfinite : nullptr;
+  ra.words = c.words;
+  ra.host = c.host;
   const bool global = path == Path::tensor;
   uint64_t group_vecs = 0;
   if (global) {
@@ -1039,6 +1168,8 @@ bool run_blocks(const Call& c) {
   ba.x = c.a.src.data();
   ba.codes = static_cast<uint8_t*>(c.a.dst.codes.data());
   ba.nonfinite = c.check ? &c.words->nonfinite : nullptr;
+  ba.words = c.words;
+  ba.host = c.host;
   const bool x_aligned = aligned(ba.x, 16);
   if (s.format == QuantFormat::gguf) {
     ba.blocks = static_cast<uint64_t>(n / 32);
@@ -1252,6 +1383,46 @@ void throw_given(const QuantizeDesc& d, const QuantizeArgs& a, uint64_t g) {
                                                std::to_string(s.qmax()) + "]");
 }
 
+// ---- check words kept per host thread and device (checked fast paths) -----------------------
+
+/// A checked call synchronises before it returns, so one set of words per host thread and
+/// device is never used by two calls at once. The hand-off leaves the device words zero
+/// for the next call; `clean` is cleared while a call runs, so that a call that threw
+/// before its synchronisation makes the next one zero them with a memset. Kept for the
+/// thread's lifetime (96 bytes of device and pinned host memory).
+struct CheckState {
+  CheckWords* device = nullptr;
+  CheckWords* host = nullptr;  ///< pinned, mapped (device-visible)
+  CheckWords* host_on_device = nullptr;
+  bool clean = false;
+  bool failed = false;  ///< allocation failed: use per-call words
+};
+
+CheckState* check_state(int device) {
+  thread_local std::array<CheckState, 64> states;
+  CheckState& st = states[static_cast<size_t>(device)];
+  if (st.failed) return nullptr;
+  if (!st.device) {
+    void* d = nullptr;
+    void* h = nullptr;
+    void* hd = nullptr;
+    if (cudaMalloc(&d, sizeof(CheckWords)) != cudaSuccess ||
+        cudaHostAlloc(&h, sizeof(CheckWords), cudaHostAllocMapped | cudaHostAllocPortable) !=
+            cudaSuccess ||
+        cudaHostGetDevicePointer(&hd, h, 0) != cudaSuccess) {
+      cudaGetLastError();
+      if (d) cudaFree(d);
+      if (h) cudaFreeHost(h);
+      st.failed = true;
+      return nullptr;
+    }
+    st.device = static_cast<CheckWords*>(d);
+    st.host = static_cast<CheckWords*>(h);
+    st.host_on_device = static_cast<CheckWords*>(hd);
+  }
+  return &st;
+}
+
 // ---- the kernel object --------------------------------------------------------------------------
 
 class QuantizeCuda final : public Kernel<QuantizeOp> {
@@ -1314,16 +1485,27 @@ class QuantizeCuda final : public Kernel<QuantizeOp> {
       check_cuda(cudaMemsetAsync(words.data(), 0, sizeof(CheckWords), s),
                  "quantize: cudaMemsetAsync");
     };
+    // Checked calls on the fast paths use the thread's persistent words and the hand-off.
+    CheckState* cs =
+        d.check_finite && path != Path::generic ? check_state(d.device.index) : nullptr;
     const bool dynamic_nvfp4 = d.scheme.format == QuantFormat::nvfp4 && !d.given_scales;
-    if (d.check_finite || path == Path::tensor || path == Path::generic || dynamic_nvfp4)
+    if (cs) {
+      if (!cs->clean)
+        check_cuda(cudaMemsetAsync(cs->device, 0, sizeof(CheckWords), s),
+                   "quantize: cudaMemsetAsync");
+      cs->clean = false;
+      std::memset(cs->host, 0, sizeof(CheckWords));  // what a call that launches nothing reads
+    } else if (d.check_finite || path == Path::tensor || path == Path::generic || dynamic_nvfp4) {
       make_words();
+    }
     Buffer scratch;
     Call c{d,
            a,
            s,
            facts(d.device.index).multiprocessors,
-           static_cast<CheckWords*>(words.data()),
-           d.check_finite};
+           cs ? cs->device : static_cast<CheckWords*>(words.data()),
+           d.check_finite,
+           cs ? cs->host_on_device : nullptr};
     bool done = false;
     switch (d.src) {
       case Dtype::f32:
@@ -1336,16 +1518,28 @@ class QuantizeCuda final : public Kernel<QuantizeOp> {
         done = dispatch<Dtype::f16>(c, path);
         break;
     }
-    if (!done) {
-      if (!words.data()) {
-        make_words();
-        c.words = static_cast<CheckWords*>(words.data());
+    if (!done) {  // unaligned views: the generic path, with per-call words
+      if (cs) {
+        cs->clean = true;  // nothing was launched on the thread's words
+        cs = nullptr;
+        c.host = nullptr;
       }
+      if (!words.data()) make_words();
+      c.words = static_cast<CheckWords*>(words.data());
       run_generic(c, scratch, stream);
     }
     if (!d.check_finite) return;
     uint64_t w[3];
-    read_flags(words.data(), w, 3, s);  // synchronises the stream
+    if (cs) {
+      check_cuda(cudaStreamSynchronize(s), "quantize: cudaStreamSynchronize");
+      const volatile CheckWords* h = cs->host;
+      w[0] = h->nonfinite;
+      w[1] = h->overflow;
+      w[2] = h->given;
+      cs->clean = true;
+    } else {
+      read_flags(words.data(), w, 3, s);  // synchronises the stream
+    }
     uint64_t index;
     if (flagged(w[0], index)) throw_non_finite(d, a.src.data(), index);
     if (flagged(w[2], index)) throw_given(d, a, index);

@@ -158,6 +158,7 @@ LOWBIT_HD bool aligned(const void* p, uintptr_t a) {
 /// index, so the word is the same whatever order the threads report in.
 __device__ __forceinline__ void report(unsigned long long* flag, uint64_t index) {
   atomicMax(flag, static_cast<unsigned long long>(~index));
+  __threadfence();  // before the block's hand-off count (quantize_cuda.cu's hand_off)
 }
 inline bool flagged(uint64_t word, uint64_t& index) {
   index = ~word;
