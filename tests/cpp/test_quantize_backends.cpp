@@ -51,7 +51,7 @@ const char* const kSchemes[] = {
     "int4:block128", "uint8:tensor", "uint4:block64:scale=bf16", "int8:block16:scale=f16",
     "fp8e4m3:tensor", "fp8e4m3:token", "fp8e5m2:channel", "fp8e4m3:block128",
     "fp8e4m3:block128x128", "nvfp4", "mxfp4", "mxfp8e4m3", "mxfp8e5m2", "q8_0", "q4_0", "q4_1",
-    "q5_0", "q5_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "q8_K",
+    "q5_0", "q5_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "q8_K", "q8_1",
     // scale dtypes, channel axis=1, affine and unsigned variants
     "int8:token:scale=f16", "int8:token:scale=bf16", "int4:block32:scale=f16",
     "uint8:token:scale=bf16", "int8:tensor:asym", "int8:channel:asym", "int8:channel:axis=1:asym",
@@ -67,6 +67,9 @@ const char* const kShapes[] = {"1",      "7",       "4099",    "3x1",     "5x7",
                                "0x32",   "300x200", "40x4096", "33x4099", "17x96"};
 // The smaller matrix for the other Highway targets.
 const char* const kShapesLite[] = {"5x7", "2x3x64", "4x256", "17x96", "33x4099"};
+// More shapes for GGUF types, whose rows must be whole blocks (32 or 256 values), so most
+// shapes above do not fit them: one block, one row, odd row counts (7, 129, 65), 3-d.
+const char* const kShapesGguf[] = {"32", "256", "1x256", "7x768", "3x5x256", "129x32", "65x512"};
 
 // ---- inputs --------------------------------------------------------------------------------
 
@@ -324,7 +327,11 @@ void randomize_codes(QuantizedTensor& q, std::mt19937_64& rng) {
 
 struct Counter {
   std::map<std::string, int> runs;
-  void add(const std::string& kernel, Device d) { ++runs[kernel + "@" + d.str()]; }
+  std::map<std::string, int> gguf_runs;  ///< "kernel@device scheme", GGUF schemes only
+  void add(const std::string& kernel, Device d, const QuantScheme& s) {
+    ++runs[kernel + "@" + d.str()];
+    if (s.format == QuantFormat::gguf) ++gguf_runs[kernel + "@" + d.str() + " " + s.str()];
+  }
 };
 
 bool has_divisor_error(const QuantScheme& s, const Shape& shape, std::string* why) {
@@ -400,7 +407,7 @@ struct Matrix {
       const QOut got = run_quantize(std::string(k->name()), dev, src, s, given);
       const std::string diff = compare_out(want, got);
       EXPECT_TRUE(diff.empty()) << k->name() << " on " << dev.str() << ": " << diff;
-      count.add(std::string(k->name()), dev);
+      count.add(std::string(k->name()), dev, s);
       if (!also_unchecked) continue;
       // check_finite off: the same bits for finite inputs; for non-finite ones no Error
       // (unspecified but memory-safe codes), except what the reference refuses for other
@@ -431,16 +438,18 @@ struct Matrix {
         const Tensor got = run_dequantize(std::string(k->name()), dev, q, dst);
         const std::string diff = compare_bytes(want, got);
         EXPECT_TRUE(diff.empty()) << k->name() << " on " << dev.str() << ": " << diff;
-        count.add(std::string(k->name()), dev);
+        count.add(std::string(k->name()), dev, q.scheme);
       }
     }
   }
 
   void run_scheme(const char* text) {
     const QuantScheme s = QuantScheme::parse(text);
-    const std::vector<const char*> shapes =
+    std::vector<const char*> shapes =
         lite ? std::vector<const char*>(std::begin(kShapesLite), std::end(kShapesLite))
              : std::vector<const char*>(std::begin(kShapes), std::end(kShapes));
+    if (s.format == QuantFormat::gguf && !lite)
+      shapes.insert(shapes.end(), std::begin(kShapesGguf), std::end(kShapesGguf));
     for (const char* shape_text : shapes) {
       const Shape shape = testing::parse_shape(shape_text);
       std::string why;
@@ -603,10 +612,18 @@ TEST(QuantizeBackends, EveryKernelMatchesReferenceOnEveryBackend) {
   // Kernels that exist on this machine must have run: a test that cannot fail is a defect.
   EXPECT_GT(count.runs["quantize_simd@cpu"], 1000);
   EXPECT_GT(count.runs["dequantize_simd@cpu"], 1000);
+  for (const char* type : {"q4_1", "q5_0", "q5_1"})
+    EXPECT_GE(count.gguf_runs[std::string("gguf_quantize_simd@cpu ") + type], 30) << type;
   if (cuda_device_count() > 0) {
     EXPECT_GT(count.runs["quantize_cuda@cuda:0"], 200) << "the CUDA quantize kernel ran too little";
     EXPECT_GT(count.runs["dequantize_cuda@cuda:0"], 200)
         << "the CUDA dequantize kernel ran too little";
+    // Every GGUF block type on the GGUF kernels, several shapes and dtypes each.
+    for (const char* type : {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q8_1", "q2_K", "q3_K", "q4_K",
+                             "q5_K", "q6_K", "q8_K"}) {
+      EXPECT_GE(count.gguf_runs[std::string("gguf_quantize_cuda@cuda:0 ") + type], 10) << type;
+      EXPECT_GE(count.gguf_runs[std::string("gguf_dequantize_cuda@cuda:0 ") + type], 30) << type;
+    }
   } else {
     std::printf("SKIPPED: no CUDA device (quantize_cuda / dequantize_cuda not run)\n");
   }
@@ -638,7 +655,7 @@ TEST(QuantizeBackends, LargeTensorsPastTheStreamingThreshold) {
         EXPECT_EQ(compare_bytes(want, run_dequantize(std::string(k->name()), dev, q, Dtype::f32)),
                   "")
             << k->name() << " on " << dev.str();
-        count.add(std::string(k->name()), dev);
+        count.add(std::string(k->name()), dev, s);
       }
     }
   }

@@ -114,8 +114,10 @@ KernelList<QuantizeOp> QuantizeOp::kernels() {
   static const Kernel<QuantizeOp>* const list[] = {
 #if LOWBIT_HAS_CUDA
     &quantize_cuda_kernel(),
+    &gguf_quantize_cuda_kernel(),
 #endif
     &quantize_simd_kernel(),
+    &gguf_quantize_simd_kernel(),
     &quantize_reference_kernel(),
   };
   return list;
@@ -150,6 +152,7 @@ KernelList<DequantizeOp> DequantizeOp::kernels() {
   static const Kernel<DequantizeOp>* const list[] = {
 #if LOWBIT_HAS_CUDA
     &dequantize_cuda_kernel(),
+    &gguf_dequantize_cuda_kernel(),
 #endif
     &dequantize_simd_kernel(),
     &dequantize_reference_kernel(),

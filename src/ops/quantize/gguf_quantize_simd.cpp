@@ -1,0 +1,369 @@
+// A CPU SIMD quantize kernel for GGUF Q4_1, Q5_0 and Q5_1 (the legacy types that the gguf
+// Python package also quantizes; quantize_simd serves Q8_0 and Q4_0): Highway, dispatched
+// at run time to the best target the CPU supports (AVX3, AVX2, SSE4), OpenMP across rows.
+// Contiguous f32 / f16 / bf16 sources. Byte-identical to quantize_reference, i.e. to
+// ggml's quantize_row_q4_1_ref / q5_0_ref / q5_1_ref as formats/gguf_legacy.cpp restates
+// them (tests/cpp/test_quantize_backends.cpp checks every block byte).
+//
+// How the bytes stay the reference's:
+//  * Block statistics: max |x| as the maximum of |x|'s bit patterns (exact in any order);
+//    min and max as vector minima / maxima, exact too, except that the reference keeps the
+//    FIRST of equal values (`x < min`, `x > max`) and +0 / -0 compare equal: when the
+//    minimum or maximum is zero, its sign is taken from the first zero of the block. Q5_0's
+//    signed maximum is the first value whose |x| is the maximum (+0 for a block of zeros).
+//  * d, 1/d and the f16 fields are scalar, the reference's own operations.
+//  * Codes are the reference's f32 operations in its order, one rounding each (this file
+//    is compiled without FMA contraction: x * id + 16.5 must round twice), then x86's
+//    truncating conversion (cvttps2dq: INT32_MIN for NaN and out-of-range values), the
+//    int8_t narrowing, MIN(15 / 31, .) and the uint8_t narrowing, all in 32-bit lanes, so
+//    that blocks whose 1/d overflows (values near FLT_MIN) give ggml's bytes too.
+//  * Errors: a non-finite block (with desc.check_finite) or a finite block whose f16 d or m
+//    overflows hands the whole call to quantize_reference, which throws its exact Error.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#ifndef LOWBIT_OPS_GGUF_QUANTIZE_SIMD_SHARED_
+#define LOWBIT_OPS_GGUF_QUANTIZE_SIMD_SHARED_
+
+#ifndef HWY_DISABLED_TARGETS
+#define HWY_DISABLED_TARGETS (HWY_SSSE3 | HWY_AVX3_DL)
+#endif
+
+#include <fmt/format.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include "lowbit/gguf_blocks.hpp"
+#include "ops/quantize/quantize_kernels.hpp"
+
+namespace lowbit::gguf_simd {
+
+/// One call: the source, its rows of K values, and the output rows.
+struct Call {
+  const void* src;
+  int64_t k;          ///< values per row (a multiple of 32)
+  uint8_t* codes;     ///< rows of row_bytes bytes
+  int64_t row_bytes;  ///< bytes per output row
+  bool check_finite;
+  std::atomic<bool>* refuse;  ///< set when quantize_reference must judge the call
+};
+
+using RowsFn = void (*)(const Call&, int64_t, int64_t);
+
+}  // namespace lowbit::gguf_simd
+
+#endif  // LOWBIT_OPS_GGUF_QUANTIZE_SIMD_SHARED_
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "ops/quantize/gguf_quantize_simd.cpp"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+// foreach_target must come first.
+#include <hwy/highway.h>
+
+#include "cpu/quant_simd-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace lowbit {
+namespace HWY_NAMESPACE {
+namespace gguf_simd {
+
+using gguf::GgmlType;
+using lowbit::gguf_simd::Call;
+using lowbit::gguf_simd::RowsFn;
+
+#if HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128
+
+using quant_simd::AbsBits;
+using quant_simd::DF;
+using quant_simd::DI;
+using quant_simd::DU8;
+using quant_simd::kMaxLanes;
+using quant_simd::LoadSrc;
+using quant_simd::VF;
+using quant_simd::VI;
+namespace hn = hwy::HWY_NAMESPACE;
+
+constexpr int64_t kN = static_cast<int64_t>(kMaxLanes);
+constexpr int64_t kNV = 32 / kN;  ///< vectors per 32-value block
+constexpr uint32_t kNonFinite = 0x7f800000u;
+
+/// x86's cvttps2dq: truncation toward zero, INT32_MIN for NaN and out-of-range values (the
+/// reference's float_to_byte_x86 before its narrowing). Highway's ConvertTo saturates.
+HWY_INLINE VI CvttI32(VF v) {
+#if HWY_TARGET <= HWY_AVX3
+  return VI{_mm512_cvttps_epi32(v.raw)};
+#elif HWY_TARGET == HWY_AVX2
+  return VI{_mm256_cvttps_epi32(v.raw)};
+#else
+  return VI{_mm_cvttps_epi32(v.raw)};
+#endif
+}
+
+/// (int)(int8_t)c: the low byte, sign-extended.
+HWY_INLINE VI SignExtend8(VI c) { return hn::ShiftRight<24>(hn::ShiftLeft<24>(c)); }
+
+template <GgmlType T>
+constexpr int64_t kBytes = T == GgmlType::q4_1   ? 20
+                           : T == GgmlType::q5_0 ? 22
+                                                 : 24;
+template <GgmlType T>
+constexpr bool kAffine = T != GgmlType::q5_0;
+
+/// The first value of the block equal to `v` (which is in it), for v = +-0: its sign.
+HWY_INLINE float FirstEqual(const VF* x, float v) {
+  const DF df;
+  for (int64_t i = 0; i < kNV; ++i) {
+    const intptr_t lane = hn::FindFirstTrue(df, hn::Eq(x[i], hn::Set(df, v)));
+    if (lane >= 0) return hn::ExtractLane(x[i], static_cast<size_t>(lane));
+  }
+  return v;
+}
+
+/// Quantizes nb blocks from element e0 into y. False: quantize_reference must judge.
+template <Dtype S, GgmlType T>
+HWY_INLINE bool Blocks(const Call& c, int64_t e0, int64_t nb, uint8_t* y) {
+  const DF df;
+  const DI di;
+  for (int64_t b = 0; b < nb; ++b, y += kBytes<T>) {
+    VF x[kNV];
+    for (int64_t v = 0; v < kNV; ++v) x[v] = LoadSrc<S>(df, c.src, e0 + b * 32 + v * kN);
+    VI am = AbsBits(x[0]);
+    for (int64_t v = 1; v < kNV; ++v) am = hn::Max(am, AbsBits(x[v]));
+    const auto amax_bits = static_cast<uint32_t>(hn::GetLane(hn::MaxOfLanes(di, am)));
+    const bool finite = amax_bits < kNonFinite;
+    if (!finite && c.check_finite) return false;
+
+    float lo = 0.0f, d;
+    if constexpr (kAffine<T>) {
+      // block_min_max: the first of equal minima / maxima (only +-0 tell apart).
+      VF vmin = x[0], vmax = x[0];
+      for (int64_t v = 1; v < kNV; ++v) {
+        vmin = hn::Min(vmin, x[v]);
+        vmax = hn::Max(vmax, x[v]);
+      }
+      lo = hn::GetLane(hn::MinOfLanes(df, vmin));
+      float hi = hn::GetLane(hn::MaxOfLanes(df, vmax));
+      if (lo == 0.0f) lo = FirstEqual(x, 0.0f);
+      if (hi == 0.0f) hi = FirstEqual(x, 0.0f);
+      d = (hi - lo) / (T == GgmlType::q4_1 ? 15.0f : 31.0f);
+    } else {
+      // signed_absmax: the first value of largest |x|; +0 for a block of zeros.
+      float max = 0.0f;
+      if (amax_bits != 0) {
+        const VI target = hn::Set(di, static_cast<int32_t>(amax_bits));
+        for (int64_t v = 0; v < kNV; ++v) {
+          const intptr_t lane = hn::FindFirstTrue(di, hn::Eq(AbsBits(x[v]), target));
+          if (lane >= 0) {
+            max = hn::ExtractLane(x[v], static_cast<size_t>(lane));
+            break;
+          }
+        }
+      }
+      d = max / -16.0f;
+    }
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const uint16_t hd = f32_to_f16(d);
+    const uint16_t hm = f32_to_f16(lo);
+    // store_scale_f16 refuses an f16 overflow (judged on finite blocks only).
+    if (finite && ((hd & 0x7fffu) == 0x7c00u || (kAffine<T> && (hm & 0x7fffu) == 0x7c00u)))
+      return false;
+    std::memcpy(y, &hd, 2);
+    if constexpr (kAffine<T>) std::memcpy(y + 2, &hm, 2);
+
+    // Codes as 32-bit lanes, in element order.
+    const VF vid = hn::Set(df, id);
+    VI q[kNV];
+    for (int64_t v = 0; v < kNV; ++v) {
+      if constexpr (T == GgmlType::q4_1) {
+        // MIN(15, (int8_t)((x - min) * id + 0.5f))
+        const VF t = hn::Add(hn::Mul(hn::Sub(x[v], hn::Set(df, lo)), vid), hn::Set(df, 0.5f));
+        q[v] = hn::Min(SignExtend8(CvttI32(t)), hn::Set(di, 15));
+      } else if constexpr (T == GgmlType::q5_0) {
+        // (uint8_t)MIN(31, (int8_t)(x * id + 16.5f))
+        const VF t = hn::Add(hn::Mul(x[v], vid), hn::Set(df, 16.5f));
+        q[v] = hn::And(hn::Min(SignExtend8(CvttI32(t)), hn::Set(di, 31)), hn::Set(di, 0xFF));
+      } else {
+        // (uint8_t)((x - min) * id + 0.5f)
+        const VF t = hn::Add(hn::Mul(hn::Sub(x[v], hn::Set(df, lo)), vid), hn::Set(df, 0.5f));
+        q[v] = hn::And(CvttI32(t), hn::Set(di, 0xFF));
+      }
+    }
+    // Byte j: code j in the low nibble, code j + 16 in the high one (the uint8_t narrowing
+    // of code | code << 4).
+    uint8_t* qs = y + (T == GgmlType::q4_1 ? 4 : T == GgmlType::q5_0 ? 6 : 8);
+    for (int64_t v = 0; v < kNV / 2; ++v) {
+      const VI lo_n =
+          T == GgmlType::q4_1 ? hn::And(q[v], hn::Set(di, 0xFF)) : hn::And(q[v], hn::Set(di, 0x0F));
+      const VI byte = hn::Or(lo_n, hn::ShiftLeft<4>(hn::And(q[v + kNV / 2], hn::Set(di, 0x0F))));
+      hn::StoreU(hn::DemoteTo(DU8(), byte), DU8(), qs + v * kN);
+    }
+    if constexpr (T != GgmlType::q4_1) {
+      // pack_5bit: bit 4 of code j goes to bit j of qh.
+      HWY_ALIGN int32_t codes[32];
+      for (int64_t v = 0; v < kNV; ++v) hn::Store(q[v], di, codes + v * kN);
+      uint32_t qh = 0;
+      for (int j = 0; j < 32; ++j) qh |= ((static_cast<uint32_t>(codes[j]) & 0x10u) >> 4) << j;
+      std::memcpy(y + (T == GgmlType::q5_0 ? 2 : 4), &qh, 4);
+    }
+  }
+  return true;
+}
+
+template <Dtype S, GgmlType T>
+void Rows(const Call& c, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    if (!Blocks<S, T>(c, r * c.k, c.k / 32, c.codes + r * c.row_bytes)) {
+      c.refuse->store(true);
+      return;
+    }
+  }
+}
+
+template <Dtype S>
+RowsFn RowsFor(GgmlType type) {
+  switch (type) {
+    case GgmlType::q4_1:
+      return &Rows<S, GgmlType::q4_1>;
+    case GgmlType::q5_0:
+      return &Rows<S, GgmlType::q5_0>;
+    case GgmlType::q5_1:
+      return &Rows<S, GgmlType::q5_1>;
+    default:
+      return nullptr;
+  }
+}
+
+#endif  // HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128
+
+}  // namespace gguf_simd
+
+/// This target's rows function; nullptr on HWY_SCALAR / EMU128 (the kernel declines there).
+lowbit::gguf_simd::RowsFn SelectGgufRows(Dtype src, uint32_t type) {
+#if HWY_TARGET == HWY_SCALAR || HWY_TARGET == HWY_EMU128
+  (void)src;
+  (void)type;
+  return nullptr;
+#else
+  const auto t = static_cast<gguf::GgmlType>(type);
+  switch (src) {
+    case Dtype::f32:
+      return gguf_simd::RowsFor<Dtype::f32>(t);
+    case Dtype::f16:
+      return gguf_simd::RowsFor<Dtype::f16>(t);
+    case Dtype::bf16:
+      return gguf_simd::RowsFor<Dtype::bf16>(t);
+    default:
+      return nullptr;
+  }
+#endif
+}
+
+const char* GgufTargetName() { return hwy::TargetName(HWY_TARGET); }
+bool GgufTargetIsSimd() { return HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128; }
+
+}  // namespace HWY_NAMESPACE
+}  // namespace lowbit
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace lowbit {
+
+HWY_EXPORT(SelectGgufRows);
+HWY_EXPORT(GgufTargetName);
+HWY_EXPORT(GgufTargetIsSimd);
+
+namespace {
+
+bool served(const QuantScheme& s) {
+  using gguf::GgmlType;
+  return s.format == QuantFormat::gguf && (s.gguf_type == static_cast<uint32_t>(GgmlType::q4_1) ||
+                                           s.gguf_type == static_cast<uint32_t>(GgmlType::q5_0) ||
+                                           s.gguf_type == static_cast<uint32_t>(GgmlType::q5_1));
+}
+
+/// Row-major contiguous (extent-1 dims may have any stride; empty tensors always are).
+bool contiguous(const Shape& shape, const Strides& strides) {
+  int64_t expect = 1;
+  for (int i = shape.size() - 1; i >= 0; --i) {
+    if (shape[i] == 0) return true;
+    if (shape[i] != 1 && strides[i] != expect) return false;
+    expect *= shape[i];
+  }
+  return true;
+}
+
+class GgufQuantizeSimd final : public Kernel<QuantizeOp> {
+ public:
+  std::string_view name() const override { return "gguf_quantize_simd"; }
+
+  std::string decline(const QuantizeDesc& d) const override {
+    if (!d.device.is_cpu()) return "runs on the cpu only";
+    if (!served(d.scheme)) return "GGUF q4_1, q5_0 and q5_1 only";
+    if (!HWY_DYNAMIC_DISPATCH(GgufTargetIsSimd)())
+      return "no SIMD target on this CPU (Highway chose SCALAR)";
+    if (d.src != Dtype::f32 && d.src != Dtype::f16 && d.src != Dtype::bf16)
+      return "f32, f16 and bf16 sources only (f64: the reference rounds it to f32 first)";
+    if (!contiguous(d.shape, d.src_strides)) return "src not contiguous";
+    return {};
+  }
+
+  KernelSku sku(const QuantizeDesc& d) const override {
+    return {"quantize",
+            Backend::cpu,
+            std::string(dtype_name(d.src)),
+            d.scheme.str(),
+            HWY_DYNAMIC_DISPATCH(GgufTargetName)(),
+            std::string(name())};
+  }
+
+  PrecisionGuarantee precision(const QuantizeDesc&) const override {
+    return {
+        "ggml's quantize_row_*_ref in f32, operation for operation; byte-identical to "
+        "quantize_reference",
+        std::nullopt, true, true};
+  }
+
+  void run(const QuantizeDesc& d, const QuantizeArgs& a, const Stream& stream,
+           Workspace ws) const override {
+    const int64_t n = numel(d.shape);
+    const int64_t k = d.shape.size() > 0 ? d.shape[d.shape.size() - 1] : 1;
+    if (n == 0 || k == 0) return;
+    const auto type = static_cast<gguf::GgmlType>(d.scheme.gguf_type);
+    std::atomic<bool> refuse{false};
+    gguf_simd::Call c{
+        a.src.data(),   k,      static_cast<uint8_t*>(a.dst.codes.data()), gguf::row_bytes(type, k),
+        d.check_finite, &refuse};
+    const gguf_simd::RowsFn fn = HWY_DYNAMIC_DISPATCH(SelectGgufRows)(d.src, d.scheme.gguf_type);
+    const int64_t rows = n / k;
+    // Pieces of about 64 Ki values, one row at least.
+    const int64_t per = std::max<int64_t>(1, (int64_t{1} << 16) / k);
+    const int64_t pieces = (rows + per - 1) / per;
+    auto piece = [&](int64_t p) { fn(c, p * per, std::min(rows, (p + 1) * per)); };
+    if (pieces > 1 && omp_get_max_threads() > 1) {
+#pragma omp parallel for schedule(static)
+      for (int64_t p = 0; p < pieces; ++p) piece(p);
+    } else {
+      for (int64_t p = 0; p < pieces; ++p) piece(p);
+    }
+    // The reference throws its exact Error (non-finite input or an f16 overflow).
+    if (refuse.load()) quantize_reference_kernel().run(d, a, stream, ws);
+  }
+};
+
+}  // namespace
+
+const Kernel<QuantizeOp>& gguf_quantize_simd_kernel() {
+  static const GgufQuantizeSimd kernel;
+  return kernel;
+}
+
+}  // namespace lowbit
+#endif  // HWY_ONCE
