@@ -227,7 +227,12 @@ template <Code C, bool kBf16>
 __device__ __forceinline__ uint32_t decode_pair(uint32_t word, int p) {
   uint32_t r;
   if constexpr (C == Code::u4) {
-    const uint32_t pat = pattern4<C, kBf16>(word, p);
+    // pattern4's (t & 0x000f000f) | base as one lop3 (ptxas emits an AND and an OR for the C
+    // expression): (a & b) | c is LUT 0xea.
+    uint32_t pat;
+    asm("lop3.b32 %0, %1, %2, %3, 0xea;"
+        : "=r"(pat)
+        : "r"(word >> (4 * p)), "n"(0x000f000f), "n"(kBf16 ? 0x43004300 : 0x64006400));
     if constexpr (kBf16) {
       const uint32_t k136 = 0x43084308u;  // (136, 136) as bf16
       const __nv_bfloat162 v = __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&pat),

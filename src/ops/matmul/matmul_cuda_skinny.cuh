@@ -15,7 +15,7 @@
 //   end   = the warps' f32 sums added in warp order through shared memory (deterministic, no
 //           atomics), then bias and one rounding to y by warp 0.
 // Why it is lean (the previous version issued 368 warp instructions per 2048 weights and was
-// issue-bound at 22% occupancy, BENCHMARKS.md): 80-128 registers (kRegs: 16-24 warps per
+// issue-bound at 22% occupancy, BENCHMARKS.md): 80-128 registers (kRegs: 16-25 warps per
 // SM), the zero-point mma only in affine instantiations, x read without
 // predicates (a row past M re-reads row M - 1: B's columns are independent, those outputs are
 // never stored), 32-bit segment offsets, group scales applied to the f32 partial sums, one
@@ -80,14 +80,16 @@ __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1
   }
 }
 
-/// A 16-byte load of data read once (not kept in L1), issued only when `on`; volatile so that
-/// it is issued where written (ahead of the arithmetic that hides its latency).
-__device__ __forceinline__ void load_stream16(uint4& v, const void* p, bool on) {
-  asm volatile(
-      "{ .reg .pred q; setp.ne.b32 q, %5, 0;\n"
-      "  @q ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4]; }"
-      : "+r"(v.x), "+r"(v.y), "+r"(v.z), "+r"(v.w)
-      : "l"(p), "r"(static_cast<int>(on)));
+/// A 16-byte load of data read once (not kept in L1); volatile so that it is issued where
+/// written (ahead of the arithmetic that hides its latency). Unpredicated, with fresh output
+/// registers: past the last segment the kernel re-reads the last one instead of predicating,
+/// which would make ptxas copy the old registers into the new ones first.
+__device__ __forceinline__ uint4 load_stream16(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
 }
 
 /// 8 bytes of x (read by every block of the row: kept in L1); volatile like the code loads, so
@@ -98,10 +100,70 @@ __device__ __forceinline__ uint2 load_x8(const uint8_t* p) {
   return v;
 }
 
+/// `p`, opaque to the compiler: a base pointer computed once stays in two registers instead of
+/// being recomputed from blockIdx in every segment (ptxas rematerializes such chains).
+template <class T>
+__device__ __forceinline__ T* pinned(T* p) {
+  asm volatile("mov.b64 %0, %0;" : "+l"(p));
+  return p;
+}
+
+/// One row's scale tables as base pointers, so that a segment's raw words are one add away (the
+/// same words as tc::load_seg_scales, which the host emulation reads, without its 64-bit index
+/// arithmetic per segment).
+template <Scale S, int kStepsLog2, bool kZero>
+struct RowScales {
+  const uint8_t* a = nullptr;  ///< the row of the scale table
+  const uint8_t* b = nullptr;  ///< the row of the zero-point (integer) or aux (q4_K, q6_K) table
+  int gl = 0;                  ///< log2 of the group (integer, f32)
+
+  __device__ __forceinline__ RowScales(const TcWeights& w, int64_t row) {
+    if constexpr (S == Scale::integer || S == Scale::f32) {
+      a = pinned(w.scale + row * w.groups * 4);
+      if constexpr (kZero) b = pinned(reinterpret_cast<const uint8_t*>(w.zero) + row * w.groups);
+      gl = w.group_log2;
+    } else if constexpr (S == Scale::e4m3 || S == Scale::e8m0) {
+      a = pinned(w.scale + row * w.groups);
+    } else if constexpr (S == Scale::f16d) {
+      a = pinned(w.scale + row * w.groups * 2);
+    } else if constexpr (S == Scale::q4k) {
+      a = pinned(w.scale + row * (w.k >> 8) * 4);
+      b = pinned(w.aux + row * (w.k >> 5) * 2);
+    } else {  // q6k
+      a = pinned(w.scale + row * (w.k >> 8) * 2);
+      b = pinned(w.aux + row * (w.k >> 4));
+    }
+  }
+
+  __device__ __forceinline__ tc::SegScales load(int s) const {
+    tc::SegScales r{};
+    constexpr int kGroups = 8 >> kStepsLog2;  // groups in a segment (1 when groups >= 128)
+    if constexpr (S == Scale::integer || S == Scale::f32) {
+      const int g = (s * 128) >> gl;
+      tc::load_words<4 * kGroups>(a + 4 * g, r.w);
+      if constexpr (kZero) tc::load_words<kGroups>(b + g, r.aux);
+    } else if constexpr (S == Scale::e4m3) {
+      tc::load_words<8>(a + s * 8, r.w);
+    } else if constexpr (S == Scale::e8m0) {
+      tc::load_words<4>(a + s * 4, r.w);
+    } else if constexpr (S == Scale::f16d) {
+      tc::load_words<8>(a + s * 8, r.w);
+    } else if constexpr (S == Scale::q4k) {
+      tc::load_words<4>(a + (s >> 1) * 4, r.w);
+      tc::load_words<8>(b + s * 8, r.aux);
+    } else {  // q6k
+      tc::load_words<2>(a + (s >> 1) * 2, r.w);
+      tc::load_words<8>(b + s * 8, r.aux);
+    }
+    return r;
+  }
+};
+
 /// Registers per thread: about as few as the instantiation needs without spilling in its loop
-/// (ptxas -v), so that 16-24 warps fit on a multiprocessor (8-bit codes hold twice the bytes).
+/// (ptxas -v), so that 16-25 warps fit on a multiprocessor (8-bit codes hold twice the bytes).
 template <int kBits, int NT, bool kAffine>
-inline constexpr int kRegs = kBits == 4 ? (NT == 1 ? (kAffine ? 88 : 80) : 128) : 128;
+inline constexpr int kRegs = kBits == 4 ? (NT == 1 ? (kAffine ? 88 : 80) : (kAffine ? 128 : 104))
+                                        : 128;
 
 template <Code C, Scale S, int kStepsLog2, bool kBf16, int NT, bool kAffine>
 __global__ void __launch_bounds__(kMaxSplit * 32)
@@ -124,21 +186,20 @@ __global__ void __launch_bounds__(kMaxSplit * 32)
   const int64_t row0 = tile * 16 + r, row1 = row0 + 8;
 
   // This lane's codes of segment s, half h: codes_t + s * 64 kLaneBytes + h * 32 kLaneBytes.
-  const uint8_t* codes_t = p.w.codes + (tile * segs * 64 + lane) * kLaneBytes;
+  const uint8_t* codes_t = pinned(p.w.codes + (tile * segs * 64 + lane) * kLaneBytes);
   auto load_codes = [&](int s, uint4(&c)[2][kVec]) {
-    const bool on = s < segs;
-    const uint8_t* at = codes_t + (on ? s : 0) * (64 * kLaneBytes);
+    const uint8_t* at = codes_t + min(s, segs - 1) * (64 * kLaneBytes);
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
-      for (int v = 0; v < kVec; ++v) load_stream16(c[h][v], at + h * 32 * kLaneBytes + 16 * v, on);
+      for (int v = 0; v < kVec; ++v) c[h][v] = load_stream16(at + h * 32 * kLaneBytes + 16 * v);
   };
   // x^T operand columns c = m0 + 8 t + r; past M, row M - 1 stands in (its outputs are dropped).
   const uint8_t* xrow[NT];
 #pragma unroll
   for (int t = 0; t < NT; ++t) {
     const int c = min(m0 + 8 * t + r, p.m - 1);
-    xrow[t] = p.x + (static_cast<int64_t>(c) * p.x_stride + 4 * q) * 2;
+    xrow[t] = pinned(p.x + (static_cast<int64_t>(c) * p.x_stride + 4 * q) * 2);
   }
 
   float acc[NT][4];
@@ -149,18 +210,11 @@ __global__ void __launch_bounds__(kMaxSplit * 32)
 
   uint4 ring[kDepth][2][kVec];
 #pragma unroll
-  for (int d = 0; d < kDepth; ++d) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-#pragma unroll
-      for (int v = 0; v < kVec; ++v) ring[d][h][v] = make_uint4(0u, 0u, 0u, 0u);
-    load_codes(warp + d * split, ring[d]);
-  }
-  tc::SegScales sn0{}, sn1{};
-  if (warp < segs) {
-    sn0 = tc::load_seg_scales<S, kStepsLog2>(p.w, row0, warp);
-    sn1 = tc::load_seg_scales<S, kStepsLog2>(p.w, row1, warp);
-  }
+  for (int d = 0; d < kDepth; ++d) load_codes(warp + d * split, ring[d]);
+  constexpr bool kZero = S == Scale::integer && kAffine;
+  const RowScales<S, kStepsLog2, kZero> rs0(p.w, row0), rs1(p.w, row1);
+  // (The host keeps split <= segments: every warp has a first segment.)
+  tc::SegScales sn0 = rs0.load(warp), sn1 = rs1.load(warp);
   for (int base = warp; base < segs; base += kDepth * split) {
 #pragma unroll
     for (int d = 0; d < kDepth; ++d) {
@@ -183,10 +237,8 @@ __global__ void __launch_bounds__(kMaxSplit * 32)
         w1[4 * v + 2] = ring[d][1][v].z, w1[4 * v + 3] = ring[d][1][v].w;
       }
       load_codes(s + kDepth * split, ring[d]);
-      if (s + split < segs) {
-        sn0 = tc::load_seg_scales<S, kStepsLog2>(p.w, row0, s + split);
-        sn1 = tc::load_seg_scales<S, kStepsLog2>(p.w, row1, s + split);
-      }
+      sn0 = rs0.load(min(s + split, segs - 1));  // past the end: a re-read, not a branch
+      sn1 = rs1.load(min(s + split, segs - 1));
 
       float g[NT][4], g1[NT][4];
 #pragma unroll
@@ -263,13 +315,13 @@ __global__ void __launch_bounds__(kMaxSplit * 32)
     }
 }
 
-/// Warps of `kernel` that fit on one multiprocessor (cached by the caller).
-inline int warps_per_sm(const void* kernel, int nt) {
+/// Warps of `kernel` that fit on one multiprocessor (its registers decide; cached by the caller):
+/// asked for blocks of one warp, which no other limit (32 blocks per SM) binds first.
+inline int warps_per_sm(const void* kernel) {
   int blocks = 0;
-  const size_t smem = static_cast<size_t>(7) * nt * 4 * 32 * 4;  // a block of 8 warps
-  mm_cuda::check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, 256, smem),
+  mm_cuda::check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, 32, 0),
                       "matmul: occupancy of skinny_kernel");
-  return std::max(1, blocks * 8);
+  return std::max(1, blocks);
 }
 
 /// split = warps per tile: as many as fill the GPU's warp slots in one wave (at least 1, at
@@ -277,7 +329,7 @@ inline int warps_per_sm(const void* kernel, int nt) {
 template <Code C, Scale S, int SL, bool kBf16, int NT, bool kAffine>
 void launch(const Args& a, int64_t tiles, int sms, cudaStream_t stream) {
   const auto kernel = &skinny_kernel<C, S, SL, kBf16, NT, kAffine>;
-  static const int per_sm = warps_per_sm(reinterpret_cast<const void*>(kernel), NT);
+  static const int per_sm = warps_per_sm(reinterpret_cast<const void*>(kernel));
   const int64_t mblocks = (a.m + 8 * NT - 1) / (8 * NT);
   const int64_t slots = static_cast<int64_t>(sms) * per_sm;
   const int split = static_cast<int>(std::clamp<int64_t>(
