@@ -232,6 +232,16 @@ __device__ __forceinline__ ChunkRaw staged_chunk(const uint8_t* blocks, uint32_t
   return r;
 }
 
+/// The careful path of a chunk (NaN / Inf codes or scales, large zero points): out of line,
+/// so that the compiler cannot if-convert it into the plain path, where its instructions
+/// would issue for every chunk.
+template <DCode F, Dtype D>
+__device__ __noinline__ void decode_store_careful(ChunkRaw r, float global, uint8_t* dst) {
+  float v[8];
+  decode_chunk<F, false>(r, global, v);
+  store8<D, false>(dst, v);
+}
+
 template <DCode F, Dtype D>
 __global__ void __launch_bounds__(kThreads) dequantize_chunks_kernel(ChunkArgs a) {
   constexpr int U = 4;  // chunks per thread and step, their loads issued first
@@ -250,13 +260,12 @@ __global__ void __launch_bounds__(kThreads) dequantize_chunks_kernel(ChunkArgs a
     for (int u = 0; u < U; ++u) {
       const uint64_t c = w0 + u * stride + lane;
       if (c < a.chunks) {
-        float v[8];
         if (chunk_is_plain<F>(r[u], global)) {
+          float v[8];
           decode_chunk<F, true>(r[u], global, v);
           store8<D, true>(a.dst + c * kOut, v);
         } else {
-          decode_chunk<F, false>(r[u], global, v);
-          store8<D, false>(a.dst + c * kOut, v);
+          decode_store_careful<F, D>(r[u], global, a.dst + c * kOut);
         }
       }
     }

@@ -517,6 +517,39 @@ __device__ __forceinline__ uint32_t gguf_q4_0_code_normal(float x, float id) {
   return min(q, 15u);
 }
 
+/// One lane's elements (or codes) by value, for the out-of-line rare paths below: they get
+/// them in registers, where taking the address of the kernel's arrays would move those to
+/// local memory. The rare paths are __noinline__ so that the compiler cannot if-convert
+/// them into the common path (predicated, their instructions would issue for every block).
+template <int E>
+struct LaneFloats {
+  float v[E];
+};
+template <int E>
+struct LaneCodes {
+  uint32_t q[E];
+};
+
+/// Q8_0 / Q4_0 codes of a block whose d is subnormal: ggml's arithmetic as written.
+template <int E, bool kQ8>
+__device__ __noinline__ LaneCodes<E> gguf_codes_tiny_d(LaneFloats<E> x, float id) {
+  LaneCodes<E> c;
+#pragma unroll
+  for (int i = 0; i < E; ++i)
+    c.q[i] = kQ8 ? gguf_q8_0_code(x.v[i], id) : gguf_q4_0_code(x.v[i], id);
+  return c;
+}
+
+/// NVFP4 codes by IEEE division (x / total), for a vector in which some product with the
+/// reciprocal lay near a rounding midpoint (see the blocks kernel).
+template <int E>
+__device__ __noinline__ uint32_t nvfp4_codes_dividing(LaneFloats<E> x, float total) {
+  uint32_t w = 0;
+#pragma unroll
+  for (int i = 0; i < E; ++i) w |= e2m1_from_f32(__fdiv_rn(x.v[i], total)) << (4 * i);
+  return w;
+}
+
 /// Max of |x| as f32 bits over `n` values (the bits order like the values; NaN > Inf).
 template <int N>
 __device__ __forceinline__ uint32_t amax_bits(const float (&x)[N]) {
@@ -663,12 +696,15 @@ __global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a)
         if constexpr (B == Blk::q8_0) {
           d = __uint_as_float(am[j]) / 127.0f;
           const float id = d != 0.0f ? 1.0f / d : 0.0f;
-          if (!(d > 0.0f && d < 0x1p-126f)) {
 #pragma unroll
-            for (int i = 0; i < E; ++i) q[i] = gguf_q8_0_code_normal(x[j][i], id);
-          } else {
+          for (int i = 0; i < E; ++i) q[i] = gguf_q8_0_code_normal(x[j][i], id);
+          if (d > 0.0f && d < 0x1p-126f) {
+            LaneFloats<E> xs;
 #pragma unroll
-            for (int i = 0; i < E; ++i) q[i] = gguf_q8_0_code(x[j][i], id);
+            for (int i = 0; i < E; ++i) xs.v[i] = x[j][i];
+            const LaneCodes<E> c = gguf_codes_tiny_d<E, true>(xs, id);
+#pragma unroll
+            for (int i = 0; i < E; ++i) q[i] = c.q[i];
           }
         } else {
           float amax = 0.0f, mx = 0.0f;
@@ -681,15 +717,20 @@ __global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a)
           }
           d = team_signed_max<T>(amax, mx) / -8.0f;
           const float id = d != 0.0f ? 1.0f / d : 0.0f;
-          if (!(fabsf(d) > 0.0f && fabsf(d) < 0x1p-126f)) {
 #pragma unroll
-            for (int i = 0; i < E; ++i) q[i] = gguf_q4_0_code_normal(x[j][i], id);
-          } else {
+          for (int i = 0; i < E; ++i) q[i] = gguf_q4_0_code_normal(x[j][i], id);
+          if (fabsf(d) > 0.0f && fabsf(d) < 0x1p-126f) {
+            LaneFloats<E> xs;
 #pragma unroll
-            for (int i = 0; i < E; ++i) q[i] = gguf_q4_0_code(x[j][i], id);
+            for (int i = 0; i < E; ++i) xs.v[i] = x[j][i];
+            const LaneCodes<E> c = gguf_codes_tiny_d<E, false>(xs, id);
+#pragma unroll
+            for (int i = 0; i < E; ++i) q[i] = c.q[i];
           }
         }
-        const uint16_t d16 = f32_to_f16(d);
+        // f32_to_f16(d) by the hardware conversion: the same bits for every non-NaN d
+        // (round to nearest even, subnormals kept, overflow to Inf).
+        const uint16_t d16 = __half_as_ushort(__float2half_rn(d));
         const uint64_t b = vi[j] / T;
         if (a.overflow && ok[j] && t == 0 && (d16 & 0x7fffu) == 0x7c00u) ovf = min(ovf, b);
         uint16_t* h = reinterpret_cast<uint16_t*>(blk);  // 2-byte aligned
@@ -757,14 +798,20 @@ __global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a)
           // code, and only the rest (rare outside test data) pay for the division. A total
           // under 2^-100 (its reciprocal could overflow) always divides.
           const float rcp = __frcp_rn(total);
-          const bool divide_all = total < 0x1p-100f;
+          bool divide = total < 0x1p-100f;
 #pragma unroll
           for (int i = 0; i < E; ++i) {
-            float q = __fmul_rn(x[j][i], rcp);
-            if (divide_all || (((__float_as_uint(q) & 0x7fffffffu) + 8u) & 0x1fffffu) < 16u)
-              q = __fdiv_rn(x[j][i], total);
-            w[0] |= (global == 0.0f ? 0u : e2m1_from_f32(q)) << (4 * i);
+            const float q = __fmul_rn(x[j][i], rcp);
+            divide |= (((__float_as_uint(q) & 0x7fffffffu) + 8u) & 0x1fffffu) < 16u;
+            w[0] |= e2m1_from_f32(q) << (4 * i);
           }
+          if (divide) {
+            LaneFloats<E> xs;
+#pragma unroll
+            for (int i = 0; i < E; ++i) xs.v[i] = x[j][i];
+            w[0] = nvfp4_codes_dividing<E>(xs, total);
+          }
+          if (global == 0.0f) w[0] = 0;
         } else if constexpr (B == Blk::mxfp4) {
           sc = formats::mx_scale_code(amax, 2);
           const float f = formats::mx_unscale(1.0f, sc);  // 2^-e, exact: x * f is mx_unscale
