@@ -198,6 +198,11 @@ struct FusedDesc {
   int quantized_output = -1;
   QuantScheme scheme;
   bool check_finite = true;
+  /// Opt-in approximate math on CUDA (hardware exp2 and division, contracted multiply-adds;
+  /// docs/jit.md gives the error bounds): faster where the exact kernel is bound by its
+  /// arithmetic, but not bit-identical to the CPU kernel (the plan's precision says so).
+  /// The CPU kernel stays exact. Set it before the first run of a plan.
+  bool fast_math = false;
   /// Per-plan memory of compiled kernels (shared by copies of this descriptor).
   std::shared_ptr<fusion::PlanState> state;
 

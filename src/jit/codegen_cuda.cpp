@@ -17,11 +17,10 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "jit/jit.hpp"
+#include "jit/numeric_text.hpp"  // generated from include/lowbit/numeric.hpp by CMake
+#include "lowbit/numeric.hpp"
 
 namespace lowbit::fusion {
 namespace {
@@ -182,6 +181,24 @@ __device__ __forceinline__ float bf16r(float x) {
   return __uint_as_float(lowbit::jit_math::lb_bf16_bits(x) << 16);
 #endif
 }
+/* FusedDesc::fast_math: e^x by the hardware's exp2 (ex2.approx: 2 ulp, subnormal results
+   kept) of x log2(e) rounded to f32 (relative error up to |x| 2^-24 ln 2, 2^-17.5 at the
+   clamp), divisions by the compile's --prec-div=false (div.full: 2 ulp for divisors in
+   [2^-126, 2^126], 0 beyond). f64 keeps the exact functions. */
+__device__ __forceinline__ float fast_exp(float x) {
+  float y;
+  asm("ex2.approx.f32 %0, %1;" : "=f"(y) : "f"(x * 1.4426950408889634f));
+  return y;
+}
+__device__ __forceinline__ double fast_exp(double x) { return lowbit::jit_math::lb_exp(x); }
+template <class T>
+__device__ __forceinline__ T fast_sigmoid(T x) { return T(1) / (T(1) + fast_exp(-x)); }
+template <class T>
+__device__ __forceinline__ T fast_silu(T x) { return x / (T(1) + fast_exp(-x)); }
+template <class T>
+__device__ __forceinline__ T fast_softplus(T x) {
+  return x > T(20) ? x : lowbit::jit_math::lb_log1p_pos(fast_exp(x));
+}
 __device__ __forceinline__ void put8(uint4* v, int j, unsigned long long bits) {
   uint4& q = v[j / 2];
   if (j % 2) { q.z = (unsigned)bits; q.w = (unsigned)(bits >> 32); }
@@ -189,33 +206,6 @@ __device__ __forceinline__ void put8(uint4* v, int j, unsigned long long bits) {
 }
 }  // namespace lbrt
 )";
-
-/// The source tree's include/lowbit/numeric.hpp (or $LOWBIT_INCLUDE_DIR/lowbit/numeric.hpp):
-/// generated code must use the very functions convert uses.
-std::string read_numeric_hpp() {
-  std::vector<std::filesystem::path> candidates;
-  if (const char* dir = std::getenv("LOWBIT_INCLUDE_DIR"))
-    candidates.push_back(std::filesystem::path(dir) / "lowbit" / "numeric.hpp");
-  // __FILE__ is <root>/src/jit/codegen_cuda.cpp (CMake passes absolute paths).
-  candidates.push_back(std::filesystem::path(__FILE__).parent_path().parent_path().parent_path() /
-                       "include" / "lowbit" / "numeric.hpp");
-  for (const auto& c : candidates) {
-    std::ifstream f(c, std::ios::binary);
-    if (!f) continue;
-    std::ostringstream ss;
-    ss << f.rdbuf();
-    if (!ss.str().empty()) return ss.str();
-  }
-  std::string tried;
-  for (const auto& c : candidates) {
-    tried += ' ';
-    tried += c.string();
-  }
-  throw_error(ErrorCode::unsupported,
-              "fusion: generated CUDA code includes lowbit/numeric.hpp, which was not found "
-              "(tried" +
-                  tried + "); set LOWBIT_INCLUDE_DIR to lowbit's include directory");
-}
 
 // ---- dtypes in generated code ---------------------------------------------------------------
 
@@ -332,8 +322,22 @@ std::string round_float(Dtype d, const std::string& v) {
 // ---- the op table ----------------------------------------------------------------------------
 
 /// The CUDA expression of step `in` (operands named t<i>, constants c<i>).
-std::string step_expr(const Program& p, const Instr& in) {
+std::string step_expr(const Program& p, const Instr& in, bool fast = false) {
   const auto t = [](int i) { return fmt::format("t{}", i); };
+  if (fast) {  // FusedDesc::fast_math (the prelude's lbrt::fast_*)
+    switch (in.op) {
+      case Op::exp:
+        return fmt::format("lbrt::fast_exp({})", t(in.a));
+      case Op::sigmoid:
+        return fmt::format("lbrt::fast_sigmoid({})", t(in.a));
+      case Op::silu:
+        return fmt::format("lbrt::fast_silu({})", t(in.a));
+      case Op::softplus:
+        return fmt::format("lbrt::fast_softplus({})", t(in.a));
+      default:
+        break;
+    }
+  }
   switch (in.op) {
     case Op::input:
       return fmt::format("x{}", in.slot);
@@ -406,12 +410,29 @@ std::string step_expr(const Program& p, const Instr& in) {
       }
       if (in.dtype == Dtype::f64)
         return in.arg_num == Num::f32 ? fmt::format("lowbit::f32_to_f64({})", a) : a;
-      const std::string f = in.arg_num == Num::f64 ? fmt::format("lowbit::f64_to_f32({})", a) : a;
+      // A constant's f32 value comes converted by the host (numeric.hpp's f64_to_f32, the
+      // same bits): the integer conversion inlined per constant doubled NVRTC's time.
+      const Instr& src = p.code[static_cast<size_t>(in.a)];
+      const std::string f =
+          in.arg_num == Num::f64
+              ? (src.op == Op::constant ? fmt::format("cf{}", src.slot)
+                                        : fmt::format("lowbit::f64_to_f32({})", a))
+              : a;
       return round_float(in.dtype, f);
     }
   }
-  (void)p;
   return "0";
+}
+
+/// sizeof(Params) of a kernel with ni inputs, no outputs and nc constants (Gen::params).
+int params_size(size_t ni, size_t no, size_t nc, const Variant& v) {
+  const size_t isz = v.idx32 ? 4 : 8;
+  size_t b = 8 * (std::max<size_t>(ni, 1) + std::max<size_t>(no, 1) + std::max<size_t>(nc, 1));
+  b += 4 * std::max<size_t>(nc, 1);  // cf
+  b = (b + isz - 1) / isz * isz + isz;
+  if (!v.vec) b += isz * v.nd * (1 + std::max<size_t>(ni + no, 1));
+  if (v.quant) b = (b + 7) / 8 * 8 + 4 * 8 + 2 * isz;
+  return static_cast<int>((b + 7) / 8 * 8);
 }
 
 struct Gen {
@@ -452,9 +473,10 @@ struct Gen {
 
   std::string params() const {
     std::string s = "struct Params {\n";
-    s +=
-        fmt::format("  const void* in[{}];\n  void* out[{}];\n  double c[{}];\n  {} n;\n",
-                    std::max<size_t>(ni, 1), std::max<size_t>(no, 1), std::max<size_t>(nc, 1), idx);
+    s += fmt::format(
+        "  const void* in[{}];\n  void* out[{}];\n  double c[{}];\n  float cf[{}];\n  {} n;\n",
+        std::max<size_t>(ni, 1), std::max<size_t>(no, 1), std::max<size_t>(nc, 1),
+        std::max<size_t>(nc, 1), idx);
     if (!v.vec)
       s += fmt::format("  {0} ext[{1}];\n  {0} st[{2}][{1}];\n", idx, v.nd,
                        std::max<size_t>(ni + no, 1));
@@ -511,7 +533,7 @@ struct Gen {
     for (size_t i = 0; i < p.code.size(); ++i) {
       if (uniform[i]) continue;
       const Instr& in = p.code[i];
-      s += fmt::format("  const {} t{} = {};\n", num_type(in.num), i, step_expr(p, in));
+      s += fmt::format("  const {} t{} = {};\n", num_type(in.num), i, step_expr(p, in, v.fast));
     }
     for (size_t o = 0; o < no; ++o) s += fmt::format("  y{} = t{};\n", o, p.outputs[o]);
     return s + "}\n";
@@ -522,7 +544,8 @@ struct Gen {
   /// Kernel start: indices, constants, single-element inputs and every uniform step.
   std::string prologue() const {
     std::string s = "  using namespace lowbit::jit_math;\n";
-    for (size_t c = 0; c < nc; ++c) s += fmt::format("  const double c{0} = p.c[{0}];\n", c);
+    for (size_t c = 0; c < nc; ++c)
+      s += fmt::format("  const double c{0} = p.c[{0}];\n  const float cf{0} = p.cf[{0}];\n", c);
     s += fmt::format(
         "  const {0} n = p.n;\n  const {0} tid = ({0})blockIdx.x * blockDim.x + "
         "threadIdx.x;\n  const {0} nthreads = ({0})gridDim.x * blockDim.x;\n",
@@ -532,7 +555,7 @@ struct Gen {
     for (size_t i = 0; i < p.code.size(); ++i)
       if (uniform[i])
         s += fmt::format("  const {} t{} = {};\n", num_type(p.code[i].num), i,
-                         step_expr(p, p.code[i]));
+                         step_expr(p, p.code[i], v.fast));
     return s;
   }
 
@@ -651,10 +674,8 @@ struct Gen {
                : fmt::format("lbrt::put<{}>({}, {}, (unsigned)({}))", elem_bytes(d), arr, j, bits);
   }
 
-  /// One thread step over `u` groups: vector loads of whole groups, element loads of the
-  /// last, partial group; the expression on each element; stores alike.
-  /// Loads of the u groups g0 + u * nthreads into arrays <prefix><k>[u][]: whole 16-byte
-  /// vectors for full groups, elements for the last, partial one.
+  /// Loads of the u groups g0 + u * nthreads (those below `full`) into arrays
+  /// <prefix><k>[u][] of whole 16-byte vectors.
   std::string load_groups(const std::string& prefix, const std::string& g0, int g, int u,
                           const std::string& indent) const {
     std::string s =
@@ -669,21 +690,6 @@ struct Gen {
           "((const uint4*)p.in[{0}])[g * {1} + w];\n",
           k, vk, prefix, indent);
     }
-    s += indent + "  } else if (g < groups) {\n";
-    for (size_t k = 0; k < ni; ++k) {
-      if (v.cls[k] != Layout::Class::full) continue;
-      const Dtype d = p.input_dtypes[k];
-      const int vk = vecs(d, g);
-      s += fmt::format(
-          "#pragma unroll\n{3}    for (int w = 0; w < {1}; ++w) {2}{0}[u][w] = "
-          "make_uint4(0u, 0u, 0u, 0u);\n",
-          k, vk, prefix, indent);
-      s += fmt::format("#pragma unroll\n{}    for (int j = 0; j < {}; ++j) {{\n", indent, g);
-      s += fmt::format("{}      const {} e = g * {} + j;\n", indent, idx, g);
-      s += fmt::format("{}      if (e < n) {};\n{}    }}\n", indent,
-                       put(d, fmt::format("{}{}[u]", prefix, k), "j", in_bits(k, "e"), g, false),
-                       indent);
-    }
     s += indent + "  }\n" + indent + "}\n";
     return s;
   }
@@ -694,20 +700,22 @@ struct Gen {
     return p.output_dtypes[o] == Dtype::bf16 && !rolled(g) && g % 2 == 0;
   }
 
-  /// The next groups' loads are issued before the current ones are computed (the loop
-  /// keeps two sets of input vectors), so that memory stays busy during the arithmetic.
+  /// The grid-stride loop covers the whole groups in 16-byte vectors; the next groups'
+  /// loads are issued before the current ones are computed (the loop keeps two sets of
+  /// input vectors), so that memory stays busy during the arithmetic. The last n % G
+  /// elements (one partial group in the whole grid) follow one per thread, so the loop
+  /// has no element loads or stores and NVRTC compiles one copy of them.
   std::string vec_kernel(int g, int u) const {
     std::string s = "extern \"C\" __global__ void __launch_bounds__(" + std::to_string(kThreads) +
                     ") lowbit_fused(const Params p) {\n";
     s += prologue();
-    s += fmt::format("  const {0} full = n / {1};\n  const {0} groups = (n + {2}) / {1};\n", idx, g,
-                     g - 1);
+    s += fmt::format("  const {0} full = n / {1};\n", idx, g);
     s += fmt::format("  const {} step = nthreads * {};\n", idx, u);
     for (size_t k = 0; k < ni; ++k)
       if (v.cls[k] == Layout::Class::full)
         s += fmt::format("  uint4 q{}[{}][{}];\n", k, u, vecs(p.input_dtypes[k], g));
     s += load_groups("q", "tid", g, u, "  ");
-    s += fmt::format("  for ({0} g0 = tid; g0 < groups; g0 += step) {{\n", idx);
+    s += fmt::format("  for ({0} g0 = tid; g0 < full; g0 += step) {{\n", idx);
     for (size_t k = 0; k < ni; ++k)
       if (v.cls[k] == Layout::Class::full) {
         const int vk = vecs(p.input_dtypes[k], g);
@@ -719,7 +727,7 @@ struct Gen {
       }
     s += load_groups("q", "g0 + step", g, u, "    ");
     s += fmt::format("#pragma unroll\n    for (int u = 0; u < {}; ++u) {{\n", u);
-    s += fmt::format("      const {} g = g0 + u * nthreads;\n      if (g >= groups) break;\n", idx);
+    s += fmt::format("      const {} g = g0 + u * nthreads;\n      if (g >= full) break;\n", idx);
     for (size_t o = 0; o < no; ++o) {
       const int wo = vecs(p.output_dtypes[o], g);
       s += fmt::format("      uint4 w{}[{}];\n", o, wo);
@@ -756,23 +764,22 @@ struct Gen {
             "#pragma unroll\n      for (int q = 0; q < {1}; ++q) lbrt::or_word(w{0}[q / 4], q % 4, "
             "lbrt::bf16x2(yb{0}[2 * q], yb{0}[2 * q + 1]));\n",
             o, g / 2);
-    s += "      if (g < full) {\n";
     for (size_t o = 0; o < no; ++o) {
       const int wo = vecs(p.output_dtypes[o], g);
       s += fmt::format(
-          "#pragma unroll\n        for (int w = 0; w < {1}; ++w) ((uint4*)p.out[{0}])"
+          "#pragma unroll\n      for (int w = 0; w < {1}; ++w) ((uint4*)p.out[{0}])"
           "[g * {1} + w] = w{0}[w];\n",
           o, wo);
     }
-    s += "      } else {\n";
-    for (size_t o = 0; o < no; ++o) {
-      const Dtype d = p.output_dtypes[o];
-      s += fmt::format("#pragma unroll\n        for (int j = 0; j < {}; ++j) {{\n", g);
-      s += fmt::format("          const {} e = g * {} + j;\n", idx, g);
-      s += fmt::format("          if (e < n) (({0}*)p.out[{1}])[e] = ({0}){2};\n        }}\n",
-                       mem_type(d), o, lane(d, fmt::format("w{}", o), "j", g, false));
-    }
-    s += "      }\n    }\n  }\n}\n";
+    s += "    }\n  }\n";
+    // The tail: elements full * G .. n - 1, one per thread of the first threads.
+    s += fmt::format("  {{\n    const {} e = full * {} + tid;\n    if (e < n) {{\n", idx, g);
+    for (size_t k = 0; k < ni; ++k)
+      if (v.cls[k] == Layout::Class::full) s += load_elem(k, "e", "      ");
+    s += declare_outputs("      ");
+    s += "      " + eval_call() + "\n";
+    for (size_t o = 0; o < no; ++o) s += store_elem(o, "e", "      ");
+    s += "    }\n  }\n}\n";
     return s;
   }
 
@@ -897,10 +904,11 @@ struct Gen {
   /// Statements computing a group's parameters from a / lo / hi: `inv` (float) and `z`
   /// (int: the zero point, or the MX scale code), and storing the scale (and zero) of
   /// group `g` to global memory.
-  std::string group_params(const QuantShape& q, const std::string& g,
-                           const std::string& indent) const {
+  std::string group_params(const QuantShape& q, const std::string& g, const std::string& indent,
+                           bool store = true) const {
     const Dtype sdt = p.scheme.is_integer() ? p.scheme.scale_dtype : Dtype::f32;
-    auto store_scale = [&](const std::string& sc) {
+    auto store_scale = [&](const std::string& sc) -> std::string {
+      if (!store) return {};
       switch (sdt) {
         case Dtype::f16:
           return fmt::format(
@@ -926,7 +934,7 @@ struct Gen {
           s += fmt::format("{}const int z = lbq_int_affine_zero(lo, inv, {}, {});\n", indent,
                            q.qmin, q.qmax);
           s += store_scale("sc");
-          s += fmt::format("{}((int*)p.qzero)[{}] = z;\n", indent, g);
+          if (store) s += fmt::format("{}((int*)p.qzero)[{}] = z;\n", indent, g);
         } else {
           s += fmt::format("{}const float sc = lbq_int_sym_scale(a, {}, {});\n", indent, q.qmax,
                            q.sd);
@@ -944,7 +952,8 @@ struct Gen {
       default:
         s += fmt::format("{}const float inv = 0.0f;\n", indent);
         s += fmt::format("{}const int z = (int)lbq_mx_scale(a, {});\n", indent, q.emax);
-        s += fmt::format("{}((unsigned char*)p.qscale)[{}] = (unsigned char)z;\n", indent, g);
+        if (store)
+          s += fmt::format("{}((unsigned char*)p.qscale)[{}] = (unsigned char)z;\n", indent, g);
         return s;
     }
   }
@@ -1181,14 +1190,124 @@ struct Gen {
     return s;
   }
 
-  int param_bytes() const {
-    const size_t isz = v.idx32 ? 4 : 8;
-    size_t b = 8 * (std::max<size_t>(ni, 1) + std::max<size_t>(no, 1) + std::max<size_t>(nc, 1));
-    b += isz;
-    if (!v.vec) b += isz * v.nd * (1 + std::max<size_t>(ni + no, 1));
-    if (v.quant) b = (b + 7) / 8 * 8 + 4 * 8 + 2 * isz;
-    return static_cast<int>((b + 7) / 8 * 8);
+  /// The quantize epilogue with per-row groups and the row in registers (Variant::qreg):
+  /// a block per row, each thread holding R units of G elements (unit u = threadIdx.x +
+  /// r * blockDim.x). All of a row's loads are issued at once; the values stay in registers
+  /// through the row's absmax (a warp shuffle, then each warp's partial through shared
+  /// memory, double-buffered by row parity so one barrier per row suffices), every thread
+  /// computes the row's scale from the partials itself, and each unit leaves as one store
+  /// of G codes. The same values, statistics and formulas as quant_kernel: the same bits.
+  std::string quant_reg_kernel(int g, int R) const {
+    const QuantShape q = quant_shape();
+    std::string s = "extern \"C\" __global__ void __launch_bounds__(" + std::to_string(kThreads) +
+                    ") lowbit_fused(const Params p) {\n";
+    s += prologue();
+    s += "  __shared__ float lbq_red[2][3][32];\n";
+    s += fmt::format("  const {0} K = p.qk;\n  const {0} units = K / {1};\n", idx, g);
+    s += "  const int lbq_lane = threadIdx.x & 31, lbq_warp = threadIdx.x >> 5;\n"
+         "  const int lbq_nwarps = blockDim.x >> 5;\n  int parity = 0;\n";
+    s += fmt::format(
+        "  for ({0} row = blockIdx.x; row < p.qrows; row += gridDim.x, parity ^= 1) {{\n"
+        "    const {0} gbase = row * units;\n",
+        idx);
+    for (size_t k = 0; k < ni; ++k)
+      if (v.cls[k] == Layout::Class::full)
+        s += fmt::format("    uint4 q{}[{}][{}];\n", k, R, vecs(p.input_dtypes[k], g));
+    s += fmt::format("#pragma unroll\n    for (int r = 0; r < {}; ++r) {{\n", R);
+    s += fmt::format("      const {} u = threadIdx.x + r * blockDim.x;\n      if (u < units) {{\n",
+                     idx);
+    for (size_t k = 0; k < ni; ++k) {
+      if (v.cls[k] != Layout::Class::full) continue;
+      const int vk = vecs(p.input_dtypes[k], g);
+      s += fmt::format(
+          "#pragma unroll\n        for (int w = 0; w < {1}; ++w) q{0}[r][w] = "
+          "((const uint4*)p.in[{0}])[(gbase + u) * {1} + w];\n",
+          k, vk);
+    }
+    s += "      }\n    }\n";
+    s += fmt::format("    float lbq_x[{}][{}];\n", R, g);
+    s += "    float lbq_a = 0.0f, lbq_lo = 0.0f, lbq_hi = 0.0f;\n";
+    s += fmt::format("#pragma unroll\n    for (int r = 0; r < {}; ++r) {{\n", R);
+    s += fmt::format("      const {} u = threadIdx.x + r * blockDim.x;\n", idx);
+    s += fmt::format("#pragma unroll\n      for (int j = 0; j < {}; ++j) lbq_x[r][j] = 0.0f;\n", g);
+    s += "      if (u < units) {\n";
+    s += fmt::format("#pragma unroll\n        for (int j = 0; j < {}; ++j) {{\n", g);
+    for (size_t k = 0; k < ni; ++k) {
+      if (v.cls[k] != Layout::Class::full) continue;
+      const Dtype d = p.input_dtypes[k];
+      s += fmt::format("          const {} x{} = {};\n", num_type(input_num(k)), k,
+                       decode(d, lane(d, fmt::format("q{}[r]", k), "j", g, false)));
+    }
+    s += declare_outputs("          ");
+    s += "          " + eval_call() + "\n";
+    s += fmt::format("          const {} e = (gbase + u) * {} + j;\n          (void)e;\n", idx, g);
+    s += quant_element(q, "", "          ");
+    s += "          lbq_x[r][j] = v;\n        }\n      }\n    }\n";
+    // The row's statistics: warp shuffles, then the warps' partials.
+    s += "    for (int o = 16; o > 0; o >>= 1) {\n";
+    if (q.affine)
+      s += "      const float l2 = __shfl_xor_sync(0xffffffffu, lbq_lo, o);\n"
+           "      const float h2 = __shfl_xor_sync(0xffffffffu, lbq_hi, o);\n"
+           "      lbq_lo = l2 < lbq_lo ? l2 : lbq_lo;\n      lbq_hi = h2 > lbq_hi ? h2 : "
+           "lbq_hi;\n";
+    else
+      s += "      const float a2 = __shfl_xor_sync(0xffffffffu, lbq_a, o);\n"
+           "      lbq_a = a2 > lbq_a ? a2 : lbq_a;\n";
+    s += "    }\n";
+    s += "    if (lbq_lane == 0) {\n      lbq_red[parity][0][lbq_warp] = lbq_a;\n"
+         "      lbq_red[parity][1][lbq_warp] = lbq_lo;\n"
+         "      lbq_red[parity][2][lbq_warp] = lbq_hi;\n    }\n"
+         "    __syncthreads();\n";
+    s += "    float a = 0.0f, lo = 0.0f, hi = 0.0f;\n"
+         "    for (int w = 0; w < lbq_nwarps; ++w) {\n";
+    s += fold_stats(q, "lbq_red[parity][0][w]", "a", "lo", "hi", "      ");
+    if (q.affine)
+      s += "      lo = lbq_red[parity][1][w] < lo ? lbq_red[parity][1][w] : lo;\n"
+           "      hi = lbq_red[parity][2][w] > hi ? lbq_red[parity][2][w] : hi;\n";
+    s += "    }\n    (void)a; (void)lo; (void)hi;\n";
+    s += group_params(q, "row", "    ", false);
+    s += "    (void)inv; (void)z;\n";
+    s += "    if (threadIdx.x == 0) {\n" + group_params(q, "row", "      ") + "    }\n";
+    // Codes: a unit's G codes in one store.
+    const int cbytes = q.packed ? g / 2 : g;  // bytes of a unit's codes: 2, 4, 8 or 16
+    const char* ctype = cbytes == 16  ? "uint4"
+                        : cbytes == 8 ? "uint2"
+                        : cbytes == 4 ? "unsigned"
+                                      : "unsigned short";
+    s += fmt::format("#pragma unroll\n    for (int r = 0; r < {}; ++r) {{\n", R);
+    s += fmt::format("      const {} u = threadIdx.x + r * blockDim.x;\n      if (u < units) {{\n",
+                     idx);
+    s += fmt::format("        unsigned cw[{}] = {{}};\n", std::max(1, cbytes / 4));
+    if (q.kind == QuantShape::fp8) {
+      const char* e5 = q.e5m2 ? "true" : "false";
+      s += fmt::format(
+          "#pragma unroll\n        for (int j = 0; j < {0}; j += 2) cw[j / 4] |= "
+          "lbrt::fp8x2(lbq_x[r][j] * inv, lbq_x[r][j + 1] * inv, {1}) << (8 * (j % 4));\n",
+          g, e5);
+    } else if (q.packed) {
+      s += fmt::format(
+          "#pragma unroll\n        for (int j = 0; j < {}; ++j) cw[j / 8] |= ({} & 15u) << (4 * (j "
+          "% "
+          "8));\n",
+          g, code_of(q, "lbq_x[r][j]", "inv", "z"));
+    } else {
+      s += fmt::format(
+          "#pragma unroll\n        for (int j = 0; j < {}; ++j) cw[j / 4] |= ({} & 255u) << (8 * "
+          "(j % "
+          "4));\n",
+          g, code_of(q, "lbq_x[r][j]", "inv", "z"));
+    }
+    if (cbytes == 16)
+      s += "        ((uint4*)p.qcodes)[gbase + u] = make_uint4(cw[0], cw[1], cw[2], cw[3]);\n";
+    else if (cbytes == 8)
+      s += "        ((uint2*)p.qcodes)[gbase + u] = make_uint2(cw[0], cw[1]);\n";
+    else
+      s += fmt::format("        (({0}*)p.qcodes)[gbase + u] = ({0})cw[0];\n", ctype);
+    s += "      }\n    }\n  }\n}\n";
+    return s;
   }
+
+  int param_bytes() const { return params_size(ni, no, nc, v); }
 };
 
 }  // namespace
@@ -1197,7 +1316,7 @@ const HeaderSet& jit_headers() {
   static const HeaderSet set = [] {
     HeaderSet h;
     h.names = {"lowbit/numeric.hpp", "cstdint", "bit", "lowbit_jit_math.h", "lowbit_jit_prelude.h"};
-    h.contents = {read_numeric_hpp(), kStdintStub, kBitStub, kMathText, kPrelude};
+    h.contents = {kNumericHppText, kStdintStub, kBitStub, kMathText, kPrelude};
     uint64_t hash = 0xcbf29ce484222325ull;
     for (size_t i = 0; i < h.names.size(); ++i) {
       hash = fnv1a64(h.names[i].data(), h.names[i].size(), hash);
@@ -1219,12 +1338,15 @@ KernelSource generate_cuda(const Program& program, const Variant& variant, bool 
     ks.unroll = gen.unroll(ks.group);
   }
   if (variant.quant) ks.unroll = 1;
+  ks.fast = variant.fast;
   if (!with_code) return ks;
   std::string s = fmt::format("// lowbit fused kernel (codegen v{}), variant {}\n// {}\n",
                               kCodegenVersion, variant.key(), program.canonical);
   s += "#include \"lowbit_jit_prelude.h\"\n\n";
   s += gen.params() + "\n" + gen.eval_fn() + "\n";
-  if (variant.quant)
+  if (variant.quant && variant.qreg > 0)
+    s += gen.quant_reg_kernel(ks.group, variant.qreg);
+  else if (variant.quant)
     s += gen.quant_kernel(ks.group);
   else
     s += variant.vec ? gen.vec_kernel(ks.group, ks.unroll) : gen.strided_kernel();
@@ -1238,8 +1360,11 @@ int64_t quant_row(const Layout&, const Program&, const QuantizedView& q) {
 
 std::vector<unsigned char> pack_params(const Program& program, const Variant& v, const Layout& L,
                                        const FusedArgs& args, void* flag) {
-  const Gen gen(program, v);
-  std::vector<unsigned char> buf(static_cast<size_t>(gen.param_bytes()), 0);
+  // Runs for every launch: counts only, no codegen state.
+  const struct {
+    size_t ni, no, nc;
+  } gen{program.input_dtypes.size(), program.output_dtypes.size(), program.constants.size()};
+  std::vector<unsigned char> buf(static_cast<size_t>(params_size(gen.ni, gen.no, gen.nc, v)), 0);
   size_t at = 0;
   auto put = [&](const void* src, size_t bytes) {
     std::memcpy(buf.data() + at, src, bytes);
@@ -1266,6 +1391,11 @@ std::vector<unsigned char> pack_params(const Program& program, const Variant& v,
     const double x = c < program.constants.size() ? program.constants[c] : 0.0;
     put(&x, 8);
   }
+  for (size_t c = 0; c < std::max<size_t>(gen.nc, 1); ++c) {
+    const float x = c < program.constants.size() ? lowbit::f64_to_f32(program.constants[c]) : 0.0f;
+    put(&x, 4);
+  }
+  at = (at + (v.idx32 ? 3 : 7)) / (v.idx32 ? 4 : 8) * (v.idx32 ? 4 : 8);
   put_idx(L.numel);
   if (!v.vec) {
     for (int d = 0; d < v.nd; ++d) put_idx(L.extent[d]);

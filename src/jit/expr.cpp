@@ -631,7 +631,8 @@ std::string Variant::key() const {
   std::string s = fmt::format("{}{}", vec ? "vec" : "strided", idx32 ? "32" : "64");
   if (!vec) s += fmt::format("nd{}", nd);
   if (pair) s += "pair";
-  if (quant) s += qstore ? "quantv" : "quant";
+  if (quant) s += qreg > 0 ? fmt::format("quantr{}", qreg) : qstore ? "quantv" : "quant";
+  if (fast) s += "fast";
   s += ":";
   for (Layout::Class c : cls)
     s += c == Layout::Class::full ? 'c' : c == Layout::Class::scalar ? 's' : 'x';

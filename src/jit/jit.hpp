@@ -141,6 +141,11 @@ struct Variant {
   /// of 4 elements per store (rows and blocks multiples of 4, codes 4-byte aligned).
   bool quant = false;
   bool qstore = false;
+  /// The quantize epilogue with per-row groups held in registers: units of G elements per
+  /// thread (codegen's quant_reg_kernel), 0 for the shared-memory kernel.
+  int qreg = 0;
+  /// FusedDesc::fast_math: approximate exp / division and contraction (other NVRTC flags).
+  bool fast = false;
   std::string key() const;
 };
 
@@ -151,8 +156,9 @@ struct KernelSource {
   int group = 1;        ///< vec: elements per thread step
   int unroll = 1;       ///< vec: groups in flight per thread
   int param_bytes = 0;  ///< size of the kernel's Params struct
+  bool fast = false;    ///< compile with the fast-math flags (kFastFlags in nvrtc.cpp)
 };
-inline constexpr int kCodegenVersion = 2;
+inline constexpr int kCodegenVersion = 3;
 inline constexpr int kThreads = 256;
 /// The kernel of `program` for `variant` (with with_code false: only its shape fields).
 KernelSource generate_cuda(const Program& program, const Variant& variant, bool with_code = true);
@@ -252,15 +258,17 @@ struct PlanState {
   std::once_flag layout_once;
   Layout layout;
   std::mutex mutex;
-  /// [vec, strided] (+ 2: the quantize epilogue's codes in vectors); set once, then read-only
-  std::shared_ptr<const Compiled> kernels[4];
-  Variant variants[4];
-  KernelSource shapes[4];  ///< without code
+  /// [vec, strided] (+ 2: the quantize epilogue's codes in vectors; 4: its register-row
+  /// kernel), + kSlots with fast math; set once, then read-only
+  static constexpr int kSlots = 5;
+  std::shared_ptr<const Compiled> kernels[2 * kSlots];
+  Variant variants[2 * kSlots];
+  KernelSource shapes[2 * kSlots];  ///< without code
   /// The quantize epilogue's check word on the device (allocated at the first CUDA run),
   /// its blocks per SM.
   std::shared_ptr<void> qflag;
   int qflag_device = -1;
-  int quant_blocks_per_sm = 0;
+  int quant_blocks_per_sm[2 * kSlots] = {};
   std::string arch;
   /// The CPU kernel's schedule (cpu_eval.cpp), made on first use.
   std::once_flag cpu_once;

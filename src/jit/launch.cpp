@@ -30,6 +30,7 @@ struct Driver {
   decltype(&::cuGetErrorName) get_error_name = nullptr;
   decltype(&::cuOccupancyMaxActiveBlocksPerMultiprocessor) occupancy = nullptr;
   decltype(&::cuFuncSetAttribute) func_set_attribute = nullptr;
+  decltype(&::cuCtxGetCurrent) ctx_get_current = nullptr;
   std::string error;  // why the driver is unusable ("" if it is)
 
   static const Driver& get() {
@@ -51,6 +52,7 @@ struct Driver {
       sym(d.get_error_name, "cuGetErrorName");
       sym(d.occupancy, "cuOccupancyMaxActiveBlocksPerMultiprocessor");
       sym(d.func_set_attribute, "cuFuncSetAttribute");
+      sym(d.ctx_get_current, "cuCtxGetCurrent");
       if (d.error.empty() && d.init(0) != CUDA_SUCCESS) d.error = "cuInit failed";
       return d;
     }();
@@ -72,15 +74,31 @@ void check_rt(cudaError_t err, const char* what) {
                 fmt::format("fusion: {}: {}", what, cudaGetErrorName(err)));
 }
 
+/// Each device's primary context, once a DeviceScope has made it current.
+std::array<std::atomic<CUcontext>, 64> g_primary{};
+
 class DeviceScope {
  public:
   /// cudaSetDevice also makes the device's primary context current on this thread (CUDA
   /// 12+), which the driver calls below need even on a thread that never used the runtime.
+  /// When that context is current already (the usual case: one call of the driver, no
+  /// runtime calls), nothing changes and nothing is restored.
   explicit DeviceScope(int device) {
+    const Driver& drv = Driver::get();
+    CUcontext current = nullptr;
+    if (device >= 0 && device < static_cast<int>(g_primary.size()) &&
+        drv.ctx_get_current(&current) == CUDA_SUCCESS && current != nullptr &&
+        current == g_primary[device].load(std::memory_order_acquire))
+      return;
     check_rt(cudaGetDevice(&previous_), "cudaGetDevice");
     check_rt(cudaSetDevice(device), "cudaSetDevice");
+    restore_ = true;
+    if (device >= 0 && device < static_cast<int>(g_primary.size()) &&
+        drv.ctx_get_current(&current) == CUDA_SUCCESS && current != nullptr)
+      g_primary[device].store(current, std::memory_order_release);
   }
   ~DeviceScope() {
+    if (!restore_) return;
     int now = previous_;
     if (cudaGetDevice(&now) == cudaSuccess && now != previous_) cudaSetDevice(previous_);
   }
@@ -89,6 +107,7 @@ class DeviceScope {
 
  private:
   int previous_ = 0;
+  bool restore_ = false;
 };
 
 /// A kernel loaded on one device.
@@ -96,6 +115,7 @@ struct Loaded {
   CUmodule module = nullptr;
   CUfunction function = nullptr;
   int blocks_per_sm = 1;
+  uint64_t resident = 1;  ///< blocks of kThreads resident on the device (the largest grid)
 };
 
 /// Per-device facts read once.
@@ -150,6 +170,8 @@ const Loaded& load(const Compiled& c, int device) {
   int blocks = 0;
   if (drv.occupancy(&blocks, l->function, kThreads, 0) != CUDA_SUCCESS || blocks < 1) blocks = 1;
   l->blocks_per_sm = blocks;
+  l->resident = std::max<uint64_t>(
+      1, static_cast<uint64_t>(device_info(device).sms) * static_cast<uint64_t>(blocks));
   // The module stays loaded for the life of the process (as the Compiled entry may).
   const Loaded* raw = l.release();
   c.loaded[device].store(const_cast<Loaded*>(raw), std::memory_order_release);
@@ -208,9 +230,7 @@ void launch_cuda(const Compiled& compiled, const KernelSource& shape, const Vari
     items = variant.pair ? (n + 1) / 2 : n;
   }
   const uint64_t wanted = std::max<uint64_t>(1, (items + kThreads - 1) / kThreads);
-  const uint64_t resident =
-      static_cast<uint64_t>(device_info(device).sms) * static_cast<uint64_t>(l.blocks_per_sm);
-  const unsigned grid = static_cast<unsigned>(std::min(wanted, std::max<uint64_t>(resident, 1)));
+  const unsigned grid = static_cast<unsigned>(std::min(wanted, l.resident));
   void* args[] = {const_cast<unsigned char*>(params.data())};
   drv.check(drv.launch_kernel(l.function, grid, 1, 1, kThreads, 1, 1, 0,
                               static_cast<CUstream>(stream), args, nullptr),
@@ -222,6 +242,10 @@ void launch_cuda(const Compiled& compiled, const KernelSource& shape, const Vari
 namespace {
 
 using fusion::Layout;
+
+/// The register-row epilogue's limit: units of G elements per thread (K <= 256 * 8 * G,
+/// 16384 bf16 elements); longer rows take the shared-memory kernel.
+constexpr int64_t kMaxRegUnits = 8;
 
 class FusedCuda final : public Kernel<FusedOp> {
  public:
@@ -240,6 +264,12 @@ class FusedCuda final : public Kernel<FusedOp> {
   }
 
   PrecisionGuarantee precision(const FusedDesc& d) const override {
+    if (d.fast_math)
+      return {
+          "fast math (opt-in): exp by the hardware's exp2 (relative error <= 2^-16), "
+          "division with 2 ulp, multiply-adds contracted; other functions as the exact "
+          "kernel; not bit-identical to fused_cpu",
+          std::nullopt, true, false};
     return fused_cpu_kernel().precision(d);
   }
 
@@ -256,7 +286,7 @@ class FusedCuda final : public Kernel<FusedOp> {
           k < a.inputs.size() ? a.inputs[k].data() : a.outputs[k - a.inputs.size()].data();
       vec = reinterpret_cast<uintptr_t>(p) % 16 == 0;
     }
-    const int which = vec ? 0 : 1;
+    const int which = (vec ? 0 : 1) + (d.fast_math ? fusion::PlanState::kSlots : 0);
     const fusion::Compiled* compiled;
     {
       std::lock_guard<std::mutex> lock(st.mutex);
@@ -267,6 +297,7 @@ class FusedCuda final : public Kernel<FusedOp> {
         v.nd = L.nd;
         v.cls = L.cls;
         v.pair = !vec && L.packed_out;
+        v.fast = d.fast_math;
         if (st.arch.empty()) st.arch = fusion::arch_for(d.device.index);
         const std::string key =
             fusion::ModuleCache::key_for(d.program->canonical + "|" + v.key(), st.arch);
@@ -302,6 +333,7 @@ class FusedCuda final : public Kernel<FusedOp> {
                         reinterpret_cast<uintptr_t>(q.codes.data()) % 4 == 0;
     int which = -1;
     const fusion::Compiled* compiled;
+    unsigned threads = 0;
     {
       std::lock_guard<std::mutex> lock(st.mutex);
       fusion::Variant v;
@@ -311,9 +343,26 @@ class FusedCuda final : public Kernel<FusedOp> {
       v.quant = true;
       v.qstore = qstore;
       v.vec = vec;
+      v.fast = d.fast_math;
       // Pass 1 in vectors needs rows of whole groups.
-      if (v.vec && K % fusion::generate_cuda(*d.program, v, false).group != 0) v.vec = false;
+      const int group = v.vec ? fusion::generate_cuda(*d.program, v, false).group : 1;
+      if (v.vec && K % group != 0) v.vec = false;
       which = (v.vec ? 0 : 1) + (qstore ? 2 : 0);
+      // Per-row scales on whole groups: the row in registers when it fits (at most
+      // kMaxRegUnits units of G elements per thread) and the codes' pointer allows one
+      // store per unit.
+      if (v.vec && !block) {
+        const int64_t units = K / group;
+        const int64_t r = (units + fusion::kThreads - 1) / fusion::kThreads;
+        const int code_bytes = is_packed(d.scheme.code_dtype()) ? group / 2 : group;
+        if (r <= kMaxRegUnits && code_bytes >= 2 &&
+            reinterpret_cast<uintptr_t>(q.codes.data()) % static_cast<uintptr_t>(code_bytes) == 0) {
+          v.qreg = static_cast<int>(r);
+          threads = static_cast<unsigned>((units + r - 1) / r + 31) / 32 * 32;
+          which = 4;
+        }
+      }
+      if (d.fast_math) which += fusion::PlanState::kSlots;
       if (!st.kernels[which]) {
         if (st.arch.empty()) st.arch = fusion::arch_for(d.device.index);
         const std::string key =
@@ -328,10 +377,11 @@ class FusedCuda final : public Kernel<FusedOp> {
     const fusion::Variant& variant = st.variants[which];
     const int group = variant.vec ? st.shapes[which].group : 1;
     const int64_t units = K / group;
-    const unsigned threads =
-        static_cast<unsigned>(std::clamp<int64_t>((units + 31) / 32 * 32, 32, fusion::kThreads));
+    if (variant.qreg == 0)
+      threads =
+          static_cast<unsigned>(std::clamp<int64_t>((units + 31) / 32 * 32, 32, fusion::kThreads));
     const int64_t nb = block ? K / d.scheme.block : 0;
-    const unsigned smem = static_cast<unsigned>(4 * K + 8 * nb);
+    const unsigned smem = variant.qreg > 0 ? 0u : static_cast<unsigned>(4 * K + 8 * nb);
     auto s = static_cast<cudaStream_t>(stream.native_handle());
     std::optional<Buffer> flag;
     if (d.check_finite) {
@@ -340,9 +390,9 @@ class FusedCuda final : public Kernel<FusedOp> {
     }
     const std::vector<unsigned char> params =
         fusion::pack_params(*d.program, variant, L, a, flag ? flag->data() : nullptr);
-    int blocks_per_sm = st.quant_blocks_per_sm;
+    int blocks_per_sm = st.quant_blocks_per_sm[which];
     fusion::launch_quant(*compiled, params, rows, threads, smem, d.device.index, s, &blocks_per_sm);
-    st.quant_blocks_per_sm = blocks_per_sm;
+    st.quant_blocks_per_sm[which] = blocks_per_sm;
     if (flag) {
       uint64_t word = 0;
       fusion::check_rt(cudaMemcpyAsync(&word, flag->data(), 8, cudaMemcpyDeviceToHost, s),

@@ -40,6 +40,10 @@ namespace {
 
 const char* const kFlags[] = {"-std=c++20", "--fmad=false", "--ftz=false", "--prec-div=true",
                               "--prec-sqrt=true"};
+/// FusedDesc::fast_math: contraction and approximate division and square root; subnormals
+/// are still kept. Its variant key says "fast", so these need no place in the cache key.
+const char* const kFastFlags[] = {"-std=c++20", "--fmad=true", "--ftz=false", "--prec-div=false",
+                                  "--prec-sqrt=false"};
 
 /// Writes `text` to `path` (best effort); true on success.
 [[maybe_unused]] bool write_file(const std::filesystem::path& path, const std::string& text) {
@@ -98,7 +102,9 @@ std::string compile_cuda(const KernelSource& source, const std::string& arch,
     nvrtcProgram* p;
     ~Destroy() { nvrtcDestroyProgram(p); }
   } destroy{&prog};
-  std::vector<const char*> opts(std::begin(kFlags), std::end(kFlags));
+  std::vector<const char*> opts =
+      source.fast ? std::vector<const char*>(std::begin(kFastFlags), std::end(kFastFlags))
+                  : std::vector<const char*>(std::begin(kFlags), std::end(kFlags));
   const std::string arch_flag = "--gpu-architecture=" + arch;
   opts.push_back(arch_flag.c_str());
   r = nvrtcCompileProgram(prog, static_cast<int>(opts.size()), opts.data());

@@ -44,13 +44,16 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <map>
+#include <random>
 #include <thread>
 #include <unordered_map>
 
 #include "jit/jit.hpp"
 #include "jit/jit_math_host.hpp"
+#include "lowbit/convert.hpp"
 #include "lowbit/fusion.hpp"
 #include "lowbit/numeric.hpp"
 #include "ops/convert/convert_element.hpp"
@@ -1541,6 +1544,82 @@ TEST(FusionCuda, RandomExpressionsMatchTheCpuKernel) {
       "cuda: %d random expressions (%d compared bit for bit with the cpu), %lld "
       "elements checked\n",
       kCases, exact, static_cast<long long>(checked));
+}
+
+// FusedDesc::fast_math: the opt-in approximate kernels against the exact CPU kernel, within
+// the bounds docs/jit.md states (hardware exp2 with its argument rounded to f32: relative
+// 2^-16 on exp for |x| <= 88; 2-ulp division; contracted multiply-adds), on inputs of
+// normal(0, 2) and a range sweep; and the plan reports them as not bit-stable.
+TEST(FusionCuda, FastMathStaysWithinItsBounds) {
+  LOWBIT_REQUIRE_CUDA();
+  const Device gpu = Device::cuda(0);
+  const int64_t n = (int64_t{1} << 16) + 5;
+  std::mt19937_64 rng(11);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  struct Kind {
+    const char* name;
+    std::function<Expr(const Expr&, const Expr&)> f;
+    double rtol;  // relative to max(|exact|, 1): the expressions' terms are O(1)
+  };
+  using namespace fusion;
+  const Kind kinds[] = {
+      {"exp", [](const Expr& a, const Expr&) { return exp(a); }, 0x1p-15},
+      {"sigmoid", [](const Expr& a, const Expr&) { return sigmoid(a); }, 0x1p-15},
+      {"silu(a)*b", [](const Expr& a, const Expr& b) { return silu(a) * b; }, 0x1p-14},
+      {"softplus", [](const Expr& a, const Expr&) { return softplus(a); }, 0x1p-15},
+      {"a/b", [](const Expr& a, const Expr& b) { return a / (abs(b) + 0.5); }, 0x1p-20},
+      {"chain8",
+       [](const Expr& a, const Expr& b) {
+         return clamp(silu(a * 1.25 + b) * b - a * 0.5, -8.0, 8.0);
+       },
+       0x1p-13},
+  };
+  for (Dtype dt : {Dtype::f32, Dtype::bf16}) {
+    Tensor ha = Tensor::empty({n}, Dtype::f32), hb = Tensor::empty({n}, Dtype::f32);
+    for (int64_t i = 0; i < n; ++i) {
+      // A sweep over exp's whole range in the first 4096 elements, normal values after.
+      ha.data_as<float>()[i] =
+          i < 4096 ? -90.0f + 180.0f * static_cast<float>(i) / 4096.0f : normal(rng);
+      hb.data_as<float>()[i] = normal(rng);
+    }
+    Tensor ca = Tensor::empty({n}, dt), cb = Tensor::empty({n}, dt);
+    convert(ca, ha);
+    convert(cb, hb);
+    const Tensor da = testing::to_device(ca, gpu), db = testing::to_device(cb, gpu);
+    for (const Kind& k : kinds) {
+      Tensor want = Tensor::empty({n}, Dtype::f32);
+      fuse({{want, k.f(input(ca), input(cb))}});
+      Tensor dy = Tensor::empty({n}, Dtype::f32, gpu);
+      FusedDesc d = FusedDesc::make({{dy, k.f(input(da), input(db))}});
+      d.fast_math = true;
+      const FusedPlan plan = FusedPlan::select(d);
+      EXPECT_FALSE(plan.precision().bit_stable) << k.name;
+      plan.run(Stream::default_for(gpu), {}, d.bound_args());
+      Stream::default_for(gpu).synchronize();
+      ASSERT_NE(d.state->kernels[fusion::PlanState::kSlots], nullptr) << "no fast vec kernel";
+      EXPECT_NE(d.state->variants[fusion::PlanState::kSlots].key().find("fast"), std::string::npos);
+      const Tensor got = testing::to_host(dy);
+      double worst = 0;
+      int64_t at = -1;
+      for (int64_t i = 0; i < n; ++i) {
+        const double w = want.data_as<float>()[i], g = got.data_as<float>()[i];
+        if (std::isnan(w) || std::isinf(w)) {
+          ASSERT_TRUE(std::isnan(w) ? std::isnan(g) : g == w) << k.name << " at " << i;
+          continue;
+        }
+        const double err = std::fabs(g - w) / std::max(std::fabs(w), 1.0);
+        if (!(err <= worst)) {
+          worst = err;
+          at = i;
+        }
+      }
+      EXPECT_LE(worst, k.rtol) << k.name << " " << dtype_name(dt) << " worst at " << at << ": a "
+                               << ha.data_as<float>()[at] << " b " << hb.data_as<float>()[at];
+      std::printf(
+          "fast math %-10s %-4s: worst error %.2e (bound %.2e) relative to max(|exact|, 1)\n",
+          k.name, dtype_name(dt), worst, k.rtol);
+    }
+  }
 }
 
 TEST(FusionCuda, AlignedContiguousUsesTheVectorKernelAndMisalignedFallsBack) {

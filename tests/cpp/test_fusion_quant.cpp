@@ -378,8 +378,22 @@ std::vector<fusion::Variant> quant_variants(const FusedDesc& d) {
       v.qstore = qstore;
       if (qstore && !(K % 4 == 0 && (!block || d.scheme.block % 4 == 0))) continue;
       out.push_back(v);
+      // Per-row scales on whole groups: the register-row kernel too (launch.cpp takes it
+      // for rows of at most 8 units per thread).
+      if (v.vec && !block && qstore) {
+        const int64_t units = K / fusion::generate_cuda(*d.program, v, false).group;
+        v.qreg = static_cast<int>((units + fusion::kThreads - 1) / fusion::kThreads);
+        if (v.qreg <= 8) out.push_back(v);
+      }
     }
   return out;
+}
+
+/// The block size launch.cpp gives variant v of a row of K elements (group: its G).
+unsigned quant_threads(const fusion::Variant& v, int64_t K, int group) {
+  const int64_t units = K / group;
+  if (v.qreg > 0) return static_cast<unsigned>(((units + v.qreg - 1) / v.qreg + 31) / 32 * 32);
+  return static_cast<unsigned>(std::clamp<int64_t>((units + 31) / 32 * 32, 32, fusion::kThreads));
 }
 
 TEST(FusionQuantNvrtc, RowKernelsCompileForSm90a) {
@@ -547,11 +561,11 @@ TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
       ASSERT_NE(run, nullptr);
       const int64_t K = shape[shape.size() - 1];
       const int group = v.vec ? src.group : 1;
-      const unsigned threads = static_cast<unsigned>(
-          std::clamp<int64_t>((K / group + 31) / 32 * 32, 32, fusion::kThreads));
+      const unsigned threads = quant_threads(v, K, group);
       const int64_t nb = scheme.granularity == Granularity::block ? K / scheme.block : 0;
       // Two blocks: the row loop wraps.
-      const int size = run(params.data(), 2, threads, static_cast<unsigned>(4 * K + 8 * nb));
+      const int size =
+          run(params.data(), 2, threads, v.qreg > 0 ? 0u : static_cast<unsigned>(4 * K + 8 * nb));
       EXPECT_EQ(size, src.param_bytes);
       ::dlclose(so);
       ASSERT_EQ(same_parts(want.view(), got.view()), "") << text << " variant " << v.key();

@@ -1,0 +1,223 @@
+// bench_fusion_nvrtc: the JIT's cold compile without a GPU. Generates the kernels the GPU
+// benchmark compiles (chain8's vector kernel over bf16, silu(a) * b's, and the fp8
+// per-token quantize epilogue's row kernel), compiles each with NVRTC for sm_90a (NVRTC
+// needs no device) several times and prints the median of the compiling thread's CPU time
+// (the wall time on an idle machine), split into NVRTC's phases:
+//  - "empty": a kernel with no body and the same headers (the floor: NVRTC's start-up
+//    and the front end's header parse);
+//  - the generated kernel with the flags every compile uses (nvrtc.cpp's kFlags);
+//  - the same to PTX only (no ptxas: the front end and NVVM), by --gpu-architecture
+//    compute_90a.
+// --dump DIR writes the generated sources there; --flags "..." adds NVRTC flags to every
+// compile and --source FILE compiles a (hand-edited) kernel too: for experiments.
+//
+// Usage: bench_fusion_nvrtc [--reps N] [--dump DIR] [--flags "F1 F2"] [--source FILE]...
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "jit/jit.hpp"
+#include "lowbit/fusion.hpp"
+#include "lowbit/quantize.hpp"
+#include "lowbit/tensor.hpp"
+
+#if LOWBIT_HAS_CUDA
+#include <nvrtc.h>
+#endif
+
+namespace {
+
+using lowbit::Dtype;
+using lowbit::FusedDesc;
+using lowbit::Tensor;
+using lowbit::fusion::Expr;
+
+#if LOWBIT_HAS_CUDA
+
+/// CPU time of this thread: NVRTC compiles on the calling thread, and on a shared machine
+/// its CPU time is steadier than the wall clock.
+double now_ms() {
+  timespec t{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return 1e3 * static_cast<double>(t.tv_sec) + 1e-6 * static_cast<double>(t.tv_nsec);
+}
+
+/// One NVRTC compile of `code` with the JIT's headers; CPU milliseconds, or -1 on failure.
+double compile_once(const std::string& code, const std::vector<std::string>& flags,
+                    const std::string& arch, bool want_cubin, std::string* log_out) {
+  const lowbit::fusion::HeaderSet& h = lowbit::fusion::jit_headers();
+  std::vector<const char*> text, names;
+  for (size_t i = 0; i < h.names.size(); ++i) {
+    text.push_back(h.contents[i].c_str());
+    names.push_back(h.names[i].c_str());
+  }
+  const double t0 = now_ms();
+  nvrtcProgram prog = nullptr;
+  if (nvrtcCreateProgram(&prog, code.c_str(), "k.cu", static_cast<int>(text.size()), text.data(),
+                         names.data()) != NVRTC_SUCCESS)
+    return -1;
+  std::vector<const char*> opts;
+  for (const std::string& f : flags) opts.push_back(f.c_str());
+  const std::string arch_flag = "--gpu-architecture=" + arch;
+  opts.push_back(arch_flag.c_str());
+  const nvrtcResult r = nvrtcCompileProgram(prog, static_cast<int>(opts.size()), opts.data());
+  size_t size = 0;
+  if (r == NVRTC_SUCCESS) {
+    if (want_cubin)
+      nvrtcGetCUBINSize(prog, &size);
+    else
+      nvrtcGetPTXSize(prog, &size);
+  }
+  const double ms = now_ms() - t0;
+  if (r != NVRTC_SUCCESS && log_out) {
+    size_t n = 0;
+    nvrtcGetProgramLogSize(prog, &n);
+    log_out->resize(n);
+    nvrtcGetProgramLog(prog, log_out->data());
+  }
+  nvrtcDestroyProgram(&prog);
+  return r == NVRTC_SUCCESS && size > 0 ? ms : -1;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+std::vector<std::string> split(const std::string& s) {
+  std::istringstream in(s);
+  std::vector<std::string> out;
+  for (std::string w; in >> w;) out.push_back(w);
+  return out;
+}
+
+#endif
+
+}  // namespace
+
+int main(int argc, char** argv) {
+#if !LOWBIT_HAS_CUDA
+  (void)argc;
+  (void)argv;
+  std::printf("bench_fusion_nvrtc: SKIPPED: this build has no CUDA toolkit (NVRTC)\n");
+  return 0;
+#else
+  int reps = 5;
+  std::string dump, extra;
+  std::vector<std::string> sources;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--reps" && i + 1 < argc) {
+      reps = std::max(1, std::atoi(argv[++i]));
+    } else if (a == "--dump" && i + 1 < argc) {
+      dump = argv[++i];
+    } else if (a == "--flags" && i + 1 < argc) {
+      extra = argv[++i];
+    } else if (a == "--source" && i + 1 < argc) {
+      sources.push_back(argv[++i]);
+    } else {
+      std::fprintf(stderr,
+                   "usage: %s [--reps N] [--dump DIR] [--flags \"F1 F2\"] [--source FILE]...\n",
+                   argv[0]);
+      return 2;
+    }
+  }
+  using namespace lowbit::fusion;
+  // Host tensors: only dtypes, shapes and strides matter to codegen.
+  const int64_t n = 1 << 16, cols = 8192;
+  Tensor a = Tensor::empty({n}, Dtype::bf16), b = Tensor::empty({n}, Dtype::bf16);
+  Tensor y = Tensor::empty({n}, Dtype::bf16);
+  const Expr ea = input(a), eb = input(b);
+  const Expr chain8 = clamp(silu(ea * 1.25 + eb) * eb - ea * 0.5, -8.0, 8.0);
+  const lowbit::QuantizedTensor q = lowbit::QuantizedTensor::allocate(
+      lowbit::QuantScheme::parse("fp8e4m3:token"), {n / cols, cols});
+  const lowbit::TensorView a2(a.data(), Dtype::bf16, {n / cols, cols});
+  const lowbit::TensorView b2(b.data(), Dtype::bf16, {n / cols, cols});
+
+  struct Job {
+    std::string name;
+    KernelSource src;
+  };
+  std::vector<Job> jobs;
+  auto add = [&](const std::string& name, const FusedDesc& d, bool quant) {
+    const Layout L = make_layout(d);
+    Variant v;
+    v.vec = L.vec_ok;
+    v.idx32 = L.idx32;
+    v.nd = L.nd;
+    v.cls = L.cls;
+    v.quant = quant;
+    v.qstore = quant;
+    if (quant) {  // per-row scales: the register-row kernel, as launch.cpp picks it
+      const int64_t units = cols / generate_cuda(*d.program, v, false).group;
+      v.qreg = static_cast<int>((units + kThreads - 1) / kThreads);
+    }
+    jobs.push_back({name + " (" + v.key() + ")", generate_cuda(*d.program, v)});
+  };
+  add("chain8", FusedDesc::make({{y, chain8}}), false);
+  add("silu(a)*b", FusedDesc::make({{y, silu(ea) * eb}}), false);
+  add("silu(a)*b -> fp8e4m3:token",
+      FusedDesc::make({lowbit::FusedOutput(q.view(), silu(input(a2)) * input(b2), false)}), true);
+  jobs.push_back({"empty kernel, same headers",
+                  {"lowbit_fused",
+                   "#include \"lowbit_jit_prelude.h\"\nextern \"C\" __global__ void "
+                   "lowbit_fused() {}\n",
+                   1, 1, 0}});
+
+  for (const std::string& path : sources) {  // hand-edited kernels, for experiments
+    std::ifstream f(path);
+    std::ostringstream text;
+    text << f.rdbuf();
+    jobs.push_back({path, {"lowbit_fused", text.str(), 1, 1, 0}});
+  }
+  std::vector<std::string> flags = split(nvrtc_flags());
+  for (const std::string& f : split(extra)) flags.push_back(f);
+  std::string flag_text;
+  for (const std::string& f : flags) flag_text += f + " ";
+  std::printf("NVRTC %s, flags: %s\n", nvrtc_version().c_str(), flag_text.c_str());
+  std::printf(
+      "| kernel | source bytes | cubin sm_90a, CPU ms | PTX only, CPU ms |\n| --- | --- | --- | "
+      "--- |\n");
+  int rc = 0;
+  for (const Job& j : jobs) {
+    if (!dump.empty()) {
+      std::filesystem::create_directories(dump);
+      std::string stem = j.name.substr(0, j.name.find(' '));
+      for (char& c : stem)
+        if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+      std::ofstream(std::filesystem::path(dump) / (stem + ".cu")) << j.src.code;
+    }
+    std::vector<double> cubin_ms, ptx_ms;
+    std::string log;
+    for (int r = 0; r < reps; ++r) {
+      cubin_ms.push_back(compile_once(j.src.code, flags, "sm_90a", true, &log));
+      ptx_ms.push_back(compile_once(j.src.code, flags, "compute_90a", false, &log));
+    }
+    if (*std::min_element(cubin_ms.begin(), cubin_ms.end()) < 0) {
+      std::fprintf(stderr, "bench_fusion_nvrtc: %s did not compile:\n%s\n", j.name.c_str(),
+                   log.c_str());
+      rc = 1;
+      continue;
+    }
+    std::printf("| %s | %zu | %.1f | %.1f |\n", j.name.c_str(), j.src.code.size(), median(cubin_ms),
+                median(ptx_ms));
+  }
+  if (!dump.empty()) {
+    const HeaderSet& h = jit_headers();
+    for (size_t i = 0; i < h.names.size(); ++i) {
+      const std::filesystem::path p = std::filesystem::path(dump) / "include" / h.names[i];
+      std::filesystem::create_directories(p.parent_path());
+      std::ofstream(p) << h.contents[i];
+    }
+  }
+  return rc;
+#endif
+}
