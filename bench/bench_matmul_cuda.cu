@@ -13,17 +13,16 @@
 //    given quantized ("pre").
 // Each row is timed with CUDA events around the call alone, after writing a 256 MiB buffer
 // (so that every call reads its weights from HBM, as triton.testing.do_bench does for the
-// peers); the median of the repetitions is reported. That flush leaves L2 full of dirty lines,
-// so a call that reads less than L2 holds (a 4-bit 8192x8192 weight: 34 MB) also writes as
-// many bytes back to HBM, where cuBLAS bf16's 134 MB read pays that once for a quarter of
-// its bytes; the "clean-L2" rows (M = 1, 16: cuBLAS bf16 and the skinny kernel) time the same
-// calls after the write and then a read of another 256 MiB buffer, which leaves L2 clean. Weight
-// bytes are the scheme's own (codes
-// + scales + zero points, the plain layout's size); GB/s = (weight + x + y bytes) / time, shown
+// peers); the median of the repetitions is reported. That flush leaves L2 full of dirty lines
+// which a call's reads evict to HBM (measured on the H200: it costs cuBLAS bf16's 134 MB read
+// 15-22% and the skinny kernel 0-10%), so the "clean-L2" rows (M = 1, 16: cuBLAS bf16 and the
+// skinny kernel) time the same calls after the write and then a read of another 256 MiB
+// buffer, which leaves clean lines in L2. Weight bytes are the scheme's own (codes + scales +
+// zero points, the plain layout's size); GB/s = (weight + x + y bytes) / time, shown
 // as a share of the copy ceiling. Every weight-only row is checked against the plain
 // dequantize + cuBLASLt path (relative Frobenius error <= 1e-2) and reports its kernel.
 //
-// Usage: bench_matmul_cuda [--json PATH] [--reps N] [--quick]
+// Usage: bench_matmul_cuda [--json PATH] [--reps N] [--quick] [--scheme S] [--shape NxK] [--m M]
 #include <cuda_runtime.h>
 
 #include <algorithm>
