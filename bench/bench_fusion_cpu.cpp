@@ -7,8 +7,11 @@
 // Ceilings (1 thread unless --threads): memcpy of 1 GiB, and "triad": y[i] = a[i] ^ b[i]
 // on u16, the same bytes read and written as the chain with no arithmetic. Peers: the
 // same chain unfused (one lowbit fuse() per op, bf16 intermediates in memory, as eager
-// PyTorch runs it), and a scalar loop over numeric.hpp calls. Bandwidth counts bytes read
-// plus written (6 bytes per element); medians of --reps timed runs after one warm-up.
+// PyTorch runs it), a scalar loop over numeric.hpp calls, and lowbit's fused kernel with
+// its scalar loops instead of the vector steps (the kernel before cpu_eval_simd.cpp). Two
+// rows in cache (16 Ki elements) give the arithmetic's cost per element. Bandwidth counts
+// bytes read plus written (6 bytes per element); after one warm-up each row runs once per
+// round, --reps rounds interleaved; best-of and median reported.
 //
 // Usage: bench_fusion_cpu [--elements N] [--reps R] [--threads T]
 #include <fmt/format.h>
@@ -25,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "jit/cpu_eval_simd.hpp"
 #include "lowbit/fusion.hpp"
 #include "lowbit/numeric.hpp"
 #include "lowbit/tensor.hpp"
@@ -39,26 +43,6 @@ double thread_cpu_seconds() {
   timespec t{};
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
   return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
-}
-
-/// The last measurement's median CPU time of the calling thread (meaningful with one
-/// thread: on a shared machine it leaves out the time other processes held the core).
-double g_cpu_seconds = 0;
-
-double median_seconds(int reps, const std::function<void()>& f) {
-  f();
-  std::vector<double> t, c;
-  for (int r = 0; r < reps; ++r) {
-    const double c0 = thread_cpu_seconds();
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    c.push_back(thread_cpu_seconds() - c0);
-  }
-  std::sort(t.begin(), t.end());
-  std::sort(c.begin(), c.end());
-  g_cpu_seconds = c[c.size() / 2];
-  return t[t.size() / 2];
 }
 
 void prefault(void* p, int64_t bytes) {
@@ -129,33 +113,44 @@ int main(int argc, char** argv) {
     prefault(t.data(), t.nbytes());
     const double bytes = 6.0 * static_cast<double>(n);
 
+    // Every row is timed once per round, rounds interleaved (a shared machine's load
+    // changes over seconds, and then hits every row alike); best-of and median reported.
     struct Row {
       std::string what;
-      double seconds, bytes;
-      double cpu = g_cpu_seconds;
+      double bytes;
+      std::function<void()> run;
+      std::vector<double> wall, cpu;
     };
     std::vector<Row> rows;
     const int64_t copy_bytes = int64_t{1} << 30;
     std::vector<uint8_t> src(static_cast<size_t>(copy_bytes), 1),
         dst(static_cast<size_t>(copy_bytes));
     prefault(dst.data(), copy_bytes);
-    const double t_copy =
-        median_seconds(reps, [&] { parallel_memcpy(dst.data(), src.data(), copy_bytes); });
-    rows.push_back({"memcpy 1 GiB (ceiling)", t_copy, 2.0 * copy_bytes});
-    const double t_triad = median_seconds(reps, [&] {
-      triad_u16(a.data_as<uint16_t>(), b.data_as<uint16_t>(), y.data_as<uint16_t>(), n);
-    });
-    rows.push_back({"triad y = a ^ b, u16 (ceiling)", t_triad, bytes});
+    rows.push_back({"memcpy 1 GiB (ceiling)", 2.0 * copy_bytes,
+                    [&] { parallel_memcpy(dst.data(), src.data(), copy_bytes); }});
+    rows.push_back({"triad y = a ^ b, u16 (ceiling)", bytes, [&] {
+                      triad_u16(a.data_as<uint16_t>(), b.data_as<uint16_t>(), y.data_as<uint16_t>(),
+                                n);
+                    }});
 
     using namespace lowbit::fusion;
     const Expr ea = input(a), eb = input(b);
+    const lowbit::Stream cpu;
+    // The same chain with the vector steps (cpu_eval_simd.cpp) and with the scalar loops
+    // (the kernel before them): plans remember the choice made when their schedule is built.
     const lowbit::FusedDesc desc = lowbit::FusedDesc::make({{y, chain(ea, eb)}});
     const lowbit::FusedPlan plan = lowbit::FusedPlan::select(desc);
     const lowbit::FusedArgs args = desc.bound_args();
-    const lowbit::Stream cpu;
-    const double t_fused = median_seconds(reps, [&] { plan.run(cpu, {}, args); });
-    rows.push_back(
-        {"lowbit fused (" + plan.sku().kernel + ", " + plan.sku().arch + ")", t_fused, bytes});
+    plan.run(cpu, {}, args);
+    lowbit::fusion::set_cpu_simd_for_testing(false);
+    const lowbit::FusedDesc desc_scalar = lowbit::FusedDesc::make({{y, chain(ea, eb)}});
+    const lowbit::FusedPlan plan_scalar = lowbit::FusedPlan::select(desc_scalar);
+    plan_scalar.run(cpu, {}, desc_scalar.bound_args());
+    lowbit::fusion::set_cpu_simd_for_testing(true);
+    rows.push_back({"lowbit fused, vector steps (" + plan.sku().arch + ")", bytes,
+                    [&] { plan.run(cpu, {}, args); }});
+    rows.push_back({"lowbit fused, scalar loops (" + plan_scalar.sku().arch + ")", bytes,
+                    [&] { plan_scalar.run(cpu, {}, args); }});
 
     // Unfused: one pass per op through bf16 tensors in memory (eager PyTorch's traffic).
     const Expr et = input(t), ey = input(y);
@@ -175,48 +170,87 @@ int main(int argc, char** argv) {
     add_step(y, ea * 0.5, 1);              // y = a * 0.5
     add_step(y, et - ey, 2);               // y = t - y
     add_step(y, clamp(ey, -8.0, 8.0), 1);  // y = clamp(y)
-    const double t_unfused = median_seconds(reps, [&] {
-      for (size_t i = 0; i < steps.size(); ++i) steps[i].run(cpu, {}, step_args[i]);
-    });
-    rows.push_back({"lowbit unfused (7 passes, bf16 in memory)", t_unfused, bytes});
+    rows.push_back({"lowbit unfused (7 passes, bf16 in memory)", bytes, [&] {
+                      for (size_t i = 0; i < steps.size(); ++i) steps[i].run(cpu, {}, step_args[i]);
+                    }});
 
     // A scalar loop a user would write with numeric.hpp (not bit-identical: it may contract).
-    const double t_scalar = median_seconds(reps, [&] {
-      const auto* pa = a.data_as<const uint16_t>();
-      const auto* pb = b.data_as<const uint16_t>();
-      auto* py = y.data_as<uint16_t>();
+    rows.push_back({"scalar loop (numeric.hpp + libm expf)", bytes, [&] {
+                      const auto* pa = a.data_as<const uint16_t>();
+                      const auto* pb = b.data_as<const uint16_t>();
+                      auto* py = y.data_as<uint16_t>();
 #pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < n; ++i) {
-        const float av = lowbit::bf16_to_f32(pa[i]), bv = lowbit::bf16_to_f32(pb[i]);
-        const float x = av * 1.25f + bv;
-        const float s = x / (1.0f + std::exp(-x)) * bv - av * 0.5f;
-        py[i] = lowbit::f32_to_bf16(std::min(std::max(s, -8.0f), 8.0f));
-      }
-    });
-    rows.push_back({"scalar loop (numeric.hpp + libm expf)", t_scalar, bytes});
-    // Leave y holding the fused result.
-    plan.run(cpu, {}, args);
+                      for (int64_t i = 0; i < n; ++i) {
+                        const float av = lowbit::bf16_to_f32(pa[i]),
+                                    bv = lowbit::bf16_to_f32(pb[i]);
+                        const float x = av * 1.25f + bv;
+                        const float s = x / (1.0f + std::exp(-x)) * bv - av * 0.5f;
+                        py[i] = lowbit::f32_to_bf16(std::min(std::max(s, -8.0f), 8.0f));
+                      }
+                    }});
 
-    const double copy_gbs = 2.0 * copy_bytes / t_copy / 1e9;
-    const double triad_gbs = bytes / t_triad / 1e9;
+    // In cache: the chain over 16 Ki elements (96 KiB: L2), 256 calls per timing: the
+    // arithmetic's cost per element without DRAM.
+    const int64_t nc = int64_t{1} << 14;
+    const int kCalls = 256;
+    const lowbit::TensorView ca(a.data(), Dtype::bf16, {nc}), cb(b.data(), Dtype::bf16, {nc}),
+        cy(t.data(), Dtype::bf16, {nc});
+    const lowbit::FusedDesc cdesc = lowbit::FusedDesc::make({{cy, chain(input(ca), input(cb))}});
+    const lowbit::FusedPlan cplan = lowbit::FusedPlan::select(cdesc);
+    const lowbit::FusedArgs cargs = cdesc.bound_args();
+    lowbit::fusion::set_cpu_simd_for_testing(false);
+    const lowbit::FusedDesc cdesc_s = lowbit::FusedDesc::make({{cy, chain(input(ca), input(cb))}});
+    const lowbit::FusedPlan cplan_s = lowbit::FusedPlan::select(cdesc_s);
+    cplan_s.run(cpu, {}, cargs);  // the schedule (and its choice) is made at the first run
+    lowbit::fusion::set_cpu_simd_for_testing(true);
+    const double cbytes = 6.0 * static_cast<double>(nc) * kCalls;
+    rows.push_back({"in cache (16 Ki elements x 256): vector steps", cbytes, [&] {
+                      for (int k = 0; k < kCalls; ++k) cplan.run(cpu, {}, cargs);
+                    }});
+    rows.push_back({"in cache (16 Ki elements x 256): scalar loops", cbytes, [&] {
+                      for (int k = 0; k < kCalls; ++k) cplan_s.run(cpu, {}, cargs);
+                    }});
+
+    for (Row& r : rows) r.run();  // warm-up
+    for (int rep = 0; rep < reps; ++rep) {
+      for (Row& r : rows) {
+        const double c0 = thread_cpu_seconds();
+        const auto t0 = std::chrono::steady_clock::now();
+        r.run();
+        r.wall.push_back(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        r.cpu.push_back(thread_cpu_seconds() - c0);
+      }
+    }
+    plan.run(cpu, {}, args);  // leave y holding the fused result
+
+    auto best = [](std::vector<double> v) { return *std::min_element(v.begin(), v.end()); };
+    auto median = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return v[v.size() / 2];
+    };
+    const double copy_gbs = rows[0].bytes / best(rows[0].wall) / 1e9;
+    const double triad_gbs = rows[1].bytes / best(rows[1].wall) / 1e9;
     std::printf(
         "bench_fusion_cpu: y = clamp(silu(a*1.25 + b)*b - a*0.5, -8, 8), %lld bf16 "
-        "elements x 2 inputs, %d thread(s), median of %d; %s\n\n",
+        "elements x 2 inputs, %d thread(s), %d interleaved rounds; %s\n\n",
         static_cast<long long>(n), threads, reps, lowbit::cpu_features().str().c_str());
-    std::printf("| what | ms | GB/s (read + written) | %% of memcpy | %% of triad | cpu ms |\n");
-    std::printf("|---|---:|---:|---:|---:|---:|\n");
+    std::printf(
+        "| what | best ms | median ms | GB/s (best) | ns/element | %% of memcpy | %% of triad | "
+        "cpu ms (best) |\n");
+    std::printf("|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for (const Row& r : rows) {
-      const double gbs = r.bytes / r.seconds / 1e9;
-      std::printf("| %s | %.2f | %.1f | %.0f%% | %.0f%% | %.2f |\n", r.what.c_str(),
-                  r.seconds * 1e3, gbs, 100.0 * gbs / copy_gbs, 100.0 * gbs / triad_gbs,
-                  r.cpu * 1e3);
+      const double gbs = r.bytes / best(r.wall) / 1e9;
+      std::printf("| %s | %.2f | %.2f | %.1f | %.3f | %.0f%% | %.0f%% | %.2f |\n", r.what.c_str(),
+                  best(r.wall) * 1e3, median(r.wall) * 1e3, gbs, 6.0 / gbs, 100.0 * gbs / copy_gbs,
+                  100.0 * gbs / triad_gbs, best(r.cpu) * 1e3);
     }
     if (threads == 1)
       std::printf(
-          "\ncpu ms: the thread's CPU time (median); wall time above. On a shared "
+          "\ncpu ms: the thread's CPU time; wall time in the other columns. On a shared "
           "machine the two differ by the time other processes held the core.\n");
     std::printf("\nunfused moves %.1fx the bytes of the fused pass; fused is %.1fx faster\n",
-                unfused_bytes / bytes, t_unfused / t_fused);
+                unfused_bytes / bytes, best(rows[5].wall) / best(rows[2].wall));
   } catch (const lowbit::Error& e) {
     std::fprintf(stderr, "bench_fusion_cpu: %s\n", e.what());
     return 1;

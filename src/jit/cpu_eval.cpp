@@ -16,6 +16,7 @@
 #pragma GCC optimize("fp-contract=off", "no-trapping-math")
 
 #include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -29,6 +30,7 @@
 #include <immintrin.h>
 #endif
 
+#include "jit/cpu_eval_simd.hpp"
 #include "jit/jit.hpp"
 #include "jit/jit_math_host.hpp"
 #include "ops/convert/convert_element.hpp"
@@ -487,10 +489,63 @@ struct Schedule {
   std::vector<int> slot;         ///< per step: its scratch buffer (-1: aliases the input)
   int slots = 0;
   size_t slot_bytes = kTile * 4;  ///< kTile * 8 when a step computes in f64
+  /// The vector steps (cpu_eval_simd.cpp) of this CPU, or nulls: the scalar loops.
+  fusion::SimdSteps simd;
+  /// Chains of vector steps, each reading only the step before it, run as one loop with
+  /// the running value in registers (SimdSteps::chain): per step, the chain that starts
+  /// there (empty if none), and whether the step runs inside an earlier step's chain.
+  std::vector<std::vector<int>> chain;
+  std::vector<uint8_t> chained;
+  /// Full bf16 outputs go out with non-temporal stores (too large to stay in cache).
+  bool stream = false;
 };
+
+/// Steps per chain (the chain's operands live on the stack of SimdSteps::chain's caller).
+constexpr int kMaxChain = 32;
+
+/// Groups the steps the tile loop runs into chains for SimdSteps::chain: a step joins the
+/// chain of the step run just before it when both are vector steps and it is the only
+/// reader of that step's value (which is no output): then that value never needs a tile.
+void make_chains(const Program& p, Schedule& s) {
+  const int n = static_cast<int>(p.code.size());
+  s.chain.assign(n, {});
+  s.chained.assign(n, 0);
+  if (!s.simd.chain) return;
+  std::vector<int> uses(n, 0);  // operand references (mul(x, x) reads x twice)
+  for (const Instr& in : p.code)
+    for (int x : {in.a, in.b, in.c})
+      if (x >= 0) ++uses[x];
+  for (int o : p.outputs) uses[o] += 1 << 20;  // the store reads it too
+  int head = -1, prev = -1;
+  for (int i = 0; i < n; ++i) {
+    if (s.uniform[i] || s.skip[i]) continue;
+    const Instr& in = p.code[i];
+    const bool vec = s.simd.handles(in);
+    int refs = 0;
+    for (int x : {in.a, in.b, in.c}) refs += prev >= 0 && x == prev;
+    if (vec && head >= 0 && refs > 0 && refs == uses[prev] &&
+        static_cast<int>(s.chain[head].size()) < kMaxChain) {
+      s.chain[head].push_back(i);
+    } else if (vec) {
+      head = i;
+      s.chain[i] = {i};
+    } else {
+      head = -1;
+    }
+    prev = i;
+  }
+  for (int i = 0; i < n; ++i) {
+    if (s.chain[i].size() < 2) {
+      s.chain[i].clear();  // a chain of one is a step
+      continue;
+    }
+    for (size_t k = 1; k < s.chain[i].size(); ++k) s.chained[s.chain[i][k]] = 1;
+  }
+}
 
 Schedule make_schedule(const Program& p, const Layout& L) {
   Schedule s;
+  s.simd = fusion::cpu_simd_steps();
   const int n = static_cast<int>(p.code.size());
   s.uniform.assign(n, 0);
   s.slot.assign(n, -1);
@@ -549,6 +604,13 @@ Schedule make_schedule(const Program& p, const Layout& L) {
     if (!in_place)
       for (int x : dying) free_slots.push_back(x);
   }
+  make_chains(p, s);
+  // As convert does: outputs larger than a quarter of the last-level cache would only
+  // evict the inputs.
+  const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  const int64_t threshold =
+      std::clamp<int64_t>(l3 > 0 ? l3 / 4 : 0, int64_t{4} << 20, int64_t{64} << 20);
+  s.stream = L.numel * 2 >= threshold;
   return s;
 }
 
@@ -638,6 +700,8 @@ struct Pass {
       }
       if (is_packed(in.dtype)) {
         convert_run(static_cast<const char*>(v.data()) + e0 / 2, in.dtype, dst, Dtype::f32, n);
+      } else if (in.dtype == Dtype::bf16 && s.simd.load_bf16) {
+        s.simd.load_bf16(static_cast<const uint16_t*>(v.data()) + e0, static_cast<float*>(dst), n);
       } else {
         load_run(v.data(), in.dtype, in.num, e0, 1, n, dst);
       }
@@ -675,6 +739,11 @@ struct Pass {
       return;
     }
     if (L.cls[k] == Layout::Class::full) {
+      if (dt == Dtype::bf16 && num == Num::f32 && s.simd.store_bf16) {
+        s.simd.store_bf16(static_cast<const float*>(src), static_cast<uint16_t*>(v.data()) + e0, n,
+                          s.stream);
+        return;
+      }
       store_run(src, num, v.data(), dt, e0, 1, n);
       return;
     }
@@ -686,7 +755,8 @@ struct Pass {
 
   void step(int i, int64_t e0, int n, char* scratch, const void** ptr) const {
     const Instr& in = p.code[i];
-    if (s.skip[i]) return;
+    if (s.skip[i] || s.chained[i]) return;  // chained: ran in its chain
+    if (!s.chain[i].empty()) return run_chain(i, n, scratch, ptr);
     void* own = s.slot[i] >= 0 ? scratch + static_cast<size_t>(s.slot[i]) * s.slot_bytes : nullptr;
     if (in.op == Op::input) {
       load(i, e0, n, own, &ptr[i]);
@@ -697,10 +767,38 @@ struct Pass {
       ptr[i] = own;
       return;
     }
-    run_step(in, own, in.a >= 0 ? ptr[in.a] : nullptr, in.b >= 0 ? ptr[in.b] : nullptr,
-             in.c >= 0 ? ptr[in.c] : nullptr, n,
-             scratch + static_cast<size_t>(s.slots) * s.slot_bytes);
+    const void* a = in.a >= 0 ? ptr[in.a] : nullptr;
+    const void* b = in.b >= 0 ? ptr[in.b] : nullptr;
+    const void* c = in.c >= 0 ? ptr[in.c] : nullptr;
+    if (!s.simd.step || !s.simd.step(in, own, a, b, c, n))
+      run_step(in, own, a, b, c, n, scratch + static_cast<size_t>(s.slots) * s.slot_bytes);
     ptr[i] = own;
+  }
+
+  /// Runs the chain that starts at step i (Schedule::chain) over n elements.
+  void run_chain(int i, int n, char* scratch, const void** ptr) const {
+    fusion::ChainOp ops[kMaxChain];
+    int m = 0, prev = -1;
+    for (int j : s.chain[i]) {
+      const Instr& in = p.code[j];
+      fusion::ChainOp& op = ops[m++];
+      op.in = &in;
+      const int xs[3] = {in.a, in.b, in.c};
+      for (int t = 0; t < 3; ++t) {
+        if (xs[t] < 0) continue;
+        if (xs[t] == prev) {
+          op.chained |= 1u << t;
+        } else {
+          op.arg[t] = static_cast<const float*>(ptr[xs[t]]);
+        }
+      }
+      prev = j;
+    }
+    const int last = s.chain[i].back();
+    auto* dst =
+        reinterpret_cast<float*>(scratch + static_cast<size_t>(s.slot[last]) * s.slot_bytes);
+    s.simd.chain(ops, m, dst, n);
+    ptr[last] = dst;
   }
 
   /// The memory of tile e0's full operands, as ranges to prefetch (reads, then writes).
@@ -797,6 +895,9 @@ struct Pass {
       }
       for (size_t o = 0; o < p.outputs.size(); ++o) store(o, ptr[p.outputs[o]], e0, n);
     }
+#if defined(__x86_64__)
+    if (s.stream) _mm_sfence();  // order the non-temporal stores before the call returns
+#endif
   }
 };
 
@@ -810,7 +911,13 @@ class FusedCpu final : public Kernel<FusedOp> {
   }
 
   KernelSku sku(const FusedDesc& d) const override {
-    return {"fused",          Backend::cpu, fused_dtypes(d), "", cpu_features().best_target,
+    // arch: the Highway target of the vector steps, else the scalar loops' clone.
+    const fusion::SimdSteps simd = fusion::cpu_simd_steps();
+    return {"fused",
+            Backend::cpu,
+            fused_dtypes(d),
+            "",
+            simd.step ? std::string(simd.target) : cpu_features().best_target,
             "fused_cpu_tiled"};
   }
 
