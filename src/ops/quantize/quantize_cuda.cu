@@ -38,13 +38,16 @@
 // Checks: the reference refuses NaN / Inf inputs (naming the first one), GGUF blocks whose
 // f16 scale overflows, and invalid given scales / zero points. With desc.check_finite (the
 // default) the kernels atomicMax the complement of the first offending flat index (element,
-// block or group) into a word of a per-call device buffer, and run() copies those words back
-// and SYNCHRONISES THE STREAM before it returns, then throws the reference's exact Error
-// text. The finiteness test costs one compare per thread: the absmax that every path
-// reduces anyway reaches Inf's bits only when a NaN / Inf is present, and only then are the
-// elements searched. With check_finite off none of these three checks runs and run() does
-// not synchronise; such inputs then give unspecified (but memory-safe) codes and no Error
-// (the SIMD kernel still refuses GGUF overflow and bad given scales there: those refusals
+// block or group) into a check word, and run() SYNCHRONISES THE STREAM before it returns,
+// then throws the reference's exact Error text. On the rows / tensor / blocks paths the
+// words are the host thread's own (kept zero between calls) and the last block of the last
+// kernel hands them to mapped host memory and zeroes them (hand_off): no memset before the
+// kernels, no copy after them, only the synchronisation. The generic path uses a per-call
+// buffer, zeroed on the stream and copied back. The finiteness test costs one compare per thread:
+// the absmax that every path reduces anyway reaches Inf's bits only when a NaN / Inf is present,
+// and only then are the elements searched. With check_finite off none of these three checks runs
+// and run() does not synchronise; such inputs then give unspecified (but memory-safe) codes and no
+// Error (the SIMD kernel still refuses GGUF overflow and bad given scales there: those refusals
 // would cost this kernel the same synchronisation).
 //
 // Arithmetic: formats/quant_math.hpp's functions, compiled for the device (they are written
