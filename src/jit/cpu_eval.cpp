@@ -492,8 +492,8 @@ struct Schedule {
   /// The vector steps (cpu_eval_simd.cpp) of this CPU, or nulls: the scalar loops.
   fusion::SimdSteps simd;
   /// Chains of vector steps, each reading only the step before it, run as one loop with
-  /// the running value in registers (SimdSteps::chain): per step, the chain that starts
-  /// there (empty if none), and whether the step runs inside an earlier step's chain.
+  /// the running value in registers (SimdSteps::chain): per step, the chain that ends
+  /// there (empty if none), and whether the step runs inside a later step's chain.
   std::vector<std::vector<int>> chain;
   std::vector<uint8_t> chained;
   /// Full bf16 outputs go out with non-temporal stores (too large to stay in cache).
@@ -504,9 +504,12 @@ struct Schedule {
 constexpr int kMaxChain = 32;
 
 /// Groups the steps the tile loop runs into chains for SimdSteps::chain: a step joins the
-/// chain of the step run just before it when both are vector steps and it is the only
-/// reader of that step's value (which is no output): then that value never needs a tile.
-void make_chains(const Program& p, Schedule& s) {
+/// chain of the vector step run before it (input loads in between do not count) when it
+/// is a vector step too and the only reader of that step's value (which is no output):
+/// then that value never needs a tile. A chain runs at its last step, where every
+/// operand of its steps is ready; `last` (per step: its last reader) moves to there for
+/// those operands, so that their buffers are not reused before the chain reads them.
+void make_chains(const Program& p, Schedule& s, std::vector<int>& last) {
   const int n = static_cast<int>(p.code.size());
   s.chain.assign(n, {});
   s.chained.assign(n, 0);
@@ -516,30 +519,35 @@ void make_chains(const Program& p, Schedule& s) {
     for (int x : {in.a, in.b, in.c})
       if (x >= 0) ++uses[x];
   for (int o : p.outputs) uses[o] += 1 << 20;  // the store reads it too
-  int head = -1, prev = -1;
+  std::vector<std::vector<int>> chains;
+  int prev = -1;  // the last vector step run, while the chain can go on
   for (int i = 0; i < n; ++i) {
     if (s.uniform[i] || s.skip[i]) continue;
     const Instr& in = p.code[i];
-    const bool vec = s.simd.handles(in);
+    if (in.op == Op::input) continue;  // a load: changes no value a chain reads
+    if (!s.simd.handles(in)) {
+      prev = -1;
+      continue;
+    }
     int refs = 0;
     for (int x : {in.a, in.b, in.c}) refs += prev >= 0 && x == prev;
-    if (vec && head >= 0 && refs > 0 && refs == uses[prev] &&
-        static_cast<int>(s.chain[head].size()) < kMaxChain) {
-      s.chain[head].push_back(i);
-    } else if (vec) {
-      head = i;
-      s.chain[i] = {i};
+    if (refs > 0 && refs == uses[prev] && static_cast<int>(chains.back().size()) < kMaxChain) {
+      chains.back().push_back(i);
     } else {
-      head = -1;
+      chains.push_back({i});
     }
     prev = i;
   }
-  for (int i = 0; i < n; ++i) {
-    if (s.chain[i].size() < 2) {
-      s.chain[i].clear();  // a chain of one is a step
-      continue;
+  for (std::vector<int>& c : chains) {
+    if (c.size() < 2) continue;  // a chain of one is a step
+    const int end = c.back();
+    for (int j : c) {
+      if (j != end) s.chained[j] = 1;
+      const Instr& in = p.code[j];
+      for (int x : {in.a, in.b, in.c})
+        if (x >= 0) last[x] = std::max(last[x], end);
     }
-    for (size_t k = 1; k < s.chain[i].size(); ++k) s.chained[s.chain[i][k]] = 1;
+    s.chain[end] = std::move(c);
   }
 }
 
@@ -568,6 +576,7 @@ Schedule make_schedule(const Program& p, const Layout& L) {
   for (int o : p.outputs) last[o] = n;  // stored after the last step
   s.skip.assign(n, 0);
   for (int i = 0; i < n; ++i) s.skip[i] = last[i] < 0 && !s.uniform[i];
+  make_chains(p, s, last);
   // Full f32 / f64 inputs are read in place.
   auto aliased = [&](int i) {
     const Instr& in = p.code[i];
@@ -604,7 +613,6 @@ Schedule make_schedule(const Program& p, const Layout& L) {
     if (!in_place)
       for (int x : dying) free_slots.push_back(x);
   }
-  make_chains(p, s);
   // As convert does: outputs larger than a quarter of the last-level cache would only
   // evict the inputs.
   const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
@@ -755,7 +763,7 @@ struct Pass {
 
   void step(int i, int64_t e0, int n, char* scratch, const void** ptr) const {
     const Instr& in = p.code[i];
-    if (s.skip[i] || s.chained[i]) return;  // chained: ran in its chain
+    if (s.skip[i] || s.chained[i]) return;  // chained: runs in its chain
     if (!s.chain[i].empty()) return run_chain(i, n, scratch, ptr);
     void* own = s.slot[i] >= 0 ? scratch + static_cast<size_t>(s.slot[i]) * s.slot_bytes : nullptr;
     if (in.op == Op::input) {
@@ -775,7 +783,7 @@ struct Pass {
     ptr[i] = own;
   }
 
-  /// Runs the chain that starts at step i (Schedule::chain) over n elements.
+  /// Runs the chain that ends at step i (Schedule::chain) over n elements.
   void run_chain(int i, int n, char* scratch, const void** ptr) const {
     fusion::ChainOp ops[kMaxChain];
     int m = 0, prev = -1;
