@@ -614,6 +614,8 @@ TEST(QuantizeBackends, EveryKernelMatchesReferenceOnEveryBackend) {
   EXPECT_GT(count.runs["dequantize_simd@cpu"], 1000);
   for (const char* type : {"q4_1", "q5_0", "q5_1"})
     EXPECT_GE(count.gguf_runs[std::string("gguf_quantize_simd@cpu ") + type], 30) << type;
+  for (const char* type : {"q8_1", "q2_K", "q3_K", "q5_K", "q8_K"})
+    EXPECT_GE(count.gguf_runs[std::string("gguf_dequantize_simd@cpu ") + type], 30) << type;
   if (cuda_device_count() > 0) {
     EXPECT_GT(count.runs["quantize_cuda@cuda:0"], 200) << "the CUDA quantize kernel ran too little";
     EXPECT_GT(count.runs["dequantize_cuda@cuda:0"], 200)

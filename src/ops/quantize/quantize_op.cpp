@@ -155,6 +155,7 @@ KernelList<DequantizeOp> DequantizeOp::kernels() {
     &gguf_dequantize_cuda_kernel(),
 #endif
     &dequantize_simd_kernel(),
+    &gguf_dequantize_simd_kernel(),
     &dequantize_reference_kernel(),
   };
   return list;
