@@ -496,6 +496,12 @@ struct Schedule {
   /// there (empty if none), and whether the step runs inside a later step's chain.
   std::vector<std::vector<int>> chain;
   std::vector<uint8_t> chained;
+  /// Per step: a full bf16 input that only chains read, in place (no f32 tile).
+  std::vector<uint8_t> direct;
+  /// Per step: the output a chain ending there writes as bf16 itself, else -1; per
+  /// output: written by its chain (the tile loop does not store it).
+  std::vector<int> chain_output;
+  std::vector<uint8_t> stored_by_chain;
   /// Full bf16 outputs go out with non-temporal stores (too large to stay in cache).
   bool stream = false;
 };
@@ -509,10 +515,13 @@ constexpr int kMaxChain = 32;
 /// then that value never needs a tile. A chain runs at its last step, where every
 /// operand of its steps is ready; `last` (per step: its last reader) moves to there for
 /// those operands, so that their buffers are not reused before the chain reads them.
-void make_chains(const Program& p, Schedule& s, std::vector<int>& last) {
+void make_chains(const Program& p, const Layout& L, Schedule& s, std::vector<int>& last) {
   const int n = static_cast<int>(p.code.size());
   s.chain.assign(n, {});
   s.chained.assign(n, 0);
+  s.direct.assign(n, 0);
+  s.chain_output.assign(n, -1);
+  s.stored_by_chain.assign(p.outputs.size(), 0);
   if (!s.simd.chain) return;
   std::vector<int> uses(n, 0);  // operand references (mul(x, x) reads x twice)
   for (const Instr& in : p.code)
@@ -549,6 +558,31 @@ void make_chains(const Program& p, Schedule& s, std::vector<int>& last) {
     }
     s.chain[end] = std::move(c);
   }
+  // bf16 inputs read only by chains are read by them in place.
+  std::vector<uint8_t> in_chain(n, 0);
+  for (int i = 0; i < n; ++i)
+    for (int j : s.chain[i]) in_chain[j] = 1;
+  for (int i = 0; i < n; ++i) {
+    const Instr& in = p.code[i];
+    if (in.op != Op::input || s.uniform[i] || s.skip[i] || in.dtype != Dtype::bf16 ||
+        L.cls[in.slot] != Layout::Class::full || uses[i] >= (1 << 20))
+      continue;
+    bool only_chains = true;
+    for (int j = 0; j < n; ++j)
+      for (int x : {p.code[j].a, p.code[j].b, p.code[j].c})
+        if (x == i && !in_chain[j]) only_chains = false;
+    s.direct[i] = only_chains;
+  }
+  // A chain whose value is only stored, to a full bf16 output, stores it itself.
+  const size_t nin = L.cls.size() - p.outputs.size();
+  for (size_t o = 0; o < p.outputs.size(); ++o) {
+    const int e = p.outputs[o];
+    if (s.chain[e].empty() || uses[e] != (1 << 20) || static_cast<int>(o) == p.quantized_output ||
+        p.output_dtypes[o] != Dtype::bf16 || L.cls[nin + o] != Layout::Class::full)
+      continue;
+    s.chain_output[e] = static_cast<int>(o);
+    s.stored_by_chain[o] = 1;
+  }
 }
 
 Schedule make_schedule(const Program& p, const Layout& L) {
@@ -576,7 +610,7 @@ Schedule make_schedule(const Program& p, const Layout& L) {
   for (int o : p.outputs) last[o] = n;  // stored after the last step
   s.skip.assign(n, 0);
   for (int i = 0; i < n; ++i) s.skip[i] = last[i] < 0 && !s.uniform[i];
-  make_chains(p, s, last);
+  make_chains(p, L, s, last);
   // Full f32 / f64 inputs are read in place.
   auto aliased = [&](int i) {
     const Instr& in = p.code[i];
@@ -667,6 +701,18 @@ struct Pass {
   /// e - qorigin (contiguous, in the output's dtype).
   char* qbuf = nullptr;
   int64_t qorigin = 0;
+  /// Chains may store outputs themselves (Schedule::chain_output): not when an output is
+  /// also an input of this call (in place), since a chain runs before the tile's last
+  /// reads of the inputs.
+  bool chain_stores = true;
+
+  /// No output of `args` is also one of its inputs.
+  static bool outputs_apart(const FusedArgs& args) {
+    for (const TensorView& o : args.outputs)
+      for (const TensorView& i : args.inputs)
+        if (o.data() == i.data()) return false;
+    return true;
+  }
 
   /// Element offset of linear index e in operand k.
   int64_t offset(size_t k, int64_t e) const {
@@ -764,7 +810,11 @@ struct Pass {
   void step(int i, int64_t e0, int n, char* scratch, const void** ptr) const {
     const Instr& in = p.code[i];
     if (s.skip[i] || s.chained[i]) return;  // chained: runs in its chain
-    if (!s.chain[i].empty()) return run_chain(i, n, scratch, ptr);
+    if (!s.chain[i].empty()) return run_chain(i, e0, n, scratch, ptr);
+    if (s.direct[i]) {  // read in place by its chains
+      ptr[i] = static_cast<const uint16_t*>(args.inputs[static_cast<size_t>(in.slot)].data()) + e0;
+      return;
+    }
     void* own = s.slot[i] >= 0 ? scratch + static_cast<size_t>(s.slot[i]) * s.slot_bytes : nullptr;
     if (in.op == Op::input) {
       load(i, e0, n, own, &ptr[i]);
@@ -784,7 +834,7 @@ struct Pass {
   }
 
   /// Runs the chain that ends at step i (Schedule::chain) over n elements.
-  void run_chain(int i, int n, char* scratch, const void** ptr) const {
+  void run_chain(int i, int64_t e0, int n, char* scratch, const void** ptr) const {
     fusion::ChainOp ops[kMaxChain];
     int m = 0, prev = -1;
     for (int j : s.chain[i]) {
@@ -797,16 +847,22 @@ struct Pass {
         if (xs[t] == prev) {
           op.chained |= 1u << t;
         } else {
-          op.arg[t] = static_cast<const float*>(ptr[xs[t]]);
+          op.arg[t] = ptr[xs[t]];
+          if (s.direct[xs[t]]) op.bf16 |= 1u << t;
         }
       }
       prev = j;
     }
-    const int last = s.chain[i].back();
-    auto* dst =
-        reinterpret_cast<float*>(scratch + static_cast<size_t>(s.slot[last]) * s.slot_bytes);
+    fusion::ChainDst dst;
+    if (chain_stores && s.chain_output[i] >= 0) {
+      dst.bf16 =
+          static_cast<uint16_t*>(args.outputs[static_cast<size_t>(s.chain_output[i])].data()) + e0;
+      dst.stream = s.stream;
+    } else {
+      dst.f32 = reinterpret_cast<float*>(scratch + static_cast<size_t>(s.slot[i]) * s.slot_bytes);
+      ptr[i] = dst.f32;
+    }
     s.simd.chain(ops, m, dst, n);
-    ptr[last] = dst;
   }
 
   /// The memory of tile e0's full operands, as ranges to prefetch (reads, then writes).
@@ -901,7 +957,8 @@ struct Pass {
           issued += per;
         }
       }
-      for (size_t o = 0; o < p.outputs.size(); ++o) store(o, ptr[p.outputs[o]], e0, n);
+      for (size_t o = 0; o < p.outputs.size(); ++o)
+        if (!(chain_stores && s.stored_by_chain[o])) store(o, ptr[p.outputs[o]], e0, n);
     }
 #if defined(__x86_64__)
     if (s.stream) _mm_sfence();  // order the non-temporal stores before the call returns
@@ -950,7 +1007,8 @@ class FusedCpu final : public Kernel<FusedOp> {
     });
     const Schedule& s = *static_cast<const Schedule*>(st.cpu_schedule.get());
     if (d.quantized_output >= 0) return run_quantized(d, a, s, L);
-    const Pass pass{p, L, a, s};
+    Pass pass{p, L, a, s};
+    pass.chain_stores = Pass::outputs_apart(a);
     const int64_t tiles = (L.numel + kTile - 1) / kTile;
     const int threads = omp_get_max_threads();
     if (L.numel < kParallelMin || threads <= 1 || tiles < 2) {
@@ -1011,6 +1069,7 @@ class FusedCpu final : public Kernel<FusedOp> {
     std::mutex bad_mutex;
     auto work = [&](int64_t t0, int64_t t1) {
       Pass pass{p, L, a, s};
+      pass.chain_stores = Pass::outputs_apart(a);
       pass.qbuf = quant_scratch(static_cast<size_t>(rt * K * esize));
       static const Stream cpu;
       for (int64_t t = t0; t < t1; ++t) {

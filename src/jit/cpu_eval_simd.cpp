@@ -325,47 +325,6 @@ HWY_INLINE void apply(const Instr& in, const V (&xs)[U], const V (&ys)[U], const
   }
 }
 
-/// The chain's ops over n elements, U vectors at a time with the running value in
-/// registers; the last partial block goes op by op through StepF32 on a local buffer.
-void Chain(const fusion::ChainOp* ops, int m, float* out, int n) {
-  const D d;
-  constexpr int N = static_cast<int>(hn::MaxLanes(D()));
-  // Four independent vectors in flight hide the latency of the exp's dependent FMAs;
-  // AVX2 has 16 registers, so two there.
-  constexpr int U = HWY_TARGET <= HWY_AVX3 ? 4 : 2;
-  int i = 0;
-  for (; i + U * N <= n; i += U * N) {
-    V acc[U];
-    for (int u = 0; u < U; ++u) acc[u] = hn::Zero(d);
-    for (int k = 0; k < m; ++k) {
-      const fusion::ChainOp& op = ops[k];
-      V x[U], y[U], z[U];
-      V* slots[3] = {x, y, z};
-      for (int j = 0; j < 3; ++j) {
-        V* v = slots[j];
-        if (op.chained & (1u << j)) {
-          for (int u = 0; u < U; ++u) v[u] = acc[u];
-        } else if (op.arg[j]) {
-          for (int u = 0; u < U; ++u) v[u] = hn::LoadU(d, op.arg[j] + i + u * N);
-        } else {
-          for (int u = 0; u < U; ++u) v[u] = acc[u];
-        }
-      }
-      apply<U>(*op.in, x, y, z, acc);
-    }
-    for (int u = 0; u < U; ++u) hn::StoreU(acc[u], d, out + i + u * N);
-  }
-  if (i == n) return;
-  alignas(64) float tmp[U * N];
-  for (int k = 0; k < m; ++k) {
-    const fusion::ChainOp& op = ops[k];
-    const float* p[3];
-    for (int j = 0; j < 3; ++j)
-      p[j] = (op.chained & (1u << j)) ? tmp : (op.arg[j] ? op.arg[j] + i : nullptr);
-    StepF32(*op.in, k == m - 1 ? out + i : tmp, p[0], p[1], p[2], n - i);
-  }
-}
-
 void LoadBf16(const uint16_t* s, float* o, int n) {
   const D d;
   const hn::Rebind<uint16_t, D> d16;
@@ -401,6 +360,77 @@ void StoreBf16(const float* s, uint16_t* o, int n, bool stream) {
   const VU code = hn::ShiftRight<16>(bits(lb_bf16_round(hn::Load(d, ps))));
   hn::Store(hn::DemoteTo(d16, hn::BitCast(DI(), code)), d16, po);
   std::memcpy(o + i, po, sizeof(uint16_t) * static_cast<size_t>(n - i));
+}
+
+/// The chain's ops over n elements, U vectors at a time with the running value in
+/// registers; the last partial block goes op by op through StepF32 on local buffers.
+void Chain(const fusion::ChainOp* ops, int m, const fusion::ChainDst& dst, int n) {
+  const D d;
+  const hn::Rebind<uint16_t, D> d16;
+  constexpr int N = static_cast<int>(hn::MaxLanes(D()));
+  // Four independent vectors in flight hide the latency of the exp's dependent FMAs;
+  // AVX2 has 16 registers, so two there.
+  constexpr int U = HWY_TARGET <= HWY_AVX3 ? 4 : 2;
+  const bool stream = dst.bf16 && dst.stream && reinterpret_cast<uintptr_t>(dst.bf16) % 32 == 0;
+  int i = 0;
+  for (; i + U * N <= n; i += U * N) {
+    V acc[U];
+    for (int u = 0; u < U; ++u) acc[u] = hn::Zero(d);
+    for (int k = 0; k < m; ++k) {
+      const fusion::ChainOp& op = ops[k];
+      V x[U], y[U], z[U];
+      V* slots[3] = {x, y, z};
+      for (int j = 0; j < 3; ++j) {
+        V* v = slots[j];
+        if (op.chained & (1u << j) || !op.arg[j]) {
+          for (int u = 0; u < U; ++u) v[u] = acc[u];
+        } else if (op.bf16 & (1u << j)) {
+          const auto* p = static_cast<const uint16_t*>(op.arg[j]) + i;
+          for (int u = 0; u < U; ++u)
+            v[u] = from_bits(hn::ShiftLeft<16>(hn::PromoteTo(DU(), hn::LoadU(d16, p + u * N))));
+        } else {
+          const auto* p = static_cast<const float*>(op.arg[j]) + i;
+          for (int u = 0; u < U; ++u) v[u] = hn::LoadU(d, p + u * N);
+        }
+      }
+      apply<U>(*op.in, x, y, z, acc);
+    }
+    if (dst.bf16) {
+      for (int u = 0; u < U; ++u) {
+        const VU code = hn::ShiftRight<16>(bits(lb_bf16_round(acc[u])));
+        const auto codes = hn::DemoteTo(d16, hn::BitCast(DI(), code));
+        if (stream) {
+          hn::Stream(codes, d16, dst.bf16 + i + u * N);
+        } else {
+          hn::StoreU(codes, d16, dst.bf16 + i + u * N);
+        }
+      }
+    } else {
+      for (int u = 0; u < U; ++u) hn::StoreU(acc[u], d, dst.f32 + i + u * N);
+    }
+  }
+  if (i == n) return;
+  const int rest = n - i;
+  alignas(64) float tmp[U * N];
+  alignas(64) float wide[3][U * N];
+  for (int k = 0; k < m; ++k) {
+    const fusion::ChainOp& op = ops[k];
+    const float* p[3];
+    for (int j = 0; j < 3; ++j) {
+      if (op.chained & (1u << j)) {
+        p[j] = tmp;
+      } else if (!op.arg[j]) {
+        p[j] = nullptr;
+      } else if (op.bf16 & (1u << j)) {
+        LoadBf16(static_cast<const uint16_t*>(op.arg[j]) + i, wide[j], rest);
+        p[j] = wide[j];
+      } else {
+        p[j] = static_cast<const float*>(op.arg[j]) + i;
+      }
+    }
+    StepF32(*op.in, k == m - 1 && !dst.bf16 ? dst.f32 + i : tmp, p[0], p[1], p[2], rest);
+  }
+  if (dst.bf16) StoreBf16(tmp, dst.bf16 + i, rest, false);
 }
 
 #undef LB_FOR_EACH_OP

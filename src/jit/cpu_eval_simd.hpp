@@ -18,18 +18,29 @@ using SimdStepFn = bool (*)(const Instr& in, void* o, const void* a, const void*
 /// Whether SimdStepFn runs `in` (else it returns false).
 using SimdHandlesFn = bool (*)(const Instr& in);
 
-/// One op of a chain: a step, its operands' values (null where it has none), and which
-/// operands (bit j: a, b, c) are the previous op's result instead.
+/// One op of a chain: a step, its operands' values (null where it has none; f32, or bf16
+/// where `bf16` has the operand's bit: an input read in place), and which operands (bit j:
+/// a, b, c) are the previous op's result instead.
 struct ChainOp {
   const Instr* in = nullptr;
-  const float* arg[3] = {nullptr, nullptr, nullptr};
+  const void* arg[3] = {nullptr, nullptr, nullptr};
   unsigned chained = 0;
+  unsigned bf16 = 0;
+};
+
+/// Where a chain's result goes: f32 values to `f32`, or, when `bf16` is set, bf16 codes
+/// (jit_math's lb_bf16_bits) straight to an output (non-temporal stores with `stream`
+/// where the pointer is 32-byte aligned: the caller fences).
+struct ChainDst {
+  float* f32 = nullptr;
+  uint16_t* bf16 = nullptr;
+  bool stream = false;
 };
 
 /// Runs a chain of m handled steps, each reading the one before it, over n elements in
 /// one loop: the running value stays in registers (the steps' own results are not
-/// stored), and the last op's result goes to dst. The same bits as the steps one by one.
-using SimdChainFn = void (*)(const ChainOp* ops, int m, float* dst, int n);
+/// stored). The same bits as the steps one by one.
+using SimdChainFn = void (*)(const ChainOp* ops, int m, const ChainDst& dst, int n);
 
 /// Converts n bf16 values to f32, and f32 values to bf16 (jit_math's lb_bf16_bits; with
 /// `stream`, non-temporal stores where dst is 32-byte aligned: the caller fences).
