@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_cuda_harness.cuh"
 #include "lowbit/convert.hpp"
 #include "lowbit/device.hpp"
 #include "lowbit/error.hpp"
@@ -31,29 +32,6 @@ namespace {
 
 using lowbit::Device;
 using lowbit::Dtype;
-
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    std::fprintf(stderr, "bench_convert_cuda: %s: %s\n", what, cudaGetErrorString(err));
-    std::exit(1);
-  }
-}
-
-/// Normal(0, 1) samples from a counter hash and Box-Muller (quality is irrelevant here; the
-/// values only need the spread of real activations, subnormal-range tails included).
-__global__ void fill_normal(float* out, uint64_t n, uint64_t seed) {
-  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
-  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += stride) {
-    uint64_t z = (i + seed) * 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    const float u1 = (static_cast<uint32_t>(z) + 1.0f) * 0x1p-32f;  // (0, 1]
-    const float u2 = static_cast<uint32_t>(z >> 32) * 0x1p-32f;
-    out[i] = sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2);
-  }
-}
 
 struct Row {
   std::string pair;
@@ -65,37 +43,6 @@ struct Row {
   std::string kernel;
   std::string check = "-";
 };
-
-/// Median milliseconds of `reps` runs of `fn` on `stream` after `warmup` runs.
-double median_ms(cudaStream_t stream, int warmup, int reps, const std::function<void()>& fn) {
-  for (int i = 0; i < warmup; ++i) fn();
-  std::vector<cudaEvent_t> events(2 * static_cast<size_t>(reps));
-  for (cudaEvent_t& e : events) check(cudaEventCreate(&e), "cudaEventCreate");
-  for (int r = 0; r < reps; ++r) {
-    check(cudaEventRecord(events[2 * r], stream), "cudaEventRecord");
-    fn();
-    check(cudaEventRecord(events[2 * r + 1], stream), "cudaEventRecord");
-  }
-  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  std::vector<double> ms(static_cast<size_t>(reps));
-  for (int r = 0; r < reps; ++r) {
-    float t = 0;
-    check(cudaEventElapsedTime(&t, events[2 * r], events[2 * r + 1]), "cudaEventElapsedTime");
-    ms[r] = t;
-  }
-  for (cudaEvent_t& e : events) cudaEventDestroy(e);
-  std::sort(ms.begin(), ms.end());
-  return reps % 2 ? ms[reps / 2] : 0.5 * (ms[reps / 2 - 1] + ms[reps / 2]);
-}
-
-std::string json_escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\';
-    out += c;
-  }
-  return out;
-}
 
 /// Bit-exact check of the first `n` elements of a GPU conversion against the reference.
 std::string check_prefix(const lowbit::TensorView& src, const lowbit::TensorView& dst, int64_t n) {
@@ -119,26 +66,18 @@ std::string check_prefix(const lowbit::TensorView& src, const lowbit::TensorView
 }  // namespace
 
 int main(int argc, char** argv) {
+  bench::program = "bench_convert_cuda";
   std::string json_path;
   int reps = 30;
   int log2n = 28;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--json" && i + 1 < argc) {
-      json_path = argv[++i];
-    } else if (a == "--reps" && i + 1 < argc) {
-      reps = std::max(20, std::atoi(argv[++i]));
-    } else if (a == "--log2" && i + 1 < argc) {
-      log2n = std::clamp(std::atoi(argv[++i]), 10, 30);
-    } else {
-      std::fprintf(stderr, "usage: %s [--json PATH] [--reps N>=20] [--log2 K]\n", argv[0]);
-      return 2;
-    }
-  }
-  if (lowbit::cuda_device_count() == 0) {
-    std::printf("bench_convert_cuda: SKIPPED: no CUDA device, nothing measured\n");
-    return 0;
-  }
+  const bool parsed =
+      bench::CommandLine()
+          .value("--json", [&](const char* v) { json_path = v; })
+          .value("--reps", [&](const char* v) { reps = std::max(20, std::atoi(v)); })
+          .value("--log2", [&](const char* v) { log2n = std::clamp(std::atoi(v), 10, 30); })
+          .parse(argc, argv, "[--json PATH] [--reps N>=20] [--log2 K]");
+  if (!parsed) return 2;
+  if (bench::skip_without_gpu()) return 0;
   try {
     const Device gpu = Device::cuda(0);
     const lowbit::CudaDeviceProperties props = lowbit::cuda_device_properties(0);
@@ -149,16 +88,12 @@ int main(int argc, char** argv) {
 
     // The ceiling: cudaMemcpyAsync device to device, 1 GiB.
     {
-      const int64_t bytes = int64_t{1} << 30;
-      lowbit::Buffer a(bytes, gpu, &stream), b(bytes, gpu, &stream);
-      check(cudaMemsetAsync(a.data(), 1, bytes, s), "cudaMemsetAsync");
       Row r;
       r.pair = "copy d2d (cudaMemcpyAsync, 1 GiB)";
-      r.elements = bytes;
-      r.bytes = 2 * bytes;
-      r.ms = median_ms(s, warmup, reps, [&] {
-        check(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, s),
-              "cudaMemcpyAsync");
+      r.elements = bench::kCopyBytes;
+      r.bytes = 2 * bench::kCopyBytes;
+      r.ms = bench::copy_d2d_ms(gpu, stream, [&](const std::function<void()>& copy) {
+        return bench::median_ms(s, warmup, reps, copy);
       });
       r.kernel = "cudaMemcpyAsync";
       rows.push_back(r);
@@ -167,8 +102,9 @@ int main(int argc, char** argv) {
 
     const int64_t n = int64_t{1} << log2n;
     lowbit::Tensor normal = lowbit::Tensor::empty({n}, Dtype::f32, gpu, &stream);
-    fill_normal<<<1024, 256, 0, s>>>(normal.data_as<float>(), static_cast<uint64_t>(n), 12345);
-    check(cudaGetLastError(), "fill_normal");
+    bench::fill_normal<<<1024, 256, 0, s>>>(normal.data_as<float>(), static_cast<uint64_t>(n),
+                                            12345);
+    bench::check(cudaGetLastError(), "fill_normal");
 
     const std::pair<Dtype, Dtype> pairs[] = {
         {Dtype::f32, Dtype::bf16}, {Dtype::bf16, Dtype::f8e4m3fn}, {Dtype::bf16, Dtype::f32},
@@ -179,8 +115,8 @@ int main(int argc, char** argv) {
       lowbit::Tensor src = lowbit::Tensor::empty({n}, sdt, gpu, &stream);
       lowbit::Tensor dst = lowbit::Tensor::empty({n}, ddt, gpu, &stream);
       if (sdt == Dtype::f32) {
-        check(cudaMemcpyAsync(src.data(), normal.data(), n * 4, cudaMemcpyDeviceToDevice, s),
-              "cudaMemcpyAsync");
+        bench::check(cudaMemcpyAsync(src.data(), normal.data(), n * 4, cudaMemcpyDeviceToDevice, s),
+                     "cudaMemcpyAsync");
       } else {
         lowbit::convert(src, normal, lowbit::Saturation::none, &stream);
       }
@@ -191,7 +127,7 @@ int main(int argc, char** argv) {
       r.pair = std::string(lowbit::dtype_name(sdt)) + "->" + std::string(lowbit::dtype_name(ddt));
       r.elements = n;
       r.bytes = lowbit::storage_bytes(sdt, n) + lowbit::storage_bytes(ddt, n);
-      r.ms = median_ms(s, warmup, reps, [&] { plan.run(stream, {}, args); });
+      r.ms = bench::median_ms(s, warmup, reps, [&] { plan.run(stream, {}, args); });
       r.kernel = plan.sku().str();
       stream.synchronize();
       r.check = check_prefix(src, dst, int64_t{1} << 20);
@@ -217,22 +153,16 @@ int main(int argc, char** argv) {
       std::printf("  %-16s %-8s %s\n", r.pair.c_str(), r.check.c_str(), r.kernel.c_str());
       all_exact = all_exact && r.check == "exact";
     }
-    if (!json_path.empty()) {
-      FILE* f = std::fopen(json_path.c_str(), "w");
-      if (!f) {
-        std::fprintf(stderr, "bench_convert_cuda: cannot write %s\n", json_path.c_str());
-        return 1;
-      }
-      for (const Row& r : rows)
-        std::fprintf(f,
-                     "{\"bench\": \"convert_cuda\", \"device\": \"%s\", \"pair\": \"%s\", "
-                     "\"elements\": %lld, \"bytes\": %lld, \"ms\": %.5f, \"gbps\": %.1f, "
-                     "\"pct_of_copy\": %.2f, \"kernel\": \"%s\", \"check\": \"%s\"}\n",
-                     json_escape(props.name).c_str(), json_escape(r.pair).c_str(),
-                     static_cast<long long>(r.elements), static_cast<long long>(r.bytes), r.ms,
-                     r.gbps, r.pct, json_escape(r.kernel).c_str(), r.check.c_str());
-      std::fclose(f);
-    }
+    const bool written = bench::write_json_lines(json_path, rows, [&](FILE* f, const Row& r) {
+      std::fprintf(f,
+                   "{\"bench\": \"convert_cuda\", \"device\": \"%s\", \"pair\": \"%s\", "
+                   "\"elements\": %lld, \"bytes\": %lld, \"ms\": %.5f, \"gbps\": %.1f, "
+                   "\"pct_of_copy\": %.2f, \"kernel\": \"%s\", \"check\": \"%s\"}\n",
+                   bench::json_escape(props.name).c_str(), bench::json_escape(r.pair).c_str(),
+                   static_cast<long long>(r.elements), static_cast<long long>(r.bytes), r.ms,
+                   r.gbps, r.pct, bench::json_escape(r.kernel).c_str(), r.check.c_str());
+    });
+    if (!written) return 1;
     if (!all_exact) {
       std::fprintf(stderr, "bench_convert_cuda: a conversion differs from the reference\n");
       return 1;

@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_cuda_harness.cuh"
 #include "lowbit/convert.hpp"
 #include "lowbit/device.hpp"
 #include "lowbit/error.hpp"
@@ -40,28 +41,6 @@ using lowbit::Shape;
 using lowbit::Tensor;
 using lowbit::TensorView;
 
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    std::fprintf(stderr, "bench_fake_quantize_cuda: %s: %s\n", what, cudaGetErrorString(err));
-    std::exit(1);
-  }
-}
-
-/// Normal(0, sigma) samples from a counter hash and Box-Muller (as bench_quantize_cuda).
-__global__ void fill_normal(float* out, uint64_t n, uint64_t seed, float sigma) {
-  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
-  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += stride) {
-    uint64_t z = (i + seed) * 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    const float u1 = (static_cast<uint32_t>(z) + 1.0f) * 0x1p-32f;  // (0, 1]
-    const float u2 = static_cast<uint32_t>(z >> 32) * 0x1p-32f;
-    out[i] = sigma * sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2);
-  }
-}
-
 struct Row {
   std::string pair;
   int64_t bytes = 0;
@@ -71,36 +50,6 @@ struct Row {
   std::string kernel;
   std::string check = "-";
 };
-
-double median_ms(cudaStream_t stream, int warmup, int reps, const std::function<void()>& fn) {
-  for (int i = 0; i < warmup; ++i) fn();
-  std::vector<cudaEvent_t> events(2 * static_cast<size_t>(reps));
-  for (cudaEvent_t& e : events) check(cudaEventCreate(&e), "cudaEventCreate");
-  for (int r = 0; r < reps; ++r) {
-    check(cudaEventRecord(events[2 * r], stream), "cudaEventRecord");
-    fn();
-    check(cudaEventRecord(events[2 * r + 1], stream), "cudaEventRecord");
-  }
-  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  std::vector<double> ms(static_cast<size_t>(reps));
-  for (int r = 0; r < reps; ++r) {
-    float t = 0;
-    check(cudaEventElapsedTime(&t, events[2 * r], events[2 * r + 1]), "cudaEventElapsedTime");
-    ms[r] = t;
-  }
-  for (cudaEvent_t& e : events) cudaEventDestroy(e);
-  std::sort(ms.begin(), ms.end());
-  return reps % 2 ? ms[reps / 2] : 0.5 * (ms[reps / 2 - 1] + ms[reps / 2]);
-}
-
-std::string json_escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\';
-    out += c;
-  }
-  return out;
-}
 
 /// The first `rows` indices of dim 0 of a contiguous view, copied to the host.
 Tensor head(const TensorView& v, int64_t rows) {
@@ -143,29 +92,20 @@ Tensor filled_i32(const Shape& shape, int32_t v, Device device) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  bench::program = "bench_fake_quantize_cuda";
   std::string json_path;
   int reps = 30;
   int64_t rows = 16384, cols = 8192;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--json" && i + 1 < argc) {
-      json_path = argv[++i];
-    } else if (a == "--reps" && i + 1 < argc) {
-      reps = std::max(5, std::atoi(argv[++i]));
-    } else if (a == "--rows" && i + 1 < argc) {
-      rows = std::max<int64_t>(64, std::atoll(argv[++i]));
-    } else if (a == "--cols" && i + 1 < argc) {
-      cols = std::max<int64_t>(256, std::atoll(argv[++i]) / 256 * 256);
-    } else {
-      std::fprintf(stderr, "usage: %s [--json PATH] [--reps N>=5] [--rows R] [--cols K]\n",
-                   argv[0]);
-      return 2;
-    }
-  }
-  if (lowbit::cuda_device_count() == 0) {
-    std::printf("bench_fake_quantize_cuda: SKIPPED: no CUDA device, nothing measured\n");
-    return 0;
-  }
+  const bool parsed =
+      bench::CommandLine()
+          .value("--json", [&](const char* v) { json_path = v; })
+          .value("--reps", [&](const char* v) { reps = std::max(5, std::atoi(v)); })
+          .value("--rows", [&](const char* v) { rows = std::max<int64_t>(64, std::atoll(v)); })
+          .value("--cols",
+                 [&](const char* v) { cols = std::max<int64_t>(256, std::atoll(v) / 256 * 256); })
+          .parse(argc, argv, "[--json PATH] [--reps N>=5] [--rows R] [--cols K]");
+  if (!parsed) return 2;
+  if (bench::skip_without_gpu()) return 0;
   try {
     const Device gpu = Device::cuda(0);
     const lowbit::CudaDeviceProperties props = lowbit::cuda_device_properties(0);
@@ -176,15 +116,11 @@ int main(int argc, char** argv) {
     std::vector<Row> out;
 
     {  // the ceiling: cudaMemcpyAsync device to device, 1 GiB
-      const int64_t bytes = int64_t{1} << 30;
-      lowbit::Buffer a(bytes, gpu, &stream), b(bytes, gpu, &stream);
-      check(cudaMemsetAsync(a.data(), 1, bytes, s), "cudaMemsetAsync");
       Row r;
       r.pair = "copy d2d (cudaMemcpyAsync, 1 GiB)";
-      r.bytes = 2 * bytes;
-      r.ms = median_ms(s, warmup, reps, [&] {
-        check(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, s),
-              "cudaMemcpyAsync");
+      r.bytes = 2 * bench::kCopyBytes;
+      r.ms = bench::copy_d2d_ms(gpu, stream, [&](const std::function<void()>& copy) {
+        return bench::median_ms(s, warmup, reps, copy);
       });
       r.kernel = "cudaMemcpyAsync";
       out.push_back(r);
@@ -195,8 +131,9 @@ int main(int argc, char** argv) {
     const int64_t n = rows * cols;
     auto normal = [&](Dtype dtype, float sigma, uint64_t seed) {
       Tensor f32 = Tensor::empty(shape, Dtype::f32, gpu, &stream);
-      fill_normal<<<1024, 256, 0, s>>>(f32.data_as<float>(), static_cast<uint64_t>(n), seed, sigma);
-      check(cudaGetLastError(), "fill_normal");
+      bench::fill_normal<<<1024, 256, 0, s>>>(f32.data_as<float>(), static_cast<uint64_t>(n), seed,
+                                              sigma);
+      bench::check(cudaGetLastError(), "fill_normal");
       if (dtype == Dtype::f32) return f32;
       Tensor t = Tensor::empty(shape, dtype, gpu, &stream);
       lowbit::convert(t, f32, lowbit::Saturation::none, &stream);
@@ -242,7 +179,7 @@ int main(int argc, char** argv) {
                  " " + f.scheme + (f.given ? " static" : " dynamic") +
                  (check_finite ? "" : " (check off)");
         r.bytes = lowbit::storage_bytes(f.x->dtype(), n) + lowbit::storage_bytes(f.y->dtype(), n);
-        r.ms = median_ms(s, warmup, reps, [&] { plan.run(stream, {}, args); });
+        r.ms = bench::median_ms(s, warmup, reps, [&] { plan.run(stream, {}, args); });
         r.kernel = plan.sku().str();
         stream.synchronize();
         // Check: the first rows against the reference (their groups lie within rows, or
@@ -277,7 +214,7 @@ int main(int argc, char** argv) {
       Row r;
       r.pair = "peer: quantize + dequantize bf16 int8:token dynamic";
       r.bytes = 2 * lowbit::storage_bytes(Dtype::bf16, n);
-      r.ms = median_ms(s, warmup, reps, [&] {
+      r.ms = bench::median_ms(s, warmup, reps, [&] {
         qp.run(stream, {}, {xbf, q.view()});
         dp.run(stream, {}, {q.view(), ybf});
       });
@@ -317,7 +254,7 @@ int main(int argc, char** argv) {
       r.pair = b.name;
       r.bytes =
           lowbit::storage_bytes(b.x->dtype(), n) + 2 * lowbit::storage_bytes(b.dy->dtype(), n);
-      r.ms = median_ms(s, warmup, reps, [&] { plan.run(stream, {}, args); });
+      r.ms = bench::median_ms(s, warmup, reps, [&] { plan.run(stream, {}, args); });
       r.kernel = plan.sku().str();
       stream.synchronize();
       // Check dx of the first rows (and dscale where its groups lie within rows).
@@ -359,22 +296,16 @@ int main(int argc, char** argv) {
     }
     std::printf("\nkernels:\n");
     for (const Row& r : out) std::printf("  %-52s %s\n", r.pair.c_str(), r.kernel.c_str());
-    if (!json_path.empty()) {
-      FILE* f = std::fopen(json_path.c_str(), "w");
-      if (!f) {
-        std::fprintf(stderr, "bench_fake_quantize_cuda: cannot write %s\n", json_path.c_str());
-        return 1;
-      }
-      for (const Row& r : out)
-        std::fprintf(f,
-                     "{\"bench\": \"fake_quantize_cuda\", \"device\": \"%s\", \"pair\": \"%s\", "
-                     "\"bytes\": %lld, \"ms\": %.5f, \"gbps\": %.1f, \"pct_of_copy\": %.2f, "
-                     "\"kernel\": \"%s\", \"check\": \"%s\"}\n",
-                     json_escape(props.name).c_str(), json_escape(r.pair).c_str(),
-                     static_cast<long long>(r.bytes), r.ms, r.gbps, r.pct,
-                     json_escape(r.kernel).c_str(), r.check.c_str());
-      std::fclose(f);
-    }
+    const bool written = bench::write_json_lines(json_path, out, [&](FILE* f, const Row& r) {
+      std::fprintf(f,
+                   "{\"bench\": \"fake_quantize_cuda\", \"device\": \"%s\", \"pair\": \"%s\", "
+                   "\"bytes\": %lld, \"ms\": %.5f, \"gbps\": %.1f, \"pct_of_copy\": %.2f, "
+                   "\"kernel\": \"%s\", \"check\": \"%s\"}\n",
+                   bench::json_escape(props.name).c_str(), bench::json_escape(r.pair).c_str(),
+                   static_cast<long long>(r.bytes), r.ms, r.gbps, r.pct,
+                   bench::json_escape(r.kernel).c_str(), r.check.c_str());
+    });
+    if (!written) return 1;
     if (!all_exact) {
       std::fprintf(stderr, "bench_fake_quantize_cuda: a result differs from the reference\n");
       return 1;

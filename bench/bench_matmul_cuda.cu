@@ -35,6 +35,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_cuda_harness.cuh"
 #include "lowbit/convert.hpp"
 #include "lowbit/matmul.hpp"
 #include "lowbit/quantize.hpp"
@@ -45,27 +46,7 @@ namespace {
 using lowbit::Device;
 using lowbit::Dtype;
 
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    std::fprintf(stderr, "bench_matmul_cuda: %s: %s\n", what, cudaGetErrorString(err));
-    std::exit(1);
-  }
-}
-
-/// Normal(0, sd) samples from a counter hash and Box-Muller.
-__global__ void fill_normal(float* out, uint64_t n, uint64_t seed, float sd) {
-  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
-  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += stride) {
-    uint64_t z = (i + seed) * 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    const float u1 = (static_cast<uint32_t>(z) + 1.0f) * 0x1p-32f;
-    const float u2 = static_cast<uint32_t>(z >> 32) * 0x1p-32f;
-    out[i] = sd * sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2);
-  }
-}
+using bench::check;
 
 /// sum((a - b)^2), sum(b^2) over n bf16 values.
 __global__ void diff_norms(const uint16_t* a, const uint16_t* b, uint64_t n, double* out) {
@@ -126,41 +107,16 @@ struct Timer {
   /// Median ms of `fn`, each repetition after a write of the flush buffer (and, when
   /// `clean_l2`, a read of the clean buffer).
   double median(const std::function<void()>& fn, int reps_override = 0, bool clean_l2 = false) {
-    const int n = reps_override ? reps_override : reps;
-    for (int i = 0; i < 2; ++i) fn();
-    std::vector<cudaEvent_t> ev(2 * static_cast<size_t>(n));
-    for (auto& e : ev) check(cudaEventCreate(&e), "cudaEventCreate");
-    for (int r = 0; r < n; ++r) {
+    return bench::median_ms(s, 2, reps_override ? reps_override : reps, fn, [&](int r) {
       check(cudaMemsetAsync(flush, r & 0xff, flush_bytes, s), "flush");
       if (clean_l2) {
         read_words<<<1024, 256, 0, s>>>(static_cast<const uint4*>(clean), flush_bytes / 16,
                                         static_cast<uint32_t*>(flush));
         check(cudaGetLastError(), "read_words");
       }
-      check(cudaEventRecord(ev[2 * r], s), "record");
-      fn();
-      check(cudaEventRecord(ev[2 * r + 1], s), "record");
-    }
-    check(cudaStreamSynchronize(s), "sync");
-    std::vector<double> ms(static_cast<size_t>(n));
-    for (int r = 0; r < n; ++r) {
-      float t = 0;
-      check(cudaEventElapsedTime(&t, ev[2 * r], ev[2 * r + 1]), "elapsed");
-      ms[static_cast<size_t>(r)] = t;
-    }
-    for (auto& e : ev) cudaEventDestroy(e);
-    std::sort(ms.begin(), ms.end());
-    return n % 2 ? ms[n / 2] : 0.5 * (ms[n / 2 - 1] + ms[n / 2]);
+    });
   }
 };
-
-int64_t part_bytes(const lowbit::Tensor& t) {
-  return t.data() ? lowbit::storage_bytes(t.dtype(), t.numel()) : 0;
-}
-int64_t quantized_bytes(const lowbit::QuantizedTensor& q) {
-  return part_bytes(q.codes) + part_bytes(q.scale) + part_bytes(q.zero) +
-         part_bytes(q.global_scale);
-}
 
 /// A quantized copy of `w` (f32 [n, k] on the GPU) on the GPU. GGUF K-quants have no CUDA
 /// quantizer: 128 rows are quantized on the host and repeated (the speed does not depend on
@@ -192,48 +148,26 @@ lowbit::QuantizedTensor quantize_weight(const lowbit::Tensor& w, const lowbit::Q
   return q;
 }
 
-std::string json_escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\';
-    out += c == '\n' ? ' ' : c;
-  }
-  return out;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
+  bench::program = "bench_matmul_cuda";
   std::string json_path;
   int reps = 15;
   bool quick = false;
   std::string only_scheme, only_shape, only_m;  // --scheme S --shape NxK --m M: one case
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--json" && i + 1 < argc) {
-      json_path = argv[++i];
-    } else if (a == "--reps" && i + 1 < argc) {
-      reps = std::max(3, std::atoi(argv[++i]));
-    } else if (a == "--quick") {
-      quick = true;
-    } else if (a == "--scheme" && i + 1 < argc) {
-      only_scheme = argv[++i];
-    } else if (a == "--shape" && i + 1 < argc) {
-      only_shape = argv[++i];
-    } else if (a == "--m" && i + 1 < argc) {
-      only_m = argv[++i];
-    } else {
-      std::fprintf(stderr,
-                   "usage: %s [--json PATH] [--reps N] [--quick] [--scheme S] [--shape NxK] "
-                   "[--m M]\n",
-                   argv[0]);
-      return 2;
-    }
-  }
-  if (lowbit::cuda_device_count() == 0) {
-    std::printf("bench_matmul_cuda: SKIPPED: no CUDA device, nothing measured\n");
-    return 0;
-  }
+  const bool parsed =
+      bench::CommandLine()
+          .value("--json", [&](const char* v) { json_path = v; })
+          .value("--reps", [&](const char* v) { reps = std::max(3, std::atoi(v)); })
+          .flag("--quick", &quick)
+          .value("--scheme", [&](const char* v) { only_scheme = v; })
+          .value("--shape", [&](const char* v) { only_shape = v; })
+          .value("--m", [&](const char* v) { only_m = v; })
+          .parse(argc, argv,
+                 "[--json PATH] [--reps N] [--quick] [--scheme S] [--shape NxK] [--m M]");
+  if (!parsed) return 2;
+  if (bench::skip_without_gpu()) return 0;
   try {
     const Device gpu = Device::cuda(0);
     const lowbit::CudaDeviceProperties props = lowbit::cuda_device_properties(0);
@@ -250,16 +184,12 @@ int main(int argc, char** argv) {
     // The copy ceiling: 1 GiB device to device.
     double copy_gbps = 0;
     {
-      const int64_t bytes = int64_t{1} << 30;
-      lowbit::Buffer a(bytes, gpu, &stream), b(bytes, gpu, &stream);
-      check(cudaMemsetAsync(a.data(), 1, bytes, s), "memset");
       Row r;
       r.group = "copy";
       r.scheme = "d2d 1 GiB";
-      r.bytes = 2 * bytes;
-      r.ms = timer.median([&] {
-        check(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, s), "copy");
-      });
+      r.bytes = 2 * bench::kCopyBytes;
+      r.ms = bench::copy_d2d_ms(
+          gpu, stream, [&](const std::function<void()>& copy) { return timer.median(copy); });
       r.gbps = r.bytes / r.ms / 1e6;
       copy_gbps = r.gbps;
       r.pct = 100;
@@ -296,12 +226,13 @@ int main(int argc, char** argv) {
         continue;
       const int64_t mmax = ms.back();
       lowbit::Tensor wf = lowbit::Tensor::empty({n, k}, Dtype::f32, gpu, &stream);
-      fill_normal<<<2048, 256, 0, s>>>(wf.data_as<float>(), static_cast<uint64_t>(n * k), 7, 0.02f);
+      bench::fill_normal<<<2048, 256, 0, s>>>(wf.data_as<float>(), static_cast<uint64_t>(n * k), 7,
+                                              0.02f);
       lowbit::Tensor wb = lowbit::Tensor::empty({n, k}, Dtype::bf16, gpu, &stream);
       lowbit::convert(wb, wf, lowbit::Saturation::none, &stream);
       lowbit::Tensor xf = lowbit::Tensor::empty({mmax, k}, Dtype::f32, gpu, &stream);
-      fill_normal<<<2048, 256, 0, s>>>(xf.data_as<float>(), static_cast<uint64_t>(mmax * k), 99,
-                                       1.0f);
+      bench::fill_normal<<<2048, 256, 0, s>>>(xf.data_as<float>(), static_cast<uint64_t>(mmax * k),
+                                              99, 1.0f);
       lowbit::Tensor xb = lowbit::Tensor::empty({mmax, k}, Dtype::bf16, gpu, &stream);
       lowbit::convert(xb, xf, lowbit::Saturation::none, &stream);
       lowbit::Tensor y = lowbit::Tensor::empty({mmax, n}, Dtype::bf16, gpu, &stream);
@@ -357,7 +288,7 @@ int main(int argc, char** argv) {
       auto run_weight_only = [&](const char* text, const std::vector<int64_t>& m_list) {
         const lowbit::QuantScheme scheme = lowbit::QuantScheme::parse(text);
         const lowbit::QuantizedTensor q = quantize_weight(wf, scheme, stream);
-        const int64_t wbytes = quantized_bytes(q);
+        const int64_t wbytes = bench::quantized_bytes(q);
         std::vector<std::pair<std::string, lowbit::Tensor>> packed;  // layout -> bytes
         for (const int64_t m : m_list) {
           const size_t mi = static_cast<size_t>(std::find(ms.begin(), ms.end(), m) - ms.begin());
@@ -513,7 +444,7 @@ int main(int argc, char** argv) {
             r.group = "w8a8";
             r.scheme = std::string(c.x) + "x" + c.w + (dynamic ? " dyn" : " pre");
             r.n = n, r.k = k, r.m = m;
-            r.wbytes = quantized_bytes(q);
+            r.wbytes = bench::quantized_bytes(q);
             r.bytes = r.wbytes + m * k * (dynamic ? 2 : 1) + m * n * 2;
             try {
               const lowbit::MatmulPlan plan = lowbit::MatmulPlan::select(d);
@@ -561,27 +492,21 @@ int main(int argc, char** argv) {
     bool all_ok = true;
     for (const Row& r : rows)
       if (r.check.rfind("BAD", 0) == 0) all_ok = false;
-    if (!json_path.empty()) {
-      FILE* f = std::fopen(json_path.c_str(), "w");
-      if (!f) {
-        std::fprintf(stderr, "bench_matmul_cuda: cannot write %s\n", json_path.c_str());
-        return 1;
-      }
-      for (const Row& r : rows)
-        std::fprintf(f,
-                     "{\"bench\": \"matmul_cuda\", \"device\": \"%s\", \"pair\": \"%s\", "
-                     "\"group\": \"%s\", \"scheme\": \"%s\", \"n\": %lld, \"k\": %lld, \"m\": "
-                     "%lld, \"weight_bytes\": %lld, \"bytes\": %lld, \"ms\": %.5f, \"gbps\": %.1f, "
-                     "\"pct_of_copy\": %.2f, \"tflops\": %.2f, \"vs_bf16\": %.3f, \"kernel\": "
-                     "\"%s\", \"check\": \"%s\", \"key\": %s}\n",
-                     props.name.c_str(), r.pair().c_str(), r.group.c_str(), r.scheme.c_str(),
-                     static_cast<long long>(r.n), static_cast<long long>(r.k),
-                     static_cast<long long>(r.m), static_cast<long long>(r.wbytes),
-                     static_cast<long long>(r.bytes), r.ms, r.gbps, r.pct, r.tflops, r.vs_bf16,
-                     json_escape(r.kernel).c_str(), json_escape(r.check).c_str(),
-                     r.key() ? "true" : "false");
-      std::fclose(f);
-    }
+    const bool written = bench::write_json_lines(json_path, rows, [&](FILE* f, const Row& r) {
+      std::fprintf(f,
+                   "{\"bench\": \"matmul_cuda\", \"device\": \"%s\", \"pair\": \"%s\", "
+                   "\"group\": \"%s\", \"scheme\": \"%s\", \"n\": %lld, \"k\": %lld, \"m\": "
+                   "%lld, \"weight_bytes\": %lld, \"bytes\": %lld, \"ms\": %.5f, \"gbps\": %.1f, "
+                   "\"pct_of_copy\": %.2f, \"tflops\": %.2f, \"vs_bf16\": %.3f, \"kernel\": "
+                   "\"%s\", \"check\": \"%s\", \"key\": %s}\n",
+                   props.name.c_str(), r.pair().c_str(), r.group.c_str(), r.scheme.c_str(),
+                   static_cast<long long>(r.n), static_cast<long long>(r.k),
+                   static_cast<long long>(r.m), static_cast<long long>(r.wbytes),
+                   static_cast<long long>(r.bytes), r.ms, r.gbps, r.pct, r.tflops, r.vs_bf16,
+                   bench::json_escape(r.kernel).c_str(), bench::json_escape(r.check).c_str(),
+                   r.key() ? "true" : "false");
+    });
+    if (!written) return 1;
     if (!all_ok) {
       std::fprintf(stderr, "bench_matmul_cuda: a result differs from the dequantize path\n");
       return 1;

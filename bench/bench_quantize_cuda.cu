@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_cuda_harness.cuh"
 #include "lowbit/convert.hpp"
 #include "lowbit/device.hpp"
 #include "lowbit/error.hpp"
@@ -37,28 +38,6 @@ namespace {
 
 using lowbit::Device;
 using lowbit::Dtype;
-
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    std::fprintf(stderr, "bench_quantize_cuda: %s: %s\n", what, cudaGetErrorString(err));
-    std::exit(1);
-  }
-}
-
-/// Normal(0, 1) samples from a counter hash and Box-Muller (as bench_convert_cuda).
-__global__ void fill_normal(float* out, uint64_t n, uint64_t seed) {
-  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
-  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += stride) {
-    uint64_t z = (i + seed) * 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    const float u1 = (static_cast<uint32_t>(z) + 1.0f) * 0x1p-32f;  // (0, 1]
-    const float u2 = static_cast<uint32_t>(z >> 32) * 0x1p-32f;
-    out[i] = sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2);
-  }
-}
 
 /// Reads n 16-byte vectors (four independent loads per thread in flight) and writes one
 /// word per thread: the streaming-read ceiling.
@@ -91,45 +70,6 @@ struct Row {
   /// possible share of the copy is 1 / moved.
   double moved = 1.0;
 };
-
-/// Median milliseconds of `reps` runs of `fn` on `stream` after `warmup` runs.
-double median_ms(cudaStream_t stream, int warmup, int reps, const std::function<void()>& fn) {
-  for (int i = 0; i < warmup; ++i) fn();
-  std::vector<cudaEvent_t> events(2 * static_cast<size_t>(reps));
-  for (cudaEvent_t& e : events) check(cudaEventCreate(&e), "cudaEventCreate");
-  for (int r = 0; r < reps; ++r) {
-    check(cudaEventRecord(events[2 * r], stream), "cudaEventRecord");
-    fn();
-    check(cudaEventRecord(events[2 * r + 1], stream), "cudaEventRecord");
-  }
-  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  std::vector<double> ms(static_cast<size_t>(reps));
-  for (int r = 0; r < reps; ++r) {
-    float t = 0;
-    check(cudaEventElapsedTime(&t, events[2 * r], events[2 * r + 1]), "cudaEventElapsedTime");
-    ms[r] = t;
-  }
-  for (cudaEvent_t& e : events) cudaEventDestroy(e);
-  std::sort(ms.begin(), ms.end());
-  return reps % 2 ? ms[reps / 2] : 0.5 * (ms[reps / 2 - 1] + ms[reps / 2]);
-}
-
-std::string json_escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\';
-    out += c;
-  }
-  return out;
-}
-
-int64_t part_bytes(const lowbit::Tensor& t) {
-  return t.data() ? lowbit::storage_bytes(t.dtype(), t.numel()) : 0;
-}
-int64_t quantized_bytes(const lowbit::QuantizedTensor& q) {
-  return part_bytes(q.codes) + part_bytes(q.scale) + part_bytes(q.zero) +
-         part_bytes(q.global_scale);
-}
 
 /// The first `rows` indices of dim 0 of a contiguous view (a view of the same memory).
 lowbit::TensorView first_rows(const lowbit::TensorView& v, int64_t rows) {
@@ -197,29 +137,20 @@ std::string check_dequantize(const lowbit::QuantizedTensor& q, const lowbit::Ten
 }  // namespace
 
 int main(int argc, char** argv) {
+  bench::program = "bench_quantize_cuda";
   std::string json_path;
   int reps = 30;
   int64_t rows = 16384, cols = 8192;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--json" && i + 1 < argc) {
-      json_path = argv[++i];
-    } else if (a == "--reps" && i + 1 < argc) {
-      reps = std::max(5, std::atoi(argv[++i]));
-    } else if (a == "--rows" && i + 1 < argc) {
-      rows = std::max<int64_t>(64, std::atoll(argv[++i]));
-    } else if (a == "--cols" && i + 1 < argc) {
-      cols = std::max<int64_t>(256, std::atoll(argv[++i]) / 256 * 256);
-    } else {
-      std::fprintf(stderr, "usage: %s [--json PATH] [--reps N>=5] [--rows R] [--cols K]\n",
-                   argv[0]);
-      return 2;
-    }
-  }
-  if (lowbit::cuda_device_count() == 0) {
-    std::printf("bench_quantize_cuda: SKIPPED: no CUDA device, nothing measured\n");
-    return 0;
-  }
+  const bool parsed =
+      bench::CommandLine()
+          .value("--json", [&](const char* v) { json_path = v; })
+          .value("--reps", [&](const char* v) { reps = std::max(5, std::atoi(v)); })
+          .value("--rows", [&](const char* v) { rows = std::max<int64_t>(64, std::atoll(v)); })
+          .value("--cols",
+                 [&](const char* v) { cols = std::max<int64_t>(256, std::atoll(v) / 256 * 256); })
+          .parse(argc, argv, "[--json PATH] [--reps N>=5] [--rows R] [--cols K]");
+  if (!parsed) return 2;
+  if (bench::skip_without_gpu()) return 0;
   try {
     const Device gpu = Device::cuda(0);
     const lowbit::CudaDeviceProperties props = lowbit::cuda_device_properties(0);
@@ -231,16 +162,12 @@ int main(int argc, char** argv) {
 
     // The ceiling: cudaMemcpyAsync device to device, 1 GiB.
     {
-      const int64_t bytes = int64_t{1} << 30;
-      lowbit::Buffer a(bytes, gpu, &stream), b(bytes, gpu, &stream);
-      check(cudaMemsetAsync(a.data(), 1, bytes, s), "cudaMemsetAsync");
       Row r;
       r.pair = "copy d2d (cudaMemcpyAsync, 1 GiB)";
-      r.elements = bytes;
-      r.bytes = 2 * bytes;
-      r.ms = median_ms(s, warmup, reps, [&] {
-        check(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, s),
-              "cudaMemcpyAsync");
+      r.elements = bench::kCopyBytes;
+      r.bytes = 2 * bench::kCopyBytes;
+      r.ms = bench::copy_d2d_ms(gpu, stream, [&](const std::function<void()>& copy) {
+        return bench::median_ms(s, warmup, reps, copy);
       });
       r.kernel = "cudaMemcpyAsync";
       rows_out.push_back(r);
@@ -252,13 +179,14 @@ int main(int argc, char** argv) {
       const int64_t bytes = int64_t{1} << 30;
       lowbit::Buffer a(bytes, gpu, &stream);
       lowbit::Buffer sink(int64_t{4} << 20, gpu, &stream);
-      check(cudaMemsetAsync(a.data(), 1, bytes, s), "cudaMemsetAsync");
+      bench::check(cudaMemsetAsync(a.data(), 1, bytes, s), "cudaMemsetAsync");
       Row w;
       w.pair = "write only (cudaMemsetAsync, 1 GiB)";
       w.elements = bytes;
       w.bytes = bytes;
-      w.ms = median_ms(s, warmup, reps,
-                       [&] { check(cudaMemsetAsync(a.data(), 2, bytes, s), "cudaMemsetAsync"); });
+      w.ms = bench::median_ms(s, warmup, reps, [&] {
+        bench::check(cudaMemsetAsync(a.data(), 2, bytes, s), "cudaMemsetAsync");
+      });
       w.kernel = "cudaMemsetAsync";
       rows_out.push_back(w);
       Row r;
@@ -266,11 +194,11 @@ int main(int argc, char** argv) {
       r.elements = bytes;
       r.bytes = bytes;
       const int grid = props.multiprocessors * 8;
-      r.ms = median_ms(s, warmup, reps, [&] {
+      r.ms = bench::median_ms(s, warmup, reps, [&] {
         read_only<<<grid, 256, 0, s>>>(static_cast<const uint4*>(a.data()), bytes / 16,
                                        static_cast<uint32_t*>(sink.data()));
       });
-      check(cudaGetLastError(), "read_only");
+      bench::check(cudaGetLastError(), "read_only");
       r.kernel = "read_only";
       rows_out.push_back(r);
     }
@@ -278,8 +206,8 @@ int main(int argc, char** argv) {
     const lowbit::Shape shape{rows, cols};
     const int64_t n = rows * cols;
     lowbit::Tensor f32 = lowbit::Tensor::empty(shape, Dtype::f32, gpu, &stream);
-    fill_normal<<<1024, 256, 0, s>>>(f32.data_as<float>(), static_cast<uint64_t>(n), 12345);
-    check(cudaGetLastError(), "fill_normal");
+    bench::fill_normal<<<1024, 256, 0, s>>>(f32.data_as<float>(), static_cast<uint64_t>(n), 12345);
+    bench::check(cudaGetLastError(), "fill_normal");
     lowbit::Tensor bf16 = lowbit::Tensor::empty(shape, Dtype::bf16, gpu, &stream);
     lowbit::convert(bf16, f32, lowbit::Saturation::none, &stream);
     stream.synchronize();
@@ -306,10 +234,10 @@ int main(int argc, char** argv) {
         r.pair = sname + "->" + text + (given ? " (given global scale)" : "") +
                  (check_finite ? "" : " (check off)");
         r.elements = n;
-        r.bytes = lowbit::storage_bytes(src.dtype(), n) + quantized_bytes(q);
+        r.bytes = lowbit::storage_bytes(src.dtype(), n) + bench::quantized_bytes(q);
         if (nvfp4 && !given)
           r.moved = static_cast<double>(r.bytes + lowbit::storage_bytes(src.dtype(), n)) / r.bytes;
-        r.ms = median_ms(s, warmup, reps, [&] { plan.run(stream, {}, args); });
+        r.ms = bench::median_ms(s, warmup, reps, [&] { plan.run(stream, {}, args); });
         r.kernel = plan.sku().str();
         stream.synchronize();
         r.check = check_quantize(src, q, check_rows);
@@ -323,8 +251,8 @@ int main(int argc, char** argv) {
       Row r;
       r.pair = std::string(text) + "->" + std::string(lowbit::dtype_name(back));
       r.elements = n;
-      r.bytes = quantized_bytes(q) + lowbit::storage_bytes(back, n);
-      r.ms = median_ms(s, warmup, reps, [&] { dplan.run(stream, {}, dargs); });
+      r.bytes = bench::quantized_bytes(q) + lowbit::storage_bytes(back, n);
+      r.ms = bench::median_ms(s, warmup, reps, [&] { dplan.run(stream, {}, dargs); });
       r.kernel = dplan.sku().str();
       stream.synchronize();
       r.check = check_dequantize(q, y, check_rows);
@@ -354,24 +282,18 @@ int main(int argc, char** argv) {
       std::printf("  %-34s %-8s %s\n", r.pair.c_str(), r.check.c_str(), r.kernel.c_str());
       all_exact = all_exact && r.check == "exact";
     }
-    if (!json_path.empty()) {
-      FILE* f = std::fopen(json_path.c_str(), "w");
-      if (!f) {
-        std::fprintf(stderr, "bench_quantize_cuda: cannot write %s\n", json_path.c_str());
-        return 1;
-      }
-      for (const Row& r : rows_out)
-        std::fprintf(f,
-                     "{\"bench\": \"quantize_cuda\", \"device\": \"%s\", \"pair\": \"%s\", "
-                     "\"elements\": %lld, \"bytes\": %lld, \"ms\": %.5f, \"gbps\": %.1f, "
-                     "\"pct_of_copy\": %.2f, \"bound_pct\": %.2f, \"kernel\": \"%s\", "
-                     "\"check\": \"%s\"}\n",
-                     json_escape(props.name).c_str(), json_escape(r.pair).c_str(),
-                     static_cast<long long>(r.elements), static_cast<long long>(r.bytes), r.ms,
-                     r.gbps, r.pct, 100.0 / r.moved, json_escape(r.kernel).c_str(),
-                     r.check.c_str());
-      std::fclose(f);
-    }
+    const bool written = bench::write_json_lines(json_path, rows_out, [&](FILE* f, const Row& r) {
+      std::fprintf(f,
+                   "{\"bench\": \"quantize_cuda\", \"device\": \"%s\", \"pair\": \"%s\", "
+                   "\"elements\": %lld, \"bytes\": %lld, \"ms\": %.5f, \"gbps\": %.1f, "
+                   "\"pct_of_copy\": %.2f, \"bound_pct\": %.2f, \"kernel\": \"%s\", "
+                   "\"check\": \"%s\"}\n",
+                   bench::json_escape(props.name).c_str(), bench::json_escape(r.pair).c_str(),
+                   static_cast<long long>(r.elements), static_cast<long long>(r.bytes), r.ms,
+                   r.gbps, r.pct, 100.0 / r.moved, bench::json_escape(r.kernel).c_str(),
+                   r.check.c_str());
+    });
+    if (!written) return 1;
     if (!all_exact) {
       std::fprintf(stderr, "bench_quantize_cuda: a result differs from the reference\n");
       return 1;
