@@ -849,6 +849,10 @@ struct Pass {
         } else {
           op.arg[t] = ptr[xs[t]];
           if (s.direct[xs[t]]) op.bf16 |= 1u << t;
+          if (s.uniform[xs[t]]) {  // one value, f32 (a vector step's operand)
+            const float v = *static_cast<const float*>(ptr[xs[t]]);
+            if (v == v) op.plain |= 1u << t;
+          }
         }
       }
       prev = j;

@@ -303,8 +303,22 @@ bool StepF32(const Instr& in, void* out, const void* pa, const void* pb, const v
 
 /// r[u] = op(x[u], y[u], z[u]) for U vectors: one dispatch for all of them.
 template <int U>
-HWY_INLINE void apply(const Instr& in, const V (&xs)[U], const V (&ys)[U], const V (&zs)[U],
-                      V (&r)[U]) {
+HWY_INLINE void apply(const Instr& in, unsigned plain, const V (&xs)[U], const V (&ys)[U],
+                      const V (&zs)[U], V (&r)[U]) {
+  // Bounds that are not NaN: lb_max(x, lo) is `lo > x ? lo : x`, lb_min(x, hi) is
+  // `hi < x ? hi : x` (the file comment's maxps / minps).
+  if (in.op == Op::clamp && (plain & 6u) == 6u) {
+    for (int u = 0; u < U; ++u) r[u] = lt_select(zs[u], gt_select(ys[u], xs[u]));
+    return;
+  }
+  if (in.op == Op::maximum && (plain & 2u)) {
+    for (int u = 0; u < U; ++u) r[u] = gt_select(ys[u], xs[u]);
+    return;
+  }
+  if (in.op == Op::minimum && (plain & 2u)) {
+    for (int u = 0; u < U; ++u) r[u] = lt_select(ys[u], xs[u]);
+    return;
+  }
   switch (in.op) {
 #define LB_CASE(op, k, expr)                   \
   case Op::op:                                 \
@@ -393,7 +407,7 @@ void Chain(const fusion::ChainOp* ops, int m, const fusion::ChainDst& dst, int n
           for (int u = 0; u < U; ++u) v[u] = hn::LoadU(d, p + u * N);
         }
       }
-      apply<U>(*op.in, x, y, z, acc);
+      apply<U>(*op.in, op.plain, x, y, z, acc);
     }
     if (dst.bf16) {
       for (int u = 0; u < U; ++u) {

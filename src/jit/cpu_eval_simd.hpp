@@ -26,6 +26,9 @@ struct ChainOp {
   const void* arg[3] = {nullptr, nullptr, nullptr};
   unsigned chained = 0;
   unsigned bf16 = 0;
+  /// Bit j: operand j is one value for every element, and not NaN (minimum, maximum and
+  /// clamp then skip jit_math's NaN test of that operand: x86's minps / maxps suffice).
+  unsigned plain = 0;
 };
 
 /// Where a chain's result goes: f32 values to `f32`, or, when `bf16` is set, bf16 codes

@@ -222,7 +222,8 @@ const Dtype kCasts[] = {Dtype::f32, Dtype::bf16, Dtype::f16, Dtype::f8e4m3fn, Dt
 Expr random_expr(std::mt19937_64& rng, const std::vector<Expr>& leaves, int depth) {
   if (depth == 0 || rng() % 6 == 0) {
     if (rng() % 5 == 0) {
-      static const double consts[] = {0.0, 1.0, -2.0, 0.5, 1.25, -8.0, 8.0, 1e-3, 30.0};
+      static const double consts[] = {0.0,  1.0,  -2.0,         0.5,  1.25,   -8.0,  8.0,
+                                      1e-3, 30.0, std::nan(""), -0.0, -1e300, 1e300, -INFINITY};
       return Expr(consts[rng() % std::size(consts)]);
     }
     return leaves[rng() % leaves.size()];
@@ -246,7 +247,7 @@ Expr random_expr(std::mt19937_64& rng, const std::vector<Expr>& leaves, int dept
     case 7:
       return fusion::maximum(sub(), sub());
     case 8:
-      return fusion::clamp(sub(), -8.0, 8.0);
+      return fusion::clamp(sub(), rng() % 8 ? -8.0 : std::nan(""), 8.0);
     case 9:
       return fusion::clamp(sub(), sub(), sub());
     case 10:
