@@ -1,5 +1,6 @@
 // A CPU SIMD quantize kernel for GGUF Q4_1, Q5_0 and Q5_1 (the legacy types that the gguf
-// Python package also quantizes; quantize_simd serves Q8_0 and Q4_0): Highway, dispatched
+// Python package also quantizes; quantize_simd serves Q8_0 and Q4_0) and Q4_K / Q5_K (their
+// scale searches run one sub-block per lane: see FitK4Lanes): Highway, dispatched
 // at run time to the best target the CPU supports (AVX3, AVX2, SSE4), OpenMP across rows.
 // Contiguous f32 / f16 / bf16 sources. Byte-identical to quantize_reference, i.e. to
 // ggml's quantize_row_q4_1_ref / q5_0_ref / q5_1_ref as formats/gguf_legacy.cpp restates
@@ -41,6 +42,7 @@
 #include <cstring>
 #include <string>
 
+#include "formats/gguf_block_codecs.hpp"
 #include "lowbit/gguf_blocks.hpp"
 #include "ops/quantize/quantize_kernels.hpp"
 
@@ -217,10 +219,243 @@ HWY_INLINE bool Blocks(const Call& c, int64_t e0, int64_t nb, uint8_t* y) {
   return true;
 }
 
+// ---- Q4_K / Q5_K: make_qkx2_quants with one sub-block per lane ---------------------------------
+//
+// The reference fits each 32-value sub-block with a serial search (gguf_kquants.cpp's
+// make_qkx2_quants); here up to 8 sub-blocks run side by side, one per lane, each lane doing
+// exactly its sub-block's operations in the reference's order (the sums over i stay serial
+// per lane; `x < min` / `cur_error < best_error` become per-lane selects), so every lane's
+// result is the reference's. The 6-bit scale packing and the final re-rounding stay scalar.
+
+using DC = hn::CappedTag<float, 8>;
+using VC = hn::Vec<DC>;
+using DCI = hn::RebindToSigned<DC>;
+using VCI = hn::Vec<DCI>;
+
+/// ggml's nearest_int, lane-wise.
+HWY_INLINE VCI GgmlNearestInt(VC f) {
+  const DCI di;
+  const VCI bits = hn::BitCast(di, hn::Add(f, hn::Set(DC(), 12582912.0f)));
+  return hn::Sub(hn::And(bits, hn::Set(di, 0x007fffff)), hn::Set(di, 0x00400000));
+}
+
+/// fit_k4_subblocks for sub-blocks s0 .. s0 + lanes - 1 of the super-block x: writes their
+/// levels to L, scales and mins (make_qkx2_quants's return value and *the_min).
+HWY_INLINE void FitK4Lanes(const float* x, int s0, int nmax, float rmin, float rdelta, int nstep,
+                           uint8_t* L, float* scales, float* mins) {
+  const DC d;
+  const DCI di;
+  const int nl = static_cast<int>(hn::Lanes(d));
+  HWY_ALIGN float buf[8];
+  VC xt[32], wt[32];
+  for (int i = 0; i < 32; ++i) {
+    for (int j = 0; j < nl; ++j) buf[j] = x[32 * (s0 + j) + i];
+    xt[i] = hn::Load(d, buf);
+  }
+  const VC zero = hn::Zero(d);
+  VC sum_x2 = zero;
+  for (int i = 0; i < 32; ++i) sum_x2 = hn::Add(sum_x2, hn::Mul(xt[i], xt[i]));
+  const VC av_x = hn::Sqrt(hn::Div(sum_x2, hn::Set(d, 32.0f)));
+  for (int i = 0; i < 32; ++i) wt[i] = hn::Add(av_x, hn::Abs(xt[i]));
+
+  VC min = xt[0], max = xt[0];
+  VC sum_w = wt[0];
+  VC sum_x = hn::Mul(sum_w, xt[0]);
+  for (int i = 1; i < 32; ++i) {
+    min = hn::IfThenElse(hn::Lt(xt[i], min), xt[i], min);
+    max = hn::IfThenElse(hn::Gt(xt[i], max), xt[i], max);
+    sum_w = hn::Add(sum_w, wt[i]);
+    sum_x = hn::Add(sum_x, hn::Mul(wt[i], xt[i]));
+  }
+  min = hn::IfThenElse(hn::Gt(min, zero), zero, min);
+  const auto flat = hn::Eq(max, min);  // the reference returns early: levels 0, scale 0
+  const VC min0 = min;
+  const VCI vnmax = hn::Set(di, nmax), izero = hn::Zero(di);
+  VC iscale = hn::Div(hn::Set(d, static_cast<float>(nmax)), hn::Sub(max, min));
+  VC scale = hn::Div(hn::Set(d, 1.0f), iscale);
+  VCI lv[32];
+  VC best_error = zero;
+  for (int i = 0; i < 32; ++i) {
+    lv[i] = hn::Min(hn::Max(GgmlNearestInt(hn::Mul(iscale, hn::Sub(xt[i], min))), izero), vnmax);
+    VC diff = hn::Sub(hn::Add(hn::Mul(scale, hn::ConvertTo(d, lv[i])), min), xt[i]);
+    diff = hn::Mul(diff, diff);
+    best_error = hn::Add(best_error, hn::Mul(wt[i], diff));
+  }
+  for (int is = 0; is <= nstep; ++is) {
+    // The numerator is the reference's scalar expression; `min` is the one the search has
+    // moved to (ggml's quirk).
+    const float num = rmin + rdelta * static_cast<float>(is) + static_cast<float>(nmax);
+    iscale = hn::Div(hn::Set(d, num), hn::Sub(max, min));
+    VC sum_l = zero, sum_l2 = zero, sum_xl = zero;
+    VCI laux[32];
+    for (int i = 0; i < 32; ++i) {
+      laux[i] =
+          hn::Min(hn::Max(GgmlNearestInt(hn::Mul(iscale, hn::Sub(xt[i], min))), izero), vnmax);
+      const VC f = hn::ConvertTo(d, laux[i]);
+      sum_l = hn::Add(sum_l, hn::Mul(wt[i], f));
+      sum_l2 = hn::Add(sum_l2, hn::Mul(hn::Mul(wt[i], f), f));
+      sum_xl = hn::Add(sum_xl, hn::Mul(hn::Mul(wt[i], f), xt[i]));
+    }
+    const VC D = hn::Sub(hn::Mul(sum_w, sum_l2), hn::Mul(sum_l, sum_l));
+    const auto solvable = hn::Gt(D, zero);
+    VC this_scale = hn::Div(hn::Sub(hn::Mul(sum_w, sum_xl), hn::Mul(sum_x, sum_l)), D);
+    VC this_min = hn::Div(hn::Sub(hn::Mul(sum_l2, sum_x), hn::Mul(sum_l, sum_xl)), D);
+    const auto positive = hn::Gt(this_min, zero);
+    this_scale = hn::IfThenElse(positive, hn::Div(sum_xl, sum_l2), this_scale);
+    this_min = hn::IfThenElse(positive, zero, this_min);
+    VC cur_error = zero;
+    for (int i = 0; i < 32; ++i) {
+      VC diff = hn::Sub(hn::Add(hn::Mul(this_scale, hn::ConvertTo(d, laux[i])), this_min), xt[i]);
+      diff = hn::Mul(diff, diff);
+      cur_error = hn::Add(cur_error, hn::Mul(wt[i], diff));
+    }
+    const auto better = hn::And(solvable, hn::Lt(cur_error, best_error));
+    const auto better_i = hn::RebindMask(di, better);
+    for (int i = 0; i < 32; ++i) lv[i] = hn::IfThenElse(better_i, laux[i], lv[i]);
+    best_error = hn::IfThenElse(better, cur_error, best_error);
+    scale = hn::IfThenElse(better, this_scale, scale);
+    min = hn::IfThenElse(better, this_min, min);
+  }
+  const auto flat_i = hn::RebindMask(di, flat);
+  scale = hn::IfThenZeroElse(flat, scale);
+  min = hn::IfThenElse(flat, min0, min);
+  HWY_ALIGN int32_t lbuf[8];
+  for (int i = 0; i < 32; ++i) {
+    hn::Store(hn::IfThenZeroElse(flat_i, lv[i]), di, lbuf);
+    for (int j = 0; j < nl; ++j) L[32 * (s0 + j) + i] = static_cast<uint8_t>(lbuf[j]);
+  }
+  HWY_ALIGN float sbuf[8], mbuf[8];
+  hn::Store(scale, d, sbuf);
+  hn::Store(hn::Neg(min), d, mbuf);  // *the_min = -min
+  for (int j = 0; j < nl; ++j) {
+    scales[s0 + j] = sbuf[j];
+    mins[s0 + j] = mbuf[j];
+  }
+}
+
+/// One Q4_K / Q5_K super-block from the f32 values x (gguf_kquants.cpp's quantize_q4_K /
+/// quantize_q5_K). False: an f16 field overflows (quantize_reference must judge).
+template <GgmlType T>
+HWY_INLINE bool KBlock(const float* x, uint8_t* y) {
+  constexpr bool k5 = T == GgmlType::q5_K;
+  constexpr int nmax = k5 ? 31 : 15;
+  uint8_t L[256];
+  float scales[8], mins[8];
+  const int nl = static_cast<int>(hn::Lanes(DC()));
+  for (int s0 = 0; s0 < 8; s0 += nl)
+    FitK4Lanes(x, s0, nmax, k5 ? -0.5f : -1.0f, 0.1f, k5 ? 15 : 20, L, scales, mins);
+  float max_scale = 0.0f, max_min = 0.0f;
+  for (int j = 0; j < 8; ++j) {
+    if (scales[j] > max_scale) max_scale = scales[j];
+    if (mins[j] > max_min) max_min = mins[j];
+  }
+  // finish_k4_superblock.
+  const float inv_scale = max_scale > 0.0f ? 63.0f / max_scale : 0.0f;
+  const float inv_min = max_min > 0.0f ? 63.0f / max_min : 0.0f;
+  uint8_t ls[8], lm[8];
+  for (int j = 0; j < 8; ++j) {
+    ls[j] = std::min<uint8_t>(
+        63, static_cast<uint8_t>(gguf::detail::nearest_int(inv_scale * scales[j])));
+    lm[j] =
+        std::min<uint8_t>(63, static_cast<uint8_t>(gguf::detail::nearest_int(inv_min * mins[j])));
+  }
+  uint8_t* sc = y + 4;
+  for (int j = 0; j < 8; ++j) {
+    if (j < 4) {
+      sc[j] = ls[j];
+      sc[j + 4] = lm[j];
+    } else {
+      sc[j + 4] = static_cast<uint8_t>((ls[j] & 0xF) | ((lm[j] & 0xF) << 4));
+      sc[j - 4] |= static_cast<uint8_t>((ls[j] >> 4) << 6);
+      sc[j] |= static_cast<uint8_t>((lm[j] >> 4) << 6);
+    }
+  }
+  const uint16_t hd = f32_to_f16(max_scale / 63.0f);
+  const uint16_t hm = f32_to_f16(max_min / 63.0f);
+  if ((hd & 0x7fffu) == 0x7c00u || (hm & 0x7fffu) == 0x7c00u) return false;
+  std::memcpy(y, &hd, 2);
+  std::memcpy(y + 2, &hm, 2);
+  const float d_all = f16_to_f32(hd);
+  const float dmin_all = f16_to_f32(hm);
+  for (int j = 0; j < 8; ++j) {
+    uint8_t s, m;
+    if (j < 4) {
+      s = sc[j] & 63;
+      m = sc[j + 4] & 63;
+    } else {
+      s = static_cast<uint8_t>((sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4));
+      m = static_cast<uint8_t>((sc[j + 4] >> 4) | ((sc[j] >> 6) << 4));
+    }
+    const float dd = d_all * static_cast<float>(s);
+    if (dd == 0.0f) continue;
+    const float dm = dmin_all * static_cast<float>(m);
+    for (int i = 0; i < 32; ++i)
+      L[32 * j + i] = static_cast<uint8_t>(
+          std::clamp(gguf::detail::nearest_int((x[32 * j + i] + dm) / dd), 0, nmax));
+  }
+  if constexpr (!k5) {
+    uint8_t* q = y + 16;
+    for (int j = 0; j < 256; j += 64, q += 32)
+      for (int l = 0; l < 32; ++l) q[l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 4));
+  } else {
+    uint8_t* qh = y + 16;
+    uint8_t* ql = y + 48;
+    std::memset(qh, 0, 32);
+    uint8_t m1 = 1, m2 = 2;
+    for (int n = 0; n < 256; n += 64, ql += 32) {
+      for (int j = 0; j < 32; ++j) {
+        int l1 = L[n + j];
+        if (l1 > 15) {
+          l1 -= 16;
+          qh[j] |= m1;
+        }
+        int l2 = L[n + j + 32];
+        if (l2 > 15) {
+          l2 -= 16;
+          qh[j] |= m2;
+        }
+        ql[j] = static_cast<uint8_t>(l1 | (l2 << 4));
+      }
+      m1 = static_cast<uint8_t>(m1 << 2);
+      m2 = static_cast<uint8_t>(m2 << 2);
+    }
+  }
+  return true;
+}
+
+/// Rows of Q4_K / Q5_K super-blocks. False: quantize_reference must judge the call.
+template <Dtype S, GgmlType T>
+HWY_INLINE bool KBlocks(const Call& c, int64_t e0, int64_t nb, uint8_t* y) {
+  constexpr int64_t kB = T == GgmlType::q5_K ? 176 : 144;
+  const DF df;
+  HWY_ALIGN float x[256];
+  for (int64_t b = 0; b < nb; ++b, y += kB) {
+    uint32_t amax = 0;
+    for (int64_t v = 0; v < 256; v += kN) {
+      const VF xv = LoadSrc<S>(df, c.src, e0 + b * 256 + v);
+      hn::Store(xv, df, x + v);
+    }
+    for (int i = 0; i < 256; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, x + i, 4);
+      amax = std::max(amax, bits & 0x7fffffffu);
+    }
+    if (amax >= kNonFinite) {
+      if (c.check_finite) return false;
+      continue;  // unspecified (memory-safe) bytes: left as they are
+    }
+    if (!KBlock<T>(x, y)) return false;
+  }
+  return true;
+}
+
 template <Dtype S, GgmlType T>
 void Rows(const Call& c, int64_t r0, int64_t r1) {
+  constexpr bool kK = T == GgmlType::q4_K || T == GgmlType::q5_K;
   for (int64_t r = r0; r < r1; ++r) {
-    if (!Blocks<S, T>(c, r * c.k, c.k / 32, c.codes + r * c.row_bytes)) {
+    const bool ok = kK ? KBlocks<S, T>(c, r * c.k, c.k / 256, c.codes + r * c.row_bytes)
+                       : Blocks<S, T>(c, r * c.k, c.k / 32, c.codes + r * c.row_bytes);
+    if (!ok) {
       c.refuse->store(true);
       return;
     }
@@ -236,6 +471,10 @@ RowsFn RowsFor(GgmlType type) {
       return &Rows<S, GgmlType::q5_0>;
     case GgmlType::q5_1:
       return &Rows<S, GgmlType::q5_1>;
+    case GgmlType::q4_K:
+      return &Rows<S, GgmlType::q4_K>;
+    case GgmlType::q5_K:
+      return &Rows<S, GgmlType::q5_K>;
     default:
       return nullptr;
   }
@@ -286,7 +525,9 @@ bool served(const QuantScheme& s) {
   using gguf::GgmlType;
   return s.format == QuantFormat::gguf && (s.gguf_type == static_cast<uint32_t>(GgmlType::q4_1) ||
                                            s.gguf_type == static_cast<uint32_t>(GgmlType::q5_0) ||
-                                           s.gguf_type == static_cast<uint32_t>(GgmlType::q5_1));
+                                           s.gguf_type == static_cast<uint32_t>(GgmlType::q5_1) ||
+                                           s.gguf_type == static_cast<uint32_t>(GgmlType::q4_K) ||
+                                           s.gguf_type == static_cast<uint32_t>(GgmlType::q5_K));
 }
 
 /// Row-major contiguous (extent-1 dims may have any stride; empty tensors always are).
@@ -306,7 +547,7 @@ class GgufQuantizeSimd final : public Kernel<QuantizeOp> {
 
   std::string decline(const QuantizeDesc& d) const override {
     if (!d.device.is_cpu()) return "runs on the cpu only";
-    if (!served(d.scheme)) return "GGUF q4_1, q5_0 and q5_1 only";
+    if (!served(d.scheme)) return "GGUF q4_1, q5_0, q5_1, q4_K and q5_K only";
     if (!HWY_DYNAMIC_DISPATCH(GgufTargetIsSimd)())
       return "no SIMD target on this CPU (Highway chose SCALAR)";
     if (d.src != Dtype::f32 && d.src != Dtype::f16 && d.src != Dtype::bf16)
