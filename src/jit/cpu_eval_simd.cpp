@@ -376,6 +376,23 @@ void StoreBf16(const float* s, uint16_t* o, int n, bool stream) {
   std::memcpy(o + i, po, sizeof(uint16_t) * static_cast<size_t>(n - i));
 }
 
+/// Operand J of a chain op for the U vectors at element i: the running value, or loaded.
+template <int J, int U>
+HWY_INLINE void chain_operand(const fusion::ChainOp& op, int i, const V (&acc)[U], V (&v)[U]) {
+  constexpr int N = static_cast<int>(hn::MaxLanes(D()));
+  if ((op.chained & (1u << J)) || !op.arg[J]) {
+    for (int u = 0; u < U; ++u) v[u] = acc[u];
+  } else if (op.bf16 & (1u << J)) {
+    const hn::Rebind<uint16_t, D> d16;
+    const auto* p = static_cast<const uint16_t*>(op.arg[J]) + i;
+    for (int u = 0; u < U; ++u)
+      v[u] = from_bits(hn::ShiftLeft<16>(hn::PromoteTo(DU(), hn::LoadU(d16, p + u * N))));
+  } else {
+    const auto* p = static_cast<const float*>(op.arg[J]) + i;
+    for (int u = 0; u < U; ++u) v[u] = hn::LoadU(D(), p + u * N);
+  }
+}
+
 /// The chain's ops over n elements, U vectors at a time with the running value in
 /// registers; the last partial block goes op by op through StepF32 on local buffers.
 void Chain(const fusion::ChainOp* ops, int m, const fusion::ChainDst& dst, int n) {
@@ -392,21 +409,11 @@ void Chain(const fusion::ChainOp* ops, int m, const fusion::ChainDst& dst, int n
     for (int u = 0; u < U; ++u) acc[u] = hn::Zero(d);
     for (int k = 0; k < m; ++k) {
       const fusion::ChainOp& op = ops[k];
+      // Named arrays indexed by constants only, so that they live in registers.
       V x[U], y[U], z[U];
-      V* slots[3] = {x, y, z};
-      for (int j = 0; j < 3; ++j) {
-        V* v = slots[j];
-        if (op.chained & (1u << j) || !op.arg[j]) {
-          for (int u = 0; u < U; ++u) v[u] = acc[u];
-        } else if (op.bf16 & (1u << j)) {
-          const auto* p = static_cast<const uint16_t*>(op.arg[j]) + i;
-          for (int u = 0; u < U; ++u)
-            v[u] = from_bits(hn::ShiftLeft<16>(hn::PromoteTo(DU(), hn::LoadU(d16, p + u * N))));
-        } else {
-          const auto* p = static_cast<const float*>(op.arg[j]) + i;
-          for (int u = 0; u < U; ++u) v[u] = hn::LoadU(d, p + u * N);
-        }
-      }
+      chain_operand<0, U>(op, i, acc, x);
+      chain_operand<1, U>(op, i, acc, y);
+      chain_operand<2, U>(op, i, acc, z);
       apply<U>(*op.in, op.plain, x, y, z, acc);
     }
     if (dst.bf16) {
