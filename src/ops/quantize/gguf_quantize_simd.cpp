@@ -1,6 +1,6 @@
 // A CPU SIMD quantize kernel for GGUF Q4_1, Q5_0 and Q5_1 (the legacy types that the gguf
-// Python package also quantizes; quantize_simd serves Q8_0 and Q4_0) and Q4_K / Q5_K (their
-// scale searches run one sub-block per lane: see FitK4Lanes): Highway, dispatched
+// Python package also quantizes; quantize_simd serves Q8_0 and Q4_0) and Q4_K / Q5_K / Q6_K
+// (their scale searches run one sub-block per lane: FitK4Lanes, FitQ6Lanes): Highway, dispatched
 // at run time to the best target the CPU supports (AVX3, AVX2, SSE4), OpenMP across rows.
 // Contiguous f32 / f16 / bf16 sources. Byte-identical to quantize_reference, i.e. to
 // ggml's quantize_row_q4_1_ref / q5_0_ref / q5_1_ref as formats/gguf_legacy.cpp restates
@@ -423,10 +423,141 @@ HWY_INLINE bool KBlock(const float* x, uint8_t* y) {
   return true;
 }
 
-/// Rows of Q4_K / Q5_K super-blocks. False: quantize_reference must judge the call.
+// ---- Q6_K: make_qx_quants with one 16-value sub-block per lane ----------------------------------
+
+using DQ = hn::CappedTag<float, 16>;
+using VQ = hn::Vec<DQ>;
+using DQI = hn::RebindToSigned<DQ>;
+using VQI = hn::Vec<DQI>;
+
+HWY_INLINE VQI GgmlNearestInt16(VQ f) {
+  const DQI di;
+  const VQI bits = hn::BitCast(di, hn::Add(f, hn::Set(DQ(), 12582912.0f)));
+  return hn::Sub(hn::And(bits, hn::Set(di, 0x007fffff)), hn::Set(di, 0x00400000));
+}
+
+/// make_qx_quants_x2(16, 32, ...) for sub-blocks s0 .. s0 + lanes - 1 of the super-block x:
+/// levels (l + 32) to L, scales to scales (gguf_kquants.cpp's reference, lane by lane).
+HWY_INLINE void FitQ6Lanes(const float* x, int s0, int8_t* L, float* scales) {
+  const DQ d;
+  const DQI di;
+  constexpr int nmax = 32;
+  const int nl = static_cast<int>(hn::Lanes(d));
+  HWY_ALIGN float buf[16];
+  VQ xt[16];
+  for (int i = 0; i < 16; ++i) {
+    for (int j = 0; j < nl; ++j) buf[j] = x[16 * (s0 + j) + i];
+    xt[i] = hn::Load(d, buf);
+  }
+  const VQ zero = hn::Zero(d);
+  VQ max = zero, amax = zero;
+  for (int i = 0; i < 16; ++i) {
+    const VQ ax = hn::Abs(xt[i]);
+    const auto bigger = hn::Gt(ax, amax);
+    amax = hn::IfThenElse(bigger, ax, amax);
+    max = hn::IfThenElse(bigger, xt[i], max);
+  }
+  const auto tiny = hn::Lt(amax, hn::Set(d, 1e-15f));  // GROUP_MAX_EPS: levels 0, scale 0
+  const VQI lo = hn::Set(di, -nmax), hi = hn::Set(di, nmax - 1), off = hn::Set(di, nmax);
+  VQ iscale = hn::Div(hn::Set(d, static_cast<float>(-nmax)), max);
+  VQ sumlx = zero, suml2 = zero;
+  VQI lv[16];
+  for (int i = 0; i < 16; ++i) {
+    const VQI l = hn::Min(hn::Max(GgmlNearestInt16(hn::Mul(iscale, xt[i])), lo), hi);
+    lv[i] = hn::Add(l, off);
+    const VQ w = hn::Mul(xt[i], xt[i]);
+    const VQ f = hn::ConvertTo(d, l);
+    sumlx = hn::Add(sumlx, hn::Mul(hn::Mul(w, xt[i]), f));
+    suml2 = hn::Add(suml2, hn::Mul(hn::Mul(w, f), f));
+  }
+  VQ scale = hn::IfThenElseZero(hn::Ne(suml2, zero), hn::Div(sumlx, suml2));
+  VQ best = hn::Mul(scale, sumlx);
+  for (int is = -9; is <= 9; ++is) {
+    if (is == 0) continue;
+    const float num = -(static_cast<float>(nmax) + 0.1f * static_cast<float>(is));
+    iscale = hn::Div(hn::Set(d, num), max);
+    sumlx = zero;
+    suml2 = zero;
+    VQI laux[16];
+    for (int i = 0; i < 16; ++i) {
+      const VQI l = hn::Min(hn::Max(GgmlNearestInt16(hn::Mul(iscale, xt[i])), lo), hi);
+      laux[i] = hn::Add(l, off);
+      const VQ w = hn::Mul(xt[i], xt[i]);
+      const VQ f = hn::ConvertTo(d, l);
+      sumlx = hn::Add(sumlx, hn::Mul(hn::Mul(w, xt[i]), f));
+      suml2 = hn::Add(suml2, hn::Mul(hn::Mul(w, f), f));
+    }
+    const auto better =
+        hn::And(hn::Gt(suml2, zero), hn::Gt(hn::Mul(sumlx, sumlx), hn::Mul(best, suml2)));
+    const auto better_i = hn::RebindMask(di, better);
+    for (int i = 0; i < 16; ++i) lv[i] = hn::IfThenElse(better_i, laux[i], lv[i]);
+    scale = hn::IfThenElse(better, hn::Div(sumlx, suml2), scale);
+    best = hn::IfThenElse(better, hn::Mul(scale, sumlx), best);
+  }
+  scale = hn::IfThenZeroElse(tiny, scale);
+  const auto tiny_i = hn::RebindMask(di, tiny);
+  HWY_ALIGN int32_t lbuf[16];
+  for (int i = 0; i < 16; ++i) {
+    hn::Store(hn::IfThenZeroElse(tiny_i, lv[i]), di, lbuf);
+    for (int j = 0; j < nl; ++j) L[16 * (s0 + j) + i] = static_cast<int8_t>(lbuf[j]);
+  }
+  HWY_ALIGN float sbuf[16];
+  hn::Store(scale, d, sbuf);
+  for (int j = 0; j < nl; ++j) scales[s0 + j] = sbuf[j];
+}
+
+/// One Q6_K super-block (gguf_kquants.cpp's quantize_q6_K). False: d overflows f16.
+HWY_INLINE bool Q6Block(const float* x, uint8_t* y) {
+  int8_t L[256];
+  float scales[16];
+  const int nl = static_cast<int>(hn::Lanes(DQ()));
+  for (int s0 = 0; s0 < 16; s0 += nl) FitQ6Lanes(x, s0, L, scales);
+  float max_scale = 0.0f, max_abs_scale = 0.0f;
+  for (int ib = 0; ib < 16; ++ib) {
+    const float abs_scale = std::fabs(scales[ib]);
+    if (abs_scale > max_abs_scale) {
+      max_abs_scale = abs_scale;
+      max_scale = scales[ib];
+    }
+  }
+  if (max_abs_scale < 1e-15f) {
+    std::memset(y, 0, 210);
+    return true;
+  }
+  auto* scales_out = reinterpret_cast<int8_t*>(y + 192);
+  const float iscale = -128.0f / max_scale;
+  const uint16_t hd = f32_to_f16(1.0f / iscale);
+  if ((hd & 0x7fffu) == 0x7c00u) return false;
+  std::memcpy(y + 208, &hd, 2);
+  for (int ib = 0; ib < 16; ++ib)
+    scales_out[ib] =
+        static_cast<int8_t>(std::min(127, gguf::detail::nearest_int(iscale * scales[ib])));
+  const float d_all = f16_to_f32(hd);
+  for (int j = 0; j < 16; ++j) {
+    const float dd = d_all * static_cast<float>(scales_out[j]);
+    if (dd == 0.0f) continue;
+    for (int i = 0; i < 16; ++i)
+      L[16 * j + i] = static_cast<int8_t>(
+          std::clamp(gguf::detail::nearest_int(x[16 * j + i] / dd), -32, 31) + 32);
+  }
+  uint8_t* ql = y;
+  uint8_t* qh = y + 128;
+  for (int j = 0; j < 256; j += 128, ql += 64, qh += 32) {
+    for (int l = 0; l < 32; ++l) {
+      const int v0 = L[j + l], v1 = L[j + l + 32], v2 = L[j + l + 64], v3 = L[j + l + 96];
+      ql[l] = static_cast<uint8_t>((v0 & 0xF) | ((v2 & 0xF) << 4));
+      ql[l + 32] = static_cast<uint8_t>((v1 & 0xF) | ((v3 & 0xF) << 4));
+      qh[l] =
+          static_cast<uint8_t>((v0 >> 4) | ((v1 >> 4) << 2) | ((v2 >> 4) << 4) | ((v3 >> 4) << 6));
+    }
+  }
+  return true;
+}
+
+/// Rows of Q4_K / Q5_K / Q6_K super-blocks. False: quantize_reference must judge the call.
 template <Dtype S, GgmlType T>
 HWY_INLINE bool KBlocks(const Call& c, int64_t e0, int64_t nb, uint8_t* y) {
-  constexpr int64_t kB = T == GgmlType::q5_K ? 176 : 144;
+  constexpr int64_t kB = T == GgmlType::q5_K ? 176 : T == GgmlType::q6_K ? 210 : 144;
   const DF df;
   HWY_ALIGN float x[256];
   for (int64_t b = 0; b < nb; ++b, y += kB) {
@@ -444,14 +575,18 @@ HWY_INLINE bool KBlocks(const Call& c, int64_t e0, int64_t nb, uint8_t* y) {
       if (c.check_finite) return false;
       continue;  // unspecified (memory-safe) bytes: left as they are
     }
-    if (!KBlock<T>(x, y)) return false;
+    if constexpr (T == GgmlType::q6_K) {
+      if (!Q6Block(x, y)) return false;
+    } else {
+      if (!KBlock<T>(x, y)) return false;
+    }
   }
   return true;
 }
 
 template <Dtype S, GgmlType T>
 void Rows(const Call& c, int64_t r0, int64_t r1) {
-  constexpr bool kK = T == GgmlType::q4_K || T == GgmlType::q5_K;
+  constexpr bool kK = T == GgmlType::q4_K || T == GgmlType::q5_K || T == GgmlType::q6_K;
   for (int64_t r = r0; r < r1; ++r) {
     const bool ok = kK ? KBlocks<S, T>(c, r * c.k, c.k / 256, c.codes + r * c.row_bytes)
                        : Blocks<S, T>(c, r * c.k, c.k / 32, c.codes + r * c.row_bytes);
@@ -475,6 +610,8 @@ RowsFn RowsFor(GgmlType type) {
       return &Rows<S, GgmlType::q4_K>;
     case GgmlType::q5_K:
       return &Rows<S, GgmlType::q5_K>;
+    case GgmlType::q6_K:
+      return &Rows<S, GgmlType::q6_K>;
     default:
       return nullptr;
   }
@@ -527,7 +664,8 @@ bool served(const QuantScheme& s) {
                                            s.gguf_type == static_cast<uint32_t>(GgmlType::q5_0) ||
                                            s.gguf_type == static_cast<uint32_t>(GgmlType::q5_1) ||
                                            s.gguf_type == static_cast<uint32_t>(GgmlType::q4_K) ||
-                                           s.gguf_type == static_cast<uint32_t>(GgmlType::q5_K));
+                                           s.gguf_type == static_cast<uint32_t>(GgmlType::q5_K) ||
+                                           s.gguf_type == static_cast<uint32_t>(GgmlType::q6_K));
 }
 
 /// Row-major contiguous (extent-1 dims may have any stride; empty tensors always are).
@@ -547,7 +685,7 @@ class GgufQuantizeSimd final : public Kernel<QuantizeOp> {
 
   std::string decline(const QuantizeDesc& d) const override {
     if (!d.device.is_cpu()) return "runs on the cpu only";
-    if (!served(d.scheme)) return "GGUF q4_1, q5_0, q5_1, q4_K and q5_K only";
+    if (!served(d.scheme)) return "GGUF q4_1, q5_0, q5_1, q4_K, q5_K and q6_K only";
     if (!HWY_DYNAMIC_DISPATCH(GgufTargetIsSimd)())
       return "no SIMD target on this CPU (Highway chose SCALAR)";
     if (d.src != Dtype::f32 && d.src != Dtype::f16 && d.src != Dtype::bf16)
