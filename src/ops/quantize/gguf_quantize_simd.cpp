@@ -1,10 +1,10 @@
 // A CPU SIMD quantize kernel for GGUF Q4_1, Q5_0 and Q5_1 (the legacy types that the gguf
-// Python package also quantizes; quantize_simd serves Q8_0 and Q4_0) and Q4_K / Q5_K / Q6_K
-// (their scale searches run one sub-block per lane: FitK4Lanes, FitQ6Lanes): Highway, dispatched
-// at run time to the best target the CPU supports (AVX3, AVX2, SSE4), OpenMP across rows.
-// Contiguous f32 / f16 / bf16 sources. Byte-identical to quantize_reference, i.e. to
-// ggml's quantize_row_q4_1_ref / q5_0_ref / q5_1_ref as formats/gguf_legacy.cpp restates
-// them (tests/cpp/test_quantize_backends.cpp checks every block byte).
+// Python package also quantizes; quantize_simd serves Q8_0 and Q4_0) and Q2_K / Q4_K / Q5_K /
+// Q6_K (their scale searches run one sub-block per lane: FitQkx2Lanes, FitQ6Lanes): Highway,
+// dispatched at run time to the best target the CPU supports (AVX3, AVX2, SSE4), OpenMP across
+// rows. Contiguous f32 / f16 / bf16 sources. Byte-identical to quantize_reference, i.e. to ggml's
+// quantize_row_q4_1_ref / q5_0_ref / q5_1_ref as formats/gguf_legacy.cpp restates them
+// (tests/cpp/test_quantize_backends.cpp checks every block byte).
 //
 // How the bytes stay the reference's:
 //  * Block statistics: max |x| as the maximum of |x|'s bit patterns (exact in any order);
@@ -227,41 +227,49 @@ HWY_INLINE bool Blocks(const Call& c, int64_t e0, int64_t nb, uint8_t* y) {
 // per lane; `x < min` / `cur_error < best_error` become per-lane selects), so every lane's
 // result is the reference's. The 6-bit scale packing and the final re-rounding stay scalar.
 
-using DC = hn::CappedTag<float, 8>;
-using VC = hn::Vec<DC>;
-using DCI = hn::RebindToSigned<DC>;
-using VCI = hn::Vec<DCI>;
-
 /// ggml's nearest_int, lane-wise.
-HWY_INLINE VCI GgmlNearestInt(VC f) {
-  const DCI di;
-  const VCI bits = hn::BitCast(di, hn::Add(f, hn::Set(DC(), 12582912.0f)));
+template <class V>
+HWY_INLINE auto GgmlNearestIntV(V f) {
+  const hn::DFromV<V> d;
+  const hn::RebindToSigned<decltype(d)> di;
+  const auto bits = hn::BitCast(di, hn::Add(f, hn::Set(d, 12582912.0f)));
   return hn::Sub(hn::And(bits, hn::Set(di, 0x007fffff)), hn::Set(di, 0x00400000));
 }
 
-/// fit_k4_subblocks for sub-blocks s0 .. s0 + lanes - 1 of the super-block x: writes their
-/// levels to L, scales and mins (make_qkx2_quants's return value and *the_min).
-HWY_INLINE void FitK4Lanes(const float* x, int s0, int nmax, float rmin, float rdelta, int nstep,
-                           uint8_t* L, float* scales, float* mins) {
+/// make_qkx2_quants for sub-blocks s0 .. s0 + lanes - 1 (of kLen values each) of the
+/// super-block x, with the weights its callers give it: fit_k4_subblocks's av_x + |x| and
+/// squared errors (Q4_K / Q5_K, kLen 32), or quantize_q2_K's |x| and absolute errors (kQ2,
+/// kLen 16). Writes the levels to L, scales and mins (its return value and *the_min).
+template <int kLen, bool kQ2>
+HWY_INLINE void FitQkx2Lanes(const float* x, int s0, int nmax, float rmin, float rdelta, int nstep,
+                             uint8_t* L, float* scales, float* mins) {
+  using DC = hn::CappedTag<float, kLen == 32 ? 8 : 16>;
+  using VC = hn::Vec<DC>;
+  using DCI = hn::RebindToSigned<DC>;
+  using VCI = hn::Vec<DCI>;
   const DC d;
   const DCI di;
   const int nl = static_cast<int>(hn::Lanes(d));
-  HWY_ALIGN float buf[8];
-  VC xt[32], wt[32];
-  for (int i = 0; i < 32; ++i) {
-    for (int j = 0; j < nl; ++j) buf[j] = x[32 * (s0 + j) + i];
+  HWY_ALIGN float buf[16];
+  VC xt[kLen], wt[kLen];
+  for (int i = 0; i < kLen; ++i) {
+    for (int j = 0; j < nl; ++j) buf[j] = x[kLen * (s0 + j) + i];
     xt[i] = hn::Load(d, buf);
   }
   const VC zero = hn::Zero(d);
-  VC sum_x2 = zero;
-  for (int i = 0; i < 32; ++i) sum_x2 = hn::Add(sum_x2, hn::Mul(xt[i], xt[i]));
-  const VC av_x = hn::Sqrt(hn::Div(sum_x2, hn::Set(d, 32.0f)));
-  for (int i = 0; i < 32; ++i) wt[i] = hn::Add(av_x, hn::Abs(xt[i]));
+  if constexpr (kQ2) {
+    for (int i = 0; i < kLen; ++i) wt[i] = hn::Abs(xt[i]);
+  } else {
+    VC sum_x2 = zero;
+    for (int i = 0; i < kLen; ++i) sum_x2 = hn::Add(sum_x2, hn::Mul(xt[i], xt[i]));
+    const VC av_x = hn::Sqrt(hn::Div(sum_x2, hn::Set(d, 32.0f)));
+    for (int i = 0; i < kLen; ++i) wt[i] = hn::Add(av_x, hn::Abs(xt[i]));
+  }
 
   VC min = xt[0], max = xt[0];
   VC sum_w = wt[0];
   VC sum_x = hn::Mul(sum_w, xt[0]);
-  for (int i = 1; i < 32; ++i) {
+  for (int i = 1; i < kLen; ++i) {
     min = hn::IfThenElse(hn::Lt(xt[i], min), xt[i], min);
     max = hn::IfThenElse(hn::Gt(xt[i], max), xt[i], max);
     sum_w = hn::Add(sum_w, wt[i]);
@@ -273,12 +281,12 @@ HWY_INLINE void FitK4Lanes(const float* x, int s0, int nmax, float rmin, float r
   const VCI vnmax = hn::Set(di, nmax), izero = hn::Zero(di);
   VC iscale = hn::Div(hn::Set(d, static_cast<float>(nmax)), hn::Sub(max, min));
   VC scale = hn::Div(hn::Set(d, 1.0f), iscale);
-  VCI lv[32];
+  VCI lv[kLen];
   VC best_error = zero;
-  for (int i = 0; i < 32; ++i) {
-    lv[i] = hn::Min(hn::Max(GgmlNearestInt(hn::Mul(iscale, hn::Sub(xt[i], min))), izero), vnmax);
+  for (int i = 0; i < kLen; ++i) {
+    lv[i] = hn::Min(hn::Max(GgmlNearestIntV(hn::Mul(iscale, hn::Sub(xt[i], min))), izero), vnmax);
     VC diff = hn::Sub(hn::Add(hn::Mul(scale, hn::ConvertTo(d, lv[i])), min), xt[i]);
-    diff = hn::Mul(diff, diff);
+    diff = kQ2 ? hn::Abs(diff) : hn::Mul(diff, diff);
     best_error = hn::Add(best_error, hn::Mul(wt[i], diff));
   }
   for (int is = 0; is <= nstep; ++is) {
@@ -287,10 +295,10 @@ HWY_INLINE void FitK4Lanes(const float* x, int s0, int nmax, float rmin, float r
     const float num = rmin + rdelta * static_cast<float>(is) + static_cast<float>(nmax);
     iscale = hn::Div(hn::Set(d, num), hn::Sub(max, min));
     VC sum_l = zero, sum_l2 = zero, sum_xl = zero;
-    VCI laux[32];
-    for (int i = 0; i < 32; ++i) {
+    VCI laux[kLen];
+    for (int i = 0; i < kLen; ++i) {
       laux[i] =
-          hn::Min(hn::Max(GgmlNearestInt(hn::Mul(iscale, hn::Sub(xt[i], min))), izero), vnmax);
+          hn::Min(hn::Max(GgmlNearestIntV(hn::Mul(iscale, hn::Sub(xt[i], min))), izero), vnmax);
       const VC f = hn::ConvertTo(d, laux[i]);
       sum_l = hn::Add(sum_l, hn::Mul(wt[i], f));
       sum_l2 = hn::Add(sum_l2, hn::Mul(hn::Mul(wt[i], f), f));
@@ -304,14 +312,14 @@ HWY_INLINE void FitK4Lanes(const float* x, int s0, int nmax, float rmin, float r
     this_scale = hn::IfThenElse(positive, hn::Div(sum_xl, sum_l2), this_scale);
     this_min = hn::IfThenElse(positive, zero, this_min);
     VC cur_error = zero;
-    for (int i = 0; i < 32; ++i) {
+    for (int i = 0; i < kLen; ++i) {
       VC diff = hn::Sub(hn::Add(hn::Mul(this_scale, hn::ConvertTo(d, laux[i])), this_min), xt[i]);
-      diff = hn::Mul(diff, diff);
+      diff = kQ2 ? hn::Abs(diff) : hn::Mul(diff, diff);
       cur_error = hn::Add(cur_error, hn::Mul(wt[i], diff));
     }
     const auto better = hn::And(solvable, hn::Lt(cur_error, best_error));
     const auto better_i = hn::RebindMask(di, better);
-    for (int i = 0; i < 32; ++i) lv[i] = hn::IfThenElse(better_i, laux[i], lv[i]);
+    for (int i = 0; i < kLen; ++i) lv[i] = hn::IfThenElse(better_i, laux[i], lv[i]);
     best_error = hn::IfThenElse(better, cur_error, best_error);
     scale = hn::IfThenElse(better, this_scale, scale);
     min = hn::IfThenElse(better, this_min, min);
@@ -319,12 +327,12 @@ HWY_INLINE void FitK4Lanes(const float* x, int s0, int nmax, float rmin, float r
   const auto flat_i = hn::RebindMask(di, flat);
   scale = hn::IfThenZeroElse(flat, scale);
   min = hn::IfThenElse(flat, min0, min);
-  HWY_ALIGN int32_t lbuf[8];
-  for (int i = 0; i < 32; ++i) {
+  HWY_ALIGN int32_t lbuf[16];
+  for (int i = 0; i < kLen; ++i) {
     hn::Store(hn::IfThenZeroElse(flat_i, lv[i]), di, lbuf);
-    for (int j = 0; j < nl; ++j) L[32 * (s0 + j) + i] = static_cast<uint8_t>(lbuf[j]);
+    for (int j = 0; j < nl; ++j) L[kLen * (s0 + j) + i] = static_cast<uint8_t>(lbuf[j]);
   }
-  HWY_ALIGN float sbuf[8], mbuf[8];
+  HWY_ALIGN float sbuf[16], mbuf[16];
   hn::Store(scale, d, sbuf);
   hn::Store(hn::Neg(min), d, mbuf);  // *the_min = -min
   for (int j = 0; j < nl; ++j) {
@@ -341,9 +349,9 @@ HWY_INLINE bool KBlock(const float* x, uint8_t* y) {
   constexpr int nmax = k5 ? 31 : 15;
   uint8_t L[256];
   float scales[8], mins[8];
-  const int nl = static_cast<int>(hn::Lanes(DC()));
+  const int nl = static_cast<int>(hn::Lanes(hn::CappedTag<float, 8>()));
   for (int s0 = 0; s0 < 8; s0 += nl)
-    FitK4Lanes(x, s0, nmax, k5 ? -0.5f : -1.0f, 0.1f, k5 ? 15 : 20, L, scales, mins);
+    FitQkx2Lanes<32, false>(x, s0, nmax, k5 ? -0.5f : -1.0f, 0.1f, k5 ? 15 : 20, L, scales, mins);
   float max_scale = 0.0f, max_min = 0.0f;
   for (int j = 0; j < 8; ++j) {
     if (scales[j] > max_scale) max_scale = scales[j];
@@ -430,12 +438,6 @@ using VQ = hn::Vec<DQ>;
 using DQI = hn::RebindToSigned<DQ>;
 using VQI = hn::Vec<DQI>;
 
-HWY_INLINE VQI GgmlNearestInt16(VQ f) {
-  const DQI di;
-  const VQI bits = hn::BitCast(di, hn::Add(f, hn::Set(DQ(), 12582912.0f)));
-  return hn::Sub(hn::And(bits, hn::Set(di, 0x007fffff)), hn::Set(di, 0x00400000));
-}
-
 /// make_qx_quants_x2(16, 32, ...) for sub-blocks s0 .. s0 + lanes - 1 of the super-block x:
 /// levels (l + 32) to L, scales to scales (gguf_kquants.cpp's reference, lane by lane).
 HWY_INLINE void FitQ6Lanes(const float* x, int s0, int8_t* L, float* scales) {
@@ -463,7 +465,7 @@ HWY_INLINE void FitQ6Lanes(const float* x, int s0, int8_t* L, float* scales) {
   VQ sumlx = zero, suml2 = zero;
   VQI lv[16];
   for (int i = 0; i < 16; ++i) {
-    const VQI l = hn::Min(hn::Max(GgmlNearestInt16(hn::Mul(iscale, xt[i])), lo), hi);
+    const VQI l = hn::Min(hn::Max(GgmlNearestIntV(hn::Mul(iscale, xt[i])), lo), hi);
     lv[i] = hn::Add(l, off);
     const VQ w = hn::Mul(xt[i], xt[i]);
     const VQ f = hn::ConvertTo(d, l);
@@ -480,7 +482,7 @@ HWY_INLINE void FitQ6Lanes(const float* x, int s0, int8_t* L, float* scales) {
     suml2 = zero;
     VQI laux[16];
     for (int i = 0; i < 16; ++i) {
-      const VQI l = hn::Min(hn::Max(GgmlNearestInt16(hn::Mul(iscale, xt[i])), lo), hi);
+      const VQI l = hn::Min(hn::Max(GgmlNearestIntV(hn::Mul(iscale, xt[i])), lo), hi);
       laux[i] = hn::Add(l, off);
       const VQ w = hn::Mul(xt[i], xt[i]);
       const VQ f = hn::ConvertTo(d, l);
@@ -554,10 +556,76 @@ HWY_INLINE bool Q6Block(const float* x, uint8_t* y) {
   return true;
 }
 
-/// Rows of Q4_K / Q5_K / Q6_K super-blocks. False: quantize_reference must judge the call.
+// ---- Q2_K: make_qkx2_quants (|x| weights, absolute errors) with one sub-block per lane ----------
+
+/// One Q2_K super-block (gguf_kquants.cpp's quantize_q2_K). False: an f16 field overflows.
+HWY_INLINE bool Q2Block(const float* x, uint8_t* y) {
+  constexpr float kQ4Scale = 15.0f;
+  uint8_t L[256];
+  float scales[16], mins[16];
+  const int nl = static_cast<int>(hn::Lanes(hn::CappedTag<float, 16>()));
+  for (int s0 = 0; s0 < 16; s0 += nl)
+    FitQkx2Lanes<16, true>(x, s0, 3, -0.5f, 0.1f, 15, L, scales, mins);
+  float max_scale = 0.0f, max_min = 0.0f;
+  for (int j = 0; j < 16; ++j) {
+    if (scales[j] > max_scale) max_scale = scales[j];
+    if (mins[j] > max_min) max_min = mins[j];
+  }
+  uint8_t* scales_out = y;
+  uint8_t* d_out = y + 80;
+  if (max_scale > 0.0f) {
+    const float iscale = kQ4Scale / max_scale;
+    for (int j = 0; j < 16; ++j)
+      scales_out[j] = static_cast<uint8_t>(gguf::detail::nearest_int(iscale * scales[j]));
+    const uint16_t h = f32_to_f16(max_scale / kQ4Scale);
+    if ((h & 0x7fffu) == 0x7c00u) return false;
+    std::memcpy(d_out, &h, 2);
+  } else {
+    std::memset(scales_out, 0, 16);
+    const uint16_t h = f32_to_f16(0.0f);
+    std::memcpy(d_out, &h, 2);
+  }
+  if (max_min > 0.0f) {
+    const float iscale = kQ4Scale / max_min;
+    for (int j = 0; j < 16; ++j) {
+      const auto l = static_cast<uint32_t>(gguf::detail::nearest_int(iscale * mins[j]));
+      scales_out[j] = static_cast<uint8_t>(scales_out[j] | (l << 4));
+    }
+    const uint16_t h = f32_to_f16(max_min / kQ4Scale);
+    if ((h & 0x7fffu) == 0x7c00u) return false;
+    std::memcpy(d_out + 2, &h, 2);
+  } else {
+    const uint16_t h = f32_to_f16(0.0f);
+    std::memcpy(d_out + 2, &h, 2);
+  }
+  uint16_t hd, hm;
+  std::memcpy(&hd, d_out, 2);
+  std::memcpy(&hm, d_out + 2, 2);
+  const float d_all = f16_to_f32(hd);
+  const float dmin_all = f16_to_f32(hm);
+  for (int j = 0; j < 16; ++j) {
+    const float dd = d_all * static_cast<float>(scales_out[j] & 0xF);
+    if (dd == 0.0f) continue;
+    const float dm = dmin_all * static_cast<float>(scales_out[j] >> 4);
+    for (int i = 0; i < 16; ++i)
+      L[16 * j + i] = static_cast<uint8_t>(
+          std::clamp(gguf::detail::nearest_int((x[16 * j + i] + dm) / dd), 0, 3));
+  }
+  uint8_t* qs = y + 16;
+  for (int j = 0; j < 256; j += 128)
+    for (int l = 0; l < 32; ++l)
+      qs[j / 4 + l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) |
+                                           (L[j + l + 96] << 6));
+  return true;
+}
+
+/// Rows of Q2_K / Q4_K / Q5_K / Q6_K super-blocks. False: quantize_reference must judge the call.
 template <Dtype S, GgmlType T>
 HWY_INLINE bool KBlocks(const Call& c, int64_t e0, int64_t nb, uint8_t* y) {
-  constexpr int64_t kB = T == GgmlType::q5_K ? 176 : T == GgmlType::q6_K ? 210 : 144;
+  constexpr int64_t kB = T == GgmlType::q5_K   ? 176
+                         : T == GgmlType::q6_K ? 210
+                         : T == GgmlType::q2_K ? 84
+                                               : 144;
   const DF df;
   HWY_ALIGN float x[256];
   for (int64_t b = 0; b < nb; ++b, y += kB) {
@@ -577,6 +645,8 @@ HWY_INLINE bool KBlocks(const Call& c, int64_t e0, int64_t nb, uint8_t* y) {
     }
     if constexpr (T == GgmlType::q6_K) {
       if (!Q6Block(x, y)) return false;
+    } else if constexpr (T == GgmlType::q2_K) {
+      if (!Q2Block(x, y)) return false;
     } else {
       if (!KBlock<T>(x, y)) return false;
     }
@@ -586,7 +656,8 @@ HWY_INLINE bool KBlocks(const Call& c, int64_t e0, int64_t nb, uint8_t* y) {
 
 template <Dtype S, GgmlType T>
 void Rows(const Call& c, int64_t r0, int64_t r1) {
-  constexpr bool kK = T == GgmlType::q4_K || T == GgmlType::q5_K || T == GgmlType::q6_K;
+  constexpr bool kK =
+      T == GgmlType::q2_K || T == GgmlType::q4_K || T == GgmlType::q5_K || T == GgmlType::q6_K;
   for (int64_t r = r0; r < r1; ++r) {
     const bool ok = kK ? KBlocks<S, T>(c, r * c.k, c.k / 256, c.codes + r * c.row_bytes)
                        : Blocks<S, T>(c, r * c.k, c.k / 32, c.codes + r * c.row_bytes);
@@ -612,6 +683,8 @@ RowsFn RowsFor(GgmlType type) {
       return &Rows<S, GgmlType::q5_K>;
     case GgmlType::q6_K:
       return &Rows<S, GgmlType::q6_K>;
+    case GgmlType::q2_K:
+      return &Rows<S, GgmlType::q2_K>;
     default:
       return nullptr;
   }
@@ -665,7 +738,8 @@ bool served(const QuantScheme& s) {
                                            s.gguf_type == static_cast<uint32_t>(GgmlType::q5_1) ||
                                            s.gguf_type == static_cast<uint32_t>(GgmlType::q4_K) ||
                                            s.gguf_type == static_cast<uint32_t>(GgmlType::q5_K) ||
-                                           s.gguf_type == static_cast<uint32_t>(GgmlType::q6_K));
+                                           s.gguf_type == static_cast<uint32_t>(GgmlType::q6_K) ||
+                                           s.gguf_type == static_cast<uint32_t>(GgmlType::q2_K));
 }
 
 /// Row-major contiguous (extent-1 dims may have any stride; empty tensors always are).
@@ -685,7 +759,7 @@ class GgufQuantizeSimd final : public Kernel<QuantizeOp> {
 
   std::string decline(const QuantizeDesc& d) const override {
     if (!d.device.is_cpu()) return "runs on the cpu only";
-    if (!served(d.scheme)) return "GGUF q4_1, q5_0, q5_1, q4_K, q5_K and q6_K only";
+    if (!served(d.scheme)) return "GGUF q4_1, q5_0, q5_1, q2_K, q4_K, q5_K and q6_K only";
     if (!HWY_DYNAMIC_DISPATCH(GgufTargetIsSimd)())
       return "no SIMD target on this CPU (Highway chose SCALAR)";
     if (d.src != Dtype::f32 && d.src != Dtype::f16 && d.src != Dtype::bf16)
