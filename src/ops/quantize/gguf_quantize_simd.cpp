@@ -1,6 +1,6 @@
 // A CPU SIMD quantize kernel for GGUF Q4_1, Q5_0 and Q5_1 (the legacy types that the gguf
-// Python package also quantizes; quantize_simd serves Q8_0 and Q4_0) and Q2_K / Q4_K / Q5_K /
-// Q6_K (their scale searches run one sub-block per lane: FitQkx2Lanes, FitQ6Lanes): Highway,
+// Python package also quantizes; quantize_simd serves Q8_0 and Q4_0) and Q2_K ... Q6_K (their
+// scale searches run one sub-block per lane: FitQkx2Lanes, FitQ3Lanes, FitQ6Lanes): Highway,
 // dispatched at run time to the best target the CPU supports (AVX3, AVX2, SSE4), OpenMP across
 // rows. Contiguous f32 / f16 / bf16 sources. Byte-identical to quantize_reference, i.e. to ggml's
 // quantize_row_q4_1_ref / q5_0_ref / q5_1_ref as formats/gguf_legacy.cpp restates them
@@ -619,12 +619,157 @@ HWY_INLINE bool Q2Block(const float* x, uint8_t* y) {
   return true;
 }
 
-/// Rows of Q2_K / Q4_K / Q5_K / Q6_K super-blocks. False: quantize_reference must judge the call.
+// ---- Q3_K: make_q3_quants (coordinate descent) with one 16-value sub-block per lane -----------
+
+/// make_q3_quants_rmse(16, 4, ...) for sub-blocks s0 .. s0 + lanes - 1 of the super-block x:
+/// levels (l + 4; 0 for a sub-block of near-zeros) to L, scales to scales. Each lane makes
+/// the reference's passes over its values in order; a lane whose pass changed nothing stops
+/// (its later passes are masked off), as the reference's loop breaks.
+HWY_INLINE void FitQ3Lanes(const float* x, int s0, int8_t* L, float* scales) {
+  const DQ d;
+  const DQI di;
+  constexpr int nmax = 4;
+  const int nl = static_cast<int>(hn::Lanes(d));
+  HWY_ALIGN float buf[16];
+  VQ xt[16];
+  for (int i = 0; i < 16; ++i) {
+    for (int j = 0; j < nl; ++j) buf[j] = x[16 * (s0 + j) + i];
+    xt[i] = hn::Load(d, buf);
+  }
+  const VQ zero = hn::Zero(d);
+  VQ max = zero, amax = zero;
+  for (int i = 0; i < 16; ++i) {
+    const VQ ax = hn::Abs(xt[i]);
+    const auto bigger = hn::Gt(ax, amax);
+    amax = hn::IfThenElse(bigger, ax, amax);
+    max = hn::IfThenElse(bigger, xt[i], max);
+  }
+  const auto tiny = hn::Lt(amax, hn::Set(d, 1e-15f));  // levels 0, scale 0
+  const VQI lo = hn::Set(di, -nmax), hi = hn::Set(di, nmax - 1);
+  const VQ iscale = hn::Div(hn::Set(d, static_cast<float>(-nmax)), max);
+  VQ sumlx = zero, suml2 = zero;
+  VQI lv[16];
+  for (int i = 0; i < 16; ++i) {
+    lv[i] = hn::Min(hn::Max(GgmlNearestIntV(hn::Mul(iscale, xt[i])), lo), hi);
+    const VQ w = hn::Mul(xt[i], xt[i]);
+    const VQ f = hn::ConvertTo(d, lv[i]);
+    sumlx = hn::Add(sumlx, hn::Mul(hn::Mul(w, xt[i]), f));
+    suml2 = hn::Add(suml2, hn::Mul(hn::Mul(w, f), f));
+  }
+  auto active = hn::Not(tiny);
+  for (int itry = 0; itry < 5 && !hn::AllFalse(d, active); ++itry) {
+    auto changed = hn::Lt(zero, zero);  // all false
+    for (int i = 0; i < 16; ++i) {
+      const VQ w = hn::Mul(xt[i], xt[i]);
+      const VQ li = hn::ConvertTo(d, lv[i]);
+      VQ slx = hn::Sub(sumlx, hn::Mul(hn::Mul(w, xt[i]), li));
+      VQ sl2 = hn::Sub(suml2, hn::Mul(hn::Mul(w, li), li));
+      const VQI new_l =
+          hn::Min(hn::Max(GgmlNearestIntV(hn::Div(hn::Mul(xt[i], sl2), slx)), lo), hi);
+      const VQ f = hn::ConvertTo(d, new_l);
+      slx = hn::Add(slx, hn::Mul(hn::Mul(w, xt[i]), f));
+      sl2 = hn::Add(sl2, hn::Mul(hn::Mul(w, f), f));
+      const VQ slx0 = hn::Sub(sumlx, hn::Mul(hn::Mul(w, xt[i]), li));
+      const auto take =
+          hn::And(hn::And(active, hn::Gt(slx0, zero)),
+                  hn::And(hn::RebindMask(d, hn::Ne(new_l, lv[i])),
+                          hn::And(hn::Gt(sl2, zero), hn::Gt(hn::Mul(hn::Mul(slx, slx), suml2),
+                                                            hn::Mul(hn::Mul(sumlx, sumlx), sl2)))));
+      lv[i] = hn::IfThenElse(hn::RebindMask(di, take), new_l, lv[i]);
+      sumlx = hn::IfThenElse(take, slx, sumlx);
+      suml2 = hn::IfThenElse(take, sl2, suml2);
+      changed = hn::Or(changed, take);
+    }
+    active = hn::And(active, changed);
+  }
+  VQ scale = hn::IfThenElseZero(hn::Gt(suml2, zero), hn::Div(sumlx, suml2));
+  scale = hn::IfThenZeroElse(tiny, scale);
+  const auto tiny_i = hn::RebindMask(di, tiny);
+  HWY_ALIGN int32_t lbuf[16];
+  for (int i = 0; i < 16; ++i) {
+    hn::Store(hn::IfThenZeroElse(tiny_i, hn::Add(lv[i], hn::Set(di, nmax))), di, lbuf);
+    for (int j = 0; j < nl; ++j) L[16 * (s0 + j) + i] = static_cast<int8_t>(lbuf[j]);
+  }
+  HWY_ALIGN float sbuf[16];
+  hn::Store(scale, d, sbuf);
+  for (int j = 0; j < nl; ++j) scales[s0 + j] = sbuf[j];
+}
+
+/// One Q3_K super-block (gguf_kquants.cpp's quantize_q3_K). False: d overflows f16.
+HWY_INLINE bool Q3Block(const float* x, uint8_t* y) {
+  uint8_t* hmask = y;
+  uint8_t* scales_out = y + 96;
+  int8_t L[256];
+  float scales[16];
+  const int nl = static_cast<int>(hn::Lanes(DQ()));
+  for (int s0 = 0; s0 < 16; s0 += nl) FitQ3Lanes(x, s0, L, scales);
+  float max_scale = 0.0f, amax = 0.0f;
+  for (int j = 0; j < 16; ++j) {
+    const float scale = std::fabs(scales[j]);
+    if (scale > amax) {
+      amax = scale;
+      max_scale = scales[j];
+    }
+  }
+  std::memset(scales_out, 0, 12);
+  if (max_scale != 0.0f) {
+    const float iscale = -32.0f / max_scale;
+    for (int j = 0; j < 16; ++j) {
+      int8_t l = static_cast<int8_t>(gguf::detail::nearest_int(iscale * scales[j]));
+      l = static_cast<int8_t>(std::clamp<int>(l, -32, 31) + 32);
+      if (j < 8) {
+        scales_out[j] = static_cast<uint8_t>(l & 0xF);
+      } else {
+        scales_out[j - 8] = static_cast<uint8_t>(scales_out[j - 8] | ((l & 0xF) << 4));
+      }
+      l = static_cast<int8_t>(l >> 4);
+      scales_out[j % 4 + 8] = static_cast<uint8_t>(scales_out[j % 4 + 8] | (l << (2 * (j / 4))));
+    }
+    const uint16_t h = f32_to_f16(1.0f / iscale);
+    if ((h & 0x7fffu) == 0x7c00u) return false;
+    std::memcpy(y + 108, &h, 2);
+  } else {
+    const uint16_t h = f32_to_f16(0.0f);
+    std::memcpy(y + 108, &h, 2);
+  }
+  uint16_t hd;
+  std::memcpy(&hd, y + 108, 2);
+  const float d_all = f16_to_f32(hd);
+  for (int j = 0; j < 16; ++j) {
+    const int low = j < 8 ? (scales_out[j] & 0xF) : (scales_out[j - 8] >> 4);
+    const int high = (scales_out[8 + j % 4] >> (2 * (j / 4))) & 3;
+    const float dd = d_all * static_cast<float>((low | (high << 4)) - 32);
+    if (dd == 0.0f) continue;
+    for (int i = 0; i < 16; ++i)
+      L[16 * j + i] =
+          static_cast<int8_t>(std::clamp(gguf::detail::nearest_int(x[16 * j + i] / dd), -4, 3) + 4);
+  }
+  std::memset(hmask, 0, 32);
+  uint8_t low[256];
+  for (int j = 0; j < 256; ++j) {
+    int l = L[j];
+    if (l > 3) {
+      hmask[j % 32] = static_cast<uint8_t>(hmask[j % 32] | (1u << (j / 32)));
+      l -= 4;
+    }
+    low[j] = static_cast<uint8_t>(l);
+  }
+  uint8_t* qs = y + 32;
+  for (int j = 0; j < 256; j += 128)
+    for (int l = 0; l < 32; ++l)
+      qs[j / 4 + l] = static_cast<uint8_t>(low[j + l] | (low[j + l + 32] << 2) |
+                                           (low[j + l + 64] << 4) | (low[j + l + 96] << 6));
+  return true;
+}
+
+/// Rows of Q2_K / Q3_K / Q4_K / Q5_K / Q6_K super-blocks. False: quantize_reference must judge the
+/// call.
 template <Dtype S, GgmlType T>
 HWY_INLINE bool KBlocks(const Call& c, int64_t e0, int64_t nb, uint8_t* y) {
   constexpr int64_t kB = T == GgmlType::q5_K   ? 176
                          : T == GgmlType::q6_K ? 210
                          : T == GgmlType::q2_K ? 84
+                         : T == GgmlType::q3_K ? 110
                                                : 144;
   const DF df;
   HWY_ALIGN float x[256];
@@ -647,6 +792,8 @@ HWY_INLINE bool KBlocks(const Call& c, int64_t e0, int64_t nb, uint8_t* y) {
       if (!Q6Block(x, y)) return false;
     } else if constexpr (T == GgmlType::q2_K) {
       if (!Q2Block(x, y)) return false;
+    } else if constexpr (T == GgmlType::q3_K) {
+      if (!Q3Block(x, y)) return false;
     } else {
       if (!KBlock<T>(x, y)) return false;
     }
@@ -656,8 +803,8 @@ HWY_INLINE bool KBlocks(const Call& c, int64_t e0, int64_t nb, uint8_t* y) {
 
 template <Dtype S, GgmlType T>
 void Rows(const Call& c, int64_t r0, int64_t r1) {
-  constexpr bool kK =
-      T == GgmlType::q2_K || T == GgmlType::q4_K || T == GgmlType::q5_K || T == GgmlType::q6_K;
+  constexpr bool kK = T == GgmlType::q2_K || T == GgmlType::q3_K || T == GgmlType::q4_K ||
+                      T == GgmlType::q5_K || T == GgmlType::q6_K;
   for (int64_t r = r0; r < r1; ++r) {
     const bool ok = kK ? KBlocks<S, T>(c, r * c.k, c.k / 256, c.codes + r * c.row_bytes)
                        : Blocks<S, T>(c, r * c.k, c.k / 32, c.codes + r * c.row_bytes);
@@ -685,6 +832,8 @@ RowsFn RowsFor(GgmlType type) {
       return &Rows<S, GgmlType::q6_K>;
     case GgmlType::q2_K:
       return &Rows<S, GgmlType::q2_K>;
+    case GgmlType::q3_K:
+      return &Rows<S, GgmlType::q3_K>;
     default:
       return nullptr;
   }
@@ -739,7 +888,8 @@ bool served(const QuantScheme& s) {
                                            s.gguf_type == static_cast<uint32_t>(GgmlType::q4_K) ||
                                            s.gguf_type == static_cast<uint32_t>(GgmlType::q5_K) ||
                                            s.gguf_type == static_cast<uint32_t>(GgmlType::q6_K) ||
-                                           s.gguf_type == static_cast<uint32_t>(GgmlType::q2_K));
+                                           s.gguf_type == static_cast<uint32_t>(GgmlType::q2_K) ||
+                                           s.gguf_type == static_cast<uint32_t>(GgmlType::q3_K));
 }
 
 /// Row-major contiguous (extent-1 dims may have any stride; empty tensors always are).
@@ -759,7 +909,7 @@ class GgufQuantizeSimd final : public Kernel<QuantizeOp> {
 
   std::string decline(const QuantizeDesc& d) const override {
     if (!d.device.is_cpu()) return "runs on the cpu only";
-    if (!served(d.scheme)) return "GGUF q4_1, q5_0, q5_1, q2_K, q4_K, q5_K and q6_K only";
+    if (!served(d.scheme)) return "GGUF q4_1, q5_0, q5_1 and q2_K ... q6_K only";
     if (!HWY_DYNAMIC_DISPATCH(GgufTargetIsSimd)())
       return "no SIMD target on this CPU (Highway chose SCALAR)";
     if (d.src != Dtype::f32 && d.src != Dtype::f16 && d.src != Dtype::bf16)
