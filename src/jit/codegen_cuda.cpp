@@ -1206,25 +1206,33 @@ struct Gen {
     s += fmt::format("  const {0} K = p.qk;\n  const {0} units = K / {1};\n", idx, g);
     s += "  const int lbq_lane = threadIdx.x & 31, lbq_warp = threadIdx.x >> 5;\n"
          "  const int lbq_nwarps = blockDim.x >> 5;\n  int parity = 0;\n";
+    // The loads of row `rowv` into q<k>[R][]: issued for the first row before the loop and
+    // for the next row as soon as this row's values are computed, so that they are in
+    // flight during the row's reduction, barrier and code stores.
+    auto load_row = [&](const std::string& rowv, const std::string& indent) {
+      std::string l = fmt::format("{}if ({} < p.qrows) {{\n", indent, rowv);
+      l += fmt::format("#pragma unroll\n{}  for (int r = 0; r < {}; ++r) {{\n", indent, R);
+      l += fmt::format("{}    const {} u = threadIdx.x + r * blockDim.x;\n", indent, idx);
+      l += fmt::format("{}    if (u < units) {{\n", indent);
+      for (size_t k = 0; k < ni; ++k) {
+        if (v.cls[k] != Layout::Class::full) continue;
+        const int vk = vecs(p.input_dtypes[k], g);
+        l += fmt::format(
+            "#pragma unroll\n{2}      for (int w = 0; w < {1}; ++w) q{0}[r][w] = "
+            "((const uint4*)p.in[{0}])[(({4}) * units + u) * {1} + w];\n",
+            k, vk, indent, g, rowv);
+      }
+      l += indent + "    }\n" + indent + "  }\n" + indent + "}\n";
+      return l;
+    };
+    for (size_t k = 0; k < ni; ++k)
+      if (v.cls[k] == Layout::Class::full)
+        s += fmt::format("  uint4 q{}[{}][{}];\n", k, R, vecs(p.input_dtypes[k], g));
+    s += load_row("blockIdx.x", "  ");
     s += fmt::format(
         "  for ({0} row = blockIdx.x; row < p.qrows; row += gridDim.x, parity ^= 1) {{\n"
         "    const {0} gbase = row * units;\n",
         idx);
-    for (size_t k = 0; k < ni; ++k)
-      if (v.cls[k] == Layout::Class::full)
-        s += fmt::format("    uint4 q{}[{}][{}];\n", k, R, vecs(p.input_dtypes[k], g));
-    s += fmt::format("#pragma unroll\n    for (int r = 0; r < {}; ++r) {{\n", R);
-    s += fmt::format("      const {} u = threadIdx.x + r * blockDim.x;\n      if (u < units) {{\n",
-                     idx);
-    for (size_t k = 0; k < ni; ++k) {
-      if (v.cls[k] != Layout::Class::full) continue;
-      const int vk = vecs(p.input_dtypes[k], g);
-      s += fmt::format(
-          "#pragma unroll\n        for (int w = 0; w < {1}; ++w) q{0}[r][w] = "
-          "((const uint4*)p.in[{0}])[(gbase + u) * {1} + w];\n",
-          k, vk);
-    }
-    s += "      }\n    }\n";
     s += fmt::format("    float lbq_x[{}][{}];\n", R, g);
     s += "    float lbq_a = 0.0f, lbq_lo = 0.0f, lbq_hi = 0.0f;\n";
     s += fmt::format("#pragma unroll\n    for (int r = 0; r < {}; ++r) {{\n", R);
@@ -1243,6 +1251,7 @@ struct Gen {
     s += fmt::format("          const {} e = (gbase + u) * {} + j;\n          (void)e;\n", idx, g);
     s += quant_element(q, "", "          ");
     s += "          lbq_x[r][j] = v;\n        }\n      }\n    }\n";
+    s += load_row("row + gridDim.x", "    ");
     // The row's statistics: warp shuffles, then the warps' partials.
     s += "    for (int o = 16; o > 0; o >>= 1) {\n";
     if (q.affine)

@@ -192,7 +192,9 @@ void check_operand(const Expr& e, const char* what) {
 }
 
 /// The node of `op` on `args` with result type `type`; scalar operands fold.
-Expr make(Op op, Type type, std::vector<Expr> args, double param = 0) {
+// Runs for every op of every expression a caller builds (per call, in a loop that makes a
+// new descriptor each time): one allocation for the node, one for its operand list.
+Expr make(Op op, Type type, std::initializer_list<Expr> args, double param = 0) {
   for (const Expr& a : args) check_operand(a, op_name(op).data());
   bool all_scalar = true;
   for (const Expr& a : args) all_scalar = all_scalar && a.is_scalar();
@@ -205,7 +207,8 @@ Expr make(Op op, Type type, std::vector<Expr> args, double param = 0) {
   n->op = op;
   n->type = type;
   n->value = param;
-  for (Expr& a : args) n->args.push_back(a.node());
+  n->args.reserve(args.size());
+  for (const Expr& a : args) n->args.push_back(a.node());
   return Expr(std::move(n));
 }
 
@@ -394,12 +397,26 @@ class Builder {
   explicit Builder(Program& p) : p_(p) {
     memo_.reserve(32);
     conv_.reserve(16);
+    p_.code.reserve(32);
   }
 
+  // A flat list searched linearly while expressions are small (tens of nodes: building a
+  // descriptor is on the per-call path, and a hash map costs an allocation per entry),
+  // a hash map past kFlat entries.
   int value(const NodePtr& node) {
-    if (auto it = memo_.find(node.get()); it != memo_.end()) return it->second;
+    if (memo_.size() <= kFlat) {
+      for (const auto& [n, r] : memo_)
+        if (n == node.get()) return r;
+    } else if (auto it = big_memo_.find(node.get()); it != big_memo_.end()) {
+      return it->second;
+    }
     const int r = emit(*node);
-    memo_[node.get()] = r;
+    memo_.emplace_back(node.get(), r);
+    if (memo_.size() > kFlat) {
+      if (big_memo_.empty())
+        for (const auto& [n, v] : memo_) big_memo_.emplace(n, v);
+      big_memo_.emplace(node.get(), r);
+    }
     return r;
   }
 
@@ -407,7 +424,8 @@ class Builder {
   int to_num(int r, Num num) {
     if (p_.code[r].num == num) return r;
     const uint64_t key = static_cast<uint64_t>(r) * 2 + (num == Num::f64 ? 1 : 0);
-    if (auto it = conv_.find(key); it != conv_.end()) return it->second;
+    for (const auto& [k, s] : conv_)
+      if (k == key) return s;
     Instr in;
     in.op = Op::cast;
     in.num = num;
@@ -415,7 +433,7 @@ class Builder {
     in.dtype = num == Num::f64 ? Dtype::f64 : Dtype::f32;
     in.a = r;
     const int s = push(in);
-    conv_[key] = s;
+    conv_.emplace_back(key, s);
     return s;
   }
 
@@ -533,8 +551,10 @@ class Builder {
   }
 
   Program& p_;
-  std::unordered_map<const Node*, int> memo_;
-  std::unordered_map<uint64_t, int> conv_;
+  static constexpr size_t kFlat = 64;
+  std::vector<std::pair<const Node*, int>> memo_;
+  std::unordered_map<const Node*, int> big_memo_;
+  std::vector<std::pair<uint64_t, int>> conv_;
 };
 
 char num_char(Num n) { return n == Num::f64 ? 'd' : 'f'; }

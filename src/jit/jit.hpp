@@ -253,6 +253,11 @@ class ModuleCache {
   std::unique_ptr<Impl> impl_;
 };
 
+/// The register-row quantize epilogue's limit in groups of G elements per thread (rows of
+/// at most 256 * G * this many elements; 0: always the shared-memory row kernel). A knob
+/// for benchmarks and tests, read when a plan first runs.
+inline std::atomic<int> g_quant_reg_units{8};
+
 /// Per-descriptor memory of the CUDA path: the layout and the kernel of each variant.
 struct PlanState {
   std::once_flag layout_once;

@@ -243,10 +243,6 @@ namespace {
 
 using fusion::Layout;
 
-/// The register-row epilogue's limit: units of G elements per thread (K <= 256 * 8 * G,
-/// 16384 bf16 elements); longer rows take the shared-memory kernel.
-constexpr int64_t kMaxRegUnits = 8;
-
 class FusedCuda final : public Kernel<FusedOp> {
  public:
   std::string_view name() const override { return "fused_cuda"; }
@@ -349,13 +345,13 @@ class FusedCuda final : public Kernel<FusedOp> {
       if (v.vec && K % group != 0) v.vec = false;
       which = (v.vec ? 0 : 1) + (qstore ? 2 : 0);
       // Per-row scales on whole groups: the row in registers when it fits (at most
-      // kMaxRegUnits units of G elements per thread) and the codes' pointer allows one
-      // store per unit.
+      // g_quant_reg_units groups of G elements per thread) and the codes' pointer allows
+      // one store per group.
       if (v.vec && !block) {
         const int64_t units = K / group;
         const int64_t r = (units + fusion::kThreads - 1) / fusion::kThreads;
         const int code_bytes = is_packed(d.scheme.code_dtype()) ? group / 2 : group;
-        if (r <= kMaxRegUnits && code_bytes >= 2 &&
+        if (r <= fusion::g_quant_reg_units.load(std::memory_order_relaxed) && code_bytes >= 2 &&
             reinterpret_cast<uintptr_t>(q.codes.data()) % static_cast<uintptr_t>(code_bytes) == 0) {
           v.qreg = static_cast<int>(r);
           threads = static_cast<unsigned>((units + r - 1) / r + 31) / 32 * 32;

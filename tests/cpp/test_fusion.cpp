@@ -1617,7 +1617,7 @@ TEST(FusionCuda, FastMathStaysWithinItsBounds) {
                                << ha.data_as<float>()[at] << " b " << hb.data_as<float>()[at];
       std::printf(
           "fast math %-10s %-4s: worst error %.2e (bound %.2e) relative to max(|exact|, 1)\n",
-          k.name, dtype_name(dt), worst, k.rtol);
+          k.name, std::string(dtype_name(dt)).c_str(), worst, k.rtol);
     }
   }
 }
