@@ -14,16 +14,15 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
-#include <random>
 #include <string>
 #include <vector>
 
+#include "bench_cpu_harness.hpp"
 #include "lowbit/convert.hpp"
 #include "lowbit/device.hpp"
 #include "lowbit/numeric.hpp"
@@ -44,68 +43,19 @@ struct Options {
 
 Options parse(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> int64_t {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "%s needs a value\n", a.c_str());
-        std::exit(2);
-      }
-      return std::atoll(argv[++i]);
-    };
-    if (a == "--elements") {
-      o.elements = next();
-    } else if (a == "--reps") {
-      o.reps = static_cast<int>(next());
-    } else if (a == "--copy-mib") {
-      o.copy_bytes = next() << 20;
+  for (bench::ArgWalker a(argc, argv); a.next();) {
+    if (a.name() == "--elements") {
+      o.elements = std::atoll(a.value());
+    } else if (a.name() == "--reps") {
+      o.reps = static_cast<int>(std::atoll(a.value()));
+    } else if (a.name() == "--copy-mib") {
+      o.copy_bytes = std::atoll(a.value()) << 20;
     } else {
       std::fprintf(stderr, "usage: %s [--elements N] [--reps R] [--copy-mib M]\n", argv[0]);
       std::exit(2);
     }
   }
   return o;
-}
-
-/// Median seconds of `reps` runs of f after one warm-up run.
-double median_seconds(int reps, const std::function<void()>& f) {
-  f();
-  std::vector<double> t;
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-/// Touches every page (in parallel, as the runs will) so that page faults stay out of
-/// the timings.
-void prefault(void* p, int64_t bytes) {
-  auto* c = static_cast<uint8_t*>(p);
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < bytes; i += 4096) c[i] = 0;
-}
-
-// ---- ceilings ---------------------------------------------------------------------------
-
-void parallel_memcpy(void* dst, const void* src, int64_t bytes) {
-#pragma omp parallel
-  {
-    const int t = omp_get_thread_num(), n = omp_get_num_threads();
-    const int64_t per = (bytes / n) & ~int64_t{63};
-    const int64_t lo = per * t, hi = t == n - 1 ? bytes : lo + per;
-    std::memcpy(static_cast<char*>(dst) + lo, static_cast<const char*>(src) + lo,
-                static_cast<size_t>(hi - lo));
-  }
-}
-
-uint64_t parallel_sum(const uint64_t* p, int64_t words) {
-  uint64_t sum = 0;
-#pragma omp parallel for schedule(static) reduction(+ : sum)
-  for (int64_t i = 0; i < words; ++i) sum += p[i];
-  return sum;
 }
 
 // ---- peers ------------------------------------------------------------------------------
@@ -178,14 +128,7 @@ int main(int argc, char** argv) {
   Tensor bf16 = Tensor::empty(Shape{n}, Dtype::bf16);
   Tensor f16 = Tensor::empty(Shape{n}, Dtype::f16);
   {
-    auto* x = f32.data_as<float>();
-#pragma omp parallel
-    {
-      std::mt19937 rng(1234u + static_cast<unsigned>(omp_get_thread_num()));
-      std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-#pragma omp for schedule(static)
-      for (int64_t i = 0; i < n; ++i) x[i] = (u(rng) + u(rng) + u(rng) + u(rng)) * 0.8660254f;
-    }
+    bench::fill_roughly_normal(f32.data_as<float>(), n);
     lowbit::convert(bf16, f32);
     lowbit::convert(f16, f32);
   }
@@ -197,11 +140,11 @@ int main(int argc, char** argv) {
   Tensor out_f4 = Tensor::empty(Shape{n}, Dtype::f4e2m1);
   Tensor out_e8m0 = Tensor::empty(Shape{n}, Dtype::e8m0);
   for (const Tensor* t : {&out_f32, &out_bf16, &out_f16, &out_e4m3, &out_f4, &out_e8m0})
-    prefault(t->data(), t->nbytes());
+    bench::prefault(t->data(), t->nbytes());
 
   std::vector<uint8_t> copy_src(static_cast<size_t>(opt.copy_bytes), 1),
       copy_dst(static_cast<size_t>(opt.copy_bytes));
-  prefault(copy_dst.data(), opt.copy_bytes);
+  bench::prefault(copy_dst.data(), opt.copy_bytes);
 
   struct Pair {
     const char* name;
@@ -222,13 +165,14 @@ int main(int argc, char** argv) {
   for (int threads = 1; threads <= max_threads; ++threads) {
     omp_set_num_threads(threads);
     const double cb = static_cast<double>(opt.copy_bytes);
-    const double t_copy = median_seconds(
-        opt.reps, [&] { parallel_memcpy(copy_dst.data(), copy_src.data(), opt.copy_bytes); });
+    const double t_copy = bench::median_seconds(opt.reps, [&] {
+      bench::parallel_memcpy(copy_dst.data(), copy_src.data(), opt.copy_bytes);
+    });
     rows.push_back({"memcpy 1 GiB (ceiling)", "libc memcpy", threads, t_copy, 2 * cb});
     copy_gbs[threads] = 2 * cb / t_copy / 1e9;
-    const double t_read = median_seconds(opt.reps, [&] {
-      sink = sink +
-             parallel_sum(reinterpret_cast<const uint64_t*>(copy_src.data()), opt.copy_bytes / 8);
+    const double t_read = bench::median_seconds(opt.reps, [&] {
+      sink = sink + bench::parallel_sum(reinterpret_cast<const uint64_t*>(copy_src.data()),
+                                        opt.copy_bytes / 8);
     });
     rows.push_back({"read/sum 1 GiB", "u64 sum loop", threads, t_read, cb});
 
@@ -239,13 +183,15 @@ int main(int argc, char** argv) {
       const double bytes =
           static_cast<double>(p.src->nbytes() + lowbit::storage_bytes(p.dst->dtype(), n));
       const lowbit::Stream stream;
-      const double t = median_seconds(opt.reps, [&] { plan.run(stream, {}, {*p.src, *p.dst}); });
+      const double t = bench::median_seconds(opt.reps, [&] {
+        plan.run(stream, {}, {*p.src, *p.dst});
+      });
       rows.push_back({p.name, "lowbit " + plan.sku().kernel, threads, t, bytes});
 
       // Peers for the same pair.
       const std::string name = p.name;
       auto peer = [&](const char* impl, const std::function<void()>& f) {
-        rows.push_back({p.name, impl, threads, median_seconds(opt.reps, f), bytes});
+        rows.push_back({p.name, impl, threads, bench::median_seconds(opt.reps, f), bytes});
       };
       const auto* sf = f32.data_as<const float>();
       const auto* sb = bf16.data_as<const uint16_t>();
@@ -285,10 +231,7 @@ int main(int argc, char** argv) {
       "| pair | implementation | threads | ms | GB/s (read + written) | %% of copy ceiling |\n");
   std::printf("|---|---|---:|---:|---:|---:|\n");
   // Grouped by pair, then threads, so that each pair's rows sit together.
-  std::vector<std::string> order;
-  for (const Row& r : rows)
-    if (std::find(order.begin(), order.end(), r.pair) == order.end()) order.push_back(r.pair);
-  for (const std::string& pair : order)
+  for (const std::string& pair : bench::first_seen_order(rows, [](const Row& r) { return r.pair; }))
     for (const Row& r : rows)
       if (r.pair == pair) {
         const double gbs = r.bytes / r.seconds / 1e9;

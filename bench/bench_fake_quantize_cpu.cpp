@@ -18,7 +18,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -27,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_cpu_harness.hpp"
 #include "lowbit/convert.hpp"
 #include "lowbit/fake_quantize.hpp"
 #include "lowbit/quantize.hpp"
@@ -44,23 +44,15 @@ struct Options {
 
 Options parse(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> const char* {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "%s needs a value\n", a.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (a == "--rows") {
-      o.rows = std::atoll(next());
-    } else if (a == "--cols") {
-      o.cols = std::atoll(next());
-    } else if (a == "--reps") {
-      o.reps = std::atoi(next());
-    } else if (a == "--copy-mib") {
-      o.copy_bytes = std::atoll(next()) << 20;
+  for (bench::ArgWalker a(argc, argv); a.next();) {
+    if (a.name() == "--rows") {
+      o.rows = std::atoll(a.value());
+    } else if (a.name() == "--cols") {
+      o.cols = std::atoll(a.value());
+    } else if (a.name() == "--reps") {
+      o.reps = std::atoi(a.value());
+    } else if (a.name() == "--copy-mib") {
+      o.copy_bytes = std::atoll(a.value()) << 20;
     } else {
       std::fprintf(stderr,
                    "usage: bench_fake_quantize_cpu [--rows R] [--cols K] [--reps N] "
@@ -69,24 +61,6 @@ Options parse(int argc, char** argv) {
     }
   }
   return o;
-}
-
-double best_seconds(int reps, const std::function<void()>& f) {
-  f();
-  double best = 1e30;
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    best = std::min(best,
-                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  return best;
-}
-
-void prefault(void* p, int64_t bytes) {
-  auto* c = static_cast<uint8_t*>(p);
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < bytes; i += 4096) c[i] = 0;
 }
 
 Tensor normal(const Shape& shape, Dtype dtype, float sigma, uint64_t seed) {
@@ -137,10 +111,10 @@ int main(int argc, char** argv) {
   const Tensor dybf = normal(shape, Dtype::bf16, 0.01f, 2);
   Tensor y32 = Tensor::empty(shape, Dtype::f32), ybf = Tensor::empty(shape, Dtype::bf16);
   Tensor dx32 = Tensor::empty(shape, Dtype::f32), dxbf = Tensor::empty(shape, Dtype::bf16);
-  prefault(y32.data(), n * 4);
-  prefault(ybf.data(), n * 2);
-  prefault(dx32.data(), n * 4);
-  prefault(dxbf.data(), n * 2);
+  bench::prefault(y32.data(), n * 4);
+  bench::prefault(ybf.data(), n * 2);
+  bench::prefault(dx32.data(), n * 4);
+  bench::prefault(dxbf.data(), n * 2);
   const QuantScheme tok = QuantScheme::parse("int8:token");
   const QuantScheme blk = QuantScheme::parse("int4:block32:asym");
   const QuantScheme fp8 = QuantScheme::parse("fp8e4m3:token");
@@ -163,29 +137,15 @@ int main(int argc, char** argv) {
     omp_set_num_threads(threads);
     std::vector<Row> rows;
     volatile uint64_t sink = 0;
-    rows.push_back({"ceiling: streaming read",
-                    best_seconds(o.reps,
-                                 [&] {
-                                   uint64_t s = 0;
-#pragma omp parallel for schedule(static) reduction(+ : s)
-                                   for (int64_t i = 0; i < copy_n; ++i)
-                                     s += csrc[static_cast<size_t>(i)];
-                                   sink = s;
-                                 }),
-                    static_cast<double>(copy_n * 8)});
-    rows.push_back({"ceiling: memcpy",
-                    best_seconds(o.reps,
-                                 [&] {
-#pragma omp parallel
-                                   {
-                                     const int t = omp_get_thread_num(), m = omp_get_num_threads();
-                                     const int64_t per = copy_n / m, lo = per * t,
-                                                   hi = t == m - 1 ? copy_n : lo + per;
-                                     std::memcpy(cdst.data() + lo, csrc.data() + lo,
-                                                 static_cast<size_t>(hi - lo) * 8);
-                                   }
-                                 }),
-                    static_cast<double>(copy_n * 16)});
+    rows.push_back(
+        {"ceiling: streaming read",
+         bench::best_seconds(o.reps, [&] { sink = bench::parallel_sum(csrc.data(), copy_n); }),
+         static_cast<double>(copy_n * 8)});
+    rows.push_back(
+        {"ceiling: memcpy",
+         bench::best_seconds(o.reps,
+                             [&] { bench::parallel_memcpy(cdst.data(), csrc.data(), copy_n * 8); }),
+         static_cast<double>(copy_n * 16)});
     (void)sink;
     auto fwd = [&](const char* name, const Tensor& x, Tensor& y, const QuantScheme& s,
                    const Tensor& scale, const Tensor& zero, bool given) {
@@ -195,10 +155,10 @@ int main(int argc, char** argv) {
           static_cast<double>(storage_bytes(x.dtype(), n) + storage_bytes(y.dtype(), n));
       rows.push_back({fmt::format("fake_quantize {} {} ({})", dtype_name(x.dtype()), s.str(),
                                   given ? "static" : "dynamic"),
-                      best_seconds(o.reps,
-                                   [&] {
-                                     plan.run(Stream(), {}, {x, y, scale, zero});
-                                   }),
+                      bench::best_seconds(o.reps,
+                                          [&] {
+                                            plan.run(Stream(), {}, {x, y, scale, zero});
+                                          }),
                       bytes});
       (void)name;
       // The peer: quantize then dequantize.
@@ -208,11 +168,11 @@ int main(int argc, char** argv) {
         if (zero.numel() > 0) copy(q.zero, zero);
       }
       rows.push_back({"  peer: quantize + dequantize",
-                      best_seconds(o.reps,
-                                   [&] {
-                                     quantize_into(q.view(), x, given);
-                                     dequantize_into(y, q.view());
-                                   }),
+                      bench::best_seconds(o.reps,
+                                          [&] {
+                                            quantize_into(q.view(), x, given);
+                                            dequantize_into(y, q.view());
+                                          }),
                       bytes});
     };
     fwd("tok", xbf, ybf, tok, s_tok, Tensor(), false);
@@ -232,7 +192,8 @@ int main(int argc, char** argv) {
       if (dzr) a.dzero = *dzr;
       const double bytes =
           static_cast<double>(storage_bytes(x.dtype(), n) + 2 * storage_bytes(dy.dtype(), n));
-      rows.push_back({name, best_seconds(o.reps, [&] { plan.run(Stream(), {}, a); }), bytes});
+      rows.push_back(
+          {name, bench::best_seconds(o.reps, [&] { plan.run(Stream(), {}, a); }), bytes});
     };
     bwd("backward f32 int8:channel dx", x32, dy32, dx32, chn, s_chn, Tensor(), nullptr, nullptr);
     bwd("backward f32 int8:channel dx + dscale (LSQ)", x32, dy32, dx32, chn, s_chn, Tensor(), &ds,

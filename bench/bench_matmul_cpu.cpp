@@ -30,7 +30,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -42,6 +41,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_cpu_harness.hpp"
 #include "lowbit/device.hpp"
 #include "lowbit/matmul.hpp"
 #include "lowbit/quantize.hpp"
@@ -75,33 +75,25 @@ struct Options {
 
 Options parse(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "%s needs a value\n", a.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (a == "--n") {
-      o.n = std::atoll(next().c_str());
-    } else if (a == "--k") {
-      o.k = std::atoll(next().c_str());
-    } else if (a == "--m") {
+  for (bench::ArgWalker a(argc, argv); a.next();) {
+    if (a.name() == "--n") {
+      o.n = std::atoll(a.value());
+    } else if (a.name() == "--k") {
+      o.k = std::atoll(a.value());
+    } else if (a.name() == "--m") {
       o.ms.clear();
-      for (const std::string& s : split(next())) o.ms.push_back(std::atoll(s.c_str()));
-    } else if (a == "--types") {
-      o.types = split(next());
-    } else if (a == "--threads") {
+      for (const std::string& s : split(a.value())) o.ms.push_back(std::atoll(s.c_str()));
+    } else if (a.name() == "--types") {
+      o.types = split(a.value());
+    } else if (a.name() == "--threads") {
       o.threads.clear();
-      for (const std::string& s : split(next())) o.threads.push_back(std::atoi(s.c_str()));
-    } else if (a == "--reps") {
-      o.reps = std::atoi(next().c_str());
-    } else if (a == "--copy-mib") {
-      o.copy_bytes = std::atoll(next().c_str()) << 20;
-    } else if (a == "--ggml-dir") {
-      o.ggml_dir = next();
+      for (const std::string& s : split(a.value())) o.threads.push_back(std::atoi(s.c_str()));
+    } else if (a.name() == "--reps") {
+      o.reps = std::atoi(a.value());
+    } else if (a.name() == "--copy-mib") {
+      o.copy_bytes = std::atoll(a.value()) << 20;
+    } else if (a.name() == "--ggml-dir") {
+      o.ggml_dir = a.value();
     } else {
       std::fprintf(stderr,
                    "usage: %s [--n N] [--k K] [--m 1,16,512] [--types q4_0,...] [--reps R] "
@@ -111,41 +103,6 @@ Options parse(int argc, char** argv) {
     }
   }
   return o;
-}
-
-double seconds_of(const std::function<void()>& f) {
-  const auto t0 = std::chrono::steady_clock::now();
-  f();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-/// Best of `reps` for each implementation, run in turn rep by rep after one warm-up each.
-/// Both ggml's threadpool and libgomp keep their threads spinning for a while after a call,
-/// so a short call (under 50 ms) is preceded by an untimed one of the same implementation:
-/// the timed call then never shares the cores with the other side's spinning threads.
-std::vector<double> best_interleaved(int reps, const std::vector<std::function<void()>>& fs) {
-  std::vector<double> best(fs.size(), 1e30);
-  std::vector<bool> shortcall(fs.size());
-  for (size_t i = 0; i < fs.size(); ++i) shortcall[i] = seconds_of(fs[i]) < 0.05;
-  for (int r = 0; r < reps; ++r)
-    for (size_t i = 0; i < fs.size(); ++i) {
-      if (shortcall[i]) fs[i]();
-      best[i] = std::min(best[i], seconds_of(fs[i]));
-    }
-  return best;
-}
-
-uint64_t parallel_sum(const uint64_t* p, int64_t words) {
-  uint64_t sum = 0;
-#pragma omp parallel for schedule(static) reduction(+ : sum)
-  for (int64_t i = 0; i < words; ++i) sum += p[i];
-  return sum;
-}
-
-void prefault(void* p, int64_t bytes) {
-  auto* c = static_cast<uint8_t*>(p);
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < bytes; i += 4096) c[i] = 0;
 }
 
 // ---- ggml (dlopen) --------------------------------------------------------------------------
@@ -211,37 +168,22 @@ bool sym(void* lib, const char* name, T* out) {
 
 Ggml load_ggml(const std::string& dir_opt) {
   Ggml g;
-  std::vector<std::string> dirs;
-  if (!dir_opt.empty()) dirs.push_back(dir_opt);
-  if (const char* env = std::getenv("LOWBIT_GGML_DIR")) dirs.push_back(env);
-  std::string here = __FILE__;  // <repo>/bench/bench_matmul_cpu.cpp
-  const size_t cut = here.rfind("/bench/");
-  if (cut != std::string::npos)
-    dirs.push_back(here.substr(0, cut) + "/.venv/lib/python3.11/site-packages/ggml/lib");
-  for (const std::string& d : dirs) {
-    void* base = dlopen((d + "/libggml-base.so").c_str(), RTLD_NOW | RTLD_GLOBAL);
-    void* cpu = base ? dlopen((d + "/libggml-cpu.so").c_str(), RTLD_NOW | RTLD_GLOBAL) : nullptr;
-    if (!base || !cpu) {
-      g.why += fmt::format("{}: {}; ", d, dlerror());
-      continue;
-    }
-    bool ok = sym(base, "ggml_init", &g.init) && sym(base, "ggml_free", &g.free) &&
-              sym(base, "ggml_new_tensor_2d", &g.new_tensor_2d) &&
-              sym(base, "ggml_mul_mat", &g.mul_mat) && sym(base, "ggml_new_graph", &g.new_graph) &&
-              sym(base, "ggml_build_forward_expand", &g.build_forward_expand) &&
-              sym(base, "ggml_get_data", &g.get_data) && sym(base, "ggml_nbytes", &g.nbytes) &&
-              sym(base, "ggml_tensor_overhead", &g.tensor_overhead) &&
-              sym(base, "ggml_graph_overhead", &g.graph_overhead) &&
-              sym(base, "ggml_quantize_chunk", &g.quantize_chunk) &&
-              sym(base, "ggml_threadpool_params_default", &g.threadpool_params_default) &&
-              sym(cpu, "ggml_threadpool_new", &g.threadpool_new) &&
-              sym(cpu, "ggml_threadpool_free", &g.threadpool_free) &&
-              sym(cpu, "ggml_graph_plan", &g.graph_plan) &&
-              sym(cpu, "ggml_graph_compute", &g.graph_compute);
-    if (!ok) {
-      g.why += d + ": a ggml symbol is missing; ";
-      continue;
-    }
+  const auto bind = [&g](void* base, void* cpu) -> std::string {
+    const bool ok =
+        sym(base, "ggml_init", &g.init) && sym(base, "ggml_free", &g.free) &&
+        sym(base, "ggml_new_tensor_2d", &g.new_tensor_2d) &&
+        sym(base, "ggml_mul_mat", &g.mul_mat) && sym(base, "ggml_new_graph", &g.new_graph) &&
+        sym(base, "ggml_build_forward_expand", &g.build_forward_expand) &&
+        sym(base, "ggml_get_data", &g.get_data) && sym(base, "ggml_nbytes", &g.nbytes) &&
+        sym(base, "ggml_tensor_overhead", &g.tensor_overhead) &&
+        sym(base, "ggml_graph_overhead", &g.graph_overhead) &&
+        sym(base, "ggml_quantize_chunk", &g.quantize_chunk) &&
+        sym(base, "ggml_threadpool_params_default", &g.threadpool_params_default) &&
+        sym(cpu, "ggml_threadpool_new", &g.threadpool_new) &&
+        sym(cpu, "ggml_threadpool_free", &g.threadpool_free) &&
+        sym(cpu, "ggml_graph_plan", &g.graph_plan) &&
+        sym(cpu, "ggml_graph_compute", &g.graph_compute);
+    if (!ok) return "a ggml symbol is missing";
     sym(cpu, "ggml_cpu_init", &g.cpu_init);
     sym(cpu, "ggml_cpu_has_avx512", &g.has_avx512);
     sym(cpu, "ggml_cpu_has_avx512_vnni", &g.has_avx512_vnni);
@@ -249,12 +191,10 @@ Ggml load_ggml(const std::string& dir_opt) {
     sym(base, "ggml_backend_alloc_ctx_tensors_from_buft", &g.alloc_ctx_tensors_from_buft);
     sym(base, "ggml_backend_tensor_set", &g.tensor_set);
     sym(base, "ggml_backend_buffer_free", &g.buffer_free);
-    if (g.cpu_init) g.cpu_init();
-    g.ok = true;
-    g.why = "libggml from " + d;
-    return g;
-  }
-  if (g.why.empty()) g.why = "no directory to look in";
+    return "";
+  };
+  g.ok = bench::open_ggml(dir_opt, bind, g.why);
+  if (g.ok && g.cpu_init) g.cpu_init();
   return g;
 }
 
@@ -422,10 +362,10 @@ int main(int argc, char** argv) {
     omp_set_num_threads(t);
     double best = 1e30;
     for (int r = 0; r < opt.reps + 1; ++r)
-      best = std::min(best, seconds_of([&] {
-                        sink =
-                            sink + parallel_sum(reinterpret_cast<const uint64_t*>(copy_src.data()),
-                                                opt.copy_bytes / 8);
+      best = std::min(best, bench::seconds_of([&] {
+                        sink = sink + bench::parallel_sum(
+                                          reinterpret_cast<const uint64_t*>(copy_src.data()),
+                                          opt.copy_bytes / 8);
                       }));
     read_gbs[t] = static_cast<double>(opt.copy_bytes) / best / 1e9;
   }
@@ -478,13 +418,13 @@ int main(int argc, char** argv) {
       const lowbit::MatmulPlan p8 = lowbit::MatmulPlan::select(d8);
       arch = pe.sku().arch;
       Tensor ye = Tensor::empty({M, N}, Dtype::f32), y8 = Tensor::empty({M, N}, Dtype::f32);
-      prefault(ye.data(), ye.nbytes());
-      prefault(y8.data(), y8.nbytes());
+      bench::prefault(ye.data(), ye.nbytes());
+      bench::prefault(y8.data(), y8.nbytes());
       const lowbit::TensorView xv(xf.data(), Dtype::f32, {M, K});
       const size_t wsb = std::max(pe.workspace_size(), p8.workspace_size());
       lowbit::Buffer scratch(static_cast<int64_t>(std::max<size_t>(wsb, 64)),
                              lowbit::Device::cpu());
-      prefault(scratch.data(), static_cast<int64_t>(wsb));
+      bench::prefault(scratch.data(), static_cast<int64_t>(wsb));
       const lowbit::Workspace wspace{scratch.data(), wsb};
       const lowbit::Stream stream;
       const lowbit::MatmulArgs ae{xv, {}, wq.view(), {}, {}, ye};
@@ -494,7 +434,7 @@ int main(int argc, char** argv) {
       std::string prep_note;
       if (const int64_t pb = lowbit::prepared_bytes(p8); pb > 0) {
         packed = Tensor::empty({pb}, Dtype::u8);
-        const double tp = seconds_of([&] { lowbit::prepare_weight(p8, wq.view(), packed); });
+        const double tp = bench::seconds_of([&] { lowbit::prepare_weight(p8, wq.view(), packed); });
         a8.w_packed = packed;
         prep_note = fmt::format("W prepared once ({}, {:.0f} ms, {} threads)",
                                 lowbit::weight_layout(p8), tp * 1e3, omp_get_max_threads());
@@ -517,7 +457,7 @@ int main(int argc, char** argv) {
             names.push_back("ggml mul_mat (CPU_REPACK layout)");
           }
         }
-        const std::vector<double> best = best_interleaved(opt.reps, fs);
+        const std::vector<double> best = bench::best_interleaved(opt.reps, fs, true);
         const float* yref = ye.data_as<const float>();
         for (size_t i = 0; i < fs.size(); ++i) {
           std::string note;

@@ -24,16 +24,15 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
-#include <random>
 #include <string>
 #include <vector>
 
+#include "bench_cpu_harness.hpp"
 #include "lowbit/convert.hpp"
 #include "lowbit/device.hpp"
 #include "lowbit/gguf_blocks.hpp"
@@ -58,25 +57,17 @@ struct Options {
 
 Options parse(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "%s needs a value\n", a.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (a == "--rows") {
-      o.rows = std::atoll(next().c_str());
-    } else if (a == "--cols") {
-      o.cols = std::atoll(next().c_str());
-    } else if (a == "--reps") {
-      o.reps = std::atoi(next().c_str());
-    } else if (a == "--copy-mib") {
-      o.copy_bytes = std::atoll(next().c_str()) << 20;
-    } else if (a == "--ggml-dir") {
-      o.ggml_dir = next();
+  for (bench::ArgWalker a(argc, argv); a.next();) {
+    if (a.name() == "--rows") {
+      o.rows = std::atoll(a.value());
+    } else if (a.name() == "--cols") {
+      o.cols = std::atoll(a.value());
+    } else if (a.name() == "--reps") {
+      o.reps = std::atoi(a.value());
+    } else if (a.name() == "--copy-mib") {
+      o.copy_bytes = std::atoll(a.value()) << 20;
+    } else if (a.name() == "--ggml-dir") {
+      o.ggml_dir = a.value();
     } else {
       std::fprintf(stderr,
                    "usage: %s [--rows R] [--cols K] [--reps N] [--copy-mib M] [--ggml-dir DIR]\n",
@@ -85,59 +76,6 @@ Options parse(int argc, char** argv) {
     }
   }
   return o;
-}
-
-/// Best (shortest) of `reps` timed runs after one warm-up run: on a machine shared with
-/// other work the minimum is the stable estimate of what the code can do.
-double best_seconds(int reps, const std::function<void()>& f) {
-  f();
-  double best = 1e30;
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    best = std::min(best,
-                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  return best;
-}
-
-/// Best of `reps` for each of several implementations of one operation, run in turn rep by
-/// rep, so that a busy moment of the machine does not fall on one of them only.
-std::vector<double> best_interleaved(int reps, const std::vector<std::function<void()>>& fs) {
-  for (const auto& f : fs) f();
-  std::vector<double> best(fs.size(), 1e30);
-  for (int r = 0; r < reps; ++r)
-    for (size_t i = 0; i < fs.size(); ++i) {
-      const auto t0 = std::chrono::steady_clock::now();
-      fs[i]();
-      best[i] = std::min(
-          best[i], std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    }
-  return best;
-}
-
-void prefault(void* p, int64_t bytes) {
-  auto* c = static_cast<uint8_t*>(p);
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < bytes; i += 4096) c[i] = 0;
-}
-
-void parallel_memcpy(void* dst, const void* src, int64_t bytes) {
-#pragma omp parallel
-  {
-    const int t = omp_get_thread_num(), n = omp_get_num_threads();
-    const int64_t per = (bytes / n) & ~int64_t{63};
-    const int64_t lo = per * t, hi = t == n - 1 ? bytes : lo + per;
-    std::memcpy(static_cast<char*>(dst) + lo, static_cast<const char*>(src) + lo,
-                static_cast<size_t>(hi - lo));
-  }
-}
-
-uint64_t parallel_sum(const uint64_t* p, int64_t words) {
-  uint64_t sum = 0;
-#pragma omp parallel for schedule(static) reduction(+ : sum)
-  for (int64_t i = 0; i < words; ++i) sum += p[i];
-  return sum;
 }
 
 // ---- ggml (dlopen) --------------------------------------------------------------------------
@@ -173,40 +111,18 @@ struct Ggml {
 
 Ggml load_ggml(const std::string& dir_opt) {
   Ggml g;
-  std::vector<std::string> dirs;
-  if (!dir_opt.empty()) dirs.push_back(dir_opt);
-  if (const char* env = std::getenv("LOWBIT_GGML_DIR")) dirs.push_back(env);
-  // This source file's checkout: <repo>/bench/bench_quantize_cpu.cpp.
-  std::string here = __FILE__;
-  const size_t cut = here.rfind("/bench/");
-  if (cut != std::string::npos)
-    dirs.push_back(here.substr(0, cut) + "/.venv/lib/python3.11/site-packages/ggml/lib");
-  for (const std::string& d : dirs) {
-    void* base = dlopen((d + "/libggml-base.so").c_str(), RTLD_NOW | RTLD_GLOBAL);
-    if (!base) {
-      g.why += fmt::format("{}: {}; ", d, dlerror());
-      continue;
-    }
-    void* cpu = dlopen((d + "/libggml-cpu.so").c_str(), RTLD_NOW | RTLD_GLOBAL);
-    if (!cpu) {
-      g.why += fmt::format("{}: {}; ", d, dlerror());
-      continue;
-    }
+  const auto bind = [&g](void* base, void* cpu) -> std::string {
     g.quantize_chunk =
         reinterpret_cast<decltype(g.quantize_chunk)>(dlsym(base, "ggml_quantize_chunk"));
     g.traits = reinterpret_cast<decltype(g.traits)>(dlsym(base, "ggml_get_type_traits"));
     g.traits_cpu = reinterpret_cast<decltype(g.traits_cpu)>(dlsym(cpu, "ggml_get_type_traits_cpu"));
     g.cpu_init = reinterpret_cast<decltype(g.cpu_init)>(dlsym(cpu, "ggml_cpu_init"));
-    if (!g.quantize_chunk || !g.traits) {
-      g.why += d + ": ggml_quantize_chunk / ggml_get_type_traits not exported; ";
-      continue;
-    }
-    if (g.cpu_init) g.cpu_init();
-    g.ok = true;
-    g.why = "libggml from " + d;
-    return g;
-  }
-  if (g.why.empty()) g.why = "no directory to look in";
+    if (!g.quantize_chunk || !g.traits)
+      return "ggml_quantize_chunk / ggml_get_type_traits not exported";
+    return "";
+  };
+  g.ok = bench::open_ggml(dir_opt, bind, g.why);
+  if (g.ok && g.cpu_init) g.cpu_init();
   return g;
 }
 
@@ -245,25 +161,18 @@ int main(int argc, char** argv) {
   Tensor f32 = Tensor::empty(shape, Dtype::f32);
   Tensor bf16 = Tensor::empty(shape, Dtype::bf16);
   {
-    auto* x = f32.data_as<float>();
-#pragma omp parallel
-    {
-      std::mt19937 rng(1234u + static_cast<unsigned>(omp_get_thread_num()));
-      std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-#pragma omp for schedule(static)
-      for (int64_t i = 0; i < n; ++i) x[i] = (u(rng) + u(rng) + u(rng) + u(rng)) * 0.8660254f;
-    }
+    bench::fill_roughly_normal(f32.data_as<float>(), n);
     lowbit::convert(bf16, f32);
   }
   Tensor out_f32 = Tensor::empty(shape, Dtype::f32);
   Tensor out_bf16 = Tensor::empty(shape, Dtype::bf16);
   Tensor out_ggml = Tensor::empty(shape, Dtype::f32);
-  prefault(out_f32.data(), out_f32.nbytes());
-  prefault(out_ggml.data(), out_ggml.nbytes());
-  prefault(out_bf16.data(), out_bf16.nbytes());
+  bench::prefault(out_f32.data(), out_f32.nbytes());
+  bench::prefault(out_ggml.data(), out_ggml.nbytes());
+  bench::prefault(out_bf16.data(), out_bf16.nbytes());
   std::vector<uint8_t> copy_src(static_cast<size_t>(opt.copy_bytes), 1),
       copy_dst(static_cast<size_t>(opt.copy_bytes));
-  prefault(copy_dst.data(), opt.copy_bytes);
+  bench::prefault(copy_dst.data(), opt.copy_bytes);
 
   struct Case {
     const char* scheme;
@@ -280,11 +189,11 @@ int main(int argc, char** argv) {
   std::vector<QuantizedTensor> qs;
   for (const Case& c : cases) {
     qs.push_back(QuantizedTensor::allocate(QuantScheme::parse(c.scheme), shape));
-    prefault(qs.back().codes.data(), qs.back().codes.nbytes());
+    bench::prefault(qs.back().codes.data(), qs.back().codes.nbytes());
   }
   std::vector<uint8_t> ggml_q(
       static_cast<size_t>(lowbit::gguf::row_bytes(lowbit::gguf::GgmlType::q8_0, K) * R));
-  prefault(ggml_q.data(), static_cast<int64_t>(ggml_q.size()));
+  bench::prefault(ggml_q.data(), static_cast<int64_t>(ggml_q.size()));
 
   std::vector<Row> rows;
   std::vector<double> copy_gbs(3, 0.0), read_gbs(3, 0.0);
@@ -294,13 +203,14 @@ int main(int argc, char** argv) {
   for (int threads = 1; threads <= max_threads; ++threads) {
     omp_set_num_threads(threads);
     const double cb = static_cast<double>(opt.copy_bytes);
-    const double t_copy = best_seconds(
-        opt.reps, [&] { parallel_memcpy(copy_dst.data(), copy_src.data(), opt.copy_bytes); });
+    const double t_copy = bench::best_seconds(opt.reps, [&] {
+      bench::parallel_memcpy(copy_dst.data(), copy_src.data(), opt.copy_bytes);
+    });
     rows.push_back({"ceiling", "memcpy 1 GiB", threads, t_copy, 2 * cb, 0, ""});
     copy_gbs[threads] = 2 * cb / t_copy / 1e9;
-    const double t_read = best_seconds(opt.reps, [&] {
-      sink = sink +
-             parallel_sum(reinterpret_cast<const uint64_t*>(copy_src.data()), opt.copy_bytes / 8);
+    const double t_read = bench::best_seconds(opt.reps, [&] {
+      sink = sink + bench::parallel_sum(reinterpret_cast<const uint64_t*>(copy_src.data()),
+                                        opt.copy_bytes / 8);
     });
     rows.push_back({"ceiling", "streaming read (u64 sum) 1 GiB", threads, t_read, cb, 0, ""});
     read_gbs[threads] = cb / t_read / 1e9;
@@ -328,9 +238,9 @@ int main(int argc, char** argv) {
       const double d_rw = q_bytes + static_cast<double>(c.back->nbytes());
       if (!c.ggml_type || !ggml.ok) {
         rows.push_back({qname, "lowbit " + qp.sku().kernel, threads,
-                        best_seconds(opt.reps, lowbit_q), q_rw, f32_side, ""});
+                        bench::best_seconds(opt.reps, lowbit_q), q_rw, f32_side, ""});
         rows.push_back({dname, "lowbit " + dp.sku().kernel, threads,
-                        best_seconds(opt.reps, lowbit_d), d_rw, f32_side, ""});
+                        bench::best_seconds(opt.reps, lowbit_d), d_rw, f32_side, ""});
         if (c.ggml_type) rows.push_back({qname, "ggml", threads, 0, 0, 0, "skipped: " + ggml.why});
         continue;
       }
@@ -362,7 +272,7 @@ int main(int argc, char** argv) {
         same_fast = std::memcmp(y, q.codes.data(), qbytes) == 0;
         qf.push_back(ggml_fast);
       }
-      const std::vector<double> tq = best_interleaved(opt.reps, qf);
+      const std::vector<double> tq = bench::best_interleaved(opt.reps, qf);
       rows.push_back({qname, "lowbit " + qp.sku().kernel, threads, tq[0], q_rw, f32_side, ""});
       rows.push_back({qname, "ggml_quantize_chunk (reference)", threads, tq[1], q_rw, f32_side,
                       same ? "lowbit bytes identical" : "lowbit bytes DIFFER"});
@@ -377,7 +287,7 @@ int main(int argc, char** argv) {
       const ggml_type_traits* tt = ggml.traits(c.ggml_type);
       if (!tt || !tt->to_float) {
         rows.push_back({dname, "lowbit " + dp.sku().kernel, threads,
-                        best_seconds(opt.reps, lowbit_d), d_rw, f32_side, ""});
+                        bench::best_seconds(opt.reps, lowbit_d), d_rw, f32_side, ""});
         continue;
       }
       // ggml dequantizes the same bytes (lowbit's, identical to its reference's) into its
@@ -393,7 +303,7 @@ int main(int argc, char** argv) {
       ggml_d();
       const bool same_d =
           std::memcmp(c.back->data(), out, static_cast<size_t>(c.back->nbytes())) == 0;
-      const std::vector<double> td = best_interleaved(opt.reps, {lowbit_d, ggml_d});
+      const std::vector<double> td = bench::best_interleaved(opt.reps, {lowbit_d, ggml_d});
       rows.push_back({dname, "lowbit " + dp.sku().kernel, threads, td[0], d_rw, f32_side, ""});
       rows.push_back({dname, "ggml to_float", threads, td[1], d_rw, f32_side,
                       same_d ? "lowbit floats identical" : "lowbit floats DIFFER"});
@@ -409,10 +319,7 @@ int main(int argc, char** argv) {
       "| op | implementation | threads | ms | GB/s (read + written) | f32 GiB/s | %% of read "
       "ceiling | %% of copy ceiling | note |\n");
   std::printf("|---|---|---:|---:|---:|---:|---:|---:|---|\n");
-  std::vector<std::string> order;
-  for (const Row& r : rows)
-    if (std::find(order.begin(), order.end(), r.op) == order.end()) order.push_back(r.op);
-  for (const std::string& op : order)
+  for (const std::string& op : bench::first_seen_order(rows, [](const Row& r) { return r.op; }))
     for (const Row& r : rows) {
       if (r.op != op) continue;
       if (r.seconds == 0) {
