@@ -411,10 +411,8 @@ int main(int argc, char** argv) {
     quant_row("silu(a) * b -> fp8e4m3:token fused, finiteness check", "fp8e4m3:token", true);
     quant_row("silu(a) * b -> fp8e4m3:token fused, check off, fast math", "fp8e4m3:token", false,
               true);
-    {  // The same with the shared-memory row kernel (the register-row kernel off).
+    {  // Fast math on the shared-memory row kernel (the register-row kernel off).
       const int keep = lowbit::fusion::g_quant_reg_units.exchange(0);
-      quant_row("silu(a) * b -> fp8e4m3:token fused, check off, shared-memory row kernel",
-                "fp8e4m3:token", false);
       quant_row("silu(a) * b -> fp8e4m3:token fused, check off, shared-memory, fast math",
                 "fp8e4m3:token", false, true);
       lowbit::fusion::g_quant_reg_units.store(keep);

@@ -257,6 +257,9 @@ class ModuleCache {
 /// at most 256 * G * this many elements; 0: always the shared-memory row kernel). A knob
 /// for benchmarks and tests, read when a plan first runs.
 inline std::atomic<int> g_quant_reg_units{8};
+/// Whether exact (not fast-math) programs take the register-row kernel too (off: measured
+/// slower there); tests turn it on to check that kernel's bits on the GPU.
+inline std::atomic<bool> g_quant_reg_exact{false};
 
 /// Per-descriptor memory of the CUDA path: the layout and the kernel of each variant.
 struct PlanState {

@@ -344,10 +344,14 @@ class FusedCuda final : public Kernel<FusedOp> {
       const int group = v.vec ? fusion::generate_cuda(*d.program, v, false).group : 1;
       if (v.vec && K % group != 0) v.vec = false;
       which = (v.vec ? 0 : 1) + (qstore ? 2 : 0);
-      // Per-row scales on whole groups: the row in registers when it fits (at most
-      // g_quant_reg_units groups of G elements per thread) and the codes' pointer allows
-      // one store per group.
-      if (v.vec && !block) {
+      // Per-row scales on whole groups, fast math: the row in registers when it fits (at
+      // most g_quant_reg_units groups of G elements per thread) and the codes' pointer
+      // allows one store per group. The exact kernels stay on the shared-memory row
+      // kernel: measured on the H200 (BENCHMARKS.md), the register-row kernel is faster
+      // with fast math (66% of copy against 65%) but slower exact (49% against 52%: its
+      // 86 registers leave 2 blocks per SM for the longer instruction stream).
+      if (v.vec && !block &&
+          (d.fast_math || fusion::g_quant_reg_exact.load(std::memory_order_relaxed))) {
         const int64_t units = K / group;
         const int64_t r = (units + fusion::kThreads - 1) / fusion::kThreads;
         const int code_bytes = is_packed(d.scheme.code_dtype()) ? group / 2 : group;

@@ -379,7 +379,7 @@ std::vector<fusion::Variant> quant_variants(const FusedDesc& d) {
       if (qstore && !(K % 4 == 0 && (!block || d.scheme.block % 4 == 0))) continue;
       out.push_back(v);
       // Per-row scales on whole groups: the register-row kernel too (launch.cpp takes it
-      // for rows of at most 8 units per thread).
+      // with fast math, for rows of at most 8 groups per thread).
       if (v.vec && !block && qstore) {
         const int64_t units = K / fusion::generate_cuda(*d.program, v, false).group;
         v.qreg = static_cast<int>((units + fusion::kThreads - 1) / fusion::kThreads);
@@ -586,53 +586,63 @@ TEST(FusionQuantCuda, MatchesTheCpuEpilogue) {
   std::mt19937_64 rng(17);
   const Shape shapes[] = {{64, 4096}, {3, 5, 256}, {130, 96}, {1000, 1024}, {16, 8192 + 32}};
   int cases = 0;
-  for (const char* text : kSchemes) {
-    const QuantScheme scheme = QuantScheme::parse(text);
-    for (int k = 0; k < 4; ++k) {
-      const Shape& shape = shapes[(k + cases) % std::size(shapes)];
-      const int64_t K = shape[shape.size() - 1];
-      if (scheme.granularity == Granularity::block && K % scheme.block != 0) continue;
-      const QCase c = make_case(rng, shape, k % 2 ? Dtype::f32 : Dtype::bf16, k + cases);
-      const QuantizedTensor want = QuantizedTensor::allocate(scheme, shape);
-      fuse({{want.view(), c.value}});
-      // The same program on the GPU: inputs copied, a device quantized tensor.
-      std::vector<Tensor> din;
-      FusedArgs args;
-      for (const Tensor& t : c.inputs) {
-        din.push_back(testing::to_device(t, gpu));
-        args.inputs.push_back(din.back());
+  // Both row kernels: the shared-memory one (exact programs' default), then the register-row
+  // one (fast math's) on the same exact programs, which must give the same bits.
+  for (const bool reg : {false, true}) {
+    fusion::g_quant_reg_exact.store(reg);
+    for (const char* text : kSchemes) {
+      const QuantScheme scheme = QuantScheme::parse(text);
+      for (int k = 0; k < 4; ++k) {
+        const Shape& shape = shapes[(k + cases) % std::size(shapes)];
+        const int64_t K = shape[shape.size() - 1];
+        if (scheme.granularity == Granularity::block && K % scheme.block != 0) continue;
+        const QCase c = make_case(rng, shape, k % 2 ? Dtype::f32 : Dtype::bf16, k + cases);
+        const QuantizedTensor want = QuantizedTensor::allocate(scheme, shape);
+        fuse({{want.view(), c.value}});
+        // The same program on the GPU: inputs copied, a device quantized tensor.
+        std::vector<Tensor> din;
+        FusedArgs args;
+        for (const Tensor& t : c.inputs) {
+          din.push_back(testing::to_device(t, gpu));
+          args.inputs.push_back(din.back());
+        }
+        const QuantizedTensor dq = QuantizedTensor::allocate(scheme, shape, gpu);
+        args.outputs.push_back(TensorView());
+        args.quantized = dq.view();
+        FusedDesc dd = FusedDesc::make({{want.view(), c.value}});
+        dd.device = gpu;
+        dd.state = std::make_shared<fusion::PlanState>();
+        const FusedPlan plan = FusedPlan::select(dd);
+        ASSERT_EQ(plan.sku().backend, Backend::cuda);
+        try {
+          plan.run(Stream::default_for(gpu), {}, args);
+          Stream::default_for(gpu).synchronize();
+        } catch (const Error& e) {
+          FAIL() << text << " " << shape.str() << ": " << e.what();
+        }
+        QuantizedView back;
+        back.scheme = scheme;
+        back.shape = shape;
+        const Tensor codes = testing::to_host(dq.codes), scale = testing::to_host(dq.scale);
+        Tensor zero;
+        back.codes = codes;
+        back.scale = scale;
+        if (dq.zero.data()) {
+          zero = testing::to_host(dq.zero);
+          back.zero = zero;
+        }
+        ASSERT_EQ(same_parts(want.view(), back), "")
+            << text << " " << shape.str() << " " << c.text << " (cuda"
+            << (reg ? ", register-row kernel allowed)" : ")");
+        ++cases;
       }
-      const QuantizedTensor dq = QuantizedTensor::allocate(scheme, shape, gpu);
-      args.outputs.push_back(TensorView());
-      args.quantized = dq.view();
-      FusedDesc dd = FusedDesc::make({{want.view(), c.value}});
-      dd.device = gpu;
-      dd.state = std::make_shared<fusion::PlanState>();
-      const FusedPlan plan = FusedPlan::select(dd);
-      ASSERT_EQ(plan.sku().backend, Backend::cuda);
-      try {
-        plan.run(Stream::default_for(gpu), {}, args);
-        Stream::default_for(gpu).synchronize();
-      } catch (const Error& e) {
-        FAIL() << text << " " << shape.str() << ": " << e.what();
-      }
-      QuantizedView back;
-      back.scheme = scheme;
-      back.shape = shape;
-      const Tensor codes = testing::to_host(dq.codes), scale = testing::to_host(dq.scale);
-      Tensor zero;
-      back.codes = codes;
-      back.scale = scale;
-      if (dq.zero.data()) {
-        zero = testing::to_host(dq.zero);
-        back.zero = zero;
-      }
-      ASSERT_EQ(same_parts(want.view(), back), "")
-          << text << " " << shape.str() << " " << c.text << " (cuda)";
-      ++cases;
     }
   }
-  std::printf("cuda: %d quantize-epilogue cases bit-identical to the cpu epilogue\n", cases);
+  fusion::g_quant_reg_exact.store(false);
+  std::printf(
+      "cuda: %d quantize-epilogue cases bit-identical to the cpu epilogue (half of them with "
+      "the register-row kernel allowed)\n",
+      cases);
 }
 
 TEST(FusionQuantCuda, NonFiniteValuesAreRefused) {
