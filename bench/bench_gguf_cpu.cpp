@@ -1,4 +1,4 @@
-// bench_gguf_cpu: GGUF Q4_1 / Q5_0 / Q5_1 and Q2_K ... Q6_K quantize on the CPU,
+// bench_gguf_cpu: GGUF quantize (every type but Q8_0 / Q4_0) on the CPU,
 // gguf_quantize_simd against quantize_reference (the scalar restatement of ggml's
 // quantize_row_*_ref, which is what ggml_quantize_chunk runs for these types), beside a
 // streaming-read ceiling measured in the same run, on 1 and 2 threads.
@@ -88,7 +88,8 @@ int main(int argc, char** argv) {
     const double ceiling = read_ceiling(stream_buf, threads, reps);
     std::printf("| - | streaming read (u64 sum, 256 MiB) | %d | - | %.1f | 100.0 | - |\n", threads,
                 ceiling);
-    for (const char* text : {"q4_1", "q5_0", "q5_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K"}) {
+    for (const char* text :
+         {"q4_1", "q5_0", "q5_1", "q8_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "q8_K"}) {
       const lowbit::QuantScheme scheme = lowbit::QuantScheme::parse(text);
       lowbit::QuantizedTensor want = lowbit::QuantizedTensor::allocate(scheme, shape);
       for (const char* kernel : {"quantize_reference", "gguf_quantize_simd"}) {

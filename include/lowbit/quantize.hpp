@@ -35,17 +35,18 @@ struct QuantizeDesc {
   /// Refuse NaN / +-Inf inputs with an Error naming the first one (the default). On CUDA
   /// the check needs the stream synchronised before run() returns; a caller that knows
   /// its inputs are finite may turn it off. What `false` changes depends on the kernel:
-  ///  * quantize_cuda: no check runs at all and run() does not synchronise. Non-finite
-  ///    inputs, invalid given scales / zero points / NVFP4 global scales, and GGUF blocks
-  ///    whose f16 scale overflows all give unspecified (but memory-safe) codes, no Error.
-  ///  * quantize_simd: non-finite inputs give unspecified (memory-safe) codes, no Error.
-  ///    Invalid given scales / zero points / global scales and GGUF f16 scale overflow are
-  ///    still refused: the call goes to quantize_reference, which throws (its NaN / Inf
-  ///    error, if the input also holds one).
+  ///  * quantize_cuda, gguf_quantize_cuda: no check runs at all and run() does not
+  ///    synchronise. Non-finite inputs, invalid given scales / zero points / NVFP4 global
+  ///    scales, and GGUF blocks whose f16 scale overflows all give unspecified (but
+  ///    memory-safe) codes, no Error.
+  ///  * quantize_simd, gguf_quantize_simd: non-finite inputs give unspecified (memory-safe)
+  ///    codes, no Error. Invalid given scales / zero points / global scales and GGUF f16
+  ///    scale overflow are still refused: the call goes to quantize_reference, which throws
+  ///    (its NaN / Inf error, if the input also holds one).
   ///  * quantize_reference ignores the flag: it always refuses non-finite inputs, invalid
-  ///    given scales and GGUF overflow. It also serves what quantize_simd declines on the
-  ///    CPU (f64 or strided sources, GGUF types other than q8_0 / q4_0), so those calls
-  ///    refuse NaN / Inf even with check_finite = false.
+  ///    given scales and GGUF overflow. It also serves what the SIMD kernels decline on the
+  ///    CPU (f64 or strided sources), so those calls refuse NaN / Inf even with
+  ///    check_finite = false.
   /// (fake_quantize.hpp's check_finite means the same on every kernel: all checks or none.)
   bool check_finite = true;
 

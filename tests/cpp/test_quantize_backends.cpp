@@ -612,7 +612,8 @@ TEST(QuantizeBackends, EveryKernelMatchesReferenceOnEveryBackend) {
   // Kernels that exist on this machine must have run: a test that cannot fail is a defect.
   EXPECT_GT(count.runs["quantize_simd@cpu"], 1000);
   EXPECT_GT(count.runs["dequantize_simd@cpu"], 1000);
-  for (const char* type : {"q4_1", "q5_0", "q5_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K"})
+  for (const char* type :
+       {"q4_1", "q5_0", "q5_1", "q8_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "q8_K"})
     EXPECT_GE(count.gguf_runs[std::string("gguf_quantize_simd@cpu ") + type], 30) << type;
   for (const char* type : {"q8_1", "q2_K", "q3_K", "q5_K", "q8_K"})
     EXPECT_GE(count.gguf_runs[std::string("gguf_dequantize_simd@cpu ") + type], 30) << type;

@@ -762,14 +762,89 @@ HWY_INLINE bool Q3Block(const float* x, uint8_t* y) {
   return true;
 }
 
-/// Rows of Q2_K / Q3_K / Q4_K / Q5_K / Q6_K super-blocks. False: quantize_reference must judge the
-/// call.
+// ---- Q8_1 and Q8_K
+// -------------------------------------------------------------------------------
+
+/// gguf_legacy.cpp's quantize_q8_1: d = amax / 127, q = roundf(x * (1/d)) (roundf as
+/// trunc(v + copysign(0.49999997, v)), quantize_simd's form, equal to roundf on every f32),
+/// s = float(sum q) * d. False: quantize_reference must judge the call.
+template <Dtype S>
+HWY_INLINE bool Q8_1Blocks(const Call& c, int64_t e0, int64_t nb, uint8_t* y) {
+  const DF df;
+  const DI di;
+  for (int64_t b = 0; b < nb; ++b, y += 36) {
+    VF x[kNV];
+    for (int64_t v = 0; v < kNV; ++v) x[v] = LoadSrc<S>(df, c.src, e0 + b * 32 + v * kN);
+    VI am = AbsBits(x[0]);
+    for (int64_t v = 1; v < kNV; ++v) am = hn::Max(am, AbsBits(x[v]));
+    const auto amax_bits = static_cast<uint32_t>(hn::GetLane(hn::MaxOfLanes(di, am)));
+    const bool finite = amax_bits < kNonFinite;
+    if (!finite && c.check_finite) return false;
+    float amax;
+    std::memcpy(&amax, &amax_bits, 4);
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const VF vid = hn::Set(df, id);
+    const VF half = hn::Set(df, 0.49999997f);
+    VI sum = hn::Zero(di);
+    for (int64_t v = 0; v < kNV; ++v) {
+      const VF t = hn::Mul(x[v], vid);
+      const VI q = SignExtend8(CvttI32(hn::Add(t, hn::CopySign(half, t))));
+      sum = hn::Add(sum, q);
+      hn::StoreU(hn::DemoteTo(DU8(), hn::And(q, hn::Set(di, 0xFF))), DU8(), y + 4 + v * kN);
+    }
+    const int32_t total = hn::GetLane(hn::SumOfLanes(di, sum));
+    const uint16_t hd = f32_to_f16(d);
+    const uint16_t hs = f32_to_f16(static_cast<float>(total) * d);
+    if (finite && ((hd & 0x7fffu) == 0x7c00u || (hs & 0x7fffu) == 0x7c00u)) return false;
+    std::memcpy(y, &hd, 2);
+    std::memcpy(y + 2, &hs, 2);
+  }
+  return true;
+}
+
+/// gguf_kquants.cpp's quantize_q8_K: the first value of largest |x| maps to -127, q =
+/// MIN(127, nearest_int(iscale * x)), sums of 16 codes as int16, d = 1 / iscale as f32.
+HWY_INLINE void Q8KBlock(const float* x, uint8_t* y) {
+  const DF df;
+  const DI di;
+  float max = 0.0f, amax = 0.0f;
+  for (int j = 0; j < 256; ++j) {
+    const float ax = std::fabs(x[j]);
+    if (ax > amax) {
+      amax = ax;
+      max = x[j];
+    }
+  }
+  if (amax == 0.0f) {
+    std::memset(y, 0, 292);
+    return;
+  }
+  const float iscale = -127.0f / max;
+  const VF vs = hn::Set(df, iscale);
+  HWY_ALIGN int32_t q[256];
+  for (int64_t v = 0; v < 256; v += kN)
+    hn::Store(hn::Min(GgmlNearestIntV(hn::Mul(vs, hn::Load(df, x + v))), hn::Set(di, 127)), di,
+              q + v);
+  for (int j = 0; j < 256; ++j) y[4 + j] = static_cast<uint8_t>(static_cast<int8_t>(q[j]));
+  for (int j = 0; j < 16; ++j) {
+    int sum = 0;
+    for (int i = 0; i < 16; ++i) sum += static_cast<int8_t>(q[16 * j + i]);
+    const auto s16 = static_cast<int16_t>(sum);
+    std::memcpy(y + 4 + 256 + 2 * j, &s16, 2);
+  }
+  const float d = 1.0f / iscale;
+  std::memcpy(y, &d, 4);
+}
+
+/// Rows of Q2_K ... Q6_K and Q8_K super-blocks. False: quantize_reference must judge the call.
 template <Dtype S, GgmlType T>
 HWY_INLINE bool KBlocks(const Call& c, int64_t e0, int64_t nb, uint8_t* y) {
   constexpr int64_t kB = T == GgmlType::q5_K   ? 176
                          : T == GgmlType::q6_K ? 210
                          : T == GgmlType::q2_K ? 84
                          : T == GgmlType::q3_K ? 110
+                         : T == GgmlType::q8_K ? 292
                                                : 144;
   const DF df;
   HWY_ALIGN float x[256];
@@ -794,6 +869,8 @@ HWY_INLINE bool KBlocks(const Call& c, int64_t e0, int64_t nb, uint8_t* y) {
       if (!Q2Block(x, y)) return false;
     } else if constexpr (T == GgmlType::q3_K) {
       if (!Q3Block(x, y)) return false;
+    } else if constexpr (T == GgmlType::q8_K) {
+      Q8KBlock(x, y);
     } else {
       if (!KBlock<T>(x, y)) return false;
     }
@@ -804,10 +881,16 @@ HWY_INLINE bool KBlocks(const Call& c, int64_t e0, int64_t nb, uint8_t* y) {
 template <Dtype S, GgmlType T>
 void Rows(const Call& c, int64_t r0, int64_t r1) {
   constexpr bool kK = T == GgmlType::q2_K || T == GgmlType::q3_K || T == GgmlType::q4_K ||
-                      T == GgmlType::q5_K || T == GgmlType::q6_K;
+                      T == GgmlType::q5_K || T == GgmlType::q6_K || T == GgmlType::q8_K;
   for (int64_t r = r0; r < r1; ++r) {
-    const bool ok = kK ? KBlocks<S, T>(c, r * c.k, c.k / 256, c.codes + r * c.row_bytes)
-                       : Blocks<S, T>(c, r * c.k, c.k / 32, c.codes + r * c.row_bytes);
+    bool ok;
+    if constexpr (kK) {
+      ok = KBlocks<S, T>(c, r * c.k, c.k / 256, c.codes + r * c.row_bytes);
+    } else if constexpr (T == GgmlType::q8_1) {
+      ok = Q8_1Blocks<S>(c, r * c.k, c.k / 32, c.codes + r * c.row_bytes);
+    } else {
+      ok = Blocks<S, T>(c, r * c.k, c.k / 32, c.codes + r * c.row_bytes);
+    }
     if (!ok) {
       c.refuse->store(true);
       return;
@@ -834,6 +917,10 @@ RowsFn RowsFor(GgmlType type) {
       return &Rows<S, GgmlType::q2_K>;
     case GgmlType::q3_K:
       return &Rows<S, GgmlType::q3_K>;
+    case GgmlType::q8_K:
+      return &Rows<S, GgmlType::q8_K>;
+    case GgmlType::q8_1:
+      return &Rows<S, GgmlType::q8_1>;
     default:
       return nullptr;
   }
@@ -889,7 +976,9 @@ bool served(const QuantScheme& s) {
                                            s.gguf_type == static_cast<uint32_t>(GgmlType::q5_K) ||
                                            s.gguf_type == static_cast<uint32_t>(GgmlType::q6_K) ||
                                            s.gguf_type == static_cast<uint32_t>(GgmlType::q2_K) ||
-                                           s.gguf_type == static_cast<uint32_t>(GgmlType::q3_K));
+                                           s.gguf_type == static_cast<uint32_t>(GgmlType::q3_K) ||
+                                           s.gguf_type == static_cast<uint32_t>(GgmlType::q8_K) ||
+                                           s.gguf_type == static_cast<uint32_t>(GgmlType::q8_1));
 }
 
 /// Row-major contiguous (extent-1 dims may have any stride; empty tensors always are).
@@ -909,7 +998,7 @@ class GgufQuantizeSimd final : public Kernel<QuantizeOp> {
 
   std::string decline(const QuantizeDesc& d) const override {
     if (!d.device.is_cpu()) return "runs on the cpu only";
-    if (!served(d.scheme)) return "GGUF q4_1, q5_0, q5_1 and q2_K ... q6_K only";
+    if (!served(d.scheme)) return "GGUF types other than q8_0 / q4_0 (quantize_simd) only";
     if (!HWY_DYNAMIC_DISPATCH(GgufTargetIsSimd)())
       return "no SIMD target on this CPU (Highway chose SCALAR)";
     if (d.src != Dtype::f32 && d.src != Dtype::f16 && d.src != Dtype::bf16)
