@@ -35,6 +35,7 @@
 #include <type_traits>
 
 #include "core/cuda_runtime.hpp"
+#include "cuda/cuda_kernel_common.cuh"
 #include "lowbit/error.hpp"
 #include "ops/convert/convert_element.hpp"
 #include "ops/convert/convert_kernels.hpp"
@@ -546,29 +547,7 @@ __global__ void __launch_bounds__(kThreads) convert_vector_kernel(VectorArgs a, 
 
 // ---- the strided kernel ---------------------------------------------------------------
 
-/// Unsigned division by an invariant 32-bit divisor (Granlund & Montgomery, "Division by
-/// invariant integers using multiplication", fig. 4.1): exact for every 32-bit dividend.
-struct Divisor32 {
-  uint32_t d = 1, m = 1, s1 = 0, s2 = 0;
-  static Divisor32 make(uint32_t d) {
-    int l = 0;
-    while (l < 32 && (uint64_t{1} << l) < d) ++l;
-    Divisor32 v;
-    v.d = d;
-    v.m = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << l) - d)) / d + 1);
-    v.s1 = l < 1 ? l : 1;
-    v.s2 = l > 1 ? l - 1 : 0;
-    return v;
-  }
-  LOWBIT_HD uint32_t div(uint32_t n) const {
-#if defined(__CUDA_ARCH__)
-    const uint32_t t = __umulhi(n, m);
-#else
-    const uint32_t t = static_cast<uint32_t>((uint64_t{n} * m) >> 32);
-#endif
-    return (t + ((n - t) >> s1)) >> s2;
-  }
-};
+using cuda_common::Divisor32;
 
 struct StridedArgs {
   const uint8_t* src;
@@ -638,63 +617,13 @@ __global__ void __launch_bounds__(kThreads) convert_strided_kernel(StridedArgs a
 
 // ---- host side: devices, launches -----------------------------------------------------
 
-void check_cuda(cudaError_t err, const char* what) {
-  if (err != cudaSuccess)
-    throw_error(ErrorCode::device_error, std::string(what) + ": " + cudaGetErrorName(err) + " (" +
-                                             cudaGetErrorString(err) + ")");
-}
+using cuda_common::check_cuda;
+using cuda_common::DeviceFacts;
+using cuda_common::DeviceScope;
 
-/// Makes `device` current for the scope of a run and restores the caller's device.
-class DeviceScope {
- public:
-  explicit DeviceScope(int device) {
-    check_cuda(cudaGetDevice(&previous_), "cudaGetDevice");
-    if (previous_ != device) check_cuda(cudaSetDevice(device), "cudaSetDevice");
-  }
-  ~DeviceScope() {
-    int now = previous_;
-    if (cudaGetDevice(&now) == cudaSuccess && now != previous_) cudaSetDevice(previous_);
-  }
-  DeviceScope(const DeviceScope&) = delete;
-  DeviceScope& operator=(const DeviceScope&) = delete;
-
- private:
-  int previous_ = 0;
-};
-
-/// Per-device facts read once: SM count, "sm_XY", whether this build has code for it.
-struct DeviceFacts {
-  int multiprocessors = 0;
-  std::string arch;
-  bool has_image = false;
-  std::string image_error;
-};
-
+/// The facts of `device`, probed with the strided kernel (every build instantiates it).
 const DeviceFacts& device_facts(int device) {
-  static std::mutex mutex;
-  static std::array<DeviceFacts, 64> facts;
-  static std::array<bool, 64> known{};
-  if (device < 0 || device >= 64)
-    throw_error(ErrorCode::invalid_argument, "cuda:" + std::to_string(device) + " is out of range");
-  std::lock_guard<std::mutex> lock(mutex);
-  if (!known[device]) {
-    const CudaDeviceProperties p = cuda_device_properties(device);
-    DeviceFacts f;
-    f.multiprocessors = p.multiprocessors;
-    f.arch = "sm_" + std::to_string(p.sm_major) + std::to_string(p.sm_minor);
-    DeviceScope scope(device);
-    cudaFuncAttributes attr{};
-    const cudaError_t err = cudaFuncGetAttributes(&attr, convert_strided_kernel<uint32_t>);
-    if (err == cudaSuccess) {
-      f.has_image = true;
-    } else {
-      cudaGetLastError();
-      f.image_error = std::string(cudaGetErrorName(err));
-    }
-    facts[device] = f;
-    known[device] = true;
-  }
-  return facts[device];
+  return cuda_common::device_facts(device, convert_strided_kernel<uint32_t>);
 }
 
 /// Resident blocks per SM of `kernel` (read once per kernel; every device of one

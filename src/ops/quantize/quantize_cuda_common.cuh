@@ -1,6 +1,8 @@
 // Shared by quantize_cuda.cu and dequantize_cuda.cu: host-side device facts and checks,
 // source / destination element access, x86-faithful NaN products, a fast divisor, and the
-// flag words through which kernels report the first bad element (or block, or group).
+// flag words through which kernels report the first bad element (or block, or group). The
+// runtime checks, device scope, device facts and divisor are cuda/cuda_kernel_common.cuh's,
+// shared with convert_cuda.cu and named here for the files that use them as quant_cuda's.
 //
 // Everything here keeps the reference's bits: conversions go through numeric.hpp's
 // integer rules (or hardware conversions that are exact), and every f32 operation is one
@@ -25,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "cuda/cuda_kernel_common.cuh"
 #include "formats/quant_math.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/quantize.hpp"
@@ -36,11 +39,7 @@ using numeric_detail::float_of;
 
 // ---- host: errors, devices, launches ----------------------------------------------------
 
-inline void check_cuda(cudaError_t err, const char* what) {
-  if (err != cudaSuccess)
-    throw_error(ErrorCode::device_error, std::string(what) + ": " + cudaGetErrorName(err) + " (" +
-                                             cudaGetErrorString(err) + ")");
-}
+using cuda_common::check_cuda;
 
 inline void check_launch(const char* what) {
   const cudaError_t err = cudaGetLastError();
@@ -50,60 +49,9 @@ inline void check_launch(const char* what) {
                                              cudaGetErrorString(err) + ")");
 }
 
-/// Makes `device` current for the scope of a run and restores the caller's device.
-class DeviceScope {
- public:
-  explicit DeviceScope(int device) {
-    check_cuda(cudaGetDevice(&previous_), "cudaGetDevice");
-    if (previous_ != device) check_cuda(cudaSetDevice(device), "cudaSetDevice");
-  }
-  ~DeviceScope() {
-    int now = previous_;
-    if (cudaGetDevice(&now) == cudaSuccess && now != previous_) cudaSetDevice(previous_);
-  }
-  DeviceScope(const DeviceScope&) = delete;
-  DeviceScope& operator=(const DeviceScope&) = delete;
-
- private:
-  int previous_ = 0;
-};
-
-/// Per-device facts read once: SM count, "sm_XY", whether this build has code for it
-/// (probed with one of the calling file's kernels).
-struct DeviceFacts {
-  int multiprocessors = 0;
-  std::string arch;
-  bool has_image = false;
-  std::string image_error;
-};
-
-template <class ProbeKernel>
-const DeviceFacts& device_facts(int device, ProbeKernel probe) {
-  static std::mutex mutex;
-  static std::array<DeviceFacts, 64> facts;
-  static std::array<bool, 64> known{};
-  if (device < 0 || device >= 64)
-    throw_error(ErrorCode::invalid_argument, "cuda:" + std::to_string(device) + " is out of range");
-  std::lock_guard<std::mutex> lock(mutex);
-  if (!known[device]) {
-    const CudaDeviceProperties p = cuda_device_properties(device);
-    DeviceFacts f;
-    f.multiprocessors = p.multiprocessors;
-    f.arch = "sm_" + std::to_string(p.sm_major) + std::to_string(p.sm_minor);
-    DeviceScope scope(device);
-    cudaFuncAttributes attr{};
-    const cudaError_t err = cudaFuncGetAttributes(&attr, probe);
-    if (err == cudaSuccess) {
-      f.has_image = true;
-    } else {
-      cudaGetLastError();
-      f.image_error = std::string(cudaGetErrorName(err));
-    }
-    facts[device] = f;
-    known[device] = true;
-  }
-  return facts[device];
-}
+using cuda_common::device_facts;
+using cuda_common::DeviceFacts;
+using cuda_common::DeviceScope;
 
 /// Blocks of `kernel` (with `threads` threads) that the device keeps resident, times SMs:
 /// the grid of a grid-stride kernel. The occupancy query is cached per kernel and block size
@@ -513,25 +461,7 @@ LOWBIT_HD void store_scale(void* base, Dtype dt, uint64_t g, float v) {
 
 // ---- integer division by an invariant divisor ---------------------------------------------
 
-/// Unsigned division by an invariant 32-bit divisor (Granlund & Montgomery, fig. 4.1): exact
-/// for every 32-bit dividend.
-struct Divisor32 {
-  uint32_t d = 1, m = 1, s1 = 0, s2 = 0;
-  static Divisor32 make(uint32_t d) {
-    int l = 0;
-    while (l < 32 && (uint64_t{1} << l) < d) ++l;
-    Divisor32 v;
-    v.d = d;
-    v.m = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << l) - d)) / d + 1);
-    v.s1 = l < 1 ? l : 1;
-    v.s2 = l > 1 ? l - 1 : 0;
-    return v;
-  }
-  __device__ __forceinline__ uint32_t div(uint32_t n) const {
-    const uint32_t t = __umulhi(n, m);
-    return (t + ((n - t) >> s1)) >> s2;
-  }
-};
+using cuda_common::Divisor32;
 
 // ---- GGUF helpers (ggml's x86 reference build, restated for the device) --------------------
 
