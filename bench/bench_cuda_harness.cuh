@@ -146,6 +146,19 @@ class CommandLine {
   std::vector<Option> options_;
 };
 
+/// The options of the benchmarks on an [R, K] matrix: --json PATH, --reps N (at least 5),
+/// --rows R (at least 64), --cols K (rounded down to a multiple of 256, at least 256).
+inline bool parse_matrix_options(int argc, char** argv, std::string& json_path, int& reps,
+                                 int64_t& rows, int64_t& cols) {
+  return CommandLine()
+      .value("--json", [&](const char* v) { json_path = v; })
+      .value("--reps", [&](const char* v) { reps = std::max(5, std::atoi(v)); })
+      .value("--rows", [&](const char* v) { rows = std::max<int64_t>(64, std::atoll(v)); })
+      .value("--cols",
+             [&](const char* v) { cols = std::max<int64_t>(256, std::atoll(v) / 256 * 256); })
+      .parse(argc, argv, "[--json PATH] [--reps N>=5] [--rows R] [--cols K]");
+}
+
 /// `s` with '"' and '\' escaped and newlines turned into spaces, for a JSON string.
 inline std::string json_escape(const std::string& s) {
   std::string out;

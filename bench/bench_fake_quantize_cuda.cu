@@ -96,15 +96,7 @@ int main(int argc, char** argv) {
   std::string json_path;
   int reps = 30;
   int64_t rows = 16384, cols = 8192;
-  const bool parsed =
-      bench::CommandLine()
-          .value("--json", [&](const char* v) { json_path = v; })
-          .value("--reps", [&](const char* v) { reps = std::max(5, std::atoi(v)); })
-          .value("--rows", [&](const char* v) { rows = std::max<int64_t>(64, std::atoll(v)); })
-          .value("--cols",
-                 [&](const char* v) { cols = std::max<int64_t>(256, std::atoll(v) / 256 * 256); })
-          .parse(argc, argv, "[--json PATH] [--reps N>=5] [--rows R] [--cols K]");
-  if (!parsed) return 2;
+  if (!bench::parse_matrix_options(argc, argv, json_path, reps, rows, cols)) return 2;
   if (bench::skip_without_gpu()) return 0;
   try {
     const Device gpu = Device::cuda(0);
