@@ -167,15 +167,15 @@ KernelList<MatmulOp> MatmulOp::kernels() {
   // Most specialised first, reference last.
   static const Kernel<MatmulOp>* const list[] = {
 #if LOWBIT_HAS_CUDA
-      &matmul_cuda_w8a8_kernel(),
-      &matmul_cuda_skinny_kernel(),
-      &matmul_cuda_dequant_tc_kernel(),
-      &matmul_cuda_dequant_kernel(),
+    &matmul_cuda_w8a8_kernel(),
+    &matmul_cuda_skinny_kernel(),
+    &matmul_cuda_dequant_tc_kernel(),
+    &matmul_cuda_dequant_kernel(),
 #endif
-      &matmul_cpu_avx512_vnni_packed_kernel(),
-      &matmul_cpu_avx512_vnni_kernel(),
-      &matmul_cpu_avx512_kernel(),
-      &matmul_reference_kernel(),
+    &matmul_cpu_avx512_vnni_packed_kernel(),
+    &matmul_cpu_avx512_vnni_kernel(),
+    &matmul_cpu_avx512_kernel(),
+    &matmul_reference_kernel(),
   };
   return list;
 }
