@@ -28,6 +28,7 @@
 
 #include "lowbit/gguf_blocks.hpp"
 #include "lowbit/quantize.hpp"  // before quantize_cuda_common.cuh, which needs Dtype
+#include "ops/quantize/gguf_cuda_x86.cuh"
 #include "ops/quantize/quantize_cuda_common.cuh"
 #include "ops/quantize/quantize_kernels.hpp"
 
@@ -35,59 +36,14 @@ namespace lowbit {
 namespace {
 
 using namespace quant_cuda;
+using namespace gguf_cuda;
 using gguf::GgmlType;
 
 constexpr int kThreads = 256;
 
-// ---- x86 SSE arithmetic on the device --------------------------------------------------------
-
-/// The NaN x86's addss / subss / mulss return for operands a, b whose result is NaN.
-__device__ __forceinline__ float x86_nan(float a, float b) {
-  const uint32_t ab = __float_as_uint(a), bb = __float_as_uint(b);
-  if ((ab & 0x7fffffffu) > 0x7f800000u) return __uint_as_float(ab | 0x00400000u);
-  if ((bb & 0x7fffffffu) > 0x7f800000u) return __uint_as_float(bb | 0x00400000u);
-  return __uint_as_float(0xffc00000u);
-}
-__device__ __forceinline__ float mul(float a, float b) {
-  const float r = __fmul_rn(a, b);
-  return r == r ? r : x86_nan(a, b);
-}
-__device__ __forceinline__ float add(float a, float b) {
-  const float r = __fadd_rn(a, b);
-  return r == r ? r : x86_nan(a, b);
-}
-__device__ __forceinline__ float sub(float a, float b) {
-  const float r = __fsub_rn(a, b);
-  return r == r ? r : x86_nan(a, b);
-}
-
-// ---- block fields ----------------------------------------------------------------------------
-
-__device__ __forceinline__ float f16_at(const uint8_t* p) {
-  return f16_to_f32(static_cast<uint16_t>(p[0] | (p[1] << 8)));
-}
+/// The little-endian u32 at p (q5_0 / q5_1's high bits, q8_K's f32 d).
 __device__ __forceinline__ uint32_t u32_at(const uint8_t* p) {
   return p[0] | (p[1] << 8) | (p[2] << 16) | (static_cast<uint32_t>(p[3]) << 24);
-}
-__device__ __forceinline__ float fl(int v) { return static_cast<float>(v); }
-
-/// gguf_kquants.cpp's scale_min_k4 (ggml's get_scale_min_k4): sub-block j's 6-bit scale
-/// and min from Q4_K / Q5_K's 12 scale bytes.
-__device__ __forceinline__ void scale_min_k4(int j, const uint8_t* q, int& sc, int& m) {
-  if (j < 4) {
-    sc = q[j] & 63;
-    m = q[j + 4] & 63;
-  } else {
-    sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
-
-/// gguf_kquants.cpp's q3_k_scale: Q3_K's sub-block j scale, -32..31.
-__device__ __forceinline__ int q3_k_scale(const uint8_t* s, int j) {
-  const int low = j < 8 ? (s[j] & 0xF) : (s[j - 8] >> 4);
-  const int high = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
-  return (low | (high << 4)) - 32;
 }
 
 // ---- one chunk: 32 values --------------------------------------------------------------------

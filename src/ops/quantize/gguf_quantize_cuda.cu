@@ -37,6 +37,7 @@
 
 #include "lowbit/gguf_blocks.hpp"
 #include "lowbit/quantize.hpp"  // before quantize_cuda_common.cuh, which needs Dtype
+#include "ops/quantize/gguf_cuda_x86.cuh"
 #include "ops/quantize/quantize_cuda_common.cuh"
 #include "ops/quantize/quantize_kernels.hpp"
 
@@ -44,37 +45,14 @@ namespace lowbit {
 namespace {
 
 using namespace quant_cuda;
+using namespace gguf_cuda;
 using gguf::GgmlType;
 
 constexpr int kThreads = 128;
 
 // ---- f32 arithmetic as ggml's x86 build does it ------------------------------------------
-//
-// One rounding per operation, and x86's NaN results: a NaN operand comes back quieted (the
-// first one when both are NaN), an invalid operation (0 * Inf, Inf - Inf, 0 / 0, Inf / Inf)
-// gives the default NaN 0xffc00000 where the GPU would give 0x7fffffff. The bits matter:
-// blocks of values near FLT_MIN make 1/d overflow, 0 * Inf follows, and nearest_int reads
-// the NaN's mantissa bits into a code.
+// (mul / add / sub and the rules in gguf_cuda_x86.cuh; the operations only quantize needs:)
 
-/// The NaN x86's SSE arithmetic returns for operands a, b whose result is NaN.
-__device__ __forceinline__ float x86_nan(float a, float b) {
-  const uint32_t ab = __float_as_uint(a), bb = __float_as_uint(b);
-  if ((ab & 0x7fffffffu) > 0x7f800000u) return __uint_as_float(ab | 0x00400000u);
-  if ((bb & 0x7fffffffu) > 0x7f800000u) return __uint_as_float(bb | 0x00400000u);
-  return __uint_as_float(0xffc00000u);
-}
-__device__ __forceinline__ float mul(float a, float b) {
-  const float r = __fmul_rn(a, b);
-  return r == r ? r : x86_nan(a, b);
-}
-__device__ __forceinline__ float add(float a, float b) {
-  const float r = __fadd_rn(a, b);
-  return r == r ? r : x86_nan(a, b);
-}
-__device__ __forceinline__ float sub(float a, float b) {
-  const float r = __fsub_rn(a, b);
-  return r == r ? r : x86_nan(a, b);
-}
 __device__ __forceinline__ float dvd(float a, float b) {
   const float r = __fdiv_rn(a, b);
   return r == r ? r : x86_nan(a, b);
@@ -91,7 +69,6 @@ __device__ __forceinline__ float neg(float a) {
 __device__ __forceinline__ float absf(float a) {
   return __uint_as_float(__float_as_uint(a) & 0x7fffffffu);
 }
-__device__ __forceinline__ float fl(int v) { return static_cast<float>(v); }
 __device__ __forceinline__ int clampi(int v, int lo, int hi) { return min(max(v, lo), hi); }
 
 /// gguf_block_codecs.hpp's nearest_int (ggml's): add 1.5 * 2^23, read the low mantissa bits.
@@ -114,9 +91,6 @@ struct Out {
 __device__ __forceinline__ void put_u16(uint8_t* p, uint16_t v) {
   p[0] = static_cast<uint8_t>(v);
   p[1] = static_cast<uint8_t>(v >> 8);
-}
-__device__ __forceinline__ float get_f16(const uint8_t* p) {
-  return f16_to_f32(static_cast<uint16_t>(p[0] | (p[1] << 8)));
 }
 /// store_scale_f16: GGML_FP32_TO_FP16 (RNE); an overflow to +-Inf is the reference's Error.
 __device__ __forceinline__ void put_scale(Out& o, int off, float v) {
@@ -428,22 +402,6 @@ __device__ void pack_scales_k4(const uint8_t* ls, const uint8_t* lm, uint8_t* sc
   }
 }
 
-__device__ __forceinline__ void scale_min_k4(int j, const uint8_t* q, uint8_t& sc, uint8_t& m) {
-  if (j < 4) {
-    sc = q[j] & 63;
-    m = q[j + 4] & 63;
-  } else {
-    sc = static_cast<uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-    m = static_cast<uint8_t>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
-  }
-}
-
-__device__ __forceinline__ int q3_k_scale(const uint8_t* scales, int j) {
-  const int low = j < 8 ? (scales[j] & 0xF) : (scales[j - 8] >> 4);
-  const int high = (scales[8 + j % 4] >> (2 * (j / 4))) & 3;
-  return (low | (high << 4)) - 32;
-}
-
 /// finish_k4_superblock: 6-bit scales / mins, d and dmin at y + 0 / 2, scales at y + 4, then
 /// every value re-rounded against the stored scales.
 __device__ void finish_k4_superblock(const float* x, const float* scales, const float* mins,
@@ -460,10 +418,10 @@ __device__ void finish_k4_superblock(const float* x, const float* scales, const 
   pack_scales_k4(ls, lm, scales_out);
   put_scale(o, 0, dvd(max_scale, 63.0f));
   put_scale(o, 2, dvd(max_min, 63.0f));
-  const float d_all = get_f16(o.y);
-  const float dmin_all = get_f16(o.y + 2);
+  const float d_all = f16_at(o.y);
+  const float dmin_all = f16_at(o.y + 2);
   for (int j = 0; j < 8; ++j) {
-    uint8_t sc, m;
+    int sc, m;
     scale_min_k4(j, scales_out, sc, m);
     const float d = mul(d_all, fl(sc));
     if (d == 0.0f) continue;
@@ -529,8 +487,8 @@ __device__ void quantize_q2_K(const float* x, Out& o) {
   } else {
     put_u16(o.y + 82, f32_to_f16(0.0f));
   }
-  const float d_all = get_f16(o.y + 80);
-  const float dmin_all = get_f16(o.y + 82);
+  const float d_all = f16_at(o.y + 80);
+  const float dmin_all = f16_at(o.y + 82);
   for (int j = 0; j < 16; ++j) {
     const float d = mul(d_all, fl(scales_out[j] & 0xF));
     if (d == 0.0f) continue;
@@ -574,7 +532,7 @@ __device__ void quantize_q3_K(const float* x, Out& o) {
   } else {
     put_u16(o.y + 108, f32_to_f16(0.0f));
   }
-  const float d_all = get_f16(o.y + 108);
+  const float d_all = f16_at(o.y + 108);
   for (int j = 0; j < 16; ++j) {
     const float d = mul(d_all, fl(q3_k_scale(scales_out, j)));
     if (d == 0.0f) continue;
@@ -653,7 +611,7 @@ __device__ void quantize_q6_K(const float* x, Out& o) {
   put_scale(o, 208, dvd(1.0f, iscale));
   for (int ib = 0; ib < 16; ++ib)
     scales_out[ib] = static_cast<int8_t>(min(127, nearest_int(mul(iscale, scales[ib]))));
-  const float d_all = get_f16(o.y + 208);
+  const float d_all = f16_at(o.y + 208);
   for (int j = 0; j < 16; ++j) {
     const float d = mul(d_all, fl(scales_out[j]));
     if (d == 0.0f) continue;
