@@ -438,6 +438,27 @@ using VQ = hn::Vec<DQ>;
 using DQI = hn::RebindToSigned<DQ>;
 using VQI = hn::Vec<DQI>;
 
+/// Sub-blocks s0 .. s0 + lanes - 1 of 16 values of x, one per lane (xt[i]: value i of each),
+/// and per lane the first value of largest |x| (max) and that |x| (amax): the reference's
+/// scan `if (ax > amax) { amax = ax; max = x[i]; }`.
+HWY_INLINE void LoadSubBlocks16(const float* x, int s0, VQ* xt, VQ& max, VQ& amax) {
+  const DQ d;
+  const int nl = static_cast<int>(hn::Lanes(d));
+  HWY_ALIGN float buf[16];
+  for (int i = 0; i < 16; ++i) {
+    for (int j = 0; j < nl; ++j) buf[j] = x[16 * (s0 + j) + i];
+    xt[i] = hn::Load(d, buf);
+  }
+  max = hn::Zero(d);
+  amax = max;
+  for (int i = 0; i < 16; ++i) {
+    const VQ ax = hn::Abs(xt[i]);
+    const auto bigger = hn::Gt(ax, amax);
+    amax = hn::IfThenElse(bigger, ax, amax);
+    max = hn::IfThenElse(bigger, xt[i], max);
+  }
+}
+
 /// make_qx_quants_x2(16, 32, ...) for sub-blocks s0 .. s0 + lanes - 1 of the super-block x:
 /// levels (l + 32) to L, scales to scales (gguf_kquants.cpp's reference, lane by lane).
 HWY_INLINE void FitQ6Lanes(const float* x, int s0, int8_t* L, float* scales) {
@@ -445,20 +466,9 @@ HWY_INLINE void FitQ6Lanes(const float* x, int s0, int8_t* L, float* scales) {
   const DQI di;
   constexpr int nmax = 32;
   const int nl = static_cast<int>(hn::Lanes(d));
-  HWY_ALIGN float buf[16];
-  VQ xt[16];
-  for (int i = 0; i < 16; ++i) {
-    for (int j = 0; j < nl; ++j) buf[j] = x[16 * (s0 + j) + i];
-    xt[i] = hn::Load(d, buf);
-  }
+  VQ xt[16], max, amax;
+  LoadSubBlocks16(x, s0, xt, max, amax);
   const VQ zero = hn::Zero(d);
-  VQ max = zero, amax = zero;
-  for (int i = 0; i < 16; ++i) {
-    const VQ ax = hn::Abs(xt[i]);
-    const auto bigger = hn::Gt(ax, amax);
-    amax = hn::IfThenElse(bigger, ax, amax);
-    max = hn::IfThenElse(bigger, xt[i], max);
-  }
   const auto tiny = hn::Lt(amax, hn::Set(d, 1e-15f));  // GROUP_MAX_EPS: levels 0, scale 0
   const VQI lo = hn::Set(di, -nmax), hi = hn::Set(di, nmax - 1), off = hn::Set(di, nmax);
   VQ iscale = hn::Div(hn::Set(d, static_cast<float>(-nmax)), max);
@@ -630,20 +640,9 @@ HWY_INLINE void FitQ3Lanes(const float* x, int s0, int8_t* L, float* scales) {
   const DQI di;
   constexpr int nmax = 4;
   const int nl = static_cast<int>(hn::Lanes(d));
-  HWY_ALIGN float buf[16];
-  VQ xt[16];
-  for (int i = 0; i < 16; ++i) {
-    for (int j = 0; j < nl; ++j) buf[j] = x[16 * (s0 + j) + i];
-    xt[i] = hn::Load(d, buf);
-  }
+  VQ xt[16], max, amax;
+  LoadSubBlocks16(x, s0, xt, max, amax);
   const VQ zero = hn::Zero(d);
-  VQ max = zero, amax = zero;
-  for (int i = 0; i < 16; ++i) {
-    const VQ ax = hn::Abs(xt[i]);
-    const auto bigger = hn::Gt(ax, amax);
-    amax = hn::IfThenElse(bigger, ax, amax);
-    max = hn::IfThenElse(bigger, xt[i], max);
-  }
   const auto tiny = hn::Lt(amax, hn::Set(d, 1e-15f));  // levels 0, scale 0
   const VQI lo = hn::Set(di, -nmax), hi = hn::Set(di, nmax - 1);
   const VQ iscale = hn::Div(hn::Set(d, static_cast<float>(-nmax)), max);
