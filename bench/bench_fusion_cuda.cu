@@ -37,6 +37,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_cuda_harness.cuh"
 #include "jit/jit.hpp"
 #include "lowbit/convert.hpp"
 #include "lowbit/device.hpp"
@@ -55,12 +56,9 @@ using lowbit::FusedPlan;
 using lowbit::Tensor;
 using lowbit::fusion::Expr;
 
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    std::fprintf(stderr, "bench_fusion_cuda: %s: %s\n", what, cudaGetErrorString(err));
-    std::exit(1);
-  }
-}
+using bench::check;
+using bench::json_escape;
+using bench::median_ms;
 
 /// Normal(0, 1) samples as bf16 (a counter hash and Box-Muller).
 __global__ void fill_normal_bf16(uint16_t* out, uint64_t n, uint64_t seed) {
@@ -89,40 +87,10 @@ struct Row {
   std::string check = "-";
 };
 
-double median_ms(cudaStream_t stream, int warmup, int reps, const std::function<void()>& fn) {
-  for (int i = 0; i < warmup; ++i) fn();
-  std::vector<cudaEvent_t> events(2 * static_cast<size_t>(reps));
-  for (cudaEvent_t& e : events) check(cudaEventCreate(&e), "cudaEventCreate");
-  for (int r = 0; r < reps; ++r) {
-    check(cudaEventRecord(events[2 * r], stream), "cudaEventRecord");
-    fn();
-    check(cudaEventRecord(events[2 * r + 1], stream), "cudaEventRecord");
-  }
-  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  std::vector<double> ms(static_cast<size_t>(reps));
-  for (int r = 0; r < reps; ++r) {
-    float t = 0;
-    check(cudaEventElapsedTime(&t, events[2 * r], events[2 * r + 1]), "cudaEventElapsedTime");
-    ms[r] = t;
-  }
-  for (cudaEvent_t& e : events) cudaEventDestroy(e);
-  std::sort(ms.begin(), ms.end());
-  return reps % 2 ? ms[reps / 2] : 0.5 * (ms[reps / 2 - 1] + ms[reps / 2]);
-}
-
 double now_ms() {
   return std::chrono::duration<double, std::milli>(
              std::chrono::steady_clock::now().time_since_epoch())
       .count();
-}
-
-std::string json_escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\';
-    out += c;
-  }
-  return out;
 }
 
 /// A contiguous view of the first n elements of t (on its device).
@@ -180,6 +148,7 @@ Expr gated(const std::vector<Expr>& x) { return lowbit::fusion::silu(x[0]) * x[1
 }  // namespace
 
 int main(int argc, char** argv) {
+  bench::program = "bench_fusion_cuda";
   std::string json_path;
   int reps = 30;
   int log2n = 28;
@@ -196,10 +165,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (lowbit::cuda_device_count() == 0) {
-    std::printf("bench_fusion_cuda: SKIPPED: no CUDA device, nothing measured\n");
-    return 0;
-  }
+  if (bench::skip_without_gpu()) return 0;
   // A fresh disk cache, so that the first compile is cold.
   const std::filesystem::path cache_dir =
       std::filesystem::temp_directory_path() / ("lowbit_bench_cache_" + std::to_string(::getpid()));
@@ -214,16 +180,12 @@ int main(int argc, char** argv) {
     std::vector<Row> rows;
 
     {
-      const int64_t bytes = int64_t{1} << 30;
-      lowbit::Buffer a(bytes, gpu, &stream), b(bytes, gpu, &stream);
-      check(cudaMemsetAsync(a.data(), 1, bytes, s), "cudaMemsetAsync");
       Row r;
       r.pair = "copy d2d (cudaMemcpyAsync, 1 GiB)";
-      r.elements = bytes;
-      r.bytes = 2.0 * bytes;
-      r.ms = median_ms(s, warmup, reps, [&] {
-        check(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, s),
-              "cudaMemcpyAsync");
+      r.elements = bench::kCopyBytes;
+      r.bytes = 2.0 * bench::kCopyBytes;
+      r.ms = bench::copy_d2d_ms(gpu, stream, [&](const std::function<void()>& copy) {
+        return median_ms(s, warmup, reps, copy);
       });
       r.kernel = "cudaMemcpyAsync";
       rows.push_back(r);

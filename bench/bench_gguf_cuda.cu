@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_cuda_harness.cuh"
 #include "lowbit/device.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/quantize.hpp"
@@ -32,49 +33,8 @@ namespace {
 using lowbit::Device;
 using lowbit::Dtype;
 
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    std::fprintf(stderr, "bench_gguf_cuda: %s: %s\n", what, cudaGetErrorString(err));
-    std::exit(1);
-  }
-}
-
-/// Normal(0, 1) samples from a counter hash and Box-Muller (as bench_quantize_cuda).
-__global__ void fill_normal(float* out, uint64_t n, uint64_t seed) {
-  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
-  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += stride) {
-    uint64_t z = (i + seed) * 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    const float u1 = (static_cast<uint32_t>(z) + 1.0f) * 0x1p-32f;  // (0, 1]
-    const float u2 = static_cast<uint32_t>(z >> 32) * 0x1p-32f;
-    out[i] = sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2);
-  }
-}
-
-/// Median milliseconds of `reps` runs of `fn` on `stream` after `warmup` runs.
-double median_ms(cudaStream_t stream, int warmup, int reps, const std::function<void()>& fn) {
-  for (int i = 0; i < warmup; ++i) fn();
-  std::vector<cudaEvent_t> events(2 * static_cast<size_t>(reps));
-  for (cudaEvent_t& e : events) check(cudaEventCreate(&e), "cudaEventCreate");
-  for (int r = 0; r < reps; ++r) {
-    check(cudaEventRecord(events[2 * r], stream), "cudaEventRecord");
-    fn();
-    check(cudaEventRecord(events[2 * r + 1], stream), "cudaEventRecord");
-  }
-  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  std::vector<double> ms(static_cast<size_t>(reps));
-  for (int r = 0; r < reps; ++r) {
-    float t = 0;
-    check(cudaEventElapsedTime(&t, events[2 * r], events[2 * r + 1]), "cudaEventElapsedTime");
-    ms[r] = t;
-  }
-  for (cudaEvent_t& e : events) cudaEventDestroy(e);
-  std::sort(ms.begin(), ms.end());
-  return reps % 2 ? ms[reps / 2] : 0.5 * (ms[reps / 2 - 1] + ms[reps / 2]);
-}
+using bench::check;
+using bench::median_ms;
 
 /// Host copies of the first `rows` rows of a device tensor [R, C] (contiguous).
 lowbit::Tensor head(const lowbit::TensorView& v, int64_t rows) {
@@ -100,6 +60,7 @@ struct Row {
 }  // namespace
 
 int main(int argc, char** argv) {
+  bench::program = "bench_gguf_cuda";
   int reps = 21;
   int64_t rows = 16384, cols = 8192;
   const char* json = nullptr;
@@ -119,10 +80,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (lowbit::cuda_device_count() == 0) {
-    std::printf("bench_gguf_cuda: SKIPPED: no CUDA device, nothing measured\n");
-    return 0;
-  }
+  if (bench::skip_without_gpu()) return 0;
   try {
     const Device gpu = Device::cuda(0);
     const lowbit::CudaDeviceProperties props = lowbit::cuda_device_properties(0);
@@ -135,13 +93,9 @@ int main(int argc, char** argv) {
     // The ceiling: cudaMemcpyAsync device to device, 1 GiB.
     double copy_gbps = 0;
     {
-      const int64_t bytes = int64_t{1} << 30;
-      lowbit::Buffer a(bytes, gpu, &stream), b(bytes, gpu, &stream);
-      check(cudaMemsetAsync(a.data(), 1, bytes, s), "cudaMemsetAsync");
-      Row r{"copy d2d (cudaMemcpyAsync, 1 GiB)", "cudaMemcpyAsync", "-", 2 * bytes};
-      r.ms = median_ms(s, warmup, reps, [&] {
-        check(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, s),
-              "cudaMemcpyAsync");
+      Row r{"copy d2d (cudaMemcpyAsync, 1 GiB)", "cudaMemcpyAsync", "-", 2 * bench::kCopyBytes};
+      r.ms = bench::copy_d2d_ms(gpu, stream, [&](const std::function<void()>& copy) {
+        return median_ms(s, warmup, reps, copy);
       });
       copy_gbps = r.bytes / r.ms / 1e6;
       out.push_back(r);
@@ -150,7 +104,7 @@ int main(int argc, char** argv) {
     const lowbit::Shape shape{rows, cols};
     const int64_t n = rows * cols;
     lowbit::Tensor x = lowbit::Tensor::empty(shape, Dtype::f32, gpu, &stream);
-    fill_normal<<<1024, 256, 0, s>>>(x.data_as<float>(), static_cast<uint64_t>(n), 12345);
+    bench::fill_normal<<<1024, 256, 0, s>>>(x.data_as<float>(), static_cast<uint64_t>(n), 12345);
     check(cudaGetLastError(), "fill_normal");
     stream.synchronize();
     const lowbit::Tensor x_head = head(x, check_rows);
