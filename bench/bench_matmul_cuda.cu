@@ -285,6 +285,21 @@ int main(int argc, char** argv) {
         }
       }
 
+      // y against yref (the dequantize path's result): "ok 3.1e-03" or "BAD ...".
+      auto check_y = [&](int64_t m) {
+        check(cudaMemsetAsync(norms.data(), 0, 16, s), "memset");
+        diff_norms<<<256, 256, 0, s>>>(y.data_as<const uint16_t>(), yref.data_as<const uint16_t>(),
+                                       static_cast<uint64_t>(m * n),
+                                       static_cast<double*>(norms.data()));
+        double h[2];
+        check(cudaMemcpyAsync(h, norms.data(), 16, cudaMemcpyDefault, s), "norms");
+        stream.synchronize();
+        const double rel = std::sqrt(h[0] / std::max(h[1], 1e-300));
+        char buf[64];
+        std::snprintf(buf, sizeof buf, "%s %.1e", rel <= 1e-2 ? "ok" : "BAD", rel);
+        return std::string(buf);
+      };
+
       auto run_weight_only = [&](const char* text, const std::vector<int64_t>& m_list) {
         const lowbit::QuantScheme scheme = lowbit::QuantScheme::parse(text);
         const lowbit::QuantizedTensor q = quantize_weight(wf, scheme, stream);
@@ -339,17 +354,7 @@ int main(int argc, char** argv) {
             }
             lowbit::Buffer rws(static_cast<int64_t>(rp.workspace_size()), gpu, &stream);
             rp.run(stream, {rws.data(), rp.workspace_size()}, rargs);
-            check(cudaMemsetAsync(norms.data(), 0, 16, s), "memset");
-            diff_norms<<<256, 256, 0, s>>>(
-                y.data_as<const uint16_t>(), yref.data_as<const uint16_t>(),
-                static_cast<uint64_t>(m * n), static_cast<double*>(norms.data()));
-            double h[2];
-            check(cudaMemcpyAsync(h, norms.data(), 16, cudaMemcpyDefault, s), "norms");
-            stream.synchronize();
-            const double rel = std::sqrt(h[0] / std::max(h[1], 1e-300));
-            char buf[64];
-            std::snprintf(buf, sizeof buf, "%s %.1e", rel <= 1e-2 ? "ok" : "BAD", rel);
-            verdict = buf;
+            verdict = check_y(m);
           } catch (const lowbit::Error& e) {
             verdict = "no ref (" + std::string(e.what()).substr(0, 60) + ")";
           }
@@ -365,12 +370,19 @@ int main(int argc, char** argv) {
             rows.push_back(rc);
             std::fprintf(stderr, "  %-60s %.4f ms (clean L2)\n", rc.pair().c_str(), rc.ms);
           }
-          // From M = 64 on, the dequantize + cuBLASLt kernel beside the selected one (the
-          // crossover select() uses).
-          if (m >= 64 && r.kernel != "matmul_cuda_dequant_tc_lt") {
+          // From M = 64 on, the other M > 32 kernels beside the selected one (the crossover
+          // select() uses): the medium tensor-core GEMM and dequantize + cuBLASLt.
+          struct Alt {
+            const char* kernel;
+            const char* label;
+          };
+          const Alt alts[] = {{"matmul_cuda_medium_tc", " (medium tc)"},
+                              {"matmul_cuda_dequant_tc_lt", " (dequant+GEMM)"}};
+          for (const Alt& al : alts) {
+            if (m < 64 || r.kernel == al.kernel) continue;
             try {
               lowbit::Preference alt;
-              alt.kernel = "matmul_cuda_dequant_tc_lt";
+              alt.kernel = al.kernel;
               const lowbit::MatmulPlan ap = lowbit::MatmulPlan::select(d, alt);
               lowbit::MatmulArgs aargs = args;
               lowbit::Tensor apacked;
@@ -379,19 +391,21 @@ int main(int argc, char** argv) {
                 lowbit::prepare_weight(ap, q.view(), apacked);
                 aargs.w_packed = apacked;
               }
-              lowbit::Buffer aws(static_cast<int64_t>(ap.workspace_size()), gpu, &stream);
+              lowbit::Buffer aws(static_cast<int64_t>(std::max<size_t>(ap.workspace_size(), 1)),
+                                 gpu, &stream);
               Row ra = r;
-              ra.scheme = std::string(text) + " (dequant+GEMM)";
+              ra.scheme = std::string(text) + al.label;
               ra.ms = timer.median([&] {
                 ap.run(stream, {aws.data(), ap.workspace_size()}, aargs);
               });
               ra.kernel = ap.sku().kernel;
               ra.vs_bf16 = mi < bf16_ms.size() ? bf16_ms[mi] / ra.ms : 0;
-              ra.check = "-";
+              ra.check = verdict.rfind("ok", 0) == 0 ? check_y(m) : "-";
               rows.push_back(ra);
-              std::fprintf(stderr, "  %-60s %.4f ms\n", ra.pair().c_str(), ra.ms);
+              std::fprintf(stderr, "  %-60s %.4f ms %s\n", ra.pair().c_str(), ra.ms,
+                           ra.check.c_str());
             } catch (const lowbit::Error& e) {
-              std::fprintf(stderr, "  dequant+GEMM alternative: %s\n", e.what());
+              std::fprintf(stderr, "  %s alternative: %s\n", al.kernel, e.what());
             }
           }
         }

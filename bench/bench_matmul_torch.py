@@ -166,6 +166,32 @@ def joined(rows, lowbit_path):
                 r = mine.get((s, n, k, m))
                 cells.append(f"{r['ms']:.4f} ({base / r['ms']:.2f}x)" if r and r["ms"] > 0 else "-")
             out.append(f"| {n}x{k} | {m} | " + " | ".join(cells) + " |")
+    alt = {(r["scheme"], r["n"], r["k"], r["m"]): r for r in lb if r.get("group") == "weight-only"}
+    big = [r for r in lb if r.get("group") == "weight-only" and r["m"] >= 64 and r["scheme"] in wo]
+    if big:
+        out.append("\n### Weight-only, M >= 64: the selected kernel beside the other M > 32 kernels "
+                   "(ms, x F.linear bf16 of this run)\n")
+        out.append("| scheme | N x K | M | F.linear bf16 | selected | kernel | medium tc | dequant+GEMM |")
+        out.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for r in big:
+            base = peer.get(("F.linear bf16", r["n"], r["k"], r["m"]))
+
+            def cell(x):
+                if not x or x["ms"] <= 0:
+                    return "-"
+                return f"{x['ms']:.4f} ({base / x['ms']:.2f}x)" if base else f"{x['ms']:.4f}"
+
+            key = (r["n"], r["k"], r["m"])
+            med = alt.get((r["scheme"] + " (medium tc)",) + key)
+            deq = alt.get((r["scheme"] + " (dequant+GEMM)",) + key)
+            if r["kernel"] == "matmul_cuda_medium_tc":
+                med = r
+            if r["kernel"] == "matmul_cuda_dequant_tc_lt":
+                deq = r
+            out.append(f"| {r['scheme']} | {r['n']}x{r['k']} | {r['m']} | "
+                       f"{base:.4f} | {cell(r)} | {r['kernel']} | {cell(med)} | {cell(deq)} |"
+                       if base else f"| {r['scheme']} | {r['n']}x{r['k']} | {r['m']} | - | {cell(r)} | "
+                       f"{r['kernel']} | {cell(med)} | {cell(deq)} |")
     gemv = [r for r in lb if r.get("group") == "weight-only" and r["m"] in (1, 16)]
     if gemv and copy:
         out.append("\n### GEMV rows: weight bytes / time as a share of the copy ceiling "

@@ -302,6 +302,44 @@ TEST(Matmul, EveryKernelOnEveryDeviceMatchesTheF64Product) {
   }
 }
 
+/// matmul_cuda_medium_tc (the tensor-core GEMM for 32 < M <= 1024) on the M its tiling finds
+/// awkward: a block takes 64 rows of x and 64 rows of W, a warp 32 x 32, so M = 33, 47, 64, 65,
+/// 100, 255, 256, 300 cover partial blocks and warps; N = 200 (13 tiles, the last block of W
+/// partial), y padded, bias; K = 512 runs one k-range, K = 2048 splits K (partial sums in the
+/// workspace, added in order by a second kernel). Every scheme of the layout, bf16 and f16 x.
+TEST(Matmul, MediumKernelOnAwkwardShapes) {
+  const char* const kernel = "matmul_cuda_medium_tc";
+  const int64_t ms[] = {33, 47, 64, 65, 100, 255, 256, 300};
+  int ran = 0, i = 0;
+  uint64_t seed = 1000;
+  for (Device device : testing::test_devices()) {
+    if (!device.is_cuda()) continue;
+    for (const char* w : kWeightSchemes) {
+      for (Dtype xd : {Dtype::bf16, Dtype::f16}) {
+        for (int rep = 0; rep < 2; ++rep, ++i) {
+          const int64_t m = ms[i % 8];
+          const int64_t k = rep == 0 ? 512 : 2048;
+          const Dtype yd = rep == 0 ? xd : Dtype::f32;
+          const Case c{m, 200, k, xd, yd, w, "", false, rep == 1, rep == 0 ? 3 : 0, false};
+          if (run_case(kernel, device, c, seed++)) ++ran;
+          if (::testing::Test::HasFailure()) return;
+        }
+      }
+      // NaN / Inf in x propagate (symmetric formats: an affine one adds b · sum(x), where
+      // b = 0 · Inf is NaN although the weight is finite, as in the skinny kernel).
+      const QuantScheme ws = QuantScheme::parse(w);
+      if (ws.symmetric && ws.str().find("_K") == std::string::npos) {
+        const Case c{70, 67, 512, Dtype::bf16, Dtype::bf16, w, "", false, false, 0, true};
+        if (run_case(kernel, device, c, seed++)) ++ran;
+        if (::testing::Test::HasFailure()) return;
+      }
+    }
+    // The kernel serves every scheme of the layout: all of them ran.
+    EXPECT_GE(ran, 4 * 20);
+    std::printf("%s on %s ran %d cases\n", kernel, device.str().c_str(), ran);
+  }
+}
+
 TEST(Matmul, PlanStatesItsKernelAndPrecision) {
   MatmulDesc d;
   d.m = 1;

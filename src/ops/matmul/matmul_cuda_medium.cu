@@ -1,0 +1,175 @@
+// matmul_cuda_medium_tc: weight-only y = x · dequant(W)^T for tens to hundreds of rows of bf16 /
+// f16 x (select() sends it 32 < M <= kMaxM), on tensor cores (mma.sync.m16n8k16) over the
+// prepared "cuda_tc16x128" layout that the skinny kernel reads (one prepared copy serves both).
+// This file is the plan: what the kernel takes, why it declines, the split-K choice and its
+// reduction; the kernel is matmul_cuda_medium.cuh (its file comment has the tiling and the
+// arithmetic), instantiated by matmul_cuda_medium_{int4,int8,float}.cu.
+#include <cuda_runtime.h>
+
+#include "ops/matmul/matmul_cuda_medium.cuh"
+#include "ops/matmul/matmul_kernels.hpp"
+
+namespace lowbit {
+
+namespace medium {
+
+__global__ void reduce_kernel(Args p) {
+  const int64_t total = static_cast<int64_t>(p.m) * p.n;
+  const float global = p.w.global ? p.w.global[0] : 1.0f;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float v = p.partial[i];
+    for (int z = 1; z < p.split; ++z) v += p.partial[z * total + i];
+    const int64_t c = i / p.n, row = i - c * p.n;
+    v *= global;
+    if (p.bias) v += quant_cuda::load_any(p.bias, p.y_dtype, static_cast<uint64_t>(row));
+    quant_cuda::store_any(p.y, p.y_dtype, static_cast<uint64_t>(c * p.y_stride + row), v);
+  }
+}
+
+void launch_reduce(const Args& a, cudaStream_t stream) {
+  const int64_t total = static_cast<int64_t>(a.m) * a.n;
+  const int blocks = static_cast<int>(std::min<int64_t>((total + 255) / 256, 4096));
+  reduce_kernel<<<blocks, 256, 0, stream>>>(a);
+  mm_cuda::check_launch("medium reduce_kernel");
+}
+
+}  // namespace medium
+
+namespace {
+
+using medium::Launcher;
+using tc::Code;
+using tc::Scale;
+
+/// Rows of x this kernel takes (select() order: the skinny kernel first, up to 32). Above this
+/// dequantize + cuBLASLt (wgmma at the full tensor-core rate) is faster: BENCHMARKS.md.
+constexpr int64_t kMaxM = 1024;
+
+Launcher launcher_for(const tc::Format& f, bool bf16, std::string* why) {
+  switch (f.code) {
+    case Code::u4:
+      return medium::launcher_int4(f, bf16, why);
+    case Code::i8:
+      return medium::launcher_int8(f, bf16, why);
+    default:
+      return medium::launcher_float(f, bf16, why);
+  }
+}
+
+/// The k-split of `d` on its device (1: no partial sums).
+int split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) {
+  const Launcher l = launcher_for(tp.format, d.x == Dtype::bf16, nullptr);
+  const int64_t slots = static_cast<int64_t>(mm_cuda::sm_count(d.device.index)) * l.blocks_per_sm();
+  return medium::split_for(d.m, tp.layout.tiles, tp.layout.segments, slots);
+}
+
+class MatmulCudaMedium final : public MatmulKernel {
+ public:
+  std::string_view name() const override { return "matmul_cuda_medium_tc"; }
+
+  std::string decline(const MatmulDesc& d) const override {
+    std::string why = mm_cuda::cuda_device_decline(
+        d, reinterpret_cast<const void*>(
+               &medium::medium_kernel<Code::u4, Scale::integer, 1, true, false>));
+    if (!why.empty()) return why;
+    if (d.x_scheme) return "weight-only kernel (x_scheme is set: W8A8)";
+    if (d.x != Dtype::bf16 && d.x != Dtype::f16)
+      return "x is " + std::string(dtype_name(d.x)) + "; the tensor-core operands are bf16 / f16";
+    if (d.m > kMaxM)
+      return "M = " + std::to_string(d.m) + " > " + std::to_string(kMaxM) +
+             " (mma.sync with the decode in the loop; dequantize + a cuBLASLt wgmma GEMM is "
+             "faster there)";
+    if (d.m > std::numeric_limits<int>::max() / 2) return "M too large";
+    const auto f = tc::format_of(d.w, d.n, d.k, &why);
+    if (!f) return why;
+    if (!launcher_for(*f, true, &why)) return why;
+    return {};
+  }
+
+  KernelSku sku(const MatmulDesc& d) const override {
+    return {"matmul",
+            Backend::cuda,
+            std::string(dtype_name(d.x)) + "x" + d.w.str() + "->" + std::string(dtype_name(d.y)),
+            d.w.str(),
+            d.device.is_cuda() ? mm_cuda::cuda_arch(d.device.index) : "sm_90",
+            std::string(name())};
+  }
+
+  PrecisionGuarantee precision(const MatmulDesc&) const override {
+    return {
+        "exact codes times x on tensor cores (mma.sync bf16/f16), f32 sums per scale group, "
+        "group scale (and zero-point term) applied in f32; split-K ranges (up to 16) added in "
+        "a fixed order through the workspace (no atomics)",
+        Dtype::f32, true, false};
+  }
+
+  std::string weight_layout(const MatmulDesc&) const override { return tc::kLayoutName; }
+  int64_t prepared_bytes(const MatmulDesc& d) const override {
+    return mm_cuda::tc_plan(d).layout.bytes;
+  }
+  void prepare(const MatmulDesc& d, const QuantizedView& w, const TensorView& packed,
+               const Stream& stream) const override {
+    mm_cuda::tc_prepare(d, w, packed, stream);
+  }
+
+  /// f32 partial sums when the plan splits K, then room for a copy of x when it is not 16-byte
+  /// aligned (used only then).
+  std::size_t workspace_size(const MatmulDesc& d) const override {
+    return partial_bytes(d) + static_cast<std::size_t>(d.m * d.k * 2);
+  }
+
+  void run(const MatmulDesc& d, const MatmulArgs& a, const Stream& stream,
+           Workspace ws) const override {
+    if (d.m == 0 || d.n == 0) return;
+    if (!a.w_packed.data())
+      throw_error(ErrorCode::invalid_argument,
+                  "matmul: matmul_cuda_medium_tc needs the prepared weight (prepare_weight)");
+    const mm_cuda::TcPlan tp = mm_cuda::tc_plan(d);
+    mm_cuda::DeviceScope scope(d.device.index);
+    const auto cs = static_cast<cudaStream_t>(stream.native_handle());
+    medium::Args ma;
+    ma.w = mm_cuda::tc_weights(tp.format, tp.layout, a.w_packed.data());
+    ma.x = static_cast<const uint8_t*>(a.x.data());
+    ma.x_stride = d.x_stride();
+    const size_t pbytes = partial_bytes(d);
+    if (!quant_cuda::aligned(a.x.data(), 16) || ma.x_stride % 8 != 0) {
+      // cp.async copies x 16 bytes at a time: an unaligned x is copied into the workspace.
+      uint8_t* xc = static_cast<uint8_t*>(ws.data) + pbytes;
+      mm_cuda::check_cuda(
+          cudaMemcpy2DAsync(xc, static_cast<size_t>(d.k) * 2, a.x.data(),
+                            static_cast<size_t>(ma.x_stride) * 2, static_cast<size_t>(d.k) * 2,
+                            static_cast<size_t>(d.m), cudaMemcpyDeviceToDevice, cs),
+          "matmul: copying x");
+      ma.x = xc;
+      ma.x_stride = d.k;
+    }
+    ma.y = a.y.data();
+    ma.y_stride = d.y_stride();
+    ma.y_dtype = d.y;
+    ma.bias = d.bias ? a.bias.data() : nullptr;
+    ma.m = static_cast<int>(d.m);
+    ma.n = d.n;
+    ma.tiles = tp.layout.tiles;
+    ma.split = split_of(d, tp);
+    ma.partial = ma.split > 1 ? static_cast<float*>(ws.data) : nullptr;
+    launcher_for(tp.format, d.x == Dtype::bf16, nullptr).launch(ma, cs);
+  }
+
+ private:
+  static std::size_t partial_bytes(const MatmulDesc& d) {
+    const mm_cuda::TcPlan tp = mm_cuda::tc_plan(d);
+    const int split = split_of(d, tp);
+    if (split <= 1) return 0;
+    return mm_cuda::align_up(static_cast<size_t>(split) * d.m * d.n * 4, 256);
+  }
+};
+
+}  // namespace
+
+const MatmulKernel& matmul_cuda_medium_kernel() {
+  static const MatmulCudaMedium kernel;
+  return kernel;
+}
+
+}  // namespace lowbit
