@@ -11,8 +11,15 @@
 // --dump DIR writes the generated sources there; --flags "..." adds NVRTC flags to every
 // compile and --source FILE compiles a (hand-edited) kernel too: for experiments.
 //
+// --warm-up calls fusion::warm_up() and waits 3 s before the first compile (what a
+// process that warmed NVRTC while loading pays); --host prints only the host-path table:
+// the per-call CPU cost of a cached kernel's descriptor, plan and launch preparation (no
+// GPU: the driver's launch is not in it).
+//
 // Usage: bench_fusion_nvrtc [--reps N] [--dump DIR] [--flags "F1 F2"] [--source FILE]...
+//                           [--warm-up] [--host]
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -23,6 +30,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "jit/jit.hpp"
@@ -37,7 +45,9 @@
 namespace {
 
 using lowbit::Dtype;
+using lowbit::FusedArgs;
 using lowbit::FusedDesc;
+using lowbit::FusedPlan;
 using lowbit::Tensor;
 using lowbit::fusion::Expr;
 
@@ -100,6 +110,129 @@ std::vector<std::string> split(const std::string& s) {
   return out;
 }
 
+/// CPU microseconds per call of `fn`: the best of `rounds` rounds of `calls` calls (the
+/// best round is the one the shared machine disturbed least).
+template <class Fn>
+double best_us(int rounds, int calls, Fn&& fn) {
+  double best = 1e300;
+  for (int r = 0; r < rounds; ++r) {
+    const double t0 = now_ms();
+    for (int i = 0; i < calls; ++i) fn();
+    best = std::min(best, (now_ms() - t0) * 1e3 / calls);
+  }
+  return best;
+}
+
+/// The per-call host work of a cached kernel, without a GPU: what a caller pays to build
+/// chain8's expression, its descriptor and plan, and what the CUDA kernel's run() does
+/// before cuLaunchKernel (layout, variant, cache key and lookup, parameter block), each
+/// step timed alone, CPU time of this thread.
+int host_path_table(int rounds) {
+  using namespace lowbit::fusion;
+  const int64_t n = 4096;
+  Tensor a = Tensor::empty({n}, Dtype::bf16), b = Tensor::empty({n}, Dtype::bf16);
+  Tensor y = Tensor::empty({n}, Dtype::bf16);
+  const Expr ea = input(a), eb = input(b);
+  auto chain8 = [&] { return clamp(silu(ea * 1.25 + eb) * eb - ea * 0.5, -8.0, 8.0); };
+  const Expr e = chain8();
+  const std::string arch = "sm_90a";
+  const int calls = 2000;
+  const FusedDesc d0 = FusedDesc::make({{y, e}});
+  const Layout L0 = make_layout(d0);
+  Variant v;
+  v.vec = L0.vec_ok;
+  v.idx32 = L0.idx32;
+  v.nd = L0.nd;
+  v.cls = L0.cls;
+  const std::string key0 = ModuleCache::key_for(d0.program->canonical + "|" + v.key(), arch);
+  // A fresh disk cache in a temporary directory (removed at the end): nothing of ours left
+  // in the user's cache.
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("lowbit_bench_nvrtc_" + std::to_string(::getpid()));
+  ::setenv("LOWBIT_CACHE_DIR", dir.c_str(), 1);
+  ::setenv("LOWBIT_JIT_ARCH", arch.c_str(), 0);  // prepare_launch's arch without a device
+  ModuleCache& cache = ModuleCache::global();
+  cache.get(key0, arch, [&] { return generate_cuda(*d0.program, v); });  // one compile
+  const FusedArgs args0 = d0.bound_args();
+
+  struct Step {
+    const char* what;
+    double us;
+  };
+  std::vector<Step> steps;
+  steps.push_back({"build chain8's Expr (8 ops)", best_us(rounds, calls, [&] {
+                     const Expr x = chain8();
+                     asm volatile("" ::"r"(x.node().get()));
+                   })});
+  steps.push_back({"FusedDesc::make (Expr given)", best_us(rounds, calls, [&] {
+                     const FusedDesc d = FusedDesc::make({{y, e}});
+                     asm volatile("" ::"r"(d.program.get()));
+                   })});
+  steps.push_back({"FusedPlan::select (cpu device)", best_us(rounds, calls, [&] {
+                     const FusedPlan p = FusedPlan::select(d0);
+                     asm volatile("" ::"r"(&p));
+                   })});
+  steps.push_back({"FusedOp::check_args",
+                   best_us(rounds, calls, [&] { lowbit::FusedOp::check_args(d0, args0); })});
+  steps.push_back({"bound_args()", best_us(rounds, calls, [&] {
+                     const FusedArgs a2 = d0.bound_args();
+                     asm volatile("" ::"r"(&a2));
+                   })});
+  steps.push_back({"make_layout", best_us(rounds, calls, [&] {
+                     const Layout L = make_layout(d0);
+                     asm volatile("" ::"r"(&L));
+                   })});
+  steps.push_back({"cache key (canonical + variant + key_for)", best_us(rounds, calls, [&] {
+                     const std::string k =
+                         ModuleCache::key_for(d0.program->canonical + "|" + v.key(), arch);
+                     asm volatile("" ::"r"(k.data()));
+                   })});
+  steps.push_back({"ModuleCache::lookup (memory hit)", best_us(rounds, calls, [&] {
+                     auto c = cache.lookup(key0);
+                     asm volatile("" ::"r"(c.get()));
+                   })});
+  steps.push_back({"generate_cuda without code (launch shape)", best_us(rounds, calls, [&] {
+                     const KernelSource k = generate_cuda(*d0.program, v, false);
+                     asm volatile("" ::"r"(&k));
+                   })});
+  steps.push_back({"pack_params", best_us(rounds, calls, [&] {
+                     const auto p = pack_params(*d0.program, v, L0, args0);
+                     asm volatile("" ::"r"(p.data()));
+                   })});
+  steps.push_back({"resolve_kernel (table hit: hash, compare)", best_us(rounds, calls, [&] {
+                     auto r = resolve_kernel(*d0.program, v, arch);
+                     asm volatile("" ::"r"(r.get()));
+                   })});
+  std::vector<unsigned char> params;
+  {
+    const Layout& L = d0.state->get_layout(d0);
+    prepare_launch(d0, args0, L, params);  // resolves once
+    steps.push_back({"prepare_launch, resolved plan (variant, pack)", best_us(rounds, calls, [&] {
+                       prepare_launch(d0, args0, d0.state->get_layout(d0), params);
+                     })});
+  }
+  // Everything a caller pays for a new descriptor of a cached expression, but the driver's
+  // launch: what FusedPlan::select(FusedDesc::make(...)).run(...) does on a GPU before
+  // cuLaunchKernel (here the plan is the CPU kernel's: select's CUDA sku differs by the
+  // arch string).
+  steps.push_back({"all: Expr + make + select + check_args + layout + prepare_launch",
+                   best_us(rounds, calls, [&] {
+                     const FusedDesc d = FusedDesc::make({{y, chain8()}});
+                     const FusedPlan plan = FusedPlan::select(d);
+                     const FusedArgs a2 = d.bound_args();
+                     plan.can_implement(a2);
+                     prepare_launch(d, a2, d.state->get_layout(d), params);
+                   })});
+  std::printf(
+      "\nhost path of a cached kernel (chain8, 4096 bf16), CPU us per call, best of %d "
+      "rounds of %d calls\n| step | us |\n| --- | --- |\n",
+      rounds, calls);
+  for (const Step& s : steps) std::printf("| %s | %.3f |\n", s.what, s.us);
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+  return 0;
+}
+
 #endif
 
 }  // namespace
@@ -114,6 +247,7 @@ int main(int argc, char** argv) {
   int reps = 5;
   std::string dump, extra;
   std::vector<std::string> sources;
+  bool host_only = false, warm = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--reps" && i + 1 < argc) {
@@ -124,13 +258,19 @@ int main(int argc, char** argv) {
       extra = argv[++i];
     } else if (a == "--source" && i + 1 < argc) {
       sources.push_back(argv[++i]);
+    } else if (a == "--host") {
+      host_only = true;
+    } else if (a == "--warm-up") {
+      warm = true;
     } else {
       std::fprintf(stderr,
-                   "usage: %s [--reps N] [--dump DIR] [--flags \"F1 F2\"] [--source FILE]...\n",
+                   "usage: %s [--reps N] [--dump DIR] [--flags \"F1 F2\"] [--source FILE]... "
+                   "[--warm-up] [--host]\n",
                    argv[0]);
       return 2;
     }
   }
+  if (host_only) return host_path_table(std::max(reps, 5));
   using namespace lowbit::fusion;
   // Host tensors: only dtypes, shapes and strides matter to codegen.
   const int64_t n = 1 << 16, cols = 8192;
@@ -184,6 +324,10 @@ int main(int argc, char** argv) {
   std::string flag_text;
   for (const std::string& f : flags) flag_text += f + " ";
   std::printf("NVRTC %s, flags: %s\n", nvrtc_version().c_str(), flag_text.c_str());
+  if (warm) {  // fusion::warm_up() well before the first compile (a model load's time)
+    lowbit::fusion::warm_up();
+    std::this_thread::sleep_for(std::chrono::seconds(3));
+  }
   {  // The process's first compile: NVRTC's start-up included (what a cold plan pays).
     const auto w0 = std::chrono::steady_clock::now();
     const double c0 = now_ms();
@@ -192,10 +336,9 @@ int main(int argc, char** argv) {
     const double cpu = now_ms() - c0;
     const double wall =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - w0).count();
-    std::printf(
-        "first compile in this process (%s, NVRTC start-up included): %.1f ms wall, "
-        "%.1f ms CPU\n",
-        jobs[0].name.c_str(), wall, cpu);
+    std::printf("first compile in this process (%s, %s): %.1f ms wall, %.1f ms CPU\n",
+                jobs[0].name.c_str(),
+                warm ? "after fusion::warm_up() finished" : "NVRTC start-up included", wall, cpu);
   }
   std::printf(
       "| kernel | source bytes | cubin sm_90a, CPU ms | PTX only, CPU ms |\n| --- | --- | --- | "

@@ -142,6 +142,13 @@ inline Expr operator<=(const Expr& a, const Expr& b) { return le(a, b); }
 inline Expr operator>(const Expr& a, const Expr& b) { return gt(a, b); }
 inline Expr operator>=(const Expr& a, const Expr& b) { return ge(a, b); }
 
+/// Optional: starts NVRTC on a background thread (once per process) so that the first
+/// CUDA kernel this process compiles does not pay NVRTC's start-up (most of a cold
+/// compile: docs/jit.md, "Costs"). Call it early, e.g. while a model loads; a compile that
+/// comes while the warm-up runs waits for it. Returns at once; nothing happens in builds
+/// without NVRTC.
+void warm_up();
+
 struct Program;  // an expression compiled for evaluation (src/jit/jit.hpp)
 struct PlanState;
 

@@ -1367,13 +1367,13 @@ int64_t quant_row(const Layout&, const Program&, const QuantizedView& q) {
   return q.shape.size() > 0 ? q.shape[q.shape.size() - 1] : 1;
 }
 
-std::vector<unsigned char> pack_params(const Program& program, const Variant& v, const Layout& L,
-                                       const FusedArgs& args, void* flag) {
+void pack_params(const Program& program, const Variant& v, const Layout& L, const FusedArgs& args,
+                 void* flag, std::vector<unsigned char>& buf) {
   // Runs for every launch: counts only, no codegen state.
   const struct {
     size_t ni, no, nc;
   } gen{program.input_dtypes.size(), program.output_dtypes.size(), program.constants.size()};
-  std::vector<unsigned char> buf(static_cast<size_t>(params_size(gen.ni, gen.no, gen.nc, v)), 0);
+  buf.assign(static_cast<size_t>(params_size(gen.ni, gen.no, gen.nc, v)), 0);
   size_t at = 0;
   auto put = [&](const void* src, size_t bytes) {
     std::memcpy(buf.data() + at, src, bytes);
@@ -1420,7 +1420,6 @@ std::vector<unsigned char> pack_params(const Program& program, const Variant& v,
     put_idx(k);
     put_idx(k > 0 ? L.numel / k : 0);
   }
-  return buf;
 }
 
 }  // namespace lowbit::fusion

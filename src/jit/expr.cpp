@@ -193,7 +193,7 @@ void check_operand(const Expr& e, const char* what) {
 
 /// The node of `op` on `args` with result type `type`; scalar operands fold.
 // Runs for every op of every expression a caller builds (per call, in a loop that makes a
-// new descriptor each time): one allocation for the node, one for its operand list.
+// new descriptor each time): one allocation, the node (its operands are held in it).
 Expr make(Op op, Type type, std::initializer_list<Expr> args, double param = 0) {
   for (const Expr& a : args) check_operand(a, op_name(op).data());
   bool all_scalar = true;
@@ -207,7 +207,6 @@ Expr make(Op op, Type type, std::initializer_list<Expr> args, double param = 0) 
   n->op = op;
   n->type = type;
   n->value = param;
-  n->args.reserve(args.size());
   for (const Expr& a : args) n->args.push_back(a.node());
   return Expr(std::move(n));
 }

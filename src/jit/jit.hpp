@@ -55,10 +55,22 @@ double int_max(Dtype d);
 
 // ---- the graph (expr.cpp) -------------------------------------------------------------
 
+/// A node's operands (at most three), held in the node itself: building an expression
+/// costs one allocation per op (this runs for every op of every expression a caller builds).
+struct NodeArgs {
+  std::array<std::shared_ptr<const Node>, 3> v;
+  uint8_t n = 0;
+  size_t size() const { return n; }
+  const std::shared_ptr<const Node>& operator[](size_t i) const { return v[i]; }
+  void push_back(std::shared_ptr<const Node> p) { v[n++] = std::move(p); }
+  auto begin() const { return v.begin(); }
+  auto end() const { return v.begin() + n; }
+};
+
 struct Node {
   Op op = Op::constant;
   Type type;
-  std::vector<std::shared_ptr<const Node>> args;
+  NodeArgs args;
   double value = 0;  ///< constant: the value; leaky_relu: slope; pow: exponent
   TensorView view;   ///< input: the tensor
 };
@@ -147,6 +159,7 @@ struct Variant {
   /// FusedDesc::fast_math: approximate exp / division and contraction (other NVRTC flags).
   bool fast = false;
   std::string key() const;
+  friend bool operator==(const Variant&, const Variant&) = default;
 };
 
 /// Generated CUDA source and what launching it needs.
@@ -162,10 +175,17 @@ inline constexpr int kCodegenVersion = 3;
 inline constexpr int kThreads = 256;
 /// The kernel of `program` for `variant` (with with_code false: only its shape fields).
 KernelSource generate_cuda(const Program& program, const Variant& variant, bool with_code = true);
-/// Fills the kernel's Params struct for one call.
-std::vector<unsigned char> pack_params(const Program& program, const Variant& variant,
-                                       const Layout& layout, const FusedArgs& args,
-                                       void* flag = nullptr);
+/// Fills the kernel's Params struct for one call into `buf` (resized; a buffer reused
+/// across calls costs no allocation).
+void pack_params(const Program& program, const Variant& variant, const Layout& layout,
+                 const FusedArgs& args, void* flag, std::vector<unsigned char>& buf);
+inline std::vector<unsigned char> pack_params(const Program& program, const Variant& variant,
+                                              const Layout& layout, const FusedArgs& args,
+                                              void* flag = nullptr) {
+  std::vector<unsigned char> buf;
+  pack_params(program, variant, layout, args, flag, buf);
+  return buf;
+}
 /// The quantize epilogue's row length (the last extent of the quantized shape).
 int64_t quant_row(const Layout& layout, const Program& program, const QuantizedView& q);
 
@@ -261,6 +281,29 @@ inline std::atomic<int> g_quant_reg_units{8};
 /// slower there); tests turn it on to check that kernel's bits on the GPU.
 inline std::atomic<bool> g_quant_reg_exact{false};
 
+/// A kernel resolved for one program structure, variant and arch: its binary, what
+/// launching it needs, and (quantize epilogue) its occupancy once measured. Shared by every
+/// descriptor of the same expression structure (kernel_table.cpp).
+struct ResolvedKernel {
+  std::shared_ptr<const Compiled> compiled;
+  Variant variant;
+  KernelSource shape;  ///< without code
+  std::string arch;
+  std::string canonical;  ///< the program's canonical form (compared on lookup)
+  size_t hash = 0;
+};
+
+/// The kernel of `program` for `variant` and `arch`: from the process's table of resolved
+/// kernels (a hash of the canonical form and the variant, then a full comparison: no cache
+/// key string is built), else from the ModuleCache (memory, disk, or a compile), then
+/// remembered. The table holds at most kResolvedCapacity kernels (it is emptied when full;
+/// the ModuleCache stays the cache).
+std::shared_ptr<const ResolvedKernel> resolve_kernel(const Program& program, const Variant& variant,
+                                                     const std::string& arch);
+inline constexpr size_t kResolvedCapacity = 1024;
+/// Forgets every resolved kernel (ModuleCache::clear_memory() of the global cache calls it).
+void clear_resolved_kernels();
+
 /// Per-descriptor memory of the CUDA path: the layout and the kernel of each variant.
 struct PlanState {
   std::once_flag layout_once;
@@ -269,11 +312,9 @@ struct PlanState {
   /// [vec, strided] (+ 2: the quantize epilogue's codes in vectors; 4: its register-row
   /// kernel), + kSlots with fast math; set once, then read-only
   static constexpr int kSlots = 5;
-  std::shared_ptr<const Compiled> kernels[2 * kSlots];
-  Variant variants[2 * kSlots];
-  KernelSource shapes[2 * kSlots];  ///< without code
+  std::shared_ptr<const ResolvedKernel> kernels[2 * kSlots];
   /// The quantize epilogue's check word on the device (allocated at the first CUDA run),
-  /// its blocks per SM.
+  /// its blocks per SM (they depend on the row length: per descriptor).
   std::shared_ptr<void> qflag;
   int qflag_device = -1;
   int quant_blocks_per_sm[2 * kSlots] = {};
@@ -287,10 +328,24 @@ struct PlanState {
   }
 };
 
+/// The host side of launching the element-wise kernel (not the quantize epilogue) of
+/// `d` on `a`: the variant (vector path if every full operand is 16-byte aligned), its
+/// kernel (resolved once per descriptor and slot, through resolve_kernel), and the
+/// parameter block packed into `params`. No driver call: benchmarks time it without a GPU
+/// (with $LOWBIT_JIT_ARCH set, the arch needs no device either). launch.cpp.
+const ResolvedKernel& prepare_launch(const FusedDesc& d, const FusedArgs& a, const Layout& L,
+                                     std::vector<unsigned char>& params);
+
 /// Launches `compiled` on desc's device (launch.cpp).
 void launch_cuda(const Compiled& compiled, const KernelSource& shape, const Variant& variant,
                  const std::vector<unsigned char>& params, const Layout& layout, int device,
                  void* stream);
+
+/// Starts NVRTC on a background thread, once per process: a compile of an empty kernel
+/// with the JIT's headers, so that NVRTC's first-use start-up (loading its builtins and
+/// initialising its compiler: about 95 ms of the first compile) is paid before the first
+/// real compile. fusion::warm_up() (fusion.hpp) is the public entry point.
+void start_nvrtc_warm_up();
 
 }  // namespace lowbit::fusion
 

@@ -237,11 +237,50 @@ void launch_cuda(const Compiled& compiled, const KernelSource& shape, const Vari
             "cuLaunchKernel");
 }
 
+const ResolvedKernel& prepare_launch(const FusedDesc& d, const FusedArgs& a, const Layout& L,
+                                     std::vector<unsigned char>& params) {
+  PlanState& st = *d.state;
+  // The vector path needs every full operand 16-byte aligned.
+  bool vec = L.vec_ok;
+  for (size_t k = 0; vec && k < L.cls.size(); ++k) {
+    if (L.cls[k] != Layout::Class::full) continue;
+    const void* p =
+        k < a.inputs.size() ? a.inputs[k].data() : a.outputs[k - a.inputs.size()].data();
+    vec = reinterpret_cast<uintptr_t>(p) % 16 == 0;
+  }
+  const int which = (vec ? 0 : 1) + (d.fast_math ? PlanState::kSlots : 0);
+  const ResolvedKernel* k;
+  {
+    std::lock_guard<std::mutex> lock(st.mutex);
+    if (!st.kernels[which]) {
+      Variant v;
+      v.vec = vec;
+      v.idx32 = L.idx32;
+      v.nd = L.nd;
+      v.cls = L.cls;
+      v.pair = !vec && L.packed_out;
+      v.fast = d.fast_math;
+      if (st.arch.empty()) st.arch = arch_for(d.device.index);
+      st.kernels[which] = resolve_kernel(*d.program, v, st.arch);
+    }
+    k = st.kernels[which].get();
+  }
+  // Set once under the lock, read-only since: no copies on this path.
+  pack_params(*d.program, k->variant, L, a, nullptr, params);
+  return *k;
+}
+
 }  // namespace fusion
 
 namespace {
 
 using fusion::Layout;
+
+/// This thread's parameter block, reused by every launch from it.
+std::vector<unsigned char>& param_buffer() {
+  thread_local std::vector<unsigned char> buf;
+  return buf;
+}
 
 class FusedCuda final : public Kernel<FusedOp> {
  public:
@@ -274,40 +313,9 @@ class FusedCuda final : public Kernel<FusedOp> {
     const Layout& L = st.get_layout(d);
     if (L.numel == 0) return;
     if (d.quantized_output >= 0) return run_quantized(d, a, stream, L);
-    // The vector path needs every full operand 16-byte aligned.
-    bool vec = L.vec_ok;
-    for (size_t k = 0; vec && k < L.cls.size(); ++k) {
-      if (L.cls[k] != Layout::Class::full) continue;
-      const void* p =
-          k < a.inputs.size() ? a.inputs[k].data() : a.outputs[k - a.inputs.size()].data();
-      vec = reinterpret_cast<uintptr_t>(p) % 16 == 0;
-    }
-    const int which = (vec ? 0 : 1) + (d.fast_math ? fusion::PlanState::kSlots : 0);
-    const fusion::Compiled* compiled;
-    {
-      std::lock_guard<std::mutex> lock(st.mutex);
-      if (!st.kernels[which]) {
-        fusion::Variant v;
-        v.vec = vec;
-        v.idx32 = L.idx32;
-        v.nd = L.nd;
-        v.cls = L.cls;
-        v.pair = !vec && L.packed_out;
-        v.fast = d.fast_math;
-        if (st.arch.empty()) st.arch = fusion::arch_for(d.device.index);
-        const std::string key =
-            fusion::ModuleCache::key_for(d.program->canonical + "|" + v.key(), st.arch);
-        st.kernels[which] = fusion::ModuleCache::global().get(
-            key, st.arch, [&] { return fusion::generate_cuda(*d.program, v); });
-        st.shapes[which] = fusion::generate_cuda(*d.program, v, false);
-        st.variants[which] = std::move(v);
-      }
-      compiled = st.kernels[which].get();
-    }
-    // Set once under the lock, read-only since: no copies on this path.
-    const fusion::Variant& variant = st.variants[which];
-    const std::vector<unsigned char> params = fusion::pack_params(*d.program, variant, L, a);
-    fusion::launch_cuda(*compiled, st.shapes[which], variant, params, L, d.device.index,
+    std::vector<unsigned char>& params = param_buffer();
+    const fusion::ResolvedKernel& k = fusion::prepare_launch(d, a, L, params);
+    fusion::launch_cuda(*k.compiled, k.shape, k.variant, params, L, d.device.index,
                         stream.native_handle());
   }
 
@@ -328,7 +336,7 @@ class FusedCuda final : public Kernel<FusedOp> {
     const bool qstore = K % 4 == 0 && (!block || d.scheme.block % 4 == 0) &&
                         reinterpret_cast<uintptr_t>(q.codes.data()) % 4 == 0;
     int which = -1;
-    const fusion::Compiled* compiled;
+    const fusion::ResolvedKernel* k;
     unsigned threads = 0;
     {
       std::lock_guard<std::mutex> lock(st.mutex);
@@ -365,17 +373,12 @@ class FusedCuda final : public Kernel<FusedOp> {
       if (d.fast_math) which += fusion::PlanState::kSlots;
       if (!st.kernels[which]) {
         if (st.arch.empty()) st.arch = fusion::arch_for(d.device.index);
-        const std::string key =
-            fusion::ModuleCache::key_for(d.program->canonical + "|" + v.key(), st.arch);
-        st.kernels[which] = fusion::ModuleCache::global().get(
-            key, st.arch, [&] { return fusion::generate_cuda(*d.program, v); });
-        st.shapes[which] = fusion::generate_cuda(*d.program, v, false);
-        st.variants[which] = std::move(v);
+        st.kernels[which] = fusion::resolve_kernel(*d.program, v, st.arch);
       }
-      compiled = st.kernels[which].get();
+      k = st.kernels[which].get();
     }
-    const fusion::Variant& variant = st.variants[which];
-    const int group = variant.vec ? st.shapes[which].group : 1;
+    const fusion::Variant& variant = k->variant;
+    const int group = variant.vec ? k->shape.group : 1;
     const int64_t units = K / group;
     if (variant.qreg == 0)
       threads =
@@ -388,10 +391,11 @@ class FusedCuda final : public Kernel<FusedOp> {
       flag.emplace(8, d.device, &stream);
       fusion::check_rt(cudaMemsetAsync(flag->data(), 0, 8, s), "cudaMemsetAsync");
     }
-    const std::vector<unsigned char> params =
-        fusion::pack_params(*d.program, variant, L, a, flag ? flag->data() : nullptr);
+    std::vector<unsigned char>& params = param_buffer();
+    fusion::pack_params(*d.program, variant, L, a, flag ? flag->data() : nullptr, params);
     int blocks_per_sm = st.quant_blocks_per_sm[which];
-    fusion::launch_quant(*compiled, params, rows, threads, smem, d.device.index, s, &blocks_per_sm);
+    fusion::launch_quant(*k->compiled, params, rows, threads, smem, d.device.index, s,
+                         &blocks_per_sm);
     st.quant_blocks_per_sm[which] = blocks_per_sm;
     if (flag) {
       uint64_t word = 0;

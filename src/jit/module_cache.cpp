@@ -237,8 +237,13 @@ ModuleCache::ModuleCache(Options options) : impl_(std::make_unique<Impl>()) {
 
 ModuleCache::~ModuleCache() = default;
 
+namespace {
+std::atomic<const ModuleCache*> g_global{nullptr};  // set once global() has made it
+}  // namespace
+
 ModuleCache& ModuleCache::global() {
   static ModuleCache cache(Options{});
+  g_global.store(&cache, std::memory_order_relaxed);
   return cache;
 }
 
@@ -334,9 +339,14 @@ ModuleCache::Stats ModuleCache::stats() const {
 const std::string& ModuleCache::dir() const { return impl_->dir; }
 
 void ModuleCache::clear_memory() {
-  std::lock_guard<std::mutex> lock(impl_->mutex);
-  impl_->lru.clear();
-  impl_->index.clear();
+  {
+    std::lock_guard<std::mutex> lock(impl_->mutex);
+    impl_->lru.clear();
+    impl_->index.clear();
+  }
+  // The launch path's table of resolved kernels sits in front of the global cache: a
+  // cleared cache must not still hand out kernels through it.
+  if (g_global.load(std::memory_order_relaxed) == this) clear_resolved_kernels();
 }
 
 }  // namespace lowbit::fusion

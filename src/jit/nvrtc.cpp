@@ -12,6 +12,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <shared_mutex>
+#include <thread>
 
 #include "jit/jit.hpp"
 #include "lowbit/error.hpp"
@@ -81,8 +84,57 @@ std::string nvrtc_version() {
   return fmt::format("{}.{}", major, minor);
 }
 
+namespace {
+
+/// Compiles take it shared (they may run concurrently); the warm-up takes it exclusive, so
+/// that a compile arriving during the warm-up waits for NVRTC's start-up to finish once
+/// rather than running beside it.
+std::shared_mutex g_warm_up_mutex;
+
+/// The warm-up thread, joined at exit (NVRTC must not be torn down under it).
+struct WarmUp {
+  std::thread thread;
+  ~WarmUp() {
+    if (thread.joinable()) thread.join();
+  }
+};
+
+}  // namespace
+
+void start_nvrtc_warm_up() {
+  static WarmUp warm_up;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    warm_up.thread = std::thread([] {
+      const std::unique_lock<std::shared_mutex> lock(g_warm_up_mutex);
+      const HeaderSet& headers = jit_headers();
+      std::vector<const char*> text, names;
+      for (size_t i = 0; i < headers.names.size(); ++i) {
+        text.push_back(headers.contents[i].c_str());
+        names.push_back(headers.names[i].c_str());
+      }
+      // An empty kernel with the headers: NVRTC loads its builtins and starts its front
+      // end, NVVM and ptxas; errors are ignored (the real compile reports its own).
+      nvrtcProgram prog = nullptr;
+      if (nvrtcCreateProgram(&prog,
+                             "#include \"lowbit_jit_prelude.h\"\n"
+                             "extern \"C\" __global__ void lowbit_warm_up() {}\n",
+                             "lowbit_warm_up.cu", static_cast<int>(text.size()), text.data(),
+                             names.data()) != NVRTC_SUCCESS)
+        return;
+      const char* opts[] = {"-std=c++20", "--gpu-architecture=sm_90"};
+      nvrtcCompileProgram(prog, 2, opts);
+      size_t size = 0;
+      nvrtcGetCUBINSize(prog, &size);
+      nvrtcDestroyProgram(&prog);
+      if (jit_verbose()) std::fprintf(stderr, "[lowbit jit] NVRTC warmed up\n");
+    });
+  });
+}
+
 std::string compile_cuda(const KernelSource& source, const std::string& arch,
                          const std::string& hash, double* milliseconds) {
+  const std::shared_lock<std::shared_mutex> warm(g_warm_up_mutex);
   const HeaderSet& headers = jit_headers();
   std::vector<const char*> hdr_text, hdr_name;
   for (size_t i = 0; i < headers.names.size(); ++i) {
@@ -167,6 +219,8 @@ std::string compile_cuda(const KernelSource& source, const std::string& arch,
 #else
 
 std::string nvrtc_version() { return ""; }
+
+void start_nvrtc_warm_up() {}
 
 std::string compile_cuda(const KernelSource&, const std::string& arch, const std::string&,
                          double*) {

@@ -1181,6 +1181,23 @@ TEST(FusionNvrtc, DumpWritesSourceAndPtx) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(FusionNvrtc, WarmUpThenCompile) {
+  LOWBIT_REQUIRE_NVRTC();
+  // The warm-up runs once per process on its own thread; a compile while it runs waits for
+  // it (no deadlock, no failure), and one after it gives the same binary.
+  fusion::warm_up();
+  fusion::warm_up();
+  Tensor a = Tensor::empty({64}, Dtype::f32), y = Tensor::empty({64}, Dtype::f32);
+  const FusedDesc d = FusedDesc::make({{y, fusion::silu(fusion::input(a))}});
+  std::mt19937_64 rng(3);
+  const fusion::Variant v = variant_of(d, rng, false);
+  const fusion::KernelSource src = fusion::generate_cuda(*d.program, v);
+  double t = 0;
+  const std::string first = fusion::compile_cuda(src, "sm_90a", "warmup1", &t);
+  EXPECT_FALSE(first.empty());
+  EXPECT_EQ(fusion::compile_cuda(src, "sm_90a", "warmup2", &t), first);
+}
+
 // ---- the module cache ---------------------------------------------------------------------------
 
 struct CacheDir {
@@ -1314,6 +1331,52 @@ TEST(FusionCache, KeyNamesEverythingThatChangesTheBinary) {
             FusedDesc::make({{y, x + 2.0}}).program->canonical);
   EXPECT_NE(FusedDesc::make({{y, fusion::pow(x, 2.5)}}).program->canonical,
             FusedDesc::make({{y, fusion::pow(x, 1.5)}}).program->canonical);
+}
+
+TEST(FusionCache, ResolvedKernelTableSharesOnlyWhatTheKeyWouldShare) {
+  LOWBIT_REQUIRE_NVRTC();
+  // resolve_kernel's table (hash, then full comparison of canonical form, variant and
+  // arch) must give one kernel exactly where the full cache key would be equal.
+  Tensor a = Tensor::empty({64}, Dtype::f32), y = Tensor::empty({64}, Dtype::f32);
+  const Expr x = fusion::input(a);
+  auto program = [&](const Expr& e) { return FusedDesc::make({{y, e}}).program; };
+  fusion::Variant v;
+  v.vec = true;
+  v.cls = {fusion::Layout::Class::full, fusion::Layout::Class::full};
+  const std::string arch = "sm_90a";
+  const auto p1 = program(x * 2.0 + 1.0);
+  const auto r1 = fusion::resolve_kernel(*p1, v, arch);
+  ASSERT_NE(r1->compiled, nullptr);
+  EXPECT_FALSE(r1->compiled->cubin.empty());
+  EXPECT_EQ(r1->variant, v);
+  EXPECT_EQ(r1->shape.group, fusion::generate_cuda(*p1, v, false).group);
+  // Same structure, other constants (kernel arguments): the same kernel, no new compile.
+  const auto compiles = fusion::ModuleCache::global().stats().compiles;
+  EXPECT_EQ(fusion::resolve_kernel(*program(x * 3.0 + 7.0), v, arch).get(), r1.get());
+  EXPECT_EQ(fusion::resolve_kernel(*p1, v, arch).get(), r1.get());
+  EXPECT_EQ(fusion::ModuleCache::global().stats().compiles, compiles);
+  // Another structure, variant field or arch: another kernel, under its own full key.
+  const auto other = fusion::resolve_kernel(*program(x + 2.0), v, arch);
+  EXPECT_NE(other.get(), r1.get());
+  EXPECT_NE(other->compiled->key, r1->compiled->key);
+  for (int field = 0; field < 4; ++field) {
+    fusion::Variant w = v;
+    if (field == 0) w.idx32 = false;
+    if (field == 1) w.fast = true;
+    if (field == 2) w.cls[0] = fusion::Layout::Class::scalar;
+    if (field == 3) w.vec = false;
+    const auto r = fusion::resolve_kernel(*p1, w, arch);
+    EXPECT_NE(r.get(), r1.get()) << "variant field " << field;
+    EXPECT_EQ(r->compiled->key, fusion::ModuleCache::key_for(p1->canonical + "|" + w.key(), arch));
+  }
+  const auto r90 = fusion::resolve_kernel(*p1, v, "sm_90");
+  EXPECT_NE(r90.get(), r1.get());
+  EXPECT_NE(r90->compiled->key, r1->compiled->key);
+  // Clearing the global cache's memory empties the table: the kernel is resolved again.
+  fusion::ModuleCache::global().clear_memory();
+  const auto again = fusion::resolve_kernel(*p1, v, arch);
+  EXPECT_NE(again.get(), r1.get());
+  EXPECT_EQ(again->compiled->cubin, r1->compiled->cubin);
 }
 
 // ---- GPU ----------------------------------------------------------------------------------------
@@ -1597,7 +1660,8 @@ TEST(FusionCuda, FastMathStaysWithinItsBounds) {
       plan.run(Stream::default_for(gpu), {}, d.bound_args());
       Stream::default_for(gpu).synchronize();
       ASSERT_NE(d.state->kernels[fusion::PlanState::kSlots], nullptr) << "no fast vec kernel";
-      EXPECT_NE(d.state->variants[fusion::PlanState::kSlots].key().find("fast"), std::string::npos);
+      EXPECT_NE(d.state->kernels[fusion::PlanState::kSlots]->variant.key().find("fast"),
+                std::string::npos);
       const Tensor got = testing::to_host(dy);
       double worst = 0;
       int64_t at = -1;
