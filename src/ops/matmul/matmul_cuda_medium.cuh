@@ -6,29 +6,34 @@
 // two mmas, and every 16 rows of x re-read W: past M = 32 it loses to dequantize + cuBLASLt.
 // This kernel keeps the skinny kernel's arithmetic (the same prepared layout, decode, scale
 // tables and group flushes) in a GEMM tiling, so that a weight is read from HBM once per 64
-// rows of x and each decoded operand feeds 4 mmas:
+// rows of x and each decoded operand feeds 8 mmas:
 //
-//   block = 64 rows of W (4 tiles of 16, grid.y) x 64 rows of x (grid.x, fastest: the blocks
+//   block = 128 rows of W (8 tiles of 16, grid.y) x 64 rows of x (grid.x, fastest: the blocks
 //           that share a stretch of W run together and find it in L2) x one k-range
 //           (grid.z, `split` ranges of whole 128-k segments: deterministic split-K, below).
-//           4 warps: warp (wn, wm) = tiles 2 wn, 2 wn + 1 (32 rows of W) x rows 32 wm .. + 31
-//           of the block's x (NT = 4 mma columns of 8).
-//   stage = one 128-k segment: x [64 rows][128 k] bf16 (rows kXPitch = 288 bytes apart, so the
-//           8-byte B-operand loads of a warp hit 32 distinct banks per half-warp) and the 4
-//           tiles' codes (4 KB for 4-bit, 8 KB for 8-bit: the layout's [tile][segment] runs are
-//           contiguous), copied with cp.async 16 bytes at a time, kStages deep.
-//   step  = 16 k: per warp 2 x 4 A registers decoded from shared memory as in the skinny
-//           kernel, 4 B loads (ld.shared 8 bytes: x[c][k .. k + 3] in memory order, the
-//           layout's k order), 8 mma.m16n8k16 (+ 4 all-ones mmas for affine formats: the
-//           group's sum of x, shared by both tiles).
+//           8 warps: warp w = tile w (16 rows of W) x the block's 64 rows of x (NT = 8 mma
+//           columns of 8).
+//   stage = one 128-k segment: x [64 rows][128 k] (rows kXPitch = 288 bytes apart, so the
+//           8-byte B-operand loads of a half-warp hit 32 distinct banks) and the 8 tiles'
+//           codes (8 KB for 4-bit, 16 KB for 8-bit: the layout's [tile][segment] runs are
+//           contiguous), copied with cp.async 16 bytes at a time, stages(bits) deep.
+//   step  = 16 k: per warp 4 A registers decoded from shared memory as in the skinny kernel,
+//           8 B loads (ld.shared 8 bytes: x[c][k .. k + 3] in memory order, the layout's k
+//           order), 8 mma.m16n8k16 (+ 8 all-ones mmas for affine formats: the group's sum of
+//           x, as in the skinny kernel).
 //   group = f32 partial sums per scale group, then `acc += a · g (+ b · sum(x))` in f32 with
-//           the skinny kernel's seg_group_ab numbers (RowScales: one segment ahead).
+//           the skinny kernel's seg_group_ab numbers (skinny::RowScales, one segment ahead).
 //   end   = split == 1: global scale (nvfp4), bias and one rounding to y. split > 1: f32
 //           partial sums to the workspace [split][m][n]; reduce_kernel adds them in split
 //           order (no atomics), then the same epilogue.
 // Numbers: those of the skinny kernel (exact code x x products on the tensor core, f32 sums
 // per scale group, scales applied to f32 partial sums), with the k-ranges of a split added in
 // a fixed order: deterministic, the same accuracy class and tolerances.
+// Tilings tried (H100, 8192x8192, bf16, ms at M = 64 / 256, docs/matmul.md): 4 warps of 2 tiles
+// x 32 rows of x (each operand 4 mmas, x read by 2 warps): int4:block32 0.057 / 0.176; this one
+// (128 registers, 16 warps per SM): 0.062 / 0.167, nvfp4 0.056 / 0.166; 4 warps of 2 tiles x 64
+// rows (255 registers, spills): within 10% of this one. All run at 150-260 TFLOP/s: the
+// mma.sync issue and latency of a decode-in-the-loop kernel, not the bytes, bound it.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -43,12 +48,10 @@ using tc::Code;
 using tc::Scale;
 using tc::TcWeights;
 
-inline constexpr int kThreads = 128;      ///< 4 warps: 2 along N x 2 along M
-inline constexpr int kTilesPerWarp = 2;   ///< 16-row W tiles per warp
-inline constexpr int kTilesPerBlock = 4;  ///< 64 rows of W per block
-inline constexpr int kNT = 4;             ///< mmas per decoded operand: 32 rows of x per warp
+inline constexpr int kThreads = 256;      ///< 8 warps, one 16-row W tile each
+inline constexpr int kTilesPerBlock = 8;  ///< 128 rows of W per block
+inline constexpr int kNT = 8;             ///< mmas per decoded operand: 64 rows of x per warp
 inline constexpr int kRowsX = 64;         ///< rows of x per block
-inline constexpr int kStages = 4;         ///< segments in flight (cp.async groups)
 inline constexpr int kXPitch = 256 + 32;  ///< bytes per row of x in shared memory
 inline constexpr int kXBytes = kRowsX * kXPitch;
 
@@ -56,6 +59,9 @@ inline constexpr int kXBytes = kRowsX * kXPitch;
 constexpr int stage_bytes(int bits) {
   return kXBytes + kTilesPerBlock * 64 * (bits == 4 ? 16 : 32);
 }
+/// Segments in flight (cp.async groups): two blocks of 4 (4-bit) or 3 (8-bit) stages fit in
+/// an SM's 228 KB of shared memory.
+constexpr int stages(int bits) { return bits == 4 ? 4 : 3; }
 
 struct Args {
   TcWeights w;
@@ -124,6 +130,7 @@ __global__ void __launch_bounds__(kThreads, 2) medium_kernel(Args p) {
   constexpr int kLaneBytes = 16 * kVec;
   constexpr int kTileBytes = 64 * kLaneBytes;  // one tile's codes of one segment
   constexpr int kStage = stage_bytes(kBits);
+  constexpr int kSt = stages(kBits);
   constexpr int kGS = 1 << kStepsLog2;  // steps per scale group
   constexpr float kF = (C == Code::fp4 && !kBf16) ? tc::kFp4F16Factor : 1.0f;
   constexpr uint32_t kOnes = kBf16 ? 0x3f803f80u : 0x3c003c00u;  // (1.0, 1.0)
@@ -132,24 +139,23 @@ __global__ void __launch_bounds__(kThreads, 2) medium_kernel(Args p) {
   extern __shared__ __align__(16) uint8_t smem[];
   const int tid = static_cast<int>(threadIdx.x);
   const int warp = tid >> 5, lane = tid & 31, r = lane >> 2, q = lane & 3;
-  const int wn = warp & 1, wm = warp >> 1;
   const int m0 = static_cast<int>(blockIdx.x) * kRowsX;
   const int64_t tile0 = static_cast<int64_t>(blockIdx.y) * kTilesPerBlock;
   const int segs = static_cast<int>(p.w.segments);
   const int s_begin = static_cast<int>(blockIdx.z) * segs / p.split;
   const int nseg = static_cast<int>(blockIdx.z + 1) * segs / p.split - s_begin;
 
-  // This thread's cp.async sources: x rows (tid / 16) + 8 i (past M: row M - 1, whose outputs
-  // are dropped), 16-byte chunk tid % 16; code chunks tid + 128 i of the block's 4 tiles (tiles
-  // past the last: the last one, rows past N are never stored).
+  // This thread's cp.async sources: x rows (tid / 16) + 16 v (past M: row M - 1, whose outputs
+  // are dropped), 16-byte chunk tid % 16; code chunks tid + kThreads v of the block's tiles
+  // (tiles past the last: the last one, rows past N are never stored).
   const uint8_t* xsrc = p.x + static_cast<int64_t>(tid & 15) * 16;
   const int xrow0 = tid >> 4;
   auto issue = [&](int i) {
-    uint8_t* st = smem + (i % kStages) * kStage;
+    uint8_t* st = smem + (i % kSt) * kStage;
     const int s = s_begin + i;
 #pragma unroll
-    for (int v = 0; v < kRowsX / 8; ++v) {
-      const int row = xrow0 + 8 * v;
+    for (int v = 0; v < kRowsX * 16 / kThreads; ++v) {
+      const int row = xrow0 + (kThreads / 16) * v;
       const int64_t xr = min(m0 + row, p.m - 1);
       cp_async16(st + row * kXPitch + (tid & 15) * 16, xsrc + (xr * p.x_stride + s * 128) * 2);
     }
@@ -163,111 +169,83 @@ __global__ void __launch_bounds__(kThreads, 2) medium_kernel(Args p) {
     }
   };
 #pragma unroll
-  for (int i = 0; i < kStages - 1; ++i) {
+  for (int i = 0; i < kSt - 1; ++i) {
     if (i < nseg) issue(i);
     cp_async_commit();
   }
 
-  // Row scales of this lane's four rows: tile 2 wn + tt, half h (rows r, r + 8).
+  // Row scales of this lane's two rows of the warp's tile (r, r + 8).
   using RS = skinny::RowScales<S, kStepsLog2, kZero>;
-  const int64_t my_tile0 = min(tile0 + 2 * wn, p.tiles - 1);
-  const int64_t my_tile1 = min(tile0 + 2 * wn + 1, p.tiles - 1);
-  const RS rs[2][2] = {{RS(p.w, my_tile0 * 16 + r), RS(p.w, my_tile0 * 16 + r + 8)},
-                       {RS(p.w, my_tile1 * 16 + r), RS(p.w, my_tile1 * 16 + r + 8)}};
-  tc::SegScales sn[2][2];
-#pragma unroll
-  for (int tt = 0; tt < 2; ++tt)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) sn[tt][h] = rs[tt][h].load(s_begin);
+  const int64_t my_tile = min(tile0 + warp, p.tiles - 1);
+  const RS rs0(p.w, my_tile * 16 + r), rs1(p.w, my_tile * 16 + r + 8);
+  tc::SegScales sn0 = rs0.load(s_begin), sn1 = rs1.load(s_begin);
 
-  float acc[2][kNT][4];
+  float acc[kNT][4];
 #pragma unroll
-  for (int tt = 0; tt < 2; ++tt)
+  for (int t = 0; t < kNT; ++t)
 #pragma unroll
-    for (int t = 0; t < kNT; ++t)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[tt][t][i] = 0.0f;
+    for (int e = 0; e < 4; ++e) acc[t][e] = 0.0f;
 
   for (int i = 0; i < nseg; ++i) {
-    cp_async_wait<kStages - 2>();
-    __syncthreads();  // stage i landed for all; stage i - 1 is free for segment i + kStages - 1
-    if (i + kStages - 1 < nseg) issue(i + kStages - 1);
+    cp_async_wait<kSt - 2>();
+    __syncthreads();  // stage i landed for all; stage i - 1 is free for segment i + kSt - 1
+    if (i + kSt - 1 < nseg) issue(i + kSt - 1);
     cp_async_commit();
 
-    const uint8_t* st = smem + (i % kStages) * kStage;
-    uint32_t w[2][2][4 * kVec];  // [tile][half] this lane's code words
+    const uint8_t* st = smem + (i % kSt) * kStage;
+    uint32_t w0[4 * kVec], w1[4 * kVec];  // this lane's code words, rows r and r + 8
 #pragma unroll
-    for (int tt = 0; tt < 2; ++tt)
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-#pragma unroll
-        for (int v = 0; v < kVec; ++v) {
-          const uint4 u = *reinterpret_cast<const uint4*>(
-              st + kXBytes + (2 * wn + tt) * kTileBytes + (h * 32 + lane) * kLaneBytes + 16 * v);
-          w[tt][h][4 * v] = u.x, w[tt][h][4 * v + 1] = u.y;
-          w[tt][h][4 * v + 2] = u.z, w[tt][h][4 * v + 3] = u.w;
-        }
-    tc::SegScales cs[2][2];
+    for (int v = 0; v < kVec; ++v) {
+      const uint8_t* at = st + kXBytes + warp * kTileBytes + lane * kLaneBytes + 16 * v;
+      const uint4 u0 = *reinterpret_cast<const uint4*>(at);
+      const uint4 u1 = *reinterpret_cast<const uint4*>(at + 32 * kLaneBytes);
+      w0[4 * v] = u0.x, w0[4 * v + 1] = u0.y, w0[4 * v + 2] = u0.z, w0[4 * v + 3] = u0.w;
+      w1[4 * v] = u1.x, w1[4 * v + 1] = u1.y, w1[4 * v + 2] = u1.z, w1[4 * v + 3] = u1.w;
+    }
+    const tc::SegScales cs0 = sn0, cs1 = sn1;
     const int s_next = s_begin + min(i + 1, nseg - 1);  // past the end: a re-read
-#pragma unroll
-    for (int tt = 0; tt < 2; ++tt)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        cs[tt][h] = sn[tt][h];
-        sn[tt][h] = rs[tt][h].load(s_next);
-      }
-    const uint8_t* xs = st + (32 * wm + r) * kXPitch + 8 * q;
+    sn0 = rs0.load(s_next);
+    sn1 = rs1.load(s_next);
+    const uint8_t* xs = st + r * kXPitch + 8 * q;
 
-    float g[2][kNT][4], g1[kNT][4];
+    float g[kNT][4], g1[kNT][4];
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       if ((j & (kGS - 1)) == 0) {
 #pragma unroll
         for (int t = 0; t < kNT; ++t)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) g[0][t][e] = g[1][t][e] = g1[t][e] = 0.0f;
+          for (int e = 0; e < 4; ++e) g[t][e] = g1[t][e] = 0.0f;
       }
-      uint2 xv[kNT];
+      const uint32_t c0 = w0[tc::step_word(kBits, j)], c1 = w1[tc::step_word(kBits, j)];
+      const int p0 = tc::step_pair(kBits, j, 0), p1 = tc::step_pair(kBits, j, 1);
+      const uint32_t a0 = tc::decode_pair<C, kBf16>(c0, p0);
+      const uint32_t a1 = tc::decode_pair<C, kBf16>(c1, p0);
+      const uint32_t a2 = tc::decode_pair<C, kBf16>(c0, p1);
+      const uint32_t a3 = tc::decode_pair<C, kBf16>(c1, p1);
 #pragma unroll
-      for (int t = 0; t < kNT; ++t)
-        xv[t] = *reinterpret_cast<const uint2*>(xs + 8 * t * kXPitch + 32 * j);
-#pragma unroll
-      for (int tt = 0; tt < 2; ++tt) {
-        const uint32_t c0 = w[tt][0][tc::step_word(kBits, j)];
-        const uint32_t c1 = w[tt][1][tc::step_word(kBits, j)];
-        const int p0 = tc::step_pair(kBits, j, 0), p1 = tc::step_pair(kBits, j, 1);
-        const uint32_t a0 = tc::decode_pair<C, kBf16>(c0, p0);
-        const uint32_t a1 = tc::decode_pair<C, kBf16>(c1, p0);
-        const uint32_t a2 = tc::decode_pair<C, kBf16>(c0, p1);
-        const uint32_t a3 = tc::decode_pair<C, kBf16>(c1, p1);
-#pragma unroll
-        for (int t = 0; t < kNT; ++t)
-          skinny::mma16816<kBf16>(g[tt][t], a0, a1, a2, a3, xv[t].x, xv[t].y);
-      }
-      if constexpr (kAffine) {
-#pragma unroll
-        for (int t = 0; t < kNT; ++t)
-          skinny::mma16816<kBf16>(g1[t], kOnes, kOnes, kOnes, kOnes, xv[t].x, xv[t].y);
+      for (int t = 0; t < kNT; ++t) {
+        const uint2 xv = *reinterpret_cast<const uint2*>(xs + 8 * t * kXPitch + 32 * j);
+        skinny::mma16816<kBf16>(g[t], a0, a1, a2, a3, xv.x, xv.y);
+        if constexpr (kAffine)
+          skinny::mma16816<kBf16>(g1[t], kOnes, kOnes, kOnes, kOnes, xv.x, xv.y);
       }
       if ((j & (kGS - 1)) == kGS - 1) {
         const int f = j >> kStepsLog2;
+        float a0s, b0s, a1s, b1s;
+        tc::seg_group_ab<S>(cs0, f, kAffine, a0s, b0s);
+        tc::seg_group_ab<S>(cs1, f, kAffine, a1s, b1s);
 #pragma unroll
-        for (int tt = 0; tt < 2; ++tt) {
-          float a0s, b0s, a1s, b1s;
-          tc::seg_group_ab<S>(cs[tt][0], f, kAffine, a0s, b0s);
-          tc::seg_group_ab<S>(cs[tt][1], f, kAffine, a1s, b1s);
-#pragma unroll
-          for (int t = 0; t < kNT; ++t) {
-            acc[tt][t][0] += a0s * (g[tt][t][0] * kF);
-            acc[tt][t][1] += a0s * (g[tt][t][1] * kF);
-            acc[tt][t][2] += a1s * (g[tt][t][2] * kF);
-            acc[tt][t][3] += a1s * (g[tt][t][3] * kF);
-            if constexpr (kAffine) {
-              acc[tt][t][0] += b0s * g1[t][0];
-              acc[tt][t][1] += b0s * g1[t][1];
-              acc[tt][t][2] += b1s * g1[t][2];
-              acc[tt][t][3] += b1s * g1[t][3];
-            }
+        for (int t = 0; t < kNT; ++t) {
+          acc[t][0] += a0s * (g[t][0] * kF);
+          acc[t][1] += a0s * (g[t][1] * kF);
+          acc[t][2] += a1s * (g[t][2] * kF);
+          acc[t][3] += a1s * (g[t][3] * kF);
+          if constexpr (kAffine) {
+            acc[t][0] += b0s * g1[t][0];
+            acc[t][1] += b0s * g1[t][1];
+            acc[t][2] += b1s * g1[t][2];
+            acc[t][3] += b1s * g1[t][3];
           }
         }
       }
@@ -277,16 +255,14 @@ __global__ void __launch_bounds__(kThreads, 2) medium_kernel(Args p) {
 
   const float global = S == Scale::e4m3 && !p.partial ? p.w.global[0] : 1.0f;
 #pragma unroll
-  for (int tt = 0; tt < 2; ++tt)
+  for (int t = 0; t < kNT; ++t)
 #pragma unroll
-    for (int t = 0; t < kNT; ++t)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t row = (tile0 + 2 * wn + tt) * 16 + r + (e < 2 ? 0 : 8);
-        const int c = m0 + 32 * wm + 8 * t + 2 * q + (e & 1);
-        if (c >= p.m || row >= p.n) continue;
-        store_result(p, global, c, row, acc[tt][t][e]);
-      }
+    for (int e = 0; e < 4; ++e) {
+      const int64_t row = (tile0 + warp) * 16 + r + (e < 2 ? 0 : 8);
+      const int c = m0 + 8 * t + 2 * q + (e & 1);
+      if (c >= p.m || row >= p.n) continue;
+      store_result(p, global, c, row, acc[t][e]);
+    }
 }
 
 /// split > 1: y[c][row] = (sum over the splits in order of partial[z][c][row]) · global + bias
@@ -297,7 +273,7 @@ template <Code C, Scale S, int SL, bool kBf16, bool kAffine>
 void launch(const Args& a, cudaStream_t stream) {
   constexpr int kBits = (C == Code::u4 || C == Code::fp4) ? 4 : 8;
   const auto kernel = &medium_kernel<C, S, SL, kBf16, kAffine>;
-  const int smem = kStages * stage_bytes(kBits);
+  const int smem = stages(kBits) * stage_bytes(kBits);
   static const bool attr = [&] {
     mm_cuda::check_cuda(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
@@ -318,7 +294,7 @@ int blocks_per_sm() {
   constexpr int kBits = (C == Code::u4 || C == Code::fp4) ? 4 : 8;
   static const int blocks = [] {
     const auto kernel = &medium_kernel<C, S, SL, kBf16, kAffine>;
-    const int smem = kStages * stage_bytes(kBits);
+    const int smem = stages(kBits) * stage_bytes(kBits);
     mm_cuda::check_cuda(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
         "matmul: shared memory of medium_kernel");
