@@ -20,7 +20,9 @@
 // buffer, which leaves clean lines in L2. Weight bytes are the scheme's own (codes + scales +
 // zero points, the plain layout's size); GB/s = (weight + x + y bytes) / time, shown
 // as a share of the copy ceiling. Every weight-only row is checked against the plain
-// dequantize + cuBLASLt path (relative Frobenius error <= 1e-2) and reports its kernel.
+// dequantize + cuBLASLt path (relative Frobenius error <= 1e-2) and reports its kernel; from
+// M = 64 on, the other M > 32 kernels (matmul_cuda_medium_tc where it takes the M, dequantize +
+// cuBLASLt) are timed and checked beside the selected one.
 //
 // Usage: bench_matmul_cuda [--json PATH] [--reps N] [--quick] [--scheme S] [--shape NxK] [--m M]
 #include <cuda_runtime.h>

@@ -295,14 +295,15 @@ def to_device(q, torch, dev):
     return lowbit.QuantizedTensor.from_parts(q.scheme, q.shape, parts.pop("data"), **parts)
 
 
+# m = 9: the skinny kernel on CUDA; m = 70: the medium tensor-core GEMM (32 < M <= 160).
+@pytest.mark.parametrize("m", [9, 70])
 @pytest.mark.parametrize("scheme", ["int4:block32:asym", "int8:channel", "fp8e4m3:block128x128",
                                     "q4_K"])
-def test_torch_tensors(torch, tdev, scheme):
-    n, k, m = 128, 256, 9
+def test_torch_tensors(torch, tdev, scheme, m):
+    n, k = 128, 256
     w = data((n, k), "w", scheme)
     q_cpu = lowbit.quantize(w, scheme)
     q = to_device(q_cpu, torch, tdev)
-    ref, s = reference(data((m, k), "x"), lowbit.dequantize(q_cpu))
     for dt, name in ((torch.float32, "f32"), (torch.bfloat16, "bf16"), (torch.float16, "f16")):
         x = torch.from_numpy(data((m, k), "x")).to(tdev).to(dt)
         ref, s = reference(x.float().cpu().numpy(), lowbit.dequantize(q_cpu))
