@@ -338,8 +338,9 @@ TEST(Matmul, MediumKernelOnAwkwardShapes) {
     // The kernel serves every scheme of the layout: all of them ran.
     EXPECT_GE(ran, 4 * 20);
     std::printf("%s on %s ran %d cases\n", kernel, device.str().c_str(), ran);
-    const Case over{161, 200, 512, Dtype::bf16, Dtype::bf16, "int4:block32", "", false, false, 0,
-                    false};
+    Case over{};  // a case the kernel takes but for its M
+    over.m = 161, over.n = 200, over.k = 512, over.x = over.y = Dtype::bf16;
+    over.w_scheme = "int4:block32";
     EXPECT_FALSE(run_case(kernel, device, over, seed++)) << "M = 161 is past the kernel's range";
   }
 }
