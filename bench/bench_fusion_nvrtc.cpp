@@ -111,7 +111,7 @@ std::vector<std::string> split(const std::string& s) {
 }
 
 /// CPU microseconds per call of `fn`: the best of `rounds` rounds of `calls` calls (the
-/// best round is the one the shared machine disturbed least).
+/// round the shared machine disturbed least).
 template <class Fn>
 double best_us(int rounds, int calls, Fn&& fn) {
   double best = 1e300;
@@ -144,7 +144,7 @@ int host_path_table(int rounds) {
   v.idx32 = L0.idx32;
   v.nd = L0.nd;
   v.cls = L0.cls;
-  const std::string key0 = ModuleCache::key_for(d0.program->canonical + "|" + v.key(), arch);
+  const std::string key0 = ModuleCache::key_for(d0.program->canonical() + "|" + v.key(), arch);
   // A fresh disk cache in a temporary directory (removed at the end): nothing of ours left
   // in the user's cache.
   const std::filesystem::path dir =
@@ -184,7 +184,7 @@ int host_path_table(int rounds) {
                    })});
   steps.push_back({"cache key (canonical + variant + key_for)", best_us(rounds, calls, [&] {
                      const std::string k =
-                         ModuleCache::key_for(d0.program->canonical + "|" + v.key(), arch);
+                         ModuleCache::key_for(d0.program->canonical() + "|" + v.key(), arch);
                      asm volatile("" ::"r"(k.data()));
                    })});
   steps.push_back({"ModuleCache::lookup (memory hit)", best_us(rounds, calls, [&] {
@@ -200,7 +200,7 @@ int host_path_table(int rounds) {
                      asm volatile("" ::"r"(p.data()));
                    })});
   steps.push_back({"resolve_kernel (table hit: hash, compare)", best_us(rounds, calls, [&] {
-                     auto r = resolve_kernel(*d0.program, v, arch);
+                     auto r = resolve_kernel(d0.program, v, arch);
                      asm volatile("" ::"r"(r.get()));
                    })});
   std::vector<unsigned char> params;

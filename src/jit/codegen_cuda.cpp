@@ -1350,7 +1350,7 @@ KernelSource generate_cuda(const Program& program, const Variant& variant, bool 
   ks.fast = variant.fast;
   if (!with_code) return ks;
   std::string s = fmt::format("// lowbit fused kernel (codegen v{}), variant {}\n// {}\n",
-                              kCodegenVersion, variant.key(), program.canonical);
+                              kCodegenVersion, variant.key(), program.canonical());
   s += "#include \"lowbit_jit_prelude.h\"\n\n";
   s += gen.params() + "\n" + gen.eval_fn() + "\n";
   if (variant.quant && variant.qreg > 0)

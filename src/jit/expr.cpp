@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
 #include <charconv>
 #include <unordered_map>
 
@@ -394,26 +395,30 @@ bool transcendental(Op op) {
 class Builder {
  public:
   explicit Builder(Program& p) : p_(p) {
-    memo_.reserve(32);
-    conv_.reserve(16);
+    // Sizes that hold typical expressions in one allocation per list (building a
+    // descriptor is on the per-call path of a new descriptor).
     p_.code.reserve(32);
+    p_.constants.reserve(8);
+    p_.bound_inputs.reserve(4);
+    p_.input_dtypes.reserve(4);
   }
 
-  // A flat list searched linearly while expressions are small (tens of nodes: building a
-  // descriptor is on the per-call path, and a hash map costs an allocation per entry),
-  // a hash map past kFlat entries.
+  // A flat list in the builder itself, searched linearly while expressions are small (tens
+  // of nodes: no allocation), a hash map past kFlat entries.
   int value(const NodePtr& node) {
-    if (memo_.size() <= kFlat) {
-      for (const auto& [n, r] : memo_)
-        if (n == node.get()) return r;
+    if (memo_n_ <= kFlat) {
+      for (size_t i = 0; i < memo_n_; ++i)
+        if (memo_[i].first == node.get()) return memo_[i].second;
     } else if (auto it = big_memo_.find(node.get()); it != big_memo_.end()) {
       return it->second;
     }
     const int r = emit(*node);
-    memo_.emplace_back(node.get(), r);
-    if (memo_.size() > kFlat) {
-      if (big_memo_.empty())
-        for (const auto& [n, v] : memo_) big_memo_.emplace(n, v);
+    if (memo_n_ < kFlat) {
+      memo_[memo_n_++] = {node.get(), r};
+    } else {
+      if (memo_n_ == kFlat)
+        for (size_t i = 0; i < kFlat; ++i) big_memo_.emplace(memo_[i].first, memo_[i].second);
+      memo_n_ = kFlat + 1;
       big_memo_.emplace(node.get(), r);
     }
     return r;
@@ -423,7 +428,9 @@ class Builder {
   int to_num(int r, Num num) {
     if (p_.code[r].num == num) return r;
     const uint64_t key = static_cast<uint64_t>(r) * 2 + (num == Num::f64 ? 1 : 0);
-    for (const auto& [k, s] : conv_)
+    for (size_t i = 0; i < conv_n_; ++i)
+      if (conv_[i].first == key) return conv_[i].second;
+    for (const auto& [k, s] : big_conv_)
       if (k == key) return s;
     Instr in;
     in.op = Op::cast;
@@ -432,7 +439,10 @@ class Builder {
     in.dtype = num == Num::f64 ? Dtype::f64 : Dtype::f32;
     in.a = r;
     const int s = push(in);
-    conv_.emplace_back(key, s);
+    if (conv_n_ < conv_.size())
+      conv_[conv_n_++] = {key, s};
+    else
+      big_conv_.emplace_back(key, s);
     return s;
   }
 
@@ -551,9 +561,12 @@ class Builder {
 
   Program& p_;
   static constexpr size_t kFlat = 64;
-  std::vector<std::pair<const Node*, int>> memo_;
+  std::array<std::pair<const Node*, int>, kFlat> memo_;
+  size_t memo_n_ = 0;  // kFlat + 1 once big_memo_ holds every entry
   std::unordered_map<const Node*, int> big_memo_;
-  std::vector<std::pair<uint64_t, int>> conv_;
+  std::array<std::pair<uint64_t, int>, 32> conv_;
+  size_t conv_n_ = 0;
+  std::vector<std::pair<uint64_t, int>> big_conv_;  // past conv_'s 32
 };
 
 char num_char(Num n) { return n == Num::f64 ? 'd' : 'f'; }
@@ -594,8 +607,32 @@ std::shared_ptr<const Program> build_program(const std::vector<FusedOutput>& out
     p->output_dtypes.push_back(dt);
     p->bound_outputs.push_back(o.quantized ? TensorView() : o.dst);
   }
-  // The canonical form, built by appends (it is made for every descriptor).
-  std::string& s = p->canonical;
+  // The structure's hash, for the launch path's table of resolved kernels (the canonical
+  // text is made only when a kernel is new).
+  size_t h = p->code.size();
+  auto mix = [&h](uint64_t v) { h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2); };
+  for (const Instr& in : p->code) {
+    mix(static_cast<uint64_t>(in.op) | static_cast<uint64_t>(in.num) << 8 |
+        static_cast<uint64_t>(in.arg_num) << 16 | static_cast<uint64_t>(in.dtype) << 24 |
+        static_cast<uint64_t>(static_cast<uint32_t>(in.slot)) << 32);
+    mix(static_cast<uint64_t>(static_cast<uint32_t>(in.a)) |
+        static_cast<uint64_t>(static_cast<uint32_t>(in.b)) << 21 |
+        static_cast<uint64_t>(static_cast<uint32_t>(in.c)) << 42);
+    if (in.op == Op::pow) mix(std::bit_cast<uint64_t>(in.param));
+  }
+  for (size_t o = 0; o < p->outputs.size(); ++o)
+    mix(static_cast<uint64_t>(p->outputs[o]) << 8 | static_cast<uint64_t>(p->output_dtypes[o]));
+  mix(static_cast<uint64_t>(p->quantized_output + 1));
+  p->structure_hash = h;
+  return p;
+}
+
+const std::string& Program::canonical() const {
+  if (canonical_ready_.load(std::memory_order_acquire)) return canonical_;
+  std::lock_guard<std::mutex> lock(canonical_mutex_);
+  if (canonical_ready_.load(std::memory_order_relaxed)) return canonical_;
+  const Program* p = this;
+  std::string s;
   s.reserve(24 * p->code.size() + 16 * p->outputs.size());
   auto num = [&](int v) {
     char buf[16];
@@ -641,7 +678,24 @@ std::shared_ptr<const Program> build_program(const std::vector<FusedOutput>& out
     s += p->scheme.str();
     s += p->check_finite ? ":check;" : ":nocheck;";
   }
-  return p;
+  canonical_ = std::move(s);
+  canonical_ready_.store(true, std::memory_order_release);
+  return canonical_;
+}
+
+bool Program::same_structure(const Program& o) const {
+  if (code.size() != o.code.size() || outputs != o.outputs || output_dtypes != o.output_dtypes ||
+      input_dtypes != o.input_dtypes || quantized_output != o.quantized_output)
+    return false;
+  for (size_t i = 0; i < code.size(); ++i) {
+    const Instr& x = code[i];
+    const Instr& y = o.code[i];
+    if (x.op != y.op || x.num != y.num || x.arg_num != y.arg_num || x.dtype != y.dtype ||
+        x.a != y.a || x.b != y.b || x.c != y.c || x.slot != y.slot ||
+        std::bit_cast<uint64_t>(x.param) != std::bit_cast<uint64_t>(y.param))
+      return false;
+  }
+  return quantized_output < 0 || (scheme == o.scheme && check_finite == o.check_finite);
 }
 
 // ---- Layout ---------------------------------------------------------------------------------
@@ -662,8 +716,11 @@ Layout make_layout(const FusedDesc& d) {
   Layout L;
   const int nd0 = d.shape.size();
   const size_t nops = d.inputs.size() + d.outputs.size();
-  // Per operand strides over the output's dims (broadcast dims: 0).
-  std::vector<std::array<int64_t, kMaxDims>> st(nops);
+  // Per operand strides over the output's dims (broadcast dims: 0); on the stack for up
+  // to 8 operands (this runs for every new descriptor's first run).
+  std::array<std::array<int64_t, kMaxDims>, 8> st_small;
+  std::vector<std::array<int64_t, kMaxDims>> st_big(nops > st_small.size() ? nops : 0);
+  std::array<int64_t, kMaxDims>* st = nops > st_small.size() ? st_big.data() : st_small.data();
   for (size_t k = 0; k < nops; ++k) {
     const bool is_in = k < d.inputs.size();
     const FusedOperand& op = is_in ? d.inputs[k] : d.outputs[k - d.inputs.size()];

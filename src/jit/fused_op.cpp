@@ -133,7 +133,9 @@ FusedDesc FusedDesc::make(const std::vector<FusedOutput>& outputs) {
     d.shape = outputs[0].dst.shape();
     d.device = outputs[0].dst.device();
   }
+  d.inputs.reserve(d.program->bound_inputs.size());
   for (const TensorView& v : d.program->bound_inputs) d.inputs.push_back(operand_of(v));
+  d.outputs.reserve(outputs.size());
   for (size_t o = 0; o < outputs.size(); ++o)
     d.outputs.push_back(static_cast<int>(o) == p.quantized_output
                             ? FusedOperand{p.output_dtypes[o], d.shape, contiguous_strides(d.shape)}
@@ -283,7 +285,7 @@ std::string FusedOp::describe(const Desc& d) {
   for (const FusedOperand& out : d.outputs)
     outs += (outs.empty() ? "" : ", ") + std::string(dtype_name(out.dtype));
   return fmt::format("({}) -> ({}) {} on {}: {}", ins, outs, d.shape.str(), d.device.str(),
-                     d.program ? d.program->canonical : std::string("?"));
+                     d.program ? d.program->canonical() : std::string("?"));
 }
 
 KernelList<FusedOp> FusedOp::kernels() {

@@ -96,8 +96,17 @@ struct Program {
   std::vector<TensorView> bound_inputs;
   std::vector<TensorView> bound_outputs;
   /// The DAG as text: steps with ops, dtypes and the pow exponents (constants' values are
-  /// kernel arguments, so expressions that differ only in constants share a kernel).
-  std::string canonical;
+  /// kernel arguments, so expressions that differ only in constants share a kernel). Made
+  /// on first use: the launch path finds kernels it has resolved by structure_hash and
+  /// same_structure, and needs the text only for a new kernel's cache key.
+  const std::string& canonical() const;
+  /// A hash of everything the canonical form is made from (code, outputs, the quantize
+  /// epilogue), computed by build_program.
+  size_t structure_hash = 0;
+  /// True if `other` has the same steps (every field), outputs and epilogue: then their
+  /// canonical forms are equal (a stricter test than the text: dtypes of arithmetic steps
+  /// are compared too).
+  bool same_structure(const Program& other) const;
   /// A step runs an f64 transcendental function (libm vs CUDA may differ in the last bit).
   bool f64_transcendental = false;
   /// The quantize epilogue (FusedOutput with a QuantizedView): the output whose value is
@@ -106,6 +115,11 @@ struct Program {
   QuantScheme scheme;
   bool check_finite = true;
   QuantizedView bound_quantized;
+
+ private:
+  mutable std::mutex canonical_mutex_;
+  mutable std::atomic<bool> canonical_ready_{false};
+  mutable std::string canonical_;
 };
 
 /// Builds the program of writing each output's expression into a tensor of its dtype.
@@ -289,7 +303,9 @@ struct ResolvedKernel {
   Variant variant;
   KernelSource shape;  ///< without code
   std::string arch;
-  std::string canonical;  ///< the program's canonical form (compared on lookup)
+  /// The program it was resolved for (compared by structure on lookup; its bound tensors
+  /// are never used).
+  std::shared_ptr<const Program> program;
   size_t hash = 0;
 };
 
@@ -298,7 +314,8 @@ struct ResolvedKernel {
 /// key string is built), else from the ModuleCache (memory, disk, or a compile), then
 /// remembered. The table holds at most kResolvedCapacity kernels (it is emptied when full;
 /// the ModuleCache stays the cache).
-std::shared_ptr<const ResolvedKernel> resolve_kernel(const Program& program, const Variant& variant,
+std::shared_ptr<const ResolvedKernel> resolve_kernel(const std::shared_ptr<const Program>& program,
+                                                     const Variant& variant,
                                                      const std::string& arch);
 inline constexpr size_t kResolvedCapacity = 1024;
 /// Forgets every resolved kernel (ModuleCache::clear_memory() of the global cache calls it).
@@ -306,7 +323,10 @@ void clear_resolved_kernels();
 
 /// Per-descriptor memory of the CUDA path: the layout and the kernel of each variant.
 struct PlanState {
-  std::once_flag layout_once;
+  // The layout, made by the first run: a flag and the mutex below rather than
+  // std::call_once, whose first call on a fresh flag costs a futex system call (glibc's
+  // pthread_once wakes waiters unconditionally), and every new descriptor has a fresh one.
+  std::atomic<bool> layout_ready{false};
   Layout layout;
   std::mutex mutex;
   /// [vec, strided] (+ 2: the quantize epilogue's codes in vectors; 4: its register-row
@@ -323,7 +343,13 @@ struct PlanState {
   std::once_flag cpu_once;
   std::shared_ptr<const void> cpu_schedule;
   const Layout& get_layout(const FusedDesc& desc) {
-    std::call_once(layout_once, [&] { layout = make_layout(desc); });
+    if (!layout_ready.load(std::memory_order_acquire)) {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (!layout_ready.load(std::memory_order_relaxed)) {
+        layout = make_layout(desc);
+        layout_ready.store(true, std::memory_order_release);
+      }
+    }
     return layout;
   }
 };

@@ -3,11 +3,12 @@
 //
 // The ModuleCache's key is one string (fixed parts, arch, the program's canonical form,
 // the variant), a few hundred bytes built and hashed for every new descriptor's first
-// launch, plus the launch shape generated again. Here the lookup hashes the canonical
-// form (std::hash over its bytes) with the variant's fields and the arch, then compares
-// all three in full: a hash collision costs a comparison, never a wrong kernel. What the
-// key holds besides (codegen version, NVRTC version and flags, the headers' hash) is fixed
-// for the life of the process, so entries made by this process never go stale.
+// launch, plus the launch shape generated again. Here the lookup combines the program's
+// structure hash (computed by build_program from its steps), the variant's fields and the
+// arch, then compares all three in full (Program::same_structure: every field of every
+// step, which implies equal canonical forms): a hash collision costs a comparison, never a
+// wrong kernel. What the key holds besides (codegen version, NVRTC version and flags, the
+// headers' hash) is fixed for the life of the process, so entries never go stale.
 //
 // The table is bounded (kResolvedCapacity kernels): when full it is emptied, and the
 // kernels come again from the ModuleCache (its LRU in memory, then disk). Entries keep
@@ -49,30 +50,29 @@ Table& table() {
 
 }  // namespace
 
-std::shared_ptr<const ResolvedKernel> resolve_kernel(const Program& program, const Variant& variant,
+std::shared_ptr<const ResolvedKernel> resolve_kernel(const std::shared_ptr<const Program>& program,
+                                                     const Variant& variant,
                                                      const std::string& arch) {
+  const Program& p = *program;
   const size_t hash =
-      mix(mix(std::hash<std::string_view>{}(program.canonical), variant_hash(variant)),
-          std::hash<std::string_view>{}(arch));
+      mix(mix(p.structure_hash, variant_hash(variant)), std::hash<std::string_view>{}(arch));
   Table& t = table();
   {
     std::lock_guard<std::mutex> lock(t.mutex);
     auto [first, last] = t.entries.equal_range(hash);
     for (auto it = first; it != last; ++it) {
       const ResolvedKernel& r = *it->second;
-      if (r.variant == variant && r.arch == arch && r.canonical == program.canonical)
-        return it->second;
+      if (r.variant == variant && r.arch == arch && r.program->same_structure(p)) return it->second;
     }
   }
   // Not resolved in this process yet: the ModuleCache (memory, disk, else a compile).
   auto r = std::make_shared<ResolvedKernel>();
-  const std::string key = ModuleCache::key_for(program.canonical + "|" + variant.key(), arch);
-  r->compiled =
-      ModuleCache::global().get(key, arch, [&] { return generate_cuda(program, variant); });
+  const std::string key = ModuleCache::key_for(p.canonical() + "|" + variant.key(), arch);
+  r->compiled = ModuleCache::global().get(key, arch, [&] { return generate_cuda(p, variant); });
   r->variant = variant;
-  r->shape = generate_cuda(program, variant, false);
+  r->shape = generate_cuda(p, variant, false);
   r->arch = arch;
-  r->canonical = program.canonical;
+  r->program = program;
   r->hash = hash;
   std::lock_guard<std::mutex> lock(t.mutex);
   if (t.entries.size() >= kResolvedCapacity) t.entries.clear();

@@ -261,7 +261,7 @@ const ResolvedKernel& prepare_launch(const FusedDesc& d, const FusedArgs& a, con
       v.pair = !vec && L.packed_out;
       v.fast = d.fast_math;
       if (st.arch.empty()) st.arch = arch_for(d.device.index);
-      st.kernels[which] = resolve_kernel(*d.program, v, st.arch);
+      st.kernels[which] = resolve_kernel(d.program, v, st.arch);
     }
     k = st.kernels[which].get();
   }
@@ -373,7 +373,7 @@ class FusedCuda final : public Kernel<FusedOp> {
       if (d.fast_math) which += fusion::PlanState::kSlots;
       if (!st.kernels[which]) {
         if (st.arch.empty()) st.arch = fusion::arch_for(d.device.index);
-        st.kernels[which] = fusion::resolve_kernel(*d.program, v, st.arch);
+        st.kernels[which] = fusion::resolve_kernel(d.program, v, st.arch);
       }
       k = st.kernels[which].get();
     }

@@ -1224,7 +1224,7 @@ TEST(FusionCache, MemoryDiskCorruptionAndPermissions) {
   v.vec = true;
   v.cls = L.cls;
   const std::string key =
-      fusion::ModuleCache::key_for(d.program->canonical + "|" + v.key(), "sm_90a");
+      fusion::ModuleCache::key_for(d.program->canonical() + "|" + v.key(), "sm_90a");
   int generated = 0;
   auto source = [&] {
     ++generated;
@@ -1296,7 +1296,8 @@ TEST(FusionCache, MemoryDiskCorruptionAndPermissions) {
   opt.capacity = 1;
   fusion::ModuleCache small(opt);
   small.get(key, "sm_90a", source);
-  const std::string key2 = fusion::ModuleCache::key_for(d.program->canonical + "|other", "sm_90a");
+  const std::string key2 =
+      fusion::ModuleCache::key_for(d.program->canonical() + "|other", "sm_90a");
   small.get(key2, "sm_90a", source);
   EXPECT_EQ(small.stats().evictions, 1u);
   EXPECT_EQ(small.lookup(key), nullptr);
@@ -1325,12 +1326,42 @@ TEST(FusionCache, KeyNamesEverythingThatChangesTheBinary) {
   // Constants are kernel arguments: expressions differing only in them share a kernel.
   Tensor a = Tensor::empty({8}, Dtype::f32), y = Tensor::empty({8}, Dtype::f32);
   const Expr x = fusion::input(a);
-  EXPECT_EQ(FusedDesc::make({{y, x * 2.0 + 1.0}}).program->canonical,
-            FusedDesc::make({{y, x * 3.0 + 7.0}}).program->canonical);
-  EXPECT_NE(FusedDesc::make({{y, x * 2.0}}).program->canonical,
-            FusedDesc::make({{y, x + 2.0}}).program->canonical);
-  EXPECT_NE(FusedDesc::make({{y, fusion::pow(x, 2.5)}}).program->canonical,
-            FusedDesc::make({{y, fusion::pow(x, 1.5)}}).program->canonical);
+  EXPECT_EQ(FusedDesc::make({{y, x * 2.0 + 1.0}}).program->canonical(),
+            FusedDesc::make({{y, x * 3.0 + 7.0}}).program->canonical());
+  EXPECT_NE(FusedDesc::make({{y, x * 2.0}}).program->canonical(),
+            FusedDesc::make({{y, x + 2.0}}).program->canonical());
+  EXPECT_NE(FusedDesc::make({{y, fusion::pow(x, 2.5)}}).program->canonical(),
+            FusedDesc::make({{y, fusion::pow(x, 1.5)}}).program->canonical());
+}
+
+TEST(FusionCache, SameStructureImpliesTheSameCanonicalForm) {
+  // The launch path finds resolved kernels by structure_hash and same_structure instead of
+  // the canonical text: same_structure must never hold where the texts differ, and must
+  // hold for a program built twice, or with other constants (kernel arguments).
+  std::vector<std::shared_ptr<const fusion::Program>> programs;
+  for (int k = 0; k < 300; ++k) {
+    const Case c = random_case(70000 + k % 150, 32, k % 3 == 0);
+    std::vector<TensorView> out;
+    for (const Placed& p : c.outputs) out.push_back(p.view);
+    programs.push_back(FusedDesc::make(outputs_of(c, out)).program);
+  }
+  int same = 0;
+  for (size_t i = 0; i < programs.size(); ++i)
+    for (size_t j = 0; j < programs.size(); ++j) {
+      const fusion::Program& a = *programs[i];
+      const fusion::Program& b = *programs[j];
+      if (!a.same_structure(b)) continue;
+      ++same;
+      EXPECT_EQ(a.canonical(), b.canonical()) << i << " " << j;
+      EXPECT_EQ(a.structure_hash, b.structure_hash) << i << " " << j;
+    }
+  EXPECT_GE(same, 2 * 300);  // at least each with itself and with its twin (k, k + 150)
+  Tensor a = Tensor::empty({8}, Dtype::f32), y = Tensor::empty({8}, Dtype::f32);
+  const Expr x = fusion::input(a);
+  const auto p1 = FusedDesc::make({{y, fusion::pow(x, 2.5) * 3.0}}).program;
+  EXPECT_TRUE(p1->same_structure(*FusedDesc::make({{y, fusion::pow(x, 2.5) * 7.0}}).program));
+  EXPECT_FALSE(p1->same_structure(*FusedDesc::make({{y, fusion::pow(x, 1.5) * 3.0}}).program));
+  EXPECT_FALSE(p1->same_structure(*FusedDesc::make({{y, fusion::pow(x, 2.5) + 3.0}}).program));
 }
 
 TEST(FusionCache, ResolvedKernelTableSharesOnlyWhatTheKeyWouldShare) {
@@ -1345,18 +1376,18 @@ TEST(FusionCache, ResolvedKernelTableSharesOnlyWhatTheKeyWouldShare) {
   v.cls = {fusion::Layout::Class::full, fusion::Layout::Class::full};
   const std::string arch = "sm_90a";
   const auto p1 = program(x * 2.0 + 1.0);
-  const auto r1 = fusion::resolve_kernel(*p1, v, arch);
+  const auto r1 = fusion::resolve_kernel(p1, v, arch);
   ASSERT_NE(r1->compiled, nullptr);
   EXPECT_FALSE(r1->compiled->cubin.empty());
   EXPECT_EQ(r1->variant, v);
   EXPECT_EQ(r1->shape.group, fusion::generate_cuda(*p1, v, false).group);
   // Same structure, other constants (kernel arguments): the same kernel, no new compile.
   const auto compiles = fusion::ModuleCache::global().stats().compiles;
-  EXPECT_EQ(fusion::resolve_kernel(*program(x * 3.0 + 7.0), v, arch).get(), r1.get());
-  EXPECT_EQ(fusion::resolve_kernel(*p1, v, arch).get(), r1.get());
+  EXPECT_EQ(fusion::resolve_kernel(program(x * 3.0 + 7.0), v, arch).get(), r1.get());
+  EXPECT_EQ(fusion::resolve_kernel(p1, v, arch).get(), r1.get());
   EXPECT_EQ(fusion::ModuleCache::global().stats().compiles, compiles);
   // Another structure, variant field or arch: another kernel, under its own full key.
-  const auto other = fusion::resolve_kernel(*program(x + 2.0), v, arch);
+  const auto other = fusion::resolve_kernel(program(x + 2.0), v, arch);
   EXPECT_NE(other.get(), r1.get());
   EXPECT_NE(other->compiled->key, r1->compiled->key);
   for (int field = 0; field < 4; ++field) {
@@ -1365,16 +1396,17 @@ TEST(FusionCache, ResolvedKernelTableSharesOnlyWhatTheKeyWouldShare) {
     if (field == 1) w.fast = true;
     if (field == 2) w.cls[0] = fusion::Layout::Class::scalar;
     if (field == 3) w.vec = false;
-    const auto r = fusion::resolve_kernel(*p1, w, arch);
+    const auto r = fusion::resolve_kernel(p1, w, arch);
     EXPECT_NE(r.get(), r1.get()) << "variant field " << field;
-    EXPECT_EQ(r->compiled->key, fusion::ModuleCache::key_for(p1->canonical + "|" + w.key(), arch));
+    EXPECT_EQ(r->compiled->key,
+              fusion::ModuleCache::key_for(p1->canonical() + "|" + w.key(), arch));
   }
-  const auto r90 = fusion::resolve_kernel(*p1, v, "sm_90");
+  const auto r90 = fusion::resolve_kernel(p1, v, "sm_90");
   EXPECT_NE(r90.get(), r1.get());
   EXPECT_NE(r90->compiled->key, r1->compiled->key);
   // Clearing the global cache's memory empties the table: the kernel is resolved again.
   fusion::ModuleCache::global().clear_memory();
-  const auto again = fusion::resolve_kernel(*p1, v, arch);
+  const auto again = fusion::resolve_kernel(p1, v, arch);
   EXPECT_NE(again.get(), r1.get());
   EXPECT_EQ(again->compiled->cubin, r1->compiled->cubin);
 }
