@@ -295,7 +295,7 @@ def to_device(q, torch, dev):
     return lowbit.QuantizedTensor.from_parts(q.scheme, q.shape, parts.pop("data"), **parts)
 
 
-# m = 9: the skinny kernel on CUDA; m = 70: the medium tensor-core GEMM (32 < M <= 160).
+# m = 9: the skinny kernel on CUDA; m = 70: the medium tensor-core GEMM (32 < M <= 128).
 @pytest.mark.parametrize("m", [9, 70])
 @pytest.mark.parametrize("scheme", ["int4:block32:asym", "int8:channel", "fp8e4m3:block128x128",
                                     "q4_K"])

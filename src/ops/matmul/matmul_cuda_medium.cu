@@ -1,5 +1,5 @@
 // matmul_cuda_medium_tc: weight-only y = x · dequant(W)^T for tens to hundreds of rows of bf16 /
-// f16 x (select() sends it 32 < M <= kMaxM = 160), on tensor cores (mma.sync.m16n8k16) over the
+// f16 x (select() sends it 32 < M <= kMaxM = 128), on tensor cores (mma.sync.m16n8k16) over the
 // prepared "cuda_tc16x128" layout that the skinny kernel reads (one prepared copy serves both).
 // This file is the plan: what the kernel takes, why it declines, the split-K choice and its
 // reduction; the kernel is matmul_cuda_medium.cuh (its file comment has the tiling and the
@@ -43,12 +43,11 @@ using tc::Code;
 using tc::Scale;
 
 /// Rows of x this kernel takes (select() order: the skinny kernel first, up to 32). Measured on
-/// the H100 (8192x8192, docs/matmul.md): at M = 64 it takes 0.35-0.47x the time of dequantize +
-/// cuBLASLt; at M = 256 0.87-0.95x for int4:block128 / nvfp4 / fp8 but 1.14-1.40x for
-/// int4:block32, int8:channel and affine int4; at 512 1.8x. The time grows about linearly from
-/// M = 64 (one 64-row block of x) while dequantize + GEMM stays near 0.14 ms, so the crossover
-/// of the slowest formats is near M = 170: 160 keeps every format on the faster side.
-constexpr int64_t kMaxM = 160;
+/// the H100 (8192x8192, BENCHMARKS.md): against dequantize + cuBLASLt it takes 0.30-0.52x the
+/// time at M = 64 and 0.51-0.81x at M = 128 (two full 64-row blocks of x), but a third block
+/// costs a whole pass: at M = 160 int4:block32 takes 1.22x and affine int4 1.45x (nvfp4 still
+/// 0.91x), at 256 0.87-1.40x, at 512 1.8x. Hence 128.
+constexpr int64_t kMaxM = 128;
 
 Launcher launcher_for(const tc::Format& f, bool bf16, std::string* why) {
   switch (f.code) {
