@@ -254,9 +254,11 @@ int main(int argc, char** argv) {
     // (same kernel: the shape is a kernel argument), so that the GPU keeps up with the
     // launches and the host never waits for a full launch queue.
     // Host CPU time of this thread (the target is CPU time; on a shared host the wall
-    // clock also counts other processes), best of `rounds` rounds of `calls` calls.
-    double hit_us = 0, launch_us = 0, make_us = 0, select_us = 0;
-    const int rounds = 5;
+    // clock also counts other processes), best of `rounds` rounds of `calls` calls, the
+    // stream drained between rounds: 256 launches stay far below the launch queue's depth,
+    // so a round times the host's work, not the GPU's rate of tiny kernels.
+    double hit_us = 0, launch_us = 0, make_us = 0, select_us = 0, driver_us = 0;
+    const int rounds = 20;
     auto best_us = [&](int calls, const std::function<void()>& fn) {
       double best = 1e300;
       for (int r = 0; r < rounds; ++r) {
@@ -277,7 +279,7 @@ int main(int argc, char** argv) {
       stream.synchronize();
       const Expr ea = input(sa), eb = input(sb);
       const Tensor& y = sy;
-      const int calls = 2000;
+      const int calls = 256;
       hit_us = best_us(calls, [&] {
         const FusedDesc d = FusedDesc::make({{y, chain8({ea, eb})}});
         FusedPlan::select(d).run(stream, {}, d.bound_args());
@@ -300,6 +302,17 @@ int main(int argc, char** argv) {
       plan.run(stream, {}, args);
       stream.synchronize();
       launch_us = best_us(calls, [&] { plan.run(stream, {}, args); });
+      // The driver's part alone: launch_cuda (device check, cuLaunchKernel) with the
+      // resolved kernel and a packed parameter block.
+      if (const auto* k = d.state->kernels[0].get()) {  // the vector kernel (aligned)
+        const lowbit::fusion::Layout& L = d.state->get_layout(d);
+        const std::vector<unsigned char> params =
+            lowbit::fusion::pack_params(*d.program, k->variant, L, args);
+        driver_us = best_us(calls, [&] {
+          lowbit::fusion::launch_cuda(*k->compiled, k->shape, k->variant, params, L, 0,
+                                      stream.native_handle());
+        });
+      }
       stream.synchronize();
     }
 
@@ -470,6 +483,7 @@ int main(int argc, char** argv) {
     cost("jit disk-cache load + launch (chain8)", disk_ms);
     cost("jit in-memory hit + launch, new descriptor (host CPU ms per call)", hit_us / 1e3);
     cost("plan.run launch overhead, resolved plan (host CPU ms per call)", launch_us / 1e3);
+    cost("launch_cuda alone: cuLaunchKernel (host CPU ms per call)", driver_us / 1e3);
 
     std::printf("\nlowbit fusion on %s (%d SMs), median of %d reps, %lld elements\n",
                 props.name.c_str(), props.multiprocessors, reps, static_cast<long long>(n));
@@ -485,8 +499,8 @@ int main(int argc, char** argv) {
         cold_ms, compile_ms, cold2_ms, compile2_ms, disk_ms, hit_us, launch_us, rounds);
     std::printf(
         "hit + launch, split: FusedDesc::make %.2f us, FusedPlan::select %.2f us, first run "
-        "(layout, cache lookup, launch) %.2f us\n",
-        make_us, select_us, hit_us - make_us - select_us);
+        "(layout, kernel lookup, launch) %.2f us; launch_cuda alone (cuLaunchKernel) %.2f us\n",
+        make_us, select_us, hit_us - make_us - select_us, driver_us);
     std::printf("kernels:\n");
     for (const Row& r : rows)
       if (r.kernel != "-") std::printf("  %-48s %s\n", r.pair.c_str(), r.kernel.c_str());
