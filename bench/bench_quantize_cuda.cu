@@ -19,6 +19,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -55,6 +56,9 @@ __global__ void read_only(const uint4* x, uint64_t n, uint32_t* sink) {
   }
   sink[blockIdx.x * blockDim.x + threadIdx.x] = acc;
 }
+
+/// Does nothing: the launch + synchronisation round trip that a checked call pays.
+__global__ void empty_kernel() {}
 
 struct Row {
   std::string pair;
@@ -195,6 +199,18 @@ int main(int argc, char** argv) {
       rows_out.push_back(r);
     }
 
+    // The floor of a checked call's overhead: a launch and a stream synchronisation, timed as
+    // the rows below are (events around each repetition).
+    double round_trip_ms = 0;
+    {
+      round_trip_ms = bench::median_ms(s, warmup, reps, [&] {
+        empty_kernel<<<1, 32, 0, s>>>();
+        bench::check(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+      });
+    }
+    // Host time of one unchecked call (descriptor checks + launch), per scheme.
+    std::vector<std::pair<std::string, double>> host_us;
+
     const lowbit::Shape shape{rows, cols};
     const int64_t n = rows * cols;
     lowbit::Tensor f32 = lowbit::Tensor::empty(shape, Dtype::f32, gpu, &stream);
@@ -232,6 +248,15 @@ int main(int argc, char** argv) {
         r.ms = bench::median_ms(s, warmup, reps, [&] { plan.run(stream, {}, args); });
         r.kernel = plan.sku().str();
         stream.synchronize();
+        if (!check_finite) {
+          // Host time per call: 8 calls queued back to back (the GPU runs behind).
+          const auto t0 = std::chrono::steady_clock::now();
+          for (int k = 0; k < 8; ++k) plan.run(stream, {}, args);
+          const auto t1 = std::chrono::steady_clock::now();
+          stream.synchronize();
+          host_us.emplace_back(r.pair,
+                               std::chrono::duration<double, std::micro>(t1 - t0).count() / 8);
+        }
         r.check = check_quantize(src, q, check_rows);
         rows_out.push_back(r);
       }
@@ -266,6 +291,20 @@ int main(int argc, char** argv) {
       std::printf("| %s | %lld | %lld | %.4f | %.0f | %.1f%% | %.1f%% |\n", r.pair.c_str(),
                   static_cast<long long>(r.elements), static_cast<long long>(r.bytes), r.ms, r.gbps,
                   r.pct, 100.0 / r.moved);
+    // What the check costs: on - off per scheme, against the launch + synchronise floor.
+    std::printf("\nlaunch + cudaStreamSynchronize round trip (empty kernel): %.1f us\n",
+                1e3 * round_trip_ms);
+    std::printf(
+        "| pair | check on - off (us) | host us per unchecked call |\n| --- | --- | --- |\n");
+    for (size_t i = 0; i + 1 < rows_out.size(); ++i) {
+      const Row& on = rows_out[i];
+      const Row& off = rows_out[i + 1];
+      if (on.check == "-" || off.pair != on.pair + " (check off)") continue;
+      double hu = 0;
+      for (const auto& h : host_us)
+        if (h.first == off.pair) hu = h.second;
+      std::printf("| %s | %.1f | %.1f |\n", on.pair.c_str(), 1e3 * (on.ms - off.ms), hu);
+    }
     std::printf("\nkernels (first %lld rows checked against the reference kernels):\n",
                 static_cast<long long>(check_rows));
     bool all_exact = true;

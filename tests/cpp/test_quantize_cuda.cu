@@ -510,9 +510,9 @@ TEST(QuantizeCuda, SweepMatchesTheReference) {
                            "mxfp8e5m2",
                            "q8_0",
                            "q4_0"};
-  const Shape shapes[] = {{4, 64},   {3, 5, 96}, {1, 4096},    {7, 128},  {2, 1, 640}, {130, 256},
-                          {5, 7},    {0, 64},    {256, 24},    {9, 1024}, {3, 33},     {1000},
-                          {2, 4100}, {1, 40960}, {1, 1, 2048}, {300, 160}};
+  const Shape shapes[] = {{4, 64},   {3, 5, 96}, {1, 4096},    {7, 128},   {2, 1, 640}, {130, 256},
+                          {5, 7},    {0, 64},    {256, 24},    {9, 1024},  {3, 33},     {1000},
+                          {2, 4100}, {1, 40960}, {1, 1, 2048}, {300, 160}, {3, 16384}};
   auto rng = testing::make_rng(202);
   int cases = 0, failures = 0;
   for (const char* text : schemes) {
@@ -569,6 +569,71 @@ TEST(QuantizeCuda, GivenScalesMatchTheReference) {
       EXPECT_EQ(e1, e2) << text;
       EXPECT_EQ(compare_parts(ref.view, dev.view), "") << text << (misalign ? " misaligned" : "");
     }
+  }
+}
+
+// ---- nvfp4 near its rounding boundaries -------------------------------------------------------
+
+/// f32 `steps` ulps from v (v positive, normal).
+float ulps_from(float v, int steps) {
+  uint32_t b;
+  std::memcpy(&b, &v, 4);
+  b = static_cast<uint32_t>(static_cast<int64_t>(b) + steps);
+  float r;
+  std::memcpy(&r, &b, 4);
+  return r;
+}
+
+/// The CUDA kernel estimates nvfp4's block scale (amax / 6 / global) and element quotients
+/// (x / total) with products of approximate reciprocals and divides only near a rounding
+/// boundary: blocks whose amax puts the quotient on, or within 3 ulps of, every e4m3 value
+/// and midpoint in [2^-6, 448] (and elements on, or 1 ulp from, e2m1's midpoints) must give
+/// the reference's bits, for global scales inside and outside the estimate's range.
+TEST(QuantizeCuda, Nvfp4NearRoundingBoundariesMatchesTheReference) {
+  LOWBIT_REQUIRE_CUDA();
+  // e4m3 values from 2^-6 to 448 and the midpoints between them (and 464, past 448).
+  std::vector<float> targets;
+  for (int e = -6; e <= 8; ++e)
+    for (int m = 0; m < 8; ++m) {
+      const float v = std::ldexp(1.0f + m / 8.0f, e);
+      if (v > 448.0f) break;
+      targets.push_back(v);
+      targets.push_back(std::ldexp(1.0f + (2 * m + 1) / 16.0f, e));
+    }
+  const float mids[] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.0f};
+  auto rng = testing::make_rng(515);
+  std::uniform_real_distribution<float> unit(-1.0f, 1.0f);
+  for (float global : {1.0f, 0.3f, 1e-3f, 0x1p-120f, 0x1p90f, 0x1p101f}) {
+    std::vector<float> values;
+    for (float t : targets)
+      for (int k = -3; k <= 3; ++k) {
+        const float amax = ulps_from(t * 6.0f * global, k);
+        const uint8_t sc = formats::nvfp4_block_scale(amax, global);
+        const float total = global * f8e4m3fn_to_f32(sc);
+        float block[16];
+        block[0] = (k & 1) ? -amax : amax;
+        for (int i = 1; i < 16; ++i) {
+          // Elements on and around e2m1's midpoints (times the block's total scale), kept
+          // under the block's amax.
+          const float mid = mids[(i + k + 3) % 7] * total;
+          const float v = ulps_from(mid, (i % 3) - 1);
+          block[i] = std::fabs(v) < amax ? (i % 2 ? -v : v) : amax * unit(rng);
+        }
+        values.insert(values.end(), block, block + 16);
+      }
+    const int64_t k = 16;
+    const Shape shape{static_cast<int64_t>(values.size()) / k, k};
+    ASSERT_EQ(values.size() % k, 0u);
+    const QuantScheme s = QuantScheme::parse("nvfp4");
+    const Tensor host = host_source(values, shape, Dtype::f32);
+    QBuf ref = QBuf::make(s, shape, Device::cpu(), false);
+    *static_cast<float*>(ref.view.global_scale.data()) = global;
+    QBuf dev = QBuf::make(s, shape, Device::cuda(0), false);
+    copy_parts(dev.view, ref.view);
+    OffsetTensor x = device_source(host, 0);
+    ASSERT_EQ(run_quantize(kRef, host, ref.view, true), "") << global;
+    ASSERT_EQ(run_quantize(kCuda, x.view, dev.view, true), "") << global;
+    EXPECT_EQ(compare_parts(ref.view, dev.view), "") << "global " << global;
   }
 }
 

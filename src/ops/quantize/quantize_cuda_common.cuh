@@ -392,14 +392,21 @@ __device__ __forceinline__ uint32_t pair_rn_no_nan(float a, float b) {
 
 /// Stores 8 consecutive f32 values as D at `p` (16-byte aligned): one 16-byte store for
 /// 16-bit dtypes, two for f32. kNoNaN: the caller knows no value is NaN.
-template <Dtype D, bool kNoNaN = false>
+template <Dtype D, bool kNoNaN = false, bool kStream = false>
 __device__ __forceinline__ void store8(void* p, const float (&v)[8]) {
+  auto put = [&](uint4* q, const uint4& x) {
+    if constexpr (kStream) {
+      __stcs(q, x);
+    } else {
+      *q = x;
+    }
+  };
   if constexpr (D == Dtype::f32) {
     uint4* q = static_cast<uint4*>(p);
-    q[0] = make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]),
-                      __float_as_uint(v[3]));
-    q[1] = make_uint4(__float_as_uint(v[4]), __float_as_uint(v[5]), __float_as_uint(v[6]),
-                      __float_as_uint(v[7]));
+    put(q, make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]),
+                      __float_as_uint(v[3])));
+    put(q + 1, make_uint4(__float_as_uint(v[4]), __float_as_uint(v[5]), __float_as_uint(v[6]),
+                          __float_as_uint(v[7])));
   } else {
     uint32_t w[4];
 #pragma unroll
@@ -411,7 +418,7 @@ __device__ __forceinline__ void store8(void* p, const float (&v)[8]) {
             D == Dtype::bf16 ? bf16x2_rn(v[2 * k], v[2 * k + 1]) : f16x2_rn(v[2 * k], v[2 * k + 1]);
       }
     }
-    *static_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+    put(static_cast<uint4*>(p), make_uint4(w[0], w[1], w[2], w[3]));
   }
 }
 
