@@ -12,7 +12,9 @@
 //    chunks are 8 whole blocks, loaded with 16-byte loads into shared memory (codes 16-byte
 //    aligned; else each lane reads its slice of the 18- / 34-byte block in 2-byte words).
 //    Four chunks per thread per step, loads first, keep several loads in flight; the grid
-//    gives every block the same number of steps (balanced_grid).
+//    gives every block the same number of steps (balanced_grid). Stores carry the evict-first
+//    hint (st.global.cs), as do the 4-byte code loads of the 4-bit formats (measured gains
+//    beside the code and in BENCHMARKS.md).
 //  - generic: any other layout (2-d blocks, per-channel on a later axis, ragged fp8 blocks,
 //    element counts that are not a multiple of 8, misaligned views): one element per
 //    thread step, its group from formats::GroupMap.
@@ -90,7 +92,7 @@ __device__ __forceinline__ ChunkRaw load_chunk(const ChunkArgs& a, uint32_t c) {
   } else {
     if constexpr (kNibbles<F>) {
       // 4-byte code words load with the evict-first hint (ld.global.cs): H100, int4:block32,
-      // nvfp4, mxfp4 -> bf16 87-88% of copy against 85-86%; 8-byte words lost 2-3 points
+      // nvfp4, mxfp4 -> bf16 87-88% of copy against 85-86%; 8-byte words lost 2-3.5 points
       // with it.
       r.lo = __ldcs(reinterpret_cast<const uint32_t*>(a.codes) + c);
     } else {
