@@ -33,8 +33,10 @@ struct QuantizeDesc {
   Device device = Device::cpu();
   bool given_scales = false;  ///< static: scale / zero / global_scale are inputs
   /// Refuse NaN / +-Inf inputs with an Error naming the first one (the default). On CUDA
-  /// the check needs the stream synchronised before run() returns; a caller that knows
-  /// its inputs are finite may turn it off. What `false` changes depends on the kernel:
+  /// a checked run() waits for its kernels before it returns (every output is written
+  /// then; the stream itself may still be retiring the last block, and a flagged call
+  /// synchronises it before throwing); a caller that knows its inputs are finite may turn
+  /// it off. What `false` changes depends on the kernel:
   ///  * quantize_cuda, gguf_quantize_cuda: no check runs at all and run() does not
   ///    synchronise. Non-finite inputs, invalid given scales / zero points / NVFP4 global
   ///    scales, and GGUF blocks whose f16 scale overflows all give unspecified (but
