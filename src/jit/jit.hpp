@@ -8,6 +8,7 @@
 //   codegen_cuda.cpp  Program + Layout -> CUDA source
 //   nvrtc.cpp         CUDA source -> cubin (and PTX), with the NVRTC log on failure
 //   module_cache.cpp  in-memory LRU + on-disk cache of cubins
+//   kernel_table.cpp  the process's resolved kernels by program structure, variant, arch
 //   launch.cpp        the CUDA kernel: driver API (dlopen'ed), module load, launch
 #pragma once
 
