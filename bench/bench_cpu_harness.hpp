@@ -1,5 +1,6 @@
 // bench_cpu_harness: what the CPU benchmarks share: the command-line walk, the timers
-// (median of runs, best of runs, implementations interleaved rep by rep), page
+// (median of runs, best of runs, implementations interleaved rep by rep: their best, or
+// every run's wall and thread CPU time), page
 // prefaulting, the streaming ceilings (parallel memcpy, parallel u64 sum), the roughly
 // normal inputs, opening ggml-python's libggml, and the first-seen order that groups a
 // table's rows.
@@ -15,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <functional>
 #include <random>
 #include <string>
@@ -101,6 +103,46 @@ inline std::vector<double> best_interleaved(int reps, const std::vector<std::fun
       best[i] = std::min(best[i], seconds_of(fs[i]));
     }
   return best;
+}
+
+/// CPU seconds the calling thread has used so far.
+inline double thread_cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+/// Every timed run of one implementation: wall-clock seconds and the calling thread's CPU
+/// seconds, run by run.
+struct RunTimes {
+  std::vector<double> wall, cpu;
+};
+
+/// The smallest of samples.
+inline double best_of(const std::vector<double>& v) {
+  return *std::min_element(v.begin(), v.end());
+}
+
+/// The median of samples (the upper one of an even count).
+inline double median_of(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+/// Several implementations run in turn rep by rep after one warm-up run each (as
+/// best_interleaved runs them), keeping every run's wall and thread CPU time: on a shared
+/// machine the two differ by the time other processes held the core.
+inline std::vector<RunTimes> interleaved_runs(int reps,
+                                              const std::vector<std::function<void()>>& fs) {
+  for (const auto& f : fs) f();  // warm-up
+  std::vector<RunTimes> t(fs.size());
+  for (int r = 0; r < reps; ++r)
+    for (size_t i = 0; i < fs.size(); ++i) {
+      const double c0 = thread_cpu_seconds();
+      t[i].wall.push_back(seconds_of(fs[i]));
+      t[i].cpu.push_back(thread_cpu_seconds() - c0);
+    }
+  return t;
 }
 
 // ---- memory and ceilings --------------------------------------------------------------------

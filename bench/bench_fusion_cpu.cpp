@@ -14,20 +14,19 @@
 // round, --reps rounds interleaved; best-of and median reported.
 //
 // Usage: bench_fusion_cpu [--elements N] [--reps R] [--threads T]
-#include <fmt/format.h>
 #include <omp.h>
 
 #include <algorithm>
-#include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <functional>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "bench_cpu_harness.hpp"
 #include "jit/cpu_eval_simd.hpp"
 #include "lowbit/fusion.hpp"
 #include "lowbit/numeric.hpp"
@@ -38,29 +37,6 @@ namespace {
 using lowbit::Dtype;
 using lowbit::Tensor;
 using lowbit::fusion::Expr;
-
-double thread_cpu_seconds() {
-  timespec t{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
-}
-
-void prefault(void* p, int64_t bytes) {
-  auto* c = static_cast<uint8_t*>(p);
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < bytes; i += 4096) c[i] = 0;
-}
-
-void parallel_memcpy(void* dst, const void* src, int64_t bytes) {
-#pragma omp parallel
-  {
-    const int t = omp_get_thread_num(), n = omp_get_num_threads();
-    const int64_t per = (bytes / n) & ~int64_t{63};
-    const int64_t lo = per * t, hi = t == n - 1 ? bytes : lo + per;
-    std::memcpy(static_cast<char*>(dst) + lo, static_cast<const char*>(src) + lo,
-                static_cast<size_t>(hi - lo));
-  }
-}
 
 void triad_u16(const uint16_t* a, const uint16_t* b, uint16_t* y, int64_t n) {
 #pragma omp parallel for schedule(static)
@@ -78,14 +54,13 @@ int main(int argc, char** argv) {
   int64_t n = int64_t{1} << 26;
   int reps = 7;
   int threads = 1;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--elements" && i + 1 < argc) {
-      n = std::atoll(argv[++i]);
-    } else if (a == "--reps" && i + 1 < argc) {
-      reps = std::max(1, std::atoi(argv[++i]));
-    } else if (a == "--threads" && i + 1 < argc) {
-      threads = std::max(1, std::atoi(argv[++i]));
+  for (bench::ArgWalker a(argc, argv); a.next();) {
+    if (a.name() == "--elements") {
+      n = std::atoll(a.value());
+    } else if (a.name() == "--reps") {
+      reps = std::max(1, std::atoi(a.value()));
+    } else if (a.name() == "--threads") {
+      threads = std::max(1, std::atoi(a.value()));
     } else {
       std::fprintf(stderr, "usage: %s [--elements N] [--reps R] [--threads T]\n", argv[0]);
       return 2;
@@ -109,8 +84,8 @@ int main(int argc, char** argv) {
         }
       }
     }
-    prefault(y.data(), y.nbytes());
-    prefault(t.data(), t.nbytes());
+    bench::prefault(y.data(), y.nbytes());
+    bench::prefault(t.data(), t.nbytes());
     const double bytes = 6.0 * static_cast<double>(n);
 
     // Every row is timed once per round, rounds interleaved (a shared machine's load
@@ -119,15 +94,14 @@ int main(int argc, char** argv) {
       std::string what;
       double bytes;
       std::function<void()> run;
-      std::vector<double> wall, cpu;
     };
     std::vector<Row> rows;
     const int64_t copy_bytes = int64_t{1} << 30;
     std::vector<uint8_t> src(static_cast<size_t>(copy_bytes), 1),
         dst(static_cast<size_t>(copy_bytes));
-    prefault(dst.data(), copy_bytes);
+    bench::prefault(dst.data(), copy_bytes);
     rows.push_back({"memcpy 1 GiB (ceiling)", 2.0 * copy_bytes,
-                    [&] { parallel_memcpy(dst.data(), src.data(), copy_bytes); }});
+                    [&] { bench::parallel_memcpy(dst.data(), src.data(), copy_bytes); }});
     rows.push_back({"triad y = a ^ b, u16 (ceiling)", bytes, [&] {
                       triad_u16(a.data_as<uint16_t>(), b.data_as<uint16_t>(), y.data_as<uint16_t>(),
                                 n);
@@ -211,26 +185,15 @@ int main(int argc, char** argv) {
                       for (int k = 0; k < kCalls; ++k) cplan_s.run(cpu, {}, cargs);
                     }});
 
-    for (Row& r : rows) r.run();  // warm-up
-    for (int rep = 0; rep < reps; ++rep) {
-      for (Row& r : rows) {
-        const double c0 = thread_cpu_seconds();
-        const auto t0 = std::chrono::steady_clock::now();
-        r.run();
-        r.wall.push_back(
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-        r.cpu.push_back(thread_cpu_seconds() - c0);
-      }
-    }
+    std::vector<std::function<void()>> runs;
+    for (const Row& r : rows) runs.push_back(r.run);
+    const std::vector<bench::RunTimes> times = bench::interleaved_runs(reps, runs);
     plan.run(cpu, {}, args);  // leave y holding the fused result
 
-    auto best = [](std::vector<double> v) { return *std::min_element(v.begin(), v.end()); };
-    auto median = [](std::vector<double> v) {
-      std::sort(v.begin(), v.end());
-      return v[v.size() / 2];
-    };
-    const double copy_gbs = rows[0].bytes / best(rows[0].wall) / 1e9;
-    const double triad_gbs = rows[1].bytes / best(rows[1].wall) / 1e9;
+    using bench::best_of;
+    using bench::median_of;
+    const double copy_gbs = rows[0].bytes / best_of(times[0].wall) / 1e9;
+    const double triad_gbs = rows[1].bytes / best_of(times[1].wall) / 1e9;
     std::printf(
         "bench_fusion_cpu: y = clamp(silu(a*1.25 + b)*b - a*0.5, -8, 8), %lld bf16 "
         "elements x 2 inputs, %d thread(s), %d interleaved rounds; %s\n\n",
@@ -239,18 +202,20 @@ int main(int argc, char** argv) {
         "| what | best ms | median ms | GB/s (best) | ns/element | %% of memcpy | %% of triad | "
         "cpu ms (best) |\n");
     std::printf("|---|---:|---:|---:|---:|---:|---:|---:|\n");
-    for (const Row& r : rows) {
-      const double gbs = r.bytes / best(r.wall) / 1e9;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const Row& r = rows[i];
+      const bench::RunTimes& t = times[i];
+      const double gbs = r.bytes / best_of(t.wall) / 1e9;
       std::printf("| %s | %.2f | %.2f | %.1f | %.3f | %.0f%% | %.0f%% | %.2f |\n", r.what.c_str(),
-                  best(r.wall) * 1e3, median(r.wall) * 1e3, gbs, 6.0 / gbs, 100.0 * gbs / copy_gbs,
-                  100.0 * gbs / triad_gbs, best(r.cpu) * 1e3);
+                  best_of(t.wall) * 1e3, median_of(t.wall) * 1e3, gbs, 6.0 / gbs,
+                  100.0 * gbs / copy_gbs, 100.0 * gbs / triad_gbs, best_of(t.cpu) * 1e3);
     }
     if (threads == 1)
       std::printf(
           "\ncpu ms: the thread's CPU time; wall time in the other columns. On a shared "
           "machine the two differ by the time other processes held the core.\n");
     std::printf("\nunfused moves %.1fx the bytes of the fused pass; fused is %.1fx faster\n",
-                unfused_bytes / bytes, best(rows[5].wall) / best(rows[2].wall));
+                unfused_bytes / bytes, best_of(times[5].wall) / best_of(times[2].wall));
   } catch (const lowbit::Error& e) {
     std::fprintf(stderr, "bench_fusion_cpu: %s\n", e.what());
     return 1;

@@ -11,7 +11,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -21,34 +20,23 @@
 #include <string>
 #include <vector>
 
+#include "bench_cpu_harness.hpp"
 #include "lowbit/quantize.hpp"
 #include "lowbit/tensor.hpp"
 
 namespace {
 
+/// Best milliseconds of `reps` timed runs after one warm-up run.
 double best_ms(int reps, const std::function<void()>& fn) {
-  fn();  // warm-up
-  double best = 1e30;
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
-    fn();
-    const auto t1 = std::chrono::steady_clock::now();
-    best = std::min(best, std::chrono::duration<double, std::milli>(t1 - t0).count());
-  }
-  return best;
+  return bench::best_seconds(reps, fn) * 1e3;
 }
 
-/// Streaming read of `words` u64 values over `threads` threads: GB/s.
-double read_ceiling(const std::vector<uint64_t>& buf, int threads, int reps) {
+/// Streaming read of the u64 words of buf on the current OpenMP threads: GB/s.
+double read_ceiling(const std::vector<uint64_t>& buf, int reps) {
   volatile uint64_t sink = 0;
-  const int64_t n = static_cast<int64_t>(buf.size());
-  const double ms = best_ms(reps, [&] {
-    uint64_t s = 0;
-#pragma omp parallel for num_threads(threads) reduction(+ : s) schedule(static)
-    for (int64_t i = 0; i < n; ++i) s += buf[static_cast<size_t>(i)];
-    sink = sink + s;
-  });
-  return static_cast<double>(n) * 8 / ms / 1e6;
+  const auto words = static_cast<int64_t>(buf.size());
+  const double ms = best_ms(reps, [&] { sink = sink + bench::parallel_sum(buf.data(), words); });
+  return static_cast<double>(words) * 8 / ms / 1e6;
 }
 
 }  // namespace
@@ -56,14 +44,13 @@ double read_ceiling(const std::vector<uint64_t>& buf, int threads, int reps) {
 int main(int argc, char** argv) {
   int64_t rows = 2048, cols = 8192;
   int reps = 5;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--rows" && i + 1 < argc) {
-      rows = std::max<int64_t>(1, std::atoll(argv[++i]));
-    } else if (a == "--cols" && i + 1 < argc) {
-      cols = std::max<int64_t>(32, std::atoll(argv[++i]) / 32 * 32);
-    } else if (a == "--reps" && i + 1 < argc) {
-      reps = std::max(1, std::atoi(argv[++i]));
+  for (bench::ArgWalker a(argc, argv); a.next();) {
+    if (a.name() == "--rows") {
+      rows = std::max<int64_t>(1, std::atoll(a.value()));
+    } else if (a.name() == "--cols") {
+      cols = std::max<int64_t>(32, std::atoll(a.value()) / 32 * 32);
+    } else if (a.name() == "--reps") {
+      reps = std::max(1, std::atoi(a.value()));
     } else {
       std::fprintf(stderr, "usage: %s [--rows R] [--cols K] [--reps N]\n", argv[0]);
       return 2;
@@ -85,7 +72,7 @@ int main(int argc, char** argv) {
   int status = 0;
   for (int threads : {1, 2}) {
     omp_set_num_threads(threads);
-    const double ceiling = read_ceiling(stream_buf, threads, reps);
+    const double ceiling = read_ceiling(stream_buf, reps);
     std::printf("| - | streaming read (u64 sum, 256 MiB) | %d | - | %.1f | 100.0 | - |\n", threads,
                 ceiling);
     for (const char* text :
