@@ -215,7 +215,7 @@ int main(int argc, char** argv) {
           "\ncpu ms: the thread's CPU time; wall time in the other columns. On a shared "
           "machine the two differ by the time other processes held the core.\n");
     std::printf("\nunfused moves %.1fx the bytes of the fused pass; fused is %.1fx faster\n",
-                unfused_bytes / bytes, best_of(times[5].wall) / best_of(times[2].wall));
+                unfused_bytes / bytes, best_of(times[4].wall) / best_of(times[2].wall));
   } catch (const lowbit::Error& e) {
     std::fprintf(stderr, "bench_fusion_cpu: %s\n", e.what());
     return 1;
