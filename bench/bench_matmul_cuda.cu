@@ -150,6 +150,17 @@ lowbit::QuantizedTensor quantize_weight(const lowbit::Tensor& w, const lowbit::Q
   return q;
 }
 
+/// The named kernel's own reason in select()'s "no kernel implements ..." message, which
+/// lists every kernel's ("...; matmul_x: why; matmul_y: why"); the whole message if absent.
+std::string own_reason(const std::string& what, const std::string& kernel) {
+  const std::string key = "; " + kernel + ": ";
+  const size_t at = what.find(key);
+  if (at == std::string::npos) return what;
+  const size_t from = at + key.size();
+  const size_t end = what.find("; matmul_", from);
+  return what.substr(from, end == std::string::npos ? std::string::npos : end - from);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -407,7 +418,8 @@ int main(int argc, char** argv) {
               std::fprintf(stderr, "  %-60s %.4f ms %s\n", ra.pair().c_str(), ra.ms,
                            ra.check.c_str());
             } catch (const lowbit::Error& e) {
-              std::fprintf(stderr, "  %s alternative: %s\n", al.kernel, e.what());
+              std::fprintf(stderr, "  %s declines: %s\n", al.kernel,
+                           own_reason(e.what(), al.kernel).c_str());
             }
           }
         }
