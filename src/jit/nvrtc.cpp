@@ -45,8 +45,8 @@ const char* const kFlags[] = {"-std=c++20", "--fmad=false", "--ftz=false", "--pr
                               "--prec-sqrt=true"};
 /// FusedDesc::fast_math: contraction and approximate division and square root; subnormals
 /// are still kept. Its variant key says "fast", so these need no place in the cache key.
-const char* const kFastFlags[] = {"-std=c++20", "--fmad=true", "--ftz=false", "--prec-div=false",
-                                  "--prec-sqrt=false"};
+[[maybe_unused]] const char* const kFastFlags[] = {"-std=c++20", "--fmad=true", "--ftz=false",
+                                                   "--prec-div=false", "--prec-sqrt=false"};
 
 /// Writes `text` to `path` (best effort); true on success.
 [[maybe_unused]] bool write_file(const std::filesystem::path& path, const std::string& text) {
