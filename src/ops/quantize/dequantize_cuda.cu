@@ -3,16 +3,22 @@
 //
 // Paths, chosen per call (all under the one kernel name):
 //  - chunks: a thread decodes 8 consecutive elements ("a chunk") and writes them with one
-//    16-byte store (two for f32), consecutive threads writing consecutive chunks. A chunk
+//    16-byte store, consecutive threads writing consecutive chunks. f32 destinations take
+//    quads instead (4 elements, one 16-byte store; a warp's 32 chunks are its 64 quads, lane
+//    and lane + 32), so that every store instruction writes 512 contiguous bytes: with two
+//    stores 32 bytes apart per lane, each instruction wrote half of every 32-byte sector
+//    (H100, 16384 x 8192: q8_0 / q4_0 -> f32 82.7 / 81.2% of copy -> 88.5 / 86.3%). A chunk
 //    never straddles a scale group when every group is a contiguous run whose length is a
 //    multiple of 8 (per-tensor, per-token, per-channel on axis 0, blockG, nvfp4, mx, GGUF),
 //    so the thread reads its group's scale (and zero point) once: group = chunk / (chunks
 //    per group), by multiplication with a precomputed reciprocal. Codes are read as one
-//    4- or 8-byte word per chunk (coalesced across the warp); GGUF chunks: a warp's 32
-//    chunks are 8 whole blocks, loaded with 16-byte loads into shared memory (codes 16-byte
-//    aligned; else each lane reads its slice of the 18- / 34-byte block in 2-byte words).
-//    Four chunks per thread per step, loads first, keep several loads in flight; the grid
-//    gives every block the same number of steps (balanced_grid). Stores carry the evict-first
+//    4- or 8-byte word per chunk (2 or 4 per quad; coalesced across the warp); GGUF: a
+//    warp's 32 chunks are 8 whole blocks, loaded with 16-byte loads into shared memory
+//    (codes 16-byte aligned; else each lane reads its slice of the 18- / 34-byte block in
+//    2-byte words: measured with quads on every block too, 55.8 / 63.1% of copy, staged
+//    88.5 / 86.3%).
+//    Four chunks (eight quads) per thread per step, loads first, keep several loads in flight; the
+//    grid gives every block the same number of steps (balanced_grid). Stores carry the evict-first
 //    hint (st.global.cs), as do the 4-byte code loads of the 4-bit formats (measured gains
 //    beside the code and in BENCHMARKS.md).
 //  - generic: any other layout (2-d blocks, per-channel on a later axis, ragged fp8 blocks,
@@ -75,22 +81,46 @@ struct ChunkRaw {
   uint32_t aux;  ///< GGUF: the chunk's position in its block
 };
 
-template <DCode F>
-__device__ __forceinline__ ChunkRaw load_chunk(const ChunkArgs& a, uint32_t c) {
+/// Item j of a GGUF block (f16 d, then the codes; 2-byte aligned): chunk j (0..3) or quad j
+/// (0..7). q4_0's elements 0..15 are the low nibbles of code bytes 0..15, 16..31 the high
+/// ones; aux is the chunk the item lies in (< 2: low nibbles).
+template <DCode F, bool kQuads>
+__device__ __forceinline__ ChunkRaw gguf_item(const uint16_t* blk, uint32_t j) {
   ChunkRaw r{};
-  const uint32_t g = a.per_group.div(c);
-  if constexpr (kGguf<F>) {
-    constexpr int kBytes = F == DCode::q8_0 ? kQ8_0Bytes : kQ4_0Bytes;
-    const uint32_t j = c - g * 4;
-    const uint16_t* blk =
-        reinterpret_cast<const uint16_t*>(a.codes + static_cast<uint64_t>(g) * kBytes);
-    r.scale = f16_to_f32(blk[0]);
+  r.scale = f16_to_f32(blk[0]);
+  if constexpr (kQuads) {
+    const uint16_t* q = blk + 1 + (F == DCode::q8_0 ? 2 * j : 2 * (j & 3));
+    r.lo = q[0] | (static_cast<uint32_t>(q[1]) << 16);
+    r.aux = j / 2;
+  } else {
     const uint16_t* q = blk + 1 + (F == DCode::q8_0 ? 4 * j : 4 * (j & 1));
     r.lo = q[0] | (static_cast<uint32_t>(q[1]) << 16);
     r.hi = q[2] | (static_cast<uint32_t>(q[3]) << 16);
     r.aux = j;
+  }
+  return r;
+}
+
+/// Item c: chunk c (8 elements) or, kQuads, quad c (4 elements, codes in lo's low 4 bytes or
+/// 2 nibble bytes; hi stays 0, which every plainness test accepts).
+template <DCode F, bool kQuads>
+__device__ __forceinline__ ChunkRaw load_item(const ChunkArgs& a, uint64_t c) {
+  ChunkRaw r{};
+  // A quad lies in chunk c / 2 (chunks < 2^32: chunks_fit).
+  const uint32_t g = a.per_group.div(static_cast<uint32_t>(kQuads ? c >> 1 : c));
+  if constexpr (kGguf<F>) {
+    constexpr int kBytes = F == DCode::q8_0 ? kQ8_0Bytes : kQ4_0Bytes;
+    const auto j = static_cast<uint32_t>(c - uint64_t{g} * (kQuads ? 8 : 4));
+    return gguf_item<F, kQuads>(
+        reinterpret_cast<const uint16_t*>(a.codes + static_cast<uint64_t>(g) * kBytes), j);
   } else {
-    if constexpr (kNibbles<F>) {
+    if constexpr (kQuads) {
+      if constexpr (kNibbles<F>) {
+        r.lo = reinterpret_cast<const uint16_t*>(a.codes)[c];
+      } else {
+        r.lo = reinterpret_cast<const uint32_t*>(a.codes)[c];
+      }
+    } else if constexpr (kNibbles<F>) {
       // 4-byte code words load with the evict-first hint (ld.global.cs): H100, int4:block32,
       // nvfp4, mxfp4 -> bf16 87-88% of copy against 85-86%; 8-byte words lost 2-3.5 points
       // with it.
@@ -181,10 +211,10 @@ __device__ __forceinline__ float plain_code(uint32_t byte, uint32_t nib, const C
   }
 }
 
-template <DCode F, bool kPlain>
-__device__ __forceinline__ void decode_chunk(const ChunkRaw& r, float global, float (&v)[8]) {
+template <DCode F, bool kPlain, int N>
+__device__ __forceinline__ void decode_chunk(const ChunkRaw& r, float global, float (&v)[N]) {
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
+  for (int i = 0; i < N; ++i) {
     if constexpr (kPlain) {
       const uint32_t byte = ((i < 4 ? r.lo : r.hi) >> (8 * (i % 4))) & 0xffu;
       const uint32_t nib = (r.lo >> (4 * i)) & 0xfu;
@@ -220,59 +250,81 @@ __device__ __forceinline__ void decode_chunk(const ChunkRaw& r, float global, fl
   }
 }
 
-/// GGUF chunks through shared memory: the 32 chunks of a warp step are 8 whole blocks (272
-/// or 144 bytes, 16-byte aligned when the codes are), loaded with 16-byte loads; each lane
-/// then reads its chunk's 8 code bytes and the block's f16 scale from there.
-template <DCode F>
-__device__ __forceinline__ ChunkRaw staged_chunk(const uint8_t* blocks, uint32_t lane) {
+/// GGUF items through shared memory: the 32 chunks (64 quads) of a warp step are 8 whole
+/// blocks (272 or 144 bytes, 16-byte aligned when the codes are), loaded with 16-byte loads;
+/// each lane then reads its item's code bytes and the block's f16 scale from there. `k`: the
+/// lane's item in the step (the lane itself, or lane + 32 for the second quad).
+template <DCode F, bool kQuads>
+__device__ __forceinline__ ChunkRaw staged_item(const uint8_t* blocks, uint32_t k) {
   constexpr int kBytes = F == DCode::q8_0 ? kQ8_0Bytes : kQ4_0Bytes;
-  const uint32_t j = lane % 4;
-  const uint16_t* blk = reinterpret_cast<const uint16_t*>(blocks + (lane / 4) * kBytes);
-  ChunkRaw r{};
-  r.scale = f16_to_f32(blk[0]);
-  const uint16_t* q = blk + 1 + (F == DCode::q8_0 ? 4 * j : 4 * (j & 1));
-  r.lo = q[0] | (static_cast<uint32_t>(q[1]) << 16);
-  r.hi = q[2] | (static_cast<uint32_t>(q[3]) << 16);
-  r.aux = j;
-  return r;
+  constexpr uint32_t kPerBlock = kQuads ? 8 : 4;
+  return gguf_item<F, kQuads>(reinterpret_cast<const uint16_t*>(blocks + (k / kPerBlock) * kBytes),
+                              k % kPerBlock);
+}
+
+/// Stores an item's N values as D at p (16-byte aligned) with the evict-first hint: a chunk
+/// through store8, a quad (f32 only) as one 16-byte store.
+template <Dtype D, bool kNoNaN, int N>
+__device__ __forceinline__ void store_item(uint8_t* p, const float (&v)[N]) {
+  if constexpr (N == 8) {
+    store8<D, kNoNaN, true>(p, v);
+  } else {
+    static_assert(D == Dtype::f32 && N == 4);
+    __stcs(reinterpret_cast<uint4*>(p), make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]),
+                                                   __float_as_uint(v[2]), __float_as_uint(v[3])));
+  }
 }
 
 /// The careful path of a chunk (NaN / Inf codes or scales, large zero points): out of line,
 /// so that the compiler cannot if-convert it into the plain path, where its instructions
 /// would issue for every chunk.
-template <DCode F, Dtype D>
+template <DCode F, Dtype D, int N>
 __device__ __noinline__ void decode_store_careful(ChunkRaw r, float global, uint8_t* dst) {
-  float v[8];
-  decode_chunk<F, false>(r, global, v);
-  store8<D, false, true>(dst, v);
+  float v[N];
+  decode_chunk<F, false, N>(r, global, v);
+  store_item<D, false, N>(dst, v);
 }
 
-template <DCode F, Dtype D>
+/// kQuads (f32 destinations): a lane's items are quads, 4 elements stored with one 16-byte
+/// store, so that each store instruction of a warp writes 512 contiguous bytes. A chunk of 8
+/// f32 takes two stores 32 bytes apart per lane, each instruction then writing every 32-byte
+/// sector half (twice the L2 write requests per byte).
+template <DCode F, Dtype D, bool kQuads>
 __global__ void __launch_bounds__(kThreads) dequantize_chunks_kernel(ChunkArgs a) {
   // Chunks per thread and step, their loads issued first (8 measured no better on the H100,
-  // and worse for the 4-bit float formats: 78% of copy against 85%).
+  // and worse for the 4-bit float formats: 78% of copy against 85%). With quads, each of
+  // the U slots is two quads: the warp's 32 chunks are 64 quads, lane and lane + 32.
   constexpr int U = 4;
-  constexpr int kOut = 8 * (D == Dtype::f32 ? 4 : 2);  // bytes per chunk
+  constexpr int kPer = kQuads ? 2 : 1;  // items per slot
+  constexpr int kItems = U * kPer;
+  constexpr int N = kQuads ? 4 : 8;                    // elements per item
+  constexpr int kOut = N * (D == Dtype::f32 ? 4 : 2);  // bytes per item
   float global = 0.0f;
   if constexpr (F == DCode::nvfp4) global = a.global[0];
   const uint32_t lane = threadIdx.x & 31;
   const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
   const uint64_t step = U * stride;
+  const uint64_t items = static_cast<uint64_t>(a.chunks) * kPer;
   // The loops are warp-uniform (GGUF's staging synchronises the warp): w0 is the warp's
   // first chunk of a step. Each step's loads are issued during the previous step's
   // arithmetic (software pipelining), so that loads stay in flight while a warp computes.
   const uint64_t first = blockIdx.x * static_cast<uint64_t>(blockDim.x) + (threadIdx.x - lane);
-  auto decode_store = [&](uint64_t w0, const ChunkRaw(&r)[U]) {
+  // Item k of the lane in the step at w0 (slot k / kPer).
+  auto item_of = [&](uint64_t w0, int k) -> uint64_t {
+    const uint64_t c0 = w0 + (k / kPer) * stride;
+    return kQuads ? 2 * c0 + 32 * (k % kPer) + lane : c0 + lane;
+  };
+  auto decode_store = [&](uint64_t w0, const ChunkRaw(&r)[kItems]) {
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const uint64_t c = w0 + u * stride + lane;
-      if (c < a.chunks) {
-        if (chunk_is_plain<F>(r[u], global)) {
-          float v[8];
-          decode_chunk<F, true>(r[u], global, v);
-          store8<D, true, true>(a.dst + c * kOut, v);
+    for (int k = 0; k < kItems; ++k) {
+      const uint64_t i = item_of(w0, k);
+      if (i < items) {
+        if (chunk_is_plain<F>(r[k], global)) {
+          float v[N];
+          decode_chunk<F, true, N>(r[k], global, v);
+          store_item<D, true, N>(a.dst + i * kOut, v);
         } else {
-          decode_store_careful<F, D>(r[u], global, a.dst + c * kOut);
+          decode_store_careful<F, D, N>(r[k], global, a.dst + i * kOut);
         }
       }
     }
@@ -312,29 +364,30 @@ __global__ void __launch_bounds__(kThreads) dequantize_chunks_kernel(ChunkArgs a
           }
         }
         __syncwarp();
-        ChunkRaw r[U];
+        ChunkRaw r[kItems];
 #pragma unroll
-        for (int u = 0; u < U; ++u)
-          if (w0 + u * stride + lane < a.chunks) r[u] = staged_chunk<F>(st[u], lane);
+        for (int k = 0; k < kItems; ++k)
+          if (item_of(w0, k) < items)
+            r[k] = staged_item<F, kQuads>(st[k / kPer], 32 * (k % kPer) + lane);
         __syncwarp();
         decode_store(w0, r);
       }
       return;
     }
   }
-  ChunkRaw next[U];
+  ChunkRaw next[kItems];
   auto fetch = [&](uint64_t w0) {
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const uint64_t c = w0 + u * stride + lane;
-      if (c < a.chunks) next[u] = load_chunk<F>(a, static_cast<uint32_t>(c));
+    for (int k = 0; k < kItems; ++k) {
+      const uint64_t i = item_of(w0, k);
+      if (i < items) next[k] = load_item<F, kQuads>(a, i);
     }
   };
   if (first < a.chunks) fetch(first);
   for (uint64_t w0 = first; w0 < a.chunks; w0 += step) {
-    ChunkRaw r[U];
+    ChunkRaw r[kItems];
 #pragma unroll
-    for (int u = 0; u < U; ++u) r[u] = next[u];
+    for (int k = 0; k < kItems; ++k) r[k] = next[k];
     if (w0 + step < a.chunks) fetch(w0 + step);
     decode_store(w0, r);
   }
@@ -468,7 +521,7 @@ bool chunks_fit(const DequantizeDesc& d) {
 
 template <DCode F, Dtype D>
 void launch_chunks(const ChunkArgs& a, int sms, cudaStream_t stream) {
-  auto kernel = dequantize_chunks_kernel<F, D>;
+  auto kernel = dequantize_chunks_kernel<F, D, D == Dtype::f32>;
   const uint32_t grid = balanced_grid(a.chunks, kThreads * 4, resident_grid(kernel, kThreads, sms));
   kernel<<<grid, kThreads, 0, stream>>>(a);
   check_launch("dequantize_chunks_kernel");
