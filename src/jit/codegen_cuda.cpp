@@ -199,6 +199,20 @@ template <class T>
 __device__ __forceinline__ T fast_softplus(T x) {
   return x > T(20) ? x : lowbit::jit_math::lb_log1p_pos(fast_exp(x));
 }
+/* A 16-byte load with the evict-first hint (ld.global.cs): the element-wise kernel reads
+   each input once. (Measured on the H100: chain8 exact 85.7% -> 90.3% of copy; the row
+   kernels of the quantize epilogue lose 2-3 points with it, so they keep plain loads.) */
+__device__ __forceinline__ uint4 ldcs(const void* base, unsigned long long i) {
+#if defined(__CUDA_ARCH__)
+  uint4 r;
+  asm("ld.global.cs.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"((const uint4*)base + i));
+  return r;
+#else
+  return ((const uint4*)base)[i];
+#endif
+}
 __device__ __forceinline__ void put8(uint4* v, int j, unsigned long long bits) {
   uint4& q = v[j / 2];
   if (j % 2) { q.z = (unsigned)bits; q.w = (unsigned)(bits >> 32); }
@@ -675,7 +689,7 @@ struct Gen {
   }
 
   /// Loads of the u groups g0 + u * nthreads (those below `full`) into arrays
-  /// <prefix><k>[u][] of whole 16-byte vectors.
+  /// <prefix><k>[u][] of whole 16-byte vectors, with the evict-first hint (lbrt::ldcs).
   std::string load_groups(const std::string& prefix, const std::string& g0, int g, int u,
                           const std::string& indent) const {
     std::string s =
@@ -687,7 +701,7 @@ struct Gen {
       const int vk = vecs(p.input_dtypes[k], g);
       s += fmt::format(
           "#pragma unroll\n{3}    for (int w = 0; w < {1}; ++w) {2}{0}[u][w] = "
-          "((const uint4*)p.in[{0}])[g * {1} + w];\n",
+          "lbrt::ldcs(p.in[{0}], g * {1} + w);\n",
           k, vk, prefix, indent);
     }
     s += indent + "  }\n" + indent + "}\n";
