@@ -9,6 +9,8 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
+#include <utility>
 
 #include "lowbit/matmul.hpp"
 #include "ops/matmul/matmul_cuda_layout.cuh"
@@ -56,6 +58,32 @@ void tc_prepare(const MatmulDesc& d, const QuantizedView& w, const TensorView& p
 /// "runs on CUDA devices only" / "this build has no kernel image ..." / "" for a usable device.
 std::string cuda_device_decline(const MatmulDesc& d, const void* probe_kernel);
 std::string cuda_arch(int device);
+
+/// The SKU of a CUDA matmul kernel named `kernel`, its operand dtypes spelled `dtypes`.
+inline KernelSku cuda_sku(const MatmulDesc& d, std::string dtypes, std::string_view kernel) {
+  return {"matmul",
+          Backend::cuda,
+          std::move(dtypes),
+          d.w.str(),
+          d.device.is_cuda() ? cuda_arch(d.device.index) : "sm_90",
+          std::string(kernel)};
+}
+/// "bf16xint4:block32->bf16": a weight-only product's dtypes.
+inline std::string weight_only_dtypes(const MatmulDesc& d) {
+  return std::string(dtype_name(d.x)) + "x" + d.w.str() + "->" + std::string(dtype_name(d.y));
+}
+
+/// The kernels that read W in the prepared "cuda_tc16x128" layout (skinny, medium, dequantize
+/// + GEMM): one layout and one prepare step, so QuantizedLinear keeps one copy for all three.
+class TcLayoutKernel : public MatmulKernel {
+ public:
+  std::string weight_layout(const MatmulDesc&) const override { return tc::kLayoutName; }
+  int64_t prepared_bytes(const MatmulDesc& d) const override { return tc_plan(d).layout.bytes; }
+  void prepare(const MatmulDesc& d, const QuantizedView& w, const TensorView& packed,
+               const Stream& stream) const override {
+    tc_prepare(d, w, packed, stream);
+  }
+};
 /// Multiprocessors of `device` (cached: cudaGetDeviceProperties is slow).
 int sm_count(int device);
 

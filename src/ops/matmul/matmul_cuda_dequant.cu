@@ -218,7 +218,7 @@ std::string gemm_decline(const MatmulDesc& d) {
 
 // ---- the prepared-layout kernel -----------------------------------------------------------------
 
-class MatmulCudaDequantTc final : public MatmulKernel {
+class MatmulCudaDequantTc final : public mm_cuda::TcLayoutKernel {
  public:
   std::string_view name() const override { return "matmul_cuda_dequant_tc_lt"; }
 
@@ -230,12 +230,7 @@ class MatmulCudaDequantTc final : public MatmulKernel {
     return gemm_decline(d);
   }
   KernelSku sku(const MatmulDesc& d) const override {
-    return {"matmul",
-            Backend::cuda,
-            sku_dtypes(d),
-            d.w.str(),
-            d.device.is_cuda() ? mm_cuda::cuda_arch(d.device.index) : "sm_90",
-            std::string(name())};
+    return mm_cuda::cuda_sku(d, sku_dtypes(d), name());
   }
   PrecisionGuarantee precision(const MatmulDesc& d) const override {
     return {"W dequantized with the reference's rules to " +
@@ -244,14 +239,6 @@ class MatmulCudaDequantTc final : public MatmulKernel {
             Dtype::f32, true, false};
   }
   std::size_t workspace_size(const MatmulDesc& d) const override { return pieces_of(d).total; }
-  std::string weight_layout(const MatmulDesc&) const override { return tc::kLayoutName; }
-  int64_t prepared_bytes(const MatmulDesc& d) const override {
-    return mm_cuda::tc_plan(d).layout.bytes;
-  }
-  void prepare(const MatmulDesc& d, const QuantizedView& w, const TensorView& packed,
-               const Stream& stream) const override {
-    mm_cuda::tc_prepare(d, w, packed, stream);
-  }
 
   void run(const MatmulDesc& d, const MatmulArgs& a, const Stream& stream,
            Workspace workspace) const override {
@@ -299,12 +286,7 @@ class MatmulCudaDequant final : public MatmulKernel {
     return gemm_decline(d);
   }
   KernelSku sku(const MatmulDesc& d) const override {
-    return {"matmul",
-            Backend::cuda,
-            sku_dtypes(d),
-            d.w.str(),
-            d.device.is_cuda() ? mm_cuda::cuda_arch(d.device.index) : "sm_90",
-            std::string(name())};
+    return mm_cuda::cuda_sku(d, sku_dtypes(d), name());
   }
   PrecisionGuarantee precision(const MatmulDesc& d) const override {
     return {

@@ -67,7 +67,7 @@ int split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) {
   return medium::split_for(d.m, tp.layout.tiles, tp.layout.segments, slots);
 }
 
-class MatmulCudaMedium final : public MatmulKernel {
+class MatmulCudaMedium final : public mm_cuda::TcLayoutKernel {
  public:
   std::string_view name() const override { return "matmul_cuda_medium_tc"; }
 
@@ -91,12 +91,7 @@ class MatmulCudaMedium final : public MatmulKernel {
   }
 
   KernelSku sku(const MatmulDesc& d) const override {
-    return {"matmul",
-            Backend::cuda,
-            std::string(dtype_name(d.x)) + "x" + d.w.str() + "->" + std::string(dtype_name(d.y)),
-            d.w.str(),
-            d.device.is_cuda() ? mm_cuda::cuda_arch(d.device.index) : "sm_90",
-            std::string(name())};
+    return mm_cuda::cuda_sku(d, mm_cuda::weight_only_dtypes(d), name());
   }
 
   PrecisionGuarantee precision(const MatmulDesc&) const override {
@@ -105,15 +100,6 @@ class MatmulCudaMedium final : public MatmulKernel {
         "group scale (and zero-point term) applied in f32; split-K ranges (up to 16) added in "
         "a fixed order through the workspace (no atomics)",
         Dtype::f32, true, false};
-  }
-
-  std::string weight_layout(const MatmulDesc&) const override { return tc::kLayoutName; }
-  int64_t prepared_bytes(const MatmulDesc& d) const override {
-    return mm_cuda::tc_plan(d).layout.bytes;
-  }
-  void prepare(const MatmulDesc& d, const QuantizedView& w, const TensorView& packed,
-               const Stream& stream) const override {
-    mm_cuda::tc_prepare(d, w, packed, stream);
   }
 
   /// f32 partial sums when the plan splits K, then room for a copy of x when it is not 16-byte

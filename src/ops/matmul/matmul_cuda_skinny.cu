@@ -30,7 +30,7 @@ Launcher launcher_for(const tc::Format& f, bool bf16, int nt, std::string* why) 
   }
 }
 
-class MatmulCudaSkinny final : public MatmulKernel {
+class MatmulCudaSkinny final : public mm_cuda::TcLayoutKernel {
  public:
   std::string_view name() const override { return "matmul_cuda_skinny_tc"; }
 
@@ -52,12 +52,7 @@ class MatmulCudaSkinny final : public MatmulKernel {
   }
 
   KernelSku sku(const MatmulDesc& d) const override {
-    return {"matmul",
-            Backend::cuda,
-            std::string(dtype_name(d.x)) + "x" + d.w.str() + "->" + std::string(dtype_name(d.y)),
-            d.w.str(),
-            d.device.is_cuda() ? mm_cuda::cuda_arch(d.device.index) : "sm_90",
-            std::string(name())};
+    return mm_cuda::cuda_sku(d, mm_cuda::weight_only_dtypes(d), name());
   }
 
   PrecisionGuarantee precision(const MatmulDesc&) const override {
@@ -66,15 +61,6 @@ class MatmulCudaSkinny final : public MatmulKernel {
         "group scale (and zero-point term) applied in f32; the k-slices of up to 16 warps added "
         "in a fixed order",
         Dtype::f32, true, false};
-  }
-
-  std::string weight_layout(const MatmulDesc&) const override { return tc::kLayoutName; }
-  int64_t prepared_bytes(const MatmulDesc& d) const override {
-    return mm_cuda::tc_plan(d).layout.bytes;
-  }
-  void prepare(const MatmulDesc& d, const QuantizedView& w, const TensorView& packed,
-               const Stream& stream) const override {
-    mm_cuda::tc_prepare(d, w, packed, stream);
   }
 
   /// Room for a copy of x when it is not 8-byte aligned (used only then).

@@ -216,13 +216,10 @@ class MatmulCudaW8A8 final : public MatmulKernel {
     return std::nullopt;
   }
   KernelSku sku(const MatmulDesc& d) const override {
-    return {"matmul",
-            Backend::cuda,
-            std::string(dtype_name(d.x)) + "(" + d.x_scheme->str() + ")x" + d.w.str() + "->" +
-                std::string(dtype_name(d.y)),
-            d.w.str(),
-            d.device.is_cuda() ? mm_cuda::cuda_arch(d.device.index) : "sm_90",
-            std::string(name())};
+    return mm_cuda::cuda_sku(d,
+                             std::string(dtype_name(d.x)) + "(" + d.x_scheme->str() + ")x" +
+                                 d.w.str() + "->" + std::string(dtype_name(d.y)),
+                             name());
   }
   PrecisionGuarantee precision(const MatmulDesc& d) const override {
     std::string why;
