@@ -384,12 +384,13 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "  %-60s %.4f ms (clean L2)\n", rc.pair().c_str(), rc.ms);
           }
           // From M = 64 on, the other M > 32 kernels beside the selected one (the crossover
-          // select() uses): the medium tensor-core GEMM and dequantize + cuBLASLt.
+          // select() uses): the medium and wgmma tensor-core GEMMs and dequantize + cuBLASLt.
           struct Alt {
             const char* kernel;
             const char* label;
           };
           const Alt alts[] = {{"matmul_cuda_medium_tc", " (medium tc)"},
+                              {"matmul_cuda_wgmma_tc", " (wgmma tc)"},
                               {"matmul_cuda_dequant_tc_lt", " (dequant+GEMM)"}};
           for (const Alt& al : alts) {
             if (m < 64 || r.kernel == al.kernel) continue;

@@ -345,6 +345,58 @@ TEST(Matmul, MediumKernelOnAwkwardShapes) {
   }
 }
 
+/// matmul_cuda_wgmma_tc (wgmma with W decoded in registers; sm_90a) on the shapes its tiling
+/// finds awkward: a block takes 128 rows of x and 128 rows of W (a warpgroup 64 x 128), so
+/// M = 1, 17, 127, 128, 129, 200, 255, 256 cover partial and full blocks; N = 200 (13 tiles,
+/// the second block of W partial), y padded, bias; K = 512 (4 segments: fewer than the
+/// pipeline's stages, one k-range), K = 2048 (split into k-ranges, partial sums added in
+/// order by a second kernel), K = 8192 with M = 250, N = 520 (ranges of 7-8 segments: the stage
+/// ring wraps, odd counts end the two-segment loop early). Every scheme it serves, bf16 and
+/// f16 x; y in x's dtype (an f32 y is declined: the tolerance there is f32's), M = 257
+/// declined (select() then takes dequantize + cuBLASLt).
+TEST(Matmul, WgmmaKernelOnAwkwardShapes) {
+  const char* const kernel = "matmul_cuda_wgmma_tc";
+  const int64_t ms[] = {1, 17, 127, 128, 129, 200, 255, 256};
+  int ran = 0, i = 0;
+  uint64_t seed = 2000;
+  for (Device device : testing::test_devices()) {
+    if (!device.is_cuda()) continue;
+    for (const char* w : kWeightSchemes) {
+      for (Dtype xd : {Dtype::bf16, Dtype::f16}) {
+        for (int rep = 0; rep < 3; ++rep, ++i) {
+          const int64_t m = rep == 2 ? 250 : ms[i % 8];
+          const int64_t n = rep == 2 ? 520 : 200;
+          const int64_t k = rep == 0 ? 512 : rep == 1 ? 2048 : 8192;
+          const Case c{m, n, k, xd, xd, w, "", false, rep == 1, rep == 0 ? 3 : 0, false};
+          if (run_case(kernel, device, c, seed++)) ++ran;
+          if (::testing::Test::HasFailure()) return;
+        }
+      }
+      const QuantScheme ws = QuantScheme::parse(w);
+      if (ws.symmetric && ws.str().find("_K") == std::string::npos) {
+        const Case c{130, 67, 512, Dtype::bf16, Dtype::bf16, w, "", false, false, 0, true};
+        if (run_case(kernel, device, c, seed++)) ++ran;
+        if (::testing::Test::HasFailure()) return;
+      }
+    }
+    if (ran == 0) {
+      std::printf("%s declined on %s (not an sm_90a device or build): nothing ran\n", kernel,
+                  device.str().c_str());
+      continue;
+    }
+    // int4 (block32/64/128, asym, channel), nvfp4, mxfp4, q4_0: 8 schemes x 2 dtypes x 3.
+    EXPECT_GE(ran, 8 * 6);
+    std::printf("%s on %s ran %d cases\n", kernel, device.str().c_str(), ran);
+    Case f32y{};  // y in f32: declined
+    f32y.m = 200, f32y.n = 200, f32y.k = 512, f32y.x = Dtype::bf16, f32y.y = Dtype::f32;
+    f32y.w_scheme = "int4:block32";
+    EXPECT_FALSE(run_case(kernel, device, f32y, seed++)) << "an f32 y is declined";
+    Case over = f32y;  // past the kernel's M
+    over.m = 257, over.y = Dtype::bf16;
+    EXPECT_FALSE(run_case(kernel, device, over, seed++)) << "M = 257 is past the kernel's range";
+  }
+}
+
 TEST(Matmul, PlanStatesItsKernelAndPrecision) {
   MatmulDesc d;
   d.m = 1;

@@ -1,0 +1,230 @@
+// matmul_cuda_wgmma_tc: weight-only y = x · dequant(W)^T for bf16 / f16 x on Hopper (sm_90a),
+// wgmma with W decoded in registers while the tensor cores run (select() order: the skinny
+// kernel up to M = 32, the medium kernel up to 128, then this one), over the prepared
+// "cuda_tc16x128" layout of the skinny and medium kernels (one prepared copy serves all
+// three). This file is the plan: what the kernel takes, why it declines, the split-K choice;
+// the kernel is matmul_cuda_wgmma.cuh (its file comment has the tiling and the arithmetic),
+// instantiated by matmul_cuda_wgmma_{int4,fp4}.cu.
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_runtime.h>
+
+#include <map>
+#include <mutex>
+
+#include "ops/matmul/matmul_cuda_wgmma.cuh"
+#include "ops/matmul/matmul_kernels.hpp"
+
+namespace lowbit {
+
+namespace wgmma {
+
+/// Writes 1 where this build has the sm_90a code of the kernels (wgmma), else 0: a build
+/// whose CUDA archs lack 90a runs other code on an H100 (a plain sm_90 or older PTX).
+__global__ void probe_kernel(int* out) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  *out = 1;
+#else
+  *out = 0;
+#endif
+}
+
+}  // namespace wgmma
+
+namespace {
+
+using tc::Code;
+using tc::Scale;
+using wgmma::Launcher;
+
+Launcher launcher_for(const tc::Format& f, bool bf16, std::string* why) {
+  switch (f.code) {
+    case Code::u4:
+      return wgmma::launcher_int4(f, bf16, why);
+    case Code::fp4:
+      return wgmma::launcher_fp4(f, bf16, why);
+    default:
+      if (why) *why = "8-bit codes have no instantiation here (the dequantize path serves them)";
+      return {};
+  }
+}
+
+/// "" where the device runs this build's sm_90a kernels, else why not (cached per device).
+std::string sm90a_decline(int device) {
+  static std::mutex mutex;
+  static std::map<int, std::string> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(device);
+  if (it != cache.end()) return it->second;
+  std::string why;
+  const CudaDeviceProperties p = cuda_device_properties(device);
+  if (p.sm_major != 9 || p.sm_minor != 0) {
+    why = "needs sm_90a (Hopper) for wgmma; this is sm_" + std::to_string(p.sm_major) +
+          std::to_string(p.sm_minor);
+  } else {
+    mm_cuda::DeviceScope scope(device);
+    int* flag = nullptr;
+    int host = 0;
+    cudaError_t err = cudaMalloc(&flag, sizeof(int));
+    if (err == cudaSuccess) {
+      wgmma::probe_kernel<<<1, 1>>>(flag);
+      err = cudaGetLastError();
+      if (err == cudaSuccess) err = cudaMemcpy(&host, flag, sizeof(int), cudaMemcpyDeviceToHost);
+      cudaFree(flag);
+    }
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      why = std::string("the sm_90a probe failed (") + cudaGetErrorName(err) + ")";
+    } else if (host != 1) {
+      why = "this build has no sm_90a code (add 90a to LOWBIT_CUDA_ARCHS)";
+    }
+  }
+  return cache.emplace(device, why).first->second;
+}
+
+/// The copy engine's description of x [m][k] (16-bit elements, rows `stride` elements apart):
+/// boxes of 64 k x 128 rows, 128-byte swizzle (the kernel's stage layout), rows past M zeros.
+CUtensorMap x_tensor_map(const void* x, int64_t m, int64_t k, int64_t stride) {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult status{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault,
+                                         &status) != cudaSuccess ||
+        status != cudaDriverEntryPointSuccess)
+      fn = nullptr;
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  if (!encode) throw_error(ErrorCode::internal, "matmul: the driver has no cuTensorMapEncodeTiled");
+  CUtensorMap map{};
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(m)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(stride) * 2};
+  const cuuint32_t box[2] = {64, wgmma::kRowsX};
+  const cuuint32_t elem[2] = {1, 1};
+  const CUresult r =
+      encode(&map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, const_cast<void*>(x), dims, strides, box,
+             elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    throw_error(ErrorCode::internal, "matmul: cuTensorMapEncodeTiled failed (" +
+                                         std::to_string(static_cast<int>(r)) + ") for x [" +
+                                         std::to_string(m) + ", " + std::to_string(k) + "]");
+  return map;
+}
+
+/// Rows of x this kernel takes (select() order: skinny up to 32, medium up to 128, then this
+/// one). Measured on the H100 (BENCHMARKS.md, int4:block32 / nvfp4): at M = 256 it takes
+/// 0.66-0.84x the time of dequantize + cuBLASLt on 8192x8192 and 4096x14336 (1.29x on
+/// 14336x4096, where 224 blocks leave the second wave 70% full); at M = 2048 2.5-2.9x.
+constexpr int64_t kMaxM = 256;
+
+int split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) {
+  const int64_t slots = mm_cuda::sm_count(d.device.index);  // one block per SM
+  return wgmma::split_for(d.m, tp.layout.tiles, tp.layout.segments, slots);
+}
+
+class MatmulCudaWgmma final : public mm_cuda::TcLayoutKernel {
+ public:
+  std::string_view name() const override { return "matmul_cuda_wgmma_tc"; }
+
+  std::string decline(const MatmulDesc& d) const override {
+    std::string why =
+        mm_cuda::cuda_device_decline(d, reinterpret_cast<const void*>(&wgmma::probe_kernel));
+    if (!why.empty()) return why;
+    why = sm90a_decline(d.device.index);
+    if (!why.empty()) return why;
+    if (d.x_scheme) return "weight-only kernel (x_scheme is set: W8A8)";
+    if (d.x != Dtype::bf16 && d.x != Dtype::f16)
+      return "x is " + std::string(dtype_name(d.x)) + "; the tensor-core operands are bf16 / f16";
+    if (d.y != d.x)
+      return "y is " + std::string(dtype_name(d.y)) + ": W rounded to x's dtype (" +
+             std::string(dtype_name(d.x)) +
+             ") would not give sums of that precision (the dequantize path computes in f32)";
+    if (d.m > kMaxM)
+      return "M = " + std::to_string(d.m) + " > " + std::to_string(kMaxM) +
+             " (this kernel's pipeline tops out at 260-350 TFLOP/s; dequantize + a cuBLASLt "
+             "GEMM is faster there)";
+    const auto f = tc::format_of(d.w, d.n, d.k, &why);
+    if (!f) return why;
+    if (!launcher_for(*f, true, &why)) return why;
+    if ((tc::layout_of(*f, d.n, d.k).tiles + wgmma::kTilesPerBlock - 1) / wgmma::kTilesPerBlock >
+        65535)
+      return "N too large for the grid (at most 65535 blocks of 128 rows)";
+    return {};
+  }
+
+  KernelSku sku(const MatmulDesc& d) const override {
+    return mm_cuda::cuda_sku(d, mm_cuda::weight_only_dtypes(d), name());
+  }
+
+  PrecisionGuarantee precision(const MatmulDesc&) const override {
+    return {
+        "W decoded to x's dtype in registers (integer formats and q4_0: dequantize()'s value "
+        "rounded once, the bits of dequantize to x's dtype; e2m1 formats: the code times its "
+        "block scale, exact, nvfp4's global scale applied in f32), products summed in f32 on "
+        "tensor cores (wgmma); split-K ranges (up to 16) added in a fixed order through the "
+        "workspace (no atomics)",
+        Dtype::f32, true, false};
+  }
+
+  /// f32 partial sums when the plan splits K, then room for a copy of x when it is not 16-byte
+  /// aligned (used only then).
+  std::size_t workspace_size(const MatmulDesc& d) const override {
+    return partial_bytes(d) + static_cast<std::size_t>(d.m * d.k * 2);
+  }
+
+  void run(const MatmulDesc& d, const MatmulArgs& a, const Stream& stream,
+           Workspace ws) const override {
+    if (d.m == 0 || d.n == 0) return;
+    if (!a.w_packed.data())
+      throw_error(ErrorCode::invalid_argument,
+                  "matmul: matmul_cuda_wgmma_tc needs the prepared weight (prepare_weight)");
+    const mm_cuda::TcPlan tp = mm_cuda::tc_plan(d);
+    mm_cuda::DeviceScope scope(d.device.index);
+    const auto cs = static_cast<cudaStream_t>(stream.native_handle());
+    wgmma::Args wa;
+    wa.w = mm_cuda::tc_weights(tp.format, tp.layout, a.w_packed.data());
+    wa.x = static_cast<const uint8_t*>(a.x.data());
+    wa.x_stride = d.x_stride();
+    const size_t pbytes = partial_bytes(d);
+    if (!quant_cuda::aligned(a.x.data(), 16) || wa.x_stride % 8 != 0) {
+      // The copy engine needs a 16-byte aligned x with rows a multiple of 16 bytes apart: an
+      // unaligned x is copied into the workspace.
+      uint8_t* xc = static_cast<uint8_t*>(ws.data) + pbytes;
+      mm_cuda::check_cuda(
+          cudaMemcpy2DAsync(xc, static_cast<size_t>(d.k) * 2, a.x.data(),
+                            static_cast<size_t>(wa.x_stride) * 2, static_cast<size_t>(d.k) * 2,
+                            static_cast<size_t>(d.m), cudaMemcpyDeviceToDevice, cs),
+          "matmul: copying x");
+      wa.x = xc;
+      wa.x_stride = d.k;
+    }
+    wa.y = a.y.data();
+    wa.y_stride = d.y_stride();
+    wa.y_dtype = d.y;
+    wa.bias = d.bias ? a.bias.data() : nullptr;
+    wa.m = static_cast<int>(d.m);
+    wa.n = d.n;
+    wa.tiles = tp.layout.tiles;
+    wa.split = split_of(d, tp);
+    wa.partial = wa.split > 1 ? static_cast<float*>(ws.data) : nullptr;
+    const CUtensorMap x_map = x_tensor_map(wa.x, d.m, d.k, wa.x_stride);
+    launcher_for(tp.format, d.x == Dtype::bf16, nullptr).launch(wa, x_map, cs);
+  }
+
+ private:
+  static std::size_t partial_bytes(const MatmulDesc& d) {
+    const mm_cuda::TcPlan tp = mm_cuda::tc_plan(d);
+    const int split = split_of(d, tp);
+    if (split <= 1) return 0;
+    return mm_cuda::align_up(static_cast<size_t>(split) * d.m * d.n * 4, 256);
+  }
+};
+
+}  // namespace
+
+const MatmulKernel& matmul_cuda_wgmma_kernel() {
+  static const MatmulCudaWgmma kernel;
+  return kernel;
+}
+
+}  // namespace lowbit
