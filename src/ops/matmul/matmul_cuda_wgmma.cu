@@ -112,10 +112,17 @@ CUtensorMap x_tensor_map(const void* x, int64_t m, int64_t k, int64_t stride) {
 }
 
 /// Rows of x this kernel takes (select() order: skinny up to 32, medium up to 128, then this
-/// one). Measured on the H100 (BENCHMARKS.md, int4:block32 / nvfp4): at M = 256 it takes
-/// 0.66-0.84x the time of dequantize + cuBLASLt on 8192x8192 and 4096x14336 (1.29x on
-/// 14336x4096, where 224 blocks leave the second wave 70% full); at M = 2048 2.5-2.9x.
+/// one), and only where its blocks fit in one wave (one block per SM). Measured on the H100
+/// (BENCHMARKS.md, 4-bit formats, against dequantize + cuBLASLt): at M = 256 it takes
+/// 0.50-0.91x the time on 8192x8192 (128 blocks) and 4096x14336 (64 blocks, split in two),
+/// but 1.03-1.36x on 14336x4096 (224 blocks: two waves of 32 segments); at M = 2048 2.5-2.9x.
 constexpr int64_t kMaxM = 256;
+
+/// Blocks of the grid before any split of K.
+int64_t blocks_of(int64_t m, int64_t tiles) {
+  return ((m + wgmma::kRowsX - 1) / wgmma::kRowsX) *
+         ((tiles + wgmma::kTilesPerBlock - 1) / wgmma::kTilesPerBlock);
+}
 
 int split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) {
   const int64_t slots = mm_cuda::sm_count(d.device.index);  // one block per SM

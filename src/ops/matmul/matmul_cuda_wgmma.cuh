@@ -23,7 +23,7 @@
 //           128-byte rows, 128-byte swizzle), brought by the tensor-memory accelerator (two
 //           boxes, one mbarrier per stage), kStages deep. (cp.async needs a proxy fence
 //           before the tensor cores read what it wrote, and that fence waits for the
-//           thread's outstanding loads of W: 8% slower.)
+//           thread's outstanding loads of W: 8-11% slower.)
 //   W     = each lane loads its 16-byte code chunks (rows r, r + 8 of its warp's tile) from
 //           global memory two segments ahead, with the rows' scales. The layout orders a
 //           step's k for mma.sync's B registers (lane q holds k 4q .. 4q + 3); wgmma reads
@@ -36,7 +36,7 @@
 //           segment i - 1's wgmmas are done (their A registers and shared-memory stage are
 //           free); decode segment i + 1's operands while segment i's run; barrier; thread 0
 //           asks for segment i + kStages - 1 in the freed stage.
-// Speed (H100, BENCHMARKS.md): 260-350 TFLOP/s; without any decode the same loop reaches only
+// Speed (H100, BENCHMARKS.md): 240-340 TFLOP/s; without any decode the same loop reaches only
 // 340-490, so the pipeline (one block of 2 warpgroups per SM in lock step, a barrier per
 // segment) bounds it before the decode does. It beats dequantize + cuBLASLt at M = 129-256 on
 // most shapes and loses from M = 512 on (select(): kMaxM in matmul_cuda_wgmma.cu); a
@@ -362,9 +362,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   load_w(2, ring[0]);
 
   // One segment: P = i % 2 (compile-time, so the register arrays are never indexed at run time).
-  // Measured on the H100 (BENCHMARKS.md): one commit per segment beats a commit per step with
-  // each step's decode after its wgmma (0.97-1.12x), and without any decode the loop runs only
-  // 1.5x faster: the pipeline itself, not the decode, bounds this kernel.
+  // Measured on the H100 (docs/matmul.md): one commit per segment is 6-11% faster than a commit
+  // per step with each step's decode after its wgmma, and without any decode the loop runs only
+  // 1.4-1.6x faster: the pipeline itself, more than the decode, bounds this kernel.
   auto segment = [&](auto parity, int i) {
     constexpr int P = decltype(parity)::value;
     const uint32_t st = base + static_cast<uint32_t>((i % kStages) * kStageBytes);
