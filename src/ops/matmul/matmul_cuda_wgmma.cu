@@ -153,9 +153,11 @@ class MatmulCudaWgmma final : public mm_cuda::TcLayoutKernel {
     const auto f = tc::format_of(d.w, d.n, d.k, &why);
     if (!f) return why;
     if (!launcher_for(*f, true, &why)) return why;
-    if ((tc::layout_of(*f, d.n, d.k).tiles + wgmma::kTilesPerBlock - 1) / wgmma::kTilesPerBlock >
-        65535)
-      return "N too large for the grid (at most 65535 blocks of 128 rows)";
+    const int64_t tiles = tc::layout_of(*f, d.n, d.k).tiles;
+    const int64_t blocks = blocks_of(d.m, tiles), sms = mm_cuda::sm_count(d.device.index);
+    if (blocks > sms)
+      return std::to_string(blocks) + " blocks of 128 x 128 for " + std::to_string(sms) +
+             " SMs: more than one wave (dequantize + a cuBLASLt GEMM is faster there)";
     return {};
   }
 
