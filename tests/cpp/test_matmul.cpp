@@ -394,6 +394,19 @@ TEST(Matmul, WgmmaKernelOnAwkwardShapes) {
     Case over = f32y;  // past the kernel's M
     over.m = 257, over.y = Dtype::bf16;
     EXPECT_FALSE(run_case(kernel, device, over, seed++)) << "M = 257 is past the kernel's range";
+    // One wave of 128 x 128 blocks at most: M = 200 (two blocks of x) takes N up to
+    // 128 * (SMs / 2) and declines one more block of W, naming the waves.
+    const int sms = cuda_device_properties(device.index).multiprocessors;
+    MatmulDesc d;
+    d.m = 200, d.k = 512, d.x = d.y = Dtype::bf16, d.device = device;
+    d.w = QuantScheme::parse("int4:block32");
+    Preference pref;
+    pref.kernel = kernel;
+    d.n = 128 * (sms / 2);
+    EXPECT_EQ(MatmulPlan::select(d, pref).sku().kernel, kernel) << "one wave: " << d.n;
+    d.n += 128;
+    testing::expect_error([&] { (void)MatmulPlan::select(d, pref); }, ErrorCode::unsupported,
+                          "one wave");
   }
 }
 
