@@ -81,8 +81,8 @@ class MatmulCudaMedium final : public mm_cuda::TcLayoutKernel {
       return "x is " + std::string(dtype_name(d.x)) + "; the tensor-core operands are bf16 / f16";
     if (d.m > kMaxM)
       return "M = " + std::to_string(d.m) + " > " + std::to_string(kMaxM) +
-             " (mma.sync with the decode in the loop; dequantize + a cuBLASLt wgmma GEMM is "
-             "faster there)";
+             " (mma.sync with the decode in the loop; the wgmma kernel or dequantize + cuBLASLt "
+             "is faster there)";
     if (d.m > std::numeric_limits<int>::max() / 2) return "M too large";
     const auto f = tc::format_of(d.w, d.n, d.k, &why);
     if (!f) return why;
