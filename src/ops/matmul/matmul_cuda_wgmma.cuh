@@ -36,12 +36,13 @@
 //           segment i - 1's wgmmas are done (their A registers and shared-memory stage are
 //           free); decode segment i + 1's operands while segment i's run; barrier; thread 0
 //           asks for segment i + kStages - 1 in the freed stage.
-// Speed (H100, BENCHMARKS.md): 240-340 TFLOP/s; without any decode the same loop reaches only
-// 340-490, so the pipeline (one block of 2 warpgroups per SM in lock step, a barrier per
-// segment) bounds it before the decode does. It beats dequantize + cuBLASLt at M = 129-256 on
-// most shapes and loses from M = 512 on (select(): kMaxM in matmul_cuda_wgmma.cu); a
-// warp-specialized version (a producer warpgroup, empty / full barriers per stage, larger
-// tiles) is the next step.
+// Speed (H100, BENCHMARKS.md, docs/matmul.md): 240-340 TFLOP/s; without any decode the same
+// loop reaches only 340-490, so the pipeline (one block of 2 warpgroups per SM in lock step, a
+// barrier per segment, 2 warps per scheduler) bounds it more than the decode does. At M = 256
+// it beats dequantize + cuBLASLt where its grid fits one wave and loses where it does not, and
+// at M = 2048 it takes 2.5-2.9x that path's time (select(): kMaxM and the one-wave rule in
+// matmul_cuda_wgmma.cu); a warp-specialized version (a producer warpgroup, empty / full
+// barriers per stage, larger tiles, a persistent grid) is the next step.
 // Numbers: each W operand is the dequantized weight in x's dtype: integer formats (and
 // q4_0) dequantize()'s f32 value (A - z) · s rounded once to bf16 / f16, the same bits as
 // dequantize to x's dtype; e2m1 formats the code times its block scale, exact in bf16 (and
