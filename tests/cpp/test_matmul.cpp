@@ -347,16 +347,16 @@ TEST(Matmul, MediumKernelOnAwkwardShapes) {
 
 /// matmul_cuda_wgmma_tc (wgmma with W decoded in registers; sm_90a) on the shapes its tiling
 /// finds awkward: a block takes 128 rows of x and 128 rows of W (a warpgroup 64 x 128), so
-/// M = 1, 17, 127, 128, 129, 200, 255, 256 cover partial and full blocks; N = 200 (13 tiles,
+/// M = 65, 77, 127, 128, 129, 200, 255, 256 cover partial and full blocks; N = 200 (13 tiles,
 /// the second block of W partial), y padded, bias; K = 512 (4 segments: fewer than the
 /// pipeline's stages, one k-range), K = 2048 (split into k-ranges, partial sums added in
 /// order by a second kernel), K = 8192 with M = 250, N = 520 (ranges of 7-8 segments: the stage
 /// ring wraps, odd counts end the two-segment loop early). Every scheme it serves, bf16 and
-/// f16 x; y in x's dtype (an f32 y is declined: the tolerance there is f32's), M = 257
-/// declined (select() then takes dequantize + cuBLASLt).
+/// f16 x; y in x's dtype (an f32 y is declined: the tolerance there is f32's), M = 64 and
+/// M = 257 declined (select() then takes the medium kernel / dequantize + cuBLASLt).
 TEST(Matmul, WgmmaKernelOnAwkwardShapes) {
   const char* const kernel = "matmul_cuda_wgmma_tc";
-  const int64_t ms[] = {1, 17, 127, 128, 129, 200, 255, 256};
+  const int64_t ms[] = {65, 77, 127, 128, 129, 200, 255, 256};
   int ran = 0, i = 0;
   uint64_t seed = 2000;
   for (Device device : testing::test_devices()) {
@@ -394,6 +394,8 @@ TEST(Matmul, WgmmaKernelOnAwkwardShapes) {
     Case over = f32y;  // past the kernel's M
     over.m = 257, over.y = Dtype::bf16;
     EXPECT_FALSE(run_case(kernel, device, over, seed++)) << "M = 257 is past the kernel's range";
+    over.m = 64;
+    EXPECT_FALSE(run_case(kernel, device, over, seed++)) << "M = 64 is below the kernel's range";
     // One wave of 128 x 128 blocks at most: M = 200 (two blocks of x) takes N up to
     // 128 * (SMs / 2) and declines one more block of W, naming the waves.
     const int sms = cuda_device_properties(device.index).multiprocessors;

@@ -1,6 +1,6 @@
 // matmul_cuda_wgmma_tc: weight-only y = x · dequant(W)^T for bf16 / f16 x on Hopper (sm_90a),
 // wgmma with W decoded in registers while the tensor cores run (select() order: the skinny
-// kernel up to M = 32, the medium kernel up to 128, then this one), over the prepared
+// kernel up to M = 32, this one for 64 < M <= 256, the medium kernel up to 128), over the prepared
 // "cuda_tc16x128" layout of the skinny and medium kernels (one prepared copy serves all
 // three). This file is the plan: what the kernel takes, why it declines, the split-K choice;
 // the kernel is matmul_cuda_wgmma.cuh (its file comment has the tiling and the arithmetic),
@@ -111,11 +111,15 @@ CUtensorMap x_tensor_map(const void* x, int64_t m, int64_t k, int64_t stride) {
   return map;
 }
 
-/// Rows of x this kernel takes (select() order: skinny up to 32, medium up to 128, then this
-/// one), and only where its blocks fit in one wave (one block per SM). Measured on the H100
-/// (BENCHMARKS.md, 4-bit formats, against dequantize + cuBLASLt): at M = 256 it takes
-/// 0.50-0.91x the time on 8192x8192 (128 blocks) and 4096x14336 (64 blocks, split in two),
-/// but 1.03-1.36x on 14336x4096 (224 blocks: two waves of 32 segments); at M = 2048 2.5-2.9x.
+/// Rows of x this kernel takes (select() order: skinny up to 32, then this one for
+/// 64 < M <= 256, then medium up to 128), and only where its blocks fit in one wave (one block
+/// per SM). Measured on the H100 (BENCHMARKS.md, 4-bit formats): against the medium kernel
+/// it takes 0.47-0.83x the time at M = 80 and 0.53-1.00x at M = 128 (but 1.07-1.24x with
+/// int4:block128 / mxfp4 on 14336x4096), and 0.94-1.07x at M = 64, where half its 128-row
+/// tile of x is padding; against dequantize + cuBLASLt at M = 256 0.50-0.91x on 8192x8192
+/// (128 blocks) and 4096x14336 (64 blocks, K split in two), 1.03-1.36x on 14336x4096 (224
+/// blocks: two waves of 32-segment blocks); at M = 2048 2.5-2.9x.
+constexpr int64_t kMinM = 65;
 constexpr int64_t kMaxM = 256;
 
 /// Blocks of the grid before any split of K.
@@ -146,6 +150,10 @@ class MatmulCudaWgmma final : public mm_cuda::TcLayoutKernel {
       return "y is " + std::string(dtype_name(d.y)) + ": W rounded to x's dtype (" +
              std::string(dtype_name(d.x)) +
              ") would not give sums of that precision (the dequantize path computes in f32)";
+    if (d.m < kMinM)
+      return "M = " + std::to_string(d.m) + " < " + std::to_string(kMinM) +
+             " (a 128-row tile of x would be half padding: the skinny and medium kernels are as "
+             "fast there)";
     if (d.m > kMaxM)
       return "M = " + std::to_string(d.m) + " > " + std::to_string(kMaxM) +
              " (this kernel's pipeline tops out at 260-350 TFLOP/s; dequantize + a cuBLASLt "

@@ -9,8 +9,8 @@ const MatmulKernel& matmul_reference_kernel();  // matmul_reference.cpp
 #if LOWBIT_HAS_CUDA
 const MatmulKernel& matmul_cuda_w8a8_kernel();        // matmul_cuda_w8a8.cu
 const MatmulKernel& matmul_cuda_skinny_kernel();      // matmul_cuda_skinny.cu
-const MatmulKernel& matmul_cuda_medium_kernel();      // matmul_cuda_medium.cu
 const MatmulKernel& matmul_cuda_wgmma_kernel();       // matmul_cuda_wgmma.cu
+const MatmulKernel& matmul_cuda_medium_kernel();      // matmul_cuda_medium.cu
 const MatmulKernel& matmul_cuda_dequant_tc_kernel();  // matmul_cuda_dequant.cu
 const MatmulKernel& matmul_cuda_dequant_kernel();     // matmul_cuda_dequant.cu
 #endif

@@ -169,8 +169,8 @@ KernelList<MatmulOp> MatmulOp::kernels() {
 #if LOWBIT_HAS_CUDA
     &matmul_cuda_w8a8_kernel(),
     &matmul_cuda_skinny_kernel(),
-    &matmul_cuda_medium_kernel(),
     &matmul_cuda_wgmma_kernel(),
+    &matmul_cuda_medium_kernel(),
     &matmul_cuda_dequant_tc_kernel(),
     &matmul_cuda_dequant_kernel(),
 #endif
