@@ -171,8 +171,9 @@ def joined(rows, lowbit_path):
     if big:
         out.append("\n### Weight-only, M >= 64: the selected kernel beside the other M > 32 kernels "
                    "(ms, x F.linear bf16 of this run)\n")
-        out.append("| scheme | N x K | M | F.linear bf16 | selected | kernel | medium tc | dequant+GEMM |")
-        out.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        out.append("| scheme | N x K | M | F.linear bf16 | selected | kernel | medium tc | wgmma tc | "
+                   "dequant+GEMM |")
+        out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in big:
             base = peer.get(("F.linear bf16", r["n"], r["k"], r["m"]))
 
@@ -183,15 +184,18 @@ def joined(rows, lowbit_path):
 
             key = (r["n"], r["k"], r["m"])
             med = alt.get((r["scheme"] + " (medium tc)",) + key)
+            wgm = alt.get((r["scheme"] + " (wgmma tc)",) + key)
             deq = alt.get((r["scheme"] + " (dequant+GEMM)",) + key)
             if r["kernel"] == "matmul_cuda_medium_tc":
                 med = r
+            if r["kernel"] == "matmul_cuda_wgmma_tc":
+                wgm = r
             if r["kernel"] == "matmul_cuda_dequant_tc_lt":
                 deq = r
             out.append(f"| {r['scheme']} | {r['n']}x{r['k']} | {r['m']} | "
-                       f"{base:.4f} | {cell(r)} | {r['kernel']} | {cell(med)} | {cell(deq)} |"
+                       f"{base:.4f} | {cell(r)} | {r['kernel']} | {cell(med)} | {cell(wgm)} | {cell(deq)} |"
                        if base else f"| {r['scheme']} | {r['n']}x{r['k']} | {r['m']} | - | {cell(r)} | "
-                       f"{r['kernel']} | {cell(med)} | {cell(deq)} |")
+                       f"{r['kernel']} | {cell(med)} | {cell(wgm)} | {cell(deq)} |")
     gemv = [r for r in lb if r.get("group") == "weight-only" and r["m"] in (1, 16)]
     if gemv and copy:
         out.append("\n### GEMV rows: weight bytes / time as a share of the copy ceiling "
