@@ -351,7 +351,8 @@ TEST(Matmul, MediumKernelOnAwkwardShapes) {
 /// the second block of W partial), y padded, bias; K = 512 (4 segments: fewer than the
 /// pipeline's stages, one k-range), K = 2048 (split into k-ranges, partial sums added in
 /// order by a second kernel), K = 8192 with M = 250, N = 520 (ranges of 7-8 segments: the stage
-/// ring wraps, odd counts end the two-segment loop early). Every scheme it serves, bf16 and
+/// ring wraps, odd counts end the two-segment loop early), K = 128 and 384 (one and three
+/// segments). Every scheme it serves, bf16 and
 /// f16 x; y in x's dtype (an f32 y is declined: the tolerance there is f32's), M = 64 and
 /// M = 257 declined (select() then takes the medium kernel / dequantize + cuBLASLt).
 TEST(Matmul, WgmmaKernelOnAwkwardShapes) {
@@ -371,6 +372,12 @@ TEST(Matmul, WgmmaKernelOnAwkwardShapes) {
           if (run_case(kernel, device, c, seed++)) ++ran;
           if (::testing::Test::HasFailure()) return;
         }
+      }
+      // K = 128 and 384: one and three segments (the loop's last segment without a next one).
+      for (int64_t k : {128, 384}) {
+        const Case c{100, 40, k, Dtype::bf16, Dtype::bf16, w, "", false, false, 0, false};
+        if (run_case(kernel, device, c, seed++)) ++ran;
+        if (::testing::Test::HasFailure()) return;
       }
       const QuantScheme ws = QuantScheme::parse(w);
       if (ws.symmetric && ws.str().find("_K") == std::string::npos) {
