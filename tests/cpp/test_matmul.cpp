@@ -373,13 +373,16 @@ TEST(Matmul, WgmmaKernelOnAwkwardShapes) {
           if (::testing::Test::HasFailure()) return;
         }
       }
-      // K = 128 and 384: one and three segments (the loop's last segment without a next one).
-      for (int64_t k : {128, 384}) {
-        const Case c{100, 40, k, Dtype::bf16, Dtype::bf16, w, "", false, false, 0, false};
-        if (run_case(kernel, device, c, seed++)) ++ran;
-        if (::testing::Test::HasFailure()) return;
-      }
       const QuantScheme ws = QuantScheme::parse(w);
+      // K = 128 and 384: one and three segments (the loop's last segment without a next one);
+      // not for the K-quants, whose blocks are 256 long (the kernel declines them anyway).
+      if (ws.str().find("_K") == std::string::npos) {
+        for (int64_t k : {128, 384}) {
+          const Case c{100, 40, k, Dtype::bf16, Dtype::bf16, w, "", false, false, 0, false};
+          if (run_case(kernel, device, c, seed++)) ++ran;
+          if (::testing::Test::HasFailure()) return;
+        }
+      }
       if (ws.symmetric && ws.str().find("_K") == std::string::npos) {
         const Case c{130, 67, 512, Dtype::bf16, Dtype::bf16, w, "", false, false, 0, true};
         if (run_case(kernel, device, c, seed++)) ++ran;
