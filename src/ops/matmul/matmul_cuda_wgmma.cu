@@ -156,7 +156,7 @@ class MatmulCudaWgmma final : public mm_cuda::TcLayoutKernel {
              "fast there)";
     if (d.m > kMaxM)
       return "M = " + std::to_string(d.m) + " > " + std::to_string(kMaxM) +
-             " (this kernel's pipeline tops out at 260-350 TFLOP/s; dequantize + a cuBLASLt "
+             " (this kernel's pipeline tops out at 240-340 TFLOP/s; dequantize + a cuBLASLt "
              "GEMM is faster there)";
     const auto f = tc::format_of(d.w, d.n, d.k, &why);
     if (!f) return why;
