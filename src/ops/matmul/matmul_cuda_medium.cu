@@ -34,6 +34,41 @@ void launch_reduce(const Args& a, cudaStream_t stream) {
   mm_cuda::check_launch("medium reduce_kernel");
 }
 
+size_t partial_bytes(const MatmulDesc& d, int split) {
+  if (split <= 1) return 0;
+  return mm_cuda::align_up(static_cast<size_t>(split) * d.m * d.n * 4, 256);
+}
+
+Args args_for(const MatmulDesc& d, const MatmulArgs& a, const mm_cuda::TcPlan& tp, int split,
+              Workspace ws, cudaStream_t stream) {
+  Args r;
+  r.w = mm_cuda::tc_weights(tp.format, tp.layout, a.w_packed.data());
+  r.x = static_cast<const uint8_t*>(a.x.data());
+  r.x_stride = d.x_stride();
+  if (!quant_cuda::aligned(a.x.data(), 16) || r.x_stride % 8 != 0) {
+    // cp.async and the copy engine read x 16 bytes at a time: an unaligned x is copied into
+    // the workspace, after the partial sums.
+    uint8_t* xc = static_cast<uint8_t*>(ws.data) + partial_bytes(d, split);
+    mm_cuda::check_cuda(
+        cudaMemcpy2DAsync(xc, static_cast<size_t>(d.k) * 2, a.x.data(),
+                          static_cast<size_t>(r.x_stride) * 2, static_cast<size_t>(d.k) * 2,
+                          static_cast<size_t>(d.m), cudaMemcpyDeviceToDevice, stream),
+        "matmul: copying x");
+    r.x = xc;
+    r.x_stride = d.k;
+  }
+  r.y = a.y.data();
+  r.y_stride = d.y_stride();
+  r.y_dtype = d.y;
+  r.bias = d.bias ? a.bias.data() : nullptr;
+  r.m = static_cast<int>(d.m);
+  r.n = d.n;
+  r.tiles = tp.layout.tiles;
+  r.split = split;
+  r.partial = split > 1 ? static_cast<float*>(ws.data) : nullptr;
+  return r;
+}
+
 }  // namespace medium
 
 namespace {
@@ -102,10 +137,8 @@ class MatmulCudaMedium final : public mm_cuda::TcLayoutKernel {
         Dtype::f32, true, false};
   }
 
-  /// f32 partial sums when the plan splits K, then room for a copy of x when it is not 16-byte
-  /// aligned (used only then).
   std::size_t workspace_size(const MatmulDesc& d) const override {
-    return partial_bytes(d) + static_cast<std::size_t>(d.m * d.k * 2);
+    return medium::workspace_bytes(d, split_of(d, mm_cuda::tc_plan(d)));
   }
 
   void run(const MatmulDesc& d, const MatmulArgs& a, const Stream& stream,
@@ -117,40 +150,8 @@ class MatmulCudaMedium final : public mm_cuda::TcLayoutKernel {
     const mm_cuda::TcPlan tp = mm_cuda::tc_plan(d);
     mm_cuda::DeviceScope scope(d.device.index);
     const auto cs = static_cast<cudaStream_t>(stream.native_handle());
-    medium::Args ma;
-    ma.w = mm_cuda::tc_weights(tp.format, tp.layout, a.w_packed.data());
-    ma.x = static_cast<const uint8_t*>(a.x.data());
-    ma.x_stride = d.x_stride();
-    const size_t pbytes = partial_bytes(d);
-    if (!quant_cuda::aligned(a.x.data(), 16) || ma.x_stride % 8 != 0) {
-      // cp.async copies x 16 bytes at a time: an unaligned x is copied into the workspace.
-      uint8_t* xc = static_cast<uint8_t*>(ws.data) + pbytes;
-      mm_cuda::check_cuda(
-          cudaMemcpy2DAsync(xc, static_cast<size_t>(d.k) * 2, a.x.data(),
-                            static_cast<size_t>(ma.x_stride) * 2, static_cast<size_t>(d.k) * 2,
-                            static_cast<size_t>(d.m), cudaMemcpyDeviceToDevice, cs),
-          "matmul: copying x");
-      ma.x = xc;
-      ma.x_stride = d.k;
-    }
-    ma.y = a.y.data();
-    ma.y_stride = d.y_stride();
-    ma.y_dtype = d.y;
-    ma.bias = d.bias ? a.bias.data() : nullptr;
-    ma.m = static_cast<int>(d.m);
-    ma.n = d.n;
-    ma.tiles = tp.layout.tiles;
-    ma.split = split_of(d, tp);
-    ma.partial = ma.split > 1 ? static_cast<float*>(ws.data) : nullptr;
+    const medium::Args ma = medium::args_for(d, a, tp, split_of(d, tp), ws, cs);
     launcher_for(tp.format, d.x == Dtype::bf16, nullptr).launch(ma, cs);
-  }
-
- private:
-  static std::size_t partial_bytes(const MatmulDesc& d) {
-    const mm_cuda::TcPlan tp = mm_cuda::tc_plan(d);
-    const int split = split_of(d, tp);
-    if (split <= 1) return 0;
-    return mm_cuda::align_up(static_cast<size_t>(split) * d.m * d.n * 4, 256);
   }
 };
 

@@ -269,6 +269,18 @@ __global__ void __launch_bounds__(kThreads, 2) medium_kernel(Args p) {
 /// (matmul_cuda_medium.cu).
 void launch_reduce(const Args& a, cudaStream_t stream);
 
+/// Workspace of a tc-layout GEMM plan (medium and wgmma kernels): `split` x [m][n] f32 partial
+/// sums (none for split 1, 256-aligned), then room for a copy of x [m][k] (used only when x
+/// is not 16-byte aligned or its rows are not a multiple of 16 bytes apart).
+size_t partial_bytes(const MatmulDesc& d, int split);
+inline size_t workspace_bytes(const MatmulDesc& d, int split) {
+  return partial_bytes(d, split) + static_cast<size_t>(d.m * d.k * 2);
+}
+/// The kernel arguments of one call, x copied into the workspace (on `stream`) when it cannot
+/// be read 16 bytes at a time in place (matmul_cuda_medium.cu).
+Args args_for(const MatmulDesc& d, const MatmulArgs& a, const mm_cuda::TcPlan& tp, int split,
+              Workspace ws, cudaStream_t stream);
+
 template <Code C, Scale S, int SL, bool kBf16, bool kAffine>
 void launch(const Args& a, cudaStream_t stream) {
   constexpr int kBits = (C == Code::u4 || C == Code::fp4) ? 4 : 8;

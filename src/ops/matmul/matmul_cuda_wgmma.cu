@@ -183,10 +183,8 @@ class MatmulCudaWgmma final : public mm_cuda::TcLayoutKernel {
         Dtype::f32, true, false};
   }
 
-  /// f32 partial sums when the plan splits K, then room for a copy of x when it is not 16-byte
-  /// aligned (used only then).
   std::size_t workspace_size(const MatmulDesc& d) const override {
-    return partial_bytes(d) + static_cast<std::size_t>(d.m * d.k * 2);
+    return medium::workspace_bytes(d, split_of(d, mm_cuda::tc_plan(d)));
   }
 
   void run(const MatmulDesc& d, const MatmulArgs& a, const Stream& stream,
@@ -198,42 +196,11 @@ class MatmulCudaWgmma final : public mm_cuda::TcLayoutKernel {
     const mm_cuda::TcPlan tp = mm_cuda::tc_plan(d);
     mm_cuda::DeviceScope scope(d.device.index);
     const auto cs = static_cast<cudaStream_t>(stream.native_handle());
-    wgmma::Args wa;
-    wa.w = mm_cuda::tc_weights(tp.format, tp.layout, a.w_packed.data());
-    wa.x = static_cast<const uint8_t*>(a.x.data());
-    wa.x_stride = d.x_stride();
-    const size_t pbytes = partial_bytes(d);
-    if (!quant_cuda::aligned(a.x.data(), 16) || wa.x_stride % 8 != 0) {
-      // The copy engine needs a 16-byte aligned x with rows a multiple of 16 bytes apart: an
-      // unaligned x is copied into the workspace.
-      uint8_t* xc = static_cast<uint8_t*>(ws.data) + pbytes;
-      mm_cuda::check_cuda(
-          cudaMemcpy2DAsync(xc, static_cast<size_t>(d.k) * 2, a.x.data(),
-                            static_cast<size_t>(wa.x_stride) * 2, static_cast<size_t>(d.k) * 2,
-                            static_cast<size_t>(d.m), cudaMemcpyDeviceToDevice, cs),
-          "matmul: copying x");
-      wa.x = xc;
-      wa.x_stride = d.k;
-    }
-    wa.y = a.y.data();
-    wa.y_stride = d.y_stride();
-    wa.y_dtype = d.y;
-    wa.bias = d.bias ? a.bias.data() : nullptr;
-    wa.m = static_cast<int>(d.m);
-    wa.n = d.n;
-    wa.tiles = tp.layout.tiles;
-    wa.split = split_of(d, tp);
-    wa.partial = wa.split > 1 ? static_cast<float*>(ws.data) : nullptr;
+    // The copy engine needs x 16-byte aligned with rows a multiple of 16 bytes apart: args_for
+    // copies any other x into the workspace.
+    const wgmma::Args wa = medium::args_for(d, a, tp, split_of(d, tp), ws, cs);
     const CUtensorMap x_map = x_tensor_map(wa.x, d.m, d.k, wa.x_stride);
     launcher_for(tp.format, d.x == Dtype::bf16, nullptr).launch(wa, x_map, cs);
-  }
-
- private:
-  static std::size_t partial_bytes(const MatmulDesc& d) {
-    const mm_cuda::TcPlan tp = mm_cuda::tc_plan(d);
-    const int split = split_of(d, tp);
-    if (split <= 1) return 0;
-    return mm_cuda::align_up(static_cast<size_t>(split) * d.m * d.n * 4, 256);
   }
 };
 
