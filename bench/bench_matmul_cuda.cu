@@ -17,12 +17,14 @@
 // which a call's reads evict to HBM (measured on the H200: it costs cuBLAS bf16's 134 MB read
 // 15-22% and the skinny kernel 0-10%), so the "clean-L2" rows (M = 1, 16: cuBLAS bf16 and the
 // skinny kernel) time the same calls after the write and then a read of another 256 MiB
-// buffer, which leaves clean lines in L2. Weight bytes are the scheme's own (codes + scales +
-// zero points, the plain layout's size); GB/s = (weight + x + y bytes) / time, shown
-// as a share of the copy ceiling. Every weight-only row is checked against the plain
-// dequantize + cuBLASLt path (relative Frobenius error <= 1e-2) and reports its kernel; from
-// M = 64 on, the other M > 32 kernels (matmul_cuda_medium_tc where it takes the M, dequantize +
-// cuBLASLt) are timed and checked beside the selected one.
+// buffer, which leaves clean lines in L2. The "read-floor" rows (M = 1) time a kernel that
+// only reads as many bytes as the scheme's weight, under the same flush: no GEMV over that
+// weight can be faster, so its "x cuBLAS bf16" is the most any kernel could show there. Weight
+// bytes are the scheme's own (codes + scales + zero points, the plain layout's size); GB/s =
+// (weight + x + y bytes) / time, shown as a share of the copy ceiling. Every weight-only row is
+// checked against the plain dequantize + cuBLASLt path (relative Frobenius error <= 1e-2) and
+// reports its kernel; from M = 64 on, the other M > 32 kernels (matmul_cuda_medium_tc where it
+// takes the M, dequantize + cuBLASLt) are timed and checked beside the selected one.
 //
 // Usage: bench_matmul_cuda [--json PATH] [--reps N] [--quick] [--scheme S] [--shape NxK] [--m M]
 #include <cuda_runtime.h>
@@ -382,6 +384,26 @@ int main(int argc, char** argv) {
             rc.check = "-";
             rows.push_back(rc);
             std::fprintf(stderr, "  %-60s %.4f ms (clean L2)\n", rc.pair().c_str(), rc.ms);
+          }
+          // The floor for these weight bytes: a kernel that only reads them (8 blocks of 512
+          // threads per SM, 16-byte loads; the same flush), and what it would give against
+          // cuBLAS bf16. A GEMV cannot beat it, whatever its arithmetic.
+          if (m == 1) {
+            Row rf = r;
+            rf.group = "read-floor";
+            rf.bytes = wbytes;
+            const auto words = static_cast<uint64_t>(wbytes / 16);
+            rf.ms = timer.median([&] {
+              read_words<<<static_cast<unsigned>(props.multiprocessors * 8), 512, 0, s>>>(
+                  static_cast<const uint4*>(timer.clean), words,
+                  static_cast<uint32_t*>(timer.flush));
+            });
+            rf.kernel = "read_words";
+            rf.vs_bf16 = mi < bf16_ms.size() ? bf16_ms[mi] / rf.ms : 0;
+            rf.check = "-";
+            rows.push_back(rf);
+            std::fprintf(stderr, "  %-60s %.4f ms (reading the weight bytes only)\n",
+                         rf.pair().c_str(), rf.ms);
           }
           // From M = 64 on, the other M > 32 kernels beside the selected one (the crossover
           // select() uses): the medium and wgmma tensor-core GEMMs and dequantize + cuBLASLt.

@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <random>
 #include <string>
@@ -105,12 +106,13 @@ struct Case {
   bool bias = false;
   int64_t y_pad = 0;     // extra elements per row of y
   bool special = false;  // NaN / Inf in x
+  int64_t x_pad = 0;     // extra elements per row of x (weight-only cases)
 };
 
 std::string case_name(const Case& c) {
-  return fmt::format("m={} n={} k={} x={} y={} w={} xs={}{} bias={} y_pad={}{}", c.m, c.n, c.k,
-                     dtype_name(c.x), dtype_name(c.y), c.w_scheme, c.x_scheme,
-                     c.x_given_quantized ? "(given)" : "", c.bias, c.y_pad,
+  return fmt::format("m={} n={} k={} x={} y={} w={} xs={}{} bias={} y_pad={} x_pad={}{}", c.m, c.n,
+                     c.k, dtype_name(c.x), dtype_name(c.y), c.w_scheme, c.x_scheme,
+                     c.x_given_quantized ? "(given)" : "", c.bias, c.y_pad, c.x_pad,
                      c.special ? " special" : "");
 }
 
@@ -157,6 +159,7 @@ bool run_case(std::string_view kernel, Device device, const Case& c, uint64_t se
   d.y = c.y;
   d.bias = c.bias;
   d.y_row_stride = c.n + c.y_pad;
+  if (c.x_pad) d.x_row_stride = c.k + c.x_pad;
   d.device = device;
   Preference pref;
   pref.kernel = std::string(kernel);
@@ -169,7 +172,17 @@ bool run_case(std::string_view kernel, Device device, const Case& c, uint64_t se
   }
 
   const QuantizedTensor wq = quantized_to_device(wq_host, device);
-  const Tensor x = testing::to_device(x_host, device);
+  // x with rows k + x_pad apart (the gaps poisoned), else as it is.
+  Tensor x_rows;
+  if (c.x_pad) {
+    x_rows = Tensor::empty({std::max<int64_t>(c.m * (c.k + c.x_pad), 1)}, c.x);
+    fill_bytes(x_rows, kPoison);
+    const size_t eb = storage_bytes(c.x, 1);
+    for (int64_t i = 0; i < c.m; ++i)
+      std::memcpy(static_cast<uint8_t*>(x_rows.data()) + i * (c.k + c.x_pad) * eb,
+                  static_cast<const uint8_t*>(x_host.data()) + i * c.k * eb, c.k * eb);
+  }
+  const Tensor x = testing::to_device(c.x_pad ? x_rows : x_host, device);
   std::optional<QuantizedTensor> xq;
   if (xq_host) xq = quantized_to_device(*xq_host, device);
   const Tensor bias = c.bias ? testing::to_device(bias_host, device) : Tensor();
@@ -179,7 +192,9 @@ bool run_case(std::string_view kernel, Device device, const Case& c, uint64_t se
   const TensorView y(y_store.data(), c.y, {c.m, c.n}, {ys, 1}, device);
 
   Tensor packed;
-  MatmulArgs args{xq ? TensorView() : x.view(),
+  const TensorView x_view =
+      c.x_pad ? TensorView(x.data(), c.x, {c.m, c.k}, {c.k + c.x_pad, 1}, device) : x.view();
+  MatmulArgs args{xq ? TensorView() : x_view,
                   xq ? xq->view() : QuantizedView(),
                   wq.view(),
                   {},
@@ -342,6 +357,52 @@ TEST(Matmul, MediumKernelOnAwkwardShapes) {
     over.m = 129, over.n = 200, over.k = 512, over.x = over.y = Dtype::bf16;
     over.w_scheme = "int4:block32";
     EXPECT_FALSE(run_case(kernel, device, over, seed++)) << "M = 129 is past the kernel's range";
+  }
+}
+
+/// matmul_cuda_skinny_tc (M <= 32: a block per 16-row tile of W and 8 or 16 rows of x, its
+/// warps taking the tile's 128-k segments in turn) on the shapes it finds awkward: K = 128
+/// (one segment), 384 (three), 2048 with N = 300 (19 tiles, several warps per tile), K = 20736
+/// with N = 7 (one tile, 162 segments for 16 warps: the last round has 2); M = 1 .. 32 across
+/// the 8-row (M <= 8) and 16-row instantiations and two blocks of x (M > 16); x with rows 8
+/// elements apart (8-byte aligned rows: read in place) and 3 apart (not: the plan copies x
+/// into its workspace first); bias, padded y, f32 y, NaN / Inf. M = 33 is declined.
+TEST(Matmul, SkinnyKernelOnAwkwardShapes) {
+  const char* const kernel = "matmul_cuda_skinny_tc";
+  int ran = 0;
+  uint64_t seed = 3000;
+  for (Device device : testing::test_devices()) {
+    if (!device.is_cuda()) continue;
+    for (const char* w : kWeightSchemes) {
+      const QuantScheme ws = QuantScheme::parse(w);
+      const bool kquant = ws.str().find("_K") != std::string::npos;
+      for (Dtype xd : {Dtype::bf16, Dtype::f16}) {
+        std::vector<Case> cs = {
+            {1, 300, 2048, xd, xd, w, "", false, true, 3, false, 0},
+            {8, 300, 2048, xd, xd, w, "", false, false, 0, false, 8},
+            {5, 7, 20736, xd, xd, w, "", false, true, 0, false, 0},
+            {13, 67, kquant ? 1024 : 384, xd, Dtype::f32, w, "", false, false, 0, false, 3},
+            {32, 40, 1024, xd, xd, w, "", false, true, 1, false, 0},
+        };
+        if (!kquant) cs.push_back({21, 40, 128, xd, xd, w, "", false, false, 0, false, 8});
+        for (const Case& c : cs) {
+          if (run_case(kernel, device, c, seed++)) ++ran;
+          if (::testing::Test::HasFailure()) return;
+        }
+      }
+      if (ws.symmetric && !kquant) {
+        const Case c{7, 67, 512, Dtype::bf16, Dtype::bf16, w, "", false, false, 0, true, 0};
+        if (run_case(kernel, device, c, seed++)) ++ran;
+        if (::testing::Test::HasFailure()) return;
+      }
+    }
+    // The kernel serves every scheme of the layout: all of them ran.
+    EXPECT_GE(ran, 20 * 10);
+    std::printf("%s on %s ran %d cases\n", kernel, device.str().c_str(), ran);
+    Case over{};  // a case the kernel takes but for its M
+    over.m = 33, over.n = 200, over.k = 512, over.x = over.y = Dtype::bf16;
+    over.w_scheme = "int4:block32";
+    EXPECT_FALSE(run_case(kernel, device, over, seed++)) << "M = 33 is past the kernel's range";
   }
 }
 

@@ -53,10 +53,14 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
+#include "ops/matmul/matmul_cuda_async.cuh"
 #include "ops/matmul/matmul_cuda_medium.cuh"
 
 namespace lowbit::wgmma {
 
+using async::mbar_expect_tx;
+using async::mbar_init;
+using async::mbar_wait;
 using medium::Args;
 using tc::Code;
 using tc::Scale;
@@ -238,24 +242,6 @@ struct SegW {
 
 // ---- x through the tensor-memory accelerator ----------------------------------------------
 
-__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  uint32_t done = 0;
-  do {
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-        " selp.u32 %0, 1, 0, p;\n}"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  } while (!done);
-}
 /// One 64-k x 128-row box of x (128-byte swizzled, rows past M zero-filled) into `dst`.
 __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, int k0, int row0,
                                          uint32_t bar) {
@@ -298,7 +284,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&x_map)) : "memory");
 #pragma unroll
     for (int s = 0; s < kStages; ++s) mbar_init(bars + 8u * s, 1);
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    async::mbar_init_fence();
   }
   __syncthreads();
   if (tid == 0)
