@@ -197,17 +197,24 @@ def joined(rows, lowbit_path):
                        if base else f"| {r['scheme']} | {r['n']}x{r['k']} | {r['m']} | - | {cell(r)} | "
                        f"{r['kernel']} | {cell(med)} | {cell(wgm)} | {cell(deq)} |")
     gemv = [r for r in lb if r.get("group") == "weight-only" and r["m"] in (1, 16)]
+    # bench_matmul_cuda's read-floor rows: a kernel that only reads the weight bytes.
+    floor = {(r["scheme"], r["n"], r["k"]): r["ms"] for r in lb if r.get("group") == "read-floor"}
     if gemv and copy:
         out.append("\n### GEMV rows: weight bytes / time as a share of the copy ceiling "
-                   f"({copy:.0f} GB/s, same run)\n")
-        out.append("| scheme | N x K | M | ms | x F.linear | weight GB/s | % of copy | kernel |")
-        out.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+                   f"({copy:.0f} GB/s, same run), and the read floor (a kernel that only reads "
+                   "the weight bytes, same flush: the most any kernel could give)\n")
+        out.append("| scheme | N x K | M | ms | x F.linear | weight GB/s | % of copy | read floor ms "
+                   "(x F.linear) | floor / ms | kernel |")
+        out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in gemv:
             base = peer.get(("F.linear bf16", r["n"], r["k"], r["m"]))
             wg = r["weight_bytes"] / r["ms"] / 1e6 if r["ms"] > 0 else 0
             ratio = f"{base / r['ms']:.2f}x" if base and r["ms"] > 0 else "-"
+            f = floor.get((r["scheme"], r["n"], r["k"]))
+            fc = (f"{f:.4f} ({base / f:.2f}x)" if base else f"{f:.4f}") if f else "-"
+            share = f"{100 * f / r['ms']:.0f}%" if f and r["ms"] > 0 else "-"
             out.append(f"| {r['scheme']} | {r['n']}x{r['k']} | {r['m']} | {r['ms']:.4f} | {ratio} | "
-                       f"{wg:.0f} | {100 * wg / copy:.1f}% | {r['kernel']} |")
+                       f"{wg:.0f} | {100 * wg / copy:.1f}% | {fc} | {share} | {r['kernel']} |")
     out.append("\n### W8A8: time in ms (x F.linear bf16; peers of this run)\n")
     out.append("| N x K | M | F.linear | _int_mm +scale | _int_mm dyn | lowbit int8 pre | lowbit int8 dyn | "
                "_scaled_mm rowwise | _scaled_mm rowwise dyn | lowbit fp8 row pre | lowbit fp8 row dyn | "
