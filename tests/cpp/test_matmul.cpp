@@ -365,8 +365,8 @@ TEST(Matmul, MediumKernelOnAwkwardShapes) {
 /// (one segment), 384 (three), 2048 with N = 300 (19 tiles, several warps per tile), K = 20736
 /// with N = 7 (one tile, 162 segments for 16 warps: the last round has 2); M = 1 .. 32 across
 /// the 8-row (M <= 8) and 16-row instantiations and two blocks of x (M > 16); x with rows 8
-/// elements apart (8-byte aligned rows: read in place) and 3 apart (not: the plan copies x
-/// into its workspace first); bias, padded y, f32 y, NaN / Inf. M = 33 is declined.
+/// elements apart (8-byte aligned rows: read in place) and 1 or 3 apart (not: the plan copies
+/// x into its workspace first); bias, padded y, f32 y, NaN / Inf. M = 33 is declined.
 TEST(Matmul, SkinnyKernelOnAwkwardShapes) {
   const char* const kernel = "matmul_cuda_skinny_tc";
   int ran = 0;
