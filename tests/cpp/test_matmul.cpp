@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -532,6 +533,57 @@ TEST(Matmul, BadArgumentsGiveClearErrors) {
   const Tensor x3 = random_values({2, 3, 64}, Dtype::f32, rng);
   const Tensor y3 = matmul(x3, q.view());
   EXPECT_EQ(y3.shape(), (Shape{2, 3, 8}));
+}
+
+/// The kernels of the prepared tc layout refuse a call without prepare_weight()'s bytes, or
+/// with a buffer of another size (they read the layout's parts at their offsets), naming what
+/// they need.
+TEST(Matmul, PreparedLayoutKernelsRefuseAMissingOrShortPreparedWeight) {
+  struct Use {
+    const char* kernel;
+    int64_t m;
+  };
+  const Use uses[] = {{"matmul_cuda_skinny_tc", 4},
+                      {"matmul_cuda_medium_tc", 40},
+                      {"matmul_cuda_wgmma_tc", 100},
+                      {"matmul_cuda_dequant_tc_lt", 300}};
+  int checked = 0;
+  for (Device device : testing::test_devices()) {
+    if (!device.is_cuda()) continue;
+    std::mt19937_64 rng(17);
+    const QuantizedTensor wq = quantized_to_device(
+        quantize(random_values({64, 256}, Dtype::f32, rng), QuantScheme::parse("int4:block32")),
+        device);
+    for (const Use& u : uses) {
+      MatmulDesc d;
+      d.m = u.m, d.n = 64, d.k = 256, d.x = d.y = Dtype::bf16, d.device = device;
+      d.w = wq.scheme;
+      Preference pref;
+      pref.kernel = u.kernel;
+      std::optional<MatmulPlan> plan;
+      try {
+        plan = MatmulPlan::select(d, pref);
+      } catch (const Error& e) {
+        if (e.code() == ErrorCode::unsupported) continue;  // e.g. no sm_90a for wgmma
+        throw;
+      }
+      SCOPED_TRACE(u.kernel);
+      const Tensor x = testing::to_device(random_values({d.m, d.k}, Dtype::bf16, rng), device);
+      const Tensor y = Tensor::empty({d.m, d.n}, Dtype::bf16, device);
+      Buffer scratch(static_cast<int64_t>(std::max<size_t>(plan->workspace_size(), 1)), device);
+      const Workspace ws{scratch.data(), plan->workspace_size()};
+      const Stream stream = Stream::default_for(device);
+      MatmulArgs args{x.view(), {}, wq.view(), {}, {}, y.view()};
+      testing::expect_error([&] { plan->run(stream, ws, args); }, ErrorCode::invalid_argument,
+                            "prepare_weight()'s");
+      const Tensor short_packed = Tensor::empty({prepared_bytes(*plan) - 256}, Dtype::u8, device);
+      args.w_packed = short_packed;
+      testing::expect_error([&] { plan->run(stream, ws, args); }, ErrorCode::invalid_argument,
+                            "prepare_weight()'s");
+      ++checked;
+    }
+    EXPECT_GE(checked, 3) << "skinny, medium and dequantize + GEMM run on every CUDA device";
+  }
 }
 
 TEST(Matmul, QuantizedLinearCachesPlansAndAgreesWithTheOneLiner) {

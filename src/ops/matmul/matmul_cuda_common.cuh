@@ -73,8 +73,9 @@ inline std::string weight_only_dtypes(const MatmulDesc& d) {
   return std::string(dtype_name(d.x)) + "x" + d.w.str() + "->" + std::string(dtype_name(d.y));
 }
 
-/// The kernels that read W in the prepared "cuda_tc16x128" layout (skinny, medium, dequantize
-/// + GEMM): one layout and one prepare step, so QuantizedLinear keeps one copy for all three.
+/// The kernels that read W in the prepared "cuda_tc16x128" layout (skinny, medium, wgmma,
+/// dequantize + GEMM): one layout and one prepare step, so QuantizedLinear keeps one copy for
+/// all of them.
 class TcLayoutKernel : public MatmulKernel {
  public:
   std::string weight_layout(const MatmulDesc&) const override { return tc::kLayoutName; }
@@ -82,6 +83,38 @@ class TcLayoutKernel : public MatmulKernel {
   void prepare(const MatmulDesc& d, const QuantizedView& w, const TensorView& packed,
                const Stream& stream) const override {
     tc_prepare(d, w, packed, stream);
+  }
+
+ protected:
+  /// Throws unless `a` carries the prepared weight of `tp` (prepare_weight's bytes): the
+  /// kernels read the layout's parts at their offsets, so a missing or short buffer would be
+  /// read out of bounds.
+  void require_prepared(const MatmulArgs& a, const TcPlan& tp) const {
+    if (!a.w_packed.data() || a.w_packed.numel() != tp.layout.bytes)
+      throw_error(ErrorCode::invalid_argument,
+                  "matmul: " + std::string(name()) + " needs prepare_weight()'s " +
+                      std::to_string(tp.layout.bytes) + " bytes as w_packed (got " +
+                      a.w_packed.str() + ")");
+  }
+};
+
+/// The weight-only tensor-core kernels (skinny, medium, wgmma): bf16 / f16 x, weight-only SKU.
+class TcWeightOnlyKernel : public TcLayoutKernel {
+ public:
+  KernelSku sku(const MatmulDesc& d) const override {
+    return cuda_sku(d, weight_only_dtypes(d), name());
+  }
+
+ protected:
+  /// "" when `d` is a weight-only product of bf16 / f16 x on a CUDA device with a kernel image
+  /// (`probe`, one of the kernel's instantiations), else the reason.
+  static std::string weight_only_decline(const MatmulDesc& d, const void* probe) {
+    std::string why = cuda_device_decline(d, probe);
+    if (!why.empty()) return why;
+    if (d.x_scheme) return "weight-only kernel (x_scheme is set: W8A8)";
+    if (d.x != Dtype::bf16 && d.x != Dtype::f16)
+      return "x is " + std::string(dtype_name(d.x)) + "; the tensor-core operands are bf16 / f16";
+    return {};
   }
 };
 /// Multiprocessors of `device` (cached: cudaGetDeviceProperties is slow).

@@ -243,16 +243,14 @@ class MatmulCudaDequantTc final : public mm_cuda::TcLayoutKernel {
   void run(const MatmulDesc& d, const MatmulArgs& a, const Stream& stream,
            Workspace workspace) const override {
     if (d.m == 0 || d.n == 0) return;
-    if (!a.w_packed.data())
-      throw_error(ErrorCode::invalid_argument,
-                  "matmul: matmul_cuda_dequant_tc_lt needs the prepared weight (prepare_weight)");
+    const mm_cuda::TcPlan tp = mm_cuda::tc_plan(d);
+    require_prepared(a, tp);
     mm_cuda::DeviceScope scope(d.device.index);
     const auto s = static_cast<cudaStream_t>(stream.native_handle());
     const int sms = sms_of(d.device.index);
     const Dtype t = gemm_dtype(d);
     const Pieces p = pieces_of(d);
     auto* ws = static_cast<uint8_t*>(workspace.data);
-    const mm_cuda::TcPlan tp = mm_cuda::tc_plan(d);
     const TcWeights w = mm_cuda::tc_weights(tp.format, tp.layout, a.w_packed.data());
     dense_launcher(tp.format)(w, d.n, ws + p.w, t, sms, s);
     const void* xt = a.x.data();

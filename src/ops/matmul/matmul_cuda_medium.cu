@@ -102,18 +102,15 @@ int split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) {
   return medium::split_for(d.m, tp.layout.tiles, tp.layout.segments, slots);
 }
 
-class MatmulCudaMedium final : public mm_cuda::TcLayoutKernel {
+class MatmulCudaMedium final : public mm_cuda::TcWeightOnlyKernel {
  public:
   std::string_view name() const override { return "matmul_cuda_medium_tc"; }
 
   std::string decline(const MatmulDesc& d) const override {
-    std::string why = mm_cuda::cuda_device_decline(
+    std::string why = weight_only_decline(
         d, reinterpret_cast<const void*>(
                &medium::medium_kernel<Code::u4, Scale::integer, 1, true, false>));
     if (!why.empty()) return why;
-    if (d.x_scheme) return "weight-only kernel (x_scheme is set: W8A8)";
-    if (d.x != Dtype::bf16 && d.x != Dtype::f16)
-      return "x is " + std::string(dtype_name(d.x)) + "; the tensor-core operands are bf16 / f16";
     if (d.m > kMaxM)
       return "M = " + std::to_string(d.m) + " > " + std::to_string(kMaxM) +
              " (mma.sync with the decode in the loop; the wgmma kernel or dequantize + cuBLASLt "
@@ -123,10 +120,6 @@ class MatmulCudaMedium final : public mm_cuda::TcLayoutKernel {
     if (!f) return why;
     if (!launcher_for(*f, true, &why)) return why;
     return {};
-  }
-
-  KernelSku sku(const MatmulDesc& d) const override {
-    return mm_cuda::cuda_sku(d, mm_cuda::weight_only_dtypes(d), name());
   }
 
   PrecisionGuarantee precision(const MatmulDesc&) const override {
@@ -144,10 +137,8 @@ class MatmulCudaMedium final : public mm_cuda::TcLayoutKernel {
   void run(const MatmulDesc& d, const MatmulArgs& a, const Stream& stream,
            Workspace ws) const override {
     if (d.m == 0 || d.n == 0) return;
-    if (!a.w_packed.data())
-      throw_error(ErrorCode::invalid_argument,
-                  "matmul: matmul_cuda_medium_tc needs the prepared weight (prepare_weight)");
     const mm_cuda::TcPlan tp = mm_cuda::tc_plan(d);
+    require_prepared(a, tp);
     mm_cuda::DeviceScope scope(d.device.index);
     const auto cs = static_cast<cudaStream_t>(stream.native_handle());
     const medium::Args ma = medium::args_for(d, a, tp, split_of(d, tp), ws, cs);

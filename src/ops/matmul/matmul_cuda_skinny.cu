@@ -30,18 +30,15 @@ Launcher launcher_for(const tc::Format& f, bool bf16, int nt, std::string* why) 
   }
 }
 
-class MatmulCudaSkinny final : public mm_cuda::TcLayoutKernel {
+class MatmulCudaSkinny final : public mm_cuda::TcWeightOnlyKernel {
  public:
   std::string_view name() const override { return "matmul_cuda_skinny_tc"; }
 
   std::string decline(const MatmulDesc& d) const override {
-    std::string why = mm_cuda::cuda_device_decline(
+    std::string why = weight_only_decline(
         d, reinterpret_cast<const void*>(
                &skinny::skinny_kernel<Code::u4, Scale::integer, 1, true, 1, false>));
     if (!why.empty()) return why;
-    if (d.x_scheme) return "weight-only kernel (x_scheme is set: W8A8)";
-    if (d.x != Dtype::bf16 && d.x != Dtype::f16)
-      return "x is " + std::string(dtype_name(d.x)) + "; the tensor-core operands are bf16 / f16";
     if (d.m > kMaxM)
       return "M = " + std::to_string(d.m) + " > " + std::to_string(kMaxM) +
              " (a GEMV kernel: each 16 rows of x re-read W from L2; larger M goes to a GEMM)";
@@ -49,10 +46,6 @@ class MatmulCudaSkinny final : public mm_cuda::TcLayoutKernel {
     if (!f) return why;
     if (!launcher_for(*f, true, 1, &why)) return why;
     return {};
-  }
-
-  KernelSku sku(const MatmulDesc& d) const override {
-    return mm_cuda::cuda_sku(d, mm_cuda::weight_only_dtypes(d), name());
   }
 
   PrecisionGuarantee precision(const MatmulDesc&) const override {
@@ -71,10 +64,8 @@ class MatmulCudaSkinny final : public mm_cuda::TcLayoutKernel {
   void run(const MatmulDesc& d, const MatmulArgs& a, const Stream& stream,
            Workspace ws) const override {
     if (d.m == 0 || d.n == 0) return;
-    if (!a.w_packed.data())
-      throw_error(ErrorCode::invalid_argument,
-                  "matmul: matmul_cuda_skinny_tc needs the prepared weight (prepare_weight)");
     const mm_cuda::TcPlan tp = mm_cuda::tc_plan(d);
+    require_prepared(a, tp);
     mm_cuda::DeviceScope scope(d.device.index);
     skinny::Args sa;
     sa.w = mm_cuda::tc_weights(tp.format, tp.layout, a.w_packed.data());

@@ -122,30 +122,20 @@ CUtensorMap x_tensor_map(const void* x, int64_t m, int64_t k, int64_t stride) {
 constexpr int64_t kMinM = 65;
 constexpr int64_t kMaxM = 256;
 
-/// Blocks of the grid before any split of K.
-int64_t blocks_of(int64_t m, int64_t tiles) {
-  return ((m + wgmma::kRowsX - 1) / wgmma::kRowsX) *
-         ((tiles + wgmma::kTilesPerBlock - 1) / wgmma::kTilesPerBlock);
-}
-
 int split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) {
   const int64_t slots = mm_cuda::sm_count(d.device.index);  // one block per SM
   return wgmma::split_for(d.m, tp.layout.tiles, tp.layout.segments, slots);
 }
 
-class MatmulCudaWgmma final : public mm_cuda::TcLayoutKernel {
+class MatmulCudaWgmma final : public mm_cuda::TcWeightOnlyKernel {
  public:
   std::string_view name() const override { return "matmul_cuda_wgmma_tc"; }
 
   std::string decline(const MatmulDesc& d) const override {
-    std::string why =
-        mm_cuda::cuda_device_decline(d, reinterpret_cast<const void*>(&wgmma::probe_kernel));
+    std::string why = weight_only_decline(d, reinterpret_cast<const void*>(&wgmma::probe_kernel));
     if (!why.empty()) return why;
     why = sm90a_decline(d.device.index);
     if (!why.empty()) return why;
-    if (d.x_scheme) return "weight-only kernel (x_scheme is set: W8A8)";
-    if (d.x != Dtype::bf16 && d.x != Dtype::f16)
-      return "x is " + std::string(dtype_name(d.x)) + "; the tensor-core operands are bf16 / f16";
     if (d.y != d.x)
       return "y is " + std::string(dtype_name(d.y)) + ": W rounded to x's dtype (" +
              std::string(dtype_name(d.x)) +
@@ -162,15 +152,11 @@ class MatmulCudaWgmma final : public mm_cuda::TcLayoutKernel {
     if (!f) return why;
     if (!launcher_for(*f, true, &why)) return why;
     const int64_t tiles = tc::layout_of(*f, d.n, d.k).tiles;
-    const int64_t blocks = blocks_of(d.m, tiles), sms = mm_cuda::sm_count(d.device.index);
+    const int64_t blocks = wgmma::blocks_for(d.m, tiles), sms = mm_cuda::sm_count(d.device.index);
     if (blocks > sms)
       return std::to_string(blocks) + " blocks of 128 x 128 for " + std::to_string(sms) +
              " SMs: more than one wave (dequantize + a cuBLASLt GEMM is faster there)";
     return {};
-  }
-
-  KernelSku sku(const MatmulDesc& d) const override {
-    return mm_cuda::cuda_sku(d, mm_cuda::weight_only_dtypes(d), name());
   }
 
   PrecisionGuarantee precision(const MatmulDesc&) const override {
@@ -190,10 +176,8 @@ class MatmulCudaWgmma final : public mm_cuda::TcLayoutKernel {
   void run(const MatmulDesc& d, const MatmulArgs& a, const Stream& stream,
            Workspace ws) const override {
     if (d.m == 0 || d.n == 0) return;
-    if (!a.w_packed.data())
-      throw_error(ErrorCode::invalid_argument,
-                  "matmul: matmul_cuda_wgmma_tc needs the prepared weight (prepare_weight)");
     const mm_cuda::TcPlan tp = mm_cuda::tc_plan(d);
+    require_prepared(a, tp);
     mm_cuda::DeviceScope scope(d.device.index);
     const auto cs = static_cast<cudaStream_t>(stream.native_handle());
     // The copy engine needs x 16-byte aligned with rows a multiple of 16 bytes apart: args_for

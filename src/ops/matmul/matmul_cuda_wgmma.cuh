@@ -74,10 +74,14 @@ inline constexpr int kStages = 5;
 /// The stages, their barriers, and room to align the stages to 1024 bytes.
 inline constexpr int kSmemBytes = kStages * kStageBytes + 8 * kStages + 1024;
 
+/// Blocks of the grid before any split of K: 128 rows of x by 128 rows of W each.
+inline int64_t blocks_for(int64_t m, int64_t tiles) {
+  return ((m + kRowsX - 1) / kRowsX) * ((tiles + kTilesPerBlock - 1) / kTilesPerBlock);
+}
+
 /// k-ranges per block: enough blocks for one wave of `slots`, each range at least 4 segments.
 inline int split_for(int64_t m, int64_t tiles, int64_t segments, int64_t slots) {
-  const int64_t blocks =
-      ((m + kRowsX - 1) / kRowsX) * ((tiles + kTilesPerBlock - 1) / kTilesPerBlock);
+  const int64_t blocks = blocks_for(m, tiles);
   const int64_t want = (slots + blocks / 2) / std::max<int64_t>(blocks, 1);
   return static_cast<int>(std::clamp<int64_t>(want, 1, std::clamp<int64_t>(segments / 4, 1, 16)));
 }
