@@ -1,6 +1,6 @@
-// Hopper's mbarriers as the CUDA matmul kernels use them with asynchronous copies (the
-// tensor-memory accelerator): a barrier per stage that counts the bytes the copies deliver.
-// sm_90 and later.
+// Asynchronous copies as the CUDA matmul kernels use them: cp.async (sm_80 and later) and
+// Hopper's mbarriers for the tensor-memory accelerator (a barrier per stage that counts the
+// bytes the copies deliver; sm_90 and later).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -10,6 +10,17 @@
 namespace lowbit::async {
 
 #if defined(__CUDACC__)
+
+/// One 16-byte cp.async (global -> shared, cached in L2 only) and its groups.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const auto s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(kPending));
+}
 
 __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");

@@ -101,15 +101,9 @@ inline int split_for(int64_t m, int64_t tiles, int64_t segments, int64_t slots) 
 
 #if defined(__CUDACC__)
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const auto s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(kPending));
-}
+using async::cp_async16;
+using async::cp_async_commit;
+using async::cp_async_wait;
 
 /// Stores (or, with split > 1, parks) one f32 result of column c (row of x) and row (of W).
 __device__ __forceinline__ void store_result(const Args& p, float global, int c, int64_t row,

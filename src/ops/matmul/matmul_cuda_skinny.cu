@@ -37,7 +37,7 @@ class MatmulCudaSkinny final : public mm_cuda::TcWeightOnlyKernel {
   std::string decline(const MatmulDesc& d) const override {
     std::string why = weight_only_decline(
         d, reinterpret_cast<const void*>(
-               &skinny::skinny_kernel<Code::u4, Scale::integer, 1, true, 1, false>));
+               &skinny::skinny_kernel<Code::u4, Scale::integer, 1, true, 1, false, 1, false>));
     if (!why.empty()) return why;
     if (d.m > kMaxM)
       return "M = " + std::to_string(d.m) + " > " + std::to_string(kMaxM) +
@@ -71,8 +71,9 @@ class MatmulCudaSkinny final : public mm_cuda::TcWeightOnlyKernel {
     sa.w = mm_cuda::tc_weights(tp.format, tp.layout, a.w_packed.data());
     sa.x = static_cast<const uint8_t*>(a.x.data());
     sa.x_stride = d.x_stride();
-    if (!quant_cuda::aligned(a.x.data(), 8) || sa.x_stride % 4 != 0) {
-      // The kernel reads x 8 bytes at a time: an unaligned x is copied into the workspace.
+    if (!quant_cuda::aligned(a.x.data(), 16) || sa.x_stride % 8 != 0) {
+      // The kernel reads x 16 bytes at a time (8 where it does not stage x): rows that do not
+      // start 16 bytes apart and aligned are copied into the workspace.
       mm_cuda::check_cuda(
           cudaMemcpy2DAsync(ws.data, static_cast<size_t>(d.k) * 2, a.x.data(),
                             static_cast<size_t>(sa.x_stride) * 2, static_cast<size_t>(d.k) * 2,
