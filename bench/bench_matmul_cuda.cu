@@ -519,23 +519,42 @@ int main(int argc, char** argv) {
             r.n = n, r.k = k, r.m = m;
             r.wbytes = bench::quantized_bytes(q);
             r.bytes = r.wbytes + m * k * (dynamic ? 2 : 1) + m * n * 2;
-            try {
-              const lowbit::MatmulPlan plan = lowbit::MatmulPlan::select(d);
-              lowbit::Buffer wsb(static_cast<int64_t>(std::max<size_t>(plan.workspace_size(), 1)),
-                                 gpu, &stream);
-              const lowbit::Workspace wsp{wsb.data(), plan.workspace_size()};
-              r.ms = timer.median([&] { plan.run(stream, wsp, args); });
-              r.kernel = plan.sku().kernel;
-              r.vs_bf16 = bf16_ms[mi] / r.ms;
-              if (!plan.declined().empty() && mi == 0)
-                std::fprintf(stderr, "    %s declined: %s\n", plan.declined()[0].kernel.c_str(),
-                             plan.declined()[0].reason.c_str());
-            } catch (const lowbit::Error& e) {
-              r.kernel = std::string("none: ") + e.what();
-              r.ms = 0;
+            // The selected plan, and where that is not cuBLASLt's, cuBLASLt's beside it.
+            auto time_plan = [&](Row& row, const lowbit::Preference& pref) {
+              try {
+                const lowbit::MatmulPlan plan = lowbit::MatmulPlan::select(d, pref);
+                lowbit::Buffer wsb(static_cast<int64_t>(std::max<size_t>(plan.workspace_size(), 1)),
+                                   gpu, &stream);
+                const lowbit::Workspace wsp{wsb.data(), plan.workspace_size()};
+                lowbit::MatmulArgs pargs = args;
+                lowbit::Tensor packed;
+                if (const int64_t pb = lowbit::prepared_bytes(plan); pb > 0) {
+                  packed = lowbit::Tensor::empty({pb}, Dtype::u8, gpu);
+                  lowbit::prepare_weight(plan, q.view(), packed, &stream);
+                  pargs.w_packed = packed;
+                }
+                row.ms = timer.median([&] { plan.run(stream, wsp, pargs); });
+                row.kernel = plan.sku().kernel;
+                row.vs_bf16 = bf16_ms[mi] / row.ms;
+                if (!plan.declined().empty() && mi == 0)
+                  std::fprintf(stderr, "    %s declined: %s\n", plan.declined()[0].kernel.c_str(),
+                               plan.declined()[0].reason.c_str());
+              } catch (const lowbit::Error& e) {
+                row.kernel = std::string("none: ") + e.what();
+                row.ms = 0;
+              }
+              rows.push_back(row);
+              std::fprintf(stderr, "  %-60s %.4f ms %s\n", row.pair().c_str(), row.ms,
+                           row.kernel.c_str());
+            };
+            time_plan(r, lowbit::Preference{});
+            if (r.ms > 0 && r.kernel != "matmul_cuda_w8a8_lt") {
+              Row rl = r;
+              rl.scheme += " (cuBLASLt)";
+              lowbit::Preference lt;
+              lt.kernel = "matmul_cuda_w8a8_lt";
+              time_plan(rl, lt);
             }
-            rows.push_back(r);
-            std::fprintf(stderr, "  %-60s %.4f ms %s\n", r.pair().c_str(), r.ms, r.kernel.c_str());
           }
         }
       }

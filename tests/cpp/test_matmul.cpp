@@ -407,6 +407,49 @@ TEST(Matmul, SkinnyKernelOnAwkwardShapes) {
   }
 }
 
+/// matmul_cuda_skinny_w8a8 (fp8 x and W on the skinny kernel, M <= 16): every pair of fp8
+/// element formats, x per token and per tensor, W per channel and per tensor, x given quantized
+/// and quantized by the plan (bf16 and f32 x), y bf16 / f16 (padded rows, bias); M = 1, 3 (8-row
+/// blocks), 9, 16 (16-row blocks); N = 7 (one tile), 67 and 300 (the last block's second tile
+/// past N); K = 384 (three segments), 2048, 20736 (162 segments). Declined: M = 17, f32 y, int8.
+TEST(Matmul, SkinnyW8A8OnAwkwardShapes) {
+  const char* const kernel = "matmul_cuda_skinny_w8a8";
+  int ran = 0;
+  uint64_t seed = 4000;
+  const W8A8Case pairs[] = {{"fp8e4m3:token", "fp8e4m3:channel"},
+                            {"fp8e4m3:tensor", "fp8e4m3:tensor"},
+                            {"fp8e5m2:token", "fp8e4m3:channel"},
+                            {"fp8e4m3:token", "fp8e5m2:channel"},
+                            {"fp8e5m2:tensor", "fp8e5m2:tensor"}};
+  for (Device device : testing::test_devices()) {
+    if (!device.is_cuda()) continue;
+    for (const W8A8Case& p : pairs) {
+      std::vector<Case> cs;
+      for (bool given : {true, false}) {
+        const Dtype x = given ? Dtype::f32 : Dtype::bf16;
+        cs.push_back({1, 300, 2048, x, Dtype::bf16, p.w_scheme, p.x_scheme, given, true, 3, false});
+        cs.push_back({3, 67, 384, x, Dtype::f16, p.w_scheme, p.x_scheme, given, false, 0, false});
+        cs.push_back({9, 7, 20736, x, Dtype::bf16, p.w_scheme, p.x_scheme, given, false, 0, false});
+        cs.push_back({16, 67, 2048, given ? x : Dtype::f32, Dtype::bf16, p.w_scheme, p.x_scheme,
+                      given, true, 5, false});
+      }
+      for (const Case& c : cs) {
+        if (run_case(kernel, device, c, seed++)) ++ran;
+        if (::testing::Test::HasFailure()) return;
+      }
+    }
+    EXPECT_EQ(ran, 5 * 8) << "the kernel declined a case it serves";
+    std::printf("%s on %s ran %d cases\n", kernel, device.str().c_str(), ran);
+    const Case declined[] = {
+        {17, 67, 384, Dtype::f32, Dtype::bf16, "fp8e4m3:channel", "fp8e4m3:token", true},
+        {4, 67, 384, Dtype::f32, Dtype::f32, "fp8e4m3:channel", "fp8e4m3:token", true},
+        {4, 67, 384, Dtype::f32, Dtype::bf16, "int8:channel", "int8:token", true},
+    };
+    for (const Case& c : declined)
+      EXPECT_FALSE(run_case(kernel, device, c, seed++)) << case_name(c);
+  }
+}
+
 /// matmul_cuda_wgmma_tc (wgmma with W decoded in registers; sm_90a) on the shapes its tiling
 /// finds awkward: a block takes 128 rows of x and 128 rows of W (a warpgroup 64 x 128), so
 /// M = 65, 77, 127, 128, 129, 200, 255, 256 cover partial and full blocks; N = 200 (13 tiles,

@@ -10,25 +10,25 @@
 #include "ops/matmul/matmul_kernels.hpp"
 
 namespace lowbit {
+
+skinny::Launcher skinny::launcher_for(const tc::Format& f, bool bf16, int nt, std::string* why) {
+  switch (f.code) {
+    case Code::u4:
+      return launcher_int4(f, bf16, nt, why);
+    case Code::i8:
+      return launcher_int8(f, bf16, nt, why);
+    default:
+      return launcher_float(f, bf16, nt, why);
+  }
+}
+
 namespace {
 
 using skinny::kMaxM;
 using skinny::Launcher;
+using skinny::launcher_for;
 using tc::Code;
 using tc::Scale;
-
-/// The instantiation for a format (its translation unit by code width), or null with the
-/// reason. nt = 1: blocks of 8 rows of x (M <= 8), 2: blocks of 16.
-Launcher launcher_for(const tc::Format& f, bool bf16, int nt, std::string* why) {
-  switch (f.code) {
-    case Code::u4:
-      return skinny::launcher_int4(f, bf16, nt, why);
-    case Code::i8:
-      return skinny::launcher_int8(f, bf16, nt, why);
-    default:
-      return skinny::launcher_float(f, bf16, nt, why);
-  }
-}
 
 class MatmulCudaSkinny final : public mm_cuda::TcWeightOnlyKernel {
  public:

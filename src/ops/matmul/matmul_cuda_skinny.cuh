@@ -58,10 +58,19 @@ struct Args {
   int m = 0;
   int64_t n = 0;
   int64_t tiles = 0;  ///< 16-row tiles of W (ceil(n / 16))
+  /// W8A8 (matmul_cuda_skinny_w8a8): x holds the activations' exact codes and y's rows are
+  /// scaled by x's f32 scales (one per row with x_scale_row, else one), after W's scales and
+  /// before the bias. Null: weight-only.
+  const float* x_scale = nullptr;
+  bool x_scale_row = false;
 };
 
 /// Launches one instantiation for `tiles` 16-row tiles on a device with `sms` multiprocessors.
 using Launcher = void (*)(const Args&, int64_t tiles, int sms, cudaStream_t);
+
+/// The instantiation for a format of the tc layout, x dtype (bf16 or f16) and M tile, or null
+/// with the reason (matmul_cuda_skinny.cu; by code width, the three below).
+Launcher launcher_for(const tc::Format& f, bool bf16, int nt, std::string* why);
 
 /// The instantiation for a format, x dtype and M tile (nt = 1: 8 rows, 2: 16 rows per block),
 /// or null (with the reason in `why`) when none is built. One per translation unit.
@@ -424,6 +433,7 @@ __global__ void __launch_bounds__(kMaxThreads<TM>)
         if (c >= p.m || row >= p.n) continue;
         float v = acc[tm][t][i];
         if (S == Scale::e4m3) v *= global;
+        if (p.x_scale) v *= p.x_scale[p.x_scale_row ? c : 0];
         if (p.bias) v += quant_cuda::load_any(p.bias, p.y_dtype, static_cast<uint64_t>(row));
         quant_cuda::store_any(p.y, p.y_dtype, static_cast<uint64_t>(c * p.y_stride + row), v);
       }
