@@ -1,5 +1,5 @@
 // matmul_cuda_skinny_w8a8: fp8 W8A8 (x per token or per tensor, W per channel or per tensor, e4m3
-// / e5m2) for a few rows of x (M <= 16) on the skinny GEMV kernel (matmul_cuda_skinny.cuh) over
+// / e5m2) for a few rows of x (M <= 8) on the skinny GEMV kernel (matmul_cuda_skinny.cuh) over
 // the prepared "cuda_tc16x128" weight layout. cuBLASLt's fp8 GEMM (matmul_cuda_w8a8_lt) reads the
 // same 1-byte W but is built for tiles of many rows: at M = 1 it took 0.036-0.040 ms on the H100
 // where the skinny kernel reads an fp8 W in 0.030-0.033 (BENCHMARKS.md).
@@ -22,7 +22,9 @@ namespace {
 using tc::Code;
 using tc::Scale;
 
-constexpr int64_t kMaxM = 16;  ///< from M = 17 cuBLASLt's GEMM is as fast (BENCHMARKS.md)
+/// M = 1: 0.032-0.035 ms against cuBLASLt's 0.036-0.040; M = 16: 0.037-0.040 against
+/// 0.036-0.040 (per tensor: 0.033-0.036), so the 16-row instantiation is left to cuBLASLt.
+constexpr int64_t kMaxM = 8;
 constexpr int kThreads = 256;
 
 bool is_fp8(QuantFormat f) { return f == QuantFormat::fp8e4m3 || f == QuantFormat::fp8e5m2; }
@@ -76,7 +78,7 @@ class MatmulCudaSkinnyW8A8 final : public mm_cuda::TcLayoutKernel {
       return "f32 y: the dequantize path serves it (as for matmul_cuda_w8a8_lt)";
     if (d.m > kMaxM)
       return "M = " + std::to_string(d.m) + " > " + std::to_string(kMaxM) +
-             " (a GEMV kernel; cuBLASLt's fp8 GEMM is as fast from there)";
+             " (a GEMV kernel; cuBLASLt's fp8 GEMM is as fast from 16 rows)";
     const auto f = tc::format_of(d.w, d.n, d.k, &why);
     if (!f) return why;
     if (f->code != Code::e4m3 && f->code != Code::e5m2)
@@ -143,7 +145,7 @@ class MatmulCudaSkinnyW8A8 final : public mm_cuda::TcLayoutKernel {
     sa.n = d.n;
     sa.x_scale = xq.scale.data_as<const float>();
     sa.x_scale_row = xq.scheme.granularity == Granularity::token;
-    const skinny::Launcher l = skinny::launcher_for(tp.format, false, d.m > 8 ? 2 : 1, nullptr);
+    const skinny::Launcher l = skinny::launcher_for(tp.format, false, 1, nullptr);
     l(sa, tp.layout.tiles, mm_cuda::sm_count(d.device.index), s);
   }
 };
