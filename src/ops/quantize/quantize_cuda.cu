@@ -687,12 +687,18 @@ __global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a)
   // step's arithmetic, so that loads stay in flight while the warp computes (without it a
   // warp alternates between waiting and computing, and the H200's bandwidth needs more
   // bytes in flight than that leaves).
+  // Vector j of the lane in its chunk. GGUF: vectors 2 p and 2 p + 1 of a lane are adjacent
+  // (2 E elements of one block per lane, T / 2 lanes per block: half the shuffles and the
+  // per-block work of E elements per lane, which bound these kernels' issue).
+  auto vec_of = [&](int j) {
+    return kGguf<B> ? (j >> 1) * 64 + 2 * lane + (j & 1) : j * 32 + lane;
+  };
   uint4 next[V];
   auto fetch = [&](uint64_t c) {
     const uint64_t chunk = a.reverse ? chunks - 1 - c : c;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      const uint64_t k = chunk * (32 * V) + j * 32 + lane;
+      const uint64_t k = chunk * (32 * V) + vec_of(j);
       next[j] = k < total_vecs ? static_cast<const uint4*>(a.x)[k] : make_uint4(0, 0, 0, 0);
     }
   };
@@ -711,7 +717,7 @@ __global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a)
     bool ok[V];
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      vi[j] = chunk * (32 * V) + j * 32 + lane;
+      vi[j] = chunk * (32 * V) + vec_of(j);
       ok[j] = vi[j] < total_vecs;  // whole blocks: T divides 32
       if constexpr (kVec) {
 #pragma unroll
@@ -727,75 +733,89 @@ __global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a)
       const uint32_t mine = amax_bits(x[j]);
       // The finiteness check costs a compare unless the lane holds a NaN / Inf.
       if (a.nonfinite && mine >= 0x7f800000u) first_non_finite(x[j], vi[j] * E, bad);
-      am[j] = team_max<T>(mine);
+      am[j] = mine;
+      if constexpr (!kGguf<B>) am[j] = team_max<T>(mine);
     }
     if constexpr (kGguf<B>) {
       uint8_t* st = stage[warp];
+      constexpr int E2 = 2 * E;   // a lane's elements of its block
+      constexpr int TL = T / 2;   // lanes per block
+      const int tl = lane % TL;  // the lane's place in its block
 #pragma unroll
-      for (int j = 0; j < V; ++j) {
-        const int local = (j * 32 + lane) / T;  // the block's index within the chunk
+      for (int pj = 0; pj < V / 2; ++pj) {
+        const int j = 2 * pj;
+        float xs2[E2];
+#pragma unroll
+        for (int i = 0; i < E; ++i) xs2[i] = x[j][i], xs2[E + i] = x[j + 1][i];
+        const int local = (pj * 32 + lane) / TL;  // the block's index within the chunk
         uint8_t* blk = st + local * kGgufBytes<B>;
         float d;
-        uint32_t q[E];
+        uint32_t q[E2];
         if constexpr (B == Blk::q8_0) {
-          d = __uint_as_float(am[j]) / 127.0f;
+          d = __uint_as_float(team_max<TL>(max(am[j], am[j + 1]))) / 127.0f;
           const float id = d != 0.0f ? 1.0f / d : 0.0f;
 #pragma unroll
-          for (int i = 0; i < E; ++i) q[i] = gguf_q8_0_code_normal(x[j][i], id);
+          for (int i = 0; i < E2; ++i) q[i] = gguf_q8_0_code_normal(xs2[i], id);
           if (d > 0.0f && d < 0x1p-126f) {
-            LaneFloats<E> xs;
+            LaneFloats<E2> xs;
 #pragma unroll
-            for (int i = 0; i < E; ++i) xs.v[i] = x[j][i];
-            const LaneCodes<E> c = gguf_codes_tiny_d<E, true>(xs, id);
+            for (int i = 0; i < E2; ++i) xs.v[i] = xs2[i];
+            const LaneCodes<E2> c = gguf_codes_tiny_d<E2, true>(xs, id);
 #pragma unroll
-            for (int i = 0; i < E; ++i) q[i] = c.q[i];
+            for (int i = 0; i < E2; ++i) q[i] = c.q[i];
           }
         } else {
           float amax = 0.0f, mx = 0.0f;
 #pragma unroll
-          for (int i = 0; i < E; ++i) {
-            if (amax < fabsf(x[j][i])) {
-              amax = fabsf(x[j][i]);
-              mx = x[j][i];
+          for (int i = 0; i < E2; ++i) {
+            if (amax < fabsf(xs2[i])) {
+              amax = fabsf(xs2[i]);
+              mx = xs2[i];
             }
           }
-          d = team_signed_max<T>(amax, mx) / -8.0f;
+          d = team_signed_max<TL>(amax, mx) / -8.0f;
           const float id = d != 0.0f ? 1.0f / d : 0.0f;
 #pragma unroll
-          for (int i = 0; i < E; ++i) q[i] = gguf_q4_0_code_normal(x[j][i], id);
+          for (int i = 0; i < E2; ++i) q[i] = gguf_q4_0_code_normal(xs2[i], id);
           if (fabsf(d) > 0.0f && fabsf(d) < 0x1p-126f) {
-            LaneFloats<E> xs;
+            LaneFloats<E2> xs;
 #pragma unroll
-            for (int i = 0; i < E; ++i) xs.v[i] = x[j][i];
-            const LaneCodes<E> c = gguf_codes_tiny_d<E, false>(xs, id);
+            for (int i = 0; i < E2; ++i) xs.v[i] = xs2[i];
+            const LaneCodes<E2> c = gguf_codes_tiny_d<E2, false>(xs, id);
 #pragma unroll
-            for (int i = 0; i < E; ++i) q[i] = c.q[i];
+            for (int i = 0; i < E2; ++i) q[i] = c.q[i];
           }
         }
         // f32_to_f16(d) by the hardware conversion: the same bits for every non-NaN d
         // (round to nearest even, subnormals kept, overflow to Inf).
         const uint16_t d16 = __half_as_ushort(__float2half_rn(d));
         const uint64_t b = vi[j] / T;
-        if (a.overflow && ok[j] && t == 0 && (d16 & 0x7fffu) == 0x7c00u) ovf = min(ovf, b);
+        if (a.overflow && ok[j] && tl == 0 && (d16 & 0x7fffu) == 0x7c00u) ovf = min(ovf, b);
         uint16_t* h = reinterpret_cast<uint16_t*>(blk);  // 2-byte aligned
-        if (t == 0) h[0] = d16;
+        if (tl == 0) h[0] = d16;
         if constexpr (B == Blk::q8_0) {
-          // Elements tE .. tE + E - 1 are bytes 2 + tE ...
+          // Elements tl E2 .. tl E2 + E2 - 1 are bytes 2 + tl E2 ...
 #pragma unroll
-          for (int i = 0; i < E; i += 2) h[1 + (t * E + i) / 2] = q[i] | (q[i + 1] << 8);
+          for (int i = 0; i < E2; i += 2) h[1 + (tl * E2 + i) / 2] = q[i] | (q[i + 1] << 8);
         } else {
-          // Byte k (k < 16) holds element k (low nibble) and k + 16 (high): lanes t < T / 2
-          // hold the low halves and take the high ones from lane t + T / 2.
+          // Byte k (k < 16) holds element k (low nibble) and k + 16 (high): lanes tl < TL / 2
+          // hold the low halves and take the high ones from lane tl + TL / 2.
           uint32_t mine = 0;
 #pragma unroll
-          for (int i = 0; i < E; ++i) mine |= q[i] << (4 * i);
-          const uint32_t other = __shfl_xor_sync(0xffffffffu, mine, T / 2);
-          if (t < T / 2) {
+          for (int i = 0; i < 8; ++i) mine |= q[i] << (4 * i);
+          uint32_t mine2 = 0;
 #pragma unroll
-            for (int i = 0; i < E; i += 2) {
-              const uint32_t b0 = (q[i] | (((other >> (4 * i)) & 0xfu) << 4));
-              const uint32_t b1 = (q[i + 1] | (((other >> (4 * i + 4)) & 0xfu) << 4));
-              h[1 + (t * E + i) / 2] = static_cast<uint16_t>(b0 | (b1 << 8));
+          for (int i = 8; i < E2; ++i) mine2 |= q[i] << (4 * (i - 8));
+          const uint32_t other = __shfl_xor_sync(0xffffffffu, mine, TL / 2);
+          const uint32_t other2 = E2 > 8 ? __shfl_xor_sync(0xffffffffu, mine2, TL / 2) : 0u;
+          if (tl < TL / 2) {
+#pragma unroll
+            for (int i = 0; i < E2; i += 2) {
+              const uint32_t o = i < 8 ? other : other2;
+              const int sh = 4 * (i % 8);
+              const uint32_t b0 = (q[i] | (((o >> sh) & 0xfu) << 4));
+              const uint32_t b1 = (q[i + 1] | (((o >> (sh + 4)) & 0xfu) << 4));
+              h[1 + (tl * E2 + i) / 2] = static_cast<uint16_t>(b0 | (b1 << 8));
             }
           }
         }
