@@ -192,13 +192,20 @@ HWY_INLINE V lb_erf(V x) {
   return hn::IfThenElse(a < F(1.0f), small, nan_or_big);
 }
 
-HWY_INLINE V lb_bf16_round(V v) {  // float_of(lb_bf16_bits(v) << 16)
+/// lb_bf16_bits(v) in the low 16 bits of each lane. The rounding is done on the signed pattern:
+/// for every non-NaN v, |v| + 0x8000 stays below 2^31, so adding the rounding increment to
+/// sign | magnitude never reaches the sign, and the shift leaves sign | rounded magnitude,
+/// jit_math's `code | sign` (8 operations instead of 12).
+HWY_INLINE VU lb_bf16_code(V v) {
   const VU x = bits(v);
-  const VU a = x & U(0x7fffffffu);
-  const VU rounded = hn::ShiftRight<16>(a + U(0x7fffu) + (hn::ShiftRight<16>(a) & U(1u)));
-  const auto nan = hn::BitCast(DI(), a) > I(0x7f800000);
-  const VU code = hn::IfThenElse(hn::RebindMask(DU(), nan), U(0x7fc0u), rounded);
-  return from_bits(hn::ShiftLeft<16>(code | (hn::ShiftRight<16>(x) & U(0x8000u))));
+  const VU hi = hn::ShiftRight<16>(x);
+  const VU rounded = hn::ShiftRight<16>(x + U(0x7fffu) + (hi & U(1u)));
+  const VU nan_code = hn::OrAnd(U(0x7fc0u), hi, U(0x8000u));  // 0x7fc0 | sign
+  return hn::IfThenElse(hn::RebindMask(DU(), hn::IsNaN(v)), nan_code, rounded);
+}
+
+HWY_INLINE V lb_bf16_round(V v) {  // float_of(lb_bf16_bits(v) << 16)
+  return from_bits(hn::ShiftLeft<16>(lb_bf16_code(v)));
 }
 
 // ---- loops over a tile ---------------------------------------------------------------------
@@ -359,19 +366,19 @@ void StoreBf16(const float* s, uint16_t* o, int n, bool stream) {
   int i = 0;
   if (stream && reinterpret_cast<uintptr_t>(o) % (2 * N) == 0) {
     for (; i + N <= n; i += N) {
-      const VU code = hn::ShiftRight<16>(bits(lb_bf16_round(hn::LoadU(d, s + i))));
+      const VU code = lb_bf16_code(hn::LoadU(d, s + i));
       hn::Stream(hn::DemoteTo(d16, hn::BitCast(DI(), code)), d16, o + i);
     }
   }
   for (; i + N <= n; i += N) {
-    const VU code = hn::ShiftRight<16>(bits(lb_bf16_round(hn::LoadU(d, s + i))));
+    const VU code = lb_bf16_code(hn::LoadU(d, s + i));
     hn::StoreU(hn::DemoteTo(d16, hn::BitCast(DI(), code)), d16, o + i);
   }
   if (i == n) return;
   alignas(64) float ps[N] = {};
   alignas(64) uint16_t po[N];
   std::memcpy(ps, s + i, sizeof(float) * static_cast<size_t>(n - i));
-  const VU code = hn::ShiftRight<16>(bits(lb_bf16_round(hn::Load(d, ps))));
+  const VU code = lb_bf16_code(hn::Load(d, ps));
   hn::Store(hn::DemoteTo(d16, hn::BitCast(DI(), code)), d16, po);
   std::memcpy(o + i, po, sizeof(uint16_t) * static_cast<size_t>(n - i));
 }
@@ -418,7 +425,7 @@ void Chain(const fusion::ChainOp* ops, int m, const fusion::ChainDst& dst, int n
     }
     if (dst.bf16) {
       for (int u = 0; u < U; ++u) {
-        const VU code = hn::ShiftRight<16>(bits(lb_bf16_round(acc[u])));
+        const VU code = lb_bf16_code(acc[u]);
         const auto codes = hn::DemoteTo(d16, hn::BitCast(DI(), code));
         if (stream) {
           hn::Stream(codes, d16, dst.bf16 + i + u * N);
