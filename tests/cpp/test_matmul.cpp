@@ -411,7 +411,7 @@ TEST(Matmul, SkinnyKernelOnAwkwardShapes) {
 /// element formats, x per token and per tensor, W per channel and per tensor, x given quantized
 /// and quantized by the plan (bf16 and f32 x), y bf16 / f16 (padded rows, bias); M = 1, 3, 5, 8
 /// (one 8-row block, rows past M re-read); N = 7 (one tile), 67 and 300; K = 384 (three
-/// segments), 2048, 20736 (162 segments). Declined: M = 9, f32 y, int8.
+/// segments), 2048, 20736 (162 segments). Declined: M = 9, f32 y, int8, block-scaled W.
 TEST(Matmul, SkinnyW8A8OnAwkwardShapes) {
   const char* const kernel = "matmul_cuda_skinny_w8a8";
   int ran = 0;
@@ -444,6 +444,7 @@ TEST(Matmul, SkinnyW8A8OnAwkwardShapes) {
         {9, 67, 384, Dtype::f32, Dtype::bf16, "fp8e4m3:channel", "fp8e4m3:token", true},
         {4, 67, 384, Dtype::f32, Dtype::f32, "fp8e4m3:channel", "fp8e4m3:token", true},
         {4, 67, 384, Dtype::f32, Dtype::bf16, "int8:channel", "int8:token", true},
+        {4, 67, 384, Dtype::f32, Dtype::bf16, "fp8e4m3:block128", "fp8e4m3:token", true},
     };
     for (const Case& c : declined)
       EXPECT_FALSE(run_case(kernel, device, c, seed++)) << case_name(c);

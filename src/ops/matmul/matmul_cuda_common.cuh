@@ -72,6 +72,12 @@ inline KernelSku cuda_sku(const MatmulDesc& d, std::string dtypes, std::string_v
 inline std::string weight_only_dtypes(const MatmulDesc& d) {
   return std::string(dtype_name(d.x)) + "x" + d.w.str() + "->" + std::string(dtype_name(d.y));
 }
+/// "f8e4m3fn(fp8e4m3:token)xfp8e4m3:channel->bf16": a W8A8 product's dtypes.
+inline std::string w8a8_dtypes(const MatmulDesc& d) {
+  return std::string(dtype_name(d.x)) + "(" + d.x_scheme->str() + ")x" + d.w.str() + "->" +
+         std::string(dtype_name(d.y));
+}
+inline bool is_fp8(QuantFormat f) { return f == QuantFormat::fp8e4m3 || f == QuantFormat::fp8e5m2; }
 
 /// The kernels that read W in the prepared "cuda_tc16x128" layout (skinny, medium, wgmma,
 /// dequantize + GEMM): one layout and one prepare step, so QuantizedLinear keeps one copy for

@@ -22,6 +22,25 @@ skinny::Launcher skinny::launcher_for(const tc::Format& f, bool bf16, int nt, st
   }
 }
 
+skinny::Args skinny::plan_args(const MatmulDesc& d, const MatmulArgs& a,
+                               const mm_cuda::TcPlan& tp) {
+  Args sa;
+  sa.w = mm_cuda::tc_weights(tp.format, tp.layout, a.w_packed.data());
+  sa.y = a.y.data();
+  sa.y_stride = d.y_stride();
+  sa.y_dtype = d.y;
+  sa.bias = d.bias ? a.bias.data() : nullptr;
+  sa.m = static_cast<int>(d.m);
+  sa.n = d.n;
+  return sa;
+}
+
+void skinny::launch_plan(const Args& sa, const MatmulDesc& d, const mm_cuda::TcPlan& tp, bool bf16,
+                         cudaStream_t stream) {
+  const Launcher l = launcher_for(tp.format, bf16, d.m > 8 ? 2 : 1, nullptr);
+  l(sa, tp.layout.tiles, mm_cuda::sm_count(d.device.index), stream);
+}
+
 namespace {
 
 using skinny::kMaxM;
@@ -67,8 +86,7 @@ class MatmulCudaSkinny final : public mm_cuda::TcWeightOnlyKernel {
     const mm_cuda::TcPlan tp = mm_cuda::tc_plan(d);
     require_prepared(a, tp);
     mm_cuda::DeviceScope scope(d.device.index);
-    skinny::Args sa;
-    sa.w = mm_cuda::tc_weights(tp.format, tp.layout, a.w_packed.data());
+    skinny::Args sa = skinny::plan_args(d, a, tp);
     sa.x = static_cast<const uint8_t*>(a.x.data());
     sa.x_stride = d.x_stride();
     if (!quant_cuda::aligned(a.x.data(), 16) || sa.x_stride % 8 != 0) {
@@ -83,15 +101,8 @@ class MatmulCudaSkinny final : public mm_cuda::TcWeightOnlyKernel {
       sa.x = static_cast<const uint8_t*>(ws.data);
       sa.x_stride = d.k;
     }
-    sa.y = a.y.data();
-    sa.y_stride = d.y_stride();
-    sa.y_dtype = d.y;
-    sa.bias = d.bias ? a.bias.data() : nullptr;
-    sa.m = static_cast<int>(d.m);
-    sa.n = d.n;
-    const Launcher l = launcher_for(tp.format, d.x == Dtype::bf16, d.m > 8 ? 2 : 1, nullptr);
-    l(sa, tp.layout.tiles, mm_cuda::sm_count(d.device.index),
-      static_cast<cudaStream_t>(stream.native_handle()));
+    skinny::launch_plan(sa, d, tp, d.x == Dtype::bf16,
+                        static_cast<cudaStream_t>(stream.native_handle()));
   }
 };
 

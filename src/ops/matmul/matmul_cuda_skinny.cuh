@@ -72,6 +72,13 @@ using Launcher = void (*)(const Args&, int64_t tiles, int sms, cudaStream_t);
 /// with the reason (matmul_cuda_skinny.cu; by code width, the three below).
 Launcher launcher_for(const tc::Format& f, bool bf16, int nt, std::string* why);
 
+/// The plans' part of a launch (matmul_cuda_skinny.cu): Args with W's prepared layout, y, bias,
+/// M and N from the plan (the caller sets x, x_stride and the W8A8 x scale), then the
+/// instantiation for the plan's format, x dtype `bf16` and M.
+Args plan_args(const MatmulDesc& d, const MatmulArgs& a, const mm_cuda::TcPlan& tp);
+void launch_plan(const Args& sa, const MatmulDesc& d, const mm_cuda::TcPlan& tp, bool bf16,
+                 cudaStream_t stream);
+
 /// The instantiation for a format, x dtype and M tile (nt = 1: 8 rows, 2: 16 rows per block),
 /// or null (with the reason in `why`) when none is built. One per translation unit.
 Launcher launcher_int4(const tc::Format& f, bool bf16, int nt, std::string* why);

@@ -27,7 +27,7 @@ using tc::Scale;
 constexpr int64_t kMaxM = 8;
 constexpr int kThreads = 256;
 
-bool is_fp8(QuantFormat f) { return f == QuantFormat::fp8e4m3 || f == QuantFormat::fp8e5m2; }
+using mm_cuda::is_fp8;
 
 /// fp8 codes [rows][k] (contiguous) -> f16 bit patterns, exact; 8 codes per thread and step
 /// (k is a multiple of 128, so rows hold whole groups of 8).
@@ -74,6 +74,9 @@ class MatmulCudaSkinnyW8A8 final : public mm_cuda::TcLayoutKernel {
       return "fp8 x with fp8 W only (int8 W8A8 promises exact i32 sums: matmul_cuda_w8a8_lt)";
     if (xs.granularity != Granularity::token && xs.granularity != Granularity::tensor)
       return "x " + xs.str() + ": per-token or per-tensor x only";
+    if (d.w.granularity != Granularity::channel && d.w.granularity != Granularity::tensor)
+      return "W " + d.w.str() +
+             ": per-channel or per-tensor W only (block-scaled fp8 is matmul_cuda_w8a8_lt's)";
     if (d.y == Dtype::f32)
       return "f32 y: the dequantize path serves it (as for matmul_cuda_w8a8_lt)";
     if (d.m > kMaxM)
@@ -81,17 +84,12 @@ class MatmulCudaSkinnyW8A8 final : public mm_cuda::TcLayoutKernel {
              " (a GEMV kernel; cuBLASLt's fp8 GEMM is as fast from 16 rows)";
     const auto f = tc::format_of(d.w, d.n, d.k, &why);
     if (!f) return why;
-    if (f->code != Code::e4m3 && f->code != Code::e5m2)
-      return "W " + d.w.str() + " is not fp8 codes in the tc layout";
     if (!skinny::launcher_for(*f, false, 1, &why)) return why;
     return {};
   }
 
   KernelSku sku(const MatmulDesc& d) const override {
-    return mm_cuda::cuda_sku(d,
-                             std::string(dtype_name(d.x)) + "(" + d.x_scheme->str() + ")x" +
-                                 d.w.str() + "->" + std::string(dtype_name(d.y)),
-                             name());
+    return mm_cuda::cuda_sku(d, mm_cuda::w8a8_dtypes(d), name());
   }
 
   PrecisionGuarantee precision(const MatmulDesc&) const override {
@@ -133,20 +131,12 @@ class MatmulCudaSkinnyW8A8 final : public mm_cuda::TcLayoutKernel {
           <<<grid, kThreads, 0, s>>>(codes, reinterpret_cast<uint4*>(xh), groups, aligned8);
     mm_cuda::check_launch("fp8_to_f16_kernel");
 
-    skinny::Args sa;
-    sa.w = mm_cuda::tc_weights(tp.format, tp.layout, a.w_packed.data());
+    skinny::Args sa = skinny::plan_args(d, a, tp);
     sa.x = xh;
     sa.x_stride = d.k;
-    sa.y = a.y.data();
-    sa.y_stride = d.y_stride();
-    sa.y_dtype = d.y;
-    sa.bias = d.bias ? a.bias.data() : nullptr;
-    sa.m = static_cast<int>(d.m);
-    sa.n = d.n;
     sa.x_scale = xq.scale.data_as<const float>();
     sa.x_scale_row = xq.scheme.granularity == Granularity::token;
-    const skinny::Launcher l = skinny::launcher_for(tp.format, false, 1, nullptr);
-    l(sa, tp.layout.tiles, mm_cuda::sm_count(d.device.index), s);
+    skinny::launch_plan(sa, d, tp, false, s);  // f16 x; M <= 8: the 8-row instantiation
   }
 };
 

@@ -26,7 +26,7 @@ constexpr int kThreads = 256;
 /// f32 sums, then the int8 path's epilogue; fp8_block: 1x128 x 128x128 blocks.
 enum class Kind { int8, fp8, fp8_epilogue, fp8_block };
 
-bool is_fp8(QuantFormat f) { return f == QuantFormat::fp8e4m3 || f == QuantFormat::fp8e5m2; }
+using mm_cuda::is_fp8;
 bool per_row(const QuantScheme& s) {
   return s.granularity == Granularity::token ||
          (s.granularity == Granularity::channel && (s.axis == 0 || s.axis == -2));
@@ -216,10 +216,7 @@ class MatmulCudaW8A8 final : public MatmulKernel {
     return std::nullopt;
   }
   KernelSku sku(const MatmulDesc& d) const override {
-    return mm_cuda::cuda_sku(d,
-                             std::string(dtype_name(d.x)) + "(" + d.x_scheme->str() + ")x" +
-                                 d.w.str() + "->" + std::string(dtype_name(d.y)),
-                             name());
+    return mm_cuda::cuda_sku(d, mm_cuda::w8a8_dtypes(d), name());
   }
   PrecisionGuarantee precision(const MatmulDesc& d) const override {
     std::string why;

@@ -834,7 +834,7 @@ __global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a)
         for (uint32_t k = lane; k < bytes; k += 32) out[k] = st[k];
       }
       __syncwarp();
-    } else if constexpr (kPair) {  // mxfp4: the arithmetic of the loop below, per pair
+    } else if constexpr (kPair) {  // mxfp4, per pair of vectors
       constexpr int E2 = 2 * E;
       constexpr int TL = T / 2;
       const int tl = lane % TL;
@@ -919,12 +919,7 @@ __global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a)
             w[0] = nvfp4_codes_dividing<E>(xs, total);
           }
           if (global == 0.0f) w[0] = 0;
-        } else if constexpr (B == Blk::mxfp4) {
-          sc = formats::mx_scale_code(amax, 2);
-          const float f = formats::mx_unscale(1.0f, sc);  // 2^-e, exact: x * f is mx_unscale
-#pragma unroll
-          for (int i = 0; i < E; ++i) w[0] |= e2m1_from_f32(__fmul_rn(x[j][i], f)) << (4 * i);
-        } else {
+        } else {  // MXFP8 (mxfp4 takes the pair loop above)
           sc = formats::mx_scale_code(amax, B == Blk::mxe4m3 ? 8 : 15);
           const float f = formats::mx_unscale(1.0f, sc);
 #pragma unroll
@@ -935,7 +930,7 @@ __global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a)
         }
         if (!ok[j]) continue;
         if (t == 0) a.scales[vi[j] / T] = sc;
-        constexpr int kCodeBytes = B == Blk::nvfp4 || B == Blk::mxfp4 ? E / 2 : E;  // per lane
+        constexpr int kCodeBytes = B == Blk::nvfp4 ? E / 2 : E;  // per lane
         if constexpr (kCodeBytes == 8) {
           reinterpret_cast<uint2*>(a.codes)[vi[j]] = make_uint2(w[0], w[1]);
         } else if constexpr (kCodeBytes == 4) {
