@@ -637,6 +637,67 @@ TEST(QuantizeCuda, Nvfp4NearRoundingBoundariesMatchesTheReference) {
   }
 }
 
+/// The kernels compute e2m1 codes with FP32 arithmetic (clamps and magic-constant roundings)
+/// and nvfp4's x / total by Markstein's correction of a reciprocal product: every bf16
+/// mantissa, within the five binades under each block's amax (the quotients 6 / 32 .. 6 that
+/// cross all of e2m1's midpoints), for nvfp4 (computed and given global scales, the latter
+/// across the range where the kernel's fast path ends) and mxfp4, from bf16 and f16
+/// sources, must give the reference's bits.
+TEST(QuantizeCuda, E2m1FormatsOnEveryMantissaMatchTheReference) {
+  LOWBIT_REQUIRE_CUDA();
+  auto rng = testing::make_rng(516);
+  std::uniform_int_distribution<int> mant(0, 127), exp5(0, 4), amax_exp(-20, 20);
+  for (Dtype src : {Dtype::bf16, Dtype::f16}) {
+    const int kBlocks = 8192, k = 64;  // rows of 4 nvfp4 / 2 mxfp4 blocks
+    std::vector<float> values(static_cast<size_t>(kBlocks) * 16);
+    for (int b = 0; b < kBlocks; ++b) {
+      // amax: an arbitrary bf16 (f16-representable for f16 sources: |exponent| <= 12).
+      const int ea = src == Dtype::f16 ? amax_exp(rng) % 12 : amax_exp(rng);
+      const float amax = std::ldexp(1.0f + mant(rng) / 128.0f, ea);
+      float* blk = values.data() + static_cast<size_t>(b) * 16;
+      blk[b % 16] = (b & 1) ? -amax : amax;
+      for (int i = 0; i < 16; ++i) {
+        if (i == b % 16) continue;
+        const float v = std::ldexp(1.0f + mant(rng) / 128.0f, ea - 1 - exp5(rng));
+        blk[i] = (i + b) % 3 ? v : -v;
+      }
+    }
+    // Every bf16 mantissa at least once per exponent offset: overwrite the first blocks'
+    // non-amax elements with a sweep.
+    for (int m = 0, b = 0; m < 128 * 5; ++b) {
+      float* blk = values.data() + static_cast<size_t>(b) * 16;
+      const float amax = std::fabs(blk[b % 16]);
+      int e;
+      std::frexp(amax, &e);  // amax in [2^(e-1), 2^e)
+      for (int i = 0; i < 16 && m < 128 * 5; ++i) {
+        if (i == b % 16) continue;
+        blk[i] = std::ldexp(1.0f + (m % 128) / 128.0f, e - 2 - m / 128);
+        ++m;
+      }
+    }
+    const Shape shape{static_cast<int64_t>(values.size()) / k, k};
+    const Tensor host = host_source(values, shape, src);
+    for (const char* text : {"nvfp4", "mxfp4"}) {
+      const QuantScheme s = QuantScheme::parse(text);
+      const bool nv = s.format == QuantFormat::nvfp4;
+      for (float global : {0.0f, 1.0f, 0x1p-100f, 0x1p-80f, 0x1p80f}) {  // 0: computed
+        if (!nv && global != 0.0f) continue;
+        QBuf ref = QBuf::make(s, shape, Device::cpu(), false);
+        QBuf dev = QBuf::make(s, shape, Device::cuda(0), false);
+        if (global != 0.0f) {
+          *static_cast<float*>(ref.view.global_scale.data()) = global;
+          copy_parts(dev.view, ref.view);
+        }
+        OffsetTensor x = device_source(host, 0);
+        ASSERT_EQ(run_quantize(kRef, host, ref.view, global != 0.0f), "") << text;
+        ASSERT_EQ(run_quantize(kCuda, x.view, dev.view, global != 0.0f), "") << text;
+        EXPECT_EQ(compare_parts(ref.view, dev.view), "")
+            << text << " " << dtype_name(src) << " global " << global;
+      }
+    }
+  }
+}
+
 // ---- error texts
 // ---------------------------------------------------------------------------------
 
