@@ -59,6 +59,9 @@ constexpr bool kNibbles =
     F == DCode::i4 || F == DCode::u4 || F == DCode::nvfp4 || F == DCode::mxfp4;
 template <DCode F>
 constexpr bool kGguf = F == DCode::q8_0 || F == DCode::q4_0;
+/// Integer formats: a scale of the scheme's dtype (f32, f16, bf16), loaded as raw bits.
+template <DCode F>
+constexpr bool kIntScale = F == DCode::i8 || F == DCode::u8 || F == DCode::i4 || F == DCode::u4;
 
 struct ChunkArgs {
   const uint8_t* codes;
@@ -76,10 +79,40 @@ struct ChunkArgs {
 struct ChunkRaw {
   uint32_t lo, hi;  ///< codes (4 bytes in lo for nibbles)
   float scale;      ///< the group's scale as f32 (int / fp8 scale, nvfp4 block scale, mx
-                    ///< 2^e, GGUF d)
+                    ///< 2^e, GGUF d); integer formats: its raw bits until widen_scale
   int32_t zero;
   uint32_t aux;  ///< GGUF: the chunk's position in its block
 };
+
+/// f16 bits -> f32 as f16_to_f32 gives it: the hardware conversion (exact for every finite
+/// and infinite value), a NaN with its payload kept and not quieted; no branch.
+__device__ __forceinline__ float f16_bits_to_f32(uint32_t h) {
+  const float f = __half2float(__ushort_as_half(static_cast<unsigned short>(h)));
+  const uint32_t nan = ((h & 0x8000u) << 16) | 0x7f800000u | ((h & 0x3ffu) << 13);
+  return (h & 0x7fffu) > 0x7c00u ? __uint_as_float(nan) : f;
+}
+
+/// An integer format's scale g as raw bits (f32, or a 16-bit pattern zero-extended), by one
+/// predicated load of the dtype's width: no branch, so that a step's loads all issue before
+/// any of them is waited on (a switch on the dtype put each conversion, and its wait for the
+/// load, inside its own branch, between the chunks' loads). widen_scale converts later.
+__device__ __forceinline__ uint32_t load_scale_bits(const void* base, bool wide, uint32_t g) {
+  const char* p = static_cast<const char*>(base) + (static_cast<uint64_t>(g) << (wide ? 2 : 1));
+  uint32_t v;
+  asm volatile(
+      "{\n .reg .pred w;\n setp.ne.u32 w, %2, 0;\n @w ld.global.nc.u32 %0, [%1];\n"
+      " @!w ld.global.nc.u16 %0, [%1];\n}"
+      : "=r"(v)
+      : "l"(p), "r"(static_cast<uint32_t>(wide)));
+  return v;
+}
+
+/// The raw scale bits of load_scale_bits as f32 (load_scale's values, bit for bit).
+__device__ __forceinline__ float widen_scale(uint32_t bits, Dtype dt) {
+  return dt == Dtype::f32    ? __uint_as_float(bits)
+         : dt == Dtype::bf16 ? __uint_as_float(bits << 16)
+                             : f16_bits_to_f32(bits);
+}
 
 /// Item j of a GGUF block (f16 d, then the codes; 2-byte aligned): chunk j (0..3) or quad j
 /// (0..7). q4_0's elements 0..15 are the low nibbles of code bytes 0..15, 16..31 the high
@@ -87,7 +120,7 @@ struct ChunkRaw {
 template <DCode F, bool kQuads>
 __device__ __forceinline__ ChunkRaw gguf_item(const uint16_t* blk, uint32_t j) {
   ChunkRaw r{};
-  r.scale = f16_to_f32(blk[0]);
+  r.scale = f16_bits_to_f32(blk[0]);
   if constexpr (kQuads) {
     const uint16_t* q = blk + 1 + (F == DCode::q8_0 ? 2 * j : 2 * (j & 3));
     r.lo = q[0] | (static_cast<uint32_t>(q[1]) << 16);
@@ -137,7 +170,7 @@ __device__ __forceinline__ ChunkRaw load_item(const ChunkArgs& a, uint64_t c) {
     } else if constexpr (F == DCode::e4m3 || F == DCode::e5m2) {
       r.scale = static_cast<const float*>(a.scale)[g];
     } else {
-      r.scale = load_scale(a.scale, a.scale_dtype, g);
+      r.scale = __uint_as_float(load_scale_bits(a.scale, a.scale_dtype == Dtype::f32, g));
       r.zero = a.zero ? a.zero[g] : 0;
     }
   }
@@ -314,7 +347,14 @@ __global__ void __launch_bounds__(kThreads) dequantize_chunks_kernel(ChunkArgs a
     const uint64_t c0 = w0 + (k / kPer) * stride;
     return kQuads ? 2 * c0 + 32 * (k % kPer) + lane : c0 + lane;
   };
-  auto decode_store = [&](uint64_t w0, const ChunkRaw(&r)[kItems]) {
+  auto decode_store = [&](uint64_t w0, const ChunkRaw(&raw)[kItems]) {
+    ChunkRaw r[kItems];
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) {
+      r[k] = raw[k];
+      if constexpr (kIntScale<F>)
+        r[k].scale = widen_scale(__float_as_uint(r[k].scale), a.scale_dtype);
+    }
 #pragma unroll
     for (int k = 0; k < kItems; ++k) {
       const uint64_t i = item_of(w0, k);
