@@ -56,6 +56,7 @@ const char* const kPrelude = R"(#pragma once
 #define JM_FN __device__ __forceinline__
 #define JM_SQRTF(x) sqrtf(x)
 #define JM_FMAF(a, b, c) fmaf(a, b, c)
+#define JM_SATF(x) __saturatef(x)
 #define JM_D_EXP(x) exp(x)
 #define JM_D_LOG(x) log(x)
 #define JM_D_SQRT(x) sqrt(x)

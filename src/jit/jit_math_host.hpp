@@ -10,6 +10,9 @@
 #define JM_FN inline __attribute__((always_inline))
 #define JM_SQRTF(x) __builtin_sqrtf(x)
 #define JM_FMAF(a, b, c) __builtin_fmaf(a, b, c)
+/// __saturatef on the host: [0, 1], NaN to 0.
+inline float lowbit_jm_satf(float v) { return v > 0.0f ? (v < 1.0f ? v : 1.0f) : 0.0f; }
+#define JM_SATF(x) lowbit_jm_satf(x)
 #define JM_D_EXP(x) std::exp(x)
 #define JM_D_LOG(x) std::log(x)
 #define JM_D_SQRT(x) std::sqrt(x)

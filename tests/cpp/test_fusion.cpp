@@ -1470,6 +1470,7 @@ inline long long __double_as_longlong(double d) { return std::bit_cast<long long
 using std::exp; using std::log; using std::sqrt; using std::tanh; using std::erf;
 using std::log1p; using std::pow; using std::trunc;
 inline float sqrtf(float x) { return std::sqrt(x); }
+inline float __saturatef(float x) { return x > 0.0f ? (x < 1.0f ? x : 1.0f) : 0.0f; }
 )";
 
 const char* const kHostMain = R"(

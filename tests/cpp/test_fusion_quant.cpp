@@ -467,6 +467,7 @@ using std::exp; using std::log; using std::sqrt; using std::tanh; using std::erf
 using std::log1p; using std::pow; using std::trunc;
 inline float sqrtf(float x) { return std::sqrt(x); }
 inline float rintf(float x) { return std::nearbyint(x); }
+inline float __saturatef(float x) { return x > 0.0f ? (x < 1.0f ? x : 1.0f) : 0.0f; }
 static std::barrier<>* lb_emu_barrier = nullptr;
 static float lb_emu_shfl[1024];
 static char* lb_emu_dyn = nullptr;
