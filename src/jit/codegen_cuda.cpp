@@ -171,12 +171,14 @@ __device__ __forceinline__ unsigned fp8x2(float lo, float hi, bool e5m2) {
          (lowbit::jit_math::lbq_fp8_code(hi, 1.0f, e5m2) << 8);
 #endif
 }
-/* The bf16 value nearest x, as f32 (lb_bf16_bits' rounding; one cvt on the GPU). */
+/* The bf16 value nearest x, as f32 (lb_bf16_bits' rounding; one cvt on the GPU). A NaN
+   becomes lb_bf16_bits' 0x7fc0 with x's sign, written out: the encoder itself, predicated,
+   issued its eight instructions for every element. */
 __device__ __forceinline__ float bf16r(float x) {
 #if defined(__CUDA_ARCH__)
   unsigned short h;
   asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(x));
-  return x != x ? __uint_as_float(lowbit::jit_math::lb_bf16_bits(x) << 16)
+  return x != x ? __uint_as_float((__float_as_uint(x) & 0x80000000u) | 0x7fc00000u)
                 : __uint_as_float((unsigned)h << 16);
 #else
   return __uint_as_float(lowbit::jit_math::lb_bf16_bits(x) << 16);
