@@ -914,8 +914,9 @@ struct Gen {
     if (q.affine)
       return fmt::format("{0}{1} = {3} < {1} ? {3} : {1};\n{0}{2} = {3} > {2} ? {3} : {2};\n",
                          indent, lo, hi, v);
-    return fmt::format("{0}{{ const float av = lb_abs({2}); {1} = av > {1} ? av : {1}; }}\n",
-                       indent, a, v);
+    // fmaxf(a, |v|): one FMNMX with an absolute-value operand (a NaN v leaves a as the
+    // compare-and-select form did; a itself is never NaN).
+    return fmt::format("{0}{1} = fmaxf({1}, fabsf({2}));\n", indent, a, v);
   }
 
   /// Statements computing a group's parameters from a / lo / hi: `inv` (float) and `z`
