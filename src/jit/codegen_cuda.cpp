@@ -184,6 +184,19 @@ __device__ __forceinline__ float bf16r(float x) {
   return __uint_as_float(lowbit::jit_math::lb_bf16_bits(x) << 16);
 #endif
 }
+/* The bf16 value nearest x for a quantize epilogue's input: bf16r without its NaN rule,
+   since a NaN there is refused by the finiteness check (which sees any NaN) or, unchecked,
+   gives unspecified codes (docs/jit.md); the rule's sign test and selects were 3 of the
+   fp8 epilogue's 40 instructions per element. */
+__device__ __forceinline__ float bf16q(float x) {
+#if defined(__CUDA_ARCH__)
+  unsigned short h;
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(x));
+  return __uint_as_float((unsigned)h << 16);
+#else
+  return bf16r(x);
+#endif
+}
 /* FusedDesc::fast_math: e^x by the hardware's exp2 (ex2.approx: 2 ulp, subnormal results
    kept) of x log2(e) rounded to f32 (relative error up to |x| 2^-24 ln 2, 2^-17.5 at the
    clamp), divisions by the compile's --prec-div=false (div.full: 2 ulp for divisors in
@@ -991,9 +1004,11 @@ struct Gen {
     }
   }
 
-  /// The value the quantizer reads: the output's f32 value rounded to its dtype.
+  /// The value the quantizer reads: the output's f32 value rounded to its dtype (bf16:
+  /// bf16q, whose NaN bits may differ from the unfused value's; no code depends on them).
   std::string quant_value(const std::string& y) const {
-    return round_float(p.output_dtypes[static_cast<size_t>(p.quantized_output)], y);
+    const Dtype d = p.output_dtypes[static_cast<size_t>(p.quantized_output)];
+    return d == Dtype::bf16 ? fmt::format("lbrt::bf16q({})", y) : round_float(d, y);
   }
 
   /// Statements after value v of flat element e is known: shared memory slot `at`, the
