@@ -57,6 +57,16 @@ const char* const kPrelude = R"(#pragma once
 #define JM_SQRTF(x) sqrtf(x)
 #define JM_FMAF(a, b, c) fmaf(a, b, c)
 #define JM_SATF(x) __saturatef(x)
+#if defined(__CUDA_ARCH__)
+__device__ __forceinline__ float lowbit_jm_minc(float c, float x) {
+  float r;
+  asm("min.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(c), "f"(x));
+  return r;
+}
+#define JM_MINC(c, x) lowbit_jm_minc(c, x)
+#else
+#define JM_MINC(c, x) ((c) < (x) ? (c) : (x))
+#endif
 #define JM_D_EXP(x) exp(x)
 #define JM_D_LOG(x) log(x)
 #define JM_D_SQRT(x) sqrt(x)

@@ -186,7 +186,8 @@ struct KernelSource {
   int param_bytes = 0;  ///< size of the kernel's Params struct
   bool fast = false;    ///< compile with the fast-math flags (kFastFlags in nvrtc.cpp)
 };
-/// 4: mxfp4 epilogue codes by FP32 operations (lbq_mxfp4_code); bf16r's NaN case written out.
+/// 4: mxfp4 epilogue codes by FP32 operations (lbq_mxfp4_code); bf16r's NaN case written out;
+/// bf16q; JM_MINC.
 inline constexpr int kCodegenVersion = 4;
 inline constexpr int kThreads = 256;
 /// The kernel of `program` for `variant` (with with_code false: only its shape fields).

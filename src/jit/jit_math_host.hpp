@@ -13,6 +13,7 @@
 /// __saturatef on the host: [0, 1], NaN to 0.
 inline float lowbit_jm_satf(float v) { return v > 0.0f ? (v < 1.0f ? v : 1.0f) : 0.0f; }
 #define JM_SATF(x) lowbit_jm_satf(x)
+#define JM_MINC(c, x) ((c) < (x) ? (c) : (x))
 #define JM_D_EXP(x) std::exp(x)
 #define JM_D_LOG(x) std::log(x)
 #define JM_D_SQRT(x) std::sqrt(x)
