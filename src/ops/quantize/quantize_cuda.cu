@@ -563,8 +563,6 @@ __device__ __noinline__ LaneCodes<E> gguf_codes_tiny_d(LaneFloats<E> x, float id
   return c;
 }
 
-/// NVFP4 codes by IEEE division (x / total), for a vector in which some product with the
-/// reciprocal lay near a rounding midpoint (see the blocks kernel).
 /// rcp.approx.ftz.f32: 1 / x within 1 ulp (PTX ISA), one MUFU instruction.
 __device__ __forceinline__ float rcp_approx(float x) {
   float r;
@@ -575,6 +573,8 @@ __device__ __forceinline__ float rcp_approx(float x) {
 struct CodeWords {
   uint32_t w[2];  ///< up to 16 e2m1 codes, element i in nibble i % 8 of word i / 8
 };
+/// NVFP4 codes by IEEE division (x / total), for a lane whose total scale or quotients lie
+/// outside the range of nvfp4_lane's corrected reciprocal product.
 template <int E>
 __device__ __noinline__ CodeWords nvfp4_codes_dividing(LaneFloats<E> x, float total) {
   CodeWords c{{0u, 0u}};
@@ -724,7 +724,7 @@ struct Nvfp4Global {
   bool fast_scale;
 };
 
-/// nvfp4 for a lane's N elements (4, 8 or 16) of one block whose absmax is `amax`: returns
+/// nvfp4 for a lane's N elements (8 or 16) of one block whose absmax is `amax`: returns
 /// the block's scale code and writes the lane's codes to w[0 .. N / 8] (element i in nibble
 /// i % 8 of word i / 8); sgn: the elements' sign bits, one word per 8 elements, as
 /// e2m1_word takes them.
