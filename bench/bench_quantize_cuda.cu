@@ -57,6 +57,39 @@ __global__ void read_only(const uint4* x, uint64_t n, uint32_t* sink) {
   sink[blockIdx.x * blockDim.x + threadIdx.x] = acc;
 }
 
+/// Reads n 16-byte vectors and writes K 16-byte vectors for each (U loads per thread in
+/// flight, the stores evict-first unless kPlain): the traffic of a dequantizer that writes K
+/// times the bytes it reads, with no arithmetic. Each output vector is its input vector
+/// xor its index, so that nothing is optimised away.
+template <int K, int U, bool kPlain>
+__global__ void expand(const uint4* x, uint64_t n, uint4* y) {
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += U * stride) {
+    uint4 v[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      v[u] = i + u * stride < n ? x[i + u * stride] : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (i + u * stride >= n) continue;
+      // Lane-contiguous output: vector k of input j at (j / 32) * 32 K + k * 32 + j % 32,
+      // so that each store instruction of a warp writes 512 contiguous bytes.
+      const uint64_t j = i + u * stride;
+      uint4* o = y + (j / 32) * 32 * K + j % 32;
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const uint4 w = make_uint4(v[u].x ^ k, v[u].y, v[u].z, v[u].w);
+        if (kPlain) {
+          o[32 * k] = w;
+        } else {
+          __stcs(o + 32 * k, w);
+        }
+      }
+    }
+  }
+}
+
 /// Does nothing: the launch + synchronisation round trip that a checked call pays.
 __global__ void empty_kernel() {}
 
@@ -197,6 +230,59 @@ int main(int argc, char** argv) {
       bench::check(cudaGetLastError(), "read_only");
       r.kernel = "read_only";
       rows_out.push_back(r);
+    }
+
+    // Expansions: the traffic of each dequantizer (read bytes, K times as many written)
+    // with no arithmetic, beside it as its own ceiling; variants of the launch for the 1:4
+    // row (grid per SM, loads in flight, store hint).
+    {
+      const int64_t n_el = rows * cols;
+      struct Expansion {
+        const char* what;
+        int64_t read;
+        int k;
+        int per_sm;   // blocks of 256 per SM, 0: the occupancy calculator's resident grid
+        int variant;  // 0: U = 4 evict-first; 1: U = 2; 2: plain stores
+      };
+      const Expansion expansions[] = {
+          {"expand 1:2, read = elements (int8 / fp8 -> bf16)", n_el, 2, 0, 0},
+          {"expand 1:4, read = elements / 2 (int4 / e2m1 -> bf16)", n_el / 2, 4, 0, 0},
+          {"expand 1:4, read = elements (q8_0 -> f32)", n_el, 4, 0, 0},
+          {"expand 1:8, read = elements / 2 (q4_0 -> f32)", n_el / 2, 8, 0, 0},
+          {"expand 1:4, read = elements / 2, 2 x resident grid", n_el / 2, 4, 16, 0},
+          {"expand 1:4, read = elements / 2, 4 blocks per SM", n_el / 2, 4, 4, 0},
+          {"expand 1:4, read = elements / 2, U = 2", n_el / 2, 4, 0, 1},
+          {"expand 1:4, read = elements / 2, plain stores", n_el / 2, 4, 0, 2},
+      };
+      lowbit::Buffer in(n_el, gpu, &stream), out(8 * n_el / 2, gpu, &stream);
+      bench::check(cudaMemsetAsync(in.data(), 3, n_el, s), "cudaMemsetAsync");
+      for (const Expansion& e : expansions) {
+        const uint64_t vecs = static_cast<uint64_t>(e.read / 16);
+        void (*kernel)(const uint4*, uint64_t, uint4*) = nullptr;
+        if (e.k == 2) kernel = expand<2, 4, false>;
+        if (e.k == 4)
+          kernel = e.variant == 1   ? expand<4, 2, false>
+                   : e.variant == 2 ? expand<4, 4, true>
+                                    : expand<4, 4, false>;
+        if (e.k == 8) kernel = expand<8, 4, false>;
+        int per_sm = e.per_sm;
+        if (per_sm == 0) {
+          bench::check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 256, 0),
+                       "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+        }
+        const int grid = props.multiprocessors * per_sm;
+        Row r;
+        r.pair = e.what;
+        r.elements = e.read;
+        r.bytes = e.read * (1 + e.k);
+        r.ms = bench::median_ms(s, warmup, reps, [&] {
+          kernel<<<grid, 256, 0, s>>>(static_cast<const uint4*>(in.data()), vecs,
+                                      static_cast<uint4*>(out.data()));
+        });
+        bench::check(cudaGetLastError(), "expand");
+        r.kernel = "expand";
+        rows_out.push_back(r);
+      }
     }
 
     // The floor of a checked call's overhead: a launch and a stream synchronisation, timed as
