@@ -10,6 +10,7 @@
 
 #include "jit/jit.hpp"
 #include "jit/jit_math_host.hpp"
+#include "jit/node_alloc.hpp"
 
 namespace lowbit::fusion {
 
@@ -88,7 +89,7 @@ namespace {
 using NodePtr = std::shared_ptr<const Node>;
 
 NodePtr make_constant(double value, Type type) {
-  auto n = std::make_shared<Node>();
+  auto n = std::allocate_shared<Node>(NodeAllocator<Node>());
   n->op = Op::constant;
   n->type = type;
   n->value = value;
@@ -204,7 +205,7 @@ Expr make(Op op, Type type, std::initializer_list<Expr> args, double param = 0) 
     for (const Expr& a : args) v.push_back(a.node()->value);
     return Expr(make_constant(fold(op, v, param), type));
   }
-  auto n = std::make_shared<Node>();
+  auto n = std::allocate_shared<Node>(NodeAllocator<Node>());
   n->op = op;
   n->type = type;
   n->value = param;
@@ -282,7 +283,7 @@ Expr input(const TensorView& view) {
                 fmt::format("fusion: input dtype {} is not supported (float dtypes and i8, u8, "
                             "i16, i32, u32 are)",
                             dtype_name(view.dtype())));
-  auto n = std::make_shared<Node>();
+  auto n = std::allocate_shared<Node>(NodeAllocator<Node>());
   n->op = Op::input;
   n->type = Type{view.dtype(), false, false};
   n->view = view;

@@ -72,6 +72,36 @@ constexpr double kF32Max = 3.4028234663852886e38;
 
 // ---- promotion ----------------------------------------------------------------------------
 
+TEST(FusionExpr, NodesMadeOnOneThreadAndDroppedOnAnotherStayIntact) {
+  // Nodes come from per-thread free lists (jit/node_alloc.hpp): blocks freed on one thread
+  // serve the next nodes made there, whatever thread made them first, and threads that only
+  // free nodes hand theirs back at exit. Expressions built on a producer thread are
+  // dropped on a consumer thread (which then builds its own from the blocks it got), and
+  // every expression keeps its text while alive.
+  Tensor a = Tensor::empty({8}, Dtype::bf16), b = Tensor::empty({8}, Dtype::f32);
+  auto chain = [&] {
+    const Expr ea = fusion::input(a), eb = fusion::input(b);
+    return fusion::clamp(fusion::silu(ea * 1.25 + eb) * eb - ea * 0.5, -8.0, 8.0);
+  };
+  const std::string want = chain().str();
+  for (int round = 0; round < 3; ++round) {
+    std::vector<Expr> made;
+    std::thread producer([&] {
+      for (int i = 0; i < 300; ++i) made.push_back(chain());
+    });
+    producer.join();
+    std::thread consumer([&] {
+      for (const Expr& e : made) ASSERT_EQ(e.str(), want);
+      made.clear();  // the producer's nodes go to this thread's list (up to its limit)
+      for (int i = 0; i < 300; ++i) {
+        const Expr e = chain();  // built from those blocks
+        ASSERT_EQ(e.str(), want);
+      }
+    });
+    consumer.join();
+  }
+}
+
 TEST(FusionTypes, PromotionFollowsPyTorch) {
   using fusion::promote;
   using fusion::Type;
