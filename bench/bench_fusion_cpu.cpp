@@ -9,12 +9,21 @@
 // same chain unfused (one lowbit fuse() per op, bf16 intermediates in memory, as eager
 // PyTorch runs it), a scalar loop over numeric.hpp calls, and lowbit's fused kernel with
 // its scalar loops instead of the vector steps (the kernel before cpu_eval_simd.cpp). Two
-// rows in cache (16 Ki elements) give the arithmetic's cost per element. Bandwidth counts
+// rows in cache (16 Ki elements) give the arithmetic's cost per element. The bound of the
+// exact arithmetic: the same chain as one hand-written Highway loop over the same vector
+// formulas (jit/cpu_math_simd-inl.h), compiled ahead of time, so no interpreter or JIT could
+// beat it with these bits; its output is compared with lowbit's, bit for bit. Bandwidth counts
 // bytes read plus written (6 bytes per element); after one warm-up each row runs once per
 // round, --reps rounds interleaved; best-of and median reported.
 //
 // Usage: bench_fusion_cpu [--elements N] [--reps R] [--threads T]
+#ifndef BENCH_FUSION_CPU_SHARED_
+#define BENCH_FUSION_CPU_SHARED_
 #include <omp.h>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -31,6 +40,80 @@
 #include "lowbit/fusion.hpp"
 #include "lowbit/numeric.hpp"
 #include "lowbit/tensor.hpp"
+#endif  // BENCH_FUSION_CPU_SHARED_
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "bench_fusion_cpu.cpp"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+// foreach_target must come first.
+#include <hwy/highway.h>
+
+#include "jit/cpu_math_simd-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace lowbit {
+namespace HWY_NAMESPACE {
+
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
+namespace fusion_simd {
+
+/// The chain as one loop, U vectors at a time (8 measured fastest here: more independent
+/// divisions and exps in flight), the formulas lowbit's vector steps use (silu as x /
+/// lb_exp_n1p(-x), the clamp's constant bounds as minps / maxps, bf16 by lb_bf16_code).
+/// n a multiple of U vectors; non-temporal stores with `stream` (y 64-byte aligned).
+void chain8_loop(const uint16_t* pa, const uint16_t* pb, uint16_t* py, int64_t n, bool stream) {
+  const D d;
+  const hn::Rebind<uint16_t, D> d16;
+  constexpr int64_t N = static_cast<int64_t>(hn::MaxLanes(D()));
+  constexpr int U = 8;
+  for (int64_t i = 0; i + U * N <= n; i += U * N) {
+    V r[U];
+    for (int u = 0; u < U; ++u) {
+      const V a = from_bits(hn::ShiftLeft<16>(hn::PromoteTo(DU(), hn::LoadU(d16, pa + i + u * N))));
+      const V b = from_bits(hn::ShiftLeft<16>(hn::PromoteTo(DU(), hn::LoadU(d16, pb + i + u * N))));
+      const V x = a * F(1.25f) + b;
+      const V t = (x / lb_exp_n1p(hn::Neg(x))) * b - a * F(0.5f);
+      r[u] = lt_select(F(8.0f), gt_select(F(-8.0f), t));
+    }
+    for (int u = 0; u < U; ++u) {
+      const auto codes = hn::DemoteTo(d16, hn::BitCast(DI(), lb_bf16_code(r[u])));
+      if (stream) {
+        hn::Stream(codes, d16, py + i + u * N);
+      } else {
+        hn::StoreU(codes, d16, py + i + u * N);
+      }
+    }
+  }
+}
+
+}  // namespace fusion_simd
+
+/// The loop over [0, n) on the caller's OpenMP threads; false where the target has no vector
+/// math (not x86 with FMA) or n is not a multiple of 128.
+bool Chain8Loop(const uint16_t* a, const uint16_t* b, uint16_t* y, int64_t n) {
+  if (n % 128) return false;
+  const bool stream = reinterpret_cast<uintptr_t>(y) % 64 == 0 && n >= (int64_t{1} << 20);
+#pragma omp parallel
+  {
+    const int64_t parts = omp_get_num_threads(), me = omp_get_thread_num();
+    const int64_t b0 = n / 128 * me / parts * 128, b1 = n / 128 * (me + 1) / parts * 128;
+    fusion_simd::chain8_loop(a + b0, b + b0, y + b0, b1 - b0, stream);
+    if (stream) _mm_sfence();  // order the non-temporal stores before the call returns
+  }
+  return true;
+}
+#else
+bool Chain8Loop(const uint16_t*, const uint16_t*, uint16_t*, int64_t) { return false; }
+#endif
+
+}  // namespace HWY_NAMESPACE
+}  // namespace lowbit
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace lowbit {
+HWY_EXPORT(Chain8Loop);
+}  // namespace lowbit
 
 namespace {
 
@@ -126,6 +209,16 @@ int main(int argc, char** argv) {
     rows.push_back({"lowbit fused, scalar loops (" + plan_scalar.sku().arch + ")", bytes,
                     [&] { plan_scalar.run(cpu, {}, args); }});
 
+    // The bound of these bits: the hand-written loop (skipped where it does not run).
+    const bool have_loop = HWY_DYNAMIC_DISPATCH(lowbit::Chain8Loop)(
+        a.data_as<uint16_t>(), b.data_as<uint16_t>(), t.data_as<uint16_t>(), n);
+    if (have_loop) {
+      rows.push_back({"bound: hand-written loop, the same exact arithmetic", bytes, [&] {
+                        HWY_DYNAMIC_DISPATCH(lowbit::Chain8Loop)
+                        (a.data_as<uint16_t>(), b.data_as<uint16_t>(), t.data_as<uint16_t>(), n);
+                      }});
+    }
+
     // Unfused: one pass per op through bf16 tensors in memory (eager PyTorch's traffic).
     const Expr et = input(t), ey = input(y);
     std::vector<lowbit::FusedPlan> steps;
@@ -144,6 +237,7 @@ int main(int argc, char** argv) {
     add_step(y, ea * 0.5, 1);              // y = a * 0.5
     add_step(y, et - ey, 2);               // y = t - y
     add_step(y, clamp(ey, -8.0, 8.0), 1);  // y = clamp(y)
+    const size_t unfused_row = rows.size();
     rows.push_back({"lowbit unfused (7 passes, bf16 in memory)", bytes, [&] {
                       for (size_t i = 0; i < steps.size(); ++i) steps[i].run(cpu, {}, step_args[i]);
                     }});
@@ -184,11 +278,24 @@ int main(int argc, char** argv) {
     rows.push_back({"in cache (16 Ki elements x 256): scalar loops", cbytes, [&] {
                       for (int k = 0; k < kCalls; ++k) cplan_s.run(cpu, {}, cargs);
                     }});
+    if (have_loop) {
+      rows.push_back({"in cache (16 Ki elements x 256): bound, hand-written loop", cbytes, [&] {
+                        for (int k = 0; k < kCalls; ++k) HWY_DYNAMIC_DISPATCH(lowbit::Chain8Loop)
+                        (a.data_as<uint16_t>(), b.data_as<uint16_t>(), t.data_as<uint16_t>(), nc);
+                      }});
+    }
 
     std::vector<std::function<void()>> runs;
     for (const Row& r : rows) runs.push_back(r.run);
     const std::vector<bench::RunTimes> times = bench::interleaved_runs(reps, runs);
-    plan.run(cpu, {}, args);  // leave y holding the fused result
+    plan.run(cpu, {}, args);   // leave y holding the fused result
+    int64_t loop_differs = 0;  // elements where the hand-written loop's bits are not lowbit's
+    if (have_loop) {
+      HWY_DYNAMIC_DISPATCH(lowbit::Chain8Loop)
+      (a.data_as<uint16_t>(), b.data_as<uint16_t>(), t.data_as<uint16_t>(), n);
+      for (int64_t i = 0; i < n; ++i)
+        loop_differs += t.data_as<uint16_t>()[i] != y.data_as<uint16_t>()[i];
+    }
 
     using bench::best_of;
     using bench::median_of;
@@ -215,10 +322,18 @@ int main(int argc, char** argv) {
           "\ncpu ms: the thread's CPU time; wall time in the other columns. On a shared "
           "machine the two differ by the time other processes held the core.\n");
     std::printf("\nunfused moves %.1fx the bytes of the fused pass; fused is %.1fx faster\n",
-                unfused_bytes / bytes, best_of(times[4].wall) / best_of(times[2].wall));
+                unfused_bytes / bytes, best_of(times[unfused_row].wall) / best_of(times[2].wall));
+    if (have_loop)
+      std::printf(
+          "hand-written loop: %s lowbit's output (%lld of %lld elements differ); lowbit's vector "
+          "steps take %.2fx its time in cache\n",
+          loop_differs ? "NOT bit-identical to" : "bit-identical to",
+          static_cast<long long>(loop_differs), static_cast<long long>(n),
+          best_of(times[rows.size() - 3].wall) / best_of(times.back().wall));
   } catch (const lowbit::Error& e) {
     std::fprintf(stderr, "bench_fusion_cpu: %s\n", e.what());
     return 1;
   }
   return 0;
 }
+#endif  // HWY_ONCE

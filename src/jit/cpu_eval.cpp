@@ -496,6 +496,8 @@ struct Schedule {
   /// there (empty if none), and whether the step runs inside a later step's chain.
   std::vector<std::vector<int>> chain;
   std::vector<uint8_t> chained;
+  /// Per step: a side op of its chain (SimdSteps::chain's ChainOp::side).
+  std::vector<uint8_t> side;
   /// Per step: a full bf16 input that only chains read, in place (no f32 tile).
   std::vector<uint8_t> direct;
   /// Per step: the output a chain ending there writes as bf16 itself, else -1; per
@@ -512,13 +514,17 @@ constexpr int kMaxChain = 32;
 /// Groups the steps the tile loop runs into chains for SimdSteps::chain: a step joins the
 /// chain of the vector step run before it (input loads in between do not count) when it
 /// is a vector step too and the only reader of that step's value (which is no output):
-/// then that value never needs a tile. A chain runs at its last step, where every
+/// then that value never needs a tile. A vector step that does not read the chain's value
+/// joins as a side op when its one reader is the next vector step and that step joins
+/// (`t - a * 0.5` after `t`: the branch stays in registers too). A chain runs at its last
+/// step, where every
 /// operand of its steps is ready; `last` (per step: its last reader) moves to there for
 /// those operands, so that their buffers are not reused before the chain reads them.
 void make_chains(const Program& p, const Layout& L, Schedule& s, std::vector<int>& last) {
   const int n = static_cast<int>(p.code.size());
   s.chain.assign(n, {});
   s.chained.assign(n, 0);
+  s.side.assign(n, 0);
   s.direct.assign(n, 0);
   s.chain_output.assign(n, -1);
   s.stored_by_chain.assign(p.outputs.size(), 0);
@@ -529,6 +535,17 @@ void make_chains(const Program& p, const Layout& L, Schedule& s, std::vector<int
       if (x >= 0) ++uses[x];
   for (int o : p.outputs) uses[o] += 1 << 20;  // the store reads it too
   std::vector<std::vector<int>> chains;
+  // The next step the tile loop runs after i that is not a load (-1 if none).
+  auto next_step = [&](int i) {
+    for (int k = i + 1; k < n; ++k)
+      if (!s.uniform[k] && !s.skip[k] && p.code[k].op != Op::input) return k;
+    return -1;
+  };
+  auto refs_to = [&](const Instr& in, int v) {
+    int r = 0;
+    for (int x : {in.a, in.b, in.c}) r += v >= 0 && x == v;
+    return r;
+  };
   int prev = -1;  // the last vector step run, while the chain can go on
   for (int i = 0; i < n; ++i) {
     if (s.uniform[i] || s.skip[i]) continue;
@@ -538,13 +555,24 @@ void make_chains(const Program& p, const Layout& L, Schedule& s, std::vector<int
       prev = -1;
       continue;
     }
-    int refs = 0;
-    for (int x : {in.a, in.b, in.c}) refs += prev >= 0 && x == prev;
+    const int refs = refs_to(in, prev);
     if (refs > 0 && refs == uses[prev] && static_cast<int>(chains.back().size()) < kMaxChain) {
       chains.back().push_back(i);
-    } else {
-      chains.push_back({i});
+      prev = i;
+      continue;
     }
+    if (refs == 0 && prev >= 0 && uses[i] == 1 &&
+        static_cast<int>(chains.back().size()) + 2 <= kMaxChain) {
+      const int k = next_step(i);
+      const int k_refs = k >= 0 ? refs_to(p.code[k], prev) : 0;
+      if (k_refs > 0 && k_refs == uses[prev] && s.simd.handles(p.code[k]) &&
+          refs_to(p.code[k], i) == 1) {  // k will join: the side's one reader is in the chain
+        chains.back().push_back(i);      // a side op; the chain's value is still prev
+        s.side[i] = 1;
+        continue;
+      }
+    }
+    chains.push_back({i});
     prev = i;
   }
   for (std::vector<int>& c : chains) {
@@ -836,16 +864,19 @@ struct Pass {
   /// Runs the chain that ends at step i (Schedule::chain) over n elements.
   void run_chain(int i, int64_t e0, int n, char* scratch, const void** ptr) const {
     fusion::ChainOp ops[kMaxChain];
-    int m = 0, prev = -1;
+    int m = 0, prev = -1, side = -1;
     for (int j : s.chain[i]) {
       const Instr& in = p.code[j];
       fusion::ChainOp& op = ops[m++];
       op.in = &in;
+      op.side = s.side[j] != 0;
       const int xs[3] = {in.a, in.b, in.c};
       for (int t = 0; t < 3; ++t) {
         if (xs[t] < 0) continue;
         if (xs[t] == prev) {
           op.chained |= 1u << t;
+        } else if (xs[t] == side) {
+          op.from_side |= 1u << t;
         } else {
           op.arg[t] = ptr[xs[t]];
           if (s.direct[xs[t]]) op.bf16 |= 1u << t;
@@ -855,7 +886,11 @@ struct Pass {
           }
         }
       }
-      prev = j;
+      if (op.side) {
+        side = j;
+      } else {
+        prev = j;
+      }
     }
     fusion::ChainDst dst;
     if (chain_stores && s.chain_output[i] >= 0) {

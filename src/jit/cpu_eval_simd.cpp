@@ -40,6 +40,8 @@
 // foreach_target must come first.
 #include <hwy/highway.h>
 
+#include "jit/cpu_math_simd-inl.h"
+
 HWY_BEFORE_NAMESPACE();
 namespace lowbit {
 namespace HWY_NAMESPACE {
@@ -50,163 +52,6 @@ using fusion::Num;
 using fusion::Op;
 
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
-
-namespace hn = hwy::HWY_NAMESPACE;
-using D = hn::ScalableTag<float>;
-using DI = hn::RebindToSigned<D>;
-using DU = hn::RebindToUnsigned<D>;
-using V = hn::Vec<D>;
-using VI = hn::Vec<DI>;
-using VU = hn::Vec<DU>;
-
-HWY_INLINE V F(float x) { return hn::Set(D(), x); }
-HWY_INLINE VI I(int32_t x) { return hn::Set(DI(), x); }
-HWY_INLINE VU U(uint32_t x) { return hn::Set(DU(), x); }
-HWY_INLINE VU bits(V v) { return hn::BitCast(DU(), v); }
-HWY_INLINE V from_bits(VU v) { return hn::BitCast(D(), v); }
-HWY_INLINE V from_bits(VI v) { return hn::BitCast(D(), v); }
-
-/// `a < b ? a : b` and `a > b ? a : b` (x86 minps / maxps, see the file comment).
-HWY_INLINE V lt_select(V a, V b) { return hn::Min(a, b); }
-HWY_INLINE V gt_select(V a, V b) { return hn::Max(a, b); }
-
-/// c0 + z (c1 + z (c2 + ... + z cn)), plain multiplies and adds (no FMA), innermost first,
-/// as jit_math's nested polynomials are written.
-template <size_t K>
-HWY_INLINE V horner(V z, const float (&c)[K]) {
-  V acc = F(c[K - 1]);
-  for (size_t i = K - 1; i-- > 0;) acc = F(c[i]) + z * acc;
-  return acc;
-}
-
-// ---- jit_math.inc, f32, on vectors --------------------------------------------------------
-
-HWY_INLINE V sign_of(V x) { return from_bits(bits(x) & U(0x80000000u)); }
-HWY_INLINE V with_sign(V mag, V x) { return from_bits(bits(mag) | (bits(x) & U(0x80000000u))); }
-
-HWY_INLINE V lb_min(V a, V b) { return hn::IfThenElse(hn::IsNaN(b), b, lt_select(b, a)); }
-HWY_INLINE V lb_max(V a, V b) { return hn::IfThenElse(hn::IsNaN(b), b, gt_select(b, a)); }
-
-/// lb_exp_poly: e^r for xc = k ln2 + r, and kb (k in its low mantissa bits).
-HWY_INLINE V exp_poly(V xc, V& kb) {
-  kb = hn::MulAdd(xc, F(0x1.715476p+0f), F(0x1.8p+23f));
-  const V kf = kb - F(0x1.8p+23f);
-  const V r = hn::MulAdd(kf, F(-0x1.7f7d1cp-20f), hn::MulAdd(kf, F(-0x1.62e4p-1f), xc));
-  const V q = hn::MulAdd(hn::MulAdd(hn::MulAdd(hn::MulAdd(F(0x1.6a23ccp-10f), r, F(0x1.123a1p-7f)),
-                                               r, F(0x1.5558f2p-5f)),
-                                    r, F(0x1.555492p-3f)),
-                         r, F(0x1.fffffcp-2f));
-  return F(1.0f) + hn::MulAdd(r * r, q, r);
-}
-HWY_INLINE VI exp_k(V kb) { return hn::BitCast(DI(), bits(kb) - U(0x4b400000u)); }
-
-HWY_INLINE V lb_exp(V x) {
-  const V xc = gt_select(F(-104.0f), lt_select(F(88.8f), x));
-  V kb;
-  const V p = exp_poly(xc, kb);
-  const VI k = exp_k(kb);
-  const VI k1 = hn::ShiftRight<1>(k);  // arithmetic, as C++20's >> on int
-  const VI k2 = k - k1;
-  const V s1 = from_bits(hn::ShiftLeft<23>(k1 + I(127)));
-  const V s2 = from_bits(hn::ShiftLeft<23>(k2 + I(127)));
-  return (p * s1) * s2;
-}
-
-HWY_INLINE V lb_exp_n(V x) {
-  const V xc = gt_select(F(-86.5f), lt_select(F(88.8f), x));
-  V kb;
-  const V p = exp_poly(xc, kb);
-  return (p * from_bits(hn::ShiftLeft<23>(exp_k(kb) + I(126)))) * F(2.0f);
-}
-
-/// 1 + lb_exp_n(x) with the doubling and the addition in one FMA: p s 2 is exact (or
-/// overflows, and then so does the sum), so fma(p s, 2, 1) rounds 1 + e once, as the two
-/// operations do: the same bits as `1 + lb_exp_n(x)`, one instruction fewer.
-HWY_INLINE V lb_exp_n1p(V x) {
-  const V xc = gt_select(F(-86.5f), lt_select(F(88.8f), x));
-  V kb;
-  const V p = exp_poly(xc, kb);
-  return hn::MulAdd(p * from_bits(hn::ShiftLeft<23>(exp_k(kb) + I(126))), F(2.0f), F(1.0f));
-}
-
-HWY_INLINE V lb_log(V x) {
-  const DI di;
-  const VU ux = bits(x);
-  const auto sub = hn::ShiftRight<23>(ux) == U(0);  // ux < 0x00800000u
-  VU ix = bits(hn::IfThenElse(hn::RebindMask(D(), sub), x * F(0x1p25f), x));
-  ix = ix + U(0x3f800000u - 0x3f3504f3u);
-  const VI k = hn::BitCast(di, hn::ShiftRight<23>(ix)) - I(0x7f) -
-               hn::IfThenElseZero(hn::RebindMask(di, sub), I(25));
-  ix = (ix & U(0x007fffffu)) + U(0x3f3504f3u);
-  const V f = from_bits(ix) - F(1.0f);
-  const V s = f / (F(2.0f) + f);
-  const V z = s * s;
-  const V w = z * z;
-  const V t1 = w * (F(0xccce13.0p-25f) + w * F(0xf89e26.0p-26f));
-  const V t2 = z * (F(0xaaaaaa.0p-24f) + w * F(0x91e9ee.0p-25f));
-  const V R = t2 + t1;
-  const V hfsq = F(0.5f) * f * f;
-  const V dk = hn::ConvertTo(D(), k);
-  const V r = s * (hfsq + R) + dk * F(0x1.2fefa2p-17f) - hfsq + f + dk * F(0x1.62e3p-1f);
-  // The checks in the reverse order of jit_math's chain of ternaries.
-  const VI sx = hn::BitCast(di, ux);
-  V res = hn::IfThenElse(hn::RebindMask(D(), sx > I(0x7f7fffff)), x, r);
-  res = hn::IfThenElse(hn::RebindMask(D(), sx < I(0)), from_bits(U(0x7fc00000u)), res);
-  res = hn::IfThenElse(hn::RebindMask(D(), (ux & U(0x7fffffffu)) == U(0)),
-                       from_bits(U(0xff800000u)), res);
-  return res;
-}
-
-HWY_INLINE V lb_log1p_pos(V u) {
-  const V w = F(1.0f) + u;
-  const V d = w - F(1.0f);
-  return hn::IfThenElse(d == F(0.0f), u, lb_log(w) * (u / d));
-}
-
-HWY_INLINE V lb_tanh(V x) {
-  const V a = hn::Abs(x);
-  const V e = lb_exp_n(F(2.0f) * a);
-  const V z = x * x;
-  static constexpr float kQ[] = {-0x1.555556p-2f, 0x1.111106p-3f,  -0x1.ba146p-5f,
-                                 0x1.657ccep-6f,  -0x1.177f24p-7f, 0x1.4bb278p-9f};
-  const V q = horner(z, kQ);
-  const V small = x + (x * z) * q;
-  const V big = F(1.0f) - F(2.0f) / (e + F(1.0f));
-  return hn::IfThenElse(a < F(0.55f), small, with_sign(big, x));
-}
-
-HWY_INLINE V lb_erf(V x) {
-  const V a = hn::Abs(x);
-  const V z = x * x;
-  static constexpr float kQ[] = {0x1.20dd74p+0f, -0x1.81273ep-2f,  0x1.ce2cf8p-4f, -0x1.b7f90cp-6f,
-                                 0x1.5405acp-8f, -0x1.a3f6d8p-11f, 0x1.4969cap-14f};
-  const V small = x * horner(z, kQ);
-  const V ac = hn::IfThenElse(a < F(4.0f), a, F(4.0f));
-  const V t = ac - F(2.5f);
-  static constexpr float kH[] = {-0x1.8e8b72p+0f, -0x1.69252p-2f,   0x1.cb9fa2p-5f,
-                                 -0x1.63cf98p-7f, 0x1.1bc816p-9f,   -0x1.b89558p-12f,
-                                 0x1.44de6ep-14f, -0x1.be5506p-17f, 0x1.ad752ap-20f};
-  const V h = horner(t, kH);
-  const V big = F(1.0f) - lb_exp_n(h - ac * ac);
-  const V nan_or_big = hn::IfThenElse(hn::IsNaN(x), x, with_sign(big, x));
-  return hn::IfThenElse(a < F(1.0f), small, nan_or_big);
-}
-
-/// lb_bf16_bits(v) in the low 16 bits of each lane. The rounding is done on the signed pattern:
-/// for every non-NaN v, |v| + 0x8000 stays below 2^31, so adding the rounding increment to
-/// sign | magnitude never reaches the sign, and the shift leaves sign | rounded magnitude,
-/// jit_math's `code | sign` (8 operations instead of 12).
-HWY_INLINE VU lb_bf16_code(V v) {
-  const VU x = bits(v);
-  const VU hi = hn::ShiftRight<16>(x);
-  const VU rounded = hn::ShiftRight<16>(x + U(0x7fffu) + (hi & U(1u)));
-  const VU nan_code = hn::OrAnd(U(0x7fc0u), hi, U(0x8000u));  // 0x7fc0 | sign
-  return hn::IfThenElse(hn::RebindMask(DU(), hn::IsNaN(v)), nan_code, rounded);
-}
-
-HWY_INLINE V lb_bf16_round(V v) {  // float_of(lb_bf16_bits(v) << 16)
-  return from_bits(hn::ShiftLeft<16>(lb_bf16_code(v)));
-}
 
 // ---- loops over a tile ---------------------------------------------------------------------
 
@@ -383,11 +228,15 @@ void StoreBf16(const float* s, uint16_t* o, int n, bool stream) {
   std::memcpy(o + i, po, sizeof(uint16_t) * static_cast<size_t>(n - i));
 }
 
-/// Operand J of a chain op for the U vectors at element i: the running value, or loaded.
+/// Operand J of a chain op for the U vectors at element i: the running value, the side
+/// value, or loaded.
 template <int J, int U>
-HWY_INLINE void chain_operand(const fusion::ChainOp& op, int i, const V (&acc)[U], V (&v)[U]) {
+HWY_INLINE void chain_operand(const fusion::ChainOp& op, int i, const V (&acc)[U],
+                              const V (&side)[U], V (&v)[U]) {
   constexpr int N = static_cast<int>(hn::MaxLanes(D()));
-  if ((op.chained & (1u << J)) || !op.arg[J]) {
+  if (op.from_side & (1u << J)) {
+    for (int u = 0; u < U; ++u) v[u] = side[u];
+  } else if ((op.chained & (1u << J)) || !op.arg[J]) {
     for (int u = 0; u < U; ++u) v[u] = acc[u];
   } else if (op.bf16 & (1u << J)) {
     const hn::Rebind<uint16_t, D> d16;
@@ -412,16 +261,20 @@ void Chain(const fusion::ChainOp* ops, int m, const fusion::ChainDst& dst, int n
   const bool stream = dst.bf16 && dst.stream && reinterpret_cast<uintptr_t>(dst.bf16) % 32 == 0;
   int i = 0;
   for (; i + U * N <= n; i += U * N) {
-    V acc[U];
-    for (int u = 0; u < U; ++u) acc[u] = hn::Zero(d);
+    V acc[U], side[U];
+    for (int u = 0; u < U; ++u) acc[u] = side[u] = hn::Zero(d);
     for (int k = 0; k < m; ++k) {
       const fusion::ChainOp& op = ops[k];
       // Named arrays indexed by constants only, so that they live in registers.
       V x[U], y[U], z[U];
-      chain_operand<0, U>(op, i, acc, x);
-      chain_operand<1, U>(op, i, acc, y);
-      chain_operand<2, U>(op, i, acc, z);
-      apply<U>(*op.in, op.plain, x, y, z, acc);
+      chain_operand<0, U>(op, i, acc, side, x);
+      chain_operand<1, U>(op, i, acc, side, y);
+      chain_operand<2, U>(op, i, acc, side, z);
+      if (op.side) {
+        apply<U>(*op.in, op.plain, x, y, z, side);
+      } else {
+        apply<U>(*op.in, op.plain, x, y, z, acc);
+      }
     }
     if (dst.bf16) {
       for (int u = 0; u < U; ++u) {
@@ -440,12 +293,15 @@ void Chain(const fusion::ChainOp* ops, int m, const fusion::ChainDst& dst, int n
   if (i == n) return;
   const int rest = n - i;
   alignas(64) float tmp[U * N];
+  alignas(64) float tmp_side[U * N];
   alignas(64) float wide[3][U * N];
   for (int k = 0; k < m; ++k) {
     const fusion::ChainOp& op = ops[k];
     const float* p[3];
     for (int j = 0; j < 3; ++j) {
-      if (op.chained & (1u << j)) {
+      if (op.from_side & (1u << j)) {
+        p[j] = tmp_side;
+      } else if (op.chained & (1u << j)) {
         p[j] = tmp;
       } else if (!op.arg[j]) {
         p[j] = nullptr;
@@ -456,7 +312,11 @@ void Chain(const fusion::ChainOp* ops, int m, const fusion::ChainDst& dst, int n
         p[j] = static_cast<const float*>(op.arg[j]) + i;
       }
     }
-    StepF32(*op.in, k == m - 1 && !dst.bf16 ? dst.f32 + i : tmp, p[0], p[1], p[2], rest);
+    StepF32(*op.in,
+            op.side                   ? tmp_side
+            : k == m - 1 && !dst.bf16 ? dst.f32 + i
+                                      : tmp,
+            p[0], p[1], p[2], rest);
   }
   if (dst.bf16) StoreBf16(tmp, dst.bf16 + i, rest, false);
 }

@@ -20,11 +20,15 @@ using SimdHandlesFn = bool (*)(const Instr& in);
 
 /// One op of a chain: a step, its operands' values (null where it has none; f32, or bf16
 /// where `bf16` has the operand's bit: an input read in place), and which operands (bit j:
-/// a, b, c) are the previous op's result instead.
+/// a, b, c) are the previous op's result instead (`chained`), or the side value
+/// (`from_side`). A `side` op leaves the running value alone and puts its result in the
+/// side value, which the next op reads (a chain's one branch: `t - a * 0.5` after `t`).
 struct ChainOp {
   const Instr* in = nullptr;
   const void* arg[3] = {nullptr, nullptr, nullptr};
   unsigned chained = 0;
+  unsigned from_side = 0;
+  bool side = false;
   unsigned bf16 = 0;
   /// Bit j: operand j is one value for every element, and not NaN (minimum, maximum and
   /// clamp then skip jit_math's NaN test of that operand: x86's minps / maxps suffice).
@@ -40,9 +44,10 @@ struct ChainDst {
   bool stream = false;
 };
 
-/// Runs a chain of m handled steps, each reading the one before it, over n elements in
-/// one loop: the running value stays in registers (the steps' own results are not
-/// stored). The same bits as the steps one by one.
+/// Runs a chain of m handled steps, each reading the one before it (or the side value a
+/// side op made just before it), over n elements in one loop: the running value and the
+/// side value stay in registers (the steps' own results are not stored). The same bits as
+/// the steps one by one.
 using SimdChainFn = void (*)(const ChainOp* ops, int m, const ChainDst& dst, int n);
 
 /// Converts n bf16 values to f32, and f32 values to bf16 (jit_math's lb_bf16_bits; with
