@@ -561,9 +561,12 @@ def test_quantize_streams_and_its_peak_rss_does_not_grow_with_the_file(cli, tmp_
     for threads in (1, 2):
         small, big = peaks[4, threads], peaks[24, threads]
         assert big < 48 * mib, peaks  # the 96 MiB file is never resident
-        # 20 more tensors (80 MiB) add nothing on one thread; on two, the worker threads'
-        # malloc arenas may keep a few freed 4 MiB chunk buffers (bounded, not per tensor).
-        assert big - small < (4 if threads == 1 else 24) * mib, peaks
+        # 20 more tensors (80 MiB) add nothing that grows with them. The peak moves by one
+        # 4 MiB buffer from run to run on one thread (glibc's dynamic mmap threshold decides
+        # whether a freed 4 MiB chunk buffer is unmapped or kept in the heap: measured 22.3 to
+        # 26.6 MiB for 4, 24 and 96 tensors alike), hence two buffers' slack; on two threads
+        # the worker threads' arenas may keep a few more (bounded, not per tensor).
+        assert big - small < (8 if threads == 1 else 24) * mib, peaks
 
 
 def minilm_path() -> pathlib.Path | None:

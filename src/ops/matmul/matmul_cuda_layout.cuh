@@ -255,6 +255,16 @@ __device__ __forceinline__ uint32_t decode_pair(uint32_t word, int p) {
     } else {
       r = pat;
     }
+  } else if constexpr (kBf16 && C == Code::i8) {
+    // c = (128 + (b & 0x7f)) - (128 + (b & 0x80)) in bf16: 0x43 above a byte is 128 plus its
+    // low seven bits, and bit 7 carries into the exponent (128 + 128 = 256), so both terms
+    // are exact, and so is their difference (an integer in [-128, 127]). One permute, two
+    // masks and one bf16 subtraction, against two f32 subtractions and a pack before.
+    const uint32_t t = byte_perm(word, 0x43434343u, p ? 0x4342u : 0x4140u);
+    const uint32_t low = t & 0xff7fff7fu, sign = t & 0xff80ff80u;
+    const __nv_bfloat162 v = __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&low),
+                                     *reinterpret_cast<const __nv_bfloat162*>(&sign));
+    r = *reinterpret_cast<const uint32_t*>(&v);
   } else if constexpr (!kBf16 && (C == Code::i8 || C == Code::e5m2)) {
     const uint32_t pat = pattern8_f16<C>(word, p);
     if constexpr (C == Code::i8) {
@@ -268,23 +278,19 @@ __device__ __forceinline__ uint32_t decode_pair(uint32_t word, int p) {
   } else {
     // Two bytes -> two exact 16-bit values through f32 (f16 for e4m3 via the sm_89 convert).
     float lo, hi;
-    const uint32_t bytes = word >> (16 * p);
     if constexpr (C == Code::e4m3) {
       uint32_t h2;
-      const unsigned short b16 = static_cast<unsigned short>(bytes & 0xffffu);
+      const unsigned short b16 = static_cast<unsigned short>((word >> (16 * p)) & 0xffffu);
       asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h2) : "h"(b16));
       if constexpr (!kBf16) return h2;
       const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&h2));
       lo = f.x;
       hi = f.y;
-    } else if constexpr (C == Code::e5m2) {
+    } else {  // e5m2 (i8 is decoded above)
       const uint32_t h2 = byte_perm(word, 0u, p ? 0x3424u : 0x1404u);
       const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&h2));
       lo = f.x;
       hi = f.y;
-    } else {  // i8 for bf16: 2^23 + 128 + b exactly, minus 2^23 + 128
-      lo = __uint_as_float(byte_perm(bytes ^ 0x80u, 0x4b000000u, 0x7540u)) - 8388736.0f;
-      hi = __uint_as_float(byte_perm(bytes ^ 0x8000u, 0x4b000000u, 0x7541u)) - 8388736.0f;
     }
     const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     r = *reinterpret_cast<const uint32_t*>(&v);
