@@ -193,11 +193,9 @@ HWY_INLINE void apply(const Instr& in, unsigned plain, const V (&xs)[U], const V
 
 void LoadBf16(const uint16_t* s, float* o, int n) {
   const D d;
-  const hn::Rebind<uint16_t, D> d16;
   constexpr int N = static_cast<int>(hn::MaxLanes(D()));
   int i = 0;
-  for (; i + N <= n; i += N)
-    hn::StoreU(from_bits(hn::ShiftLeft<16>(hn::PromoteTo(DU(), hn::LoadU(d16, s + i)))), d, o + i);
+  for (; i + N <= n; i += N) hn::StoreU(load_bf16(s + i), d, o + i);
   for (; i < n; ++i) {
     const uint32_t u = static_cast<uint32_t>(s[i]) << 16;
     std::memcpy(o + i, &u, 4);
@@ -239,10 +237,8 @@ HWY_INLINE void chain_operand(const fusion::ChainOp& op, int i, const V (&acc)[U
   } else if ((op.chained & (1u << J)) || !op.arg[J]) {
     for (int u = 0; u < U; ++u) v[u] = acc[u];
   } else if (op.bf16 & (1u << J)) {
-    const hn::Rebind<uint16_t, D> d16;
     const auto* p = static_cast<const uint16_t*>(op.arg[J]) + i;
-    for (int u = 0; u < U; ++u)
-      v[u] = from_bits(hn::ShiftLeft<16>(hn::PromoteTo(DU(), hn::LoadU(d16, p + u * N))));
+    for (int u = 0; u < U; ++u) v[u] = load_bf16(p + u * N);
   } else {
     const auto* p = static_cast<const float*>(op.arg[J]) + i;
     for (int u = 0; u < U; ++u) v[u] = hn::LoadU(D(), p + u * N);

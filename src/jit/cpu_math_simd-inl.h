@@ -178,6 +178,11 @@ HWY_INLINE VU lb_bf16_code(V v) {
   return hn::IfThenElse(hn::RebindMask(DU(), hn::IsNaN(v)), nan_code, rounded);
 }
 
+/// N bf16 values from p (unaligned) as f32: the bits shifted into the high half.
+HWY_INLINE V load_bf16(const uint16_t* p) {
+  return from_bits(hn::ShiftLeft<16>(hn::PromoteTo(DU(), hn::LoadU(hn::Rebind<uint16_t, D>(), p))));
+}
+
 HWY_INLINE V lb_bf16_round(V v) {  // float_of(lb_bf16_bits(v) << 16)
   return from_bits(hn::ShiftLeft<16>(lb_bf16_code(v)));
 }
