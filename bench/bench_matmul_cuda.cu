@@ -430,6 +430,7 @@ int main(int argc, char** argv) {
           };
           const Alt alts[] = {{"matmul_cuda_medium_tc", " (medium tc)"},
                               {"matmul_cuda_wgmma_tc", " (wgmma tc)"},
+                              {"matmul_cuda_wgmma_ws_tc", " (wgmma ws)"},
                               {"matmul_cuda_dequant_tc_lt", " (dequant+GEMM)"}};
           for (const Alt& al : alts) {
             if (m < 64 || r.kernel == al.kernel) continue;

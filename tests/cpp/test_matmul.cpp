@@ -528,6 +528,70 @@ TEST(Matmul, WgmmaKernelOnAwkwardShapes) {
   }
 }
 
+/// matmul_cuda_wgmma_ws_tc (the warp-specialized wgmma kernel; sm_90a): a block takes 256
+/// rows of x and 128 rows of W, a stage one 128-k segment, three stages: M = 129, 200, 255,
+/// 256, 257, 300, 511, 600 cover partial and full blocks of x (one to three), N = 200 and 520
+/// a partial block of W (13 and 33 tiles: tiles past the last re-read the last), K = 512 (4
+/// segments: the stage ring wraps once), 2048 (split into k-ranges where the grid is short of
+/// a wave), 8192 (ranges of odd lengths), 128 and 384 (one and three segments), y padded,
+/// bias, and M = 1024 (its largest). Every scheme it serves, bf16 and f16 x; M = 128, M = 1025
+/// and an f32 y declined. Both blocks of a cluster share x's tile (multicast): N = 200 (two
+/// blocks of W: one cluster) and 520 (five: a third cluster with a block past the last tile).
+TEST(Matmul, WgmmaWsKernelOnAwkwardShapes) {
+  const char* const kernel = "matmul_cuda_wgmma_ws_tc";
+  const int64_t ms[] = {129, 200, 255, 256, 257, 300, 511, 600};
+  int ran = 0, i = 0;
+  uint64_t seed = 3000;
+  for (Device device : testing::test_devices()) {
+    if (!device.is_cuda()) continue;
+    for (const char* w : kWeightSchemes) {
+      for (Dtype xd : {Dtype::bf16, Dtype::f16}) {
+        for (int rep = 0; rep < 3; ++rep, ++i) {
+          const int64_t m = rep == 2 ? 250 + 97 * (i % 3) : ms[i % 8];
+          const int64_t n = rep == 2 ? 520 : 200;
+          const int64_t k = rep == 0 ? 512 : rep == 1 ? 2048 : 8192;
+          const Case c{m, n, k, xd, xd, w, "", false, rep == 1, rep == 0 ? 3 : 0, false};
+          if (run_case(kernel, device, c, seed++)) ++ran;
+          if (::testing::Test::HasFailure()) return;
+        }
+      }
+      const QuantScheme ws = QuantScheme::parse(w);
+      if (ws.str().find("_K") == std::string::npos) {
+        for (int64_t k : {128, 384}) {
+          const Case c{300, 40, k, Dtype::bf16, Dtype::bf16, w, "", false, false, 0, false};
+          if (run_case(kernel, device, c, seed++)) ++ran;
+          if (::testing::Test::HasFailure()) return;
+        }
+      }
+      if (ws.symmetric && ws.str().find("_K") == std::string::npos) {
+        const Case c{260, 67, 512, Dtype::bf16, Dtype::bf16, w, "", false, false, 0, true};
+        if (run_case(kernel, device, c, seed++)) ++ran;
+        if (::testing::Test::HasFailure()) return;
+      }
+    }
+    if (ran == 0) {
+      std::printf("%s declined on %s (not an sm_90a device or build): nothing ran\n", kernel,
+                  device.str().c_str());
+      continue;
+    }
+    EXPECT_GE(ran, 8 * 6);
+    std::printf("%s on %s ran %d cases\n", kernel, device.str().c_str(), ran);
+    Case f32y{};  // y in f32: declined
+    f32y.m = 300, f32y.n = 200, f32y.k = 512, f32y.x = Dtype::bf16, f32y.y = Dtype::f32;
+    f32y.w_scheme = "int4:block32";
+    EXPECT_FALSE(run_case(kernel, device, f32y, seed++)) << "an f32 y is declined";
+    Case under = f32y;
+    under.m = 128, under.y = Dtype::bf16;
+    EXPECT_FALSE(run_case(kernel, device, under, seed++)) << "M = 128 is below the kernel's range";
+    under.m = 1025;
+    EXPECT_FALSE(run_case(kernel, device, under, seed++)) << "M = 1025 is past the kernel's range";
+    // A 1024-row x: four blocks of x, the largest grid the kernel takes.
+    const Case top{1024, 136, 1024, Dtype::bf16, Dtype::bf16, "int4:block32", "", false, true, 0,
+                   false};
+    EXPECT_TRUE(run_case(kernel, device, top, seed++));
+  }
+}
+
 TEST(Matmul, PlanStatesItsKernelAndPrecision) {
   MatmulDesc d;
   d.m = 1;

@@ -1,10 +1,12 @@
-// matmul_cuda_wgmma_tc: weight-only y = x · dequant(W)^T for bf16 / f16 x on Hopper (sm_90a),
-// wgmma with W decoded in registers while the tensor cores run (select() order: the skinny
-// kernel up to M = 32, this one for 64 < M <= 256, the medium kernel up to 128), over the prepared
-// "cuda_tc16x128" layout of the skinny and medium kernels (one prepared copy serves all
-// three). This file is the plan: what the kernel takes, why it declines, the split-K choice;
-// the kernel is matmul_cuda_wgmma.cuh (its file comment has the tiling and the arithmetic),
-// instantiated by matmul_cuda_wgmma_{int4,fp4}.cu.
+// matmul_cuda_wgmma_ws_tc and matmul_cuda_wgmma_tc: weight-only y = x · dequant(W)^T for bf16 /
+// f16 x on Hopper (sm_90a), wgmma with W decoded in registers while the tensor cores run
+// (select() order: the skinny kernel up to M = 32, the warp-specialized kernel for
+// 129 <= M <= 1024, the one-wave kernel for 64 < M <= 256 where it is not taken, the medium
+// kernel up to 128, dequantize + cuBLASLt), over the prepared "cuda_tc16x128" layout of the
+// skinny and medium kernels (one prepared copy serves them all). This file is the plans: what
+// the kernels take, why they decline, the split-K choice; the kernels are
+// matmul_cuda_wgmma_ws.cuh and matmul_cuda_wgmma.cuh (their file comments have the tiling and
+// the arithmetic), instantiated by matmul_cuda_wgmma_{int4,fp4}.cu.
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <cuda_runtime.h>
@@ -12,7 +14,7 @@
 #include <map>
 #include <mutex>
 
-#include "ops/matmul/matmul_cuda_wgmma.cuh"
+#include "ops/matmul/matmul_cuda_wgmma_ws.cuh"
 #include "ops/matmul/matmul_kernels.hpp"
 
 namespace lowbit {
@@ -83,8 +85,8 @@ std::string sm90a_decline(int device) {
 }
 
 /// The copy engine's description of x [m][k] (16-bit elements, rows `stride` elements apart):
-/// boxes of 64 k x 128 rows, 128-byte swizzle (the kernel's stage layout), rows past M zeros.
-CUtensorMap x_tensor_map(const void* x, int64_t m, int64_t k, int64_t stride) {
+/// boxes of 64 k x `rows` rows, 128-byte swizzle (the kernels' stage layout), rows past M zeros.
+CUtensorMap x_tensor_map(const void* x, int64_t m, int64_t k, int64_t stride, uint32_t rows) {
   static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult status{};
@@ -98,7 +100,7 @@ CUtensorMap x_tensor_map(const void* x, int64_t m, int64_t k, int64_t stride) {
   CUtensorMap map{};
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(m)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(stride) * 2};
-  const cuuint32_t box[2] = {64, wgmma::kRowsX};
+  const cuuint32_t box[2] = {64, rows};
   const cuuint32_t elem[2] = {1, 1};
   const CUresult r =
       encode(&map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, const_cast<void*>(x), dims, strides, box,
@@ -183,8 +185,78 @@ class MatmulCudaWgmma final : public mm_cuda::TcWeightOnlyKernel {
     // The copy engine needs x 16-byte aligned with rows a multiple of 16 bytes apart: args_for
     // copies any other x into the workspace.
     const wgmma::Args wa = medium::args_for(d, a, tp, split_of(d, tp), ws, cs);
-    const CUtensorMap x_map = x_tensor_map(wa.x, d.m, d.k, wa.x_stride);
+    const CUtensorMap x_map = x_tensor_map(wa.x, d.m, d.k, wa.x_stride, wgmma::kRowsX);
     launcher_for(tp.format, d.x == Dtype::bf16, nullptr).launch(wa, x_map, cs);
+  }
+};
+
+/// Rows of x the warp-specialized kernel takes (first in select() order among the M > 32
+/// kernels). Measured on the H100 (BENCHMARKS.md, 4-bit formats, three shapes): at M = 256
+/// 0.69-0.78x the one-wave kernel's time and 0.49-0.72x dequantize + cuBLASLt's; at M = 2048
+/// 0.93-1.27x dequantize + cuBLASLt's (faster for nvfp4 on two of three shapes, slower for
+/// the int4 formats and mxfp4): the crossover is near M = 1024 (its 530-600 TFLOP/s against
+/// the dequantize's fixed cost plus cuBLASLt's 600-800). Below 129 a 256-row tile of x is
+/// mostly padding (the one-wave and medium kernels take those).
+constexpr int64_t kWsMinM = 129;
+constexpr int64_t kWsMaxM = 1024;
+
+int ws_split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) {
+  const int64_t slots = mm_cuda::sm_count(d.device.index);  // one block per SM
+  return wgmma_ws::split_for(d.m, tp.layout.tiles, tp.layout.segments, slots);
+}
+
+class MatmulCudaWgmmaWs final : public mm_cuda::TcWeightOnlyKernel {
+ public:
+  std::string_view name() const override { return "matmul_cuda_wgmma_ws_tc"; }
+
+  std::string decline(const MatmulDesc& d) const override {
+    std::string why = weight_only_decline(d, reinterpret_cast<const void*>(&wgmma::probe_kernel));
+    if (!why.empty()) return why;
+    why = sm90a_decline(d.device.index);
+    if (!why.empty()) return why;
+    if (d.y != d.x)
+      return "y is " + std::string(dtype_name(d.y)) + ": W rounded to x's dtype (" +
+             std::string(dtype_name(d.x)) +
+             ") would not give sums of that precision (the dequantize path computes in f32)";
+    if (d.m < kWsMinM)
+      return "M = " + std::to_string(d.m) + " < " + std::to_string(kWsMinM) +
+             " (a 256-row tile of x would be mostly padding: matmul_cuda_wgmma_tc and the "
+             "medium kernel take these)";
+    if (d.m > kWsMaxM)
+      return "M = " + std::to_string(d.m) + " > " + std::to_string(kWsMaxM) +
+             " (this kernel runs at 530-600 TFLOP/s; dequantize + a cuBLASLt GEMM is as fast or "
+             "faster there)";
+    const auto f = tc::format_of(d.w, d.n, d.k, &why);
+    if (!f) return why;
+    if (!launcher_for(*f, true, &why)) return why;
+    return {};
+  }
+
+  PrecisionGuarantee precision(const MatmulDesc&) const override {
+    return {
+        "W decoded to x's dtype in registers (integer formats and q4_0: dequantize()'s value "
+        "rounded once, the bits of dequantize to x's dtype; e2m1 formats: the code times its "
+        "block scale, exact, nvfp4's global scale applied in f32), products summed in f32 on "
+        "tensor cores (wgmma); split-K ranges (up to 16, only where the grid is short of a "
+        "wave) added in a fixed order through the workspace (no atomics)",
+        Dtype::f32, true, false};
+  }
+
+  std::size_t workspace_size(const MatmulDesc& d) const override {
+    return medium::workspace_bytes(d, ws_split_of(d, mm_cuda::tc_plan(d)));
+  }
+
+  void run(const MatmulDesc& d, const MatmulArgs& a, const Stream& stream,
+           Workspace ws) const override {
+    if (d.m == 0 || d.n == 0) return;
+    const mm_cuda::TcPlan tp = mm_cuda::tc_plan(d);
+    require_prepared(a, tp);
+    mm_cuda::DeviceScope scope(d.device.index);
+    const auto cs = static_cast<cudaStream_t>(stream.native_handle());
+    const wgmma::Args wa = medium::args_for(d, a, tp, ws_split_of(d, tp), ws, cs);
+    const CUtensorMap x_map =
+        x_tensor_map(wa.x, d.m, d.k, wa.x_stride, wgmma_ws::kRowsX / wgmma_ws::kClusterBlocks);
+    launcher_for(tp.format, d.x == Dtype::bf16, nullptr).launch_ws(wa, x_map, cs);
   }
 };
 
@@ -192,6 +264,11 @@ class MatmulCudaWgmma final : public mm_cuda::TcWeightOnlyKernel {
 
 const MatmulKernel& matmul_cuda_wgmma_kernel() {
   static const MatmulCudaWgmma kernel;
+  return kernel;
+}
+
+const MatmulKernel& matmul_cuda_wgmma_ws_kernel() {
+  static const MatmulCudaWgmmaWs kernel;
   return kernel;
 }
 

@@ -404,9 +404,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-/// One instantiation's launch.
+/// One instantiation's launches: this file's kernel and the warp-specialized one
+/// (matmul_cuda_wgmma_ws.cuh, whose `pick` fills both).
 struct Launcher {
-  void (*launch)(const Args&, const CUtensorMap&, cudaStream_t) = nullptr;
+  using Launch = void (*)(const Args&, const CUtensorMap&, cudaStream_t);
+  Launch launch = nullptr;
+  Launch launch_ws = nullptr;
   explicit operator bool() const { return launch != nullptr; }
 };
 
@@ -426,12 +429,6 @@ void launch(const Args& a, const CUtensorMap& x_map, cudaStream_t stream) {
   kernel<<<grid, kThreads, kSmemBytes, stream>>>(a, x_map);
   mm_cuda::check_launch("wgmma_kernel");
   if (a.split > 1) medium::launch_reduce(a, stream);
-}
-
-template <Code C, Scale S, int SL, bool kZero>
-Launcher pick(bool bf16) {
-  if (bf16) return {&launch<C, S, SL, true, kZero>};
-  return {&launch<C, S, SL, false, kZero>};
 }
 
 #endif  // __CUDACC__

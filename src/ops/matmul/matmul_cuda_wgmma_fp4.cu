@@ -1,6 +1,6 @@
 // matmul_cuda_wgmma_tc's instantiations for e2m1 codes: nvfp4 (e4m3 scales per 16, f32
 // global scale) and mxfp4 (e8m0 scales per 32) (matmul_cuda_wgmma.cuh).
-#include "ops/matmul/matmul_cuda_wgmma.cuh"
+#include "ops/matmul/matmul_cuda_wgmma_ws.cuh"
 
 namespace lowbit::wgmma {
 

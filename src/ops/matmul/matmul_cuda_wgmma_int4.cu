@@ -1,6 +1,6 @@
 // matmul_cuda_wgmma_tc's instantiations for 4-bit integer codes: int4 / uint4 with groups of
 // 32, 64, 128 or more (channel), symmetric and affine, and GGUF q4_0 (matmul_cuda_wgmma.cuh).
-#include "ops/matmul/matmul_cuda_wgmma.cuh"
+#include "ops/matmul/matmul_cuda_wgmma_ws.cuh"
 
 namespace lowbit::wgmma {
 

@@ -11,6 +11,7 @@ const MatmulKernel& matmul_cuda_skinny_w8a8_kernel();  // matmul_cuda_skinny_w8a
 const MatmulKernel& matmul_cuda_w8a8_kernel();         // matmul_cuda_w8a8.cu
 const MatmulKernel& matmul_cuda_skinny_kernel();       // matmul_cuda_skinny.cu
 const MatmulKernel& matmul_cuda_wgmma_kernel();        // matmul_cuda_wgmma.cu
+const MatmulKernel& matmul_cuda_wgmma_ws_kernel();     // matmul_cuda_wgmma.cu
 const MatmulKernel& matmul_cuda_medium_kernel();       // matmul_cuda_medium.cu
 const MatmulKernel& matmul_cuda_dequant_tc_kernel();   // matmul_cuda_dequant.cu
 const MatmulKernel& matmul_cuda_dequant_kernel();      // matmul_cuda_dequant.cu

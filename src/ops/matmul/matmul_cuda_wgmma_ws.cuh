@@ -1,0 +1,468 @@
+// The warp-specialized kernel of matmul_cuda_wgmma_ws_tc (weight-only y = x · dequant(W)^T for
+// bf16 / f16 x, Hopper sm_90a, M past what the one-wave kernel of matmul_cuda_wgmma.cuh takes),
+// instantiated beside that kernel by matmul_cuda_wgmma_{int4,fp4}.cu; the plan is in
+// matmul_cuda_wgmma.cu.
+//
+// Why a second kernel: matmul_cuda_wgmma_tc's warps decode, issue the wgmmas and keep the copy
+// engine fed from one instruction stream, meet at a block barrier each segment and use a 128-row
+// tile of x; without any decode its loop reaches only 340-490 TFLOP/s. Here:
+//
+//   block = 3 warpgroups (384 threads). Warpgroup 0 is the producer: one thread asks the
+//           tensor-memory accelerator for each stage (x's tile and the block's W codes) once
+//           the consumers have freed it; the warpgroup gives its registers to the others
+//           (setmaxnreg). Warpgroups 1 and 2 are the consumers: 64 rows of W each (warp w: the
+//           layout's 16-row tile w), all kRowsX rows of x: y^T = W · x^T with
+//           wgmma.m64n256k16 (W the A operand from registers, x^T the B operand from shared
+//           memory, f32 accumulators: 128 per lane).
+//   stage = one 128-k segment: x [256 rows][128 k] (two 64-k halves of 128-byte swizzled rows,
+//           two boxes) and the 8 tiles' codes of the segment (8 bulk copies of 1 KB: the
+//           prepared layout keeps a tile's segment contiguous); a "full" mbarrier counts the
+//           bytes, an "empty" one counts the 8 consumer warps done with the stage.
+//   unit  = half a segment (64 k, 4 steps of 16): the consumer issues the unit's 4 wgmmas,
+//           commits, waits until the previous unit's are done (its A registers and, at a
+//           segment's first unit, the previous stage are free), then decodes the next unit's
+//           A operands from the codes in shared memory while this unit's run. A lane reads the
+//           code words it needs straight from the other lanes' chunks (the skinny layout orders
+//           k for mma.sync; wgmma wants natural order: file comment of matmul_cuda_wgmma.cuh),
+//           so no shuffles.
+//   grid  = (blocks of kRowsX rows of x: fastest, so the blocks that share W's stretch run
+//           together and find it in L2) x (blocks of 128 rows of W) x (k-ranges: deterministic
+//           split-K as in the medium kernel, partials added in order by medium::reduce_kernel).
+// The numbers are the one-wave kernel's exactly (the same decode and group_of): each W operand
+// is dequantize()'s value in x's dtype, f32 accumulation on the tensor cores.
+#pragma once
+
+#include "ops/matmul/matmul_cuda_wgmma.cuh"
+
+namespace lowbit::wgmma_ws {
+
+using medium::Args;
+using tc::Code;
+using tc::Scale;
+
+inline constexpr int kThreads = 384;      ///< a producer warpgroup and two consumer warpgroups
+inline constexpr int kTilesPerBlock = 8;  ///< 128 rows of W per block
+inline constexpr int kRowsX = 256;        ///< rows of x per block: the wgmma's N
+inline constexpr int kHalfBytes = kRowsX * 128;  ///< one 64-k half of x in a stage
+inline constexpr int kXBytes = 2 * kHalfBytes;
+inline constexpr int kWBytes = kTilesPerBlock * 1024;  ///< the block's codes of one segment
+inline constexpr int kStageBytes = kXBytes + kWBytes;
+inline constexpr int kStages = 3;
+/// The stages, their full and empty barriers, and room to align the stages to 1024 bytes.
+inline constexpr int kSmemBytes = kStages * kStageBytes + 16 * kStages + 1024;
+inline constexpr int kConsumerWarps = 8;
+inline constexpr int kClusterBlocks = 2;  ///< blocks sharing x's tile through multicast
+/// The epilogue's f32 tile [kRowsX][kOutStride] (4 words of padding: the fragment's stores
+/// fall in distinct banks).
+inline constexpr int kOutStride = 128 + 4;
+static_assert(kRowsX * kOutStride * 4 <= kStages * kStageBytes);
+
+/// Blocks of the grid before any split of K.
+inline int64_t blocks_for(int64_t m, int64_t tiles) {
+  return ((m + kRowsX - 1) / kRowsX) * ((tiles + kTilesPerBlock - 1) / kTilesPerBlock);
+}
+
+/// k-ranges per block: only where the grid is short of one wave of `slots`, each range at
+/// least 4 segments.
+inline int split_for(int64_t m, int64_t tiles, int64_t segments, int64_t slots) {
+  const int64_t blocks = blocks_for(m, tiles);
+  if (blocks * 3 >= slots * 2) return 1;
+  const int64_t want = (slots + blocks / 2) / std::max<int64_t>(blocks, 1);
+  return static_cast<int>(std::clamp<int64_t>(want, 1, std::clamp<int64_t>(segments / 4, 1, 16)));
+}
+
+#if defined(__CUDACC__)
+
+/// d += A · B, m64n256k16, A from registers (this lane's fragment), B from shared memory.
+template <bool kBf16>
+__device__ __forceinline__ void wgmma_rs256(float (&d)[128], const uint32_t (&a)[4], uint64_t b) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define LB_WGMMA_RS256(TYPE)                                                                       \
+  asm volatile(                                                                                    \
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32." TYPE "." TYPE                                 \
+      " {"                                                                                         \
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                     \
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "           \
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "           \
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "           \
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "           \
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "           \
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, "     \
+      "%111, "                                                                                     \
+      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, " \
+      "%127}, "                                                                                    \
+      "{%128, %129, %130, %131}, %132, 1, 1, 1, 0;"                                                \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),        \
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),    \
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), \
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), \
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), \
+        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), \
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), \
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), \
+        "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), \
+        "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), \
+        "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), \
+        "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), \
+        "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), \
+        "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),          \
+        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]),        \
+        "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]),        \
+        "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]),        \
+        "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])         \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b))
+  if constexpr (kBf16) {
+    LB_WGMMA_RS256("bf16");
+  } else {
+    LB_WGMMA_RS256("f16");
+  }
+#undef LB_WGMMA_RS256
+#else
+  (void)d, (void)a, (void)b;
+#endif
+}
+
+__device__ __forceinline__ void fence_acc(float (&d)[128]) {
+#pragma unroll
+  for (int i = 0; i < 128; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+/// One bulk copy of `bytes` (a multiple of 16) global -> shared, counted on `bar`.
+__device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes,
+                                          uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::
+          "r"(dst),
+      "l"(src), "r"(bytes), "r"(bar)
+      : "memory");
+}
+
+/// One arrival on the barrier at `bar` (a shared::cta address) of the cluster's block `rank`.
+/// Relaxed: the caller's reads of the stage it frees have completed (their values are in
+/// registers, the wgmmas waited for); a release arrival fences (MEMBAR) until the lane's
+/// outstanding global loads (the next segments' scales) are done, which measured as most of
+/// the kernel's time on the H100 (stall reason "membar").
+__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t rank) {
+  asm volatile(
+      "{\n .reg .b32 remote;\n mapa.shared::cluster.u32 remote, %0, %1;\n"
+      " mbarrier.arrive.relaxed.cluster.shared::cluster.b64 _, [remote];\n}" ::"r"(bar),
+      "r"(rank)
+      : "memory");
+}
+
+__device__ __forceinline__ void cluster_arrive() {
+  asm volatile("barrier.cluster.arrive.release;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() {
+  asm volatile("barrier.cluster.wait.acquire;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_sync() {
+  cluster_arrive();
+  cluster_wait();
+}
+
+/// One box of x into the same place of every block of the cluster, counted on each block's
+/// barrier at `bar`.
+__device__ __forceinline__ void tma_load_multicast(uint32_t dst, const CUtensorMap* map, int k0,
+                                                   int row0, uint32_t bar) {
+  const uint16_t mask = (1u << kClusterBlocks) - 1;
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      ".multicast::cluster [%0], [%1, {%2, %3}], [%4], %5;" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(k0), "r"(row0), "r"(bar), "h"(mask)
+      : "memory");
+}
+
+/// 8 bytes of shared memory.
+__device__ __forceinline__ void lds64(uint32_t addr, uint32_t& a, uint32_t& b) {
+  asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(a), "=r"(b) : "r"(addr));
+}
+
+template <Code C, Scale S, int kStepsLog2, bool kBf16, bool kZero>
+__global__ void __launch_bounds__(kThreads, 1)
+    ws_kernel(Args p, const __grid_constant__ CUtensorMap x_map) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  const uint32_t base = (raw + 1023u) & ~1023u;        // swizzle atoms are 1024-byte aligned
+  const uint32_t full = base + kStages * kStageBytes;  // kStages barriers: stage s landed
+  const uint32_t empty = full + 8 * kStages;           // kStages barriers: stage s consumed
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int m0 = static_cast<int>(blockIdx.x) * kRowsX;
+  const int64_t tile0 = static_cast<int64_t>(blockIdx.y) * kTilesPerBlock;
+  const int segs = static_cast<int>(p.w.segments);
+  const int s_begin = static_cast<int>(blockIdx.z) * segs / p.split;
+  const int nseg = static_cast<int>(blockIdx.z + 1) * segs / p.split - s_begin;
+  // The cluster: two blocks of the same rows of x (and k-range), neighbouring rows of W. Each
+  // asks for half of x's tile and the copy engine writes it into both blocks' stages.
+  uint32_t rank;
+  asm("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+
+  if (tid == 0) {
+    asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&x_map)) : "memory");
+#pragma unroll
+    for (int s = 0; s < kStages; ++s) {
+      async::mbar_init(full + 8u * s, 1);
+      async::mbar_init(empty + 8u * s, kClusterBlocks * kConsumerWarps);
+    }
+    async::mbar_init_fence();
+  }
+  cluster_sync();  // both blocks' barriers exist before either copies into the other
+
+  if (tid < 128) {  // the producer warpgroup
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+    if (tid != 0) {
+      cluster_sync();  // (the end of the kernel)
+      return;
+    }
+    for (int i = 0; i < nseg; ++i) {
+      const int st = i % kStages;
+      // The stage's previous use (segment i - kStages) must be consumed: phase i / kStages - 1.
+      if (i >= kStages)
+        async::mbar_wait(empty + 8u * st, static_cast<uint32_t>((i / kStages - 1) & 1));
+      const uint32_t dst = base + static_cast<uint32_t>(st * kStageBytes);
+      const uint32_t bar = full + 8u * st;
+      const int s = s_begin + i;
+      async::mbar_expect_tx(bar, kStageBytes);
+      // This block's half of x's rows, both 64-k halves, into both blocks.
+      const uint32_t xh = rank * (kHalfBytes / kClusterBlocks);
+      const int xr = m0 + static_cast<int>(rank) * (kRowsX / kClusterBlocks);
+      tma_load_multicast(dst + xh, &x_map, s * 128, xr, bar);
+      tma_load_multicast(dst + kHalfBytes + xh, &x_map, s * 128 + 64, xr, bar);
+#pragma unroll
+      for (int t = 0; t < kTilesPerBlock; ++t) {  // tiles past the last: the last one, unused
+        const int64_t tile = min(tile0 + t, p.tiles - 1);
+        bulk_load(dst + kXBytes + 1024u * t,
+                  p.w.codes + tc::lane_code_offset(segs, 16, tile, s, 0, 0), 1024u, bar);
+      }
+    }
+    cluster_sync();
+    return;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+
+  const int warp = (tid >> 5) - 4;  // consumer warp 0..7: the block's tile `warp`
+  const int lane = tid & 31, r = lane >> 2, q = lane & 3;
+  const int64_t my_tile = min(tile0 + warp, p.tiles - 1);
+  using RS = skinny::RowScales<S, kStepsLog2, kZero>;
+  const RS rs0(p.w, my_tile * 16 + r), rs1(p.w, my_tile * 16 + r + 8);
+
+  // Natural k order (matmul_cuda_wgmma.cuh): lane q takes its words from lanes q / 2 and
+  // 2 + q / 2 of its quad, shifted by 4 (q % 2); a unit (64 k) uses two words of each row.
+  const uint32_t wsrc = kXBytes + 1024u * warp + 16u * ((lane & ~3) | (q >> 1));
+  const int sh = 4 * (q & 1);
+  struct Words {
+    uint32_t lo[2][2], hi[2][2];  // [row r / r + 8][word]
+  };
+  auto load_words = [&](int i, int unit, Words& o) {
+    const uint32_t a = base + static_cast<uint32_t>((i % kStages) * kStageBytes) + wsrc + 8u * unit;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      lds64(a + 512u * h, o.lo[h][0], o.lo[h][1]);
+      lds64(a + 512u * h + 32u, o.hi[h][0], o.hi[h][1]);
+#pragma unroll
+      for (int v = 0; v < 2; ++v) o.lo[h][v] >>= sh, o.hi[h][v] >>= sh;
+    }
+  };
+  // Steps 4 unit .. 4 unit + 3 of a segment into a[4][4].
+  auto decode_unit = [&](int unit, const Words& o, const tc::SegScales& s0, const tc::SegScales& s1,
+                         uint32_t(&a)[4][4]) {
+#pragma unroll
+    for (int jj = 0; jj < 4; ++jj) {
+      const int f = (4 * unit + jj) >> kStepsLog2;
+      const wgmma::Group g0 = wgmma::group_of<S, kBf16, kZero>(s0, f);
+      const wgmma::Group g1 = wgmma::group_of<S, kBf16, kZero>(s1, f);
+      const int pr = 8 * (jj & 1);
+      a[jj][0] = wgmma::decode<C, S, kBf16>(o.lo[0][jj >> 1] >> pr, g0);  // row r, k 2q, 2q+1
+      a[jj][1] = wgmma::decode<C, S, kBf16>(o.lo[1][jj >> 1] >> pr, g1);  // row r + 8
+      a[jj][2] = wgmma::decode<C, S, kBf16>(o.hi[0][jj >> 1] >> pr, g0);  // k 2q + 8, 2q + 9
+      a[jj][3] = wgmma::decode<C, S, kBf16>(o.hi[1][jj >> 1] >> pr, g1);
+    }
+  };
+
+  float acc[128];
+#pragma unroll
+  for (int i = 0; i < 128; ++i) acc[i] = 0.0f;
+
+  // Scales: a ring of three segments' (indexed by compile-time constants only), each loaded
+  // two segments before the decode that needs it.
+  uint32_t a0[4][4], a1[4][4];
+  tc::SegScales sc[3][2];
+#pragma unroll
+  for (int k = 0; k < 3; ++k) {
+    sc[k][0] = rs0.load(s_begin + min(k, nseg - 1));
+    sc[k][1] = rs1.load(s_begin + min(k, nseg - 1));
+  }
+  Words o;
+  async::mbar_wait(full, 0);
+  load_words(0, 0, o);
+  decode_unit(0, o, sc[0][0], sc[0][1], a0);
+
+  // Segment i, whose scales are sc[I] (I = i % 3).
+  auto segment = [&](auto ring, int i) {
+    constexpr int I = decltype(ring)::value, N = (I + 1) % 3;
+    const uint32_t st = base + static_cast<uint32_t>((i % kStages) * kStageBytes);
+    // Unit 0: k 0..63 of segment i (x's first half).
+    fence_acc(acc);
+    wgmma::wgmma_fence();
+#pragma unroll
+    for (int j = 0; j < 4; ++j) wgmma_rs256<kBf16>(acc, a0[j], wgmma::desc_k128(st + j * 32));
+    wgmma::wgmma_commit();
+    wgmma::wgmma_wait<1>();  // segment i - 1 is done: its stage is free
+    fence_acc(acc);
+    if (i > 0 && lane == 0) {  // both blocks' producers write into this block's stage
+      const uint32_t bar = empty + 8u * static_cast<uint32_t>((i - 1) % kStages);
+      mbar_arrive_cluster(bar, 0);
+      mbar_arrive_cluster(bar, 1);
+    }
+    load_words(i, 1, o);
+    decode_unit(1, o, sc[I][0], sc[I][1], a1);
+    const int s3 = s_begin + min(i + 3, nseg - 1);  // sc[I] is free: segment i + 3's
+    sc[I][0] = rs0.load(s3);
+    sc[I][1] = rs1.load(s3);
+    // Unit 1: k 64..127 (x's second half).
+    fence_acc(acc);
+    wgmma::wgmma_fence();
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      wgmma_rs256<kBf16>(acc, a1[j], wgmma::desc_k128(st + kHalfBytes + j * 32));
+    wgmma::wgmma_commit();
+    wgmma::wgmma_wait<1>();  // unit 0 is done: a0 is free
+    fence_acc(acc);
+    if (i + 1 < nseg) {
+      async::mbar_wait(full + 8u * static_cast<uint32_t>((i + 1) % kStages),
+                       static_cast<uint32_t>(((i + 1) / kStages) & 1));
+      load_words(i + 1, 0, o);
+      decode_unit(0, o, sc[N][0], sc[N][1], a0);
+    }
+  };
+  for (int i = 0; i < nseg; i += 3) {
+    segment(std::integral_constant<int, 0>{}, i);
+    if (i + 1 < nseg) segment(std::integral_constant<int, 1>{}, i + 1);
+    if (i + 2 < nseg) segment(std::integral_constant<int, 2>{}, i + 2);
+  }
+  wgmma::wgmma_wait<0>();
+  fence_acc(acc);
+  cluster_arrive();  // this block is done with the other's barriers and stages
+
+  // The epilogue goes through shared memory (free once both consumer warpgroups are past
+  // their last wgmma): the fragments into an f32 tile [x row][W row], then each row of y (or
+  // of the partial sums) written 8 W rows per lane, 16 or 32 bytes at once. Storing the
+  // fragments directly (2-byte stores, half a 32-byte sector each) took 0.5 ms for a 58 MB
+  // y on the H100.
+  asm volatile("bar.sync 1, 256;" ::: "memory");
+  float* const tile = reinterpret_cast<float*>(smem_raw + (base - raw));
+  // acc[4 t + e] is row (of W) 16 warp + r + 8 (e / 2), column (row of x) 8 t + 2 q + e % 2.
+#pragma unroll
+  for (int t = 0; t < 32; ++t)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      tile[(8 * t + 2 * q + (e & 1)) * kOutStride + 16 * warp + r + 8 * (e >> 1)] = acc[4 * t + e];
+  asm volatile("bar.sync 1, 256;" ::: "memory");
+  const int ct = tid - 128, j = ct & 15;
+  const int64_t row0 = tile0 * 16 + 8 * j;  // this lane's 8 rows of W
+  const bool mine = row0 < p.n;
+  const bool whole = row0 + 8 <= p.n;
+  const float global = S == Scale::e4m3 && !p.partial ? p.w.global[0] : 1.0f;
+  const bool y_vec =
+      !p.partial && whole && reinterpret_cast<uintptr_t>(p.y) % 16 == 0 && p.y_stride % 8 == 0;
+  float bias[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e)
+    bias[e] = p.bias && !p.partial && row0 + e < p.n
+                  ? quant_cuda::load_any(p.bias, p.y_dtype, static_cast<uint64_t>(row0 + e))
+                  : 0.0f;
+  for (int cc = ct >> 4; mine && cc < kRowsX && m0 + cc < p.m; cc += 16) {
+    const int c = m0 + cc;
+    float v[8];
+    const float4 lo = *reinterpret_cast<const float4*>(tile + cc * kOutStride + 8 * j);
+    const float4 hi = *reinterpret_cast<const float4*>(tile + cc * kOutStride + 8 * j + 4);
+    v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w;
+    v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+    if (p.partial) {
+      float* dst = p.partial + (static_cast<int64_t>(blockIdx.z) * p.m + c) * p.n + row0;
+      if (whole && p.n % 4 == 0) {
+        reinterpret_cast<float4*>(dst)[0] = lo;
+        reinterpret_cast<float4*>(dst)[1] = hi;
+      } else {
+        for (int e = 0; e < 8 && row0 + e < p.n; ++e) dst[e] = v[e];
+      }
+      continue;
+    }
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {  // store_result's arithmetic, unfused
+      v[e] = __fmul_rn(v[e], global);
+      if (p.bias) v[e] = __fadd_rn(v[e], bias[e]);
+    }
+    if (y_vec) {
+      uint32_t w[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const bool bf = p.y_dtype == Dtype::bf16;
+        const uint32_t a = bf ? f32_to_bf16(v[2 * e]) : f32_to_f16(v[2 * e]);
+        const uint32_t b = bf ? f32_to_bf16(v[2 * e + 1]) : f32_to_f16(v[2 * e + 1]);
+        w[e] = a | (b << 16);
+      }
+      *reinterpret_cast<uint4*>(static_cast<uint16_t*>(p.y) + c * p.y_stride + row0) =
+          make_uint4(w[0], w[1], w[2], w[3]);
+    } else {
+      for (int e = 0; e < 8 && row0 + e < p.n; ++e)
+        quant_cuda::store_any(p.y, p.y_dtype, static_cast<uint64_t>(c * p.y_stride + row0 + e),
+                              v[e]);
+    }
+  }
+  cluster_wait();
+#else
+  (void)p, (void)x_map;
+#endif
+}
+
+template <Code C, Scale S, int SL, bool kBf16, bool kZero>
+void launch(const Args& a, const CUtensorMap& x_map, cudaStream_t stream) {
+  const auto kernel = &ws_kernel<C, S, SL, kBf16, kZero>;
+  static const bool attr = [&] {
+    mm_cuda::check_cuda(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes),
+        "matmul: shared memory of ws_kernel");
+    return true;
+  }();
+  (void)attr;
+  // Blocks of W rounded up to whole clusters (a block past the last tile stores nothing).
+  const int64_t wblocks = (a.tiles + kTilesPerBlock - 1) / kTilesPerBlock;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim =
+      dim3(static_cast<unsigned>((a.m + kRowsX - 1) / kRowsX),
+           static_cast<unsigned>((wblocks + kClusterBlocks - 1) / kClusterBlocks * kClusterBlocks),
+           static_cast<unsigned>(a.split));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = kSmemBytes;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr_cluster{};
+  attr_cluster.id = cudaLaunchAttributeClusterDimension;
+  attr_cluster.val.clusterDim.x = 1;
+  attr_cluster.val.clusterDim.y = kClusterBlocks;
+  attr_cluster.val.clusterDim.z = 1;
+  cfg.attrs = &attr_cluster;
+  cfg.numAttrs = 1;
+  mm_cuda::check_cuda(cudaLaunchKernelEx(&cfg, kernel, a, x_map), "matmul: ws_kernel launch");
+  if (a.split > 1) medium::launch_reduce(a, stream);
+}
+
+#endif  // __CUDACC__
+
+}  // namespace lowbit::wgmma_ws
+
+#if defined(__CUDACC__)
+namespace lowbit::wgmma {
+
+/// Both kernels' launches of one instantiation.
+template <Code C, Scale S, int SL, bool kZero>
+Launcher pick(bool bf16) {
+  if (bf16) return {&launch<C, S, SL, true, kZero>, &wgmma_ws::launch<C, S, SL, true, kZero>};
+  return {&launch<C, S, SL, false, kZero>, &wgmma_ws::launch<C, S, SL, false, kZero>};
+}
+
+}  // namespace lowbit::wgmma
+#endif
