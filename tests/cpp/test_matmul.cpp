@@ -586,8 +586,8 @@ TEST(Matmul, WgmmaWsKernelOnAwkwardShapes) {
     under.m = 1025;
     EXPECT_FALSE(run_case(kernel, device, under, seed++)) << "M = 1025 is past the kernel's range";
     // A 1024-row x: four blocks of x, the largest grid the kernel takes.
-    const Case top{1024, 136, 1024, Dtype::bf16, Dtype::bf16, "int4:block32", "", false, true, 0,
-                   false};
+    const Case top{1024, 136,   1024, Dtype::bf16, Dtype::bf16, "int4:block32",
+                   "",   false, true, 0,           false};
     EXPECT_TRUE(run_case(kernel, device, top, seed++));
   }
 }
