@@ -192,8 +192,8 @@ class MatmulCudaWgmma final : public mm_cuda::TcWeightOnlyKernel {
 
 /// Rows of x the warp-specialized kernel takes (first in select() order among the M > 32
 /// kernels). Measured on the H100 (BENCHMARKS.md, 4-bit formats, three shapes): at M = 256
-/// 0.69-0.78x the one-wave kernel's time and 0.49-0.72x dequantize + cuBLASLt's; at M = 2048
-/// 0.93-1.27x dequantize + cuBLASLt's (faster for nvfp4 on two of three shapes, slower for
+/// 0.67-0.92x the one-wave kernel's time and 0.41-0.65x dequantize + cuBLASLt's; at M = 2048
+/// 0.87-1.27x dequantize + cuBLASLt's (faster for nvfp4 on two of three shapes, slower for
 /// the int4 formats and mxfp4): the crossover is near M = 1024 (its 530-600 TFLOP/s against
 /// the dequantize's fixed cost plus cuBLASLt's 600-800). Below 129 a 256-row tile of x is
 /// mostly padding (the one-wave and medium kernels take those).
