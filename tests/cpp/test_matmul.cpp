@@ -451,6 +451,48 @@ TEST(Matmul, SkinnyW8A8OnAwkwardShapes) {
   }
 }
 
+/// The shapes both wgmma kernels' tests sweep, for every scheme of kWeightSchemes and bf16 /
+/// f16 x (y in x's dtype): three cases per pair, M from `ms` in turn (N = 200: K = 512 with a
+/// padded y, K = 2048 with a bias) and from `long_ms` in turn (N = 520, K = 8192); K = 128 and
+/// 384 (one and three segments: the loop's last segment without a next one) at M = `short_m`,
+/// N = 40, but for the K-quants (blocks of 256, declined anyway); NaN / Inf in x at M =
+/// `special_m` for the symmetric schemes. Returns how many cases ran (the rest declined).
+struct WgmmaSweep {
+  std::vector<int64_t> ms, long_ms;
+  int64_t short_m, special_m;
+};
+
+int run_wgmma_sweep(const char* kernel, Device device, const WgmmaSweep& sw, uint64_t& seed) {
+  int ran = 0, i = 0;
+  for (const char* w : kWeightSchemes) {
+    for (Dtype xd : {Dtype::bf16, Dtype::f16}) {
+      for (int rep = 0; rep < 3; ++rep, ++i) {
+        const int64_t m = rep == 2 ? sw.long_ms[static_cast<size_t>(i) % sw.long_ms.size()]
+                                   : sw.ms[static_cast<size_t>(i) % sw.ms.size()];
+        const int64_t n = rep == 2 ? 520 : 200;
+        const int64_t k = rep == 0 ? 512 : rep == 1 ? 2048 : 8192;
+        const Case c{m, n, k, xd, xd, w, "", false, rep == 1, rep == 0 ? 3 : 0, false};
+        if (run_case(kernel, device, c, seed++)) ++ran;
+        if (::testing::Test::HasFailure()) return ran;
+      }
+    }
+    const QuantScheme ws = QuantScheme::parse(w);
+    if (ws.str().find("_K") == std::string::npos) {
+      for (int64_t k : {128, 384}) {
+        const Case c{sw.short_m, 40, k, Dtype::bf16, Dtype::bf16, w, "", false, false, 0, false};
+        if (run_case(kernel, device, c, seed++)) ++ran;
+        if (::testing::Test::HasFailure()) return ran;
+      }
+      if (ws.symmetric) {
+        const Case c{sw.special_m, 67, 512, Dtype::bf16, Dtype::bf16, w, "", false, false, 0, true};
+        if (run_case(kernel, device, c, seed++)) ++ran;
+        if (::testing::Test::HasFailure()) return ran;
+      }
+    }
+  }
+  return ran;
+}
+
 /// matmul_cuda_wgmma_tc (wgmma with W decoded in registers; sm_90a) on the shapes its tiling
 /// finds awkward: a block takes 128 rows of x and 128 rows of W (a warpgroup 64 x 128), so
 /// M = 65, 77, 127, 128, 129, 200, 255, 256 cover partial and full blocks; N = 200 (13 tiles,
@@ -463,38 +505,13 @@ TEST(Matmul, SkinnyW8A8OnAwkwardShapes) {
 /// M = 257 declined (select() then takes the medium kernel / dequantize + cuBLASLt).
 TEST(Matmul, WgmmaKernelOnAwkwardShapes) {
   const char* const kernel = "matmul_cuda_wgmma_tc";
-  const int64_t ms[] = {65, 77, 127, 128, 129, 200, 255, 256};
-  int ran = 0, i = 0;
+  const WgmmaSweep sweep{{65, 77, 127, 128, 129, 200, 255, 256}, {250}, 100, 130};
+  int ran = 0;
   uint64_t seed = 2000;
   for (Device device : testing::test_devices()) {
     if (!device.is_cuda()) continue;
-    for (const char* w : kWeightSchemes) {
-      for (Dtype xd : {Dtype::bf16, Dtype::f16}) {
-        for (int rep = 0; rep < 3; ++rep, ++i) {
-          const int64_t m = rep == 2 ? 250 : ms[i % 8];
-          const int64_t n = rep == 2 ? 520 : 200;
-          const int64_t k = rep == 0 ? 512 : rep == 1 ? 2048 : 8192;
-          const Case c{m, n, k, xd, xd, w, "", false, rep == 1, rep == 0 ? 3 : 0, false};
-          if (run_case(kernel, device, c, seed++)) ++ran;
-          if (::testing::Test::HasFailure()) return;
-        }
-      }
-      const QuantScheme ws = QuantScheme::parse(w);
-      // K = 128 and 384: one and three segments (the loop's last segment without a next one);
-      // not for the K-quants, whose blocks are 256 long (the kernel declines them anyway).
-      if (ws.str().find("_K") == std::string::npos) {
-        for (int64_t k : {128, 384}) {
-          const Case c{100, 40, k, Dtype::bf16, Dtype::bf16, w, "", false, false, 0, false};
-          if (run_case(kernel, device, c, seed++)) ++ran;
-          if (::testing::Test::HasFailure()) return;
-        }
-      }
-      if (ws.symmetric && ws.str().find("_K") == std::string::npos) {
-        const Case c{130, 67, 512, Dtype::bf16, Dtype::bf16, w, "", false, false, 0, true};
-        if (run_case(kernel, device, c, seed++)) ++ran;
-        if (::testing::Test::HasFailure()) return;
-      }
-    }
+    ran += run_wgmma_sweep(kernel, device, sweep, seed);
+    if (::testing::Test::HasFailure()) return;
     if (ran == 0) {
       std::printf("%s declined on %s (not an sm_90a device or build): nothing ran\n", kernel,
                   device.str().c_str());
@@ -539,36 +556,13 @@ TEST(Matmul, WgmmaKernelOnAwkwardShapes) {
 /// blocks of W: one cluster) and 520 (five: a third cluster with a block past the last tile).
 TEST(Matmul, WgmmaWsKernelOnAwkwardShapes) {
   const char* const kernel = "matmul_cuda_wgmma_ws_tc";
-  const int64_t ms[] = {129, 200, 255, 256, 257, 300, 511, 600};
-  int ran = 0, i = 0;
+  const WgmmaSweep sweep{{129, 200, 255, 256, 257, 300, 511, 600}, {250, 347, 444}, 300, 260};
+  int ran = 0;
   uint64_t seed = 3000;
   for (Device device : testing::test_devices()) {
     if (!device.is_cuda()) continue;
-    for (const char* w : kWeightSchemes) {
-      for (Dtype xd : {Dtype::bf16, Dtype::f16}) {
-        for (int rep = 0; rep < 3; ++rep, ++i) {
-          const int64_t m = rep == 2 ? 250 + 97 * (i % 3) : ms[i % 8];
-          const int64_t n = rep == 2 ? 520 : 200;
-          const int64_t k = rep == 0 ? 512 : rep == 1 ? 2048 : 8192;
-          const Case c{m, n, k, xd, xd, w, "", false, rep == 1, rep == 0 ? 3 : 0, false};
-          if (run_case(kernel, device, c, seed++)) ++ran;
-          if (::testing::Test::HasFailure()) return;
-        }
-      }
-      const QuantScheme ws = QuantScheme::parse(w);
-      if (ws.str().find("_K") == std::string::npos) {
-        for (int64_t k : {128, 384}) {
-          const Case c{300, 40, k, Dtype::bf16, Dtype::bf16, w, "", false, false, 0, false};
-          if (run_case(kernel, device, c, seed++)) ++ran;
-          if (::testing::Test::HasFailure()) return;
-        }
-      }
-      if (ws.symmetric && ws.str().find("_K") == std::string::npos) {
-        const Case c{260, 67, 512, Dtype::bf16, Dtype::bf16, w, "", false, false, 0, true};
-        if (run_case(kernel, device, c, seed++)) ++ran;
-        if (::testing::Test::HasFailure()) return;
-      }
-    }
+    ran += run_wgmma_sweep(kernel, device, sweep, seed);
+    if (::testing::Test::HasFailure()) return;
     if (ran == 0) {
       std::printf("%s declined on %s (not an sm_90a device or build): nothing ran\n", kernel,
                   device.str().c_str());

@@ -113,27 +113,13 @@ CUtensorMap x_tensor_map(const void* x, int64_t m, int64_t k, int64_t stride, ui
   return map;
 }
 
-/// Rows of x this kernel takes (select() order: skinny up to 32, then this one for
-/// 64 < M <= 256, then medium up to 128), and only where its blocks fit in one wave (one block
-/// per SM). Measured on the H100 (BENCHMARKS.md, 4-bit formats): against the medium kernel
-/// it takes 0.47-0.83x the time at M = 80 and 0.53-1.00x at M = 128 (but 1.07-1.24x with
-/// int4:block128 / mxfp4 on 14336x4096), and 0.94-1.07x at M = 64, where half its 128-row
-/// tile of x is padding; against dequantize + cuBLASLt at M = 256 0.50-0.91x on 8192x8192
-/// (128 blocks) and 4096x14336 (64 blocks, K split in two), 1.03-1.36x on 14336x4096 (224
-/// blocks: two waves of 32-segment blocks); at M = 2048 2.5-2.9x.
-constexpr int64_t kMinM = 65;
-constexpr int64_t kMaxM = 256;
-
-int split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) {
-  const int64_t slots = mm_cuda::sm_count(d.device.index);  // one block per SM
-  return wgmma::split_for(d.m, tp.layout.tiles, tp.layout.segments, slots);
-}
-
-class MatmulCudaWgmma final : public mm_cuda::TcWeightOnlyKernel {
+/// What both wgmma plans share: the device and dtype checks, the formats (one instantiation
+/// list), the precision, the workspace of split-K partial sums and the launch. A variant says
+/// its name, its range of M (and any other limit), its split of K, its tensor map's box and
+/// which of the instantiation's launches it takes.
+class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
  public:
-  std::string_view name() const override { return "matmul_cuda_wgmma_tc"; }
-
-  std::string decline(const MatmulDesc& d) const override {
+  std::string decline(const MatmulDesc& d) const final {
     std::string why = weight_only_decline(d, reinterpret_cast<const void*>(&wgmma::probe_kernel));
     if (!why.empty()) return why;
     why = sm90a_decline(d.device.index);
@@ -142,26 +128,15 @@ class MatmulCudaWgmma final : public mm_cuda::TcWeightOnlyKernel {
       return "y is " + std::string(dtype_name(d.y)) + ": W rounded to x's dtype (" +
              std::string(dtype_name(d.x)) +
              ") would not give sums of that precision (the dequantize path computes in f32)";
-    if (d.m < kMinM)
-      return "M = " + std::to_string(d.m) + " < " + std::to_string(kMinM) +
-             " (a 128-row tile of x would be half padding: the skinny and medium kernels are as "
-             "fast there)";
-    if (d.m > kMaxM)
-      return "M = " + std::to_string(d.m) + " > " + std::to_string(kMaxM) +
-             " (this kernel's pipeline tops out at 240-340 TFLOP/s; dequantize + a cuBLASLt "
-             "GEMM is faster there)";
+    why = decline_m(d.m);
+    if (!why.empty()) return why;
     const auto f = tc::format_of(d.w, d.n, d.k, &why);
     if (!f) return why;
     if (!launcher_for(*f, true, &why)) return why;
-    const int64_t tiles = tc::layout_of(*f, d.n, d.k).tiles;
-    const int64_t blocks = wgmma::blocks_for(d.m, tiles), sms = mm_cuda::sm_count(d.device.index);
-    if (blocks > sms)
-      return std::to_string(blocks) + " blocks of 128 x 128 for " + std::to_string(sms) +
-             " SMs: more than one wave (dequantize + a cuBLASLt GEMM is faster there)";
-    return {};
+    return decline_grid(d, tc::layout_of(*f, d.n, d.k).tiles);
   }
 
-  PrecisionGuarantee precision(const MatmulDesc&) const override {
+  PrecisionGuarantee precision(const MatmulDesc&) const final {
     return {
         "W decoded to x's dtype in registers (integer formats and q4_0: dequantize()'s value "
         "rounded once, the bits of dequantize to x's dtype; e2m1 formats: the code times its "
@@ -171,12 +146,12 @@ class MatmulCudaWgmma final : public mm_cuda::TcWeightOnlyKernel {
         Dtype::f32, true, false};
   }
 
-  std::size_t workspace_size(const MatmulDesc& d) const override {
+  std::size_t workspace_size(const MatmulDesc& d) const final {
     return medium::workspace_bytes(d, split_of(d, mm_cuda::tc_plan(d)));
   }
 
   void run(const MatmulDesc& d, const MatmulArgs& a, const Stream& stream,
-           Workspace ws) const override {
+           Workspace ws) const final {
     if (d.m == 0 || d.n == 0) return;
     const mm_cuda::TcPlan tp = mm_cuda::tc_plan(d);
     require_prepared(a, tp);
@@ -185,9 +160,60 @@ class MatmulCudaWgmma final : public mm_cuda::TcWeightOnlyKernel {
     // The copy engine needs x 16-byte aligned with rows a multiple of 16 bytes apart: args_for
     // copies any other x into the workspace.
     const wgmma::Args wa = medium::args_for(d, a, tp, split_of(d, tp), ws, cs);
-    const CUtensorMap x_map = x_tensor_map(wa.x, d.m, d.k, wa.x_stride, wgmma::kRowsX);
-    launcher_for(tp.format, d.x == Dtype::bf16, nullptr).launch(wa, x_map, cs);
+    const CUtensorMap x_map = x_tensor_map(wa.x, d.m, d.k, wa.x_stride, box_rows());
+    const Launcher l = launcher_for(tp.format, d.x == Dtype::bf16, nullptr);
+    (warp_specialized() ? l.launch_ws : l.launch)(wa, x_map, cs);
   }
+
+ protected:
+  virtual std::string decline_m(int64_t m) const = 0;
+  virtual std::string decline_grid(const MatmulDesc&, int64_t) const { return {}; }
+  virtual int split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) const = 0;
+  virtual uint32_t box_rows() const = 0;
+  virtual bool warp_specialized() const = 0;
+};
+
+/// Rows of x this kernel takes (select() order: skinny up to 32, the warp-specialized kernel
+/// from 129, then this one for 64 < M <= 256, then medium up to 128), and only where its
+/// blocks fit in one wave (one block per SM). Measured on the H100 (BENCHMARKS.md, 4-bit
+/// formats): against the medium kernel it takes 0.47-0.83x the time at M = 80 and 0.53-1.00x
+/// at M = 128 (but 1.07-1.24x with int4:block128 / mxfp4 on 14336x4096), and 0.94-1.07x at
+/// M = 64, where half its 128-row tile of x is padding; against dequantize + cuBLASLt at
+/// M = 256 0.50-0.91x on 8192x8192 (128 blocks) and 4096x14336 (64 blocks, K split in two),
+/// 1.03-1.36x on 14336x4096 (224 blocks: two waves of 32-segment blocks); at M = 2048
+/// 2.5-2.9x.
+constexpr int64_t kMinM = 65;
+constexpr int64_t kMaxM = 256;
+
+class MatmulCudaWgmma final : public WgmmaPlan {
+ public:
+  std::string_view name() const override { return "matmul_cuda_wgmma_tc"; }
+
+ protected:
+  std::string decline_m(int64_t m) const override {
+    if (m < kMinM)
+      return "M = " + std::to_string(m) + " < " + std::to_string(kMinM) +
+             " (a 128-row tile of x would be half padding: the skinny and medium kernels are as "
+             "fast there)";
+    if (m > kMaxM)
+      return "M = " + std::to_string(m) + " > " + std::to_string(kMaxM) +
+             " (this kernel's pipeline tops out at 240-340 TFLOP/s; dequantize + a cuBLASLt "
+             "GEMM is faster there)";
+    return {};
+  }
+  std::string decline_grid(const MatmulDesc& d, int64_t tiles) const override {
+    const int64_t blocks = wgmma::blocks_for(d.m, tiles), sms = mm_cuda::sm_count(d.device.index);
+    if (blocks > sms)
+      return std::to_string(blocks) + " blocks of 128 x 128 for " + std::to_string(sms) +
+             " SMs: more than one wave (dequantize + a cuBLASLt GEMM is faster there)";
+    return {};
+  }
+  int split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) const override {
+    const int64_t slots = mm_cuda::sm_count(d.device.index);  // one block per SM
+    return wgmma::split_for(d.m, tp.layout.tiles, tp.layout.segments, slots);
+  }
+  uint32_t box_rows() const override { return wgmma::kRowsX; }
+  bool warp_specialized() const override { return false; }
 };
 
 /// Rows of x the warp-specialized kernel takes (first in select() order among the M > 32
@@ -200,64 +226,29 @@ class MatmulCudaWgmma final : public mm_cuda::TcWeightOnlyKernel {
 constexpr int64_t kWsMinM = 129;
 constexpr int64_t kWsMaxM = 1024;
 
-int ws_split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) {
-  const int64_t slots = mm_cuda::sm_count(d.device.index);  // one block per SM
-  return wgmma_ws::split_for(d.m, tp.layout.tiles, tp.layout.segments, slots);
-}
-
-class MatmulCudaWgmmaWs final : public mm_cuda::TcWeightOnlyKernel {
+class MatmulCudaWgmmaWs final : public WgmmaPlan {
  public:
   std::string_view name() const override { return "matmul_cuda_wgmma_ws_tc"; }
 
-  std::string decline(const MatmulDesc& d) const override {
-    std::string why = weight_only_decline(d, reinterpret_cast<const void*>(&wgmma::probe_kernel));
-    if (!why.empty()) return why;
-    why = sm90a_decline(d.device.index);
-    if (!why.empty()) return why;
-    if (d.y != d.x)
-      return "y is " + std::string(dtype_name(d.y)) + ": W rounded to x's dtype (" +
-             std::string(dtype_name(d.x)) +
-             ") would not give sums of that precision (the dequantize path computes in f32)";
-    if (d.m < kWsMinM)
-      return "M = " + std::to_string(d.m) + " < " + std::to_string(kWsMinM) +
+ protected:
+  std::string decline_m(int64_t m) const override {
+    if (m < kWsMinM)
+      return "M = " + std::to_string(m) + " < " + std::to_string(kWsMinM) +
              " (a 256-row tile of x would be mostly padding: matmul_cuda_wgmma_tc and the "
              "medium kernel take these)";
-    if (d.m > kWsMaxM)
-      return "M = " + std::to_string(d.m) + " > " + std::to_string(kWsMaxM) +
+    if (m > kWsMaxM)
+      return "M = " + std::to_string(m) + " > " + std::to_string(kWsMaxM) +
              " (this kernel runs at 530-600 TFLOP/s; dequantize + a cuBLASLt GEMM is as fast or "
              "faster there)";
-    const auto f = tc::format_of(d.w, d.n, d.k, &why);
-    if (!f) return why;
-    if (!launcher_for(*f, true, &why)) return why;
     return {};
   }
-
-  PrecisionGuarantee precision(const MatmulDesc&) const override {
-    return {
-        "W decoded to x's dtype in registers (integer formats and q4_0: dequantize()'s value "
-        "rounded once, the bits of dequantize to x's dtype; e2m1 formats: the code times its "
-        "block scale, exact, nvfp4's global scale applied in f32), products summed in f32 on "
-        "tensor cores (wgmma); split-K ranges (up to 16, only where the grid is short of a "
-        "wave) added in a fixed order through the workspace (no atomics)",
-        Dtype::f32, true, false};
+  int split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) const override {
+    const int64_t slots = mm_cuda::sm_count(d.device.index);  // one block per SM
+    return wgmma_ws::split_for(d.m, tp.layout.tiles, tp.layout.segments, slots);
   }
-
-  std::size_t workspace_size(const MatmulDesc& d) const override {
-    return medium::workspace_bytes(d, ws_split_of(d, mm_cuda::tc_plan(d)));
-  }
-
-  void run(const MatmulDesc& d, const MatmulArgs& a, const Stream& stream,
-           Workspace ws) const override {
-    if (d.m == 0 || d.n == 0) return;
-    const mm_cuda::TcPlan tp = mm_cuda::tc_plan(d);
-    require_prepared(a, tp);
-    mm_cuda::DeviceScope scope(d.device.index);
-    const auto cs = static_cast<cudaStream_t>(stream.native_handle());
-    const wgmma::Args wa = medium::args_for(d, a, tp, ws_split_of(d, tp), ws, cs);
-    const CUtensorMap x_map =
-        x_tensor_map(wa.x, d.m, d.k, wa.x_stride, wgmma_ws::kRowsX / wgmma_ws::kClusterBlocks);
-    launcher_for(tp.format, d.x == Dtype::bf16, nullptr).launch_ws(wa, x_map, cs);
-  }
+  // Each block of a cluster asks for its share of x's rows (multicast to both).
+  uint32_t box_rows() const override { return wgmma_ws::kRowsX / wgmma_ws::kClusterBlocks; }
+  bool warp_specialized() const override { return true; }
 };
 
 }  // namespace

@@ -110,9 +110,10 @@ __device__ __forceinline__ void wgmma_wait() {
 }
 /// Pins the accumulators here: no read or copy of them moves across (they are written by
 /// the tensor cores until the wait).
-__device__ __forceinline__ void fence_acc(float (&d)[64]) {
+template <int N>
+__device__ __forceinline__ void fence_acc(float (&d)[N]) {
 #pragma unroll
-  for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
 /// d += A · B, m64n128k16, A from registers (this lane's fragment), B from shared memory.

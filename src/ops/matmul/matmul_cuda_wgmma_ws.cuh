@@ -17,7 +17,8 @@
 //   stage = one 128-k segment: x [256 rows][128 k] (two 64-k halves of 128-byte swizzled rows,
 //           two boxes) and the 8 tiles' codes of the segment (8 bulk copies of 1 KB: the
 //           prepared layout keeps a tile's segment contiguous); a "full" mbarrier counts the
-//           bytes, an "empty" one counts the 8 consumer warps done with the stage.
+//           bytes, an "empty" one counts the consumer warps of both blocks of the cluster done
+//           with the stage (each block's producer writes x into both).
 //   unit  = half a segment (64 k, 4 steps of 16): the consumer issues the unit's 4 wgmmas,
 //           commits, waits until the previous unit's are done (its A registers and, at a
 //           segment's first unit, the previous stage are free), then decodes the next unit's
@@ -26,8 +27,12 @@
 //           k for mma.sync; wgmma wants natural order: file comment of matmul_cuda_wgmma.cuh),
 //           so no shuffles.
 //   grid  = (blocks of kRowsX rows of x: fastest, so the blocks that share W's stretch run
-//           together and find it in L2) x (blocks of 128 rows of W) x (k-ranges: deterministic
-//           split-K as in the medium kernel, partials added in order by medium::reduce_kernel).
+//           together and find it in L2) x (blocks of 128 rows of W, in clusters of two that
+//           share x's tile: each asks for half of its rows, multicast to both) x (k-ranges:
+//           deterministic split-K as in the medium kernel, partials added in order by
+//           medium::reduce_kernel).
+//   end   = through shared memory: the fragments into an f32 tile, then rows of y (or of the
+//           partial sums) 16 bytes per lane.
 // The numbers are the one-wave kernel's exactly (the same decode and group_of): each W operand
 // is dequantize()'s value in x's dtype, f32 accumulation on the tensor cores.
 #pragma once
@@ -121,11 +126,6 @@ __device__ __forceinline__ void wgmma_rs256(float (&d)[128], const uint32_t (&a)
 #else
   (void)d, (void)a, (void)b;
 #endif
-}
-
-__device__ __forceinline__ void fence_acc(float (&d)[128]) {
-#pragma unroll
-  for (int i = 0; i < 128; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
 /// One bulk copy of `bytes` (a multiple of 16) global -> shared, counted on `bar`.
@@ -305,13 +305,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     constexpr int I = decltype(ring)::value, N = (I + 1) % 3;
     const uint32_t st = base + static_cast<uint32_t>((i % kStages) * kStageBytes);
     // Unit 0: k 0..63 of segment i (x's first half).
-    fence_acc(acc);
+    wgmma::fence_acc(acc);
     wgmma::wgmma_fence();
 #pragma unroll
     for (int j = 0; j < 4; ++j) wgmma_rs256<kBf16>(acc, a0[j], wgmma::desc_k128(st + j * 32));
     wgmma::wgmma_commit();
     wgmma::wgmma_wait<1>();  // segment i - 1 is done: its stage is free
-    fence_acc(acc);
+    wgmma::fence_acc(acc);
     if (i > 0 && lane == 0) {  // both blocks' producers write into this block's stage
       const uint32_t bar = empty + 8u * static_cast<uint32_t>((i - 1) % kStages);
       mbar_arrive_cluster(bar, 0);
@@ -323,14 +323,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     sc[I][0] = rs0.load(s3);
     sc[I][1] = rs1.load(s3);
     // Unit 1: k 64..127 (x's second half).
-    fence_acc(acc);
+    wgmma::fence_acc(acc);
     wgmma::wgmma_fence();
 #pragma unroll
     for (int j = 0; j < 4; ++j)
       wgmma_rs256<kBf16>(acc, a1[j], wgmma::desc_k128(st + kHalfBytes + j * 32));
     wgmma::wgmma_commit();
     wgmma::wgmma_wait<1>();  // unit 0 is done: a0 is free
-    fence_acc(acc);
+    wgmma::fence_acc(acc);
     if (i + 1 < nseg) {
       async::mbar_wait(full + 8u * static_cast<uint32_t>((i + 1) % kStages),
                        static_cast<uint32_t>(((i + 1) / kStages) & 1));
@@ -344,7 +344,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (i + 2 < nseg) segment(std::integral_constant<int, 2>{}, i + 2);
   }
   wgmma::wgmma_wait<0>();
-  fence_acc(acc);
+  wgmma::fence_acc(acc);
   cluster_arrive();  // this block is done with the other's barriers and stages
 
   // The epilogue goes through shared memory (free once both consumer warpgroups are past
