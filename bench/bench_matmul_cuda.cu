@@ -23,8 +23,9 @@
 // bytes are the scheme's own (codes + scales + zero points, the plain layout's size); GB/s =
 // (weight + x + y bytes) / time, shown as a share of the copy ceiling. Every weight-only row is
 // checked against the plain dequantize + cuBLASLt path (relative Frobenius error <= 1e-2) and
-// reports its kernel; from M = 64 on, the other M > 32 kernels (matmul_cuda_medium_tc where it
-// takes the M, dequantize + cuBLASLt) are timed and checked beside the selected one.
+// reports its kernel; from M = 16 on, the other tensor-core kernels (the medium, wgmma and
+// warp-specialized wgmma kernels where they take the M, dequantize + cuBLASLt) are timed and
+// checked beside the selected one.
 //
 // Usage: bench_matmul_cuda [--json PATH] [--reps N] [--quick] [--scheme S] [--shape NxK] [--m M]
 #include <cuda_runtime.h>
@@ -422,8 +423,8 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "  %-60s %.4f ms (reading the weight bytes only)\n",
                          rf.pair().c_str(), rf.ms);
           }
-          // From M = 64 on, the other M > 32 kernels beside the selected one (the crossover
-          // select() uses): the medium and wgmma tensor-core GEMMs and dequantize + cuBLASLt.
+          // From M = 16 on, the other tensor-core kernels beside the selected one (the
+          // crossovers select() uses): the medium and wgmma GEMMs and dequantize + cuBLASLt.
           struct Alt {
             const char* kernel;
             const char* label;
@@ -431,9 +432,10 @@ int main(int argc, char** argv) {
           const Alt alts[] = {{"matmul_cuda_medium_tc", " (medium tc)"},
                               {"matmul_cuda_wgmma_tc", " (wgmma tc)"},
                               {"matmul_cuda_wgmma_ws_tc", " (wgmma ws)"},
+                              {"matmul_cuda_wgmma_ws64_tc", " (wgmma ws64)"},
                               {"matmul_cuda_dequant_tc_lt", " (dequant+GEMM)"}};
           for (const Alt& al : alts) {
-            if (m < 64 || r.kernel == al.kernel) continue;
+            if (m < 16 || r.kernel == al.kernel) continue;
             try {
               lowbit::Preference alt;
               alt.kernel = al.kernel;

@@ -545,6 +545,19 @@ TEST(Matmul, WgmmaKernelOnAwkwardShapes) {
   }
 }
 
+/// Cases whose grid is short of a wave, so the warp-specialized kernel splits K over the
+/// blocks of a cluster (2 or 4 k-ranges added through distributed shared memory): N = 5120
+/// (40 blocks of W) and 2048 (16) at K = 2304 (18 segments: ranges of 9, or of 4 and 5).
+int run_ws_split_cases(const char* kernel, Device device, const std::vector<Case>& cases,
+                       uint64_t& seed) {
+  int ran = 0;
+  for (const Case& c : cases) {
+    if (run_case(kernel, device, c, seed++)) ++ran;
+    if (::testing::Test::HasFailure()) break;
+  }
+  return ran;
+}
+
 /// matmul_cuda_wgmma_ws_tc (the warp-specialized wgmma kernel; sm_90a): a block takes 256
 /// rows of x and 128 rows of W, a stage one 128-k segment, three stages: M = 129, 200, 255,
 /// 256, 257, 300, 511, 600 cover partial and full blocks of x (one to three), N = 200 and 520
@@ -583,6 +596,50 @@ TEST(Matmul, WgmmaWsKernelOnAwkwardShapes) {
     const Case top{1024, 136,   1024, Dtype::bf16, Dtype::bf16, "int4:block32",
                    "",   false, true, 0,           false};
     EXPECT_TRUE(run_case(kernel, device, top, seed++));
+    // 40 and 80 blocks: two k-ranges.
+    const std::vector<Case> split{
+        {200, 5120, 2304, Dtype::bf16, Dtype::bf16, "int4:block32", "", false, true, 0, false},
+        {300, 5120, 2304, Dtype::f16, Dtype::f16, "nvfp4", "", false, false, 3, false}};
+    EXPECT_EQ(run_ws_split_cases(kernel, device, split, seed), 2);
+  }
+}
+
+/// matmul_cuda_wgmma_ws64_tc (the warp-specialized kernel with 64 rows of x per block,
+/// wgmma.m64n64k16; sm_90a) on the same sweep at M = 33-128 (one and two blocks of x, partial
+/// and full), N = 200 and 520 (one and three pairs of W blocks, one past the last tile), K =
+/// 512-8192 with k-ranges of 4 where the grid is small; two and four k-ranges of unequal
+/// lengths at N = 5120 and 2048; M = 32, 129 and an f32 y declined.
+TEST(Matmul, WgmmaWs64KernelOnAwkwardShapes) {
+  const char* const kernel = "matmul_cuda_wgmma_ws64_tc";
+  const WgmmaSweep sweep{{33, 40, 63, 64, 65, 100, 127, 128}, {50, 97, 120}, 64, 70};
+  int ran = 0;
+  uint64_t seed = 5000;
+  for (Device device : testing::test_devices()) {
+    if (!device.is_cuda()) continue;
+    ran += run_wgmma_sweep(kernel, device, sweep, seed);
+    if (::testing::Test::HasFailure()) return;
+    if (ran == 0) {
+      std::printf("%s declined on %s (not an sm_90a device or build): nothing ran\n", kernel,
+                  device.str().c_str());
+      continue;
+    }
+    EXPECT_GE(ran, 8 * 6);
+    std::printf("%s on %s ran %d cases\n", kernel, device.str().c_str(), ran);
+    Case f32y{};  // y in f32: declined
+    f32y.m = 64, f32y.n = 200, f32y.k = 512, f32y.x = Dtype::bf16, f32y.y = Dtype::f32;
+    f32y.w_scheme = "int4:block32";
+    EXPECT_FALSE(run_case(kernel, device, f32y, seed++)) << "an f32 y is declined";
+    Case out = f32y;
+    out.m = 32, out.y = Dtype::bf16;
+    EXPECT_FALSE(run_case(kernel, device, out, seed++)) << "M = 32 is below the kernel's range";
+    out.m = 129;
+    EXPECT_FALSE(run_case(kernel, device, out, seed++)) << "M = 129 is past the kernel's range";
+    // 40 and 80 blocks: two k-ranges of 9 segments; 16 blocks: four of 4 and 5.
+    const std::vector<Case> split{
+        {64, 5120, 2304, Dtype::bf16, Dtype::bf16, "int4:block32:asym", "", false, true, 0, false},
+        {100, 5120, 2304, Dtype::bf16, Dtype::bf16, "q4_0", "", false, false, 0, false},
+        {64, 2048, 2304, Dtype::f16, Dtype::f16, "mxfp4", "", false, true, 5, false}};
+    EXPECT_EQ(run_ws_split_cases(kernel, device, split, seed), 3);
   }
 }
 

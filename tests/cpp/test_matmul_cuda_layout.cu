@@ -372,18 +372,20 @@ TEST(MatmulCuda, QuantizedLinearSharesOnePreparedWeight) {
   qd.scale = testing::to_device(qh.scale, gpu);
   QuantizedLinear layer(std::move(qd));
   EXPECT_EQ(layer.plan_for(4, Dtype::bf16).sku().kernel, "matmul_cuda_skinny_tc");
-  // M = 100: the one-wave wgmma kernel on sm_90a builds and devices, else the medium kernel;
+  // M = 48 and 100: the warp-specialized kernel's 64-row tiling on sm_90a builds and devices,
+  // else the medium kernel;
   // M = 200 and 300: the warp-specialized wgmma kernel, else dequantize + cuBLASLt; M = 1100
   // dequantize + cuBLASLt; all read the same prepared layout as the skinny kernel.
   const CudaDeviceProperties props = cuda_device_properties(0);
   const bool hopper = props.sm_major == 9 && props.sm_minor == 0;
-  EXPECT_EQ(layer.plan_for(100, Dtype::bf16).sku().kernel,
-            hopper ? "matmul_cuda_wgmma_tc" : "matmul_cuda_medium_tc");
+  for (int64_t m : {48, 100})
+    EXPECT_EQ(layer.plan_for(m, Dtype::bf16).sku().kernel,
+              hopper ? "matmul_cuda_wgmma_ws64_tc" : "matmul_cuda_medium_tc");
   for (int64_t m : {200, 300})
     EXPECT_EQ(layer.plan_for(m, Dtype::bf16).sku().kernel,
               hopper ? "matmul_cuda_wgmma_ws_tc" : "matmul_cuda_dequant_tc_lt");
   EXPECT_EQ(layer.plan_for(1100, Dtype::bf16).sku().kernel, "matmul_cuda_dequant_tc_lt");
-  for (int64_t m : {4, 100, 200, 300, 1100}) {
+  for (int64_t m : {4, 48, 100, 200, 300, 1100}) {
     Tensor xh = Tensor::empty({m, 512}, Dtype::bf16);
     std::normal_distribution<float> nd(0.f, 1.f);
     for (int64_t i = 0; i < xh.numel(); ++i)

@@ -141,13 +141,13 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
         "W decoded to x's dtype in registers (integer formats and q4_0: dequantize()'s value "
         "rounded once, the bits of dequantize to x's dtype; e2m1 formats: the code times its "
         "block scale, exact, nvfp4's global scale applied in f32), products summed in f32 on "
-        "tensor cores (wgmma); split-K ranges (up to 16) added in a fixed order through the "
-        "workspace (no atomics)",
+        "tensor cores (wgmma); split-K ranges added in a fixed order (no atomics): " +
+            split_note(),
         Dtype::f32, true, false};
   }
 
   std::size_t workspace_size(const MatmulDesc& d) const final {
-    return medium::workspace_bytes(d, split_of(d, mm_cuda::tc_plan(d)));
+    return medium::workspace_bytes(d, partials_split(d, mm_cuda::tc_plan(d)));
   }
 
   void run(const MatmulDesc& d, const MatmulArgs& a, const Stream& stream,
@@ -159,10 +159,11 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
     const auto cs = static_cast<cudaStream_t>(stream.native_handle());
     // The copy engine needs x 16-byte aligned with rows a multiple of 16 bytes apart: args_for
     // copies any other x into the workspace.
-    const wgmma::Args wa = medium::args_for(d, a, tp, split_of(d, tp), ws, cs);
+    wgmma::Args wa = medium::args_for(d, a, tp, partials_split(d, tp), ws, cs);
+    wa.split = split_of(d, tp);
     const CUtensorMap x_map = x_tensor_map(wa.x, d.m, d.k, wa.x_stride, box_rows());
     const Launcher l = launcher_for(tp.format, d.x == Dtype::bf16, nullptr);
-    (warp_specialized() ? l.launch_ws : l.launch)(wa, x_map, cs);
+    (ws_tiling() < 0 ? l.launch : l.launch_ws[ws_tiling()])(wa, x_map, cs);
   }
 
  protected:
@@ -170,7 +171,16 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
   virtual std::string decline_grid(const MatmulDesc&, int64_t) const { return {}; }
   virtual int split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) const = 0;
   virtual uint32_t box_rows() const = 0;
-  virtual bool warp_specialized() const = 0;
+  /// -1: the one-wave kernel; 0 / 1: the warp-specialized kernel with 256 / 64 rows of x.
+  virtual int ws_tiling() const = 0;
+  virtual std::string split_note() const = 0;
+
+ private:
+  /// The split whose partial sums go through the workspace (the ws kernel adds its k-ranges
+  /// inside the cluster: none).
+  int partials_split(const MatmulDesc& d, const mm_cuda::TcPlan& tp) const {
+    return ws_tiling() >= 0 ? 1 : split_of(d, tp);
+  }
 };
 
 /// Rows of x this kernel takes (select() order: skinny up to 32, the warp-specialized kernel
@@ -213,42 +223,62 @@ class MatmulCudaWgmma final : public WgmmaPlan {
     return wgmma::split_for(d.m, tp.layout.tiles, tp.layout.segments, slots);
   }
   uint32_t box_rows() const override { return wgmma::kRowsX; }
-  bool warp_specialized() const override { return false; }
+  int ws_tiling() const override { return -1; }
+  std::string split_note() const override {
+    return "up to 16 ranges, partial sums through the workspace";
+  }
 };
 
-/// Rows of x the warp-specialized kernel takes (first in select() order among the M > 32
-/// kernels). Measured on the H100 (BENCHMARKS.md, 4-bit formats, three shapes): at M = 256
-/// 0.67-0.92x the one-wave kernel's time and 0.41-0.65x dequantize + cuBLASLt's; at M = 2048
-/// 0.87-1.27x dequantize + cuBLASLt's (faster for nvfp4 on two of three shapes, slower for
-/// the int4 formats and mxfp4): the crossover is near M = 1024 (its 530-600 TFLOP/s against
-/// the dequantize's fixed cost plus cuBLASLt's 600-800). Below 129 a 256-row tile of x is
-/// mostly padding (the one-wave and medium kernels take those).
+/// Rows of x the warp-specialized kernel takes with 256 rows of x per block (first in select()
+/// order among the M > 32 kernels). Measured on the H100 (BENCHMARKS.md, 4-bit formats, three
+/// shapes): at M = 256 0.67-0.92x the one-wave kernel's time and 0.41-0.65x dequantize +
+/// cuBLASLt's; at M = 2048 0.87-1.27x dequantize + cuBLASLt's (faster for nvfp4 on two of
+/// three shapes, slower for the int4 formats and mxfp4): the crossover is near M = 1024 (its
+/// 530-600 TFLOP/s against the dequantize's fixed cost plus cuBLASLt's 600-800). Below 129 a
+/// 256-row tile of x is mostly padding: the 64-row tiling takes those.
 constexpr int64_t kWsMinM = 129;
 constexpr int64_t kWsMaxM = 1024;
+/// The same kernel with 64 rows of x per block (m64n64k16) for 33 <= M <= 128.
+constexpr int64_t kWs64MinM = 33;
+constexpr int64_t kWs64MaxM = 128;
 
+/// The warp-specialized kernel with RX (256 or 64) rows of x per block.
+template <int RX>
 class MatmulCudaWgmmaWs final : public WgmmaPlan {
  public:
-  std::string_view name() const override { return "matmul_cuda_wgmma_ws_tc"; }
+  std::string_view name() const override {
+    return RX == 256 ? "matmul_cuda_wgmma_ws_tc" : "matmul_cuda_wgmma_ws64_tc";
+  }
 
  protected:
+  static constexpr int64_t kMin = RX == 256 ? kWsMinM : kWs64MinM;
+  static constexpr int64_t kMax = RX == 256 ? kWsMaxM : kWs64MaxM;
   std::string decline_m(int64_t m) const override {
-    if (m < kWsMinM)
-      return "M = " + std::to_string(m) + " < " + std::to_string(kWsMinM) +
-             " (a 256-row tile of x would be mostly padding: matmul_cuda_wgmma_tc and the "
-             "medium kernel take these)";
-    if (m > kWsMaxM)
-      return "M = " + std::to_string(m) + " > " + std::to_string(kWsMaxM) +
-             " (this kernel runs at 530-600 TFLOP/s; dequantize + a cuBLASLt GEMM is as fast or "
-             "faster there)";
+    if (m < kMin)
+      return "M = " + std::to_string(m) + " < " + std::to_string(kMin) +
+             (RX == 256 ? " (a 256-row tile of x would be mostly padding: "
+                          "matmul_cuda_wgmma_ws64_tc takes these)"
+                        : " (a 64-row tile of x would be mostly padding: the skinny kernel "
+                          "takes these)");
+    if (m > kMax)
+      return "M = " + std::to_string(m) + " > " + std::to_string(kMax) +
+             (RX == 256 ? " (this kernel runs at 530-600 TFLOP/s; dequantize + a cuBLASLt GEMM "
+                          "is as fast or faster there)"
+                        : " (matmul_cuda_wgmma_ws_tc's 256-row tiles take these)");
     return {};
   }
   int split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) const override {
     const int64_t slots = mm_cuda::sm_count(d.device.index);  // one block per SM
-    return wgmma_ws::split_for(d.m, tp.layout.tiles, tp.layout.segments, slots);
+    const Launcher l = launcher_for(tp.format, d.x == Dtype::bf16, nullptr);
+    return wgmma_ws::split_for(d.m, tp.layout.tiles, tp.layout.segments, RX, slots,
+                               [&](int s) { return l.ws_max_clusters[ws_tiling()](s); });
   }
-  // Each block of a cluster asks for its share of x's rows (multicast to both).
-  uint32_t box_rows() const override { return wgmma_ws::kRowsX / wgmma_ws::kClusterBlocks; }
-  bool warp_specialized() const override { return true; }
+  std::string split_note() const override {
+    return "up to 4 ranges, one cluster's blocks, added through distributed shared memory";
+  }
+  // Each block of a pair asks for its half of x's rows (multicast to both).
+  uint32_t box_rows() const override { return RX / wgmma_ws::kClusterBlocks; }
+  int ws_tiling() const override { return RX == 256 ? 0 : 1; }
 };
 
 }  // namespace
@@ -259,7 +289,12 @@ const MatmulKernel& matmul_cuda_wgmma_kernel() {
 }
 
 const MatmulKernel& matmul_cuda_wgmma_ws_kernel() {
-  static const MatmulCudaWgmmaWs kernel;
+  static const MatmulCudaWgmmaWs<256> kernel;
+  return kernel;
+}
+
+const MatmulKernel& matmul_cuda_wgmma_ws64_kernel() {
+  static const MatmulCudaWgmmaWs<64> kernel;
   return kernel;
 }
 

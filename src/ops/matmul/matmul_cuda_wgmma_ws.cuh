@@ -27,15 +27,20 @@
 //           k for mma.sync; wgmma wants natural order: file comment of matmul_cuda_wgmma.cuh),
 //           so no shuffles.
 //   grid  = (blocks of kRowsX rows of x: fastest, so the blocks that share W's stretch run
-//           together and find it in L2) x (blocks of 128 rows of W, in clusters of two that
-//           share x's tile: each asks for half of its rows, multicast to both) x (k-ranges:
-//           deterministic split-K as in the medium kernel, partials added in order by
-//           medium::reduce_kernel).
-//   end   = through shared memory: the fragments into an f32 tile, then rows of y (or of the
-//           partial sums) 16 bytes per lane.
+//           together and find it in L2) x (blocks of 128 rows of W, in pairs that share x's
+//           tile: each asks for half of its rows, multicast to both) x (k-ranges: 1, 2 or 4).
+//           A cluster is a pair of W blocks times the k-ranges (2, 4 or 8 blocks), so a split
+//           of K is added up inside the cluster, through distributed shared memory, instead of
+//           through partial sums in global memory and a second kernel (which cost 8192x8192
+//           at M = 256 a fifth of its time on the H100).
+//   end   = through shared memory: the fragments into an f32 tile, then rows of y 16 bytes per
+//           lane; with k-ranges each block of the cluster adds its share of the rows over the
+//           ranges' tiles (in range order: deterministic) before writing them.
 // The numbers are the one-wave kernel's exactly (the same decode and group_of): each W operand
 // is dequantize()'s value in x's dtype, f32 accumulation on the tensor cores.
 #pragma once
+
+#include <array>
 
 #include "ops/matmul/matmul_cuda_wgmma.cuh"
 
@@ -47,33 +52,53 @@ using tc::Scale;
 
 inline constexpr int kThreads = 384;      ///< a producer warpgroup and two consumer warpgroups
 inline constexpr int kTilesPerBlock = 8;  ///< 128 rows of W per block
-inline constexpr int kRowsX = 256;        ///< rows of x per block: the wgmma's N
-inline constexpr int kHalfBytes = kRowsX * 128;  ///< one 64-k half of x in a stage
-inline constexpr int kXBytes = 2 * kHalfBytes;
 inline constexpr int kWBytes = kTilesPerBlock * 1024;  ///< the block's codes of one segment
-inline constexpr int kStageBytes = kXBytes + kWBytes;
-inline constexpr int kStages = 3;
-/// The stages, their full and empty barriers, and room to align the stages to 1024 bytes.
-inline constexpr int kSmemBytes = kStages * kStageBytes + 16 * kStages + 1024;
 inline constexpr int kConsumerWarps = 8;
 inline constexpr int kClusterBlocks = 2;  ///< blocks sharing x's tile through multicast
-/// The epilogue's f32 tile [kRowsX][kOutStride] (4 words of padding: the fragment's stores
+inline constexpr int kMaxSplit = 4;       ///< k-ranges of a cluster (2 x 4 blocks: portable)
+/// The epilogue's f32 tile [rows of x][kOutStride] (4 words of padding: the fragment's stores
 /// fall in distinct banks).
 inline constexpr int kOutStride = 128 + 4;
-static_assert(kRowsX * kOutStride * 4 <= kStages * kStageBytes);
 
-/// Blocks of the grid before any split of K.
-inline int64_t blocks_for(int64_t m, int64_t tiles) {
-  return ((m + kRowsX - 1) / kRowsX) * ((tiles + kTilesPerBlock - 1) / kTilesPerBlock);
+/// The two tilings: 256 rows of x per block (M >= 129: wgmma.m64n256k16) or 64 (M <= 128:
+/// m64n64k16, a quarter of the x bytes per stage, so twice the stages).
+template <int RX>
+struct Tiling {
+  static_assert(RX == 256 || RX == 64);
+  static constexpr int kRowsX = RX;            ///< rows of x per block: the wgmma's N
+  static constexpr int kHalfBytes = RX * 128;  ///< one 64-k half of x in a stage
+  static constexpr int kXBytes = 2 * kHalfBytes;
+  static constexpr int kStageBytes = kXBytes + kWBytes;
+  static constexpr int kStages = RX == 256 ? 3 : 6;
+  /// The stages, their full and empty barriers, and room to align the stages to 1024 bytes.
+  static constexpr int kSmemBytes = kStages * kStageBytes + 16 * kStages + 1024;
+  static constexpr int kAcc = RX / 2;  ///< f32 accumulators per lane
+  static_assert(RX * kOutStride * 4 <= kStages * kStageBytes);
+};
+
+/// Blocks of the grid before any split of K, with `rows_x` rows of x per block.
+inline int64_t blocks_for(int64_t m, int64_t tiles, int rows_x) {
+  return ((m + rows_x - 1) / rows_x) * ((tiles + kTilesPerBlock - 1) / kTilesPerBlock);
 }
 
-/// k-ranges per block: only where the grid is short of one wave of `slots`, each range at
-/// least 4 segments.
-inline int split_for(int64_t m, int64_t tiles, int64_t segments, int64_t slots) {
-  const int64_t blocks = blocks_for(m, tiles);
+/// Clusters of the grid for a split of K (pairs of W blocks times the blocks of x).
+inline int64_t clusters_for(int64_t m, int64_t tiles, int rows_x) {
+  const int64_t wblocks = (tiles + kTilesPerBlock - 1) / kTilesPerBlock;
+  return ((m + rows_x - 1) / rows_x) * ((wblocks + kClusterBlocks - 1) / kClusterBlocks);
+}
+
+/// k-ranges per block (1, 2 or 4): only where the grid is short of one wave of `slots`, each
+/// range at least 4 segments, and only where the device holds all the clusters of 2 x split
+/// blocks at once (`max_clusters(split)`: the largest clusters may not fill every SM).
+template <class MaxClusters>
+int split_for(int64_t m, int64_t tiles, int64_t segments, int rows_x, int64_t slots,
+              MaxClusters max_clusters) {
+  const int64_t blocks = blocks_for(m, tiles, rows_x);
   if (blocks * 3 >= slots * 2) return 1;
-  const int64_t want = (slots + blocks / 2) / std::max<int64_t>(blocks, 1);
-  return static_cast<int>(std::clamp<int64_t>(want, 1, std::clamp<int64_t>(segments / 4, 1, 16)));
+  const int64_t want = std::min((slots + blocks / 2) / std::max<int64_t>(blocks, 1), segments / 4);
+  for (int s = kMaxSplit; s > 1; s /= 2)
+    if (s <= want && clusters_for(m, tiles, rows_x) <= max_clusters(s)) return s;
+  return 1;
 }
 
 #if defined(__CUDACC__)
@@ -128,6 +153,44 @@ __device__ __forceinline__ void wgmma_rs256(float (&d)[128], const uint32_t (&a)
 #endif
 }
 
+/// d += A · B, m64n64k16, A from registers (this lane's fragment), B from shared memory.
+template <bool kBf16>
+__device__ __forceinline__ void wgmma_rs64(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define LB_WGMMA_RS64(TYPE)                                                                    \
+  asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE                     \
+               " {"                                                                            \
+               "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "        \
+               "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, "   \
+               "%31}, "                                                                        \
+               "{%32, %33, %34, %35}, %36, 1, 1, 1, 0;"                                        \
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),       \
+                 "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),     \
+                 "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), \
+                 "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+                 "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), \
+                 "+f"(d[30]), "+f"(d[31])                                                      \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b))
+  if constexpr (kBf16) {
+    LB_WGMMA_RS64("bf16");
+  } else {
+    LB_WGMMA_RS64("f16");
+  }
+#undef LB_WGMMA_RS64
+#else
+  (void)d, (void)a, (void)b;
+#endif
+}
+
+/// d += A · B for either tiling's wgmma.
+template <bool kBf16, int N>
+__device__ __forceinline__ void wgmma_rs_n(float (&d)[N], const uint32_t (&a)[4], uint64_t b) {
+  if constexpr (N == 128)
+    wgmma_rs256<kBf16>(d, a, b);
+  else
+    wgmma_rs64<kBf16>(d, a, b);
+}
+
 /// One bulk copy of `bytes` (a multiple of 16) global -> shared, counted on `bar`.
 __device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes,
                                           uint32_t bar) {
@@ -162,11 +225,10 @@ __device__ __forceinline__ void cluster_sync() {
   cluster_wait();
 }
 
-/// One box of x into the same place of every block of the cluster, counted on each block's
-/// barrier at `bar`.
+/// One box of x into the same place of the blocks of `mask` (cluster ranks), counted on each
+/// block's barrier at `bar`.
 __device__ __forceinline__ void tma_load_multicast(uint32_t dst, const CUtensorMap* map, int k0,
-                                                   int row0, uint32_t bar) {
-  const uint16_t mask = (1u << kClusterBlocks) - 1;
+                                                   int row0, uint32_t bar, uint16_t mask) {
   asm volatile(
       "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
       ".multicast::cluster [%0], [%1, {%2, %3}], [%4], %5;" ::"r"(dst),
@@ -174,15 +236,30 @@ __device__ __forceinline__ void tma_load_multicast(uint32_t dst, const CUtensorM
       : "memory");
 }
 
+/// 16 bytes of the shared memory of the cluster's block `rank` (`addr`: a shared::cta address).
+__device__ __forceinline__ float4 ld_cluster_f4(uint32_t addr, uint32_t rank) {
+  float4 v;
+  asm volatile(
+      "{\n .reg .b32 remote;\n mapa.shared::cluster.u32 remote, %4, %5;\n"
+      " ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [remote];\n}"
+      : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+      : "r"(addr), "r"(rank)
+      : "memory");
+  return v;
+}
+
 /// 8 bytes of shared memory.
 __device__ __forceinline__ void lds64(uint32_t addr, uint32_t& a, uint32_t& b) {
   asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(a), "=r"(b) : "r"(addr));
 }
 
-template <Code C, Scale S, int kStepsLog2, bool kBf16, bool kZero>
+template <Code C, Scale S, int kStepsLog2, bool kBf16, bool kZero, int RX>
 __global__ void __launch_bounds__(kThreads, 1)
     ws_kernel(Args p, const __grid_constant__ CUtensorMap x_map) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using T = Tiling<RX>;
+  constexpr int kRowsX = RX, kHalfBytes = T::kHalfBytes, kXBytes = T::kXBytes;
+  constexpr int kStageBytes = T::kStageBytes, kStages = T::kStages;
   extern __shared__ __align__(16) uint8_t smem_raw[];
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   const uint32_t base = (raw + 1023u) & ~1023u;        // swizzle atoms are 1024-byte aligned
@@ -195,10 +272,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int segs = static_cast<int>(p.w.segments);
   const int s_begin = static_cast<int>(blockIdx.z) * segs / p.split;
   const int nseg = static_cast<int>(blockIdx.z + 1) * segs / p.split - s_begin;
-  // The cluster: two blocks of the same rows of x (and k-range), neighbouring rows of W. Each
-  // asks for half of x's tile and the copy engine writes it into both blocks' stages.
-  uint32_t rank;
+  // The cluster: pairs of blocks of the same rows of x and k-range, neighbouring rows of W
+  // (cluster y: `yr`), one pair per k-range (cluster z: `zr`). Each block of a pair asks for
+  // half of x's tile and the copy engine writes it into both blocks' stages.
+  uint32_t yr, zr, rank;
+  asm("mov.u32 %0, %%cluster_ctaid.y;" : "=r"(yr));
+  asm("mov.u32 %0, %%cluster_ctaid.z;" : "=r"(zr));
   asm("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+  const uint32_t pair = kClusterBlocks * zr;  // the pair's first rank (y is the faster)
+  if (rank != pair + yr) __trap();            // (the rank order this code assumes)
+  const int split = p.split;
 
   if (tid == 0) {
     asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&x_map)) : "memory");
@@ -211,10 +294,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   cluster_sync();  // both blocks' barriers exist before either copies into the other
 
+  // Every thread of the cluster meets at its barrier once at the end (twice more with
+  // k-ranges: the tiles are written; the tiles are read).
+  auto producer_end = [&] {
+    cluster_sync();
+    if (split > 1) cluster_sync(), cluster_sync();
+  };
   if (tid < 128) {  // the producer warpgroup
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
     if (tid != 0) {
-      cluster_sync();  // (the end of the kernel)
+      producer_end();
       return;
     }
     for (int i = 0; i < nseg; ++i) {
@@ -227,10 +316,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int s = s_begin + i;
       async::mbar_expect_tx(bar, kStageBytes);
       // This block's half of x's rows, both 64-k halves, into both blocks.
-      const uint32_t xh = rank * (kHalfBytes / kClusterBlocks);
-      const int xr = m0 + static_cast<int>(rank) * (kRowsX / kClusterBlocks);
-      tma_load_multicast(dst + xh, &x_map, s * 128, xr, bar);
-      tma_load_multicast(dst + kHalfBytes + xh, &x_map, s * 128 + 64, xr, bar);
+      const uint32_t xh = yr * (kHalfBytes / kClusterBlocks);
+      const int xr = m0 + static_cast<int>(yr) * (kRowsX / kClusterBlocks);
+      const uint16_t mask = static_cast<uint16_t>(((1u << kClusterBlocks) - 1) << pair);
+      tma_load_multicast(dst + xh, &x_map, s * 128, xr, bar, mask);
+      tma_load_multicast(dst + kHalfBytes + xh, &x_map, s * 128 + 64, xr, bar, mask);
 #pragma unroll
       for (int t = 0; t < kTilesPerBlock; ++t) {  // tiles past the last: the last one, unused
         const int64_t tile = min(tile0 + t, p.tiles - 1);
@@ -238,7 +328,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                   p.w.codes + tc::lane_code_offset(segs, 16, tile, s, 0, 0), 1024u, bar);
       }
     }
-    cluster_sync();
+    producer_end();
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
@@ -282,9 +372,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   };
 
-  float acc[128];
+  float acc[T::kAcc];
 #pragma unroll
-  for (int i = 0; i < 128; ++i) acc[i] = 0.0f;
+  for (int i = 0; i < T::kAcc; ++i) acc[i] = 0.0f;
 
   // Scales: a ring of three segments' (indexed by compile-time constants only), each loaded
   // two segments before the decode that needs it.
@@ -308,14 +398,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     wgmma::fence_acc(acc);
     wgmma::wgmma_fence();
 #pragma unroll
-    for (int j = 0; j < 4; ++j) wgmma_rs256<kBf16>(acc, a0[j], wgmma::desc_k128(st + j * 32));
+    for (int j = 0; j < 4; ++j) wgmma_rs_n<kBf16>(acc, a0[j], wgmma::desc_k128(st + j * 32));
     wgmma::wgmma_commit();
     wgmma::wgmma_wait<1>();  // segment i - 1 is done: its stage is free
     wgmma::fence_acc(acc);
     if (i > 0 && lane == 0) {  // both blocks' producers write into this block's stage
       const uint32_t bar = empty + 8u * static_cast<uint32_t>((i - 1) % kStages);
-      mbar_arrive_cluster(bar, 0);
-      mbar_arrive_cluster(bar, 1);
+      mbar_arrive_cluster(bar, pair);
+      mbar_arrive_cluster(bar, pair + 1);
     }
     load_words(i, 1, o);
     decode_unit(1, o, sc[I][0], sc[I][1], a1);
@@ -327,7 +417,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     wgmma::wgmma_fence();
 #pragma unroll
     for (int j = 0; j < 4; ++j)
-      wgmma_rs256<kBf16>(acc, a1[j], wgmma::desc_k128(st + kHalfBytes + j * 32));
+      wgmma_rs_n<kBf16>(acc, a1[j], wgmma::desc_k128(st + kHalfBytes + j * 32));
     wgmma::wgmma_commit();
     wgmma::wgmma_wait<1>();  // unit 0 is done: a0 is free
     wgmma::fence_acc(acc);
@@ -348,49 +438,60 @@ __global__ void __launch_bounds__(kThreads, 1)
   cluster_arrive();  // this block is done with the other's barriers and stages
 
   // The epilogue goes through shared memory (free once both consumer warpgroups are past
-  // their last wgmma): the fragments into an f32 tile [x row][W row], then each row of y (or
-  // of the partial sums) written 8 W rows per lane, 16 or 32 bytes at once. Storing the
-  // fragments directly (2-byte stores, half a 32-byte sector each) took 0.5 ms for a 58 MB
-  // y on the H100.
+  // their last wgmma; nothing more lands there: every stage the peer filled was waited for):
+  // the fragments into an f32 tile [x row][W row], then each row of y written 8 W rows per
+  // lane, 16 bytes at once. Storing the fragments directly (2-byte stores, half a 32-byte
+  // sector each) took 0.5 ms for a 58 MB y on the H100.
   asm volatile("bar.sync 1, 256;" ::: "memory");
   float* const tile = reinterpret_cast<float*>(smem_raw + (base - raw));
   // acc[4 t + e] is row (of W) 16 warp + r + 8 (e / 2), column (row of x) 8 t + 2 q + e % 2.
 #pragma unroll
-  for (int t = 0; t < 32; ++t)
+  for (int t = 0; t < kRowsX / 8; ++t)
 #pragma unroll
     for (int e = 0; e < 4; ++e)
       tile[(8 * t + 2 * q + (e & 1)) * kOutStride + 16 * warp + r + 8 * (e >> 1)] = acc[4 * t + e];
   asm volatile("bar.sync 1, 256;" ::: "memory");
+  if (split > 1) {  // every block of the cluster has written its tile
+    cluster_wait();
+    cluster_sync();
+  }
   const int ct = tid - 128, j = ct & 15;
   const int64_t row0 = tile0 * 16 + 8 * j;  // this lane's 8 rows of W
   const bool mine = row0 < p.n;
   const bool whole = row0 + 8 <= p.n;
-  const float global = S == Scale::e4m3 && !p.partial ? p.w.global[0] : 1.0f;
-  const bool y_vec =
-      !p.partial && whole && reinterpret_cast<uintptr_t>(p.y) % 16 == 0 && p.y_stride % 8 == 0;
+  const float global = S == Scale::e4m3 ? p.w.global[0] : 1.0f;
+  const bool y_vec = whole && reinterpret_cast<uintptr_t>(p.y) % 16 == 0 && p.y_stride % 8 == 0;
   float bias[8];
 #pragma unroll
   for (int e = 0; e < 8; ++e)
-    bias[e] = p.bias && !p.partial && row0 + e < p.n
+    bias[e] = p.bias && row0 + e < p.n
                   ? quant_cuda::load_any(p.bias, p.y_dtype, static_cast<uint64_t>(row0 + e))
                   : 0.0f;
-  for (int cc = ct >> 4; mine && cc < kRowsX && m0 + cc < p.m; cc += 16) {
+  // Rows of x this block writes: all, or with k-ranges its share (the others' tiles read
+  // through distributed shared memory and added in range order, as medium::reduce_kernel).
+  const int share = kRowsX / split, c_end = static_cast<int>(zr + 1) * share;
+  for (int cc = static_cast<int>(zr) * share + (ct >> 4); mine && cc < c_end && m0 + cc < p.m;
+       cc += 16) {
     const int c = m0 + cc;
     float v[8];
-    const float4 lo = *reinterpret_cast<const float4*>(tile + cc * kOutStride + 8 * j);
-    const float4 hi = *reinterpret_cast<const float4*>(tile + cc * kOutStride + 8 * j + 4);
+    const uint32_t at = base + static_cast<uint32_t>((cc * kOutStride + 8 * j) * 4);
+    float4 lo, hi;
+    if (split == 1) {
+      lo = *reinterpret_cast<const float4*>(tile + cc * kOutStride + 8 * j);
+      hi = *reinterpret_cast<const float4*>(tile + cc * kOutStride + 8 * j + 4);
+    } else {
+      lo = ld_cluster_f4(at, yr), hi = ld_cluster_f4(at + 16u, yr);
+      for (int z = 1; z < split; ++z) {
+        const uint32_t rz = kClusterBlocks * static_cast<uint32_t>(z) + yr;
+        const float4 l = ld_cluster_f4(at, rz), h = ld_cluster_f4(at + 16u, rz);
+        lo.x = __fadd_rn(lo.x, l.x), lo.y = __fadd_rn(lo.y, l.y);
+        lo.z = __fadd_rn(lo.z, l.z), lo.w = __fadd_rn(lo.w, l.w);
+        hi.x = __fadd_rn(hi.x, h.x), hi.y = __fadd_rn(hi.y, h.y);
+        hi.z = __fadd_rn(hi.z, h.z), hi.w = __fadd_rn(hi.w, h.w);
+      }
+    }
     v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w;
     v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
-    if (p.partial) {
-      float* dst = p.partial + (static_cast<int64_t>(blockIdx.z) * p.m + c) * p.n + row0;
-      if (whole && p.n % 4 == 0) {
-        reinterpret_cast<float4*>(dst)[0] = lo;
-        reinterpret_cast<float4*>(dst)[1] = hi;
-      } else {
-        for (int e = 0; e < 8 && row0 + e < p.n; ++e) dst[e] = v[e];
-      }
-      continue;
-    }
 #pragma unroll
     for (int e = 0; e < 8; ++e) {  // store_result's arithmetic, unfused
       v[e] = __fmul_rn(v[e], global);
@@ -413,41 +514,73 @@ __global__ void __launch_bounds__(kThreads, 1)
                               v[e]);
     }
   }
-  cluster_wait();
+  if (split > 1)
+    cluster_sync();  // no block leaves while another reads its tile
+  else
+    cluster_wait();
 #else
   (void)p, (void)x_map;
 #endif
 }
 
-template <Code C, Scale S, int SL, bool kBf16, bool kZero>
-void launch(const Args& a, const CUtensorMap& x_map, cudaStream_t stream) {
-  const auto kernel = &ws_kernel<C, S, SL, kBf16, kZero>;
-  static const bool attr = [&] {
-    mm_cuda::check_cuda(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes),
-        "matmul: shared memory of ws_kernel");
+/// The launch configuration of a grid of (x blocks, W block pairs, k-ranges `split`), clusters
+/// of a W block pair times the k-ranges; the kernel's shared memory allowed once.
+template <Code C, Scale S, int SL, bool kBf16, bool kZero, int RX>
+cudaLaunchConfig_t ws_config(unsigned xblocks, unsigned wpairs, int split,
+                             cudaLaunchAttribute& cluster) {
+  constexpr auto kernel = &ws_kernel<C, S, SL, kBf16, kZero, RX>;
+  static const bool attr = [] {
+    mm_cuda::check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             Tiling<RX>::kSmemBytes),
+                        "matmul: shared memory of ws_kernel");
     return true;
   }();
   (void)attr;
-  // Blocks of W rounded up to whole clusters (a block past the last tile stores nothing).
-  const int64_t wblocks = (a.tiles + kTilesPerBlock - 1) / kTilesPerBlock;
   cudaLaunchConfig_t cfg{};
-  cfg.gridDim =
-      dim3(static_cast<unsigned>((a.m + kRowsX - 1) / kRowsX),
-           static_cast<unsigned>((wblocks + kClusterBlocks - 1) / kClusterBlocks * kClusterBlocks),
-           static_cast<unsigned>(a.split));
+  cfg.gridDim = dim3(xblocks, wpairs * kClusterBlocks, static_cast<unsigned>(split));
   cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = kSmemBytes;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr_cluster{};
-  attr_cluster.id = cudaLaunchAttributeClusterDimension;
-  attr_cluster.val.clusterDim.x = 1;
-  attr_cluster.val.clusterDim.y = kClusterBlocks;
-  attr_cluster.val.clusterDim.z = 1;
-  cfg.attrs = &attr_cluster;
+  cfg.dynamicSmemBytes = Tiling<RX>::kSmemBytes;
+  cluster = {};
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = 1;
+  cluster.val.clusterDim.y = kClusterBlocks;
+  cluster.val.clusterDim.z = static_cast<unsigned>(split);
+  cfg.attrs = &cluster;
   cfg.numAttrs = 1;
-  mm_cuda::check_cuda(cudaLaunchKernelEx(&cfg, kernel, a, x_map), "matmul: ws_kernel launch");
-  if (a.split > 1) medium::launch_reduce(a, stream);
+  return cfg;
+}
+
+/// Clusters of 2 x `split` blocks the device runs at once (split 1, 2 or 4; asked once).
+template <Code C, Scale S, int SL, bool kBf16, bool kZero, int RX>
+int max_clusters(int split) {
+  static const std::array<int, 3> counts = [] {
+    std::array<int, 3> r{};
+    for (int i = 0; i < 3; ++i) {
+      cudaLaunchAttribute cluster;
+      const cudaLaunchConfig_t cfg = ws_config<C, S, SL, kBf16, kZero, RX>(1, 1, 1 << i, cluster);
+      mm_cuda::check_cuda(
+          cudaOccupancyMaxActiveClusters(&r[i], &ws_kernel<C, S, SL, kBf16, kZero, RX>, &cfg),
+          "matmul: clusters of ws_kernel");
+    }
+    return r;
+  }();
+  return split >= 4 ? counts[2] : split >= 2 ? counts[1] : counts[0];
+}
+
+template <Code C, Scale S, int SL, bool kBf16, bool kZero, int RX>
+void launch(const Args& a, const CUtensorMap& x_map, cudaStream_t stream) {
+  if (a.split != 1 && a.split != 2 && a.split != kMaxSplit)
+    throw_error(ErrorCode::internal,
+                "matmul: ws_kernel takes 1, 2 or 4 k-ranges, not " + std::to_string(a.split));
+  // Blocks of W rounded up to whole pairs (a block past the last tile stores nothing).
+  const int64_t wblocks = (a.tiles + kTilesPerBlock - 1) / kTilesPerBlock;
+  cudaLaunchAttribute cluster;
+  cudaLaunchConfig_t cfg = ws_config<C, S, SL, kBf16, kZero, RX>(
+      static_cast<unsigned>((a.m + RX - 1) / RX),
+      static_cast<unsigned>((wblocks + kClusterBlocks - 1) / kClusterBlocks), a.split, cluster);
+  cfg.stream = stream;
+  mm_cuda::check_cuda(cudaLaunchKernelEx(&cfg, &ws_kernel<C, S, SL, kBf16, kZero, RX>, a, x_map),
+                      "matmul: ws_kernel launch");
 }
 
 #endif  // __CUDACC__
@@ -458,10 +591,17 @@ void launch(const Args& a, const CUtensorMap& x_map, cudaStream_t stream) {
 namespace lowbit::wgmma {
 
 /// Both kernels' launches of one instantiation.
+template <Code C, Scale S, int SL, bool kBf16, bool kZero>
+Launcher pick_dtype() {
+  namespace ws = wgmma_ws;
+  return {&launch<C, S, SL, kBf16, kZero>,
+          {&ws::launch<C, S, SL, kBf16, kZero, 256>, &ws::launch<C, S, SL, kBf16, kZero, 64>},
+          {&ws::max_clusters<C, S, SL, kBf16, kZero, 256>,
+           &ws::max_clusters<C, S, SL, kBf16, kZero, 64>}};
+}
 template <Code C, Scale S, int SL, bool kZero>
 Launcher pick(bool bf16) {
-  if (bf16) return {&launch<C, S, SL, true, kZero>, &wgmma_ws::launch<C, S, SL, true, kZero>};
-  return {&launch<C, S, SL, false, kZero>, &wgmma_ws::launch<C, S, SL, false, kZero>};
+  return bf16 ? pick_dtype<C, S, SL, true, kZero>() : pick_dtype<C, S, SL, false, kZero>();
 }
 
 }  // namespace lowbit::wgmma
