@@ -545,9 +545,11 @@ TEST(Matmul, WgmmaKernelOnAwkwardShapes) {
   }
 }
 
-/// Cases whose grid is short of a wave, so the warp-specialized kernel splits K over the
-/// blocks of a cluster (2 or 4 k-ranges added through distributed shared memory): N = 5120
-/// (40 blocks of W) and 2048 (16) at K = 2304 (18 segments: ranges of 9, or of 4 and 5).
+/// Cases whose grid is short of a wave, so the warp-specialized kernel splits K: N = 5120 at
+/// K = 2304 (18 segments) is 40 blocks of W (two ranges of 9 segments in a cluster, added
+/// through distributed shared memory) or 80 with two blocks of x (two ranges through the
+/// workspace: more clusters than the device runs at once); N = 2048 is 16 blocks (four
+/// ranges of 4 and 5 segments through the workspace).
 int run_ws_split_cases(const char* kernel, Device device, const std::vector<Case>& cases,
                        uint64_t& seed) {
   int ran = 0;

@@ -76,6 +76,7 @@ struct Args {
   int64_t n = 0;
   int64_t tiles = 0;
   int split = 1;
+  bool cluster_split = false;  ///< the ws kernel's two k-ranges added inside a cluster
 };
 
 /// One instantiation: its launch over a grid, and how many of its blocks fit on an SM.

@@ -1,8 +1,10 @@
-// matmul_cuda_wgmma_ws_tc and matmul_cuda_wgmma_tc: weight-only y = x · dequant(W)^T for bf16 /
-// f16 x on Hopper (sm_90a), wgmma with W decoded in registers while the tensor cores run
-// (select() order: the skinny kernel up to M = 32, the warp-specialized kernel for
-// 129 <= M <= 1024, the one-wave kernel for 64 < M <= 256 where it is not taken, the medium
-// kernel up to 128, dequantize + cuBLASLt), over the prepared "cuda_tc16x128" layout of the
+// matmul_cuda_wgmma_ws_tc, matmul_cuda_wgmma_ws64_tc and matmul_cuda_wgmma_tc: weight-only
+// y = x · dequant(W)^T for bf16 / f16 x on Hopper (sm_90a), wgmma with W decoded in registers
+// while the tensor cores run (select() order: the skinny kernel up to M = 32, the
+// warp-specialized kernel with 256-row tiles of x for 129 <= M <= 1024 and with 64-row tiles
+// for 33 <= M <= 128, then the one-wave kernel (65 <= M <= 256: taken only by preference now,
+// the ws kernels being as fast or faster on every measured shape), the medium kernel up to 128
+// (GPUs without sm_90a), dequantize + cuBLASLt), over the prepared "cuda_tc16x128" layout of the
 // skinny and medium kernels (one prepared copy serves them all). This file is the plans: what
 // the kernels take, why they decline, the split-K choice; the kernels are
 // matmul_cuda_wgmma_ws.cuh and matmul_cuda_wgmma.cuh (their file comments have the tiling and
@@ -147,7 +149,8 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
   }
 
   std::size_t workspace_size(const MatmulDesc& d) const final {
-    return medium::workspace_bytes(d, partials_split(d, mm_cuda::tc_plan(d)));
+    const wgmma_ws::WsSplit sp = split_of(d, mm_cuda::tc_plan(d));
+    return medium::workspace_bytes(d, sp.in_cluster ? 1 : sp.split);
   }
 
   void run(const MatmulDesc& d, const MatmulArgs& a, const Stream& stream,
@@ -159,8 +162,10 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
     const auto cs = static_cast<cudaStream_t>(stream.native_handle());
     // The copy engine needs x 16-byte aligned with rows a multiple of 16 bytes apart: args_for
     // copies any other x into the workspace.
-    wgmma::Args wa = medium::args_for(d, a, tp, partials_split(d, tp), ws, cs);
-    wa.split = split_of(d, tp);
+    const wgmma_ws::WsSplit sp = split_of(d, tp);
+    wgmma::Args wa = medium::args_for(d, a, tp, sp.in_cluster ? 1 : sp.split, ws, cs);
+    wa.split = sp.split;
+    wa.cluster_split = sp.in_cluster;
     const CUtensorMap x_map = x_tensor_map(wa.x, d.m, d.k, wa.x_stride, box_rows());
     const Launcher l = launcher_for(tp.format, d.x == Dtype::bf16, nullptr);
     (ws_tiling() < 0 ? l.launch : l.launch_ws[ws_tiling()])(wa, x_map, cs);
@@ -169,18 +174,11 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
  protected:
   virtual std::string decline_m(int64_t m) const = 0;
   virtual std::string decline_grid(const MatmulDesc&, int64_t) const { return {}; }
-  virtual int split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) const = 0;
+  virtual wgmma_ws::WsSplit split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) const = 0;
   virtual uint32_t box_rows() const = 0;
   /// -1: the one-wave kernel; 0 / 1: the warp-specialized kernel with 256 / 64 rows of x.
   virtual int ws_tiling() const = 0;
   virtual std::string split_note() const = 0;
-
- private:
-  /// The split whose partial sums go through the workspace (the ws kernel adds its k-ranges
-  /// inside the cluster: none).
-  int partials_split(const MatmulDesc& d, const mm_cuda::TcPlan& tp) const {
-    return ws_tiling() >= 0 ? 1 : split_of(d, tp);
-  }
 };
 
 /// Rows of x this kernel takes (select() order: skinny up to 32, the warp-specialized kernel
@@ -218,9 +216,9 @@ class MatmulCudaWgmma final : public WgmmaPlan {
              " SMs: more than one wave (dequantize + a cuBLASLt GEMM is faster there)";
     return {};
   }
-  int split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) const override {
+  wgmma_ws::WsSplit split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) const override {
     const int64_t slots = mm_cuda::sm_count(d.device.index);  // one block per SM
-    return wgmma::split_for(d.m, tp.layout.tiles, tp.layout.segments, slots);
+    return {wgmma::split_for(d.m, tp.layout.tiles, tp.layout.segments, slots), false};
   }
   uint32_t box_rows() const override { return wgmma::kRowsX; }
   int ws_tiling() const override { return -1; }
@@ -238,7 +236,10 @@ class MatmulCudaWgmma final : public WgmmaPlan {
 /// 256-row tile of x is mostly padding: the 64-row tiling takes those.
 constexpr int64_t kWsMinM = 129;
 constexpr int64_t kWsMaxM = 1024;
-/// The same kernel with 64 rows of x per block (m64n64k16) for 33 <= M <= 128.
+/// The same kernel with 64 rows of x per block (m64n64k16) for 33 <= M <= 128. On the H100
+/// (BENCHMARKS.md, 8192x8192, 14336x4096, 4096x14336): at M = 64 0.038-0.044 ms against the
+/// medium kernel's 0.051-0.062; at M = 128 0.069 against the one-wave kernel's 0.071 and the
+/// medium's 0.080. At M = 32 the skinny kernel is as fast (0.039 ms) and keeps it.
 constexpr int64_t kWs64MinM = 33;
 constexpr int64_t kWs64MaxM = 128;
 
@@ -267,14 +268,15 @@ class MatmulCudaWgmmaWs final : public WgmmaPlan {
                         : " (matmul_cuda_wgmma_ws_tc's 256-row tiles take these)");
     return {};
   }
-  int split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) const override {
+  wgmma_ws::WsSplit split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) const override {
     const int64_t slots = mm_cuda::sm_count(d.device.index);  // one block per SM
     const Launcher l = launcher_for(tp.format, d.x == Dtype::bf16, nullptr);
     return wgmma_ws::split_for(d.m, tp.layout.tiles, tp.layout.segments, RX, slots,
-                               [&](int s) { return l.ws_max_clusters[ws_tiling()](s); });
+                               l.ws_max_pairs[ws_tiling()]());
   }
   std::string split_note() const override {
-    return "up to 4 ranges, one cluster's blocks, added through distributed shared memory";
+    return "two ranges of a cluster's blocks added through distributed shared memory, or up to "
+           "16 through the workspace";
   }
   // Each block of a pair asks for its half of x's rows (multicast to both).
   uint32_t box_rows() const override { return RX / wgmma_ws::kClusterBlocks; }

@@ -410,8 +410,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 struct Launcher {
   using Launch = void (*)(const Args&, const CUtensorMap&, cudaStream_t);
   Launch launch = nullptr;
-  Launch launch_ws[2] = {};                   ///< the ws kernel: 256 / 64 rows of x
-  int (*ws_max_clusters[2])(int split) = {};  ///< its clusters at once
+  Launch launch_ws[2] = {};       ///< the ws kernel: 256 / 64 rows of x
+  int (*ws_max_pairs[2])() = {};  ///< its clusters of two at once
   explicit operator bool() const { return launch != nullptr; }
 };
 

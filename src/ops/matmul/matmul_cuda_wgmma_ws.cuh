@@ -1,7 +1,8 @@
-// The warp-specialized kernel of matmul_cuda_wgmma_ws_tc (weight-only y = x · dequant(W)^T for
-// bf16 / f16 x, Hopper sm_90a, M past what the one-wave kernel of matmul_cuda_wgmma.cuh takes),
-// instantiated beside that kernel by matmul_cuda_wgmma_{int4,fp4}.cu; the plan is in
-// matmul_cuda_wgmma.cu.
+// The warp-specialized kernel of matmul_cuda_wgmma_ws_tc (256 rows of x per block, M >= 129)
+// and matmul_cuda_wgmma_ws64_tc (64 rows, m64n64k16, twice the stages; 33 <= M <= 128):
+// weight-only y = x · dequant(W)^T for bf16 / f16 x, Hopper sm_90a, instantiated beside the
+// one-wave kernel of matmul_cuda_wgmma.cuh by matmul_cuda_wgmma_{int4,fp4}.cu; the plans are
+// in matmul_cuda_wgmma.cu.
 //
 // Why a second kernel: matmul_cuda_wgmma_tc's warps decode, issue the wgmmas and keep the copy
 // engine fed from one instruction stream, meet at a block barrier each segment and use a 128-row
@@ -12,13 +13,13 @@
 //           the consumers have freed it; the warpgroup gives its registers to the others
 //           (setmaxnreg). Warpgroups 1 and 2 are the consumers: 64 rows of W each (warp w: the
 //           layout's 16-row tile w), all kRowsX rows of x: y^T = W · x^T with
-//           wgmma.m64n256k16 (W the A operand from registers, x^T the B operand from shared
-//           memory, f32 accumulators: 128 per lane).
-//   stage = one 128-k segment: x [256 rows][128 k] (two 64-k halves of 128-byte swizzled rows,
+//           wgmma.m64n256k16 or m64n64k16 (W the A operand from registers, x^T the B operand
+//           from shared memory, f32 accumulators: 128 or 32 per lane).
+//   stage = one 128-k segment: x [kRowsX rows][128 k] (two 64-k halves of 128-byte swizzled rows,
 //           two boxes) and the 8 tiles' codes of the segment (8 bulk copies of 1 KB: the
 //           prepared layout keeps a tile's segment contiguous); a "full" mbarrier counts the
-//           bytes, an "empty" one counts the consumer warps of both blocks of the cluster done
-//           with the stage (each block's producer writes x into both).
+//           bytes, an "empty" one counts the consumer warps done with the stage (of both blocks
+//           of a W pair, whose producers each write half of x into both).
 //   unit  = half a segment (64 k, 4 steps of 16): the consumer issues the unit's 4 wgmmas,
 //           commits, waits until the previous unit's are done (its A registers and, at a
 //           segment's first unit, the previous stage are free), then decodes the next unit's
@@ -27,15 +28,17 @@
 //           k for mma.sync; wgmma wants natural order: file comment of matmul_cuda_wgmma.cuh),
 //           so no shuffles.
 //   grid  = (blocks of kRowsX rows of x: fastest, so the blocks that share W's stretch run
-//           together and find it in L2) x (blocks of 128 rows of W, in pairs that share x's
-//           tile: each asks for half of its rows, multicast to both) x (k-ranges: 1, 2 or 4).
-//           A cluster is a pair of W blocks times the k-ranges (2, 4 or 8 blocks), so a split
-//           of K is added up inside the cluster, through distributed shared memory, instead of
-//           through partial sums in global memory and a second kernel (which cost 8192x8192
-//           at M = 256 a fifth of its time on the H100).
-//   end   = through shared memory: the fragments into an f32 tile, then rows of y 16 bytes per
-//           lane; with k-ranges each block of the cluster adds its share of the rows over the
-//           ranges' tiles (in range order: deterministic) before writing them.
+//           together and find it in L2) x (blocks of 128 rows of W) x (k-ranges). A cluster
+//           is two blocks: without a split of K, neighbouring blocks of W that share x's tile
+//           (each asks for half of its rows, multicast to both); with two k-ranges where the
+//           grid is short of a wave, the two ranges of one block of W, whose sums are added
+//           inside the cluster through distributed shared memory (no partial sums in global
+//           memory, no second kernel); with more ranges, partial sums in the workspace added
+//           in order by medium::reduce_kernel. (Clusters of 4 or 8 blocks would do both, but
+//           the H100 runs only 30 / 15 of them at once: 120 of its 132 SMs.)
+//   end   = through shared memory: the fragments into an f32 tile, then rows of y (or of the
+//           partial sums) 16 bytes per lane; with two ranges in a cluster each block adds
+//           half the rows of both tiles (range order: deterministic) and writes them.
 // The numbers are the one-wave kernel's exactly (the same decode and group_of): each W operand
 // is dequantize()'s value in x's dtype, f32 accumulation on the tensor cores.
 #pragma once
@@ -54,8 +57,7 @@ inline constexpr int kThreads = 384;      ///< a producer warpgroup and two cons
 inline constexpr int kTilesPerBlock = 8;  ///< 128 rows of W per block
 inline constexpr int kWBytes = kTilesPerBlock * 1024;  ///< the block's codes of one segment
 inline constexpr int kConsumerWarps = 8;
-inline constexpr int kClusterBlocks = 2;  ///< blocks sharing x's tile through multicast
-inline constexpr int kMaxSplit = 4;       ///< k-ranges of a cluster (2 x 4 blocks: portable)
+inline constexpr int kClusterBlocks = 2;  ///< a W pair sharing x's tile, or two k-ranges
 /// The epilogue's f32 tile [rows of x][kOutStride] (4 words of padding: the fragment's stores
 /// fall in distinct banks).
 inline constexpr int kOutStride = 128 + 4;
@@ -81,24 +83,25 @@ inline int64_t blocks_for(int64_t m, int64_t tiles, int rows_x) {
   return ((m + rows_x - 1) / rows_x) * ((tiles + kTilesPerBlock - 1) / kTilesPerBlock);
 }
 
-/// Clusters of the grid for a split of K (pairs of W blocks times the blocks of x).
-inline int64_t clusters_for(int64_t m, int64_t tiles, int rows_x) {
-  const int64_t wblocks = (tiles + kTilesPerBlock - 1) / kTilesPerBlock;
-  return ((m + rows_x - 1) / rows_x) * ((wblocks + kClusterBlocks - 1) / kClusterBlocks);
-}
+/// The split of K: `split` k-ranges per block of W (and of x), added inside a cluster of two
+/// blocks (`in_cluster`, split 2) or through the workspace.
+struct WsSplit {
+  int split = 1;
+  bool in_cluster = false;
+};
 
-/// k-ranges per block (1, 2 or 4): only where the grid is short of one wave of `slots`, each
-/// range at least 4 segments, and only where the device holds all the clusters of 2 x split
-/// blocks at once (`max_clusters(split)`: the largest clusters may not fill every SM).
-template <class MaxClusters>
-int split_for(int64_t m, int64_t tiles, int64_t segments, int rows_x, int64_t slots,
-              MaxClusters max_clusters) {
+/// k-ranges only where the grid is short of one wave of `slots` (each at least 4 segments):
+/// two in a cluster where two fill the device about as well as more would and the device runs
+/// all the clusters at once (`max_pairs`), else up to 16 through the workspace.
+inline WsSplit split_for(int64_t m, int64_t tiles, int64_t segments, int rows_x, int64_t slots,
+                         int64_t max_pairs) {
   const int64_t blocks = blocks_for(m, tiles, rows_x);
-  if (blocks * 3 >= slots * 2) return 1;
-  const int64_t want = std::min((slots + blocks / 2) / std::max<int64_t>(blocks, 1), segments / 4);
-  for (int s = kMaxSplit; s > 1; s /= 2)
-    if (s <= want && clusters_for(m, tiles, rows_x) <= max_clusters(s)) return s;
-  return 1;
+  if (blocks * 3 >= slots * 2) return {};
+  const int64_t want = std::clamp<int64_t>((slots + blocks / 2) / std::max<int64_t>(blocks, 1), 1,
+                                           std::clamp<int64_t>(segments / 4, 1, 16));
+  if (want == 1) return {};
+  if (want <= 3 && blocks <= max_pairs) return {2, true};
+  return {static_cast<int>(want), false};
 }
 
 #if defined(__CUDACC__)
@@ -272,23 +275,22 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int segs = static_cast<int>(p.w.segments);
   const int s_begin = static_cast<int>(blockIdx.z) * segs / p.split;
   const int nseg = static_cast<int>(blockIdx.z + 1) * segs / p.split - s_begin;
-  // The cluster: pairs of blocks of the same rows of x and k-range, neighbouring rows of W
-  // (cluster y: `yr`), one pair per k-range (cluster z: `zr`). Each block of a pair asks for
-  // half of x's tile and the copy engine writes it into both blocks' stages.
+  // The cluster: two blocks of neighbouring rows of W (cluster y `yr`: each asks for half of
+  // x's tile and the copy engine writes it into both blocks' stages), or the two k-ranges of
+  // one block of W (cluster z `zr`, `ksplit`: each loads its own x).
+  const bool ksplit = p.cluster_split;
   uint32_t yr, zr, rank;
   asm("mov.u32 %0, %%cluster_ctaid.y;" : "=r"(yr));
   asm("mov.u32 %0, %%cluster_ctaid.z;" : "=r"(zr));
   asm("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
-  const uint32_t pair = kClusterBlocks * zr;  // the pair's first rank (y is the faster)
-  if (rank != pair + yr) __trap();            // (the rank order this code assumes)
-  const int split = p.split;
+  if (rank != yr + zr) __trap();  // (one of them is 0: the rank order this code assumes)
 
   if (tid == 0) {
     asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&x_map)) : "memory");
 #pragma unroll
     for (int s = 0; s < kStages; ++s) {
       async::mbar_init(full + 8u * s, 1);
-      async::mbar_init(empty + 8u * s, kClusterBlocks * kConsumerWarps);
+      async::mbar_init(empty + 8u * s, (ksplit ? 1 : kClusterBlocks) * kConsumerWarps);
     }
     async::mbar_init_fence();
   }
@@ -298,7 +300,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // k-ranges: the tiles are written; the tiles are read).
   auto producer_end = [&] {
     cluster_sync();
-    if (split > 1) cluster_sync(), cluster_sync();
+    if (ksplit) cluster_sync(), cluster_sync();
   };
   if (tid < 128) {  // the producer warpgroup
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
@@ -316,11 +318,15 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int s = s_begin + i;
       async::mbar_expect_tx(bar, kStageBytes);
       // This block's half of x's rows, both 64-k halves, into both blocks.
-      const uint32_t xh = yr * (kHalfBytes / kClusterBlocks);
-      const int xr = m0 + static_cast<int>(yr) * (kRowsX / kClusterBlocks);
-      const uint16_t mask = static_cast<uint16_t>(((1u << kClusterBlocks) - 1) << pair);
-      tma_load_multicast(dst + xh, &x_map, s * 128, xr, bar, mask);
-      tma_load_multicast(dst + kHalfBytes + xh, &x_map, s * 128 + 64, xr, bar, mask);
+      // x's rows in two boxes (the tensor map's): this block's half into both blocks of a W
+      // pair, or both halves into this block alone.
+      for (uint32_t h = ksplit ? 0 : yr; h < (ksplit ? 2u : yr + 1); ++h) {
+        const uint32_t xh = h * (kHalfBytes / 2);
+        const int xr = m0 + static_cast<int>(h) * (kRowsX / 2);
+        const uint16_t mask = ksplit ? static_cast<uint16_t>(1u << rank) : uint16_t{3};
+        tma_load_multicast(dst + xh, &x_map, s * 128, xr, bar, mask);
+        tma_load_multicast(dst + kHalfBytes + xh, &x_map, s * 128 + 64, xr, bar, mask);
+      }
 #pragma unroll
       for (int t = 0; t < kTilesPerBlock; ++t) {  // tiles past the last: the last one, unused
         const int64_t tile = min(tile0 + t, p.tiles - 1);
@@ -404,8 +410,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     wgmma::fence_acc(acc);
     if (i > 0 && lane == 0) {  // both blocks' producers write into this block's stage
       const uint32_t bar = empty + 8u * static_cast<uint32_t>((i - 1) % kStages);
-      mbar_arrive_cluster(bar, pair);
-      mbar_arrive_cluster(bar, pair + 1);
+      if (ksplit) {
+        mbar_arrive_cluster(bar, rank);
+      } else {
+        mbar_arrive_cluster(bar, 0);
+        mbar_arrive_cluster(bar, 1);
+      }
     }
     load_words(i, 1, o);
     decode_unit(1, o, sc[I][0], sc[I][1], a1);
@@ -451,7 +461,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int e = 0; e < 4; ++e)
       tile[(8 * t + 2 * q + (e & 1)) * kOutStride + 16 * warp + r + 8 * (e >> 1)] = acc[4 * t + e];
   asm volatile("bar.sync 1, 256;" ::: "memory");
-  if (split > 1) {  // every block of the cluster has written its tile
+  if (ksplit) {  // both blocks of the cluster have written their tiles
     cluster_wait();
     cluster_sync();
   }
@@ -459,39 +469,48 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int64_t row0 = tile0 * 16 + 8 * j;  // this lane's 8 rows of W
   const bool mine = row0 < p.n;
   const bool whole = row0 + 8 <= p.n;
-  const float global = S == Scale::e4m3 ? p.w.global[0] : 1.0f;
-  const bool y_vec = whole && reinterpret_cast<uintptr_t>(p.y) % 16 == 0 && p.y_stride % 8 == 0;
+  const float global = S == Scale::e4m3 && !p.partial ? p.w.global[0] : 1.0f;
+  const bool y_vec =
+      !p.partial && whole && reinterpret_cast<uintptr_t>(p.y) % 16 == 0 && p.y_stride % 8 == 0;
   float bias[8];
 #pragma unroll
   for (int e = 0; e < 8; ++e)
-    bias[e] = p.bias && row0 + e < p.n
+    bias[e] = p.bias && !p.partial && row0 + e < p.n
                   ? quant_cuda::load_any(p.bias, p.y_dtype, static_cast<uint64_t>(row0 + e))
                   : 0.0f;
-  // Rows of x this block writes: all, or with k-ranges its share (the others' tiles read
-  // through distributed shared memory and added in range order, as medium::reduce_kernel).
-  const int share = kRowsX / split, c_end = static_cast<int>(zr + 1) * share;
+  // Rows of x this block writes: all, or with two k-ranges in the cluster its half (both
+  // tiles read through distributed shared memory and added in range order, as
+  // medium::reduce_kernel adds the workspace's).
+  const int share = ksplit ? kRowsX / 2 : kRowsX, c_end = static_cast<int>(zr + 1) * share;
   for (int cc = static_cast<int>(zr) * share + (ct >> 4); mine && cc < c_end && m0 + cc < p.m;
        cc += 16) {
     const int c = m0 + cc;
     float v[8];
-    const uint32_t at = base + static_cast<uint32_t>((cc * kOutStride + 8 * j) * 4);
     float4 lo, hi;
-    if (split == 1) {
+    if (!ksplit) {
       lo = *reinterpret_cast<const float4*>(tile + cc * kOutStride + 8 * j);
       hi = *reinterpret_cast<const float4*>(tile + cc * kOutStride + 8 * j + 4);
     } else {
-      lo = ld_cluster_f4(at, yr), hi = ld_cluster_f4(at + 16u, yr);
-      for (int z = 1; z < split; ++z) {
-        const uint32_t rz = kClusterBlocks * static_cast<uint32_t>(z) + yr;
-        const float4 l = ld_cluster_f4(at, rz), h = ld_cluster_f4(at + 16u, rz);
-        lo.x = __fadd_rn(lo.x, l.x), lo.y = __fadd_rn(lo.y, l.y);
-        lo.z = __fadd_rn(lo.z, l.z), lo.w = __fadd_rn(lo.w, l.w);
-        hi.x = __fadd_rn(hi.x, h.x), hi.y = __fadd_rn(hi.y, h.y);
-        hi.z = __fadd_rn(hi.z, h.z), hi.w = __fadd_rn(hi.w, h.w);
-      }
+      const uint32_t at = base + static_cast<uint32_t>((cc * kOutStride + 8 * j) * 4);
+      lo = ld_cluster_f4(at, 0), hi = ld_cluster_f4(at + 16u, 0);
+      const float4 l = ld_cluster_f4(at, 1), h = ld_cluster_f4(at + 16u, 1);
+      lo.x = __fadd_rn(lo.x, l.x), lo.y = __fadd_rn(lo.y, l.y);
+      lo.z = __fadd_rn(lo.z, l.z), lo.w = __fadd_rn(lo.w, l.w);
+      hi.x = __fadd_rn(hi.x, h.x), hi.y = __fadd_rn(hi.y, h.y);
+      hi.z = __fadd_rn(hi.z, h.z), hi.w = __fadd_rn(hi.w, h.w);
     }
     v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w;
     v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+    if (p.partial) {  // more k-ranges: this one's partial sums
+      float* dst = p.partial + (static_cast<int64_t>(blockIdx.z) * p.m + c) * p.n + row0;
+      if (whole && p.n % 4 == 0) {
+        reinterpret_cast<float4*>(dst)[0] = lo;
+        reinterpret_cast<float4*>(dst)[1] = hi;
+      } else {
+        for (int e = 0; e < 8 && row0 + e < p.n; ++e) dst[e] = v[e];
+      }
+      continue;
+    }
 #pragma unroll
     for (int e = 0; e < 8; ++e) {  // store_result's arithmetic, unfused
       v[e] = __fmul_rn(v[e], global);
@@ -514,8 +533,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                               v[e]);
     }
   }
-  if (split > 1)
-    cluster_sync();  // no block leaves while another reads its tile
+  if (ksplit)
+    cluster_sync();  // no block leaves while the other reads its tile
   else
     cluster_wait();
 #else
@@ -523,10 +542,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-/// The launch configuration of a grid of (x blocks, W block pairs, k-ranges `split`), clusters
-/// of a W block pair times the k-ranges; the kernel's shared memory allowed once.
+/// The launch configuration of a grid of (x blocks, W blocks, k-ranges), clusters of two
+/// blocks along W, or along K (`ksplit`); the kernel's shared memory allowed once.
 template <Code C, Scale S, int SL, bool kBf16, bool kZero, int RX>
-cudaLaunchConfig_t ws_config(unsigned xblocks, unsigned wpairs, int split,
+cudaLaunchConfig_t ws_config(unsigned xblocks, unsigned wblocks, int split, bool ksplit,
                              cudaLaunchAttribute& cluster) {
   constexpr auto kernel = &ws_kernel<C, S, SL, kBf16, kZero, RX>;
   static const bool attr = [] {
@@ -537,50 +556,50 @@ cudaLaunchConfig_t ws_config(unsigned xblocks, unsigned wpairs, int split,
   }();
   (void)attr;
   cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(xblocks, wpairs * kClusterBlocks, static_cast<unsigned>(split));
+  // A W pair's second block may lie past the last tile (it stores nothing).
+  cfg.gridDim =
+      dim3(xblocks, ksplit ? wblocks : (wblocks + 1) / 2 * 2, static_cast<unsigned>(split));
   cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = Tiling<RX>::kSmemBytes;
   cluster = {};
   cluster.id = cudaLaunchAttributeClusterDimension;
   cluster.val.clusterDim.x = 1;
-  cluster.val.clusterDim.y = kClusterBlocks;
-  cluster.val.clusterDim.z = static_cast<unsigned>(split);
+  cluster.val.clusterDim.y = ksplit ? 1 : 2;
+  cluster.val.clusterDim.z = ksplit ? 2 : 1;
   cfg.attrs = &cluster;
   cfg.numAttrs = 1;
   return cfg;
 }
 
-/// Clusters of 2 x `split` blocks the device runs at once (split 1, 2 or 4; asked once).
+/// Clusters of two blocks the device runs at once (asked once).
 template <Code C, Scale S, int SL, bool kBf16, bool kZero, int RX>
-int max_clusters(int split) {
-  static const std::array<int, 3> counts = [] {
-    std::array<int, 3> r{};
-    for (int i = 0; i < 3; ++i) {
-      cudaLaunchAttribute cluster;
-      const cudaLaunchConfig_t cfg = ws_config<C, S, SL, kBf16, kZero, RX>(1, 1, 1 << i, cluster);
-      mm_cuda::check_cuda(
-          cudaOccupancyMaxActiveClusters(&r[i], &ws_kernel<C, S, SL, kBf16, kZero, RX>, &cfg),
-          "matmul: clusters of ws_kernel");
-    }
+int max_pairs() {
+  static const int count = [] {
+    int r = 0;
+    cudaLaunchAttribute cluster;
+    const cudaLaunchConfig_t cfg = ws_config<C, S, SL, kBf16, kZero, RX>(1, 1, 2, true, cluster);
+    mm_cuda::check_cuda(
+        cudaOccupancyMaxActiveClusters(&r, &ws_kernel<C, S, SL, kBf16, kZero, RX>, &cfg),
+        "matmul: clusters of ws_kernel");
     return r;
   }();
-  return split >= 4 ? counts[2] : split >= 2 ? counts[1] : counts[0];
+  return count;
 }
 
 template <Code C, Scale S, int SL, bool kBf16, bool kZero, int RX>
 void launch(const Args& a, const CUtensorMap& x_map, cudaStream_t stream) {
-  if (a.split != 1 && a.split != 2 && a.split != kMaxSplit)
+  if (a.cluster_split && a.split != 2)
     throw_error(ErrorCode::internal,
-                "matmul: ws_kernel takes 1, 2 or 4 k-ranges, not " + std::to_string(a.split));
-  // Blocks of W rounded up to whole pairs (a block past the last tile stores nothing).
+                "matmul: ws_kernel adds 2 k-ranges in a cluster, not " + std::to_string(a.split));
   const int64_t wblocks = (a.tiles + kTilesPerBlock - 1) / kTilesPerBlock;
   cudaLaunchAttribute cluster;
   cudaLaunchConfig_t cfg = ws_config<C, S, SL, kBf16, kZero, RX>(
-      static_cast<unsigned>((a.m + RX - 1) / RX),
-      static_cast<unsigned>((wblocks + kClusterBlocks - 1) / kClusterBlocks), a.split, cluster);
+      static_cast<unsigned>((a.m + RX - 1) / RX), static_cast<unsigned>(wblocks), a.split,
+      a.cluster_split, cluster);
   cfg.stream = stream;
   mm_cuda::check_cuda(cudaLaunchKernelEx(&cfg, &ws_kernel<C, S, SL, kBf16, kZero, RX>, a, x_map),
                       "matmul: ws_kernel launch");
+  if (a.split > 1 && !a.cluster_split) medium::launch_reduce(a, stream);
 }
 
 #endif  // __CUDACC__
@@ -594,10 +613,10 @@ namespace lowbit::wgmma {
 template <Code C, Scale S, int SL, bool kBf16, bool kZero>
 Launcher pick_dtype() {
   namespace ws = wgmma_ws;
-  return {&launch<C, S, SL, kBf16, kZero>,
-          {&ws::launch<C, S, SL, kBf16, kZero, 256>, &ws::launch<C, S, SL, kBf16, kZero, 64>},
-          {&ws::max_clusters<C, S, SL, kBf16, kZero, 256>,
-           &ws::max_clusters<C, S, SL, kBf16, kZero, 64>}};
+  return {
+      &launch<C, S, SL, kBf16, kZero>,
+      {&ws::launch<C, S, SL, kBf16, kZero, 256>, &ws::launch<C, S, SL, kBf16, kZero, 64>},
+      {&ws::max_pairs<C, S, SL, kBf16, kZero, 256>, &ws::max_pairs<C, S, SL, kBf16, kZero, 64>}};
 }
 template <Code C, Scale S, int SL, bool kZero>
 Launcher pick(bool bf16) {
