@@ -322,9 +322,12 @@ LOWBIT_HD constexpr uint8_t f32_to_e8m0(float x, Saturation sat = Saturation::no
 /// e8m0 bits -> f32: 2^(c - 127) (code 0 is the f32 subnormal 2^-127, code 1 the smallest
 /// normal 2^-126), 0xff -> NaN (0x7fc00000).
 LOWBIT_HD constexpr float e8m0_to_f32(uint8_t c) {
-  if (c == 0xffu) return numeric_detail::float_of(0x7fc00000u);
-  if (c == 0u) return numeric_detail::float_of(0x00400000u);
-  return numeric_detail::float_of(static_cast<uint32_t>(c) << 23);
+  // One expression of selects: as two early returns nvcc compiled it to branches, which in the
+  // wgmma kernels' decode (a scale per 32 elements: 234 instructions per unit, now 183) cost
+  // mxfp4 on the H100 a fifth of its M = 64 time (0.047-0.050 ms, now 0.038-0.042).
+  return numeric_detail::float_of(c == 0xffu ? 0x7fc00000u
+                                  : c == 0u  ? 0x00400000u
+                                             : static_cast<uint32_t>(c) << 23);
 }
 
 }  // namespace lowbit

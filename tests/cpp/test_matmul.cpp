@@ -566,9 +566,10 @@ int run_ws_split_cases(const char* kernel, Device device, const std::vector<Case
 /// a partial block of W (13 and 33 tiles: tiles past the last re-read the last), K = 512 (4
 /// segments: the stage ring wraps once), 2048 (split into k-ranges where the grid is short of
 /// a wave), 8192 (ranges of odd lengths), 128 and 384 (one and three segments), y padded,
-/// bias, and M = 1024 (its largest). Every scheme it serves, bf16 and f16 x; M = 128, M = 1025
-/// and an f32 y declined. Both blocks of a cluster share x's tile (multicast): N = 200 (two
-/// blocks of W: one cluster) and 520 (five: a third cluster with a block past the last tile).
+/// bias, and M = 1024 (its largest for int4; nvfp4 at 2048, mxfp4 at 2049 declined). Every
+/// scheme it serves, bf16 and f16 x; M = 128, M = 1025 (int4) and an f32 y declined. Both blocks of
+/// a cluster share x's tile (multicast): N = 200 (two blocks of W: one cluster) and 520 (five: a
+/// third cluster with a block past the last tile).
 TEST(Matmul, WgmmaWsKernelOnAwkwardShapes) {
   const char* const kernel = "matmul_cuda_wgmma_ws_tc";
   const WgmmaSweep sweep{{129, 200, 255, 256, 257, 300, 511, 600}, {250, 347, 444}, 300, 260};
@@ -594,10 +595,15 @@ TEST(Matmul, WgmmaWsKernelOnAwkwardShapes) {
     EXPECT_FALSE(run_case(kernel, device, under, seed++)) << "M = 128 is below the kernel's range";
     under.m = 1025;
     EXPECT_FALSE(run_case(kernel, device, under, seed++)) << "M = 1025 is past the kernel's range";
-    // A 1024-row x: four blocks of x, the largest grid the kernel takes.
+    // A 1024-row x: four blocks of x, the largest grid the kernel takes for int4; e2m1 formats
+    // go to 2048 (eight blocks of x).
     const Case top{1024, 136,   1024, Dtype::bf16, Dtype::bf16, "int4:block32",
                    "",   false, true, 0,           false};
     EXPECT_TRUE(run_case(kernel, device, top, seed++));
+    Case e2m1{2048, 136, 256, Dtype::bf16, Dtype::bf16, "nvfp4", "", false, true, 0, false};
+    EXPECT_TRUE(run_case(kernel, device, e2m1, seed++)) << "nvfp4 runs to M = 2048";
+    e2m1.m = 2049, e2m1.w_scheme = "mxfp4";
+    EXPECT_FALSE(run_case(kernel, device, e2m1, seed++)) << "M = 2049 is past the kernel's range";
     // 40 and 80 blocks: two k-ranges.
     const std::vector<Case> split{
         {200, 5120, 2304, Dtype::bf16, Dtype::bf16, "int4:block32", "", false, true, 0, false},

@@ -130,10 +130,10 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
       return "y is " + std::string(dtype_name(d.y)) + ": W rounded to x's dtype (" +
              std::string(dtype_name(d.x)) +
              ") would not give sums of that precision (the dequantize path computes in f32)";
-    why = decline_m(d.m);
-    if (!why.empty()) return why;
     const auto f = tc::format_of(d.w, d.n, d.k, &why);
     if (!f) return why;
+    why = decline_m(d.m, *f);
+    if (!why.empty()) return why;
     if (!launcher_for(*f, true, &why)) return why;
     return decline_grid(d, tc::layout_of(*f, d.n, d.k).tiles);
   }
@@ -172,7 +172,7 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
   }
 
  protected:
-  virtual std::string decline_m(int64_t m) const = 0;
+  virtual std::string decline_m(int64_t m, const tc::Format& f) const = 0;
   virtual std::string decline_grid(const MatmulDesc&, int64_t) const { return {}; }
   virtual wgmma_ws::WsSplit split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) const = 0;
   virtual uint32_t box_rows() const = 0;
@@ -198,7 +198,7 @@ class MatmulCudaWgmma final : public WgmmaPlan {
   std::string_view name() const override { return "matmul_cuda_wgmma_tc"; }
 
  protected:
-  std::string decline_m(int64_t m) const override {
+  std::string decline_m(int64_t m, const tc::Format&) const override {
     if (m < kMinM)
       return "M = " + std::to_string(m) + " < " + std::to_string(kMinM) +
              " (a 128-row tile of x would be half padding: the skinny and medium kernels are as "
@@ -230,12 +230,15 @@ class MatmulCudaWgmma final : public WgmmaPlan {
 /// Rows of x the warp-specialized kernel takes with 256 rows of x per block (first in select()
 /// order among the M > 32 kernels). Measured on the H100 (BENCHMARKS.md, 4-bit formats, three
 /// shapes): at M = 256 0.67-0.92x the one-wave kernel's time and 0.41-0.65x dequantize +
-/// cuBLASLt's; at M = 2048 0.87-1.27x dequantize + cuBLASLt's (faster for nvfp4 on two of
-/// three shapes, slower for the int4 formats and mxfp4): the crossover is near M = 1024 (its
-/// 530-600 TFLOP/s against the dequantize's fixed cost plus cuBLASLt's 600-800). Below 129 a
-/// 256-row tile of x is mostly padding: the 64-row tiling takes those.
+/// cuBLASLt's. At M = 2048 (2026-11-23, e8m0 scales without branches) it takes 0.83-1.04x
+/// dequantize + cuBLASLt's time for nvfp4 and mxfp4 (faster on two of three shapes, 4% slower
+/// on 14336x4096) but 0.98-1.18x for int4 (its exact f32 decode costs more), so e2m1 formats
+/// go to 2048, the others to 1024 (the crossover measured there in the first version: the
+/// kernel's 530-600 TFLOP/s against the dequantize's fixed cost plus cuBLASLt's 600-800).
+/// Below 129 a 256-row tile of x is mostly padding: the 64-row tiling takes those.
 constexpr int64_t kWsMinM = 129;
 constexpr int64_t kWsMaxM = 1024;
+constexpr int64_t kWsMaxMe2m1 = 2048;
 /// The same kernel with 64 rows of x per block (m64n64k16) for 33 <= M <= 128. On the H100
 /// (BENCHMARKS.md, 8192x8192, 14336x4096, 4096x14336): at M = 64 0.038-0.044 ms against the
 /// medium kernel's 0.051-0.062; at M = 128 0.069 against the one-wave kernel's 0.071 and the
@@ -253,8 +256,8 @@ class MatmulCudaWgmmaWs final : public WgmmaPlan {
 
  protected:
   static constexpr int64_t kMin = RX == 256 ? kWsMinM : kWs64MinM;
-  static constexpr int64_t kMax = RX == 256 ? kWsMaxM : kWs64MaxM;
-  std::string decline_m(int64_t m) const override {
+  std::string decline_m(int64_t m, const tc::Format& f) const override {
+    const int64_t kMax = RX == 256 ? (f.code == tc::Code::fp4 ? kWsMaxMe2m1 : kWsMaxM) : kWs64MaxM;
     if (m < kMin)
       return "M = " + std::to_string(m) + " < " + std::to_string(kMin) +
              (RX == 256 ? " (a 256-row tile of x would be mostly padding: "
@@ -263,8 +266,8 @@ class MatmulCudaWgmmaWs final : public WgmmaPlan {
                           "takes these)");
     if (m > kMax)
       return "M = " + std::to_string(m) + " > " + std::to_string(kMax) +
-             (RX == 256 ? " (this kernel runs at 530-600 TFLOP/s; dequantize + a cuBLASLt GEMM "
-                          "is as fast or faster there)"
+             (RX == 256 ? " (for this format dequantize + a cuBLASLt GEMM is as fast or faster "
+                          "there)"
                         : " (matmul_cuda_wgmma_ws_tc's 256-row tiles take these)");
     return {};
   }
