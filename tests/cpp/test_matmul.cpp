@@ -615,8 +615,9 @@ TEST(Matmul, WgmmaWsKernelOnAwkwardShapes) {
 /// matmul_cuda_wgmma_ws64_tc (the warp-specialized kernel with 64 rows of x per block,
 /// wgmma.m64n64k16; sm_90a) on the same sweep at M = 33-128 (one and two blocks of x, partial
 /// and full), N = 200 and 520 (one and three pairs of W blocks, one past the last tile), K =
-/// 512-8192 with k-ranges of 4 where the grid is small; two and four k-ranges of unequal
-/// lengths at N = 5120 and 2048; M = 32, 129 and an f32 y declined.
+/// 512-8192 (the small grids split K into 4-16 ranges through the workspace); two ranges in a
+/// cluster (N = 5120, M = 64), two and four through the workspace, of unequal lengths (N = 5120
+/// at M = 100, N = 2048); M = 32, 129 and an f32 y declined.
 TEST(Matmul, WgmmaWs64KernelOnAwkwardShapes) {
   const char* const kernel = "matmul_cuda_wgmma_ws64_tc";
   const WgmmaSweep sweep{{33, 40, 63, 64, 65, 100, 127, 128}, {50, 97, 120}, 64, 70};
