@@ -493,6 +493,37 @@ int run_wgmma_sweep(const char* kernel, Device device, const WgmmaSweep& sw, uin
   return ran;
 }
 
+/// What every wgmma kernel's test does first on a device: the sweep (at least 8 schemes x 2
+/// dtypes x 3 cases ran), then the cases it declines: an f32 y (its 1e-5 bound asks for the
+/// f32 GEMM) at M = `in_range`, and M = `below` and `past`, one outside each end of its range.
+/// False where the rest of the test should not run: nothing ran (not an sm_90a device or
+/// build: said on stdout) or a case failed.
+bool run_wgmma_sweep_and_range(const char* kernel, Device device, const WgmmaSweep& sw,
+                               int64_t in_range, int64_t below, int64_t past, uint64_t& seed) {
+  const int ran = run_wgmma_sweep(kernel, device, sw, seed);
+  if (::testing::Test::HasFailure()) return false;
+  if (ran == 0) {
+    std::printf("%s declined on %s (not an sm_90a device or build): nothing ran\n", kernel,
+                device.str().c_str());
+    return false;
+  }
+  // int4 (block32/64/128, asym, channel), nvfp4, mxfp4, q4_0: 8 schemes x 2 dtypes x 3.
+  EXPECT_GE(ran, 8 * 6);
+  std::printf("%s on %s ran %d cases\n", kernel, device.str().c_str(), ran);
+  Case f32y{};  // y in f32: declined
+  f32y.m = in_range, f32y.n = 200, f32y.k = 512, f32y.x = Dtype::bf16, f32y.y = Dtype::f32;
+  f32y.w_scheme = "int4:block32";
+  EXPECT_FALSE(run_case(kernel, device, f32y, seed++)) << "an f32 y is declined";
+  Case out = f32y;
+  out.y = Dtype::bf16;
+  for (int64_t m : {below, past}) {
+    out.m = m;
+    EXPECT_FALSE(run_case(kernel, device, out, seed++))
+        << "M = " << m << " is outside the kernel's range";
+  }
+  return !::testing::Test::HasFailure();
+}
+
 /// matmul_cuda_wgmma_tc (wgmma with W decoded in registers; sm_90a) on the shapes its tiling
 /// finds awkward: a block takes 128 rows of x and 128 rows of W (a warpgroup 64 x 128), so
 /// M = 65, 77, 127, 128, 129, 200, 255, 256 cover partial and full blocks; N = 200 (13 tiles,
@@ -506,29 +537,13 @@ int run_wgmma_sweep(const char* kernel, Device device, const WgmmaSweep& sw, uin
 TEST(Matmul, WgmmaKernelOnAwkwardShapes) {
   const char* const kernel = "matmul_cuda_wgmma_tc";
   const WgmmaSweep sweep{{65, 77, 127, 128, 129, 200, 255, 256}, {250}, 100, 130};
-  int ran = 0;
   uint64_t seed = 2000;
   for (Device device : testing::test_devices()) {
     if (!device.is_cuda()) continue;
-    ran += run_wgmma_sweep(kernel, device, sweep, seed);
-    if (::testing::Test::HasFailure()) return;
-    if (ran == 0) {
-      std::printf("%s declined on %s (not an sm_90a device or build): nothing ran\n", kernel,
-                  device.str().c_str());
+    if (!run_wgmma_sweep_and_range(kernel, device, sweep, 200, 64, 257, seed)) {
+      if (::testing::Test::HasFailure()) return;
       continue;
     }
-    // int4 (block32/64/128, asym, channel), nvfp4, mxfp4, q4_0: 8 schemes x 2 dtypes x 3.
-    EXPECT_GE(ran, 8 * 6);
-    std::printf("%s on %s ran %d cases\n", kernel, device.str().c_str(), ran);
-    Case f32y{};  // y in f32: declined
-    f32y.m = 200, f32y.n = 200, f32y.k = 512, f32y.x = Dtype::bf16, f32y.y = Dtype::f32;
-    f32y.w_scheme = "int4:block32";
-    EXPECT_FALSE(run_case(kernel, device, f32y, seed++)) << "an f32 y is declined";
-    Case over = f32y;  // past the kernel's M
-    over.m = 257, over.y = Dtype::bf16;
-    EXPECT_FALSE(run_case(kernel, device, over, seed++)) << "M = 257 is past the kernel's range";
-    over.m = 64;
-    EXPECT_FALSE(run_case(kernel, device, over, seed++)) << "M = 64 is below the kernel's range";
     // One wave of 128 x 128 blocks at most: M = 200 (two blocks of x) takes N up to
     // 128 * (SMs / 2) and declines one more block of W, naming the waves.
     const int sms = cuda_device_properties(device.index).multiprocessors;
@@ -573,28 +588,14 @@ int run_ws_split_cases(const char* kernel, Device device, const std::vector<Case
 TEST(Matmul, WgmmaWsKernelOnAwkwardShapes) {
   const char* const kernel = "matmul_cuda_wgmma_ws_tc";
   const WgmmaSweep sweep{{129, 200, 255, 256, 257, 300, 511, 600}, {250, 347, 444}, 300, 260};
-  int ran = 0;
   uint64_t seed = 3000;
   for (Device device : testing::test_devices()) {
     if (!device.is_cuda()) continue;
-    ran += run_wgmma_sweep(kernel, device, sweep, seed);
-    if (::testing::Test::HasFailure()) return;
-    if (ran == 0) {
-      std::printf("%s declined on %s (not an sm_90a device or build): nothing ran\n", kernel,
-                  device.str().c_str());
+    // int4 (the scheme of the range cases) ends at 1024.
+    if (!run_wgmma_sweep_and_range(kernel, device, sweep, 300, 128, 1025, seed)) {
+      if (::testing::Test::HasFailure()) return;
       continue;
     }
-    EXPECT_GE(ran, 8 * 6);
-    std::printf("%s on %s ran %d cases\n", kernel, device.str().c_str(), ran);
-    Case f32y{};  // y in f32: declined
-    f32y.m = 300, f32y.n = 200, f32y.k = 512, f32y.x = Dtype::bf16, f32y.y = Dtype::f32;
-    f32y.w_scheme = "int4:block32";
-    EXPECT_FALSE(run_case(kernel, device, f32y, seed++)) << "an f32 y is declined";
-    Case under = f32y;
-    under.m = 128, under.y = Dtype::bf16;
-    EXPECT_FALSE(run_case(kernel, device, under, seed++)) << "M = 128 is below the kernel's range";
-    under.m = 1025;
-    EXPECT_FALSE(run_case(kernel, device, under, seed++)) << "M = 1025 is past the kernel's range";
     // A 1024-row x: four blocks of x, the largest grid the kernel takes for int4; e2m1 formats
     // go to 2048 (eight blocks of x).
     const Case top{1024, 136,   1024, Dtype::bf16, Dtype::bf16, "int4:block32",
@@ -621,28 +622,13 @@ TEST(Matmul, WgmmaWsKernelOnAwkwardShapes) {
 TEST(Matmul, WgmmaWs64KernelOnAwkwardShapes) {
   const char* const kernel = "matmul_cuda_wgmma_ws64_tc";
   const WgmmaSweep sweep{{33, 40, 63, 64, 65, 100, 127, 128}, {50, 97, 120}, 64, 70};
-  int ran = 0;
   uint64_t seed = 5000;
   for (Device device : testing::test_devices()) {
     if (!device.is_cuda()) continue;
-    ran += run_wgmma_sweep(kernel, device, sweep, seed);
-    if (::testing::Test::HasFailure()) return;
-    if (ran == 0) {
-      std::printf("%s declined on %s (not an sm_90a device or build): nothing ran\n", kernel,
-                  device.str().c_str());
+    if (!run_wgmma_sweep_and_range(kernel, device, sweep, 64, 32, 129, seed)) {
+      if (::testing::Test::HasFailure()) return;
       continue;
     }
-    EXPECT_GE(ran, 8 * 6);
-    std::printf("%s on %s ran %d cases\n", kernel, device.str().c_str(), ran);
-    Case f32y{};  // y in f32: declined
-    f32y.m = 64, f32y.n = 200, f32y.k = 512, f32y.x = Dtype::bf16, f32y.y = Dtype::f32;
-    f32y.w_scheme = "int4:block32";
-    EXPECT_FALSE(run_case(kernel, device, f32y, seed++)) << "an f32 y is declined";
-    Case out = f32y;
-    out.m = 32, out.y = Dtype::bf16;
-    EXPECT_FALSE(run_case(kernel, device, out, seed++)) << "M = 32 is below the kernel's range";
-    out.m = 129;
-    EXPECT_FALSE(run_case(kernel, device, out, seed++)) << "M = 129 is past the kernel's range";
     // 40 and 80 blocks: two k-ranges of 9 segments; 16 blocks: four of 4 and 5.
     const std::vector<Case> split{
         {64, 5120, 2304, Dtype::bf16, Dtype::bf16, "int4:block32:asym", "", false, true, 0, false},

@@ -149,8 +149,7 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
   }
 
   std::size_t workspace_size(const MatmulDesc& d) const final {
-    const wgmma_ws::WsSplit sp = split_of(d, mm_cuda::tc_plan(d));
-    return medium::workspace_bytes(d, sp.in_cluster ? 1 : sp.split);
+    return medium::workspace_bytes(d, split_of(d, mm_cuda::tc_plan(d)).workspace_ranges());
   }
 
   void run(const MatmulDesc& d, const MatmulArgs& a, const Stream& stream,
@@ -163,7 +162,7 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
     // The copy engine needs x 16-byte aligned with rows a multiple of 16 bytes apart: args_for
     // copies any other x into the workspace.
     const wgmma_ws::WsSplit sp = split_of(d, tp);
-    wgmma::Args wa = medium::args_for(d, a, tp, sp.in_cluster ? 1 : sp.split, ws, cs);
+    wgmma::Args wa = medium::args_for(d, a, tp, sp.workspace_ranges(), ws, cs);
     wa.split = sp.split;
     wa.cluster_split = sp.in_cluster;
     const CUtensorMap x_map = x_tensor_map(wa.x, d.m, d.k, wa.x_stride, box_rows());
@@ -181,15 +180,15 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
   virtual std::string split_note() const = 0;
 };
 
-/// Rows of x this kernel takes (select() order: skinny up to 32, the warp-specialized kernel
-/// from 129, then this one for 64 < M <= 256, then medium up to 128), and only where its
-/// blocks fit in one wave (one block per SM). Measured on the H100 (BENCHMARKS.md, 4-bit
-/// formats): against the medium kernel it takes 0.47-0.83x the time at M = 80 and 0.53-1.00x
-/// at M = 128 (but 1.07-1.24x with int4:block128 / mxfp4 on 14336x4096), and 0.94-1.07x at
-/// M = 64, where half its 128-row tile of x is padding; against dequantize + cuBLASLt at
-/// M = 256 0.50-0.91x on 8192x8192 (128 blocks) and 4096x14336 (64 blocks, K split in two),
-/// 1.03-1.36x on 14336x4096 (224 blocks: two waves of 32-segment blocks); at M = 2048
-/// 2.5-2.9x.
+/// Rows of x this kernel takes (64 < M <= 256, only where its blocks fit in one wave: one
+/// block per SM). select() puts both warp-specialized tilings first (33-128 and 129-1024 /
+/// 2048), which decline for the same reasons as this kernel, so it runs by preference only.
+/// Measured on the H100 (BENCHMARKS.md, 4-bit formats): against the medium kernel it takes
+/// 0.47-0.83x the time at M = 80 and 0.53-1.00x at M = 128 (but 1.07-1.24x with int4:block128 /
+/// mxfp4 on 14336x4096), and 0.94-1.07x at M = 64, where half its 128-row tile of x is padding;
+/// against dequantize + cuBLASLt at M = 256 0.50-0.91x on 8192x8192 (128 blocks) and 4096x14336 (64
+/// blocks, K split in two), 1.03-1.36x on 14336x4096 (224 blocks: two waves of 32-segment blocks);
+/// at M = 2048 2.5-2.9x.
 constexpr int64_t kMinM = 65;
 constexpr int64_t kMaxM = 256;
 

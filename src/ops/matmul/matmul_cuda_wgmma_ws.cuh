@@ -88,6 +88,8 @@ inline int64_t blocks_for(int64_t m, int64_t tiles, int rows_x) {
 struct WsSplit {
   int split = 1;
   bool in_cluster = false;
+  /// The ranges whose partial sums go through the workspace (none inside a cluster).
+  int workspace_ranges() const { return in_cluster ? 1 : split; }
 };
 
 /// k-ranges only where the grid is short of one wave of `slots` (each at least 4 segments):
