@@ -31,6 +31,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
+#include <cinttypes>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -230,7 +232,17 @@ int main(int argc, char** argv) {
       rows.push_back(r);
     }
 
-    const int64_t shapes[][2] = {{8192, 8192}, {14336, 4096}, {4096, 14336}};
+    // --shape NxK picks one of the three, or times any other N x K (experiments).
+    std::vector<std::array<int64_t, 2>> shapes = {{8192, 8192}, {14336, 4096}, {4096, 14336}};
+    if (!only_shape.empty()) {
+      int64_t sn = 0, sk = 0;
+      if (std::sscanf(only_shape.c_str(), "%" SCNd64 "x%" SCNd64, &sn, &sk) != 2 || sn <= 0 ||
+          sk <= 0) {
+        std::fprintf(stderr, "bench_matmul_cuda: --shape wants NxK, got %s\n", only_shape.c_str());
+        return 2;
+      }
+      shapes = {{sn, sk}};
+    }
     std::vector<int64_t> ms = {1, 16, 64, 256, 2048};
     if (quick) ms = {1, 16, 256};
     if (!only_m.empty()) ms = {std::atoll(only_m.c_str())};
@@ -255,8 +267,6 @@ int main(int argc, char** argv) {
 
     for (const auto& shape : shapes) {
       const int64_t n = shape[0], k = shape[1];
-      if (!only_shape.empty() && only_shape != std::to_string(n) + "x" + std::to_string(k))
-        continue;
       const int64_t mmax = ms.back();
       lowbit::Tensor wf = lowbit::Tensor::empty({n, k}, Dtype::f32, gpu, &stream);
       bench::fill_normal<<<2048, 256, 0, s>>>(wf.data_as<float>(), static_cast<uint64_t>(n * k), 7,
