@@ -39,8 +39,16 @@
 //   end   = through shared memory: the fragments into an f32 tile, then rows of y (or of the
 //           partial sums) 16 bytes per lane; with two ranges in a cluster each block adds
 //           half the rows of both tiles (range order: deterministic) and writes them.
-// The numbers are the one-wave kernel's exactly (the same decode and group_of): each W operand
-// is dequantize()'s value in x's dtype, f32 accumulation on the tensor cores.
+// The numbers: the 256-row tiling's are the one-wave kernel's exactly (the same decode and
+// group_of): each W operand is dequantize()'s value in x's dtype, f32 accumulation on the
+// tensor cores. So are the 64-row tiling's, except for int4 / uint4 in groups of 64 or more
+// (block64, block128, channel; "flush" mode, kFlush below): there a 64-k unit lies inside one
+// group, the operands are the codes' integer values (u - 8, or u - 8 - z: exact in bf16 and
+// f16), the unit's sums go into a tile of their own and are added to the accumulators times
+// the group's f32 scale (one FFMA each). That is 2 instructions per operand register where
+// dequantize()'s rounded value takes 7, and the weight is not rounded to x's dtype (the sums
+// differ from the other kernels' by that rounding; tests: against the f64 product, as all).
+// Measured (H100, BENCHMARKS.md): 4-11% less time at M = 48-128.
 #pragma once
 
 #include <array>
@@ -158,8 +166,9 @@ __device__ __forceinline__ void wgmma_rs256(float (&d)[128], const uint32_t (&a)
 #endif
 }
 
-/// d += A · B, m64n64k16, A from registers (this lane's fragment), B from shared memory.
-template <bool kBf16>
+/// d += A · B (kAdd) or d = A · B, m64n64k16, A from registers (this lane's fragment), B
+/// from shared memory.
+template <bool kBf16, bool kAdd = true>
 __device__ __forceinline__ void wgmma_rs64(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define LB_WGMMA_RS64(TYPE)                                                                    \
@@ -168,14 +177,14 @@ __device__ __forceinline__ void wgmma_rs64(float (&d)[32], const uint32_t (&a)[4
                "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "        \
                "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, "   \
                "%31}, "                                                                        \
-               "{%32, %33, %34, %35}, %36, 1, 1, 1, 0;"                                        \
+               "{%32, %33, %34, %35}, %36, %37, 1, 1, 0;"                                      \
                : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),       \
                  "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),     \
                  "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), \
                  "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
                  "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), \
                  "+f"(d[30]), "+f"(d[31])                                                      \
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b))
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(kAdd ? 1 : 0))
   if constexpr (kBf16) {
     LB_WGMMA_RS64("bf16");
   } else {
@@ -380,9 +389,63 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   };
 
+  // Integer codes in groups of 64 or more on the 64-row tiling ("flush" mode): a unit lies in
+  // one group, so its wgmmas sum the codes' integer values (exact in x's dtype: one LOP3 and one
+  // subtraction per operand register instead of seven instructions) times x into a tile of
+  // its own, which is then added to the accumulators times the group's scale, one FFMA per
+  // accumulator. The 256-row tiling has no registers for a second tile.
+  constexpr bool kFlush = RX == 64 && C == Code::u4 && S == Scale::integer && kStepsLog2 >= 2;
+  auto decode_int = [&](uint32_t t, uint32_t z2) {
+    constexpr uint32_t kMagic = kBf16 ? 0x43004300u : 0x64006400u;  // 128 + u / 1024 + u
+    constexpr uint32_t kBias = kBf16 ? 0x43084308u : 0x64086408u;   // 136 / 1032
+    uint32_t v = wgmma::lop3_and_or(t, 0x000f000fu, kMagic);
+    v = wgmma::sub2<kBf16>(v, kBias);  // u - 8, exact
+    if constexpr (kZero) v = wgmma::sub2<kBf16>(v, z2);
+    return v;
+  };
+  auto decode_unit_int = [&](int unit, const Words& o, const tc::SegScales& s0,
+                             const tc::SegScales& s1, uint32_t(&a)[4][4], float(&fs)[2]) {
+    const int f = (4 * unit) >> kStepsLog2;
+    const wgmma::Group g0 = wgmma::group_of<S, kBf16, kZero>(s0, f);
+    const wgmma::Group g1 = wgmma::group_of<S, kBf16, kZero>(s1, f);
+    fs[0] = g0.s, fs[1] = g1.s;
+    uint32_t z0 = 0, z1 = 0;
+    if constexpr (kZero) {  // the zero point, exact in x's dtype (an int8)
+      z0 = wgmma::pack_rn<kBf16>(g0.c - 136.0f, g0.c - 136.0f);
+      z1 = wgmma::pack_rn<kBf16>(g1.c - 136.0f, g1.c - 136.0f);
+    }
+#pragma unroll
+    for (int jj = 0; jj < 4; ++jj) {
+      const int pr = 8 * (jj & 1);
+      a[jj][0] = decode_int(o.lo[0][jj >> 1] >> pr, z0);
+      a[jj][1] = decode_int(o.lo[1][jj >> 1] >> pr, z1);
+      a[jj][2] = decode_int(o.hi[0][jj >> 1] >> pr, z0);
+      a[jj][3] = decode_int(o.hi[1][jj >> 1] >> pr, z1);
+    }
+  };
+
   float acc[T::kAcc];
 #pragma unroll
   for (int i = 0; i < T::kAcc; ++i) acc[i] = 0.0f;
+  float tmp0[T::kAcc], fs0[2], fs1[2];  // flush mode: a unit's tile, the two units' scales
+  // acc[4 t + e] is row r + 8 (e / 2) of the warp's tile.
+  auto flush = [&](const float(&t)[T::kAcc], const float(&fs)[2]) {
+#pragma unroll
+    for (int i = 0; i < T::kAcc; ++i) acc[i] = __fmaf_rn(t[i], fs[(i >> 1) & 1], acc[i]);
+  };
+  auto issue_unit = [&](float(&d)[T::kAcc], const uint32_t(&a)[4][4], uint32_t at) {
+    wgmma::fence_acc(d);
+    wgmma::wgmma_fence();
+    if constexpr (kFlush) {
+      wgmma_rs64<kBf16, false>(d, a[0], wgmma::desc_k128(at));  // d = the unit's first step
+#pragma unroll
+      for (int j = 1; j < 4; ++j) wgmma_rs64<kBf16>(d, a[j], wgmma::desc_k128(at + j * 32));
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) wgmma_rs_n<kBf16>(d, a[j], wgmma::desc_k128(at + j * 32));
+    }
+    wgmma::wgmma_commit();
+  };
 
   // Scales: a ring of three segments' (indexed by compile-time constants only), each loaded
   // two segments before the decode that needs it.
@@ -396,48 +459,72 @@ __global__ void __launch_bounds__(kThreads, 1)
   Words o;
   async::mbar_wait(full, 0);
   load_words(0, 0, o);
-  decode_unit(0, o, sc[0][0], sc[0][1], a0);
+  if constexpr (kFlush)
+    decode_unit_int(0, o, sc[0][0], sc[0][1], a0, fs0);
+  else
+    decode_unit(0, o, sc[0][0], sc[0][1], a0);
 
+  // The consumer warps' arrival on the empty barrier of stage `i` (both blocks' producers
+  // write into this block's stages, or its own alone with k-ranges in the cluster).
+  auto release = [&](int i) {
+    if (lane != 0) return;
+    const uint32_t bar = empty + 8u * static_cast<uint32_t>(i % kStages);
+    if (ksplit) {
+      mbar_arrive_cluster(bar, rank);
+    } else {
+      mbar_arrive_cluster(bar, 0);
+      mbar_arrive_cluster(bar, 1);
+    }
+  };
   // Segment i, whose scales are sc[I] (I = i % 3).
   auto segment = [&](auto ring, int i) {
     constexpr int I = decltype(ring)::value, N = (I + 1) % 3;
     const uint32_t st = base + static_cast<uint32_t>((i % kStages) * kStageBytes);
-    // Unit 0: k 0..63 of segment i (x's first half).
-    wgmma::fence_acc(acc);
-    wgmma::wgmma_fence();
-#pragma unroll
-    for (int j = 0; j < 4; ++j) wgmma_rs_n<kBf16>(acc, a0[j], wgmma::desc_k128(st + j * 32));
-    wgmma::wgmma_commit();
-    wgmma::wgmma_wait<1>();  // segment i - 1 is done: its stage is free
-    wgmma::fence_acc(acc);
-    if (i > 0 && lane == 0) {  // both blocks' producers write into this block's stage
-      const uint32_t bar = empty + 8u * static_cast<uint32_t>((i - 1) % kStages);
-      if (ksplit) {
-        mbar_arrive_cluster(bar, rank);
-      } else {
-        mbar_arrive_cluster(bar, 0);
-        mbar_arrive_cluster(bar, 1);
+    const int s3 = s_begin + min(i + 3, nseg - 1);  // sc[I] is free after the unit-1 decode
+    if constexpr (kFlush) {
+      // A unit's tile is added once its wgmmas are done (wait<0>: ptxas serialises every
+      // wgmma of a kernel that reads accumulators under a wait<1>), so the next unit's decode
+      // goes between its issue and that wait.
+      issue_unit(tmp0, a0, st);  // unit 0: k 0..63 of segment i (x's first half)
+      load_words(i, 1, o);
+      decode_unit_int(1, o, sc[I][0], sc[I][1], a1, fs1);
+      sc[I][0] = rs0.load(s3);
+      sc[I][1] = rs1.load(s3);
+      wgmma::wgmma_wait<0>();
+      wgmma::fence_acc(tmp0);
+      flush(tmp0, fs0);
+      issue_unit(tmp0, a1, st + kHalfBytes);  // unit 1: k 64..127
+      if (i + 1 < nseg) {
+        async::mbar_wait(full + 8u * static_cast<uint32_t>((i + 1) % kStages),
+                         static_cast<uint32_t>(((i + 1) / kStages) & 1));
+        load_words(i + 1, 0, o);
+        decode_unit_int(0, o, sc[N][0], sc[N][1], a0, fs0);
       }
-    }
-    load_words(i, 1, o);
-    decode_unit(1, o, sc[I][0], sc[I][1], a1);
-    const int s3 = s_begin + min(i + 3, nseg - 1);  // sc[I] is free: segment i + 3's
-    sc[I][0] = rs0.load(s3);
-    sc[I][1] = rs1.load(s3);
-    // Unit 1: k 64..127 (x's second half).
-    wgmma::fence_acc(acc);
-    wgmma::wgmma_fence();
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-      wgmma_rs_n<kBf16>(acc, a1[j], wgmma::desc_k128(st + kHalfBytes + j * 32));
-    wgmma::wgmma_commit();
-    wgmma::wgmma_wait<1>();  // unit 0 is done: a0 is free
-    wgmma::fence_acc(acc);
-    if (i + 1 < nseg) {
-      async::mbar_wait(full + 8u * static_cast<uint32_t>((i + 1) % kStages),
-                       static_cast<uint32_t>(((i + 1) / kStages) & 1));
-      load_words(i + 1, 0, o);
-      decode_unit(0, o, sc[N][0], sc[N][1], a0);
+      wgmma::wgmma_wait<0>();
+      wgmma::fence_acc(tmp0);
+      flush(tmp0, fs1);
+      release(i);
+      return;
+    } else {
+      // Unit 0: k 0..63 of segment i (x's first half).
+      issue_unit(acc, a0, st);
+      wgmma::wgmma_wait<1>();  // segment i - 1 is done: its stage is free
+      wgmma::fence_acc(acc);
+      if (i > 0) release(i - 1);
+      load_words(i, 1, o);
+      decode_unit(1, o, sc[I][0], sc[I][1], a1);
+      sc[I][0] = rs0.load(s3);
+      sc[I][1] = rs1.load(s3);
+      // Unit 1: k 64..127 (x's second half).
+      issue_unit(acc, a1, st + kHalfBytes);
+      wgmma::wgmma_wait<1>();  // unit 0 is done: a0 is free
+      wgmma::fence_acc(acc);
+      if (i + 1 < nseg) {
+        async::mbar_wait(full + 8u * static_cast<uint32_t>((i + 1) % kStages),
+                         static_cast<uint32_t>(((i + 1) / kStages) & 1));
+        load_words(i + 1, 0, o);
+        decode_unit(0, o, sc[N][0], sc[N][1], a0);
+      }
     }
   };
   for (int i = 0; i < nseg; i += 3) {
