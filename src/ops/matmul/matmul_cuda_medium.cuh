@@ -76,7 +76,12 @@ struct Args {
   int64_t n = 0;
   int64_t tiles = 0;
   int split = 1;
-  bool cluster_split = false;  ///< the ws kernel's two k-ranges added inside a cluster
+  bool cluster_split = false;  ///< the ws kernel's k-ranges added in pairs inside clusters
+  /// The ws kernel with 4 ranges in two cluster pairs (cluster_split, split 4): the first pair's
+  /// sums go through `partial` ([m][n] f32), handed over by a flag per half block: `flags`
+  /// [x blocks][W blocks][2], each set to `tag` when written and back to 0 when read.
+  unsigned long long* flags = nullptr;
+  unsigned long long tag = 0;
 };
 
 /// One instantiation: its launch over a grid, and how many of its blocks fit on an SM.

@@ -13,8 +13,10 @@
 #include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <map>
 #include <mutex>
+#include <random>
 
 #include "ops/matmul/matmul_cuda_wgmma_ws.cuh"
 #include "ops/matmul/matmul_kernels.hpp"
@@ -151,7 +153,12 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
   }
 
   std::size_t workspace_size(const MatmulDesc& d) const final {
-    return medium::workspace_bytes(d, split_of(d, mm_cuda::tc_plan(d)).workspace_ranges());
+    const mm_cuda::TcPlan tp = mm_cuda::tc_plan(d);
+    const wgmma_ws::WsSplit sp = split_of(d, tp);
+    const size_t base = medium::workspace_bytes(d, sp.workspace_ranges());
+    if (!sp.chained()) return base;
+    return mm_cuda::align_up(base, 256) +
+           wgmma_ws::chain_bytes(d.m, d.n, tp.layout.tiles, rows_x());
   }
 
   void run(const MatmulDesc& d, const MatmulArgs& a, const Stream& stream,
@@ -167,6 +174,15 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
     wgmma::Args wa = medium::args_for(d, a, tp, sp.workspace_ranges(), ws, cs);
     wa.split = sp.split;
     wa.cluster_split = sp.in_cluster;
+    if (sp.chained()) {  // after what args_for uses: the flags, then the first pair's sums
+      uint8_t* chain = static_cast<uint8_t*>(ws.data) +
+                       mm_cuda::align_up(medium::workspace_bytes(d, sp.workspace_ranges()), 256);
+      wa.flags = reinterpret_cast<unsigned long long*>(chain);
+      wa.partial = reinterpret_cast<float*>(
+          chain +
+          mm_cuda::align_up(wgmma_ws::chain_flag_count(d.m, tp.layout.tiles, rows_x()) * 8, 256));
+      wa.tag = chain_tag();
+    }
     const CUtensorMap x_map = x_tensor_map(wa.x, d.m, d.k, wa.x_stride, box_rows());
     const Launcher l = launcher_for(tp.format, d.x == Dtype::bf16, nullptr);
     (ws_tiling() < 0 ? l.launch : l.launch_ws[ws_tiling()])(wa, x_map, cs);
@@ -179,6 +195,19 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
   virtual uint32_t box_rows() const = 0;
   /// -1: the one-wave kernel; 0 / 1: the warp-specialized kernel with 256 / 64 rows of x.
   virtual int ws_tiling() const = 0;
+  int rows_x() const { return ws_tiling() == 0 ? 256 : ws_tiling() == 1 ? 64 : wgmma::kRowsX; }
+  /// A value no flag of a chained call's workspace holds: the flags are lowered after each
+  /// call, and a workspace's first contents match a random 64-bit tag only by a 2^-64 chance
+  /// (so a captured CUDA graph, which repeats its tag, finds them lowered too).
+  static unsigned long long chain_tag() {
+    static std::atomic<unsigned long long> next{[] {
+      std::random_device rd;
+      return (static_cast<unsigned long long>(rd()) << 32) ^ rd();
+    }()};
+    unsigned long long t = 0;
+    while (t == 0) t = next.fetch_add(1, std::memory_order_relaxed);
+    return t;
+  }
   virtual std::string split_note() const = 0;
 };
 
@@ -279,8 +308,9 @@ class MatmulCudaWgmmaWs final : public WgmmaPlan {
                                l.ws_max_pairs[ws_tiling()]());
   }
   std::string split_note() const override {
-    return "two ranges of a cluster's blocks added through distributed shared memory, or up to "
-           "16 through the workspace";
+    return "two ranges of a cluster's blocks added through distributed shared memory; four as "
+           "two such pairs, the first pair's sums handed to the second through the workspace "
+           "((r0 + r1) + (r2 + r3)); or up to 16 through the workspace";
   }
   // Each block of a pair asks for its half of x's rows (multicast to both).
   uint32_t box_rows() const override { return RX / wgmma_ws::kClusterBlocks; }

@@ -52,6 +52,7 @@
 #pragma once
 
 #include <array>
+#include <cstdlib>
 
 #include "ops/matmul/matmul_cuda_wgmma.cuh"
 
@@ -91,18 +92,33 @@ inline int64_t blocks_for(int64_t m, int64_t tiles, int rows_x) {
   return ((m + rows_x - 1) / rows_x) * ((tiles + kTilesPerBlock - 1) / kTilesPerBlock);
 }
 
-/// The split of K: `split` k-ranges per block of W (and of x), added inside a cluster of two
-/// blocks (`in_cluster`, split 2) or through the workspace.
+/// The split of K: `split` k-ranges per block of W (and of x), added in pairs inside clusters
+/// of two blocks (`in_cluster`: split 2, or 4 as two pairs whose sums are chained through the
+/// workspace) or all through the workspace.
 struct WsSplit {
   int split = 1;
   bool in_cluster = false;
-  /// The ranges whose partial sums go through the workspace (none inside a cluster).
+  /// The ranges whose partial sums go through the workspace's [split][m][n] (none in clusters).
   int workspace_ranges() const { return in_cluster ? 1 : split; }
+  /// Two cluster pairs: the first pair's sums handed to the second through the workspace.
+  bool chained() const { return in_cluster && split > 2; }
 };
+
+/// The chained pairs' workspace: a flag per half block, then the first pair's [m][n] f32 sums.
+inline size_t chain_flag_count(int64_t m, int64_t tiles, int rows_x) {
+  return static_cast<size_t>((m + rows_x - 1) / rows_x) *
+         static_cast<size_t>((tiles + kTilesPerBlock - 1) / kTilesPerBlock) * 2;
+}
+inline size_t chain_bytes(int64_t m, int64_t n, int64_t tiles, int rows_x) {
+  return (chain_flag_count(m, tiles, rows_x) * 8 + 255) / 256 * 256 +
+         static_cast<size_t>(m) * static_cast<size_t>(n) * 4;
+}
 
 /// k-ranges only where the grid is short of one wave of `slots` (each at least 4 segments):
 /// two in a cluster where two fill the device about as well as more would and the device runs
-/// all the clusters at once (`max_pairs`), else up to 16 through the workspace.
+/// all the clusters at once (`max_pairs`); four as two chained cluster pairs where four or five
+/// would (no reduction kernel, and only the first pair's sums through memory); else up to 16
+/// through the workspace (a chain of more pairs would add a hand-over per pair at the end).
 inline WsSplit split_for(int64_t m, int64_t tiles, int64_t segments, int rows_x, int64_t slots,
                          int64_t max_pairs) {
   const int64_t blocks = blocks_for(m, tiles, rows_x);
@@ -111,6 +127,8 @@ inline WsSplit split_for(int64_t m, int64_t tiles, int64_t segments, int rows_x,
                                            std::clamp<int64_t>(segments / 4, 1, 16));
   if (want == 1) return {};
   if (want <= 3 && blocks <= max_pairs) return {2, true};
+  static const bool nochain = std::getenv("LOWBIT_WS_NOCHAIN") != nullptr;  // EXPERIMENT
+  if (!nochain && want <= 5 && blocks * 2 <= max_pairs) return {4, true};
   return {static_cast<int>(want), false};
 }
 
@@ -259,6 +277,16 @@ __device__ __forceinline__ float4 ld_cluster_f4(uint32_t addr, uint32_t rank) {
       : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
       : "r"(addr), "r"(rank)
       : "memory");
+  return v;
+}
+
+/// The chained pairs' flag: release store / acquire load at GPU scope.
+__device__ __forceinline__ void flag_release(unsigned long long* f, unsigned long long v) {
+  asm volatile("st.release.gpu.global.u64 [%0], %1;" ::"l"(f), "l"(v) : "memory");
+}
+__device__ __forceinline__ unsigned long long flag_acquire(const unsigned long long* f) {
+  unsigned long long v;
+  asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(f) : "memory");
   return v;
 }
 
@@ -558,19 +586,34 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int64_t row0 = tile0 * 16 + 8 * j;  // this lane's 8 rows of W
   const bool mine = row0 < p.n;
   const bool whole = row0 + 8 <= p.n;
-  const float global = S == Scale::e4m3 && !p.partial ? p.w.global[0] : 1.0f;
+  // Chained pairs (split 4): the first pair writes its half blocks' sums to p.partial and
+  // raises their flags; the second waits for its half's flag (the first pair was dispatched
+  // before it, so it runs or has finished: no deadlock), adds those sums before its own
+  // ((r0 + r1) + (r2 + r3): deterministic), lowers the flag for the next call and writes y.
+  const bool chain = ksplit && p.split > 2;
+  const bool chain_first = chain && blockIdx.z < 2;
+  const bool writes_y = !p.partial || (chain && !chain_first);
+  const float global = S == Scale::e4m3 && writes_y ? p.w.global[0] : 1.0f;
   const bool y_vec =
-      !p.partial && whole && reinterpret_cast<uintptr_t>(p.y) % 16 == 0 && p.y_stride % 8 == 0;
+      writes_y && whole && reinterpret_cast<uintptr_t>(p.y) % 16 == 0 && p.y_stride % 8 == 0;
   float bias[8];
 #pragma unroll
   for (int e = 0; e < 8; ++e)
-    bias[e] = p.bias && !p.partial && row0 + e < p.n
+    bias[e] = p.bias && writes_y && row0 + e < p.n
                   ? quant_cuda::load_any(p.bias, p.y_dtype, static_cast<uint64_t>(row0 + e))
                   : 0.0f;
   // Rows of x this block writes: all, or with two k-ranges in the cluster its half (both
   // tiles read through distributed shared memory and added in range order, as
   // medium::reduce_kernel adds the workspace's).
   const int share = ksplit ? kRowsX / 2 : kRowsX, c_end = static_cast<int>(zr + 1) * share;
+  unsigned long long* const flag =
+      chain ? p.flags + ((static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) * 2 + zr)
+            : nullptr;
+  if (chain && !chain_first) {
+    if (ct == 0)
+      while (flag_acquire(flag) != p.tag) __nanosleep(64);
+    asm volatile("bar.sync 1, 256;" ::: "memory");
+  }
   for (int cc = static_cast<int>(zr) * share + (ct >> 4); mine && cc < c_end && m0 + cc < p.m;
        cc += 16) {
     const int c = m0 + cc;
@@ -590,7 +633,28 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w;
     v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
-    if (p.partial) {  // more k-ranges: this one's partial sums
+    if (chain) {
+      float* sums = p.partial + static_cast<int64_t>(c) * p.n + row0;
+      const bool vec = whole && p.n % 4 == 0;
+      if (chain_first) {
+        if (vec) {
+          reinterpret_cast<float4*>(sums)[0] = lo;
+          reinterpret_cast<float4*>(sums)[1] = hi;
+        } else {
+          for (int e = 0; e < 8 && row0 + e < p.n; ++e) sums[e] = v[e];
+        }
+        continue;
+      }
+      if (vec) {
+        const float4 a = __ldcg(reinterpret_cast<const float4*>(sums));
+        const float4 b = __ldcg(reinterpret_cast<const float4*>(sums) + 1);
+        const float prev[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[e] = __fadd_rn(prev[e], v[e]);
+      } else {
+        for (int e = 0; e < 8 && row0 + e < p.n; ++e) v[e] = __fadd_rn(__ldcg(sums + e), v[e]);
+      }
+    } else if (p.partial) {  // more k-ranges: this one's partial sums
       float* dst = p.partial + (static_cast<int64_t>(blockIdx.z) * p.m + c) * p.n + row0;
       if (whole && p.n % 4 == 0) {
         reinterpret_cast<float4*>(dst)[0] = lo;
@@ -620,6 +684,17 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int e = 0; e < 8 && row0 + e < p.n; ++e)
         quant_cuda::store_any(p.y, p.y_dtype, static_cast<uint64_t>(c * p.y_stride + row0 + e),
                               v[e]);
+    }
+  }
+  if (chain) {
+    asm volatile("bar.sync 1, 256;" ::: "memory");  // every sum of this half block is written
+    if (ct == 0) {
+      if (chain_first) {
+        __threadfence();
+        flag_release(flag, p.tag);
+      } else {
+        *flag = 0ull;  // read: the next call's pairs find it lowered
+      }
     }
   }
   if (ksplit)
@@ -677,9 +752,11 @@ int max_pairs() {
 
 template <Code C, Scale S, int SL, bool kBf16, bool kZero, int RX>
 void launch(const Args& a, const CUtensorMap& x_map, cudaStream_t stream) {
-  if (a.cluster_split && a.split != 2)
+  if (a.cluster_split && a.split != 2 && (a.split != 4 || !a.flags))
     throw_error(ErrorCode::internal,
-                "matmul: ws_kernel adds 2 k-ranges in a cluster, not " + std::to_string(a.split));
+                "matmul: ws_kernel adds 2 k-ranges in a cluster or 4 in two "
+                "chained clusters, not " +
+                    std::to_string(a.split));
   const int64_t wblocks = (a.tiles + kTilesPerBlock - 1) / kTilesPerBlock;
   cudaLaunchAttribute cluster;
   cudaLaunchConfig_t cfg = ws_config<C, S, SL, kBf16, kZero, RX>(
