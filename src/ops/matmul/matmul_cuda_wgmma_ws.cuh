@@ -33,9 +33,12 @@
 //           (each asks for half of its rows, multicast to both); with two k-ranges where the
 //           grid is short of a wave, the two ranges of one block of W, whose sums are added
 //           inside the cluster through distributed shared memory (no partial sums in global
-//           memory, no second kernel); with more ranges, partial sums in the workspace added
-//           in order by medium::reduce_kernel. (Clusters of 4 or 8 blocks would do both, but
-//           the H100 runs only 30 / 15 of them at once: 120 of its 132 SMs.)
+//           memory, no second kernel); with four ranges, two such pairs, the first pair's
+//           sums handed to the second through the workspace under a flag per half block (the
+//           second adds them before its own and writes y: still no second kernel, and a
+//           quarter of the partial sums' traffic); with more ranges, partial sums in the
+//           workspace added in order by medium::reduce_kernel. (Clusters of 4 or 8 blocks would do
+//           both, but the H100 runs only 30 / 15 of them at once: 120 of its 132 SMs.)
 //   end   = through shared memory: the fragments into an f32 tile, then rows of y (or of the
 //           partial sums) 16 bytes per lane; with two ranges in a cluster each block adds
 //           half the rows of both tiles (range order: deterministic) and writes them.
@@ -52,7 +55,6 @@
 #pragma once
 
 #include <array>
-#include <cstdlib>
 
 #include "ops/matmul/matmul_cuda_wgmma.cuh"
 
@@ -127,8 +129,7 @@ inline WsSplit split_for(int64_t m, int64_t tiles, int64_t segments, int rows_x,
                                            std::clamp<int64_t>(segments / 4, 1, 16));
   if (want == 1) return {};
   if (want <= 3 && blocks <= max_pairs) return {2, true};
-  static const bool nochain = std::getenv("LOWBIT_WS_NOCHAIN") != nullptr;  // EXPERIMENT
-  if (!nochain && want <= 5 && blocks * 2 <= max_pairs) return {4, true};
+  if (want <= 5 && blocks * 2 <= max_pairs) return {4, true};
   return {static_cast<int>(want), false};
 }
 
