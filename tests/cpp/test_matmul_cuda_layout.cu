@@ -11,9 +11,12 @@
 //    the group index or the affine term shows up as an O(1) error.
 // GPU extras (skipped without a device): QuantizedLinear on CUDA picks the skinny kernel for a
 // few rows and the dequantize path for many from one prepared copy; runs are bit-identical
-// (determinism); block-scaled fp8 W8A8 (M a multiple of 4, which test_matmul's shapes are not).
+// (determinism); block-scaled fp8 W8A8 (M a multiple of 4, which test_matmul's shapes are not);
+// the ws kernels' chained cluster pairs replayed from a captured CUDA graph.
+#include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -440,6 +443,89 @@ TEST(MatmulCuda, BlockScaledFp8W8A8) {
       if (!(std::fabs(got - ref) <= 1e-5 * (std::fabs(ref) + std::sqrt(s2))) && bad++ < 5)
         ADD_FAILURE() << str("y[", i, ",", j, "] = ", got, " vs ", ref);
     }
+}
+
+/// The ws kernels' chained cluster pairs (four k-ranges: the first pair's sums handed to the
+/// second through the workspace under flags that the second lowers) replayed from a captured
+/// CUDA graph, which repeats the call's flag tag: each replay must wait for its own hand-over,
+/// so three replays over three different x give three right products (a flag left raised
+/// would let the second pair read the previous replay's sums). M = 64, N = 2048, K = 2304:
+/// 16 blocks of W, 18 segments, so select() splits K four ways on an H100.
+TEST(MatmulCuda, ChainedPairsReplayInACudaGraph) {
+  if (!have_gpu()) GTEST_SKIP() << "SKIPPED: no CUDA device";
+  std::mt19937_64 rng(17);
+  const Device gpu = Device::cuda(0);
+  const int64_t m = 64, n = 2048, k = 2304;
+  const QuantizedTensor wq =
+      quantize(random_f32({n, k}, rng, 0.5f), QuantScheme::parse("int4:block128"));
+  QuantizedTensor wd;
+  wd.scheme = wq.scheme;
+  wd.shape = wq.shape;
+  wd.codes = testing::to_device(wq.codes, gpu);
+  wd.scale = testing::to_device(wq.scale, gpu);
+  Tensor x = Tensor::empty({m, k}, Dtype::bf16, gpu), y = Tensor::empty({m, n}, Dtype::bf16, gpu);
+  const MatmulDesc d = MatmulDesc::for_views(y, x, wd.view());
+  const MatmulPlan plan = MatmulPlan::select(d);
+  if (plan.sku().kernel != "matmul_cuda_wgmma_ws64_tc")
+    GTEST_SKIP() << "SKIPPED: " << plan.sku().kernel
+                 << " runs here (not an sm_90a device or build)";
+  Tensor packed = Tensor::empty({prepared_bytes(plan)}, Dtype::u8, gpu);
+  prepare_weight(plan, wd.view(), packed);
+  Buffer ws(static_cast<int64_t>(std::max<size_t>(plan.workspace_size(), 1)), gpu);
+  const Stream stream = Stream::create(gpu);
+  const MatmulArgs args{x, {}, wd.view(), packed, {}, y};
+  const Tensor wdq = dequantize(wq.view(), Dtype::f32);
+  std::vector<Tensor> xs;
+  for (int r = 0; r < 4; ++r) {
+    Tensor xh = Tensor::empty({m, k}, Dtype::bf16);
+    std::normal_distribution<float> nd(0.f, 1.f);
+    for (int64_t i = 0; i < xh.numel(); ++i)
+      convert_detail::store_f32(xh.data(), Dtype::bf16, i, nd(rng), Saturation::none);
+    xs.push_back(std::move(xh));
+  }
+  auto upload = [&](const Tensor& xh) {
+    ASSERT_EQ(
+        cudaMemcpyAsync(x.data(), xh.data(), static_cast<size_t>(m * k * 2), cudaMemcpyHostToDevice,
+                        static_cast<cudaStream_t>(stream.native_handle())),
+        cudaSuccess);
+  };
+  auto check = [&](const Tensor& xh, int r) {
+    stream.synchronize();
+    const Tensor yh = testing::to_host(y);
+    int bad = 0;
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        double ref = 0, s2 = 0;
+        for (int64_t t = 0; t < k; ++t) {
+          const double pr =
+              static_cast<double>(convert_detail::load_f32(xh.data(), Dtype::bf16, i * k + t)) *
+              wdq.data_as<float>()[j * k + t];
+          ref += pr;
+          s2 += pr * pr;
+        }
+        const double got = convert_detail::load_f32(yh.data(), Dtype::bf16, i * n + j);
+        if (!(std::fabs(got - ref) <= 1e-2 * (std::fabs(ref) + std::sqrt(s2))) && bad++ < 5)
+          ADD_FAILURE() << str("replay ", r, ": y[", i, ",", j, "] = ", got, " vs ", ref);
+      }
+  };
+  // A plain run first (what a user does before capturing: the plan's one-time setup).
+  upload(xs[0]);
+  plan.run(stream, {ws.data(), plan.workspace_size()}, args);
+  check(xs[0], 0);
+  const auto cs = static_cast<cudaStream_t>(stream.native_handle());
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamBeginCapture(cs, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  plan.run(stream, {ws.data(), plan.workspace_size()}, args);
+  ASSERT_EQ(cudaStreamEndCapture(cs, &graph), cudaSuccess);
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  for (int r = 1; r < 4; ++r) {
+    upload(xs[static_cast<size_t>(r)]);
+    ASSERT_EQ(cudaGraphLaunch(exec, cs), cudaSuccess);
+    check(xs[static_cast<size_t>(r)], r);
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
 }
 
 }  // namespace
