@@ -362,6 +362,29 @@ TEST(MatmulCudaLayout, DeclinesWhatTheLayoutCannotHold) {
 
 bool have_gpu() { return cuda_device_count() > 0; }
 
+/// Failures (the first 5, named by `what`) where y [m][n] (host, any float dtype) strays from
+/// the f64 product of x [m][k] (host, any float dtype) and w^T (w [n][k] f32) by more than
+/// `tol` times |ref| plus the norm of the products.
+void expect_f64_product(const Tensor& xh, const Tensor& w, const Tensor& yh, double tol,
+                        const std::string& what) {
+  const int64_t m = yh.shape()[0], n = yh.shape()[1], k = w.shape()[1];
+  int bad = 0;
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double ref = 0, s2 = 0;
+      for (int64_t t = 0; t < k; ++t) {
+        const double pr =
+            static_cast<double>(convert_detail::load_f32(xh.data(), xh.dtype(), i * k + t)) *
+            w.data_as<float>()[j * k + t];
+        ref += pr;
+        s2 += pr * pr;
+      }
+      const double got = convert_detail::load_f32(yh.data(), yh.dtype(), i * n + j);
+      if (!(std::fabs(got - ref) <= tol * (std::fabs(ref) + std::sqrt(s2))) && bad++ < 5)
+        ADD_FAILURE() << str(what, "y[", i, ",", j, "] = ", got, " vs ", ref);
+    }
+}
+
 TEST(MatmulCuda, QuantizedLinearSharesOnePreparedWeight) {
   if (!have_gpu()) GTEST_SKIP() << "SKIPPED: no CUDA device";
   std::mt19937_64 rng(9);
@@ -428,21 +451,8 @@ TEST(MatmulCuda, BlockScaledFp8W8A8) {
   plan.run(stream, {ws.data(), plan.workspace_size()}, {{}, xd.view(), wd.view(), {}, {}, y});
   stream.synchronize();
   const Tensor yh = testing::to_host(y);
-  const Tensor wdq = dequantize(wq.view(), Dtype::f32), xdq = dequantize(xq.view(), Dtype::f32);
-  int bad = 0;
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = 0; j < n; ++j) {
-      double ref = 0, s2 = 0;
-      for (int64_t t = 0; t < k; ++t) {
-        const double pr =
-            static_cast<double>(xdq.data_as<float>()[i * k + t]) * wdq.data_as<float>()[j * k + t];
-        ref += pr;
-        s2 += pr * pr;
-      }
-      const double got = yh.data_as<float>()[i * n + j];
-      if (!(std::fabs(got - ref) <= 1e-5 * (std::fabs(ref) + std::sqrt(s2))) && bad++ < 5)
-        ADD_FAILURE() << str("y[", i, ",", j, "] = ", got, " vs ", ref);
-    }
+  expect_f64_product(dequantize(xq.view(), Dtype::f32), dequantize(wq.view(), Dtype::f32), yh, 1e-5,
+                     "");
 }
 
 /// The ws kernels' chained cluster pairs (four k-ranges: the first pair's sums handed to the
@@ -491,22 +501,7 @@ TEST(MatmulCuda, ChainedPairsReplayInACudaGraph) {
   };
   auto check = [&](const Tensor& xh, int r) {
     stream.synchronize();
-    const Tensor yh = testing::to_host(y);
-    int bad = 0;
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < n; ++j) {
-        double ref = 0, s2 = 0;
-        for (int64_t t = 0; t < k; ++t) {
-          const double pr =
-              static_cast<double>(convert_detail::load_f32(xh.data(), Dtype::bf16, i * k + t)) *
-              wdq.data_as<float>()[j * k + t];
-          ref += pr;
-          s2 += pr * pr;
-        }
-        const double got = convert_detail::load_f32(yh.data(), Dtype::bf16, i * n + j);
-        if (!(std::fabs(got - ref) <= 1e-2 * (std::fabs(ref) + std::sqrt(s2))) && bad++ < 5)
-          ADD_FAILURE() << str("replay ", r, ": y[", i, ",", j, "] = ", got, " vs ", ref);
-      }
+    expect_f64_product(xh, wdq, testing::to_host(y), 1e-2, str("replay ", r, ": "));
   };
   // A plain run first (what a user does before capturing: the plan's one-time setup).
   upload(xs[0]);

@@ -156,9 +156,8 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
     const mm_cuda::TcPlan tp = mm_cuda::tc_plan(d);
     const wgmma_ws::WsSplit sp = split_of(d, tp);
     const size_t base = medium::workspace_bytes(d, sp.workspace_ranges());
-    if (!sp.chained()) return base;
-    return mm_cuda::align_up(base, 256) +
-           wgmma_ws::chain_bytes(d.m, d.n, tp.layout.tiles, rows_x());
+    return sp.chained() ? wgmma_ws::chain_area(base, d.m, d.n, tp.layout.tiles, rows_x()).end
+                        : base;
   }
 
   void run(const MatmulDesc& d, const MatmulArgs& a, const Stream& stream,
@@ -175,12 +174,10 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
     wa.split = sp.split;
     wa.cluster_split = sp.in_cluster;
     if (sp.chained()) {  // after what args_for uses: the flags, then the first pair's sums
-      uint8_t* chain = static_cast<uint8_t*>(ws.data) +
-                       mm_cuda::align_up(medium::workspace_bytes(d, sp.workspace_ranges()), 256);
-      wa.flags = reinterpret_cast<unsigned long long*>(chain);
-      wa.partial = reinterpret_cast<float*>(
-          chain +
-          mm_cuda::align_up(wgmma_ws::chain_flag_count(d.m, tp.layout.tiles, rows_x()) * 8, 256));
+      const wgmma_ws::ChainArea ca = wgmma_ws::chain_area(
+          medium::workspace_bytes(d, sp.workspace_ranges()), d.m, d.n, tp.layout.tiles, rows_x());
+      wa.flags = reinterpret_cast<unsigned long long*>(static_cast<uint8_t*>(ws.data) + ca.flags);
+      wa.partial = reinterpret_cast<float*>(static_cast<uint8_t*>(ws.data) + ca.sums);
       wa.tag = chain_tag();
     }
     const CUtensorMap x_map = x_tensor_map(wa.x, d.m, d.k, wa.x_stride, box_rows());

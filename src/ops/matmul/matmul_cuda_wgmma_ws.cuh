@@ -54,8 +54,6 @@
 // Measured (H100, BENCHMARKS.md): 4-11% less time at M = 48-128.
 #pragma once
 
-#include <array>
-
 #include "ops/matmul/matmul_cuda_wgmma.cuh"
 
 namespace lowbit::wgmma_ws {
@@ -106,14 +104,19 @@ struct WsSplit {
   bool chained() const { return in_cluster && split > 2; }
 };
 
-/// The chained pairs' workspace: a flag per half block, then the first pair's [m][n] f32 sums.
-inline size_t chain_flag_count(int64_t m, int64_t tiles, int rows_x) {
-  return static_cast<size_t>((m + rows_x - 1) / rows_x) *
-         static_cast<size_t>((tiles + kTilesPerBlock - 1) / kTilesPerBlock) * 2;
-}
-inline size_t chain_bytes(int64_t m, int64_t n, int64_t tiles, int rows_x) {
-  return (chain_flag_count(m, tiles, rows_x) * 8 + 255) / 256 * 256 +
-         static_cast<size_t>(m) * static_cast<size_t>(n) * 4;
+/// Where the chained pairs' part of the workspace lies, in bytes from its start, after the
+/// `used` bytes of the rest: a flag per half block, then the first pair's [m][n] f32 sums.
+struct ChainArea {
+  size_t flags = 0, sums = 0, end = 0;
+};
+inline ChainArea chain_area(size_t used, int64_t m, int64_t n, int64_t tiles, int rows_x) {
+  const size_t flags = static_cast<size_t>((m + rows_x - 1) / rows_x) *
+                       static_cast<size_t>((tiles + kTilesPerBlock - 1) / kTilesPerBlock) * 2;
+  ChainArea a;
+  a.flags = (used + 255) / 256 * 256;
+  a.sums = a.flags + (flags * 8 + 255) / 256 * 256;
+  a.end = a.sums + static_cast<size_t>(m) * static_cast<size_t>(n) * 4;
+  return a;
 }
 
 /// k-ranges only where the grid is short of one wave of `slots` (each at least 4 segments):
@@ -357,7 +360,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       const uint32_t bar = full + 8u * st;
       const int s = s_begin + i;
       async::mbar_expect_tx(bar, kStageBytes);
-      // This block's half of x's rows, both 64-k halves, into both blocks.
       // x's rows in two boxes (the tensor map's): this block's half into both blocks of a W
       // pair, or both halves into this block alone.
       for (uint32_t h = ksplit ? 0 : yr; h < (ksplit ? 2u : yr + 1); ++h) {
@@ -634,19 +636,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w;
     v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
-    if (chain) {
-      float* sums = p.partial + static_cast<int64_t>(c) * p.n + row0;
-      const bool vec = whole && p.n % 4 == 0;
-      if (chain_first) {
-        if (vec) {
-          reinterpret_cast<float4*>(sums)[0] = lo;
-          reinterpret_cast<float4*>(sums)[1] = hi;
-        } else {
-          for (int e = 0; e < 8 && row0 + e < p.n; ++e) sums[e] = v[e];
-        }
-        continue;
-      }
-      if (vec) {
+    if (writes_y && chain) {  // the second pair: the first pair's sums, then its own
+      const float* sums = p.partial + static_cast<int64_t>(c) * p.n + row0;
+      if (whole && p.n % 4 == 0) {
         const float4 a = __ldcg(reinterpret_cast<const float4*>(sums));
         const float4 b = __ldcg(reinterpret_cast<const float4*>(sums) + 1);
         const float prev[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
@@ -655,8 +647,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       } else {
         for (int e = 0; e < 8 && row0 + e < p.n; ++e) v[e] = __fadd_rn(__ldcg(sums + e), v[e]);
       }
-    } else if (p.partial) {  // more k-ranges: this one's partial sums
-      float* dst = p.partial + (static_cast<int64_t>(blockIdx.z) * p.m + c) * p.n + row0;
+    } else if (!writes_y) {  // this range's partial sums (the first pair's: one [m][n] slice)
+      const int64_t slice = chain ? 0 : blockIdx.z;
+      float* dst = p.partial + (slice * p.m + c) * p.n + row0;
       if (whole && p.n % 4 == 0) {
         reinterpret_cast<float4*>(dst)[0] = lo;
         reinterpret_cast<float4*>(dst)[1] = hi;
