@@ -470,8 +470,11 @@ void launch(const Args& a, int64_t tiles, int sms, cudaStream_t stream) {
   const int64_t mblocks = (a.m + 8 * NT - 1) / (8 * NT);
   const int64_t tblocks = (tiles + TM - 1) / TM;
   const int64_t slots = static_cast<int64_t>(sms) * per_sm;
-  const int split = static_cast<int>(std::clamp<int64_t>(
+  int split = static_cast<int>(std::clamp<int64_t>(
       slots / (tblocks * mblocks), 1, std::min<int64_t>(kMaxThreads<TM> / 32, a.w.segments)));
+  // Whole blocks share a multiprocessor: with per_sm / split of them per SM the grid must still
+  // fit in one wave (19 warps per SM and 600 blocks: 4 warps each would fit only 528).
+  while (split > 1 && tblocks * mblocks > static_cast<int64_t>(sms) * (per_sm / split)) --split;
   const size_t smem = static_cast<size_t>(split - 1) * TM * NT * 4 * 32 * 4 +
                       (kStageX ? static_cast<size_t>(split) * 2 * kXStageBytes<NT> : 0);
   const dim3 grid(static_cast<unsigned>(tblocks), static_cast<unsigned>(mblocks));
