@@ -55,6 +55,12 @@
 #pragma once
 
 #include "ops/matmul/matmul_cuda_wgmma.cuh"
+#ifdef LOWBIT_WS_TRACE
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+#endif
 
 namespace lowbit::wgmma_ws {
 
@@ -299,6 +305,99 @@ __device__ __forceinline__ void lds64(uint32_t addr, uint32_t& a, uint32_t& b) {
   asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(a), "=r"(b) : "r"(addr));
 }
 
+/// The epilogue's rare cases are loops kept rolled (see the row loop; calls would make ptxas
+/// spill), picking their element by selects (an indexed array would live in local memory).
+__device__ __forceinline__ float pick8(const float (&v)[8], int e) {
+  float x = v[7];
+#pragma unroll
+  for (int i = 6; i >= 0; --i) x = e == i ? v[i] : x;
+  return x;
+}
+
+/// A row's first `count` (< 8) f32 sums.
+__device__ __forceinline__ void store_f32_tail(float* dst, const float (&v)[8], int count) {
+#pragma unroll 1
+  for (int e = 0; e < 8 && e < count; ++e) dst[e] = pick8(v, e);
+}
+
+/// y = (sums of the first chained pair, if any, + v) · global (+ bias), rounded once: row c's
+/// 8 outputs from row0 as one 16-byte store (y 16-byte aligned, all 8 rows inside N).
+__device__ __forceinline__ void store_y8(const Args& p, int c, int64_t row0, float (&v)[8],
+                                         const float* sums, float global, const float (&bias)[8]) {
+  if (sums) {  // the second pair: the first pair's sums, then its own
+    if (p.n % 4 == 0) {
+      const float4 a = __ldcg(reinterpret_cast<const float4*>(sums));
+      const float4 b = __ldcg(reinterpret_cast<const float4*>(sums) + 1);
+      const float prev[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[e] = __fadd_rn(prev[e], v[e]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[e] = __fadd_rn(__ldcg(sums + e), v[e]);
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {  // store_result's arithmetic, unfused
+    v[e] = __fmul_rn(v[e], global);
+    if (p.bias) v[e] = __fadd_rn(v[e], bias[e]);
+  }
+  uint32_t w[4];
+  if (p.y_dtype == Dtype::bf16) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) w[e] = quant_cuda::bf16x2_rn(v[2 * e], v[2 * e + 1]);
+  } else {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) w[e] = quant_cuda::f16x2_rn(v[2 * e], v[2 * e + 1]);
+  }
+  uint16_t* const dst = static_cast<uint16_t*>(p.y) + static_cast<int64_t>(c) * p.y_stride + row0;
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(dst), "r"(w[0]), "r"(w[1]),
+               "r"(w[2]), "r"(w[3])
+               : "memory");
+}
+
+/// store_y8's arithmetic for the rows of a block past N, or y not 16-byte aligned (any dtype).
+__device__ __forceinline__ void store_y_tail(const Args& p, int c, int64_t row0,
+                                             const float (&v)[8], const float* sums, float global) {
+#pragma unroll 1
+  for (int e = 0; e < 8 && row0 + e < p.n; ++e) {
+    float x = pick8(v, e);
+    if (sums) x = __fadd_rn(__ldcg(sums + e), x);
+    x = __fmul_rn(x, global);
+    if (p.bias)
+      x = __fadd_rn(x, quant_cuda::load_any(p.bias, p.y_dtype, static_cast<uint64_t>(row0 + e)));
+    quant_cuda::store_any(p.y, p.y_dtype, static_cast<uint64_t>(c * p.y_stride + row0 + e), x);
+  }
+}
+
+#ifdef LOWBIT_WS_TRACE
+// Diagnostics, compiled in only with -DLOWBIT_WS_TRACE (CUDAFLAGS at configure time) and
+// printed per launch under LOWBIT_WS_TRACE=1: per-block clock marks at the kernel's phases
+// (entry, cluster barrier, first stage, each consumer warpgroup's loop end, the epilogue's
+// barriers, its end), their mean cycles, and the blocks' placement on the SMs. This is how the
+// epilogue's 15 us per block was found (BENCHMARKS.md, session 14).
+static __device__ unsigned long long g_ws_trace[8192][16];
+// slots 0..7: clock64 at the marks; 8 / 9: globaltimer at marks 0 / 7; 10: smid.
+__device__ __forceinline__ void ws_mark(int slot) {
+  const unsigned cta = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+  if (cta >= 8192) return;
+  g_ws_trace[cta][slot] = clock64();
+  if (slot == 0 || slot == 7) {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    g_ws_trace[cta][slot == 0 ? 8 : 9] = t;
+  }
+  if (slot == 0) {
+    unsigned sm;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+    g_ws_trace[cta][10] = sm;
+  }
+}
+#define WS_MARK(cond, slot) \
+  if (cond) ws_mark(slot)
+#else
+#define WS_MARK(cond, slot)
+#endif
+
 template <Code C, Scale S, int kStepsLog2, bool kBf16, bool kZero, int RX>
 __global__ void __launch_bounds__(kThreads, 1)
     ws_kernel(Args p, const __grid_constant__ CUtensorMap x_map) {
@@ -313,6 +412,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t empty = full + 8 * kStages;           // kStages barriers: stage s consumed
 
   const int tid = static_cast<int>(threadIdx.x);
+  WS_MARK(tid == 0, 0);
   const int m0 = static_cast<int>(blockIdx.x) * kRowsX;
   const int64_t tile0 = static_cast<int64_t>(blockIdx.y) * kTilesPerBlock;
   const int segs = static_cast<int>(p.w.segments);
@@ -338,6 +438,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     async::mbar_init_fence();
   }
   cluster_sync();  // both blocks' barriers exist before either copies into the other
+  WS_MARK(tid == 0, 1);
 
   // Every thread of the cluster meets at its barrier once at the end (twice more with
   // k-ranges: the tiles are written; the tiles are read).
@@ -489,6 +590,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   Words o;
   async::mbar_wait(full, 0);
+  WS_MARK(tid == 128, 2);
   load_words(0, 0, o);
   if constexpr (kFlush)
     decode_unit_int(0, o, sc[0][0], sc[0][1], a0, fs0);
@@ -565,6 +667,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   wgmma::wgmma_wait<0>();
   wgmma::fence_acc(acc);
+  WS_MARK(tid == 128, 3);
+  WS_MARK(tid == 256, 4);
   cluster_arrive();  // this block is done with the other's barriers and stages
 
   // The epilogue goes through shared memory (free once both consumer warpgroups are past
@@ -573,6 +677,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // lane, 16 bytes at once. Storing the fragments directly (2-byte stores, half a 32-byte
   // sector each) took 0.5 ms for a 58 MB y on the H100.
   asm volatile("bar.sync 1, 256;" ::: "memory");
+  WS_MARK(tid == 128, 5);
   float* const tile = reinterpret_cast<float*>(smem_raw + (base - raw));
   // acc[4 t + e] is row (of W) 16 warp + r + 8 (e / 2), column (row of x) 8 t + 2 q + e % 2.
 #pragma unroll
@@ -581,6 +686,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int e = 0; e < 4; ++e)
       tile[(8 * t + 2 * q + (e & 1)) * kOutStride + 16 * warp + r + 8 * (e >> 1)] = acc[4 * t + e];
   asm volatile("bar.sync 1, 256;" ::: "memory");
+  WS_MARK(tid == 128, 6);
   if (ksplit) {  // both blocks of the cluster have written their tiles
     cluster_wait();
     cluster_sync();
@@ -636,48 +742,25 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w;
     v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
-    if (writes_y && chain) {  // the second pair: the first pair's sums, then its own
-      const float* sums = p.partial + static_cast<int64_t>(c) * p.n + row0;
-      if (whole && p.n % 4 == 0) {
-        const float4 a = __ldcg(reinterpret_cast<const float4*>(sums));
-        const float4 b = __ldcg(reinterpret_cast<const float4*>(sums) + 1);
-        const float prev[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-#pragma unroll
-        for (int e = 0; e < 8; ++e) v[e] = __fadd_rn(prev[e], v[e]);
-      } else {
-        for (int e = 0; e < 8 && row0 + e < p.n; ++e) v[e] = __fadd_rn(__ldcg(sums + e), v[e]);
-      }
-    } else if (!writes_y) {  // this range's partial sums (the first pair's: one [m][n] slice)
+    // Only the common cases are written out here; the rest are calls. (Inlined, every variant
+    // made this loop ~2000 instructions whose instruction-cache misses took 15 us per block:
+    // 28% of a block's time at K = 4096.)
+    if (!writes_y) {  // this range's partial sums (the first pair's: one [m][n] slice)
       const int64_t slice = chain ? 0 : blockIdx.z;
       float* dst = p.partial + (slice * p.m + c) * p.n + row0;
       if (whole && p.n % 4 == 0) {
         reinterpret_cast<float4*>(dst)[0] = lo;
         reinterpret_cast<float4*>(dst)[1] = hi;
       } else {
-        for (int e = 0; e < 8 && row0 + e < p.n; ++e) dst[e] = v[e];
+        store_f32_tail(dst, v, static_cast<int>(p.n - row0));
       }
       continue;
     }
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {  // store_result's arithmetic, unfused
-      v[e] = __fmul_rn(v[e], global);
-      if (p.bias) v[e] = __fadd_rn(v[e], bias[e]);
-    }
+    const float* const sums = chain ? p.partial + static_cast<int64_t>(c) * p.n + row0 : nullptr;
     if (y_vec) {
-      uint32_t w[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const bool bf = p.y_dtype == Dtype::bf16;
-        const uint32_t a = bf ? f32_to_bf16(v[2 * e]) : f32_to_f16(v[2 * e]);
-        const uint32_t b = bf ? f32_to_bf16(v[2 * e + 1]) : f32_to_f16(v[2 * e + 1]);
-        w[e] = a | (b << 16);
-      }
-      *reinterpret_cast<uint4*>(static_cast<uint16_t*>(p.y) + c * p.y_stride + row0) =
-          make_uint4(w[0], w[1], w[2], w[3]);
+      store_y8(p, c, row0, v, sums, global, bias);
     } else {
-      for (int e = 0; e < 8 && row0 + e < p.n; ++e)
-        quant_cuda::store_any(p.y, p.y_dtype, static_cast<uint64_t>(c * p.y_stride + row0 + e),
-                              v[e]);
+      store_y_tail(p, c, row0, v, sums, global);
     }
   }
   if (chain) {
@@ -691,6 +774,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
   }
+  WS_MARK(tid == 128, 7);
   if (ksplit)
     cluster_sync();  // no block leaves while the other reads its tile
   else
@@ -744,6 +828,53 @@ int max_pairs() {
   return count;
 }
 
+#ifdef LOWBIT_WS_TRACE
+static void ws_trace_report(dim3 g, cudaStream_t stream) {
+  cudaStreamSynchronize(stream);
+  const int n = static_cast<int>(std::min<unsigned>(g.x * g.y * g.z, 8192u));
+  std::vector<unsigned long long> t(static_cast<size_t>(n) * 16);
+  cudaMemcpyFromSymbol(t.data(), g_ws_trace, t.size() * 8);
+  // entry->csync, ->first stage, ->WG1 loop end, WG2 end - WG1 end, WG1 end->bar1, ->tiles, ->y
+  double ph[7] = {0, 0, 0, 0, 0, 0, 0};
+  unsigned long long t0 = ~0ull, t1 = 0;
+  double life = 0;
+  std::vector<std::vector<std::pair<unsigned long long, unsigned long long>>> sm(256);
+  for (int i = 0; i < n; ++i) {
+    const unsigned long long* r = &t[static_cast<size_t>(i) * 16];
+    ph[0] += static_cast<double>(r[1] - r[0]);
+    ph[1] += static_cast<double>(r[2] - r[1]);
+    ph[2] += static_cast<double>(r[3] - r[2]);
+    ph[3] += static_cast<double>(static_cast<long long>(r[4] - r[3]));
+    ph[4] += static_cast<double>(r[5] - r[3]);
+    ph[5] += static_cast<double>(r[6] - r[5]);
+    ph[6] += static_cast<double>(r[7] - r[6]);
+    t0 = std::min(t0, r[8]);
+    t1 = std::max(t1, r[9]);
+    life += static_cast<double>(r[9] - r[8]);
+    sm[r[10] % 256].push_back({r[8], r[9]});
+  }
+  double gaps = 0, last = 0;
+  int ngaps = 0, nsm = 0;
+  for (auto& v : sm) {
+    if (v.empty()) continue;
+    ++nsm;
+    std::sort(v.begin(), v.end());
+    last += static_cast<double>(t1 - v.back().second);
+    for (size_t j = 1; j < v.size(); ++j) {
+      gaps += static_cast<double>(v[j].first) - static_cast<double>(v[j - 1].second);
+      ++ngaps;
+    }
+  }
+  std::fprintf(stderr,
+               "ws_trace: %d blocks / %d SMs, span %.1f us, life %.2f us; cycles: csync %.0f, "
+               "first stage %.0f, loop %.0f, WG2-WG1 end %.0f, ->bar1 %.0f, tiles %.0f, y %.0f; "
+               "gap %.2f us, idle after last %.2f us\n",
+               n, nsm, (t1 - t0) / 1e3, life / n / 1e3, ph[0] / n, ph[1] / n, ph[2] / n, ph[3] / n,
+               ph[4] / n, ph[5] / n, ph[6] / n, ngaps ? gaps / ngaps / 1e3 : 0.0,
+               nsm ? last / nsm / 1e3 : 0.0);
+}
+#endif
+
 template <Code C, Scale S, int SL, bool kBf16, bool kZero, int RX>
 void launch(const Args& a, const CUtensorMap& x_map, cudaStream_t stream) {
   if (a.cluster_split && a.split != 2 && (a.split != 4 || !a.flags))
@@ -759,6 +890,9 @@ void launch(const Args& a, const CUtensorMap& x_map, cudaStream_t stream) {
   cfg.stream = stream;
   mm_cuda::check_cuda(cudaLaunchKernelEx(&cfg, &ws_kernel<C, S, SL, kBf16, kZero, RX>, a, x_map),
                       "matmul: ws_kernel launch");
+#ifdef LOWBIT_WS_TRACE
+  if (std::getenv("LOWBIT_WS_TRACE")) ws_trace_report(cfg.gridDim, stream);
+#endif
   if (a.split > 1 && !a.cluster_split) medium::launch_reduce(a, stream);
 }
 
