@@ -222,6 +222,23 @@ inline void decode_pair_host(uint32_t word, int p, float& lo, float& hi) {
 }
 
 #if defined(__CUDACC__)
+/// a - b for two 16-bit values of x's dtype (bf16 or f16), one rounding (exact where the
+/// decoders use it).
+template <bool kBf16>
+__device__ __forceinline__ uint32_t sub2(uint32_t a, uint32_t b) {
+  uint32_t r;
+  if constexpr (kBf16) {
+    const __nv_bfloat162 v = __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&a),
+                                     *reinterpret_cast<const __nv_bfloat162*>(&b));
+    r = *reinterpret_cast<const uint32_t*>(&v);
+  } else {
+    const __half2 v =
+        __hsub2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b));
+    r = *reinterpret_cast<const uint32_t*>(&v);
+  }
+  return r;
+}
+
 /// Device decode: the A register (two 16-bit operands, low = smaller k) of pair p.
 template <Code C, bool kBf16>
 __device__ __forceinline__ uint32_t decode_pair(uint32_t word, int p) {
@@ -233,17 +250,7 @@ __device__ __forceinline__ uint32_t decode_pair(uint32_t word, int p) {
     asm("lop3.b32 %0, %1, %2, %3, 0xea;"
         : "=r"(pat)
         : "r"(word >> (4 * p)), "n"(0x000f000f), "n"(kBf16 ? 0x43004300 : 0x64006400));
-    if constexpr (kBf16) {
-      const uint32_t k136 = 0x43084308u;  // (136, 136) as bf16
-      const __nv_bfloat162 v = __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&pat),
-                                       *reinterpret_cast<const __nv_bfloat162*>(&k136));
-      r = *reinterpret_cast<const uint32_t*>(&v);
-    } else {
-      const uint32_t k1032 = 0x64086408u;  // (1032, 1032) as f16
-      const __half2 v = __hsub2(*reinterpret_cast<const __half2*>(&pat),
-                                *reinterpret_cast<const __half2*>(&k1032));
-      r = *reinterpret_cast<const uint32_t*>(&v);
-    }
+    r = sub2<kBf16>(pat, kBf16 ? 0x43084308u : 0x64086408u);  // minus (136, 136) / (1032, 1032)
   } else if constexpr (C == Code::fp4) {
     const uint32_t pat = pattern4<C, kBf16>(word, p);
     if constexpr (kBf16) {
@@ -262,16 +269,11 @@ __device__ __forceinline__ uint32_t decode_pair(uint32_t word, int p) {
     // masks and one bf16 subtraction, against two f32 subtractions and a pack before.
     const uint32_t t = byte_perm(word, 0x43434343u, p ? 0x4342u : 0x4140u);
     const uint32_t low = t & 0xff7fff7fu, sign = t & 0xff80ff80u;
-    const __nv_bfloat162 v = __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&low),
-                                     *reinterpret_cast<const __nv_bfloat162*>(&sign));
-    r = *reinterpret_cast<const uint32_t*>(&v);
+    r = sub2<true>(low, sign);
   } else if constexpr (!kBf16 && (C == Code::i8 || C == Code::e5m2)) {
     const uint32_t pat = pattern8_f16<C>(word, p);
     if constexpr (C == Code::i8) {
-      const uint32_t k1152 = 0x64806480u;  // (1152, 1152) as f16
-      const __half2 v = __hsub2(*reinterpret_cast<const __half2*>(&pat),
-                                *reinterpret_cast<const __half2*>(&k1152));
-      r = *reinterpret_cast<const uint32_t*>(&v);
+      r = sub2<false>(pat, 0x64806480u);  // minus (1152, 1152) as f16
     } else {
       r = pat;
     }

@@ -170,22 +170,6 @@ __device__ __forceinline__ uint32_t pack_rn(float lo, float hi) {
   }
 }
 
-/// a - b for two 16-bit values of x's dtype (exact where the callers use it).
-template <bool kBf16>
-__device__ __forceinline__ uint32_t sub2(uint32_t a, uint32_t b) {
-  uint32_t r;
-  if constexpr (kBf16) {
-    const __nv_bfloat162 v = __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&a),
-                                     *reinterpret_cast<const __nv_bfloat162*>(&b));
-    r = *reinterpret_cast<const uint32_t*>(&v);
-  } else {
-    const __half2 v =
-        __hsub2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b));
-    r = *reinterpret_cast<const uint32_t*>(&v);
-  }
-  return r;
-}
-
 /// A scale group as the decode uses it: integer formats s and c = 136 + z (f32); e2m1
 /// formats the block scale as a 16-bit pair in x's dtype (exact) and as f32.
 struct Group {

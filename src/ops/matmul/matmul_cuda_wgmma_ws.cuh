@@ -55,11 +55,10 @@
 #pragma once
 
 #include "ops/matmul/matmul_cuda_wgmma.cuh"
-#ifdef LOWBIT_WS_TRACE
-#include <algorithm>
-#include <cstdio>
-#include <cstdlib>
-#include <vector>
+#ifdef LOWBIT_WS_TRACE  // diagnostics: the per-block phase trace
+#include "ops/matmul/matmul_cuda_wgmma_ws_trace.cuh"
+#else
+#define WS_MARK(cond, slot)
 #endif
 
 namespace lowbit::wgmma_ws {
@@ -314,7 +313,7 @@ __device__ __forceinline__ float pick8(const float (&v)[8], int e) {
   return x;
 }
 
-/// A row's first `count` (< 8) f32 sums.
+/// A row's first `count` (<= 8) f32 sums.
 __device__ __forceinline__ void store_f32_tail(float* dst, const float (&v)[8], int count) {
 #pragma unroll 1
   for (int e = 0; e < 8 && e < count; ++e) dst[e] = pick8(v, e);
@@ -368,35 +367,6 @@ __device__ __forceinline__ void store_y_tail(const Args& p, int c, int64_t row0,
     quant_cuda::store_any(p.y, p.y_dtype, static_cast<uint64_t>(c * p.y_stride + row0 + e), x);
   }
 }
-
-#ifdef LOWBIT_WS_TRACE
-// Diagnostics, compiled in only with -DLOWBIT_WS_TRACE (CUDAFLAGS at configure time) and
-// printed per launch under LOWBIT_WS_TRACE=1: per-block clock marks at the kernel's phases
-// (entry, cluster barrier, first stage, each consumer warpgroup's loop end, the epilogue's
-// barriers, its end), their mean cycles, and the blocks' placement on the SMs. This is how the
-// epilogue's 15 us per block was found (BENCHMARKS.md, session 14).
-static __device__ unsigned long long g_ws_trace[8192][16];
-// slots 0..7: clock64 at the marks; 8 / 9: globaltimer at marks 0 / 7; 10: smid.
-__device__ __forceinline__ void ws_mark(int slot) {
-  const unsigned cta = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
-  if (cta >= 8192) return;
-  g_ws_trace[cta][slot] = clock64();
-  if (slot == 0 || slot == 7) {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    g_ws_trace[cta][slot == 0 ? 8 : 9] = t;
-  }
-  if (slot == 0) {
-    unsigned sm;
-    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
-    g_ws_trace[cta][10] = sm;
-  }
-}
-#define WS_MARK(cond, slot) \
-  if (cond) ws_mark(slot)
-#else
-#define WS_MARK(cond, slot)
-#endif
 
 template <Code C, Scale S, int kStepsLog2, bool kBf16, bool kZero, int RX>
 __global__ void __launch_bounds__(kThreads, 1)
@@ -528,11 +498,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   // accumulator. The 256-row tiling has no registers for a second tile.
   constexpr bool kFlush = RX == 64 && C == Code::u4 && S == Scale::integer && kStepsLog2 >= 2;
   auto decode_int = [&](uint32_t t, uint32_t z2) {
-    constexpr uint32_t kMagic = kBf16 ? 0x43004300u : 0x64006400u;  // 128 + u / 1024 + u
-    constexpr uint32_t kBias = kBf16 ? 0x43084308u : 0x64086408u;   // 136 / 1032
-    uint32_t v = wgmma::lop3_and_or(t, 0x000f000fu, kMagic);
-    v = wgmma::sub2<kBf16>(v, kBias);  // u - 8, exact
-    if constexpr (kZero) v = wgmma::sub2<kBf16>(v, z2);
+    uint32_t v = tc::decode_pair<Code::u4, kBf16>(t, 0);  // u - 8, exact (the skinny decode)
+    if constexpr (kZero) v = tc::sub2<kBf16>(v, z2);
     return v;
   };
   auto decode_unit_int = [&](int unit, const Words& o, const tc::SegScales& s0,
@@ -742,9 +709,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w;
     v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
-    // Only the common cases are written out here; the rest are calls. (Inlined, every variant
-    // made this loop ~2000 instructions whose instruction-cache misses took 15 us per block:
-    // 28% of a block's time at K = 4096.)
+    // Only the common cases are written out here; the rest are rolled loops. (With every
+    // variant unrolled this loop was ~2000 instructions and took 15 us per block: 28% of a
+    // block's time at K = 4096.)
     if (!writes_y) {  // this range's partial sums (the first pair's: one [m][n] slice)
       const int64_t slice = chain ? 0 : blockIdx.z;
       float* dst = p.partial + (slice * p.m + c) * p.n + row0;
@@ -752,7 +719,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         reinterpret_cast<float4*>(dst)[0] = lo;
         reinterpret_cast<float4*>(dst)[1] = hi;
       } else {
-        store_f32_tail(dst, v, static_cast<int>(p.n - row0));
+        store_f32_tail(dst, v, static_cast<int>(std::min<int64_t>(8, p.n - row0)));
       }
       continue;
     }
@@ -827,53 +794,6 @@ int max_pairs() {
   }();
   return count;
 }
-
-#ifdef LOWBIT_WS_TRACE
-static void ws_trace_report(dim3 g, cudaStream_t stream) {
-  cudaStreamSynchronize(stream);
-  const int n = static_cast<int>(std::min<unsigned>(g.x * g.y * g.z, 8192u));
-  std::vector<unsigned long long> t(static_cast<size_t>(n) * 16);
-  cudaMemcpyFromSymbol(t.data(), g_ws_trace, t.size() * 8);
-  // entry->csync, ->first stage, ->WG1 loop end, WG2 end - WG1 end, WG1 end->bar1, ->tiles, ->y
-  double ph[7] = {0, 0, 0, 0, 0, 0, 0};
-  unsigned long long t0 = ~0ull, t1 = 0;
-  double life = 0;
-  std::vector<std::vector<std::pair<unsigned long long, unsigned long long>>> sm(256);
-  for (int i = 0; i < n; ++i) {
-    const unsigned long long* r = &t[static_cast<size_t>(i) * 16];
-    ph[0] += static_cast<double>(r[1] - r[0]);
-    ph[1] += static_cast<double>(r[2] - r[1]);
-    ph[2] += static_cast<double>(r[3] - r[2]);
-    ph[3] += static_cast<double>(static_cast<long long>(r[4] - r[3]));
-    ph[4] += static_cast<double>(r[5] - r[3]);
-    ph[5] += static_cast<double>(r[6] - r[5]);
-    ph[6] += static_cast<double>(r[7] - r[6]);
-    t0 = std::min(t0, r[8]);
-    t1 = std::max(t1, r[9]);
-    life += static_cast<double>(r[9] - r[8]);
-    sm[r[10] % 256].push_back({r[8], r[9]});
-  }
-  double gaps = 0, last = 0;
-  int ngaps = 0, nsm = 0;
-  for (auto& v : sm) {
-    if (v.empty()) continue;
-    ++nsm;
-    std::sort(v.begin(), v.end());
-    last += static_cast<double>(t1 - v.back().second);
-    for (size_t j = 1; j < v.size(); ++j) {
-      gaps += static_cast<double>(v[j].first) - static_cast<double>(v[j - 1].second);
-      ++ngaps;
-    }
-  }
-  std::fprintf(stderr,
-               "ws_trace: %d blocks / %d SMs, span %.1f us, life %.2f us; cycles: csync %.0f, "
-               "first stage %.0f, loop %.0f, WG2-WG1 end %.0f, ->bar1 %.0f, tiles %.0f, y %.0f; "
-               "gap %.2f us, idle after last %.2f us\n",
-               n, nsm, (t1 - t0) / 1e3, life / n / 1e3, ph[0] / n, ph[1] / n, ph[2] / n, ph[3] / n,
-               ph[4] / n, ph[5] / n, ph[6] / n, ngaps ? gaps / ngaps / 1e3 : 0.0,
-               nsm ? last / nsm / 1e3 : 0.0);
-}
-#endif
 
 template <Code C, Scale S, int SL, bool kBf16, bool kZero, int RX>
 void launch(const Args& a, const CUtensorMap& x_map, cudaStream_t stream) {
