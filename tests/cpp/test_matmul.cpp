@@ -117,8 +117,10 @@ std::string case_name(const Case& c) {
                      c.special ? " special" : "");
 }
 
-/// Runs `kernel` on `device` for `c`; returns false if the kernel declined. Checks y.
-bool run_case(std::string_view kernel, Device device, const Case& c, uint64_t seed) {
+/// Runs `kernel` on `device` for `c`; returns false if the kernel declined. Checks y, and
+/// gives its [m][n] bytes (the gaps of a padded y left out) in `y_bytes` if asked.
+bool run_case(std::string_view kernel, Device device, const Case& c, uint64_t seed,
+              std::vector<uint8_t>* y_bytes = nullptr) {
   SCOPED_TRACE(
       fmt::format("kernel {} on {}: {} seed {}", kernel, device.str(), case_name(c), seed));
   std::mt19937_64 rng(seed);
@@ -217,6 +219,14 @@ bool run_case(std::string_view kernel, Device device, const Case& c, uint64_t se
   stream.synchronize();
 
   const Tensor y_back = testing::to_host(y_store);
+  if (y_bytes) {
+    const size_t eb = storage_bytes(c.y, 1);
+    y_bytes->resize(static_cast<size_t>(c.m * c.n) * eb);
+    for (int64_t i = 0; i < c.m; ++i)
+      std::memcpy(y_bytes->data() + static_cast<size_t>(i * c.n) * eb,
+                  static_cast<const uint8_t*>(y_back.data()) + static_cast<size_t>(i * ys) * eb,
+                  static_cast<size_t>(c.n) * eb);
+  }
   const double tol = tolerance(c.y);
   int failures = 0;
   for (int64_t i = 0; i < c.m; ++i) {
@@ -581,7 +591,8 @@ int run_ws_split_cases(const char* kernel, Device device, const std::vector<Case
 /// a partial block of W (13 and 33 tiles: tiles past the last re-read the last), K = 512 (4
 /// segments: the stage ring wraps once), 2048 (split into k-ranges where the grid is short of
 /// a wave), 8192 (ranges of odd lengths), 128 and 384 (one and three segments), y padded,
-/// bias, and M = 1024 (its largest for int4; nvfp4 at 2048, mxfp4 at 2049 declined). Every
+/// bias, and M = 1024 (its largest for int4 on any grid; to 2048 where the last wave is
+/// nearly full; nvfp4 at 2048, mxfp4 at 2049 declined). Every
 /// scheme it serves, bf16 and f16 x; M = 128, M = 1025 (int4) and an f32 y declined. Both blocks of
 /// a cluster share x's tile (multicast): N = 200 (two blocks of W: one cluster) and 520 (five: a
 /// third cluster with a block past the last tile).
@@ -601,6 +612,15 @@ TEST(Matmul, WgmmaWsKernelOnAwkwardShapes) {
     const Case top{1024, 136,   1024, Dtype::bf16, Dtype::bf16, "int4:block32",
                    "",   false, true, 0,           false};
     EXPECT_TRUE(run_case(kernel, device, top, seed++));
+    // Past 1024 (to 2048) int4 runs only where its grid's last wave is at least 90% full: 8
+    // blocks of x times 16 * (SMs / 16) blocks of W (128 of 132 SMs); N = 200 fills 16.
+    const int sms = cuda_device_properties(device.index).multiprocessors;
+    Case waves{
+        2048, 256 * (sms / 16), 256, Dtype::bf16, Dtype::bf16, "int4:block128", "", false, false, 0,
+        false};
+    EXPECT_TRUE(run_case(kernel, device, waves, seed++)) << "a full wave at M = 2048";
+    waves.n = 200;
+    EXPECT_FALSE(run_case(kernel, device, waves, seed++)) << "16 blocks at M = 2048";
     Case e2m1{2048, 136, 256, Dtype::bf16, Dtype::bf16, "nvfp4", "", false, true, 0, false};
     EXPECT_TRUE(run_case(kernel, device, e2m1, seed++)) << "nvfp4 runs to M = 2048";
     e2m1.m = 2049, e2m1.w_scheme = "mxfp4";
@@ -635,6 +655,52 @@ TEST(Matmul, WgmmaWs64KernelOnAwkwardShapes) {
         {100, 5120, 2304, Dtype::bf16, Dtype::bf16, "q4_0", "", false, false, 0, false},
         {64, 2048, 2304, Dtype::f16, Dtype::f16, "mxfp4", "", false, true, 5, false}};
     EXPECT_EQ(run_ws_split_cases(kernel, device, split, seed), 3);
+  }
+}
+
+/// Both warp-specialized kernels write y through the copy engine where one k-range makes it
+/// and its rows are 16 bytes apart (multiples of), else row by row from an f32 tile: the same
+/// case with y's rows n and n + 1 elements apart gives the same bits either way. Blocks of x
+/// and of W partial (M = 300 / 100, N = 200: the second block's second 64-row box partial;
+/// N = 40: the first box partial, no second), bias or not, bf16 / f16, integer, e2m1 and
+/// flush-mode formats; K = 512 and 384 (one k-range); and N = 10000 (158 blocks: a second
+/// wave, a block past N).
+TEST(Matmul, WgmmaWsCopyEngineStoresMatchTheRowLoop) {
+  struct Ws {
+    const char* kernel;
+    int64_t m;
+  };
+  const Case cases[] = {
+      {0, 200, 512, Dtype::bf16, Dtype::bf16, "int4:block32", "", false, true, 0, false},
+      {0, 200, 512, Dtype::f16, Dtype::f16, "nvfp4", "", false, false, 0, false},
+      {0, 40, 384, Dtype::bf16, Dtype::bf16, "mxfp4", "", false, true, 0, false},
+      {0, 520, 384, Dtype::f16, Dtype::f16, "int4:block128:asym", "", false, true, 0, false},
+      // 2 x 79 blocks (the last W pair's second block past N): more than one wave.
+      {0, 10000, 256, Dtype::bf16, Dtype::bf16, "nvfp4", "", false, true, 0, false},
+  };
+  uint64_t seed = 7000;
+  for (Device device : testing::test_devices()) {
+    if (!device.is_cuda()) continue;
+    int ran = 0;
+    for (const Ws ws : {Ws{"matmul_cuda_wgmma_ws_tc", 300}, Ws{"matmul_cuda_wgmma_ws64_tc", 100}}) {
+      for (Case c : cases) {
+        c.m = ws.m;
+        std::vector<uint8_t> tma, rows;
+        const uint64_t s = seed++;
+        if (!run_case(ws.kernel, device, c, s, &tma)) continue;
+        c.y_pad = 1;  // rows n + 1 elements apart: the row loop
+        ASSERT_TRUE(run_case(ws.kernel, device, c, s, &rows));
+        if (::testing::Test::HasFailure()) return;
+        EXPECT_TRUE(tma == rows) << ws.kernel << ": " << case_name(c);
+        ++ran;
+      }
+    }
+    if (ran == 0) {
+      std::printf("the ws kernels declined on %s (not an sm_90a device or build): nothing ran\n",
+                  device.str().c_str());
+      continue;
+    }
+    EXPECT_EQ(ran, 10);
   }
 }
 

@@ -82,6 +82,9 @@ struct Args {
   /// [x blocks][W blocks][2], each set to `tag` when written and back to 0 when read.
   unsigned long long* flags = nullptr;
   unsigned long long tag = 0;
+  /// The ws kernel writes y through the copy engine (one k-range, y 16-bit, 16-byte aligned
+  /// rows): its launch's y tensor map is valid.
+  bool y_tma = false;
 };
 
 /// One instantiation: its launch over a grid, and how many of its blocks fit on an SM.

@@ -88,9 +88,8 @@ std::string sm90a_decline(int device) {
   return cache.emplace(device, why).first->second;
 }
 
-/// The copy engine's description of x [m][k] (16-bit elements, rows `stride` elements apart):
-/// boxes of 64 k x `rows` rows, 128-byte swizzle (the kernels' stage layout), rows past M zeros.
-CUtensorMap x_tensor_map(const void* x, int64_t m, int64_t k, int64_t stride, uint32_t rows) {
+/// The driver's cuTensorMapEncodeTiled (asked once).
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult status{};
@@ -101,20 +100,41 @@ CUtensorMap x_tensor_map(const void* x, int64_t m, int64_t k, int64_t stride, ui
     return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
   }();
   if (!encode) throw_error(ErrorCode::internal, "matmul: the driver has no cuTensorMapEncodeTiled");
+  return encode;
+}
+
+/// The copy engine's description of a [rows][cols] matrix of 16-bit elements (rows `stride`
+/// elements apart) in boxes of 64 columns x `box_rows` rows with the 128-byte swizzle (the
+/// kernels' shared-memory layout).
+CUtensorMap tensor_map_16bit(const void* data, int64_t rows, int64_t cols, int64_t stride,
+                             uint32_t box_rows, CUtensorMapL2promotion promotion,
+                             const char* what) {
   CUtensorMap map{};
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(m)};
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(stride) * 2};
-  const cuuint32_t box[2] = {64, rows};
+  const cuuint32_t box[2] = {64, box_rows};
   const cuuint32_t elem[2] = {1, 1};
-  const CUresult r =
-      encode(&map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, const_cast<void*>(x), dims, strides, box,
-             elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const CUresult r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2,
+                                          const_cast<void*>(data), dims, strides, box, elem,
+                                          CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                          promotion, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS)
     throw_error(ErrorCode::internal, "matmul: cuTensorMapEncodeTiled failed (" +
-                                         std::to_string(static_cast<int>(r)) + ") for x [" +
-                                         std::to_string(m) + ", " + std::to_string(k) + "]");
+                                         std::to_string(static_cast<int>(r)) + ") for " + what +
+                                         " [" + std::to_string(rows) + ", " + std::to_string(cols) +
+                                         "]");
   return map;
+}
+
+/// x [m][k]: boxes of 64 k x `rows` rows, rows past M read as zeros.
+CUtensorMap x_tensor_map(const void* x, int64_t m, int64_t k, int64_t stride, uint32_t rows) {
+  return tensor_map_16bit(x, m, k, stride, rows, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, "x");
+}
+
+/// y [m][n] for the ws kernels' stores through the copy engine (Args::y_tma): boxes of 64 n x
+/// `rows` rows of x, whatever lies past M or N not written.
+CUtensorMap y_tensor_map(void* y, int64_t m, int64_t n, int64_t stride, uint32_t rows) {
+  return tensor_map_16bit(y, m, n, stride, rows, CU_TENSOR_MAP_L2_PROMOTION_NONE, "y");
 }
 
 /// What both wgmma plans share: the device and dtype checks, the formats (one instantiation
@@ -137,7 +157,7 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
     why = decline_m(d.m, *f);
     if (!why.empty()) return why;
     if (!launcher_for(*f, true, &why)) return why;
-    return decline_grid(d, tc::layout_of(*f, d.n, d.k).tiles);
+    return decline_grid(d, *f, tc::layout_of(*f, d.n, d.k).tiles);
   }
 
   PrecisionGuarantee precision(const MatmulDesc&) const final {
@@ -182,12 +202,23 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
     }
     const CUtensorMap x_map = x_tensor_map(wa.x, d.m, d.k, wa.x_stride, box_rows());
     const Launcher l = launcher_for(tp.format, d.x == Dtype::bf16, nullptr);
-    (ws_tiling() < 0 ? l.launch : l.launch_ws[ws_tiling()])(wa, x_map, cs);
+    if (ws_tiling() < 0) return l.launch(wa, x_map, cs);
+    // y through the copy engine where one k-range writes it and its rows are 16-byte aligned.
+    wa.y_tma = wa.split == 1 && reinterpret_cast<uintptr_t>(wa.y) % 16 == 0 &&
+               wa.y_stride % 8 == 0 && bit_width(d.y) == 16;
+#ifdef LOWBIT_WS_TRACE  // diagnostics: the row loop's epilogue timed against the copy engine's
+    if (std::getenv("LOWBIT_WS_ROW_LOOP")) wa.y_tma = false;
+#endif
+    const CUtensorMap y_map =
+        wa.y_tma ? y_tensor_map(wa.y, d.m, d.n, wa.y_stride, rows_x()) : CUtensorMap{};
+    l.launch_ws[ws_tiling()](wa, x_map, y_map, cs);
   }
 
  protected:
   virtual std::string decline_m(int64_t m, const tc::Format& f) const = 0;
-  virtual std::string decline_grid(const MatmulDesc&, int64_t) const { return {}; }
+  virtual std::string decline_grid(const MatmulDesc&, const tc::Format&, int64_t) const {
+    return {};
+  }
   virtual wgmma_ws::WsSplit split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) const = 0;
   virtual uint32_t box_rows() const = 0;
   /// -1: the one-wave kernel; 0 / 1: the warp-specialized kernel with 256 / 64 rows of x.
@@ -236,7 +267,7 @@ class MatmulCudaWgmma final : public WgmmaPlan {
              "GEMM is faster there)";
     return {};
   }
-  std::string decline_grid(const MatmulDesc& d, int64_t tiles) const override {
+  std::string decline_grid(const MatmulDesc& d, const tc::Format&, int64_t tiles) const override {
     const int64_t blocks = wgmma::blocks_for(d.m, tiles), sms = mm_cuda::sm_count(d.device.index);
     if (blocks > sms)
       return std::to_string(blocks) + " blocks of 128 x 128 for " + std::to_string(sms) +
@@ -260,12 +291,19 @@ class MatmulCudaWgmma final : public WgmmaPlan {
 /// cuBLASLt's. At M = 2048 (2026-11-23, e8m0 scales without branches) it takes 0.83-1.04x
 /// dequantize + cuBLASLt's time for nvfp4 and mxfp4 (faster on two of three shapes, 4% slower
 /// on 14336x4096) but 0.98-1.18x for int4 (its exact f32 decode costs more), so e2m1 formats
-/// go to 2048, the others to 1024 (the crossover measured there in the first version: the
-/// kernel's 530-600 TFLOP/s against the dequantize's fixed cost plus cuBLASLt's 600-800).
+/// go to 2048, the others to 1024 on any grid (the crossover measured there in the first
+/// version: the kernel's 530-600 TFLOP/s against the dequantize's fixed cost plus cuBLASLt's
+/// 600-800) and to 2048 where its blocks fill their waves (kWsMinWaveFill).
 /// Below 129 a 256-row tile of x is mostly padding: the 64-row tiling takes those.
 constexpr int64_t kWsMinM = 129;
 constexpr int64_t kWsMaxM = 1024;
 constexpr int64_t kWsMaxMe2m1 = 2048;
+/// The other formats (int4, q4_0) from 1025 to 2048 only where the grid's blocks fill its
+/// waves to at least this share: on the H100 (BENCHMARKS.md, session 15) at M = 2048 (3.9-6.8
+/// waves, 97% full) the kernel takes 0.92-0.97x dequantize + cuBLASLt's time, at M = 1536 on
+/// 8192x8192 (2.9 waves) 0.88x, but on 4096x14336 (1.45 waves, 73%) about 1.1x.
+constexpr int64_t kWsMaxMWaves = 2048;
+constexpr double kWsMinWaveFill = 0.9;
 /// The same kernel with 64 rows of x per block (m64n64k16) for 33 <= M <= 128. On the H100
 /// (BENCHMARKS.md, 8192x8192, 14336x4096, 4096x14336): at M = 64 0.038-0.044 ms against the
 /// medium kernel's 0.051-0.062; at M = 128 0.069 against the one-wave kernel's 0.071 and the
@@ -284,7 +322,8 @@ class MatmulCudaWgmmaWs final : public WgmmaPlan {
  protected:
   static constexpr int64_t kMin = RX == 256 ? kWsMinM : kWs64MinM;
   std::string decline_m(int64_t m, const tc::Format& f) const override {
-    const int64_t kMax = RX == 256 ? (f.code == tc::Code::fp4 ? kWsMaxMe2m1 : kWsMaxM) : kWs64MaxM;
+    const int64_t kMax =
+        RX == 256 ? (f.code == tc::Code::fp4 ? kWsMaxMe2m1 : kWsMaxMWaves) : kWs64MaxM;
     if (m < kMin)
       return "M = " + std::to_string(m) + " < " + std::to_string(kMin) +
              (RX == 256 ? " (a 256-row tile of x would be mostly padding: "
@@ -297,6 +336,20 @@ class MatmulCudaWgmmaWs final : public WgmmaPlan {
                           "there)"
                         : " (matmul_cuda_wgmma_ws_tc's 256-row tiles take these)");
     return {};
+  }
+  std::string decline_grid(const MatmulDesc& d, const tc::Format& f, int64_t tiles) const override {
+    if (RX != 256 || f.code == tc::Code::fp4 || d.m <= kWsMaxM) return {};
+    // Blocks of W in pairs (clusters), one block per SM.
+    const int64_t wblocks = (tiles + wgmma_ws::kTilesPerBlock - 1) / wgmma_ws::kTilesPerBlock;
+    const int64_t blocks = (d.m + RX - 1) / RX * ((wblocks + 1) / 2 * 2);
+    const int64_t sms = mm_cuda::sm_count(d.device.index);
+    const int64_t waves = (blocks + sms - 1) / sms;
+    const double fill = static_cast<double>(blocks) / static_cast<double>(waves * sms);
+    if (fill >= kWsMinWaveFill) return {};
+    return "M = " + std::to_string(d.m) + " > " + std::to_string(kWsMaxM) + " and " +
+           std::to_string(blocks) + " blocks fill " + std::to_string(waves) + " wave(s) of " +
+           std::to_string(sms) + " SMs to " + std::to_string(static_cast<int>(fill * 100)) +
+           "% (< 90%: dequantize + a cuBLASLt GEMM is faster there)";
   }
   wgmma_ws::WsSplit split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) const override {
     const int64_t slots = mm_cuda::sm_count(d.device.index);  // one block per SM

@@ -409,8 +409,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 /// (matmul_cuda_wgmma_ws.cuh, whose `pick` fills both).
 struct Launcher {
   using Launch = void (*)(const Args&, const CUtensorMap&, cudaStream_t);
+  /// The ws kernels take y's tensor map too (used where Args::y_tma).
+  using LaunchWs = void (*)(const Args&, const CUtensorMap&, const CUtensorMap&, cudaStream_t);
   Launch launch = nullptr;
-  Launch launch_ws[2] = {};       ///< the ws kernel: 256 / 64 rows of x
+  LaunchWs launch_ws[2] = {};     ///< the ws kernel: 256 / 64 rows of x
   int (*ws_max_pairs[2])() = {};  ///< its clusters of two at once
   explicit operator bool() const { return launch != nullptr; }
 };

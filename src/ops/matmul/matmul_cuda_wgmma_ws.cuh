@@ -304,6 +304,25 @@ __device__ __forceinline__ void lds64(uint32_t addr, uint32_t& a, uint32_t& b) {
   asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(a), "=r"(b) : "r"(addr));
 }
 
+/// Four 8 x 8 matrices of 16-bit pairs (this lane's fragment of each: row lane / 4, columns
+/// 2 (lane % 4) and + 1) into shared memory transposed: the row address lane l gives is row
+/// l % 8 of matrix l / 8, and receives that matrix's column l % 8.
+__device__ __forceinline__ void stmatrix_x4_trans(uint32_t addr, uint32_t a, uint32_t b, uint32_t c,
+                                                  uint32_t d) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(addr),
+               "r"(a), "r"(b), "r"(c), "r"(d)
+               : "memory");
+}
+
+/// One box of shared memory at `src` into the tensor `map` at (c0, c1), through the copy
+/// engine (a bulk group of this thread).
+__device__ __forceinline__ void tma_store(const CUtensorMap* map, int c0, int c1, uint32_t src) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(c0), "r"(c1), "r"(src)
+               : "memory");
+}
+
 /// The epilogue's rare cases are loops kept rolled (see the row loop; calls would make ptxas
 /// spill), picking their element by selects (an indexed array would live in local memory).
 __device__ __forceinline__ float pick8(const float (&v)[8], int e) {
@@ -370,7 +389,8 @@ __device__ __forceinline__ void store_y_tail(const Args& p, int c, int64_t row0,
 
 template <Code C, Scale S, int kStepsLog2, bool kBf16, bool kZero, int RX>
 __global__ void __launch_bounds__(kThreads, 1)
-    ws_kernel(Args p, const __grid_constant__ CUtensorMap x_map) {
+    ws_kernel(Args p, const __grid_constant__ CUtensorMap x_map,
+              const __grid_constant__ CUtensorMap y_map) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using T = Tiling<RX>;
   constexpr int kRowsX = RX, kHalfBytes = T::kHalfBytes, kXBytes = T::kXBytes;
@@ -400,6 +420,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   if (tid == 0) {
     asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&x_map)) : "memory");
+    if (p.y_tma)
+      asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&y_map)) : "memory");
 #pragma unroll
     for (int s = 0; s < kStages; ++s) {
       async::mbar_init(full + 8u * s, 1);
@@ -638,6 +660,59 @@ __global__ void __launch_bounds__(kThreads, 1)
   WS_MARK(tid == 256, 4);
   cluster_arrive();  // this block is done with the other's barriers and stages
 
+  if (p.y_tma) {
+    // y through the copy engine: each lane finishes its sums in registers (store_y8's
+    // arithmetic: times the global scale, plus the bias, rounded once to y's dtype), stmatrix
+    // writes them transposed into y's boxes ([x row][64 W rows], 128-byte swizzle) in the
+    // stages, now free, and one thread stores both boxes. Rows past M or N are not written.
+    float bias2[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t row = tile0 * 16 + 16 * warp + r + 8 * h;
+      bias2[h] = p.bias && row < p.n
+                     ? quant_cuda::load_any(p.bias, p.y_dtype, static_cast<uint64_t>(row))
+                     : 0.0f;
+    }
+    const float global = S == Scale::e4m3 ? p.w.global[0] : 1.0f;
+    uint32_t yw[T::kAcc / 2];  // [2 t + h]: W row r + 8 h, x rows 8 t + 2 q and + 1
+#pragma unroll
+    for (int t = 0; t < kRowsX / 8; ++t)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float a = acc[4 * t + 2 * h], b = acc[4 * t + 2 * h + 1];
+        if constexpr (S == Scale::e4m3) a = __fmul_rn(a, global), b = __fmul_rn(b, global);
+        if (p.bias) a = __fadd_rn(a, bias2[h]), b = __fadd_rn(b, bias2[h]);
+        yw[2 * t + h] = kBf16 ? quant_cuda::bf16x2_rn(a, b) : quant_cuda::f16x2_rn(a, b);
+      }
+    asm volatile("bar.sync 1, 256;" ::: "memory");  // both warpgroups' wgmmas are done
+    WS_MARK(tid == 128, 5);
+    // Matrix l / 8 of each stmatrix: x rows 8 (t + l / 16) .., W rows 16 warp + 8 ((l / 8) % 2)
+    // .. + 7: one 16-byte chunk of the box of the warp's half of the block's 128 W rows.
+    const int mi = lane >> 3;
+    const uint32_t box = base + static_cast<uint32_t>((warp >> 2) * kRowsX * 128);
+    const uint32_t chunk = static_cast<uint32_t>(2 * (warp & 3) + (mi & 1));
+#pragma unroll
+    for (int t = 0; t < kRowsX / 8; t += 2) {
+      const uint32_t xrow = static_cast<uint32_t>(8 * (t + (mi >> 1)) + (lane & 7));
+      stmatrix_x4_trans(box + xrow * 128u + ((chunk ^ (xrow & 7u)) << 4), yw[2 * t], yw[2 * t + 1],
+                        yw[2 * t + 2], yw[2 * t + 3]);
+    }
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // visible to the copy engine
+    asm volatile("bar.sync 1, 256;" ::: "memory");
+    WS_MARK(tid == 128, 6);
+    if (tid == 128) {
+      const int n0 = static_cast<int>(tile0 * 16);
+      if (n0 < p.n) tma_store(&y_map, n0, m0, base);  // (a W pair's second block may lie past N)
+      if (n0 + 64 < p.n) tma_store(&y_map, n0 + 64, m0, base + kRowsX * 128);
+      asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+      // The block's shared memory must outlive the copy engine's reads of it.
+      asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+    }
+    WS_MARK(tid == 128, 7);
+    cluster_wait();
+    return;
+  }
+
   // The epilogue goes through shared memory (free once both consumer warpgroups are past
   // their last wgmma; nothing more lands there: every stage the peer filled was waited for):
   // the fragments into an f32 tile [x row][W row], then each row of y written 8 W rows per
@@ -747,7 +822,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   else
     cluster_wait();
 #else
-  (void)p, (void)x_map;
+  (void)p, (void)x_map, (void)y_map;
 #endif
 }
 
@@ -796,7 +871,8 @@ int max_pairs() {
 }
 
 template <Code C, Scale S, int SL, bool kBf16, bool kZero, int RX>
-void launch(const Args& a, const CUtensorMap& x_map, cudaStream_t stream) {
+void launch(const Args& a, const CUtensorMap& x_map, const CUtensorMap& y_map,
+            cudaStream_t stream) {
   if (a.cluster_split && a.split != 2 && (a.split != 4 || !a.flags))
     throw_error(ErrorCode::internal,
                 "matmul: ws_kernel adds 2 k-ranges in a cluster or 4 in two "
@@ -808,8 +884,9 @@ void launch(const Args& a, const CUtensorMap& x_map, cudaStream_t stream) {
       static_cast<unsigned>((a.m + RX - 1) / RX), static_cast<unsigned>(wblocks), a.split,
       a.cluster_split, cluster);
   cfg.stream = stream;
-  mm_cuda::check_cuda(cudaLaunchKernelEx(&cfg, &ws_kernel<C, S, SL, kBf16, kZero, RX>, a, x_map),
-                      "matmul: ws_kernel launch");
+  mm_cuda::check_cuda(
+      cudaLaunchKernelEx(&cfg, &ws_kernel<C, S, SL, kBf16, kZero, RX>, a, x_map, y_map),
+      "matmul: ws_kernel launch");
 #ifdef LOWBIT_WS_TRACE
   if (std::getenv("LOWBIT_WS_TRACE")) ws_trace_report(cfg.gridDim, stream);
 #endif
