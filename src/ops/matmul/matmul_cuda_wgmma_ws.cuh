@@ -39,9 +39,12 @@
 //           quarter of the partial sums' traffic); with more ranges, partial sums in the
 //           workspace added in order by medium::reduce_kernel. (Clusters of 4 or 8 blocks would do
 //           both, but the H100 runs only 30 / 15 of them at once: 120 of its 132 SMs.)
-//   end   = through shared memory: the fragments into an f32 tile, then rows of y (or of the
-//           partial sums) 16 bytes per lane; with two ranges in a cluster each block adds
-//           half the rows of both tiles (range order: deterministic) and writes them.
+//   end   = one k-range and y's rows 16-byte aligned (Args::y_tma): y finished in registers,
+//           stmatrix into y's two swizzled boxes in the stages, one TMA store (the copy
+//           engine clips rows past M / N). Otherwise through shared memory: the fragments into
+//           an f32 tile, then rows of y (or of the partial sums) 16 bytes per lane; with two
+//           ranges in a cluster each block adds half the rows of both tiles (range order:
+//           deterministic) and writes them.
 // The numbers: the 256-row tiling's are the one-wave kernel's exactly (the same decode and
 // group_of): each W operand is dequantize()'s value in x's dtype, f32 accumulation on the
 // tensor cores. So are the 64-row tiling's, except for int4 / uint4 in groups of 64 or more

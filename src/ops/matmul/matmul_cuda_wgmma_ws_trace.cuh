@@ -3,7 +3,8 @@
 // under LOWBIT_WS_TRACE=1. Per block: clock marks at the kernel's phases (entry, cluster
 // barrier, first stage, each consumer warpgroup's loop end, the epilogue's barriers, its end),
 // their mean cycles, and the blocks' placement on the SMs. This is how the epilogue's 15 us
-// per block was found (BENCHMARKS.md, session 14).
+// per block was found (BENCHMARKS.md, session 14). In such a build LOWBIT_WS_ROW_LOOP=1 also
+// turns the copy-engine epilogue off (matmul_cuda_wgmma.cu), to time the two side by side.
 #pragma once
 
 #include <cuda_runtime.h>
