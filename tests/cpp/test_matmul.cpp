@@ -591,8 +591,8 @@ int run_ws_split_cases(const char* kernel, Device device, const std::vector<Case
 /// a partial block of W (13 and 33 tiles: tiles past the last re-read the last), K = 512 (4
 /// segments: the stage ring wraps once), 2048 (split into k-ranges where the grid is short of
 /// a wave), 8192 (ranges of odd lengths), 128 and 384 (one and three segments), y padded,
-/// bias, and M = 1024 (its largest for int4 on any grid; to 2048 where the last wave is
-/// nearly full; nvfp4 at 2048, mxfp4 at 2049 declined). Every
+/// bias, and M = 1024 (its largest for int4 on any grid; to 2048 where its blocks fill their
+/// waves to >= 90%; nvfp4 at 2048, mxfp4 at 2049 declined). Every
 /// scheme it serves, bf16 and f16 x; M = 128, M = 1025 (int4) and an f32 y declined. Both blocks of
 /// a cluster share x's tile (multicast): N = 200 (two blocks of W: one cluster) and 520 (five: a
 /// third cluster with a block past the last tile).
@@ -612,7 +612,7 @@ TEST(Matmul, WgmmaWsKernelOnAwkwardShapes) {
     const Case top{1024, 136,   1024, Dtype::bf16, Dtype::bf16, "int4:block32",
                    "",   false, true, 0,           false};
     EXPECT_TRUE(run_case(kernel, device, top, seed++));
-    // Past 1024 (to 2048) int4 runs only where its grid's last wave is at least 90% full: 8
+    // Past 1024 (to 2048) int4 runs only where its blocks fill their waves to >= 90%: 8
     // blocks of x times 16 * (SMs / 16) blocks of W (128 of 132 SMs); N = 200 fills 16.
     const int sms = cuda_device_properties(device.index).multiprocessors;
     Case waves{
@@ -662,7 +662,8 @@ TEST(Matmul, WgmmaWs64KernelOnAwkwardShapes) {
 /// and its rows are 16 bytes apart (multiples of), else row by row from an f32 tile: the same
 /// case with y's rows n and n + 1 elements apart gives the same bits either way. Blocks of x
 /// and of W partial (M = 300 / 100, N = 200: the second block's second 64-row box partial;
-/// N = 40: the first box partial, no second), bias or not, bf16 / f16, integer, e2m1 and
+/// N = 40: the first box partial, no second; NaN / Inf in x), bias or not, bf16 / f16, integer,
+/// e2m1 and
 /// flush-mode formats; K = 512 and 384 (one k-range); and N = 10000 (158 blocks: a second
 /// wave, a block past N).
 TEST(Matmul, WgmmaWsCopyEngineStoresMatchTheRowLoop) {
@@ -673,7 +674,7 @@ TEST(Matmul, WgmmaWsCopyEngineStoresMatchTheRowLoop) {
   const Case cases[] = {
       {0, 200, 512, Dtype::bf16, Dtype::bf16, "int4:block32", "", false, true, 0, false},
       {0, 200, 512, Dtype::f16, Dtype::f16, "nvfp4", "", false, false, 0, false},
-      {0, 40, 384, Dtype::bf16, Dtype::bf16, "mxfp4", "", false, true, 0, false},
+      {0, 40, 384, Dtype::bf16, Dtype::bf16, "mxfp4", "", false, true, 0, true},
       {0, 520, 384, Dtype::f16, Dtype::f16, "int4:block128:asym", "", false, true, 0, false},
       // 2 x 79 blocks (the last W pair's second block past N): more than one wave.
       {0, 10000, 256, Dtype::bf16, Dtype::bf16, "nvfp4", "", false, true, 0, false},

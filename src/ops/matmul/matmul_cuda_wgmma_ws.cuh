@@ -341,8 +341,20 @@ __device__ __forceinline__ void store_f32_tail(float* dst, const float (&v)[8], 
   for (int e = 0; e < 8 && e < count; ++e) dst[e] = pick8(v, e);
 }
 
+/// y's arithmetic (medium::store_result's, unfused): a · global (+ bias), b likewise, each
+/// rounded once to y's dtype, which is x's (the plans decline any other): one 16-bit pair, a
+/// low. Both epilogues use it, so the copy engine's y and the row loop's have the same bits.
+template <bool kBf16>
+__device__ __forceinline__ uint32_t y_pair(float a, float b, float global, bool bias, float ba,
+                                           float bb) {
+  a = __fmul_rn(a, global), b = __fmul_rn(b, global);
+  if (bias) a = __fadd_rn(a, ba), b = __fadd_rn(b, bb);
+  return kBf16 ? quant_cuda::bf16x2_rn(a, b) : quant_cuda::f16x2_rn(a, b);
+}
+
 /// y = (sums of the first chained pair, if any, + v) · global (+ bias), rounded once: row c's
 /// 8 outputs from row0 as one 16-byte store (y 16-byte aligned, all 8 rows inside N).
+template <bool kBf16>
 __device__ __forceinline__ void store_y8(const Args& p, int c, int64_t row0, float (&v)[8],
                                          const float* sums, float global, const float (&bias)[8]) {
   if (sums) {  // the second pair: the first pair's sums, then its own
@@ -357,19 +369,10 @@ __device__ __forceinline__ void store_y8(const Args& p, int c, int64_t row0, flo
       for (int e = 0; e < 8; ++e) v[e] = __fadd_rn(__ldcg(sums + e), v[e]);
     }
   }
-#pragma unroll
-  for (int e = 0; e < 8; ++e) {  // store_result's arithmetic, unfused
-    v[e] = __fmul_rn(v[e], global);
-    if (p.bias) v[e] = __fadd_rn(v[e], bias[e]);
-  }
   uint32_t w[4];
-  if (p.y_dtype == Dtype::bf16) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) w[e] = quant_cuda::bf16x2_rn(v[2 * e], v[2 * e + 1]);
-  } else {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) w[e] = quant_cuda::f16x2_rn(v[2 * e], v[2 * e + 1]);
-  }
+  for (int e = 0; e < 4; ++e)
+    w[e] = y_pair<kBf16>(v[2 * e], v[2 * e + 1], global, p.bias, bias[2 * e], bias[2 * e + 1]);
   uint16_t* const dst = static_cast<uint16_t*>(p.y) + static_cast<int64_t>(c) * p.y_stride + row0;
   asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(dst), "r"(w[0]), "r"(w[1]),
                "r"(w[2]), "r"(w[3])
@@ -664,8 +667,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   cluster_arrive();  // this block is done with the other's barriers and stages
 
   if (p.y_tma) {
-    // y through the copy engine: each lane finishes its sums in registers (store_y8's
-    // arithmetic: times the global scale, plus the bias, rounded once to y's dtype), stmatrix
+    // y through the copy engine: each lane finishes its sums in registers (y_pair), stmatrix
     // writes them transposed into y's boxes ([x row][64 W rows], 128-byte swizzle) in the
     // stages, now free, and one thread stores both boxes. Rows past M or N are not written.
     float bias2[2];
@@ -681,12 +683,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int t = 0; t < kRowsX / 8; ++t)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float a = acc[4 * t + 2 * h], b = acc[4 * t + 2 * h + 1];
-        if constexpr (S == Scale::e4m3) a = __fmul_rn(a, global), b = __fmul_rn(b, global);
-        if (p.bias) a = __fadd_rn(a, bias2[h]), b = __fadd_rn(b, bias2[h]);
-        yw[2 * t + h] = kBf16 ? quant_cuda::bf16x2_rn(a, b) : quant_cuda::f16x2_rn(a, b);
-      }
+      for (int h = 0; h < 2; ++h)
+        yw[2 * t + h] = y_pair<kBf16>(acc[4 * t + 2 * h], acc[4 * t + 2 * h + 1], global, p.bias,
+                                      bias2[h], bias2[h]);
     asm volatile("bar.sync 1, 256;" ::: "memory");  // both warpgroups' wgmmas are done
     WS_MARK(tid == 128, 5);
     // Matrix l / 8 of each stmatrix: x rows 8 (t + l / 16) .., W rows 16 warp + 8 ((l / 8) % 2)
@@ -803,7 +802,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     const float* const sums = chain ? p.partial + static_cast<int64_t>(c) * p.n + row0 : nullptr;
     if (y_vec) {
-      store_y8(p, c, row0, v, sums, global, bias);
+      store_y8<kBf16>(p, c, row0, v, sums, global, bias);
     } else {
       store_y_tail(p, c, row0, v, sums, global);
     }
