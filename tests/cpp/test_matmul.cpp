@@ -705,6 +705,57 @@ TEST(Matmul, WgmmaWsCopyEngineStoresMatchTheRowLoop) {
   }
 }
 
+/// The warp-specialized kernels' operands are the one-wave kernel's exactly (dequantize()'s
+/// value in x's dtype: matmul_cuda_wgmma_ws.cuh), and so, with one k-range and the same k
+/// order, are their sums: the same bits from matmul_cuda_wgmma_tc and ws_tc (M = 200) or
+/// ws64_tc (M = 100), for the 4-bit integer codes (sym / asym, groups of 32 to 128, q4_0's f16
+/// scales; the ws kernels decode them without shifts, wgmma::NibbleDecoder) and the e2m1
+/// formats. ws64's flush mode (integer groups of 64 or more) sums otherwise and is left out.
+TEST(Matmul, WgmmaWsKernelsGiveTheOneWaveKernelsBits) {
+  struct Pair {
+    const char* kernel;
+    int64_t m;
+    bool flush_mode;  ///< integer groups of 64 or more sum otherwise here
+  };
+  const Case cases[] = {
+      {0, 200, 512, Dtype::bf16, Dtype::bf16, "int4:block32", "", false, true, 0, true},
+      {0, 250, 384, Dtype::f16, Dtype::f16, "int4:block32:asym", "", false, false, 0, false},
+      {0, 200, 512, Dtype::bf16, Dtype::bf16, "q4_0", "", false, true, 0, false},
+      {0, 136, 512, Dtype::f16, Dtype::f16, "q4_0", "", false, false, 0, true},
+      {0, 200, 512, Dtype::bf16, Dtype::bf16, "int4:block64", "", false, false, 0, false},
+      {0, 130, 384, Dtype::bf16, Dtype::bf16, "int4:block128:asym", "", false, true, 0, false},
+      {0, 200, 512, Dtype::f16, Dtype::f16, "nvfp4", "", false, true, 0, false},
+      {0, 200, 384, Dtype::bf16, Dtype::bf16, "mxfp4", "", false, false, 0, true},
+  };
+  uint64_t seed = 7500;
+  for (Device device : testing::test_devices()) {
+    if (!device.is_cuda()) continue;
+    int ran = 0;
+    for (const Pair ws : {Pair{"matmul_cuda_wgmma_ws_tc", 200, false},
+                          Pair{"matmul_cuda_wgmma_ws64_tc", 100, true}}) {
+      for (Case c : cases) {
+        const bool flush = c.w_scheme.find("block64") != std::string::npos ||
+                           c.w_scheme.find("block128") != std::string::npos;
+        if (ws.flush_mode && flush) continue;
+        c.m = ws.m;
+        std::vector<uint8_t> one_wave, warp_specialized;
+        const uint64_t s = seed++;
+        if (!run_case("matmul_cuda_wgmma_tc", device, c, s, &one_wave)) continue;
+        ASSERT_TRUE(run_case(ws.kernel, device, c, s, &warp_specialized)) << case_name(c);
+        if (::testing::Test::HasFailure()) return;
+        EXPECT_TRUE(one_wave == warp_specialized) << ws.kernel << ": " << case_name(c);
+        ++ran;
+      }
+    }
+    if (ran == 0) {
+      std::printf("the wgmma kernels declined on %s (not an sm_90a device or build): nothing ran\n",
+                  device.str().c_str());
+      continue;
+    }
+    EXPECT_EQ(ran, 8 + 6);
+  }
+}
+
 TEST(Matmul, PlanStatesItsKernelAndPrecision) {
   MatmulDesc d;
   d.m = 1;

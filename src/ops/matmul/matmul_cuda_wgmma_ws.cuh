@@ -62,6 +62,11 @@
 #include "ops/matmul/matmul_cuda_wgmma_ws_trace.cuh"
 #else
 #define WS_MARK(cond, slot)
+#define WS_SUMS
+#define WS_T0(var)
+#define WS_SUM(slot, t0)
+#define WS_SUMS_STORE(cond)
+#define WS_WORDS_LANDED(w)
 #endif
 
 namespace lowbit::wgmma_ws {
@@ -409,6 +414,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int tid = static_cast<int>(threadIdx.x);
   WS_MARK(tid == 0, 0);
+  WS_SUMS;
   const int m0 = static_cast<int>(blockIdx.x) * kRowsX;
   const int64_t tile0 = static_cast<int64_t>(blockIdx.y) * kTilesPerBlock;
   const int segs = static_cast<int>(p.w.segments);
@@ -453,8 +459,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int i = 0; i < nseg; ++i) {
       const int st = i % kStages;
       // The stage's previous use (segment i - kStages) must be consumed: phase i / kStages - 1.
+      WS_T0(t_empty);
       if (i >= kStages)
         async::mbar_wait(empty + 8u * st, static_cast<uint32_t>((i / kStages - 1) & 1));
+      WS_SUM(13, t_empty);
       const uint32_t dst = base + static_cast<uint32_t>(st * kStageBytes);
       const uint32_t bar = full + 8u * st;
       const int s = s_begin + i;
@@ -475,6 +483,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                   p.w.codes + tc::lane_code_offset(segs, 16, tile, s, 0, 0), 1024u, bar);
       }
     }
+    WS_SUMS_STORE(true);
     producer_end();
     return;
   }
@@ -493,38 +502,71 @@ __global__ void __launch_bounds__(kThreads, 1)
   struct Words {
     uint32_t lo[2][2], hi[2][2];  // [row r / r + 8][word]
   };
-  auto load_words = [&](int i, int unit, Words& o) {
-    const uint32_t a = base + static_cast<uint32_t>((i % kStages) * kStageBytes) + wsrc + 8u * unit;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      lds64(a + 512u * h, o.lo[h][0], o.lo[h][1]);
-      lds64(a + 512u * h + 32u, o.hi[h][0], o.hi[h][1]);
-#pragma unroll
-      for (int v = 0; v < 2; ++v) o.lo[h][v] >>= sh, o.hi[h][v] >>= sh;
-    }
-  };
-  // Steps 4 unit .. 4 unit + 3 of a segment into a[4][4].
-  auto decode_unit = [&](int unit, const Words& o, const tc::SegScales& s0, const tc::SegScales& s1,
-                         uint32_t(&a)[4][4]) {
-#pragma unroll
-    for (int jj = 0; jj < 4; ++jj) {
-      const int f = (4 * unit + jj) >> kStepsLog2;
-      const wgmma::Group g0 = wgmma::group_of<S, kBf16, kZero>(s0, f);
-      const wgmma::Group g1 = wgmma::group_of<S, kBf16, kZero>(s1, f);
-      const int pr = 8 * (jj & 1);
-      a[jj][0] = wgmma::decode<C, S, kBf16>(o.lo[0][jj >> 1] >> pr, g0);  // row r, k 2q, 2q+1
-      a[jj][1] = wgmma::decode<C, S, kBf16>(o.lo[1][jj >> 1] >> pr, g1);  // row r + 8
-      a[jj][2] = wgmma::decode<C, S, kBf16>(o.hi[0][jj >> 1] >> pr, g0);  // k 2q + 8, 2q + 9
-      a[jj][3] = wgmma::decode<C, S, kBf16>(o.hi[1][jj >> 1] >> pr, g1);
-    }
-  };
-
   // Integer codes in groups of 64 or more on the 64-row tiling ("flush" mode): a unit lies in
   // one group, so its wgmmas sum the codes' integer values (exact in x's dtype: one LOP3 and one
   // subtraction per operand register instead of seven instructions) times x into a tile of
   // its own, which is then added to the accumulators times the group's scale, one FFMA per
   // accumulator. The 256-row tiling has no registers for a second tile.
   constexpr bool kFlush = RX == 64 && C == Code::u4 && S == Scale::integer && kStepsLog2 >= 2;
+  // Other 4-bit integer codes decode from the unshifted words (wgmma::NibbleDecoder), but for
+  // zero points on the 256-row tiling: there its per-group constants made ptxas spill in the
+  // loop.
+  constexpr bool kNibbles = C == Code::u4 && !kFlush && (RX == 64 || !kZero);
+  const wgmma::NibbleDecoder nibbles(sh);
+#ifdef LOWBIT_WS_NODECODE  // diagnostics: the loop without the decode (wrong sums; trace header)
+  constexpr bool kNoDecode = true;
+#else
+  constexpr bool kNoDecode = false;
+#endif
+  auto load_words = [&](int i, int unit, Words& o) {
+    const uint32_t a = base + static_cast<uint32_t>((i % kStages) * kStageBytes) + wsrc + 8u * unit;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      lds64(a + 512u * h, o.lo[h][0], o.lo[h][1]);
+      lds64(a + 512u * h + 32u, o.hi[h][0], o.hi[h][1]);
+      if constexpr (!kNibbles) {
+#pragma unroll
+        for (int v = 0; v < 2; ++v) o.lo[h][v] >>= sh, o.hi[h][v] >>= sh;
+      }
+    }
+  };
+  // Steps 4 unit .. 4 unit + 3 of a segment into a[4][4].
+  auto decode_unit = [&](int unit, const Words& o, const tc::SegScales& s0, const tc::SegScales& s1,
+                         uint32_t(&a)[4][4]) {
+    if constexpr (kNoDecode) {  // the experiment: operands are the code words themselves
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) {
+        a[jj][0] = o.lo[0][jj >> 1] ^ s0.w[0], a[jj][1] = o.lo[1][jj >> 1] ^ s1.w[0];
+        a[jj][2] = o.hi[0][jj >> 1], a[jj][3] = o.hi[1][jj >> 1];
+      }
+    } else if constexpr (kNibbles) {
+      // Steps 2 v and 2 v + 1 share word v and a group (groups span 2 steps or more).
+      static_assert(kStepsLog2 >= 1);
+#pragma unroll
+      for (int v = 0; v < 2; ++v) {
+        const int f = (4 * unit + 2 * v) >> kStepsLog2;
+        const wgmma::Group g0 = wgmma::group_of<S, kBf16, kZero>(s0, f);
+        const wgmma::Group g1 = wgmma::group_of<S, kBf16, kZero>(s1, f);
+        nibbles.word<kBf16>(o.lo[0][v], g0, a[2 * v][0], a[2 * v + 1][0]);
+        nibbles.word<kBf16>(o.lo[1][v], g1, a[2 * v][1], a[2 * v + 1][1]);
+        nibbles.word<kBf16>(o.hi[0][v], g0, a[2 * v][2], a[2 * v + 1][2]);
+        nibbles.word<kBf16>(o.hi[1][v], g1, a[2 * v][3], a[2 * v + 1][3]);
+      }
+    } else {
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) {
+        const int f = (4 * unit + jj) >> kStepsLog2;
+        const wgmma::Group g0 = wgmma::group_of<S, kBf16, kZero>(s0, f);
+        const wgmma::Group g1 = wgmma::group_of<S, kBf16, kZero>(s1, f);
+        const int pr = 8 * (jj & 1);
+        a[jj][0] = wgmma::decode<C, S, kBf16>(o.lo[0][jj >> 1] >> pr, g0);  // row r, k 2q, 2q+1
+        a[jj][1] = wgmma::decode<C, S, kBf16>(o.lo[1][jj >> 1] >> pr, g1);  // row r + 8
+        a[jj][2] = wgmma::decode<C, S, kBf16>(o.hi[0][jj >> 1] >> pr, g0);  // k 2q + 8, 2q + 9
+        a[jj][3] = wgmma::decode<C, S, kBf16>(o.hi[1][jj >> 1] >> pr, g1);
+      }
+    }
+  };
+
   auto decode_int = [&](uint32_t t, uint32_t z2) {
     uint32_t v = tc::decode_pair<Code::u4, kBf16>(t, 0);  // u - 8, exact (the skinny decode)
     if constexpr (kZero) v = tc::sub2<kBf16>(v, z2);
@@ -635,23 +677,43 @@ __global__ void __launch_bounds__(kThreads, 1)
       return;
     } else {
       // Unit 0: k 0..63 of segment i (x's first half).
+      WS_T0(t_i0);
       issue_unit(acc, a0, st);
+      WS_SUM(15, t_i0);
+      WS_T0(t_w0);
       wgmma::wgmma_wait<1>();  // segment i - 1 is done: its stage is free
       wgmma::fence_acc(acc);
+      WS_SUM(12, t_w0);
       if (i > 0) release(i - 1);
+      WS_T0(t_l1);
       load_words(i, 1, o);
+      WS_WORDS_LANDED(o.lo[0][0] ^ o.hi[1][1]);
+      WS_SUM(16, t_l1);
+      WS_T0(t_d1);
       decode_unit(1, o, sc[I][0], sc[I][1], a1);
       sc[I][0] = rs0.load(s3);
       sc[I][1] = rs1.load(s3);
+      WS_SUM(14, t_d1);
       // Unit 1: k 64..127 (x's second half).
+      WS_T0(t_i1);
       issue_unit(acc, a1, st + kHalfBytes);
+      WS_SUM(15, t_i1);
+      WS_T0(t_w1);
       wgmma::wgmma_wait<1>();  // unit 0 is done: a0 is free
       wgmma::fence_acc(acc);
+      WS_SUM(12, t_w1);
       if (i + 1 < nseg) {
+        WS_T0(t_f);
         async::mbar_wait(full + 8u * static_cast<uint32_t>((i + 1) % kStages),
                          static_cast<uint32_t>(((i + 1) / kStages) & 1));
+        WS_SUM(11, t_f);
+        WS_T0(t_l0);
         load_words(i + 1, 0, o);
+        WS_WORDS_LANDED(o.lo[0][0] ^ o.hi[1][1]);
+        WS_SUM(16, t_l0);
+        WS_T0(t_d0);
         decode_unit(0, o, sc[N][0], sc[N][1], a0);
+        WS_SUM(14, t_d0);
       }
     }
   };
@@ -663,6 +725,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   wgmma::wgmma_wait<0>();
   wgmma::fence_acc(acc);
   WS_MARK(tid == 128, 3);
+  WS_SUMS_STORE(tid == 128);
   WS_MARK(tid == 256, 4);
   cluster_arrive();  // this block is done with the other's barriers and stages
 
