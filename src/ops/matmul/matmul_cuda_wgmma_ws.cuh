@@ -47,14 +47,16 @@
 //           deterministic) and writes them.
 // The numbers: the 256-row tiling's are the one-wave kernel's exactly (the same decode and
 // group_of): each W operand is dequantize()'s value in x's dtype, f32 accumulation on the
-// tensor cores. So are the 64-row tiling's, except for int4 / uint4 in groups of 64 or more
-// (block64, block128, channel; "flush" mode, kFlush below): there a 64-k unit lies inside one
-// group, the operands are the codes' integer values (u - 8, or u - 8 - z: exact in bf16 and
-// f16), the unit's sums go into a tile of their own and are added to the accumulators times
-// the group's f32 scale (one FFMA each). That is 2 instructions per operand register where
-// dequantize()'s rounded value takes 7, and the weight is not rounded to x's dtype (the sums
-// differ from the other kernels' by that rounding; tests: against the f64 product, as all).
-// Measured (H100, BENCHMARKS.md): 4-11% less time at M = 48-128.
+// tensor cores. So are the 64-row tiling's, except for 4-bit integer codes with f32 or f16
+// scales (int4 / uint4 in any group size, q4_0; "flush" mode, kFlush below): there a 64-k unit
+// lies inside one group (groups of 64 or more) or two (groups of 32), the operands are the
+// codes' integer values (u - 8, or u - 8 - z: exact in bf16 and f16), each group's sums go
+// into a tile of their own and are added to the accumulators times the group's scale as f32
+// (one FFMA each). That is 2 instructions per operand register where dequantize()'s rounded
+// value takes 7, and the weight is not rounded to x's dtype (the sums differ from the other
+// kernels' by that rounding; tests: against the f64 product, as all). Measured (H100,
+// BENCHMARKS.md): 4-11% less time at M = 48-128 for groups of 64 or more; groups of 32 since
+// session 17.
 #pragma once
 
 #include "ops/matmul/matmul_cuda_wgmma.cuh"
@@ -502,12 +504,15 @@ __global__ void __launch_bounds__(kThreads, 1)
   struct Words {
     uint32_t lo[2][2], hi[2][2];  // [row r / r + 8][word]
   };
-  // Integer codes in groups of 64 or more on the 64-row tiling ("flush" mode): a unit lies in
-  // one group, so its wgmmas sum the codes' integer values (exact in x's dtype: one LOP3 and one
+  // Integer codes with f32 or f16 scales on the 64-row tiling ("flush" mode): a unit (64 k)
+  // lies in one group (groups of 64 or more) or two (groups of 32, int4:block32 and q4_0),
+  // so its wgmmas sum the codes' integer values (exact in x's dtype: one LOP3 and one
   // subtraction per operand register instead of seven instructions) times x into a tile of
-  // its own, which is then added to the accumulators times the group's scale, one FFMA per
-  // accumulator. The 256-row tiling has no registers for a second tile.
-  constexpr bool kFlush = RX == 64 && C == Code::u4 && S == Scale::integer && kStepsLog2 >= 2;
+  // its own per group, which is then added to the accumulators times the group's scale, one
+  // FFMA per accumulator and group. The 256-row tiling has no registers for a second tile.
+  constexpr bool kFlush =
+      RX == 64 && C == Code::u4 && (S == Scale::integer || S == Scale::f16d) && kStepsLog2 >= 1;
+  constexpr int kGroups = kStepsLog2 >= 2 ? 1 : 2;  ///< flush mode: groups per unit
   // Other 4-bit integer codes decode from the unshifted words (wgmma::NibbleDecoder), but for
   // zero points on the 256-row tiling: there its per-group constants made ptxas spill in the
   // loop.
@@ -572,43 +577,62 @@ __global__ void __launch_bounds__(kThreads, 1)
     if constexpr (kZero) v = tc::sub2<kBf16>(v, z2);
     return v;
   };
+  // fs[2 gi + h]: the scale of the unit's group gi (steps 2 gi, 2 gi + 1 with two groups) for
+  // row r + 8 h.
   auto decode_unit_int = [&](int unit, const Words& o, const tc::SegScales& s0,
-                             const tc::SegScales& s1, uint32_t(&a)[4][4], float(&fs)[2]) {
-    const int f = (4 * unit) >> kStepsLog2;
-    const wgmma::Group g0 = wgmma::group_of<S, kBf16, kZero>(s0, f);
-    const wgmma::Group g1 = wgmma::group_of<S, kBf16, kZero>(s1, f);
-    fs[0] = g0.s, fs[1] = g1.s;
-    uint32_t z0 = 0, z1 = 0;
-    if constexpr (kZero) {  // the zero point, exact in x's dtype (an int8)
-      z0 = wgmma::pack_rn<kBf16>(g0.c - 136.0f, g0.c - 136.0f);
-      z1 = wgmma::pack_rn<kBf16>(g1.c - 136.0f, g1.c - 136.0f);
-    }
+                             const tc::SegScales& s1, uint32_t(&a)[4][4], float(&fs)[2 * kGroups]) {
 #pragma unroll
-    for (int jj = 0; jj < 4; ++jj) {
-      const int pr = 8 * (jj & 1);
-      a[jj][0] = decode_int(o.lo[0][jj >> 1] >> pr, z0);
-      a[jj][1] = decode_int(o.lo[1][jj >> 1] >> pr, z1);
-      a[jj][2] = decode_int(o.hi[0][jj >> 1] >> pr, z0);
-      a[jj][3] = decode_int(o.hi[1][jj >> 1] >> pr, z1);
+    for (int gi = 0; gi < kGroups; ++gi) {
+      const int f = (4 * unit + 2 * gi) >> kStepsLog2;
+      const wgmma::Group g0 = wgmma::group_of<S, kBf16, kZero>(s0, f);
+      const wgmma::Group g1 = wgmma::group_of<S, kBf16, kZero>(s1, f);
+      fs[2 * gi] = g0.s, fs[2 * gi + 1] = g1.s;
+      uint32_t z0 = 0, z1 = 0;
+      if constexpr (kZero) {  // the zero point, exact in x's dtype (an int8)
+        z0 = wgmma::pack_rn<kBf16>(g0.c - 136.0f, g0.c - 136.0f);
+        z1 = wgmma::pack_rn<kBf16>(g1.c - 136.0f, g1.c - 136.0f);
+      }
+#pragma unroll
+      for (int jj = 4 * gi / kGroups; jj < 4 * (gi + 1) / kGroups; ++jj) {
+        const int pr = 8 * (jj & 1);
+        a[jj][0] = decode_int(o.lo[0][jj >> 1] >> pr, z0);
+        a[jj][1] = decode_int(o.lo[1][jj >> 1] >> pr, z1);
+        a[jj][2] = decode_int(o.hi[0][jj >> 1] >> pr, z0);
+        a[jj][3] = decode_int(o.hi[1][jj >> 1] >> pr, z1);
+      }
     }
   };
 
   float acc[T::kAcc];
 #pragma unroll
   for (int i = 0; i < T::kAcc; ++i) acc[i] = 0.0f;
-  float tmp0[T::kAcc], fs0[2], fs1[2];  // flush mode: a unit's tile, the two units' scales
+  // Flush mode: a unit's tiles (tmp1: its second group's, with two), the two units' scales.
+  float tmp0[T::kAcc], tmp1[T::kAcc], fs0[2 * kGroups], fs1[2 * kGroups];
   // acc[4 t + e] is row r + 8 (e / 2) of the warp's tile.
-  auto flush = [&](const float(&t)[T::kAcc], const float(&fs)[2]) {
+  auto flush = [&](const float(&fs)[2 * kGroups]) {
+    wgmma::fence_acc(tmp0);
+    if constexpr (kGroups == 2) wgmma::fence_acc(tmp1);
 #pragma unroll
-    for (int i = 0; i < T::kAcc; ++i) acc[i] = __fmaf_rn(t[i], fs[(i >> 1) & 1], acc[i]);
+    for (int i = 0; i < T::kAcc; ++i) {
+      acc[i] = __fmaf_rn(tmp0[i], fs[(i >> 1) & 1], acc[i]);
+      if constexpr (kGroups == 2) acc[i] = __fmaf_rn(tmp1[i], fs[2 + ((i >> 1) & 1)], acc[i]);
+    }
   };
   auto issue_unit = [&](float(&d)[T::kAcc], const uint32_t(&a)[4][4], uint32_t at) {
     wgmma::fence_acc(d);
+    if constexpr (kFlush && kGroups == 2) wgmma::fence_acc(tmp1);
     wgmma::wgmma_fence();
     if constexpr (kFlush) {
-      wgmma_rs64<kBf16, false>(d, a[0], wgmma::desc_k128(at));  // d = the unit's first step
-#pragma unroll
-      for (int j = 1; j < 4; ++j) wgmma_rs64<kBf16>(d, a[j], wgmma::desc_k128(at + j * 32));
+      // d (tmp0) = the unit's first step, then the others; with two groups, tmp1 = steps 2, 3.
+      wgmma_rs64<kBf16, false>(d, a[0], wgmma::desc_k128(at));
+      wgmma_rs64<kBf16>(d, a[1], wgmma::desc_k128(at + 32));
+      if constexpr (kGroups == 2) {
+        wgmma_rs64<kBf16, false>(tmp1, a[2], wgmma::desc_k128(at + 64));
+        wgmma_rs64<kBf16>(tmp1, a[3], wgmma::desc_k128(at + 96));
+      } else {
+        wgmma_rs64<kBf16>(d, a[2], wgmma::desc_k128(at + 64));
+        wgmma_rs64<kBf16>(d, a[3], wgmma::desc_k128(at + 96));
+      }
     } else {
 #pragma unroll
       for (int j = 0; j < 4; ++j) wgmma_rs_n<kBf16>(d, a[j], wgmma::desc_k128(at + j * 32));
@@ -661,8 +685,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       sc[I][0] = rs0.load(s3);
       sc[I][1] = rs1.load(s3);
       wgmma::wgmma_wait<0>();
-      wgmma::fence_acc(tmp0);
-      flush(tmp0, fs0);
+      flush(fs0);
       issue_unit(tmp0, a1, st + kHalfBytes);  // unit 1: k 64..127
       if (i + 1 < nseg) {
         async::mbar_wait(full + 8u * static_cast<uint32_t>((i + 1) % kStages),
@@ -671,8 +694,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         decode_unit_int(0, o, sc[N][0], sc[N][1], a0, fs0);
       }
       wgmma::wgmma_wait<0>();
-      wgmma::fence_acc(tmp0);
-      flush(tmp0, fs1);
+      flush(fs1);
       release(i);
       return;
     } else {
