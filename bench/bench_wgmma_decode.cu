@@ -1,16 +1,20 @@
 // Where a 4-bit decode's operands should go: the ws kernels' consumers decode a unit's A
 // operands (16 registers per lane, wgmma::NibbleDecoder on code words from shared memory)
 // while the previous unit's wgmmas run, with A read from registers (RS). This measures, with
-// nothing else in the loop (no copies, no barriers between blocks), a unit's cycles for
+// nothing else in the loop (no copies, no barriers between blocks), a unit's SM cycles for
 //   wgmma   the 4 wgmmas alone (as bench_wgmma_rate);
 //   decode  the decode alone (code words from shared memory into 16 registers);
-//   RS      both, A from registers (the ws kernels' loop);
+//   RS      both, A from registers (the ws kernels' loop); also with the decode's two halves
+//           between the wgmmas, and with the pairs packed by PRMT (truncation: is F2FP the
+//           contended unit?);
 //   SS      both, the decoded registers stored into shared memory with stmatrix (a 128-byte
 //           swizzled 64 x 64 tile per warpgroup, two of them in turn), a proxy fence and a
-//           warpgroup barrier, and A read from there;
-// for 1 and 2 warpgroups per SM and the two wgmma shapes (m64n64k16, m64n256k16). If SS's
-// units are shorter than RS's where both warpgroups decode, the tensor cores' reads of A from
-// the register file are what slows the decode beside them (docs/matmul.md, session 16).
+//           warpgroup barrier (also without it: unsafe, timing only), and A read from there;
+// for 1-3 warpgroups per SM and the two wgmma shapes (m64n64k16, m64n256k16); and the other
+// arrangement (split_kernel below): x as A, W decoded into B tiles by warpgroups of their own.
+// Results and reading: BENCHMARKS.md, "Issue 4 in session 17". Standalone (no lowbit library):
+//   nvcc -arch=sm_90a -std=c++20 --expt-relaxed-constexpr -DLOWBIT_HAS_CUDA=1 -Iinclude -Isrc \
+//     bench/bench_wgmma_decode.cu
 //   bench_wgmma_decode [--iters N]
 #include <cuda_runtime.h>
 
