@@ -13,30 +13,11 @@
 #include <cstring>
 #include <string>
 
-#include "ops/matmul/matmul_cuda_wgmma_ws.cuh"
+#include "wgmma_bench.cuh"
 
 namespace {
 
 using namespace lowbit;
-
-/// d += A · B, m64n64k16, A and B from shared memory (K-major, 128-byte swizzle).
-__device__ __forceinline__ void wgmma_ss64(float (&d)[32], uint64_t a, uint64_t b) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile(
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-      "%32, %33, 1, 1, 1, 0, 0;"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(a), "l"(b));
-#else
-  (void)d, (void)a, (void)b;
-#endif
-}
 
 constexpr int kSmem = 64 * 1024 + 1024;
 
@@ -68,7 +49,7 @@ __global__ void __launch_bounds__(384, 1)
     for (int j = 0; j < 4; ++j) {
       const uint64_t b = wgmma::desc_k128(base + 32u * j);
       if constexpr (kSS) {
-        wgmma_ss64(d, wgmma::desc_k128(base + 32768u + 32u * j), b);
+        wgmma_bench::wgmma_ss<64>(d, wgmma::desc_k128(base + 32768u + 32u * j), b);
       } else if constexpr (kN == 128) {
         wgmma::wgmma_rs<true>(d, a, b);
       } else {
@@ -92,29 +73,14 @@ __global__ void __launch_bounds__(384, 1)
 #endif
 }
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) {
-    std::fprintf(stderr, "bench_wgmma_rate: %s: %s\n", what, cudaGetErrorString(e));
-    std::exit(1);
-  }
-}
+void check(cudaError_t e, const char* what) { wgmma_bench::check(e, "bench_wgmma_rate", what); }
 
 template <int kN, bool kSS>
 void row(int sms, int iters, int warpgroups, int clock_khz, float* out, unsigned long long* issue) {
   auto* k = rate_kernel<kN, kSS>;
   check(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem), "smem");
-  k<<<sms, 384, kSmem>>>(iters, warpgroups, out, issue);  // warm-up
-  check(cudaDeviceSynchronize(), "warm-up");
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0), cudaEventCreate(&e1);
-  constexpr int kReps = 5;
-  cudaEventRecord(e0);
-  for (int r = 0; r < kReps; ++r) k<<<sms, 384, kSmem>>>(iters, warpgroups, out, issue);
-  cudaEventRecord(e1);
-  check(cudaEventSynchronize(e1), "run");
-  float ms = 0;
-  cudaEventElapsedTime(&ms, e0, e1);
-  const double s = ms / 1e3 / kReps;
+  const double s = wgmma_bench::seconds_per_launch(
+      "bench_wgmma_rate", [&] { k<<<sms, 384, kSmem>>>(iters, warpgroups, out, issue); });
   const double wgmmas = double(sms) * warpgroups * iters * 4;
   const double flops = wgmmas * 2.0 * 64 * kN * 16;
   unsigned long long h[3] = {0, 0, 0};
