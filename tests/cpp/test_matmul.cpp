@@ -710,12 +710,13 @@ TEST(Matmul, WgmmaWsCopyEngineStoresMatchTheRowLoop) {
 /// order, are their sums: the same bits from matmul_cuda_wgmma_tc and ws_tc (M = 200) or
 /// ws64_tc (M = 100), for the 4-bit integer codes (sym / asym, groups of 32 to 128, q4_0's f16
 /// scales; the ws kernels decode them without shifts, wgmma::NibbleDecoder) and the e2m1
-/// formats. ws64's flush mode (integer groups of 64 or more) sums otherwise and is left out.
+/// formats. ws64's flush mode (int4 / uint4 in groups of 64 or more, q4_0) sums otherwise and
+/// is left out there.
 TEST(Matmul, WgmmaWsKernelsGiveTheOneWaveKernelsBits) {
   struct Pair {
     const char* kernel;
     int64_t m;
-    bool flush_mode;  ///< integer groups of 64 or more sum otherwise here
+    bool flush_mode;  ///< int4 groups of 64 or more and q4_0 sum otherwise here
   };
   const Case cases[] = {
       {0, 200, 512, Dtype::bf16, Dtype::bf16, "int4:block32", "", false, true, 0, true},
@@ -735,7 +736,7 @@ TEST(Matmul, WgmmaWsKernelsGiveTheOneWaveKernelsBits) {
                           Pair{"matmul_cuda_wgmma_ws64_tc", 100, true}}) {
       for (Case c : cases) {
         const bool flush = c.w_scheme.find("block64") != std::string::npos ||
-                           c.w_scheme.find("block128") != std::string::npos;
+                           c.w_scheme.find("block128") != std::string::npos || c.w_scheme == "q4_0";
         if (ws.flush_mode && flush) continue;
         c.m = ws.m;
         std::vector<uint8_t> one_wave, warp_specialized;
@@ -752,7 +753,7 @@ TEST(Matmul, WgmmaWsKernelsGiveTheOneWaveKernelsBits) {
                   device.str().c_str());
       continue;
     }
-    EXPECT_EQ(ran, 8 + 6);
+    EXPECT_EQ(ran, 8 + 4);
   }
 }
 

@@ -164,8 +164,9 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
     return {
         "W decoded to x's dtype in registers (integer formats and q4_0: dequantize()'s value "
         "rounded once, the bits of dequantize to x's dtype, except int4 / uint4 in groups of "
-        ">= 64 on the 64-row kernel (33 <= M <= 128): the code's integer value, exact, and each "
-        "64-k partial sum times the group's scale in f32; e2m1 formats: the code times its "
+        ">= 64 and q4_0 on the 64-row kernel (33 <= M <= 128): the code's integer value, exact, "
+        "and each group's partial sum of a 64-k unit times its scale in f32; e2m1 formats: the "
+        "code times its "
         "block scale, exact, nvfp4's global scale applied in f32), products summed in f32 on "
         "tensor cores (wgmma); split-K ranges added in a fixed order (no atomics): " +
             split_note(),

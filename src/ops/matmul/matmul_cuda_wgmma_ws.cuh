@@ -48,14 +48,15 @@
 // The numbers: the 256-row tiling's are the one-wave kernel's exactly (the same decode and
 // group_of): each W operand is dequantize()'s value in x's dtype, f32 accumulation on the
 // tensor cores. So are the 64-row tiling's, except for int4 / uint4 in groups of 64 or more
-// (block64, block128, channel; "flush" mode, kFlush below): there a 64-k unit lies inside one
-// group, the operands are the codes' integer values (u - 8, or u - 8 - z: exact in bf16 and
-// f16), the unit's sums go into a tile of their own and are added to the accumulators times
-// the group's f32 scale (one FFMA each). That is 2 instructions per operand register where
-// dequantize()'s rounded value takes 7, and the weight is not rounded to x's dtype (the sums
-// differ from the other kernels' by that rounding; tests: against the f64 product, as all).
-// Measured (H100, BENCHMARKS.md): 4-11% less time at M = 48-128. Groups of 32 (two tiles per
-// unit) are written, off until measured (kFlushMinStepsLog2).
+// (block64, block128, channel) and q4_0 ("flush" mode, kFlush below): there a 64-k unit lies
+// inside one group (two for q4_0's groups of 32), the operands are the codes' integer values
+// (u - 8, or u - 8 - z: exact in bf16 and f16), each group's sums go into a tile of their own
+// and are added to the accumulators times the group's scale in f32 (one FFMA each). That is
+// 2 instructions per operand register where dequantize()'s rounded value takes 7, and the
+// weight is not rounded to x's dtype (the sums differ from the other kernels' by that
+// rounding; tests: against the f64 product, as all). Measured (H100, BENCHMARKS.md): 4-11%
+// less time at M = 48-128 for groups of 64 or more, 2-6% for q4_0; int4:block32 (f32 scales)
+// was 1-4% slower that way and keeps the rounded decode.
 #pragma once
 
 #include "ops/matmul/matmul_cuda_wgmma.cuh"
@@ -399,12 +400,6 @@ __device__ __forceinline__ void store_y_tail(const Args& p, int c, int64_t row0,
   }
 }
 
-/// Flush mode (below) from groups of 16 * 2^kFlushMinStepsLog2 elements: 2, groups of 64 or
-/// more. Groups of 32 (1: two tiles per unit, int4:block32 and q4_0) are written but off until
-/// measured on the H100 (session 17 had no device; the next flips this and the bit test's
-/// expectations: docs/matmul.md).
-inline constexpr int kFlushMinStepsLog2 = 2;
-
 template <Code C, Scale S, int kStepsLog2, bool kBf16, bool kZero, int RX>
 __global__ void __launch_bounds__(kThreads, 1)
     ws_kernel(Args p, const __grid_constant__ CUtensorMap x_map,
@@ -515,8 +510,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   // subtraction per operand register instead of seven instructions) times x into a tile of
   // its own per group, which is then added to the accumulators times the group's scale, one
   // FFMA per accumulator and group. The 256-row tiling has no registers for a second tile.
-  constexpr bool kFlush = RX == 64 && C == Code::u4 && (S == Scale::integer || S == Scale::f16d) &&
-                          kStepsLog2 >= kFlushMinStepsLog2;
+  // Groups of 32 flush only with q4_0's f16 scales: measured (H100, session 17) 2-6% faster
+  // for q4_0 at M = 64-128, but 3-4% slower for int4:block32 and 1-2% for its asym form
+  // (f32 scales), which keep the rounded decode.
+  constexpr bool kFlush =
+      RX == 64 && C == Code::u4 &&
+      ((S == Scale::integer && kStepsLog2 >= 2) || (S == Scale::f16d && kStepsLog2 == 1));
   constexpr int kGroups = kStepsLog2 >= 2 ? 1 : 2;  ///< flush mode: groups per unit
   // Other 4-bit integer codes decode from the unshifted words (wgmma::NibbleDecoder), but for
   // zero points on the 256-row tiling: there its per-group constants made ptxas spill in the
