@@ -21,6 +21,9 @@
 //    grid gives every block the same number of steps (balanced_grid). Stores carry the evict-first
 //    hint (st.global.cs), as do the 4-byte code loads of the 4-bit formats (measured gains
 //    beside the code and in BENCHMARKS.md).
+//  - bulk (int4 / uint4 to bf16 / f16, kBulk): the chunks path, but a block's step is 2048
+//    consecutive chunks decoded into shared memory and written by one TMA bulk store
+//    (dequantize_bulk_kernel; bench/bench_write_stream.cu measured why).
 //  - generic: any other layout (2-d blocks, per-channel on a later axis, ragged fp8 blocks,
 //    element counts that are not a multiple of 8, misaligned views): one element per
 //    thread step, its group from formats::GroupMap.
@@ -295,27 +298,33 @@ __device__ __forceinline__ ChunkRaw staged_item(const uint8_t* blocks, uint32_t 
                               k % kPerBlock);
 }
 
-/// Stores an item's N values as D at p (16-byte aligned) with the evict-first hint: a chunk
-/// through store8, a quad (f32 only) as one 16-byte store.
-template <Dtype D, bool kNoNaN, int N>
+/// Stores an item's N values as D at p (16-byte aligned): a chunk through store8, a quad
+/// (f32 only) as one 16-byte store. kStream: global memory, with the evict-first hint; else
+/// a plain store (the bulk path's shared-memory stage).
+template <Dtype D, bool kNoNaN, int N, bool kStream = true>
 __device__ __forceinline__ void store_item(uint8_t* p, const float (&v)[N]) {
   if constexpr (N == 8) {
-    store8<D, kNoNaN, true>(p, v);
+    store8<D, kNoNaN, kStream>(p, v);
   } else {
     static_assert(D == Dtype::f32 && N == 4);
-    __stcs(reinterpret_cast<uint4*>(p), make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]),
-                                                   __float_as_uint(v[2]), __float_as_uint(v[3])));
+    const uint4 w = make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]),
+                               __float_as_uint(v[3]));
+    if constexpr (kStream) {
+      __stcs(reinterpret_cast<uint4*>(p), w);
+    } else {
+      *reinterpret_cast<uint4*>(p) = w;
+    }
   }
 }
 
 /// The careful path of a chunk (NaN / Inf codes or scales, large zero points): out of line,
 /// so that the compiler cannot if-convert it into the plain path, where its instructions
 /// would issue for every chunk.
-template <DCode F, Dtype D, int N>
+template <DCode F, Dtype D, int N, bool kStream = true>
 __device__ __noinline__ void decode_store_careful(ChunkRaw r, float global, uint8_t* dst) {
   float v[N];
   decode_chunk<F, false, N>(r, global, v);
-  store_item<D, false, N>(dst, v);
+  store_item<D, false, N, kStream>(dst, v);
 }
 
 /// kQuads (f32 destinations): a lane's items are quads, 4 elements stored with one 16-byte
@@ -431,6 +440,79 @@ __global__ void __launch_bounds__(kThreads) dequantize_chunks_kernel(ChunkArgs a
     if (w0 + step < a.chunks) fetch(w0 + step);
     decode_store(w0, r);
   }
+}
+
+/// The chunks path with the stores through shared memory: a block's step is kThreads x
+/// kItems consecutive items (item k * kThreads + t of the step in thread t), decoded into a
+/// stage buffer and written by one TMA bulk store (cp.async.bulk, global <- shared) of the
+/// whole step; kStages buffers, a buffer reused once its store has read it. A write-heavy
+/// stream goes faster this way on the H100 (bench_write_stream: 1:4 92% of copy against 89-90%
+/// with 16-byte stores from the lanes, 1:2 91% against 89%). Not for the GGUF formats.
+template <DCode F, Dtype D, bool kQuads, int kStages, int U>
+__global__ void __launch_bounds__(kThreads) dequantize_bulk_kernel(ChunkArgs a) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  static_assert(!kGguf<F>);
+  constexpr int kPer = kQuads ? 2 : 1;
+  constexpr int kItems = U * kPer;
+  constexpr int N = kQuads ? 4 : 8;
+  constexpr int kOut = N * (D == Dtype::f32 ? 4 : 2);
+  constexpr uint32_t kStepItems = kThreads * kItems;
+  extern __shared__ __align__(128) uint8_t stage[];
+  float global = 0.0f;
+  if constexpr (F == DCode::nvfp4) global = a.global[0];
+  const uint32_t t = threadIdx.x;
+  const uint64_t items = static_cast<uint64_t>(a.chunks) * kPer;
+  const uint64_t steps = (items + kStepItems - 1) / kStepItems;
+  ChunkRaw next[kItems];
+  auto fetch = [&](uint64_t s) {
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) {
+      const uint64_t i = s * kStepItems + k * kThreads + t;
+      if (i < items) next[k] = load_item<F, kQuads>(a, i);
+    }
+  };
+  uint64_t s = blockIdx.x;
+  if (s < steps) fetch(s);
+  for (uint32_t it = 0; s < steps; s += gridDim.x, ++it) {
+    ChunkRaw r[kItems];
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) {
+      r[k] = next[k];
+      if constexpr (kIntScale<F>)
+        r[k].scale = widen_scale(__float_as_uint(r[k].scale), a.scale_dtype);
+    }
+    if (s + gridDim.x < steps) fetch(s + gridDim.x);
+    uint8_t* buf = stage + (it % kStages) * (kStepItems * kOut);
+    if (t == 0) asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(kStages - 1) : "memory");
+    __syncthreads();
+    const uint64_t first = s * kStepItems;
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) {
+      if (first + k * kThreads + t < items) {
+        uint8_t* p = buf + (k * kThreads + t) * kOut;
+        if (chunk_is_plain<F>(r[k], global)) {
+          float v[N];
+          decode_chunk<F, true, N>(r[k], global, v);
+          store_item<D, true, N, false>(p, v);
+        } else {
+          decode_store_careful<F, D, N, false>(r[k], global, p);
+        }
+      }
+    }
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    __syncthreads();
+    if (t == 0) {
+      const uint32_t bytes = static_cast<uint32_t>(
+          (items - first < kStepItems ? items - first : uint64_t{kStepItems}) * kOut);
+      asm volatile(
+          "cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n"
+          "cp.async.bulk.commit_group;" ::"l"(a.dst + first * kOut),
+          "r"(static_cast<uint32_t>(__cvta_generic_to_shared(buf))), "r"(bytes)
+          : "memory");
+    }
+  }
+  if (t == 0) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+#endif
 }
 
 // ---- the generic path -------------------------------------------------------------------------
@@ -568,13 +650,52 @@ template <DCode F>
 inline constexpr uint32_t kWaves =
     F == DCode::nvfp4 || F == DCode::mxfp4 || F == DCode::mxe4m3 || F == DCode::mxe5m2 ? 1 : 2;
 
+/// Which formats and destinations write through the bulk path (H100, 16384 x 8192 -> bf16,
+/// two interleaved runs each, % of copy, lanes -> bulk with 2 stages of 8 items per thread):
+/// int4:block32 87.2 / 87.3 -> 90.1 / 90.2 (3 stages of 4 items: 89.9 / 90.1). The others
+/// lost: int8:token 90.0 -> 88.0-88.7, fp8e4m3:token 89.9 -> 88.3-89.6, mxfp4 89.6-89.9 ->
+/// 84.5-88.6, and nvfp4 89.8 -> 52-79% (fewer stages and items per thread lost less; its
+/// cause not found). f32 destinations (quads, a 64 KiB step) were not measured: lanes.
+template <DCode F, Dtype D>
+inline constexpr bool kBulk = (F == DCode::i4 || F == DCode::u4) && D != Dtype::f32;
+
+template <DCode F, Dtype D, int kStages, int U>
+void launch_bulk(const ChunkArgs& a, int sms, cudaStream_t stream) {
+  constexpr bool kQuads = D == Dtype::f32;
+  auto kernel = dequantize_bulk_kernel<F, D, kQuads, kStages, U>;
+  constexpr int kStepBytes = kThreads * U * 16 * (kQuads ? 2 : 1);
+  constexpr int kSmem = kStages * kStepBytes;
+  static const int per_sm = [&] {
+    // Every device of a process shares the arch (resident_grid's assumption), so once.
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+    int blocks = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, kSmem) !=
+            cudaSuccess ||
+        blocks < 1) {
+      cudaGetLastError();
+      blocks = 1;
+    }
+    return blocks;
+  }();
+  const uint64_t steps =
+      (static_cast<uint64_t>(a.chunks) * (kQuads ? 2 : 1) + kThreads * U * (kQuads ? 2 : 1) - 1) /
+      (kThreads * U * (kQuads ? 2 : 1));
+  const uint32_t grid = balanced_grid(steps, 1, static_cast<uint32_t>(per_sm * sms));
+  kernel<<<grid, kThreads, kSmem, stream>>>(a);
+  check_launch("dequantize_bulk_kernel");
+}
+
 template <DCode F, Dtype D>
 void launch_chunks(const ChunkArgs& a, int sms, cudaStream_t stream) {
-  auto kernel = dequantize_chunks_kernel<F, D, D == Dtype::f32>;
-  const uint32_t grid =
-      balanced_grid(a.chunks, kThreads * 4, kWaves<F> * resident_grid(kernel, kThreads, sms));
-  kernel<<<grid, kThreads, 0, stream>>>(a);
-  check_launch("dequantize_chunks_kernel");
+  if constexpr (kBulk<F, D>) {
+    return launch_bulk<F, D, 2, 8>(a, sms, stream);
+  } else {
+    auto kernel = dequantize_chunks_kernel<F, D, D == Dtype::f32>;
+    const uint32_t grid =
+        balanced_grid(a.chunks, kThreads * 4, kWaves<F> * resident_grid(kernel, kThreads, sms));
+    kernel<<<grid, kThreads, 0, stream>>>(a);
+    check_launch("dequantize_chunks_kernel");
+  }
 }
 
 template <DCode F>
