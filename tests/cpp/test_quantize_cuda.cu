@@ -868,29 +868,32 @@ TEST(QuantizeCuda, RepeatedRunsGiveIdenticalBits) {
   }
 }
 
-/// The 4-bit integer formats dequantize to bf16 / f16 through shared memory and TMA bulk
-/// stores, a block's step being 2048 chunks of 8 elements: one chunk, partial single steps,
-/// exact multiples of a step and partial last steps, each against the reference, with the
-/// 4 KiB after the output checked untouched (a bulk store that runs past the end shows).
+/// The 4-bit integer formats (to bf16 / f16) and GGUF q8_0 / q4_0 (to f32) dequantize
+/// through shared memory and TMA bulk stores, a block's step being 2048 chunks of 8 elements
+/// (256 GGUF blocks): one step's part, exact multiples of a step and partial last steps,
+/// each against the reference, with the 4 KiB after the output checked untouched (a bulk
+/// store that runs past the end shows). Every destination dtype is run for every scheme.
 TEST(QuantizeCuda, BulkDequantizeWritesExactlyItsOutput) {
   LOWBIT_REQUIRE_CUDA();
   auto rng = testing::make_rng(707);
   constexpr int64_t kGuard = 4096;
   int cases = 0;
-  for (const char* text : {"int4:block32", "uint4:block32:asym", "int4:token", "uint4:tensor"}) {
+  for (const char* text :
+       {"int4:block32", "uint4:block32:asym", "int4:token", "uint4:tensor", "q8_0", "q4_0"}) {
     const QuantScheme s = QuantScheme::parse(text);
     for (int64_t chunks : {8, 2040, 2048, 2056, 4096, 6152, 20008}) {
       const Shape shape{2, chunks * 4};  // chunks x 8 elements, rows a multiple of 32
       std::vector<float> values(static_cast<size_t>(chunks * 8));
-      fill_values(values.data(), 2, chunks * 4, rng, false);
+      // GGUF: finite scales only (a block's d overflowing f16 is an error, tested elsewhere).
+      fill_values(values.data(), 2, chunks * 4, rng, s.format == QuantFormat::gguf);
       const Tensor host = host_source(values, shape, Dtype::f32);
       QBuf ref = QBuf::make(s, shape, Device::cpu(), false);
       ASSERT_EQ(run_quantize(kRef, host, ref.view), "") << text;
       QBuf dev = QBuf::make(s, shape, Device::cuda(0), false);
       copy_parts(dev.view, ref.view);
-      for (Dtype dt : {Dtype::bf16, Dtype::f16}) {
+      for (Dtype dt : {Dtype::f32, Dtype::bf16, Dtype::f16}) {
         ++cases;
-        const int64_t bytes = chunks * 16;
+        const int64_t bytes = storage_bytes(dt, chunks * 8);
         OffsetTensor want = OffsetTensor::make(shape, dt, Device::cpu(), 0);
         ASSERT_EQ(run_dequantize(kDqRef, ref.view, want.view), "") << text;
         Tensor storage = Tensor::empty({bytes + kGuard}, Dtype::u8, Device::cuda(0));
