@@ -7,10 +7,14 @@
 //    per load, each warp store writing 512 contiguous bytes (bench_quantize_cuda's expand);
 //  - lanes, input in L2: the same, but the input index wraps inside 4 MiB, so that DRAM sees
 //    the writes alone (a diagnostic: is the read / write mix the limit, or the SM side?);
-//  - bulk: a block's 4 KiB of input expanded into shared memory and written by one TMA bulk
-//    store (cp.async.bulk.global.shared::cta) of K x 4 KiB, double-buffered;
-//  - write-only lanes: the stores alone (K = 1), to compare with cudaMemsetAsync.
-//   bench_write_stream [--reps N] [--mib M]   (M: MiB of input for K = 4; default 64)
+//  - block chunks: the lanes' stores, a block's loads of a step contiguous (not grid-strided);
+//  - bulk: a block's 4 or 8 KiB of input expanded into shared memory and written by one TMA
+//    bulk store (cp.async.bulk.global.shared::cta) of K x that, 2-4 stage buffers;
+//  - write-only lanes: the stores alone, to compare with cudaMemsetAsync;
+//  - cudaMemcpyAsync of the input's size and of 4 x it (the copy's own size effect).
+// The second table block repeats the variants twice (rounds) to show the run-to-run spread.
+// What dequantize_cuda took from it: docs/formats.md, BENCHMARKS.md "Issue 3 in session 18".
+//   bench_write_stream [--reps N] [--mib M]   (M: MiB of input; default 64, issue 3's int4 size)
 #include <cuda_runtime.h>
 
 #include <algorithm>
