@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <mutex>
 #include <string>
@@ -40,6 +41,30 @@ class DeviceScope {
 
  private:
   int previous_ = 0;
+};
+
+/// A kernel's opt-in to more than 48 KiB of dynamic shared memory, once per device. The
+/// attribute belongs to the function in each device's context, so a process that runs the
+/// kernel on a second GPU must set it there too (setting it once per process made launches on
+/// any other device fail). One instance per launch site (a function-local static):
+///   static SmemOptIn optin;
+///   check_cuda(optin.allow(kernel, bytes), "what");
+class SmemOptIn {
+ public:
+  template <class Kernel>
+  cudaError_t allow(Kernel kernel, int bytes) {
+    int device = 0;
+    if (const cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) return err;
+    const uint64_t bit = device >= 0 && device < 64 ? uint64_t{1} << device : 0;
+    if (bit && (devices_.load(std::memory_order_acquire) & bit)) return cudaSuccess;
+    const cudaError_t err = cudaFuncSetAttribute(
+        reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (err == cudaSuccess && bit) devices_.fetch_or(bit, std::memory_order_acq_rel);
+    return err;
+  }
+
+ private:
+  std::atomic<uint64_t> devices_{0};
 };
 
 /// Per-device facts read once: SM count, "sm_XY", whether this build has code for it

@@ -21,6 +21,7 @@ namespace lowbit::mm_cuda {
 using quant_cuda::check_cuda;
 using quant_cuda::check_launch;
 using quant_cuda::DeviceScope;
+using quant_cuda::SmemOptIn;
 
 // ---- the prepared weight --------------------------------------------------------------------
 

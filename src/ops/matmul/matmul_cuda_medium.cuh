@@ -289,13 +289,8 @@ void launch(const Args& a, cudaStream_t stream) {
   constexpr int kBits = (C == Code::u4 || C == Code::fp4) ? 4 : 8;
   const auto kernel = &medium_kernel<C, S, SL, kBf16, kAffine>;
   const int smem = stages(kBits) * stage_bytes(kBits);
-  static const bool attr = [&] {
-    mm_cuda::check_cuda(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-        "matmul: shared memory of medium_kernel");
-    return true;
-  }();
-  (void)attr;
+  static mm_cuda::SmemOptIn optin;
+  mm_cuda::check_cuda(optin.allow(kernel, smem), "matmul: shared memory of medium_kernel");
   const dim3 grid(static_cast<unsigned>((a.m + kRowsX - 1) / kRowsX),
                   static_cast<unsigned>((a.tiles + kTilesPerBlock - 1) / kTilesPerBlock),
                   static_cast<unsigned>(a.split));
@@ -310,9 +305,8 @@ int blocks_per_sm() {
   static const int blocks = [] {
     const auto kernel = &medium_kernel<C, S, SL, kBf16, kAffine>;
     const int smem = stages(kBits) * stage_bytes(kBits);
-    mm_cuda::check_cuda(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-        "matmul: shared memory of medium_kernel");
+    mm_cuda::check_cuda(mm_cuda::SmemOptIn().allow(kernel, smem),
+                        "matmul: shared memory of medium_kernel");
     int b = 0;
     mm_cuda::check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel, kThreads, smem),
                         "matmul: occupancy of medium_kernel");

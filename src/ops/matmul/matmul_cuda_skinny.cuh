@@ -460,13 +460,10 @@ inline int warps_per_sm(const void* kernel) {
 template <Code C, Scale S, int SL, bool kBf16, int NT, bool kAffine, int TM, bool kStageX>
 void launch(const Args& a, int64_t tiles, int sms, cudaStream_t stream) {
   const auto kernel = &skinny_kernel<C, S, SL, kBf16, NT, kAffine, TM, kStageX>;
-  static const int per_sm = [&] {
-    // The largest block's shared memory (16 warps' stages and sums) is above the 48 KiB default.
-    mm_cuda::check_cuda(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024),
-        "matmul: skinny_kernel's shared memory");
-    return warps_per_sm(reinterpret_cast<const void*>(kernel));
-  }();
+  // The largest block's shared memory (16 warps' stages and sums) is above the 48 KiB default.
+  static mm_cuda::SmemOptIn optin;
+  mm_cuda::check_cuda(optin.allow(kernel, 200 * 1024), "matmul: skinny_kernel's shared memory");
+  static const int per_sm = warps_per_sm(reinterpret_cast<const void*>(kernel));
   const int64_t mblocks = (a.m + 8 * NT - 1) / (8 * NT);
   const int64_t tblocks = (tiles + TM - 1) / TM;
   const int64_t slots = static_cast<int64_t>(sms) * per_sm;

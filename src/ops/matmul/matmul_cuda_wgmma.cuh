@@ -456,13 +456,8 @@ struct Launcher {
 template <Code C, Scale S, int SL, bool kBf16, bool kZero>
 void launch(const Args& a, const CUtensorMap& x_map, cudaStream_t stream) {
   const auto kernel = &wgmma_kernel<C, S, SL, kBf16, kZero>;
-  static const bool attr = [&] {
-    mm_cuda::check_cuda(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes),
-        "matmul: shared memory of wgmma_kernel");
-    return true;
-  }();
-  (void)attr;
+  static mm_cuda::SmemOptIn optin;
+  mm_cuda::check_cuda(optin.allow(kernel, kSmemBytes), "matmul: shared memory of wgmma_kernel");
   const dim3 grid(static_cast<unsigned>((a.m + kRowsX - 1) / kRowsX),
                   static_cast<unsigned>((a.tiles + kTilesPerBlock - 1) / kTilesPerBlock),
                   static_cast<unsigned>(a.split));

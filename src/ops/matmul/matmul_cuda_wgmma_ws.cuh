@@ -923,13 +923,9 @@ template <Code C, Scale S, int SL, bool kBf16, bool kZero, int RX>
 cudaLaunchConfig_t ws_config(unsigned xblocks, unsigned wblocks, int split, bool ksplit,
                              cudaLaunchAttribute& cluster) {
   constexpr auto kernel = &ws_kernel<C, S, SL, kBf16, kZero, RX>;
-  static const bool attr = [] {
-    mm_cuda::check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             Tiling<RX>::kSmemBytes),
-                        "matmul: shared memory of ws_kernel");
-    return true;
-  }();
-  (void)attr;
+  static mm_cuda::SmemOptIn optin;
+  mm_cuda::check_cuda(optin.allow(kernel, Tiling<RX>::kSmemBytes),
+                      "matmul: shared memory of ws_kernel");
   cudaLaunchConfig_t cfg{};
   // A W pair's second block may lie past the last tile (it stores nothing).
   cfg.gridDim =

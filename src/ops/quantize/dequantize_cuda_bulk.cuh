@@ -185,9 +185,10 @@ void launch_bulk(const ChunkArgs& a, int sms, cudaStream_t stream) {
   auto kernel = dequantize_bulk_kernel<F, D, kQuads, kStages, U>;
   constexpr int kStepBytes = kThreads * U * 16 * (kQuads ? 2 : 1);
   constexpr int kSmem = kStages * kStepBytes;
+  static SmemOptIn optin;
+  check_cuda(optin.allow(kernel, kSmem), "dequantize: shared memory of dequantize_bulk_kernel");
   static const int per_sm = [&] {
     // Every device of a process shares the arch (resident_grid's assumption), so once.
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
     int blocks = 0;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, kSmem) !=
             cudaSuccess ||
@@ -210,8 +211,10 @@ void launch_gguf_bulk(const ChunkArgs& a, int sms, cudaStream_t stream) {
   auto kernel = dequantize_gguf_bulk_kernel<F, kStages>;
   constexpr int kBytes = F == DCode::q8_0 ? kQ8_0Bytes : kQ4_0Bytes;
   constexpr int kSmem = kStages * 2048 * 16 + 256 * kBytes;
+  static SmemOptIn optin;
+  check_cuda(optin.allow(kernel, kSmem),
+             "dequantize: shared memory of dequantize_gguf_bulk_kernel");
   static const int per_sm = [&] {
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
     int blocks = 0;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, kSmem) !=
             cudaSuccess ||

@@ -40,6 +40,7 @@ using numeric_detail::float_of;
 // ---- host: errors, devices, launches ----------------------------------------------------
 
 using cuda_common::check_cuda;
+using cuda_common::SmemOptIn;
 
 inline void check_launch(const char* what) {
   const cudaError_t err = cudaGetLastError();
