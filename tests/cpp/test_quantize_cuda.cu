@@ -914,6 +914,39 @@ TEST(QuantizeCuda, BulkDequantizeWritesExactlyItsOutput) {
   std::printf("  %d dequantize cases with a guarded tail\n", cases);
 }
 
+/// Kernels that opt in to more than 48 KiB of dynamic shared memory must do so on every
+/// device they run on (the attribute belongs to the function in each device's context): the
+/// bulk dequantize paths on each GPU in turn, device 0 first. Needs two GPUs.
+TEST(QuantizeCuda, BulkDequantizeRunsOnEveryDevice) {
+  LOWBIT_REQUIRE_CUDA();
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess) devices = 0;
+  if (devices < 2)
+    GTEST_SKIP() << "needs two CUDA devices (this machine has " << devices
+                 << "): the shared-memory opt-in of a second device is not exercised";
+  auto rng = testing::make_rng(808);
+  const Shape shape{64, 4096};
+  std::vector<float> values(64 * 4096);
+  fill_values(values.data(), 64, 4096, rng, true);
+  const Tensor host = host_source(values, shape, Dtype::f32);
+  for (const char* text : {"int4:block32", "q4_0"}) {
+    const QuantScheme s = QuantScheme::parse(text);
+    const Dtype dt = s.format == QuantFormat::gguf ? Dtype::f32 : Dtype::bf16;
+    QBuf ref = QBuf::make(s, shape, Device::cpu(), false);
+    ASSERT_EQ(run_quantize(kRef, host, ref.view), "") << text;
+    OffsetTensor want = OffsetTensor::make(shape, dt, Device::cpu(), 0);
+    ASSERT_EQ(run_dequantize(kDqRef, ref.view, want.view), "") << text;
+    for (int dev = 0; dev < devices; ++dev) {
+      QBuf q = QBuf::make(s, shape, Device::cuda(dev), false);
+      copy_parts(q.view, ref.view);
+      OffsetTensor got = OffsetTensor::make(shape, dt, Device::cuda(dev), 0);
+      ASSERT_EQ(run_dequantize(kDqCuda, q.view, got.view), "") << text << " on cuda:" << dev;
+      EXPECT_EQ(compare_bytes(want.view, testing::to_host(got.view)), "")
+          << text << " on cuda:" << dev;
+    }
+  }
+}
+
 // ---- the benchmark's schemes, full size --------------------------------------------------------
 
 TEST(QuantizeCuda, BenchmarkSchemesAtFullSizeMatchTheReference) {
