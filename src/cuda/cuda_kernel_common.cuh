@@ -71,6 +71,8 @@ class SmemOptIn {
 /// (probed with one of the calling file's kernels).
 struct DeviceFacts {
   int multiprocessors = 0;
+  int sm = 0;          ///< compute capability as 10 * major + minor (90: Hopper)
+  int smem_optin = 0;  ///< dynamic shared memory a block may opt in to, bytes
   std::string arch;
   bool has_image = false;
   std::string image_error;
@@ -89,8 +91,14 @@ const DeviceFacts& device_facts(int device, ProbeKernel probe) {
     const CudaDeviceProperties p = cuda_device_properties(device);
     DeviceFacts f;
     f.multiprocessors = p.multiprocessors;
+    f.sm = 10 * p.sm_major + p.sm_minor;
     f.arch = "sm_" + std::to_string(p.sm_major) + std::to_string(p.sm_minor);
     DeviceScope scope(device);
+    if (cudaDeviceGetAttribute(&f.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+        cudaSuccess) {
+      cudaGetLastError();
+      f.smem_optin = 48 * 1024;
+    }
     cudaFuncAttributes attr{};
     const cudaError_t err = cudaFuncGetAttributes(&attr, probe);
     if (err == cudaSuccess) {

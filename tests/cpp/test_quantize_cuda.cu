@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -912,6 +913,28 @@ TEST(QuantizeCuda, BulkDequantizeWritesExactlyItsOutput) {
     }
   }
   std::printf("  %d dequantize cases with a guarded tail\n", cases);
+}
+
+/// The lanes' stores, which pre-Hopper devices run for the formats that take the bulk path
+/// on sm_90 (int4 / uint4 -> bf16 / f16, GGUF -> f32), forced with LOWBIT_DEQUANT_BULK=0:
+/// random bytes (NaN / Inf codes and scales included) against the reference.
+TEST(QuantizeCuda, LanesStoresOfTheBulkFormatsMatchTheReference) {
+  LOWBIT_REQUIRE_CUDA();
+  ::setenv("LOWBIT_DEQUANT_BULK", "0", 1);
+  auto rng = testing::make_rng(909);
+  int failures = 0;
+  for (const char* text : {"int4:block32", "uint4:block64:asym", "int4:token", "q8_0", "q4_0"}) {
+    const QuantScheme s = QuantScheme::parse(text);
+    for (const Shape& shape : {Shape{4, 64}, Shape{130, 256}, Shape{3, 16384}, Shape{1, 40960}}) {
+      for (bool misalign : {false, true}) {
+        const std::string d = check_dequantize_random(s, shape, misalign, rng);
+        if (!d.empty() && ++failures <= 20)
+          ADD_FAILURE() << text << " " << dims(shape) << (misalign ? " misaligned" : "") << ": "
+                        << d;
+      }
+    }
+  }
+  ::unsetenv("LOWBIT_DEQUANT_BULK");
 }
 
 /// Kernels that opt in to more than 48 KiB of dynamic shared memory must do so on every

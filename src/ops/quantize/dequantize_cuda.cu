@@ -43,6 +43,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 
 #include "formats/groups.hpp"
@@ -314,17 +315,17 @@ void launch_chunks(const ChunkArgs& a, int sms, cudaStream_t stream) {
   // runs, % of copy, lanes -> 1 / 2 / 3 stages: q8_0 89.9-90.0 -> 90.5-90.7 / 90.4-90.8 /
   // 90.7-91.2, q4_0 88.0-88.2 -> 89.0-89.9 / 89.9-90.2 / 90.3).
   if constexpr (kGguf<F> && D == Dtype::f32) {
-    if (a.staged) return launch_gguf_bulk<F, 3>(a, sms, stream);
+    if (a.staged && kGgufBulkSmem<F, 3> <= a.bulk_smem)
+      return launch_gguf_bulk<F, 3>(a, sms, stream);
   }
   if constexpr (kBulk<F, D>) {
-    return launch_bulk<F, D, 2, 8>(a, sms, stream);
-  } else {
-    auto kernel = dequantize_chunks_kernel<F, D, D == Dtype::f32>;
-    const uint32_t grid =
-        balanced_grid(a.chunks, kThreads * 4, kWaves<F> * resident_grid(kernel, kThreads, sms));
-    kernel<<<grid, kThreads, 0, stream>>>(a);
-    check_launch("dequantize_chunks_kernel");
+    if (kBulkSmem<D, 2, 8> <= a.bulk_smem) return launch_bulk<F, D, 2, 8>(a, sms, stream);
   }
+  auto kernel = dequantize_chunks_kernel<F, D, D == Dtype::f32>;
+  const uint32_t grid =
+      balanced_grid(a.chunks, kThreads * 4, kWaves<F> * resident_grid(kernel, kThreads, sms));
+  kernel<<<grid, kThreads, 0, stream>>>(a);
+  check_launch("dequantize_chunks_kernel");
 }
 
 template <DCode F>
@@ -430,6 +431,12 @@ class DequantizeCuda final : public Kernel<DequantizeOp> {
             Divisor32::make(static_cast<uint32_t>(chunk_group_length(q, d.shape, n) / 8));
         ca.scale_dtype = q.is_integer() ? q.scale_dtype : Dtype::f32;
         ca.staged = gguf && aligned(ca.codes, 16);
+        // The bulk kernels' bodies are compiled for sm_90 and later only (cp.async.bulk).
+        const DeviceFacts& dev = facts(d.device.index);
+        ca.bulk_smem = dev.sm >= 90 ? dev.smem_optin : 0;
+        // LOWBIT_DEQUANT_BULK=0: the lanes' stores everywhere (what pre-Hopper devices run;
+        // tests use it to keep that path covered on the GPU machine). Read on every call.
+        if (const char* e = std::getenv("LOWBIT_DEQUANT_BULK"); e && e[0] == '0') ca.bulk_smem = 0;
         launch_chunks_any(f, d.dst, ca, sms, s);
         return;
       }

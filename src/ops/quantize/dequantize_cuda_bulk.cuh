@@ -179,12 +179,18 @@ __global__ void __launch_bounds__(kThreads) dequantize_gguf_bulk_kernel(ChunkArg
 template <DCode F, Dtype D>
 inline constexpr bool kBulk = (F == DCode::i4 || F == DCode::u4) && D != Dtype::f32;
 
+/// Dynamic shared memory of the bulk kernels (their stages).
+template <Dtype D, int kStages, int U>
+inline constexpr int kBulkSmem = kStages* kThreads* U * 16 * (D == Dtype::f32 ? 2 : 1);
+template <DCode F, int kStages>
+inline constexpr int kGgufBulkSmem = kStages * 2048 * 16 +
+                                     256 * (F == DCode::q8_0 ? kQ8_0Bytes : kQ4_0Bytes);
+
 template <DCode F, Dtype D, int kStages, int U>
 void launch_bulk(const ChunkArgs& a, int sms, cudaStream_t stream) {
   constexpr bool kQuads = D == Dtype::f32;
   auto kernel = dequantize_bulk_kernel<F, D, kQuads, kStages, U>;
-  constexpr int kStepBytes = kThreads * U * 16 * (kQuads ? 2 : 1);
-  constexpr int kSmem = kStages * kStepBytes;
+  constexpr int kSmem = kBulkSmem<D, kStages, U>;
   static SmemOptIn optin;
   check_cuda(optin.allow(kernel, kSmem), "dequantize: shared memory of dequantize_bulk_kernel");
   static const int per_sm = [&] {
@@ -209,8 +215,7 @@ void launch_bulk(const ChunkArgs& a, int sms, cudaStream_t stream) {
 template <DCode F, int kStages>
 void launch_gguf_bulk(const ChunkArgs& a, int sms, cudaStream_t stream) {
   auto kernel = dequantize_gguf_bulk_kernel<F, kStages>;
-  constexpr int kBytes = F == DCode::q8_0 ? kQ8_0Bytes : kQ4_0Bytes;
-  constexpr int kSmem = kStages * 2048 * 16 + 256 * kBytes;
+  constexpr int kSmem = kGgufBulkSmem<F, kStages>;
   static SmemOptIn optin;
   check_cuda(optin.allow(kernel, kSmem),
              "dequantize: shared memory of dequantize_gguf_bulk_kernel");

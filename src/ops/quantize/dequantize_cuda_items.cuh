@@ -39,6 +39,9 @@ struct ChunkArgs {
   Divisor32 per_group;  ///< chunks per scale group (GGUF: per block)
   Dtype scale_dtype;
   bool staged;  ///< GGUF with 16-byte aligned codes: blocks come in through shared memory
+  /// Shared memory a block may opt in to when the device has TMA bulk copies (sm_90 and
+  /// later), else 0: the bulk path runs where its stages fit (dequantize_cuda_bulk.cuh).
+  int bulk_smem;
 };
 
 /// What one chunk needs from memory, read before any arithmetic.
