@@ -184,22 +184,12 @@ int main(int argc, char** argv) {
   bench::program = "bench_write_stream";
   int reps = 30;
   int64_t mib = 64;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--reps" && i + 1 < argc) {
-      reps = std::atoi(argv[++i]);
-    } else if (a == "--mib" && i + 1 < argc) {
-      mib = std::atoll(argv[++i]);
-    } else {
-      std::fprintf(stderr, "usage: bench_write_stream [--reps N] [--mib M]\n");
-      return 2;
-    }
-  }
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::printf("bench_write_stream: SKIPPED: no CUDA device\n");
-    return 0;
-  }
+  if (!bench::CommandLine()
+           .value("--reps", [&](const char* v) { reps = std::max(1, std::atoi(v)); })
+           .value("--mib", [&](const char* v) { mib = std::max<int64_t>(1, std::atoll(v)); })
+           .parse(argc, argv, "[--reps N] [--mib M]"))
+    return 2;
+  if (bench::skip_without_gpu()) return 0;
   cudaDeviceProp props{};
   bench::check(cudaGetDeviceProperties(&props, 0), "cudaGetDeviceProperties");
   const int sms = props.multiProcessorCount;

@@ -59,16 +59,8 @@ __global__ void __launch_bounds__(kThreads) dequantize_bulk_kernel(ChunkArgs a) 
     const uint64_t first = s * kStepItems;
 #pragma unroll
     for (int k = 0; k < kItems; ++k) {
-      if (first + k * kThreads + t < items) {
-        uint8_t* p = buf + (k * kThreads + t) * kOut;
-        if (chunk_is_plain<F>(r[k], global)) {
-          float v[N];
-          decode_chunk<F, true, N>(r[k], global, v);
-          store_item<D, true, N, false>(p, v);
-        } else {
-          decode_store_careful<F, D, N, false>(r[k], global, p);
-        }
-      }
+      if (first + k * kThreads + t < items)
+        decode_store<F, D, N, false>(r[k], global, buf + (k * kThreads + t) * kOut);
     }
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     __syncthreads();
@@ -142,17 +134,8 @@ __global__ void __launch_bounds__(kThreads) dequantize_gguf_bulk_kernel(ChunkArg
 #pragma unroll
     for (int k = 0; k < kItems; ++k) {
       const uint32_t q = k * kThreads + t;
-      if (q < n_quads) {
-        const ChunkRaw r = staged_item<F, true>(in, q);
-        uint8_t* p = out + q * 16;
-        if (chunk_is_plain<F>(r, 0.0f)) {
-          float v[4];
-          decode_chunk<F, true, 4>(r, 0.0f, v);
-          store_item<Dtype::f32, true, 4, false>(p, v);
-        } else {
-          decode_store_careful<F, Dtype::f32, 4, false>(r, 0.0f, p);
-        }
-      }
+      if (q < n_quads)
+        decode_store<F, Dtype::f32, 4, false>(staged_item<F, true>(in, q), 0.0f, out + q * 16);
     }
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     __syncthreads();
@@ -179,35 +162,26 @@ __global__ void __launch_bounds__(kThreads) dequantize_gguf_bulk_kernel(ChunkArg
 template <DCode F, Dtype D>
 inline constexpr bool kBulk = (F == DCode::i4 || F == DCode::u4) && D != Dtype::f32;
 
-/// Dynamic shared memory of the bulk kernels (their stages).
+/// Dynamic shared memory of the bulk kernels (their stages; GGUF: and the input stage).
 template <Dtype D, int kStages, int U>
-inline constexpr int kBulkSmem = kStages* kThreads* U * 16 * (D == Dtype::f32 ? 2 : 1);
+constexpr int bulk_smem() {
+  return kStages * kThreads * U * 16 * (D == Dtype::f32 ? 2 : 1);
+}
 template <DCode F, int kStages>
-inline constexpr int kGgufBulkSmem = kStages * 2048 * 16 +
-                                     256 * (F == DCode::q8_0 ? kQ8_0Bytes : kQ4_0Bytes);
+constexpr int gguf_bulk_smem() {
+  return kStages * 2048 * 16 + 256 * (F == DCode::q8_0 ? kQ8_0Bytes : kQ4_0Bytes);
+}
 
 template <DCode F, Dtype D, int kStages, int U>
 void launch_bulk(const ChunkArgs& a, int sms, cudaStream_t stream) {
   constexpr bool kQuads = D == Dtype::f32;
   auto kernel = dequantize_bulk_kernel<F, D, kQuads, kStages, U>;
-  constexpr int kSmem = kBulkSmem<D, kStages, U>;
+  constexpr int kSmem = bulk_smem<D, kStages, U>();
   static SmemOptIn optin;
   check_cuda(optin.allow(kernel, kSmem), "dequantize: shared memory of dequantize_bulk_kernel");
-  static const int per_sm = [&] {
-    // Every device of a process shares the arch (resident_grid's assumption), so once.
-    int blocks = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, kSmem) !=
-            cudaSuccess ||
-        blocks < 1) {
-      cudaGetLastError();
-      blocks = 1;
-    }
-    return blocks;
-  }();
-  const uint64_t steps =
-      (static_cast<uint64_t>(a.chunks) * (kQuads ? 2 : 1) + kThreads * U * (kQuads ? 2 : 1) - 1) /
-      (kThreads * U * (kQuads ? 2 : 1));
-  const uint32_t grid = balanced_grid(steps, 1, static_cast<uint32_t>(per_sm * sms));
+  constexpr uint64_t kPer = kQuads ? 2 : 1;  // items per chunk
+  const uint32_t grid = balanced_grid(a.chunks * kPer, kThreads * U * kPer,
+                                      resident_grid(kernel, kThreads, sms, kSmem));
   kernel<<<grid, kThreads, kSmem, stream>>>(a);
   check_launch("dequantize_bulk_kernel");
 }
@@ -215,22 +189,13 @@ void launch_bulk(const ChunkArgs& a, int sms, cudaStream_t stream) {
 template <DCode F, int kStages>
 void launch_gguf_bulk(const ChunkArgs& a, int sms, cudaStream_t stream) {
   auto kernel = dequantize_gguf_bulk_kernel<F, kStages>;
-  constexpr int kSmem = kGgufBulkSmem<F, kStages>;
+  constexpr int kSmem = gguf_bulk_smem<F, kStages>();
   static SmemOptIn optin;
   check_cuda(optin.allow(kernel, kSmem),
              "dequantize: shared memory of dequantize_gguf_bulk_kernel");
-  static const int per_sm = [&] {
-    int blocks = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, kSmem) !=
-            cudaSuccess ||
-        blocks < 1) {
-      cudaGetLastError();
-      blocks = 1;
-    }
-    return blocks;
-  }();
-  const uint64_t steps = (static_cast<uint64_t>(a.chunks) / 4 + 255) / 256;
-  const uint32_t grid = balanced_grid(steps, 1, static_cast<uint32_t>(per_sm * sms));
+  // A step is 256 GGUF blocks of 4 chunks.
+  const uint32_t grid =
+      balanced_grid(a.chunks / 4, 256, resident_grid(kernel, kThreads, sms, kSmem));
   kernel<<<grid, kThreads, kSmem, stream>>>(a);
   check_launch("dequantize_gguf_bulk_kernel");
 }

@@ -293,4 +293,17 @@ __device__ __noinline__ void decode_store_careful(ChunkRaw r, float global, uint
   store_item<D, false, N, kStream>(dst, v);
 }
 
+/// Decodes item r and stores its N values as D at p: the plain path, or the careful one
+/// where a NaN can come out (chunk_is_plain). kStream: see store_item.
+template <DCode F, Dtype D, int N, bool kStream = true>
+__device__ __forceinline__ void decode_store(const ChunkRaw& r, float global, uint8_t* p) {
+  if (chunk_is_plain<F>(r, global)) {
+    float v[N];
+    decode_chunk<F, true, N>(r, global, v);
+    store_item<D, true, N, kStream>(p, v);
+  } else {
+    decode_store_careful<F, D, N, kStream>(r, global, p);
+  }
+}
+
 }  // namespace lowbit::dequant_cuda

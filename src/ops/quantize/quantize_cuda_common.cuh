@@ -24,6 +24,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -54,14 +55,15 @@ using cuda_common::device_facts;
 using cuda_common::DeviceFacts;
 using cuda_common::DeviceScope;
 
-/// Blocks of `kernel` (with `threads` threads) that the device keeps resident, times SMs:
-/// the grid of a grid-stride kernel. The occupancy query is cached per kernel and block size
+/// Blocks of `kernel` (with `threads` threads and `smem` bytes of dynamic shared memory, opted
+/// in before the first call) that the device keeps resident, times SMs: the grid of a
+/// grid-stride kernel. The occupancy query is cached per kernel, block size and shared memory
 /// (every device of one process is assumed to share the arch this build targets).
 template <class Kernel>
-uint32_t resident_grid(Kernel kernel, int threads, int multiprocessors) {
+uint32_t resident_grid(Kernel kernel, int threads, int multiprocessors, int smem = 0) {
   static std::mutex mutex;
-  static std::map<std::pair<const void*, int>, int> cache;
-  const std::pair<const void*, int> key{reinterpret_cast<const void*>(kernel), threads};
+  static std::map<std::tuple<const void*, int, int>, int> cache;
+  const std::tuple<const void*, int, int> key{reinterpret_cast<const void*>(kernel), threads, smem};
   int per_sm = 0;
   {
     std::lock_guard<std::mutex> lock(mutex);
@@ -69,7 +71,8 @@ uint32_t resident_grid(Kernel kernel, int threads, int multiprocessors) {
     if (it != cache.end()) per_sm = it->second;
   }
   if (per_sm == 0) {
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0) != cudaSuccess ||
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem) !=
+            cudaSuccess ||
         per_sm < 1) {
       cudaGetLastError();
       per_sm = std::max(1, 2048 / threads);
