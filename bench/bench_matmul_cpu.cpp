@@ -12,7 +12,8 @@
 //    timed call, as lowbit's int8 path does.
 // W is N x K = 4096 x 14336 by default, M = 1, 16, 512; formats Q4_0, Q8_0, Q4_K, Q6_K, MXFP4,
 // NVFP4 (ggml's peer for these two: its own MXFP4 / NVFP4 blocks of the same f32 weights),
-// int4:block32 (peer: Q4_0, the same 4.5 bits per weight) and int8:channel (peer: Q8_0).
+// int4:block32 with f32 scales (5 bits per weight) and with f16 scales (4.5 bits, as ggml's
+// Q4_0: the peer of both) and int8:channel (peer: Q8_0).
 //
 // Implementations run in turn, rep by rep (best of N each), so that a busy moment of this
 // shared machine does not fall on one side only; short calls get an untimed call first (see
@@ -65,8 +66,9 @@ std::vector<std::string> split(const std::string& s) {
 struct Options {
   int64_t n = 4096, k = 14336;
   std::vector<int64_t> ms{1, 16, 512};
-  std::vector<std::string> types{"q4_0",  "q8_0",  "q4_K",         "q6_K",
-                                 "mxfp4", "nvfp4", "int4:block32", "int8:channel"};
+  std::vector<std::string> types{"q4_0",        "q8_0",  "q4_K",         "q6_K",
+                                 "mxfp4",       "nvfp4", "int4:block32", "int4:block32:scale=f16",
+                                 "int8:channel"};
   std::vector<int> threads{1, 2};
   int reps = 5;
   int64_t copy_bytes = int64_t{1} << 30;
@@ -293,8 +295,12 @@ void free_matmul(const Ggml& g, GgmlMatmul& mm) {
   mm = GgmlMatmul();
 }
 
+/// int4:block32 with any scale dtype (int4:block32, int4:block32:scale=f16, ...): ggml's q4_0
+/// holds the same symmetric int4 codes per 32 weights with an f16 scale.
+bool is_int4_block32(const std::string& t) { return t.rfind("int4:block32", 0) == 0; }
+
 int ggml_type_of(const std::string& t) {
-  if (t == "q4_0" || t == "int4:block32") return 2;
+  if (t == "q4_0" || is_int4_block32(t)) return 2;
   if (t == "q8_0" || t == "int8:channel") return 8;
   if (t == "q4_K") return 12;
   if (t == "q6_K") return 14;
@@ -394,7 +400,12 @@ int main(int argc, char** argv) {
         ggml.free(c);
         ggml.quantize_chunk(gtype, wf.data_as<const float>(), gbytes.data(), 0, N, K, nullptr);
       }
-      if (type == "int4:block32") peer_note = "peer is ggml q4_0 (4.5 bits/weight too)";
+      if (is_int4_block32(type)) {
+        // Bits per weight: 4 for the code, the scale's bits over its 32 weights (f32 scales
+        // make lowbit's W 11% larger than q4_0's; f16 / bf16 scales the same size).
+        const double bits = 4.0 + lowbit::bit_width(ws.scale_dtype) / 32.0;
+        peer_note = fmt::format("peer is ggml q4_0 (4.5 bits/weight; this W {:.2g})", bits);
+      }
       if (type == "int8:channel") peer_note = "peer is ggml q8_0";
     }
     const bool repack = ggml.ok && gtype >= 0 && ggml_repacks(ggml, gtype, N, K, gbytes.data());
