@@ -26,11 +26,13 @@
 #endif
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -149,6 +151,9 @@ int main(int argc, char** argv) {
     }
   }
   omp_set_num_threads(threads);
+  // The CPU JIT's rows compile every size (its default leaves calls under 2^20 elements,
+  // such as the in-cache rows, to the interpreter); LOWBIT_FUSION_CPU_JIT=0 turns it off.
+  setenv("LOWBIT_FUSION_CPU_JIT", "1", 0);
   try {
     Tensor a = Tensor::empty({n}, Dtype::bf16), b = Tensor::empty({n}, Dtype::bf16);
     Tensor y = Tensor::empty({n}, Dtype::bf16), t = Tensor::empty({n}, Dtype::bf16);
@@ -194,19 +199,50 @@ int main(int argc, char** argv) {
     const lowbit::Stream cpu;
     // The same chain with the vector steps (cpu_eval_simd.cpp) and with the scalar loops
     // (the kernel before them): plans remember the choice made when their schedule is built.
+    lowbit::Preference interp;
+    interp.kernel = "fused_cpu";
     const lowbit::FusedDesc desc = lowbit::FusedDesc::make({{y, chain(ea, eb)}});
-    const lowbit::FusedPlan plan = lowbit::FusedPlan::select(desc);
+    const lowbit::FusedPlan plan = lowbit::FusedPlan::select(desc, interp);
     const lowbit::FusedArgs args = desc.bound_args();
     plan.run(cpu, {}, args);
     lowbit::fusion::set_cpu_simd_for_testing(false);
     const lowbit::FusedDesc desc_scalar = lowbit::FusedDesc::make({{y, chain(ea, eb)}});
-    const lowbit::FusedPlan plan_scalar = lowbit::FusedPlan::select(desc_scalar);
+    const lowbit::FusedPlan plan_scalar = lowbit::FusedPlan::select(desc_scalar, interp);
     plan_scalar.run(cpu, {}, desc_scalar.bound_args());
     lowbit::fusion::set_cpu_simd_for_testing(true);
-    rows.push_back({"lowbit fused, vector steps (" + plan.sku().arch + ")", bytes,
+    rows.push_back({"lowbit fused, interpreter: vector steps (" + plan.sku().arch + ")", bytes,
                     [&] { plan.run(cpu, {}, args); }});
-    rows.push_back({"lowbit fused, scalar loops (" + plan_scalar.sku().arch + ")", bytes,
-                    [&] { plan_scalar.run(cpu, {}, args); }});
+    rows.push_back({"lowbit fused, interpreter: scalar loops (" + plan_scalar.sku().arch + ")",
+                    bytes, [&] { plan_scalar.run(cpu, {}, args); }});
+    // The CPU JIT (fused_cpu_jit): the chain compiled by the host's C++ compiler, exact and
+    // with the opt-in fast math; its first run compiles, or loads the disk cache's object.
+    lowbit::Preference jit;
+    jit.kernel = "fused_cpu_jit";
+    const std::string jit_why = lowbit::fused_cpu_jit_kernel().decline(desc);
+    std::optional<lowbit::FusedPlan> plan_jit, plan_fast;
+    std::optional<lowbit::FusedDesc> desc_jit, desc_fast;
+    if (jit_why.empty()) {
+      auto first_run = [&](std::optional<lowbit::FusedDesc>& d,
+                           std::optional<lowbit::FusedPlan>& pl, bool fast, const char* what) {
+        d = lowbit::FusedDesc::make({{y, chain(ea, eb)}});
+        d->fast_math = fast;
+        pl = lowbit::FusedPlan::select(*d, jit);
+        const auto t0 = std::chrono::steady_clock::now();
+        pl->run(cpu, {}, d->bound_args());
+        std::printf("fused_cpu_jit %s: first run (compile, or load from the disk cache) %.1f ms\n",
+                    what,
+                    std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                        .count());
+      };
+      first_run(desc_jit, plan_jit, false, "exact");
+      first_run(desc_fast, plan_fast, true, "fast math");
+      rows.push_back(
+          {"lowbit fused, compiled (fused_cpu_jit)", bytes, [&] { plan_jit->run(cpu, {}, args); }});
+      rows.push_back({"lowbit fused, compiled, fast math (fused_cpu_jit_fast)", bytes,
+                      [&] { plan_fast->run(cpu, {}, args); }});
+    } else {
+      std::printf("fused_cpu_jit not run: %s\n", jit_why.c_str());
+    }
 
     // The bound of these bits: the hand-written loop (skipped where it does not run).
     const bool have_loop = HWY_DYNAMIC_DISPATCH(lowbit::Chain8Loop)(
@@ -263,11 +299,11 @@ int main(int argc, char** argv) {
     const lowbit::TensorView ca(a.data(), Dtype::bf16, {nc}), cb(b.data(), Dtype::bf16, {nc}),
         cy(t.data(), Dtype::bf16, {nc});
     const lowbit::FusedDesc cdesc = lowbit::FusedDesc::make({{cy, chain(input(ca), input(cb))}});
-    const lowbit::FusedPlan cplan = lowbit::FusedPlan::select(cdesc);
+    const lowbit::FusedPlan cplan = lowbit::FusedPlan::select(cdesc, interp);
     const lowbit::FusedArgs cargs = cdesc.bound_args();
     lowbit::fusion::set_cpu_simd_for_testing(false);
     const lowbit::FusedDesc cdesc_s = lowbit::FusedDesc::make({{cy, chain(input(ca), input(cb))}});
-    const lowbit::FusedPlan cplan_s = lowbit::FusedPlan::select(cdesc_s);
+    const lowbit::FusedPlan cplan_s = lowbit::FusedPlan::select(cdesc_s, interp);
     cplan_s.run(cpu, {}, cargs);  // the schedule (and its choice) is made at the first run
     lowbit::fusion::set_cpu_simd_for_testing(true);
     const double cbytes = 6.0 * static_cast<double>(nc) * kCalls;
@@ -278,6 +314,21 @@ int main(int argc, char** argv) {
     rows.push_back({"in cache (16 Ki elements x 256): scalar loops", cbytes, [&] {
                       for (int k = 0; k < kCalls; ++k) cplan_s.run(cpu, {}, cargs);
                     }});
+    std::optional<lowbit::FusedPlan> cplan_jit, cplan_fast;
+    std::optional<lowbit::FusedDesc> cdesc_jit, cdesc_fast;
+    if (jit_why.empty()) {  // (the bench sets LOWBIT_FUSION_CPU_JIT=1: every size compiles)
+      cdesc_jit = lowbit::FusedDesc::make({{cy, chain(input(ca), input(cb))}});
+      cdesc_fast = lowbit::FusedDesc::make({{cy, chain(input(ca), input(cb))}});
+      cdesc_fast->fast_math = true;
+      cplan_jit = lowbit::FusedPlan::select(*cdesc_jit, jit);
+      cplan_fast = lowbit::FusedPlan::select(*cdesc_fast, jit);
+      rows.push_back({"in cache (16 Ki elements x 256): compiled", cbytes, [&] {
+                        for (int k = 0; k < kCalls; ++k) cplan_jit->run(cpu, {}, cargs);
+                      }});
+      rows.push_back({"in cache (16 Ki elements x 256): compiled, fast math", cbytes, [&] {
+                        for (int k = 0; k < kCalls; ++k) cplan_fast->run(cpu, {}, cargs);
+                      }});
+    }
     if (have_loop) {
       rows.push_back({"in cache (16 Ki elements x 256): bound, hand-written loop", cbytes, [&] {
                         for (int k = 0; k < kCalls; ++k) HWY_DYNAMIC_DISPATCH(lowbit::Chain8Loop)

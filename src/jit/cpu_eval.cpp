@@ -1196,3 +1196,46 @@ const Kernel<FusedOp>& fused_cpu_kernel() {
 }
 
 }  // namespace lowbit
+
+namespace lowbit::fusion {
+
+std::vector<uint8_t> uniform_steps(const Program& p, const Layout& L) {
+  std::vector<uint8_t> u(p.code.size(), 0);
+  for (size_t i = 0; i < p.code.size(); ++i) {
+    const Instr& in = p.code[i];
+    if (in.op == Op::constant) {
+      u[i] = 1;
+    } else if (in.op == Op::input) {
+      u[i] = L.cls[static_cast<size_t>(in.slot)] == Layout::Class::scalar;
+    } else {
+      bool all = true;
+      for (int x : {in.a, in.b, in.c})
+        if (x >= 0) all = all && u[static_cast<size_t>(x)];
+      u[i] = all;
+    }
+  }
+  return u;
+}
+
+void uniform_values(const Program& p, const FusedArgs& a, const std::vector<uint8_t>& uniform,
+                    std::vector<double>& values) {
+  values.assign(p.code.size(), 0.0);
+  double tmp[2] = {};  // unary_run's exp scratch, one element
+  for (size_t i = 0; i < p.code.size(); ++i) {
+    if (!uniform[i]) continue;
+    const Instr& in = p.code[i];
+    void* own = &values[i];
+    if (in.op == Op::constant) {
+      values[i] = p.constants[static_cast<size_t>(in.slot)];
+    } else if (in.op == Op::input) {
+      load_run(a.inputs[static_cast<size_t>(in.slot)].data(), in.dtype, in.num, 0, 1, 1, own);
+    } else {
+      auto arg = [&](int x) -> const void* {
+        return x >= 0 ? &values[static_cast<size_t>(x)] : nullptr;
+      };
+      run_step(in, own, arg(in.a), arg(in.b), arg(in.c), 1, tmp);
+    }
+  }
+}
+
+}  // namespace lowbit::fusion

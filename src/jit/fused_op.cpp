@@ -293,6 +293,7 @@ KernelList<FusedOp> FusedOp::kernels() {
 #if LOWBIT_HAS_CUDA
     &fused_cuda_kernel(),
 #endif
+    &fused_cpu_jit_kernel(),
     &fused_cpu_kernel(),
   };
   return list;

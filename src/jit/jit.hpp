@@ -290,6 +290,17 @@ class ModuleCache {
   std::unique_ptr<Impl> impl_;
 };
 
+// ---- CPU helpers (cpu_eval.cpp) ----------------------------------------------------------
+
+/// Per step of `p`: uniform (one value for every element: constants, scalar inputs, and
+/// steps of uniform operands only).
+std::vector<uint8_t> uniform_steps(const Program& p, const Layout& L);
+/// The uniform steps' values for one call, computed as the CPU interpreter computes them
+/// (the same bits): per step 8 bytes, a double for f64 steps, else a float in the first 4
+/// bytes; 0 for the others.
+void uniform_values(const Program& p, const FusedArgs& a, const std::vector<uint8_t>& uniform,
+                    std::vector<double>& values);
+
 /// The register-row quantize epilogue's limit in groups of G elements per thread (rows of
 /// at most 256 * G * this many elements; 0: always the shared-memory row kernel). A knob
 /// for benchmarks and tests, read when a plan first runs.
@@ -345,6 +356,9 @@ struct PlanState {
   /// The CPU kernel's schedule (cpu_eval.cpp), made on first use.
   std::once_flag cpu_once;
   std::shared_ptr<const void> cpu_schedule;
+  /// The compiled CPU kernel (cpu_jit_kernel.cpp): resolved once per descriptor.
+  std::once_flag cpu_jit_once;
+  std::shared_ptr<const void> cpu_jit;
   const Layout& get_layout(const FusedDesc& desc) {
     if (!layout_ready.load(std::memory_order_acquire)) {
       std::lock_guard<std::mutex> lock(mutex);
@@ -382,7 +396,8 @@ namespace lowbit {
 /// "bf16,bf16->bf16": a descriptor's dtypes, for KernelSku (fused_op.cpp).
 std::string fused_dtypes(const FusedDesc& desc);
 // The kernels of the fused op (fused_op.cpp lists them).
-const Kernel<FusedOp>& fused_cpu_kernel();  // cpu_eval.cpp
+const Kernel<FusedOp>& fused_cpu_kernel();      // cpu_eval.cpp
+const Kernel<FusedOp>& fused_cpu_jit_kernel();  // cpu_jit_kernel.cpp
 #if LOWBIT_HAS_CUDA
 const Kernel<FusedOp>& fused_cuda_kernel();  // launch.cpp
 #endif

@@ -1,0 +1,324 @@
+// Program -> C++ for the CPU JIT: the whole expression as one loop over Highway vectors,
+// four vectors per iteration, every step's value in registers. Each op is the expression
+// the interpreter's vector steps compute (cpu_ops_simd-inl.h's LB_FOR_EACH_OP, on
+// cpu_math_simd-inl.h's formulas: both given to the compiler as text), so an exact kernel
+// gives the interpreter's bits, and so fused_cuda's. What the interpreter pays and this
+// loop does not: a dispatch per op and block of vectors, and tiles in memory between ops
+// that do not chain (docs/jit.md, "The CPU JIT").
+//
+// The generator takes the programs of the interpreter's vector path over contiguous
+// operands: f32 and bf16 inputs and outputs (scalar inputs of any dtype, through the
+// uniform values), f32 arithmetic of the vectorised ops and casts to f32 / bf16. Others go
+// to the interpreter (cpu_codegen_unsupported says why).
+#include <fmt/format.h>
+
+#include "jit/cpu_jit.hpp"
+#include "jit/cpu_jit_headers.hpp"
+
+namespace lowbit::fusion {
+namespace {
+
+/// The ops LB_FOR_EACH_OP defines (their generated functions are op_<name>).
+bool vector_op(Op op) {
+  switch (op) {
+    case Op::add:
+    case Op::sub:
+    case Op::mul:
+    case Op::div:
+    case Op::minimum:
+    case Op::maximum:
+    case Op::leaky_relu:
+    case Op::lt:
+    case Op::le:
+    case Op::gt:
+    case Op::ge:
+    case Op::eq:
+    case Op::ne:
+    case Op::clamp:
+    case Op::where:
+    case Op::neg:
+    case Op::abs:
+    case Op::relu:
+    case Op::sqrt:
+    case Op::rsqrt:
+    case Op::exp:
+    case Op::log:
+    case Op::tanh:
+    case Op::sigmoid:
+    case Op::silu:
+    case Op::softplus:
+    case Op::gelu:
+    case Op::gelu_tanh:
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool vector_dtype(Dtype d) { return d == Dtype::f32 || d == Dtype::bf16; }
+
+/// Fast-math replacements (FusedDesc::fast_math), on AVX-512 only (elsewhere the exact
+/// formulas serve): e^x as 2^(x log2 e) with a degree-6 polynomial on [-1/2, 1/2] and
+/// vscalefps, 1 / d as vrcp14ps with one Newton step (the denominators here are >= 1), and
+/// bf16 outputs by vcvtneps2bf16 where the CPU has AVX512-BF16 (which flushes subnormal
+/// values to zero). Errors: docs/jit.md.
+constexpr const char* kFastMath = R"(
+#if HWY_TARGET <= HWY_AVX3
+#define LB_FAST 1
+/// e^(s x) for s = +-1 (the sign folded into the multiply by log2 e), for x log2 e
+/// clamped to [-150, Hi] (NaN passes): below, scalef gives 0; Hi = 128 overflows to
+/// infinity as e^x does, Hi = 126 keeps 1 + e finite for fast_rcp1p.
+template <int S, int Hi>
+HWY_INLINE V fast_exp(V x) {
+  const __m512 y = _mm512_max_ps(_mm512_set1_ps(-150.0f),
+                                 _mm512_min_ps(_mm512_set1_ps(static_cast<float>(Hi)),
+                                               _mm512_mul_ps(x.raw, _mm512_set1_ps(S * 1.44269504088896341f))));
+  const __m512 k = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(y, k);
+  __m512 p = _mm512_set1_ps(1.5403530393381609e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return V{_mm512_scalef_ps(p, k)};
+}
+/// 1 / (1 + e^-x) by rcp14 and a Newton step; exactly 0 where e^-x >= 2^126 (there the
+/// exact quotient is at most 2^-126 times its numerator: 0, or a NaN for silu(-inf) as
+/// -inf / inf is), so that the Newton step never meets an infinity.
+HWY_INLINE V fast_sigmoid_of(V x) {
+  const __m512 y0 = _mm512_mul_ps(x.raw, _mm512_set1_ps(-1.44269504088896341f));
+  const __mmask16 big = _mm512_cmp_ps_mask(y0, _mm512_set1_ps(126.0f), _CMP_GE_OQ);
+  const __m512 d = _mm512_add_ps(fast_exp<-1, 126>(x).raw, _mm512_set1_ps(1.0f));
+  const __m512 r = _mm512_rcp14_ps(d);
+  return V{_mm512_maskz_mul_ps(static_cast<__mmask16>(~big), r,
+                               _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)))};
+}
+HWY_INLINE V fast_op_exp(V x) { return fast_exp<1, 128>(x); }
+HWY_INLINE V fast_op_sigmoid(V x) { return fast_sigmoid_of(x); }
+HWY_INLINE V fast_op_silu(V x) { return x * fast_sigmoid_of(x); }
+#endif
+)";
+
+std::string ident(const char* kind, size_t i) { return fmt::format("{}{}", kind, i); }
+
+}  // namespace
+
+const HeaderSet& cpu_jit_headers() {
+  static const HeaderSet set = [] {
+    HeaderSet h;
+    h.names = {"cpu_math_simd-inl.h", "cpu_ops_simd-inl.h"};
+    h.contents = {kCpuMathSimdText, kCpuOpsSimdText};
+    uint64_t hash = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < h.names.size(); ++i) {
+      hash = fnv1a64(h.names[i].data(), h.names[i].size(), hash);
+      hash = fnv1a64(h.contents[i].data(), h.contents[i].size(), hash);
+    }
+    h.hash = hash;
+    return h;
+  }();
+  return set;
+}
+
+std::string cpu_codegen_unsupported(const Program& p, const Layout& L) {
+  if (p.quantized_output >= 0) return "the quantize epilogue runs in the interpreter";
+  if (!L.vec_ok) return "an operand is strided, broadcast along an axis, or packed";
+  const std::vector<uint8_t> uniform = uniform_steps(p, L);
+  for (size_t i = 0; i < p.code.size(); ++i) {
+    const Instr& in = p.code[i];
+    if (uniform[i]) continue;
+    if (in.op == Op::input) {
+      if (!vector_dtype(in.dtype))
+        return fmt::format("input {} is {} (the generator reads f32 and bf16)", in.slot,
+                           dtype_name(in.dtype));
+      continue;
+    }
+    if (in.num != Num::f32 || in.arg_num != Num::f32)
+      return fmt::format("step {} ({}) computes in f64", i, op_name(in.op));
+    if (in.op == Op::cast) {
+      if (!vector_dtype(in.dtype))
+        return fmt::format("step {} casts to {}", i, dtype_name(in.dtype));
+      continue;
+    }
+    if (!vector_op(in.op)) return fmt::format("step {} ({}) has no vector form", i, op_name(in.op));
+    for (int x : {in.a, in.b, in.c})
+      if (x >= 0 && uniform[static_cast<size_t>(x)] &&
+          p.code[static_cast<size_t>(x)].num != Num::f32)
+        return fmt::format("step {} reads an f64 uniform value", i);
+  }
+  for (size_t o = 0; o < p.outputs.size(); ++o) {
+    if (!vector_dtype(p.output_dtypes[o]))
+      return fmt::format("output {} is {} (the generator writes f32 and bf16)", o,
+                         dtype_name(p.output_dtypes[o]));
+    if (p.code[static_cast<size_t>(p.outputs[o])].num != Num::f32)
+      return fmt::format("output {} is an f64 value", o);
+  }
+  return {};
+}
+
+std::string generate_cpu(const Program& p, const std::vector<uint8_t>& uniform, bool fast,
+                         const std::string& key) {
+  const size_t ni = p.input_dtypes.size(), no = p.outputs.size(), ns = p.code.size();
+  std::string s;
+  s += "// lowbit CPU fusion kernel, generated by codegen_cpu.cpp.\n";
+  s += "#include <hwy/highway.h>\n#include <immintrin.h>\n#include <cstdint>\n#include <cstring>\n";
+  s += "#include \"cpu_math_simd-inl.h\"\n#include \"cpu_ops_simd-inl.h\"\n";
+  s += "HWY_BEFORE_NAMESPACE();\nnamespace lowbit {\nnamespace HWY_NAMESPACE {\nnamespace "
+       "fusion_simd {\n";
+  s += "#if !(HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2)\n";
+  s += "#error \"lowbit's CPU JIT needs x86 with AVX2 and FMA\"\n#endif\n";
+  s += "#define LB_DEF(op, k, expr) \\\n  HWY_INLINE V op_##op(V x, V y, V z) { (void)y; (void)z; "
+       "return expr; }\n";
+  s += "LB_FOR_EACH_OP(LB_DEF)\n#undef LB_DEF\n";
+  if (fast) s += kFastMath;
+  // Operand pointers.
+  s += "struct Ptrs {\n";
+  for (size_t k = 0; k < ni; ++k)
+    s += fmt::format("  const {}* in{};\n", p.input_dtypes[k] == Dtype::bf16 ? "uint16_t" : "float",
+                     k);
+  for (size_t o = 0; o < no; ++o)
+    s += fmt::format("  {}* out{};\n", p.output_dtypes[o] == Dtype::bf16 ? "uint16_t" : "float", o);
+  s += "};\n";
+  // One vector of every output at element j.
+  s += "HWY_INLINE void body(const Ptrs& p, int64_t j, const V* u, const bool* pl, V* r) {\n";
+  s += "  (void)p; (void)j; (void)u; (void)pl;\n";
+  auto val = [&](int x) {
+    return uniform[static_cast<size_t>(x)] ? fmt::format("u[{}]", x)
+                                           : ident("t", static_cast<size_t>(x));
+  };
+  for (size_t i = 0; i < ns; ++i) {
+    const Instr& in = p.code[i];
+    if (uniform[i]) continue;
+    const std::string t = ident("t", i);
+    if (in.op == Op::input) {
+      s += in.dtype == Dtype::bf16
+               ? fmt::format("  const V {} = load_bf16(p.in{} + j);\n", t, in.slot)
+               : fmt::format("  const V {} = hn::LoadU(D(), p.in{} + j);\n", t, in.slot);
+      continue;
+    }
+    if (in.op == Op::cast) {
+      s += in.dtype == Dtype::bf16
+               ? fmt::format("  const V {} = lb_bf16_round({});\n", t, val(in.a))
+               : fmt::format("  const V {} = {};\n", t, val(in.a));
+      continue;
+    }
+    const std::string a = val(in.a), b = in.b >= 0 ? val(in.b) : a, c = in.c >= 0 ? val(in.c) : a;
+    const std::string name(op_name(in.op));
+    // Bounds that are one value, not NaN (known per call): x86's minps / maxps alone give
+    // jit_math's bits (the interpreter's `plain` operands, cpu_eval_simd.cpp's apply).
+    auto plain = [&](int x) { return x >= 0 && uniform[static_cast<size_t>(x)]; };
+    if (in.op == Op::clamp && plain(in.b) && plain(in.c)) {
+      s += fmt::format(
+          "  const V {0} = (pl[{3}] && pl[{4}]) ? lt_select({2}, gt_select({1}, {5})) : "
+          "op_clamp({5}, {1}, {2});\n",
+          t, b, c, in.b, in.c, a);
+      continue;
+    }
+    if ((in.op == Op::minimum || in.op == Op::maximum) && plain(in.b)) {
+      s += fmt::format("  const V {0} = pl[{1}] ? {2}({3}, {4}) : op_{5}({4}, {3}, {4});\n", t,
+                       in.b, in.op == Op::minimum ? "lt_select" : "gt_select", b, a, name);
+      continue;
+    }
+    if (fast && (in.op == Op::exp || in.op == Op::sigmoid || in.op == Op::silu)) {
+      s += fmt::format(
+          "#ifdef LB_FAST\n  const V {0} = fast_op_{1}({2});\n#else\n"
+          "  const V {0} = op_{1}({2}, {3}, {4});\n#endif\n",
+          t, name, a, b, c);
+    } else {
+      s += fmt::format("  const V {} = op_{}({}, {}, {});\n", t, name, a, b, c);
+    }
+  }
+  for (size_t o = 0; o < no; ++o) s += fmt::format("  r[{}] = {};\n", o, val(p.outputs[o]));
+  s += "}\n";
+  // Stores of every output at element j.
+  s += "HWY_INLINE void store(const Ptrs& p, int64_t j, const V* r, bool stream) {\n";
+  s += "  (void)stream;\n  const hn::Rebind<uint16_t, D> d16;\n  (void)d16;\n";
+  for (size_t o = 0; o < no; ++o) {
+    if (p.output_dtypes[o] == Dtype::bf16) {
+      if (fast) {
+        s += "#if defined(LB_FAST) && defined(__AVX512BF16__)\n";
+        s += fmt::format(
+            "  {{ const __m256i c = (__m256i)_mm512_cvtneps_pbh(r[{0}].raw);\n"
+            "    if (stream) _mm256_stream_si256((__m256i*)(p.out{0} + j), c);\n"
+            "    else _mm256_storeu_si256((__m256i*)(p.out{0} + j), c); }}\n#else\n",
+            o);
+      }
+      s += fmt::format(
+          "  {{ const auto c = hn::DemoteTo(d16, hn::BitCast(DI(), lb_bf16_code(r[{0}])));\n"
+          "    if (stream) hn::Stream(c, d16, p.out{0} + j); else hn::StoreU(c, d16, p.out{0} + "
+          "j); }}\n",
+          o);
+      if (fast) s += "#endif\n";
+    } else {
+      s += fmt::format(
+          "  if (stream) hn::Stream(r[{0}], D(), p.out{0} + j); else hn::StoreU(r[{0}], D(), "
+          "p.out{0} + j);\n",
+          o);
+    }
+  }
+  s += "}\n";
+  // The loop.
+  const size_t nov = std::max<size_t>(no, 1);
+  s += "void run(const void* const* in, void* const* out, const float* uf, int64_t b, int64_t e, "
+       "int stream) {\n";
+  s += "  const D d;\n  constexpr int64_t N = static_cast<int64_t>(hn::MaxLanes(D()));\n";
+  s += "  constexpr int U = 8;  // vectors per iteration: independent exps in flight\n";
+  s += "  Ptrs p{";
+  for (size_t k = 0; k < ni; ++k)
+    s += fmt::format("static_cast<const {}*>(in[{}]), ",
+                     p.input_dtypes[k] == Dtype::bf16 ? "uint16_t" : "float", k);
+  for (size_t o = 0; o < no; ++o)
+    s += fmt::format("static_cast<{}*>(out[{}]), ",
+                     p.output_dtypes[o] == Dtype::bf16 ? "uint16_t" : "float", o);
+  s += "};\n  (void)in;\n";
+  s += fmt::format("  V u[{}];\n", std::max<size_t>(ns, 1));
+  s += fmt::format("  bool pl[{}];  // uniform values that are not NaN\n", std::max<size_t>(ns, 1));
+  s += fmt::format(
+      "  for (int k = 0; k < {}; ++k) {{ u[k] = hn::Set(d, uf[k]); pl[k] = uf[k] == uf[k]; }}\n",
+      ns);
+  // Non-temporal stores need every output's vectors aligned from b on.
+  s += "  bool st = stream != 0;\n";
+  for (size_t o = 0; o < no; ++o)
+    s += fmt::format("  st = st && reinterpret_cast<uintptr_t>(p.out{0} + b) % 64 == 0;\n", o);
+  s += "  int64_t i = b;\n";
+  s += "  for (; i + U * N <= e; i += U * N) {\n";
+  s += fmt::format("    V r[U][{}];\n", nov);
+  s += "    for (int v = 0; v < U; ++v) body(p, i + v * N, u, pl, r[v]);\n";
+  s += "    for (int v = 0; v < U; ++v) store(p, i + v * N, r[v], st);\n  }\n";
+  s += "  for (; i < e; i += N) {\n";
+  s += fmt::format("    V r[{}];\n", nov);
+  s += "    if (e - i >= N) {\n      body(p, i, u, pl, r);\n      store(p, i, r, false);\n      "
+       "continue;\n    }\n";
+  s += "    // The last partial vector: through zero-padded copies, nothing past e touched.\n";
+  s += "    const size_t rest = static_cast<size_t>(e - i);\n";
+  s += "    Ptrs q = p;\n";
+  for (size_t k = 0; k < ni; ++k) {
+    const bool h = p.input_dtypes[k] == Dtype::bf16;
+    s += fmt::format("    alignas(64) {0} bi{1}[N] = {{}};\n", h ? "uint16_t" : "float", k);
+    s += fmt::format("    if (p.in{0}) std::memcpy(bi{0}, p.in{0} + i, rest * {1});\n", k,
+                     h ? 2 : 4);
+    s += fmt::format("    q.in{0} = bi{0};\n", k);
+  }
+  for (size_t o = 0; o < no; ++o) {
+    const bool h = p.output_dtypes[o] == Dtype::bf16;
+    s += fmt::format("    alignas(64) {0} bo{1}[N];\n    q.out{1} = bo{1};\n",
+                     h ? "uint16_t" : "float", o);
+  }
+  s += "    body(q, 0, u, pl, r);\n    store(q, 0, r, false);\n";
+  for (size_t o = 0; o < no; ++o)
+    s += fmt::format("    std::memcpy(p.out{0} + i, bo{0}, rest * {1});\n", o,
+                     p.output_dtypes[o] == Dtype::bf16 ? 2 : 4);
+  s += "  }\n  if (st) _mm_sfence();  // order the non-temporal stores before returning\n}\n";
+  s += "}  // namespace fusion_simd\n}  // namespace HWY_NAMESPACE\n}  // namespace "
+       "lowbit\nHWY_AFTER_NAMESPACE();\n";
+  s += "extern \"C\" {\n";
+  s += "__attribute__((visibility(\"default\"))) extern const char lowbit_fused_cpu_key[];\n";
+  s += "const char lowbit_fused_cpu_key[] = R\"lb_key(" + key + ")lb_key\";\n";
+  s += "__attribute__((visibility(\"default\"))) void lowbit_fused_cpu(const void* const* in, "
+       "void* const* out, const float* u, int64_t b, int64_t e, int stream) {\n";
+  s += "  lowbit::HWY_NAMESPACE::fusion_simd::run(in, out, u, b, e, stream);\n}\n}\n";
+  return s;
+}
+
+}  // namespace lowbit::fusion
