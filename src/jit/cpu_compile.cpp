@@ -154,7 +154,12 @@ CpuToolchain find_toolchain() {
   }
   // Bit-identity with the interpreter needs IEEE operations as written: no contraction
   // into FMAs (the formulas call MulAdd where they mean one), no reassociation.
-  t.flags = "-std=c++17 -O3 -march=native -ffp-contract=off -fno-math-errno -fPIC -shared -w";
+  // HWY_COMPILE_ONLY_STATIC: Highway compiles for the target -march=native selects and no
+  // other (this object runs where it is compiled); without it an older Highway stops at
+  // "best baseline should be included in dynamic targets" on CPUs newer than it knows.
+  t.flags =
+      "-std=c++17 -O3 -march=native -DHWY_COMPILE_ONLY_STATIC=1 -ffp-contract=off "
+      "-fno-math-errno -fPIC -shared -w";
   t.cpu = cpu_identity();
   return t;
 #endif
