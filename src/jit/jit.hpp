@@ -5,6 +5,8 @@
 //   promote.cpp       PyTorch's type promotion
 //   fused_op.cpp      FusedDesc / FusedOp checks, the kernel list, fuse()
 //   cpu_eval.cpp      the CPU kernel: tiled interpreter
+//   codegen_cpu.cpp, cpu_compile.cpp, cpu_jit_kernel.cpp
+//                     the CPU JIT: Program -> C++ -> shared object (cpu_jit.hpp)
 //   codegen_cuda.cpp  Program + Layout -> CUDA source
 //   nvrtc.cpp         CUDA source -> cubin (and PTX), with the NVRTC log on failure
 //   module_cache.cpp  in-memory LRU + on-disk cache of cubins
