@@ -14,42 +14,19 @@
 
 #include "jit/cpu_jit.hpp"
 #include "jit/cpu_jit_headers.hpp"
+#include "jit/cpu_ops_simd-inl.h"  // LB_FOR_EACH_OP (its op names only)
 
 namespace lowbit::fusion {
 namespace {
 
-/// The ops LB_FOR_EACH_OP defines (their generated functions are op_<name>).
+/// The ops LB_FOR_EACH_OP defines (their generated functions are op_<name>): the list
+/// itself, so the generator takes exactly the ops the generated code can call.
 bool vector_op(Op op) {
   switch (op) {
-    case Op::add:
-    case Op::sub:
-    case Op::mul:
-    case Op::div:
-    case Op::minimum:
-    case Op::maximum:
-    case Op::leaky_relu:
-    case Op::lt:
-    case Op::le:
-    case Op::gt:
-    case Op::ge:
-    case Op::eq:
-    case Op::ne:
-    case Op::clamp:
-    case Op::where:
-    case Op::neg:
-    case Op::abs:
-    case Op::relu:
-    case Op::sqrt:
-    case Op::rsqrt:
-    case Op::exp:
-    case Op::log:
-    case Op::tanh:
-    case Op::sigmoid:
-    case Op::silu:
-    case Op::softplus:
-    case Op::gelu:
-    case Op::gelu_tanh:
-      return true;
+#define LB_CASE(name, k, expr) case Op::name:
+    LB_FOR_EACH_OP(LB_CASE)
+#undef LB_CASE
+    return true;
     default:
       return false;
   }
@@ -106,18 +83,8 @@ std::string ident(const char* kind, size_t i) { return fmt::format("{}{}", kind,
 }  // namespace
 
 const HeaderSet& cpu_jit_headers() {
-  static const HeaderSet set = [] {
-    HeaderSet h;
-    h.names = {"cpu_math_simd-inl.h", "cpu_ops_simd-inl.h"};
-    h.contents = {kCpuMathSimdText, kCpuOpsSimdText};
-    uint64_t hash = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < h.names.size(); ++i) {
-      hash = fnv1a64(h.names[i].data(), h.names[i].size(), hash);
-      hash = fnv1a64(h.contents[i].data(), h.contents[i].size(), hash);
-    }
-    h.hash = hash;
-    return h;
-  }();
+  static const HeaderSet set = make_header_set({"cpu_math_simd-inl.h", "cpu_ops_simd-inl.h"},
+                                               {kCpuMathSimdText, kCpuOpsSimdText});
   return set;
 }
 

@@ -1364,19 +1364,23 @@ struct Gen {
 
 }  // namespace
 
+HeaderSet make_header_set(std::vector<std::string> names, std::vector<std::string> contents) {
+  HeaderSet h;
+  h.names = std::move(names);
+  h.contents = std::move(contents);
+  uint64_t hash = 0xcbf29ce484222325ull;
+  for (size_t i = 0; i < h.names.size(); ++i) {
+    hash = fnv1a64(h.names[i].data(), h.names[i].size(), hash);
+    hash = fnv1a64(h.contents[i].data(), h.contents[i].size(), hash);
+  }
+  h.hash = hash;
+  return h;
+}
+
 const HeaderSet& jit_headers() {
-  static const HeaderSet set = [] {
-    HeaderSet h;
-    h.names = {"lowbit/numeric.hpp", "cstdint", "bit", "lowbit_jit_math.h", "lowbit_jit_prelude.h"};
-    h.contents = {kNumericHppText, kStdintStub, kBitStub, kMathText, kPrelude};
-    uint64_t hash = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < h.names.size(); ++i) {
-      hash = fnv1a64(h.names[i].data(), h.names[i].size(), hash);
-      hash = fnv1a64(h.contents[i].data(), h.contents[i].size(), hash);
-    }
-    h.hash = hash;
-    return h;
-  }();
+  static const HeaderSet set = make_header_set(
+      {"lowbit/numeric.hpp", "cstdint", "bit", "lowbit_jit_math.h", "lowbit_jit_prelude.h"},
+      {kNumericHppText, kStdintStub, kBitStub, kMathText, kPrelude});
   return set;
 }
 

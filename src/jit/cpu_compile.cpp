@@ -174,20 +174,15 @@ Table& table() {
   return *t;
 }
 
-/// The cpu/ folder of the JIT's cache directory, created 0700 and checked as the parent
-/// is ("" when the disk cache is off or the folder is not safe to load code from).
+/// The cpu/ folder of the JIT's cache directory, prepared and checked as that directory is
+/// ("" when the disk cache is off or the folder is not safe to load code from).
 std::string cache_dir() {
   static const std::string dir = [] {
     const std::string root = ModuleCache::global().dir();
     if (root.empty()) return std::string();
-    const std::string d = root + "/cpu";
-    if (::mkdir(d.c_str(), 0700) != 0 && errno != EEXIST) return std::string();
-    struct stat st {};
-    if (::lstat(d.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != ::geteuid() ||
-        (st.st_mode & (S_IWGRP | S_IWOTH))) {
-      log(d + " is not a private directory: disk cache off");
-      return std::string();
-    }
+    std::string why;
+    std::string d = prepare_dir(root + "/cpu", why);
+    if (d.empty()) log("disk cache off: " + why);
     return d;
   }();
   return dir;
@@ -266,17 +261,12 @@ CpuKernelFn compile_and_load(const CpuToolchain& t, const std::string& source,
   }
   const CpuKernelFn fn = load(obj, key);  // the mapping outlives the file
   if (fn && !target.empty()) {
-    // Same directory as the target, then rename: readers see the old entry or the whole
-    // new one. A cache that cannot be written costs the next process a compile, no more.
-    const std::string staged = target + fmt::format(".tmp{}", ::getpid());
+    // Readers see the old entry or the whole new one; a cache that cannot be written costs
+    // the next process a compile, no more.
+    std::string why;
     const std::string bytes = read_file(obj, size_t{256} << 20);
-    const bool ok = !bytes.empty() && write_file(staged, bytes) &&
-                    ::chmod(staged.c_str(), 0700) == 0 &&
-                    ::rename(staged.c_str(), target.c_str()) == 0;
-    if (!ok) {
-      ::unlink(staged.c_str());
-      log("cannot write " + target);
-    }
+    if (bytes.empty() || !write_entry(cache_dir(), target, bytes, why))
+      log("cannot store " + target + ": " + why);
   }
   cleanup();
   if (!fn) throw_error(ErrorCode::internal, "cpu jit: a compiled kernel does not load");

@@ -617,21 +617,11 @@ Schedule make_schedule(const Program& p, const Layout& L) {
   Schedule s;
   s.simd = fusion::cpu_simd_steps();
   const int n = static_cast<int>(p.code.size());
-  s.uniform.assign(n, 0);
+  s.uniform = fusion::uniform_steps(p, L);
   s.slot.assign(n, -1);
   std::vector<int> last(n, -1);
   for (int i = 0; i < n; ++i) {
     const Instr& in = p.code[i];
-    if (in.op == Op::constant) {
-      s.uniform[i] = 1;
-    } else if (in.op == Op::input) {
-      s.uniform[i] = L.cls[in.slot] == Layout::Class::scalar;
-    } else {
-      bool u = true;
-      for (int x : {in.a, in.b, in.c})
-        if (x >= 0) u = u && s.uniform[x];
-      s.uniform[i] = u;
-    }
     for (int x : {in.a, in.b, in.c})
       if (x >= 0) last[x] = i;
   }
@@ -675,12 +665,7 @@ Schedule make_schedule(const Program& p, const Layout& L) {
     if (!in_place)
       for (int x : dying) free_slots.push_back(x);
   }
-  // As convert does: outputs larger than a quarter of the last-level cache would only
-  // evict the inputs.
-  const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
-  const int64_t threshold =
-      std::clamp<int64_t>(l3 > 0 ? l3 / 4 : 0, int64_t{4} << 20, int64_t{64} << 20);
-  s.stream = L.numel * 2 >= threshold;
+  s.stream = L.numel * 2 >= fusion::nontemporal_bytes();
   return s;
 }
 
@@ -1198,6 +1183,16 @@ const Kernel<FusedOp>& fused_cpu_kernel() {
 }  // namespace lowbit
 
 namespace lowbit::fusion {
+
+int64_t nontemporal_bytes() {
+  // As convert does: outputs larger than a quarter of the last-level cache would only
+  // evict the inputs.
+  static const int64_t threshold = [] {
+    const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    return std::clamp<int64_t>(l3 > 0 ? l3 / 4 : 0, int64_t{4} << 20, int64_t{64} << 20);
+  }();
+  return threshold;
+}
 
 std::vector<uint8_t> uniform_steps(const Program& p, const Layout& L) {
   std::vector<uint8_t> u(p.code.size(), 0);

@@ -136,15 +136,11 @@ class FusedCpuJit final : public Kernel<FusedOp> {
     return r;
   }
 
-  /// Non-temporal stores when the outputs are too large to stay in cache (as the
-  /// interpreter decides).
+  /// Non-temporal stores when the outputs are too large to stay in cache.
   static int streams(const Program& p, int64_t n) {
     int64_t bytes = 0;
     for (Dtype dt : p.output_dtypes) bytes += n * (bit_width(dt) / 8);
-    const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
-    const int64_t threshold =
-        std::clamp<int64_t>(l3 > 0 ? l3 / 4 : 0, int64_t{4} << 20, int64_t{64} << 20);
-    return bytes >= threshold;
+    return bytes >= fusion::nontemporal_bytes();
   }
 };
 

@@ -38,4 +38,3 @@
   CASE(gelu_tanh, 1,                                                                          \
        (F(0.5f) * x) * (F(1.0f) + lb_tanh(F(static_cast<float>(0.79788456080286535588)) *     \
                                           (x + F(static_cast<float>(0.044715)) * ((x * x) * x)))))
-

@@ -244,6 +244,17 @@ std::string hex64(uint64_t v);
 /// True if LOWBIT_VERBOSE asks for jit logging.
 bool jit_verbose();
 
+/// Creates `dir` and its missing parents with mode 0700; "" if it cannot be used safely
+/// (not a directory, another user's, writable by group or others: the caches load code
+/// from it), with the reason in `why` (module_cache.cpp).
+std::string prepare_dir(const std::string& dir, std::string& why);
+/// Writes `bytes` to `path` (in `dir`) through a fresh private temporary file and a rename:
+/// readers see the old file or the whole new one (module_cache.cpp).
+bool write_entry(const std::string& dir, const std::string& path, const std::string& bytes,
+                 std::string& why);
+/// A HeaderSet of these headers, with its hash (codegen_cuda.cpp).
+HeaderSet make_header_set(std::vector<std::string> names, std::vector<std::string> contents);
+
 /// In-memory LRU of compiled kernels, in front of an on-disk cache.
 class ModuleCache {
  public:
@@ -294,6 +305,8 @@ class ModuleCache {
 
 // ---- CPU helpers (cpu_eval.cpp) ----------------------------------------------------------
 
+/// Output bytes from which the CPU kernels store with non-temporal stores.
+int64_t nontemporal_bytes();
 /// Per step of `p`: uniform (one value for every element: constants, scalar inputs, and
 /// steps of uniform operands only).
 std::vector<uint8_t> uniform_steps(const Program& p, const Layout& L);

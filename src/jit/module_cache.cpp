@@ -46,37 +46,6 @@ std::string default_dir() {
   return {};
 }
 
-/// Creates `dir` and its missing parents with mode 0700; "" if it cannot be used safely,
-/// with the reason in `why`.
-std::string prepare_dir(const std::string& dir, std::string& why) {
-  if (dir.empty()) {
-    why = "no cache directory (set LOWBIT_CACHE_DIR)";
-    return {};
-  }
-  for (size_t pos = 1; pos <= dir.size(); ++pos) {
-    if (pos != dir.size() && dir[pos] != '/') continue;
-    const std::string part = dir.substr(0, pos);
-    if (::mkdir(part.c_str(), 0700) != 0 && errno != EEXIST) {
-      why = fmt::format("cannot create {}: {}", part, std::strerror(errno));
-      return {};
-    }
-  }
-  struct stat st {};
-  if (::lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-    why = dir + " is not a directory";
-    return {};
-  }
-  if (st.st_uid != ::geteuid()) {
-    why = dir + " belongs to another user";
-    return {};
-  }
-  if (st.st_mode & (S_IWGRP | S_IWOTH)) {
-    why = dir + " is writable by group or others";
-    return {};
-  }
-  return dir;
-}
-
 void put_u64(std::string& s, uint64_t v) {
   for (int i = 0; i < 8; ++i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
 }
@@ -168,6 +137,39 @@ Read read_entry(const std::string& path, const std::string& key, Compiled& out, 
   return Read::ok;
 }
 
+}  // namespace
+
+/// Creates `dir` and its missing parents with mode 0700; "" if it cannot be used safely,
+/// with the reason in `why`.
+std::string prepare_dir(const std::string& dir, std::string& why) {
+  if (dir.empty()) {
+    why = "no cache directory (set LOWBIT_CACHE_DIR)";
+    return {};
+  }
+  for (size_t pos = 1; pos <= dir.size(); ++pos) {
+    if (pos != dir.size() && dir[pos] != '/') continue;
+    const std::string part = dir.substr(0, pos);
+    if (::mkdir(part.c_str(), 0700) != 0 && errno != EEXIST) {
+      why = fmt::format("cannot create {}: {}", part, std::strerror(errno));
+      return {};
+    }
+  }
+  struct stat st {};
+  if (::lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    why = dir + " is not a directory";
+    return {};
+  }
+  if (st.st_uid != ::geteuid()) {
+    why = dir + " belongs to another user";
+    return {};
+  }
+  if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+    why = dir + " is writable by group or others";
+    return {};
+  }
+  return dir;
+}
+
 /// Writes `bytes` to `path` through a temporary file and a rename.
 bool write_entry(const std::string& dir, const std::string& path, const std::string& bytes,
                  std::string& why) {
@@ -199,8 +201,6 @@ bool write_entry(const std::string& dir, const std::string& path, const std::str
   }
   return true;
 }
-
-}  // namespace
 
 struct ModuleCache::Impl {
   Options options;
