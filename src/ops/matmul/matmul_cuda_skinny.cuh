@@ -35,7 +35,7 @@
 
 #include <algorithm>
 
-#include "ops/matmul/matmul_cuda_async.cuh"
+#include "cuda/cuda_async.cuh"
 #include "ops/matmul/matmul_cuda_common.cuh"
 
 namespace lowbit::skinny {

@@ -53,7 +53,7 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
-#include "ops/matmul/matmul_cuda_async.cuh"
+#include "cuda/cuda_async.cuh"
 #include "ops/matmul/matmul_cuda_medium.cuh"
 
 namespace lowbit::wgmma {

@@ -73,6 +73,8 @@
 
 namespace lowbit::wgmma_ws {
 
+using async::bulk_load;
+
 using medium::Args;
 using tc::Code;
 using tc::Scale;
@@ -240,16 +242,6 @@ __device__ __forceinline__ void wgmma_rs_n(float (&d)[N], const uint32_t (&a)[4]
     wgmma_rs256<kBf16>(d, a, b);
   else
     wgmma_rs64<kBf16>(d, a, b);
-}
-
-/// One bulk copy of `bytes` (a multiple of 16) global -> shared, counted on `bar`.
-__device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes,
-                                          uint32_t bar) {
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::
-          "r"(dst),
-      "l"(src), "r"(bytes), "r"(bar)
-      : "memory");
 }
 
 /// One arrival on the barrier at `bar` (a shared::cta address) of the cluster's block `rank`.

@@ -1,4 +1,4 @@
-// Asynchronous copies as the CUDA matmul kernels use them: cp.async (sm_80 and later) and
+// Asynchronous copies as the CUDA kernels use them: cp.async (sm_80 and later) and
 // Hopper's mbarriers for the tensor-memory accelerator (a barrier per stage that counts the
 // bytes the copies deliver; sm_90 and later).
 #pragma once
@@ -45,6 +45,17 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
         : "r"(bar), "r"(parity)
         : "memory");
   } while (!done);
+}
+
+/// One bulk copy of `bytes` (a multiple of 16; both addresses 16-byte aligned) global ->
+/// shared, counted on `bar` (sm_90 and later).
+__device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes,
+                                          uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::
+          "r"(dst),
+      "l"(src), "r"(bytes), "r"(bar)
+      : "memory");
 }
 
 #endif  // __CUDACC__
