@@ -937,48 +937,6 @@ TEST(QuantizeCuda, LanesStoresOfTheBulkFormatsMatchTheReference) {
   ::unsetenv("LOWBIT_DEQUANT_BULK");
 }
 
-/// The rows path's register kernel for block teams (rows of more than 128 16-byte vectors),
-/// which pre-Hopper devices run where sm_90 takes the bulk kernel, forced with
-/// LOWBIT_QUANTIZE_ROWS_BULK=0: per-token and per-channel schemes against the reference,
-/// NaN / Inf among the values (fill_values) and many rows per block.
-TEST(QuantizeCuda, RowsRegisterKernelMatchesTheReference) {
-  LOWBIT_REQUIRE_CUDA();
-  ::setenv("LOWBIT_QUANTIZE_ROWS_BULK", "0", 1);
-  auto rng = testing::make_rng(911);
-  int cases = 0, failures = 0;
-  for (const char* text : {"int8:token", "uint8:token:asym", "int4:token", "fp8e4m3:token",
-                           "fp8e5m2:token", "int8:channel"}) {
-    const QuantScheme s = QuantScheme::parse(text);
-    for (const Shape& shape :
-         {Shape{1, 4096}, Shape{9, 1024}, Shape{3, 16384}, Shape{2, 4100}, Shape{600, 2048}}) {
-      if (!fits(s, shape)) continue;
-      const int64_t k = shape[1];
-      std::vector<float> values(static_cast<size_t>(numel(shape)));
-      fill_values(values.data(), shape[0], k, rng, false);
-      for (Dtype src : {Dtype::f32, Dtype::bf16}) {
-        ++cases;
-        const std::string d = check_case(s, host_source(values, shape, src), false);
-        if (!d.empty() && ++failures <= 20)
-          ADD_FAILURE() << text << " " << dims(shape) << " " << dtype_name(src) << ": " << d;
-      }
-    }
-  }
-  // The first non-finite element named, as the reference names it.
-  for (const char* text : {"int8:token", "fp8e4m3:token"}) {
-    const Shape shape{600, 2048};
-    std::vector<float> values(static_cast<size_t>(numel(shape)));
-    fill_values(values.data(), shape[0], shape[1], rng, false);
-    values[400 * 2048 + 77] = NAN;
-    values[500 * 2048 + 3] = -INFINITY;
-    ++cases;
-    const std::string d =
-        check_case(QuantScheme::parse(text), host_source(values, shape, Dtype::bf16), false);
-    if (!d.empty() && ++failures <= 20) ADD_FAILURE() << text << " with NaN: " << d;
-  }
-  ::unsetenv("LOWBIT_QUANTIZE_ROWS_BULK");
-  std::printf("  %d quantize cases on the register kernel, %d failures\n", cases, failures);
-}
-
 /// Kernels that opt in to more than 48 KiB of dynamic shared memory must do so on every
 /// device they run on (the attribute belongs to the function in each device's context): the
 /// bulk dequantize paths on each GPU in turn, device 0 first. Needs two GPUs.

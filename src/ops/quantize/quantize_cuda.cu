@@ -62,11 +62,9 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <string>
 #include <vector>
 
-#include "cuda/cuda_async.cuh"
 #include "formats/groups.hpp"
 #include "lowbit/gguf_blocks.hpp"
 #include "ops/quantize/quantize_cuda_common.cuh"
@@ -288,25 +286,11 @@ struct RowsArgs {
 
 /// The rows path (see the file comment). kBlockTeam: a block owns a group; else teams of
 /// 2^team_log2 lanes. All loops are uniform per block, so shuffles and barriers are safe.
-/// kBulk (block teams, sm_90): each group reaches shared memory by one TMA bulk copy, issued
-/// kBulkStages groups ahead (dynamic shared memory: kBulkStages x the group's bytes), and the
-/// lanes read their vectors from there: the loads of the next groups stay in flight while a
-/// block reduces and writes the current one, without the registers that prefetching into
-/// them would take.
-template <Dtype S, Code C, bool kBlockTeam, int kBulkStages = 0>
+template <Dtype S, Code C, bool kBlockTeam>
 __global__ void __launch_bounds__(kBlockTeam ? kMaxTeam : kThreads, kBlockTeam ? 1 : 3)
     quantize_rows_kernel(RowsArgs a, int team_log2) {
-  constexpr bool kBulk = kBulkStages > 0;
-  static_assert(!kBulk || kBlockTeam);
   constexpr int V = kVecsPerThread;
   __shared__ uint32_t smem[2 * 96];
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
-  constexpr bool kBulkHere = kBulk;
-#else
-  constexpr bool kBulkHere = false;  // not launched before sm_90 (launch_rows)
-#endif
-  extern __shared__ __align__(128) uint4 bulk_stage[];
-  __shared__ __align__(8) uint64_t bulk_bar[kBulk ? kBulkStages : 1];
   const uint32_t ts = kBlockTeam ? blockDim.x : (1u << team_log2);
   const uint32_t lane = kBlockTeam ? threadIdx.x : (threadIdx.x & (ts - 1));
   const uint64_t teams_per_block = kBlockTeam ? 1 : blockDim.x / ts;
@@ -336,7 +320,11 @@ __global__ void __launch_bounds__(kBlockTeam ? kMaxTeam : kThreads, kBlockTeam ?
   // teams: their 1024-thread bound leaves 64 registers, and the extra vectors would spill.
   // (A 256-thread instantiation with prefetch for rows of up to 1024 vectors, 80 registers
   // and 3 blocks per SM, measured 87.3% of copy for bf16 -> int8:token against this one's
-  // 88.9%, and 92.3% against 91.4% for fp8e4m3:token, H100 2026-11-22: not kept.)
+  // 88.9%, and 92.3% against 91.4% for fp8e4m3:token, H100 2026-11-22: not kept. Nor was
+  // a block team reading its group from shared memory, where a TMA bulk copy had put it two
+  // groups ahead (no registers for the prefetch, 14 groups in flight per SM): 83.7-84.1% for
+  // int8:token against 91.6% here, 90.7% against 93.1-93.4% for fp8e4m3:token, check off,
+  // H100 2026-11-24, alternating processes.)
   constexpr bool kPrefetch = !kBlockTeam;
   const uint64_t step = gridDim.x * teams_per_block;
   uint4 next[V];
@@ -362,30 +350,7 @@ __global__ void __launch_bounds__(kBlockTeam ? kMaxTeam : kThreads, kBlockTeam ?
   };
   const uint64_t first = blockIdx.x * teams_per_block;
   if (kPrefetch && first < a.groups) fetch(first);
-  // kBulk: group `base` goes to stage k % kBulkStages (k counts this block's groups).
-  const uint32_t group_bytes = a.group_vecs * 16u;
-  auto bulk_issue = [&](uint64_t base, int stage) {
-    if constexpr (kBulkHere) {
-      const uint32_t bar = static_cast<uint32_t>(__cvta_generic_to_shared(&bulk_bar[stage]));
-      async::mbar_expect_tx(bar, group_bytes);
-      async::bulk_load(static_cast<uint32_t>(__cvta_generic_to_shared(bulk_stage)) +
-                           static_cast<uint32_t>(stage) * group_bytes,
-                       a.x + base * a.group_vecs, group_bytes, bar);
-    }
-  };
-  if constexpr (kBulkHere) {
-    if (threadIdx.x == 0) {
-      for (int k = 0; k < kBulkStages; ++k)
-        async::mbar_init(static_cast<uint32_t>(__cvta_generic_to_shared(&bulk_bar[k])), 1);
-      async::mbar_init_fence();
-    }
-    __syncthreads();
-    if (threadIdx.x == 0)
-      for (int k = 0; k < kBulkStages; ++k)
-        if (first + k * step < a.groups) bulk_issue(first + k * step, k);
-  }
-  uint32_t k_bulk = 0;
-  for (uint64_t base = first; base < a.groups; base += step, parity ^= 1, ++k_bulk) {
+  for (uint64_t base = first; base < a.groups; base += step, parity ^= 1) {
     const bool active = base + team < a.groups;
     const uint64_t g = group_of(base);
     uint4 v[V];
@@ -400,16 +365,6 @@ __global__ void __launch_bounds__(kBlockTeam ? kMaxTeam : kThreads, kBlockTeam ?
     }
     if constexpr (kPrefetch) {
       if (base + step < a.groups) fetch(base + step);
-    } else if constexpr (kBulkHere) {
-      const int stage = static_cast<int>(k_bulk % kBulkStages);
-      async::mbar_wait(static_cast<uint32_t>(__cvta_generic_to_shared(&bulk_bar[stage])),
-                       (k_bulk / kBulkStages) & 1u);
-      const uint4* row = bulk_stage + static_cast<size_t>(stage) * a.group_vecs;
-#pragma unroll
-      for (int j = 0; j < V; ++j) {
-        const uint32_t k = lane + j * ts;
-        v[j] = ok[j] ? row[k] : make_uint4(0, 0, 0, 0);
-      }
     } else {
       fetch(base);
 #pragma unroll
@@ -430,11 +385,6 @@ __global__ void __launch_bounds__(kBlockTeam ? kMaxTeam : kThreads, kBlockTeam ?
       }
       if constexpr (kBlockTeam) {
         block_max(s, smem, parity);
-        // Past block_max's barrier every lane has read its vectors: the stage is free.
-        if constexpr (kBulkHere) {
-          if (threadIdx.x == 0 && base + kBulkStages * step < a.groups)
-            bulk_issue(base + kBulkStages * step, static_cast<int>(k_bulk % kBulkStages));
-        }
       } else {
         for (uint32_t off = ts >> 1; off > 0; off >>= 1) s.shfl_max(static_cast<int>(off));
       }
@@ -1399,20 +1349,10 @@ struct Call {
   const QuantizeArgs& a;
   cudaStream_t stream;
   int sms;
-  const DeviceFacts* facts;
   CheckWords* words;  ///< device
   bool check;
   CheckWords* host = nullptr;  ///< the hand-off's mapped host copy (checked fast paths)
 };
-
-/// LOWBIT_QUANTIZE_ROWS_BULK=0 keeps block teams on the register kernel, as before sm_90
-/// (tests use it to keep that kernel covered on the GPU machine; benchmarks to compare).
-/// Read on every call.
-inline int rows_bulk_stages() {
-  const char* v = std::getenv("LOWBIT_QUANTIZE_ROWS_BULK");
-  if (!v) return 2;
-  return v[0] == '0' ? 0 : v[0] == '3' ? 3 : 2;
-}
 
 template <Dtype S, Code C>
 void launch_rows(const Call& c, RowsArgs ra, uint64_t group_vecs, bool global) {
@@ -1439,27 +1379,9 @@ void launch_rows(const Call& c, RowsArgs ra, uint64_t group_vecs, bool global) {
     kernel<<<grid, kThreads, 0, c.stream>>>(ra, log2);
   } else {
     const int threads = static_cast<int>((need + 31) / 32 * 32);
-    // The bulk kernel where its stages fit beside the static shared memory (1 KiB is ample).
-    const int stages = rows_bulk_stages();
-    const uint64_t stage_bytes = stages * group_vecs * 16;
-    if (c.facts->sm >= 90 && stages > 0 &&
-        stage_bytes + 1024 <= static_cast<uint64_t>(c.facts->smem_optin)) {
-      auto kernel =
-          stages == 3 ? quantize_rows_kernel<S, C, true, 3> : quantize_rows_kernel<S, C, true, 2>;
-      const int smem = static_cast<int>(stage_bytes);
-      // One opt-in per kernel and device, to the most any row length takes.
-      static SmemOptIn optin2, optin3;
-      if (smem > 48 * 1024)
-        check_cuda((stages == 3 ? optin3 : optin2).allow(kernel, c.facts->smem_optin - 1024),
-                   "quantize: shared memory opt-in (rows, bulk)");
-      const uint32_t grid =
-          balanced_grid(ra.groups, 1, resident_grid(kernel, threads, c.sms, smem));
-      kernel<<<grid, threads, smem, c.stream>>>(ra, 0);
-    } else {
-      auto kernel = quantize_rows_kernel<S, C, true>;
-      const uint32_t grid = balanced_grid(ra.groups, 1, resident_grid(kernel, threads, c.sms));
-      kernel<<<grid, threads, 0, c.stream>>>(ra, 0);
-    }
+    auto kernel = quantize_rows_kernel<S, C, true>;
+    const uint32_t grid = balanced_grid(ra.groups, 1, resident_grid(kernel, threads, c.sms));
+    kernel<<<grid, threads, 0, c.stream>>>(ra, 0);
   }
   check_launch("quantize_rows_kernel");
 }
@@ -1885,7 +1807,6 @@ class QuantizeCuda final : public Kernel<QuantizeOp> {
            a,
            s,
            facts(d.device.index).multiprocessors,
-           &facts(d.device.index),
            cs ? cs->device : static_cast<CheckWords*>(words.data()),
            d.check_finite,
            cs ? cs->host_on_device : nullptr};
