@@ -157,14 +157,17 @@ TEST(FusionCpuJit, RandomExpressionsGiveTheInterpretersBits) {
   for (int k = 0; k < kCases; ++k) {
     std::mt19937_64 rng(9100 + k);
     const int n_in = 1 + static_cast<int>(rng() % 3);
+    // Every third case all bf16 (the generator's pairs of vectors), scalars aside.
+    const bool all_bf16 = k % 3 == 0;
     std::vector<Dtype> in_dt;
     std::vector<bool> scalar;
     for (int i = 0; i < n_in; ++i) {
       scalar.push_back(rng() % 5 == 0);
       in_dt.push_back(scalar.back() ? (rng() % 2 ? Dtype::f16 : Dtype::f32)
-                                    : (rng() % 2 ? Dtype::bf16 : Dtype::f32));
+                                    : (all_bf16 || rng() % 2 ? Dtype::bf16 : Dtype::f32));
     }
-    const Dtype out_dt = rng() % 2 ? Dtype::bf16 : Dtype::f32;
+    const Dtype out_dt = all_bf16 || rng() % 2 ? Dtype::bf16 : Dtype::f32;
+    const Dtype out1_dt = all_bf16 ? Dtype::bf16 : Dtype::f32;
     const int depth = 1 + static_cast<int>(rng() % 4);
     const uint64_t expr_seed = rng();
     bool taken = false;
@@ -179,8 +182,8 @@ TEST(FusionCpuJit, RandomExpressionsGiveTheInterpretersBits) {
       std::mt19937_64 erng(expr_seed);  // the same expression at every size
       const Expr e = random_expr(erng, leaves, depth);
       const Expr e2 = fusion::silu(e) * leaves[0];
-      Tensor jit0 = Tensor::empty({n}, out_dt), jit1 = Tensor::empty({n}, Dtype::f32);
-      Tensor ref0 = Tensor::empty({n}, out_dt), ref1 = Tensor::empty({n}, Dtype::f32);
+      Tensor jit0 = Tensor::empty({n}, out_dt), jit1 = Tensor::empty({n}, out1_dt);
+      Tensor ref0 = Tensor::empty({n}, out_dt), ref1 = Tensor::empty({n}, out1_dt);
       for (Tensor* t : {&jit0, &jit1, &ref0, &ref1})
         std::memset(t->data(), testing::kPoison, static_cast<size_t>(t->nbytes()));
       const FusedDesc dj = FusedDesc::make({{jit0.view(), e}, {jit1.view(), e2}});
@@ -210,6 +213,39 @@ TEST(FusionCpuJit, RandomExpressionsGiveTheInterpretersBits) {
   std::printf("%d of %d random expressions compiled, %lld elements identical\n", compiled, kCases,
               static_cast<long long>(elements));
   EXPECT_GE(compiled, kCases / 2);
+}
+
+/// Fast math on bf16 operands takes pairs of vectors (even and odd elements apart, put back
+/// together by vcvtne2ps2bf16 and a word permutation): chain8 against the exact interpreter,
+/// within one bf16 step, at sizes around the pair (32 elements) and the unrolled iteration.
+TEST(FusionCpuJit, FastMathPairsOfBf16VectorsKeepTheirOrder) {
+  SKIP_WITHOUT_JIT();
+  JitAlways always;
+  std::mt19937_64 rng(77);
+  std::uniform_real_distribution<float> dist(-6.0f, 6.0f);
+  for (int64_t n : {2, 31, 32, 33, 255, 256, 257, 4099, 70001}) {
+    Tensor a = Tensor::empty({n}, Dtype::bf16), b = Tensor::empty({n}, Dtype::bf16);
+    for (int64_t i = 0; i < n; ++i) {
+      a.data_as<uint16_t>()[i] = static_cast<uint16_t>(std::bit_cast<uint32_t>(dist(rng)) >> 16);
+      b.data_as<uint16_t>()[i] = static_cast<uint16_t>(std::bit_cast<uint32_t>(dist(rng)) >> 16);
+    }
+    const Expr ea = fusion::input(a.view()), eb = fusion::input(b.view());
+    const Expr e = fusion::clamp(fusion::silu(ea * 1.25 + eb) * eb - ea * 0.5, -8.0, 8.0);
+    Tensor fast = Tensor::empty({n}, Dtype::bf16), exact = Tensor::empty({n}, Dtype::bf16);
+    std::memset(fast.data(), testing::kPoison, static_cast<size_t>(fast.nbytes()));
+    FusedDesc df = FusedDesc::make({{fast.view(), e}});
+    df.fast_math = true;
+    FusedPlan::select(df, only("fused_cpu_jit")).run(Stream{}, {}, df.bound_args());
+    const FusedDesc dr = FusedDesc::make({{exact.view(), e}});
+    FusedPlan::select(dr, only("fused_cpu")).run(Stream{}, {}, dr.bound_args());
+    for (int64_t i = 0; i < n; ++i) {
+      const int x = fast.data_as<uint16_t>()[i], y = exact.data_as<uint16_t>()[i];
+      // Same sign, codes at most one apart (+0 and -0 aside).
+      const bool close = ((x ^ y) & 0x8000) == 0 ? std::abs(x - y) <= 1 : ((x | y) & 0x7fff) == 0;
+      ASSERT_TRUE(close) << "n " << n << " element " << i << ": fast " << std::hex << x << " exact "
+                         << y;
+    }
+  }
 }
 
 TEST(FusionCpuJit, BoundsThatAreNaNPropagateAsInTheInterpreter) {
