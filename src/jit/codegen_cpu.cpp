@@ -74,18 +74,29 @@ HWY_INLINE V fast_op_sigmoid(V x) {
   return V{_mm512_div_ps(_mm512_set1_ps(1.0f), fast_one_plus_exp_neg(x))};
 }
 HWY_INLINE V fast_op_silu(V x) { return V{_mm512_div_ps(x.raw, fast_one_plus_exp_neg(x))}; }
-#if defined(__AVX512BF16__)
+HWY_INLINE V fast_op_exp(V x) {
+  return V{fast_exp2(_mm512_mul_ps(x.raw, _mm512_set1_ps(1.44269504088896341f)))};
+}
+#endif
+)";
+
+/// bf16 stores through AVX512-BF16's conversions where the CPU has them (the JIT compiles
+/// for the CPU it runs on). vcvtneps2bf16 rounds to nearest even as lb_bf16_code does, except
+/// for subnormal inputs (flushed to zero) and NaN (its payload kept): exact kernels redo a
+/// vector that holds one of those (rare) with lb_bf16_code; fast math keeps the flush.
+constexpr const char* kBf16Cvt = R"(
+#if HWY_TARGET <= HWY_AVX3 && defined(__AVX512BF16__)
+#define LB_CVT_BF16 1
+HWY_INLINE bool lb_cvt_differs(V v) {
+  return _mm512_fpclass_ps_mask(v.raw, 0xA1) != 0;  // QNaN, SNaN, subnormal
+}
 /// vpermw's order that interleaves two vectors' bf16 codes: word 2k from word k, 2k + 1
-/// from word 16 + k.
+/// from word 16 + k (vcvtne2ps2bf16 puts its second operand's codes first).
 HWY_INLINE __m512i lb_pair_order() {
   alignas(64) static constexpr uint16_t kOrder[32] = {0,  16, 1,  17, 2,  18, 3,  19, 4,  20, 5,
                                                       21, 6,  22, 7,  23, 8,  24, 9,  25, 10, 26,
                                                       11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
   return _mm512_load_si512(kOrder);
-}
-#endif
-HWY_INLINE V fast_op_exp(V x) {
-  return V{fast_exp2(_mm512_mul_ps(x.raw, _mm512_set1_ps(1.44269504088896341f)))};
 }
 #endif
 )";
@@ -150,6 +161,7 @@ std::string generate_cpu(const Program& p, const std::vector<uint8_t>& uniform, 
   s += "#define LB_DEF(op, k, expr) \\\n  HWY_INLINE V op_##op(V x, V y, V z) { (void)y; (void)z; "
        "return expr; }\n";
   s += "LB_FOR_EACH_OP(LB_DEF)\n#undef LB_DEF\n";
+  s += kBf16Cvt;
   if (fast) s += kFastMath;
   // Operand pointers.
   s += "struct Ptrs {\n";
@@ -235,20 +247,23 @@ std::string generate_cpu(const Program& p, const std::vector<uint8_t>& uniform, 
   s += "  (void)stream;\n  const hn::Rebind<uint16_t, D> d16;\n  (void)d16;\n";
   for (size_t o = 0; o < no; ++o) {
     if (p.output_dtypes[o] == Dtype::bf16) {
-      if (fast) {
-        s += "#if defined(LB_FAST) && defined(__AVX512BF16__)\n";
+      s += "#if defined(LB_CVT_BF16)\n";
+      s += fmt::format("  {{ __m256i c = (__m256i)_mm512_cvtneps_pbh(r[{0}].raw);\n", o);
+      if (!fast)
         s += fmt::format(
-            "  {{ const __m256i c = (__m256i)_mm512_cvtneps_pbh(r[{0}].raw);\n"
-            "    if (stream) _mm256_stream_si256((__m256i*)(p.out{0} + j), c);\n"
-            "    else _mm256_storeu_si256((__m256i*)(p.out{0} + j), c); }}\n#else\n",
+            "    if (HWY_UNLIKELY(lb_cvt_differs(r[{0}])))\n"
+            "      c = hn::DemoteTo(d16, hn::BitCast(DI(), lb_bf16_code(r[{0}]))).raw;\n",
             o);
-      }
+      s += fmt::format(
+          "    if (stream) _mm256_stream_si256((__m256i*)(p.out{0} + j), c);\n"
+          "    else _mm256_storeu_si256((__m256i*)(p.out{0} + j), c); }}\n#else\n",
+          o);
       s += fmt::format(
           "  {{ const auto c = hn::DemoteTo(d16, hn::BitCast(DI(), lb_bf16_code(r[{0}])));\n"
           "    if (stream) hn::Stream(c, d16, p.out{0} + j); else hn::StoreU(c, d16, p.out{0} + "
           "j); }}\n",
           o);
-      if (fast) s += "#endif\n";
+      s += "#endif\n";
     } else {
       s += fmt::format(
           "  if (stream) hn::Stream(r[{0}], D(), p.out{0} + j); else hn::StoreU(r[{0}], D(), "
@@ -279,24 +294,30 @@ std::string generate_cpu(const Program& p, const std::vector<uint8_t>& uniform, 
     s += "HWY_INLINE void store_pair(const Ptrs& p, int64_t j, const V* lo, const V* hi, bool "
          "stream) {\n";
     for (size_t o = 0; o < no; ++o) {
-      if (fast) {
-        // vcvtne2ps2bf16 puts lo's values in words 0..N-1 and hi's in N..2N-1: one vpermw
-        // interleaves them.
-        s += "#if defined(LB_FAST) && defined(__AVX512BF16__)\n";
+      // vcvtne2ps2bf16 puts lo's codes in words 0..N-1 and hi's in N..2N-1: one vpermw
+      // interleaves them.
+      s += "#if defined(LB_CVT_BF16)\n";
+      s += fmt::format(
+          "  {{ __m512i c = _mm512_permutexvar_epi16(lb_pair_order(), "
+          "(__m512i)_mm512_cvtne2ps_pbh(hi[{0}].raw, lo[{0}].raw));\n",
+          o);
+      if (!fast)
         s += fmt::format(
-            "  {{ const __m512i c = _mm512_permutexvar_epi16(lb_pair_order(), "
-            "(__m512i)_mm512_cvtne2ps_pbh(hi[{0}].raw, lo[{0}].raw));\n"
-            "    if (stream) _mm512_stream_si512((__m512i*)(p.out{0} + j), c);\n"
-            "    else _mm512_storeu_si512(p.out{0} + j, c); }}\n#else\n",
+            "    if (HWY_UNLIKELY(lb_cvt_differs(lo[{0}]) || lb_cvt_differs(hi[{0}])))\n"
+            "      c = hn::Or(lb_bf16_code(lo[{0}]), "
+            "hn::ShiftLeft<16>(lb_bf16_code(hi[{0}]))).raw;\n",
             o);
-      }
+      s += fmt::format(
+          "    if (stream) _mm512_stream_si512((__m512i*)(p.out{0} + j), c);\n"
+          "    else _mm512_storeu_si512(p.out{0} + j, c); }}\n#else\n",
+          o);
       s += fmt::format(
           "  {{ const VU c = hn::Or(lb_bf16_code(lo[{0}]), "
           "hn::ShiftLeft<16>(lb_bf16_code(hi[{0}])));\n"
           "    uint32_t* q = reinterpret_cast<uint32_t*>(p.out{0} + j);\n"
           "    if (stream) hn::Stream(c, DU(), q); else hn::StoreU(c, DU(), q); }}\n",
           o);
-      if (fast) s += "#endif\n";
+      s += "#endif\n";
     }
     s += "}\n";
   }
