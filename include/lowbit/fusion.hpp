@@ -234,7 +234,9 @@ using FusedPlan = Plan<FusedOp>;
 
 /// One-liner: evaluates every output's expression in one pass and writes it to its
 /// tensor. With a CUDA stream the work is queued on it; without one, it runs on the
-/// device's default stream and is finished on return.
-void fuse(const std::vector<FusedOutput>& outputs, const Stream* stream = nullptr);
+/// device's default stream and is finished on return. `fast_math`: FusedDesc::fast_math
+/// (approximate exp / sigmoid / silu and contraction where the kernel has them; docs/jit.md).
+void fuse(const std::vector<FusedOutput>& outputs, const Stream* stream = nullptr,
+          bool fast_math = false);
 
 }  // namespace lowbit

@@ -318,6 +318,7 @@ def fuse(
     dtype: Any = None,
     scheme: Scheme | str | None = None,
     check_finite: bool = True,
+    fast_math: bool = False,
 ) -> Any:
     """Evaluates element-wise expressions (lowbit.fx) in one pass over memory.
 
@@ -334,17 +335,19 @@ def fuse(
         fuse([e1, e2])                      -> a tuple of new arrays
 
     `check_finite=False` skips the epilogue's refusal of NaN / Inf (their codes are then
-    unspecified).
+    unspecified). `fast_math=True` allows approximate exp / sigmoid / silu (relative error
+    below 1e-5) and contracted multiply-adds where the kernel has them (CUDA; the CPU's
+    compiled kernels on AVX-512): faster, no longer bit-identical across backends.
     """
     if not isinstance(what, (list, tuple, dict)):
         what = fx.input(what)  # an Expr stays itself; an array becomes its copy's expression
         if out is not None:
             if dtype is not None or scheme is not None:
                 raise ValueError("fuse: out= takes its dtype / scheme from the output")
-            _lowbit._fuse_into([(_output(out), what)], check_finite)
+            _lowbit._fuse_into([(_output(out), what)], check_finite, fast_math)
             return out
         res = _lowbit._fuse_new(
-            [what], None if dtype is None else dtype_name(dtype), scheme, check_finite
+            [what], None if dtype is None else dtype_name(dtype), scheme, check_finite, fast_math
         )
         if scheme is not None:
             return res
@@ -357,7 +360,7 @@ def fuse(
     items = list(what.items()) if isinstance(what, dict) else list(what)
     if items and all(isinstance(e, fx.Expr) for e in items):
         res = _lowbit._fuse_new(items, None if dtype is None else dtype_name(dtype), None,
-                                check_finite)
+                                check_finite, fast_math)
         return tuple(_arrays.wrap(r, e.origin) for r, e in zip(res, items))
     if dtype is not None:
         raise ValueError("fuse: outputs given in place take their dtypes from themselves")
@@ -369,7 +372,7 @@ def fuse(
                 f"{type(item).__name__}"
             )
         pairs.append((_output(item[0]), item[1]))
-    _lowbit._fuse_into(pairs, check_finite)
+    _lowbit._fuse_into(pairs, check_finite, fast_math)
     return None
 
 

@@ -228,6 +228,7 @@ def fuse(
     dtype: DtypeLike | None = None,
     scheme: Scheme | str | None = None,
     check_finite: bool = True,
+    fast_math: bool = False,
 ) -> Any: ...  # an array, a QuantizedTensor (scheme= / out=q), a tuple of arrays, or None
 def cuda_device_count() -> int: ...
 def info() -> dict[str, Any]: ...

@@ -150,7 +150,7 @@ Device device_of(const std::vector<const PyExpr*>& exprs) {
 }
 
 /// Evaluates the pairs (output, expression): outputs are Arrays or QuantizedTensors.
-void fuse_into(const nb::list& pairs, bool check_finite) {
+void fuse_into(const nb::list& pairs, bool check_finite, bool fast_math) {
   std::vector<FusedOutput> outputs;
   std::vector<PyExpr> keep;  // the expressions (and so their inputs) live across the call
   keep.reserve(nb::len(pairs));
@@ -181,13 +181,13 @@ void fuse_into(const nb::list& pairs, bool check_finite) {
     ++i;
   }
   nb::gil_scoped_release release;
-  fuse(outputs);
+  fuse(outputs, nullptr, fast_math);
 }
 
 /// Evaluates `exprs` into new arrays (of `dtype`, else each expression's dtype), or, with
 /// `scheme`, the one expression into a new QuantizedTensor.
 nb::object fuse_new(const nb::list& exprs_in, std::optional<std::string> dtype, nb::handle scheme_h,
-                    bool check_finite) {
+                    bool check_finite, bool fast_math) {
   std::vector<PyExpr> exprs;
   for (nb::handle h : exprs_in) exprs.push_back(operand(h));
   if (exprs.empty()) bad("fuse: no expression given");
@@ -204,7 +204,7 @@ nb::object fuse_new(const nb::list& exprs_in, std::optional<std::string> dtype, 
     {
       const std::vector<FusedOutput> outputs{FusedOutput(q.view(), exprs[0].e, check_finite)};
       nb::gil_scoped_release release;
-      fuse(outputs);
+      fuse(outputs, nullptr, fast_math);
     }
     PyQuantized p = own(std::move(q));
     p.origin = exprs[0].origin.empty() ? "numpy" : exprs[0].origin;
@@ -219,7 +219,7 @@ nb::object fuse_new(const nb::list& exprs_in, std::optional<std::string> dtype, 
   }
   {
     nb::gil_scoped_release release;
-    fuse(outputs);
+    fuse(outputs, nullptr, fast_math);
   }
   nb::list out;
   for (Tensor& t : results) out.append(own(std::move(t)));
@@ -372,9 +372,9 @@ void bind_fuse(nb::module_& m) {
       },
       "cond"_a, "a"_a, "b"_a);
 
-  m.def("_fuse_into", &fuse_into, "pairs"_a, "check_finite"_a = true);
+  m.def("_fuse_into", &fuse_into, "pairs"_a, "check_finite"_a = true, "fast_math"_a = false);
   m.def("_fuse_new", &fuse_new, "exprs"_a, "dtype"_a = nb::none(), "scheme"_a = nb::none(),
-        "check_finite"_a = true);
+        "check_finite"_a = true, "fast_math"_a = false);
 }
 
 }  // namespace lowbit::python

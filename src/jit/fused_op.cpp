@@ -299,8 +299,9 @@ KernelList<FusedOp> FusedOp::kernels() {
   return list;
 }
 
-void fuse(const std::vector<FusedOutput>& outputs, const Stream* stream) {
-  const FusedDesc desc = FusedDesc::make(outputs);
+void fuse(const std::vector<FusedOutput>& outputs, const Stream* stream, bool fast_math) {
+  FusedDesc desc = FusedDesc::make(outputs);
+  desc.fast_math = fast_math;
   run_plan(FusedPlan::select(desc), desc.device, stream, desc.bound_args());
 }
 

@@ -90,6 +90,27 @@ def test_f32_expressions_match_numpy(name):
     np.testing.assert_allclose(f64(got), ref, rtol=1e-5, atol=1e-6)
 
 
+def test_fast_math_is_close_and_reaches_every_form(monkeypatch):
+    # Every size goes to the compiled CPU kernel (where the host has one), which honours
+    # fast_math; the interpreter ignores it, so either way the values stay within fast
+    # math's bound of the exact ones.
+    monkeypatch.setenv("LOWBIT_FUSION_CPU_JIT", "1")
+    build, ref_fn = CASES["silu_gate"]
+    x, y = data((64, 1000), "x", "fast"), data((64, 1000), "y", "fast")
+    ref = ref_fn(f64(x), f64(y))
+    exact = lowbit.fuse(build(fx.input(x), fx.input(y)))
+    fast = lowbit.fuse(build(fx.input(x), fx.input(y)), fast_math=True)
+    np.testing.assert_allclose(f64(fast), ref, rtol=3e-5, atol=1e-6)
+    np.testing.assert_allclose(f64(exact), ref, rtol=1e-5, atol=1e-6)
+    out = np.empty_like(x)
+    assert lowbit.fuse(build(fx.input(x), fx.input(y)), out=out, fast_math=True) is out
+    np.testing.assert_array_equal(out, fast)
+    (a,) = lowbit.fuse([build(fx.input(x), fx.input(y))], fast_math=True)
+    np.testing.assert_array_equal(a, fast)
+    q = lowbit.fuse(build(fx.input(x), fx.input(y)), scheme="int8:token", fast_math=True)
+    assert isinstance(q, lowbit.QuantizedTensor)
+
+
 @pytest.mark.parametrize("name", ["silu_gate", "gelu", "div_pow", "relus"])
 @pytest.mark.parametrize("dtype,eps", [(BF16, 2.0**-8), (np.float16, 2.0**-11)])
 def test_narrow_dtypes_round_once(name, dtype, eps):
