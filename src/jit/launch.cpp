@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <optional>
 
@@ -282,6 +283,40 @@ std::vector<unsigned char>& param_buffer() {
   return buf;
 }
 
+/// The quantize epilogue's check word, per thread and device: zero between calls (only a
+/// NaN / Inf writes it, and a call that finds it written zeroes it again before it throws;
+/// a call interrupted by an error leaves it marked unclean, and the next one zeroes it), and
+/// read back into pinned memory. A checked call then costs the launch, one 8-byte copy and
+/// the synchronisation, instead of an allocation, a memset and a copy to pageable memory.
+struct QuantCheck {
+  void* device = nullptr;
+  uint64_t* host = nullptr;  ///< pinned
+  bool clean = false;
+  bool failed = false;  ///< allocation failed: per-call words
+};
+
+QuantCheck* quant_check(int device) {
+  thread_local std::array<QuantCheck, 64> states;
+  if (device < 0 || device >= 64) return nullptr;
+  QuantCheck& st = states[static_cast<size_t>(device)];
+  if (st.failed) return nullptr;
+  if (!st.device) {
+    fusion::DeviceScope scope(device);
+    void* d = nullptr;
+    void* h = nullptr;
+    if (cudaMalloc(&d, 8) != cudaSuccess ||
+        cudaHostAlloc(&h, 8, cudaHostAllocDefault) != cudaSuccess) {
+      cudaGetLastError();
+      if (d) cudaFree(d);
+      st.failed = true;
+      return nullptr;
+    }
+    st.device = d;
+    st.host = static_cast<uint64_t*>(h);
+  }
+  return &st;
+}
+
 class FusedCuda final : public Kernel<FusedOp> {
  public:
   std::string_view name() const override { return "fused_cuda"; }
@@ -386,22 +421,38 @@ class FusedCuda final : public Kernel<FusedOp> {
     const int64_t nb = block ? K / d.scheme.block : 0;
     const unsigned smem = variant.qreg > 0 ? 0u : static_cast<unsigned>(4 * K + 8 * nb);
     auto s = static_cast<cudaStream_t>(stream.native_handle());
-    std::optional<Buffer> flag;
-    if (d.check_finite) {
+    std::optional<Buffer> flag;  // per call, where the thread's persistent word is missing
+    QuantCheck* qc = d.check_finite ? quant_check(d.device.index) : nullptr;
+    void* flag_ptr = nullptr;
+    if (qc) {
+      if (!qc->clean) fusion::check_rt(cudaMemsetAsync(qc->device, 0, 8, s), "cudaMemsetAsync");
+      qc->clean = false;
+      flag_ptr = qc->device;
+    } else if (d.check_finite) {
       flag.emplace(8, d.device, &stream);
       fusion::check_rt(cudaMemsetAsync(flag->data(), 0, 8, s), "cudaMemsetAsync");
+      flag_ptr = flag->data();
     }
     std::vector<unsigned char>& params = param_buffer();
-    fusion::pack_params(*d.program, variant, L, a, flag ? flag->data() : nullptr, params);
+    fusion::pack_params(*d.program, variant, L, a, flag_ptr, params);
     int blocks_per_sm = st.quant_blocks_per_sm[which];
     fusion::launch_quant(*k->compiled, params, rows, threads, smem, d.device.index, s,
                          &blocks_per_sm);
     st.quant_blocks_per_sm[which] = blocks_per_sm;
-    if (flag) {
+    if (flag_ptr) {
       uint64_t word = 0;
-      fusion::check_rt(cudaMemcpyAsync(&word, flag->data(), 8, cudaMemcpyDeviceToHost, s),
+      uint64_t* dst = qc ? qc->host : &word;
+      fusion::check_rt(cudaMemcpyAsync(dst, flag_ptr, 8, cudaMemcpyDeviceToHost, s),
                        "cudaMemcpyAsync");
       fusion::check_rt(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+      word = *dst;
+      if (qc) {
+        if (word != 0) {
+          fusion::check_rt(cudaMemsetAsync(qc->device, 0, 8, s), "cudaMemsetAsync");
+          fusion::check_rt(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+        }
+        qc->clean = true;
+      }
       if (word != 0) {
         const uint64_t v = ~word;
         fusion::throw_non_finite(d, static_cast<int64_t>(v >> 1), (v & 1) != 0);

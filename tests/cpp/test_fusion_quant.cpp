@@ -661,6 +661,20 @@ TEST(FusionQuantCuda, NonFiniteValuesAreRefused) {
         fuse({{q.view(), fusion::log(fusion::input(da))}});
       },
       ErrorCode::invalid_argument, "[250, 3] (flat index 64003) is NaN");
+  // The thread's check word is zero again: a finite call passes, and a later refusal names
+  // its own first bad element (a stale word would still say 64003, the smaller index).
+  Tensor b = Tensor::empty({300, 256}, Dtype::f32);
+  for (int64_t i = 0; i < b.numel(); ++i) b.data_as<float>()[i] = 1.0f + (i % 5);
+  const Tensor db = testing::to_device(b, gpu);
+  fuse({{q.view(), fusion::log(fusion::input(db))}});
+  b.data_as<float>()[280 * 256 + 5] = -2.0f;
+  const Tensor db2 = testing::to_device(b, gpu);
+  testing::expect_error(
+      [&] {
+        fuse({{q.view(), fusion::log(fusion::input(db2))}});
+      },
+      ErrorCode::invalid_argument, "[280, 5] (flat index 71685) is NaN");
+  fuse({{q.view(), fusion::log(fusion::input(db))}});
 }
 
 }  // namespace
