@@ -1023,10 +1023,17 @@ struct Gen {
 
   /// Statements after value v of flat element e is known: shared memory slot `at`, the
   /// row statistics (per-row groups) and the finiteness check.
-  std::string quant_element(const QuantShape& q, const std::string& at,
-                            const std::string& indent) const {
+  /// row_check (the shared-memory kernel's symmetric per-row groups): the row's absmax as an
+  /// unsigned max of the values' magnitude bits, lbq_ab, which reaches Inf's bits only when
+  /// a NaN or Inf is there: the finiteness check then costs nothing per element, and the
+  /// row is searched only when the block's flag says so (quant_kernel).
+  std::string quant_element(const QuantShape& q, const std::string& at, const std::string& indent,
+                            bool row_check = false) const {
     std::string s = fmt::format("{}const float v = {};\n", indent, quant_value("y0"));
     if (!at.empty()) s += fmt::format("{}lbq_v[{}] = v;\n", indent, at);
+    if (row_check)
+      return s +
+             fmt::format("{0}lbq_ab = max(lbq_ab, __float_as_uint(v) & 0x7fffffffu);\n", indent);
     if (!q.block) s += fold_stats(q, "v", "lbq_a", "lbq_lo", "lbq_hi", indent);
     if (p.check_finite)
       s += fmt::format(
@@ -1059,6 +1066,8 @@ struct Gen {
         "    const {0} base = row * K;\n",
         idx);
     if (!q.block) s += "    float lbq_a = 0.0f, lbq_lo = 0.0f, lbq_hi = 0.0f;\n";
+    const bool row_check = p.check_finite && !q.block && !q.affine;
+    if (row_check) s += "    unsigned lbq_ab = 0u;\n";
     // Pass 1: the values into shared memory.
     if (v.vec) {
       // The next unit's vectors load while this one is computed.
@@ -1109,7 +1118,7 @@ struct Gen {
       s += fmt::format("        const {} e = g * {} + j;\n        (void)e;\n", idx, g);
       if (g % 4 == 0 && !rolled(g)) {
         // The unit's values leave in float4 stores.
-        s += quant_element(q, "", "        ");
+        s += quant_element(q, "", "        ", row_check);
         s += "        lbq_u[j] = v;\n      }\n";
         s += fmt::format(
             "#pragma unroll\n      for (int w = 0; w < {0} / 4; ++w) ((float4*)lbq_v)[u * ({0} / "
@@ -1118,7 +1127,7 @@ struct Gen {
             "3]);\n    }}\n",
             g);
       } else {
-        s += quant_element(q, fmt::format("u * {} + j", g), "        ");
+        s += quant_element(q, fmt::format("u * {} + j", g), "        ", row_check);
         s += "      }\n    }\n";
       }
     } else {
@@ -1131,8 +1140,23 @@ struct Gen {
         if (!scalar_input(k)) s += load_elem(k, fmt::format("o{}", k), "      ");
       s += declare_outputs("      ");
       s += "      " + eval_call() + "\n";
-      s += quant_element(q, "j", "      ");
+      s += quant_element(q, "j", "      ", row_check);
       s += "    }\n";
+    }
+    if (row_check) {
+      // One barrier tells the block whether the row holds a NaN / Inf (rare): then every
+      // thread searches part of the row in shared memory (index j is element base + j), and
+      // the smallest bad index wins the atomicMax of its complement, as per element before.
+      s += fmt::format(
+          "    if (__syncthreads_or(lbq_ab >= 0x7f800000u)) {{\n"
+          "      for ({} j = threadIdx.x; j < K; j += blockDim.x) {{\n"
+          "        const unsigned vb = __float_as_uint(lbq_v[j]);\n"
+          "        if ((vb & 0x7f800000u) == 0x7f800000u)\n"
+          "          atomicMax(p.qflag, ~((unsigned long long)(base + j) * 2ull + "
+          "((vb & 0x7fffffu) != 0u ? 1ull : 0ull)));\n"
+          "      }}\n    }}\n",
+          idx);
+      s += "    lbq_a = __uint_as_float(lbq_ab);\n";
     }
     // The groups' parameters.
     if (!q.block) {

@@ -479,6 +479,20 @@ inline float __shfl_xor_sync(unsigned, float v, int o) {
   __syncthreads();
   return r;
 }
+static int lb_emu_or_count = 0;
+inline int __syncthreads_or(int pred) {
+  static std::mutex m;
+  __syncthreads();  // the previous row's readers have read the count
+  if (threadIdx.x == 0) lb_emu_or_count = 0;
+  __syncthreads();
+  if (pred) {
+    std::lock_guard<std::mutex> lock(m);
+    ++lb_emu_or_count;
+  }
+  __syncthreads();
+  return lb_emu_or_count != 0;
+}
+inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
 inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v) {
   static std::mutex m;
   std::lock_guard<std::mutex> lock(m);
@@ -571,6 +585,41 @@ TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
       ::dlclose(so);
       ASSERT_EQ(same_parts(want.view(), got.view()), "") << text << " variant " << v.key();
       EXPECT_EQ(flag, 0u);
+      ++kernels;
+    }
+  }
+  // A NaN, then an Inf in a later row: every variant's flag names the NaN (the shared-memory
+  // kernel finds it by its row search, the others per element).
+  {
+    const QuantScheme scheme = QuantScheme::parse("fp8e4m3:token");
+    const Shape shape{4, 192};
+    Tensor x = Tensor::empty(shape, Dtype::f32);
+    for (int64_t i = 0; i < x.numel(); ++i)
+      x.data_as<float>()[i] = 1.0f + static_cast<float>(i % 7);
+    x.data_as<float>()[2 * 192 + 37] = -1.0f;  // log: NaN
+    x.data_as<float>()[3 * 192 + 5] = 0.0f;    // log: -inf
+    const QuantizedTensor got = QuantizedTensor::allocate(scheme, shape);
+    const FusedDesc d = FusedDesc::make({{got.view(), fusion::log(fusion::input(x.view()))}});
+    const FusedArgs args = d.bound_args();
+    const fusion::Layout L = fusion::make_layout(d);
+    for (const fusion::Variant& v : quant_variants(d)) {
+      unsigned long long flag = 0;
+      const fusion::KernelSource src = fusion::generate_cuda(*d.program, v);
+      const std::vector<unsigned char> params = fusion::pack_params(*d.program, v, L, args, &flag);
+      const std::string stem = fmt::format("{}/q{}", dir, kernels);
+      std::ofstream(stem + ".cpp") << "#include \"shim.h\"\n" << src.code << kThreadMain;
+      const std::string cmd = fmt::format(
+          "{} -std=c++20 -O0 -w -fPIC -shared -pthread -I{} {}.cpp -o {}.so", cxx, dir, stem, stem);
+      ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd << "\n" << src.code;
+      void* so = ::dlopen((stem + ".so").c_str(), RTLD_NOW | RTLD_LOCAL);
+      ASSERT_NE(so, nullptr) << ::dlerror();
+      auto run = reinterpret_cast<int (*)(const void*, unsigned, unsigned, unsigned)>(
+          ::dlsym(so, "lowbit_emulate"));
+      ASSERT_NE(run, nullptr);
+      const int group = v.vec ? src.group : 1;
+      run(params.data(), 2, quant_threads(v, 192, group), v.qreg > 0 ? 0u : 4u * 192u);
+      ::dlclose(so);
+      EXPECT_EQ(flag, ~(uint64_t{2 * 192 + 37} * 2 + 1)) << "variant " << v.key();
       ++kernels;
     }
   }
