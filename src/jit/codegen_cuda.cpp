@@ -1302,6 +1302,9 @@ struct Gen {
         idx);
     s += fmt::format("    float lbq_x[{}][{}];\n", R, g);
     s += "    float lbq_a = 0.0f, lbq_lo = 0.0f, lbq_hi = 0.0f;\n";
+    // As in quant_kernel: the finiteness test rides on the absmax of symmetric groups.
+    const bool row_check = p.check_finite && !q.affine;
+    if (row_check) s += "    unsigned lbq_ab = 0u;\n";
     s += fmt::format("#pragma unroll\n    for (int r = 0; r < {}; ++r) {{\n", R);
     s += fmt::format("      const {} u = threadIdx.x + r * blockDim.x;\n", idx);
     s += fmt::format("#pragma unroll\n      for (int j = 0; j < {}; ++j) lbq_x[r][j] = 0.0f;\n", g);
@@ -1316,9 +1319,25 @@ struct Gen {
     s += declare_outputs("          ");
     s += "          " + eval_call() + "\n";
     s += fmt::format("          const {} e = (gbase + u) * {} + j;\n          (void)e;\n", idx, g);
-    s += quant_element(q, "", "          ");
+    s += quant_element(q, "", "          ", row_check);
     s += "          lbq_x[r][j] = v;\n        }\n      }\n    }\n";
     s += load_row("row + gridDim.x", "    ");
+    if (row_check) {
+      // A row with a NaN / Inf (rare): each thread searches its own values in registers.
+      s += "    if (__syncthreads_or(lbq_ab >= 0x7f800000u)) {\n";
+      s += fmt::format("#pragma unroll\n      for (int r = 0; r < {}; ++r) {{\n", R);
+      s += fmt::format("        const {} u = threadIdx.x + r * blockDim.x;\n", idx);
+      s += "        if (u < units) {\n";
+      s += fmt::format("#pragma unroll\n          for (int j = 0; j < {}; ++j) {{\n", g);
+      s += "            const unsigned vb = __float_as_uint(lbq_x[r][j]);\n"
+           "            if ((vb & 0x7f800000u) == 0x7f800000u)\n";
+      s += fmt::format(
+          "              atomicMax(p.qflag, ~((unsigned long long)((gbase + u) * {} + j) * 2ull + "
+          "((vb & 0x7fffffu) != 0u ? 1ull : 0ull)));\n",
+          g);
+      s += "          }\n        }\n      }\n    }\n";
+      s += "    lbq_a = __uint_as_float(lbq_ab);\n";
+    }
     // The row's statistics: warp shuffles, then the warps' partials.
     s += "    for (int o = 16; o > 0; o >>= 1) {\n";
     if (q.affine)

@@ -189,9 +189,9 @@ struct KernelSource {
   bool fast = false;    ///< compile with the fast-math flags (kFastFlags in nvrtc.cpp)
 };
 /// 4: mxfp4 epilogue codes by FP32 operations (lbq_mxfp4_code); bf16r's NaN case written out;
-/// bf16q; JM_MINC. 5: the epilogue's finiteness check folded into the row's absmax (shared-
-/// memory kernel, symmetric per-row groups).
-inline constexpr int kCodegenVersion = 5;
+/// bf16q; JM_MINC. 5: the epilogue's finiteness check folded into the row's absmax (symmetric
+/// per-row groups, shared-memory kernel); 6: the same in the register-row kernel.
+inline constexpr int kCodegenVersion = 6;
 inline constexpr int kThreads = 256;
 /// The kernel of `program` for `variant` (with with_code false: only its shape fields).
 KernelSource generate_cuda(const Program& program, const Variant& variant, bool with_code = true);
