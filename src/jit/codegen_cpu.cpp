@@ -98,6 +98,28 @@ HWY_INLINE __m512i lb_pair_order() {
   return _mm512_load_si512(kOrder);
 }
 #endif
+using DH = hn::Rebind<uint16_t, D>;
+/// A vector's N bf16 codes (kFast: subnormals may flush).
+template <bool kFast>
+HWY_INLINE hn::Vec<DH> lb_bf16_codes(V v) {
+#if defined(LB_CVT_BF16)
+  if (kFast || HWY_LIKELY(!lb_cvt_differs(v)))
+    return hn::Vec<DH>{(__m256i)_mm512_cvtneps_pbh(v.raw)};
+#endif
+  return hn::DemoteTo(DH(), hn::BitCast(DI(), lb_bf16_code(v)));
+}
+/// Two vectors' codes as N words, word k holding lo's lane k (low half) and hi's (high).
+template <bool kFast>
+HWY_INLINE VU lb_bf16_pair_codes(V lo, V hi) {
+#if defined(LB_CVT_BF16)
+  // vcvtne2ps2bf16 puts lo's codes in words 0..N-1 and hi's in N..2N-1: one vpermw
+  // interleaves them.
+  if (kFast || HWY_LIKELY(!lb_cvt_differs(lo) && !lb_cvt_differs(hi)))
+    return VU{_mm512_permutexvar_epi16(lb_pair_order(),
+                                       (__m512i)_mm512_cvtne2ps_pbh(hi.raw, lo.raw))};
+#endif
+  return hn::Or(lb_bf16_code(lo), hn::ShiftLeft<16>(lb_bf16_code(hi)));
+}
 )";
 
 std::string ident(const char* kind, size_t i) { return fmt::format("{}{}", kind, i); }
@@ -242,33 +264,21 @@ std::string generate_cpu(const Program& p, const std::vector<uint8_t>& uniform, 
   for (size_t o = 0; o < no; ++o) s += fmt::format("  r[{}] = {};\n", o, val(p.outputs[o]));
   s += "}\n";
   // Stores of every output at element j.
+  const char* fast_arg = fast ? "true" : "false";
   s += "HWY_INLINE void store(const Ptrs& p, int64_t j, const V* r, bool stream) {\n";
-  s += "  (void)stream;\n  const hn::Rebind<uint16_t, D> d16;\n  (void)d16;\n";
+  s += "  (void)stream;\n";
   for (size_t o = 0; o < no; ++o) {
-    if (p.output_dtypes[o] == Dtype::bf16) {
-      s += "#if defined(LB_CVT_BF16)\n";
-      s += fmt::format("  {{ __m256i c = (__m256i)_mm512_cvtneps_pbh(r[{0}].raw);\n", o);
-      if (!fast)
-        s += fmt::format(
-            "    if (HWY_UNLIKELY(lb_cvt_differs(r[{0}])))\n"
-            "      c = hn::DemoteTo(d16, hn::BitCast(DI(), lb_bf16_code(r[{0}]))).raw;\n",
-            o);
+    if (p.output_dtypes[o] == Dtype::bf16)
       s += fmt::format(
-          "    if (stream) _mm256_stream_si256((__m256i*)(p.out{0} + j), c);\n"
-          "    else _mm256_storeu_si256((__m256i*)(p.out{0} + j), c); }}\n#else\n",
-          o);
-      s += fmt::format(
-          "  {{ const auto c = hn::DemoteTo(d16, hn::BitCast(DI(), lb_bf16_code(r[{0}])));\n"
-          "    if (stream) hn::Stream(c, d16, p.out{0} + j); else hn::StoreU(c, d16, p.out{0} + "
+          "  {{ const auto c = lb_bf16_codes<{1}>(r[{0}]);\n"
+          "    if (stream) hn::Stream(c, DH(), p.out{0} + j); else hn::StoreU(c, DH(), p.out{0} + "
           "j); }}\n",
-          o);
-      s += "#endif\n";
-    } else {
+          o, fast_arg);
+    else
       s += fmt::format(
           "  if (stream) hn::Stream(r[{0}], D(), p.out{0} + j); else hn::StoreU(r[{0}], D(), "
           "p.out{0} + j);\n",
           o);
-    }
   }
   s += "}\n";
   // All-bf16 programs take pairs of vectors: 2N consecutive bf16 values loaded as N 32-bit
@@ -292,32 +302,12 @@ std::string generate_cpu(const Program& p, const std::vector<uint8_t>& uniform, 
     s += "}\n";
     s += "HWY_INLINE void store_pair(const Ptrs& p, int64_t j, const V* lo, const V* hi, bool "
          "stream) {\n";
-    for (size_t o = 0; o < no; ++o) {
-      // vcvtne2ps2bf16 puts lo's codes in words 0..N-1 and hi's in N..2N-1: one vpermw
-      // interleaves them.
-      s += "#if defined(LB_CVT_BF16)\n";
+    for (size_t o = 0; o < no; ++o)
       s += fmt::format(
-          "  {{ __m512i c = _mm512_permutexvar_epi16(lb_pair_order(), "
-          "(__m512i)_mm512_cvtne2ps_pbh(hi[{0}].raw, lo[{0}].raw));\n",
-          o);
-      if (!fast)
-        s += fmt::format(
-            "    if (HWY_UNLIKELY(lb_cvt_differs(lo[{0}]) || lb_cvt_differs(hi[{0}])))\n"
-            "      c = hn::Or(lb_bf16_code(lo[{0}]), "
-            "hn::ShiftLeft<16>(lb_bf16_code(hi[{0}]))).raw;\n",
-            o);
-      s += fmt::format(
-          "    if (stream) _mm512_stream_si512((__m512i*)(p.out{0} + j), c);\n"
-          "    else _mm512_storeu_si512(p.out{0} + j, c); }}\n#else\n",
-          o);
-      s += fmt::format(
-          "  {{ const VU c = hn::Or(lb_bf16_code(lo[{0}]), "
-          "hn::ShiftLeft<16>(lb_bf16_code(hi[{0}])));\n"
+          "  {{ const VU c = lb_bf16_pair_codes<{1}>(lo[{0}], hi[{0}]);\n"
           "    uint32_t* q = reinterpret_cast<uint32_t*>(p.out{0} + j);\n"
           "    if (stream) hn::Stream(c, DU(), q); else hn::StoreU(c, DU(), q); }}\n",
-          o);
-      s += "#endif\n";
-    }
+          o, fast_arg);
     s += "}\n";
   }
   // The main loop, U vectors per iteration, fully unrolled.

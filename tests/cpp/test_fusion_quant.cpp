@@ -545,6 +545,32 @@ TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
   std::ofstream(dir + "/shim.h") << kThreadShim;
   std::mt19937_64 rng(21);
   int kernels = 0;
+  // Variant v of d's kernel built against the shim and run on two blocks (the row loop
+  // wraps), its check word at `flag`; `size` gets what the kernel says sizeof(Params) is.
+  auto emulate = [&](const FusedDesc& d, const fusion::Variant& v, const Shape& shape,
+                     unsigned long long* flag, int& size, int& param_bytes) {
+    const FusedArgs args = d.bound_args();
+    const fusion::Layout L = fusion::make_layout(d);
+    const fusion::KernelSource src = fusion::generate_cuda(*d.program, v);
+    const std::vector<unsigned char> params = fusion::pack_params(*d.program, v, L, args, flag);
+    const std::string stem = fmt::format("{}/q{}", dir, kernels++);
+    std::ofstream(stem + ".cpp") << "#include \"shim.h\"\n" << src.code << kThreadMain;
+    const std::string cmd = fmt::format(
+        "{} -std=c++20 -O0 -w -fPIC -shared -pthread -I{} {}.cpp -o {}.so", cxx, dir, stem, stem);
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd << "\n" << src.code;
+    void* so = ::dlopen((stem + ".so").c_str(), RTLD_NOW | RTLD_LOCAL);
+    ASSERT_NE(so, nullptr) << ::dlerror();
+    auto run = reinterpret_cast<int (*)(const void*, unsigned, unsigned, unsigned)>(
+        ::dlsym(so, "lowbit_emulate"));
+    ASSERT_NE(run, nullptr);
+    const int64_t K = shape[shape.size() - 1];
+    const int group = v.vec ? src.group : 1;
+    const int64_t nb = d.scheme.granularity == Granularity::block ? K / d.scheme.block : 0;
+    size = run(params.data(), 2, quant_threads(v, K, group),
+               v.qreg > 0 ? 0u : static_cast<unsigned>(4 * K + 8 * nb));
+    param_bytes = src.param_bytes;
+    ::dlclose(so);
+  };
   const char* schemes[] = {"int8:token:asym",  "fp8e4m3:token", "int4:block32",
                            "uint4:token:asym", "mxfp4",         "int8:block64:scale=bf16"};
   int si = 0;
@@ -557,35 +583,15 @@ TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
     fuse({{want.view(), c.value}});
     const QuantizedTensor got = QuantizedTensor::allocate(scheme, shape);
     const FusedDesc d = FusedDesc::make({{got.view(), c.value}});
-    const FusedArgs args = d.bound_args();
-    const fusion::Layout L = fusion::make_layout(d);
     unsigned long long flag = 0;
     for (const fusion::Variant& v : quant_variants(d)) {
       scribble(got, rng);
-      const fusion::KernelSource src = fusion::generate_cuda(*d.program, v);
-      const std::vector<unsigned char> params = fusion::pack_params(*d.program, v, L, args, &flag);
-      const std::string stem = fmt::format("{}/q{}", dir, kernels);
-      std::ofstream(stem + ".cpp") << "#include \"shim.h\"\n" << src.code << kThreadMain;
-      const std::string cmd = fmt::format(
-          "{} -std=c++20 -O0 -w -fPIC -shared -pthread -I{} {}.cpp -o {}.so", cxx, dir, stem, stem);
-      ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd << "\n" << src.code;
-      void* so = ::dlopen((stem + ".so").c_str(), RTLD_NOW | RTLD_LOCAL);
-      ASSERT_NE(so, nullptr) << ::dlerror();
-      auto run = reinterpret_cast<int (*)(const void*, unsigned, unsigned, unsigned)>(
-          ::dlsym(so, "lowbit_emulate"));
-      ASSERT_NE(run, nullptr);
-      const int64_t K = shape[shape.size() - 1];
-      const int group = v.vec ? src.group : 1;
-      const unsigned threads = quant_threads(v, K, group);
-      const int64_t nb = scheme.granularity == Granularity::block ? K / scheme.block : 0;
-      // Two blocks: the row loop wraps.
-      const int size =
-          run(params.data(), 2, threads, v.qreg > 0 ? 0u : static_cast<unsigned>(4 * K + 8 * nb));
-      EXPECT_EQ(size, src.param_bytes);
-      ::dlclose(so);
+      int size = 0, param_bytes = -1;
+      emulate(d, v, shape, &flag, size, param_bytes);
+      if (HasFatalFailure()) return;
+      EXPECT_EQ(size, param_bytes);
       ASSERT_EQ(same_parts(want.view(), got.view()), "") << text << " variant " << v.key();
       EXPECT_EQ(flag, 0u);
-      ++kernels;
     }
   }
   // A NaN, then an Inf in a later row: every variant's flag names the NaN (the shared-memory
@@ -600,27 +606,12 @@ TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
     x.data_as<float>()[3 * 192 + 5] = 0.0f;    // log: -inf
     const QuantizedTensor got = QuantizedTensor::allocate(scheme, shape);
     const FusedDesc d = FusedDesc::make({{got.view(), fusion::log(fusion::input(x.view()))}});
-    const FusedArgs args = d.bound_args();
-    const fusion::Layout L = fusion::make_layout(d);
     for (const fusion::Variant& v : quant_variants(d)) {
       unsigned long long flag = 0;
-      const fusion::KernelSource src = fusion::generate_cuda(*d.program, v);
-      const std::vector<unsigned char> params = fusion::pack_params(*d.program, v, L, args, &flag);
-      const std::string stem = fmt::format("{}/q{}", dir, kernels);
-      std::ofstream(stem + ".cpp") << "#include \"shim.h\"\n" << src.code << kThreadMain;
-      const std::string cmd = fmt::format(
-          "{} -std=c++20 -O0 -w -fPIC -shared -pthread -I{} {}.cpp -o {}.so", cxx, dir, stem, stem);
-      ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd << "\n" << src.code;
-      void* so = ::dlopen((stem + ".so").c_str(), RTLD_NOW | RTLD_LOCAL);
-      ASSERT_NE(so, nullptr) << ::dlerror();
-      auto run = reinterpret_cast<int (*)(const void*, unsigned, unsigned, unsigned)>(
-          ::dlsym(so, "lowbit_emulate"));
-      ASSERT_NE(run, nullptr);
-      const int group = v.vec ? src.group : 1;
-      run(params.data(), 2, quant_threads(v, 192, group), v.qreg > 0 ? 0u : 4u * 192u);
-      ::dlclose(so);
+      int size = 0, param_bytes = -1;
+      emulate(d, v, shape, &flag, size, param_bytes);
+      if (HasFatalFailure()) return;
       EXPECT_EQ(flag, ~(uint64_t{2 * 192 + 37} * 2 + 1)) << "variant " << v.key();
-      ++kernels;
     }
   }
   std::filesystem::remove_all(dir);
