@@ -471,7 +471,7 @@ int params_size(size_t ni, size_t no, size_t nc, const Variant& v) {
   b += 4 * std::max<size_t>(nc, 1);  // cf
   b = (b + isz - 1) / isz * isz + isz;
   if (!v.vec) b += isz * v.nd * (1 + std::max<size_t>(ni + no, 1));
-  if (v.quant) b = (b + 7) / 8 * 8 + 4 * 8 + 2 * isz;
+  if (v.quant) b = (b + 7) / 8 * 8 + 5 * 8 + 2 * isz;
   return static_cast<int>((b + 7) / 8 * 8);
 }
 
@@ -523,6 +523,7 @@ struct Gen {
     if (v.quant)
       s += fmt::format(
           "  void* qcodes;\n  void* qscale;\n  void* qzero;\n  unsigned long long* qflag;\n"
+          "  unsigned long long* qhost;\n"
           "  {0} qk;\n  {0} qrows;\n",
           idx);
     return s + "};\n";
@@ -1051,7 +1052,7 @@ struct Gen {
                     ") lowbit_fused(const Params p) {\n";
     s += prologue();
     s += "  LB_DYN_SMEM(float, lbq_v);\n  __shared__ float lbq_red[3][32];\n"
-         "  __shared__ float lbq_row[2];\n";
+         "  __shared__ float lbq_row[3];\n";
     s += fmt::format("  const {} K = p.qk;\n", idx);
     if (q.block)
       s += fmt::format(
@@ -1143,12 +1144,30 @@ struct Gen {
       s += quant_element(q, "j", "      ", row_check);
       s += "    }\n";
     }
+    // The groups' parameters.
     if (row_check) {
-      // One barrier tells the block whether the row holds a NaN / Inf (rare): then every
-      // thread searches part of the row in shared memory (index j is element base + j), and
-      // the smallest bad index wins the atomicMax of its complement, as per element before.
+      // The row's absmax as unsigned magnitude bits through the one reduction barrier:
+      // reaching Inf's bits says a NaN / Inf is in the row (rare); then, after the second
+      // barrier, every thread searches part of the row in shared memory (index j is element
+      // base + j) and the smallest bad index wins the atomicMax of its complement. No
+      // barrier beyond the unchecked kernel's.
+      s += "    lbq_ab = __reduce_max_sync(0xffffffffu, lbq_ab);\n"
+           "    if (lbq_lane == 0) lbq_red[0][lbq_warp] = __uint_as_float(lbq_ab);\n"
+           "    __syncthreads();\n"
+           "    if (threadIdx.x == 0) {\n      unsigned ab = 0u;\n"
+           "      for (int w = 0; w < lbq_nwarps; ++w) ab = max(ab, "
+           "__float_as_uint(lbq_red[0][w]));\n"
+           "      const float a = __uint_as_float(ab), lo = 0.0f, hi = 0.0f;\n"
+           "      (void)a; (void)lo; (void)hi;\n";
+      s += group_params(q, "row", "      ");
+      s += "      lbq_row[0] = inv;\n      lbq_row[1] = __int_as_float(z);\n"
+           "      lbq_row[2] = __uint_as_float(ab);\n    }\n"
+           "    __syncthreads();\n"
+           "    const float lbq_inv = lbq_row[0];\n    const int lbq_z = "
+           "__float_as_int(lbq_row[1]);\n"
+           "    (void)lbq_inv; (void)lbq_z;\n";
       s += fmt::format(
-          "    if (__syncthreads_or(lbq_ab >= 0x7f800000u)) {{\n"
+          "    if (__float_as_uint(lbq_row[2]) >= 0x7f800000u) {{\n"
           "      for ({} j = threadIdx.x; j < K; j += blockDim.x) {{\n"
           "        const unsigned vb = __float_as_uint(lbq_v[j]);\n"
           "        if ((vb & 0x7f800000u) == 0x7f800000u)\n"
@@ -1156,10 +1175,7 @@ struct Gen {
           "((vb & 0x7fffffu) != 0u ? 1ull : 0ull)));\n"
           "      }}\n    }}\n",
           idx);
-      s += "    lbq_a = __uint_as_float(lbq_ab);\n";
-    }
-    // The groups' parameters.
-    if (!q.block) {
+    } else if (!q.block) {
       s += "    for (int o = 16; o > 0; o >>= 1) {\n";
       if (q.affine)
         s += "      const float l2 = __shfl_xor_sync(0xffffffffu, lbq_lo, o);\n"
@@ -1253,8 +1269,27 @@ struct Gen {
       s += "      ((unsigned char*)p.qcodes)[base + j] = (unsigned char)(" +
            code_of(q, "lbq_v[j]", "inv", "z") + ");\n    }\n";
     }
-    s += "    __syncthreads();\n  }\n}\n";
-    return s;
+    s += "    __syncthreads();\n  }\n";
+    return s + hand_off() + "}\n";
+  }
+
+  /// The checked epilogue's end (p.qhost set: the thread's persistent words, launch.cpp):
+  /// the last block to finish moves the flag word to mapped host memory, zeroes the device
+  /// words for the next call and raises `done` there, so the host spins on `done` instead
+  /// of copying the word back and synchronising the stream. Every block's outputs and
+  /// flag reports come before its count (barrier, then a fence). Every thread of every
+  /// block reaches it.
+  std::string hand_off() const {
+    if (!p.check_finite) return {};
+    return "  if (p.qhost) {\n    __syncthreads();\n    if (threadIdx.x == 0) {\n"
+           "      __threadfence();\n"
+           "      if (atomicAdd(p.qflag + 1, 1ull) == gridDim.x - 1) {\n"
+           "        __threadfence();\n"
+           "        p.qhost[0] = atomicExch(p.qflag, 0ull);\n"
+           "        atomicExch(p.qflag + 1, 0ull);\n"
+           "        __threadfence_system();  // the flag reaches the host before `done`\n"
+           "        *(volatile unsigned long long*)(p.qhost + 1) = 1ull;\n"
+           "        __threadfence_system();\n      }\n    }\n  }\n";
   }
 
   /// The quantize epilogue with per-row groups and the row in registers (Variant::qreg):
@@ -1323,8 +1358,15 @@ struct Gen {
     s += "          lbq_x[r][j] = v;\n        }\n      }\n    }\n";
     s += load_row("row + gridDim.x", "    ");
     if (row_check) {
-      // A row with a NaN / Inf (rare): each thread searches its own values in registers.
-      s += "    if (__syncthreads_or(lbq_ab >= 0x7f800000u)) {\n";
+      // The row's absmax as unsigned magnitude bits through the one reduction barrier: a
+      // row whose bits reach Inf's holds a NaN / Inf (rare), and each thread then searches
+      // its own values in registers. No barrier beyond the unchecked kernel's.
+      s += "    lbq_ab = __reduce_max_sync(0xffffffffu, lbq_ab);\n"
+           "    if (lbq_lane == 0) lbq_red[parity][0][lbq_warp] = __uint_as_float(lbq_ab);\n"
+           "    __syncthreads();\n    unsigned ab = 0u;\n"
+           "    for (int w = 0; w < lbq_nwarps; ++w) ab = max(ab, "
+           "__float_as_uint(lbq_red[parity][0][w]));\n";
+      s += "    if (ab >= 0x7f800000u) {\n";
       s += fmt::format("#pragma unroll\n      for (int r = 0; r < {}; ++r) {{\n", R);
       s += fmt::format("        const {} u = threadIdx.x + r * blockDim.x;\n", idx);
       s += "        if (u < units) {\n";
@@ -1336,30 +1378,32 @@ struct Gen {
           "((vb & 0x7fffffu) != 0u ? 1ull : 0ull)));\n",
           g);
       s += "          }\n        }\n      }\n    }\n";
-      s += "    lbq_a = __uint_as_float(lbq_ab);\n";
+      s += "    const float a = __uint_as_float(ab), lo = 0.0f, hi = 0.0f;\n"
+           "    (void)a; (void)lo; (void)hi;\n";
+    } else {
+      // The row's statistics: warp shuffles, then the warps' partials.
+      s += "    for (int o = 16; o > 0; o >>= 1) {\n";
+      if (q.affine)
+        s += "      const float l2 = __shfl_xor_sync(0xffffffffu, lbq_lo, o);\n"
+             "      const float h2 = __shfl_xor_sync(0xffffffffu, lbq_hi, o);\n"
+             "      lbq_lo = l2 < lbq_lo ? l2 : lbq_lo;\n      lbq_hi = h2 > lbq_hi ? h2 : "
+             "lbq_hi;\n";
+      else
+        s += "      const float a2 = __shfl_xor_sync(0xffffffffu, lbq_a, o);\n"
+             "      lbq_a = a2 > lbq_a ? a2 : lbq_a;\n";
+      s += "    }\n";
+      s += "    if (lbq_lane == 0) {\n      lbq_red[parity][0][lbq_warp] = lbq_a;\n"
+           "      lbq_red[parity][1][lbq_warp] = lbq_lo;\n"
+           "      lbq_red[parity][2][lbq_warp] = lbq_hi;\n    }\n"
+           "    __syncthreads();\n";
+      s += "    float a = 0.0f, lo = 0.0f, hi = 0.0f;\n"
+           "    for (int w = 0; w < lbq_nwarps; ++w) {\n";
+      s += fold_stats(q, "lbq_red[parity][0][w]", "a", "lo", "hi", "      ");
+      if (q.affine)
+        s += "      lo = lbq_red[parity][1][w] < lo ? lbq_red[parity][1][w] : lo;\n"
+             "      hi = lbq_red[parity][2][w] > hi ? lbq_red[parity][2][w] : hi;\n";
+      s += "    }\n    (void)a; (void)lo; (void)hi;\n";
     }
-    // The row's statistics: warp shuffles, then the warps' partials.
-    s += "    for (int o = 16; o > 0; o >>= 1) {\n";
-    if (q.affine)
-      s += "      const float l2 = __shfl_xor_sync(0xffffffffu, lbq_lo, o);\n"
-           "      const float h2 = __shfl_xor_sync(0xffffffffu, lbq_hi, o);\n"
-           "      lbq_lo = l2 < lbq_lo ? l2 : lbq_lo;\n      lbq_hi = h2 > lbq_hi ? h2 : "
-           "lbq_hi;\n";
-    else
-      s += "      const float a2 = __shfl_xor_sync(0xffffffffu, lbq_a, o);\n"
-           "      lbq_a = a2 > lbq_a ? a2 : lbq_a;\n";
-    s += "    }\n";
-    s += "    if (lbq_lane == 0) {\n      lbq_red[parity][0][lbq_warp] = lbq_a;\n"
-         "      lbq_red[parity][1][lbq_warp] = lbq_lo;\n"
-         "      lbq_red[parity][2][lbq_warp] = lbq_hi;\n    }\n"
-         "    __syncthreads();\n";
-    s += "    float a = 0.0f, lo = 0.0f, hi = 0.0f;\n"
-         "    for (int w = 0; w < lbq_nwarps; ++w) {\n";
-    s += fold_stats(q, "lbq_red[parity][0][w]", "a", "lo", "hi", "      ");
-    if (q.affine)
-      s += "      lo = lbq_red[parity][1][w] < lo ? lbq_red[parity][1][w] : lo;\n"
-           "      hi = lbq_red[parity][2][w] > hi ? lbq_red[parity][2][w] : hi;\n";
-    s += "    }\n    (void)a; (void)lo; (void)hi;\n";
     s += group_params(q, "row", "    ", false);
     s += "    (void)inv; (void)z;\n";
     s += "    if (threadIdx.x == 0) {\n" + group_params(q, "row", "      ") + "    }\n";
@@ -1398,8 +1442,8 @@ struct Gen {
       s += "        ((uint2*)p.qcodes)[gbase + u] = make_uint2(cw[0], cw[1]);\n";
     else
       s += fmt::format("        (({0}*)p.qcodes)[gbase + u] = ({0})cw[0];\n", ctype);
-    s += "      }\n    }\n  }\n}\n";
-    return s;
+    s += "      }\n    }\n  }\n";
+    return s + hand_off() + "}\n";
   }
 
   int param_bytes() const { return params_size(ni, no, nc, v); }
@@ -1458,7 +1502,7 @@ int64_t quant_row(const Layout&, const Program&, const QuantizedView& q) {
 }
 
 void pack_params(const Program& program, const Variant& v, const Layout& L, const FusedArgs& args,
-                 void* flag, std::vector<unsigned char>& buf) {
+                 void* flag, void* host, std::vector<unsigned char>& buf) {
   // Runs for every launch: counts only, no codegen state.
   const struct {
     size_t ni, no, nc;
@@ -1504,7 +1548,7 @@ void pack_params(const Program& program, const Variant& v, const Layout& L, cons
   if (v.quant) {
     at = (at + 7) / 8 * 8;
     const QuantizedView& q = args.quantized;
-    const void* ptrs[4] = {q.codes.data(), q.scale.data(), q.zero.data(), flag};
+    const void* ptrs[5] = {q.codes.data(), q.scale.data(), q.zero.data(), flag, host};
     for (const void* ptr : ptrs) put(&ptr, 8);
     const int64_t k = quant_row(L, program, q);
     put_idx(k);

@@ -190,20 +190,23 @@ struct KernelSource {
 };
 /// 4: mxfp4 epilogue codes by FP32 operations (lbq_mxfp4_code); bf16r's NaN case written out;
 /// bf16q; JM_MINC. 5: the epilogue's finiteness check folded into the row's absmax (symmetric
-/// per-row groups, shared-memory kernel); 6: the same in the register-row kernel.
-inline constexpr int kCodegenVersion = 6;
+/// per-row groups, shared-memory kernel); 6: the same in the register-row kernel; 7: the
+/// row's check through the absmax reduction's own barrier, the check's host hand-off.
+inline constexpr int kCodegenVersion = 7;
 inline constexpr int kThreads = 256;
 /// The kernel of `program` for `variant` (with with_code false: only its shape fields).
 KernelSource generate_cuda(const Program& program, const Variant& variant, bool with_code = true);
 /// Fills the kernel's Params struct for one call into `buf` (resized; a buffer reused
-/// across calls costs no allocation).
+/// across calls costs no allocation). The quantize epilogue's check: `flag` two device
+/// words (the first bad element's complement, blocks done), `host` null or two words of
+/// mapped host memory for the hand-off (codegen_cuda.cpp's hand_off).
 void pack_params(const Program& program, const Variant& variant, const Layout& layout,
-                 const FusedArgs& args, void* flag, std::vector<unsigned char>& buf);
+                 const FusedArgs& args, void* flag, void* host, std::vector<unsigned char>& buf);
 inline std::vector<unsigned char> pack_params(const Program& program, const Variant& variant,
                                               const Layout& layout, const FusedArgs& args,
-                                              void* flag = nullptr) {
+                                              void* flag = nullptr, void* host = nullptr) {
   std::vector<unsigned char> buf;
-  pack_params(program, variant, layout, args, flag, buf);
+  pack_params(program, variant, layout, args, flag, host, buf);
   return buf;
 }
 /// The quantize epilogue's row length (the last extent of the quantized shape).
@@ -363,10 +366,7 @@ struct PlanState {
   /// kernel), + kSlots with fast math; set once, then read-only
   static constexpr int kSlots = 5;
   std::shared_ptr<const ResolvedKernel> kernels[2 * kSlots];
-  /// The quantize epilogue's check word on the device (allocated at the first CUDA run),
-  /// its blocks per SM (they depend on the row length: per descriptor).
-  std::shared_ptr<void> qflag;
-  int qflag_device = -1;
+  /// The quantize epilogue's blocks per SM (they depend on the row length: per descriptor).
   int quant_blocks_per_sm[2 * kSlots] = {};
   std::string arch;
   /// The CPU kernel's schedule (cpu_eval.cpp), made on first use.

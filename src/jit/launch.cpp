@@ -267,7 +267,7 @@ const ResolvedKernel& prepare_launch(const FusedDesc& d, const FusedArgs& a, con
     k = st.kernels[which].get();
   }
   // Set once under the lock, read-only since: no copies on this path.
-  pack_params(*d.program, k->variant, L, a, nullptr, params);
+  pack_params(*d.program, k->variant, L, a, nullptr, nullptr, params);
   return *k;
 }
 
@@ -283,14 +283,17 @@ std::vector<unsigned char>& param_buffer() {
   return buf;
 }
 
-/// The quantize epilogue's check word, per thread and device: zero between calls (only a
-/// NaN / Inf writes it, and a call that finds it written zeroes it again before it throws;
-/// a call interrupted by an error leaves it marked unclean, and the next one zeroes it), and
-/// read back into pinned memory. A checked call then costs the launch, one 8-byte copy and
-/// the synchronisation, instead of an allocation, a memset and a copy to pageable memory.
+/// The quantize epilogue's check words, per thread and device: on the device the flag (the
+/// first bad element's complement; only a NaN / Inf writes it) and the count of finished
+/// blocks, both zero between calls (the kernel's last block zeroes them: codegen_cuda.cpp's
+/// hand_off; a call interrupted by an error leaves them marked unclean, and the next one
+/// zeroes them); in pinned, mapped host memory the flag and `done`, which the last block
+/// writes. A checked call then costs the launch and a spin on `done` (no copy, no stream
+/// synchronisation), as the quantize op's checked paths do.
 struct QuantCheck {
   void* device = nullptr;
-  uint64_t* host = nullptr;  ///< pinned
+  volatile uint64_t* host = nullptr;  ///< pinned, mapped
+  void* host_on_device = nullptr;
   bool clean = false;
   bool failed = false;  ///< allocation failed: per-call words
 };
@@ -304,15 +307,19 @@ QuantCheck* quant_check(int device) {
     fusion::DeviceScope scope(device);
     void* d = nullptr;
     void* h = nullptr;
-    if (cudaMalloc(&d, 8) != cudaSuccess ||
-        cudaHostAlloc(&h, 8, cudaHostAllocDefault) != cudaSuccess) {
+    void* hd = nullptr;
+    if (cudaMalloc(&d, 16) != cudaSuccess ||
+        cudaHostAlloc(&h, 16, cudaHostAllocMapped | cudaHostAllocPortable) != cudaSuccess ||
+        cudaHostGetDevicePointer(&hd, h, 0) != cudaSuccess) {
       cudaGetLastError();
       if (d) cudaFree(d);
+      if (h) cudaFreeHost(h);
       st.failed = true;
       return nullptr;
     }
     st.device = d;
-    st.host = static_cast<uint64_t*>(h);
+    st.host = static_cast<volatile uint64_t*>(h);
+    st.host_on_device = hd;
   }
   return &st;
 }
@@ -421,42 +428,52 @@ class FusedCuda final : public Kernel<FusedOp> {
     const int64_t nb = block ? K / d.scheme.block : 0;
     const unsigned smem = variant.qreg > 0 ? 0u : static_cast<unsigned>(4 * K + 8 * nb);
     auto s = static_cast<cudaStream_t>(stream.native_handle());
-    std::optional<Buffer> flag;  // per call, where the thread's persistent word is missing
+    std::optional<Buffer> flag;  // per call, where the thread's persistent words are missing
     QuantCheck* qc = d.check_finite ? quant_check(d.device.index) : nullptr;
     void* flag_ptr = nullptr;
+    void* host_ptr = nullptr;
     if (qc) {
-      if (!qc->clean) fusion::check_rt(cudaMemsetAsync(qc->device, 0, 8, s), "cudaMemsetAsync");
+      if (!qc->clean) fusion::check_rt(cudaMemsetAsync(qc->device, 0, 16, s), "cudaMemsetAsync");
       qc->clean = false;
+      qc->host[0] = 0;
+      qc->host[1] = 0;
       flag_ptr = qc->device;
+      host_ptr = qc->host_on_device;
     } else if (d.check_finite) {
-      flag.emplace(8, d.device, &stream);
-      fusion::check_rt(cudaMemsetAsync(flag->data(), 0, 8, s), "cudaMemsetAsync");
+      flag.emplace(16, d.device, &stream);
+      fusion::check_rt(cudaMemsetAsync(flag->data(), 0, 16, s), "cudaMemsetAsync");
       flag_ptr = flag->data();
     }
     std::vector<unsigned char>& params = param_buffer();
-    fusion::pack_params(*d.program, variant, L, a, flag_ptr, params);
+    fusion::pack_params(*d.program, variant, L, a, flag_ptr, host_ptr, params);
     int blocks_per_sm = st.quant_blocks_per_sm[which];
     fusion::launch_quant(*k->compiled, params, rows, threads, smem, d.device.index, s,
                          &blocks_per_sm);
     st.quant_blocks_per_sm[which] = blocks_per_sm;
-    if (flag_ptr) {
-      uint64_t word = 0;
-      uint64_t* dst = qc ? qc->host : &word;
-      fusion::check_rt(cudaMemcpyAsync(dst, flag_ptr, 8, cudaMemcpyDeviceToHost, s),
+    if (!flag_ptr) return;
+    uint64_t word = 0;
+    bool handed_off = false;
+    if (qc) {
+      // Wait for the last block's hand-off rather than for the stream (a few microseconds
+      // sooner); the stream is polled too, for launch failures.
+      cudaError_t q = cudaErrorNotReady;
+      for (uint32_t spin = 1; !qc->host[1]; ++spin)
+        if (spin % 256 == 0 && (q = cudaStreamQuery(s)) != cudaErrorNotReady) break;
+      if (q != cudaErrorNotReady && q != cudaSuccess) fusion::check_rt(q, "cudaStreamQuery");
+      handed_off = qc->host[1] != 0;
+      word = qc->host[0];
+    }
+    if (!handed_off) {  // per-call words, or a finished stream without the hand-off
+      fusion::check_rt(cudaMemcpyAsync(&word, flag_ptr, 8, cudaMemcpyDeviceToHost, s),
                        "cudaMemcpyAsync");
       fusion::check_rt(cudaStreamSynchronize(s), "cudaStreamSynchronize");
-      word = *dst;
-      if (qc) {
-        if (word != 0) {
-          fusion::check_rt(cudaMemsetAsync(qc->device, 0, 8, s), "cudaMemsetAsync");
-          fusion::check_rt(cudaStreamSynchronize(s), "cudaStreamSynchronize");
-        }
-        qc->clean = true;
-      }
-      if (word != 0) {
-        const uint64_t v = ~word;
-        fusion::throw_non_finite(d, static_cast<int64_t>(v >> 1), (v & 1) != 0);
-      }
+    } else if (word != 0) {
+      fusion::check_rt(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+    }
+    if (qc) qc->clean = handed_off;  // otherwise the next call zeroes the device words
+    if (word != 0) {
+      const uint64_t v = ~word;
+      fusion::throw_non_finite(d, static_cast<int64_t>(v >> 1), (v & 1) != 0);
     }
   }
 };

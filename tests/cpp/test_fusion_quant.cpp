@@ -24,6 +24,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 
 #include "lowbit/dtype.hpp"
@@ -479,27 +480,38 @@ inline float __shfl_xor_sync(unsigned, float v, int o) {
   __syncthreads();
   return r;
 }
-static int lb_emu_or_count = 0;
-inline int __syncthreads_or(int pred) {
-  static std::mutex m;
-  __syncthreads();  // the previous row's readers have read the count
-  if (threadIdx.x == 0) lb_emu_or_count = 0;
-  __syncthreads();
-  if (pred) {
-    std::lock_guard<std::mutex> lock(m);
-    ++lb_emu_or_count;
-  }
-  __syncthreads();
-  return lb_emu_or_count != 0;
-}
+static unsigned lb_emu_red[1024];
 inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
+inline unsigned __reduce_max_sync(unsigned, unsigned v) {
+  lb_emu_red[threadIdx.x] = v;
+  __syncthreads();
+  unsigned m = 0;
+  for (unsigned i = threadIdx.x & ~31u; i < (threadIdx.x | 31u) + 1 && i < blockDim.x; ++i)
+    m = max(m, lb_emu_red[i]);
+  __syncthreads();
+  return m;
+}
+static std::mutex lb_emu_atomic;
 inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v) {
-  static std::mutex m;
-  std::lock_guard<std::mutex> lock(m);
+  std::lock_guard<std::mutex> lock(lb_emu_atomic);
   const unsigned long long old = *p;
   if (v > old) *p = v;
   return old;
 }
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+  std::lock_guard<std::mutex> lock(lb_emu_atomic);
+  const unsigned long long old = *p;
+  *p = old + v;
+  return old;
+}
+inline unsigned long long atomicExch(unsigned long long* p, unsigned long long v) {
+  std::lock_guard<std::mutex> lock(lb_emu_atomic);
+  const unsigned long long old = *p;
+  *p = v;
+  return old;
+}
+inline void __threadfence() {}
+inline void __threadfence_system() {}
 #define LB_DYN_SMEM(T, name) T* name = reinterpret_cast<T*>(lb_emu_dyn)
 )";
 
@@ -545,19 +557,26 @@ TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
   std::ofstream(dir + "/shim.h") << kThreadShim;
   std::mt19937_64 rng(21);
   int kernels = 0;
+  std::map<std::string, std::string> built;  // kernel source -> its library's stem
   // Variant v of d's kernel built against the shim and run on two blocks (the row loop
-  // wraps), its check word at `flag`; `size` gets what the kernel says sizeof(Params) is.
+  // wraps), its check words at `flag` (two), the hand-off's at `host` (two, or null);
+  // `size` gets what the kernel says sizeof(Params) is.
   auto emulate = [&](const FusedDesc& d, const fusion::Variant& v, const Shape& shape,
-                     unsigned long long* flag, int& size, int& param_bytes) {
+                     unsigned long long* flag, unsigned long long* host, int& size,
+                     int& param_bytes) {
     const FusedArgs args = d.bound_args();
     const fusion::Layout L = fusion::make_layout(d);
     const fusion::KernelSource src = fusion::generate_cuda(*d.program, v);
-    const std::vector<unsigned char> params = fusion::pack_params(*d.program, v, L, args, flag);
-    const std::string stem = fmt::format("{}/q{}", dir, kernels++);
-    std::ofstream(stem + ".cpp") << "#include \"shim.h\"\n" << src.code << kThreadMain;
-    const std::string cmd = fmt::format(
-        "{} -std=c++20 -O0 -w -fPIC -shared -pthread -I{} {}.cpp -o {}.so", cxx, dir, stem, stem);
-    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd << "\n" << src.code;
+    const std::vector<unsigned char> params =
+        fusion::pack_params(*d.program, v, L, args, flag, host);
+    std::string& stem = built[src.code];  // each kernel is compiled once
+    if (stem.empty()) {
+      stem = fmt::format("{}/q{}", dir, kernels++);
+      std::ofstream(stem + ".cpp") << "#include \"shim.h\"\n" << src.code << kThreadMain;
+      const std::string cmd = fmt::format(
+          "{} -std=c++20 -O0 -w -fPIC -shared -pthread -I{} {}.cpp -o {}.so", cxx, dir, stem, stem);
+      ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd << "\n" << src.code;
+    }
     void* so = ::dlopen((stem + ".so").c_str(), RTLD_NOW | RTLD_LOCAL);
     ASSERT_NE(so, nullptr) << ::dlerror();
     auto run = reinterpret_cast<int (*)(const void*, unsigned, unsigned, unsigned)>(
@@ -583,19 +602,24 @@ TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
     fuse({{want.view(), c.value}});
     const QuantizedTensor got = QuantizedTensor::allocate(scheme, shape);
     const FusedDesc d = FusedDesc::make({{got.view(), c.value}});
-    unsigned long long flag = 0;
+    unsigned long long flag[2] = {0, 0};
     for (const fusion::Variant& v : quant_variants(d)) {
       scribble(got, rng);
       int size = 0, param_bytes = -1;
-      emulate(d, v, shape, &flag, size, param_bytes);
+      unsigned long long host[2] = {7, 0};
+      emulate(d, v, shape, flag, host, size, param_bytes);
       if (HasFatalFailure()) return;
       EXPECT_EQ(size, param_bytes);
       ASSERT_EQ(same_parts(want.view(), got.view()), "") << text << " variant " << v.key();
-      EXPECT_EQ(flag, 0u);
+      EXPECT_EQ(flag[0], 0u);
+      EXPECT_EQ(flag[1], 0u) << "the last block zeroes the count";
+      EXPECT_EQ(host[0], 0u) << "the hand-off writes the (clean) flag";
+      EXPECT_EQ(host[1], 1u) << "the hand-off raises done";
     }
   }
   // A NaN, then an Inf in a later row: every variant's flag names the NaN (the shared-memory
-  // kernel finds it by its row search, the others per element).
+  // kernel finds it by its row search, the others per element), through the hand-off and
+  // in the device word where there is none.
   {
     const QuantScheme scheme = QuantScheme::parse("fp8e4m3:token");
     const Shape shape{4, 192};
@@ -606,12 +630,22 @@ TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
     x.data_as<float>()[3 * 192 + 5] = 0.0f;    // log: -inf
     const QuantizedTensor got = QuantizedTensor::allocate(scheme, shape);
     const FusedDesc d = FusedDesc::make({{got.view(), fusion::log(fusion::input(x.view()))}});
+    const uint64_t want = ~(uint64_t{2 * 192 + 37} * 2 + 1);
     for (const fusion::Variant& v : quant_variants(d)) {
-      unsigned long long flag = 0;
-      int size = 0, param_bytes = -1;
-      emulate(d, v, shape, &flag, size, param_bytes);
-      if (HasFatalFailure()) return;
-      EXPECT_EQ(flag, ~(uint64_t{2 * 192 + 37} * 2 + 1)) << "variant " << v.key();
+      for (const bool hand_off : {true, false}) {
+        unsigned long long flag[2] = {0, 0}, host[2] = {0, 0};
+        int size = 0, param_bytes = -1;
+        emulate(d, v, shape, flag, hand_off ? host : nullptr, size, param_bytes);
+        if (HasFatalFailure()) return;
+        if (hand_off) {
+          EXPECT_EQ(host[0], want) << "variant " << v.key();
+          EXPECT_EQ(host[1], 1u) << "variant " << v.key();
+          EXPECT_EQ(flag[0], 0u) << "variant " << v.key() << ": the hand-off zeroes the flag";
+        } else {
+          EXPECT_EQ(flag[0], want) << "variant " << v.key();
+          EXPECT_EQ(host[1], 0u);
+        }
+      }
     }
   }
   std::filesystem::remove_all(dir);
