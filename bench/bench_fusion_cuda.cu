@@ -419,6 +419,23 @@ int main(int argc, char** argv) {
     }
     quant_row("silu(a) * b -> int8:token fused, check off", "int8:token", false);
     quant_row("silu(a) * b -> mxfp4 fused, check off", "mxfp4", false);
+    // The check's fixed cost: the same fp8 epilogue on one row (8192 elements), timed as
+    // above (events around each call). A checked call returns only once its kernel is done,
+    // so the GPU idles for one host round trip per call (the launch before the kernel, the
+    // hand-off and the next call after it); unchecked calls queue ahead and do not.
+    double one_row_ms[2] = {0, 0};
+    for (const bool check : {false, true}) {
+      const lowbit::QuantScheme scheme = lowbit::QuantScheme::parse("fp8e4m3:token");
+      const lowbit::QuantizedTensor q = lowbit::QuantizedTensor::allocate(scheme, {1, 8192}, gpu);
+      const lowbit::TensorView a1(a.data(), Dtype::bf16, {1, 8192}, gpu);
+      const lowbit::TensorView b1(b.data(), Dtype::bf16, {1, 8192}, gpu);
+      const FusedDesc d =
+          FusedDesc::make({lowbit::FusedOutput(q.view(), silu(input(a1)) * input(b1), check)});
+      const FusedPlan plan = FusedPlan::select(d);
+      const FusedArgs args = d.bound_args();
+      one_row_ms[check] = median_ms(s, warmup, reps, [&] { plan.run(stream, {}, args); });
+      stream.synchronize();
+    }
 
     {  // Unfused: one pass per op, bf16 intermediates in memory.
       const Expr et = input(t), ey = input(y);
@@ -484,6 +501,10 @@ int main(int argc, char** argv) {
     cost("jit in-memory hit + launch, new descriptor (host CPU ms per call)", hit_us / 1e3);
     cost("plan.run launch overhead, resolved plan (host CPU ms per call)", launch_us / 1e3);
     cost("launch_cuda alone: cuLaunchKernel (host CPU ms per call)", driver_us / 1e3);
+    cost("silu(a) * b -> fp8e4m3:token, one row of 8192: check off (GPU ms per call)",
+         one_row_ms[0]);
+    cost("silu(a) * b -> fp8e4m3:token, one row of 8192: finiteness check (GPU ms per call)",
+         one_row_ms[1]);
 
     std::printf("\nlowbit fusion on %s (%d SMs), median of %d reps, %lld elements\n",
                 props.name.c_str(), props.multiprocessors, reps, static_cast<long long>(n));
