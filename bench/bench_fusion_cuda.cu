@@ -417,6 +417,14 @@ int main(int argc, char** argv) {
                 "fp8e4m3:token", false, true);
       lowbit::fusion::g_quant_reg_units.store(keep);
     }
+    {  // Exact on the register-row kernel (launch.cpp takes it with fast math only).
+      lowbit::fusion::g_quant_reg_exact.store(true);
+      quant_row("silu(a) * b -> fp8e4m3:token fused, check off, register-row, exact",
+                "fp8e4m3:token", false);
+      quant_row("silu(a) * b -> fp8e4m3:token fused, finiteness check, register-row, exact",
+                "fp8e4m3:token", true);
+      lowbit::fusion::g_quant_reg_exact.store(false);
+    }
     quant_row("silu(a) * b -> int8:token fused, check off", "int8:token", false);
     quant_row("silu(a) * b -> mxfp4 fused, check off", "mxfp4", false);
     // The check's fixed cost: the same fp8 epilogue on one row (8192 elements), timed as
