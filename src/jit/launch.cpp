@@ -399,7 +399,10 @@ class FusedCuda final : public Kernel<FusedOp> {
       // allows one store per group. The exact kernels stay on the shared-memory row
       // kernel: measured on the H200 (BENCHMARKS.md), the register-row kernel is faster
       // with fast math (66% of copy against 65%) but slower exact (49% against 52%: its
-      // 86 registers leave 2 blocks per SM for the longer instruction stream).
+      // 86 registers leave 2 blocks per SM for the longer instruction stream). On the H100
+      // (session 21): exact fp8 per-token unchecked 86.4-86.5% of copy against 85.4-86.2% on
+      // the shared-memory kernel, but checked 77.9-78.0% against 81.7-82.0%, and checked is
+      // the default.
       if (v.vec && !block &&
           (d.fast_math || fusion::g_quant_reg_exact.load(std::memory_order_relaxed))) {
         const int64_t units = K / group;
