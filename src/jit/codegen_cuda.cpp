@@ -1304,8 +1304,13 @@ struct Gen {
   /// of G codes. The same values, statistics and formulas as quant_kernel: the same bits.
   std::string quant_reg_kernel(int g, int R) const {
     const QuantShape q = quant_shape();
+    // Rows of up to 4 units per thread: at least 3 blocks per SM (80 registers). Left to
+    // ptxas, a 4-unit row took 95-96 registers (2 blocks of 256 threads per SM); capped, no
+    // spills for any format, bf16 or f32 inputs (ptxas -v, R = 1-4). More units spill under
+    // the cap (300-570 bytes), so they keep ptxas's choice.
+    const int min_blocks = R <= 4 ? 3 : 1;
     std::string s = "extern \"C\" __global__ void __launch_bounds__(" + std::to_string(kThreads) +
-                    ") lowbit_fused(const Params p) {\n";
+                    ", " + std::to_string(min_blocks) + ") lowbit_fused(const Params p) {\n";
     s += prologue();
     s += "  __shared__ float lbq_red[2][3][32];\n";
     s += fmt::format("  const {0} K = p.qk;\n  const {0} units = K / {1};\n", idx, g);

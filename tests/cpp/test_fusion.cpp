@@ -1488,7 +1488,7 @@ const char* const kHostShim = R"(#pragma once
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 struct uint4 { unsigned x, y, z, w; };
 inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
 struct Dim3 { unsigned x = 0, y = 0, z = 0; };

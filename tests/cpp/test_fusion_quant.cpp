@@ -447,7 +447,7 @@ const char* const kThreadShim = R"(#pragma once
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 #define __shared__ static
 struct uint4 { unsigned x, y, z, w; };
 struct uint2 { unsigned x, y; };
