@@ -326,8 +326,12 @@ void uniform_values(const Program& p, const FusedArgs& a, const std::vector<uint
 /// at most 256 * G * this many elements; 0: always the shared-memory row kernel). A knob
 /// for benchmarks and tests, read when a plan first runs.
 inline std::atomic<int> g_quant_reg_units{8};
-/// Whether exact (not fast-math) programs take the register-row kernel too (off: measured
-/// slower there); tests turn it on to check that kernel's bits on the GPU.
+/// Exact (not fast-math) programs take the register-row kernel for rows of at most this many
+/// groups per thread (where it runs at 3 blocks per SM: measured faster, checked and not),
+/// the shared-memory row kernel for longer rows.
+inline constexpr int kQuantRegExactUnits = 4;
+/// Whether exact programs take the register-row kernel up to g_quant_reg_units too (tests
+/// turn it on to check that kernel's bits on longer rows).
 inline std::atomic<bool> g_quant_reg_exact{false};
 
 /// A kernel resolved for one program structure, variant and arch: its binary, what

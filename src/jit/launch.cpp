@@ -394,21 +394,24 @@ class FusedCuda final : public Kernel<FusedOp> {
       const int group = v.vec ? fusion::generate_cuda(*d.program, v, false).group : 1;
       if (v.vec && K % group != 0) v.vec = false;
       which = (v.vec ? 0 : 1) + (qstore ? 2 : 0);
-      // Per-row scales on whole groups, fast math: the row in registers when it fits (at
-      // most g_quant_reg_units groups of G elements per thread) and the codes' pointer
-      // allows one store per group. The exact kernels stay on the shared-memory row
-      // kernel: measured on the H200 (BENCHMARKS.md), the register-row kernel is faster
-      // with fast math (66% of copy against 65%) but slower exact (49% against 52%: its
-      // 86 registers leave 2 blocks per SM for the longer instruction stream). On the H100
-      // (session 21): exact fp8 per-token unchecked 86.4-86.5% of copy against 85.4-86.2% on
-      // the shared-memory kernel, but checked 77.9-78.0% against 81.7-82.0%, and checked is
-      // the default.
-      if (v.vec && !block &&
-          (d.fast_math || fusion::g_quant_reg_exact.load(std::memory_order_relaxed))) {
+      // Per-row scales on whole groups: the row in registers when it fits (at most
+      // g_quant_reg_units groups of G elements per thread with fast math, kQuantRegExactUnits
+      // exact) and the codes' pointer allows one store per group. Measured on the H100
+      // (session 21, BENCHMARKS.md), exact fp8 per-token rows of 8192 bf16 (4 groups per
+      // thread, 3 blocks per SM): 86.5% of copy unchecked and 84.2-84.6% checked, against
+      // 85.9-86.1% and 82.6-83.0% on the shared-memory kernel. Longer rows keep the
+      // shared-memory kernel exact (the register-row kernel has no register cap there; on
+      // the H200, uncapped at 86 registers, it measured slower exact: 49% against 52%).
+      if (v.vec && !block) {
         const int64_t units = K / group;
         const int64_t r = (units + fusion::kThreads - 1) / fusion::kThreads;
+        const int64_t limit =
+            d.fast_math || fusion::g_quant_reg_exact.load(std::memory_order_relaxed)
+                ? fusion::g_quant_reg_units.load(std::memory_order_relaxed)
+                : std::min<int64_t>(fusion::kQuantRegExactUnits,
+                                    fusion::g_quant_reg_units.load(std::memory_order_relaxed));
         const int code_bytes = is_packed(d.scheme.code_dtype()) ? group / 2 : group;
-        if (r <= fusion::g_quant_reg_units.load(std::memory_order_relaxed) && code_bytes >= 2 &&
+        if (r <= limit && code_bytes >= 2 &&
             reinterpret_cast<uintptr_t>(q.codes.data()) % static_cast<uintptr_t>(code_bytes) == 0) {
           v.qreg = static_cast<int>(r);
           threads = static_cast<unsigned>((units + r - 1) / r + 31) / 32 * 32;

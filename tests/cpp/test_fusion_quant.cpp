@@ -661,10 +661,13 @@ TEST(FusionQuantCuda, MatchesTheCpuEpilogue) {
   std::mt19937_64 rng(17);
   const Shape shapes[] = {{64, 4096}, {3, 5, 256}, {130, 96}, {1000, 1024}, {16, 8192 + 32}};
   int cases = 0;
-  // Both row kernels: the shared-memory one (exact programs' default), then the register-row
-  // one (fast math's) on the same exact programs, which must give the same bits.
+  // Both row kernels: the shared-memory one alone, then the register-row one wherever it
+  // applies (fast math's, and exact programs' for short rows) on the same exact programs,
+  // which must give the same bits.
+  const int units = fusion::g_quant_reg_units.load();
   for (const bool reg : {false, true}) {
     fusion::g_quant_reg_exact.store(reg);
+    fusion::g_quant_reg_units.store(reg ? units : 0);
     for (const char* text : kSchemes) {
       const QuantScheme scheme = QuantScheme::parse(text);
       for (int k = 0; k < 4; ++k) {
@@ -714,6 +717,7 @@ TEST(FusionQuantCuda, MatchesTheCpuEpilogue) {
     }
   }
   fusion::g_quant_reg_exact.store(false);
+  fusion::g_quant_reg_units.store(units);
   std::printf(
       "cuda: %d quantize-epilogue cases bit-identical to the cpu epilogue (half of them with "
       "the register-row kernel allowed)\n",
@@ -730,25 +734,33 @@ TEST(FusionQuantCuda, NonFiniteValuesAreRefused) {
   const Tensor da = testing::to_device(a, gpu);
   const QuantizedTensor q =
       QuantizedTensor::allocate(QuantScheme::parse("fp8e4m3:token"), a.shape(), gpu);
-  testing::expect_error(
-      [&] {
-        fuse({{q.view(), fusion::log(fusion::input(da))}});
-      },
-      ErrorCode::invalid_argument, "[250, 3] (flat index 64003) is NaN");
-  // The thread's check word is zero again: a finite call passes, and a later refusal names
-  // its own first bad element (a stale word would still say 64003, the smaller index).
-  Tensor b = Tensor::empty({300, 256}, Dtype::f32);
-  for (int64_t i = 0; i < b.numel(); ++i) b.data_as<float>()[i] = 1.0f + (i % 5);
-  const Tensor db = testing::to_device(b, gpu);
-  fuse({{q.view(), fusion::log(fusion::input(db))}});
-  b.data_as<float>()[280 * 256 + 5] = -2.0f;
-  const Tensor db2 = testing::to_device(b, gpu);
-  testing::expect_error(
-      [&] {
-        fuse({{q.view(), fusion::log(fusion::input(db2))}});
-      },
-      ErrorCode::invalid_argument, "[280, 5] (flat index 71685) is NaN");
-  fuse({{q.view(), fusion::log(fusion::input(db))}});
+  // The shared-memory row kernel alone, then the default choice (the register-row kernel
+  // for these short rows).
+  const int units = fusion::g_quant_reg_units.load();
+  for (const bool reg : {false, true}) {
+    SCOPED_TRACE(reg ? "register-row kernel allowed" : "shared-memory row kernel");
+    fusion::g_quant_reg_units.store(reg ? units : 0);
+    testing::expect_error(
+        [&] {
+          fuse({{q.view(), fusion::log(fusion::input(da))}});
+        },
+        ErrorCode::invalid_argument, "[250, 3] (flat index 64003) is NaN");
+    // The thread's check word is zero again: a finite call passes, and a later refusal names
+    // its own first bad element (a stale word would still say 64003, the smaller index).
+    Tensor b = Tensor::empty({300, 256}, Dtype::f32);
+    for (int64_t i = 0; i < b.numel(); ++i) b.data_as<float>()[i] = 1.0f + (i % 5);
+    const Tensor db = testing::to_device(b, gpu);
+    fuse({{q.view(), fusion::log(fusion::input(db))}});
+    b.data_as<float>()[280 * 256 + 5] = -2.0f;
+    const Tensor db2 = testing::to_device(b, gpu);
+    testing::expect_error(
+        [&] {
+          fuse({{q.view(), fusion::log(fusion::input(db2))}});
+        },
+        ErrorCode::invalid_argument, "[280, 5] (flat index 71685) is NaN");
+    fuse({{q.view(), fusion::log(fusion::input(db))}});
+  }
+  fusion::g_quant_reg_units.store(units);
 }
 
 }  // namespace
