@@ -1304,16 +1304,11 @@ struct Gen {
   /// of G codes. The same values, statistics and formulas as quant_kernel: the same bits.
   std::string quant_reg_kernel(int g, int R) const {
     const QuantShape q = quant_shape();
-    // A bf16 output's values are bf16 numbers (quant_value's bf16q: low 16 bits zero, NaN
-    // canonical): held two per register, half the registers for the row.
-    const bool half_vals =
-        p.output_dtypes[static_cast<size_t>(p.quantized_output)] == Dtype::bf16 && g % 2 == 0;
-    // Rows of up to 4 units per thread: at least 3 blocks per SM (80 registers), 4 with
-    // the values two per register (63-64). Left to ptxas, a 4-unit row of f32 values took
-    // 95-96 registers (2 blocks of 256 threads per SM); capped, no spills for any format,
-    // bf16 or f32 inputs (ptxas -v, R = 1-4). More units spill under the cap (300-570
-    // bytes), so they keep ptxas's choice.
-    const int min_blocks = R <= 4 ? (half_vals ? 4 : 3) : 1;
+    // Rows of up to 4 units per thread: at least 3 blocks per SM (80 registers). Left to
+    // ptxas, a 4-unit row took 95-96 registers (2 blocks of 256 threads per SM); capped, no
+    // spills for any format, bf16 or f32 inputs (ptxas -v, R = 1-4). More units spill under
+    // the cap (300-570 bytes), so they keep ptxas's choice.
+    const int min_blocks = R <= 4 ? 3 : 1;
     std::string s = "extern \"C\" __global__ void __launch_bounds__(" + std::to_string(kThreads) +
                     ", " + std::to_string(min_blocks) + ") lowbit_fused(const Params p) {\n";
     s += prologue();
@@ -1348,30 +1343,14 @@ struct Gen {
         "  for ({0} row = blockIdx.x; row < p.qrows; row += gridDim.x, parity ^= 1) {{\n"
         "    const {0} gbase = row * units;\n",
         idx);
-    // Value j of unit r as a float expression (j a compile-time index once unrolled).
-    auto xval = [&](const std::string& r, const std::string& j) {
-      if (!half_vals) return fmt::format("lbq_x[{}][{}]", r, j);
-      return fmt::format(
-          "__uint_as_float((({1}) & 1) ? (lbq_x[{0}][({1}) / 2] & 0xffff0000u) : "
-          "(lbq_x[{0}][({1}) / 2] << 16))",
-          r, j);
-    };
-    if (half_vals)
-      s += fmt::format("    unsigned lbq_x[{}][{}];\n", R, g / 2);
-    else
-      s += fmt::format("    float lbq_x[{}][{}];\n", R, g);
+    s += fmt::format("    float lbq_x[{}][{}];\n", R, g);
     s += "    float lbq_a = 0.0f, lbq_lo = 0.0f, lbq_hi = 0.0f;\n";
     // As in quant_kernel: the finiteness test rides on the absmax of symmetric groups.
     const bool row_check = p.check_finite && !q.affine;
     if (row_check) s += "    unsigned lbq_ab = 0u;\n";
     s += fmt::format("#pragma unroll\n    for (int r = 0; r < {}; ++r) {{\n", R);
     s += fmt::format("      const {} u = threadIdx.x + r * blockDim.x;\n", idx);
-    if (half_vals)
-      s += fmt::format("#pragma unroll\n      for (int j = 0; j < {}; ++j) lbq_x[r][j] = 0u;\n",
-                       g / 2);
-    else
-      s += fmt::format("#pragma unroll\n      for (int j = 0; j < {}; ++j) lbq_x[r][j] = 0.0f;\n",
-                       g);
+    s += fmt::format("#pragma unroll\n      for (int j = 0; j < {}; ++j) lbq_x[r][j] = 0.0f;\n", g);
     s += "      if (u < units) {\n";
     s += fmt::format("#pragma unroll\n        for (int j = 0; j < {}; ++j) {{\n", g);
     for (size_t k = 0; k < ni; ++k) {
@@ -1384,10 +1363,7 @@ struct Gen {
     s += "          " + eval_call() + "\n";
     s += fmt::format("          const {} e = (gbase + u) * {} + j;\n          (void)e;\n", idx, g);
     s += quant_element(q, "", "          ", row_check);
-    s += half_vals ? "          lbq_x[r][j / 2] = (j & 1) ? (lbq_x[r][j / 2] | "
-                     "(__float_as_uint(v) & 0xffff0000u)) : (__float_as_uint(v) >> 16);\n"
-                   : "          lbq_x[r][j] = v;\n";
-    s += "        }\n      }\n    }\n";
+    s += "          lbq_x[r][j] = v;\n        }\n      }\n    }\n";
     s += load_row("row + gridDim.x", "    ");
     if (row_check) {
       // The row's absmax as unsigned magnitude bits through the one reduction barrier: a
@@ -1403,8 +1379,7 @@ struct Gen {
       s += fmt::format("        const {} u = threadIdx.x + r * blockDim.x;\n", idx);
       s += "        if (u < units) {\n";
       s += fmt::format("#pragma unroll\n          for (int j = 0; j < {}; ++j) {{\n", g);
-      s += "            const unsigned vb = __float_as_uint(" + xval("r", "j") +
-           ");\n"
+      s += "            const unsigned vb = __float_as_uint(lbq_x[r][j]);\n"
            "            if ((vb & 0x7f800000u) == 0x7f800000u)\n";
       s += fmt::format(
           "              atomicMax(p.qflag, ~((unsigned long long)((gbase + u) * {} + j) * 2ull + "
@@ -1454,20 +1429,20 @@ struct Gen {
       const char* e5 = q.e5m2 ? "true" : "false";
       s += fmt::format(
           "#pragma unroll\n        for (int j = 0; j < {0}; j += 2) cw[j / 4] |= "
-          "lbrt::fp8x2({2} * inv, {3} * inv, {1}) << (8 * (j % 4));\n",
-          g, e5, xval("r", "j"), xval("r", "j + 1"));
+          "lbrt::fp8x2(lbq_x[r][j] * inv, lbq_x[r][j + 1] * inv, {1}) << (8 * (j % 4));\n",
+          g, e5);
     } else if (q.packed) {
       s += fmt::format(
           "#pragma unroll\n        for (int j = 0; j < {}; ++j) cw[j / 8] |= ({} & 15u) << (4 * (j "
           "% "
           "8));\n",
-          g, code_of(q, xval("r", "j"), "inv", "z"));
+          g, code_of(q, "lbq_x[r][j]", "inv", "z"));
     } else {
       s += fmt::format(
           "#pragma unroll\n        for (int j = 0; j < {}; ++j) cw[j / 4] |= ({} & 255u) << (8 * "
           "(j % "
           "4));\n",
-          g, code_of(q, xval("r", "j"), "inv", "z"));
+          g, code_of(q, "lbq_x[r][j]", "inv", "z"));
     }
     if (cbytes == 16)
       s += "        ((uint4*)p.qcodes)[gbase + u] = make_uint4(cw[0], cw[1], cw[2], cw[3]);\n";
