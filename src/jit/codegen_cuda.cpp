@@ -1040,13 +1040,71 @@ struct Gen {
              fmt::format("{0}lbq_ab = max(lbq_ab, __float_as_uint(v) & 0x7fffffffu);\n", indent);
     if (!q.block) s += fold_stats(q, "v", "lbq_a", "lbq_lo", "lbq_hi", indent);
     if (p.check_finite)
-      s += fmt::format(
-          "{0}{{ const unsigned vb = __float_as_uint(v);\n"
-          "{0}  if ((vb & 0x7f800000u) == 0x7f800000u)\n"
-          "{0}    atomicMax(p.qflag, ~((unsigned long long)e * 2ull + ((vb & 0x7fffffu) != 0u ? "
-          "1ull : 0ull))); }}\n",
-          indent);
+      s += indent + "{ const unsigned vb = __float_as_uint(v);\n" +
+           report_non_finite("e", indent + "  ") + indent + "}\n";
     return s;
+  }
+
+  /// A NaN / Inf among the values reports its flat element `e` (its bits in `vb`): the
+  /// smallest such element wins (atomicMax of the complement; bit 0 says NaN rather than Inf).
+  static std::string report_non_finite(const std::string& e, const std::string& indent) {
+    return fmt::format(
+        "{0}if ((vb & 0x7f800000u) == 0x7f800000u)\n"
+        "{0}  atomicMax(p.qflag, ~((unsigned long long)({1}) * 2ull + ((vb & 0x7fffffu) != 0u ? "
+        "1ull : 0ull)));\n",
+        indent, e);
+  }
+
+  /// Per-row groups: each warp's share of the row's statistics into red[0..2][warp] (`red`
+  /// the array expression), then the block's barrier. row_check: the magnitude bits lbq_ab
+  /// (a symmetric row's absmax, the finiteness test riding on it) into red[0], by one
+  /// __reduce_max_sync.
+  std::string warp_partials(const QuantShape& q, const std::string& red, bool row_check) const {
+    if (row_check)
+      return fmt::format(
+          "    lbq_ab = __reduce_max_sync(0xffffffffu, lbq_ab);\n"
+          "    if (lbq_lane == 0) {}[0][lbq_warp] = __uint_as_float(lbq_ab);\n"
+          "    __syncthreads();\n",
+          red);
+    std::string s = "    for (int o = 16; o > 0; o >>= 1) {\n";
+    if (q.affine)
+      s += "      const float l2 = __shfl_xor_sync(0xffffffffu, lbq_lo, o);\n"
+           "      const float h2 = __shfl_xor_sync(0xffffffffu, lbq_hi, o);\n"
+           "      lbq_lo = l2 < lbq_lo ? l2 : lbq_lo;\n      lbq_hi = h2 > lbq_hi ? h2 : "
+           "lbq_hi;\n";
+    else
+      s += "      const float a2 = __shfl_xor_sync(0xffffffffu, lbq_a, o);\n"
+           "      lbq_a = a2 > lbq_a ? a2 : lbq_a;\n";
+    s += "    }\n";
+    s += fmt::format(
+        "    if (lbq_lane == 0) {{\n      {0}[0][lbq_warp] = lbq_a;\n"
+        "      {0}[1][lbq_warp] = lbq_lo;\n      {0}[2][lbq_warp] = lbq_hi;\n    }}\n"
+        "    __syncthreads();\n",
+        red);
+    return s;
+  }
+
+  /// The row's a / lo / hi from the warps' partials in `red` (row_check: also its magnitude
+  /// bits `ab`, Inf's or more when the row holds a NaN / Inf).
+  std::string fold_partials(const QuantShape& q, const std::string& red, const std::string& indent,
+                            bool row_check) const {
+    if (row_check)
+      return fmt::format(
+          "{0}unsigned ab = 0u;\n"
+          "{0}for (int w = 0; w < lbq_nwarps; ++w) ab = max(ab, __float_as_uint({1}[0][w]));\n"
+          "{0}const float a = __uint_as_float(ab), lo = 0.0f, hi = 0.0f;\n"
+          "{0}(void)a; (void)lo; (void)hi;\n",
+          indent, red);
+    std::string s = fmt::format(
+        "{0}float a = 0.0f, lo = 0.0f, hi = 0.0f;\n{0}for (int w = 0; w < lbq_nwarps; ++w) {{\n",
+        indent);
+    s += fold_stats(q, red + "[0][w]", "a", "lo", "hi", indent + "  ");
+    if (q.affine)
+      s += fmt::format(
+          "{0}  lo = {1}[1][w] < lo ? {1}[1][w] : lo;\n{0}  hi = {1}[2][w] > hi ? {1}[2][w] : "
+          "hi;\n",
+          indent, red);
+    return s + indent + "}\n" + indent + "(void)a; (void)lo; (void)hi;\n";
   }
 
   std::string quant_kernel(int g) const {
@@ -1151,63 +1209,28 @@ struct Gen {
     // row's parameters itself, as the register-row kernel does, saves the second barrier
     // but measured slower on the H100: the fp8 per-token epilogue 84.2-84.3% of copy
     // unchecked against 85.4-86.2%, 81.2% checked against 81.7-82.0%.)
-    if (row_check) {
-      // The row's absmax as unsigned magnitude bits through the one reduction barrier:
-      // reaching Inf's bits says a NaN / Inf is in the row (rare); then, after the second
-      // barrier, every thread searches part of the row in shared memory (index j is element
-      // base + j) and the smallest bad index wins the atomicMax of its complement. No
-      // barrier beyond the unchecked kernel's.
-      s += "    lbq_ab = __reduce_max_sync(0xffffffffu, lbq_ab);\n"
-           "    if (lbq_lane == 0) lbq_red[0][lbq_warp] = __uint_as_float(lbq_ab);\n"
-           "    __syncthreads();\n"
-           "    if (threadIdx.x == 0) {\n      unsigned ab = 0u;\n"
-           "      for (int w = 0; w < lbq_nwarps; ++w) ab = max(ab, "
-           "__float_as_uint(lbq_red[0][w]));\n"
-           "      const float a = __uint_as_float(ab), lo = 0.0f, hi = 0.0f;\n"
-           "      (void)a; (void)lo; (void)hi;\n";
+    if (!q.block) {
+      s += warp_partials(q, "lbq_red", row_check);
+      s += "    if (threadIdx.x == 0) {\n";
+      s += fold_partials(q, "lbq_red", "      ", row_check);
       s += group_params(q, "row", "      ");
-      s += "      lbq_row[0] = inv;\n      lbq_row[1] = __int_as_float(z);\n"
-           "      lbq_row[2] = __uint_as_float(ab);\n    }\n"
-           "    __syncthreads();\n"
+      s += "      lbq_row[0] = inv;\n      lbq_row[1] = __int_as_float(z);\n";
+      if (row_check) s += "      lbq_row[2] = __uint_as_float(ab);\n";
+      s += "    }\n    __syncthreads();\n"
            "    const float lbq_inv = lbq_row[0];\n    const int lbq_z = "
            "__float_as_int(lbq_row[1]);\n"
            "    (void)lbq_inv; (void)lbq_z;\n";
-      s += fmt::format(
-          "    if (__float_as_uint(lbq_row[2]) >= 0x7f800000u) {{\n"
-          "      for ({} j = threadIdx.x; j < K; j += blockDim.x) {{\n"
-          "        const unsigned vb = __float_as_uint(lbq_v[j]);\n"
-          "        if ((vb & 0x7f800000u) == 0x7f800000u)\n"
-          "          atomicMax(p.qflag, ~((unsigned long long)(base + j) * 2ull + "
-          "((vb & 0x7fffffu) != 0u ? 1ull : 0ull)));\n"
-          "      }}\n    }}\n",
-          idx);
-    } else if (!q.block) {
-      s += "    for (int o = 16; o > 0; o >>= 1) {\n";
-      if (q.affine)
-        s += "      const float l2 = __shfl_xor_sync(0xffffffffu, lbq_lo, o);\n"
-             "      const float h2 = __shfl_xor_sync(0xffffffffu, lbq_hi, o);\n"
-             "      lbq_lo = l2 < lbq_lo ? l2 : lbq_lo;\n      lbq_hi = h2 > lbq_hi ? h2 : "
-             "lbq_hi;\n";
-      else
-        s += "      const float a2 = __shfl_xor_sync(0xffffffffu, lbq_a, o);\n"
-             "      lbq_a = a2 > lbq_a ? a2 : lbq_a;\n";
-      s += "    }\n";
-      s += "    if (lbq_lane == 0) {\n      lbq_red[0][lbq_warp] = lbq_a;\n"
-           "      lbq_red[1][lbq_warp] = lbq_lo;\n      lbq_red[2][lbq_warp] = lbq_hi;\n    }\n"
-           "    __syncthreads();\n";
-      s += "    if (threadIdx.x == 0) {\n      float a = 0.0f, lo = 0.0f, hi = 0.0f;\n"
-           "      for (int w = 0; w < lbq_nwarps; ++w) {\n";
-      s += fold_stats(q, "lbq_red[0][w]", "a", "lo", "hi", "        ");
-      if (q.affine)
-        s += "        lo = lbq_red[1][w] < lo ? lbq_red[1][w] : lo;\n"
-             "        hi = lbq_red[2][w] > hi ? lbq_red[2][w] : hi;\n";
-      s += "      }\n      (void)a; (void)lo; (void)hi;\n";
-      s += group_params(q, "row", "      ");
-      s += "      lbq_row[0] = inv;\n      lbq_row[1] = __int_as_float(z);\n    }\n"
-           "    __syncthreads();\n"
-           "    const float lbq_inv = lbq_row[0];\n    const int lbq_z = "
-           "__float_as_int(lbq_row[1]);\n"
-           "    (void)lbq_inv; (void)lbq_z;\n";
+      if (row_check) {
+        // The check rode on the absmax, through the reduction's own barrier: a row whose
+        // bits reach Inf's holds a NaN / Inf (rare), and every thread then searches part of
+        // it in shared memory (index j is element base + j). No barrier of its own.
+        s += "    if (__float_as_uint(lbq_row[2]) >= 0x7f800000u) {\n";
+        s += fmt::format(
+            "      for ({} j = threadIdx.x; j < K; j += blockDim.x) {{\n"
+            "        const unsigned vb = __float_as_uint(lbq_v[j]);\n",
+            idx);
+        s += report_non_finite("base + j", "        ") + "      }\n    }\n";
+      }
     } else {
       s += "    __syncthreads();\n";
       s += fmt::format("    for ({} gi = threadIdx.x; gi < NB; gi += blockDim.x) {{\n", idx);
@@ -1310,11 +1333,12 @@ struct Gen {
     // (A bf16 output's values held two per register, 63-64 registers and 4 blocks per SM,
     // measured no faster on the H100: exact fp8 per token 86.5-86.7% of copy unchecked,
     // 83.8-84.8% checked; fast math 97.6-97.9% against 98.3-98.7%. Not kept.)
-    // Rows of up to 4 units per thread: at least 3 blocks per SM (80 registers). Left to
+    // Rows of up to kQuantRegCappedUnits (4) units per thread: at least 3 blocks per SM (80
+    // registers). Left to
     // ptxas, a 4-unit row took 95-96 registers (2 blocks of 256 threads per SM); capped, no
     // spills for any format, bf16 or f32 inputs (ptxas -v, R = 1-4). More units spill under
     // the cap (300-570 bytes), so they keep ptxas's choice.
-    const int min_blocks = R <= 4 ? 3 : 1;
+    const int min_blocks = R <= kQuantRegCappedUnits ? 3 : 1;
     std::string s = "extern \"C\" __global__ void __launch_bounds__(" + std::to_string(kThreads) +
                     ", " + std::to_string(min_blocks) + ") lowbit_fused(const Params p) {\n";
     s += prologue();
@@ -1371,52 +1395,20 @@ struct Gen {
     s += quant_element(q, "", "          ", row_check);
     s += "          lbq_x[r][j] = v;\n        }\n      }\n    }\n";
     s += load_row("row + gridDim.x", "    ");
+    // The row's statistics: warp shuffles (or, checked, the magnitude bits' reduction),
+    // then every thread folds the warps' partials.
+    s += warp_partials(q, "lbq_red[parity]", row_check);
+    s += fold_partials(q, "lbq_red[parity]", "    ", row_check);
     if (row_check) {
-      // The row's absmax as unsigned magnitude bits through the one reduction barrier: a
-      // row whose bits reach Inf's holds a NaN / Inf (rare), and each thread then searches
-      // its own values in registers. No barrier beyond the unchecked kernel's.
-      s += "    lbq_ab = __reduce_max_sync(0xffffffffu, lbq_ab);\n"
-           "    if (lbq_lane == 0) lbq_red[parity][0][lbq_warp] = __uint_as_float(lbq_ab);\n"
-           "    __syncthreads();\n    unsigned ab = 0u;\n"
-           "    for (int w = 0; w < lbq_nwarps; ++w) ab = max(ab, "
-           "__float_as_uint(lbq_red[parity][0][w]));\n";
+      // A row with a NaN / Inf (rare): each thread searches its own values in registers.
       s += "    if (ab >= 0x7f800000u) {\n";
       s += fmt::format("#pragma unroll\n      for (int r = 0; r < {}; ++r) {{\n", R);
       s += fmt::format("        const {} u = threadIdx.x + r * blockDim.x;\n", idx);
       s += "        if (u < units) {\n";
       s += fmt::format("#pragma unroll\n          for (int j = 0; j < {}; ++j) {{\n", g);
-      s += "            const unsigned vb = __float_as_uint(lbq_x[r][j]);\n"
-           "            if ((vb & 0x7f800000u) == 0x7f800000u)\n";
-      s += fmt::format(
-          "              atomicMax(p.qflag, ~((unsigned long long)((gbase + u) * {} + j) * 2ull + "
-          "((vb & 0x7fffffu) != 0u ? 1ull : 0ull)));\n",
-          g);
+      s += "            const unsigned vb = __float_as_uint(lbq_x[r][j]);\n";
+      s += report_non_finite(fmt::format("(gbase + u) * {} + j", g), "            ");
       s += "          }\n        }\n      }\n    }\n";
-      s += "    const float a = __uint_as_float(ab), lo = 0.0f, hi = 0.0f;\n"
-           "    (void)a; (void)lo; (void)hi;\n";
-    } else {
-      // The row's statistics: warp shuffles, then the warps' partials.
-      s += "    for (int o = 16; o > 0; o >>= 1) {\n";
-      if (q.affine)
-        s += "      const float l2 = __shfl_xor_sync(0xffffffffu, lbq_lo, o);\n"
-             "      const float h2 = __shfl_xor_sync(0xffffffffu, lbq_hi, o);\n"
-             "      lbq_lo = l2 < lbq_lo ? l2 : lbq_lo;\n      lbq_hi = h2 > lbq_hi ? h2 : "
-             "lbq_hi;\n";
-      else
-        s += "      const float a2 = __shfl_xor_sync(0xffffffffu, lbq_a, o);\n"
-             "      lbq_a = a2 > lbq_a ? a2 : lbq_a;\n";
-      s += "    }\n";
-      s += "    if (lbq_lane == 0) {\n      lbq_red[parity][0][lbq_warp] = lbq_a;\n"
-           "      lbq_red[parity][1][lbq_warp] = lbq_lo;\n"
-           "      lbq_red[parity][2][lbq_warp] = lbq_hi;\n    }\n"
-           "    __syncthreads();\n";
-      s += "    float a = 0.0f, lo = 0.0f, hi = 0.0f;\n"
-           "    for (int w = 0; w < lbq_nwarps; ++w) {\n";
-      s += fold_stats(q, "lbq_red[parity][0][w]", "a", "lo", "hi", "      ");
-      if (q.affine)
-        s += "      lo = lbq_red[parity][1][w] < lo ? lbq_red[parity][1][w] : lo;\n"
-             "      hi = lbq_red[parity][2][w] > hi ? lbq_red[parity][2][w] : hi;\n";
-      s += "    }\n    (void)a; (void)lo; (void)hi;\n";
     }
     s += group_params(q, "row", "    ", false);
     s += "    (void)inv; (void)z;\n";

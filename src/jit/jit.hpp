@@ -326,10 +326,11 @@ void uniform_values(const Program& p, const FusedArgs& a, const std::vector<uint
 /// at most 256 * G * this many elements; 0: always the shared-memory row kernel). A knob
 /// for benchmarks and tests, read when a plan first runs.
 inline std::atomic<int> g_quant_reg_units{8};
-/// Exact (not fast-math) programs take the register-row kernel for rows of at most this many
-/// groups per thread (where it runs at 3 blocks per SM: measured faster, checked and not),
-/// the shared-memory row kernel for longer rows.
-inline constexpr int kQuantRegExactUnits = 4;
+/// Register-row kernels of at most this many groups per thread are compiled for 3 blocks
+/// per SM (80 registers, no spills; codegen_cuda.cpp), and exact (not fast-math) programs
+/// take the register-row kernel only there (measured faster, checked and not), the
+/// shared-memory row kernel for longer rows.
+inline constexpr int kQuantRegCappedUnits = 4;
 /// Whether exact programs take the register-row kernel up to g_quant_reg_units too (tests
 /// turn it on to check that kernel's bits on longer rows).
 inline std::atomic<bool> g_quant_reg_exact{false};

@@ -19,6 +19,8 @@
 #include <cstdlib>
 #include <optional>
 
+#include "cuda/hand_off.hpp"
+
 namespace lowbit {
 namespace fusion {
 namespace {
@@ -292,7 +294,7 @@ std::vector<unsigned char>& param_buffer() {
 /// synchronisation), as the quantize op's checked paths do.
 struct QuantCheck {
   void* device = nullptr;
-  volatile uint64_t* host = nullptr;  ///< pinned, mapped
+  volatile unsigned long long* host = nullptr;  ///< pinned, mapped: flag, done
   void* host_on_device = nullptr;
   bool clean = false;
   bool failed = false;  ///< allocation failed: per-call words
@@ -305,21 +307,14 @@ QuantCheck* quant_check(int device) {
   if (st.failed) return nullptr;
   if (!st.device) {
     fusion::DeviceScope scope(device);
-    void* d = nullptr;
-    void* h = nullptr;
-    void* hd = nullptr;
-    if (cudaMalloc(&d, 16) != cudaSuccess ||
-        cudaHostAlloc(&h, 16, cudaHostAllocMapped | cudaHostAllocPortable) != cudaSuccess ||
-        cudaHostGetDevicePointer(&hd, h, 0) != cudaSuccess) {
-      cudaGetLastError();
-      if (d) cudaFree(d);
-      if (h) cudaFreeHost(h);
+    hand_off::Words w;
+    if (!hand_off::allocate(16, w)) {
       st.failed = true;
       return nullptr;
     }
-    st.device = d;
-    st.host = static_cast<volatile uint64_t*>(h);
-    st.host_on_device = hd;
+    st.device = w.device;
+    st.host = static_cast<volatile unsigned long long*>(w.host);
+    st.host_on_device = w.host_on_device;
   }
   return &st;
 }
@@ -395,7 +390,7 @@ class FusedCuda final : public Kernel<FusedOp> {
       if (v.vec && K % group != 0) v.vec = false;
       which = (v.vec ? 0 : 1) + (qstore ? 2 : 0);
       // Per-row scales on whole groups: the row in registers when it fits (at most
-      // g_quant_reg_units groups of G elements per thread with fast math, kQuantRegExactUnits
+      // g_quant_reg_units groups of G elements per thread with fast math, kQuantRegCappedUnits
       // exact) and the codes' pointer allows one store per group. Measured on the H100
       // (session 21, BENCHMARKS.md), exact fp8 per-token rows of 8192 bf16 (4 groups per
       // thread, 3 blocks per SM): 86.5% of copy unchecked and 84.2-84.6% checked, against
@@ -405,11 +400,9 @@ class FusedCuda final : public Kernel<FusedOp> {
       if (v.vec && !block) {
         const int64_t units = K / group;
         const int64_t r = (units + fusion::kThreads - 1) / fusion::kThreads;
-        const int64_t limit =
-            d.fast_math || fusion::g_quant_reg_exact.load(std::memory_order_relaxed)
-                ? fusion::g_quant_reg_units.load(std::memory_order_relaxed)
-                : std::min<int64_t>(fusion::kQuantRegExactUnits,
-                                    fusion::g_quant_reg_units.load(std::memory_order_relaxed));
+        int64_t limit = fusion::g_quant_reg_units.load(std::memory_order_relaxed);
+        if (!d.fast_math && !fusion::g_quant_reg_exact.load(std::memory_order_relaxed))
+          limit = std::min<int64_t>(limit, fusion::kQuantRegCappedUnits);
         const int code_bytes = is_packed(d.scheme.code_dtype()) ? group / 2 : group;
         if (r <= limit && code_bytes >= 2 &&
             reinterpret_cast<uintptr_t>(q.codes.data()) % static_cast<uintptr_t>(code_bytes) == 0) {
@@ -460,11 +453,7 @@ class FusedCuda final : public Kernel<FusedOp> {
     uint64_t word = 0;
     bool handed_off = false;
     if (qc) {
-      // Wait for the last block's hand-off rather than for the stream (a few microseconds
-      // sooner); the stream is polled too, for launch failures.
-      cudaError_t q = cudaErrorNotReady;
-      for (uint32_t spin = 1; !qc->host[1]; ++spin)
-        if (spin % 256 == 0 && (q = cudaStreamQuery(s)) != cudaErrorNotReady) break;
+      const cudaError_t q = hand_off::wait(&qc->host[1], s);
       if (q != cudaErrorNotReady && q != cudaSuccess) fusion::check_rt(q, "cudaStreamQuery");
       handed_off = qc->host[1] != 0;
       word = qc->host[0];

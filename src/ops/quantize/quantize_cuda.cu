@@ -65,6 +65,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/hand_off.hpp"
 #include "formats/groups.hpp"
 #include "lowbit/gguf_blocks.hpp"
 #include "ops/quantize/quantize_cuda_common.cuh"
@@ -1707,22 +1708,14 @@ CheckState* check_state(int device) {
   CheckState& st = states[static_cast<size_t>(device)];
   if (st.failed) return nullptr;
   if (!st.device) {
-    void* d = nullptr;
-    void* h = nullptr;
-    void* hd = nullptr;
-    if (cudaMalloc(&d, sizeof(CheckWords)) != cudaSuccess ||
-        cudaHostAlloc(&h, sizeof(CheckWords), cudaHostAllocMapped | cudaHostAllocPortable) !=
-            cudaSuccess ||
-        cudaHostGetDevicePointer(&hd, h, 0) != cudaSuccess) {
-      cudaGetLastError();
-      if (d) cudaFree(d);
-      if (h) cudaFreeHost(h);
+    hand_off::Words w;
+    if (!hand_off::allocate(sizeof(CheckWords), w)) {
       st.failed = true;
       return nullptr;
     }
-    st.device = static_cast<CheckWords*>(d);
-    st.host = static_cast<CheckWords*>(h);
-    st.host_on_device = static_cast<CheckWords*>(hd);
+    st.device = static_cast<CheckWords*>(w.device);
+    st.host = static_cast<CheckWords*>(w.host);
+    st.host_on_device = static_cast<CheckWords*>(w.host_on_device);
   }
   return &st;
 }
@@ -1842,9 +1835,7 @@ class QuantizeCuda final : public Kernel<QuantizeOp> {
       // is polled too, for calls that launched nothing and for launch failures; a flagged
       // call synchronises before it reads the source for its error text.
       const volatile CheckWords* h = cs->host;
-      cudaError_t q = cudaErrorNotReady;
-      for (uint32_t spin = 1; !h->done; ++spin)
-        if (spin % 256 == 0 && (q = cudaStreamQuery(s)) != cudaErrorNotReady) break;
+      const cudaError_t q = hand_off::wait(&h->done, s);
       if (q != cudaErrorNotReady && q != cudaSuccess) check_cuda(q, "quantize: cudaStreamQuery");
       if (h->nonfinite | h->overflow | h->given)
         check_cuda(cudaStreamSynchronize(s), "quantize: cudaStreamSynchronize");
