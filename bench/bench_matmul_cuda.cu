@@ -28,6 +28,7 @@
 // checked beside the selected one.
 //
 // Usage: bench_matmul_cuda [--json PATH] [--reps N] [--quick] [--scheme S] [--shape NxK] [--m M]
+//                          [--w8a8]   (the W8A8 rows alone)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -191,11 +192,13 @@ int main(int argc, char** argv) {
   int reps = 15;
   bool quick = false;
   std::string only_scheme, only_shape, only_m;  // --scheme S --shape NxK --m M: one case
+  bool w8a8_only = false;                       // --w8a8: the W8A8 rows alone
   const bool parsed =
       bench::CommandLine()
           .value("--json", [&](const char* v) { json_path = v; })
           .value("--reps", [&](const char* v) { reps = std::max(3, std::atoi(v)); })
           .flag("--quick", &quick)
+          .flag("--w8a8", &w8a8_only)
           .value("--scheme", [&](const char* v) { only_scheme = v; })
           .value("--shape", [&](const char* v) { only_shape = v; })
           .value("--m", [&](const char* v) { only_m = v; })
@@ -497,13 +500,14 @@ int main(int argc, char** argv) {
         guarded(only_scheme.c_str(), ms);
         continue;
       }
-      for (const char* text : full_schemes) guarded(text, ms);
+      if (!w8a8_only)
+        for (const char* text : full_schemes) guarded(text, ms);
       // The GEMV schemes at M = 1 and 16 where this run measures them (x holds ms.back() rows:
       // a larger M would read past it).
       std::vector<int64_t> gemv_ms;
       for (const int64_t m : {int64_t{1}, int64_t{16}})
         if (std::find(ms.begin(), ms.end(), m) != ms.end()) gemv_ms.push_back(m);
-      if (n == 4096 && k == 14336 && !gemv_ms.empty())
+      if (n == 4096 && k == 14336 && !gemv_ms.empty() && !w8a8_only)
         for (const char* text : gemv_schemes) guarded(text, gemv_ms);
 
       for (const W8A8& c : w8a8) {

@@ -25,6 +25,7 @@
 #include "lowbit/matmul.hpp"
 #include "lowbit/quantize.hpp"
 #include "ops/convert/convert_element.hpp"
+#include "ops/matmul/matmul_cuda_w8a8_wgmma_knobs.hpp"
 #include "support/testing.hpp"
 
 namespace lowbit {
@@ -455,6 +456,89 @@ TEST(Matmul, SkinnyW8A8OnAwkwardShapes) {
         {4, 67, 384, Dtype::f32, Dtype::f32, "fp8e4m3:channel", "fp8e4m3:token", true},
         {4, 67, 384, Dtype::f32, Dtype::bf16, "int8:channel", "int8:token", true},
         {4, 67, 384, Dtype::f32, Dtype::bf16, "fp8e4m3:block128", "fp8e4m3:token", true},
+    };
+    for (const Case& c : declined)
+      EXPECT_FALSE(run_case(kernel, device, c, seed++)) << case_name(c);
+    // Unforced, it leaves to cuBLASLt what cuBLASLt does faster: per-tensor fp8, and few
+    // rows over few tiles (M = 16, N = 1000: 16 tiles).
+    const Case to_lt[] = {
+        {300, 520, 256, Dtype::f32, Dtype::bf16, "fp8e4m3:tensor", "fp8e4m3:tensor", true},
+        {16, 1000, 256, Dtype::f32, Dtype::bf16, "int8:channel", "int8:token", true},
+    };
+    for (const Case& c : to_lt) EXPECT_FALSE(run_case(kernel, device, c, seed++)) << case_name(c);
+  }
+}
+
+/// matmul_cuda_w8a8_wgmma (lowbit's own W8A8 GEMM on sm_90a): int8 and every pair of fp8
+/// element formats, x per token and per tensor, W per channel and per tensor, x given quantized
+/// and quantized by the plan, bf16 / f16 / f32 (int8) y, bias, a padded y whose rows are an odd
+/// number of elements apart (the single-element stores); each tile width (64 / 128 / 256 rows
+/// of W, forced) on M = 9 (one partial tile of x), 130 and 257 (partial second and third
+/// tiles), N = 67 and 300 (partial tiles of W), K = 48 (one partial stage), 384 and 1040 (the
+/// last stage partial), and M = 200, N = 264 with y's rows 16-byte aligned (the staged 16-byte
+/// stores beside the element-wise ones); the plan's own width on a larger case. int8 results are
+/// demanded bit for bit from matmul_cuda_w8a8_lt (exact i32 sums, the same epilogue). Declined: M =
+/// 8, K not a multiple of 16, fp8 with f32 y, block-scaled fp8, asymmetric int8.
+TEST(Matmul, WgmmaW8A8OnAwkwardShapes) {
+  const char* const kernel = "matmul_cuda_w8a8_wgmma";
+  const W8A8Case pairs[] = {
+      {"int8:token", "int8:channel"},       {"int8:tensor", "int8:tensor"},
+      {"fp8e4m3:token", "fp8e4m3:channel"}, {"fp8e4m3:tensor", "fp8e4m3:tensor"},
+      {"fp8e5m2:token", "fp8e4m3:channel"}, {"fp8e4m3:token", "fp8e5m2:channel"},
+      {"fp8e5m2:tensor", "fp8e5m2:channel"}};
+  uint64_t seed = 4500;
+  struct WidthReset {
+    ~WidthReset() { w8a8_wgmma::g_width.store(0); }
+  } reset;
+  for (Device device : testing::test_devices()) {
+    if (!device.is_cuda()) continue;
+    int ran = 0, expected = 0;
+    for (int width : {64, 128, 256, 0}) {
+      w8a8_wgmma::g_width.store(width);
+      for (const W8A8Case& p : pairs) {
+        // Unforced, per-tensor fp8 is cuBLASLt's (checked below).
+        if (width == 0 && std::string(p.x_scheme) == "fp8e4m3:tensor") continue;
+        const bool int8 = std::string(p.x_scheme).rfind("int8", 0) == 0;
+        std::vector<Case> cs;
+        if (width != 0) {
+          cs.push_back({9, 67, 48, Dtype::bf16, Dtype::bf16, p.w_scheme, p.x_scheme, false, true});
+          cs.push_back(
+              {130, 300, 384, Dtype::f32, Dtype::f16, p.w_scheme, p.x_scheme, true, true, 3});
+          cs.push_back({257, 67, 1040, Dtype::bf16, int8 ? Dtype::f32 : Dtype::bf16, p.w_scheme,
+                        p.x_scheme, false, false, 1});
+          // y's rows 16-byte aligned: whole 16 x 64 pieces leave through the staging rows, the
+          // rest (rows past 192, columns past 256) element by element.
+          cs.push_back(
+              {200, 264, 512, Dtype::bf16, Dtype::bf16, p.w_scheme, p.x_scheme, false, false, 8});
+        } else {
+          cs.push_back(
+              {300, 520, 2048, Dtype::f32, Dtype::bf16, p.w_scheme, p.x_scheme, true, true});
+        }
+        for (const Case& c : cs) {
+          ++expected;
+          std::vector<uint8_t> mine, lt;
+          if (run_case(kernel, device, c, seed, &mine)) ++ran;
+          if (::testing::Test::HasFailure()) return;
+          if (ran == 0) {
+            std::printf("%s declined on %s (not an sm_90a device or build): nothing ran\n", kernel,
+                        device.str().c_str());
+            return;
+          }
+          if (int8 && run_case("matmul_cuda_w8a8_lt", device, c, seed, &lt))
+            EXPECT_TRUE(mine == lt)
+                << "int8 bits differ from matmul_cuda_w8a8_lt: " << case_name(c);
+          ++seed;
+        }
+      }
+    }
+    EXPECT_EQ(ran, expected) << "the kernel declined a case it serves";
+    std::printf("%s on %s ran %d cases\n", kernel, device.str().c_str(), ran);
+    const Case declined[] = {
+        {8, 67, 384, Dtype::f32, Dtype::bf16, "fp8e4m3:channel", "fp8e4m3:token", true},
+        {64, 67, 40, Dtype::f32, Dtype::bf16, "int8:channel", "int8:token", true},
+        {64, 67, 384, Dtype::f32, Dtype::f32, "fp8e4m3:channel", "fp8e4m3:token", true},
+        {64, 67, 384, Dtype::f32, Dtype::bf16, "fp8e4m3:block128x128", "fp8e4m3:block128", true},
+        {64, 67, 384, Dtype::f32, Dtype::bf16, "int8:channel", "int8:token:asym", true},
     };
     for (const Case& c : declined)
       EXPECT_FALSE(run_case(kernel, device, c, seed++)) << case_name(c);

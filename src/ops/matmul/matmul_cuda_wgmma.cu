@@ -35,26 +35,6 @@ __global__ void probe_kernel(int* out) {
 #endif
 }
 
-}  // namespace wgmma
-
-namespace {
-
-using tc::Code;
-using tc::Scale;
-using wgmma::Launcher;
-
-Launcher launcher_for(const tc::Format& f, bool bf16, std::string* why) {
-  switch (f.code) {
-    case Code::u4:
-      return wgmma::launcher_int4(f, bf16, why);
-    case Code::fp4:
-      return wgmma::launcher_fp4(f, bf16, why);
-    default:
-      if (why) *why = "8-bit codes have no instantiation here (the dequantize path serves them)";
-      return {};
-  }
-}
-
 /// "" where the device runs this build's sm_90a kernels, else why not (cached per device).
 std::string sm90a_decline(int device) {
   static std::mutex mutex;
@@ -101,6 +81,29 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   }();
   if (!encode) throw_error(ErrorCode::internal, "matmul: the driver has no cuTensorMapEncodeTiled");
   return encode;
+}
+
+}  // namespace wgmma
+
+namespace {
+
+using wgmma::sm90a_decline;
+using wgmma::tensor_map_encoder;
+
+using tc::Code;
+using tc::Scale;
+using wgmma::Launcher;
+
+Launcher launcher_for(const tc::Format& f, bool bf16, std::string* why) {
+  switch (f.code) {
+    case Code::u4:
+      return wgmma::launcher_int4(f, bf16, why);
+    case Code::fp4:
+      return wgmma::launcher_fp4(f, bf16, why);
+    default:
+      if (why) *why = "8-bit codes have no instantiation here (the dequantize path serves them)";
+      return {};
+  }
 }
 
 /// The copy engine's description of a [rows][cols] matrix of 16-bit elements (rows `stride`

@@ -51,7 +51,10 @@
 #pragma once
 
 #include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_runtime.h>
+
+#include <string>
 
 #include "cuda/cuda_async.cuh"
 #include "ops/matmul/matmul_cuda_medium.cuh"
@@ -467,6 +470,12 @@ void launch(const Args& a, const CUtensorMap& x_map, cudaStream_t stream) {
 }
 
 #endif  // __CUDACC__
+
+/// "" where `device` runs this build's sm_90a kernels (wgmma, setmaxnreg), else why not
+/// (cached per device; matmul_cuda_wgmma.cu).
+std::string sm90a_decline(int device);
+/// The driver's cuTensorMapEncodeTiled (asked once; throws if the driver has none).
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder();
 
 #if defined(__CUDACC__)
 /// The instantiation for a format and x dtype, or an empty Launcher (with the reason in `why`).

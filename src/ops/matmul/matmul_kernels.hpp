@@ -8,6 +8,7 @@ namespace lowbit {
 const MatmulKernel& matmul_reference_kernel();  // matmul_reference.cpp
 #if LOWBIT_HAS_CUDA
 const MatmulKernel& matmul_cuda_skinny_w8a8_kernel();  // matmul_cuda_skinny_w8a8.cu
+const MatmulKernel& matmul_cuda_w8a8_wgmma_kernel();   // matmul_cuda_w8a8_wgmma.cu
 const MatmulKernel& matmul_cuda_w8a8_kernel();         // matmul_cuda_w8a8.cu
 const MatmulKernel& matmul_cuda_skinny_kernel();       // matmul_cuda_skinny.cu
 const MatmulKernel& matmul_cuda_wgmma_kernel();        // matmul_cuda_wgmma.cu

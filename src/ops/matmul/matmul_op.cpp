@@ -168,6 +168,7 @@ KernelList<MatmulOp> MatmulOp::kernels() {
   static const Kernel<MatmulOp>* const list[] = {
 #if LOWBIT_HAS_CUDA
     &matmul_cuda_skinny_w8a8_kernel(),
+    &matmul_cuda_w8a8_wgmma_kernel(),
     &matmul_cuda_w8a8_kernel(),
     &matmul_cuda_skinny_kernel(),
     &matmul_cuda_wgmma_ws_kernel(),
