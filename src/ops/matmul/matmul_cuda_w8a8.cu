@@ -10,7 +10,10 @@
 //    accumulation, bias in its epilogue, output straight to y.
 // A float x (desc.x float, x_scheme set) is quantized first by the quantize op's CUDA kernel
 // into the workspace (the reference's codes). Shapes cuBLASLt has no algorithm for are
-// declined (select probes its heuristic), and matmul_cuda_dequant_lt serves them.
+// declined (select probes its heuristic), and matmul_cuda_dequant_lt serves them. On sm_90a,
+// matmul_cuda_w8a8_wgmma comes first in select() for per-token / per-channel scales (it
+// applies them to its accumulators: no f32 round trip); this plan keeps per-tensor fp8,
+// block-scaled fp8, short grids and other devices.
 #include <cuda_runtime.h>
 
 #include "ops/matmul/matmul_cuda_common.cuh"
