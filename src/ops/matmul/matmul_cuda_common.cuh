@@ -79,6 +79,11 @@ inline std::string w8a8_dtypes(const MatmulDesc& d) {
          std::string(dtype_name(d.y));
 }
 inline bool is_fp8(QuantFormat f) { return f == QuantFormat::fp8e4m3 || f == QuantFormat::fp8e5m2; }
+/// A scale per row of its matrix: per token (x), or per channel along N (W's axis 0).
+inline bool per_row(const QuantScheme& s) {
+  return s.granularity == Granularity::token ||
+         (s.granularity == Granularity::channel && (s.axis == 0 || s.axis == -2));
+}
 
 /// The kernels that read W in the prepared "cuda_tc16x128" layout (skinny, medium, wgmma,
 /// dequantize + GEMM): one layout and one prepare step, so QuantizedLinear keeps one copy for

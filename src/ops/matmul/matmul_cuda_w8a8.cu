@@ -30,10 +30,7 @@ constexpr int kThreads = 256;
 enum class Kind { int8, fp8, fp8_epilogue, fp8_block };
 
 using mm_cuda::is_fp8;
-bool per_row(const QuantScheme& s) {
-  return s.granularity == Granularity::token ||
-         (s.granularity == Granularity::channel && (s.axis == 0 || s.axis == -2));
-}
+using mm_cuda::per_row;
 
 /// The kind of product for a descriptor, or the reason there is none.
 std::optional<Kind> kind_of(const MatmulDesc& d, std::string* why) {

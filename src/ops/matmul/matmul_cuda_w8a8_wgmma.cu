@@ -64,10 +64,7 @@ w8a8_wgmma::Launch launch_for(Pair p, int bn) {
   }
 }
 
-bool per_row(const QuantScheme& s) {
-  return s.granularity == Granularity::token ||
-         (s.granularity == Granularity::channel && (s.axis == 0 || s.axis == -2));
-}
+using mm_cuda::per_row;
 
 /// The pair of `d`, or the reason this plan does not take it.
 std::optional<Pair> pair_of(const MatmulDesc& d, std::string* why) {
@@ -124,20 +121,8 @@ int width_for(int64_t m, int64_t n, int sms) {
 /// boxes of 128 k x `box_rows` rows with the 128-byte swizzle.
 CUtensorMap codes_map(const void* codes, int64_t rows, int64_t k, uint32_t box_rows,
                       const char* what) {
-  CUtensorMap map{};
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(k)};
-  const cuuint32_t box[2] = {static_cast<cuuint32_t>(w8a8_wgmma::kStageK), box_rows};
-  const cuuint32_t elem[2] = {1, 1};
-  const CUresult r = wgmma::tensor_map_encoder()(
-      &map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<void*>(codes), dims, strides, box, elem,
-      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS)
-    throw_error(ErrorCode::internal,
-                "matmul: cuTensorMapEncodeTiled failed (" + std::to_string(static_cast<int>(r)) +
-                    ") for " + what + " [" + std::to_string(rows) + ", " + std::to_string(k) + "]");
-  return map;
+  return wgmma::tensor_map_swizzled(codes, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, rows, k, k, box_rows,
+                                    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, what);
 }
 
 class MatmulCudaW8A8Wgmma final : public MatmulKernel {

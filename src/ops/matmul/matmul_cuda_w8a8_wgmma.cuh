@@ -50,10 +50,13 @@ namespace lowbit::w8a8_wgmma {
 enum class Pair : int { e4m3_e4m3, e4m3_e5m2, e5m2_e4m3, e5m2_e5m2, s8_s8 };
 
 inline constexpr int kThreads = 384;
-inline constexpr int kRowsX = 128;             ///< rows of x per tile (2 consumers x 64)
-inline constexpr int kStageK = 128;            ///< k per stage: one 128-byte swizzled row
+inline constexpr int kRowsX = 128;   ///< rows of x per tile (2 consumers x 64)
+inline constexpr int kStageK = 128;  ///< k per stage: one 128-byte swizzled row
 inline constexpr int kXBytes = kRowsX * kStageK;
-inline constexpr int kMaxK = 1 << 17;          ///< int8: |sum| < 2^31
+inline constexpr int kMaxK = 1 << 17;  ///< int8: |sum| < 2^31
+/// Bytes between a warp's staging rows for 16-bit y (16 rows of 64 values): 16 bytes of
+/// padding, so that stmatrix's 8 rows of a matrix fall in different banks.
+inline constexpr int kStageRow = 144;
 
 template <int BN>
 struct Tiling {
@@ -63,9 +66,7 @@ struct Tiling {
   static constexpr int kStages = std::min(8, (200 * 1024) / kStageBytes);
   /// Each consumer's W scales and bias of a tile's columns, as f32.
   static constexpr int kEndBytes = 2 * 2 * BN * 4;
-  /// Each consumer warp's staging rows for 16-bit y: 16 rows of 64 values, 144 bytes apart
-  /// (16 bytes of padding: stmatrix's 8 rows of a matrix fall in different banks).
-  static constexpr int kStageRow = 144;
+  /// Each consumer warp's staging rows for 16-bit y (kStageRow apart).
   static constexpr int kStagingBytes = 8 * 16 * kStageRow;
   /// The stages, their full and empty barriers, the consumers' scale tables, and room to
   /// align the stages to 1024 bytes.
@@ -76,11 +77,11 @@ struct Tiling {
 /// What a launch needs besides the two tensor maps.
 struct Params {
   int m = 0, n = 0;
-  int kblocks = 0;  ///< stages per tile: ceil(K / 128)
-  int tiles_m = 0;  ///< tiles along M
-  int tiles = 0;    ///< tiles_m * tiles along N
-  const void* sx = nullptr;  ///< x's scales: [M] (per token) or [1]
-  const void* sw = nullptr;  ///< W's scales: [N] (per channel) or [1]
+  int kblocks = 0;             ///< stages per tile: ceil(K / 128)
+  int tiles_m = 0;             ///< tiles along M
+  int tiles = 0;               ///< tiles_m * tiles along N
+  const void* sx = nullptr;    ///< x's scales: [M] (per token) or [1]
+  const void* sw = nullptr;    ///< W's scales: [N] (per channel) or [1]
   const void* bias = nullptr;  ///< [N] in y's dtype, or null
   void* y = nullptr;
   int64_t y_stride = 0;  ///< elements between rows of y
@@ -93,78 +94,89 @@ struct Params {
 // ---- wgmma with 8-bit operands from shared memory -------------------------------------------
 // (generated text: the operand lists of m64nNk32 with N / 2 accumulator registers per lane)
 
-#define LB_WGMMA8_F32_N64(TYPE) \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n" \
-               "wgmma.mma_async.sync.aligned.m64n64k32." "f32." TYPE " {" \
-               "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, " \
-               "%17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31" \
-               "}, %32, %33, p, 1, 1;\n}\n" \
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), \
-                 "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), \
-                 "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), \
-                 "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), \
-                 "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), \
-                 "+f"(d[31]) \
-               : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)) : "memory")
+#define LB_WGMMA8_F32_N64(TYPE)                                                                    \
+  asm volatile(                                                                                    \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                                 \
+      "wgmma.mma_async.sync.aligned.m64n64k32."                                                    \
+      "f32." TYPE                                                                                  \
+      " {"                                                                                         \
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, "                \
+      "%17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"                  \
+      "}, %32, %33, p, 1, 1;\n}\n"                                                                 \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),        \
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),    \
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), \
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), \
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])                                         \
+      : "l"(a), "l"(b), "r"(static_cast<int>(accumulate))                                          \
+      : "memory")
 
-#define LB_WGMMA8_S32_N64() \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n" \
-               "wgmma.mma_async.sync.aligned.m64n64k32." "s32.s8.s8" " {" \
-               "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, " \
-               "%17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31" \
-               "}, %32, %33, p;\n}\n" \
-               : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), \
-                 "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), \
-                 "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), \
-                 "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), \
-                 "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), \
-                 "+r"(d[31]) \
-               : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)) : "memory")
+#define LB_WGMMA8_S32_N64()                                                                        \
+  asm volatile(                                                                                    \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                                 \
+      "wgmma.mma_async.sync.aligned.m64n64k32."                                                    \
+      "s32.s8.s8"                                                                                  \
+      " {"                                                                                         \
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, "                \
+      "%17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"                  \
+      "}, %32, %33, p;\n}\n"                                                                       \
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]),        \
+        "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]),    \
+        "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), \
+        "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), \
+        "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31])                                         \
+      : "l"(a), "l"(b), "r"(static_cast<int>(accumulate))                                          \
+      : "memory")
 
-#define LB_WGMMA8_F32_N128(TYPE) \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n" \
-               "wgmma.mma_async.sync.aligned.m64n128k32." "f32." TYPE " {" \
-               "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, " \
-               "%17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
-               "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, " \
-               "%47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, " \
-               "%62, %63" \
-               "}, %64, %65, p, 1, 1;\n}\n" \
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), \
-                 "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), \
-                 "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), \
-                 "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), \
-                 "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), \
-                 "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), \
-                 "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), \
-                 "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), \
-                 "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), \
-                 "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), \
-                 "+f"(d[61]), "+f"(d[62]), "+f"(d[63]) \
-               : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)) : "memory")
+#define LB_WGMMA8_F32_N128(TYPE)                                                                   \
+  asm volatile(                                                                                    \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                                 \
+      "wgmma.mma_async.sync.aligned.m64n128k32."                                                   \
+      "f32." TYPE                                                                                  \
+      " {"                                                                                         \
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, "                \
+      "%17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "                \
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, "                \
+      "%47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, "                \
+      "%62, %63"                                                                                   \
+      "}, %64, %65, p, 1, 1;\n}\n"                                                                 \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),        \
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),    \
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), \
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), \
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), \
+        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), \
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), \
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), \
+        "+f"(d[63])                                                                                \
+      : "l"(a), "l"(b), "r"(static_cast<int>(accumulate))                                          \
+      : "memory")
 
-#define LB_WGMMA8_S32_N128() \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n" \
-               "wgmma.mma_async.sync.aligned.m64n128k32." "s32.s8.s8" " {" \
-               "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, " \
-               "%17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
-               "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, " \
-               "%47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, " \
-               "%62, %63" \
-               "}, %64, %65, p;\n}\n" \
-               : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), \
-                 "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), \
-                 "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), \
-                 "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), \
-                 "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), \
-                 "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), \
-                 "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), \
-                 "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), \
-                 "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), \
-                 "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), \
-                 "+r"(d[61]), "+r"(d[62]), "+r"(d[63]) \
-               : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)) : "memory")
-
+#define LB_WGMMA8_S32_N128()                                                                       \
+  asm volatile(                                                                                    \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                                 \
+      "wgmma.mma_async.sync.aligned.m64n128k32."                                                   \
+      "s32.s8.s8"                                                                                  \
+      " {"                                                                                         \
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, "                \
+      "%17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "                \
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, "                \
+      "%47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, "                \
+      "%62, %63"                                                                                   \
+      "}, %64, %65, p;\n}\n"                                                                       \
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]),        \
+        "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]),    \
+        "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), \
+        "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), \
+        "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), \
+        "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), \
+        "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), \
+        "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), \
+        "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), \
+        "+r"(d[63])                                                                                \
+      : "l"(a), "l"(b), "r"(static_cast<int>(accumulate))                                          \
+      : "memory")
 
 /// d (+)= A · B, one m64nNk32 step (A, B: shared-memory descriptors); `accumulate` false:
 /// d = A · B.
@@ -210,42 +222,21 @@ __device__ __forceinline__ void pin(Acc (&d)[R]) {
 /// measured 3-4x a tile's time on the H100).
 enum class Out : int { bf16, f16, f32 };
 
-/// The reference's pattern of a NaN (numeric.hpp): bf16 0x7fc0 with the sign; f16 the top
-/// 10 bits of the payload (1 where they are all zero), with the sign.
-template <Out Y>
-__device__ __forceinline__ uint32_t nan16(float x) {
-  const uint32_t b = __float_as_uint(x);
-  const uint32_t sign = (b >> 16) & 0x8000u;
-  if constexpr (Y == Out::bf16) return sign | 0x7fc0u;
-  const uint32_t h = 0x7c00u + ((b & 0x7fffffu) >> 13);
-  return sign | (h == 0x7c00u ? 0x7c01u : h);
-}
-
-/// Two 16-bit results, rounded to nearest even as f32_to_bf16 / f32_to_f16 do (the hardware
-/// conversion, with NaN given the reference's pattern: bf16 0x7fc0 with the sign; f16 the top
-/// of the payload).
+/// Two 16-bit results, rounded as f32_to_bf16 / f32_to_f16 round them (the hardware
+/// conversion, NaN given the reference's pattern: quantize_cuda_common.cuh).
 template <Out Y>
 __device__ __forceinline__ uint32_t pack16(float lo, float hi) {
-  uint32_t w;
-  if constexpr (Y == Out::bf16) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    w = *reinterpret_cast<const uint32_t*>(&v);
-  } else {
-    const __half2 v = __floats2half2_rn(lo, hi);
-    w = *reinterpret_cast<const uint32_t*>(&v);
-  }
-  if (lo != lo) w = (w & 0xffff0000u) | nan16<Y>(lo);
-  if (hi != hi) w = (w & 0x0000ffffu) | (nan16<Y>(hi) << 16);
-  return w;
+  return Y == Out::bf16 ? quant_cuda::bf16x2_rn(lo, hi) : quant_cuda::f16x2_rn(lo, hi);
 }
 
 /// The end of a tile for one dtype of y: acc[h][4 t + e] is row 16 warp + r + 8 (e / 2) of
 /// the consumer's 64 rows of x, column (row of W) WN h + 8 t + 2 q + e % 2 of the tile;
 /// `table` holds the tile's W scales, then its bias (f32).
 template <Out Y, int BN, int WN, int H, int R, class Acc>
-__device__ __forceinline__ void end_tile(const Params& p, const Acc (&acc)[H][R], const float* table,
-                                         const float (&sx)[2], int row0, int col0, int q,
-                                         bool pair_ok, uint32_t staging, bool wide_ok) {
+__device__ __forceinline__ void end_tile(const Params& p, const Acc (&acc)[H][R],
+                                         const float* table, const float (&sx)[2], int row0,
+                                         int col0, int q, bool pair_ok, uint32_t staging,
+                                         bool wide_ok) {
   using Elem = std::conditional_t<Y == Out::f32, float, uint16_t>;
   Elem* const y = static_cast<Elem*>(p.y);
   const bool bias = p.bias != nullptr;
@@ -270,18 +261,20 @@ __device__ __forceinline__ void end_tile(const Params& p, const Acc (&acc)[H][R]
           for (int t = t0; t < t0 + 8; t += 2) {
             uint32_t w[4];
 #pragma unroll
-            for (int k = 0; k < 4; ++k) {  // matrices: (rows 0-7, t), (8-15, t), (0-7, t+1), (8-15, t+1)
+            for (int k = 0; k < 4;
+                 ++k) {  // matrices: (rows 0-7, t), (8-15, t), (0-7, t+1), (8-15, t+1)
               const int tt = t + (k >> 1), half = k & 1;
               const int tc = h * WN + 8 * tt + 2 * q;
               w[k] = pack16<Y>(value(h, tt, half, 0, table[tc], table[BN + tc]),
                                value(h, tt, half, 1, table[tc + 1], table[BN + tc + 1]));
             }
             const int mi = lane >> 3, ri = lane & 7;
-            const uint32_t at = staging + static_cast<uint32_t>((ri + 8 * (mi & 1)) * 144 +
+            const uint32_t at = staging + static_cast<uint32_t>((ri + 8 * (mi & 1)) * kStageRow +
                                                                 (8 * (t - t0 + (mi >> 1))) * 2);
-            asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(at),
-                         "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3])
-                         : "memory");
+            asm volatile(
+                "stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(at),
+                "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3])
+                : "memory");
           }
           __syncwarp();
 #pragma unroll
@@ -290,7 +283,7 @@ __device__ __forceinline__ void end_tile(const Params& p, const Acc (&acc)[H][R]
             uint4 v;
             asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
                          : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                         : "r"(staging + static_cast<uint32_t>(row * 144 + part * 16))
+                         : "r"(staging + static_cast<uint32_t>(row * kStageRow + part * 16))
                          : "memory");
             *reinterpret_cast<uint4*>(y + static_cast<int64_t>(wrow0 + row) * p.y_stride + c0 +
                                       8 * part) = v;
@@ -301,35 +294,35 @@ __device__ __forceinline__ void end_tile(const Params& p, const Acc (&acc)[H][R]
       }
 #pragma unroll
       for (int t = t0; t < t0 + 8 && t < R / 4; ++t) {
-      const int tc = h * WN + 8 * t + 2 * q;  // column within the tile
-      const int col = col0 + tc;
-      if (col >= p.n) continue;
-      const bool both = col + 1 < p.n;
-      const float sw0 = table[tc], sw1 = table[tc + 1];
-      const float b0 = table[BN + tc], b1 = table[BN + tc + 1];
+        const int tc = h * WN + 8 * t + 2 * q;  // column within the tile
+        const int col = col0 + tc;
+        if (col >= p.n) continue;
+        const bool both = col + 1 < p.n;
+        const float sw0 = table[tc], sw1 = table[tc + 1];
+        const float b0 = table[BN + tc], b1 = table[BN + tc + 1];
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int row = row0 + 8 * half;
-        if (row >= p.m) continue;
-        const float v0 = value(h, t, half, 0, sw0, b0), v1 = value(h, t, half, 1, sw1, b1);
-        Elem* const at = y + static_cast<int64_t>(row) * p.y_stride + col;
-        if constexpr (Y == Out::f32) {
-          if (both && pair_ok) {
-            *reinterpret_cast<float2*>(at) = make_float2(v0, v1);
+        for (int half = 0; half < 2; ++half) {
+          const int row = row0 + 8 * half;
+          if (row >= p.m) continue;
+          const float v0 = value(h, t, half, 0, sw0, b0), v1 = value(h, t, half, 1, sw1, b1);
+          Elem* const at = y + static_cast<int64_t>(row) * p.y_stride + col;
+          if constexpr (Y == Out::f32) {
+            if (both && pair_ok) {
+              *reinterpret_cast<float2*>(at) = make_float2(v0, v1);
+            } else {
+              at[0] = v0;
+              if (both) at[1] = v1;
+            }
           } else {
-            at[0] = v0;
-            if (both) at[1] = v1;
-          }
-        } else {
-          const uint32_t w = pack16<Y>(v0, v1);
-          if (both && pair_ok) {
-            *reinterpret_cast<uint32_t*>(at) = w;
-          } else {
-            at[0] = static_cast<uint16_t>(w);
-            if (both) at[1] = static_cast<uint16_t>(w >> 16);
+            const uint32_t w = pack16<Y>(v0, v1);
+            if (both && pair_ok) {
+              *reinterpret_cast<uint32_t*>(at) = w;
+            } else {
+              at[0] = static_cast<uint16_t>(w);
+              if (both) at[1] = static_cast<uint16_t>(w >> 16);
+            }
           }
         }
-      }
       }
     }
 }
@@ -391,13 +384,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int warp = (tid >> 5) & 3, lane = tid & 31, r = lane >> 2, q = lane & 3;
   const int ct = tid & 127;  // thread within the consumer
   // This consumer's table: W's scales of the tile's BN columns, then the bias (f32).
-  float* const end_table = reinterpret_cast<float*>(smem_raw + (full - raw) + 16 * kStages) +
-                           c * 2 * BN;
+  float* const end_table =
+      reinterpret_cast<float*>(smem_raw + (full - raw) + 16 * kStages) + c * 2 * BN;
   constexpr int kPerThread = (BN + 127) / 128;  // table entries each thread fills
   const uint32_t staging = full + 16u * kStages + static_cast<uint32_t>(T::kEndBytes) +
-                           static_cast<uint32_t>(((tid >> 5) - 4) * 16 * T::kStageRow);
-  const bool wide_ok =
-      (p.y_stride % 8) == 0 && (reinterpret_cast<uintptr_t>(p.y) % 16) == 0;
+                           static_cast<uint32_t>(((tid >> 5) - 4) * 16 * kStageRow);
+  const bool wide_ok = (p.y_stride % 8) == 0 && (reinterpret_cast<uintptr_t>(p.y) % 16) == 0;
   const float sw_all = p.sw_row ? 0.0f : quant_cuda::load_scale(p.sw, p.swd, 0);
   const bool pair_ok = (p.y_stride % 2) == 0 &&
                        (reinterpret_cast<uintptr_t>(p.y) % (p.yd == Dtype::f32 ? 8 : 4)) == 0;
@@ -429,7 +421,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int i = 0; i < kPerThread; ++i) {
       const int col = min(tn * BN + ct + 128 * i, p.n - 1);
-      tab_sw[i] = p.sw_row ? quant_cuda::load_scale(p.sw, p.swd, static_cast<uint64_t>(col)) : sw_all;
+      tab_sw[i] =
+          p.sw_row ? quant_cuda::load_scale(p.sw, p.swd, static_cast<uint64_t>(col)) : sw_all;
       tab_bias[i] = p.bias ? quant_cuda::load_any(p.bias, p.yd, static_cast<uint64_t>(col)) : 0.0f;
     }
 
@@ -486,13 +479,16 @@ __global__ void __launch_bounds__(kThreads, 1)
     asm volatile("bar.sync %0, 128;" ::"r"(1 + c) : "memory");
     switch (p.yd) {
       case Dtype::bf16:
-        end_tile<Out::bf16, BN, WN, H, R>(p, acc, end_table, sx, row0, tn * BN, q, pair_ok, staging, wide_ok);
+        end_tile<Out::bf16, BN, WN, H, R>(p, acc, end_table, sx, row0, tn * BN, q, pair_ok, staging,
+                                          wide_ok);
         break;
       case Dtype::f16:
-        end_tile<Out::f16, BN, WN, H, R>(p, acc, end_table, sx, row0, tn * BN, q, pair_ok, staging, wide_ok);
+        end_tile<Out::f16, BN, WN, H, R>(p, acc, end_table, sx, row0, tn * BN, q, pair_ok, staging,
+                                         wide_ok);
         break;
       default:
-        end_tile<Out::f32, BN, WN, H, R>(p, acc, end_table, sx, row0, tn * BN, q, pair_ok, staging, wide_ok);
+        end_tile<Out::f32, BN, WN, H, R>(p, acc, end_table, sx, row0, tn * BN, q, pair_ok, staging,
+                                         wide_ok);
         break;
     }
     asm volatile("bar.sync %0, 128;" ::"r"(1 + c) : "memory");

@@ -83,6 +83,26 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return encode;
 }
 
+CUtensorMap tensor_map_swizzled(const void* data, CUtensorMapDataType type, int elem_bytes,
+                                int64_t rows, int64_t cols, int64_t stride, uint32_t box_rows,
+                                CUtensorMapL2promotion promotion, const char* what) {
+  CUtensorMap map{};
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(stride) * elem_bytes};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(128 / elem_bytes), box_rows};
+  const cuuint32_t elem[2] = {1, 1};
+  const CUresult r =
+      tensor_map_encoder()(&map, type, 2, const_cast<void*>(data), dims, strides, box, elem,
+                           CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, promotion,
+                           CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    throw_error(ErrorCode::internal, "matmul: cuTensorMapEncodeTiled failed (" +
+                                         std::to_string(static_cast<int>(r)) + ") for " + what +
+                                         " [" + std::to_string(rows) + ", " + std::to_string(cols) +
+                                         "]");
+  return map;
+}
+
 }  // namespace wgmma
 
 namespace {
@@ -106,27 +126,13 @@ Launcher launcher_for(const tc::Format& f, bool bf16, std::string* why) {
   }
 }
 
-/// The copy engine's description of a [rows][cols] matrix of 16-bit elements (rows `stride`
-/// elements apart) in boxes of 64 columns x `box_rows` rows with the 128-byte swizzle (the
-/// kernels' shared-memory layout).
+/// A [rows][cols] matrix of 16-bit elements (rows `stride` elements apart) in boxes of 64
+/// columns x `box_rows` rows with the 128-byte swizzle (the kernels' shared-memory layout).
 CUtensorMap tensor_map_16bit(const void* data, int64_t rows, int64_t cols, int64_t stride,
                              uint32_t box_rows, CUtensorMapL2promotion promotion,
                              const char* what) {
-  CUtensorMap map{};
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(stride) * 2};
-  const cuuint32_t box[2] = {64, box_rows};
-  const cuuint32_t elem[2] = {1, 1};
-  const CUresult r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2,
-                                          const_cast<void*>(data), dims, strides, box, elem,
-                                          CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                          promotion, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS)
-    throw_error(ErrorCode::internal, "matmul: cuTensorMapEncodeTiled failed (" +
-                                         std::to_string(static_cast<int>(r)) + ") for " + what +
-                                         " [" + std::to_string(rows) + ", " + std::to_string(cols) +
-                                         "]");
-  return map;
+  return wgmma::tensor_map_swizzled(data, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, rows, cols, stride,
+                                    box_rows, promotion, what);
 }
 
 /// x [m][k]: boxes of 64 k x `rows` rows, rows past M read as zeros.

@@ -476,6 +476,12 @@ void launch(const Args& a, const CUtensorMap& x_map, cudaStream_t stream) {
 std::string sm90a_decline(int device);
 /// The driver's cuTensorMapEncodeTiled (asked once; throws if the driver has none).
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder();
+/// The copy engine's description of a [rows][cols] matrix of `elem_bytes`-byte elements (rows
+/// `stride` elements apart) in boxes of one 128-byte row x `box_rows` rows with the 128-byte
+/// swizzle, rows and columns past the matrix read as zeros (throws if the driver refuses).
+CUtensorMap tensor_map_swizzled(const void* data, CUtensorMapDataType type, int elem_bytes,
+                                int64_t rows, int64_t cols, int64_t stride, uint32_t box_rows,
+                                CUtensorMapL2promotion promotion, const char* what);
 
 #if defined(__CUDACC__)
 /// The instantiation for a format and x dtype, or an empty Launcher (with the reason in `why`).
