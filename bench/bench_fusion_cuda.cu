@@ -10,7 +10,8 @@
 //  - bias + gelu over [2^14, 2^14] with a [2^14] bf16 bias (broadcast: the strided kernel);
 //  - the quantize epilogue: silu(a) * b over [2^28 / 8192, 8192] quantized per token to
 //    fp8e4m3 (and int8, mxfp4) in the same kernel, bytes = 4 per element in, the codes and
-//    scales out; with the finiteness check off (no synchronisation) and on;
+//    scales out; with the finiteness check off (no synchronisation), on, and on with a
+//    CheckReport (the refusal recorded, no wait);
 //  - JIT costs: cold compile (NVRTC, empty caches), disk-cache load (a new process would
 //    see: memory cache cleared), in-memory hit plus launch (a new descriptor each call:
 //    program build, plan selection, cache lookup, launch; CPU microseconds per call, on
@@ -352,7 +353,7 @@ int main(int argc, char** argv) {
     // The quantize epilogue: silu(a) * b quantized per token (rows of 8192), scales computed
     // in the same kernel. Bytes: two bf16 inputs, the codes and the f32 row scales.
     auto quant_row = [&](const std::string& name, const char* scheme_text, bool check,
-                         bool fast = false) {
+                         bool fast = false, bool deferred = false) {
       const int64_t cols = 8192, rows_n = n / cols;
       const lowbit::QuantScheme scheme = lowbit::QuantScheme::parse(scheme_text);
       const lowbit::QuantizedTensor q =
@@ -363,13 +364,16 @@ int main(int argc, char** argv) {
           FusedDesc::make({lowbit::FusedOutput(q.view(), silu(input(a2)) * input(b2), check)});
       d.fast_math = fast;
       const FusedPlan plan = FusedPlan::select(d);
-      const FusedArgs args = d.bound_args();
+      FusedArgs args = d.bound_args();
+      lowbit::CheckReport report(gpu);  // deferred: the kernels record a refusal, no wait
+      if (deferred) args.report = &report;
       Row r;
       r.pair = name;
       r.elements = n;
       r.bytes = static_cast<double>(a.nbytes() + b.nbytes() + q.nbytes());
       r.ms = median_ms(s, warmup, reps, [&] { plan.run(stream, {}, args); });
       stream.synchronize();
+      report.throw_if_failed();
       r.kernel = plan.sku().str() + " row kernel";
       for (int i = 0; i < 2 * lowbit::fusion::PlanState::kSlots; ++i)
         if (d.state->kernels[i]) r.kernel += " " + d.state->kernels[i]->variant.key();
@@ -409,6 +413,8 @@ int main(int argc, char** argv) {
     quant_row("silu(a) * b -> fp8e4m3:token fused, check off [32768 x 8192]", "fp8e4m3:token",
               false);
     quant_row("silu(a) * b -> fp8e4m3:token fused, finiteness check", "fp8e4m3:token", true);
+    quant_row("silu(a) * b -> fp8e4m3:token fused, finiteness check deferred (CheckReport)",
+              "fp8e4m3:token", true, false, true);
     quant_row("silu(a) * b -> fp8e4m3:token fused, check off, fast math", "fp8e4m3:token", false,
               true);
     {  // Fast math on the shared-memory row kernel (the register-row kernel off).
@@ -431,8 +437,9 @@ int main(int argc, char** argv) {
     // above (events around each call). A checked call returns only once its kernel is done,
     // so the GPU idles for one host round trip per call (the launch before the kernel, the
     // hand-off and the next call after it); unchecked calls queue ahead and do not.
-    double one_row_ms[2] = {0, 0};
-    for (const bool check : {false, true}) {
+    double one_row_ms[3] = {0, 0, 0};
+    for (const int mode : {0, 1, 2}) {  // check off, on, on with a CheckReport
+      const bool check = mode != 0;
       const lowbit::QuantScheme scheme = lowbit::QuantScheme::parse("fp8e4m3:token");
       const lowbit::QuantizedTensor q = lowbit::QuantizedTensor::allocate(scheme, {1, 8192}, gpu);
       const lowbit::TensorView a1(a.data(), Dtype::bf16, {1, 8192}, gpu);
@@ -440,9 +447,12 @@ int main(int argc, char** argv) {
       const FusedDesc d =
           FusedDesc::make({lowbit::FusedOutput(q.view(), silu(input(a1)) * input(b1), check)});
       const FusedPlan plan = FusedPlan::select(d);
-      const FusedArgs args = d.bound_args();
-      one_row_ms[check] = median_ms(s, warmup, reps, [&] { plan.run(stream, {}, args); });
+      FusedArgs args = d.bound_args();
+      lowbit::CheckReport report(gpu);
+      if (mode == 2) args.report = &report;
+      one_row_ms[mode] = median_ms(s, warmup, reps, [&] { plan.run(stream, {}, args); });
       stream.synchronize();
+      report.throw_if_failed();
     }
 
     {  // Unfused: one pass per op, bf16 intermediates in memory.
@@ -513,6 +523,8 @@ int main(int argc, char** argv) {
          one_row_ms[0]);
     cost("silu(a) * b -> fp8e4m3:token, one row of 8192: finiteness check (GPU ms per call)",
          one_row_ms[1]);
+    cost("silu(a) * b -> fp8e4m3:token, one row of 8192: check deferred (GPU ms per call)",
+         one_row_ms[2]);
 
     std::printf("\nlowbit fusion on %s (%d SMs), median of %d reps, %lld elements\n",
                 props.name.c_str(), props.multiprocessors, reps, static_cast<long long>(n));

@@ -2,16 +2,16 @@
 // copy ceiling, measured in one process, on a 16384 x 8192 tensor.
 //
 // Rows: bf16 -> int8:token, fp8e4m3:token, int4:block32, nvfp4, mxfp4 and f32 -> q8_0, q4_0,
-// each with check_finite on (the default: the kernels flag NaN / Inf and run() reads the flag
-// back, which synchronises the stream) and off; then each dequantized back to bf16 (f32 for
-// the GGUF types). Each row is timed with CUDA events around every repetition, repetitions
-// queued back to back after warm-up runs; the median is reported. Bandwidth counts bytes
-// read plus bytes written once each (source, codes, scales), so two-pass schemes (nvfp4's
-// global absmax reads the source twice) show the second read as lost bandwidth. Inputs are
-// normally distributed values (what torch.randn gives the peer, bench_quantize_torch.py).
-// After timing, the first 64 rows of every row's output are checked bit for bit against the
-// reference kernels on the host (nvfp4 with the GPU's global scale as a given scale, since
-// that scale depends on the whole tensor). nvfp4 also runs with its global scale given
+// each with check_finite on (the default: the kernels flag NaN / Inf and run() waits for them
+// to read the flag), off, and on with a CheckReport (the flag recorded, no wait); then each
+// dequantized back to bf16 (f32 for the GGUF types). Each row is timed with CUDA events around
+// every repetition, repetitions queued back to back after warm-up runs; the median is reported.
+// Bandwidth counts bytes read plus bytes written once each (source, codes, scales), so two-pass
+// schemes (nvfp4's global absmax reads the source twice) show the second read as lost bandwidth.
+// Inputs are normally distributed values (what torch.randn gives the peer,
+// bench_quantize_torch.py). After timing, the first 64 rows of every row's output are checked bit
+// for bit against the reference kernels on the host (nvfp4 with the GPU's global scale as a given
+// scale, since that scale depends on the whole tensor). nvfp4 also runs with its global scale given
 // (static quantization: QuantizeDesc::given_scales, the scale the dynamic run computed),
 // which needs one pass over the source; the dynamic rows print their two-pass bound.
 //
@@ -317,16 +317,22 @@ int main(int argc, char** argv) {
       // nvfp4 twice more with the global scale given (static: one pass over the source),
       // the one the dynamic runs computed.
       const bool nvfp4 = scheme.format == lowbit::QuantFormat::nvfp4;
-      for (int pass = 0; pass < (nvfp4 ? 4 : 2); ++pass) {
-        const bool check_finite = pass % 2 == 0;
-        const bool given = pass >= 2;
+      // Per pass: check on (run() waits for the kernels), off, and on with a CheckReport
+      // (the kernels record a refusal, run() does not wait).
+      for (int pass = 0; pass < (nvfp4 ? 6 : 3); ++pass) {
+        const int mode = pass % 3;
+        const bool check_finite = mode != 1;
+        const bool given = pass >= 3;
         lowbit::QuantizeDesc d = lowbit::QuantizeDesc::for_views(q.view(), src, given);
         d.check_finite = check_finite;
         const lowbit::QuantizePlan plan = lowbit::QuantizePlan::select(d);
-        const lowbit::QuantizeArgs args{src.view(), q.view()};
+        lowbit::CheckReport report(gpu);
+        const lowbit::QuantizeArgs args{src.view(), q.view(), mode == 2 ? &report : nullptr};
         Row r;
         r.pair = sname + "->" + text + (given ? " (given global scale)" : "") +
-                 (check_finite ? "" : " (check off)");
+                 (mode == 1   ? " (check off)"
+                  : mode == 2 ? " (check deferred)"
+                              : "");
         r.elements = n;
         r.bytes = lowbit::storage_bytes(src.dtype(), n) + bench::quantized_bytes(q);
         if (nvfp4 && !given)
@@ -334,6 +340,11 @@ int main(int argc, char** argv) {
         r.ms = bench::median_ms(s, warmup, reps, [&] { plan.run(stream, {}, args); });
         r.kernel = plan.sku().str();
         stream.synchronize();
+        if (report.failed()) {
+          std::fprintf(stderr, "%s: the CheckReport says %s\n", r.pair.c_str(),
+                       report.message().c_str());
+          return 1;
+        }
         if (!check_finite) {
           // Host time per call: 8 calls queued back to back (the GPU runs behind).
           const auto t0 = std::chrono::steady_clock::now();

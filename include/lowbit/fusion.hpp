@@ -28,6 +28,7 @@
 #include <string_view>
 #include <vector>
 
+#include "lowbit/check_report.hpp"
 #include "lowbit/dtype.hpp"
 #include "lowbit/plan.hpp"
 #include "lowbit/quantized.hpp"
@@ -190,6 +191,9 @@ struct FusedArgs {
   std::vector<TensorView> inputs;   ///< in FusedDesc::inputs order
   std::vector<TensorView> outputs;  ///< in FusedDesc::outputs order (the quantized one: unused)
   QuantizedView quantized;          ///< the quantized output's parts, if the plan has one
+  /// With a checked quantize epilogue on a CUDA device: record a refused input here instead
+  /// of waiting for the kernel (check_report.hpp). Null: a refused input throws from run().
+  CheckReport* report = nullptr;
 };
 
 struct FusedDesc {

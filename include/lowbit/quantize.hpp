@@ -16,6 +16,7 @@
 #include <string>
 #include <string_view>
 
+#include "lowbit/check_report.hpp"
 #include "lowbit/plan.hpp"
 #include "lowbit/quantized.hpp"
 #include "lowbit/scheme.hpp"
@@ -59,6 +60,10 @@ struct QuantizeDesc {
 struct QuantizeArgs {
   TensorView src;
   QuantizedView dst;
+  /// With check_finite on a CUDA device: record a refused input here instead of waiting for
+  /// the kernels (check_report.hpp); run() then returns as an unchecked call does. Null: a
+  /// refused input throws from run(). CPU kernels throw at once either way.
+  CheckReport* report = nullptr;
 };
 
 struct QuantizeOp {

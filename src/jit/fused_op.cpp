@@ -246,7 +246,8 @@ void FusedOp::check_args(const Desc& d, const Args& a) {
     if (static_cast<int>(o) != d.quantized_output) check("output", o, a.outputs[o], d.outputs[o]);
   if (d.quantized_output >= 0) {
     const QuantizedView& q = a.quantized;
-    QuantizeOp::check_args(fusion::quantize_desc(d, d.shape), {fusion::quantize_src(d), q});
+    QuantizeOp::check_args(fusion::quantize_desc(d, d.shape),
+                           {fusion::quantize_src(d), q, a.report});
     for (const TensorView* part : {&q.codes, &q.scale, &q.zero, &q.global_scale})
       for (size_t i = 0; i < a.inputs.size(); ++i)
         if (part->data() && overlap(*part, a.inputs[i]))

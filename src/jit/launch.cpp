@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <optional>
 
+#include "core/check_report_impl.hpp"
 #include "cuda/hand_off.hpp"
 
 namespace lowbit {
@@ -428,10 +429,16 @@ class FusedCuda final : public Kernel<FusedOp> {
     const unsigned smem = variant.qreg > 0 ? 0u : static_cast<unsigned>(4 * K + 8 * nb);
     auto s = static_cast<cudaStream_t>(stream.native_handle());
     std::optional<Buffer> flag;  // per call, where the thread's persistent words are missing
-    QuantCheck* qc = d.check_finite ? quant_check(d.device.index) : nullptr;
+    // With a CheckReport: the report's flag word (zero between calls: the record kernel after
+    // this one moves it into the record and zeroes it), no hand-off in the kernel, no wait.
+    const CheckReport::Impl* report = d.check_finite && a.report ? &a.report->impl() : nullptr;
+    if (report && !report->device_words) report = nullptr;
+    QuantCheck* qc = d.check_finite && !report ? quant_check(d.device.index) : nullptr;
     void* flag_ptr = nullptr;
     void* host_ptr = nullptr;
-    if (qc) {
+    if (report) {
+      flag_ptr = report->region(check_report::Op::fused);
+    } else if (qc) {
       if (!qc->clean) fusion::check_rt(cudaMemsetAsync(qc->device, 0, 16, s), "cudaMemsetAsync");
       qc->clean = false;
       qc->host[0] = 0;
@@ -449,6 +456,11 @@ class FusedCuda final : public Kernel<FusedOp> {
     fusion::launch_quant(*k->compiled, params, rows, threads, smem, d.device.index, s,
                          &blocks_per_sm);
     st.quant_blocks_per_sm[which] = blocks_per_sm;
+    if (report) {
+      static constexpr check_report::Kind kinds[] = {check_report::Kind::non_finite};
+      check_report::enqueue_record(*report, check_report::Op::fused, 1, kinds, s, 2);
+      return;
+    }
     if (!flag_ptr) return;
     uint64_t word = 0;
     bool handed_off = false;

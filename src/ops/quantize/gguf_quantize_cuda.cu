@@ -35,6 +35,7 @@
 #include <string>
 #include <vector>
 
+#include "core/check_report_impl.hpp"
 #include "lowbit/gguf_blocks.hpp"
 #include "lowbit/quantize.hpp"  // before quantize_cuda_common.cuh, which needs Dtype
 #include "ops/quantize/gguf_cuda_x86.cuh"
@@ -879,7 +880,15 @@ class GgufQuantizeCuda final : public Kernel<QuantizeOp> {
     ka.x = a.src.data();
     ka.codes = static_cast<uint8_t*>(a.dst.codes.data());
     ka.blocks = static_cast<uint64_t>(n / gguf::block_layout(type)->block_elems);
-    if (d.check_finite) {
+    // With a CheckReport the flags are the report's (zero between calls: the record kernel
+    // after the quantizer moves them into the record and zeroes them) and nobody waits.
+    const CheckReport::Impl* report = d.check_finite && a.report ? &a.report->impl() : nullptr;
+    if (report && !report->device_words) report = nullptr;
+    if (report) {
+      ka.nonfinite =
+          static_cast<unsigned long long*>(report->region(check_report::Op::gguf_quantize));
+      ka.overflow = ka.nonfinite + 1;
+    } else if (d.check_finite) {
       words = Buffer(2 * sizeof(uint64_t), d.device, &stream);
       check_cuda(cudaMemsetAsync(words.data(), 0, 2 * sizeof(uint64_t), s),
                  "quantize: cudaMemsetAsync");
@@ -888,6 +897,12 @@ class GgufQuantizeCuda final : public Kernel<QuantizeOp> {
     }
     if (!launch(type, d.src, ka, facts(d.device.index).multiprocessors, s))
       throw_error(ErrorCode::internal, "gguf_quantize_cuda: no kernel for " + d.scheme.str());
+    if (report) {
+      static constexpr check_report::Kind kinds[] = {check_report::Kind::non_finite,
+                                                     check_report::Kind::overflow};
+      check_report::enqueue_record(*report, check_report::Op::gguf_quantize, 2, kinds, s, 2);
+      return;
+    }
     if (!d.check_finite) return;
     uint64_t w[2];
     read_flags(words.data(), w, 2, s);  // synchronises the stream

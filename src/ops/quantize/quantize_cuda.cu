@@ -65,6 +65,7 @@
 #include <string>
 #include <vector>
 
+#include "core/check_report_impl.hpp"
 #include "cuda/hand_off.hpp"
 #include "formats/groups.hpp"
 #include "lowbit/gguf_blocks.hpp"
@@ -90,25 +91,52 @@ struct CheckWords {
                                  ///< once the words are handed off (hand_off)
   uint32_t stats[4];             ///< tensor absmax, -min, max (f32 bits of non-negative values)
 };
+// A CheckReport's quantize region holds these words, its call count after them.
+static_assert(sizeof(CheckWords) <= check_report::kCallsOffset);
 
 /// The end of the last kernel of a checked call on the rows / tensor / blocks paths: the
 /// last block to finish copies the flag words into `host` (pinned, mapped host memory),
 /// zeroes the device words for the thread's next call, then sets host->done. run() then needs
 /// neither a memset before the kernels nor a device-to-host copy after them, nor a stream
 /// synchronisation: it spins on host->done (each of these steps took microseconds off the
-/// check's cost). Every thread of every block calls it (no early returns).
-__device__ __forceinline__ void hand_off(CheckWords* words, CheckWords* host) {
+/// check's cost). With a CheckReport (`record` set, `host` null) the words are the report's:
+/// the last block counts the call, zeroes the words and writes the record only if this call
+/// refused its input and no earlier one did; nobody waits. Every thread of every block calls
+/// it (no early returns).
+__device__ __forceinline__ void hand_off(CheckWords* words, CheckWords* host,
+                                         check_report::CheckRecord* record) {
   __syncthreads();  // this block's reports (each fenced by report()) come first
   if (threadIdx.x != 0) return;
   __threadfence();
   if (atomicAdd(&words->done, 1ull) != gridDim.x - 1) return;
   __threadfence();
-  host->nonfinite = atomicExch(&words->nonfinite, 0ull);
-  host->overflow = atomicExch(&words->overflow, 0ull);
-  host->given = atomicExch(&words->given, 0ull);
+  const unsigned long long nonfinite = atomicExch(&words->nonfinite, 0ull);
+  const unsigned long long overflow = atomicExch(&words->overflow, 0ull);
+  const unsigned long long given = atomicExch(&words->given, 0ull);
 #pragma unroll
   for (int k = 0; k < 4; ++k) atomicExch(&words->stats[k], 0u);
   atomicExch(&words->done, 0ull);
+  if (record) {
+    auto* calls = reinterpret_cast<unsigned long long*>(reinterpret_cast<unsigned char*>(words) +
+                                                        check_report::kCallsOffset);
+    const unsigned long long call = atomicAdd(calls, 1ull) + 1;
+    if (!(nonfinite | overflow | given)) return;
+    volatile check_report::CheckRecord* rec = record;
+    if (rec->seq != 0) return;  // an earlier call's refusal stays
+    using check_report::Kind;
+    rec->op = static_cast<uint32_t>(check_report::Op::quantize);
+    rec->kind = static_cast<uint32_t>(nonfinite ? Kind::non_finite
+                                      : given   ? Kind::given
+                                                : Kind::overflow);
+    rec->word = nonfinite ? nonfinite : given ? given : overflow;
+    __threadfence_system();  // the fields reach the host before seq does
+    rec->seq = call;
+    __threadfence_system();
+    return;
+  }
+  host->nonfinite = nonfinite;
+  host->overflow = overflow;
+  host->given = given;
   __threadfence_system();  // the flag words reach the host before `done` does
   *reinterpret_cast<volatile unsigned long long*>(&host->done) = 1ull;
   __threadfence_system();
@@ -281,8 +309,9 @@ struct RowsArgs {
   const uint32_t* stats;          ///< global mode: the tensor's statistics; else null
   unsigned long long* nonfinite;  ///< null: no check
   bool wide;          ///< one thread per group whose codes are whole, aligned 16-byte units
-  CheckWords* words;  ///< with host: the call's check words, handed off at the end
+  CheckWords* words;  ///< with host / record: the call's check words, handed off at the end
   CheckWords* host;   ///< null: no hand-off (run() reads the words itself, or no check)
+  check_report::CheckRecord* record;  ///< a CheckReport's record: the deferred hand-off
 };
 
 /// The rows path (see the file comment). kBlockTeam: a block owns a group; else teams of
@@ -430,7 +459,7 @@ __global__ void __launch_bounds__(kBlockTeam ? kMaxTeam : kThreads, kBlockTeam ?
     }
   }
   if (a.nonfinite && bad != ~uint64_t{0}) report(a.nonfinite, bad);
-  if (a.host) hand_off(a.words, a.host);
+  if (a.host || a.record) hand_off(a.words, a.host, a.record);
 }
 
 /// Tensor statistics (absmax; -min and max when affine) into stats[0..2], and the first
@@ -496,14 +525,15 @@ struct BlocksArgs {
   uint8_t* codes;
   uint8_t* scales;  ///< nvfp4 / mx: one byte per block
   uint64_t blocks;
-  float* global_scale;            ///< nvfp4: written (dynamic) or read (given)
-  const uint32_t* stats;          ///< nvfp4 dynamic: the tensor absmax bits
-  unsigned long long* nonfinite;  ///< null: no check
-  unsigned long long* overflow;   ///< GGUF: first block with an f16 overflow; null: no check
-  unsigned long long* given_bad;  ///< nvfp4 given global scale check; null: none
-  bool reverse;                   ///< walk the blocks from the end (second pass over x)
-  CheckWords* words;              ///< with host: the call's check words, handed off
-  CheckWords* host;               ///< null: no hand-off
+  float* global_scale;                ///< nvfp4: written (dynamic) or read (given)
+  const uint32_t* stats;              ///< nvfp4 dynamic: the tensor absmax bits
+  unsigned long long* nonfinite;      ///< null: no check
+  unsigned long long* overflow;       ///< GGUF: first block with an f16 overflow; null: no check
+  unsigned long long* given_bad;      ///< nvfp4 given global scale check; null: none
+  bool reverse;                       ///< walk the blocks from the end (second pass over x)
+  CheckWords* words;                  ///< with host / record: the call's check words, handed off
+  CheckWords* host;                   ///< null: no hand-off
+  check_report::CheckRecord* record;  ///< a CheckReport's record: the deferred hand-off
 };
 
 /// ggml's Q8_0 element (quantize_q8_0 in gguf_legacy.cpp): roundf(x * id), half away from
@@ -1099,7 +1129,7 @@ __global__ void __launch_bounds__(kThreads) quantize_blocks_kernel(BlocksArgs a)
   }
   if (a.nonfinite && bad != ~uint64_t{0}) report(a.nonfinite, bad);
   if (a.overflow && ovf != ~uint64_t{0}) report(a.overflow, ovf);
-  if (a.host) hand_off(a.words, a.host);
+  if (a.host || a.record) hand_off(a.words, a.host, a.record);
 }
 
 // ---- the generic path -------------------------------------------------------------------------
@@ -1353,6 +1383,7 @@ struct Call {
   CheckWords* words;  ///< device
   bool check;
   CheckWords* host = nullptr;  ///< the hand-off's mapped host copy (checked fast paths)
+  check_report::CheckRecord* record = nullptr;  ///< a CheckReport's record (deferred check)
 };
 
 template <Dtype S, Code C>
@@ -1420,6 +1451,7 @@ bool run_scaled(const Call& c, Path path) {
   ra.nonfinite = c.check ? &c.words->nonfinite : nullptr;
   ra.words = c.words;
   ra.host = c.host;
+  ra.record = c.record;
   const bool global = path == Path::tensor;
   uint64_t group_vecs = 0;
   if (global) {
@@ -1475,6 +1507,7 @@ bool run_blocks(const Call& c) {
   ba.nonfinite = c.check ? &c.words->nonfinite : nullptr;
   ba.words = c.words;
   ba.host = c.host;
+  ba.record = c.record;
   const bool x_aligned = aligned(ba.x, 16);
   if (s.format == QuantFormat::gguf) {
     ba.blocks = static_cast<uint64_t>(n / 32);
@@ -1782,11 +1815,17 @@ class QuantizeCuda final : public Kernel<QuantizeOp> {
       check_cuda(cudaMemsetAsync(words.data(), 0, sizeof(CheckWords), s),
                  "quantize: cudaMemsetAsync");
     };
+    // A checked call given a CheckReport uses the report's words (kept zero between calls by
+    // the deferred hand-off, or on the generic path by the record kernel) and never waits.
+    const CheckReport::Impl* report = d.check_finite && a.report ? &a.report->impl() : nullptr;
+    if (report && !report->device_words) report = nullptr;  // not a CUDA report: checked here
     // Checked calls on the fast paths use the thread's persistent words and the hand-off.
     CheckState* cs =
-        d.check_finite && path != Path::generic ? check_state(d.device.index) : nullptr;
+        d.check_finite && !report && path != Path::generic ? check_state(d.device.index) : nullptr;
     const bool dynamic_nvfp4 = d.scheme.format == QuantFormat::nvfp4 && !d.given_scales;
-    if (cs) {
+    if (report) {
+      // Nothing to prepare: the words are zero.
+    } else if (cs) {
       if (!cs->clean)
         check_cuda(cudaMemsetAsync(cs->device, 0, sizeof(CheckWords), s),
                    "quantize: cudaMemsetAsync");
@@ -1796,13 +1835,18 @@ class QuantizeCuda final : public Kernel<QuantizeOp> {
       make_words();
     }
     Buffer scratch;
+    auto* report_words =
+        report ? static_cast<CheckWords*>(report->region(check_report::Op::quantize)) : nullptr;
     Call c{d,
            a,
            s,
            facts(d.device.index).multiprocessors,
-           cs ? cs->device : static_cast<CheckWords*>(words.data()),
+           report ? report_words
+           : cs   ? cs->device
+                  : static_cast<CheckWords*>(words.data()),
            d.check_finite,
-           cs ? cs->host_on_device : nullptr};
+           cs ? cs->host_on_device : nullptr,
+           report ? report->host_on_device : nullptr};
     bool done = false;
     switch (d.src) {
       case Dtype::f32:
@@ -1821,11 +1865,20 @@ class QuantizeCuda final : public Kernel<QuantizeOp> {
         cs = nullptr;
         c.host = nullptr;
       }
-      if (!words.data()) make_words();
-      c.words = static_cast<CheckWords*>(words.data());
+      c.record = nullptr;  // the generic kernels do not hand off: the record kernel does
+      if (!report && !words.data()) make_words();
+      if (!report) c.words = static_cast<CheckWords*>(words.data());
       run_generic(c, scratch, stream);
+      if (report) {
+        // Flags in CheckWords order; the statistics words are zeroed with them.
+        static constexpr check_report::Kind kinds[] = {check_report::Kind::non_finite,
+                                                       check_report::Kind::overflow,
+                                                       check_report::Kind::given};
+        check_report::enqueue_record(*report, check_report::Op::quantize, 3, kinds, s,
+                                     sizeof(CheckWords) / 8);
+      }
     }
-    if (!d.check_finite) return;
+    if (!d.check_finite || report) return;
     uint64_t w[3];
     if (cs) {
       // Wait for the last block's hand-off rather than for the stream: when `done` reaches
