@@ -16,7 +16,8 @@
 //
 // The outputs of a refused call are unspecified (memory-safe), as with check_finite off; the
 // report keeps the first refusal in stream order and counts the calls of each op. Rules:
-//  * calls given one report must be ordered on one stream (their kernels share its words);
+//  * calls given one report must be ordered on one stream (their kernels share its words),
+//    and the report must outlive them (their kernels write into its memory);
 //  * failed() / throw_if_failed() / clear() are meaningful only once those calls are done
 //    (after synchronising their stream);
 //  * CPU kernels run synchronously: given a report they still throw at once, as without one;
@@ -54,7 +55,8 @@ class CheckReport {
   void clear();
 
   struct Impl;
-  Impl& impl() const { return *impl_; }
+  /// The ops' access to the report's memory; throws Error(invalid_argument) after a move.
+  Impl& impl() const;
 
  private:
   std::unique_ptr<Impl> impl_;

@@ -41,7 +41,12 @@ CheckReport& CheckReport::operator=(CheckReport&& o) noexcept {
   return *this;
 }
 
-Device CheckReport::device() const { return impl_ ? impl_->device : Device::cpu(); }
+CheckReport::Impl& CheckReport::impl() const {
+  if (!impl_) throw_error(ErrorCode::invalid_argument, "CheckReport: used after being moved from");
+  return *impl_;
+}
+
+Device CheckReport::device() const { return impl().device; }
 
 namespace {
 

@@ -92,6 +92,14 @@ TEST(CheckReport, CpuKernelsThrowAtOnceAndRecordNothing) {
       ErrorCode::invalid_argument, "(flat index 70) is NaN");
   EXPECT_FALSE(report.failed());
   report.throw_if_failed();  // nothing recorded: no throw
+  // A moved-from report is refused with a clear error, not dereferenced.
+  CheckReport moved = std::move(report);
+  EXPECT_EQ(moved.device(), Device::cpu());
+  testing::expect_error(
+      [&] {
+        plan.run(Stream(), {}, {x.view(), q.view(), &report});
+      },
+      ErrorCode::invalid_argument, "used after being moved from");
 }
 
 TEST(CheckReportCuda, QuantizeReportsTheFirstRefusedCallOnEveryPath) {

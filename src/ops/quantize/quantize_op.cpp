@@ -100,10 +100,13 @@ void QuantizeOp::check_args(const Desc& d, const Args& a) {
         ErrorCode::invalid_argument,
         fmt::format("quantize: src {} does not match the plan's {}", a.src.str(), describe(d)));
   check_quantized("quantize", a.dst, d.scheme, d.shape, d.device);
-  if (a.report && d.device.is_cuda() && !(a.report->device() == d.device))
-    throw_error(ErrorCode::invalid_argument,
-                fmt::format("quantize: the CheckReport is for {}, the plan runs on {}",
-                            a.report->device().str(), d.device.str()));
+  if (a.report) {
+    const Device rd = a.report->device();  // throws for a moved-from report
+    if (d.device.is_cuda() && !(rd == d.device))
+      throw_error(ErrorCode::invalid_argument,
+                  fmt::format("quantize: the CheckReport is for {}, the plan runs on {}", rd.str(),
+                              d.device.str()));
+  }
 }
 
 std::string QuantizeOp::describe(const Desc& d) {
