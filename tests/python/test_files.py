@@ -560,13 +560,14 @@ def test_quantize_streams_and_its_peak_rss_does_not_grow_with_the_file(cli, tmp_
     mib = 1 << 20
     for threads in (1, 2):
         small, big = peaks[4, threads], peaks[24, threads]
-        assert big < 48 * mib, peaks  # the 96 MiB file is never resident
-        # 20 more tensors (80 MiB) add nothing that grows with them. The peak moves by one
-        # 4 MiB buffer from run to run on one thread (glibc's dynamic mmap threshold decides
-        # whether a freed 4 MiB chunk buffer is unmapped or kept in the heap: measured 22.3 to
-        # 26.6 MiB for 4, 24 and 96 tensors alike), hence two buffers' slack; on two threads
-        # the worker threads' arenas may keep a few more (bounded, not per tensor).
-        assert big - small < (8 if threads == 1 else 24) * mib, peaks
+        assert big < 64 * mib, peaks  # the 96 MiB file is never resident
+        # 20 more tensors (80 MiB) add nothing that grows with them. The peak moves by a few
+        # 4 MiB buffers from run to run (glibc's dynamic mmap threshold decides whether a
+        # freed chunk buffer is unmapped or kept in the heap, and the quantize kernels' OpenMP
+        # threads keep arenas of their own: measured 22-30 MiB for 4, 24 and 48 tensors alike
+        # in most runs, 31-46 MiB in a few, for 4 tensors too), so the slack is 24 MiB: a
+        # file whose tensors stayed resident would add 80.
+        assert big - small < 24 * mib, peaks
 
 
 def minilm_path() -> pathlib.Path | None:
