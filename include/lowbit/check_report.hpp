@@ -22,9 +22,9 @@
 //    (after synchronising their stream);
 //  * CPU kernels run synchronously: given a report they still throw at once, as without one;
 //  * with check_finite off a report is ignored.
-// Ops that take one: quantize (QuantizeArgs::report: quantize_cuda, gguf_quantize_cuda) and
-// the fusion JIT's quantize epilogue (FusedArgs::report). fake_quantize and its backward
-// still check synchronously only.
+// Ops that take one: quantize (QuantizeArgs::report: quantize_cuda, gguf_quantize_cuda),
+// fake_quantize and its backward (FakeQuantizeArgs / FakeQuantizeBackwardArgs::report) and
+// the fusion JIT's quantize epilogue (FusedArgs::report).
 #pragma once
 
 #include <cstdint>

@@ -29,6 +29,7 @@
 #include <string>
 #include <string_view>
 
+#include "lowbit/check_report.hpp"
 #include "lowbit/plan.hpp"
 #include "lowbit/scheme.hpp"
 #include "lowbit/tensor.hpp"
@@ -59,6 +60,9 @@ struct FakeQuantizeArgs {
   TensorView dst;    ///< same shape as src, desc.dst dtype, contiguous
   TensorView scale;  ///< scale_shape(scheme, shape), the scheme's scale dtype (fp8: f32)
   TensorView zero;   ///< i32, like scale: affine integer schemes only (else left empty)
+  /// With check_finite on a CUDA device: record a refused input here instead of waiting for
+  /// the kernels (check_report.hpp). Null: a refused input throws from run().
+  CheckReport* report = nullptr;
 };
 
 struct FakeQuantizeOp {
@@ -102,6 +106,8 @@ struct FakeQuantizeBackwardArgs {
   TensorView dx;      ///< contiguous, dy's dtype and shape
   TensorView dscale;  ///< f32, scale's shape, contiguous: only with desc.scale_grad
   TensorView dzero;   ///< f32, scale's shape, contiguous: only with desc.zero_grad
+  /// As FakeQuantizeArgs::report.
+  CheckReport* report = nullptr;
 };
 
 struct FakeQuantizeBackwardOp {

@@ -81,9 +81,15 @@ std::string CheckReport::message() const {
   if (rec.seq == 0) return {};
   const unsigned long long index = ~rec.word;
   const auto op = static_cast<Op>(rec.op);
-  const char* kernel = op == Op::fused           ? "fused_cuda"
-                       : op == Op::gguf_quantize ? "gguf_quantize_cuda"
-                                                 : "quantize_cuda";
+  const char* kernel = op == Op::fused                    ? "fused_cuda"
+                       : op == Op::gguf_quantize          ? "gguf_quantize_cuda"
+                       : op == Op::fake_quantize          ? "fake_quantize_cuda"
+                       : op == Op::fake_quantize_backward ? "fake_quantize_backward_cuda"
+                                                          : "quantize_cuda";
+  const char* name = op == Op::fake_quantize            ? "fake_quantize"
+                     : op == Op::fake_quantize_backward ? "fake_quantize_backward"
+                                                        : "quantize";
+  const char* src = op == Op::fake_quantize_backward ? "x" : "src";
   const std::string call = "the " + nth(rec.seq) + " " + kernel + " call given this CheckReport";
   switch (static_cast<Kind>(rec.kind)) {
     case Kind::non_finite:
@@ -91,12 +97,16 @@ std::string CheckReport::message() const {
         return "fused: quantize epilogue (" + call + "): the expression's value at flat index " +
                std::to_string(index >> 1) + " is " + ((index & 1) ? "NaN" : "Inf") +
                "; quantization needs finite inputs (replace or mask non-finite values first)";
-      return "quantize (" + call + "): src element at flat index " + std::to_string(index) +
+      return std::string(name) + " (" + call + "): " + src + " element at flat index " +
+             std::to_string(index) +
              " is NaN or Inf; quantization needs finite inputs (replace or mask non-finite "
              "values first)";
+    case Kind::non_finite_dy:
+      return std::string(name) + " (" + call + "): dy element at flat index " +
+             std::to_string(index) + " is NaN or Inf";
     case Kind::given:
-      return "quantize (" + call + "): the given scale, zero point or global scale of group " +
-             std::to_string(index) +
+      return std::string(name) + " (" + call +
+             "): the given scale, zero point or global scale of group " + std::to_string(index) +
              " is invalid (scales must be finite, >= 0, and 0 or at least 2^-126; zero points "
              "inside the code range)";
     case Kind::overflow:

@@ -17,13 +17,21 @@
 
 namespace lowbit::check_report {
 
-enum class Op : uint32_t { none = 0, quantize = 1, gguf_quantize = 2, fused = 3 };
+enum class Op : uint32_t {
+  none = 0,
+  quantize = 1,
+  gguf_quantize = 2,
+  fused = 3,
+  fake_quantize = 4,
+  fake_quantize_backward = 5,
+};
 
 /// What the first refusal was (the op's flag that was set, in the order the ops throw).
 enum class Kind : uint32_t {
-  non_finite = 1,  ///< word = ~flat element index (fused: ~(index << 1 | is_nan))
-  given = 2,       ///< quantize: invalid given scale / zero point / global; word = ~group
-  overflow = 3,    ///< GGUF: an f16 scale / min overflows; word = ~block
+  non_finite = 1,     ///< word = ~flat element index (fused: ~(index << 1 | is_nan))
+  given = 2,          ///< quantize: invalid given scale / zero point / global; word = ~group
+  overflow = 3,       ///< GGUF: an f16 scale / min overflows; word = ~block
+  non_finite_dy = 4,  ///< fake_quantize_backward: dy's first NaN / Inf; word = ~index
 };
 
 struct CheckRecord {
@@ -34,7 +42,7 @@ struct CheckRecord {
 };
 
 inline constexpr int kRegionBytes = 128;
-inline constexpr int kRegions = 4;  ///< indexed by Op
+inline constexpr int kRegions = 6;  ///< indexed by Op
 /// The calls counter's offset in each region (the op's own words come before it).
 inline constexpr int kCallsOffset = kRegionBytes - 8;
 
@@ -73,5 +81,9 @@ void release(CheckReport::Impl& r) noexcept;
 /// other per-call words). check_report_cuda.cu.
 void enqueue_record(const CheckReport::Impl& r, Op op, int n, const Kind* kinds,
                     cudaStream_t stream, int zero_words);
+/// The same with the flags elsewhere (an op's per-call device words, zeroed by the op): they
+/// are read, not zeroed; the call is counted in the op's region.
+void enqueue_record_from(const CheckReport::Impl& r, Op op, const unsigned long long* flags, int n,
+                         const Kind* kinds, cudaStream_t stream);
 }  // namespace lowbit::check_report
 #endif

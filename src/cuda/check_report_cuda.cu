@@ -51,7 +51,7 @@ void release(CheckReport::Impl& r) noexcept {
 namespace {
 
 struct RecordArgs {
-  unsigned long long* flags;  ///< the region's first n words
+  unsigned long long* flags;  ///< the region's first n words (or the op's own)
   unsigned long long* calls;  ///< the region's call count
   CheckRecord* record;        ///< mapped host memory
   uint32_t op;
@@ -88,20 +88,36 @@ __global__ void record_kernel(RecordArgs a) {
 
 }  // namespace
 
-void enqueue_record(const CheckReport::Impl& r, Op op, int n, const Kind* kinds,
-                    cudaStream_t stream, int zero_words) {
+namespace {
+
+void launch_record(const CheckReport::Impl& r, Op op, unsigned long long* flags, int n,
+                   const Kind* kinds, cudaStream_t stream, int zero_words) {
   RecordArgs a{};
   auto* region = static_cast<unsigned char*>(r.region(op));
-  a.flags = reinterpret_cast<unsigned long long*>(region);
+  a.flags = flags;
   a.calls = reinterpret_cast<unsigned long long*>(region + kCallsOffset);
   a.record = r.host_on_device;
   a.op = static_cast<uint32_t>(op);
   a.n = n < 4 ? n : 4;
-  a.zero_words = zero_words > a.n ? zero_words : a.n;
+  // zero_words < 0: the flags are the op's own (not zeroed here).
+  a.zero_words = zero_words < 0 ? 0 : zero_words > a.n ? zero_words : a.n;
   if (a.zero_words > kCallsOffset / 8) a.zero_words = kCallsOffset / 8;
   for (int i = 0; i < a.n; ++i) a.kinds[i] = static_cast<uint32_t>(kinds[i]);
   record_kernel<<<1, 1, 0, stream>>>(a);
   check_cuda(cudaGetLastError(), "CheckReport: record kernel launch");
+}
+
+}  // namespace
+
+void enqueue_record(const CheckReport::Impl& r, Op op, int n, const Kind* kinds,
+                    cudaStream_t stream, int zero_words) {
+  launch_record(r, op, static_cast<unsigned long long*>(r.region(op)), n, kinds, stream,
+                zero_words);
+}
+
+void enqueue_record_from(const CheckReport::Impl& r, Op op, const unsigned long long* flags, int n,
+                         const Kind* kinds, cudaStream_t stream) {
+  launch_record(r, op, const_cast<unsigned long long*>(flags), n, kinds, stream, -1);
 }
 
 }  // namespace lowbit::check_report

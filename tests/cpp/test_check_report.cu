@@ -16,6 +16,7 @@
 
 #include "lowbit/check_report.hpp"
 #include "lowbit/convert.hpp"
+#include "lowbit/fake_quantize.hpp"
 #include "lowbit/fusion.hpp"
 #include "lowbit/quantize.hpp"
 #include "support/testing.hpp"
@@ -260,6 +261,53 @@ TEST(CheckReportCuda, ACapturedCallReportsOnReplay) {
   EXPECT_EQ(compare_parts(reference(s, clean).view(), q.view()), "");
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
+}
+
+TEST(CheckReportCuda, FakeQuantizeForwardAndBackwardAreReported) {
+  LOWBIT_REQUIRE_CUDA();
+  const Shape shape{64, 256};
+  const QuantScheme s = QuantScheme::parse("int8:token");
+  const Tensor clean = testing::to_device(host_values(shape, Dtype::f32, {}, 11), gpu);
+  const Tensor bad = testing::to_device(host_values(shape, Dtype::f32, {5000}, 11), gpu);
+  Tensor y = Tensor::empty(shape, Dtype::f32, gpu);
+  Tensor scale = Tensor::empty(scale_shape(s, shape), Dtype::f32, gpu);
+  const FakeQuantizePlan fwd =
+      FakeQuantizePlan::select(FakeQuantizeDesc::for_views(y.view(), clean.view(), s));
+  ASSERT_EQ(fwd.sku().kernel, "fake_quantize_cuda");
+  const Stream stream = Stream::create(gpu);
+  CheckReport report(gpu);
+  FakeQuantizeArgs fa{clean.view(), y.view(), scale.view(), {}, &report};
+  fwd.run(stream, {}, fa);  // call 1: clean (and the scales for the backward)
+  fa.src = bad.view();
+  fwd.run(stream, {}, fa);  // call 2: refused, no throw
+  stream.synchronize();
+  EXPECT_NE(report.message().find("fake_quantize (the 2nd fake_quantize_cuda call given this "
+                                  "CheckReport): src element at flat index 5000 is NaN"),
+            std::string::npos)
+      << report.message();
+  report.clear();
+  // The backward: dy with a NaN at 77 (its 1st call).
+  fa.src = clean.view();
+  fwd.run(stream, {}, fa);
+  const Tensor dy = testing::to_device(host_values(shape, Dtype::f32, {77}, 12), gpu);
+  Tensor dx = Tensor::empty(shape, Dtype::f32, gpu);
+  const FakeQuantizeBackwardPlan bwd = FakeQuantizeBackwardPlan::select(
+      FakeQuantizeBackwardDesc::for_views(dx.view(), dy.view(), clean.view(), s));
+  FakeQuantizeBackwardArgs ba{};
+  ba.dy = dy.view();
+  ba.x = clean.view();
+  ba.scale = scale.view();
+  ba.dx = dx.view();
+  ba.report = &report;
+  bwd.run(stream, {}, ba);
+  stream.synchronize();
+  EXPECT_NE(report.message().find("the 1st fake_quantize_backward_cuda call given this "
+                                  "CheckReport): dy element at flat index 77 is NaN"),
+            std::string::npos)
+      << report.message();
+  // Without the report the same call throws from run().
+  ba.report = nullptr;
+  testing::expect_error([&] { bwd.run(stream, {}, ba); }, ErrorCode::invalid_argument, "dy");
 }
 
 TEST(CheckReportCuda, FusedQuantizeEpilogueReportsTheFirstRefusedCall) {

@@ -32,6 +32,7 @@
 #include <cstdint>
 #include <string>
 
+#include "core/check_report_impl.hpp"
 #include "formats/groups.hpp"
 #include "ops/convert/convert_element.hpp"
 #include "ops/fake_quantize/fake_quantize_kernels.hpp"
@@ -362,6 +363,18 @@ void throw_flags(std::string_view op, const Flags& f, const Shape& shape, const 
   }
 }
 
+/// With a CUDA CheckReport: queues the record kernel on this call's flags (in the call's
+/// scratch, whose stream-ordered release comes after it) and returns true: run() does not
+/// wait. Flags in Flags order: x / src, dy, group.
+bool defer(CheckReport* report, check_report::Op op, const Flags* flags, cudaStream_t s) {
+  if (!report || !report->impl().device_words) return false;
+  static constexpr check_report::Kind kinds[] = {
+      check_report::Kind::non_finite, check_report::Kind::non_finite_dy, check_report::Kind::given};
+  check_report::enqueue_record_from(
+      report->impl(), op, reinterpret_cast<const unsigned long long*>(flags), 3, kinds, s);
+  return true;
+}
+
 void read_flags(const Flags* device_flags, Flags* out, cudaStream_t s) {
   uint64_t w[4];
   quant_cuda::read_flags(device_flags, w, 4, s);  // synchronises the stream
@@ -515,6 +528,7 @@ class FakeQuantizeCuda final : public Kernel<FakeQuantizeOp> {
     dispatch2<LaunchForward>(d.src, d.dst, c, a.src.data(), a.dst.data(),
                              static_cast<const fq::Params*>(params), flags, s);
     if (!d.check_finite) return;
+    if (defer(a.report, check_report::Op::fake_quantize, flags, s)) return;
     Flags f{};
     read_flags(flags, &f, s);
     throw_flags("fake_quantize", f, d.shape, "src", a.src.data(), d.src, nullptr, d.src, d.scheme,
@@ -596,6 +610,7 @@ class FakeQuantizeBackwardCuda final : public Kernel<FakeQuantizeBackwardOp> {
       check_launch("fake_quantize finish_kernel");
     }
     if (!d.check_finite) return;
+    if (defer(a.report, check_report::Op::fake_quantize_backward, flags, s)) return;
     Flags f{};
     read_flags(flags, &f, s);
     throw_flags("fake_quantize_backward", f, d.shape, "x", a.x.data(), d.x, a.dy.data(), d.dy,
