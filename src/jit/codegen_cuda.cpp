@@ -1308,16 +1308,33 @@ struct Gen {
   /// of copying the word back and synchronising the stream. Every block's outputs and
   /// flag reports come before its count (barrier, then a fence). Every thread of every
   /// block reaches it.
+  /// With a CheckReport (launch.cpp tags qhost's low bit; qflag is the report's region) the
+  /// last block counts the call in the region's word 15 and writes the report's record
+  /// (seq, op | kind << 32, word: check_report_impl.hpp's CheckRecord) only for a refusal
+  /// when no earlier call refused; nobody waits for it.
   std::string hand_off() const {
     if (!p.check_finite) return {};
     return "  if (p.qhost) {\n    __syncthreads();\n    if (threadIdx.x == 0) {\n"
            "      __threadfence();\n"
            "      if (atomicAdd(p.qflag + 1, 1ull) == gridDim.x - 1) {\n"
            "        __threadfence();\n"
-           "        p.qhost[0] = atomicExch(p.qflag, 0ull);\n"
+           "        const unsigned long long f = atomicExch(p.qflag, 0ull);\n"
            "        atomicExch(p.qflag + 1, 0ull);\n"
-           "        __threadfence_system();  // the flag reaches the host before `done`\n"
-           "        *(volatile unsigned long long*)(p.qhost + 1) = 1ull;\n"
+           "        const unsigned long long tag = (unsigned long long)p.qhost;\n"
+           "        volatile unsigned long long* h = (volatile unsigned long long*)(tag & ~1ull);\n"
+           "        if (tag & 1ull) {\n"
+           "          const unsigned long long call = atomicAdd(p.qflag + 15, 1ull) + 1ull;\n"
+           "          if (f != 0ull && h[0] == 0ull) {\n"
+           "            h[1] = 3ull | (1ull << 32);  // op fused, kind non_finite\n"
+           "            h[2] = f;\n"
+           "            __threadfence_system();  // the fields reach the host before seq\n"
+           "            h[0] = call;\n"
+           "          }\n"
+           "        } else {\n"
+           "          h[0] = f;\n"
+           "          __threadfence_system();  // the flag reaches the host before `done`\n"
+           "          h[1] = 1ull;\n"
+           "        }\n"
            "        __threadfence_system();\n      }\n    }\n  }\n";
   }
 

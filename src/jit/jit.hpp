@@ -194,7 +194,7 @@ struct KernelSource {
 /// row's check through the absmax reduction's own barrier, the check's host hand-off; (8: a
 /// change measured and reverted); 9: the register-row kernel at 3 blocks per SM for rows of
 /// up to 4 units per thread.
-inline constexpr int kCodegenVersion = 9;
+inline constexpr int kCodegenVersion = 10;
 inline constexpr int kThreads = 256;
 /// The kernel of `program` for `variant` (with with_code false: only its shape fields).
 KernelSource generate_cuda(const Program& program, const Variant& variant, bool with_code = true);

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstddef>
 #include <cstdlib>
 #include <optional>
 
@@ -280,6 +281,14 @@ namespace {
 
 using fusion::Layout;
 
+// codegen_cuda.cpp's hand_off writes a CheckReport's record with these constants.
+static_assert(check_report::kCallsOffset == 15 * 8);
+static_assert(static_cast<uint32_t>(check_report::Op::fused) == 3 &&
+              static_cast<uint32_t>(check_report::Kind::non_finite) == 1);
+static_assert(offsetof(check_report::CheckRecord, op) == 8 &&
+              offsetof(check_report::CheckRecord, kind) == 12 &&
+              offsetof(check_report::CheckRecord, word) == 16);
+
 /// This thread's parameter block, reused by every launch from it.
 std::vector<unsigned char>& param_buffer() {
   thread_local std::vector<unsigned char> buf;
@@ -437,7 +446,10 @@ class FusedCuda final : public Kernel<FusedOp> {
     void* flag_ptr = nullptr;
     void* host_ptr = nullptr;
     if (report) {
+      // The kernel's last block writes the record itself (codegen's hand_off): qhost is the
+      // record with its low bit set, which tells the kernel so.
       flag_ptr = report->region(check_report::Op::fused);
+      host_ptr = reinterpret_cast<unsigned char*>(report->host_on_device) + 1;
     } else if (qc) {
       if (!qc->clean) fusion::check_rt(cudaMemsetAsync(qc->device, 0, 16, s), "cudaMemsetAsync");
       qc->clean = false;
@@ -456,11 +468,7 @@ class FusedCuda final : public Kernel<FusedOp> {
     fusion::launch_quant(*k->compiled, params, rows, threads, smem, d.device.index, s,
                          &blocks_per_sm);
     st.quant_blocks_per_sm[which] = blocks_per_sm;
-    if (report) {
-      static constexpr check_report::Kind kinds[] = {check_report::Kind::non_finite};
-      check_report::enqueue_record(*report, check_report::Op::fused, 1, kinds, s, 2);
-      return;
-    }
+    if (report) return;  // the kernel records a refusal: no wait
     if (!flag_ptr) return;
     uint64_t word = 0;
     bool handed_off = false;
