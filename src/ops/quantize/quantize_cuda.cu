@@ -52,7 +52,11 @@
 // the elements searched. With check_finite off none of these three checks runs and run() does
 // not wait; such inputs then give unspecified (but memory-safe) codes and no Error (the SIMD
 // kernel still refuses GGUF overflow and bad given scales there: those refusals would cost
-// this kernel the same wait).
+// this kernel the same wait). Given a CheckReport (QuantizeArgs::report) a checked call runs
+// the same checks on the report's words and does not wait: the last block records a refusal
+// in the report (hand_off's deferred branch), the generic path queues the record kernel
+// (check_report_cuda.cu). An empty nvfp4 tensor's given global scale, which no kernel reads,
+// is then not checked.
 //
 // Arithmetic: formats/quant_math.hpp's functions, compiled for the device (they are written
 // so that each f32 operation rounds once; no product there feeds an addition, so FMA
