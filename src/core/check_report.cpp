@@ -117,6 +117,14 @@ std::string CheckReport::message() const {
          std::to_string(rec.kind) + ")";
 }
 
+void check_report::check_arg(std::string_view op, const CheckReport* r, const Device& device) {
+  if (!r) return;
+  const Device rd = r->device();  // throws for a moved-from report
+  if (device.is_cuda() && !(rd == device))
+    throw_error(ErrorCode::invalid_argument, std::string(op) + ": the CheckReport is for " +
+                                                 rd.str() + ", the plan runs on " + device.str());
+}
+
 void CheckReport::throw_if_failed() {
   std::string m = message();
   if (m.empty()) return;

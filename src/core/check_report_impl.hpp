@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 
 #include "lowbit/check_report.hpp"
 
@@ -64,6 +65,21 @@ struct CheckReport::Impl {
   }
 };
 
+namespace check_report {
+
+/// The report a checked CUDA call records into: null without a report, with the check off,
+/// or for a CPU report (the call then checks as it would without one).
+inline const CheckReport::Impl* for_call(const CheckReport* r, bool check_finite) {
+  if (!r || !check_finite) return nullptr;
+  const CheckReport::Impl& i = r->impl();  // throws for a moved-from report
+  return i.device_words ? &i : nullptr;
+}
+
+/// The ops' check_args: a report must be usable and, for a CUDA plan, of the plan's device
+/// (CPU kernels throw at once and ignore it). check_report.cpp.
+void check_arg(std::string_view op, const CheckReport* r, const Device& device);
+
+}  // namespace check_report
 }  // namespace lowbit
 
 #if LOWBIT_HAS_CUDA && !defined(__CUDACC__)

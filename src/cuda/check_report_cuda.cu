@@ -4,6 +4,7 @@
 
 #include "core/check_report_impl.hpp"
 #include "cuda/cuda_kernel_common.cuh"
+#include "cuda/hand_off.hpp"
 
 namespace lowbit::check_report {
 
@@ -13,25 +14,22 @@ using cuda_common::DeviceScope;
 void allocate(CheckReport::Impl& r) {
   DeviceScope scope(r.device.index);
   const size_t bytes = static_cast<size_t>(kRegions) * kRegionBytes;
-  void* host = nullptr;
-  void* host_on_device = nullptr;
-  if (cudaError_t e = cudaMalloc(&r.device_words, bytes); e != cudaSuccess) {
-    r.device_words = nullptr;
-    check_cuda(e, "CheckReport: cudaMalloc");
-  }
-  cudaError_t e = cudaMemset(r.device_words, 0, bytes);
-  if (e == cudaSuccess)
-    e = cudaHostAlloc(&host, sizeof(CheckRecord), cudaHostAllocMapped | cudaHostAllocPortable);
-  if (e == cudaSuccess) e = cudaHostGetDevicePointer(&host_on_device, host, 0);
-  if (e != cudaSuccess) {
-    if (host) cudaFreeHost(host);
-    cudaFree(r.device_words);
-    r.device_words = nullptr;
-    check_cuda(e, "CheckReport: allocating its words");
-  }
-  r.host = static_cast<CheckRecord*>(host);
-  r.host_on_device = static_cast<CheckRecord*>(host_on_device);
+  // The device words and the mapped host memory as the synchronous checks' hand-off keeps
+  // them (hand_off.hpp): a region per op on the device; the record at the start of the host
+  // side.
+  hand_off::Words w;
+  if (!hand_off::allocate(bytes, w))
+    throw_error(ErrorCode::out_of_memory,
+                "CheckReport: allocating its device words and its "
+                "pinned, mapped record failed");
+  r.device_words = w.device;
+  r.host = static_cast<CheckRecord*>(w.host);
+  r.host_on_device = static_cast<CheckRecord*>(w.host_on_device);
   *r.host = CheckRecord{};
+  if (const cudaError_t e = cudaMemset(r.device_words, 0, bytes); e != cudaSuccess) {
+    release(r);
+    check_cuda(e, "CheckReport: cudaMemset");
+  }
 }
 
 void release(CheckReport::Impl& r) noexcept {

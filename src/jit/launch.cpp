@@ -440,8 +440,7 @@ class FusedCuda final : public Kernel<FusedOp> {
     std::optional<Buffer> flag;  // per call, where the thread's persistent words are missing
     // With a CheckReport: the report's flag word (zero between calls: the record kernel after
     // this one moves it into the record and zeroes it), no hand-off in the kernel, no wait.
-    const CheckReport::Impl* report = d.check_finite && a.report ? &a.report->impl() : nullptr;
-    if (report && !report->device_words) report = nullptr;
+    const CheckReport::Impl* report = check_report::for_call(a.report, d.check_finite);
     QuantCheck* qc = d.check_finite && !report ? quant_check(d.device.index) : nullptr;
     void* flag_ptr = nullptr;
     void* host_ptr = nullptr;

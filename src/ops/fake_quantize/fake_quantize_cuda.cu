@@ -366,12 +366,13 @@ void throw_flags(std::string_view op, const Flags& f, const Shape& shape, const 
 /// With a CUDA CheckReport: queues the record kernel on this call's flags (in the call's
 /// scratch, whose stream-ordered release comes after it) and returns true: run() does not
 /// wait. Flags in Flags order: x / src, dy, group.
-bool defer(CheckReport* report, check_report::Op op, const Flags* flags, cudaStream_t s) {
-  if (!report || !report->impl().device_words) return false;
+bool defer(const CheckReport* r, check_report::Op op, const Flags* flags, cudaStream_t s) {
+  const CheckReport::Impl* report = check_report::for_call(r, true);  // check_finite is on
+  if (!report) return false;
   static constexpr check_report::Kind kinds[] = {
       check_report::Kind::non_finite, check_report::Kind::non_finite_dy, check_report::Kind::given};
-  check_report::enqueue_record_from(
-      report->impl(), op, reinterpret_cast<const unsigned long long*>(flags), 3, kinds, s);
+  check_report::enqueue_record_from(*report, op, reinterpret_cast<const unsigned long long*>(flags),
+                                    3, kinds, s);
   return true;
 }
 

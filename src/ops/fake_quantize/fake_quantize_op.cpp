@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "core/check_report_impl.hpp"
 #include "lowbit/fake_quantize.hpp"
 #include "lowbit/quantized.hpp"
 #include "ops/fake_quantize/fake_quantize_kernels.hpp"
@@ -161,24 +162,13 @@ void FakeQuantizeOp::validate(const Desc& d) {
   scale_shape(d.scheme, d.shape);  // throws if the shape does not fit the scheme
 }
 
-/// A CheckReport must be usable and for the plan's device (CUDA plans; CPU kernels throw at
-/// once and ignore it).
-static void check_report_arg(std::string_view op, const CheckReport* r, const Device& device) {
-  if (!r) return;
-  const Device rd = r->device();  // throws for a moved-from report
-  if (device.is_cuda() && !(rd == device))
-    throw_error(ErrorCode::invalid_argument,
-                fmt::format("{}: the CheckReport is for {}, the plan runs on {}", op, rd.str(),
-                            device.str()));
-}
-
 void FakeQuantizeOp::check_args(const Desc& d, const Args& a) {
   check_strided(name, "src", a.src, d.src, d.shape, d.src_strides, d.device);
   check_view(name, "dst", a.dst, d.dst, d.shape, d.device, true);
   const Shape ss = scale_shape(d.scheme, d.shape);
   check_view(name, "scale", a.scale, scale_dtype(d.scheme), ss, d.device, true);
   if (affine(d.scheme)) check_view(name, "zero", a.zero, Dtype::i32, ss, d.device, true);
-  check_report_arg(name, a.report, d.device);
+  check_report::check_arg(name, a.report, d.device);
 }
 
 std::string FakeQuantizeOp::describe(const Desc& d) {
@@ -253,7 +243,7 @@ void FakeQuantizeBackwardOp::check_args(const Desc& d, const Args& a) {
   check_view(name, "dx", a.dx, d.dy, d.shape, d.device, true);
   if (d.scale_grad) check_view(name, "dscale", a.dscale, Dtype::f32, ss, d.device, true);
   if (d.zero_grad) check_view(name, "dzero", a.dzero, Dtype::f32, ss, d.device, true);
-  check_report_arg(name, a.report, d.device);
+  check_report::check_arg(name, a.report, d.device);
 }
 
 std::string FakeQuantizeBackwardOp::describe(const Desc& d) {

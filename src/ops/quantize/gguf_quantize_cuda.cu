@@ -882,8 +882,7 @@ class GgufQuantizeCuda final : public Kernel<QuantizeOp> {
     ka.blocks = static_cast<uint64_t>(n / gguf::block_layout(type)->block_elems);
     // With a CheckReport the flags are the report's (zero between calls: the record kernel
     // after the quantizer moves them into the record and zeroes them) and nobody waits.
-    const CheckReport::Impl* report = d.check_finite && a.report ? &a.report->impl() : nullptr;
-    if (report && !report->device_words) report = nullptr;
+    const CheckReport::Impl* report = check_report::for_call(a.report, d.check_finite);
     if (report) {
       ka.nonfinite =
           static_cast<unsigned long long*>(report->region(check_report::Op::gguf_quantize));

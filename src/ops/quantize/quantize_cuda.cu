@@ -1821,8 +1821,7 @@ class QuantizeCuda final : public Kernel<QuantizeOp> {
     };
     // A checked call given a CheckReport uses the report's words (kept zero between calls by
     // the deferred hand-off, or on the generic path by the record kernel) and never waits.
-    const CheckReport::Impl* report = d.check_finite && a.report ? &a.report->impl() : nullptr;
-    if (report && !report->device_words) report = nullptr;  // not a CUDA report: checked here
+    const CheckReport::Impl* report = check_report::for_call(a.report, d.check_finite);
     // Checked calls on the fast paths use the thread's persistent words and the hand-off.
     CheckState* cs =
         d.check_finite && !report && path != Path::generic ? check_state(d.device.index) : nullptr;

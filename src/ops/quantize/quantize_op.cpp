@@ -1,6 +1,7 @@
 // The quantize and dequantize ops: descriptor and argument checks, kernel lists, one-liners.
 #include <fmt/format.h>
 
+#include "core/check_report_impl.hpp"
 #include "lowbit/quantize.hpp"
 #include "ops/quantize/quantize_kernels.hpp"
 
@@ -100,13 +101,7 @@ void QuantizeOp::check_args(const Desc& d, const Args& a) {
         ErrorCode::invalid_argument,
         fmt::format("quantize: src {} does not match the plan's {}", a.src.str(), describe(d)));
   check_quantized("quantize", a.dst, d.scheme, d.shape, d.device);
-  if (a.report) {
-    const Device rd = a.report->device();  // throws for a moved-from report
-    if (d.device.is_cuda() && !(rd == d.device))
-      throw_error(ErrorCode::invalid_argument,
-                  fmt::format("quantize: the CheckReport is for {}, the plan runs on {}", rd.str(),
-                              d.device.str()));
-  }
+  check_report::check_arg("quantize", a.report, d.device);
 }
 
 std::string QuantizeOp::describe(const Desc& d) {
