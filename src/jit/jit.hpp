@@ -193,8 +193,9 @@ struct KernelSource {
 /// per-row groups, shared-memory kernel); 6: the same in the register-row kernel; 7: the
 /// row's check through the absmax reduction's own barrier, the check's host hand-off; (8: a
 /// change measured and reverted); 9: the register-row kernel at 3 blocks per SM for rows of
-/// up to 4 units per thread.
-inline constexpr int kCodegenVersion = 10;
+/// up to 4 units per thread. 10: the epilogue records a deferred check's refusal itself;
+/// 11: the vector kernel's stores with the evict-first hint (lbrt::stcs).
+inline constexpr int kCodegenVersion = 11;
 inline constexpr int kThreads = 256;
 /// The kernel of `program` for `variant` (with with_code false: only its shape fields).
 KernelSource generate_cuda(const Program& program, const Variant& variant, bool with_code = true);
