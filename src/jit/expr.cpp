@@ -97,7 +97,7 @@ NodePtr make_constant(double value, Type type) {
 }
 
 /// The value of `op` on scalar operands, computed on the host in f64 (as Python would).
-double fold(Op op, const std::vector<double>& v, double param) {
+double fold(Op op, const double* v, double param) {
   using namespace jit_math;
   switch (op) {
     case Op::add:
@@ -193,23 +193,26 @@ void check_operand(const Expr& e, const char* what) {
     throw_error(ErrorCode::invalid_argument, fmt::format("fusion: {} is an empty Expr", what));
 }
 
-/// The node of `op` on `args` with result type `type`; scalar operands fold.
+/// The node of `op` on `args` (n of them, already checked non-empty by the callers) with
+/// result type `type`; scalar operands fold.
 // Runs for every op of every expression a caller builds (per call, in a loop that makes a
-// new descriptor each time): one allocation, the node (its operands are held in it).
-Expr make(Op op, Type type, std::initializer_list<Expr> args, double param = 0) {
-  for (const Expr& a : args) check_operand(a, op_name(op).data());
+// new descriptor each time): one allocation, the node (its operands are held in it). The
+// operands come by pointer: an initializer_list of Exprs copied each one (two atomic
+// reference-count updates per operand).
+Expr make(Op op, Type type, std::initializer_list<const Expr*> args, double param = 0) {
   bool all_scalar = true;
-  for (const Expr& a : args) all_scalar = all_scalar && a.is_scalar();
+  for (const Expr* a : args) all_scalar = all_scalar && a->is_scalar();
   if (all_scalar && op != Op::cast) {
-    std::vector<double> v;
-    for (const Expr& a : args) v.push_back(a.node()->value);
+    double v[3] = {};
+    size_t i = 0;
+    for (const Expr* a : args) v[i++] = a->node()->value;
     return Expr(make_constant(fold(op, v, param), type));
   }
   auto n = std::allocate_shared<Node>(NodeAllocator<Node>());
   n->op = op;
   n->type = type;
   n->value = param;
-  for (const Expr& a : args) n->args.push_back(a.node());
+  for (const Expr* a : args) n->args.push_back(a->node());
   return Expr(std::move(n));
 }
 
@@ -218,26 +221,26 @@ Expr binary(Op op, const Expr& a, const Expr& b) {
   check_operand(b, "rhs");
   Type t = promote(a.node()->type, b.node()->type);
   if (op == Op::div) t = to_float(t);
-  return make(op, t, {a, b});
+  return make(op, t, {&a, &b});
 }
 
 Expr compare(Op op, const Expr& a, const Expr& b) {
   check_operand(a, "lhs");
   check_operand(b, "rhs");
   const bool weak = a.is_scalar() && b.is_scalar();
-  return make(op, Type{Dtype::u8, true, weak}, {a, b});
+  return make(op, Type{Dtype::u8, true, weak}, {&a, &b});
 }
 
 Expr float_unary(Op op, const Expr& x, double param = 0) {
   check_operand(x, op_name(op).data());
-  return make(op, to_float(x.node()->type), {x}, param);
+  return make(op, to_float(x.node()->type), {&x}, param);
 }
 
 Expr same_unary(Op op, const Expr& x, double param = 0) {
   check_operand(x, op_name(op).data());
   Type t = x.node()->type;
   if (t.boolean) t = {Dtype::u8, false, t.weak};
-  return make(op, t, {x}, param);
+  return make(op, t, {&x}, param);
 }
 
 }  // namespace
@@ -305,14 +308,14 @@ Expr clamp(const Expr& x, const Expr& lo, const Expr& hi) {
   check_operand(lo, "clamp lo");
   check_operand(hi, "clamp hi");
   const Type t = promote(promote(x.node()->type, lo.node()->type), hi.node()->type);
-  return make(Op::clamp, t, {x, lo, hi});
+  return make(Op::clamp, t, {&x, &lo, &hi});
 }
 
 Expr where(const Expr& cond, const Expr& a, const Expr& b) {
   check_operand(cond, "where cond");
   check_operand(a, "where a");
   check_operand(b, "where b");
-  return make(Op::where, promote(a.node()->type, b.node()->type), {cond, a, b});
+  return make(Op::where, promote(a.node()->type, b.node()->type), {&cond, &a, &b});
 }
 
 Expr lt(const Expr& a, const Expr& b) { return compare(Op::lt, a, b); }
@@ -355,7 +358,7 @@ Expr pow(const Expr& x, double exponent) {
       (!t.boolean && is_float(t.dtype)) || (exponent == std::trunc(exponent) && exponent >= 0);
   Type r = keep ? t : to_float(t);
   if (r.boolean) r = {Dtype::u8, false, r.weak};
-  return make(Op::pow, r, {x}, exponent);
+  return make(Op::pow, r, {&x}, exponent);
 }
 
 Expr scale(const Expr& x, double factor) { return mul(x, Expr(factor)); }
@@ -367,7 +370,7 @@ Expr cast(const Expr& x, Dtype dtype) {
                 fmt::format("fusion: cannot cast to {}", dtype_name(dtype)));
   if (x.is_scalar())
     return Expr(make_constant(round_to(x.node()->value, dtype), Type{dtype, false, false}));
-  return make(Op::cast, Type{dtype, false, false}, {x});
+  return make(Op::cast, Type{dtype, false, false}, {&x});
 }
 
 // ---- Program ------------------------------------------------------------------------------
@@ -562,10 +565,17 @@ class Builder {
 
   Program& p_;
   static constexpr size_t kFlat = 64;
-  std::array<std::pair<const Node*, int>, kFlat> memo_;
+  // Trivial entries: the arrays are left uninitialised (std::pair's constructor zeroed
+  // 1.5 KB per program built).
+  template <class K>
+  struct Entry {
+    K first;
+    int second;
+  };
+  std::array<Entry<const Node*>, kFlat> memo_;
   size_t memo_n_ = 0;  // kFlat + 1 once big_memo_ holds every entry
   std::unordered_map<const Node*, int> big_memo_;
-  std::array<std::pair<uint64_t, int>, 32> conv_;
+  std::array<Entry<uint64_t>, 32> conv_;
   size_t conv_n_ = 0;
   std::vector<std::pair<uint64_t, int>> big_conv_;  // past conv_'s 32
 };
@@ -576,6 +586,27 @@ char num_char(Num n) { return n == Num::f64 ? 'd' : 'f'; }
 
 std::shared_ptr<const Program> build_program(const std::vector<FusedOutput>& outputs) {
   auto p = std::make_shared<Program>();
+  build_program(outputs, *p);
+  return p;
+}
+
+std::shared_ptr<const Program> structure_copy(const Program& src) {
+  auto p = std::make_shared<Program>();
+  p->code = src.code;
+  p->constants = src.constants;
+  p->outputs = src.outputs;
+  p->input_dtypes = src.input_dtypes;
+  p->output_dtypes = src.output_dtypes;
+  p->structure_hash = src.structure_hash;
+  p->f64_transcendental = src.f64_transcendental;
+  p->quantized_output = src.quantized_output;
+  p->scheme = src.scheme;
+  p->check_finite = src.check_finite;
+  return p;
+}
+
+void build_program(const std::vector<FusedOutput>& outputs, Program& program) {
+  Program* p = &program;
   Builder b(*p);
   for (const FusedOutput& o : outputs) {
     if (!o.value.node())
@@ -625,7 +656,6 @@ std::shared_ptr<const Program> build_program(const std::vector<FusedOutput>& out
     mix(static_cast<uint64_t>(p->outputs[o]) << 8 | static_cast<uint64_t>(p->output_dtypes[o]));
   mix(static_cast<uint64_t>(p->quantized_output + 1));
   p->structure_hash = h;
-  return p;
 }
 
 const std::string& Program::canonical() const {
@@ -715,6 +745,20 @@ std::string Variant::key() const {
 
 Layout make_layout(const FusedDesc& d) {
   Layout L;
+  make_layout(d, L);
+  return L;
+}
+
+void make_layout(const FusedDesc& d, Layout& L) {
+  {  // a fresh layout, keeping the lists' memory (a recycled descriptor's: fused_op.cpp)
+    auto strides = std::move(L.strides);
+    auto cls = std::move(L.cls);
+    strides.clear();
+    cls.clear();
+    L = Layout();
+    L.strides = std::move(strides);
+    L.cls = std::move(cls);
+  }
   const int nd0 = d.shape.size();
   const size_t nops = d.inputs.size() + d.outputs.size();
   // Per operand strides over the output's dims (broadcast dims: 0); on the stack for up
@@ -775,7 +819,6 @@ Layout make_layout(const FusedDesc& d) {
     if (o >= d.inputs.size() && L.cls[o] != Layout::Class::full) L.vec_ok = false;
     L.idx32 = L.idx32 && last < kLimit;
   }
-  return L;
 }
 
 }  // namespace lowbit::fusion

@@ -33,6 +33,96 @@ bool overlap(const TensorView& a, const TensorView& b) {
   return a0 < b1 && b0 < a1;
 }
 
+/// A descriptor's program and plan state, in one allocation (FusedDesc::program and ::state
+/// point into it, sharing its reference count).
+///
+/// Blocks are recycled per thread: a caller that makes a descriptor per call would
+/// otherwise allocate and free the Program, its seven lists, the PlanState and the layout's
+/// two lists every call (about a third of a cached launch's host work). When the last
+/// reference goes, the block is constructed afresh in place (every field back to its
+/// default, as a new one) but its lists keep their memory, and it waits on the releasing
+/// thread's list (up to kKeep blocks; any thread's block serves any descriptor) for the next
+/// FusedDesc::make of that thread. The table of resolved kernels keeps copies of programs
+/// (structure_copy), never a block, so no block is held by the kernels its state holds.
+struct DescBlock {
+  Program program;
+  fusion::PlanState state;
+};
+
+struct BlockCache {  // trivially destructible: usable after the thread's reaper has run
+  DescBlock* blocks[8];
+  size_t count = 0;
+  bool closed = false;
+};
+constexpr size_t kKeep = 8;
+/// Lists longer than this are not kept (a rare large expression's memory is given back).
+constexpr size_t kKeepCapacity = 256;
+
+BlockCache& block_cache() {
+  thread_local BlockCache cache;
+  return cache;
+}
+
+struct BlockReaper {
+  ~BlockReaper() {
+    BlockCache& c = block_cache();
+    c.closed = true;
+    while (c.count > 0) delete c.blocks[--c.count];
+  }
+};
+
+template <class V>
+V keep(V& v) {
+  V kept;
+  if (v.capacity() <= kKeepCapacity) {
+    kept = std::move(v);
+    kept.clear();
+  }
+  return kept;
+}
+
+struct Recycle {
+  void operator()(DescBlock* b) const {
+    BlockCache& c = block_cache();
+    if (c.closed || c.count >= kKeep) {
+      delete b;
+      return;
+    }
+    Program& p = b->program;
+    auto code = keep(p.code);
+    auto constants = keep(p.constants);
+    auto outputs = keep(p.outputs);
+    auto input_dtypes = keep(p.input_dtypes);
+    auto output_dtypes = keep(p.output_dtypes);
+    auto bound_inputs = keep(p.bound_inputs);
+    auto bound_outputs = keep(p.bound_outputs);
+    auto strides = keep(b->state.layout.strides);
+    auto cls = keep(b->state.layout.cls);
+    b->~DescBlock();
+    ::new (static_cast<void*>(b)) DescBlock();  // noexcept: only default members
+    p.code = std::move(code);
+    p.constants = std::move(constants);
+    p.outputs = std::move(outputs);
+    p.input_dtypes = std::move(input_dtypes);
+    p.output_dtypes = std::move(output_dtypes);
+    p.bound_inputs = std::move(bound_inputs);
+    p.bound_outputs = std::move(bound_outputs);
+    b->state.layout.strides = std::move(strides);
+    b->state.layout.cls = std::move(cls);
+    if (c.count == 0) {  // the cache holds blocks from here on: its thread empties it at exit
+      thread_local BlockReaper reaper;
+      (void)reaper;
+    }
+    c.blocks[c.count++] = b;
+  }
+};
+
+std::shared_ptr<DescBlock> new_block() {
+  BlockCache& c = block_cache();
+  DescBlock* b = c.count > 0 ? c.blocks[--c.count] : new DescBlock();
+  return std::shared_ptr<DescBlock>(b, Recycle());  // on a throw here: Recycle(b)
+}
+
 }  // namespace
 
 std::string fused_dtypes(const FusedDesc& d) {
@@ -117,7 +207,11 @@ void throw_non_finite(const FusedDesc& d, int64_t e, bool nan) {
 FusedDesc FusedDesc::make(const std::vector<FusedOutput>& outputs) {
   if (outputs.empty()) throw_error(ErrorCode::invalid_argument, "fused: no outputs");
   FusedDesc d;
-  d.program = fusion::build_program(outputs);
+  std::shared_ptr<DescBlock> block = new_block();
+  fusion::build_program(outputs, block->program);
+  fusion::PlanState* state = &block->state;
+  d.program = std::shared_ptr<const Program>(block, &block->program);
+  d.state = std::shared_ptr<fusion::PlanState>(std::move(block), state);
   const Program& p = *d.program;
   if (p.quantized_output >= 0) {
     const QuantizedView& q = p.bound_quantized;
@@ -154,7 +248,6 @@ FusedDesc FusedDesc::make(const std::vector<FusedOutput>& outputs) {
       throw_error(ErrorCode::invalid_argument,
                   fmt::format("fused: output {} is on {}, output 0 on {}", o,
                               outputs[o].dst.device().str(), d.device.str()));
-  d.state = std::make_shared<fusion::PlanState>();
   return d;
 }
 

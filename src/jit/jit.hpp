@@ -127,6 +127,13 @@ struct Program {
 
 /// Builds the program of writing each output's expression into a tensor of its dtype.
 std::shared_ptr<const Program> build_program(const std::vector<FusedOutput>& outputs);
+/// The same into `p`, a default-constructed Program (its lists may hold capacity: a
+/// recycled descriptor's, fused_op.cpp).
+void build_program(const std::vector<FusedOutput>& outputs, Program& p);
+/// A new Program with `p`'s structure and constants (no bound tensors): what the table of
+/// resolved kernels keeps (a descriptor's own program shares its allocation with the
+/// descriptor's PlanState, which holds the table's kernels).
+std::shared_ptr<const Program> structure_copy(const Program& p);
 
 /// The iteration space of one call, collapsed: extent-1 dims dropped, dims that nest in
 /// every operand merged. Operands are the inputs, then the outputs.
@@ -145,6 +152,8 @@ struct Layout {
   bool vec_ok = false;
 };
 Layout make_layout(const FusedDesc& desc);
+/// The same into `layout`, reusing its lists' memory.
+void make_layout(const FusedDesc& desc, Layout& layout);
 
 // ---- the quantize epilogue (fused_op.cpp) ----------------------------------------------
 
@@ -387,7 +396,7 @@ struct PlanState {
     if (!layout_ready.load(std::memory_order_acquire)) {
       std::lock_guard<std::mutex> lock(mutex);
       if (!layout_ready.load(std::memory_order_relaxed)) {
-        layout = make_layout(desc);
+        make_layout(desc, layout);
         layout_ready.store(true, std::memory_order_release);
       }
     }

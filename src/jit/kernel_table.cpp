@@ -72,7 +72,9 @@ std::shared_ptr<const ResolvedKernel> resolve_kernel(const std::shared_ptr<const
   r->variant = variant;
   r->shape = generate_cuda(p, variant, false);
   r->arch = arch;
-  r->program = program;
+  // A copy, not the descriptor's program: that one shares one allocation with the
+  // descriptor's PlanState, which will hold `r` (a cycle that would never be freed).
+  r->program = structure_copy(p);
   r->hash = hash;
   std::lock_guard<std::mutex> lock(t.mutex);
   if (t.entries.size() >= kResolvedCapacity) t.entries.clear();
