@@ -423,13 +423,16 @@ int main(int argc, char** argv) {
                 "fp8e4m3:token", false, true);
       lowbit::fusion::g_quant_reg_units.store(keep);
     }
-    {  // Exact on the shared-memory row kernel (launch.cpp's choice for longer rows).
-      const int keep = lowbit::fusion::g_quant_reg_units.exchange(0);
-      quant_row("silu(a) * b -> fp8e4m3:token fused, check off, shared-memory, exact",
+    {  // Exact on the register-row kernel (fast math's; exact programs take the
+       // shared-memory row kernel: launch.cpp).
+      lowbit::fusion::g_quant_reg_exact.store(true);
+      quant_row("silu(a) * b -> fp8e4m3:token fused, check off, register-row, exact",
                 "fp8e4m3:token", false);
-      quant_row("silu(a) * b -> fp8e4m3:token fused, finiteness check, shared-memory, exact",
+      quant_row("silu(a) * b -> fp8e4m3:token fused, finiteness check, register-row, exact",
                 "fp8e4m3:token", true);
-      lowbit::fusion::g_quant_reg_units.store(keep);
+      quant_row("silu(a) * b -> int8:token fused, check off, register-row, exact", "int8:token",
+                false);
+      lowbit::fusion::g_quant_reg_exact.store(false);
     }
     quant_row("silu(a) * b -> int8:token fused, check off", "int8:token", false);
     quant_row("silu(a) * b -> mxfp4 fused, check off", "mxfp4", false);

@@ -337,12 +337,11 @@ void uniform_values(const Program& p, const FusedArgs& a, const std::vector<uint
 /// for benchmarks and tests, read when a plan first runs.
 inline std::atomic<int> g_quant_reg_units{8};
 /// Register-row kernels of at most this many groups per thread are compiled for 3 blocks
-/// per SM (80 registers, no spills; codegen_cuda.cpp), and exact (not fast-math) programs
-/// take the register-row kernel only there (measured faster, checked and not), the
-/// shared-memory row kernel for longer rows.
+/// per SM (80 registers, no spills; codegen_cuda.cpp).
 inline constexpr int kQuantRegCappedUnits = 4;
-/// Whether exact programs take the register-row kernel up to g_quant_reg_units too (tests
-/// turn it on to check that kernel's bits on longer rows).
+/// Whether exact programs take the register-row kernel (up to g_quant_reg_units) too; by
+/// default they take the shared-memory row kernel, measured faster (launch.cpp). Tests turn
+/// it on to check the register-row kernel's bits.
 inline std::atomic<bool> g_quant_reg_exact{false};
 
 /// A kernel resolved for one program structure, variant and arch: its binary, what

@@ -117,6 +117,8 @@ class DeviceScope {
 
 /// The element-wise vector kernels' largest grid, in grids of resident blocks.
 constexpr uint64_t kGridWaves = 64;
+/// The quantize epilogue's largest grid, in grids of resident blocks.
+constexpr uint64_t kQuantGridWaves = 16;
 
 /// A kernel loaded on one device.
 struct Loaded {
@@ -213,9 +215,14 @@ void launch_quant(const Compiled& compiled, const std::vector<unsigned char>& pa
       blocks = 1;
     *blocks_per_sm = blocks;
   }
+  // Up to kQuantGridWaves grids of resident blocks, a few rows each, rather than one
+  // resident grid (as the vector kernels, launch_cuda): measured on the H100 (fp8 per-token
+  // rows of 8192 bf16, exact, unchecked), the register-row kernel ran at 86% of copy with one
+  // grid, 89 / 92 / 93 / 93 / 92% with 2 / 4 / 8 / 16 / 32, the shared-memory kernel at 86%
+  // with one and 97% with 16 or more (docs/jit.md, "Costs").
   const uint64_t resident = static_cast<uint64_t>(info.sms) * static_cast<uint64_t>(*blocks_per_sm);
-  const unsigned grid = static_cast<unsigned>(
-      std::max<uint64_t>(1, std::min<uint64_t>(static_cast<uint64_t>(rows), resident)));
+  const unsigned grid = static_cast<unsigned>(std::max<uint64_t>(
+      1, std::min<uint64_t>(static_cast<uint64_t>(rows), resident * kQuantGridWaves)));
   void* args[] = {const_cast<unsigned char*>(params.data())};
   drv.check(drv.launch_kernel(l.function, grid, 1, 1, threads, 1, 1, smem,
                               static_cast<CUstream>(stream), args, nullptr),
@@ -407,20 +414,19 @@ class FusedCuda final : public Kernel<FusedOp> {
       const int group = v.vec ? fusion::generate_cuda(*d.program, v, false).group : 1;
       if (v.vec && K % group != 0) v.vec = false;
       which = (v.vec ? 0 : 1) + (qstore ? 2 : 0);
-      // Per-row scales on whole groups: the row in registers when it fits (at most
-      // g_quant_reg_units groups of G elements per thread with fast math, kQuantRegCappedUnits
-      // exact) and the codes' pointer allows one store per group. Measured on the H100
-      // (session 21, BENCHMARKS.md), exact fp8 per-token rows of 8192 bf16 (4 groups per
-      // thread, 3 blocks per SM): 86.5% of copy unchecked and 84.2-84.6% checked, against
-      // 85.9-86.1% and 82.6-83.0% on the shared-memory kernel. Longer rows keep the
-      // shared-memory kernel exact (the register-row kernel has no register cap there; on
-      // the H200, uncapped at 86 registers, it measured slower exact: 49% against 52%).
-      if (v.vec && !block) {
+      // Per-row scales on whole groups with fast math: the row in registers when it fits (at
+      // most g_quant_reg_units groups of G elements per thread) and the codes' pointer allows
+      // one store per group. Exact programs take the shared-memory row kernel: measured on
+      // the H100 with the grids of launch_quant (session 24, BENCHMARKS.md), exact fp8
+      // per-token rows of 8192 bf16 ran at 97.3% of copy unchecked and 93.8% checked there,
+      // 92.6% and 89.6% in registers (4 groups per thread, 3 blocks per SM); fast math 99.0%
+      // there and 101.1% in registers. (With one resident grid, session 21, the register
+      // rows had been the faster exact: 86.5% against 86.1%.)
+      if (v.vec && !block &&
+          (d.fast_math || fusion::g_quant_reg_exact.load(std::memory_order_relaxed))) {
         const int64_t units = K / group;
         const int64_t r = (units + fusion::kThreads - 1) / fusion::kThreads;
-        int64_t limit = fusion::g_quant_reg_units.load(std::memory_order_relaxed);
-        if (!d.fast_math && !fusion::g_quant_reg_exact.load(std::memory_order_relaxed))
-          limit = std::min<int64_t>(limit, fusion::kQuantRegCappedUnits);
+        const int64_t limit = fusion::g_quant_reg_units.load(std::memory_order_relaxed);
         const int code_bytes = is_packed(d.scheme.code_dtype()) ? group / 2 : group;
         if (r <= limit && code_bytes >= 2 &&
             reinterpret_cast<uintptr_t>(q.codes.data()) % static_cast<uintptr_t>(code_bytes) == 0) {

@@ -661,9 +661,9 @@ TEST(FusionQuantCuda, MatchesTheCpuEpilogue) {
   std::mt19937_64 rng(17);
   const Shape shapes[] = {{64, 4096}, {3, 5, 256}, {130, 96}, {1000, 1024}, {16, 8192 + 32}};
   int cases = 0;
-  // Both row kernels: the shared-memory one alone, then the register-row one wherever it
-  // applies (fast math's, and exact programs' for short rows) on the same exact programs,
-  // which must give the same bits.
+  // Both row kernels: the shared-memory one alone (exact programs' default), then the
+  // register-row one wherever it applies (fast math's; allowed here for these exact
+  // programs), which must give the same bits.
   const int units = fusion::g_quant_reg_units.load();
   for (const bool reg : {false, true}) {
     fusion::g_quant_reg_exact.store(reg);
@@ -734,11 +734,12 @@ TEST(FusionQuantCuda, NonFiniteValuesAreRefused) {
   const Tensor da = testing::to_device(a, gpu);
   const QuantizedTensor q =
       QuantizedTensor::allocate(QuantScheme::parse("fp8e4m3:token"), a.shape(), gpu);
-  // The shared-memory row kernel alone, then the default choice (the register-row kernel
-  // for these short rows).
+  // The shared-memory row kernel alone (exact programs' default), then the register-row
+  // kernel (fast math's; for these short rows, exact programs' when allowed).
   const int units = fusion::g_quant_reg_units.load();
   for (const bool reg : {false, true}) {
     SCOPED_TRACE(reg ? "register-row kernel allowed" : "shared-memory row kernel");
+    fusion::g_quant_reg_exact.store(reg);
     fusion::g_quant_reg_units.store(reg ? units : 0);
     testing::expect_error(
         [&] {
@@ -760,6 +761,7 @@ TEST(FusionQuantCuda, NonFiniteValuesAreRefused) {
         ErrorCode::invalid_argument, "[280, 5] (flat index 71685) is NaN");
     fuse({{q.view(), fusion::log(fusion::input(db))}});
   }
+  fusion::g_quant_reg_exact.store(false);
   fusion::g_quant_reg_units.store(units);
 }
 
