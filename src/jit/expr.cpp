@@ -267,7 +267,7 @@ std::string Expr::str() const {
   auto rec = [&](auto&& self, const Node& n) -> std::string {
     if (n.op == Op::input) {
       auto [it, fresh] = inputs.try_emplace(&n, static_cast<int>(inputs.size()));
-      return fmt::format("in{}:{}", it->second, dtype_name(n.view.dtype()));
+      return fmt::format("in{}:{}", it->second, dtype_name(n.view->dtype()));
     }
     if (n.op == Op::constant) return fmt::format("{}", n.value);
     std::string s = std::string(op_name(n.op)) + "(";
@@ -286,10 +286,12 @@ Expr input(const TensorView& view) {
                 fmt::format("fusion: input dtype {} is not supported (float dtypes and i8, u8, "
                             "i16, i32, u32 are)",
                             dtype_name(view.dtype())));
-  auto n = std::allocate_shared<Node>(NodeAllocator<Node>());
+  // Not from NodeAllocator: its free list holds blocks of one size, the ops' nodes.
+  auto n = std::make_shared<InputNode>();
   n->op = Op::input;
   n->type = Type{view.dtype(), false, false};
-  n->view = view;
+  n->tensor = view;
+  n->view = &n->tensor;
   return Expr(std::move(n));
 }
 
@@ -477,11 +479,11 @@ class Builder {
     switch (n.op) {
       case Op::input: {
         in.slot = static_cast<int>(p_.bound_inputs.size());
-        in.num = num_of_dtype(n.view.dtype());
+        in.num = num_of_dtype(n.view->dtype());
         in.arg_num = in.num;
-        in.dtype = n.view.dtype();
-        p_.bound_inputs.push_back(n.view);
-        p_.input_dtypes.push_back(n.view.dtype());
+        in.dtype = n.view->dtype();
+        p_.bound_inputs.push_back(*n.view);
+        p_.input_dtypes.push_back(n.view->dtype());
         return push(in);
       }
       case Op::constant:
