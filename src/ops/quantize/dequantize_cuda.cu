@@ -302,7 +302,7 @@ bool chunks_fit(const DequantizeDesc& d) {
   return n > 0 && n % 8 == 0 && g > 0 && g % 8 == 0 && n / 8 < (int64_t{1} << 32);
 }
 
-/// Grids of twice the resident blocks (two waves) for the formats where that measured faster
+/// Twice stream_grid's waves for the formats where two resident grids had measured faster than one
 /// (H100, 16384 x 8192, two runs each, % of copy one wave -> two: int8 -> bf16 89.7 -> 90.3,
 /// fp8 89.6 -> 89.8, int4:block32 86.9 -> 87.3, q8_0 -> f32 89.0 -> 89.9, q4_0 -> f32 87.7
 /// -> 88.3); e2m1 codes (nvfp4 89.9 -> 89.4, mxfp4 89.8 -> 89.2) keep one wave, and so do
@@ -325,7 +325,7 @@ void launch_chunks(const ChunkArgs& a, int sms, cudaStream_t stream) {
   }
   auto kernel = dequantize_chunks_kernel<F, D, D == Dtype::f32>;
   const uint32_t grid =
-      balanced_grid(a.chunks, kThreads * 4, kWaves<F> * resident_grid(kernel, kThreads, sms));
+      balanced_grid(a.chunks, kThreads * 4, kWaves<F> * stream_grid(kernel, kThreads, sms));
   kernel<<<grid, kThreads, 0, stream>>>(a);
   check_launch("dequantize_chunks_kernel");
 }

@@ -181,7 +181,7 @@ void launch_bulk(const ChunkArgs& a, int sms, cudaStream_t stream) {
   check_cuda(optin.allow(kernel, kSmem), "dequantize: shared memory of dequantize_bulk_kernel");
   constexpr uint64_t kPer = kQuads ? 2 : 1;  // items per chunk
   const uint32_t grid = balanced_grid(a.chunks * kPer, kThreads * U * kPer,
-                                      resident_grid(kernel, kThreads, sms, kSmem));
+                                      stream_grid(kernel, kThreads, sms, kSmem));
   kernel<<<grid, kThreads, kSmem, stream>>>(a);
   check_launch("dequantize_bulk_kernel");
 }
@@ -194,8 +194,7 @@ void launch_gguf_bulk(const ChunkArgs& a, int sms, cudaStream_t stream) {
   check_cuda(optin.allow(kernel, kSmem),
              "dequantize: shared memory of dequantize_gguf_bulk_kernel");
   // A step is 256 GGUF blocks of 4 chunks.
-  const uint32_t grid =
-      balanced_grid(a.chunks / 4, 256, resident_grid(kernel, kThreads, sms, kSmem));
+  const uint32_t grid = balanced_grid(a.chunks / 4, 256, stream_grid(kernel, kThreads, sms, kSmem));
   kernel<<<grid, kThreads, kSmem, stream>>>(a);
   check_launch("dequantize_gguf_bulk_kernel");
 }

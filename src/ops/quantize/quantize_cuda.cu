@@ -1397,8 +1397,7 @@ void launch_rows(const Call& c, RowsArgs ra, uint64_t group_vecs, bool global) {
     ra.group_vecs = V;
     ra.groups = (ra.total_vecs + V - 1) / V;
     auto kernel = quantize_rows_kernel<S, C, false>;
-    const uint32_t grid =
-        balanced_grid(ra.groups, kThreads, resident_grid(kernel, kThreads, c.sms));
+    const uint32_t grid = balanced_grid(ra.groups, kThreads, stream_grid(kernel, kThreads, c.sms));
     kernel<<<grid, kThreads, 0, c.stream>>>(ra, 0);
     check_launch("quantize_rows_kernel");
     return;
@@ -1411,12 +1410,12 @@ void launch_rows(const Call& c, RowsArgs ra, uint64_t group_vecs, bool global) {
     auto kernel = quantize_rows_kernel<S, C, false>;
     const uint64_t teams_per_block = kThreads >> log2;
     const uint32_t grid =
-        balanced_grid(ra.groups, teams_per_block, resident_grid(kernel, kThreads, c.sms));
+        balanced_grid(ra.groups, teams_per_block, stream_grid(kernel, kThreads, c.sms));
     kernel<<<grid, kThreads, 0, c.stream>>>(ra, log2);
   } else {
     const int threads = static_cast<int>((need + 31) / 32 * 32);
     auto kernel = quantize_rows_kernel<S, C, true>;
-    const uint32_t grid = balanced_grid(ra.groups, 1, resident_grid(kernel, threads, c.sms));
+    const uint32_t grid = balanced_grid(ra.groups, 1, stream_grid(kernel, threads, c.sms));
     kernel<<<grid, threads, 0, c.stream>>>(ra, 0);
   }
   check_launch("quantize_rows_kernel");
@@ -1493,8 +1492,7 @@ void launch_blocks_kernel(const Call& c, const BlocksArgs& ba, bool vec) {
   auto kernel = vec ? quantize_blocks_kernel<S, B, true> : quantize_blocks_kernel<S, B, false>;
   constexpr uint64_t kChunkBlocks = 32 * kBlockVecs / (kBlockElems<B> / Src<S>::kVec);
   const uint64_t chunks = (ba.blocks + kChunkBlocks - 1) / kChunkBlocks;
-  const uint32_t grid =
-      balanced_grid(chunks, kThreads / 32, resident_grid(kernel, kThreads, c.sms));
+  const uint32_t grid = balanced_grid(chunks, kThreads / 32, stream_grid(kernel, kThreads, c.sms));
   kernel<<<grid, kThreads, 0, c.stream>>>(ba);
   check_launch("quantize_blocks_kernel");
 }
