@@ -500,7 +500,12 @@ int main(int argc, char** argv) {
       r.elements = n;
       r.bytes = static_cast<double>(x2.nbytes() + y2.nbytes() + bias.nbytes());
       r.ms = median_ms(s, warmup, reps, [&] { plan.run(stream, {}, args); });
-      r.kernel = plan.sku().str() + " strided";
+      // The vector kernel reading the bias as broadcast rows where the layout allows it.
+      for (const auto& k : d.state->kernels)
+        if (k) {
+          r.kernel = plan.sku().str() + " " + k->variant.key();
+          break;
+        }
       rows.push_back(r);
     }
 

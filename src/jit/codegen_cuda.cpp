@@ -481,7 +481,7 @@ int params_size(size_t ni, size_t no, size_t nc, const Variant& v) {
   size_t b = 8 * (std::max<size_t>(ni, 1) + std::max<size_t>(no, 1) + std::max<size_t>(nc, 1));
   b += 4 * std::max<size_t>(nc, 1);  // cf
   b = (b + isz - 1) / isz * isz + isz;
-  if (!v.vec) b += isz * v.nd * (1 + std::max<size_t>(ni + no, 1));
+  if (!v.vec || v.rows) b += isz * v.nd * (1 + std::max<size_t>(ni + no, 1));
   if (v.quant) b = (b + 7) / 8 * 8 + 5 * 8 + 2 * isz;
   return static_cast<int>((b + 7) / 8 * 8);
 }
@@ -528,7 +528,7 @@ struct Gen {
         "  const void* in[{}];\n  void* out[{}];\n  double c[{}];\n  float cf[{}];\n  {} n;\n",
         std::max<size_t>(ni, 1), std::max<size_t>(no, 1), std::max<size_t>(nc, 1),
         std::max<size_t>(nc, 1), idx);
-    if (!v.vec)
+    if (!v.vec || v.rows)
       s += fmt::format("  {0} ext[{1}];\n  {0} st[{2}][{1}];\n", idx, v.nd,
                        std::max<size_t>(ni + no, 1));
     if (v.quant)
@@ -642,10 +642,51 @@ struct Gen {
 
   // ---- vec ----
 
+  /// Offsets o<k> of element `e` in the row inputs (offsets() for those alone).
+  std::string row_offsets(const std::string& e, const std::string& indent) const {
+    std::string s = fmt::format("{}{} rrem = {};\n", indent, idx, e);
+    for (size_t k = 0; k < ni; ++k)
+      if (row_input(k)) s += fmt::format("{}{} o{} = 0;\n", indent, idx, k);
+    for (int d = v.nd - 1; d >= 0; --d) {
+      if (d > 0)
+        s += fmt::format("{0}{{ const {1} i = rrem % p.ext[{2}]; rrem /= p.ext[{2}];\n", indent,
+                         idx, d);
+      else
+        s += fmt::format("{}{{ const {} i = rrem;\n", indent, idx);
+      for (size_t k = 0; k < ni; ++k)
+        if (row_input(k)) s += fmt::format("{}  o{} += i * p.st[{}][{}];\n", indent, k, k, d);
+      s += indent + "}\n";
+    }
+    return s;
+  }
+
+  /// The row inputs' vectors b<k>[] of the group starting at element `e0`: a group lies in
+  /// one row (the last extent is a multiple of G) and starts 16-byte aligned (launch.cpp).
+  /// Plain loads: a broadcast row is read again by every row of the output.
+  std::string row_vectors(const std::string& e0, int g, const std::string& indent) const {
+    if (!v.rows) return {};
+    std::string s = row_offsets(e0, indent);
+    for (size_t k = 0; k < ni; ++k) {
+      if (!row_input(k)) continue;
+      const int vk = vecs(p.input_dtypes[k], g);
+      const int per = 16 / elem_bytes(p.input_dtypes[k]);
+      s += fmt::format("{}uint4 b{}[{}];\n", indent, k, vk);
+      s += fmt::format(
+          "#pragma unroll\n{0}for (int w = 0; w < {2}; ++w) b{1}[w] = __ldg((const "
+          "uint4*)p.in[{1}] "
+          "+ o{1} / {3} + w);\n",
+          indent, k, vk, per);
+    }
+    return s;
+  }
+
+  /// Whether input k is read as broadcast rows (Variant::rows).
+  bool row_input(size_t k) const { return k < ni && k < 32 && ((v.rows >> k) & 1u) != 0; }
+
   int group() const {
     int min_bytes = 16;
     for (size_t k = 0; k < ni + no; ++k) {
-      if (v.cls[k] != Layout::Class::full) continue;
+      if (v.cls[k] != Layout::Class::full && !row_input(k)) continue;
       const Dtype d = k < ni ? p.input_dtypes[k] : p.output_dtypes[k - ni];
       min_bytes = std::min(min_bytes, elem_bytes(d));
     }
@@ -792,11 +833,15 @@ struct Gen {
           o, wo);
       if (bf16_pairs(o, g)) s += fmt::format("      float yb{}[{}];\n", o, g);
     }
+    s += row_vectors(fmt::format("g * {}", g), g, "      ");
     s += fmt::format("#pragma unroll{}\n      for (int j = 0; j < {}; ++j) {{\n",
                      rolled(g) ? " 1" : "", g);
     for (size_t k = 0; k < ni; ++k) {
-      if (v.cls[k] != Layout::Class::full) continue;
       const Dtype d = p.input_dtypes[k];
+      if (row_input(k))
+        s += fmt::format("        const {} x{} = {};\n", num_type(input_num(k)), k,
+                         decode(d, lane(d, fmt::format("b{}", k), "j", g, rolled(g))));
+      if (v.cls[k] != Layout::Class::full) continue;
       s += fmt::format("        const {} x{} = {};\n", num_type(input_num(k)), k,
                        decode(d, lane(d, fmt::format("r{}[u]", k), "j", g, rolled(g))));
     }
@@ -831,6 +876,11 @@ struct Gen {
     s += fmt::format("  {{\n    const {} e = full * {} + tid;\n    if (e < n) {{\n", idx, g);
     for (size_t k = 0; k < ni; ++k)
       if (v.cls[k] == Layout::Class::full) s += load_elem(k, "e", "      ");
+    if (v.rows) {
+      s += row_offsets("e", "      ");
+      for (size_t k = 0; k < ni; ++k)
+        if (row_input(k)) s += load_elem(k, fmt::format("o{}", k), "      ");
+    }
     s += declare_outputs("      ");
     s += "      " + eval_call() + "\n";
     for (size_t o = 0; o < no; ++o) s += store_elem(o, "e", "      ");
@@ -1574,7 +1624,7 @@ void pack_params(const Program& program, const Variant& v, const Layout& L, cons
   }
   at = (at + (v.idx32 ? 3 : 7)) / (v.idx32 ? 4 : 8) * (v.idx32 ? 4 : 8);
   put_idx(L.numel);
-  if (!v.vec) {
+  if (!v.vec || v.rows) {
     for (int d = 0; d < v.nd; ++d) put_idx(L.extent[d]);
     for (size_t k = 0; k < std::max<size_t>(gen.ni + gen.no, 1); ++k)
       for (int d = 0; d < v.nd; ++d) put_idx(k < L.strides.size() ? L.strides[k][d] : 0);

@@ -188,6 +188,10 @@ struct Variant {
   /// The quantize epilogue with per-row groups held in registers: units of G elements per
   /// thread (codegen's quant_reg_kernel), 0 for the shared-memory kernel.
   int qreg = 0;
+  /// vec: inputs (bit k) of class strided read as 16-byte vectors of a contiguous last
+  /// dimension broadcast over the others (a bias[N] over [M, N]): a group's offset from the
+  /// collapsed extents and strides (Params ext / st), its vectors by plain cached loads.
+  uint32_t rows = 0;
   /// FusedDesc::fast_math: approximate exp / division and contraction (other NVRTC flags).
   bool fast = false;
   std::string key() const;
@@ -408,6 +412,10 @@ struct PlanState {
     return layout;
   }
 };
+
+/// The inputs of class strided the vector kernel reads as broadcast rows (Variant::rows),
+/// or 0 where the layout does not allow it (launch.cpp).
+uint32_t broadcast_rows(const FusedDesc& d, const Layout& L);
 
 /// The host side of launching the element-wise kernel (not the quantize epilogue) of
 /// `d` on `a`: the variant (vector path if every full operand is 16-byte aligned), its

@@ -34,6 +34,7 @@ size_t variant_hash(const Variant& v) {
              (v.qstore ? 16u : 0u) | (v.fast ? 32u : 0u);
   h = mix(h, static_cast<size_t>(v.nd));
   h = mix(h, static_cast<size_t>(v.qreg));
+  h = mix(h, static_cast<size_t>(v.rows));
   for (Layout::Class c : v.cls) h = mix(h, static_cast<size_t>(c));
   return h;
 }

@@ -1501,6 +1501,7 @@ using std::exp; using std::log; using std::sqrt; using std::tanh; using std::erf
 using std::log1p; using std::pow; using std::trunc;
 inline float sqrtf(float x) { return std::sqrt(x); }
 inline float __saturatef(float x) { return x > 0.0f ? (x < 1.0f ? x : 1.0f) : 0.0f; }
+inline uint4 __ldg(const uint4* p) { return *p; }
 )";
 
 const char* const kHostMain = R"(
@@ -1607,6 +1608,133 @@ TEST(FusionCodegen, KernelsRunOnAHostEmulator) {
               kinds["vec"], kinds["str"]);
   EXPECT_GT(kinds["vec"], 0);
   EXPECT_GT(kinds["str"], 0);
+}
+
+/// Broadcast-row cases (Variant::rows): the output's shape, each input's shape and dtype
+/// (all filled at random), the output dtype, and whether the vector kernel can take them.
+struct RowCase {
+  Shape out;
+  std::vector<std::pair<Shape, Dtype>> in;
+  Dtype out_dtype;
+  bool rows;
+};
+const RowCase kRowCases[] = {
+    {{37, 64}, {{{37, 64}, Dtype::bf16}, {{64}, Dtype::bf16}}, Dtype::bf16, true},
+    {{3, 5, 128},
+     {{{3, 5, 128}, Dtype::f32}, {{1, 5, 128}, Dtype::f32}, {{128}, Dtype::bf16}},
+     Dtype::f32,
+     true},
+    {{16, 40}, {{{16, 40}, Dtype::bf16}, {{40}, Dtype::f32}}, Dtype::bf16, true},
+    {{9, 2, 24}, {{{9, 1, 24}, Dtype::f16}, {{2, 24}, Dtype::f16}}, Dtype::f16, true},
+    {{7, 36}, {{{7, 36}, Dtype::bf16}, {{36}, Dtype::bf16}}, Dtype::bf16, false},  // 36 % 8
+    {{5, 40}, {{{5, 40}, Dtype::u8}, {{40}, Dtype::bf16}}, Dtype::f32, false},     // 40 % 16
+    {{6, 48}, {{{6, 48}, Dtype::u8}, {{48}, Dtype::bf16}}, Dtype::f32, true},
+};
+
+/// gelu(x0 + x1 + ...) over a row case, with its inputs on `dev` (same values each time).
+struct RowRun {
+  std::vector<Tensor> inputs;
+  Tensor out;
+  Expr value = Expr(0.0);
+};
+RowRun row_run(const RowCase& c, Device dev) {
+  RowRun r;
+  std::mt19937_64 rng(41);
+  Expr sum = Expr(0.0);
+  for (size_t i = 0; i < c.in.size(); ++i) {
+    Tensor h = Tensor::empty(c.in[i].first, c.in[i].second);
+    fill_values(h, rng);
+    r.inputs.push_back(dev.is_cuda() ? testing::to_device(h, dev) : std::move(h));
+    const Expr x = fusion::input(r.inputs.back());
+    sum = i == 0 ? x : sum + x;
+  }
+  r.value = fusion::gelu(sum);
+  // Poisoned, so that an element the kernel leaves unwritten shows.
+  Tensor out = Tensor::empty(c.out, c.out_dtype);
+  std::memset(out.data(), kPoison, static_cast<size_t>(out.nbytes()));
+  r.out = dev.is_cuda() ? testing::to_device(out, dev) : std::move(out);
+  return r;
+}
+
+// The vector kernel with broadcast rows, run on the host emulator against the CPU kernel
+// (NVRTC and a GPU are not needed): the layouts that allow it take it, the others not.
+TEST(FusionCodegen, BroadcastRowsRunOnAHostEmulator) {
+  const char* cxx_env = std::getenv("CXX");
+  const std::string cxx = cxx_env && *cxx_env ? cxx_env : "c++";
+  if (std::system((cxx + " --version > /dev/null 2>&1").c_str()) != 0) {
+    std::printf("SKIPPED: no host C++ compiler (%s) to emulate kernels\n", cxx.c_str());
+    GTEST_SKIP() << "no host compiler";
+  }
+  const std::string dir = ::testing::TempDir() + fmt::format("lowbit_emu_rows_{}", ::getpid());
+  std::filesystem::create_directories(dir + "/lowbit");
+  const fusion::HeaderSet& h = fusion::jit_headers();
+  for (size_t i = 0; i < h.names.size(); ++i) {
+    if (h.names[i] == "cstdint" || h.names[i] == "bit") continue;
+    std::ofstream(dir + "/" + h.names[i]) << h.contents[i];
+  }
+  std::ofstream(dir + "/shim.h") << kHostShim;
+  int emulated = 0;
+  for (size_t ci = 0; ci < std::size(kRowCases); ++ci) {
+    const RowCase& c = kRowCases[ci];
+    RowRun r = row_run(c, Device::cpu());
+    Tensor want = Tensor::empty(c.out, c.out_dtype);
+    fuse({{want, r.value}});
+    const FusedDesc d = FusedDesc::make({{r.out, r.value}});
+    const fusion::Layout L = fusion::make_layout(d);
+    const uint32_t rows = fusion::broadcast_rows(d, L);
+    ASSERT_EQ(rows != 0, c.rows) << "case " << ci << " " << c.out.str();
+    if (!rows) continue;
+    for (const bool idx32 : {true, false}) {
+      std::memset(r.out.data(), kPoison, static_cast<size_t>(r.out.nbytes()));
+      fusion::Variant v;
+      v.vec = true;
+      v.idx32 = idx32;
+      v.nd = L.nd;
+      v.cls = L.cls;
+      v.rows = rows;
+      const fusion::KernelSource src = fusion::generate_cuda(*d.program, v);
+      // NVRTC compiles it for the H100 too (in CI, without a GPU).
+      if (kHasNvrtc) EXPECT_FALSE(fusion::compile_cuda(src, "sm_90a", "rows", nullptr).empty());
+      const std::vector<unsigned char> params =
+          fusion::pack_params(*d.program, v, L, d.bound_args());
+      const std::string stem = fmt::format("{}/r{}_{}", dir, ci, idx32);
+      std::ofstream(stem + ".cpp") << "#include \"shim.h\"\n" << src.code << kHostMain;
+      const std::string cmd = fmt::format("{} -std=c++20 -O0 -w -fPIC -shared -I{} {}.cpp -o {}.so",
+                                          cxx, dir, stem, stem);
+      ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd << "\n" << src.code;
+      void* so = ::dlopen((stem + ".so").c_str(), RTLD_NOW | RTLD_LOCAL);
+      ASSERT_NE(so, nullptr) << ::dlerror();
+      auto run = reinterpret_cast<int (*)(const void*, unsigned)>(::dlsym(so, "lowbit_emulate"));
+      ASSERT_NE(run, nullptr);
+      EXPECT_EQ(run(params.data(), 1), src.param_bytes) << "Params layout differs";
+      ::dlclose(so);
+      ASSERT_EQ(same_values(want, r.out, c.out), "") << "case " << ci << " variant " << v.key();
+      ++emulated;
+    }
+  }
+  std::filesystem::remove_all(dir);
+  std::printf("emulated %d broadcast-row kernels on the host\n", emulated);
+  EXPECT_GT(emulated, 0);
+}
+
+TEST(FusionCuda, BroadcastRowsTakeTheVectorKernel) {
+  LOWBIT_REQUIRE_CUDA();
+  const Device gpu = Device::cuda(0);
+  for (size_t ci = 0; ci < std::size(kRowCases); ++ci) {
+    const RowCase& c = kRowCases[ci];
+    const RowRun hr = row_run(c, Device::cpu());
+    Tensor want = Tensor::empty(c.out, c.out_dtype);
+    fuse({{want, hr.value}});
+    RowRun r = row_run(c, gpu);
+    const FusedDesc d = FusedDesc::make({{r.out, r.value}});
+    FusedPlan::select(d).run(Stream::default_for(gpu), {}, d.bound_args());
+    Stream::default_for(gpu).synchronize();
+    const auto& vec_kernel = d.state->kernels[0];
+    EXPECT_EQ(vec_kernel != nullptr, c.rows) << "case " << ci;
+    if (vec_kernel) EXPECT_NE(vec_kernel->variant.rows, 0u) << "case " << ci;
+    const Tensor back = testing::to_host(r.out);
+    EXPECT_EQ(same_values(want, back, c.out), "") << "case " << ci;
+  }
 }
 
 TEST(FusionCuda, RandomExpressionsMatchTheCpuKernel) {
