@@ -291,7 +291,7 @@ int main(int argc, char** argv) {
     KernelSource src;
   };
   std::vector<Job> jobs;
-  auto add = [&](const std::string& name, const FusedDesc& d, bool quant) {
+  auto add = [&](const std::string& name, const FusedDesc& d, bool quant, bool reg = false) {
     const Layout L = make_layout(d);
     Variant v;
     v.vec = L.vec_ok;
@@ -300,7 +300,7 @@ int main(int argc, char** argv) {
     v.cls = L.cls;
     v.quant = quant;
     v.qstore = quant;
-    if (quant) {  // per-row scales: the register-row kernel, as launch.cpp picks it
+    if (reg) {  // per-row scales in registers: fast math's kernel (launch.cpp)
       const int64_t units = cols / generate_cuda(*d.program, v, false).group;
       v.qreg = static_cast<int>((units + kThreads - 1) / kThreads);
     }
@@ -308,8 +308,13 @@ int main(int argc, char** argv) {
   };
   add("chain8", FusedDesc::make({{y, chain8}}), false);
   add("silu(a)*b", FusedDesc::make({{y, silu(ea) * eb}}), false);
+  // Exact programs take the shared-memory row kernel (launch.cpp); the register-row kernel is
+  // fast math's (timed here with the exact flags: the same loop structure).
   add("silu(a)*b -> fp8e4m3:token",
       FusedDesc::make({lowbit::FusedOutput(q.view(), silu(input(a2)) * input(b2), false)}), true);
+  add("silu(a)*b -> fp8e4m3:token, register rows",
+      FusedDesc::make({lowbit::FusedOutput(q.view(), silu(input(a2)) * input(b2), false)}), true,
+      true);
   jobs.push_back({"empty kernel, same headers",
                   {"lowbit_fused",
                    "#include \"lowbit_jit_prelude.h\"\nextern \"C\" __global__ void "
