@@ -484,29 +484,40 @@ int main(int argc, char** argv) {
       r.kernel = "7 x fused_cuda_jit";
       rows.push_back(r);
     }
-    {  // Broadcast bias + gelu: the strided kernel.
+    {  // Broadcast operands: a bias over rows (gelu(x + bias)), RMSNorm's scaling (x times a
+       // per-row rstd and a per-column weight). The vector kernel reads them as broadcast
+       // rows / columns where the layout allows it (else the strided kernel).
       const int64_t rows_n = int64_t{1} << (log2n / 2), cols = n / rows_n;
       Tensor x2 = Tensor::empty({rows_n, cols}, Dtype::bf16, gpu, &stream);
       Tensor bias = Tensor::empty({cols}, Dtype::bf16, gpu, &stream);
+      Tensor rstd = Tensor::empty({rows_n, 1}, Dtype::f32, gpu, &stream);
       Tensor y2 = Tensor::empty({rows_n, cols}, Dtype::bf16, gpu, &stream);
       check(cudaMemcpyAsync(x2.data(), a.data(), x2.nbytes(), cudaMemcpyDeviceToDevice, s), "copy");
       check(cudaMemcpyAsync(bias.data(), b.data(), bias.nbytes(), cudaMemcpyDeviceToDevice, s),
             "copy");
-      const FusedDesc d = FusedDesc::make({{y2, gelu(input(x2) + input(bias))}});
-      const FusedPlan plan = FusedPlan::select(d);
-      const FusedArgs args = d.bound_args();
-      Row r;
-      r.pair = "gelu(x + bias[N]) fused, broadcast (bf16)";
-      r.elements = n;
-      r.bytes = static_cast<double>(x2.nbytes() + y2.nbytes() + bias.nbytes());
-      r.ms = median_ms(s, warmup, reps, [&] { plan.run(stream, {}, args); });
-      // The vector kernel reading the bias as broadcast rows where the layout allows it.
-      for (const auto& k : d.state->kernels)
-        if (k) {
-          r.kernel = plan.sku().str() + " " + k->variant.key();
-          break;
-        }
-      rows.push_back(r);
+      check(cudaMemcpyAsync(rstd.data(), b.data(), rstd.nbytes(), cudaMemcpyDeviceToDevice, s),
+            "copy");
+      auto broadcast_row = [&](const std::string& name, const Expr& value, double extra_bytes) {
+        const FusedDesc d = FusedDesc::make({{y2, value}});
+        const FusedPlan plan = FusedPlan::select(d);
+        const FusedArgs args = d.bound_args();
+        Row r;
+        r.pair = name;
+        r.elements = n;
+        r.bytes = static_cast<double>(x2.nbytes() + y2.nbytes()) + extra_bytes;
+        r.ms = median_ms(s, warmup, reps, [&] { plan.run(stream, {}, args); });
+        for (const auto& k : d.state->kernels)
+          if (k) {
+            r.kernel = plan.sku().str() + " " + k->variant.key();
+            break;
+          }
+        rows.push_back(r);
+      };
+      broadcast_row("gelu(x + bias[N]) fused, broadcast (bf16)", gelu(input(x2) + input(bias)),
+                    static_cast<double>(bias.nbytes()));
+      broadcast_row("x * rstd[M, 1] * w[N] fused, broadcast (bf16, f32 rstd)",
+                    input(x2) * input(rstd) * input(bias),
+                    static_cast<double>(bias.nbytes() + rstd.nbytes()));
     }
 
     for (Row& r : rows) {

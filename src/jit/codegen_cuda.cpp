@@ -481,7 +481,7 @@ int params_size(size_t ni, size_t no, size_t nc, const Variant& v) {
   size_t b = 8 * (std::max<size_t>(ni, 1) + std::max<size_t>(no, 1) + std::max<size_t>(nc, 1));
   b += 4 * std::max<size_t>(nc, 1);  // cf
   b = (b + isz - 1) / isz * isz + isz;
-  if (!v.vec || v.rows) b += isz * v.nd * (1 + std::max<size_t>(ni + no, 1));
+  if (!v.vec || v.rows || v.cols) b += isz * v.nd * (1 + std::max<size_t>(ni + no, 1));
   if (v.quant) b = (b + 7) / 8 * 8 + 5 * 8 + 2 * isz;
   return static_cast<int>((b + 7) / 8 * 8);
 }
@@ -528,7 +528,7 @@ struct Gen {
         "  const void* in[{}];\n  void* out[{}];\n  double c[{}];\n  float cf[{}];\n  {} n;\n",
         std::max<size_t>(ni, 1), std::max<size_t>(no, 1), std::max<size_t>(nc, 1),
         std::max<size_t>(nc, 1), idx);
-    if (!v.vec || v.rows)
+    if (!v.vec || v.rows || v.cols)
       s += fmt::format("  {0} ext[{1}];\n  {0} st[{2}][{1}];\n", idx, v.nd,
                        std::max<size_t>(ni + no, 1));
     if (v.quant)
@@ -642,11 +642,11 @@ struct Gen {
 
   // ---- vec ----
 
-  /// Offsets o<k> of element `e` in the row inputs (offsets() for those alone).
+  /// Offsets o<k> of element `e` in the row and column inputs (offsets() for those alone).
   std::string row_offsets(const std::string& e, const std::string& indent) const {
     std::string s = fmt::format("{}{} rrem = {};\n", indent, idx, e);
     for (size_t k = 0; k < ni; ++k)
-      if (row_input(k)) s += fmt::format("{}{} o{} = 0;\n", indent, idx, k);
+      if (bcast_input(k)) s += fmt::format("{}{} o{} = 0;\n", indent, idx, k);
     for (int d = v.nd - 1; d >= 0; --d) {
       if (d > 0)
         s += fmt::format("{0}{{ const {1} i = rrem % p.ext[{2}]; rrem /= p.ext[{2}];\n", indent,
@@ -654,18 +654,21 @@ struct Gen {
       else
         s += fmt::format("{}{{ const {} i = rrem;\n", indent, idx);
       for (size_t k = 0; k < ni; ++k)
-        if (row_input(k)) s += fmt::format("{}  o{} += i * p.st[{}][{}];\n", indent, k, k, d);
+        if (bcast_input(k)) s += fmt::format("{}  o{} += i * p.st[{}][{}];\n", indent, k, k, d);
       s += indent + "}\n";
     }
     return s;
   }
 
-  /// The row inputs' vectors b<k>[] of the group starting at element `e0`: a group lies in
-  /// one row (the last extent is a multiple of G) and starts 16-byte aligned (launch.cpp).
-  /// Plain loads: a broadcast row is read again by every row of the output.
+  /// The row inputs' vectors b<k>[] and the column inputs' values x<k> of the group starting
+  /// at element `e0`: a group lies in one row (the last extent is a multiple of G) and starts
+  /// 16-byte aligned (launch.cpp). Plain loads: a broadcast row is read again by every row
+  /// of the output.
   std::string row_vectors(const std::string& e0, int g, const std::string& indent) const {
-    if (!v.rows) return {};
+    if (!v.rows && !v.cols) return {};
     std::string s = row_offsets(e0, indent);
+    for (size_t k = 0; k < ni; ++k)  // a column input: the group's one value, x<k> for all
+      if (col_input(k)) s += load_elem(k, fmt::format("o{}", k), indent);
     for (size_t k = 0; k < ni; ++k) {
       if (!row_input(k)) continue;
       const int vk = vecs(p.input_dtypes[k], g);
@@ -682,6 +685,9 @@ struct Gen {
 
   /// Whether input k is read as broadcast rows (Variant::rows).
   bool row_input(size_t k) const { return k < ni && k < 32 && ((v.rows >> k) & 1u) != 0; }
+  /// Whether input k is read as a broadcast column (Variant::cols).
+  bool col_input(size_t k) const { return k < ni && k < 32 && ((v.cols >> k) & 1u) != 0; }
+  bool bcast_input(size_t k) const { return row_input(k) || col_input(k); }
 
   int group() const {
     int min_bytes = 16;
@@ -876,10 +882,10 @@ struct Gen {
     s += fmt::format("  {{\n    const {} e = full * {} + tid;\n    if (e < n) {{\n", idx, g);
     for (size_t k = 0; k < ni; ++k)
       if (v.cls[k] == Layout::Class::full) s += load_elem(k, "e", "      ");
-    if (v.rows) {
+    if (v.rows || v.cols) {
       s += row_offsets("e", "      ");
       for (size_t k = 0; k < ni; ++k)
-        if (row_input(k)) s += load_elem(k, fmt::format("o{}", k), "      ");
+        if (bcast_input(k)) s += load_elem(k, fmt::format("o{}", k), "      ");
     }
     s += declare_outputs("      ");
     s += "      " + eval_call() + "\n";
@@ -1624,7 +1630,7 @@ void pack_params(const Program& program, const Variant& v, const Layout& L, cons
   }
   at = (at + (v.idx32 ? 3 : 7)) / (v.idx32 ? 4 : 8) * (v.idx32 ? 4 : 8);
   put_idx(L.numel);
-  if (!v.vec || v.rows) {
+  if (!v.vec || v.rows || v.cols) {
     for (int d = 0; d < v.nd; ++d) put_idx(L.extent[d]);
     for (size_t k = 0; k < std::max<size_t>(gen.ni + gen.no, 1); ++k)
       for (int d = 0; d < v.nd; ++d) put_idx(k < L.strides.size() ? L.strides[k][d] : 0);

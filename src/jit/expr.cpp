@@ -735,8 +735,9 @@ bool Program::same_structure(const Program& o) const {
 
 std::string Variant::key() const {
   std::string s = fmt::format("{}{}", vec ? "vec" : "strided", idx32 ? "32" : "64");
-  if (!vec || rows) s += fmt::format("nd{}", nd);
+  if (!vec || rows || cols) s += fmt::format("nd{}", nd);
   if (rows) s += fmt::format("rows{:x}", rows);
+  if (cols) s += fmt::format("cols{:x}", cols);
   if (pair) s += "pair";
   if (quant) s += qreg > 0 ? fmt::format("quantr{}", qreg) : qstore ? "quantv" : "quant";
   if (fast) s += "fast";

@@ -192,6 +192,9 @@ struct Variant {
   /// dimension broadcast over the others (a bias[N] over [M, N]): a group's offset from the
   /// collapsed extents and strides (Params ext / st), its vectors by plain cached loads.
   uint32_t rows = 0;
+  /// vec: inputs (bit k) of class strided constant along the last dimension (a per-row
+  /// scale [M, 1] over [M, N]): one element per group, at the group's offset.
+  uint32_t cols = 0;
   /// FusedDesc::fast_math: approximate exp / division and contraction (other NVRTC flags).
   bool fast = false;
   std::string key() const;
@@ -413,9 +416,12 @@ struct PlanState {
   }
 };
 
-/// The inputs of class strided the vector kernel reads as broadcast rows (Variant::rows),
-/// or 0 where the layout does not allow it (launch.cpp).
-uint32_t broadcast_rows(const FusedDesc& d, const Layout& L);
+/// The inputs of class strided the vector kernel reads as broadcast rows and columns
+/// (Variant::rows / cols), both 0 where the layout does not allow it (launch.cpp).
+struct BroadcastInputs {
+  uint32_t rows = 0, cols = 0;
+};
+BroadcastInputs broadcast_inputs(const FusedDesc& d, const Layout& L);
 
 /// The host side of launching the element-wise kernel (not the quantize epilogue) of
 /// `d` on `a`: the variant (vector path if every full operand is 16-byte aligned), its

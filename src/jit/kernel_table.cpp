@@ -35,6 +35,7 @@ size_t variant_hash(const Variant& v) {
   h = mix(h, static_cast<size_t>(v.nd));
   h = mix(h, static_cast<size_t>(v.qreg));
   h = mix(h, static_cast<size_t>(v.rows));
+  h = mix(h, static_cast<size_t>(v.cols));
   for (Layout::Class c : v.cls) h = mix(h, static_cast<size_t>(c));
   return h;
 }

@@ -277,43 +277,53 @@ int operand_bytes(Dtype d) { return d == Dtype::f64 ? 8 : bit_width(d) / 8; }
 
 }  // namespace
 
-/// The inputs the vector kernel can read as broadcast rows (Variant::rows) when the layout
-/// rules it out only through them: each such input of class strided has a contiguous last
-/// collapsed dimension whose extent is a multiple of the group (so a group lies in one row),
-/// other strides non-negative and whole 16-byte vectors; the outputs are full. 0 otherwise.
-/// (A bias[N] added to [M, N] had run on the strided kernel at 29% of copy: an integer
-/// division chain and a 2-byte load per element.)
-uint32_t broadcast_rows(const FusedDesc& d, const Layout& L) {
+/// The inputs the vector kernel can read as broadcast rows or columns (Variant::rows / cols)
+/// when the layout rules it out only through them; the outputs are full, and the last
+/// collapsed dimension's extent is a multiple of the group (so a group lies in one row). A
+/// row input (bias[N] over [M, N]) has that dimension contiguous and its other strides whole
+/// 16-byte vectors; a column input (rstd[M, 1] over [M, N]) has stride 0 there: one element
+/// per group. Other strides non-negative. Both masks 0 otherwise. (A bias[N] added to [M, N]
+/// had run on the strided kernel at 29% of copy: an integer division chain and a 2-byte
+/// load per element.)
+BroadcastInputs broadcast_inputs(const FusedDesc& d, const Layout& L) {
   const size_t ni = d.inputs.size();
-  if (L.vec_ok || L.packed || L.nd < 2 || ni > 32) return 0;
+  if (L.vec_ok || L.packed || L.nd < 2 || ni > 32) return {};
   int min_bytes = 16;
-  uint32_t rows = 0;
+  BroadcastInputs b;
   for (size_t k = 0; k < L.cls.size(); ++k) {
     const Dtype dt = k < ni ? d.inputs[k].dtype : d.outputs[k - ni].dtype;
-    if (k >= ni && L.cls[k] != Layout::Class::full) return 0;
+    if (k >= ni && L.cls[k] != Layout::Class::full) return {};
     if (L.cls[k] == Layout::Class::scalar) continue;
-    min_bytes = std::min(min_bytes, operand_bytes(dt));
+    const int64_t last = L.strides[k][L.nd - 1];
+    if (L.cls[k] == Layout::Class::full || last == 1)  // vectors of this operand
+      min_bytes = std::min(min_bytes, operand_bytes(dt));
     if (L.cls[k] == Layout::Class::full) continue;
-    if (L.strides[k][L.nd - 1] != 1) return 0;
-    rows |= 1u << k;
+    if (last == 1)
+      b.rows |= 1u << k;
+    else if (last == 0)
+      b.cols |= 1u << k;
+    else
+      return {};
   }
   const int64_t group = 16 / min_bytes;
-  if (L.extent[L.nd - 1] % group != 0) return 0;
+  if (L.extent[L.nd - 1] % group != 0) return {};
   for (size_t k = 0; k < ni; ++k) {
-    if (((rows >> k) & 1u) == 0) continue;
-    const int64_t per = 16 / operand_bytes(d.inputs[k].dtype);
+    const bool row = ((b.rows >> k) & 1u) != 0, col = ((b.cols >> k) & 1u) != 0;
+    if (!row && !col) continue;
+    const int64_t per = row ? 16 / operand_bytes(d.inputs[k].dtype) : 1;
     for (int i = 0; i + 1 < L.nd; ++i)
-      if (L.strides[k][i] < 0 || L.strides[k][i] % per != 0) return 0;
+      if (L.strides[k][i] < 0 || L.strides[k][i] % per != 0) return {};
   }
-  return rows;
+  return b;
 }
 
 const ResolvedKernel& prepare_launch(const FusedDesc& d, const FusedArgs& a, const Layout& L,
                                      std::vector<unsigned char>& params) {
   PlanState& st = *d.state;
   // The vector path needs every full operand (and broadcast row input) 16-byte aligned.
-  const uint32_t rows = broadcast_rows(d, L);
-  bool vec = L.vec_ok || rows != 0;
+  const BroadcastInputs bc = broadcast_inputs(d, L);
+  const uint32_t rows = bc.rows;
+  bool vec = L.vec_ok || bc.rows != 0 || bc.cols != 0;
   for (size_t k = 0; vec && k < L.cls.size(); ++k) {
     if (L.cls[k] != Layout::Class::full && !(k < 32 && ((rows >> k) & 1u) != 0)) continue;
     const void* p =
@@ -331,7 +341,8 @@ const ResolvedKernel& prepare_launch(const FusedDesc& d, const FusedArgs& a, con
       v.nd = L.nd;
       v.cls = L.cls;
       v.pair = !vec && L.packed_out;
-      v.rows = vec ? rows : 0;
+      v.rows = vec ? bc.rows : 0;
+      v.cols = vec ? bc.cols : 0;
       v.fast = d.fast_math;
       if (st.arch.empty()) st.arch = arch_for(d.device.index);
       st.kernels[which] = resolve_kernel(d.program, v, st.arch);

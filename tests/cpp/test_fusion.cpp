@@ -1610,13 +1610,14 @@ TEST(FusionCodegen, KernelsRunOnAHostEmulator) {
   EXPECT_GT(kinds["str"], 0);
 }
 
-/// Broadcast-row cases (Variant::rows): the output's shape, each input's shape and dtype
-/// (all filled at random), the output dtype, and whether the vector kernel can take them.
+/// Broadcast row and column cases (Variant::rows / cols): the output's shape, each input's
+/// shape and dtype (all filled at random), the output dtype, and whether the vector kernel
+/// can take them.
 struct RowCase {
   Shape out;
   std::vector<std::pair<Shape, Dtype>> in;
   Dtype out_dtype;
-  bool rows;
+  bool vec;
 };
 const RowCase kRowCases[] = {
     {{37, 64}, {{{37, 64}, Dtype::bf16}, {{64}, Dtype::bf16}}, Dtype::bf16, true},
@@ -1629,9 +1630,17 @@ const RowCase kRowCases[] = {
     {{7, 36}, {{{7, 36}, Dtype::bf16}, {{36}, Dtype::bf16}}, Dtype::bf16, false},  // 36 % 8
     {{5, 40}, {{{5, 40}, Dtype::u8}, {{40}, Dtype::bf16}}, Dtype::f32, false},     // 40 % 16
     {{6, 48}, {{{6, 48}, Dtype::u8}, {{48}, Dtype::bf16}}, Dtype::f32, true},
+    // Columns: a per-row value (rstd[M, 1]), with and without a row (RMSNorm's weight[N]).
+    {{37, 64},
+     {{{37, 64}, Dtype::bf16}, {{37, 1}, Dtype::f32}, {{64}, Dtype::bf16}},
+     Dtype::bf16,
+     true},
+    {{16, 40}, {{{16, 40}, Dtype::bf16}, {{16, 1}, Dtype::bf16}}, Dtype::bf16, true},
+    {{3, 4, 32}, {{{3, 4, 32}, Dtype::f32}, {{3, 4, 1}, Dtype::f16}}, Dtype::f32, true},
+    {{7, 36}, {{{7, 36}, Dtype::bf16}, {{7, 1}, Dtype::f32}}, Dtype::bf16, false},  // 36 % 8
 };
 
-/// gelu(x0 + x1 + ...) over a row case, with its inputs on `dev` (same values each time).
+/// gelu(x0 * x1 + x2 ...) over a row case, with its inputs on `dev` (same values each time).
 struct RowRun {
   std::vector<Tensor> inputs;
   Tensor out;
@@ -1646,7 +1655,7 @@ RowRun row_run(const RowCase& c, Device dev) {
     fill_values(h, rng);
     r.inputs.push_back(dev.is_cuda() ? testing::to_device(h, dev) : std::move(h));
     const Expr x = fusion::input(r.inputs.back());
-    sum = i == 0 ? x : sum + x;
+    sum = i == 0 ? x : i % 2 ? sum * x : sum + x;
   }
   r.value = fusion::gelu(sum);
   // Poisoned, so that an element the kernel leaves unwritten shows.
@@ -1681,9 +1690,9 @@ TEST(FusionCodegen, BroadcastRowsRunOnAHostEmulator) {
     fuse({{want, r.value}});
     const FusedDesc d = FusedDesc::make({{r.out, r.value}});
     const fusion::Layout L = fusion::make_layout(d);
-    const uint32_t rows = fusion::broadcast_rows(d, L);
-    ASSERT_EQ(rows != 0, c.rows) << "case " << ci << " " << c.out.str();
-    if (!rows) continue;
+    const fusion::BroadcastInputs b = fusion::broadcast_inputs(d, L);
+    ASSERT_EQ((b.rows | b.cols) != 0, c.vec) << "case " << ci << " " << c.out.str();
+    if (!c.vec) continue;
     for (const bool idx32 : {true, false}) {
       std::memset(r.out.data(), kPoison, static_cast<size_t>(r.out.nbytes()));
       fusion::Variant v;
@@ -1691,7 +1700,8 @@ TEST(FusionCodegen, BroadcastRowsRunOnAHostEmulator) {
       v.idx32 = idx32;
       v.nd = L.nd;
       v.cls = L.cls;
-      v.rows = rows;
+      v.rows = b.rows;
+      v.cols = b.cols;
       const fusion::KernelSource src = fusion::generate_cuda(*d.program, v);
       // NVRTC compiles it for the H100 too (in CI, without a GPU).
       if (kHasNvrtc) EXPECT_FALSE(fusion::compile_cuda(src, "sm_90a", "rows", nullptr).empty());
@@ -1713,7 +1723,7 @@ TEST(FusionCodegen, BroadcastRowsRunOnAHostEmulator) {
     }
   }
   std::filesystem::remove_all(dir);
-  std::printf("emulated %d broadcast-row kernels on the host\n", emulated);
+  std::printf("emulated %d broadcast row / column kernels on the host\n", emulated);
   EXPECT_GT(emulated, 0);
 }
 
@@ -1730,8 +1740,9 @@ TEST(FusionCuda, BroadcastRowsTakeTheVectorKernel) {
     FusedPlan::select(d).run(Stream::default_for(gpu), {}, d.bound_args());
     Stream::default_for(gpu).synchronize();
     const auto& vec_kernel = d.state->kernels[0];
-    EXPECT_EQ(vec_kernel != nullptr, c.rows) << "case " << ci;
-    if (vec_kernel) EXPECT_NE(vec_kernel->variant.rows, 0u) << "case " << ci;
+    EXPECT_EQ(vec_kernel != nullptr, c.vec) << "case " << ci;
+    if (vec_kernel)
+      EXPECT_NE(vec_kernel->variant.rows | vec_kernel->variant.cols, 0u) << "case " << ci;
     const Tensor back = testing::to_host(r.out);
     EXPECT_EQ(same_values(want, back, c.out), "") << "case " << ci;
   }
