@@ -1520,25 +1520,71 @@ extern "C" int lowbit_emulate(const void* params, unsigned blocks) {
 }
 )";
 
+/// A directory with the JIT's headers and the shim, in which generated kernels are compiled
+/// by the host's C++ compiler, loaded and run thread by thread (available() is false without
+/// a host compiler). Removed with the object.
+class HostEmulator {
+ public:
+  explicit HostEmulator(const std::string& name) {
+    const char* cxx_env = std::getenv("CXX");
+    cxx_ = cxx_env && *cxx_env ? cxx_env : "c++";
+    available_ = std::system((cxx_ + " --version > /dev/null 2>&1").c_str()) == 0;
+    if (!available_) {
+      std::printf("SKIPPED: no host C++ compiler (%s) to emulate kernels\n", cxx_.c_str());
+      return;
+    }
+    dir_ = ::testing::TempDir() + fmt::format("{}_{}", name, ::getpid());
+    std::filesystem::create_directories(dir_ + "/lowbit");
+    const fusion::HeaderSet& h = fusion::jit_headers();
+    for (size_t i = 0; i < h.names.size(); ++i) {
+      if (h.names[i] == "cstdint" || h.names[i] == "bit") continue;  // the host's own
+      std::ofstream(dir_ + "/" + h.names[i]) << h.contents[i];
+    }
+    std::ofstream(dir_ + "/shim.h") << kHostShim;
+  }
+  ~HostEmulator() {
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+  HostEmulator(const HostEmulator&) = delete;
+  HostEmulator& operator=(const HostEmulator&) = delete;
+  bool available() const { return available_; }
+
+  /// Runs `src` over `blocks` blocks of 256 threads with `params`; returns the kernel's
+  /// sizeof(Params), or -1 after reporting a failure to build or load it.
+  int run(const fusion::KernelSource& src, const std::vector<unsigned char>& params,
+          const std::string& stem_name, unsigned blocks) const {
+    const std::string stem = dir_ + "/" + stem_name;
+    std::ofstream(stem + ".cpp") << "#include \"shim.h\"\n" << src.code << kHostMain;
+    const std::string cmd = fmt::format("{} -std=c++20 -O0 -w -fPIC -shared -I{} {}.cpp -o {}.so",
+                                        cxx_, dir_, stem, stem);
+    if (std::system(cmd.c_str()) != 0) {
+      ADD_FAILURE() << cmd << "\n" << src.code;
+      return -1;
+    }
+    void* so = ::dlopen((stem + ".so").c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!so) {
+      ADD_FAILURE() << ::dlerror();
+      return -1;
+    }
+    auto fn = reinterpret_cast<int (*)(const void*, unsigned)>(::dlsym(so, "lowbit_emulate"));
+    const int size = fn ? fn(params.data(), blocks) : -1;
+    if (!fn) ADD_FAILURE() << "no lowbit_emulate in " << stem << ".so";
+    ::dlclose(so);
+    return size;
+  }
+
+ private:
+  std::string cxx_, dir_;
+  bool available_ = false;
+};
+
 // The generated CUDA source, compiled by the host's C++ compiler against the shim above and
 // run thread by thread: checks codegen's indexing, lanes, partial groups, element pairs and
 // the parameter block against the CPU kernel without a GPU (the formulas are the CPU's
 // here; the GPU test checks the device's arithmetic). Skipped without a host compiler.
 TEST(FusionCodegen, KernelsRunOnAHostEmulator) {
-  const char* cxx_env = std::getenv("CXX");
-  const std::string cxx = cxx_env && *cxx_env ? cxx_env : "c++";
-  if (std::system((cxx + " --version > /dev/null 2>&1").c_str()) != 0) {
-    std::printf("SKIPPED: no host C++ compiler (%s) to emulate kernels\n", cxx.c_str());
-    GTEST_SKIP() << "no host compiler";
-  }
-  const std::string dir = ::testing::TempDir() + fmt::format("lowbit_emu_{}", ::getpid());
-  std::filesystem::create_directories(dir + "/lowbit");
-  const fusion::HeaderSet& h = fusion::jit_headers();
-  for (size_t i = 0; i < h.names.size(); ++i) {
-    if (h.names[i] == "cstdint" || h.names[i] == "bit") continue;  // the host's own
-    std::ofstream(dir + "/" + h.names[i]) << h.contents[i];
-  }
-  std::ofstream(dir + "/shim.h") << kHostShim;
+  const HostEmulator emu_dir("lowbit_emu");
+  if (!emu_dir.available()) GTEST_SKIP() << "no host compiler";
   int kernels = 0;
   std::map<std::string, int> kinds;
   for (int k = 0; k < 12; ++k) {
@@ -1581,19 +1627,10 @@ TEST(FusionCodegen, KernelsRunOnAHostEmulator) {
       v.pair = !v.vec && L.packed_out;
       const fusion::KernelSource src = fusion::generate_cuda(*d.program, v);
       const std::vector<unsigned char> params = fusion::pack_params(*d.program, v, L, args);
-      const std::string stem = fmt::format("{}/k{}_{}", dir, k, vec);
-      std::ofstream(stem + ".cpp") << "#include \"shim.h\"\n" << src.code << kHostMain;
-      const std::string cmd = fmt::format("{} -std=c++20 -O0 -w -fPIC -shared -I{} {}.cpp -o {}.so",
-                                          cxx, dir, stem, stem);
-      ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd << "\n" << src.code;
-      void* so = ::dlopen((stem + ".so").c_str(), RTLD_NOW | RTLD_LOCAL);
-      ASSERT_NE(so, nullptr) << ::dlerror();
-      auto run = reinterpret_cast<int (*)(const void*, unsigned)>(::dlsym(so, "lowbit_emulate"));
-      ASSERT_NE(run, nullptr);
       // Three blocks: the grid-stride loops wrap for the larger cases.
-      const int size = run(params.data(), 3);
+      const int size = emu_dir.run(src, params, fmt::format("k{}_{}", k, vec), 3);
+      ASSERT_GE(size, 0);
       EXPECT_EQ(size, src.param_bytes) << "Params layout differs between host and kernel";
-      ::dlclose(so);
       for (size_t o = 0; o < views.size(); ++o) {
         ASSERT_EQ(same_values(want[o], views[o], c.shape), "")
             << c.describe() << "\n  variant " << v.key();
@@ -1603,7 +1640,6 @@ TEST(FusionCodegen, KernelsRunOnAHostEmulator) {
       ++kinds[v.key().substr(0, 3)];
     }
   }
-  std::filesystem::remove_all(dir);
   std::printf("emulated %d generated kernels (vec %d, strided %d) on the host\n", kernels,
               kinds["vec"], kinds["str"]);
   EXPECT_GT(kinds["vec"], 0);
@@ -1668,20 +1704,8 @@ RowRun row_run(const RowCase& c, Device dev) {
 // The vector kernel with broadcast rows, run on the host emulator against the CPU kernel
 // (NVRTC and a GPU are not needed): the layouts that allow it take it, the others not.
 TEST(FusionCodegen, BroadcastRowsRunOnAHostEmulator) {
-  const char* cxx_env = std::getenv("CXX");
-  const std::string cxx = cxx_env && *cxx_env ? cxx_env : "c++";
-  if (std::system((cxx + " --version > /dev/null 2>&1").c_str()) != 0) {
-    std::printf("SKIPPED: no host C++ compiler (%s) to emulate kernels\n", cxx.c_str());
-    GTEST_SKIP() << "no host compiler";
-  }
-  const std::string dir = ::testing::TempDir() + fmt::format("lowbit_emu_rows_{}", ::getpid());
-  std::filesystem::create_directories(dir + "/lowbit");
-  const fusion::HeaderSet& h = fusion::jit_headers();
-  for (size_t i = 0; i < h.names.size(); ++i) {
-    if (h.names[i] == "cstdint" || h.names[i] == "bit") continue;
-    std::ofstream(dir + "/" + h.names[i]) << h.contents[i];
-  }
-  std::ofstream(dir + "/shim.h") << kHostShim;
+  const HostEmulator emu("lowbit_emu_rows");
+  if (!emu.available()) GTEST_SKIP() << "no host compiler";
   int emulated = 0;
   for (size_t ci = 0; ci < std::size(kRowCases); ++ci) {
     const RowCase& c = kRowCases[ci];
@@ -1707,22 +1731,12 @@ TEST(FusionCodegen, BroadcastRowsRunOnAHostEmulator) {
       if (kHasNvrtc) EXPECT_FALSE(fusion::compile_cuda(src, "sm_90a", "rows", nullptr).empty());
       const std::vector<unsigned char> params =
           fusion::pack_params(*d.program, v, L, d.bound_args());
-      const std::string stem = fmt::format("{}/r{}_{}", dir, ci, idx32);
-      std::ofstream(stem + ".cpp") << "#include \"shim.h\"\n" << src.code << kHostMain;
-      const std::string cmd = fmt::format("{} -std=c++20 -O0 -w -fPIC -shared -I{} {}.cpp -o {}.so",
-                                          cxx, dir, stem, stem);
-      ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd << "\n" << src.code;
-      void* so = ::dlopen((stem + ".so").c_str(), RTLD_NOW | RTLD_LOCAL);
-      ASSERT_NE(so, nullptr) << ::dlerror();
-      auto run = reinterpret_cast<int (*)(const void*, unsigned)>(::dlsym(so, "lowbit_emulate"));
-      ASSERT_NE(run, nullptr);
-      EXPECT_EQ(run(params.data(), 1), src.param_bytes) << "Params layout differs";
-      ::dlclose(so);
+      EXPECT_EQ(emu.run(src, params, fmt::format("r{}_{}", ci, idx32), 1), src.param_bytes)
+          << "Params layout differs (or the kernel did not build)";
       ASSERT_EQ(same_values(want, r.out, c.out), "") << "case " << ci << " variant " << v.key();
       ++emulated;
     }
   }
-  std::filesystem::remove_all(dir);
   std::printf("emulated %d broadcast row / column kernels on the host\n", emulated);
   EXPECT_GT(emulated, 0);
 }
