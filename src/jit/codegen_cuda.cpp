@@ -642,31 +642,13 @@ struct Gen {
 
   // ---- vec ----
 
-  /// Offsets o<k> of element `e` in the row and column inputs (offsets() for those alone).
-  std::string row_offsets(const std::string& e, const std::string& indent) const {
-    std::string s = fmt::format("{}{} rrem = {};\n", indent, idx, e);
-    for (size_t k = 0; k < ni; ++k)
-      if (bcast_input(k)) s += fmt::format("{}{} o{} = 0;\n", indent, idx, k);
-    for (int d = v.nd - 1; d >= 0; --d) {
-      if (d > 0)
-        s += fmt::format("{0}{{ const {1} i = rrem % p.ext[{2}]; rrem /= p.ext[{2}];\n", indent,
-                         idx, d);
-      else
-        s += fmt::format("{}{{ const {} i = rrem;\n", indent, idx);
-      for (size_t k = 0; k < ni; ++k)
-        if (bcast_input(k)) s += fmt::format("{}  o{} += i * p.st[{}][{}];\n", indent, k, k, d);
-      s += indent + "}\n";
-    }
-    return s;
-  }
-
   /// The row inputs' vectors b<k>[] and the column inputs' values x<k> of the group starting
   /// at element `e0`: a group lies in one row (the last extent is a multiple of G) and starts
   /// 16-byte aligned (launch.cpp). Plain loads: a broadcast row is read again by every row
   /// of the output.
   std::string row_vectors(const std::string& e0, int g, const std::string& indent) const {
     if (!v.rows && !v.cols) return {};
-    std::string s = row_offsets(e0, indent);
+    std::string s = offsets(e0, indent, [&](size_t k) { return bcast_input(k); });
     for (size_t k = 0; k < ni; ++k)  // a column input: the group's one value, x<k> for all
       if (col_input(k)) s += load_elem(k, fmt::format("o{}", k), indent);
     for (size_t k = 0; k < ni; ++k) {
@@ -883,7 +865,7 @@ struct Gen {
     for (size_t k = 0; k < ni; ++k)
       if (v.cls[k] == Layout::Class::full) s += load_elem(k, "e", "      ");
     if (v.rows || v.cols) {
-      s += row_offsets("e", "      ");
+      s += offsets("e", "      ", [&](size_t k) { return bcast_input(k); });
       for (size_t k = 0; k < ni; ++k)
         if (bcast_input(k)) s += load_elem(k, fmt::format("o{}", k), "      ");
     }
@@ -896,11 +878,14 @@ struct Gen {
 
   // ---- strided ----
 
-  /// Offsets of element `e` in every operand: o<k>.
-  std::string offsets(const std::string& e, const std::string& indent) const {
+  /// Offsets o<k> of element `e` in the operands `keep` accepts (the strided kernels: all, a
+  /// single-element input's staying 0; the vector kernel: its broadcast inputs).
+  template <class Keep>
+  std::string offsets(const std::string& e, const std::string& indent, Keep keep) const {
     const size_t nops = ni + no;
     std::string s = fmt::format("{}{} rem = {};\n", indent, idx, e);
-    for (size_t k = 0; k < nops; ++k) s += fmt::format("{}{} o{} = 0;\n", indent, idx, k);
+    for (size_t k = 0; k < nops; ++k)
+      if (keep(k)) s += fmt::format("{}{} o{} = 0;\n", indent, idx, k);
     for (int d = v.nd - 1; d >= 0; --d) {
       if (d > 0) {
         s += fmt::format("{0}{{ const {1} i = rem % p.ext[{2}]; rem /= p.ext[{2}];\n", indent, idx,
@@ -909,11 +894,15 @@ struct Gen {
         s += fmt::format("{}{{ const {} i = rem;\n", indent, idx);
       }
       for (size_t k = 0; k < nops; ++k)
-        if (k >= ni || !scalar_input(k))
+        if (keep(k) && (k >= ni || !scalar_input(k)))
           s += fmt::format("{}  o{} += i * p.st[{}][{}];\n", indent, k, k, d);
       s += indent + "}\n";
     }
     return s;
+  }
+
+  std::string offsets(const std::string& e, const std::string& indent) const {
+    return offsets(e, indent, [](size_t) { return true; });
   }
 
   std::string strided_kernel() const {

@@ -322,10 +322,9 @@ const ResolvedKernel& prepare_launch(const FusedDesc& d, const FusedArgs& a, con
   PlanState& st = *d.state;
   // The vector path needs every full operand (and broadcast row input) 16-byte aligned.
   const BroadcastInputs bc = broadcast_inputs(d, L);
-  const uint32_t rows = bc.rows;
   bool vec = L.vec_ok || bc.rows != 0 || bc.cols != 0;
   for (size_t k = 0; vec && k < L.cls.size(); ++k) {
-    if (L.cls[k] != Layout::Class::full && !(k < 32 && ((rows >> k) & 1u) != 0)) continue;
+    if (L.cls[k] != Layout::Class::full && !(k < 32 && ((bc.rows >> k) & 1u) != 0)) continue;
     const void* p =
         k < a.inputs.size() ? a.inputs[k].data() : a.outputs[k - a.inputs.size()].data();
     vec = reinterpret_cast<uintptr_t>(p) % 16 == 0;
@@ -516,8 +515,8 @@ class FusedCuda final : public Kernel<FusedOp> {
     const unsigned smem = variant.qreg > 0 ? 0u : static_cast<unsigned>(4 * K + 8 * nb);
     auto s = static_cast<cudaStream_t>(stream.native_handle());
     std::optional<Buffer> flag;  // per call, where the thread's persistent words are missing
-    // With a CheckReport: the report's flag word (zero between calls: the record kernel after
-    // this one moves it into the record and zeroes it), no hand-off in the kernel, no wait.
+    // With a CheckReport: the report's flag word (zero between calls: the kernel's last block
+    // moves a refusal into the report's record and zeroes it), no wait.
     const CheckReport::Impl* report = check_report::for_call(a.report, d.check_finite);
     QuantCheck* qc = d.check_finite && !report ? quant_check(d.device.index) : nullptr;
     void* flag_ptr = nullptr;
