@@ -183,6 +183,83 @@ struct RowScales {
   }
 };
 
+/// One 128-k segment of one 16-row tile: 8 mma steps of 16 k, each with the 16 x 16 weight
+/// operand decoded in registers from the lane's code words (w0: rows r, w1: rows r + 8) and x^T
+/// (xv: 8 bytes per lane and step, NT blocks of 8 rows of x) as the B operand; a scale group's
+/// f32 sums are scaled (and offset, for affine formats) into acc.
+template <Code C, Scale S, int kStepsLog2, bool kBf16, int NT, bool kAffine, int kWords>
+__device__ __forceinline__ void segment_mma(float (&acc)[NT][4], const uint32_t (&w0)[kWords],
+                                            const uint32_t (&w1)[kWords], const uint2 (&xv)[NT][8],
+                                            const tc::SegScales& cs0, const tc::SegScales& cs1) {
+  constexpr int kBits = (C == Code::u4 || C == Code::fp4) ? 4 : 8;
+  constexpr int kGS = 1 << kStepsLog2;  // steps per scale group
+  constexpr float kF = (C == Code::fp4 && !kBf16) ? tc::kFp4F16Factor : 1.0f;
+  constexpr uint32_t kOnes = kBf16 ? 0x3f803f80u : 0x3c003c00u;  // (1.0, 1.0)
+  float g[NT][4], g1[NT][4];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    if ((j & (kGS - 1)) == 0) {
+#pragma unroll
+      for (int t = 0; t < NT; ++t)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) g[t][i] = g1[t][i] = 0.0f;
+    }
+    const uint32_t c0 = w0[tc::step_word(kBits, j)], c1 = w1[tc::step_word(kBits, j)];
+    const int p0 = tc::step_pair(kBits, j, 0), p1 = tc::step_pair(kBits, j, 1);
+    const uint32_t a0 = tc::decode_pair<C, kBf16>(c0, p0);
+    const uint32_t a1 = tc::decode_pair<C, kBf16>(c1, p0);
+    const uint32_t a2 = tc::decode_pair<C, kBf16>(c0, p1);
+    const uint32_t a3 = tc::decode_pair<C, kBf16>(c1, p1);
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      mma16816<kBf16>(g[t], a0, a1, a2, a3, xv[t][j].x, xv[t][j].y);
+      if constexpr (kAffine)
+        mma16816<kBf16>(g1[t], kOnes, kOnes, kOnes, kOnes, xv[t][j].x, xv[t][j].y);
+    }
+    if ((j & (kGS - 1)) == kGS - 1) {
+      const int f = j >> kStepsLog2;
+      float a0s, b0s, a1s, b1s;
+      tc::seg_group_ab<S>(cs0, f, kAffine, a0s, b0s);
+      tc::seg_group_ab<S>(cs1, f, kAffine, a1s, b1s);
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        acc[t][0] += a0s * (g[t][0] * kF);
+        acc[t][1] += a0s * (g[t][1] * kF);
+        acc[t][2] += a1s * (g[t][2] * kF);
+        acc[t][3] += a1s * (g[t][3] * kF);
+        if constexpr (kAffine) {
+          acc[t][0] += b0s * g1[t][0];
+          acc[t][1] += b0s * g1[t][1];
+          acc[t][2] += b1s * g1[t][2];
+          acc[t][3] += b1s * g1[t][3];
+        }
+      }
+    }
+  }
+}
+
+/// The end of a tile: lane's sums (rows 16 tile + r (+ 8), columns m0 + 8 t + 2 q (+ 1)) times
+/// the nvfp4 global scale and the W8A8 x scale, plus the bias, rounded once into y.
+template <Scale S, int NT>
+__device__ __forceinline__ void store_tile(const Args& p, const float (&acc)[NT][4], int64_t tile,
+                                           int m0, int lane) {
+  const int r = lane >> 2, q = lane & 3;
+  const float global = S == Scale::e4m3 ? p.w.global[0] : 1.0f;
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t row = tile * 16 + r + (i < 2 ? 0 : 8);
+      const int c = m0 + 8 * t + 2 * q + (i & 1);
+      if (c >= p.m || row >= p.n) continue;
+      float v = acc[t][i];
+      if (S == Scale::e4m3) v *= global;
+      if (p.x_scale) v *= p.x_scale[p.x_scale_row ? c : 0];
+      if (p.bias) v += quant_cuda::load_any(p.bias, p.y_dtype, static_cast<uint64_t>(row));
+      quant_cuda::store_any(p.y, p.y_dtype, static_cast<uint64_t>(c * p.y_stride + row), v);
+    }
+}
+
 /// Registers per thread: about as few as the instantiation needs without spilling in its loop
 /// (ptxas -v), so that 16-25 warps fit on a multiprocessor (8-bit codes hold twice the bytes).
 /// Two tiles per block (4-bit codes, 16 rows of x) hold twice the accumulators and scales.
@@ -215,9 +292,6 @@ __global__ void __launch_bounds__(kMaxThreads<TM>)
   constexpr int kBits = (C == Code::u4 || C == Code::fp4) ? 4 : 8;
   constexpr int kVec = kBits == 4 ? 1 : 2;  // 16-byte code vectors per half
   constexpr int kDepth = kDepthFor<TM>;     // segments of codes in flight beyond the current
-  constexpr int kGS = 1 << kStepsLog2;      // steps per scale group
-  constexpr float kF = (C == Code::fp4 && !kBf16) ? tc::kFp4F16Factor : 1.0f;
-  constexpr uint32_t kOnes = kBf16 ? 0x3f803f80u : 0x3c003c00u;  // (1.0, 1.0)
   constexpr int kLaneBytes = 16 * kVec;
 
   const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31);
@@ -358,49 +432,9 @@ __global__ void __launch_bounds__(kMaxThreads<TM>)
       }
 
 #pragma unroll
-      for (int tm = 0; tm < TM; ++tm) {
-        float g[NT][4], g1[NT][4];
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          if ((j & (kGS - 1)) == 0) {
-#pragma unroll
-            for (int t = 0; t < NT; ++t)
-#pragma unroll
-              for (int i = 0; i < 4; ++i) g[t][i] = g1[t][i] = 0.0f;
-          }
-          const uint32_t c0 = w0[tm][tc::step_word(kBits, j)], c1 = w1[tm][tc::step_word(kBits, j)];
-          const int p0 = tc::step_pair(kBits, j, 0), p1 = tc::step_pair(kBits, j, 1);
-          const uint32_t a0 = tc::decode_pair<C, kBf16>(c0, p0);
-          const uint32_t a1 = tc::decode_pair<C, kBf16>(c1, p0);
-          const uint32_t a2 = tc::decode_pair<C, kBf16>(c0, p1);
-          const uint32_t a3 = tc::decode_pair<C, kBf16>(c1, p1);
-#pragma unroll
-          for (int t = 0; t < NT; ++t) {
-            mma16816<kBf16>(g[t], a0, a1, a2, a3, xv[t][j].x, xv[t][j].y);
-            if constexpr (kAffine)
-              mma16816<kBf16>(g1[t], kOnes, kOnes, kOnes, kOnes, xv[t][j].x, xv[t][j].y);
-          }
-          if ((j & (kGS - 1)) == kGS - 1) {
-            const int f = j >> kStepsLog2;
-            float a0s, b0s, a1s, b1s;
-            tc::seg_group_ab<S>(cs0[tm], f, kAffine, a0s, b0s);
-            tc::seg_group_ab<S>(cs1[tm], f, kAffine, a1s, b1s);
-#pragma unroll
-            for (int t = 0; t < NT; ++t) {
-              acc[tm][t][0] += a0s * (g[t][0] * kF);
-              acc[tm][t][1] += a0s * (g[t][1] * kF);
-              acc[tm][t][2] += a1s * (g[t][2] * kF);
-              acc[tm][t][3] += a1s * (g[t][3] * kF);
-              if constexpr (kAffine) {
-                acc[tm][t][0] += b0s * g1[t][0];
-                acc[tm][t][1] += b0s * g1[t][1];
-                acc[tm][t][2] += b1s * g1[t][2];
-                acc[tm][t][3] += b1s * g1[t][3];
-              }
-            }
-          }
-        }
-      }
+      for (int tm = 0; tm < TM; ++tm)
+        segment_mma<C, S, kStepsLog2, kBf16, NT, kAffine>(acc[tm], w0[tm], w1[tm], xv, cs0[tm],
+                                                          cs1[tm]);
     }
   }
 
@@ -428,22 +462,8 @@ __global__ void __launch_bounds__(kMaxThreads<TM>)
         for (int i = 0; i < 4; ++i)
           acc[tm][t][i] += red[(w * kSums + (tm * NT + t) * 4 + i) * 32 + lane];
 
-  const float global = S == Scale::e4m3 ? p.w.global[0] : 1.0f;
 #pragma unroll
-  for (int tm = 0; tm < TM; ++tm)
-#pragma unroll
-    for (int t = 0; t < NT; ++t)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int64_t row = tile[tm] * 16 + r + (i < 2 ? 0 : 8);
-        const int c = m0 + 8 * t + 2 * q + (i & 1);
-        if (c >= p.m || row >= p.n) continue;
-        float v = acc[tm][t][i];
-        if (S == Scale::e4m3) v *= global;
-        if (p.x_scale) v *= p.x_scale[p.x_scale_row ? c : 0];
-        if (p.bias) v += quant_cuda::load_any(p.bias, p.y_dtype, static_cast<uint64_t>(row));
-        quant_cuda::store_any(p.y, p.y_dtype, static_cast<uint64_t>(c * p.y_stride + row), v);
-      }
+  for (int tm = 0; tm < TM; ++tm) store_tile<S, NT>(p, acc[tm], tile[tm], m0, lane);
 }
 
 /// Warps of `kernel` that fit on one multiprocessor (its registers decide; cached by the caller):
