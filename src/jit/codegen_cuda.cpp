@@ -280,8 +280,6 @@ const char* mem_type(Dtype d) {
   }
 }
 
-int elem_bytes(Dtype d) { return d == Dtype::f64 ? 8 : bit_width(d) / 8; }
-
 /// Expression giving the value (in the input step's Num) of element bits `b` of dtype d.
 std::string decode(Dtype d, const std::string& b) {
   switch (d) {
@@ -1634,5 +1632,7 @@ void pack_params(const Program& program, const Variant& v, const Layout& L, cons
     put_idx(k > 0 ? L.numel / k : 0);
   }
 }
+
+int elem_bytes(Dtype d) { return d == Dtype::f64 ? 8 : bit_width(d) / 8; }
 
 }  // namespace lowbit::fusion

@@ -416,6 +416,10 @@ struct PlanState {
   }
 };
 
+/// Bytes of one element of an operand of dtype `d` (codegen_cuda.cpp; the kernels' loads and
+/// the vector path's group are sized by it).
+int elem_bytes(Dtype d);
+
 /// The inputs of class strided the vector kernel reads as broadcast rows and columns
 /// (Variant::rows / cols), both 0 where the layout does not allow it (launch.cpp).
 struct BroadcastInputs {

@@ -271,12 +271,6 @@ void launch_cuda(const Compiled& compiled, const KernelSource& shape, const Vari
             "cuLaunchKernel");
 }
 
-namespace {
-
-int operand_bytes(Dtype d) { return d == Dtype::f64 ? 8 : bit_width(d) / 8; }
-
-}  // namespace
-
 /// The inputs the vector kernel can read as broadcast rows or columns (Variant::rows / cols)
 /// when the layout rules it out only through them; the outputs are full, and the last
 /// collapsed dimension's extent is a multiple of the group (so a group lies in one row). A
@@ -296,7 +290,7 @@ BroadcastInputs broadcast_inputs(const FusedDesc& d, const Layout& L) {
     if (L.cls[k] == Layout::Class::scalar) continue;
     const int64_t last = L.strides[k][L.nd - 1];
     if (L.cls[k] == Layout::Class::full || last == 1)  // vectors of this operand
-      min_bytes = std::min(min_bytes, operand_bytes(dt));
+      min_bytes = std::min(min_bytes, elem_bytes(dt));
     if (L.cls[k] == Layout::Class::full) continue;
     if (last == 1)
       b.rows |= 1u << k;
@@ -310,7 +304,7 @@ BroadcastInputs broadcast_inputs(const FusedDesc& d, const Layout& L) {
   for (size_t k = 0; k < ni; ++k) {
     const bool row = ((b.rows >> k) & 1u) != 0, col = ((b.cols >> k) & 1u) != 0;
     if (!row && !col) continue;
-    const int64_t per = row ? 16 / operand_bytes(d.inputs[k].dtype) : 1;
+    const int64_t per = row ? 16 / elem_bytes(d.inputs[k].dtype) : 1;
     for (int i = 0; i + 1 < L.nd; ++i)
       if (L.strides[k][i] < 0 || L.strides[k][i] % per != 0) return {};
   }
