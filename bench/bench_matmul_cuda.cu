@@ -446,6 +446,7 @@ int main(int argc, char** argv) {
                               {"matmul_cuda_wgmma_tc", " (wgmma tc)"},
                               {"matmul_cuda_wgmma_ws_tc", " (wgmma ws)"},
                               {"matmul_cuda_wgmma_ws64_tc", " (wgmma ws64)"},
+                              {"matmul_cuda_wgmma_ws128_tc", " (wgmma ws128)"},
                               {"matmul_cuda_dequant_tc_lt", " (dequant+GEMM)"}};
           for (const Alt& al : alts) {
             if (m < 16 || r.kernel == al.kernel) continue;

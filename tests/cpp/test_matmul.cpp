@@ -742,6 +742,56 @@ TEST(Matmul, WgmmaWs64KernelOnAwkwardShapes) {
   }
 }
 
+/// matmul_cuda_wgmma_ws128_tc (the warp-specialized kernel with 128 rows of x per block,
+/// wgmma.m64n128k16; sm_90a) for 8-bit codes with one scale per row: the sweep's int8:channel,
+/// fp8e4m3 / e5m2:channel, fp8e4m3:tensor (and int8:block128 / fp8e4m3:block128x128 at
+/// K = 128, where the group is the row) at M = 65-1000 (one to eight blocks of x, partial and
+/// full), N = 200 and 520 (one and three pairs of W blocks, one past the last tile), K =
+/// 512-8192 (short grids split K), y padded, bias, NaN / Inf in x. Two ranges in a cluster
+/// (M = 100, N = 5120: 40 blocks), four as two chained pairs (N = 2048: 16 blocks) and ranges
+/// through the workspace (M = 200, N = 5120: 80 blocks), M = 2048. Declined: 4-bit codes, 8-bit
+/// codes in groups along K, zero points (uint8 is always affine) and q8_0 (the dequantize path
+/// serves them), an f32 y,
+/// M = 64 and 2049.
+TEST(Matmul, WgmmaWs128KernelOnAwkwardShapes) {
+  const char* const kernel = "matmul_cuda_wgmma_ws128_tc";
+  const WgmmaSweep sweep{{65, 100, 127, 128, 129, 200, 255, 300}, {250, 700, 1000}, 130, 200};
+  uint64_t seed = 5500;
+  for (Device device : testing::test_devices()) {
+    if (!device.is_cuda()) continue;
+    const int ran = run_wgmma_sweep(kernel, device, sweep, seed);
+    if (::testing::Test::HasFailure()) return;
+    if (ran == 0) {
+      std::printf("%s declined on %s (not an sm_90a device or build): nothing ran\n", kernel,
+                  device.str().c_str());
+      continue;
+    }
+    // int8:channel, fp8e4m3 / e5m2:channel, fp8e4m3:tensor: 4 schemes x 2 dtypes x 3 cases,
+    // K = 128 and 384 for each (and int8:block128 / fp8 128x128 at K = 128), the NaN case for 4.
+    EXPECT_EQ(ran, 4 * 6 + 4 * 2 + 2 + 4);
+    std::printf("%s on %s ran %d cases\n", kernel, device.str().c_str(), ran);
+    Case c{200, 200, 512, Dtype::bf16, Dtype::bf16, "int8:channel", "", false, false, 0, false};
+    for (const char* w : {"int4:block32", "int8:block32", "int8:channel:asym", "q8_0"}) {
+      c.w_scheme = w;
+      EXPECT_FALSE(run_case(kernel, device, c, seed++)) << w << " is declined";
+    }
+    c.w_scheme = "int8:channel";
+    c.y = Dtype::f32;
+    EXPECT_FALSE(run_case(kernel, device, c, seed++)) << "an f32 y is declined";
+    c.y = Dtype::bf16;
+    for (int64_t m : {64, 2049}) {
+      c.m = m;
+      EXPECT_FALSE(run_case(kernel, device, c, seed++)) << "M = " << m << " is outside the range";
+    }
+    const std::vector<Case> split{
+        {100, 5120, 2304, Dtype::bf16, Dtype::bf16, "int8:channel", "", false, true, 0, false},
+        {100, 2048, 2304, Dtype::f16, Dtype::f16, "fp8e4m3:channel", "", false, false, 0, true},
+        {200, 5120, 2304, Dtype::bf16, Dtype::bf16, "fp8e5m2:tensor", "", false, false, 3, false},
+        {2048, 200, 384, Dtype::f16, Dtype::f16, "int8:tensor", "", false, true, 0, false}};
+    EXPECT_EQ(run_ws_split_cases(kernel, device, split, seed), 4);
+  }
+}
+
 /// Both warp-specialized kernels write y through the copy engine where one k-range makes it
 /// and its rows are 16 bytes apart (multiples of), else row by row from an f32 tile: the same
 /// case with y's rows n and n + 1 elements apart gives the same bits either way. Blocks of x
@@ -762,12 +812,16 @@ TEST(Matmul, WgmmaWsCopyEngineStoresMatchTheRowLoop) {
       {0, 520, 384, Dtype::f16, Dtype::f16, "int4:block128:asym", "", false, true, 0, false},
       // 2 x 79 blocks (the last W pair's second block past N): more than one wave.
       {0, 10000, 256, Dtype::bf16, Dtype::bf16, "nvfp4", "", false, true, 0, false},
+      // 8-bit codes: the 128-row tiling only.
+      {0, 200, 512, Dtype::bf16, Dtype::bf16, "int8:channel", "", false, true, 0, false},
+      {0, 40, 384, Dtype::f16, Dtype::f16, "fp8e4m3:channel", "", false, false, 0, true},
   };
   uint64_t seed = 7000;
   for (Device device : testing::test_devices()) {
     if (!device.is_cuda()) continue;
     int ran = 0;
-    for (const Ws ws : {Ws{"matmul_cuda_wgmma_ws_tc", 300}, Ws{"matmul_cuda_wgmma_ws64_tc", 100}}) {
+    for (const Ws ws : {Ws{"matmul_cuda_wgmma_ws_tc", 300}, Ws{"matmul_cuda_wgmma_ws64_tc", 100},
+                        Ws{"matmul_cuda_wgmma_ws128_tc", 300}}) {
       for (Case c : cases) {
         c.m = ws.m;
         std::vector<uint8_t> tma, rows;
@@ -785,7 +839,7 @@ TEST(Matmul, WgmmaWsCopyEngineStoresMatchTheRowLoop) {
                   device.str().c_str());
       continue;
     }
-    EXPECT_EQ(ran, 10);
+    EXPECT_EQ(ran, 5 * 2 + 2);  // 4-bit cases on ws and ws64, 8-bit ones on ws128
   }
 }
 

@@ -77,7 +77,9 @@ struct Format {
   int zero_shift = 0;       ///< stored zero = zero - zero_shift (8 for uint4, 128 for uint8)
   uint8_t code_xor = 0;     ///< stored code = code ^ code_xor (8 for int4 nibbles, 0x80 uint8)
   bool affine() const { return zero || scale == Scale::q4k; }
-  int code_bits() const { return code == Code::u4 || code == Code::fp4 ? 4 : 8; }
+  /// 8-bit codes (i8, e4m3, e5m2).
+  static constexpr bool wide(Code c) { return c != Code::u4 && c != Code::fp4; }
+  int code_bits() const { return wide(code) ? 8 : 4; }
   /// Bytes of codes per lane per half-tile per segment.
   int lane_bytes() const { return code_bits() == 4 ? 16 : 32; }
 };

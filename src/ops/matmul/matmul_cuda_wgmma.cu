@@ -114,15 +114,14 @@ using tc::Code;
 using tc::Scale;
 using wgmma::Launcher;
 
-Launcher launcher_for(const tc::Format& f, bool bf16, std::string* why) {
+Launcher launcher_for(const tc::Format& f, int64_t k, bool bf16, std::string* why) {
   switch (f.code) {
     case Code::u4:
       return wgmma::launcher_int4(f, bf16, why);
     case Code::fp4:
       return wgmma::launcher_fp4(f, bf16, why);
     default:
-      if (why) *why = "8-bit codes have no instantiation here (the dequantize path serves them)";
-      return {};
+      return wgmma::launcher_int8(f, k, bf16, why);
   }
 }
 
@@ -163,15 +162,24 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
              ") would not give sums of that precision (the dequantize path computes in f32)";
     const auto f = tc::format_of(d.w, d.n, d.k, &why);
     if (!f) return why;
+    const Launcher l = launcher_for(*f, d.k, true, &why);
+    if (!l) return why;
+    if (!l.has(ws_tiling()))
+      return tc::Format::wide(f->code)
+                 ? "8-bit codes run on matmul_cuda_wgmma_ws128_tc's 128-row tiles (their 2 KB "
+                   "per tile and segment leave no room for this kernel's stages)"
+                 : "4-bit codes run on the 256- and 64-row tiles (matmul_cuda_wgmma_ws_tc, "
+                   "matmul_cuda_wgmma_ws64_tc): no 128-row instantiation";
     why = decline_m(d.m, *f);
     if (!why.empty()) return why;
-    if (!launcher_for(*f, true, &why)) return why;
     return decline_grid(d, *f, tc::layout_of(*f, d.n, d.k).tiles);
   }
 
   PrecisionGuarantee precision(const MatmulDesc&) const final {
     return {
-        "W decoded to x's dtype in registers (integer formats and q4_0: dequantize()'s value "
+        "W decoded to x's dtype in registers (8-bit codes with one scale per row: the code's "
+        "value, exact, and each row's f32 sums times its scale in f32; 4-bit integer formats "
+        "and q4_0: dequantize()'s value "
         "rounded once, the bits of dequantize to x's dtype, except int4 / uint4 in groups of "
         ">= 64 and q4_0 on the 64-row kernel (33 <= M <= 128): the code's integer value, exact, "
         "and each group's partial sum of a 64-k unit times its scale in f32; e2m1 formats: the "
@@ -211,7 +219,7 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
       wa.tag = chain_tag();
     }
     const CUtensorMap x_map = x_tensor_map(wa.x, d.m, d.k, wa.x_stride, box_rows());
-    const Launcher l = launcher_for(tp.format, d.x == Dtype::bf16, nullptr);
+    const Launcher l = launcher_for(tp.format, d.k, d.x == Dtype::bf16, nullptr);
     if (ws_tiling() < 0) return l.launch(wa, x_map, cs);
     // y through the copy engine where one k-range writes it and its rows are 16-byte aligned.
     wa.y_tma = wa.split == 1 && reinterpret_cast<uintptr_t>(wa.y) % 16 == 0 &&
@@ -231,9 +239,12 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
   }
   virtual wgmma_ws::WsSplit split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) const = 0;
   virtual uint32_t box_rows() const = 0;
-  /// -1: the one-wave kernel; 0 / 1: the warp-specialized kernel with 256 / 64 rows of x.
+  /// -1: the one-wave kernel; 0 / 1 / 2: the warp-specialized kernel with 256 / 64 / 128 rows
+  /// of x.
   virtual int ws_tiling() const = 0;
-  int rows_x() const { return ws_tiling() == 0 ? 256 : ws_tiling() == 1 ? 64 : wgmma::kRowsX; }
+  int rows_x() const {
+    return ws_tiling() == 0 ? 256 : ws_tiling() == 1 ? 64 : ws_tiling() == 2 ? 128 : wgmma::kRowsX;
+  }
   /// A value no flag of a chained call's workspace holds: the flags are lowered after each
   /// call, and a workspace's first contents match a random 64-bit tag only by a 2^-64 chance
   /// (so a captured CUDA graph, which repeats its tag, finds them lowered too).
@@ -320,31 +331,40 @@ constexpr double kWsMinWaveFill = 0.9;
 /// medium's 0.080. At M = 32 the skinny kernel is as fast (0.039 ms) and keeps it.
 constexpr int64_t kWs64MinM = 33;
 constexpr int64_t kWs64MaxM = 128;
+/// The 128-row tiling, for 8-bit codes with one scale per row (int8 / uint8 symmetric, fp8
+/// e4m3 / e5m2; channel or tensor).
+constexpr int64_t kWs128MinM = 65;
+constexpr int64_t kWs128MaxM = 2048;
 
-/// The warp-specialized kernel with RX (256 or 64) rows of x per block.
+/// The warp-specialized kernel with RX (256, 128 or 64) rows of x per block.
 template <int RX>
 class MatmulCudaWgmmaWs final : public WgmmaPlan {
  public:
   std::string_view name() const override {
-    return RX == 256 ? "matmul_cuda_wgmma_ws_tc" : "matmul_cuda_wgmma_ws64_tc";
+    return RX == 256   ? "matmul_cuda_wgmma_ws_tc"
+           : RX == 128 ? "matmul_cuda_wgmma_ws128_tc"
+                       : "matmul_cuda_wgmma_ws64_tc";
   }
 
  protected:
-  static constexpr int64_t kMin = RX == 256 ? kWsMinM : kWs64MinM;
+  static constexpr int64_t kMin = RX == 256 ? kWsMinM : RX == 128 ? kWs128MinM : kWs64MinM;
   std::string decline_m(int64_t m, const tc::Format& f) const override {
-    const int64_t kMax =
-        RX == 256 ? (f.code == tc::Code::fp4 ? kWsMaxMe2m1 : kWsMaxMWaves) : kWs64MaxM;
+    const int64_t kMax = RX == 256   ? (f.code == tc::Code::fp4 ? kWsMaxMe2m1 : kWsMaxMWaves)
+                         : RX == 128 ? kWs128MaxM
+                                     : kWs64MaxM;
     if (m < kMin)
       return "M = " + std::to_string(m) + " < " + std::to_string(kMin) +
-             (RX == 256 ? " (a 256-row tile of x would be mostly padding: "
-                          "matmul_cuda_wgmma_ws64_tc takes these)"
-                        : " (a 64-row tile of x would be mostly padding: the skinny kernel "
-                          "takes these)");
+             (RX == 256   ? " (a 256-row tile of x would be mostly padding: "
+                            "matmul_cuda_wgmma_ws64_tc takes these)"
+              : RX == 128 ? " (a 128-row tile of x would be mostly padding: the skinny and "
+                            "medium kernels take these)"
+                          : " (a 64-row tile of x would be mostly padding: the skinny kernel "
+                            "takes these)");
     if (m > kMax)
       return "M = " + std::to_string(m) + " > " + std::to_string(kMax) +
-             (RX == 256 ? " (for this format dequantize + a cuBLASLt GEMM is as fast or faster "
-                          "there)"
-                        : " (matmul_cuda_wgmma_ws_tc's 256-row tiles take these)");
+             (RX == 64 ? " (matmul_cuda_wgmma_ws_tc's 256-row tiles take these)"
+                       : " (for this format dequantize + a cuBLASLt GEMM is as fast or faster "
+                         "there)");
     return {};
   }
   std::string decline_grid(const MatmulDesc& d, const tc::Format& f, int64_t tiles) const override {
@@ -363,7 +383,7 @@ class MatmulCudaWgmmaWs final : public WgmmaPlan {
   }
   wgmma_ws::WsSplit split_of(const MatmulDesc& d, const mm_cuda::TcPlan& tp) const override {
     const int64_t slots = mm_cuda::sm_count(d.device.index);  // one block per SM
-    const Launcher l = launcher_for(tp.format, d.x == Dtype::bf16, nullptr);
+    const Launcher l = launcher_for(tp.format, d.k, d.x == Dtype::bf16, nullptr);
     return wgmma_ws::split_for(d.m, tp.layout.tiles, tp.layout.segments, RX, slots,
                                l.ws_max_pairs[ws_tiling()]());
   }
@@ -374,7 +394,7 @@ class MatmulCudaWgmmaWs final : public WgmmaPlan {
   }
   // Each block of a pair asks for its half of x's rows (multicast to both).
   uint32_t box_rows() const override { return RX / wgmma_ws::kClusterBlocks; }
-  int ws_tiling() const override { return RX == 256 ? 0 : 1; }
+  int ws_tiling() const override { return RX == 256 ? 0 : RX == 128 ? 2 : 1; }
 };
 
 }  // namespace
@@ -391,6 +411,11 @@ const MatmulKernel& matmul_cuda_wgmma_ws_kernel() {
 
 const MatmulKernel& matmul_cuda_wgmma_ws64_kernel() {
   static const MatmulCudaWgmmaWs<64> kernel;
+  return kernel;
+}
+
+const MatmulKernel& matmul_cuda_wgmma_ws128_kernel() {
+  static const MatmulCudaWgmmaWs<128> kernel;
   return kernel;
 }
 

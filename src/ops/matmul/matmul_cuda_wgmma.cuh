@@ -445,15 +445,20 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 /// One instantiation's launches: this file's kernel and the warp-specialized one
-/// (matmul_cuda_wgmma_ws.cuh, whose `pick` fills both).
+/// (matmul_cuda_wgmma_ws.cuh, whose `pick` fills them: 4-bit codes this file's kernel and
+/// the ws kernel's 256- and 64-row tilings, 8-bit codes the 128-row tiling alone).
 struct Launcher {
   using Launch = void (*)(const Args&, const CUtensorMap&, cudaStream_t);
   /// The ws kernels take y's tensor map too (used where Args::y_tma).
   using LaunchWs = void (*)(const Args&, const CUtensorMap&, const CUtensorMap&, cudaStream_t);
   Launch launch = nullptr;
-  LaunchWs launch_ws[2] = {};     ///< the ws kernel: 256 / 64 rows of x
-  int (*ws_max_pairs[2])() = {};  ///< its clusters of two at once
-  explicit operator bool() const { return launch != nullptr; }
+  LaunchWs launch_ws[3] = {};     ///< the ws kernel: 256 / 64 / 128 rows of x
+  int (*ws_max_pairs[3])() = {};  ///< its clusters of two at once
+  /// Whether the kernel of `tiling` (-1: this file's; 0, 1, 2: the ws kernel's) is here.
+  bool has(int tiling) const {
+    return tiling < 0 ? launch != nullptr : launch_ws[tiling] != nullptr;
+  }
+  explicit operator bool() const { return has(-1) || has(0) || has(1) || has(2); }
 };
 
 template <Code C, Scale S, int SL, bool kBf16, bool kZero>
@@ -487,6 +492,7 @@ CUtensorMap tensor_map_swizzled(const void* data, CUtensorMapDataType type, int 
 /// The instantiation for a format and x dtype, or an empty Launcher (with the reason in `why`).
 Launcher launcher_int4(const tc::Format& f, bool bf16, std::string* why);
 Launcher launcher_fp4(const tc::Format& f, bool bf16, std::string* why);
+Launcher launcher_int8(const tc::Format& f, int64_t k, bool bf16, std::string* why);
 #endif
 
 }  // namespace lowbit::wgmma

@@ -81,27 +81,32 @@ using tc::Scale;
 
 inline constexpr int kThreads = 384;      ///< a producer warpgroup and two consumer warpgroups
 inline constexpr int kTilesPerBlock = 8;  ///< 128 rows of W per block
-inline constexpr int kWBytes = kTilesPerBlock * 1024;  ///< the block's codes of one segment
 inline constexpr int kConsumerWarps = 8;
 inline constexpr int kClusterBlocks = 2;  ///< a W pair sharing x's tile, or two k-ranges
 /// The epilogue's f32 tile [rows of x][kOutStride] (4 words of padding: the fragment's stores
 /// fall in distinct banks).
 inline constexpr int kOutStride = 128 + 4;
 
-/// The two tilings: 256 rows of x per block (M >= 129: wgmma.m64n256k16) or 64 (M <= 128:
-/// m64n64k16, a quarter of the x bytes per stage, so twice the stages).
-template <int RX>
+/// The tilings: 256 rows of x per block (4-bit codes, M >= 129: wgmma.m64n256k16), 64 (4-bit
+/// codes, M <= 128: m64n64k16, a quarter of the x bytes per stage, so twice the stages) or 128
+/// (8-bit codes: m64n128k16; their 2 KB per tile and segment leave no room for three stages
+/// of 256 rows of x in 227 KB, and four stages of 128 rows fit).
+template <int RX, bool kWide = false>
 struct Tiling {
-  static_assert(RX == 256 || RX == 64);
+  static_assert(RX == 256 || RX == 128 || RX == 64);
   static constexpr int kRowsX = RX;            ///< rows of x per block: the wgmma's N
   static constexpr int kHalfBytes = RX * 128;  ///< one 64-k half of x in a stage
   static constexpr int kXBytes = 2 * kHalfBytes;
+  /// One tile's codes of one segment (tc::Format::lane_bytes x 2 halves x 32 lanes).
+  static constexpr int kTileWBytes = kWide ? 2048 : 1024;
+  static constexpr int kWBytes = kTilesPerBlock * kTileWBytes;  ///< the block's codes
   static constexpr int kStageBytes = kXBytes + kWBytes;
-  static constexpr int kStages = RX == 256 ? 3 : 6;
+  static constexpr int kStages = RX == 256 ? 3 : RX == 128 ? 4 : 6;
   /// The stages, their full and empty barriers, and room to align the stages to 1024 bytes.
   static constexpr int kSmemBytes = kStages * kStageBytes + 16 * kStages + 1024;
   static constexpr int kAcc = RX / 2;  ///< f32 accumulators per lane
   static_assert(RX * kOutStride * 4 <= kStages * kStageBytes);
+  static_assert(kSmemBytes <= 227 * 1024);
 };
 
 /// Blocks of the grid before any split of K, with `rows_x` rows of x per block.
@@ -235,11 +240,13 @@ __device__ __forceinline__ void wgmma_rs64(float (&d)[32], const uint32_t (&a)[4
 #endif
 }
 
-/// d += A · B for either tiling's wgmma.
+/// d += A · B for each tiling's wgmma.
 template <bool kBf16, int N>
 __device__ __forceinline__ void wgmma_rs_n(float (&d)[N], const uint32_t (&a)[4], uint64_t b) {
   if constexpr (N == 128)
     wgmma_rs256<kBf16>(d, a, b);
+  else if constexpr (N == 64)
+    wgmma::wgmma_rs<kBf16>(d, a, b);
   else
     wgmma_rs64<kBf16>(d, a, b);
 }
@@ -304,6 +311,12 @@ __device__ __forceinline__ unsigned long long flag_acquire(const unsigned long l
 /// 8 bytes of shared memory.
 __device__ __forceinline__ void lds64(uint32_t addr, uint32_t& a, uint32_t& b) {
   asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(a), "=r"(b) : "r"(addr));
+}
+/// 16 bytes of shared memory.
+__device__ __forceinline__ void lds128(uint32_t addr, uint32_t (&w)[4]) {
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
+               : "r"(addr));
 }
 
 /// Four 8 x 8 matrices of 16-bit pairs (this lane's fragment of each: row lane / 4, columns
@@ -397,7 +410,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     ws_kernel(Args p, const __grid_constant__ CUtensorMap x_map,
               const __grid_constant__ CUtensorMap y_map) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using T = Tiling<RX>;
+  // 8-bit codes (the 128-row tiling only): twice the code bytes per tile, and scales that are
+  // constant along a row (channel, tensor): the operands are the codes' values, exact in x's
+  // dtype, and each row's scale multiplies its f32 sums once at the end (kRowScale).
+  constexpr bool kWide = tc::Format::wide(C);
+  constexpr bool kRowScale = kWide;
+  static_assert(!kWide || (RX == 128 && kStepsLog2 == 3 && !kZero &&
+                           (S == Scale::integer || S == Scale::f32)));
+  using T = Tiling<RX, kWide>;
   constexpr int kRowsX = RX, kHalfBytes = T::kHalfBytes, kXBytes = T::kXBytes;
   constexpr int kStageBytes = T::kStageBytes, kStages = T::kStages;
   extern __shared__ __align__(16) uint8_t smem_raw[];
@@ -473,8 +493,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int t = 0; t < kTilesPerBlock; ++t) {  // tiles past the last: the last one, unused
         const int64_t tile = min(tile0 + t, p.tiles - 1);
-        bulk_load(dst + kXBytes + 1024u * t,
-                  p.w.codes + tc::lane_code_offset(segs, 16, tile, s, 0, 0), 1024u, bar);
+        bulk_load(dst + kXBytes + T::kTileWBytes * t,
+                  p.w.codes + tc::lane_code_offset(segs, T::kTileWBytes / 64, tile, s, 0, 0),
+                  T::kTileWBytes, bar);
       }
     }
     WS_SUMS_STORE(true);
@@ -491,10 +512,17 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   // Natural k order (matmul_cuda_wgmma.cuh): lane q takes its words from lanes q / 2 and
   // 2 + q / 2 of its quad, shifted by 4 (q % 2); a unit (64 k) uses two words of each row.
-  const uint32_t wsrc = kXBytes + 1024u * warp + 16u * ((lane & ~3) | (q >> 1));
+  // 8-bit codes: word j of a lane's 32 bytes is step j (tc::step_word), whose byte pair q % 2
+  // of lane q / 2 is k 2q, 2q + 1 in natural order (and of lane 2 + q / 2 k 2q + 8, 2q + 9):
+  // a unit uses four words of each row, one 16-byte load.
+  constexpr uint32_t kLaneBytes = T::kTileWBytes / 64;
+  const uint32_t wsrc = kXBytes + static_cast<uint32_t>(T::kTileWBytes) * warp +
+                        kLaneBytes * ((lane & ~3) | (q >> 1));
   const int sh = 4 * (q & 1);
+  const int pq = q & 1;                  // 8-bit codes: the byte pair
+  constexpr int kWords = kWide ? 4 : 2;  ///< code words of a row per unit
   struct Words {
-    uint32_t lo[2][2], hi[2][2];  // [row r / r + 8][word]
+    uint32_t lo[2][kWords], hi[2][kWords];  // [row r / r + 8][word]
   };
   // Integer codes with f32 or f16 scales on the 64-row tiling ("flush" mode): a unit (64 k)
   // lies in one group (groups of 64 or more) or two (groups of 32, int4:block32 and q4_0),
@@ -520,21 +548,38 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr bool kNoDecode = false;
 #endif
   auto load_words = [&](int i, int unit, Words& o) {
-    const uint32_t a = base + static_cast<uint32_t>((i % kStages) * kStageBytes) + wsrc + 8u * unit;
+    const uint32_t a = base + static_cast<uint32_t>((i % kStages) * kStageBytes) + wsrc +
+                       4u * kWords * static_cast<uint32_t>(unit);
+    if constexpr (kWide) {  // halves 1 KB apart, lane 2 + q / 2 64 bytes after lane q / 2
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      lds64(a + 512u * h, o.lo[h][0], o.lo[h][1]);
-      lds64(a + 512u * h + 32u, o.hi[h][0], o.hi[h][1]);
-      if constexpr (!kNibbles) {
+      for (int h = 0; h < 2; ++h) {
+        lds128(a + 1024u * h, o.lo[h]);
+        lds128(a + 1024u * h + 64u, o.hi[h]);
+      }
+    } else {
 #pragma unroll
-        for (int v = 0; v < 2; ++v) o.lo[h][v] >>= sh, o.hi[h][v] >>= sh;
+      for (int h = 0; h < 2; ++h) {
+        lds64(a + 512u * h, o.lo[h][0], o.lo[h][1]);
+        lds64(a + 512u * h + 32u, o.hi[h][0], o.hi[h][1]);
+        if constexpr (!kNibbles) {
+#pragma unroll
+          for (int v = 0; v < 2; ++v) o.lo[h][v] >>= sh, o.hi[h][v] >>= sh;
+        }
       }
     }
   };
   // Steps 4 unit .. 4 unit + 3 of a segment into a[4][4].
   auto decode_unit = [&](int unit, const Words& o, const tc::SegScales& s0, const tc::SegScales& s1,
                          uint32_t(&a)[4][4]) {
-    if constexpr (kNoDecode) {  // the experiment: operands are the code words themselves
+    if constexpr (kWide) {  // the codes' exact values (kRowScale: no scale here)
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) {
+        a[jj][0] = tc::decode_pair<C, kBf16>(o.lo[0][jj], pq);  // row r, k 2q, 2q + 1
+        a[jj][1] = tc::decode_pair<C, kBf16>(o.lo[1][jj], pq);  // row r + 8
+        a[jj][2] = tc::decode_pair<C, kBf16>(o.hi[0][jj], pq);  // k 2q + 8, 2q + 9
+        a[jj][3] = tc::decode_pair<C, kBf16>(o.hi[1][jj], pq);
+      }
+    } else if constexpr (kNoDecode) {  // the experiment: operands are the code words themselves
 #pragma unroll
       for (int jj = 0; jj < 4; ++jj) {
         a[jj][0] = o.lo[0][jj >> 1] ^ s0.w[0], a[jj][1] = o.lo[1][jj >> 1] ^ s1.w[0];
@@ -639,11 +684,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Scales: a ring of three segments' (indexed by compile-time constants only), each loaded
   // two segments before the decode that needs it.
   uint32_t a0[4][4], a1[4][4];
-  tc::SegScales sc[3][2];
+  tc::SegScales sc[3][2] = {};
+  if constexpr (!kRowScale) {
 #pragma unroll
-  for (int k = 0; k < 3; ++k) {
-    sc[k][0] = rs0.load(s_begin + min(k, nseg - 1));
-    sc[k][1] = rs1.load(s_begin + min(k, nseg - 1));
+    for (int k = 0; k < 3; ++k) {
+      sc[k][0] = rs0.load(s_begin + min(k, nseg - 1));
+      sc[k][1] = rs1.load(s_begin + min(k, nseg - 1));
+    }
   }
   Words o;
   async::mbar_wait(full, 0);
@@ -709,8 +756,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       WS_SUM(16, t_l1);
       WS_T0(t_d1);
       decode_unit(1, o, sc[I][0], sc[I][1], a1);
-      sc[I][0] = rs0.load(s3);
-      sc[I][1] = rs1.load(s3);
+      if constexpr (!kRowScale) {
+        sc[I][0] = rs0.load(s3);
+        sc[I][1] = rs1.load(s3);
+      }
       WS_SUM(14, t_d1);
       // Unit 1: k 64..127 (x's second half).
       WS_T0(t_i1);
@@ -742,6 +791,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   wgmma::wgmma_wait<0>();
   wgmma::fence_acc(acc);
+  if constexpr (kRowScale) {  // acc[4 t + e] is row r + 8 (e / 2): times its scale, in f32
+    const float s0 = numeric_detail::float_of(rs0.load(0).w[0]);
+    const float s1 = numeric_detail::float_of(rs1.load(0).w[0]);
+#pragma unroll
+    for (int i = 0; i < T::kAcc; ++i) acc[i] = __fmul_rn(acc[i], (i & 2) ? s1 : s0);
+  }
   WS_MARK(tid == 128, 3);
   WS_SUMS_STORE(tid == 128);
   WS_MARK(tid == 256, 4);
@@ -915,15 +970,15 @@ template <Code C, Scale S, int SL, bool kBf16, bool kZero, int RX>
 cudaLaunchConfig_t ws_config(unsigned xblocks, unsigned wblocks, int split, bool ksplit,
                              cudaLaunchAttribute& cluster) {
   constexpr auto kernel = &ws_kernel<C, S, SL, kBf16, kZero, RX>;
+  using T = Tiling<RX, tc::Format::wide(C)>;
   static mm_cuda::SmemOptIn optin;
-  mm_cuda::check_cuda(optin.allow(kernel, Tiling<RX>::kSmemBytes),
-                      "matmul: shared memory of ws_kernel");
+  mm_cuda::check_cuda(optin.allow(kernel, T::kSmemBytes), "matmul: shared memory of ws_kernel");
   cudaLaunchConfig_t cfg{};
   // A W pair's second block may lie past the last tile (it stores nothing).
   cfg.gridDim =
       dim3(xblocks, ksplit ? wblocks : (wblocks + 1) / 2 * 2, static_cast<unsigned>(split));
   cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = Tiling<RX>::kSmemBytes;
+  cfg.dynamicSmemBytes = T::kSmemBytes;
   cluster = {};
   cluster.id = cudaLaunchAttributeClusterDimension;
   cluster.val.clusterDim.x = 1;
@@ -979,14 +1034,21 @@ void launch(const Args& a, const CUtensorMap& x_map, const CUtensorMap& y_map,
 #if defined(__CUDACC__)
 namespace lowbit::wgmma {
 
-/// Both kernels' launches of one instantiation.
+/// Both kernels' launches of one instantiation: 4-bit codes the one-wave kernel and the ws
+/// kernel's 256- and 64-row tilings, 8-bit codes the ws kernel's 128-row tiling.
 template <Code C, Scale S, int SL, bool kBf16, bool kZero>
 Launcher pick_dtype() {
   namespace ws = wgmma_ws;
-  return {
-      &launch<C, S, SL, kBf16, kZero>,
-      {&ws::launch<C, S, SL, kBf16, kZero, 256>, &ws::launch<C, S, SL, kBf16, kZero, 64>},
-      {&ws::max_pairs<C, S, SL, kBf16, kZero, 256>, &ws::max_pairs<C, S, SL, kBf16, kZero, 64>}};
+  if constexpr (tc::Format::wide(C)) {
+    return {nullptr,
+            {nullptr, nullptr, &ws::launch<C, S, SL, kBf16, kZero, 128>},
+            {nullptr, nullptr, &ws::max_pairs<C, S, SL, kBf16, kZero, 128>}};
+  } else {
+    return {
+        &launch<C, S, SL, kBf16, kZero>,
+        {&ws::launch<C, S, SL, kBf16, kZero, 256>, &ws::launch<C, S, SL, kBf16, kZero, 64>},
+        {&ws::max_pairs<C, S, SL, kBf16, kZero, 256>, &ws::max_pairs<C, S, SL, kBf16, kZero, 64>}};
+  }
 }
 template <Code C, Scale S, int SL, bool kZero>
 Launcher pick(bool bf16) {

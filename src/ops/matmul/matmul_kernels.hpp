@@ -14,6 +14,7 @@ const MatmulKernel& matmul_cuda_skinny_kernel();       // matmul_cuda_skinny.cu
 const MatmulKernel& matmul_cuda_wgmma_kernel();        // matmul_cuda_wgmma.cu
 const MatmulKernel& matmul_cuda_wgmma_ws_kernel();     // matmul_cuda_wgmma.cu
 const MatmulKernel& matmul_cuda_wgmma_ws64_kernel();   // matmul_cuda_wgmma.cu
+const MatmulKernel& matmul_cuda_wgmma_ws128_kernel();  // matmul_cuda_wgmma.cu
 const MatmulKernel& matmul_cuda_medium_kernel();       // matmul_cuda_medium.cu
 const MatmulKernel& matmul_cuda_dequant_tc_kernel();   // matmul_cuda_dequant.cu
 const MatmulKernel& matmul_cuda_dequant_kernel();      // matmul_cuda_dequant.cu

@@ -173,6 +173,7 @@ KernelList<MatmulOp> MatmulOp::kernels() {
     &matmul_cuda_skinny_kernel(),
     &matmul_cuda_wgmma_ws_kernel(),
     &matmul_cuda_wgmma_ws64_kernel(),
+    &matmul_cuda_wgmma_ws128_kernel(),
     &matmul_cuda_wgmma_kernel(),
     &matmul_cuda_medium_kernel(),
     &matmul_cuda_dequant_tc_kernel(),
