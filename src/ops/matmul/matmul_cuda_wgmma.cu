@@ -334,7 +334,7 @@ constexpr int64_t kWs64MaxM = 128;
 /// The 128-row tiling, for 8-bit codes with one scale per row (int8 / uint8 symmetric, fp8
 /// e4m3 / e5m2; channel or tensor).
 constexpr int64_t kWs128MinM = 65;
-constexpr int64_t kWs128MaxM = 2048;
+constexpr int64_t kWs128MaxM = 1024;
 
 /// The warp-specialized kernel with RX (256, 128 or 64) rows of x per block.
 template <int RX>
