@@ -109,6 +109,10 @@ struct Case {
   int64_t y_pad = 0;     // extra elements per row of y
   bool special = false;  // NaN / Inf in x
   int64_t x_pad = 0;     // extra elements per row of x (weight-only cases)
+  /// x's row i is 1 at k = i % K and 0 elsewhere: then every sum order gives y[i][j] = W[j][i %
+  /// K] exactly, so y must be the dequantized weight rounded once to y's dtype, bit for bit
+  /// (what a kernel's decode makes of each code, without the tolerance of a random sum).
+  bool one_hot = false;
 };
 
 std::string case_name(const Case& c) {
@@ -132,6 +136,11 @@ bool run_case(std::string_view kernel, Device device, const Case& c, uint64_t se
   if (c.n > 1) std::fill_n(w_f32.data_as<float>() + 1 * c.k, std::min<int64_t>(32, c.k), 0.f);
   const QuantizedTensor wq_host = quantize(w_f32, ws);
   Tensor x_host = random_values({c.m, c.k}, c.x_given_quantized ? Dtype::f32 : c.x, rng);
+  if (c.one_hot)
+    for (int64_t i = 0; i < c.m; ++i)
+      for (int64_t t = 0; t < c.k; ++t)
+        convert_detail::store_f32(x_host.data(), x_host.dtype(), i * c.k + t,
+                                  t == i % c.k ? 1.0f : 0.0f, Saturation::none);
   if (c.special && c.m > 0 && c.k > 2) {
     convert_detail::store_f32(x_host.data(), x_host.dtype(), 1, NAN, Saturation::none);
     if (c.m > 1)
@@ -255,6 +264,11 @@ bool run_case(std::string_view kernel, Device device, const Case& c, uint64_t se
         ok = got == ref;
       else
         ok = std::fabs(got - ref) <= tol * (std::fabs(ref) + std::sqrt(s2)) + 1e-30;
+      if (c.one_hot && !c.bias) {  // the dequantized value (an f32) rounded once to y's dtype
+        uint32_t one = 0;
+        convert_detail::store_f32(&one, c.y, 0, static_cast<float>(ref), Saturation::none);
+        ok = got == convert_detail::load_f32(&one, c.y, 0);
+      }
       if (!ok && failures++ < 5)
         ADD_FAILURE() << fmt::format("y[{},{}] = {} vs f64 {} (s = {})", i, j, got, ref,
                                      std::sqrt(s2));
@@ -743,16 +757,17 @@ TEST(Matmul, WgmmaWs64KernelOnAwkwardShapes) {
 }
 
 /// matmul_cuda_wgmma_ws128_tc (the warp-specialized kernel with 128 rows of x per block,
-/// wgmma.m64n128k16; sm_90a) for 8-bit codes with one scale per row: the sweep's int8:channel,
-/// fp8e4m3 / e5m2:channel, fp8e4m3:tensor (and int8:block128 / fp8e4m3:block128x128 at
-/// K = 128, where the group is the row) at M = 65-1000 (one to eight blocks of x, partial and
-/// full), N = 200 and 520 (one and three pairs of W blocks, one past the last tile), K =
-/// 512-8192 (short grids split K), y padded, bias, NaN / Inf in x. Two ranges in a cluster
-/// (M = 100, N = 5120: 40 blocks), four as two chained pairs (N = 2048: 16 blocks) and ranges
-/// through the workspace (M = 200, N = 5120: 80 blocks), M = 2048. Declined: 4-bit codes, 8-bit
-/// codes in groups along K, zero points (uint8 is always affine) and q8_0 (the dequantize path
-/// serves them), an f32 y,
-/// M = 64 and 2049.
+/// wgmma.m64n128k16; sm_90a) for 8-bit codes: with one scale per row (int8:channel, fp8e4m3 /
+/// e5m2:channel, fp8e4m3:tensor, and int8:block128 / fp8e4m3:block128x128 at K = 128) the
+/// codes are exact operands and the row's scale comes at the end; in groups along K (int8 /
+/// uint8 blocks, sym and asym, q8_0, fp8 blocks of 128 and 128x128 tiles) each operand is
+/// dequantize()'s value rounded to x's dtype. The sweep: M = 65-1000 (one to eight blocks of
+/// x, partial and full), N = 200 and 520 (one and three pairs of W blocks, one past the last
+/// tile), K = 512-8192 (short grids split K), y padded, bias, NaN / Inf in x; one-hot x for
+/// every decode bit for bit. Two ranges in a cluster (M = 100, N = 5120: 40 blocks), four as
+/// two chained pairs (N = 2048: 16 blocks), ranges through the workspace (M = 200, N = 5120:
+/// 80 blocks), M = 1024. Declined: 4-bit codes, q6_K, fp8 blocks shorter than 128, an f32 y,
+/// M = 64 and 1025.
 TEST(Matmul, WgmmaWs128KernelOnAwkwardShapes) {
   const char* const kernel = "matmul_cuda_wgmma_ws128_tc";
   const WgmmaSweep sweep{{65, 100, 127, 128, 129, 200, 255, 300}, {250, 700, 1000}, 130, 200};
@@ -766,12 +781,29 @@ TEST(Matmul, WgmmaWs128KernelOnAwkwardShapes) {
                   device.str().c_str());
       continue;
     }
-    // int8:channel, fp8e4m3 / e5m2:channel, fp8e4m3:tensor: 4 schemes x 2 dtypes x 3 cases,
-    // K = 128 and 384 for each (and int8:block128 / fp8 128x128 at K = 128), the NaN case for 4.
-    EXPECT_EQ(ran, 4 * 6 + 4 * 2 + 2 + 4);
+    // The 8-bit schemes of the list (int8:block32, its asym form, int8:block128, int8:channel,
+    // fp8e4m3 / e5m2:channel, fp8e4m3:tensor, fp8e4m3:block128x128, q8_0): 9 x 2 dtypes x 3
+    // cases, and K = 128 and 384 for each.
+    EXPECT_GE(ran, 9 * 6 + 9 * 2);
     std::printf("%s on %s ran %d cases\n", kernel, device.str().c_str(), ran);
+    // Each code's decode, bit for bit: one-hot rows of x make y the dequantized weight rounded
+    // to y's dtype (row scales: the code times its scale in f32, then rounded; groups:
+    // dequantize()'s value rounded to x's dtype; both that value's rounding).
+    int exact = 0;
+    for (const char* w :
+         {"int8:channel", "int8:tensor", "int8:block32", "int8:block64:asym", "uint8:block128",
+          "int8:block256:asym", "q8_0", "fp8e4m3:channel", "fp8e5m2:channel",
+          "fp8e4m3:block128x128", "fp8e5m2:block128", "fp8e4m3:tensor"}) {
+      for (Dtype xd : {Dtype::bf16, Dtype::f16}) {
+        Case oh{200, 72, 1024, xd, xd, w, "", false, false, 0, false};
+        oh.one_hot = true;
+        if (run_case(kernel, device, oh, seed++)) ++exact;
+        if (::testing::Test::HasFailure()) return;
+      }
+    }
+    EXPECT_EQ(exact, 24);
     Case c{200, 200, 512, Dtype::bf16, Dtype::bf16, "int8:channel", "", false, false, 0, false};
-    for (const char* w : {"int4:block32", "int8:block32", "int8:channel:asym", "q8_0"}) {
+    for (const char* w : {"int4:block32", "q6_K", "fp8e4m3:block32"}) {
       c.w_scheme = w;
       EXPECT_FALSE(run_case(kernel, device, c, seed++)) << w << " is declined";
     }

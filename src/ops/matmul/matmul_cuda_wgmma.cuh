@@ -241,6 +241,55 @@ __device__ __forceinline__ uint32_t decode(uint32_t t, const Group& g) {
   }
 }
 
+/// The steps_log2 template argument of 8-bit codes whose group is the whole row (channel,
+/// tensor): the ws kernel's row-scale mode (matmul_cuda_wgmma_ws.cuh).
+inline constexpr int kRowSteps = 4;
+
+/// A scale group of 8-bit codes as decode8 uses it: w = (A - z) · s with c = 2^23 + 128 + z
+/// (integer formats, q8_0: z = 0), fp8 w = value · s.
+struct Group8 {
+  float s = 0.0f, c = 8388736.0f;
+};
+
+template <Scale S, bool kZero>
+__device__ __forceinline__ Group8 group8_of(const tc::SegScales& r, int f) {
+  Group8 g;
+  if constexpr (S == Scale::integer || S == Scale::f32) {
+    g.s = numeric_detail::float_of(r.w[f]);
+    if constexpr (kZero)
+      g.c = 8388736.0f + static_cast<float>(static_cast<int8_t>(tc::byte_of(r.aux, f)));
+  } else {  // f16d (q8_0)
+    g.s = tc::h2f((r.w[f >> 1] >> (16 * (f & 1))) & 0xffffu);
+  }
+  return g;
+}
+
+/// The operand register of bytes 2p, 2p + 1 of an 8-bit code word: each code's dequantize()
+/// value in f32 (tc::dense_value's operations: (A - z) · s, or the fp8 value times s, one
+/// rounding), rounded once to x's dtype. Signed bytes: the byte ^ 0x80 under the f32 pattern
+/// of 2^23 reads 2^23 + 128 + A exactly, and subtracting c leaves A - z exactly.
+template <Code C, bool kBf16>
+__device__ __forceinline__ uint32_t decode8(uint32_t word, int p, const Group8& g) {
+  float lo, hi;
+  if constexpr (C == Code::i8) {
+    const uint32_t w = word ^ 0x80808080u;
+    lo = __uint_as_float(__byte_perm(w, 0x4b000000u, p ? 0x7542u : 0x7540u));
+    hi = __uint_as_float(__byte_perm(w, 0x4b000000u, p ? 0x7543u : 0x7541u));
+    lo = __fsub_rn(lo, g.c), hi = __fsub_rn(hi, g.c);
+  } else {
+    uint32_t h2;
+    if constexpr (C == Code::e4m3) {
+      const unsigned short b16 = static_cast<unsigned short>((word >> (16 * p)) & 0xffffu);
+      asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h2) : "h"(b16));
+    } else {  // e5m2: the top byte of an f16
+      h2 = __byte_perm(word, 0u, p ? 0x3424u : 0x1404u);
+    }
+    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&h2));
+    lo = f.x, hi = f.y;
+  }
+  return pack_rn<kBf16>(__fmul_rn(lo, g.s), __fmul_rn(hi, g.s));
+}
+
 /// The 4-bit integer decode without shifts (the warp-specialized kernels): the same values as
 /// decode<Code::u4>, one instruction fewer per operand register and no shift of each code word.
 /// A nibble at bits b .. b + 3 of a word, OR-ed into the f32 pattern of 2^(23 - b), reads as
@@ -493,6 +542,8 @@ CUtensorMap tensor_map_swizzled(const void* data, CUtensorMapDataType type, int 
 Launcher launcher_int4(const tc::Format& f, bool bf16, std::string* why);
 Launcher launcher_fp4(const tc::Format& f, bool bf16, std::string* why);
 Launcher launcher_int8(const tc::Format& f, int64_t k, bool bf16, std::string* why);
+/// Integer 8-bit codes in groups along K and q8_0 (launcher_int8 asks it).
+Launcher launcher_int8_groups(const tc::Format& f, bool bf16, std::string* why);
 #endif
 
 }  // namespace lowbit::wgmma

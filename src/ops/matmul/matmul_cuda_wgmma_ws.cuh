@@ -410,13 +410,18 @@ __global__ void __launch_bounds__(kThreads, 1)
     ws_kernel(Args p, const __grid_constant__ CUtensorMap x_map,
               const __grid_constant__ CUtensorMap y_map) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // 8-bit codes (the 128-row tiling only): twice the code bytes per tile, and scales that are
-  // constant along a row (channel, tensor): the operands are the codes' values, exact in x's
-  // dtype, and each row's scale multiplies its f32 sums once at the end (kRowScale).
+  // 8-bit codes (the 128-row tiling only) have twice the code bytes per tile. With scales
+  // constant along a row (channel, tensor: kStepsLog2 == wgmma::kRowSteps) the operands are
+  // the codes' values, exact in x's dtype, and each row's scale multiplies its f32 sums once
+  // at the end (kRowScale); with groups along K (int8 / uint8 blocks, q8_0, fp8 blocks) each
+  // operand is dequantize()'s value rounded to x's dtype (wgmma::decode8), as for 4-bit codes.
   constexpr bool kWide = tc::Format::wide(C);
-  constexpr bool kRowScale = kWide;
-  static_assert(!kWide || (RX == 128 && kStepsLog2 == 3 && !kZero &&
-                           (S == Scale::integer || S == Scale::f32)));
+  constexpr bool kRowScale = kWide && kStepsLog2 == wgmma::kRowSteps;
+  static_assert(!kWide || (RX == 128 && (S == Scale::integer || S == Scale::f32 ||
+                                         (S == Scale::f16d && kStepsLog2 == 1))));
+  static_assert(!kRowScale || (!kZero && S != Scale::f16d));
+  static_assert(kWide || kStepsLog2 <= 3);
+  constexpr int SL = kRowScale ? 3 : kStepsLog2;  ///< log2(steps per group) in a segment
   using T = Tiling<RX, kWide>;
   constexpr int kRowsX = RX, kHalfBytes = T::kHalfBytes, kXBytes = T::kXBytes;
   constexpr int kStageBytes = T::kStageBytes, kStages = T::kStages;
@@ -507,7 +512,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int warp = (tid >> 5) - 4;  // consumer warp 0..7: the block's tile `warp`
   const int lane = tid & 31, r = lane >> 2, q = lane & 3;
   const int64_t my_tile = min(tile0 + warp, p.tiles - 1);
-  using RS = skinny::RowScales<S, kStepsLog2, kZero>;
+  using RS = skinny::RowScales<S, SL, kZero>;
   const RS rs0(p.w, my_tile * 16 + r), rs1(p.w, my_tile * 16 + r + 8);
 
   // Natural k order (matmul_cuda_wgmma.cuh): lane q takes its words from lanes q / 2 and
@@ -571,13 +576,24 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Steps 4 unit .. 4 unit + 3 of a segment into a[4][4].
   auto decode_unit = [&](int unit, const Words& o, const tc::SegScales& s0, const tc::SegScales& s1,
                          uint32_t(&a)[4][4]) {
-    if constexpr (kWide) {  // the codes' exact values (kRowScale: no scale here)
+    if constexpr (kRowScale) {  // the codes' exact values (the scale comes at the end)
 #pragma unroll
       for (int jj = 0; jj < 4; ++jj) {
         a[jj][0] = tc::decode_pair<C, kBf16>(o.lo[0][jj], pq);  // row r, k 2q, 2q + 1
         a[jj][1] = tc::decode_pair<C, kBf16>(o.lo[1][jj], pq);  // row r + 8
         a[jj][2] = tc::decode_pair<C, kBf16>(o.hi[0][jj], pq);  // k 2q + 8, 2q + 9
         a[jj][3] = tc::decode_pair<C, kBf16>(o.hi[1][jj], pq);
+      }
+    } else if constexpr (kWide) {  // dequantize()'s values rounded to x's dtype
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) {
+        const int f = (4 * unit + jj) >> SL;
+        const wgmma::Group8 g0 = wgmma::group8_of<S, kZero>(s0, f);
+        const wgmma::Group8 g1 = wgmma::group8_of<S, kZero>(s1, f);
+        a[jj][0] = wgmma::decode8<C, kBf16>(o.lo[0][jj], pq, g0);
+        a[jj][1] = wgmma::decode8<C, kBf16>(o.lo[1][jj], pq, g1);
+        a[jj][2] = wgmma::decode8<C, kBf16>(o.hi[0][jj], pq, g0);
+        a[jj][3] = wgmma::decode8<C, kBf16>(o.hi[1][jj], pq, g1);
       }
     } else if constexpr (kNoDecode) {  // the experiment: operands are the code words themselves
 #pragma unroll
