@@ -766,11 +766,11 @@ TEST(Matmul, WgmmaWs64KernelOnAwkwardShapes) {
 /// tile), K = 512-8192 (short grids split K), y padded, bias, NaN / Inf in x; one-hot x for
 /// every decode bit for bit. Two ranges in a cluster (M = 100, N = 5120: 40 blocks), four as
 /// two chained pairs (N = 2048: 16 blocks), ranges through the workspace (M = 200, N = 5120:
-/// 80 blocks), M = 1024. Declined: 4-bit codes, q6_K, fp8 blocks shorter than 128, an f32 y,
-/// M = 64 and 1025.
+/// 80 blocks), M = 1024 (512 for codes in groups). Declined: 4-bit codes, q6_K, fp8 blocks
+/// shorter than 128, an f32 y, M = 64 and 1025 (513 for codes in groups).
 TEST(Matmul, WgmmaWs128KernelOnAwkwardShapes) {
   const char* const kernel = "matmul_cuda_wgmma_ws128_tc";
-  const WgmmaSweep sweep{{65, 100, 127, 128, 129, 200, 255, 300}, {250, 700, 1000}, 130, 200};
+  const WgmmaSweep sweep{{65, 100, 127, 128, 129, 200, 255, 300}, {250, 500, 1000}, 130, 200};
   uint64_t seed = 5500;
   for (Device device : testing::test_devices()) {
     if (!device.is_cuda()) continue;
@@ -782,9 +782,10 @@ TEST(Matmul, WgmmaWs128KernelOnAwkwardShapes) {
       continue;
     }
     // The 8-bit schemes of the list (int8:block32, its asym form, int8:block128, int8:channel,
-    // fp8e4m3 / e5m2:channel, fp8e4m3:tensor, fp8e4m3:block128x128, q8_0): 9 x 2 dtypes x 3
-    // cases, and K = 128 and 384 for each.
-    EXPECT_GE(ran, 9 * 6 + 9 * 2);
+    // fp8e4m3 / e5m2:channel, fp8e4m3:tensor, fp8e4m3:block128x128, q8_0): 9 x 2 dtypes x the
+    // two cases at M <= 300, K = 128 and 384 for each; the third case's M (250, 500 or 1000)
+    // is past the range of codes in groups when it is 1000.
+    EXPECT_GE(ran, 9 * 4 + 9 * 2);
     std::printf("%s on %s ran %d cases\n", kernel, device.str().c_str(), ran);
     // Each code's decode, bit for bit: one-hot rows of x make y the dequantized weight rounded
     // to y's dtype (row scales: the code times its scale in f32, then rounded; groups:
@@ -815,6 +816,11 @@ TEST(Matmul, WgmmaWs128KernelOnAwkwardShapes) {
       c.m = m;
       EXPECT_FALSE(run_case(kernel, device, c, seed++)) << "M = " << m << " is outside the range";
     }
+    // Codes in groups end at 512 (row scales at 1024).
+    Case g{512, 200, 512, Dtype::bf16, Dtype::bf16, "q8_0", "", false, false, 0, false};
+    EXPECT_TRUE(run_case(kernel, device, g, seed++)) << "q8_0 at M = 512";
+    g.m = 513;
+    EXPECT_FALSE(run_case(kernel, device, g, seed++)) << "q8_0 at M = 513";
     const std::vector<Case> split{
         {100, 5120, 2304, Dtype::bf16, Dtype::bf16, "int8:channel", "", false, true, 0, false},
         {100, 2048, 2304, Dtype::f16, Dtype::f16, "fp8e4m3:channel", "", false, false, 0, true},

@@ -170,7 +170,7 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
                    "per tile and segment leave no room for this kernel's stages)"
                  : "4-bit codes run on the 256- and 64-row tiles (matmul_cuda_wgmma_ws_tc, "
                    "matmul_cuda_wgmma_ws64_tc): no 128-row instantiation";
-    why = decline_m(d.m, *f);
+    why = decline_m(d.m, d.k, *f);
     if (!why.empty()) return why;
     return decline_grid(d, *f, tc::layout_of(*f, d.n, d.k).tiles);
   }
@@ -233,7 +233,7 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
   }
 
  protected:
-  virtual std::string decline_m(int64_t m, const tc::Format& f) const = 0;
+  virtual std::string decline_m(int64_t m, int64_t k, const tc::Format& f) const = 0;
   virtual std::string decline_grid(const MatmulDesc&, const tc::Format&, int64_t) const {
     return {};
   }
@@ -277,7 +277,7 @@ class MatmulCudaWgmma final : public WgmmaPlan {
   std::string_view name() const override { return "matmul_cuda_wgmma_tc"; }
 
  protected:
-  std::string decline_m(int64_t m, const tc::Format&) const override {
+  std::string decline_m(int64_t m, int64_t, const tc::Format&) const override {
     if (m < kMinM)
       return "M = " + std::to_string(m) + " < " + std::to_string(kMinM) +
              " (a 128-row tile of x would be half padding: the skinny and medium kernels are as "
@@ -335,6 +335,10 @@ constexpr int64_t kWs64MaxM = 128;
 /// e4m3 / e5m2; channel or tensor).
 constexpr int64_t kWs128MinM = 65;
 constexpr int64_t kWs128MaxM = 1024;
+/// 8-bit codes in groups along K (int8 / uint8 blocks, q8_0, fp8 blocks of 128) on the same
+/// tiling: their rounded decode costs more, so the crossover with dequantize + cuBLASLt comes
+/// earlier.
+constexpr int64_t kWs128GroupsMaxM = 512;
 
 /// The warp-specialized kernel with RX (256, 128 or 64) rows of x per block.
 template <int RX>
@@ -348,9 +352,10 @@ class MatmulCudaWgmmaWs final : public WgmmaPlan {
 
  protected:
   static constexpr int64_t kMin = RX == 256 ? kWsMinM : RX == 128 ? kWs128MinM : kWs64MinM;
-  std::string decline_m(int64_t m, const tc::Format& f) const override {
+  std::string decline_m(int64_t m, int64_t k, const tc::Format& f) const override {
+    const bool row_scale = f.group >= k && !f.zero && f.scale != tc::Scale::f16d;
     const int64_t kMax = RX == 256   ? (f.code == tc::Code::fp4 ? kWsMaxMe2m1 : kWsMaxMWaves)
-                         : RX == 128 ? kWs128MaxM
+                         : RX == 128 ? (row_scale ? kWs128MaxM : kWs128GroupsMaxM)
                                      : kWs64MaxM;
     if (m < kMin)
       return "M = " + std::to_string(m) + " < " + std::to_string(kMin) +
