@@ -178,8 +178,8 @@ class WgmmaPlan : public mm_cuda::TcWeightOnlyKernel {
   PrecisionGuarantee precision(const MatmulDesc&) const final {
     return {
         "W decoded to x's dtype in registers (8-bit codes with one scale per row: the code's "
-        "value, exact, and each row's f32 sums times its scale in f32; 4-bit integer formats "
-        "and q4_0: dequantize()'s value "
+        "value, exact, and each row's f32 sums times its scale in f32; 8-bit codes in groups, "
+        "4-bit integer formats and q4_0: dequantize()'s value "
         "rounded once, the bits of dequantize to x's dtype, except int4 / uint4 in groups of "
         ">= 64 and q4_0 on the 64-row kernel (33 <= M <= 128): the code's integer value, exact, "
         "and each group's partial sum of a 64-k unit times its scale in f32; e2m1 formats: the "
