@@ -331,9 +331,11 @@ constexpr double kWsMinWaveFill = 0.9;
 /// medium's 0.080. At M = 32 the skinny kernel is as fast (0.039 ms) and keeps it.
 constexpr int64_t kWs64MinM = 33;
 constexpr int64_t kWs64MaxM = 128;
-/// The 128-row tiling, for 8-bit codes with one scale per row (int8 / uint8 symmetric, fp8
-/// e4m3 / e5m2; channel or tensor).
-constexpr int64_t kWs128MinM = 65;
+/// The 128-row tiling, for 8-bit codes (docs/matmul.md, select() step 3c). From 33 (the
+/// skinny kernel takes M <= 32): on the H100 (BENCHMARKS.md, session 26) at M = 48-64 it took
+/// 0.041-0.051 ms against the medium kernel's 0.046-0.068 once a half tile of x lying wholly
+/// past M is no longer asked of the copy engine (before that, 0.073-0.079 ms on two shapes).
+constexpr int64_t kWs128MinM = 33;
 constexpr int64_t kWs128MaxM = 1024;
 /// 8-bit codes in groups along K (int8 / uint8 blocks, q8_0, fp8 blocks of 128) on the same
 /// tiling: their rounded decode costs more, so the crossover with dequantize + cuBLASLt comes
@@ -361,8 +363,7 @@ class MatmulCudaWgmmaWs final : public WgmmaPlan {
       return "M = " + std::to_string(m) + " < " + std::to_string(kMin) +
              (RX == 256   ? " (a 256-row tile of x would be mostly padding: "
                             "matmul_cuda_wgmma_ws64_tc takes these)"
-              : RX == 128 ? " (a 128-row tile of x would be mostly padding: the skinny and "
-                            "medium kernels take these)"
+              : RX == 128 ? " (the skinny kernel takes these)"
                           : " (a 64-row tile of x would be mostly padding: the skinny kernel "
                             "takes these)");
     if (m > kMax)
