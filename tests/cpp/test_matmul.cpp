@@ -761,16 +761,17 @@ TEST(Matmul, WgmmaWs64KernelOnAwkwardShapes) {
 /// e5m2:channel, fp8e4m3:tensor, and int8:block128 / fp8e4m3:block128x128 at K = 128) the
 /// codes are exact operands and the row's scale comes at the end; in groups along K (int8 /
 /// uint8 blocks, sym and asym, q8_0, fp8 blocks of 128 and 128x128 tiles) each operand is
-/// dequantize()'s value rounded to x's dtype. The sweep: M = 65-1000 (one to eight blocks of
-/// x, partial and full), N = 200 and 520 (one and three pairs of W blocks, one past the last
+/// dequantize()'s value rounded to x's dtype. The sweep: M = 33-1000 (one to eight blocks of
+/// x, partial and full; M = 33, 48, 129, 300: the last block's second half of x wholly past M,
+/// not copied), N = 200 and 520 (one and three pairs of W blocks, one past the last
 /// tile), K = 512-8192 (short grids split K), y padded, bias, NaN / Inf in x; one-hot x for
 /// every decode bit for bit. Two ranges in a cluster (M = 100, N = 5120: 40 blocks), four as
 /// two chained pairs (N = 2048: 16 blocks), ranges through the workspace (M = 200, N = 5120:
 /// 80 blocks), M = 1024 (512 for codes in groups). Declined: 4-bit codes, q6_K, fp8 blocks
-/// shorter than 128, an f32 y, M = 64 and 1025 (513 for codes in groups).
+/// shorter than 128, an f32 y, M = 32 and 1025 (513 for codes in groups).
 TEST(Matmul, WgmmaWs128KernelOnAwkwardShapes) {
   const char* const kernel = "matmul_cuda_wgmma_ws128_tc";
-  const WgmmaSweep sweep{{65, 100, 127, 128, 129, 200, 255, 300}, {250, 500, 1000}, 130, 200};
+  const WgmmaSweep sweep{{33, 48, 65, 100, 128, 129, 200, 300}, {250, 500, 1000}, 130, 200};
   uint64_t seed = 5500;
   for (Device device : testing::test_devices()) {
     if (!device.is_cuda()) continue;
