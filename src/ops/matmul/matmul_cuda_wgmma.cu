@@ -355,9 +355,8 @@ class MatmulCudaWgmmaWs final : public WgmmaPlan {
  protected:
   static constexpr int64_t kMin = RX == 256 ? kWsMinM : RX == 128 ? kWs128MinM : kWs64MinM;
   std::string decline_m(int64_t m, int64_t k, const tc::Format& f) const override {
-    const bool row_scale = f.group >= k && !f.zero && f.scale != tc::Scale::f16d;
     const int64_t kMax = RX == 256   ? (f.code == tc::Code::fp4 ? kWsMaxMe2m1 : kWsMaxMWaves)
-                         : RX == 128 ? (row_scale ? kWs128MaxM : kWs128GroupsMaxM)
+                         : RX == 128 ? (wgmma::row_scaled(f, k) ? kWs128MaxM : kWs128GroupsMaxM)
                                      : kWs64MaxM;
     if (m < kMin)
       return "M = " + std::to_string(m) + " < " + std::to_string(kMin) +

@@ -89,6 +89,14 @@ inline int split_for(int64_t m, int64_t tiles, int64_t segments, int64_t slots) 
   return static_cast<int>(std::clamp<int64_t>(want, 1, std::clamp<int64_t>(segments / 4, 1, 16)));
 }
 
+/// Whether a weight [n, k] of format `f` takes the ws kernel's row-scale mode: 8-bit codes with
+/// one scale per row (integer symmetric or fp8; channel, tensor, or a group as long as K), the
+/// codes exact operands and the scale applied to the f32 sums (matmul_cuda_wgmma_ws.cuh).
+inline bool row_scaled(const tc::Format& f, int64_t k) {
+  return tc::Format::wide(f.code) && f.group >= k && !f.zero &&
+         (f.scale == Scale::integer || f.scale == Scale::f32);
+}
+
 #if defined(__CUDACC__)
 
 // ---- wgmma --------------------------------------------------------------------------------

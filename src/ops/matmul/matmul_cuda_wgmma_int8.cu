@@ -9,7 +9,7 @@
 namespace lowbit::wgmma {
 
 Launcher launcher_int8(const tc::Format& f, int64_t k, bool bf16, std::string* why) {
-  const bool row_scale = f.group >= k && !f.zero && f.steps_log2 == 3;
+  const bool row_scale = row_scaled(f, k);
   if (f.scale == Scale::integer || f.scale == Scale::f16d) {
     if (row_scale && f.scale == Scale::integer)
       return pick<Code::i8, Scale::integer, kRowSteps, false>(bf16);
