@@ -763,8 +763,8 @@ TEST(Matmul, WgmmaWs64KernelOnAwkwardShapes) {
 /// uint8 blocks, sym and asym, q8_0, fp8 blocks of 128 and 128x128 tiles) each operand is
 /// dequantize()'s value rounded to x's dtype. The sweep: M = 33-1000 (one to eight blocks of
 /// x, partial and full; M = 33, 48, 129, 300: the last block's second half of x wholly past M,
-/// re-read from the first half), N = 200 and 520 (one and three pairs of W blocks, one past the last
-/// tile), K = 512-8192 (short grids split K), y padded, bias, NaN / Inf in x; one-hot x for
+/// re-read from the first half), N = 200 and 520 (one and three pairs of W blocks, one past the
+/// last tile), K = 512-8192 (short grids split K), y padded, bias, NaN / Inf in x; one-hot x for
 /// every decode bit for bit. Two ranges in a cluster (M = 100, N = 5120: 40 blocks), four as
 /// two chained pairs (N = 2048: 16 blocks), ranges through the workspace (M = 200, N = 5120:
 /// 80 blocks), M = 1024 (512 for codes in groups). Declined: 4-bit codes, q6_K, fp8 blocks
