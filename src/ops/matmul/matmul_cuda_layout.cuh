@@ -241,6 +241,21 @@ __device__ __forceinline__ uint32_t sub2(uint32_t a, uint32_t b) {
   return r;
 }
 
+/// Pair p (bytes 2p, 2p + 1) of an fp8 code word as two exact f16 values: e4m3 through the
+/// sm_89 conversion, e5m2 the top byte of an f16 (pattern8_f16).
+template <Code C>
+__device__ __forceinline__ uint32_t fp8_pair_f16(uint32_t word, int p) {
+  static_assert(C == Code::e4m3 || C == Code::e5m2);
+  if constexpr (C == Code::e4m3) {
+    uint32_t h2;
+    const unsigned short b16 = static_cast<unsigned short>((word >> (16 * p)) & 0xffffu);
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h2) : "h"(b16));
+    return h2;
+  } else {
+    return pattern8_f16<C>(word, p);
+  }
+}
+
 /// Device decode: the A register (two 16-bit operands, low = smaller k) of pair p.
 template <Code C, bool kBf16>
 __device__ __forceinline__ uint32_t decode_pair(uint32_t word, int p) {
@@ -280,23 +295,12 @@ __device__ __forceinline__ uint32_t decode_pair(uint32_t word, int p) {
       r = pat;
     }
   } else {
-    // Two bytes -> two exact 16-bit values through f32 (f16 for e4m3 via the sm_89 convert).
-    float lo, hi;
-    if constexpr (C == Code::e4m3) {
-      uint32_t h2;
-      const unsigned short b16 = static_cast<unsigned short>((word >> (16 * p)) & 0xffffu);
-      asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h2) : "h"(b16));
-      if constexpr (!kBf16) return h2;
-      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&h2));
-      lo = f.x;
-      hi = f.y;
-    } else {  // e5m2 (i8 is decoded above)
-      const uint32_t h2 = byte_perm(word, 0u, p ? 0x3424u : 0x1404u);
-      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&h2));
-      lo = f.x;
-      hi = f.y;
-    }
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    // fp8 (i8 is decoded above): two exact f16 values (f16 x e4m3 here: e5m2 with f16 x is
+    // above), for bf16 through f32.
+    const uint32_t h2 = fp8_pair_f16<C>(word, p);
+    if constexpr (!kBf16) return h2;
+    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&h2));
+    const __nv_bfloat162 v = __floats2bfloat162_rn(f.x, f.y);
     r = *reinterpret_cast<const uint32_t*>(&v);
   }
   return r;

@@ -285,13 +285,7 @@ __device__ __forceinline__ uint32_t decode8(uint32_t word, int p, const Group8& 
     hi = __uint_as_float(__byte_perm(w, 0x4b000000u, p ? 0x7543u : 0x7541u));
     lo = __fsub_rn(lo, g.c), hi = __fsub_rn(hi, g.c);
   } else {
-    uint32_t h2;
-    if constexpr (C == Code::e4m3) {
-      const unsigned short b16 = static_cast<unsigned short>((word >> (16 * p)) & 0xffffu);
-      asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h2) : "h"(b16));
-    } else {  // e5m2: the top byte of an f16
-      h2 = __byte_perm(word, 0u, p ? 0x3424u : 0x1404u);
-    }
+    const uint32_t h2 = tc::fp8_pair_f16<C>(word, p);
     const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&h2));
     lo = f.x, hi = f.y;
   }
