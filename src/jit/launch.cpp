@@ -5,6 +5,8 @@
 // The driver library is opened with dlopen("libcuda.so.1") at the first launch, so lowbit
 // loads, and NVRTC compiles, on machines without a GPU or driver. Modules are loaded into
 // each device's primary context (the one the CUDA runtime uses) once per kernel and device.
+#include <algorithm>
+
 #include "jit/jit.hpp"
 
 #if LOWBIT_HAS_CUDA
@@ -271,46 +273,6 @@ void launch_cuda(const Compiled& compiled, const KernelSource& shape, const Vari
             "cuLaunchKernel");
 }
 
-/// The inputs the vector kernel can read as broadcast rows or columns (Variant::rows / cols)
-/// when the layout rules it out only through them; the outputs are full, and the last
-/// collapsed dimension's extent is a multiple of the group (so a group lies in one row). A
-/// row input (bias[N] over [M, N]) has that dimension contiguous and its other strides whole
-/// 16-byte vectors; a column input (rstd[M, 1] over [M, N]) has stride 0 there: one element
-/// per group. Other strides non-negative. Both masks 0 otherwise. (A bias[N] added to [M, N]
-/// had run on the strided kernel at 29% of copy: an integer division chain and a 2-byte
-/// load per element.)
-BroadcastInputs broadcast_inputs(const FusedDesc& d, const Layout& L) {
-  const size_t ni = d.inputs.size();
-  if (L.vec_ok || L.packed || L.nd < 2 || ni > 32) return {};
-  int min_bytes = 16;
-  BroadcastInputs b;
-  for (size_t k = 0; k < L.cls.size(); ++k) {
-    const Dtype dt = k < ni ? d.inputs[k].dtype : d.outputs[k - ni].dtype;
-    if (k >= ni && L.cls[k] != Layout::Class::full) return {};
-    if (L.cls[k] == Layout::Class::scalar) continue;
-    const int64_t last = L.strides[k][L.nd - 1];
-    if (L.cls[k] == Layout::Class::full || last == 1)  // vectors of this operand
-      min_bytes = std::min(min_bytes, elem_bytes(dt));
-    if (L.cls[k] == Layout::Class::full) continue;
-    if (last == 1)
-      b.rows |= 1u << k;
-    else if (last == 0)
-      b.cols |= 1u << k;
-    else
-      return {};
-  }
-  const int64_t group = 16 / min_bytes;
-  if (L.extent[L.nd - 1] % group != 0) return {};
-  for (size_t k = 0; k < ni; ++k) {
-    const bool row = ((b.rows >> k) & 1u) != 0, col = ((b.cols >> k) & 1u) != 0;
-    if (!row && !col) continue;
-    const int64_t per = row ? 16 / elem_bytes(d.inputs[k].dtype) : 1;
-    for (int i = 0; i + 1 < L.nd; ++i)
-      if (L.strides[k][i] < 0 || L.strides[k][i] % per != 0) return {};
-  }
-  return b;
-}
-
 const ResolvedKernel& prepare_launch(const FusedDesc& d, const FusedArgs& a, const Layout& L,
                                      std::vector<unsigned char>& params) {
   PlanState& st = *d.state;
@@ -573,3 +535,49 @@ const Kernel<FusedOp>& fused_cuda_kernel() {
 }  // namespace lowbit
 
 #endif  // LOWBIT_HAS_CUDA
+
+// Host-only layout logic, built without CUDA too (the codegen tests run it on the host
+// emulator).
+namespace lowbit::fusion {
+
+/// The inputs the vector kernel can read as broadcast rows or columns (Variant::rows / cols)
+/// when the layout rules it out only through them; the outputs are full, and the last
+/// collapsed dimension's extent is a multiple of the group (so a group lies in one row). A
+/// row input (bias[N] over [M, N]) has that dimension contiguous and its other strides whole
+/// 16-byte vectors; a column input (rstd[M, 1] over [M, N]) has stride 0 there: one element
+/// per group. Other strides non-negative. Both masks 0 otherwise. (A bias[N] added to [M, N]
+/// had run on the strided kernel at 29% of copy: an integer division chain and a 2-byte
+/// load per element.)
+BroadcastInputs broadcast_inputs(const FusedDesc& d, const Layout& L) {
+  const size_t ni = d.inputs.size();
+  if (L.vec_ok || L.packed || L.nd < 2 || ni > 32) return {};
+  int min_bytes = 16;
+  BroadcastInputs b;
+  for (size_t k = 0; k < L.cls.size(); ++k) {
+    const Dtype dt = k < ni ? d.inputs[k].dtype : d.outputs[k - ni].dtype;
+    if (k >= ni && L.cls[k] != Layout::Class::full) return {};
+    if (L.cls[k] == Layout::Class::scalar) continue;
+    const int64_t last = L.strides[k][L.nd - 1];
+    if (L.cls[k] == Layout::Class::full || last == 1)  // vectors of this operand
+      min_bytes = std::min(min_bytes, elem_bytes(dt));
+    if (L.cls[k] == Layout::Class::full) continue;
+    if (last == 1)
+      b.rows |= 1u << k;
+    else if (last == 0)
+      b.cols |= 1u << k;
+    else
+      return {};
+  }
+  const int64_t group = 16 / min_bytes;
+  if (L.extent[L.nd - 1] % group != 0) return {};
+  for (size_t k = 0; k < ni; ++k) {
+    const bool row = ((b.rows >> k) & 1u) != 0, col = ((b.cols >> k) & 1u) != 0;
+    if (!row && !col) continue;
+    const int64_t per = row ? 16 / elem_bytes(d.inputs[k].dtype) : 1;
+    for (int i = 0; i + 1 < L.nd; ++i)
+      if (L.strides[k][i] < 0 || L.strides[k][i] % per != 0) return {};
+  }
+  return b;
+}
+
+}  // namespace lowbit::fusion
