@@ -21,8 +21,12 @@
 // and its fraction of the streaming-read ceiling; at M = 512, GFLOP/s (2 M N K / time). The
 // "vs exact" column is ||y - y_exact|| / ||y_exact|| over the output (what quantizing x costs).
 //
+// --isa avx2 runs lowbit's AVX2 kernels (matmul_cpu_avx2 / _avx2_int8: what a CPU without
+// AVX-512 VNNI gets) instead of select()'s choice; the peer is whatever libggml was built for
+// (--ggml-dir: a build for AVX2 only is the fair peer there).
+//
 // Usage: bench_matmul_cpu [--n N] [--k K] [--m 1,16,512] [--types q4_0,...] [--reps R]
-//                         [--threads 1,2] [--copy-mib M] [--ggml-dir DIR]
+//                         [--threads 1,2] [--copy-mib M] [--ggml-dir DIR] [--isa avx2]
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -73,6 +77,7 @@ struct Options {
   int reps = 5;
   int64_t copy_bytes = int64_t{1} << 30;
   std::string ggml_dir;
+  std::string isa;  ///< "avx2": lowbit's AVX2 kernels by name; empty: select()'s choice
 };
 
 Options parse(int argc, char** argv) {
@@ -94,12 +99,18 @@ Options parse(int argc, char** argv) {
       o.reps = std::atoi(a.value());
     } else if (a.name() == "--copy-mib") {
       o.copy_bytes = std::atoll(a.value()) << 20;
+    } else if (a.name() == "--isa") {
+      o.isa = a.value();
+      if (o.isa != "avx2") {
+        std::fprintf(stderr, "--isa: only avx2 is known (got %s)\n", o.isa.c_str());
+        std::exit(2);
+      }
     } else if (a.name() == "--ggml-dir") {
       o.ggml_dir = a.value();
     } else {
       std::fprintf(stderr,
                    "usage: %s [--n N] [--k K] [--m 1,16,512] [--types q4_0,...] [--reps R] "
-                   "[--threads 1,2] [--copy-mib M] [--ggml-dir DIR]\n",
+                   "[--threads 1,2] [--copy-mib M] [--ggml-dir DIR] [--isa avx2]\n",
                    argv[0]);
       std::exit(2);
     }
@@ -425,8 +436,13 @@ int main(int argc, char** argv) {
       d.y = Dtype::f32;
       lowbit::MatmulDesc d8 = d;
       d8.x_scheme = QuantScheme::parse(x_scheme_for(type));
-      const lowbit::MatmulPlan pe = lowbit::MatmulPlan::select(d);
-      const lowbit::MatmulPlan p8 = lowbit::MatmulPlan::select(d8);
+      lowbit::Preference pref_e, pref_8;
+      if (opt.isa == "avx2") {
+        pref_e.kernel = "matmul_cpu_avx2";
+        pref_8.kernel = "matmul_cpu_avx2_int8";
+      }
+      const lowbit::MatmulPlan pe = lowbit::MatmulPlan::select(d, pref_e);
+      const lowbit::MatmulPlan p8 = lowbit::MatmulPlan::select(d8, pref_8);
       arch = pe.sku().arch;
       Tensor ye = Tensor::empty({M, N}, Dtype::f32), y8 = Tensor::empty({M, N}, Dtype::f32);
       bench::prefault(ye.data(), ye.nbytes());

@@ -48,7 +48,7 @@ std::string cuda_version_string();
 
 /// The CPU's SIMD features, read once at start-up (cpuid through Highway).
 struct CpuFeatures {
-  bool avx2 = false;
+  bool avx2 = false;         ///< AVX2 with FMA and F16C
   bool avx512 = false;       ///< F + BW + DQ + VL (Highway's AVX3 target)
   bool avx512_vnni = false;  ///< also VNNI, VPOPCNTDQ, VBMI2... (Highway's AVX3_DL target)
   bool avx512_bf16 = false;  ///< Zen 4 / Sapphire Rapids class (Highway's AVX3_ZEN4 or SPR)

@@ -1,14 +1,17 @@
 // The CPU matmul kernels beyond test_matmul's driver:
-//  * matmul_cpu_avx512_vnni and _vnni_packed (W prepared) on every integer weight format and every
-//  x_scheme it takes
+//  * matmul_cpu_avx512_vnni and _vnni_packed (W prepared), and matmul_cpu_avx2_int8, on every
+//  integer weight format and every x_scheme they take
 //    (int8 block / token / tensor, q8_0, q8_K; dynamic and given quantized x), on both
 //    loops (gemv for m <= 4, panels beyond), against the f64 product of the dequantized
 //    operands: the dots are exact integers, so the bound is 2e-6 (f32 y) relative to
 //    |ref| + sqrt(sum (x w)^2), not test_matmul's 1e-5;
 //  * x quantized by the plan gives bit for bit what the plan gives for the same x
 //    quantized by lowbit::quantize (the same codes);
-//  * both kernels give the same bits on 1 and 2 threads and on every run;
-//  * strided x and y, K = 4096 on the exact kernel;
+//  * every kernel gives the same bits on 1 and 2 threads and on every run;
+//  * strided x and y, K = 4096 on the exact kernels (AVX-512 and AVX2);
+//  * the AVX2 kernels (what a CPU without AVX-512 VNNI gets) on every format, the tails of
+//    their panels (columns past a multiple of 16, K past a multiple of the panel) and x codes
+//    of -128;
 //  * select(): which kernel each kind of descriptor gets, and the reasons of the others.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -43,6 +46,18 @@ std::vector<double> as_f64(const TensorView& v) {
 }
 
 bool cpu_kernels_run() { return cpu_features().avx512 && cpu_features().avx512_vnni; }
+bool avx2_kernels_run() { return cpu_features().avx2; }
+
+/// The int8-activation kernels this CPU runs.
+std::vector<std::string> int8_kernels() {
+  std::vector<std::string> out;
+  if (cpu_kernels_run()) {
+    out.emplace_back("matmul_cpu_avx512_vnni");
+    out.emplace_back("matmul_cpu_avx512_vnni_packed");
+  }
+  if (avx2_kernels_run()) out.emplace_back("matmul_cpu_avx2_int8");
+  return out;
+}
 
 struct Result {
   Tensor y;
@@ -127,7 +142,7 @@ const char* const kIntWeights[] = {"int8:block32",
                                    "q6_K"};
 
 TEST(MatmulCpu, Int8ActivationsOnEveryIntegerWeightFormat) {
-  if (!cpu_kernels_run()) GTEST_SKIP() << "no AVX-512 VNNI";
+  if (int8_kernels().empty()) GTEST_SKIP() << "no AVX2 or AVX-512 VNNI";
   std::mt19937_64 rng(2024);
   const char* const x_schemes[] = {"int8:block32", "int8:token", "int8:tensor",
                                    "q8_0",         "q8_K",       "int8:block128:scale=f16"};
@@ -155,7 +170,7 @@ TEST(MatmulCpu, Int8ActivationsOnEveryIntegerWeightFormat) {
         d.w = ws;
         d.y = yd;
         d.y_row_stride = n + 3;
-        for (const char* kernel : {"matmul_cpu_avx512_vnni", "matmul_cpu_avx512_vnni_packed"}) {
+        for (const std::string& kernel : int8_kernels()) {
           SCOPED_TRACE(kernel);
           const Result r = run_plan_with(kernel, d, x, given ? &xq : nullptr, wq, 3);
           check(r.y, n + 3, as_f64(dequantize(xq.view())), as_f64(dequantize(wq.view())), {}, m, n,
@@ -222,13 +237,19 @@ TEST(MatmulCpu, SameBitsOnOneAndTwoThreadsAndEveryRun) {
         if (int8x) d.x_scheme = QuantScheme::parse("int8:block32");
         d.w = wq.scheme;
         d.y = Dtype::f32;
-        omp_set_num_threads(1);
-        const Result one = run_plan_with("", d, x, nullptr, wq);
-        omp_set_num_threads(2);
-        const Result two = run_plan_with("", d, x, nullptr, wq);
-        const Result again = run_plan_with("", d, x, nullptr, wq);
-        EXPECT_EQ(testing::compare_bytes(one.y, two.y), "") << wname << " m=" << m;
-        EXPECT_EQ(testing::compare_bytes(two.y, again.y), "") << wname << " m=" << m;
+        for (const char* kernel : {"", "avx2"}) {
+          const std::string name =
+              kernel[0] == 0 ? "" : (int8x ? "matmul_cpu_avx2_int8" : "matmul_cpu_avx2");
+          if (!name.empty() && !avx2_kernels_run()) continue;
+          SCOPED_TRACE(name);
+          omp_set_num_threads(1);
+          const Result one = run_plan_with(name, d, x, nullptr, wq);
+          omp_set_num_threads(2);
+          const Result two = run_plan_with(name, d, x, nullptr, wq);
+          const Result again = run_plan_with(name, d, x, nullptr, wq);
+          EXPECT_EQ(testing::compare_bytes(one.y, two.y), "") << wname << " m=" << m;
+          EXPECT_EQ(testing::compare_bytes(two.y, again.y), "") << wname << " m=" << m;
+        }
       }
     }
   }
@@ -254,14 +275,93 @@ TEST(MatmulCpu, StridedXLongKAndBias) {
       d.w = wq.scheme;
       d.y = Dtype::f32;
       d.bias = true;
-      const Result r = run_plan_with("", d, x, nullptr, wq, 0, &bias);
-      EXPECT_EQ(r.kernel, "matmul_cpu_avx512");
       std::vector<double> xd(static_cast<size_t>(m * k));
       const auto* xp = x.data_as<const float>();
       for (int64_t i = 0; i < m; ++i)
         for (int64_t t = 0; t < k; ++t) xd[static_cast<size_t>(i * k + t)] = xp[i * xs + t];
       SCOPED_TRACE(fmt::format("w {} m {}", wname, m));
+      const Result r = run_plan_with("", d, x, nullptr, wq, 0, &bias);
+      EXPECT_EQ(r.kernel, "matmul_cpu_avx512");
       check(r.y, n, xd, as_f64(dequantize(wq.view())), as_f64(bias), m, n, k, 1e-5);
+      if (avx2_kernels_run()) {
+        const Result r2 = run_plan_with("matmul_cpu_avx2", d, x, nullptr, wq, 0, &bias);
+        check(r2.y, n, xd, as_f64(dequantize(wq.view())), as_f64(bias), m, n, k, 1e-5);
+      }
+    }
+  }
+}
+
+TEST(MatmulCpu, Avx2KernelsOnEveryFormatAndTheirPanelTails) {
+  if (!avx2_kernels_run()) GTEST_SKIP() << "no AVX2";
+  std::mt19937_64 rng(31);
+  std::vector<const char*> weights(std::begin(kIntWeights), std::end(kIntWeights));
+  for (const char* f : {"fp8e4m3:channel", "fp8e5m2:block128", "fp8e4m3:block128x128",
+                        "fp8e4m3:tensor", "int8:block64:scale=f16"})
+    weights.push_back(f);
+  int ran = 0;
+  for (const char* wname : weights) {
+    const QuantScheme ws = QuantScheme::parse(wname);
+    const bool fp8 = ws.format == QuantFormat::fp8e4m3 || ws.format == QuantFormat::fp8e5m2;
+    // n = 37: two panels of 16 and a tail of 5; k = 1408: five exact panels of 256 and a
+    // tail of 128, two int8 panels of 512 and a tail of 384 (GGUF: k = 1280, the K-quants'
+    // super-blocks of 256); m = 4 (gemv, 4 rows), 5 and 8 (tiles of 6 / 3 rows and tails).
+    for (const int64_t m : {1, 4, 5, 8}) {
+      const int64_t n = 37, k = ws.format == QuantFormat::gguf ? 1280 : 1408;
+      SCOPED_TRACE(fmt::format("w {} m {}", wname, m));
+      const QuantizedTensor wq = quantize(random_values({n, k}, Dtype::f32, rng, 0.3f), ws);
+      const Tensor x = random_values({m, k}, Dtype::bf16, rng);
+      const std::vector<double> wd = as_f64(dequantize(wq.view()));
+      MatmulDesc d;
+      d.m = m;
+      d.n = n;
+      d.k = k;
+      d.x = Dtype::bf16;
+      d.w = ws;
+      d.y = Dtype::f32;
+      check(run_plan_with("matmul_cpu_avx2", d, x, nullptr, wq).y, n, as_f64(x), wd, {}, m, n, k,
+            1e-5);
+      if (!fp8) {
+        d.x_scheme = QuantScheme::parse("q8_0");
+        const QuantizedTensor xq = quantize(x, *d.x_scheme);
+        check(run_plan_with("matmul_cpu_avx2_int8", d, x, nullptr, wq).y, n,
+              as_f64(dequantize(xq.view())), wd, {}, m, n, k, 2e-6);
+      }
+      ++ran;
+      if (::testing::Test::HasFailure()) return;
+    }
+  }
+  EXPECT_EQ(ran, static_cast<int>(weights.size()) * 4);
+}
+
+// x given quantized may hold -128 (static scales, or a caller's own codes): the dot products
+// stay exact (vpdpbusd's signed operand; vpmaddwd on 16 bits), where a saturating
+// vpmaddubsw would not be.
+TEST(MatmulCpu, GivenXCodesOfMinus128AreExact) {
+  if (int8_kernels().empty()) GTEST_SKIP() << "no AVX2 or AVX-512 VNNI";
+  std::mt19937_64 rng(3);
+  for (const char* wname : {"int8:channel", "uint8:block64", "q8_0", "int4:block32"}) {
+    for (const int64_t m : {1, 7}) {
+      const int64_t n = 20, k = 512;
+      const QuantizedTensor wq =
+          quantize(random_values({n, k}, Dtype::f32, rng), QuantScheme::parse(wname));
+      const QuantScheme xs = QuantScheme::parse("int8:token");
+      QuantizedTensor xq = quantize(random_values({m, k}, Dtype::f32, rng), xs);
+      auto* codes = static_cast<int8_t*>(xq.codes.data());
+      for (int64_t i = 0; i < m * k; ++i) codes[i] = static_cast<int8_t>(-128 + (i % 3) * 255 / 2);
+      MatmulDesc d;
+      d.m = m;
+      d.n = n;
+      d.k = k;
+      d.x = Dtype::i8;
+      d.x_scheme = xs;
+      d.w = wq.scheme;
+      d.y = Dtype::f32;
+      for (const std::string& kernel : int8_kernels()) {
+        SCOPED_TRACE(fmt::format("{} w {} m {}", kernel, wname, m));
+        const Result r = run_plan_with(kernel, d, Tensor(), &xq, wq);
+        check(r.y, n, as_f64(dequantize(xq.view())), as_f64(dequantize(wq.view())), {}, m, n, k,
+              2e-6);
+      }
     }
   }
 }

@@ -11,12 +11,15 @@
 //                          (tensor, channel, blocks), fp8 e4m3 / e5m2 (tensor, channel,
 //                          blocks, 128x128 tiles), nvfp4, mxfp4, q4_0, q8_0, q4_K, q6_K;
 //                          dequantize on the fly, f32 FMAs.
+//  matmul_cpu_avx2_int8,   the same two on AVX2 + FMA + F16C (matmul_cpu_avx2.cpp), for CPUs
+//  matmul_cpu_avx2         without AVX-512 VNNI; int8 dot products with vpmaddwd.
 #include <fmt/format.h>
 
 #include <string>
 
 #include "lowbit/gguf_blocks.hpp"
 #include "lowbit/quantize.hpp"
+#include "ops/matmul/matmul_cpu_avx2.hpp"
 #include "ops/matmul/matmul_cpu_avx512.hpp"
 #include "ops/matmul/matmul_kernels.hpp"
 
@@ -52,6 +55,19 @@ WsLayout int8_layout(const WeightRef& w, int64_t m, const YRef& y, Path path) {
   at += align64(path == Path::gemv ? per_lane : per_group);
   L.xs = at;
   at += align64(path == Path::gemv ? per_lane : per_group);
+  L.xsq = at;
+  at += align64(per_group);
+  L.c = at;
+  L.total = at + c_bytes(w, m, y);
+  return L;
+}
+
+WsLayout avx2::int8_layout(const WeightRef& w, int64_t m, const YRef& y) {
+  WsLayout L;
+  const size_t per_group = static_cast<size_t>(m * (w.k / w.group)) * 4;
+  size_t at = align64(static_cast<size_t>(m * w.k) * 2);  // xq (i16)
+  L.xs = at;
+  at += align64(per_group);
   L.xsq = at;
   at += align64(per_group);
   L.c = at;
@@ -241,11 +257,16 @@ std::string cpu_reason() {
   return "needs AVX-512 (F, BW, DQ, VL) with VNNI; this CPU: " + f.str();
 }
 
-KernelSku cpu_sku(const MatmulDesc& d, std::string_view kernel) {
+std::string avx2_reason() {
+  if (cpu_features().avx2) return {};
+  return "needs AVX2 with FMA and F16C; this CPU: " + cpu_features().str();
+}
+
+KernelSku cpu_sku(const MatmulDesc& d, std::string_view kernel, std::string_view isa) {
   std::string dtypes = std::string(dtype_name(d.x)) +
                        (d.x_scheme ? "(" + d.x_scheme->str() + ")" : std::string()) + "x" +
                        d.w.str() + "->" + std::string(dtype_name(d.y));
-  return {"matmul", Backend::cpu, dtypes, d.w.str(), "avx512", std::string(kernel)};
+  return {"matmul", Backend::cpu, dtypes, d.w.str(), std::string(isa), std::string(kernel)};
 }
 
 // ---- weight-only
@@ -264,7 +285,7 @@ class MatmulCpuAvx512 final : public MatmulKernel {
     return weight_reason(d);
   }
 
-  KernelSku sku(const MatmulDesc& d) const override { return cpu_sku(d, name()); }
+  KernelSku sku(const MatmulDesc& d) const override { return cpu_sku(d, name(), "avx512"); }
 
   PrecisionGuarantee precision(const MatmulDesc& d) const override {
     return {fmt::format("x widened to f32, W dequantized to f32 ({}), f32 FMAs in a fixed order "
@@ -384,11 +405,12 @@ XQuantRef quantized_x(const MatmulDesc& d, const MatmulArgs& a, char* base) {
   return x;
 }
 
-/// Why the int8 kernels decline `d` (empty if they take it).
-std::string int8_reason(const MatmulDesc& d) {
+/// Why the int8 kernels decline `d` (empty if they take it); `isa_reason` is the CPU's part,
+/// `exact` the weight-only kernel of the same instruction set.
+std::string int8_reason(const MatmulDesc& d, std::string (*isa_reason)(), std::string_view exact) {
   if (!d.device.is_cpu()) return "runs on the cpu only";
-  if (!d.x_scheme) return "weight-only descriptor (no x_scheme): matmul_cpu_avx512's";
-  if (std::string why = cpu_reason(); !why.empty()) return why;
+  if (!d.x_scheme) return fmt::format("weight-only descriptor (no x_scheme): {}'s", exact);
+  if (std::string why = isa_reason(); !why.empty()) return why;
   if (d.w.format == QuantFormat::fp8e4m3 || d.w.format == QuantFormat::fp8e5m2)
     return fmt::format("{} weights: int8 dot products need integer weight codes", d.w.str());
   if (std::string why = weight_reason(d); !why.empty()) return why;
@@ -406,8 +428,10 @@ std::string int8_math(const MatmulDesc& d) {
 class MatmulCpuAvx512Vnni final : public MatmulKernel {
  public:
   std::string_view name() const override { return "matmul_cpu_avx512_vnni"; }
-  std::string decline(const MatmulDesc& d) const override { return int8_reason(d); }
-  KernelSku sku(const MatmulDesc& d) const override { return cpu_sku(d, name()); }
+  std::string decline(const MatmulDesc& d) const override {
+    return int8_reason(d, cpu_reason, "matmul_cpu_avx512");
+  }
+  KernelSku sku(const MatmulDesc& d) const override { return cpu_sku(d, name(), "avx512"); }
   PrecisionGuarantee precision(const MatmulDesc& d) const override {
     return {int8_math(d), Dtype::i32, true, false};
   }
@@ -433,8 +457,10 @@ class MatmulCpuAvx512Vnni final : public MatmulKernel {
 class MatmulCpuAvx512VnniPacked final : public MatmulKernel {
  public:
   std::string_view name() const override { return "matmul_cpu_avx512_vnni_packed"; }
-  std::string decline(const MatmulDesc& d) const override { return int8_reason(d); }
-  KernelSku sku(const MatmulDesc& d) const override { return cpu_sku(d, name()); }
+  std::string decline(const MatmulDesc& d) const override {
+    return int8_reason(d, cpu_reason, "matmul_cpu_avx512");
+  }
+  KernelSku sku(const MatmulDesc& d) const override { return cpu_sku(d, name(), "avx512"); }
   PrecisionGuarantee precision(const MatmulDesc& d) const override {
     return {int8_math(d), Dtype::i32, true, false};
   }
@@ -469,6 +495,75 @@ class MatmulCpuAvx512VnniPacked final : public MatmulKernel {
   }
 };
 
+// ---- AVX2 (no AVX-512 VNNI)
+// -------------------------------------------------------------------------
+
+/// Weight-only on AVX2 + FMA + F16C: matmul_cpu_avx512's arithmetic on 8-lane vectors.
+class MatmulCpuAvx2 final : public MatmulKernel {
+ public:
+  std::string_view name() const override { return "matmul_cpu_avx2"; }
+
+  std::string decline(const MatmulDesc& d) const override {
+    if (!d.device.is_cpu()) return "runs on the cpu only";
+    if (d.x_scheme)
+      return "the descriptor asks for quantized activations (x_scheme " + d.x_scheme->str() +
+             "): matmul_cpu_avx2_int8's";
+    if (std::string why = avx2_reason(); !why.empty()) return why;
+    return weight_reason(d);
+  }
+
+  KernelSku sku(const MatmulDesc& d) const override { return cpu_sku(d, name(), "avx2"); }
+
+  PrecisionGuarantee precision(const MatmulDesc& d) const override {
+    return {fmt::format("x widened to f32, W dequantized to f32 ({}), f32 FMAs in a fixed order "
+                        "(8 lanes along k for m <= {}, else k order per 256 with panel sums), "
+                        "one rounding to y",
+                        d.w.str(), kGemvMaxRowsExact),
+            Dtype::f32, true, false};
+  }
+
+  std::size_t workspace_size(const MatmulDesc& d) const override {
+    return matmul_cpu::exact_layout(weight_ref(d, nullptr), d.m, y_ref(d, nullptr), path(d)).total;
+  }
+
+  void run(const MatmulDesc& d, const MatmulArgs& a, const Stream&, Workspace ws) const override {
+    const WeightRef w = weight_ref(d, &a.w);
+    const XFloatRef x{a.x.data(), fdt(d.x), d.x_stride()};
+    matmul_cpu::avx2::run_exact(w, x, y_ref(d, &a), d.m, path(d), ws.data);
+  }
+
+ private:
+  static Path path(const MatmulDesc& d) {
+    return d.m <= kGemvMaxRowsExact ? Path::gemv : Path::gemm;
+  }
+};
+
+/// int8 activations on AVX2, W in its plain layout: exact i32 dot products per group
+/// (vpmaddwd on 16-bit codes), then f32 scales.
+class MatmulCpuAvx2Int8 final : public MatmulKernel {
+ public:
+  std::string_view name() const override { return "matmul_cpu_avx2_int8"; }
+  std::string decline(const MatmulDesc& d) const override {
+    return int8_reason(d, avx2_reason, "matmul_cpu_avx2");
+  }
+  KernelSku sku(const MatmulDesc& d) const override { return cpu_sku(d, name(), "avx2"); }
+  PrecisionGuarantee precision(const MatmulDesc& d) const override {
+    return {int8_math(d), Dtype::i32, true, false};
+  }
+  std::size_t workspace_size(const MatmulDesc& d) const override {
+    return x_quant_bytes(d) +
+           matmul_cpu::avx2::int8_layout(weight_ref(d, nullptr), d.m, y_ref(d, nullptr)).total;
+  }
+  void run(const MatmulDesc& d, const MatmulArgs& a, const Stream&, Workspace ws) const override {
+    if (d.m == 0 || d.n == 0) return;
+    auto* base = static_cast<char*>(ws.data);
+    const XQuantRef x = quantized_x(d, a, base);
+    matmul_cpu::avx2::run_int8(weight_ref(d, &a.w), x, y_ref(d, &a), d.m,
+                               d.m <= kGemvMaxRowsInt8 ? Path::gemv : Path::gemm,
+                               base + x_quant_bytes(d));
+  }
+};
+
 }  // namespace
 
 const MatmulKernel& matmul_cpu_avx512_kernel() {
@@ -483,6 +578,16 @@ const MatmulKernel& matmul_cpu_avx512_vnni_packed_kernel() {
 
 const MatmulKernel& matmul_cpu_avx512_vnni_kernel() {
   static const MatmulCpuAvx512Vnni kernel;
+  return kernel;
+}
+
+const MatmulKernel& matmul_cpu_avx2_int8_kernel() {
+  static const MatmulCpuAvx2Int8 kernel;
+  return kernel;
+}
+
+const MatmulKernel& matmul_cpu_avx2_kernel() {
+  static const MatmulCpuAvx2 kernel;
   return kernel;
 }
 
