@@ -21,8 +21,9 @@
 // and its fraction of the streaming-read ceiling; at M = 512, GFLOP/s (2 M N K / time). The
 // "vs exact" column is ||y - y_exact|| / ||y_exact|| over the output (what quantizing x costs).
 //
-// --isa avx2 runs lowbit's AVX2 kernels (matmul_cpu_avx2 / _avx2_int8: what a CPU without
-// AVX-512 VNNI gets) instead of select()'s choice; the peer is whatever libggml was built for
+// --isa avx2 runs lowbit's AVX2 kernels (matmul_cpu_avx2, _avx2_int8_packed up to M = 16 and
+// _avx2_int8 beyond: what a CPU without AVX-512 VNNI gets) instead of select()'s choice; the peer
+// is whatever libggml was built for
 // (--ggml-dir: a build for AVX2 only is the fair peer there).
 //
 // Usage: bench_matmul_cpu [--n N] [--k K] [--m 1,16,512] [--types q4_0,...] [--reps R]
@@ -439,7 +440,8 @@ int main(int argc, char** argv) {
       lowbit::Preference pref_e, pref_8;
       if (opt.isa == "avx2") {
         pref_e.kernel = "matmul_cpu_avx2";
-        pref_8.kernel = "matmul_cpu_avx2_int8";
+        // What select() picks on an AVX2 machine: the prepared kernel up to 16 rows of x.
+        pref_8.kernel = M <= 16 ? "matmul_cpu_avx2_int8_packed" : "matmul_cpu_avx2_int8";
       }
       const lowbit::MatmulPlan pe = lowbit::MatmulPlan::select(d, pref_e);
       const lowbit::MatmulPlan p8 = lowbit::MatmulPlan::select(d8, pref_8);

@@ -1,5 +1,6 @@
 #include "lowbit/device.hpp"
 
+#include <cpuid.h>
 #include <fmt/format.h>
 #include <omp.h>
 
@@ -54,9 +55,11 @@ const CpuFeatures& cpu_features() {
   static const CpuFeatures features = [] {
     CpuFeatures f;
     __builtin_cpu_init();
-    // F16C comes with every AVX2 CPU; the AVX2 kernels use it, so it is part of the test.
-    f.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-             __builtin_cpu_supports("f16c");
+    // F16C comes with every AVX2 CPU; the AVX2 kernels use it, so it is part of the test
+    // (CPUID leaf 1, ECX bit 29: clang's __builtin_cpu_supports has no "f16c").
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+    f.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
     f.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
     f.avx512_vnni = f.avx512 && __builtin_cpu_supports("avx512vnni");

@@ -10,8 +10,8 @@
 //  * every kernel gives the same bits on 1 and 2 threads and on every run;
 //  * strided x and y, K = 4096 on the exact kernels (AVX-512 and AVX2);
 //  * the AVX2 kernels (what a CPU without AVX-512 VNNI gets) on every format, the tails of
-//    their panels (columns past a multiple of 16, K past a multiple of the panel) and x codes
-//    of -128;
+//    their panels and strips (columns past a multiple of 16 / 8, K past a multiple of the
+//    panel) and x codes of -128 (the prepared kernel hands those to the plain one);
 //  * select(): which kernel each kind of descriptor gets, and the reasons of the others.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -55,7 +55,10 @@ std::vector<std::string> int8_kernels() {
     out.emplace_back("matmul_cpu_avx512_vnni");
     out.emplace_back("matmul_cpu_avx512_vnni_packed");
   }
-  if (avx2_kernels_run()) out.emplace_back("matmul_cpu_avx2_int8");
+  if (avx2_kernels_run()) {
+    out.emplace_back("matmul_cpu_avx2_int8");
+    out.emplace_back("matmul_cpu_avx2_int8_packed");  // m <= 16
+  }
   return out;
 }
 
@@ -171,6 +174,7 @@ TEST(MatmulCpu, Int8ActivationsOnEveryIntegerWeightFormat) {
         d.y = yd;
         d.y_row_stride = n + 3;
         for (const std::string& kernel : int8_kernels()) {
+          if (kernel == "matmul_cpu_avx2_int8_packed" && m > 16) continue;
           SCOPED_TRACE(kernel);
           const Result r = run_plan_with(kernel, d, x, given ? &xq : nullptr, wq, 3);
           check(r.y, n + 3, as_f64(dequantize(xq.view())), as_f64(dequantize(wq.view())), {}, m, n,
@@ -237,10 +241,12 @@ TEST(MatmulCpu, SameBitsOnOneAndTwoThreadsAndEveryRun) {
         if (int8x) d.x_scheme = QuantScheme::parse("int8:block32");
         d.w = wq.scheme;
         d.y = Dtype::f32;
-        for (const char* kernel : {"", "avx2"}) {
-          const std::string name =
-              kernel[0] == 0 ? "" : (int8x ? "matmul_cpu_avx2_int8" : "matmul_cpu_avx2");
-          if (!name.empty() && !avx2_kernels_run()) continue;
+        std::vector<std::string> names{""};
+        if (avx2_kernels_run()) {
+          names.emplace_back(int8x ? "matmul_cpu_avx2_int8" : "matmul_cpu_avx2");
+          if (int8x && m <= 16) names.emplace_back("matmul_cpu_avx2_int8_packed");
+        }
+        for (const std::string& name : names) {
           SCOPED_TRACE(name);
           omp_set_num_threads(1);
           const Result one = run_plan_with(name, d, x, nullptr, wq);
@@ -323,8 +329,11 @@ TEST(MatmulCpu, Avx2KernelsOnEveryFormatAndTheirPanelTails) {
       if (!fp8) {
         d.x_scheme = QuantScheme::parse("q8_0");
         const QuantizedTensor xq = quantize(x, *d.x_scheme);
-        check(run_plan_with("matmul_cpu_avx2_int8", d, x, nullptr, wq).y, n,
-              as_f64(dequantize(xq.view())), wd, {}, m, n, k, 2e-6);
+        for (const char* kernel : {"matmul_cpu_avx2_int8", "matmul_cpu_avx2_int8_packed"}) {
+          SCOPED_TRACE(kernel);
+          check(run_plan_with(kernel, d, x, nullptr, wq).y, n, as_f64(dequantize(xq.view())), wd,
+                {}, m, n, k, 2e-6);
+        }
       }
       ++ran;
       if (::testing::Test::HasFailure()) return;

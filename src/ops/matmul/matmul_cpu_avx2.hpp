@@ -25,4 +25,17 @@ void run_exact(const WeightRef& w, const XFloatRef& x, const YRef& y, int64_t m,
 void run_int8(const WeightRef& w, const XQuantRef& x, const YRef& y, int64_t m, Path path,
               void* workspace);
 
+/// The prepared layout `cpu_avx2_x8` (matmul_cpu_avx2_packed.cpp): its size, the packing of a
+/// plain W (w complete; not fp8), the header check, and the kernel on it (m <= 16; w: shape
+/// and format only). Its scratch: xq i8 [m, k] staged x codes, init i32 [m, groups] their sums,
+/// xs / xsq as int8_layout's, c. run_int8_packed returns false, having written nothing, when x
+/// holds a code of -128 and W has 8-bit codes (its sign trick would not be exact): the caller
+/// runs run_int8 on the plain layout then.
+WsLayout packed_layout(const WeightRef& w, int64_t m, const YRef& y);
+size_t packed_bytes(const WeightRef& w);
+void pack_weight(const WeightRef& w, void* packed);
+bool packed_header_matches(const WeightRef& w, const void* packed);
+bool run_int8_packed(const WeightRef& w, const void* packed, const XQuantRef& x, const YRef& y,
+                     int64_t m, void* workspace);
+
 }  // namespace lowbit::matmul_cpu::avx2

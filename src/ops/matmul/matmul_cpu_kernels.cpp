@@ -13,8 +13,11 @@
 //                          dequantize on the fly, f32 FMAs.
 //  matmul_cpu_avx2_int8,   the same two on AVX2 + FMA + F16C (matmul_cpu_avx2.cpp), for CPUs
 //  matmul_cpu_avx2         without AVX-512 VNNI; int8 dot products with vpmaddwd.
+//  matmul_cpu_avx2_int8_packed  the int8 one on W prepared in strips of 8 rows
+//                          (matmul_cpu_avx2_packed.cpp), m <= 16.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <string>
 
 #include "lowbit/gguf_blocks.hpp"
@@ -498,6 +501,62 @@ class MatmulCpuAvx512VnniPacked final : public MatmulKernel {
 // ---- AVX2 (no AVX-512 VNNI)
 // -------------------------------------------------------------------------
 
+/// At most this many rows of x take the prepared AVX2 kernel (it reads W once per 4 rows; the
+/// plain kernel's panels read it once).
+constexpr int64_t kAvx2PackedMaxRows = 16;
+
+/// int8 activations on AVX2, W prepared into strips of 8 interleaved rows
+/// (matmul_cpu_avx2_packed.cpp), m <= 16.
+class MatmulCpuAvx2Int8Packed final : public MatmulKernel {
+ public:
+  std::string_view name() const override { return "matmul_cpu_avx2_int8_packed"; }
+  std::string decline(const MatmulDesc& d) const override {
+    if (std::string why = int8_reason(d, avx2_reason, "matmul_cpu_avx2"); !why.empty()) return why;
+    if (d.m > kAvx2PackedMaxRows)
+      return fmt::format("m = {} > {}: matmul_cpu_avx2_int8's panels read W once", d.m,
+                         kAvx2PackedMaxRows);
+    return {};
+  }
+  KernelSku sku(const MatmulDesc& d) const override { return cpu_sku(d, name(), "avx2"); }
+  PrecisionGuarantee precision(const MatmulDesc& d) const override {
+    return {int8_math(d), Dtype::i32, true, false};
+  }
+  std::string weight_layout(const MatmulDesc&) const override { return "cpu_avx2_x8"; }
+  int64_t prepared_bytes(const MatmulDesc& d) const override {
+    return static_cast<int64_t>(matmul_cpu::avx2::packed_bytes(weight_ref(d, nullptr)));
+  }
+  void prepare(const MatmulDesc& d, const QuantizedView& w, const TensorView& packed,
+               const Stream&) const override {
+    matmul_cpu::avx2::pack_weight(weight_ref(d, &w), packed.data());
+  }
+  std::size_t workspace_size(const MatmulDesc& d) const override {
+    const WeightRef w = weight_ref(d, nullptr);
+    const YRef y = y_ref(d, nullptr);
+    return x_quant_bytes(d) + std::max(matmul_cpu::avx2::packed_layout(w, d.m, y).total,
+                                       matmul_cpu::avx2::int8_layout(w, d.m, y).total);
+  }
+  void run(const MatmulDesc& d, const MatmulArgs& a, const Stream&, Workspace ws) const override {
+    if (d.m == 0 || d.n == 0) return;
+    const WeightRef shape = weight_ref(d, nullptr);
+    if (a.w_packed.data() == nullptr ||
+        a.w_packed.numel() != static_cast<int64_t>(matmul_cpu::avx2::packed_bytes(shape)) ||
+        !matmul_cpu::avx2::packed_header_matches(shape, a.w_packed.data()))
+      throw_error(ErrorCode::invalid_argument,
+                  fmt::format("matmul: {} reads W in its prepared layout cpu_avx2_x8: pass "
+                              "prepare_weight()'s {} bytes as w_packed (got {})",
+                              name(), matmul_cpu::avx2::packed_bytes(shape), a.w_packed.str()));
+    auto* base = static_cast<char*>(ws.data);
+    const XQuantRef x = quantized_x(d, a, base);
+    if (matmul_cpu::avx2::run_int8_packed(shape, a.w_packed.data(), x, y_ref(d, &a), d.m,
+                                          base + x_quant_bytes(d)))
+      return;
+    // x holds a code of -128 and W 8-bit codes: the plain layout's exact path.
+    matmul_cpu::avx2::run_int8(weight_ref(d, &a.w), x, y_ref(d, &a), d.m,
+                               d.m <= kGemvMaxRowsInt8 ? Path::gemv : Path::gemm,
+                               base + x_quant_bytes(d));
+  }
+};
+
 /// Weight-only on AVX2 + FMA + F16C: matmul_cpu_avx512's arithmetic on 8-lane vectors.
 class MatmulCpuAvx2 final : public MatmulKernel {
  public:
@@ -578,6 +637,11 @@ const MatmulKernel& matmul_cpu_avx512_vnni_packed_kernel() {
 
 const MatmulKernel& matmul_cpu_avx512_vnni_kernel() {
   static const MatmulCpuAvx512Vnni kernel;
+  return kernel;
+}
+
+const MatmulKernel& matmul_cpu_avx2_int8_packed_kernel() {
+  static const MatmulCpuAvx2Int8Packed kernel;
   return kernel;
 }
 

@@ -22,6 +22,7 @@ const MatmulKernel& matmul_cuda_dequant_kernel();      // matmul_cuda_dequant.cu
 const MatmulKernel& matmul_cpu_avx512_vnni_packed_kernel();  // matmul_cpu_kernels.cpp
 const MatmulKernel& matmul_cpu_avx512_vnni_kernel();         // matmul_cpu_kernels.cpp
 const MatmulKernel& matmul_cpu_avx512_kernel();              // matmul_cpu_kernels.cpp
+const MatmulKernel& matmul_cpu_avx2_int8_packed_kernel();    // matmul_cpu_kernels.cpp
 const MatmulKernel& matmul_cpu_avx2_int8_kernel();           // matmul_cpu_kernels.cpp
 const MatmulKernel& matmul_cpu_avx2_kernel();                // matmul_cpu_kernels.cpp
 

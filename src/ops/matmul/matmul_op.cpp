@@ -182,6 +182,7 @@ KernelList<MatmulOp> MatmulOp::kernels() {
     &matmul_cpu_avx512_vnni_packed_kernel(),
     &matmul_cpu_avx512_vnni_kernel(),
     &matmul_cpu_avx512_kernel(),
+    &matmul_cpu_avx2_int8_packed_kernel(),
     &matmul_cpu_avx2_int8_kernel(),
     &matmul_cpu_avx2_kernel(),
     &matmul_reference_kernel(),

@@ -1,0 +1,412 @@
+// The AVX2 int8-activation kernel on a prepared layout, `cpu_avx2_x8`: W's rows interleaved in
+// strips of 8, so that one ymm holds consecutive k of 8 outputs, x is broadcast, and a group's
+// scale reaches 8 outputs with one FMA. (On the plain layout every output is its own 8-lane dot
+// product, with its own per-group scalars and a horizontal sum: about 35 instructions per 32
+// weights on Zen 4; here about 5.)
+//
+// Layout: a 64-byte header (magic, format, n, k), then strips of 8 rows of W (rows past n are
+// zero), each strip the same number of bytes: per parameter group of G k (in the staged order
+// of matmul_cpu_avx2.cpp: the lowbit 4-bit formats' evens, then odds, per group):
+//  * codes, 32 bytes per step, a dword per row:
+//      4-bit formats (int4, uint4, q4_0, q4_K, nvfp4, mxfp4): 8 k per step; byte b of a row's
+//        dword holds k + b in its low nibble and k + 4 + b in its high one, as n = v + o
+//        (o = 8 for int4 and q4_0, 0 for uint4 and q4_K) or, for e2m1, the e2m1 code (a
+//        16-entry table gives 2 e2m1 + 12);
+//      q6_K: 4 k per step, a byte u = v + 32 (0..63) per code;
+//      8-bit formats (int8, uint8, q8_0): 4 k per step, the signed byte v;
+//  * a[8] (f32, one per row), then c[8] for formats with c terms (w = a v + c).
+// Sizes: int4:block32 and q4_0 5 bits per weight (GGUF's q4_0 4.5), q4_K 6 (4.5), nvfp4 6
+// (4.5), mxfp4 5 (4.25), q6_K 10 (6.56), 8-bit formats 9 (q8_0 8.5): the f32 parameters and
+// q6_K's byte codes trade size for a decode of a few instructions.
+//
+// Arithmetic: per group and output the exact i32 J = sum v q, formed as sum u q - o sum q
+// with vpmaddubsw (u unsigned, q signed) + vpmaddwd by ones; its 16-bit pair sums cannot
+// saturate: 4-bit u <= 24 (two steps' sums <= 12288), q6_K u <= 63 (<= 16128); 8-bit codes go
+// through the sign trick (|v| times q with v's sign, |v| <= 128), exact only when no x code is
+// -128: a call whose x holds one runs the plain-layout kernel instead (same results up to f32
+// rounding order; both exact in J). Then y += (a s) J + c (s sum q) in f32, per group in k
+// order. Rows of x are taken 4 at a time (W is read once per 4 rows: the kernel is for m <= 16).
+#include <omp.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "ops/matmul/matmul_cpu_avx2.hpp"
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#endif
+#define LOWBIT_MATMUL_CPU_AVX2_TARGET 1
+
+#include "ops/matmul/matmul_cpu_avx2_impl.hpp"
+
+namespace lowbit::matmul_cpu::avx2 {
+namespace {
+
+constexpr uint32_t kMagic = 0x3258424Cu;  // "LBX2"
+constexpr int kStripRows = 8;
+constexpr i64 kHeader = 64;
+
+enum class Kind { k4, k6, k8 };
+
+template <class F>
+constexpr Kind kind_of() {
+  if constexpr (F::kFmt == WFmt::q6_K) return Kind::k6;
+  if constexpr (F::kFmt == WFmt::i8 || F::kFmt == WFmt::u8 || F::kFmt == WFmt::q8_0)
+    return Kind::k8;
+  return Kind::k4;
+}
+
+/// The offset o of u = v + o (4-bit formats' nibbles, q6_K's bytes).
+template <class F>
+constexpr int offset_of() {
+  switch (F::kFmt) {
+    case WFmt::i4:
+    case WFmt::q4_0:
+      return 8;
+    case WFmt::nvfp4:
+    case WFmt::mxfp4:
+      return 12;
+    case WFmt::q6_K:
+      return 32;
+    default:
+      return 0;
+  }
+}
+
+constexpr bool is_e2m1(WFmt f) { return f == WFmt::nvfp4 || f == WFmt::mxfp4; }
+
+// nibble -> 2 e2m1 + 12 (the e2m1 code's doubled value plus the offset).
+alignas(16) constexpr uint8_t kTabE2M1u[16] = {12, 13, 14, 15, 16, 18, 20, 24,
+                                               12, 11, 10, 9,  8,  6,  4,  0};
+
+template <class F>
+i64 group_bytes() {
+  const i64 codes = kind_of<F>() == Kind::k4 ? F::kG * kStripRows / 2 : F::kG * kStripRows;
+  return codes + 32 * (F::kC ? 2 : 1);
+}
+
+template <class F>
+i64 strip_bytes(const WeightRef& w) {
+  return (w.k / F::kG) * group_bytes<F>();
+}
+
+/// The nibble of v for the 4-bit formats (e2m1: its code, found in the doubled-value table).
+template <class F>
+uint8_t nibble_of(int v) {
+  if constexpr (is_e2m1(F::kFmt)) {
+    for (int n = 0; n < 16; ++n)
+      if (kTabE2M1x2[n] == v) return static_cast<uint8_t>(n);
+    return 0;
+  } else {
+    return static_cast<uint8_t>(v + offset_of<F>());
+  }
+}
+
+template <class F>
+void pack_strip(const WeightRef& w, i64 s, uint8_t* dst) {
+  constexpr int G = F::kG;
+  constexpr Kind kK = kind_of<F>();
+  const i64 K = w.k, ng = K / G;
+  alignas(32) float a[kStripRows][16], c[kStripRows][16];
+  alignas(32) int8_t v[kStripRows][kChunk];
+  Row rows[kStripRows];
+  int live = 0;
+  for (int j = 0; j < kStripRows; ++j)
+    if (s * kStripRows + j < w.n) {
+      rows[j] = row_of(w, s * kStripRows + j);
+      live = j + 1;
+    }
+  for (i64 g0 = 0; g0 < ng; g0 += 16) {
+    const i64 cnt = min64(16, ng - g0);
+    for (int j = 0; j < kStripRows; ++j) {
+      if (j < live) {
+        F::params(w, rows[j], g0, cnt, a[j], c[j]);
+      } else {
+        for (int e = 0; e < 16; ++e) a[j][e] = c[j][e] = 0.0f;
+      }
+    }
+    for (i64 ch = g0 * G / kChunk; ch < (g0 + cnt) * G / kChunk; ++ch) {
+      for (int j = 0; j < kStripRows; ++j) {
+        if (j < live) {
+          _mm256_store_si256(reinterpret_cast<__m256i*>(v[j]), F::codes(rows[j], ch));
+        } else {
+          // A missing row: the code of v = 0 (its a and c are 0 anyway).
+          for (int e = 0; e < kChunk; ++e) v[j][e] = 0;
+        }
+      }
+      for (int h = 0; h < kChunk / G; ++h) {
+        const i64 g = ch * (kChunk / G) + h;
+        uint8_t* out = dst + g * group_bytes<F>();
+        const int8_t* base = nullptr;
+        if constexpr (kK == Kind::k4) {
+          for (int t = 0; t < G / 8; ++t)
+            for (int j = 0; j < kStripRows; ++j)
+              for (int b = 0; b < 4; ++b) {
+                base = v[j] + h * G + 8 * t;
+                out[t * 32 + 4 * j + b] =
+                    static_cast<uint8_t>(nibble_of<F>(base[b]) | (nibble_of<F>(base[4 + b]) << 4));
+              }
+          out += G * kStripRows / 2;
+        } else {
+          for (int t = 0; t < G / 4; ++t)
+            for (int j = 0; j < kStripRows; ++j)
+              for (int b = 0; b < 4; ++b) {
+                const int x = v[j][h * G + 4 * t + b];
+                out[t * 32 + 4 * j + b] =
+                    static_cast<uint8_t>(kK == Kind::k6 ? x + offset_of<F>() : x);
+              }
+          out += G * kStripRows;
+        }
+        float fa[kStripRows], fc[kStripRows];
+        for (int j = 0; j < kStripRows; ++j) {
+          fa[j] = a[j][g - g0];
+          fc[j] = c[j][g - g0];
+        }
+        std::memcpy(out, fa, 32);
+        if constexpr (F::kC) std::memcpy(out + 32, fc, 32);
+      }
+    }
+  }
+}
+
+struct Header {
+  uint32_t magic;
+  uint32_t format;
+  int64_t n, k;
+};
+
+/// x codes as int8 in the staged order, per group the sum of its codes, its scale, and scale
+/// times sum (formats with c terms). Returns whether some code is -128.
+template <int G, bool kPerm, bool kC>
+bool stage_x8(const XQuantRef& x, i64 m, i64 k, int8_t* xq, int32_t* xsum, float* xs, float* xsq) {
+  const i64 ng = k / G;
+  int min_code = 0;
+  for (i64 i = 0; i < m; ++i) {
+    int8_t* q = xq + i * k;
+    for (i64 c = 0; c < k / kChunk; ++c) {
+      const int8_t* src = x_codes(x, i, c);
+      for (int h = 0; h < kChunk / G; ++h) {
+        int32_t sum = 0;
+        for (int e = 0; e < G; ++e) {
+          const int v = src[h * G + e];
+          sum += v;
+          min_code = v < min_code ? v : min_code;
+          q[c * kChunk + h * G + (kPerm ? staged_pos<G>(e) : e)] = static_cast<int8_t>(v);
+        }
+        const i64 gi = i * ng + (c * kChunk + h * G) / G;
+        const float s = x_scale(x, i, c * kChunk + h * G);
+        xsum[gi] = sum;
+        xs[gi] = s;
+        if constexpr (kC) xsq[gi] = s * static_cast<float>(sum);
+      }
+    }
+  }
+  return min_code == -128;
+}
+
+int32_t load_dword(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+/// Strips [s0, s1) for MR rows of staged x: y rows i (ldc apart) at columns 8 s.
+template <class F, int MR>
+void strips_rows(const WeightRef& w, const uint8_t* packed, const int8_t* xq, const int32_t* xsum,
+                 const float* xs, const float* xsq, float* out, i64 ldc, i64 s0, i64 s1) {
+  constexpr int G = F::kG;
+  constexpr Kind kK = kind_of<F>();
+  constexpr int o = offset_of<F>();
+  const i64 K = w.k, ng = K / G, sb = strip_bytes<F>(w);
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i tab =
+      _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kTabE2M1u)));
+  for (i64 s = s0; s < s1; ++s) {
+    const uint8_t* p = packed + kHeader + s * sb;
+    __m256 acc[MR];
+    for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_ps();
+    for (i64 g = 0; g < ng; ++g) {
+      __m256i J[MR];
+      for (int i = 0; i < MR; ++i) J[i] = _mm256_setzero_si256();
+      const i64 k0 = g * G;
+      if constexpr (kK == Kind::k4) {
+        for (int t = 0; t < G / 8; ++t) {
+          const __m256i cv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t));
+          __m256i lo = _mm256_and_si256(cv, low4);
+          __m256i hi = _mm256_and_si256(_mm256_srli_epi16(cv, 4), low4);
+          if constexpr (is_e2m1(F::kFmt)) {
+            lo = _mm256_shuffle_epi8(tab, lo);
+            hi = _mm256_shuffle_epi8(tab, hi);
+          }
+          for (int i = 0; i < MR; ++i) {
+            const int8_t* xp = xq + i * K + k0 + 8 * t;
+            const __m256i x0 = _mm256_set1_epi32(load_dword(xp));
+            const __m256i x1 = _mm256_set1_epi32(load_dword(xp + 4));
+            const __m256i pair =
+                _mm256_add_epi16(_mm256_maddubs_epi16(lo, x0), _mm256_maddubs_epi16(hi, x1));
+            J[i] = _mm256_add_epi32(J[i], _mm256_madd_epi16(pair, ones));
+          }
+        }
+        p += G * kStripRows / 2;
+      } else {
+        for (int t = 0; t < G / 4; ++t) {
+          const __m256i cv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t));
+          const __m256i av = kK == Kind::k8 ? _mm256_abs_epi8(cv) : cv;
+          for (int i = 0; i < MR; ++i) {
+            __m256i xb = _mm256_set1_epi32(load_dword(xq + i * K + k0 + 4 * t));
+            if constexpr (kK == Kind::k8) xb = _mm256_sign_epi8(xb, cv);
+            J[i] = _mm256_add_epi32(J[i], _mm256_madd_epi16(_mm256_maddubs_epi16(av, xb), ones));
+          }
+        }
+        p += G * kStripRows;
+      }
+      const __m256 a = _mm256_loadu_ps(reinterpret_cast<const float*>(p));
+      for (int i = 0; i < MR; ++i) {
+        const i64 gi = i * ng + g;
+        __m256i j = J[i];
+        if constexpr (o != 0) j = _mm256_sub_epi32(j, _mm256_set1_epi32(o * xsum[gi]));
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(j), _mm256_mul_ps(a, _mm256_set1_ps(xs[gi])),
+                                 acc[i]);
+      }
+      if constexpr (F::kC) {
+        const __m256 c = _mm256_loadu_ps(reinterpret_cast<const float*>(p + 32));
+        for (int i = 0; i < MR; ++i)
+          acc[i] = _mm256_fmadd_ps(c, _mm256_set1_ps(xsq[i * ng + g]), acc[i]);
+        p += 64;
+      } else {
+        p += 32;
+      }
+    }
+    const i64 cols = min64(kStripRows, w.n - s * kStripRows);
+    for (int i = 0; i < MR; ++i) {
+      float* dst = out + i * ldc + s * kStripRows;
+      if (cols == kStripRows) {
+        _mm256_storeu_ps(dst, acc[i]);
+      } else {
+        alignas(32) float t[kStripRows];
+        _mm256_store_ps(t, acc[i]);
+        for (i64 j = 0; j < cols; ++j) dst[j] = t[j];
+      }
+    }
+  }
+}
+
+template <class F>
+bool packed_impl(const WeightRef& w, const uint8_t* packed, const XQuantRef& x, i64 m,
+                 const WsLayout& L, char* ws, float* C, i64 ldc) {
+  constexpr int G = F::kG;
+  const i64 K = w.k, ng = K / G;
+  auto* xq = reinterpret_cast<int8_t*>(ws + L.xq);
+  auto* xsum = reinterpret_cast<int32_t*>(ws + L.init);
+  auto* xs = reinterpret_cast<float*>(ws + L.xs);
+  auto* xsq = reinterpret_cast<float*>(ws + L.xsq);
+  const bool has_min = stage_x8<G, F::kPerm, F::kC>(x, m, K, xq, xsum, xs, xsq);
+  if (kind_of<F>() == Kind::k8 && has_min) return false;
+  const i64 strips = (w.n + kStripRows - 1) / kStripRows;
+  parallel_cols(strips, 1, m * w.n * K, [&](i64 s0, i64 s1) {
+    for (i64 i0 = 0; i0 < m; i0 += kGemvRows) {
+      const int8_t* q = xq + i0 * K;
+      const int32_t* su = xsum + i0 * ng;
+      const float* sc = xs + i0 * ng;
+      const float* sq = xsq + i0 * ng;
+      float* cp = C + i0 * ldc;
+      switch (min64(kGemvRows, m - i0)) {
+        case 1:
+          strips_rows<F, 1>(w, packed, q, su, sc, sq, cp, ldc, s0, s1);
+          break;
+        case 2:
+          strips_rows<F, 2>(w, packed, q, su, sc, sq, cp, ldc, s0, s1);
+          break;
+        case 3:
+          strips_rows<F, 3>(w, packed, q, su, sc, sq, cp, ldc, s0, s1);
+          break;
+        default:
+          strips_rows<F, 4>(w, packed, q, su, sc, sq, cp, ldc, s0, s1);
+          break;
+      }
+    }
+  });
+  return true;
+}
+
+}  // namespace
+
+WsLayout packed_layout(const WeightRef& w, int64_t m, const YRef& y) {
+  auto align64 = [](size_t v) { return (v + 63) & ~size_t{63}; };
+  WsLayout L;
+  const size_t per_group = align64(static_cast<size_t>(m * (w.k / w.group)) * 4);
+  L.xq = 0;
+  L.init = align64(static_cast<size_t>(m * w.k));
+  L.xs = L.init + per_group;
+  L.xsq = L.xs + per_group;
+  L.c = L.xsq + per_group;
+  L.total = L.c + (y.dt == FDt::f32 ? 0 : align64(static_cast<size_t>(m * w.n) * 4));
+  return L;
+}
+
+size_t packed_bytes(const WeightRef& w) {
+  size_t strip = 0;
+  with_format(w, [&](auto f) {
+    using F = decltype(f);
+    if constexpr (!F::kFloat) strip = static_cast<size_t>(strip_bytes<F>(w));
+  });
+  return static_cast<size_t>(kHeader) +
+         static_cast<size_t>((w.n + kStripRows - 1) / kStripRows) * strip;
+}
+
+void pack_weight(const WeightRef& w, void* packed) {
+  auto* dst = static_cast<uint8_t*>(packed);
+  std::memset(dst, 0, kHeader);
+  const Header h{kMagic, static_cast<uint32_t>(w.fmt), w.n, w.k};
+  std::memcpy(dst, &h, sizeof h);
+  with_format(w, [&](auto f) {
+    using F = decltype(f);
+    if constexpr (!F::kFloat) {
+      const i64 strips = (w.n + kStripRows - 1) / kStripRows, sb = strip_bytes<F>(w);
+#pragma omp parallel for schedule(static)
+      for (i64 s = 0; s < strips; ++s) pack_strip<F>(w, s, dst + kHeader + s * sb);
+    }
+  });
+}
+
+bool packed_header_matches(const WeightRef& w, const void* packed) {
+  Header h;
+  std::memcpy(&h, packed, sizeof h);
+  return h.magic == kMagic && h.format == static_cast<uint32_t>(w.fmt) && h.n == w.n && h.k == w.k;
+}
+
+bool run_int8_packed(const WeightRef& w, const void* packed, const XQuantRef& x, const YRef& y,
+                     int64_t m, void* workspace) {
+  if (m == 0 || w.n == 0) return true;
+  const WsLayout L = packed_layout(w, m, y);
+  char* ws = static_cast<char*>(workspace);
+  float* C = y.dt == FDt::f32 ? static_cast<float*>(y.data) : reinterpret_cast<float*>(ws + L.c);
+  const i64 ldc = y.dt == FDt::f32 ? y.row_stride : w.n;
+  bool ran = true;
+  with_format(w, [&](auto f) {
+    using F = decltype(f);
+    if constexpr (!F::kFloat)
+      ran = packed_impl<F>(w, static_cast<const uint8_t*>(packed), x, m, L, ws, C, ldc);
+  });
+  if (ran) finish(y, m, w.n, C, ldc);
+  return ran;
+}
+
+}  // namespace lowbit::matmul_cpu::avx2
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
