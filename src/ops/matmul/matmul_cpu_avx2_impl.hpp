@@ -170,6 +170,20 @@ __m256i nibbles_hi(__m256i b) {
   return _mm256_and_si256(_mm256_srli_epi16(b, 4), _mm256_set1_epi8(0x0F));
 }
 
+/// ggml's unpacking of a q4_K super-block's twelve scale bytes (at sb + 4) into its 8 six-bit
+/// scales (out[0..7]) and mins (out[8..15]).
+void q4k_scales_mins(const uint8_t* sb, uint8_t out[16]) {
+  uint32_t u[4];
+  std::memcpy(u, sb + 4, 12);
+  constexpr uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
+  u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
+  const uint32_t aux = u[1] & k1;
+  u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
+  u[2] = aux;
+  u[0] &= k1;
+  std::memcpy(out, u, 16);
+}
+
 /// The format traits: F, parameter group G, c terms (affine / K-quant mins) or not.
 template <WFmt F, int G, bool C>
 struct Fmt {
@@ -242,17 +256,8 @@ struct Fmt {
       for (i64 s = 0; s < cnt; s += 8) {
         const uint8_t* sb = r.codes + ((g0 + s) >> 3) * 144;
         const float d = f16_to_f32(rd16(sb)), dmin = f16_to_f32(rd16(sb + 2));
-        // ggml's unpacking of the twelve scale bytes into 8 six-bit scales and mins.
-        uint32_t u[4];
-        std::memcpy(u, sb + 4, 12);
-        constexpr uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
-        u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
-        const uint32_t aux = u[1] & k1;
-        u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
-        u[2] = aux;
-        u[0] &= k1;
         uint8_t sc[16];
-        std::memcpy(sc, u, 16);
+        q4k_scales_mins(sb, sc);
         // ggml: d1 = d * sc, m1 = dmin * m, value = d1 * q - m1.
         for (int j = 0; j < 8 && s + j < cnt; ++j) {
           a[s + j] = d * static_cast<float>(sc[j]);

@@ -14,8 +14,11 @@
 //        16-entry table gives 2 e2m1 + 12);
 //      q6_K: 4 k per step, a byte u = v + 32 (0..63) per code;
 //      8-bit formats (int8, uint8, q8_0): 4 k per step, the signed byte v;
-//  * a[8] (f32, one per row), then c[8] for formats with c terms (w = a v + c).
-// Sizes: int4:block32 and q4_0 5 bits per weight (GGUF's q4_0 4.5), q4_K 6 (4.5), nvfp4 6
+//  * a[8] (f32, one per row), then c[8] for formats with c terms (w = a v + c); q4_K instead
+//    keeps GGUF's compact form: per super-block of 8 groups the rows' f16 d, then f16 dmin (32
+//    bytes, before the super-block's first group), per group the rows' six-bit scales, then
+//    mins, as bytes (16 bytes), turned into a and c by 4 vector operations per group.
+// Sizes: int4:block32 and q4_0 5 bits per weight (GGUF's q4_0 4.5), q4_K 4.6 (4.5), nvfp4 6
 // (4.5), mxfp4 5 (4.25), q6_K 10 (6.56), 8-bit formats 9 (q8_0 8.5): the f32 parameters and
 // q6_K's byte codes trade size for a decode of a few instructions.
 //
@@ -89,15 +92,29 @@ constexpr bool is_e2m1(WFmt f) { return f == WFmt::nvfp4 || f == WFmt::mxfp4; }
 alignas(16) constexpr uint8_t kTabE2M1u[16] = {12, 13, 14, 15, 16, 18, 20, 24,
                                                12, 11, 10, 9,  8,  6,  4,  0};
 
+/// q4_K keeps its parameters compact: per super-block of 8 groups the rows' f16 d and dmin (32
+/// bytes), per group the rows' six-bit scales and mins as bytes (16 bytes).
+template <class F>
+constexpr bool kCompactQ4K = F::kFmt == WFmt::q4_K;
+constexpr i64 kQ4KHeader = 32;
+
 template <class F>
 i64 group_bytes() {
   const i64 codes = kind_of<F>() == Kind::k4 ? F::kG * kStripRows / 2 : F::kG * kStripRows;
+  if constexpr (kCompactQ4K<F>) return codes + 16;
   return codes + 32 * (F::kC ? 2 : 1);
+}
+
+/// Where group g's codes start in a strip.
+template <class F>
+i64 group_offset(i64 g) {
+  if constexpr (kCompactQ4K<F>) return (g / 8 + 1) * kQ4KHeader + g * group_bytes<F>();
+  return g * group_bytes<F>();
 }
 
 template <class F>
 i64 strip_bytes(const WeightRef& w) {
-  return (w.k / F::kG) * group_bytes<F>();
+  return group_offset<F>(w.k / F::kG);
 }
 
 /// The nibble of v for the 4-bit formats (e2m1: its code, found in the doubled-value table).
@@ -146,7 +163,17 @@ void pack_strip(const WeightRef& w, i64 s, uint8_t* dst) {
       }
       for (int h = 0; h < kChunk / G; ++h) {
         const i64 g = ch * (kChunk / G) + h;
-        uint8_t* out = dst + g * group_bytes<F>();
+        uint8_t* out = dst + group_offset<F>(g);
+        if constexpr (kCompactQ4K<F>) {
+          if (g % 8 == 0)  // the super-block's d and dmin, f16 as stored
+            for (int j = 0; j < kStripRows; ++j) {
+              const uint8_t* sb = j < live ? rows[j].codes + (g / 8) * 144 : nullptr;
+              for (int b = 0; b < 2; ++b) {
+                out[-kQ4KHeader + 2 * j + b] = sb ? sb[b] : 0;
+                out[-kQ4KHeader + 16 + 2 * j + b] = sb ? sb[2 + b] : 0;
+              }
+            }
+        }
         const int8_t* base = nullptr;
         if constexpr (kK == Kind::k4) {
           for (int t = 0; t < G / 8; ++t)
@@ -167,13 +194,22 @@ void pack_strip(const WeightRef& w, i64 s, uint8_t* dst) {
               }
           out += G * kStripRows;
         }
-        float fa[kStripRows], fc[kStripRows];
-        for (int j = 0; j < kStripRows; ++j) {
-          fa[j] = a[j][g - g0];
-          fc[j] = c[j][g - g0];
+        if constexpr (kCompactQ4K<F>) {
+          for (int j = 0; j < kStripRows; ++j) {
+            uint8_t sm[16] = {};
+            if (j < live) q4k_scales_mins(rows[j].codes + (g / 8) * 144, sm);
+            out[j] = sm[g % 8];
+            out[8 + j] = sm[8 + g % 8];
+          }
+        } else {
+          float fa[kStripRows], fc[kStripRows];
+          for (int j = 0; j < kStripRows; ++j) {
+            fa[j] = a[j][g - g0];
+            fc[j] = c[j][g - g0];
+          }
+          std::memcpy(out, fa, 32);
+          if constexpr (F::kC) std::memcpy(out + 32, fc, 32);
         }
-        std::memcpy(out, fa, 32);
-        if constexpr (F::kC) std::memcpy(out + 32, fc, 32);
       }
     }
   }
@@ -236,7 +272,15 @@ void strips_rows(const WeightRef& w, const uint8_t* packed, const int8_t* xq, co
     const uint8_t* p = packed + kHeader + s * sb;
     __m256 acc[MR];
     for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_ps();
+    __m256 d = _mm256_setzero_ps(), dmin = _mm256_setzero_ps();  // q4_K's super-block
     for (i64 g = 0; g < ng; ++g) {
+      if constexpr (kCompactQ4K<F>) {
+        if (g % 8 == 0) {
+          d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+          dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));
+          p += kQ4KHeader;
+        }
+      }
       __m256i J[MR];
       for (int i = 0; i < MR; ++i) J[i] = _mm256_setzero_si256();
       const i64 k0 = g * G;
@@ -271,7 +315,20 @@ void strips_rows(const WeightRef& w, const uint8_t* packed, const int8_t* xq, co
         }
         p += G * kStripRows;
       }
-      const __m256 a = _mm256_loadu_ps(reinterpret_cast<const float*>(p));
+      __m256 a, c;
+      if constexpr (kCompactQ4K<F>) {
+        // ggml: d1 = d * sc, m1 = dmin * m, value = d1 * q - m1 (as params() computes them).
+        const __m128i sm = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        a = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm)));
+        c = _mm256_xor_ps(
+            _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8)))),
+            _mm256_set1_ps(-0.0f));
+        p += 16;
+      } else {
+        a = _mm256_loadu_ps(reinterpret_cast<const float*>(p));
+        c = F::kC ? _mm256_loadu_ps(reinterpret_cast<const float*>(p + 32)) : a;
+        p += F::kC ? 64 : 32;
+      }
       for (int i = 0; i < MR; ++i) {
         const i64 gi = i * ng + g;
         __m256i j = J[i];
@@ -279,14 +336,9 @@ void strips_rows(const WeightRef& w, const uint8_t* packed, const int8_t* xq, co
         acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(j), _mm256_mul_ps(a, _mm256_set1_ps(xs[gi])),
                                  acc[i]);
       }
-      if constexpr (F::kC) {
-        const __m256 c = _mm256_loadu_ps(reinterpret_cast<const float*>(p + 32));
+      if constexpr (F::kC)
         for (int i = 0; i < MR; ++i)
           acc[i] = _mm256_fmadd_ps(c, _mm256_set1_ps(xsq[i * ng + g]), acc[i]);
-        p += 64;
-      } else {
-        p += 32;
-      }
     }
     const i64 cols = min64(kStripRows, w.n - s * kStripRows);
     for (int i = 0; i < MR; ++i) {
