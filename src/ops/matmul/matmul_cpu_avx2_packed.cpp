@@ -14,13 +14,15 @@
 //        16-entry table gives 2 e2m1 + 12);
 //      q6_K: 4 k per step, a byte u = v + 32 (0..63) per code;
 //      8-bit formats (int8, uint8, q8_0): 4 k per step, the signed byte v;
-//  * a[8] (f32, one per row), then c[8] for formats with c terms (w = a v + c); q4_K instead
+//  * a[8] (f32, one per row; f16 where a is an f16 value: q4_0, q8_0, symmetric int4 / int8
+//    with f16 scales), then c[8] for formats with c terms (w = a v + c); q4_K instead
 //    keeps GGUF's compact form: per super-block of 8 groups the rows' f16 d, then f16 dmin (32
 //    bytes, before the super-block's first group), per group the rows' six-bit scales, then
 //    mins, as bytes (16 bytes), turned into a and c by 4 vector operations per group.
-// Sizes: int4:block32 and q4_0 5 bits per weight (GGUF's q4_0 4.5), q4_K 4.6 (4.5), nvfp4 6
-// (4.5), mxfp4 5 (4.25), q6_K 10 (6.56), 8-bit formats 9 (q8_0 8.5): the f32 parameters and
-// q6_K's byte codes trade size for a decode of a few instructions.
+// Sizes: q4_0 and int4:block32 with f16 scales 4.5 bits per weight (as GGUF's q4_0), with f32
+// scales 5, q4_K 4.6 (4.5), nvfp4 6 (4.5), mxfp4 5 (4.25), q6_K 10 (6.56), q8_0 8.5 (8.5),
+// other 8-bit formats 9: the f32 parameters and q6_K's byte codes trade size for a decode of
+// a few instructions.
 //
 // Arithmetic: per group and output the exact i32 J = sum v q, formed as sum u q - o sum q
 // with vpmaddubsw (u unsigned, q signed) + vpmaddwd by ones; its 16-bit pair sums cannot
@@ -98,23 +100,33 @@ template <class F>
 constexpr bool kCompactQ4K = F::kFmt == WFmt::q4_K;
 constexpr i64 kQ4KHeader = 32;
 
+/// Whether a group's a is stored as f16 (8 x 2 bytes): where it is an f16 value (GGUF's d,
+/// symmetric integer formats with f16 scales), so the conversion is exact.
 template <class F>
-i64 group_bytes() {
+bool half_a(const WeightRef& w) {
+  if constexpr (F::kFmt == WFmt::q4_0 || F::kFmt == WFmt::q8_0) return true;
+  if constexpr ((F::kFmt == WFmt::i4 || F::kFmt == WFmt::i8) && !F::kC)
+    return w.scale_dt == FDt::f16;
+  return false;
+}
+
+template <class F>
+i64 group_bytes(bool half) {
   const i64 codes = kind_of<F>() == Kind::k4 ? F::kG * kStripRows / 2 : F::kG * kStripRows;
   if constexpr (kCompactQ4K<F>) return codes + 16;
-  return codes + 32 * (F::kC ? 2 : 1);
+  return codes + (half ? 16 : 32 * (F::kC ? 2 : 1));
 }
 
 /// Where group g's codes start in a strip.
 template <class F>
-i64 group_offset(i64 g) {
-  if constexpr (kCompactQ4K<F>) return (g / 8 + 1) * kQ4KHeader + g * group_bytes<F>();
-  return g * group_bytes<F>();
+i64 group_offset(i64 g, bool half) {
+  if constexpr (kCompactQ4K<F>) return (g / 8 + 1) * kQ4KHeader + g * group_bytes<F>(half);
+  return g * group_bytes<F>(half);
 }
 
 template <class F>
 i64 strip_bytes(const WeightRef& w) {
-  return group_offset<F>(w.k / F::kG);
+  return group_offset<F>(w.k / F::kG, half_a<F>(w));
 }
 
 /// The nibble of v for the 4-bit formats (e2m1: its code, found in the doubled-value table).
@@ -134,6 +146,7 @@ void pack_strip(const WeightRef& w, i64 s, uint8_t* dst) {
   constexpr int G = F::kG;
   constexpr Kind kK = kind_of<F>();
   const i64 K = w.k, ng = K / G;
+  const bool half = half_a<F>(w);
   alignas(32) float a[kStripRows][16], c[kStripRows][16];
   alignas(32) int8_t v[kStripRows][kChunk];
   Row rows[kStripRows];
@@ -163,7 +176,7 @@ void pack_strip(const WeightRef& w, i64 s, uint8_t* dst) {
       }
       for (int h = 0; h < kChunk / G; ++h) {
         const i64 g = ch * (kChunk / G) + h;
-        uint8_t* out = dst + group_offset<F>(g);
+        uint8_t* out = dst + group_offset<F>(g, half);
         if constexpr (kCompactQ4K<F>) {
           if (g % 8 == 0)  // the super-block's d and dmin, f16 as stored
             for (int j = 0; j < kStripRows; ++j) {
@@ -200,6 +213,11 @@ void pack_strip(const WeightRef& w, i64 s, uint8_t* dst) {
             if (j < live) q4k_scales_mins(rows[j].codes + (g / 8) * 144, sm);
             out[j] = sm[g % 8];
             out[8 + j] = sm[8 + g % 8];
+          }
+        } else if (half) {
+          for (int j = 0; j < kStripRows; ++j) {
+            const uint16_t h16 = _cvtss_sh(a[j][g - g0], _MM_FROUND_TO_NEAREST_INT);  // exact
+            std::memcpy(out + 2 * j, &h16, 2);
           }
         } else {
           float fa[kStripRows], fc[kStripRows];
@@ -264,6 +282,7 @@ void strips_rows(const WeightRef& w, const uint8_t* packed, const int8_t* xq, co
   constexpr Kind kK = kind_of<F>();
   constexpr int o = offset_of<F>();
   const i64 K = w.k, ng = K / G, sb = strip_bytes<F>(w);
+  const bool half = half_a<F>(w);
   const __m256i ones = _mm256_set1_epi16(1);
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i tab =
@@ -323,6 +342,9 @@ void strips_rows(const WeightRef& w, const uint8_t* packed, const int8_t* xq, co
         c = _mm256_xor_ps(
             _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8)))),
             _mm256_set1_ps(-0.0f));
+        p += 16;
+      } else if (half) {
+        c = a = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
         p += 16;
       } else {
         a = _mm256_loadu_ps(reinterpret_cast<const float*>(p));
