@@ -25,11 +25,10 @@
 #include <cstring>
 
 #include "ops/matmul/matmul_cpu_avx2.hpp"
+#include "ops/matmul/matmul_cpu_simd_common.hpp"
 
 namespace lowbit::matmul_cpu::avx2 {
 namespace {
-
-using i64 = int64_t;
 
 constexpr int kChunk = 32;     // codes per decoded ymm
 constexpr i64 kKcExact = 256;  // k per panel, exact gemm (f32 panel 16 KiB)
@@ -38,8 +37,6 @@ constexpr int kCols = 16;      // columns of y per panel and tile
 constexpr int kRowsExact = 6;  // rows of x per exact tile (12 f32 accumulators)
 constexpr int kRowsInt8 = 3;   // rows of x per int8 tile (6 i32 + 6 f32 accumulators)
 constexpr int kGemvRows = 4;   // rows of x per gemv pass
-
-i64 min64(i64 a, i64 b) { return a < b ? a : b; }
 
 // ---- scalar and vector conversions ----------------------------------------------------------
 
@@ -316,36 +313,6 @@ struct Fmt {
 
 // ---- threads ------------------------------------------------------------------------------------
 
-/// Runs body(i) for i in [0, n) over the OpenMP threads (static split), or inline for few.
-template <class Body>
-void parallel_rows(i64 n, i64 work, Body&& body) {
-  if (n > 1 && work >= (i64{1} << 16) && omp_get_max_threads() > 1) {
-#pragma omp parallel for schedule(static)
-    for (i64 i = 0; i < n; ++i) body(i);
-  } else {
-    for (i64 i = 0; i < n; ++i) body(i);
-  }
-}
-
-/// Splits [0, n) between the threads in blocks of `unit` and runs body(begin, end).
-template <class Body>
-void parallel_cols(i64 n, i64 unit, i64 work, Body&& body) {
-  const i64 units = (n + unit - 1) / unit;
-  int threads = omp_get_max_threads();
-  if (work < (i64{1} << 18) || units < 2) threads = 1;
-  if (threads > units) threads = static_cast<int>(units);
-  if (threads <= 1) {
-    body(i64{0}, n);
-    return;
-  }
-#pragma omp parallel num_threads(threads)
-  {
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    const i64 u0 = units * t / nt, u1 = units * (t + 1) / nt;
-    if (u1 > u0) body(u0 * unit, min64(n, u1 * unit));
-  }
-}
-
 // ---- x staging ----------------------------------------------------------------------------------
 
 /// Position of element e of a group of G in the staged order of the 4-bit formats (evens,
@@ -430,48 +397,7 @@ void stage_x16(const XQuantRef& x, i64 m, i64 k, int16_t* xq, float* xs, float* 
 /// Calls fn(Fmt<...>{}) for w's format, group and c terms.
 template <class Fn>
 void with_format(const WeightRef& w, Fn&& fn) {
-  const bool z = w.affine;
-  const bool g16 = w.group == 16;
-  switch (w.fmt) {
-    case WFmt::i8:
-      if (g16) {
-        if (z) return fn(Fmt<WFmt::i8, 16, true>{});
-        return fn(Fmt<WFmt::i8, 16, false>{});
-      }
-      if (z) return fn(Fmt<WFmt::i8, 32, true>{});
-      return fn(Fmt<WFmt::i8, 32, false>{});
-    case WFmt::u8:
-      if (g16) return fn(Fmt<WFmt::u8, 16, true>{});
-      return fn(Fmt<WFmt::u8, 32, true>{});
-    case WFmt::i4:
-      if (g16) {
-        if (z) return fn(Fmt<WFmt::i4, 16, true>{});
-        return fn(Fmt<WFmt::i4, 16, false>{});
-      }
-      if (z) return fn(Fmt<WFmt::i4, 32, true>{});
-      return fn(Fmt<WFmt::i4, 32, false>{});
-    case WFmt::u4:
-      if (g16) return fn(Fmt<WFmt::u4, 16, true>{});
-      return fn(Fmt<WFmt::u4, 32, true>{});
-    case WFmt::e4m3:
-      if (g16) return fn(Fmt<WFmt::e4m3, 16, false>{});
-      return fn(Fmt<WFmt::e4m3, 32, false>{});
-    case WFmt::e5m2:
-      if (g16) return fn(Fmt<WFmt::e5m2, 16, false>{});
-      return fn(Fmt<WFmt::e5m2, 32, false>{});
-    case WFmt::nvfp4:
-      return fn(Fmt<WFmt::nvfp4, 16, false>{});
-    case WFmt::mxfp4:
-      return fn(Fmt<WFmt::mxfp4, 32, false>{});
-    case WFmt::q4_0:
-      return fn(Fmt<WFmt::q4_0, 32, false>{});
-    case WFmt::q8_0:
-      return fn(Fmt<WFmt::q8_0, 32, false>{});
-    case WFmt::q4_K:
-      return fn(Fmt<WFmt::q4_K, 32, true>{});
-    case WFmt::q6_K:
-      return fn(Fmt<WFmt::q6_K, 16, false>{});
-  }
+  dispatch_format<Fmt>(w, fn);
 }
 
 /// y's 8 values from f32 v, rounded once (RNE; NaN stays NaN, quiet), stored at p.

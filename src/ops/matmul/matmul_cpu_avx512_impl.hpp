@@ -26,11 +26,10 @@
 #include <cstring>
 
 #include "ops/matmul/matmul_cpu_avx512.hpp"
+#include "ops/matmul/matmul_cpu_simd_common.hpp"
 
 namespace lowbit::matmul_cpu {
 namespace {
-
-using i64 = int64_t;
 
 constexpr int kChunk = 64;      // codes per decoded zmm
 constexpr i64 kKcExact = 256;   // k per panel, exact gemm (f32 panel 32 KiB)
@@ -39,7 +38,6 @@ constexpr int kRowsExact = 12;  // rows of x per exact gemm tile (24 accumulator
 constexpr int kRowsInt8 = 6;    // rows of x per int8 gemm tile (12 i32 + 12 f32 accumulators)
 constexpr int kGemvRows = 4;    // rows of x per gemv pass
 
-i64 min64(i64 a, i64 b) { return a < b ? a : b; }
 /// 128-bit quarter t of v: the intrinsic's index must be a constant for clang (the loops
 /// that call this unroll, so the switch folds away).
 inline __m128i quarter_of(__m512i v, int t) {
@@ -390,17 +388,6 @@ struct Fmt {
 
 // ---- x staging ----------------------------------------------------------------------------------
 
-/// Runs body(i) for i in [0, n) over the OpenMP threads (static split), or inline for few.
-template <class Body>
-void parallel_rows(i64 n, i64 work, Body&& body) {
-  if (n > 1 && work >= (i64{1} << 16) && omp_get_max_threads() > 1) {
-#pragma omp parallel for schedule(static)
-    for (i64 i = 0; i < n; ++i) body(i);
-  } else {
-    for (i64 i = 0; i < n; ++i) body(i);
-  }
-}
-
 /// x as f32 [m, k], permuted per group for the 4-bit formats.
 template <int G, bool kPerm>
 void stage_xf(const XFloatRef& x, i64 m, i64 k, float* xf) {
@@ -525,25 +512,6 @@ void stage_x8(const XQuantRef& x, i64 m, i64 k, Path path, int8_t* xq, int32_t* 
 }
 
 // ---- gemv ---------------------------------------------------------------------------------------
-
-/// Splits [0, n) between the threads in blocks of `unit` and runs body(begin, end).
-template <class Body>
-void parallel_cols(i64 n, i64 unit, i64 work, Body&& body) {
-  const i64 units = (n + unit - 1) / unit;
-  int threads = omp_get_max_threads();
-  if (work < (i64{1} << 18) || units < 2) threads = 1;
-  if (threads > units) threads = static_cast<int>(units);
-  if (threads <= 1) {
-    body(i64{0}, n);
-    return;
-  }
-#pragma omp parallel num_threads(threads)
-  {
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    const i64 u0 = units * t / nt, u1 = units * (t + 1) / nt;
-    if (u1 > u0) body(u0 * unit, min64(n, u1 * unit));
-  }
-}
 
 template <class F, int MR>
 void gemv_exact_rows(const WeightRef& w, const float* xf, float* out, i64 ldc, i64 r0, i64 r1) {
@@ -800,48 +768,7 @@ void tile_int8_rows(int rows, const int8_t* xq, i64 ldx, const int32_t* init, co
 /// Calls fn(Fmt<...>{}) for w's format, group and c terms.
 template <class Fn>
 void with_format(const WeightRef& w, Fn&& fn) {
-  const bool z = w.affine;
-  const bool g16 = w.group == 16;
-  switch (w.fmt) {
-    case WFmt::i8:
-      if (g16) {
-        if (z) return fn(Fmt<WFmt::i8, 16, true>{});
-        return fn(Fmt<WFmt::i8, 16, false>{});
-      }
-      if (z) return fn(Fmt<WFmt::i8, 32, true>{});
-      return fn(Fmt<WFmt::i8, 32, false>{});
-    case WFmt::u8:
-      if (g16) return fn(Fmt<WFmt::u8, 16, true>{});
-      return fn(Fmt<WFmt::u8, 32, true>{});
-    case WFmt::i4:
-      if (g16) {
-        if (z) return fn(Fmt<WFmt::i4, 16, true>{});
-        return fn(Fmt<WFmt::i4, 16, false>{});
-      }
-      if (z) return fn(Fmt<WFmt::i4, 32, true>{});
-      return fn(Fmt<WFmt::i4, 32, false>{});
-    case WFmt::u4:
-      if (g16) return fn(Fmt<WFmt::u4, 16, true>{});
-      return fn(Fmt<WFmt::u4, 32, true>{});
-    case WFmt::e4m3:
-      if (g16) return fn(Fmt<WFmt::e4m3, 16, false>{});
-      return fn(Fmt<WFmt::e4m3, 32, false>{});
-    case WFmt::e5m2:
-      if (g16) return fn(Fmt<WFmt::e5m2, 16, false>{});
-      return fn(Fmt<WFmt::e5m2, 32, false>{});
-    case WFmt::nvfp4:
-      return fn(Fmt<WFmt::nvfp4, 16, false>{});
-    case WFmt::mxfp4:
-      return fn(Fmt<WFmt::mxfp4, 32, false>{});
-    case WFmt::q4_0:
-      return fn(Fmt<WFmt::q4_0, 32, false>{});
-    case WFmt::q8_0:
-      return fn(Fmt<WFmt::q8_0, 32, false>{});
-    case WFmt::q4_K:
-      return fn(Fmt<WFmt::q4_K, 32, true>{});
-    case WFmt::q6_K:
-      return fn(Fmt<WFmt::q6_K, 16, false>{});
-  }
+  dispatch_format<Fmt>(w, fn);
 }
 
 /// y = C (+ bias), rounded once to y's type; C is y itself when y is f32.

@@ -275,26 +275,39 @@ KernelSku cpu_sku(const MatmulDesc& d, std::string_view kernel, std::string_view
 // ---- weight-only
 // ----------------------------------------------------------------------------------
 
-class MatmulCpuAvx512 final : public MatmulKernel {
+/// The instruction set of a weight-only kernel: its name, the int8 kernel that takes x_scheme
+/// descriptors instead, what the CPU needs, the lanes of its gemv and its entry point.
+struct ExactIsa {
+  std::string_view name, int8_kernel, isa;
+  std::string (*reason)();
+  int lanes;
+  void (*run)(const WeightRef&, const XFloatRef&, const YRef&, int64_t, Path, void*);
+};
+
+/// Weight-only: x widened to f32, W dequantized to f32, f32 FMAs (matmul_cpu_avx512.cpp, and
+/// matmul_cpu_avx2.cpp on 8-lane vectors).
+class MatmulCpuExact final : public MatmulKernel {
  public:
-  std::string_view name() const override { return "matmul_cpu_avx512"; }
+  explicit constexpr MatmulCpuExact(const ExactIsa& isa) : isa_(isa) {}
+
+  std::string_view name() const override { return isa_.name; }
 
   std::string decline(const MatmulDesc& d) const override {
     if (!d.device.is_cpu()) return "runs on the cpu only";
     if (d.x_scheme)
-      return "the descriptor asks for quantized activations (x_scheme " + d.x_scheme->str() +
-             "): matmul_cpu_avx512_vnni's";
-    if (std::string why = cpu_reason(); !why.empty()) return why;
+      return fmt::format("the descriptor asks for quantized activations (x_scheme {}): {}'s",
+                         d.x_scheme->str(), isa_.int8_kernel);
+    if (std::string why = isa_.reason(); !why.empty()) return why;
     return weight_reason(d);
   }
 
-  KernelSku sku(const MatmulDesc& d) const override { return cpu_sku(d, name(), "avx512"); }
+  KernelSku sku(const MatmulDesc& d) const override { return cpu_sku(d, name(), isa_.isa); }
 
   PrecisionGuarantee precision(const MatmulDesc& d) const override {
     return {fmt::format("x widened to f32, W dequantized to f32 ({}), f32 FMAs in a fixed order "
-                        "(16 lanes along k for m <= {}, else k order per 256 with panel sums), "
+                        "({} lanes along k for m <= {}, else k order per 256 with panel sums), "
                         "one rounding to y",
-                        d.w.str(), kGemvMaxRowsExact),
+                        d.w.str(), isa_.lanes, kGemvMaxRowsExact),
             Dtype::f32, true, false};
   }
 
@@ -305,13 +318,14 @@ class MatmulCpuAvx512 final : public MatmulKernel {
   void run(const MatmulDesc& d, const MatmulArgs& a, const Stream&, Workspace ws) const override {
     const WeightRef w = weight_ref(d, &a.w);
     const XFloatRef x{a.x.data(), fdt(d.x), d.x_stride()};
-    matmul_cpu::run_exact(w, x, y_ref(d, &a), d.m, path(d), ws.data);
+    isa_.run(w, x, y_ref(d, &a), d.m, path(d), ws.data);
   }
 
  private:
   static Path path(const MatmulDesc& d) {
     return d.m <= kGemvMaxRowsExact ? Path::gemv : Path::gemm;
   }
+  ExactIsa isa_;
 };
 
 // ---- int8 activations
@@ -557,46 +571,6 @@ class MatmulCpuAvx2Int8Packed final : public MatmulKernel {
   }
 };
 
-/// Weight-only on AVX2 + FMA + F16C: matmul_cpu_avx512's arithmetic on 8-lane vectors.
-class MatmulCpuAvx2 final : public MatmulKernel {
- public:
-  std::string_view name() const override { return "matmul_cpu_avx2"; }
-
-  std::string decline(const MatmulDesc& d) const override {
-    if (!d.device.is_cpu()) return "runs on the cpu only";
-    if (d.x_scheme)
-      return "the descriptor asks for quantized activations (x_scheme " + d.x_scheme->str() +
-             "): matmul_cpu_avx2_int8's";
-    if (std::string why = avx2_reason(); !why.empty()) return why;
-    return weight_reason(d);
-  }
-
-  KernelSku sku(const MatmulDesc& d) const override { return cpu_sku(d, name(), "avx2"); }
-
-  PrecisionGuarantee precision(const MatmulDesc& d) const override {
-    return {fmt::format("x widened to f32, W dequantized to f32 ({}), f32 FMAs in a fixed order "
-                        "(8 lanes along k for m <= {}, else k order per 256 with panel sums), "
-                        "one rounding to y",
-                        d.w.str(), kGemvMaxRowsExact),
-            Dtype::f32, true, false};
-  }
-
-  std::size_t workspace_size(const MatmulDesc& d) const override {
-    return matmul_cpu::exact_layout(weight_ref(d, nullptr), d.m, y_ref(d, nullptr), path(d)).total;
-  }
-
-  void run(const MatmulDesc& d, const MatmulArgs& a, const Stream&, Workspace ws) const override {
-    const WeightRef w = weight_ref(d, &a.w);
-    const XFloatRef x{a.x.data(), fdt(d.x), d.x_stride()};
-    matmul_cpu::avx2::run_exact(w, x, y_ref(d, &a), d.m, path(d), ws.data);
-  }
-
- private:
-  static Path path(const MatmulDesc& d) {
-    return d.m <= kGemvMaxRowsExact ? Path::gemv : Path::gemm;
-  }
-};
-
 /// int8 activations on AVX2, W in its plain layout: exact i32 dot products per group
 /// (vpmaddwd on 16-bit codes), then f32 scales.
 class MatmulCpuAvx2Int8 final : public MatmulKernel {
@@ -626,7 +600,8 @@ class MatmulCpuAvx2Int8 final : public MatmulKernel {
 }  // namespace
 
 const MatmulKernel& matmul_cpu_avx512_kernel() {
-  static const MatmulCpuAvx512 kernel;
+  static const MatmulCpuExact kernel({"matmul_cpu_avx512", "matmul_cpu_avx512_vnni", "avx512",
+                                      cpu_reason, 16, matmul_cpu::run_exact});
   return kernel;
 }
 
@@ -651,7 +626,8 @@ const MatmulKernel& matmul_cpu_avx2_int8_kernel() {
 }
 
 const MatmulKernel& matmul_cpu_avx2_kernel() {
-  static const MatmulCpuAvx2 kernel;
+  static const MatmulCpuExact kernel({"matmul_cpu_avx2", "matmul_cpu_avx2_int8", "avx2",
+                                      avx2_reason, 8, matmul_cpu::avx2::run_exact});
   return kernel;
 }
 
