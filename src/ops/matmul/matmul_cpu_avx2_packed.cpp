@@ -4,9 +4,9 @@
 // product, with its own per-group scalars and a horizontal sum: about 35 instructions per 32
 // weights on Zen 4; here about 5.)
 //
-// Layout: a 64-byte header (magic, format, n, k), then strips of 8 rows of W (rows past n are
-// zero), each strip the same number of bytes: per parameter group of G k (in the staged order
-// of matmul_cpu_avx2.cpp: the lowbit 4-bit formats' evens, then odds, per group):
+// Layout: a 64-byte header (magic, format, n, k, nvfp4's global scale), then strips of 8 rows of W
+// (rows past n are zero), each strip the same number of bytes: per parameter group of G k (in the
+// staged order of matmul_cpu_avx2.cpp: the lowbit 4-bit formats' evens, then odds, per group):
 //  * codes, 32 bytes per step, a dword per row:
 //      4-bit formats (int4, uint4, q4_0, q4_K, nvfp4, mxfp4): 8 k per step; byte b of a row's
 //        dword holds k + b in its low nibble and k + 4 + b in its high one, as n = v + o
@@ -15,12 +15,13 @@
 //      q6_K: 4 k per step, a byte u = v + 32 (0..63) per code;
 //      8-bit formats (int8, uint8, q8_0): 4 k per step, the signed byte v;
 //  * a[8] (f32, one per row; f16 where a is an f16 value: q4_0, q8_0, symmetric int4 / int8
-//    with f16 scales), then c[8] for formats with c terms (w = a v + c); q4_K instead
+//    with f16 scales; nvfp4 / mxfp4: the rows' e4m3 / e8m0 scale bytes, nvfp4's global scale
+//    in the header), then c[8] for formats with c terms (w = a v + c); q4_K instead
 //    keeps GGUF's compact form: per super-block of 8 groups the rows' f16 d, then f16 dmin (32
 //    bytes, before the super-block's first group), per group the rows' six-bit scales, then
 //    mins, as bytes (16 bytes), turned into a and c by 4 vector operations per group.
 // Sizes: q4_0 and int4:block32 with f16 scales 4.5 bits per weight (as GGUF's q4_0), with f32
-// scales 5, q4_K 4.6 (4.5), nvfp4 6 (4.5), mxfp4 5 (4.25), q6_K 10 (6.56), q8_0 8.5 (8.5),
+// scales 5, q4_K 4.6 (4.5), nvfp4 4.5 (4.5), mxfp4 4.25 (4.25), q6_K 10 (6.56), q8_0 8.5 (8.5),
 // other 8-bit formats 9: the f32 parameters and q6_K's byte codes trade size for a decode of
 // a few instructions.
 //
@@ -114,6 +115,7 @@ template <class F>
 i64 group_bytes(bool half) {
   const i64 codes = kind_of<F>() == Kind::k4 ? F::kG * kStripRows / 2 : F::kG * kStripRows;
   if constexpr (kCompactQ4K<F>) return codes + 16;
+  if constexpr (is_e2m1(F::kFmt)) return codes + 8;  // the rows' e4m3 / e8m0 scale bytes
   return codes + (half ? 16 : 32 * (F::kC ? 2 : 1));
 }
 
@@ -214,6 +216,11 @@ void pack_strip(const WeightRef& w, i64 s, uint8_t* dst) {
             out[j] = sm[g % 8];
             out[8 + j] = sm[8 + g % 8];
           }
+        } else if constexpr (is_e2m1(F::kFmt)) {
+          for (int j = 0; j < kStripRows; ++j)
+            out[j] = j < live ? static_cast<const uint8_t*>(
+                                    w.scale)[rows[j].sbase + (g * G) / w.scale_col_div]
+                              : 0;
         } else if (half) {
           for (int j = 0; j < kStripRows; ++j) {
             const uint16_t h16 = _cvtss_sh(a[j][g - g0], _MM_FROUND_TO_NEAREST_INT);  // exact
@@ -237,6 +244,7 @@ struct Header {
   uint32_t magic;
   uint32_t format;
   int64_t n, k;
+  float global;  ///< nvfp4's global scale
 };
 
 /// x codes as int8 in the staged order, per group the sum of its codes, its scale, and scale
@@ -283,6 +291,9 @@ void strips_rows(const WeightRef& w, const uint8_t* packed, const int8_t* xq, co
   constexpr int o = offset_of<F>();
   const i64 K = w.k, ng = K / G, sb = strip_bytes<F>(w);
   const bool half = half_a<F>(w);
+  Header h;
+  std::memcpy(&h, packed, sizeof h);
+  const __m256 global = _mm256_set1_ps(h.global);
   const __m256i ones = _mm256_set1_epi16(1);
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i tab =
@@ -343,6 +354,24 @@ void strips_rows(const WeightRef& w, const uint8_t* packed, const int8_t* xq, co
             _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8)))),
             _mm256_set1_ps(-0.0f));
         p += 16;
+      } else if constexpr (is_e2m1(F::kFmt)) {
+        // As params(): nvfp4 a = (e4m3 * global) / 2, mxfp4 a = 2^(e - 127) / 2.
+        const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+        if constexpr (F::kFmt == WFmt::nvfp4) {
+          a = _mm256_mul_ps(
+              _mm256_mul_ps(_mm256_mul_ps(e4m3_div256(b), _mm256_set1_ps(256.0f)), global),
+              _mm256_set1_ps(0.5f));
+        } else {
+          const __m256i e = _mm256_cvtepu8_epi32(b);
+          __m256i bits = _mm256_slli_epi32(e, 23);
+          bits = _mm256_blendv_epi8(bits, _mm256_set1_epi32(0x00400000),
+                                    _mm256_cmpeq_epi32(e, _mm256_setzero_si256()));
+          bits = _mm256_blendv_epi8(bits, _mm256_set1_epi32(0x7FC00000),
+                                    _mm256_cmpeq_epi32(e, _mm256_set1_epi32(255)));
+          a = _mm256_mul_ps(_mm256_castsi256_ps(bits), _mm256_set1_ps(0.5f));
+        }
+        c = a;
+        p += 8;
       } else if (half) {
         c = a = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
         p += 16;
@@ -442,7 +471,7 @@ size_t packed_bytes(const WeightRef& w) {
 void pack_weight(const WeightRef& w, void* packed) {
   auto* dst = static_cast<uint8_t*>(packed);
   std::memset(dst, 0, kHeader);
-  const Header h{kMagic, static_cast<uint32_t>(w.fmt), w.n, w.k};
+  const Header h{kMagic, static_cast<uint32_t>(w.fmt), w.n, w.k, w.global};
   std::memcpy(dst, &h, sizeof h);
   with_format(w, [&](auto f) {
     using F = decltype(f);
