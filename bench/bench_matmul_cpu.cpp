@@ -21,8 +21,9 @@
 // and its fraction of the streaming-read ceiling; at M = 512, GFLOP/s (2 M N K / time). The
 // "vs exact" column is ||y - y_exact|| / ||y_exact|| over the output (what quantizing x costs).
 //
-// --isa avx2 runs lowbit's AVX2 kernels (matmul_cpu_avx2, _avx2_int8_packed up to M = 16 and
-// _avx2_int8 beyond: what a CPU without AVX-512 VNNI gets) instead of select()'s choice; the peer
+// --isa avx2 runs lowbit's AVX2 kernels (matmul_cpu_avx2, _avx2_int8_packed, and _avx2_int8
+// for 8-bit weights beyond M = 16: what a CPU without AVX-512 VNNI gets) instead of
+// select()'s choice; the peer
 // is whatever libggml was built for
 // (--ggml-dir: a build for AVX2 only is the fair peer there).
 //
@@ -440,8 +441,12 @@ int main(int argc, char** argv) {
       lowbit::Preference pref_e, pref_8;
       if (opt.isa == "avx2") {
         pref_e.kernel = "matmul_cpu_avx2";
-        // What select() picks on an AVX2 machine: the prepared kernel up to 16 rows of x.
-        pref_8.kernel = M <= 16 ? "matmul_cpu_avx2_int8_packed" : "matmul_cpu_avx2_int8";
+        // What select() picks on an AVX2 machine: the prepared kernel, but for 8-bit weight
+        // codes beyond 16 rows of x.
+        const bool eight_bit = ws.format == lowbit::QuantFormat::int8 ||
+                               ws.format == lowbit::QuantFormat::uint8 || type == "q8_0";
+        pref_8.kernel =
+            eight_bit && M > 16 ? "matmul_cpu_avx2_int8" : "matmul_cpu_avx2_int8_packed";
       }
       const lowbit::MatmulPlan pe = lowbit::MatmulPlan::select(d, pref_e);
       const lowbit::MatmulPlan p8 = lowbit::MatmulPlan::select(d8, pref_8);

@@ -14,7 +14,7 @@
 //  matmul_cpu_avx2_int8,   the same two on AVX2 + FMA + F16C (matmul_cpu_avx2.cpp), for CPUs
 //  matmul_cpu_avx2         without AVX-512 VNNI; int8 dot products with vpmaddwd.
 //  matmul_cpu_avx2_int8_packed  the int8 one on W prepared in strips of 8 rows
-//                          (matmul_cpu_avx2_packed.cpp), m <= 16.
+//                          (matmul_cpu_avx2_packed.cpp); 8-bit weights up to m = 16.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -515,20 +515,30 @@ class MatmulCpuAvx512VnniPacked final : public MatmulKernel {
 // ---- AVX2 (no AVX-512 VNNI)
 // -------------------------------------------------------------------------
 
-/// At most this many rows of x take the prepared AVX2 kernel (it reads W once per 4 rows; the
-/// plain kernel's panels read it once).
-constexpr int64_t kAvx2PackedMaxRows = 16;
+/// With 8-bit weight codes, at most this many rows of x take the prepared AVX2 kernel: it reads
+/// W once per 8 rows, and beyond 16 rows the plain kernel's panels, which read it once, were
+/// faster (q8_0 / int8:channel at M = 64 and 512, BENCHMARKS.md). With 4-bit and q6_K codes
+/// the prepared kernel was faster at every M measured (up to 512).
+constexpr int64_t kAvx2PackedMaxRows8Bit = 16;
+
+bool eight_bit_codes(const QuantScheme& w) {
+  if (w.format == QuantFormat::int8 || w.format == QuantFormat::uint8) return true;
+  return w.format == QuantFormat::gguf &&
+         static_cast<gguf::GgmlType>(w.gguf_type) == gguf::GgmlType::q8_0;
+}
 
 /// int8 activations on AVX2, W prepared into strips of 8 interleaved rows
-/// (matmul_cpu_avx2_packed.cpp), m <= 16.
+/// (matmul_cpu_avx2_packed.cpp); 8-bit weight codes up to m = 16.
 class MatmulCpuAvx2Int8Packed final : public MatmulKernel {
  public:
   std::string_view name() const override { return "matmul_cpu_avx2_int8_packed"; }
   std::string decline(const MatmulDesc& d) const override {
     if (std::string why = int8_reason(d, avx2_reason, "matmul_cpu_avx2"); !why.empty()) return why;
-    if (d.m > kAvx2PackedMaxRows)
-      return fmt::format("m = {} > {}: matmul_cpu_avx2_int8's panels read W once", d.m,
-                         kAvx2PackedMaxRows);
+    if (d.m > kAvx2PackedMaxRows8Bit && eight_bit_codes(d.w))
+      return fmt::format(
+          "m = {} > {} with 8-bit weight codes: matmul_cpu_avx2_int8's panels "
+          "read W once",
+          d.m, kAvx2PackedMaxRows8Bit);
     return {};
   }
   KernelSku sku(const MatmulDesc& d) const override { return cpu_sku(d, name(), "avx2"); }
