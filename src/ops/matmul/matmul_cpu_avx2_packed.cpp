@@ -31,7 +31,7 @@
 // through the sign trick (|v| times q with v's sign, |v| <= 128), exact only when no x code is
 // -128: a call whose x holds one runs the plain-layout kernel instead (same results up to f32
 // rounding order; both exact in J). Then y += (a s) J + c (s sum q) in f32, per group in k
-// order. Rows of x are taken 8 at a time (W is read once per 8 rows; 4 at a time was 1.3-1.45x
+// order. Rows of x are taken 8 at a time (W is read once per 8 rows; 4 at a time was 1.2-1.45x
 // slower at M = 16): with 4-bit and q6_K codes this beat the plain kernel's panels up to M =
 // 512; with 8-bit codes select() sends M > 16 to the plain kernel.
 #include <omp.h>
