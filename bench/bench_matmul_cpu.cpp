@@ -50,6 +50,7 @@
 
 #include "bench_cpu_harness.hpp"
 #include "lowbit/device.hpp"
+#include "lowbit/error.hpp"
 #include "lowbit/matmul.hpp"
 #include "lowbit/quantize.hpp"
 #include "lowbit/tensor.hpp"
@@ -438,18 +439,23 @@ int main(int argc, char** argv) {
       d.y = Dtype::f32;
       lowbit::MatmulDesc d8 = d;
       d8.x_scheme = QuantScheme::parse(x_scheme_for(type));
-      lowbit::Preference pref_e, pref_8;
-      if (opt.isa == "avx2") {
-        pref_e.kernel = "matmul_cpu_avx2";
-        // What select() picks on an AVX2 machine: the prepared kernel, but for 8-bit weight
-        // codes beyond 16 rows of x.
-        const bool eight_bit = ws.format == lowbit::QuantFormat::int8 ||
-                               ws.format == lowbit::QuantFormat::uint8 || type == "q8_0";
-        pref_8.kernel =
-            eight_bit && M > 16 ? "matmul_cpu_avx2_int8" : "matmul_cpu_avx2_int8_packed";
-      }
-      const lowbit::MatmulPlan pe = lowbit::MatmulPlan::select(d, pref_e);
-      const lowbit::MatmulPlan p8 = lowbit::MatmulPlan::select(d8, pref_8);
+      // --isa avx2: the AVX2 kernels by name, as an AVX2 machine's select() would take them
+      // (the prepared int8 kernel where it does not decline, else the plain one).
+      auto pick = [&](const lowbit::MatmulDesc& desc, std::vector<std::string> names) {
+        lowbit::Preference pref;
+        for (size_t i = 0; opt.isa == "avx2" && i + 1 < names.size(); ++i) {
+          pref.kernel = names[i];
+          try {
+            return lowbit::MatmulPlan::select(desc, pref);
+          } catch (const lowbit::Error&) {  // declined: the next one
+          }
+        }
+        pref.kernel = opt.isa == "avx2" ? names.back() : "";
+        return lowbit::MatmulPlan::select(desc, pref);
+      };
+      const lowbit::MatmulPlan pe = pick(d, {"matmul_cpu_avx2"});
+      const lowbit::MatmulPlan p8 =
+          pick(d8, {"matmul_cpu_avx2_int8_packed", "matmul_cpu_avx2_int8"});
       arch = pe.sku().arch;
       Tensor ye = Tensor::empty({M, N}, Dtype::f32), y8 = Tensor::empty({M, N}, Dtype::f32);
       bench::prefault(ye.data(), ye.nbytes());

@@ -315,27 +315,6 @@ void tile_int8(const int16_t* xq, i64 ldx, const float* xs, const float* xsq, i6
   for (int i = 0; i < R; ++i) flush_tile(C + i * ldc, acc[i][0], acc[i][1], nc, first);
 }
 
-template <int R>
-void tile_exact_rows(int rows, const float* x, i64 ldx, const float* P, i64 kc, float* C, i64 ldc,
-                     i64 nc, bool first) {
-  if constexpr (R > 1) {
-    if (rows < R) return tile_exact_rows<R - 1>(rows, x, ldx, P, kc, C, ldc, nc, first);
-  }
-  tile_exact<R>(x, ldx, P, kc, C, ldc, nc, first);
-}
-
-template <int R, int G, bool kC>
-void tile_int8_rows(int rows, const int16_t* xq, i64 ldx, const float* xs, const float* xsq,
-                    i64 ldg, const int32_t* Q, const float* A, const float* Cc, i64 kc, float* C,
-                    i64 ldc, i64 nc, bool first) {
-  if constexpr (R > 1) {
-    if (rows < R)
-      return tile_int8_rows<R - 1, G, kC>(rows, xq, ldx, xs, xsq, ldg, Q, A, Cc, kc, C, ldc, nc,
-                                          first);
-  }
-  tile_int8<R, G, kC>(xq, ldx, xs, xsq, ldg, Q, A, Cc, kc, C, ldc, nc, first);
-}
-
 // ---- the loops ----------------------------------------------------------------------------------
 
 template <class F>
@@ -348,20 +327,9 @@ void exact_impl(const WeightRef& w, const XFloatRef& x, i64 m, Path path, float*
       for (i64 i0 = 0; i0 < m; i0 += kGemvRows) {
         const float* xp = xf + i0 * K;
         float* cp = C + i0 * ldc;
-        switch (min64(kGemvRows, m - i0)) {
-          case 1:
-            gemv_exact_rows<F, 1>(w, xp, cp, ldc, r0, r1);
-            break;
-          case 2:
-            gemv_exact_rows<F, 2>(w, xp, cp, ldc, r0, r1);
-            break;
-          case 3:
-            gemv_exact_rows<F, 3>(w, xp, cp, ldc, r0, r1);
-            break;
-          default:
-            gemv_exact_rows<F, 4>(w, xp, cp, ldc, r0, r1);
-            break;
-        }
+        with_rows<kGemvRows>(m - i0, [&](auto r) {
+          gemv_exact_rows<F, decltype(r)::value>(w, xp, cp, ldc, r0, r1);
+        });
       }
     });
     return;
@@ -374,8 +342,10 @@ void exact_impl(const WeightRef& w, const XFloatRef& x, i64 m, Path path, float*
         const i64 nc = min64(kCols, n1 - s);
         decode_panel_f32<F>(w, s, nc, k0, kc, D, P);
         for (i64 i0 = 0; i0 < m; i0 += kRowsExact)
-          tile_exact_rows<kRowsExact>(static_cast<int>(min64(kRowsExact, m - i0)), xf + i0 * K + k0,
-                                      K, P, kc, C + i0 * ldc + s, ldc, nc, k0 == 0);
+          with_rows<kRowsExact>(m - i0, [&](auto r) {
+            tile_exact<decltype(r)::value>(xf + i0 * K + k0, K, P, kc, C + i0 * ldc + s, ldc, nc,
+                                           k0 == 0);
+          });
       }
     }
   });
@@ -389,7 +359,7 @@ void int8_impl(const WeightRef& w, const XQuantRef& x, i64 m, Path path, const W
   auto* xq = reinterpret_cast<int16_t*>(ws + L.xq);
   auto* xs = reinterpret_cast<float*>(ws + L.xs);
   auto* xsq = reinterpret_cast<float*>(ws + L.xsq);
-  stage_x16<G, F::kPerm, F::kC>(x, m, K, xq, xs, xsq);
+  stage_xq<G, F::kPerm, F::kC>(x, m, K, xq, nullptr, xs, xsq);
   if (path == Path::gemv) {
     parallel_cols(N, 16, m * N * K, [&](i64 r0, i64 r1) {
       for (i64 i0 = 0; i0 < m; i0 += kGemvRows) {
@@ -397,20 +367,9 @@ void int8_impl(const WeightRef& w, const XQuantRef& x, i64 m, Path path, const W
         const float* s = xs + i0 * ng;
         const float* sq = xsq + i0 * ng;
         float* cp = C + i0 * ldc;
-        switch (min64(kGemvRows, m - i0)) {
-          case 1:
-            gemv_int8_rows<F, 1>(w, q, s, sq, cp, ldc, r0, r1);
-            break;
-          case 2:
-            gemv_int8_rows<F, 2>(w, q, s, sq, cp, ldc, r0, r1);
-            break;
-          case 3:
-            gemv_int8_rows<F, 3>(w, q, s, sq, cp, ldc, r0, r1);
-            break;
-          default:
-            gemv_int8_rows<F, 4>(w, q, s, sq, cp, ldc, r0, r1);
-            break;
-        }
+        with_rows<kGemvRows>(m - i0, [&](auto r) {
+          gemv_int8_rows<F, decltype(r)::value>(w, q, s, sq, cp, ldc, r0, r1);
+        });
       }
     });
     return;
@@ -426,9 +385,10 @@ void int8_impl(const WeightRef& w, const XQuantRef& x, i64 m, Path path, const W
         decode_panel_i16<F>(w, s, nc, k0, kc, D, Q, A, Cc);
         for (i64 i0 = 0; i0 < m; i0 += kRowsInt8) {
           const i64 g0 = i0 * ng + k0 / G;
-          tile_int8_rows<kRowsInt8, G, F::kC>(static_cast<int>(min64(kRowsInt8, m - i0)),
-                                              xq + i0 * K + k0, K, xs + g0, xsq + g0, ng, Q, A, Cc,
-                                              kc, C + i0 * ldc + s, ldc, nc, k0 == 0);
+          with_rows<kRowsInt8>(m - i0, [&](auto r) {
+            tile_int8<decltype(r)::value, G, F::kC>(xq + i0 * K + k0, K, xs + g0, xsq + g0, ng, Q,
+                                                    A, Cc, kc, C + i0 * ldc + s, ldc, nc, k0 == 0);
+          });
         }
       }
     }

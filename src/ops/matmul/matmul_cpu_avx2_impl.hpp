@@ -167,20 +167,6 @@ __m256i nibbles_hi(__m256i b) {
   return _mm256_and_si256(_mm256_srli_epi16(b, 4), _mm256_set1_epi8(0x0F));
 }
 
-/// ggml's unpacking of a q4_K super-block's twelve scale bytes (at sb + 4) into its 8 six-bit
-/// scales (out[0..7]) and mins (out[8..15]).
-void q4k_scales_mins(const uint8_t* sb, uint8_t out[16]) {
-  uint32_t u[4];
-  std::memcpy(u, sb + 4, 12);
-  constexpr uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
-  u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
-  const uint32_t aux = u[1] & k1;
-  u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
-  u[2] = aux;
-  u[0] &= k1;
-  std::memcpy(out, u, 16);
-}
-
 /// The format traits: F, parameter group G, c terms (affine / K-quant mins) or not.
 template <WFmt F, int G, bool C>
 struct Fmt {
@@ -369,13 +355,16 @@ float x_scale(const XQuantRef& x, i64 i, i64 e) {
   }
 }
 
-/// x codes widened to i16 [m, k] (permuted for the 4-bit formats), per group its scale (xs)
-/// and, for formats with c terms, scale times the sum of its codes (xsq).
-template <int G, bool kPerm, bool kC>
-void stage_x16(const XQuantRef& x, i64 m, i64 k, int16_t* xq, float* xs, float* xsq) {
+/// x codes [m, k] as T (i16 for the plain kernel, i8 for the prepared one; permuted for the
+/// 4-bit formats), per group its scale (xs), the sum of its codes (xsum, when given) and, for
+/// formats with c terms, scale times that sum (xsq). Returns whether some code is -128.
+template <int G, bool kPerm, bool kC, class T>
+bool stage_xq(const XQuantRef& x, i64 m, i64 k, T* xq, int32_t* xsum, float* xs, float* xsq) {
   const i64 ng = k / G;
+  int has_min = 0;
   parallel_rows(m, m * k, [&](i64 i) {
-    int16_t* q = xq + i * k;
+    T* q = xq + i * k;
+    int row_min = 0;
     for (i64 c = 0; c < k / kChunk; ++c) {
       const int8_t* src = x_codes(x, i, c);
       for (int h = 0; h < kChunk / G; ++h) {
@@ -383,15 +372,22 @@ void stage_x16(const XQuantRef& x, i64 m, i64 k, int16_t* xq, float* xs, float* 
         for (int e = 0; e < G; ++e) {
           const int v = src[h * G + e];
           sum += v;
-          q[c * kChunk + h * G + (kPerm ? staged_pos<G>(e) : e)] = static_cast<int16_t>(v);
+          row_min = v < row_min ? v : row_min;
+          q[c * kChunk + h * G + (kPerm ? staged_pos<G>(e) : e)] = static_cast<T>(v);
         }
         const i64 gi = i * ng + (c * kChunk + h * G) / G;
         const float s = x_scale(x, i, c * kChunk + h * G);
         xs[gi] = s;
+        if (xsum) xsum[gi] = sum;
         if constexpr (kC) xsq[gi] = s * static_cast<float>(sum);
       }
     }
+    if (row_min == -128) {
+#pragma omp atomic write
+      has_min = 1;
+    }
   });
+  return has_min != 0;
 }
 
 /// Calls fn(Fmt<...>{}) for w's format, group and c terms.

@@ -38,7 +38,6 @@
 
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 
 #include "ops/matmul/matmul_cpu_avx2.hpp"
 
@@ -251,35 +250,6 @@ struct Header {
   float global;  ///< nvfp4's global scale
 };
 
-/// x codes as int8 in the staged order, per group the sum of its codes, its scale, and scale
-/// times sum (formats with c terms). Returns whether some code is -128.
-template <int G, bool kPerm, bool kC>
-bool stage_x8(const XQuantRef& x, i64 m, i64 k, int8_t* xq, int32_t* xsum, float* xs, float* xsq) {
-  const i64 ng = k / G;
-  int min_code = 0;
-  for (i64 i = 0; i < m; ++i) {
-    int8_t* q = xq + i * k;
-    for (i64 c = 0; c < k / kChunk; ++c) {
-      const int8_t* src = x_codes(x, i, c);
-      for (int h = 0; h < kChunk / G; ++h) {
-        int32_t sum = 0;
-        for (int e = 0; e < G; ++e) {
-          const int v = src[h * G + e];
-          sum += v;
-          min_code = v < min_code ? v : min_code;
-          q[c * kChunk + h * G + (kPerm ? staged_pos<G>(e) : e)] = static_cast<int8_t>(v);
-        }
-        const i64 gi = i * ng + (c * kChunk + h * G) / G;
-        const float s = x_scale(x, i, c * kChunk + h * G);
-        xsum[gi] = sum;
-        xs[gi] = s;
-        if constexpr (kC) xsq[gi] = s * static_cast<float>(sum);
-      }
-    }
-  }
-  return min_code == -128;
-}
-
 int32_t load_dword(const int8_t* p) {
   int32_t v;
   std::memcpy(&v, p, 4);
@@ -418,7 +388,7 @@ bool packed_impl(const WeightRef& w, const uint8_t* packed, const XQuantRef& x, 
   auto* xsum = reinterpret_cast<int32_t*>(ws + L.init);
   auto* xs = reinterpret_cast<float*>(ws + L.xs);
   auto* xsq = reinterpret_cast<float*>(ws + L.xsq);
-  const bool has_min = stage_x8<G, F::kPerm, F::kC>(x, m, K, xq, xsum, xs, xsq);
+  const bool has_min = stage_xq<G, F::kPerm, F::kC>(x, m, K, xq, xsum, xs, xsq);
   if (kind_of<F>() == Kind::k8 && has_min) return false;
   const i64 strips = (w.n + kStripRows - 1) / kStripRows;
   parallel_cols(strips, 1, m * w.n * K, [&](i64 s0, i64 s1) {
@@ -428,35 +398,9 @@ bool packed_impl(const WeightRef& w, const uint8_t* packed, const XQuantRef& x, 
       const float* sc = xs + i0 * ng;
       const float* sq = xsq + i0 * ng;
       float* cp = C + i0 * ldc;
-      auto rows = [&](auto mr) {
-        strips_rows<F, decltype(mr)::value>(w, packed, q, su, sc, sq, cp, ldc, s0, s1);
-      };
-      switch (min64(kPackedRows, m - i0)) {
-        case 1:
-          rows(std::integral_constant<int, 1>{});
-          break;
-        case 2:
-          rows(std::integral_constant<int, 2>{});
-          break;
-        case 3:
-          rows(std::integral_constant<int, 3>{});
-          break;
-        case 4:
-          rows(std::integral_constant<int, 4>{});
-          break;
-        case 5:
-          rows(std::integral_constant<int, 5>{});
-          break;
-        case 6:
-          rows(std::integral_constant<int, 6>{});
-          break;
-        case 7:
-          rows(std::integral_constant<int, 7>{});
-          break;
-        default:
-          rows(std::integral_constant<int, 8>{});
-          break;
-      }
+      with_rows<kPackedRows>(m - i0, [&](auto r) {
+        strips_rows<F, decltype(r)::value>(w, packed, q, su, sc, sq, cp, ldc, s0, s1);
+      });
     }
   });
   return true;

@@ -79,20 +79,9 @@ void exact_impl(const WeightRef& w, const XFloatRef& x, i64 m, Path path, float*
       for (i64 i0 = 0; i0 < m; i0 += kGemvRows) {
         const float* xp = xf + i0 * K;
         float* cp = C + i0 * ldc;
-        switch (min64(kGemvRows, m - i0)) {
-          case 1:
-            gemv_exact_rows<F, 1>(w, xp, cp, ldc, r0, r1);
-            break;
-          case 2:
-            gemv_exact_rows<F, 2>(w, xp, cp, ldc, r0, r1);
-            break;
-          case 3:
-            gemv_exact_rows<F, 3>(w, xp, cp, ldc, r0, r1);
-            break;
-          default:
-            gemv_exact_rows<F, 4>(w, xp, cp, ldc, r0, r1);
-            break;
-        }
+        with_rows<kGemvRows>(m - i0, [&](auto r) {
+          gemv_exact_rows<F, decltype(r)::value>(w, xp, cp, ldc, r0, r1);
+        });
       }
     });
     return;
@@ -108,8 +97,10 @@ void exact_impl(const WeightRef& w, const XFloatRef& x, i64 m, Path path, float*
         decode_panel<F>(w, s, nc, k0, kc, T, A, Cc);
         expand_panel<F>(T, A, Cc, kc, P);
         for (i64 i0 = 0; i0 < m; i0 += kRowsExact)
-          tile_exact_rows<kRowsExact>(static_cast<int>(min64(kRowsExact, m - i0)), xf + i0 * K + k0,
-                                      K, P, kc, C + i0 * ldc + s, ldc, nc, k0 == 0);
+          with_rows<kRowsExact>(m - i0, [&](auto r) {
+            tile_exact<decltype(r)::value>(xf + i0 * K + k0, K, P, kc, C + i0 * ldc + s, ldc, nc,
+                                           k0 == 0);
+          });
       }
     }
   });
@@ -133,20 +124,9 @@ void int8_impl(const WeightRef& w, const XQuantRef& x, i64 m, Path path, const W
         const float* s = xs + i0 * (K / 4);
         const float* sq = xsq + i0 * ng;
         float* cp = C + i0 * ldc;
-        switch (min64(kGemvRows, m - i0)) {
-          case 1:
-            gemv_int8_rows<F, 1>(w, q, in, s, sq, cp, ldc, r0, r1);
-            break;
-          case 2:
-            gemv_int8_rows<F, 2>(w, q, in, s, sq, cp, ldc, r0, r1);
-            break;
-          case 3:
-            gemv_int8_rows<F, 3>(w, q, in, s, sq, cp, ldc, r0, r1);
-            break;
-          default:
-            gemv_int8_rows<F, 4>(w, q, in, s, sq, cp, ldc, r0, r1);
-            break;
-        }
+        with_rows<kGemvRows>(m - i0, [&](auto r) {
+          gemv_int8_rows<F, decltype(r)::value>(w, q, in, s, sq, cp, ldc, r0, r1);
+        });
       }
     });
     return;
@@ -161,9 +141,11 @@ void int8_impl(const WeightRef& w, const XQuantRef& x, i64 m, Path path, const W
         decode_panel<F>(w, s, nc, k0, kc, T, A, Cc);
         for (i64 i0 = 0; i0 < m; i0 += kRowsInt8) {
           const i64 g0 = i0 * ng + k0 / G;
-          tile_int8_rows<kRowsInt8, G, F::kC>(static_cast<int>(min64(kRowsInt8, m - i0)),
-                                              xq + i0 * K + k0, K, init + g0, xs + g0, xsq + g0, ng,
-                                              T, A, Cc, kc, C + i0 * ldc + s, ldc, nc, k0 == 0);
+          with_rows<kRowsInt8>(m - i0, [&](auto r) {
+            tile_int8<decltype(r)::value, G, F::kC>(xq + i0 * K + k0, K, init + g0, xs + g0,
+                                                    xsq + g0, ng, T, A, Cc, kc, C + i0 * ldc + s,
+                                                    ldc, nc, k0 == 0);
+          });
         }
       }
     }

@@ -285,19 +285,12 @@ struct Fmt {
         const uint8_t* sb = r.codes + ((g0 >> 3) + half) * 144;
         const float d = f16_to_f32(static_cast<uint16_t>(sb[0] | (sb[1] << 8)));
         const float dmin = f16_to_f32(static_cast<uint16_t>(sb[2] | (sb[3] << 8)));
-        // ggml's unpacking of the twelve scale bytes into 8 six-bit scales and mins.
-        uint32_t u[4];
-        std::memcpy(u, sb + 4, 12);
-        constexpr uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
-        u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
-        const uint32_t aux = u[1] & k1;
-        u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
-        u[2] = aux;
-        u[0] &= k1;
+        alignas(16) uint8_t u[16];  // ggml's 8 six-bit scales, then 8 mins
+        q4k_scales_mins(sb, u);
         const __m256 sc = _mm256_cvtepi32_ps(
             _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(u))));
         const __m256 mn = _mm256_cvtepi32_ps(
-            _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(u + 2))));
+            _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(u + 8))));
         // ggml: d1 = d * sc, m1 = dmin * m, value = d1 * q - m1.
         _mm256_store_ps(a + 8 * half, _mm256_mul_ps(_mm256_set1_ps(d), sc));
         _mm256_store_ps(c + 8 * half, _mm256_sub_ps(_mm256_setzero_ps(),
@@ -742,27 +735,6 @@ void tile_int8(const int8_t* xq, i64 ldx, const int32_t* init, const float* xs, 
     }
   }
   for (int i = 0; i < R; ++i) flush_tile(C + i * ldc, acc[i][0], acc[i][1], nc, first);
-}
-
-template <int R>
-void tile_exact_rows(int rows, const float* x, i64 ldx, const float* P, i64 kc, float* C, i64 ldc,
-                     i64 nc, bool first) {
-  if constexpr (R > 1) {
-    if (rows < R) return tile_exact_rows<R - 1>(rows, x, ldx, P, kc, C, ldc, nc, first);
-  }
-  tile_exact<R>(x, ldx, P, kc, C, ldc, nc, first);
-}
-
-template <int R, int G, bool kC>
-void tile_int8_rows(int rows, const int8_t* xq, i64 ldx, const int32_t* init, const float* xs,
-                    const float* xsq, i64 ldg, const uint8_t* T, const float* A, const float* Cc,
-                    i64 kc, float* C, i64 ldc, i64 nc, bool first) {
-  if constexpr (R > 1) {
-    if (rows < R)
-      return tile_int8_rows<R - 1, G, kC>(rows, xq, ldx, init, xs, xsq, ldg, T, A, Cc, kc, C, ldc,
-                                          nc, first);
-  }
-  tile_int8<R, G, kC>(xq, ldx, init, xs, xsq, ldg, T, A, Cc, kc, C, ldc, nc, first);
 }
 
 /// Calls fn(Fmt<...>{}) for w's format, group and c terms.

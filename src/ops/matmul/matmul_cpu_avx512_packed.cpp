@@ -466,20 +466,9 @@ void int8_packed_impl(const WeightRef& w, const uint8_t* packed, const XQuantRef
         const float* sc = xs + i0 * ng;
         const float* sq = xsq + i0 * ng;
         float* cp = C + i0 * ldc;
-        switch (min64(kGemvRows, m - i0)) {
-          case 1:
-            gemv_packed<F, 1>(pv, K, q, in, sc, sq, cp, ldc, N, s0, s1);
-            break;
-          case 2:
-            gemv_packed<F, 2>(pv, K, q, in, sc, sq, cp, ldc, N, s0, s1);
-            break;
-          case 3:
-            gemv_packed<F, 3>(pv, K, q, in, sc, sq, cp, ldc, N, s0, s1);
-            break;
-          default:
-            gemv_packed<F, 4>(pv, K, q, in, sc, sq, cp, ldc, N, s0, s1);
-            break;
-        }
+        with_rows<kGemvRows>(m - i0, [&](auto r) {
+          gemv_packed<F, decltype(r)::value>(pv, K, q, in, sc, sq, cp, ldc, N, s0, s1);
+        });
       }
     });
     return;
@@ -494,9 +483,11 @@ void int8_packed_impl(const WeightRef& w, const uint8_t* packed, const XQuantRef
         decode_packed_panel<F>(pv, K, strips, s / 16, k0, kc, T, A, Cc);
         for (i64 i0 = 0; i0 < m; i0 += kRowsInt8) {
           const i64 g0 = i0 * ng + k0 / G;
-          tile_int8_rows<kRowsInt8, G, F::kC>(static_cast<int>(min64(kRowsInt8, m - i0)),
-                                              xq + i0 * K + k0, K, init + g0, xs + g0, xsq + g0, ng,
-                                              T, A, Cc, kc, C + i0 * ldc + s, ldc, nc, k0 == 0);
+          with_rows<kRowsInt8>(m - i0, [&](auto r) {
+            tile_int8<decltype(r)::value, G, F::kC>(xq + i0 * K + k0, K, init + g0, xs + g0,
+                                                    xsq + g0, ng, T, A, Cc, kc, C + i0 * ldc + s,
+                                                    ldc, nc, k0 == 0);
+          });
         }
       }
     }

@@ -1,5 +1,6 @@
 // What the SIMD matmul kernels of every instruction set share and that does not depend on it:
-// the thread splits and the dispatch from a weight's format to the ISA's format traits. Included
+// the thread splits, the dispatch by rows of x and from a weight's format to the ISA's format
+// traits, and q4_K's scale unpacking. Included
 // by matmul_cpu_avx512_impl.hpp and matmul_cpu_avx2_impl.hpp after their target pragmas, in an
 // anonymous namespace, so that each translation unit compiles its own copy for its own
 // instruction set (nothing with external linkage: matmul_cpu_avx512.hpp says why).
@@ -8,6 +9,7 @@
 #include <omp.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "ops/matmul/matmul_cpu_avx512.hpp"
 
@@ -46,6 +48,35 @@ void parallel_cols(i64 n, i64 unit, i64 work, Body&& body) {
     const i64 u0 = units * t / nt, u1 = units * (t + 1) / nt;
     if (u1 > u0) body(u0 * unit, min64(n, u1 * unit));
   }
+}
+
+/// A number of rows of x known at compile time (what with_rows passes).
+template <int N>
+struct RowCount {
+  static constexpr int value = N;
+};
+
+/// fn(RowCount<r>{}) with r = min(n, kMax) (n >= 1): the loops instantiated per row count.
+template <int kMax, class Fn>
+void with_rows(i64 n, Fn&& fn) {
+  if constexpr (kMax > 1) {
+    if (n < kMax) return with_rows<kMax - 1>(n, fn);
+  }
+  fn(RowCount<kMax>{});
+}
+
+/// ggml's unpacking of a q4_K super-block's twelve scale bytes (at sb + 4) into its 8 six-bit
+/// scales (out[0..7]) and mins (out[8..15]).
+void q4k_scales_mins(const uint8_t* sb, uint8_t out[16]) {
+  uint32_t u[4];
+  std::memcpy(u, sb + 4, 12);
+  constexpr uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
+  u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
+  const uint32_t aux = u[1] & k1;
+  u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
+  u[2] = aux;
+  u[0] &= k1;
+  std::memcpy(out, u, 16);
 }
 
 /// Calls fn(Fmt<format, G, c terms>{}) for w's format, parameter group and c terms, with the
