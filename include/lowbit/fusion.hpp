@@ -162,11 +162,13 @@ struct PlanState;
 /// been stored) is quantized with dst.scheme in the same pass, scales computed from the
 /// values: the bits quantize() gives on the unfused result. Schemes with row-local groups:
 /// int8 / uint8 / int4 / uint4 and fp8e4m3 / fp8e5m2 per token or per block along the
-/// last axis (any scale dtype, symmetric or affine), mxfp4, mxfp8e4m3, mxfp8e5m2. A
-/// quantized output is the call's only output. Non-finite values are refused with
-/// Error(invalid_argument) naming the first one, as quantize() does, unless check_finite
-/// is false (the CUDA check costs a stream synchronisation; then such values give
-/// unspecified codes).
+/// last axis (any scale dtype, symmetric or affine), mxfp4, mxfp8e4m3, mxfp8e5m2; and
+/// nvfp4, whose global scale needs the whole tensor's absmax first: the expression is
+/// evaluated twice (on CUDA a statistics kernel, then the row kernel; the plan's
+/// workspace_size() holds the absmax word). A quantized output is the call's only output.
+/// Non-finite values are refused with Error(invalid_argument) naming the first one, as quantize()
+/// does, unless check_finite is false (the CUDA check costs a stream synchronisation; then such
+/// values give unspecified codes).
 struct FusedOutput {
   FusedOutput(TensorView dst_, fusion::Expr value_)
       : dst(std::move(dst_)), value(std::move(value_)) {}

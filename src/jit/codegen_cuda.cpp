@@ -480,7 +480,7 @@ int params_size(size_t ni, size_t no, size_t nc, const Variant& v) {
   b += 4 * std::max<size_t>(nc, 1);  // cf
   b = (b + isz - 1) / isz * isz + isz;
   if (!v.vec || v.rows || v.cols) b += isz * v.nd * (1 + std::max<size_t>(ni + no, 1));
-  if (v.quant) b = (b + 7) / 8 * 8 + 5 * 8 + 2 * isz;
+  if (v.quant) b = (b + 7) / 8 * 8 + 7 * 8 + 2 * isz;
   return static_cast<int>((b + 7) / 8 * 8);
 }
 
@@ -532,7 +532,7 @@ struct Gen {
     if (v.quant)
       s += fmt::format(
           "  void* qcodes;\n  void* qscale;\n  void* qzero;\n  unsigned long long* qflag;\n"
-          "  unsigned long long* qhost;\n"
+          "  unsigned long long* qhost;\n  unsigned* qamax;\n  float* qglobal;\n"
           "  {0} qk;\n  {0} qrows;\n",
           idx);
     return s + "};\n";
@@ -947,7 +947,7 @@ struct Gen {
 
   /// What the scheme needs from the kernel.
   struct QuantShape {
-    enum Kind { integer, fp8, mx4, mx8 } kind = integer;
+    enum Kind { integer, fp8, mx4, mx8, nv4 } kind = integer;
     bool block = false;  ///< per-block groups (else one per row)
     int b = 0;           ///< block size
     bool affine = false;
@@ -967,6 +967,9 @@ struct Gen {
       case QuantFormat::mxfp4:
         q.kind = QuantShape::mx4;
         q.emax = 2;
+        break;
+      case QuantFormat::nvfp4:
+        q.kind = QuantShape::nv4;
         break;
       case QuantFormat::mxfp8e4m3:
       case QuantFormat::mxfp8e5m2:
@@ -1048,6 +1051,14 @@ struct Gen {
         s += fmt::format("{}const float inv = lbq_inv(sc);\n{}const int z = 0;\n", indent, indent);
         s += store_scale("sc");
         return s;
+      case QuantShape::nv4:
+        // The block's e4m3 scale code; the tensor's global scale is lbq_global (the kernel's
+        // start, from the statistics kernel's absmax).
+        s += fmt::format("{}const float inv = 0.0f;\n", indent);
+        s += fmt::format("{}const int z = (int)lbq_nvfp4_block_scale(a, lbq_global);\n", indent);
+        if (store)
+          s += fmt::format("{}((unsigned char*)p.qscale)[{}] = (unsigned char)z;\n", indent, g);
+        return s;
       default:
         s += fmt::format("{}const float inv = 0.0f;\n", indent);
         s += fmt::format("{}const int z = (int)lbq_mx_scale(a, {});\n", indent, q.emax);
@@ -1067,6 +1078,8 @@ struct Gen {
         return fmt::format("lbq_fp8_code({}, {}, {})", v, inv, q.e5m2 ? "true" : "false");
       case QuantShape::mx4:
         return fmt::format("lbq_mxfp4_code({}, (unsigned){})", v, z);
+      case QuantShape::nv4:
+        return fmt::format("lbq_nvfp4_code({}, lbq_global, (unsigned){})", v, z);
       default:
         return fmt::format("lbq_mxfp8_code({}, (unsigned){}, {})", v, z, q.e5m2 ? "true" : "false");
     }
@@ -1168,6 +1181,9 @@ struct Gen {
     s += prologue();
     s += "  LB_DYN_SMEM(float, lbq_v);\n  __shared__ float lbq_red[3][32];\n"
          "  __shared__ float lbq_row[3];\n";
+    if (q.kind == QuantShape::nv4)  // the global scale, from the statistics kernel's absmax
+      s += "  const float lbq_global = lbq_nvfp4_global(__uint_as_float(*p.qamax));\n"
+           "  if (blockIdx.x == 0 && threadIdx.x == 0) *p.qglobal = lbq_global;\n";
     s += fmt::format("  const {} K = p.qk;\n", idx);
     if (q.block)
       s += fmt::format(
@@ -1354,6 +1370,82 @@ struct Gen {
     }
     s += "    __syncthreads();\n  }\n";
     return s + hand_off() + "}\n";
+  }
+
+  /// nvfp4's first pass (Variant::qstats): the quantized output's values (rounded to its
+  /// dtype, as the row kernel reads them) over the whole tensor, folded into the largest
+  /// magnitude bits (an unsigned max: the float max for finite values; a NaN or Inf shows as
+  /// bits at or above Inf's, which the row kernel's per-value check then names); one
+  /// atomicMax per block into p.qamax, skipped when the word already holds as much. vec:
+  /// 16-byte loads, the next group's issued before the current one is computed.
+  std::string quant_stats_kernel(int g) const {
+    std::string s = "extern \"C\" __global__ void __launch_bounds__(" + std::to_string(kThreads) +
+                    ") lowbit_fused(const Params p) {\n";
+    s += prologue();
+    s += "  unsigned lbq_ab = 0u;\n";
+    const std::string fold =
+        fmt::format("lbq_ab = max(lbq_ab, __float_as_uint({}) & 0x7fffffffu);\n",
+                    quant_value(fmt::format("y{}", p.quantized_output)));
+    if (v.vec) {
+      s += fmt::format("  const {0} full = n / {1};\n", idx, g);
+      auto load = [&](const std::string& group, const std::string& indent) {
+        std::string l;
+        for (size_t k = 0; k < ni; ++k) {
+          if (v.cls[k] != Layout::Class::full) continue;
+          const int vk = vecs(p.input_dtypes[k], g);
+          l += fmt::format(
+              "#pragma unroll\n{3}for (int w = 0; w < {1}; ++w) q{0}[w] = lbrt::ldcs(p.in[{0}], "
+              "({2}) * {1} + w);\n",
+              k, vk, group, indent);
+        }
+        return l;
+      };
+      for (size_t k = 0; k < ni; ++k)
+        if (v.cls[k] == Layout::Class::full)
+          s += fmt::format("  uint4 q{}[{}];\n", k, vecs(p.input_dtypes[k], g));
+      s += "  if (tid < full) {\n" + load("tid", "    ") + "  }\n";
+      s += fmt::format("  for ({} g = tid; g < full; g += nthreads) {{\n", idx);
+      for (size_t k = 0; k < ni; ++k) {
+        if (v.cls[k] != Layout::Class::full) continue;
+        const int vk = vecs(p.input_dtypes[k], g);
+        s += fmt::format(
+            "    uint4 r{0}[{1}];\n#pragma unroll\n    for (int w = 0; w < {1}; ++w) r{0}[w] = "
+            "q{0}[w];\n",
+            k, vk);
+      }
+      s += "    if (g + nthreads < full) {\n" + load("g + nthreads", "      ") + "    }\n";
+      s += fmt::format("#pragma unroll{}\n    for (int j = 0; j < {}; ++j) {{\n",
+                       rolled(g) ? " 1" : "", g);
+      for (size_t k = 0; k < ni; ++k) {
+        if (v.cls[k] != Layout::Class::full) continue;
+        const Dtype d = p.input_dtypes[k];
+        s += fmt::format("      const {} x{} = {};\n", num_type(input_num(k)), k,
+                         decode(d, lane(d, fmt::format("r{}", k), "j", g, rolled(g))));
+      }
+      s += declare_outputs("      ");
+      s += "      " + eval_call() + "\n      " + fold + "    }\n  }\n";
+      // The last n % G elements, one per thread of the first threads.
+      s += fmt::format("  {{\n    const {} e = full * {} + tid;\n    if (e < n) {{\n", idx, g);
+      for (size_t k = 0; k < ni; ++k)
+        if (v.cls[k] == Layout::Class::full) s += load_elem(k, "e", "      ");
+    } else {
+      s += fmt::format("  for ({} e = tid; e < n; e += nthreads) {{\n    {{\n", idx);
+      s += offsets("e", "      ");
+      for (size_t k = 0; k < ni; ++k)
+        if (!scalar_input(k)) s += load_elem(k, fmt::format("o{}", k), "      ");
+    }
+    s += declare_outputs("      ");
+    s += "      " + eval_call() + "\n      " + fold + "    }\n  }\n";
+    s += "  __shared__ unsigned lbq_red[32];\n"
+         "  lbq_ab = __reduce_max_sync(0xffffffffu, lbq_ab);\n"
+         "  if ((threadIdx.x & 31) == 0) lbq_red[threadIdx.x >> 5] = lbq_ab;\n"
+         "  __syncthreads();\n"
+         "  if (threadIdx.x == 0) {\n"
+         "    unsigned m = 0u;\n"
+         "    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) m = max(m, lbq_red[w]);\n"
+         "    if (m > *(volatile unsigned*)p.qamax) atomicMax(p.qamax, m);\n"
+         "  }\n}\n";
+    return s;
   }
 
   /// The checked epilogue's end (p.qhost set: the thread's persistent words, launch.cpp):
@@ -1564,7 +1656,9 @@ KernelSource generate_cuda(const Program& program, const Variant& variant, bool 
                               kCodegenVersion, variant.key(), program.canonical());
   s += "#include \"lowbit_jit_prelude.h\"\n\n";
   s += gen.params() + "\n" + gen.eval_fn() + "\n";
-  if (variant.quant && variant.qreg > 0)
+  if (variant.quant && variant.qstats)
+    s += gen.quant_stats_kernel(ks.group);
+  else if (variant.quant && variant.qreg > 0)
     s += gen.quant_reg_kernel(ks.group, variant.qreg);
   else if (variant.quant)
     s += gen.quant_kernel(ks.group);
@@ -1579,7 +1673,7 @@ int64_t quant_row(const Layout&, const Program&, const QuantizedView& q) {
 }
 
 void pack_params(const Program& program, const Variant& v, const Layout& L, const FusedArgs& args,
-                 void* flag, void* host, std::vector<unsigned char>& buf) {
+                 void* flag, void* host, std::vector<unsigned char>& buf, void* amax) {
   // Runs for every launch: counts only, no codegen state.
   const struct {
     size_t ni, no, nc;
@@ -1625,7 +1719,8 @@ void pack_params(const Program& program, const Variant& v, const Layout& L, cons
   if (v.quant) {
     at = (at + 7) / 8 * 8;
     const QuantizedView& q = args.quantized;
-    const void* ptrs[5] = {q.codes.data(), q.scale.data(), q.zero.data(), flag, host};
+    const void* ptrs[7] = {q.codes.data(), q.scale.data(), q.zero.data(),        flag,
+                           host,           amax,           q.global_scale.data()};
     for (const void* ptr : ptrs) put(&ptr, 8);
     const int64_t k = quant_row(L, program, q);
     put_idx(k);

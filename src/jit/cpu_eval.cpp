@@ -20,6 +20,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -30,6 +32,10 @@
 #include <immintrin.h>
 #endif
 
+#include "lowbit/dtype.hpp"
+// clang-format off: quant_math.hpp uses Dtype without including dtype.hpp
+#include "formats/quant_math.hpp"
+// clang-format on
 #include "jit/cpu_eval_simd.hpp"
 #include "jit/jit.hpp"
 #include "jit/jit_math_host.hpp"
@@ -1023,7 +1029,12 @@ class FusedCpu final : public Kernel<FusedOp> {
 
   void run(const FusedDesc& d, const FusedArgs& a, const Stream&, Workspace) const override {
     const Layout& L = d.state->get_layout(d);
-    if (L.numel == 0) return;
+    if (L.numel == 0) {
+      // As quantize(): an empty tensor's nvfp4 global scale is global(0) = 0.
+      if (d.quantized_output >= 0 && d.scheme.format == QuantFormat::nvfp4)
+        a.quantized.global_scale.data_as<float>()[0] = 0.0f;
+      return;
+    }
     const Program& p = *d.program;
     fusion::PlanState& st = *d.state;
     std::call_once(st.cpu_once, [&] {
@@ -1081,6 +1092,10 @@ class FusedCpu final : public Kernel<FusedOp> {
     const Dtype cd = scheme.code_dtype();
     QuantizeDesc qd = fusion::quantize_desc(d, Shape{rt, K});
     qd.check_finite = false;  // checked below, with the index in the whole space
+    // nvfp4: a first pass takes the tensor's absmax (and does the check), then the tiles are
+    // quantized with the global scale it gives, as quantize() computes it.
+    const bool nvfp4 = scheme.format == QuantFormat::nvfp4;
+    qd.given_scales = nvfp4;
     const QuantizePlan full = QuantizePlan::select(qd);
     std::optional<QuantizePlan> last;
     if (R % rt) {
@@ -1091,18 +1106,21 @@ class FusedCpu final : public Kernel<FusedOp> {
     std::atomic<int64_t> first_bad{INT64_MAX};
     std::atomic<bool> bad_nan{false};
     std::mutex bad_mutex;
+    std::atomic<uint32_t> amax_bits{0};  // nvfp4: the largest magnitude, as bits of vt
+    bool stats_pass = nvfp4;
     auto work = [&](int64_t t0, int64_t t1) {
       Pass pass{p, L, a, s};
       pass.chain_stores = Pass::outputs_apart(a);
       pass.qbuf = quant_scratch(static_cast<size_t>(rt * K * esize));
       static const Stream cpu;
+      uint32_t tile_amax = 0;
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t r0 = t * rt, rows = std::min(rt, R - r0);
         const int64_t e0 = r0 * K, count = rows * K;
         if (e0 > first_bad.load(std::memory_order_relaxed)) return;
         pass.qorigin = e0;
         pass.span(e0, e0 + count);
-        if (d.check_finite) {
+        if (d.check_finite && (stats_pass || !nvfp4)) {
           const int64_t bad = first_non_finite(pass.qbuf, vt, count);
           if (bad >= 0) {
             std::lock_guard<std::mutex> lock(bad_mutex);
@@ -1112,6 +1130,10 @@ class FusedCpu final : public Kernel<FusedOp> {
             }
             return;
           }
+        }
+        if (stats_pass) {
+          tile_amax = std::max(tile_amax, max_magnitude(pass.qbuf, vt, count));
+          continue;
         }
         const Shape shape{rows, K};
         QuantizedView qv;
@@ -1126,29 +1148,63 @@ class FusedCpu final : public Kernel<FusedOp> {
         if (q.zero.data())
           qv.zero = TensorView(static_cast<int32_t*>(q.zero.data()) + r0 * scales_per_row,
                                Dtype::i32, ss);
+        qv.global_scale = q.global_scale;
         const TensorView src(pass.qbuf, vt, shape);
         (rows == rt ? full : *last).run(cpu, {}, QuantizeArgs{src, qv});
       }
-    };
-    const int threads = omp_get_max_threads();
-    if (L.numel < kParallelMin || threads <= 1 || tiles < 2) {
-      work(0, tiles);
-    } else {
-      std::exception_ptr error;
-#pragma omp parallel num_threads(static_cast <int>(std::min <int64_t>(threads, tiles)))
-      {
-        const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-        try {
-          work(tiles * t / nt, tiles * (t + 1) / nt);
-        } catch (...) {
-#pragma omp critical
-          error = std::current_exception();
-        }
+      uint32_t seen = amax_bits.load(std::memory_order_relaxed);
+      while (tile_amax > seen && !amax_bits.compare_exchange_weak(seen, tile_amax)) {
       }
-      if (error) std::rethrow_exception(error);
+    };
+    auto all_tiles = [&] {
+      const int threads = omp_get_max_threads();
+      if (L.numel < kParallelMin || threads <= 1 || tiles < 2) {
+        work(0, tiles);
+      } else {
+        std::exception_ptr error;
+#pragma omp parallel num_threads(static_cast <int>(std::min <int64_t>(threads, tiles)))
+        {
+          const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+          try {
+            work(tiles * t / nt, tiles * (t + 1) / nt);
+          } catch (...) {
+#pragma omp critical
+            error = std::current_exception();
+          }
+        }
+        if (error) std::rethrow_exception(error);
+      }
+      if (first_bad.load() != INT64_MAX)
+        fusion::throw_non_finite(d, first_bad.load(), bad_nan.load());
+    };
+    all_tiles();
+    if (!nvfp4) return;
+    // The global scale from the values' absmax (non-finite values were refused above, or,
+    // unchecked, give unspecified codes), stored as quantize() stores it; then the codes.
+    const uint32_t m = amax_bits.load();
+    const float amax = vt == Dtype::f32    ? std::bit_cast<float>(m)
+                       : vt == Dtype::bf16 ? std::bit_cast<float>(m << 16)
+                                           : f16_to_f32(static_cast<uint16_t>(m));
+    // (Unchecked non-finite values leave codes unspecified: a zero global scale then, not a
+    // NaN one, which quantize's given-scale path would refuse.)
+    q.global_scale.data_as<float>()[0] =
+        std::isfinite(amax) ? formats::nvfp4_global_scale(amax) : 0.0f;
+    stats_pass = false;
+    all_tiles();
+  }
+
+  /// The largest magnitude among n values of dtype dt (f32, f16, bf16), as bits of dt: the
+  /// largest finite value's (NaN / Inf give bits at or above Inf's).
+  static uint32_t max_magnitude(const char* v, Dtype dt, int64_t n) {
+    uint32_t m = 0;
+    if (dt == Dtype::f32) {
+      const auto* u = reinterpret_cast<const uint32_t*>(v);
+      for (int64_t i = 0; i < n; ++i) m = std::max(m, u[i] & 0x7fffffffu);
+    } else {
+      const auto* u = reinterpret_cast<const uint16_t*>(v);
+      for (int64_t i = 0; i < n; ++i) m = std::max<uint32_t>(m, u[i] & 0x7fffu);
     }
-    if (first_bad.load() != INT64_MAX)
-      fusion::throw_non_finite(d, first_bad.load(), bad_nan.load());
+    return m;
   }
 
   /// The first NaN / Inf among n values of dtype dt (f32, f16, bf16), or -1.

@@ -739,7 +739,8 @@ std::string Variant::key() const {
   if (rows) s += fmt::format("rows{:x}", rows);
   if (cols) s += fmt::format("cols{:x}", cols);
   if (pair) s += "pair";
-  if (quant) s += qreg > 0 ? fmt::format("quantr{}", qreg) : qstore ? "quantv" : "quant";
+  if (quant)
+    s += qstats ? "qstats" : qreg > 0 ? fmt::format("quantr{}", qreg) : qstore ? "quantv" : "quant";
   if (fast) s += "fast";
   s += ":";
   for (Layout::Class c : cls)

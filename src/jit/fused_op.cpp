@@ -155,10 +155,8 @@ std::string quantize_epilogue_unsupported(const QuantScheme& s) {
     case QuantFormat::mxfp4:
     case QuantFormat::mxfp8e4m3:
     case QuantFormat::mxfp8e5m2:
+    case QuantFormat::nvfp4:  // two passes: the global scale needs the whole tensor's absmax
       return {};
-    case QuantFormat::nvfp4:
-      return "nvfp4's global scale needs the whole tensor's amax before any code (two passes); "
-             "quantize the fused result separately";
     case QuantFormat::gguf:
       return "GGUF blocks are not supported by the epilogue; quantize the fused result";
   }

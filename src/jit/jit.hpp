@@ -188,6 +188,10 @@ struct Variant {
   /// The quantize epilogue with per-row groups held in registers: units of G elements per
   /// thread (codegen's quant_reg_kernel), 0 for the shared-memory kernel.
   int qreg = 0;
+  /// nvfp4's first pass (with quant): the tensor's absmax of the quantized output's values
+  /// into the word at Params::qamax (codegen's quant_stats_kernel); the row kernel then
+  /// derives the global scale from it.
+  bool qstats = false;
   /// vec: inputs (bit k) of class strided read as 16-byte vectors of a contiguous last
   /// dimension broadcast over the others (a bias[N] over [M, N]): a group's offset from the
   /// collapsed extents and strides (Params ext / st), its vectors by plain cached loads.
@@ -216,22 +220,26 @@ struct KernelSource {
 /// row's check through the absmax reduction's own barrier, the check's host hand-off; (8: a
 /// change measured and reverted); 9: the register-row kernel at 3 blocks per SM for rows of
 /// up to 4 units per thread. 10: the epilogue records a deferred check's refusal itself;
-/// 11: the vector kernel's stores with the evict-first hint (lbrt::stcs).
-inline constexpr int kCodegenVersion = 11;
+/// 11: the vector kernel's stores with the evict-first hint (lbrt::stcs). 12: nvfp4
+/// epilogues (the statistics kernel; Params::qamax / qglobal in every quantize epilogue).
+inline constexpr int kCodegenVersion = 12;
 inline constexpr int kThreads = 256;
 /// The kernel of `program` for `variant` (with with_code false: only its shape fields).
 KernelSource generate_cuda(const Program& program, const Variant& variant, bool with_code = true);
 /// Fills the kernel's Params struct for one call into `buf` (resized; a buffer reused
 /// across calls costs no allocation). The quantize epilogue's check: `flag` two device
 /// words (the first bad element's complement, blocks done), `host` null or two words of
-/// mapped host memory for the hand-off (codegen_cuda.cpp's hand_off).
+/// mapped host memory for the hand-off (codegen_cuda.cpp's hand_off). nvfp4: `amax` the
+/// device word of the tensor's absmax bits (zero before the statistics kernel).
 void pack_params(const Program& program, const Variant& variant, const Layout& layout,
-                 const FusedArgs& args, void* flag, void* host, std::vector<unsigned char>& buf);
+                 const FusedArgs& args, void* flag, void* host, std::vector<unsigned char>& buf,
+                 void* amax = nullptr);
 inline std::vector<unsigned char> pack_params(const Program& program, const Variant& variant,
                                               const Layout& layout, const FusedArgs& args,
-                                              void* flag = nullptr, void* host = nullptr) {
+                                              void* flag = nullptr, void* host = nullptr,
+                                              void* amax = nullptr) {
   std::vector<unsigned char> buf;
-  pack_params(program, variant, layout, args, flag, host, buf);
+  pack_params(program, variant, layout, args, flag, host, buf, amax);
   return buf;
 }
 /// The quantize epilogue's row length (the last extent of the quantized shape).
@@ -395,6 +403,8 @@ struct PlanState {
   /// kernel), + kSlots with fast math; set once, then read-only
   static constexpr int kSlots = 5;
   std::shared_ptr<const ResolvedKernel> kernels[2 * kSlots];
+  /// nvfp4 epilogues' statistics kernels: vec / strided, + 2 with fast math.
+  std::shared_ptr<const ResolvedKernel> stats_kernels[2 * kSlots];
   /// The quantize epilogue's blocks per SM (they depend on the row length: per descriptor).
   int quant_blocks_per_sm[2 * kSlots] = {};
   std::string arch;
@@ -434,6 +444,11 @@ BroadcastInputs broadcast_inputs(const FusedDesc& d, const Layout& L);
 /// (with $LOWBIT_JIT_ARCH set, the arch needs no device either). launch.cpp.
 const ResolvedKernel& prepare_launch(const FusedDesc& d, const FusedArgs& a, const Layout& L,
                                      std::vector<unsigned char>& params);
+
+/// Launches nvfp4's statistics kernel (Variant::qstats) over the layout (launch.cpp).
+void launch_stats(const Compiled& compiled, const KernelSource& shape, const Variant& variant,
+                  const std::vector<unsigned char>& params, const Layout& layout, int device,
+                  void* stream);
 
 /// Launches `compiled` on desc's device (launch.cpp).
 void launch_cuda(const Compiled& compiled, const KernelSource& shape, const Variant& variant,

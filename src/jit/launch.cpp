@@ -121,6 +121,8 @@ class DeviceScope {
 constexpr uint64_t kGridWaves = 64;
 /// The quantize epilogue's largest grid, in grids of resident blocks.
 constexpr uint64_t kQuantGridWaves = 16;
+/// nvfp4's statistics kernel's largest grid, in grids of resident blocks.
+constexpr uint64_t kStatsGridWaves = 4;
 
 /// A kernel loaded on one device.
 struct Loaded {
@@ -241,6 +243,24 @@ void launch_quant(const Compiled& compiled, const std::vector<unsigned char>& pa
       1, std::min<uint64_t>(static_cast<uint64_t>(rows), resident * kQuantGridWaves)));
   void* args[] = {const_cast<unsigned char*>(params.data())};
   drv.check(drv.launch_kernel(l.function, grid, 1, 1, threads, 1, 1, smem,
+                              static_cast<CUstream>(stream), args, nullptr),
+            "cuLaunchKernel");
+}
+
+void launch_stats(const Compiled& compiled, const KernelSource& shape, const Variant& variant,
+                  const std::vector<unsigned char>& params, const Layout& layout, int device,
+                  void* stream) {
+  const Driver& drv = Driver::get();
+  if (!drv.error.empty()) throw_error(ErrorCode::device_error, "fusion: " + drv.error);
+  DeviceScope scope(device);
+  const Loaded& l = load(compiled, device);
+  const uint64_t n = static_cast<uint64_t>(layout.numel);
+  const uint64_t items = variant.vec ? n / static_cast<uint64_t>(shape.group) + 1 : n;
+  const uint64_t wanted = std::max<uint64_t>(1, (items + kThreads - 1) / kThreads);
+  // A few grids of resident blocks: each block ends in one atomic on the same word.
+  const unsigned grid = static_cast<unsigned>(std::min(wanted, l.resident * kStatsGridWaves));
+  void* args[] = {const_cast<unsigned char*>(params.data())};
+  drv.check(drv.launch_kernel(l.function, grid, 1, 1, kThreads, 1, 1, 0,
                               static_cast<CUstream>(stream), args, nullptr),
             "cuLaunchKernel");
 }
@@ -389,11 +409,23 @@ class FusedCuda final : public Kernel<FusedOp> {
     return fused_cpu_kernel().precision(d);
   }
 
-  void run(const FusedDesc& d, const FusedArgs& a, const Stream& stream, Workspace) const override {
+  /// nvfp4's epilogue: the word of the tensor's absmax bits (its statistics kernel).
+  std::size_t workspace_size(const FusedDesc& d) const override {
+    return nvfp4_epilogue(d) ? kAmaxBytes : 0;
+  }
+
+  void run(const FusedDesc& d, const FusedArgs& a, const Stream& stream,
+           Workspace ws) const override {
     fusion::PlanState& st = *d.state;
     const Layout& L = st.get_layout(d);
-    if (L.numel == 0) return;
-    if (d.quantized_output >= 0) return run_quantized(d, a, stream, L);
+    if (L.numel == 0) {
+      if (nvfp4_epilogue(d))  // as quantize(): an empty tensor's global scale is global(0) = 0
+        fusion::check_rt(cudaMemsetAsync(a.quantized.global_scale.data(), 0, 4,
+                                         static_cast<cudaStream_t>(stream.native_handle())),
+                         "cudaMemsetAsync");
+      return;
+    }
+    if (d.quantized_output >= 0) return run_quantized(d, a, stream, L, ws);
     std::vector<unsigned char>& params = param_buffer();
     const fusion::ResolvedKernel& k = fusion::prepare_launch(d, a, L, params);
     fusion::launch_cuda(*k.compiled, k.shape, k.variant, params, L, d.device.index,
@@ -401,9 +433,16 @@ class FusedCuda final : public Kernel<FusedOp> {
   }
 
  private:
-  /// The quantize epilogue: one block per row (codegen's quant_kernel).
+  static constexpr std::size_t kAmaxBytes = 16;
+  static bool nvfp4_epilogue(const FusedDesc& d) {
+    return d.quantized_output >= 0 && d.scheme.format == QuantFormat::nvfp4;
+  }
+
+  /// The quantize epilogue: one block per row (codegen's quant_kernel); for nvfp4 after the
+  /// statistics kernel (the tensor's absmax, for the global scale: a second read of the
+  /// inputs).
   static void run_quantized(const FusedDesc& d, const FusedArgs& a, const Stream& stream,
-                            const Layout& L) {
+                            const Layout& L, Workspace ws) {
     fusion::PlanState& st = *d.state;
     const QuantizedView& q = a.quantized;
     const int64_t K = fusion::quant_row(L, *d.program, q);
@@ -495,7 +534,27 @@ class FusedCuda final : public Kernel<FusedOp> {
       flag_ptr = flag->data();
     }
     std::vector<unsigned char>& params = param_buffer();
-    fusion::pack_params(*d.program, variant, L, a, flag_ptr, host_ptr, params);
+    void* amax = nullptr;
+    if (nvfp4_epilogue(d)) {
+      amax = ws.data;
+      fusion::check_rt(cudaMemsetAsync(amax, 0, 4, s), "cudaMemsetAsync");
+      const fusion::ResolvedKernel* sk;
+      {
+        std::lock_guard<std::mutex> lock(st.mutex);
+        const int slot = (d.fast_math ? fusion::PlanState::kSlots : 0) + (variant.vec ? 0 : 1);
+        if (!st.stats_kernels[slot]) {
+          fusion::Variant sv = variant;
+          sv.qstore = false;
+          sv.qreg = 0;
+          sv.qstats = true;
+          st.stats_kernels[slot] = fusion::resolve_kernel(d.program, sv, st.arch);
+        }
+        sk = st.stats_kernels[slot].get();
+      }
+      fusion::pack_params(*d.program, sk->variant, L, a, nullptr, nullptr, params, amax);
+      fusion::launch_stats(*sk->compiled, sk->shape, sk->variant, params, L, d.device.index, s);
+    }
+    fusion::pack_params(*d.program, variant, L, a, flag_ptr, host_ptr, params, amax);
     int blocks_per_sm = st.quant_blocks_per_sm[which];
     fusion::launch_quant(*k->compiled, params, rows, threads, smem, d.device.index, s,
                          &blocks_per_sm);

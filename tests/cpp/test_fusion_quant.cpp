@@ -20,6 +20,7 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -61,6 +62,7 @@ const char* const kSchemes[] = {
     "mxfp4",
     "mxfp8e4m3",
     "mxfp8e5m2",
+    "nvfp4",
 };
 
 /// Normal values of a spread of scales (finite), per row a different magnitude.
@@ -90,7 +92,7 @@ void fill(const Tensor& t, std::mt19937_64& rng, double scale = 1.0) {
 
 /// Random bytes in every part of q (so that stale bytes cannot pass for results).
 void scribble(const QuantizedTensor& q, std::mt19937_64& rng) {
-  for (const Tensor* t : {&q.codes, &q.scale, &q.zero}) {
+  for (const Tensor* t : {&q.codes, &q.scale, &q.zero, &q.global_scale}) {
     if (!t->data()) continue;
     const int64_t bytes = t->nbytes();
     if (t->device().is_cpu()) {
@@ -113,8 +115,9 @@ std::string same_parts(const QuantizedView& want, const QuantizedView& got) {
                            y[i]);
     return {};
   };
-  for (auto r : {cmp("codes", want.codes, got.codes), cmp("scale", want.scale, got.scale),
-                 cmp("zero", want.zero, got.zero)})
+  for (auto r :
+       {cmp("codes", want.codes, got.codes), cmp("scale", want.scale, got.scale),
+        cmp("zero", want.zero, got.zero), cmp("global scale", want.global_scale, got.global_scale)})
     if (!r.empty()) return r;
   return {};
 }
@@ -223,6 +226,21 @@ TEST(FusionQuantMath, EpilogueFormulasMatchQuantMath) {
       const float inv = lbq_inv(sc);
       ASSERT_EQ(lbq_fp8_code(x, inv, e5m2), formats::fp8_quantize(x, inv, e5m2));
     }
+    {
+      const float global = lbq_nvfp4_global(amax);
+      ASSERT_EQ(std::bit_cast<uint32_t>(global),
+                std::bit_cast<uint32_t>(formats::nvfp4_global_scale(amax)));
+      // Globals of the tensor's amax and of others (a block's amax up to the tensor's).
+      for (const float g : {global, lbq_nvfp4_global(std::fabs(x)), 1.0f / 2688.0f, 0.0f}) {
+        const float block_amax = std::min(amax, std::fabs(x) * 3.0f);
+        const unsigned code = lbq_nvfp4_block_scale(block_amax, g);
+        ASSERT_EQ(code, g == 0.0f ? 0u : formats::nvfp4_block_scale(block_amax, g))
+            << block_amax << " " << g;
+        ASSERT_EQ(lbq_nvfp4_code(x, g, code),
+                  formats::nvfp4_quantize(x, g, static_cast<uint8_t>(code)))
+            << x << " " << g << " " << code;
+      }
+    }
     for (int emax : {2, 8, 15}) {
       const unsigned code = lbq_mx_scale(amax, emax);
       ASSERT_EQ(code, formats::mx_scale_code(amax, emax)) << amax;
@@ -326,7 +344,7 @@ TEST(FusionQuantCpu, UnsupportedSchemesAndCombinations) {
   Tensor a = Tensor::empty({4, 64}, Dtype::bf16), y = Tensor::empty({4, 64}, Dtype::bf16);
   fill(a, *std::make_unique<std::mt19937_64>(1));
   const Expr x = fusion::input(a);
-  for (const char* text : {"int8", "int8:channel", "nvfp4", "fp8e4m3:block32x32", "q8_0"}) {
+  for (const char* text : {"int8", "int8:channel", "fp8e4m3:block32x32", "q8_0"}) {
     const QuantScheme s = QuantScheme::parse(text);
     Shape shape = a.shape();
     const QuantizedTensor q = QuantizedTensor::allocate(s, shape);
@@ -379,6 +397,11 @@ std::vector<fusion::Variant> quant_variants(const FusedDesc& d) {
       v.qstore = qstore;
       if (qstore && !(K % 4 == 0 && (!block || d.scheme.block % 4 == 0))) continue;
       out.push_back(v);
+      if (d.scheme.format == QuantFormat::nvfp4 && !qstore) {  // its statistics kernel
+        fusion::Variant sv = v;
+        sv.qstats = true;
+        out.push_back(sv);
+      }
       // Per-row scales on whole groups: the register-row kernel too (launch.cpp takes it
       // with fast math, for rows of at most 8 groups per thread).
       if (v.vec && !block && qstore) {
@@ -498,6 +521,12 @@ inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v)
   if (v > old) *p = v;
   return old;
 }
+inline unsigned atomicMax(unsigned* p, unsigned v) {
+  std::lock_guard<std::mutex> lock(lb_emu_atomic);
+  const unsigned old = *p;
+  if (v > old) *p = v;
+  return old;
+}
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
   std::lock_guard<std::mutex> lock(lb_emu_atomic);
   const unsigned long long old = *p;
@@ -561,14 +590,15 @@ TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
   // Variant v of d's kernel built against the shim and run on two blocks (the row loop
   // wraps), its check words at `flag` (two), the hand-off's at `host` (two, or null);
   // `size` gets what the kernel says sizeof(Params) is.
+  // nvfp4: `amax` the statistics kernel's word.
   auto emulate = [&](const FusedDesc& d, const fusion::Variant& v, const Shape& shape,
                      unsigned long long* flag, unsigned long long* host, int& size,
-                     int& param_bytes) {
+                     int& param_bytes, unsigned* amax = nullptr) {
     const FusedArgs args = d.bound_args();
     const fusion::Layout L = fusion::make_layout(d);
     const fusion::KernelSource src = fusion::generate_cuda(*d.program, v);
     const std::vector<unsigned char> params =
-        fusion::pack_params(*d.program, v, L, args, flag, host);
+        fusion::pack_params(*d.program, v, L, args, flag, host, amax);
     std::string& stem = built[src.code];  // each kernel is compiled once
     if (stem.empty()) {
       stem = fmt::format("{}/q{}", dir, kernels++);
@@ -585,13 +615,15 @@ TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
     const int64_t K = shape[shape.size() - 1];
     const int group = v.vec ? src.group : 1;
     const int64_t nb = d.scheme.granularity == Granularity::block ? K / d.scheme.block : 0;
-    size = run(params.data(), 2, quant_threads(v, K, group),
-               v.qreg > 0 ? 0u : static_cast<unsigned>(4 * K + 8 * nb));
+    size = v.qstats ? run(params.data(), 2, fusion::kThreads, 0u)
+                    : run(params.data(), 2, quant_threads(v, K, group),
+                          v.qreg > 0 ? 0u : static_cast<unsigned>(4 * K + 8 * nb));
     param_bytes = src.param_bytes;
     ::dlclose(so);
   };
-  const char* schemes[] = {"int8:token:asym",  "fp8e4m3:token", "int4:block32",
-                           "uint4:token:asym", "mxfp4",         "int8:block64:scale=bf16"};
+  const char* schemes[] = {
+      "int8:token:asym", "fp8e4m3:token",           "int4:block32", "uint4:token:asym",
+      "mxfp4",           "int8:block64:scale=bf16", "nvfp4"};
   int si = 0;
   for (const char* text : schemes) {
     const QuantScheme scheme = QuantScheme::parse(text);
@@ -603,11 +635,26 @@ TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
     const QuantizedTensor got = QuantizedTensor::allocate(scheme, shape);
     const FusedDesc d = FusedDesc::make({{got.view(), c.value}});
     unsigned long long flag[2] = {0, 0};
-    for (const fusion::Variant& v : quant_variants(d)) {
+    const std::vector<fusion::Variant> variants = quant_variants(d);
+    for (const fusion::Variant& v : variants) {
+      if (v.qstats) continue;  // run before each nvfp4 row kernel below
       scribble(got, rng);
       int size = 0, param_bytes = -1;
+      unsigned amax[4] = {0, 0, 0, 0};
+      if (scheme.format == QuantFormat::nvfp4) {
+        // The statistics kernel of the same path (vec / strided), then the row kernel.
+        fusion::Variant sv = v;
+        sv.qstore = false;
+        sv.qstats = true;
+        ASSERT_NE(std::find(variants.begin(), variants.end(), sv), variants.end());
+        unsigned long long none[2] = {0, 0};
+        emulate(d, sv, shape, none, nullptr, size, param_bytes, amax);
+        if (HasFatalFailure()) return;
+        EXPECT_EQ(size, param_bytes);
+        EXPECT_NE(amax[0], 0u) << "the statistics kernel found no absmax";
+      }
       unsigned long long host[2] = {7, 0};
-      emulate(d, v, shape, flag, host, size, param_bytes);
+      emulate(d, v, shape, flag, host, size, param_bytes, amax);
       if (HasFatalFailure()) return;
       EXPECT_EQ(size, param_bytes);
       ASSERT_EQ(same_parts(want.view(), got.view()), "") << text << " variant " << v.key();
@@ -692,8 +739,11 @@ TEST(FusionQuantCuda, MatchesTheCpuEpilogue) {
         dd.state = std::make_shared<fusion::PlanState>();
         const FusedPlan plan = FusedPlan::select(dd);
         ASSERT_EQ(plan.sku().backend, Backend::cuda);
+        // nvfp4: the statistics kernel's word.
+        const Buffer ws(static_cast<int64_t>(plan.workspace_size()), gpu);
+        EXPECT_EQ(plan.workspace_size() > 0, scheme.format == QuantFormat::nvfp4);
         try {
-          plan.run(Stream::default_for(gpu), {}, args);
+          plan.run(Stream::default_for(gpu), {ws.data(), plan.workspace_size()}, args);
           Stream::default_for(gpu).synchronize();
         } catch (const Error& e) {
           FAIL() << text << " " << shape.str() << ": " << e.what();
@@ -708,6 +758,11 @@ TEST(FusionQuantCuda, MatchesTheCpuEpilogue) {
         if (dq.zero.data()) {
           zero = testing::to_host(dq.zero);
           back.zero = zero;
+        }
+        Tensor global;
+        if (dq.global_scale.data()) {
+          global = testing::to_host(dq.global_scale);
+          back.global_scale = global;
         }
         ASSERT_EQ(same_parts(want.view(), back), "")
             << text << " " << shape.str() << " " << c.text << " (cuda"

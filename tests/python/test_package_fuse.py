@@ -176,7 +176,7 @@ def test_outputs_in_place_and_several_outputs():
 
 EPILOGUE_SCHEMES = ["fp8e4m3:token", "fp8e5m2:token", "int8:token", "int8:token:asym",
                     "uint8:token", "int4:block32", "int4:block32:asym", "fp8e4m3:block128",
-                    "int8:block64:scale=bf16", "mxfp4", "mxfp8e4m3", "mxfp8e5m2"]
+                    "int8:block64:scale=bf16", "mxfp4", "mxfp8e4m3", "mxfp8e5m2", "nvfp4"]
 
 
 def same_parts(q1, q2):
@@ -295,3 +295,8 @@ def test_torch_tensors(torch, tdev):
     assert torch.equal(q.data.torch(), ref_q.data.torch())
     assert torch.equal(q.scale.torch(), ref_q.scale.torch())
     assert isinstance(lowbit.dequantize(q), torch.Tensor)
+    # nvfp4: two passes (the global scale from the whole tensor's absmax), the same bits.
+    q4 = lowbit.fuse(e, scheme="nvfp4")
+    ref_4 = lowbit.quantize(y, "nvfp4")
+    for part in ("data", "scale", "global_scale"):
+        assert torch.equal(getattr(q4, part).torch(), getattr(ref_4, part).torch()), part
