@@ -1052,12 +1052,16 @@ struct Gen {
         s += store_scale("sc");
         return s;
       case QuantShape::nv4:
-        // The block's e4m3 scale code; the tensor's global scale is lbq_global (the kernel's
-        // start, from the statistics kernel's absmax).
-        s += fmt::format("{}const float inv = 0.0f;\n", indent);
-        s += fmt::format("{}const int z = (int)lbq_nvfp4_block_scale(a, lbq_global);\n", indent);
+        // The block's e4m3 scale code (the tensor's global scale is lbq_global: the kernel's
+        // start, from the statistics kernel's absmax); the codes take inv = the block's
+        // total scale and z = the bits of its reciprocal (lbq_nvfp4_code).
+        s += fmt::format("{}const unsigned lbq_code = lbq_nvfp4_block_scale(a, lbq_global);\n",
+                         indent);
         if (store)
-          s += fmt::format("{}((unsigned char*)p.qscale)[{}] = (unsigned char)z;\n", indent, g);
+          s += fmt::format("{}((unsigned char*)p.qscale)[{}] = (unsigned char)lbq_code;\n", indent,
+                           g);
+        s += fmt::format("{}const float inv = lbq_nvfp4_total(lbq_global, lbq_code);\n", indent);
+        s += fmt::format("{}const int z = __float_as_int(lbq_inv(inv));\n", indent);
         return s;
       default:
         s += fmt::format("{}const float inv = 0.0f;\n", indent);
@@ -1079,7 +1083,7 @@ struct Gen {
       case QuantShape::mx4:
         return fmt::format("lbq_mxfp4_code({}, (unsigned){})", v, z);
       case QuantShape::nv4:
-        return fmt::format("lbq_nvfp4_code({}, lbq_global, (unsigned){})", v, z);
+        return fmt::format("lbq_nvfp4_code({}, {}, __int_as_float({}))", v, inv, z);
       default:
         return fmt::format("lbq_mxfp8_code({}, (unsigned){}, {})", v, z, q.e5m2 ? "true" : "false");
     }

@@ -236,7 +236,8 @@ TEST(FusionQuantMath, EpilogueFormulasMatchQuantMath) {
         const unsigned code = lbq_nvfp4_block_scale(block_amax, g);
         ASSERT_EQ(code, g == 0.0f ? 0u : formats::nvfp4_block_scale(block_amax, g))
             << block_amax << " " << g;
-        ASSERT_EQ(lbq_nvfp4_code(x, g, code),
+        const float total = lbq_nvfp4_total(g, code);
+        ASSERT_EQ(lbq_nvfp4_code(x, total, lbq_inv(total)),
                   formats::nvfp4_quantize(x, g, static_cast<uint8_t>(code)))
             << x << " " << g << " " << code;
       }
@@ -249,6 +250,38 @@ TEST(FusionQuantMath, EpilogueFormulasMatchQuantMath) {
                 formats::mxfp8_quantize(x, static_cast<uint8_t>(code), emax == 15));
     }
   }
+}
+
+// nvfp4's element codes near every e2m1 rounding boundary (x / total on a tie and a few ulps
+// either side), over block totals across the range, against formats::nvfp4_quantize: the
+// reciprocal-and-correction quotient must give the IEEE quotient's codes.
+TEST(FusionQuantMath, Nvfp4CodesNearRoundingBoundaries) {
+  using namespace jit_math;
+  std::mt19937_64 rng(29);
+  const float bounds[] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.0f, 6.0f, 0.5f, 1.0f};
+  int checked = 0;
+  for (int t = 0; t < 4000; ++t) {
+    // A global of a random tensor absmax, then a block code of a random block absmax.
+    const float amax = std::ldexp(1.0f + static_cast<float>(rng() % 1000) / 1000.0f,
+                                  static_cast<int>(rng() % 200) - 100);
+    const float global = lbq_nvfp4_global(amax);
+    const float block_amax = amax * std::ldexp(1.0f, -static_cast<int>(rng() % 12));
+    const unsigned code = lbq_nvfp4_block_scale(block_amax, global);
+    const float total = lbq_nvfp4_total(global, code);
+    if (total == 0.0f) continue;
+    for (const float b : bounds)
+      for (const float sign : {1.0f, -1.0f}) {
+        float x = b * total * sign;
+        for (int k = 0; k < 3; ++k) x = std::nextafter(x, 0.0f);
+        for (int k = 0; k < 7; ++k, x = std::nextafter(x, sign * INFINITY)) {
+          ASSERT_EQ(lbq_nvfp4_code(x, total, lbq_inv(total)),
+                    formats::nvfp4_quantize(x, global, static_cast<uint8_t>(code)))
+              << x << " / " << total << " (global " << global << ", code " << code << ")";
+          ++checked;
+        }
+      }
+  }
+  std::printf("%d nvfp4 element codes near e2m1 boundaries match formats::\n", checked);
 }
 
 // ---- CPU ----------------------------------------------------------------------------------------
