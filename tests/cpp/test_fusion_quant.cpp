@@ -193,7 +193,9 @@ TEST(FusionQuantMath, EpilogueFormulasMatchQuantMath) {
                                                static_cast<int>(rng() % 40) - 20)));
   }
   xs.push_back(0.0f);
+  xs.push_back(-0.0f);  // codes keep the sign of zero (e2m1 -0)
   xs.push_back(1e-40f);
+  xs.push_back(-1e-40f);
   xs.push_back(3.4e38f);
   using namespace jit_math;
   const Dtype sds[] = {Dtype::f32, Dtype::f16, Dtype::bf16};
@@ -269,6 +271,10 @@ TEST(FusionQuantMath, Nvfp4CodesNearRoundingBoundaries) {
     const unsigned code = lbq_nvfp4_block_scale(block_amax, global);
     const float total = lbq_nvfp4_total(global, code);
     if (total == 0.0f) continue;
+    for (const float z : {0.0f, -0.0f, 1e-45f, -1e-45f})  // zeros and the smallest subnormal
+      ASSERT_EQ(lbq_nvfp4_code(z, total, lbq_inv(total)),
+                formats::nvfp4_quantize(z, global, static_cast<uint8_t>(code)))
+          << z << " / " << total;
     for (const float b : bounds)
       for (const float sign : {1.0f, -1.0f}) {
         float x = b * total * sign;
