@@ -1178,6 +1178,33 @@ struct Gen {
     return s + indent + "}\n" + indent + "(void)a; (void)lo; (void)hi;\n";
   }
 
+  /// The current group's vectors r<k>[] of the full inputs: copies of q<k>[], so that the
+  /// next group's loads into q<k>[] can be issued before this one is computed.
+  std::string take_vectors(int g, const std::string& indent) const {
+    std::string s;
+    for (size_t k = 0; k < ni; ++k) {
+      if (v.cls[k] != Layout::Class::full) continue;
+      s += fmt::format(
+          "{2}uint4 r{0}[{1}];\n#pragma unroll\n{2}for (int w = 0; w < {1}; ++w) r{0}[w] = "
+          "q{0}[w];\n",
+          k, vecs(p.input_dtypes[k], g), indent);
+    }
+    return s;
+  }
+
+  /// Element j of the current group: the full inputs' values from r<k>[], the outputs y<o>
+  /// declared and computed by lb_eval.
+  std::string group_element(int g, const std::string& indent) const {
+    std::string s;
+    for (size_t k = 0; k < ni; ++k) {
+      if (v.cls[k] != Layout::Class::full) continue;
+      const Dtype d = p.input_dtypes[k];
+      s += fmt::format("{}const {} x{} = {};\n", indent, num_type(input_num(k)), k,
+                       decode(d, lane(d, fmt::format("r{}", k), "j", g, rolled(g))));
+    }
+    return s + declare_outputs(indent) + indent + eval_call() + "\n";
+  }
+
   std::string quant_kernel(int g) const {
     const QuantShape q = quant_shape();
     std::string s = "extern \"C\" __global__ void __launch_bounds__(" + std::to_string(kThreads) +
@@ -1229,28 +1256,14 @@ struct Gen {
           "    for ({0} u = threadIdx.x; u < K / {1}; u += blockDim.x) {{\n"
           "      const {0} g = base / {1} + u;\n",
           idx, g);
-      for (size_t k = 0; k < ni; ++k) {
-        if (v.cls[k] != Layout::Class::full) continue;
-        const int vk = vecs(p.input_dtypes[k], g);
-        s += fmt::format(
-            "      uint4 r{0}[{1}];\n#pragma unroll\n      for (int w = 0; w < {1}; ++w) r{0}[w] = "
-            "q{0}[w];\n",
-            k, vk);
-      }
+      s += take_vectors(g, "      ");
       s += fmt::format("      if (u + blockDim.x < K / {}) {{\n", g);
       s += load("u + blockDim.x", "        ");
       s += "      }\n";
       if (g % 4 == 0 && !rolled(g)) s += fmt::format("      float lbq_u[{}];\n", g);
       s += fmt::format("#pragma unroll{}\n      for (int j = 0; j < {}; ++j) {{\n",
                        rolled(g) ? " 1" : "", g);
-      for (size_t k = 0; k < ni; ++k) {
-        if (v.cls[k] != Layout::Class::full) continue;
-        const Dtype d = p.input_dtypes[k];
-        s += fmt::format("        const {} x{} = {};\n", num_type(input_num(k)), k,
-                         decode(d, lane(d, fmt::format("r{}", k), "j", g, rolled(g))));
-      }
-      s += declare_outputs("        ");
-      s += "        " + eval_call() + "\n";
+      s += group_element(g, "        ");
       s += fmt::format("        const {} e = g * {} + j;\n        (void)e;\n", idx, g);
       if (g % 4 == 0 && !rolled(g)) {
         // The unit's values leave in float4 stores.
@@ -1409,25 +1422,11 @@ struct Gen {
           s += fmt::format("  uint4 q{}[{}];\n", k, vecs(p.input_dtypes[k], g));
       s += "  if (tid < full) {\n" + load("tid", "    ") + "  }\n";
       s += fmt::format("  for ({} g = tid; g < full; g += nthreads) {{\n", idx);
-      for (size_t k = 0; k < ni; ++k) {
-        if (v.cls[k] != Layout::Class::full) continue;
-        const int vk = vecs(p.input_dtypes[k], g);
-        s += fmt::format(
-            "    uint4 r{0}[{1}];\n#pragma unroll\n    for (int w = 0; w < {1}; ++w) r{0}[w] = "
-            "q{0}[w];\n",
-            k, vk);
-      }
+      s += take_vectors(g, "    ");
       s += "    if (g + nthreads < full) {\n" + load("g + nthreads", "      ") + "    }\n";
       s += fmt::format("#pragma unroll{}\n    for (int j = 0; j < {}; ++j) {{\n",
                        rolled(g) ? " 1" : "", g);
-      for (size_t k = 0; k < ni; ++k) {
-        if (v.cls[k] != Layout::Class::full) continue;
-        const Dtype d = p.input_dtypes[k];
-        s += fmt::format("      const {} x{} = {};\n", num_type(input_num(k)), k,
-                         decode(d, lane(d, fmt::format("r{}", k), "j", g, rolled(g))));
-      }
-      s += declare_outputs("      ");
-      s += "      " + eval_call() + "\n      " + fold + "    }\n  }\n";
+      s += group_element(g, "      ") + "      " + fold + "    }\n  }\n";
       // The last n % G elements, one per thread of the first threads.
       s += fmt::format("  {{\n    const {} e = full * {} + tid;\n    if (e < n) {{\n", idx, g);
       for (size_t k = 0; k < ni; ++k)

@@ -247,31 +247,38 @@ void launch_quant(const Compiled& compiled, const std::vector<unsigned char>& pa
             "cuLaunchKernel");
 }
 
-void launch_stats(const Compiled& compiled, const KernelSource& shape, const Variant& variant,
-                  const std::vector<unsigned char>& params, const Layout& layout, int device,
-                  void* stream) {
+namespace {
+
+/// Launches `compiled` in blocks of kThreads threads, enough for `items` (one per thread),
+/// at most `waves` grids of resident blocks (each thread then takes several).
+void launch_items(const Compiled& compiled, uint64_t items, uint64_t waves,
+                  const std::vector<unsigned char>& params, int device, void* stream) {
   const Driver& drv = Driver::get();
   if (!drv.error.empty()) throw_error(ErrorCode::device_error, "fusion: " + drv.error);
   DeviceScope scope(device);
   const Loaded& l = load(compiled, device);
-  const uint64_t n = static_cast<uint64_t>(layout.numel);
-  const uint64_t items = variant.vec ? n / static_cast<uint64_t>(shape.group) + 1 : n;
   const uint64_t wanted = std::max<uint64_t>(1, (items + kThreads - 1) / kThreads);
-  // A few grids of resident blocks: each block ends in one atomic on the same word.
-  const unsigned grid = static_cast<unsigned>(std::min(wanted, l.resident * kStatsGridWaves));
+  const unsigned grid = static_cast<unsigned>(std::min(wanted, l.resident * waves));
   void* args[] = {const_cast<unsigned char*>(params.data())};
   drv.check(drv.launch_kernel(l.function, grid, 1, 1, kThreads, 1, 1, 0,
                               static_cast<CUstream>(stream), args, nullptr),
             "cuLaunchKernel");
 }
 
+}  // namespace
+
+void launch_stats(const Compiled& compiled, const KernelSource& shape, const Variant& variant,
+                  const std::vector<unsigned char>& params, const Layout& layout, int device,
+                  void* stream) {
+  const uint64_t n = static_cast<uint64_t>(layout.numel);
+  // A few grids of resident blocks: each block ends in one atomic on the same word.
+  launch_items(compiled, variant.vec ? n / static_cast<uint64_t>(shape.group) + 1 : n,
+               kStatsGridWaves, params, device, stream);
+}
+
 void launch_cuda(const Compiled& compiled, const KernelSource& shape, const Variant& variant,
                  const std::vector<unsigned char>& params, const Layout& layout, int device,
                  void* stream) {
-  const Driver& drv = Driver::get();
-  if (!drv.error.empty()) throw_error(ErrorCode::device_error, "fusion: " + drv.error);
-  DeviceScope scope(device);
-  const Loaded& l = load(compiled, device);
   const uint64_t n = static_cast<uint64_t>(layout.numel);
   uint64_t items;
   if (variant.vec) {
@@ -280,17 +287,11 @@ void launch_cuda(const Compiled& compiled, const KernelSource& shape, const Vari
   } else {
     items = variant.pair ? (n + 1) / 2 : n;
   }
-  const uint64_t wanted = std::max<uint64_t>(1, (items + kThreads - 1) / kThreads);
   // Up to kGridWaves grids of resident blocks, each thread taking a few items, rather than
   // one resident grid striding over everything: measured on the H100 (chain8 exact, 2^28
   // bf16), the resident grid ran at 91-92% of copy, 8 / 16 / 32 / 64 waves at 94 / 96 / 97
   // / 99%, one item per thread at 97% (docs/jit.md, "Costs").
-  const uint64_t cap = l.resident * (variant.vec ? kGridWaves : 1);
-  const unsigned grid = static_cast<unsigned>(std::min(wanted, cap));
-  void* args[] = {const_cast<unsigned char*>(params.data())};
-  drv.check(drv.launch_kernel(l.function, grid, 1, 1, kThreads, 1, 1, 0,
-                              static_cast<CUstream>(stream), args, nullptr),
-            "cuLaunchKernel");
+  launch_items(compiled, items, variant.vec ? kGridWaves : 1, params, device, stream);
 }
 
 const ResolvedKernel& prepare_launch(const FusedDesc& d, const FusedArgs& a, const Layout& L,
