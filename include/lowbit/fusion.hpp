@@ -165,7 +165,10 @@ struct PlanState;
 /// last axis (any scale dtype, symmetric or affine), mxfp4, mxfp8e4m3, mxfp8e5m2; and
 /// nvfp4, whose global scale needs the whole tensor's absmax first: the expression is
 /// evaluated twice (on CUDA a statistics kernel, then the row kernel; the plan's
-/// workspace_size() holds the absmax word). A quantized output is the call's only output.
+/// workspace_size() holds the absmax word). A call has at most one quantized output; other
+/// outputs beside it (not packed 4-bit dtypes) are stored by the same pass (nvfp4: by its
+/// second), e.g. a residual sum kept in bf16 and its activation quantized. On a refusal they
+/// may be partly written.
 /// Non-finite values are refused with Error(invalid_argument) naming the first one, as quantize()
 /// does, unless check_finite is false (the CUDA check costs a stream synchronisation; then such
 /// values give unspecified codes).

@@ -197,8 +197,8 @@ nb::object fuse_new(const nb::list& exprs_in, std::optional<std::string> dtype, 
   const Device device = device_of(ptrs);
   if (!scheme_h.is_none()) {
     if (exprs.size() != 1)
-      bad("fuse: a quantized output (scheme=) is the call's only output; got " +
-          std::to_string(exprs.size()) + " expressions");
+      bad("fuse: scheme= goes with one expression; got " + std::to_string(exprs.size()) +
+          " (give several outputs as pairs (out, expression), a QuantizedTensor among them)");
     if (dtype) bad("fuse: give scheme= or dtype=, not both");
     QuantizedTensor q = QuantizedTensor::allocate(to_scheme(scheme_h), shape, device);
     {

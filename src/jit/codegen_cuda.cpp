@@ -779,6 +779,66 @@ struct Gen {
     return p.output_dtypes[o] == Dtype::bf16 && !rolled(g) && g % 2 == 0;
   }
 
+  /// Whether output o is stored element-wise by the kernel (the quantized output is not:
+  /// its values go to the epilogue).
+  bool stored_output(size_t o) const { return static_cast<int>(o) != p.quantized_output; }
+
+  /// A group's stored outputs as whole 16-byte words w<o>[] (zeroed), and bf16 values kept
+  /// for pair rounding yb<o>[].
+  std::string output_words(int g, const std::string& indent) const {
+    std::string s;
+    for (size_t o = 0; o < no; ++o) {
+      if (!stored_output(o)) continue;
+      const int wo = vecs(p.output_dtypes[o], g);
+      s += fmt::format("{}uint4 w{}[{}];\n", indent, o, wo);
+      s += fmt::format(
+          "#pragma unroll\n{2}for (int w = 0; w < {1}; ++w) w{0}[w] = "
+          "make_uint4(0u, 0u, 0u, 0u);\n",
+          o, wo, indent);
+      if (bf16_pairs(o, g)) s += fmt::format("{}float yb{}[{}];\n", indent, o, g);
+    }
+    return s;
+  }
+
+  /// Element j's stored outputs y<o> into the group's words (unrolled: constant lanes;
+  /// `runtime` for a rolled loop).
+  std::string put_outputs(int g, bool runtime, const std::string& indent) const {
+    std::string s;
+    for (size_t o = 0; o < no; ++o) {
+      if (!stored_output(o)) continue;
+      const Dtype d = p.output_dtypes[o];
+      if (bf16_pairs(o, g) && !runtime) {
+        s += fmt::format("{}yb{}[j] = y{};\n", indent, o, o);
+        continue;
+      }
+      s += indent +
+           put(d, fmt::format("w{}", o), "j", encode(d, fmt::format("y{}", o)), g, runtime) + ";\n";
+    }
+    return s;
+  }
+
+  /// The group's words to memory: group `grp` of every stored output (evict-first stores),
+  /// bf16 pairs rounded first.
+  std::string store_words(int g, bool runtime, const std::string& grp,
+                          const std::string& indent) const {
+    std::string s;
+    for (size_t o = 0; o < no; ++o)
+      if (stored_output(o) && bf16_pairs(o, g) && !runtime)
+        s += fmt::format(
+            "#pragma unroll\n{2}for (int q = 0; q < {1}; ++q) lbrt::or_word(w{0}[q / 4], q % 4, "
+            "lbrt::bf16x2(yb{0}[2 * q], yb{0}[2 * q + 1]));\n",
+            o, g / 2, indent);
+    for (size_t o = 0; o < no; ++o) {
+      if (!stored_output(o)) continue;
+      const int wo = vecs(p.output_dtypes[o], g);
+      s += fmt::format(
+          "#pragma unroll\n{3}for (int w = 0; w < {1}; ++w) lbrt::stcs(p.out[{0}], "
+          "{2} * {1} + w, w{0}[w]);\n",
+          o, wo, grp, indent);
+    }
+    return s;
+  }
+
   /// The grid-stride loop covers the whole groups in 16-byte vectors; the next groups'
   /// loads are issued before the current ones are computed (the loop keeps two sets of
   /// input vectors), so that memory stays busy during the arithmetic. The last n % G
@@ -810,15 +870,7 @@ struct Gen {
     s += load_groups("q", "g0 + step", g, u, "    ");
     s += fmt::format("#pragma unroll\n    for (int u = 0; u < {}; ++u) {{\n", u);
     s += fmt::format("      const {} g = g0 + u * nthreads;\n      if (g >= full) break;\n", idx);
-    for (size_t o = 0; o < no; ++o) {
-      const int wo = vecs(p.output_dtypes[o], g);
-      s += fmt::format("      uint4 w{}[{}];\n", o, wo);
-      s += fmt::format(
-          "#pragma unroll\n      for (int w = 0; w < {1}; ++w) w{0}[w] = "
-          "make_uint4(0u, 0u, 0u, 0u);\n",
-          o, wo);
-      if (bf16_pairs(o, g)) s += fmt::format("      float yb{}[{}];\n", o, g);
-    }
+    s += output_words(g, "      ");
     s += row_vectors(fmt::format("g * {}", g), g, "      ");
     s += fmt::format("#pragma unroll{}\n      for (int j = 0; j < {}; ++j) {{\n",
                      rolled(g) ? " 1" : "", g);
@@ -833,30 +885,9 @@ struct Gen {
     }
     s += declare_outputs("        ");
     s += "        " + eval_call() + "\n";
-    for (size_t o = 0; o < no; ++o) {
-      const Dtype d = p.output_dtypes[o];
-      if (bf16_pairs(o, g)) {
-        s += fmt::format("        yb{0}[j] = y{0};\n", o);
-        continue;
-      }
-      s += "        " +
-           put(d, fmt::format("w{}", o), "j", encode(d, fmt::format("y{}", o)), g, rolled(g)) +
-           ";\n";
-    }
+    s += put_outputs(g, rolled(g), "        ");
     s += "      }\n";
-    for (size_t o = 0; o < no; ++o)
-      if (bf16_pairs(o, g))
-        s += fmt::format(
-            "#pragma unroll\n      for (int q = 0; q < {1}; ++q) lbrt::or_word(w{0}[q / 4], q % 4, "
-            "lbrt::bf16x2(yb{0}[2 * q], yb{0}[2 * q + 1]));\n",
-            o, g / 2);
-    for (size_t o = 0; o < no; ++o) {
-      const int wo = vecs(p.output_dtypes[o], g);
-      s += fmt::format(
-          "#pragma unroll\n      for (int w = 0; w < {1}; ++w) lbrt::stcs(p.out[{0}], "
-          "g * {1} + w, w{0}[w]);\n",
-          o, wo);
-    }
+    s += store_words(g, rolled(g), "g", "      ");
     s += "    }\n  }\n";
     // The tail: elements full * G .. n - 1, one per thread of the first threads.
     s += fmt::format("  {{\n    const {} e = full * {} + tid;\n    if (e < n) {{\n", idx, g);
@@ -1104,7 +1135,8 @@ struct Gen {
   /// row is searched only when the block's flag says so (quant_kernel).
   std::string quant_element(const QuantShape& q, const std::string& at, const std::string& indent,
                             bool row_check = false) const {
-    std::string s = fmt::format("{}const float v = {};\n", indent, quant_value("y0"));
+    std::string s = fmt::format("{}const float v = {};\n", indent,
+                                quant_value(fmt::format("y{}", p.quantized_output)));
     if (!at.empty()) s += fmt::format("{}lbq_v[{}] = v;\n", indent, at);
     if (row_check)
       return s +
@@ -1261,9 +1293,11 @@ struct Gen {
       s += load("u + blockDim.x", "        ");
       s += "      }\n";
       if (g % 4 == 0 && !rolled(g)) s += fmt::format("      float lbq_u[{}];\n", g);
+      s += output_words(g, "      ");  // the other outputs, stored from here
       s += fmt::format("#pragma unroll{}\n      for (int j = 0; j < {}; ++j) {{\n",
                        rolled(g) ? " 1" : "", g);
       s += group_element(g, "        ");
+      s += put_outputs(g, rolled(g), "        ");
       s += fmt::format("        const {} e = g * {} + j;\n        (void)e;\n", idx, g);
       if (g % 4 == 0 && !rolled(g)) {
         // The unit's values leave in float4 stores.
@@ -1273,12 +1307,13 @@ struct Gen {
             "#pragma unroll\n      for (int w = 0; w < {0} / 4; ++w) ((float4*)lbq_v)[u * ({0} / "
             "4) "
             "+ w] = make_float4(lbq_u[4 * w], lbq_u[4 * w + 1], lbq_u[4 * w + 2], lbq_u[4 * w + "
-            "3]);\n    }}\n",
+            "3]);\n",
             g);
       } else {
         s += quant_element(q, fmt::format("u * {} + j", g), "        ", row_check);
-        s += "      }\n    }\n";
+        s += "      }\n";
       }
+      s += store_words(g, rolled(g), "g", "      ") + "    }\n";
     } else {
       s += fmt::format(
           "    for ({0} j = threadIdx.x; j < K; j += blockDim.x) {{\n"
@@ -1289,6 +1324,8 @@ struct Gen {
         if (!scalar_input(k)) s += load_elem(k, fmt::format("o{}", k), "      ");
       s += declare_outputs("      ");
       s += "      " + eval_call() + "\n";
+      for (size_t o = 0; o < no; ++o)
+        if (stored_output(o)) s += store_elem(o, fmt::format("o{}", ni + o), "      ");
       s += quant_element(q, "j", "      ", row_check);
       s += "    }\n";
     }
@@ -1548,6 +1585,7 @@ struct Gen {
     s += fmt::format("      const {} u = threadIdx.x + r * blockDim.x;\n", idx);
     s += fmt::format("#pragma unroll\n      for (int j = 0; j < {}; ++j) lbq_x[r][j] = 0.0f;\n", g);
     s += "      if (u < units) {\n";
+    s += output_words(g, "        ");  // the other outputs, stored from here
     s += fmt::format("#pragma unroll\n        for (int j = 0; j < {}; ++j) {{\n", g);
     for (size_t k = 0; k < ni; ++k) {
       if (v.cls[k] != Layout::Class::full) continue;
@@ -1557,9 +1595,12 @@ struct Gen {
     }
     s += declare_outputs("          ");
     s += "          " + eval_call() + "\n";
+    s += put_outputs(g, false, "          ");
     s += fmt::format("          const {} e = (gbase + u) * {} + j;\n          (void)e;\n", idx, g);
     s += quant_element(q, "", "          ", row_check);
-    s += "          lbq_x[r][j] = v;\n        }\n      }\n    }\n";
+    s += "          lbq_x[r][j] = v;\n        }\n";
+    s += store_words(g, false, "(gbase + u)", "        ");
+    s += "      }\n    }\n";
     s += load_row("row + gridDim.x", "    ");
     // The row's statistics: warp shuffles (or, checked, the magnitude bits' reduction),
     // then every thread folds the warps' partials.

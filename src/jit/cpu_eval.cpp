@@ -724,6 +724,9 @@ struct Pass {
   /// also an input of this call (in place), since a chain runs before the tile's last
   /// reads of the inputs.
   bool chain_stores = true;
+  /// Whether the outputs other than the quantized one are stored (not in nvfp4's statistics
+  /// pass: an output that is also an input must keep its values for the second pass).
+  bool store_others = true;
 
   /// No output of `args` is also one of its inputs.
   static bool outputs_apart(const FusedArgs& args) {
@@ -911,7 +914,8 @@ struct Pass {
     const size_t nin = args.inputs.size();
     for (size_t k = 0; k < L.cls.size() && r.count < kMaxRanges; ++k) {
       if (L.cls[k] != Layout::Class::full) continue;
-      if (k >= nin && static_cast<int>(k - nin) == p.quantized_output) continue;  // scratch
+      if (k >= nin && (static_cast<int>(k - nin) == p.quantized_output || !store_others))
+        continue;  // scratch, or not stored in this pass
       const TensorView& v = k < nin ? args.inputs[k] : args.outputs[k - nin];
       r.p[r.count] = static_cast<const char*>(v.data()) + storage_bytes(v.dtype(), e0);
       r.bytes[r.count] = storage_bytes(v.dtype(), n);
@@ -987,8 +991,10 @@ struct Pass {
           issued += per;
         }
       }
-      for (size_t o = 0; o < p.outputs.size(); ++o)
+      for (size_t o = 0; o < p.outputs.size(); ++o) {
+        if (!store_others && static_cast<int>(o) != p.quantized_output) continue;
         if (!(chain_stores && s.stored_by_chain[o])) store(o, ptr[p.outputs[o]], e0, n);
+      }
     }
 #if defined(__x86_64__)
     if (s.stream) _mm_sfence();  // order the non-temporal stores before the call returns
@@ -1110,7 +1116,8 @@ class FusedCpu final : public Kernel<FusedOp> {
     bool stats_pass = nvfp4;
     auto work = [&](int64_t t0, int64_t t1) {
       Pass pass{p, L, a, s};
-      pass.chain_stores = Pass::outputs_apart(a);
+      pass.store_others = !stats_pass;
+      pass.chain_stores = pass.store_others && Pass::outputs_apart(a);
       pass.qbuf = quant_scratch(static_cast<size_t>(rt * K * esize));
       static const Stream cpu;
       uint32_t tile_amax = 0;

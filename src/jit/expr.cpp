@@ -615,10 +615,10 @@ void build_program(const std::vector<FusedOutput>& outputs, Program& program) {
       throw_error(ErrorCode::invalid_argument, "fusion: an output's value is an empty Expr");
     Dtype dt = o.dst.dtype();
     if (o.quantized) {
-      if (outputs.size() != 1)
+      if (p->quantized_output >= 0)
         throw_error(ErrorCode::unsupported,
-                    "fusion: a quantized output (quantize epilogue) must be the call's only "
-                    "output");
+                    "fusion: a call has at most one quantized output (quantize epilogue); "
+                    "quantize the others in another call");
       // The value quantize() would read from the unfused result: the expression stored in
       // its own dtype (f64 rounds to f32 first, as quantize does).
       const Type t = o.value.node()->type;
@@ -641,6 +641,15 @@ void build_program(const std::vector<FusedOutput>& outputs, Program& program) {
     p->output_dtypes.push_back(dt);
     p->bound_outputs.push_back(o.quantized ? TensorView() : o.dst);
   }
+  // Beside a quantized output the other outputs are stored by the epilogue's row kernels,
+  // which write whole elements (no packed pairs).
+  if (p->quantized_output >= 0)
+    for (size_t o = 0; o < p->outputs.size(); ++o)
+      if (static_cast<int>(o) != p->quantized_output && is_packed(p->output_dtypes[o]))
+        throw_error(ErrorCode::unsupported,
+                    fmt::format("fusion: output {} is {} (packed 4-bit); beside a quantized "
+                                "output the other outputs need whole-byte dtypes",
+                                o, dtype_name(p->output_dtypes[o])));
   // The structure's hash, for the launch path's table of resolved kernels (the canonical
   // text is made only when a kernel is new).
   size_t h = p->code.size();

@@ -335,23 +335,30 @@ void FusedOp::check_args(const Desc& d, const Args& a) {
   for (size_t i = 0; i < a.inputs.size(); ++i) check("input", i, a.inputs[i], d.inputs[i]);
   for (size_t o = 0; o < a.outputs.size(); ++o)
     if (static_cast<int>(o) != d.quantized_output) check("output", o, a.outputs[o], d.outputs[o]);
+  const auto quantized = [&](size_t o) { return static_cast<int>(o) == d.quantized_output; };
   if (d.quantized_output >= 0) {
     const QuantizedView& q = a.quantized;
     QuantizeOp::check_args(fusion::quantize_desc(d, d.shape),
                            {fusion::quantize_src(d), q, a.report});
-    for (const TensorView* part : {&q.codes, &q.scale, &q.zero, &q.global_scale})
+    for (const TensorView* part : {&q.codes, &q.scale, &q.zero, &q.global_scale}) {
+      if (!part->data()) continue;
       for (size_t i = 0; i < a.inputs.size(); ++i)
-        if (part->data() && overlap(*part, a.inputs[i]))
+        if (overlap(*part, a.inputs[i]))
           throw_error(ErrorCode::invalid_argument,
                       fmt::format("fused: the quantized output overlaps input {} in memory", i));
-    return;
+      for (size_t o = 0; o < a.outputs.size(); ++o)
+        if (!quantized(o) && overlap(*part, a.outputs[o]))
+          throw_error(ErrorCode::invalid_argument,
+                      fmt::format("fused: the quantized output overlaps output {} in memory", o));
+    }
   }
   // Outputs may not overlap each other. An output may be an input exactly (same memory,
   // dtype, shape and strides: every element reads its input before its output is
   // written), but not overlap one otherwise.
   for (size_t o = 0; o < a.outputs.size(); ++o) {
+    if (quantized(o)) continue;
     for (size_t q = o + 1; q < a.outputs.size(); ++q)
-      if (overlap(a.outputs[o], a.outputs[q]))
+      if (!quantized(q) && overlap(a.outputs[o], a.outputs[q]))
         throw_error(ErrorCode::invalid_argument,
                     fmt::format("fused: outputs {} and {} overlap in memory", o, q));
     for (size_t i = 0; i < a.inputs.size(); ++i) {

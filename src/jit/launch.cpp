@@ -453,6 +453,9 @@ class FusedCuda final : public Kernel<FusedOp> {
     for (size_t k = 0; vec && k < a.inputs.size(); ++k)
       if (L.cls[k] == Layout::Class::full)
         vec = reinterpret_cast<uintptr_t>(a.inputs[k].data()) % 16 == 0;
+    for (size_t o = 0; vec && o < a.outputs.size(); ++o)  // the outputs stored beside the codes
+      if (static_cast<int>(o) != d.quantized_output)
+        vec = reinterpret_cast<uintptr_t>(a.outputs[o].data()) % 16 == 0;
     const bool block = d.scheme.granularity == Granularity::block;
     const bool qstore = K % 4 == 0 && (!block || d.scheme.block % 4 == 0) &&
                         reinterpret_cast<uintptr_t>(q.codes.data()) % 4 == 0;

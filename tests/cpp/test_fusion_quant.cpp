@@ -130,6 +130,25 @@ struct QCase {
   std::string text;
 };
 
+/// Case `kind`'s expression over inputs a and b (its text in *text).
+Expr case_expr(const TensorView& a, const TensorView& b, int kind, std::string* text) {
+  const Expr x = fusion::input(a), y = fusion::input(b);
+  switch (kind % 4) {
+    case 0:
+      *text = "silu(a) * b";
+      return fusion::silu(x) * y;
+    case 1:
+      *text = "gelu(a + b) * 3";
+      return fusion::gelu(x + y) * 3.0;
+    case 2:
+      *text = "a * sigmoid(b) - 0.25";
+      return x * fusion::sigmoid(y) - 0.25;
+    default:
+      *text = "clamp(a * 1.25 + b, -4, 6)";
+      return fusion::clamp(x * 1.25 + y, -4.0, 6.0);
+  }
+}
+
 /// A case: inputs a (the full shape, maybe transposed storage), b (full or a row vector
 /// broadcast over rows, or a column broadcast over the row), an expression of dtype
 /// `dt` over them.
@@ -151,25 +170,7 @@ QCase make_case(std::mt19937_64& rng, const Shape& shape, Dtype in_dt, int kind)
   fill(b, rng);
   c.views.push_back(b.view());
   c.inputs.push_back(std::move(b));
-  const Expr x = fusion::input(c.views[0]), y = fusion::input(c.views[1]);
-  switch (kind % 4) {
-    case 0:
-      c.value = fusion::silu(x) * y;
-      c.text = "silu(a) * b";
-      break;
-    case 1:
-      c.value = fusion::gelu(x + y) * 3.0;
-      c.text = "gelu(a + b) * 3";
-      break;
-    case 2:
-      c.value = x * fusion::sigmoid(y) - 0.25;
-      c.text = "a * sigmoid(b) - 0.25";
-      break;
-    default:
-      c.value = fusion::clamp(x * 1.25 + y, -4.0, 6.0);
-      c.text = "clamp(a * 1.25 + b, -4, 6)";
-      break;
-  }
+  c.value = case_expr(c.views[0], c.views[1], kind, &c.text);
   return c;
 }
 
@@ -178,6 +179,22 @@ QuantizedTensor unfused(const QCase& c, const QuantScheme& scheme) {
   Tensor y = Tensor::empty(c.shape, c.value.dtype());
   fuse({{y, c.value}});
   return quantize(y, scheme);
+}
+
+/// A call with other outputs beside the quantized one: s1 stores the quantized
+/// expression's own value, s2 `other`; the quantized output at position qpos (0-2).
+std::vector<FusedOutput> with_sides(const QuantizedView& q, const Expr& value, const TensorView& s1,
+                                    const TensorView& s2, const Expr& other, int qpos) {
+  std::vector<FusedOutput> out{{s1, value}, {s2, other}};
+  out.insert(out.begin() + qpos % 3, FusedOutput(q, value));
+  return out;
+}
+
+/// A tensor whose every byte is 0xff (NaN in f32 / bf16): unwritten elements show.
+Tensor poisoned(const Shape& shape, Dtype dt, Device dev = Device::cpu()) {
+  Tensor t = Tensor::empty(shape, dt);
+  std::memset(t.data(), 0xff, static_cast<size_t>(t.nbytes()));
+  return dev.is_cpu() ? std::move(t) : testing::to_device(t, dev);
 }
 
 // ---- the formulas -----------------------------------------------------------------------------
@@ -378,6 +395,71 @@ TEST(FusionQuantCpu, NonFiniteValuesAreRefusedWithTheirIndex) {
   fuse({FusedOutput(q.view(), e, /*check_finite=*/false)});
 }
 
+TEST(FusionQuantCpu, OtherOutputsBesideTheQuantizedOne) {
+  std::mt19937_64 rng(23);
+  const char* schemes[] = {"fp8e4m3:token", "int8:token:asym", "int4:block32:asym", "mxfp4",
+                           "nvfp4"};
+  int cases = 0;
+  for (const char* text : schemes) {
+    const QuantScheme scheme = QuantScheme::parse(text);
+    for (int k = 0; k < 3; ++k) {
+      const Shape shape = k == 2 ? Shape{600, 512} : Shape{7, 192};  // 600 x 512: threads
+      const QCase c = make_case(rng, shape, k == 1 ? Dtype::f32 : Dtype::bf16, k + cases);
+      const Expr other = fusion::input(c.views[0]) * 0.5 + 1.0;
+      const QuantizedTensor want = unfused(c, scheme);
+      Tensor w1 = Tensor::empty(shape, Dtype::bf16), w2 = Tensor::empty(shape, Dtype::f32);
+      fuse({{w1, c.value}});
+      fuse({{w2, other}});
+      for (const int threads : {1, 4}) {
+        if (threads > 1 && k < 2) continue;
+        omp_set_num_threads(threads);
+        const QuantizedTensor got = QuantizedTensor::allocate(scheme, shape);
+        scribble(got, rng);
+        const Tensor s1 = poisoned(shape, Dtype::bf16), s2 = poisoned(shape, Dtype::f32);
+        fuse(with_sides(got.view(), c.value, s1, s2, other, k + cases));
+        const std::string where = fmt::format("{} {} {} quantized output at {}, {} threads", text,
+                                              shape.str(), c.text, (k + cases) % 3, threads);
+        ASSERT_EQ(same_parts(want.view(), got.view()), "") << where;
+        ASSERT_EQ(testing::compare_bytes(w1, s1), "") << where;
+        ASSERT_EQ(testing::compare_bytes(w2, s2), "") << where;
+      }
+      ++cases;
+    }
+  }
+  omp_set_num_threads(omp_get_num_procs());
+  // In place: an output that is also an input. nvfp4's first pass must leave it alone (the
+  // second reads it again).
+  for (const char* text : {"nvfp4", "fp8e4m3:token"}) {
+    const Shape shape{600, 512};
+    Tensor a = Tensor::empty(shape, Dtype::bf16), b = Tensor::empty(shape, Dtype::bf16);
+    fill(a, rng);
+    fill(b, rng);
+    const Expr value = fusion::silu(fusion::input(a)) * fusion::input(b);
+    const Expr twice = fusion::input(a) * 2.0;
+    Tensor y = Tensor::empty(shape, Dtype::bf16), doubled = Tensor::empty(shape, Dtype::bf16);
+    fuse({{y, value}});
+    fuse({{doubled, twice}});
+    const QuantizedTensor want = quantize(y, QuantScheme::parse(text));
+    const QuantizedTensor got = QuantizedTensor::allocate(QuantScheme::parse(text), shape);
+    fuse({{a, twice}, {got.view(), value}});
+    ASSERT_EQ(same_parts(want.view(), got.view()), "") << text << " in place";
+    ASSERT_EQ(testing::compare_bytes(doubled, a), "") << text << " in place";
+  }
+  // An output of other strides (transposed storage).
+  {
+    const QCase c = make_case(rng, {96, 64}, Dtype::bf16, 0);
+    const QuantScheme scheme = QuantScheme::parse("int4:block32");
+    Tensor wbase = Tensor::empty({64, 96}, Dtype::bf16);
+    fuse({{wbase.view().transpose(0, 1), c.value}});
+    Tensor gbase = poisoned({64, 96}, Dtype::bf16);
+    const QuantizedTensor got = QuantizedTensor::allocate(scheme, c.shape);
+    fuse({{gbase.view().transpose(0, 1), c.value}, {got.view(), c.value}});
+    ASSERT_EQ(same_parts(unfused(c, scheme).view(), got.view()), "") << "transposed output";
+    ASSERT_EQ(testing::compare_bytes(wbase, gbase), "") << "transposed output";
+  }
+  std::printf("%d quantize-epilogue cases with two other outputs\n", cases);
+}
+
 TEST(FusionQuantCpu, UnsupportedSchemesAndCombinations) {
   using testing::expect_error;
   Tensor a = Tensor::empty({4, 64}, Dtype::bf16), y = Tensor::empty({4, 64}, Dtype::bf16);
@@ -390,7 +472,24 @@ TEST(FusionQuantCpu, UnsupportedSchemesAndCombinations) {
     expect_error([&] { fuse({{q.view(), x}}); }, ErrorCode::unsupported, "quantize epilogue");
   }
   const QuantizedTensor q = QuantizedTensor::allocate(QuantScheme::parse("int8:token"), a.shape());
-  expect_error([&] { fuse({{q.view(), x}, {y, x}}); }, ErrorCode::unsupported, "only output");
+  const QuantizedTensor q2 = QuantizedTensor::allocate(QuantScheme::parse("mxfp4"), a.shape());
+  expect_error(
+      [&] {
+        fuse({{q.view(), x}, {q2.view(), x}});
+      },
+      ErrorCode::unsupported, "at most one quantized output");
+  Tensor packed = Tensor::empty({4, 64}, Dtype::f4e2m1);
+  expect_error([&] { fuse({{q.view(), x}, {packed, x}}); }, ErrorCode::unsupported, "packed 4-bit");
+  // The quantized output's parts may not overlap another output.
+  {
+    QuantizedView over = q.view();
+    over.codes = TensorView(y.data(), Dtype::i8, a.shape());
+    expect_error(
+        [&] {
+          fuse({{over, x}, {y, x}});
+        },
+        ErrorCode::invalid_argument, "overlaps output 1");
+  }
   Tensor i = Tensor::empty({4, 64}, Dtype::i32);
   expect_error(
       [&] {
@@ -485,6 +584,29 @@ TEST(FusionQuantNvrtc, RowKernelsCompileForSm90a) {
         }
         total_ms += ms;
         max_ms = std::max(max_ms, ms);
+        ++kernels;
+      }
+    }
+  }
+  // Other outputs beside the codes (a bf16 and an f32 one; transposed: strided kernels).
+  for (const char* text : {"fp8e4m3:token", "int4:block32:asym", "nvfp4"}) {
+    for (const bool transposed : {false, true}) {
+      const QCase c = make_case(rng, {4, 256}, Dtype::bf16, kernels);
+      Tensor s1 = Tensor::empty(transposed ? Shape{256, 4} : Shape{4, 256}, Dtype::bf16);
+      Tensor s2 = Tensor::empty({4, 256}, Dtype::f32);
+      const QuantizedTensor q = QuantizedTensor::allocate(QuantScheme::parse(text), c.shape);
+      const FusedDesc d = FusedDesc::make(
+          with_sides(q.view(), c.value, transposed ? s1.view().transpose(0, 1) : s1.view(), s2,
+                     fusion::input(c.views[0]) + 1.0, kernels));
+      for (const fusion::Variant& v : quant_variants(d)) {
+        try {
+          double ms = 0;
+          EXPECT_FALSE(
+              fusion::compile_cuda(fusion::generate_cuda(*d.program, v), "sm_90a", "test", &ms)
+                  .empty());
+        } catch (const Error& e) {
+          FAIL() << text << " with other outputs, " << v.key() << ": " << e.what();
+        }
         ++kernels;
       }
     }
@@ -703,6 +825,60 @@ TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
       EXPECT_EQ(host[1], 1u) << "the hand-off raises done";
     }
   }
+  // Other outputs beside the codes (a bf16 one, maybe transposed, and an f32 one): pass 1
+  // of every row kernel stores them, in 16-byte words (the vector and register-row
+  // kernels) or element by element (the strided kernel); the codes are unchanged.
+  int side_cases = 0;
+  for (const char* text : {"fp8e4m3:token", "int4:block32:asym", "nvfp4", "int8:token"}) {
+    const QuantScheme scheme = QuantScheme::parse(text);
+    for (const bool transposed : {false, true}) {
+      const Shape shape{5, 192};
+      const Shape base_shape = transposed ? Shape{192, 5} : shape;
+      const QCase c = make_case(rng, shape, Dtype::bf16, side_cases);
+      const Expr other = fusion::input(c.views[0]) * 0.5 + 1.0;
+      const int qpos = side_cases++;
+      auto view1 = [&](const Tensor& base) {
+        return transposed ? base.view().transpose(0, 1) : base.view();
+      };
+      // The CPU epilogue's results (FusionQuantCpu checks them against the definition).
+      const QuantizedTensor want = QuantizedTensor::allocate(scheme, shape);
+      Tensor w1 = Tensor::empty(base_shape, Dtype::bf16), w2 = Tensor::empty(shape, Dtype::f32);
+      fuse(with_sides(want.view(), c.value, view1(w1), w2, other, qpos));
+      const QuantizedTensor got = QuantizedTensor::allocate(scheme, shape);
+      Tensor g1 = Tensor::empty(base_shape, Dtype::bf16), g2 = Tensor::empty(shape, Dtype::f32);
+      const FusedDesc d =
+          FusedDesc::make(with_sides(got.view(), c.value, view1(g1), g2, other, qpos));
+      const std::vector<fusion::Variant> variants = quant_variants(d);
+      int run = 0;
+      for (const fusion::Variant& v : variants) {
+        if (v.qstats) continue;
+        EXPECT_FALSE(transposed && v.vec) << "a strided output takes the strided kernel";
+        scribble(got, rng);
+        std::memset(g1.data(), 0xff, static_cast<size_t>(g1.nbytes()));
+        std::memset(g2.data(), 0xff, static_cast<size_t>(g2.nbytes()));
+        int size = 0, param_bytes = -1;
+        unsigned amax[4] = {0, 0, 0, 0};
+        if (scheme.format == QuantFormat::nvfp4) {
+          fusion::Variant sv = v;
+          sv.qstore = false;
+          sv.qstats = true;
+          unsigned long long none[2] = {0, 0};
+          emulate(d, sv, shape, none, nullptr, size, param_bytes, amax);
+          if (HasFatalFailure()) return;
+        }
+        unsigned long long flag[2] = {0, 0}, host[2] = {0, 0};
+        emulate(d, v, shape, flag, host, size, param_bytes, amax);
+        if (HasFatalFailure()) return;
+        const std::string where = fmt::format("{} variant {}{}, quantized output at {}", text,
+                                              v.key(), transposed ? " (transposed)" : "", qpos % 3);
+        ASSERT_EQ(same_parts(want.view(), got.view()), "") << where;
+        ASSERT_EQ(testing::compare_bytes(w1, g1), "") << where;
+        ASSERT_EQ(testing::compare_bytes(w2, g2), "") << where;
+        ++run;
+      }
+      EXPECT_GE(run, transposed ? 1 : 2) << text;
+    }
+  }
   // A NaN, then an Inf in a later row: every variant's flag names the NaN (the shared-memory
   // kernel finds it by its row search, the others per element), through the hand-off and
   // in the device word where there is none.
@@ -740,6 +916,28 @@ TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
 }
 
 // ---- GPU ----------------------------------------------------------------------------------------
+
+/// A device quantized tensor's parts copied to the host.
+struct HostParts {
+  Tensor codes, scale, zero, global;
+  QuantizedView view;
+  explicit HostParts(const QuantizedTensor& dq) {
+    view.scheme = dq.scheme;
+    view.shape = dq.shape;
+    codes = testing::to_host(dq.codes);
+    scale = testing::to_host(dq.scale);
+    view.codes = codes;
+    view.scale = scale;
+    if (dq.zero.data()) {
+      zero = testing::to_host(dq.zero);
+      view.zero = zero;
+    }
+    if (dq.global_scale.data()) {
+      global = testing::to_host(dq.global_scale);
+      view.global_scale = global;
+    }
+  }
+};
 
 TEST(FusionQuantCuda, MatchesTheCpuEpilogue) {
   LOWBIT_REQUIRE_CUDA();
@@ -787,23 +985,8 @@ TEST(FusionQuantCuda, MatchesTheCpuEpilogue) {
         } catch (const Error& e) {
           FAIL() << text << " " << shape.str() << ": " << e.what();
         }
-        QuantizedView back;
-        back.scheme = scheme;
-        back.shape = shape;
-        const Tensor codes = testing::to_host(dq.codes), scale = testing::to_host(dq.scale);
-        Tensor zero;
-        back.codes = codes;
-        back.scale = scale;
-        if (dq.zero.data()) {
-          zero = testing::to_host(dq.zero);
-          back.zero = zero;
-        }
-        Tensor global;
-        if (dq.global_scale.data()) {
-          global = testing::to_host(dq.global_scale);
-          back.global_scale = global;
-        }
-        ASSERT_EQ(same_parts(want.view(), back), "")
+        const HostParts back(dq);
+        ASSERT_EQ(same_parts(want.view(), back.view), "")
             << text << " " << shape.str() << " " << c.text << " (cuda"
             << (reg ? ", register-row kernel allowed)" : ")");
         ++cases;
@@ -816,6 +999,63 @@ TEST(FusionQuantCuda, MatchesTheCpuEpilogue) {
       "cuda: %d quantize-epilogue cases bit-identical to the cpu epilogue (half of them with "
       "the register-row kernel allowed)\n",
       cases);
+}
+
+TEST(FusionQuantCuda, OtherOutputsBesideTheCodes) {
+  LOWBIT_REQUIRE_CUDA();
+  const Device gpu = Device::cuda(0);
+  std::mt19937_64 rng(29);
+  const int units = fusion::g_quant_reg_units.load();
+  int cases = 0;
+  for (const bool reg : {false, true}) {
+    fusion::g_quant_reg_exact.store(reg);
+    fusion::g_quant_reg_units.store(reg ? units : 0);
+    for (const char* text :
+         {"fp8e4m3:token", "int8:token:asym", "int4:block32", "mxfp4", "nvfp4"}) {
+      const QuantScheme scheme = QuantScheme::parse(text);
+      for (int k = 0; k < 3; ++k) {
+        // Vector kernels (the register-row one where allowed), and a transposed output:
+        // the strided kernel.
+        const Shape shape = k == 0 ? Shape{64, 4096} : k == 1 ? Shape{130, 96} : Shape{3, 5, 256};
+        const bool transposed = k == 1;
+        const Shape base_shape = transposed ? Shape{96, 130} : shape;
+        auto view1 = [&](const Tensor& base) {
+          return transposed ? base.view().transpose(0, 1) : base.view();
+        };
+        const int kind = k + cases;
+        const QCase c = make_case(rng, shape, k == 2 ? Dtype::f32 : Dtype::bf16, kind);
+        const Expr other = fusion::input(c.views[0]) * 0.5 + 1.0;
+        const QuantizedTensor want = QuantizedTensor::allocate(scheme, shape);
+        Tensor w1 = Tensor::empty(base_shape, Dtype::bf16), w2 = Tensor::empty(shape, Dtype::f32);
+        fuse(with_sides(want.view(), c.value, view1(w1), w2, other, kind));
+        // The same call on the GPU: inputs copied, the expressions over them.
+        const Tensor da = testing::to_device(c.inputs[0], gpu);
+        const Tensor db = testing::to_device(c.inputs[1], gpu);
+        std::string unused;
+        const Expr dvalue = case_expr(da.view(), db.view(), kind, &unused);
+        const Expr dother = fusion::input(da.view()) * 0.5 + 1.0;
+        const QuantizedTensor dq = QuantizedTensor::allocate(scheme, shape, gpu);
+        const Tensor g1 = poisoned(base_shape, Dtype::bf16, gpu);
+        const Tensor g2 = poisoned(shape, Dtype::f32, gpu);
+        try {
+          fuse(with_sides(dq.view(), dvalue, view1(g1), g2, dother, kind));
+          Stream::default_for(gpu).synchronize();
+        } catch (const Error& e) {
+          FAIL() << text << " " << shape.str() << ": " << e.what();
+        }
+        const std::string where =
+            fmt::format("{} {} {} quantized output at {}{}", text, shape.str(), c.text, kind % 3,
+                        reg ? " (register-row kernel allowed)" : "");
+        ASSERT_EQ(same_parts(want.view(), HostParts(dq).view), "") << where;
+        ASSERT_EQ(testing::compare_bytes(w1, testing::to_host(g1)), "") << where;
+        ASSERT_EQ(testing::compare_bytes(w2, testing::to_host(g2)), "") << where;
+        ++cases;
+      }
+    }
+  }
+  fusion::g_quant_reg_exact.store(false);
+  fusion::g_quant_reg_units.store(units);
+  std::printf("cuda: %d quantize-epilogue calls with other outputs match the cpu\n", cases);
 }
 
 TEST(FusionQuantCuda, NonFiniteValuesAreRefused) {

@@ -204,6 +204,22 @@ def test_quantize_epilogue_is_bit_identical_to_quantize(scheme, dtype):
     assert isinstance(lowbit.dequantize(q), np.ndarray)
 
 
+@pytest.mark.parametrize("scheme", ["fp8e4m3:token", "int4:block32:asym", "nvfp4"])
+def test_quantize_epilogue_beside_other_outputs(scheme):
+    x, g = data((9, 256), "x", scheme), data((9, 256), "g", scheme)
+    h = fx.input(g) + fx.input(x)  # e.g. a residual sum kept, and its activation quantized
+    q = lowbit.quantize(np.zeros((9, 256), F32), scheme)
+    kept = np.full((9, 256), np.nan, F32)
+    act = np.full((9, 256), np.nan, BF16)
+    assert lowbit.fuse([(kept, h), (q, fx.silu(h)), (act, fx.silu(h))]) is None
+    assert np.array_equal(kept, lowbit.fuse(h))
+    assert np.array_equal(act.view(np.uint16), lowbit.fuse(fx.silu(h), dtype="bf16").view(np.uint16))
+    same_parts(q, lowbit.quantize(lowbit.fuse(fx.silu(h)), scheme))
+    q2 = lowbit.quantize(np.zeros((9, 256), F32), "int8:token")
+    with pytest.raises(NotImplementedError, match="at most one quantized output"):
+        lowbit.fuse([(q, h), (q2, h)])
+
+
 def test_quantize_epilogue_refusals():
     a = fx.input(data((4, 64), "x"))
     with pytest.raises(ValueError, match="NaN"):
@@ -298,5 +314,11 @@ def test_torch_tensors(torch, tdev):
     # nvfp4: two passes (the global scale from the whole tensor's absmax), the same bits.
     q4 = lowbit.fuse(e, scheme="nvfp4")
     ref_4 = lowbit.quantize(y, "nvfp4")
+    for part in ("data", "scale", "global_scale"):
+        assert torch.equal(getattr(q4, part).torch(), getattr(ref_4, part).torch()), part
+    # Beside another output: the value kept in bf16 and its nvfp4 codes in one call.
+    kept = torch.full_like(x, float("nan"))
+    assert lowbit.fuse([(kept, e), (q4, e)]) is None
+    assert torch.equal(kept, y)
     for part in ("data", "scale", "global_scale"):
         assert torch.equal(getattr(q4, part).torch(), getattr(ref_4, part).torch()), part
