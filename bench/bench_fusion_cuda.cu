@@ -36,6 +36,7 @@
 #include <ctime>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -462,6 +463,70 @@ int main(int argc, char** argv) {
     // counted once, so one pass's worth is the bound: (4 + 0.5625) / (8 + 0.5625) = 53%.
     quant_row("silu(a) * b -> nvfp4 fused (two passes), check off", "nvfp4", false);
     quant_row("silu(a) * b -> nvfp4 fused (two passes), finiteness check", "nvfp4", true);
+    // Other outputs beside the codes: h = a + b kept in bf16 and silu(h) quantized per token
+    // (fp8e4m3, check off), one call; against the same in two calls (h, then the epilogue
+    // reading h back). Bytes: a and b read, h written, codes and row scales (the two calls
+    // move h twice more: their time is compared, the bytes are the fused call's).
+    {
+      const int64_t cols = 8192, rows_n = n / cols;
+      const lowbit::QuantScheme scheme = lowbit::QuantScheme::parse("fp8e4m3:token");
+      const lowbit::QuantizedTensor q =
+          lowbit::QuantizedTensor::allocate(scheme, {rows_n, cols}, gpu);
+      const lowbit::TensorView a2(a.data(), Dtype::bf16, {rows_n, cols}, gpu);
+      const lowbit::TensorView b2(b.data(), Dtype::bf16, {rows_n, cols}, gpu);
+      const lowbit::TensorView h(y.data(), Dtype::bf16, {rows_n, cols}, gpu);
+      const Expr sum = input(a2) + input(b2);
+      const double bytes = static_cast<double>(a.nbytes() + b.nbytes() + y.nbytes() + q.nbytes());
+      for (const bool fused : {true, false}) {
+        FusedDesc d1 =
+            fused ? FusedDesc::make({{h, sum}, lowbit::FusedOutput(q.view(), silu(sum), false)})
+                  : FusedDesc::make({{h, sum}});
+        std::optional<FusedDesc> d2;
+        if (!fused) d2 = FusedDesc::make({lowbit::FusedOutput(q.view(), silu(input(h)), false)});
+        const FusedPlan p1 = FusedPlan::select(d1);
+        std::optional<FusedPlan> p2;
+        if (d2) p2.emplace(FusedPlan::select(*d2));
+        const FusedArgs args1 = d1.bound_args();
+        const FusedArgs args2 = d2 ? d2->bound_args() : FusedArgs{};
+        Row r;
+        r.pair = fused ? "h = a + b, silu(h) -> fp8e4m3:token fused, one call, check off"
+                       : "h = a + b, then silu(h) -> fp8e4m3:token (two calls)";
+        r.elements = n;
+        r.bytes = bytes;
+        r.ms = median_ms(s, warmup, reps, [&] {
+          p1.run(stream, {}, args1);
+          if (p2) p2->run(stream, {}, args2);
+        });
+        stream.synchronize();
+        r.kernel = p1.sku().str();
+        // The first 64 rows of h and of the codes against the CPU epilogue.
+        const int64_t check_rows = 64;
+        Tensor ha = Tensor::empty({check_rows, cols}, Dtype::bf16);
+        Tensor hb = Tensor::empty({check_rows, cols}, Dtype::bf16);
+        lowbit::copy(ha, lowbit::TensorView(a.data(), Dtype::bf16, {check_rows, cols}, gpu));
+        lowbit::copy(hb, lowbit::TensorView(b.data(), Dtype::bf16, {check_rows, cols}, gpu));
+        Tensor want_h = Tensor::empty({check_rows, cols}, Dtype::bf16);
+        const lowbit::QuantizedTensor want_q =
+            lowbit::QuantizedTensor::allocate(scheme, {check_rows, cols});
+        const Expr hsum = input(ha) + input(hb);
+        lowbit::fuse({{want_h, hsum}, {want_q.view(), silu(hsum)}});
+        Tensor got_h = Tensor::empty({check_rows, cols}, Dtype::bf16);
+        Tensor codes = Tensor::empty(want_q.codes.shape(), want_q.codes.dtype());
+        Tensor scales = Tensor::empty(want_q.scale.shape(), want_q.scale.dtype());
+        lowbit::copy(got_h, lowbit::TensorView(h.data(), Dtype::bf16, {check_rows, cols}, gpu));
+        lowbit::copy(codes, lowbit::TensorView(q.codes.data(), want_q.codes.dtype(),
+                                               want_q.codes.shape(), gpu));
+        lowbit::copy(scales, lowbit::TensorView(q.scale.data(), want_q.scale.dtype(),
+                                                want_q.scale.shape(), gpu));
+        auto same = [](const Tensor& x, const Tensor& y2) {
+          return std::memcmp(x.data(), y2.data(), static_cast<size_t>(x.nbytes())) == 0;
+        };
+        r.check = same(want_h, got_h) && same(want_q.codes, codes) && same(want_q.scale, scales)
+                      ? "exact"
+                      : "MISMATCH";
+        rows.push_back(r);
+      }
+    }
     // The check's fixed cost: the same fp8 epilogue on one row (8192 elements), timed as
     // above (events around each call). A checked call returns only once its kernel is done,
     // so the GPU idles for one host round trip per call (the launch before the kernel, the

@@ -5,6 +5,7 @@ torch.compile, on the same GPU in the same run.
   chain8: y = clamp(silu(a * 1.25 + b) * b - a * 0.5, -8, 8)   (bf16, 2^28 elements)
   gated:  y = silu(a) * b
   gated + fp8: silu(a) * b quantized per row of 8192 to fp8 e4m3 (scale = amax / 448)
+  residual + fp8: h = a + b kept (bf16) and silu(h) quantized as above
 
 Rows (JSON lines: name, n, ms, gbps), the first one the device-to-device copy ceiling;
 bandwidth counts the fused pass's bytes (two inputs read, one output written; for the
@@ -55,6 +56,18 @@ def gated_fp8(a, b):
     return q, scale
 
 
+def residual_fp8(a, b):
+    """h = a + b kept (bf16), and silu(h) quantized per row to fp8 e4m3 as gated_fp8: a
+    residual sum and the next matmul's activation codes, two outputs."""
+    h = a + b
+    y = F.silu(h)
+    amax = y.abs().amax(dim=-1, keepdim=True).float()
+    scale = amax / 448.0
+    inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
+    q = (y.float() * inv).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+    return h, q, scale
+
+
 def main():
     if not torch.cuda.is_available():
         print("SKIPPED: no CUDA device (bench_fusion_torch)")
@@ -95,6 +108,18 @@ def main():
             notes.append(f"{label}: first call (compile) {time.perf_counter() - t0:.1f} s")
         ms = bench(lambda: fn(a2, b2))
         rows.append((label, N, ms, qbytes / ms / 1e6))
+    # The same with h = a + b kept beside the codes (bytes: h's bf16 written too).
+    hbytes = qbytes + 2 * N
+    for label, fn in (("torch eager h = a + b, silu(h) -> fp8e4m3:token", residual_fp8),
+                      ("torch.compile h = a + b, silu(h) -> fp8e4m3:token",
+                       torch.compile(residual_fp8))):
+        t0 = time.perf_counter()
+        fn(a2, b2)
+        torch.cuda.synchronize()
+        if label.startswith("torch.compile"):
+            notes.append(f"{label}: first call (compile) {time.perf_counter() - t0:.1f} s")
+        ms = bench(lambda: fn(a2, b2))
+        rows.append((label, N, ms, hbytes / ms / 1e6))
 
     print(f"\nPyTorch {torch.__version__} element-wise chains on {torch.cuda.get_device_name()}, "
           f"{N} bf16 elements")
