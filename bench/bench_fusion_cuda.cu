@@ -463,10 +463,12 @@ int main(int argc, char** argv) {
     // counted once, so one pass's worth is the bound: (4 + 0.5625) / (8 + 0.5625) = 53%.
     quant_row("silu(a) * b -> nvfp4 fused (two passes), check off", "nvfp4", false);
     quant_row("silu(a) * b -> nvfp4 fused (two passes), finiteness check", "nvfp4", true);
-    // Other outputs beside the codes: h = a + b kept in bf16 and silu(h) quantized per token
+    // Other outputs beside the codes: h = bf16(a + b) kept and silu(h) quantized per token
     // (fp8e4m3, check off), one call; against the same in two calls (h, then the epilogue
-    // reading h back). Bytes: a and b read, h written, codes and row scales (the two calls
-    // move h twice more: their time is compared, the bytes are the fused call's).
+    // reading h back: the same bits, as the cast rounds h first) and torch's h = a + b;
+    // silu(h) -> fp8 (bench_fusion_torch). Bytes: a and b read, h written, codes and row
+    // scales (the two calls move h twice more: their time is compared, the bytes are the
+    // fused call's).
     {
       const int64_t cols = 8192, rows_n = n / cols;
       const lowbit::QuantScheme scheme = lowbit::QuantScheme::parse("fp8e4m3:token");
@@ -475,7 +477,7 @@ int main(int argc, char** argv) {
       const lowbit::TensorView a2(a.data(), Dtype::bf16, {rows_n, cols}, gpu);
       const lowbit::TensorView b2(b.data(), Dtype::bf16, {rows_n, cols}, gpu);
       const lowbit::TensorView h(y.data(), Dtype::bf16, {rows_n, cols}, gpu);
-      const Expr sum = input(a2) + input(b2);
+      const Expr sum = lowbit::fusion::cast(input(a2) + input(b2), Dtype::bf16);
       const double bytes = static_cast<double>(a.nbytes() + b.nbytes() + y.nbytes() + q.nbytes());
       for (const bool fused : {true, false}) {
         FusedDesc d1 =
@@ -489,8 +491,8 @@ int main(int argc, char** argv) {
         const FusedArgs args1 = d1.bound_args();
         const FusedArgs args2 = d2 ? d2->bound_args() : FusedArgs{};
         Row r;
-        r.pair = fused ? "h = a + b, silu(h) -> fp8e4m3:token fused, one call, check off"
-                       : "h = a + b, then silu(h) -> fp8e4m3:token (two calls)";
+        r.pair = fused ? "h = bf16(a + b), silu(h) -> fp8e4m3:token fused, one call, check off"
+                       : "h = bf16(a + b), then silu(h) -> fp8e4m3:token (two calls)";
         r.elements = n;
         r.bytes = bytes;
         r.ms = median_ms(s, warmup, reps, [&] {
@@ -508,7 +510,7 @@ int main(int argc, char** argv) {
         Tensor want_h = Tensor::empty({check_rows, cols}, Dtype::bf16);
         const lowbit::QuantizedTensor want_q =
             lowbit::QuantizedTensor::allocate(scheme, {check_rows, cols});
-        const Expr hsum = input(ha) + input(hb);
+        const Expr hsum = lowbit::fusion::cast(input(ha) + input(hb), Dtype::bf16);
         lowbit::fuse({{want_h, hsum}, {want_q.view(), silu(hsum)}});
         Tensor got_h = Tensor::empty({check_rows, cols}, Dtype::bf16);
         Tensor codes = Tensor::empty(want_q.codes.shape(), want_q.codes.dtype());
