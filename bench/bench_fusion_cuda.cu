@@ -393,6 +393,8 @@ int main(int argc, char** argv) {
           same = same && std::memcmp(hx.data(), hy.data(), static_cast<size_t>(hx.nbytes())) == 0;
         }
         r.kernel = plan.sku().str() + " statistics + row kernels";
+        for (int i = 0; i < 2 * lowbit::fusion::PlanState::kSlots; ++i)
+          if (d.state->kernels[i]) r.kernel += " " + d.state->kernels[i]->variant.key();
         r.check = same ? "exact (whole tensor)" : "MISMATCH";
         rows.push_back(r);
         return;
@@ -459,6 +461,15 @@ int main(int argc, char** argv) {
     }
     quant_row("silu(a) * b -> int8:token fused, check off", "int8:token", false);
     quant_row("silu(a) * b -> mxfp4 fused, check off", "mxfp4", false);
+    quant_row("silu(a) * b -> mxfp4 fused, finiteness check", "mxfp4", true);
+    quant_row("silu(a) * b -> int4:block32 fused, check off", "int4:block32", false);
+    {  // Per-block groups on the shared-memory row kernel (the lane kernel off).
+      lowbit::fusion::g_quant_lane.store(false);
+      quant_row("silu(a) * b -> mxfp4 fused, check off, shared-memory", "mxfp4", false);
+      quant_row("silu(a) * b -> nvfp4 fused (two passes), check off, shared-memory", "nvfp4",
+                false);
+      lowbit::fusion::g_quant_lane.store(true);
+    }
     // nvfp4: two passes over the inputs (the global scale needs the tensor's absmax); bytes
     // counted once, so one pass's worth is the bound: (4 + 0.5625) / (8 + 0.5625) = 53%.
     quant_row("silu(a) * b -> nvfp4 fused (two passes), check off", "nvfp4", false);

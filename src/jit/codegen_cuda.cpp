@@ -1039,24 +1039,6 @@ struct Gen {
   /// group `g` to global memory.
   std::string group_params(const QuantShape& q, const std::string& g, const std::string& indent,
                            bool store = true) const {
-    const Dtype sdt = p.scheme.is_integer() ? p.scheme.scale_dtype : Dtype::f32;
-    auto store_scale = [&](const std::string& sc) -> std::string {
-      if (!store) return {};
-      switch (sdt) {
-        case Dtype::f16:
-          return fmt::format(
-              "{}((unsigned short*)p.qscale)[{}] = lowbit::f32_to_f16({}, "
-              "lowbit::Saturation::finite);\n",
-              indent, g, sc);
-        case Dtype::bf16:
-          return fmt::format(
-              "{}((unsigned short*)p.qscale)[{}] = lowbit::f32_to_bf16({}, "
-              "lowbit::Saturation::finite);\n",
-              indent, g, sc);
-        default:
-          return fmt::format("{}((float*)p.qscale)[{}] = {};\n", indent, g, sc);
-      }
-    };
     std::string s;
     switch (q.kind) {
       case QuantShape::integer:
@@ -1066,41 +1048,69 @@ struct Gen {
           s += fmt::format("{}const float inv = lbq_inv(sc);\n", indent);
           s += fmt::format("{}const int z = lbq_int_affine_zero(lo, inv, {}, {});\n", indent,
                            q.qmin, q.qmax);
-          s += store_scale("sc");
-          if (store) s += fmt::format("{}((int*)p.qzero)[{}] = z;\n", indent, g);
         } else {
           s += fmt::format("{}const float sc = lbq_int_sym_scale(a, {}, {});\n", indent, q.qmax,
                            q.sd);
           s +=
               fmt::format("{}const float inv = lbq_inv(sc);\n{}const int z = 0;\n", indent, indent);
-          s += store_scale("sc");
         }
-        return s;
+        break;
       case QuantShape::fp8:
         s += fmt::format("{}const float sc = lbq_fp8_scale(a, {});\n", indent,
                          q.e5m2 ? "true" : "false");
         s += fmt::format("{}const float inv = lbq_inv(sc);\n{}const int z = 0;\n", indent, indent);
-        s += store_scale("sc");
-        return s;
+        break;
       case QuantShape::nv4:
         // The block's e4m3 scale code (the tensor's global scale is lbq_global: the kernel's
         // start, from the statistics kernel's absmax); the codes take inv = the block's
         // total scale and z = the bits of its reciprocal (lbq_nvfp4_code).
         s += fmt::format("{}const unsigned lbq_code = lbq_nvfp4_block_scale(a, lbq_global);\n",
                          indent);
-        if (store)
-          s += fmt::format("{}((unsigned char*)p.qscale)[{}] = (unsigned char)lbq_code;\n", indent,
-                           g);
         s += fmt::format("{}const float inv = lbq_nvfp4_total(lbq_global, lbq_code);\n", indent);
         s += fmt::format("{}const int z = __float_as_int(lbq_inv(inv));\n", indent);
-        return s;
+        break;
       default:
         s += fmt::format("{}const float inv = 0.0f;\n", indent);
         s += fmt::format("{}const int z = (int)lbq_mx_scale(a, {});\n", indent, q.emax);
-        if (store)
-          s += fmt::format("{}((unsigned char*)p.qscale)[{}] = (unsigned char)z;\n", indent, g);
-        return s;
+        break;
     }
+    return store ? s + group_stores(q, g, indent) : s;
+  }
+
+  /// Stores of group g's scale (and zero point) from group_params' variables.
+  std::string group_stores(const QuantShape& q, const std::string& g,
+                           const std::string& indent) const {
+    switch (q.kind) {
+      case QuantShape::nv4:
+        return fmt::format("{}((unsigned char*)p.qscale)[{}] = (unsigned char)lbq_code;\n", indent,
+                           g);
+      case QuantShape::mx4:
+      case QuantShape::mx8:
+        return fmt::format("{}((unsigned char*)p.qscale)[{}] = (unsigned char)z;\n", indent, g);
+      default:
+        break;
+    }
+    const Dtype sdt = p.scheme.is_integer() ? p.scheme.scale_dtype : Dtype::f32;
+    std::string s;
+    switch (sdt) {
+      case Dtype::f16:
+        s = fmt::format(
+            "{}((unsigned short*)p.qscale)[{}] = lowbit::f32_to_f16(sc, "
+            "lowbit::Saturation::finite);\n",
+            indent, g);
+        break;
+      case Dtype::bf16:
+        s = fmt::format(
+            "{}((unsigned short*)p.qscale)[{}] = lowbit::f32_to_bf16(sc, "
+            "lowbit::Saturation::finite);\n",
+            indent, g);
+        break;
+      default:
+        s = fmt::format("{}((float*)p.qscale)[{}] = sc;\n", indent, g);
+    }
+    if (q.kind == QuantShape::integer && q.affine)
+      s += fmt::format("{}((int*)p.qzero)[{}] = z;\n", indent, g);
+    return s;
   }
 
   /// The code of value `v` with parameters inv / z.
@@ -1621,42 +1631,127 @@ struct Gen {
     s += "    (void)inv; (void)z;\n";
     s += "    if (threadIdx.x == 0) {\n" + group_params(q, "row", "      ") + "    }\n";
     // Codes: a unit's G codes in one store.
+    s += fmt::format("#pragma unroll\n    for (int r = 0; r < {}; ++r) {{\n", R);
+    s += fmt::format("      const {} u = threadIdx.x + r * blockDim.x;\n      if (u < units) {{\n",
+                     idx);
+    s += unit_codes(q, g, "lbq_x[r]", "gbase + u", "        ");
+    s += "      }\n    }\n  }\n";
+    return s + hand_off() + "}\n";
+  }
+
+  /// The quantize epilogue with per-block groups, element-wise (Variant::qlane): no rows,
+  /// no shared memory, no barriers. A thread takes a unit of G elements (16-byte loads, as
+  /// the vector kernel), a group of b elements is b / G adjacent lanes (b a multiple of G,
+  /// at most a warp), whose statistics meet by xor shuffles; each lane computes its group's
+  /// parameters, the group's first lane stores them, and each lane stores its unit's codes
+  /// in one word. The loop over units is uniform across the block (inactive lanes past the
+  /// end take part in the shuffles with zero inputs; a group is wholly in or out, as the
+  /// tensor holds whole groups). The same values, statistics and formulas as quant_kernel:
+  /// the same bits.
+  std::string quant_lane_kernel(int g) const {
+    const QuantShape q = quant_shape();
+    const int lanes = q.b / g;
+    std::string s = "extern \"C\" __global__ void __launch_bounds__(" + std::to_string(kThreads) +
+                    ") lowbit_fused(const Params p) {\n";
+    s += prologue();
+    if (q.kind == QuantShape::nv4)  // the global scale, from the statistics kernel's absmax
+      s += "  const float lbq_global = lbq_nvfp4_global(__uint_as_float(*p.qamax));\n"
+           "  if (blockIdx.x == 0 && threadIdx.x == 0) *p.qglobal = lbq_global;\n";
+    s += fmt::format("  const {0} full = n / {1};\n  const int lbq_lane = threadIdx.x & 31;\n", idx,
+                     g);
+    s += "  (void)lbq_lane;\n";
+    s += fmt::format(
+        "  for ({0} u0 = ({0})blockIdx.x * blockDim.x; u0 < full; u0 += nthreads) {{\n"
+        "    const {0} g = u0 + threadIdx.x;\n    const bool act = g < full;\n",
+        idx);
+    for (size_t k = 0; k < ni; ++k) {
+      if (v.cls[k] != Layout::Class::full) continue;
+      const int vk = vecs(p.input_dtypes[k], g);
+      s += fmt::format(
+          "    uint4 r{0}[{1}];\n#pragma unroll\n    for (int w = 0; w < {1}; ++w) r{0}[w] = act ? "
+          "lbrt::ldcs(p.in[{0}], g * {1} + w) : make_uint4(0u, 0u, 0u, 0u);\n",
+          k, vk);
+    }
+    s += output_words(g, "    ");
+    s += fmt::format("    float lbq_x[{}];\n", g);
+    s += "    float lbq_a = 0.0f, lbq_lo = 0.0f, lbq_hi = 0.0f;\n";
+    s += fmt::format("#pragma unroll\n    for (int j = 0; j < {}; ++j) {{\n", g);
+    for (size_t k = 0; k < ni; ++k) {
+      if (v.cls[k] != Layout::Class::full) continue;
+      const Dtype d = p.input_dtypes[k];
+      s += fmt::format("      const {} x{} = {};\n", num_type(input_num(k)), k,
+                       decode(d, lane(d, fmt::format("r{}", k), "j", g, false)));
+    }
+    s += declare_outputs("      ") + "      " + eval_call() + "\n";
+    s += put_outputs(g, false, "      ");
+    s += fmt::format("      const float v = {};\n      lbq_x[j] = v;\n",
+                     quant_value(fmt::format("y{}", p.quantized_output)));
+    s += fold_stats(q, "v", "lbq_a", "lbq_lo", "lbq_hi", "      ");
+    if (p.check_finite)
+      s += fmt::format(
+               "      if (act) {{\n        const unsigned vb = __float_as_uint(v);\n"
+               "        const {} e = g * {} + j;\n",
+               idx, g) +
+           report_non_finite("e", "        ") + "      }\n";
+    s += "    }\n";
+    s += "    if (act) {\n" + store_words(g, false, "g", "      ") + "    }\n";
+    if (lanes > 1) {  // the group's statistics across its lanes
+      s += fmt::format("#pragma unroll\n    for (int o = 1; o < {}; o <<= 1) {{\n", lanes);
+      if (q.affine)
+        s += "      const float l2 = __shfl_xor_sync(0xffffffffu, lbq_lo, o);\n"
+             "      const float h2 = __shfl_xor_sync(0xffffffffu, lbq_hi, o);\n"
+             "      lbq_lo = l2 < lbq_lo ? l2 : lbq_lo;\n      lbq_hi = h2 > lbq_hi ? h2 : "
+             "lbq_hi;\n";
+      else
+        s += "      const float a2 = __shfl_xor_sync(0xffffffffu, lbq_a, o);\n"
+             "      lbq_a = a2 > lbq_a ? a2 : lbq_a;\n";
+      s += "    }\n";
+    }
+    s += "    const float a = lbq_a, lo = lbq_lo, hi = lbq_hi;\n    (void)a; (void)lo; (void)hi;\n";
+    s += fmt::format("    const {} gi = g / {};\n", idx, lanes);
+    s += group_params(q, "gi", "    ", false) + "    (void)inv; (void)z;\n";
+    s += fmt::format("    if (act && (lbq_lane & {}) == 0) {{\n", lanes - 1) +
+         group_stores(q, "gi", "      ") + "    }\n";
+    s += "    if (act) {\n" + unit_codes(q, g, "lbq_x", "g", "      ") + "    }\n";
+    s += "  }\n";
+    return s + hand_off() + "}\n";
+  }
+
+  /// Statements storing one unit's G codes (values `x`[j], parameters inv / z) as one word at
+  /// unit index `unit` of the codes.
+  std::string unit_codes(const QuantShape& q, int g, const std::string& x, const std::string& unit,
+                         const std::string& indent) const {
     const int cbytes = q.packed ? g / 2 : g;  // bytes of a unit's codes: 2, 4, 8 or 16
     const char* ctype = cbytes == 16  ? "uint4"
                         : cbytes == 8 ? "uint2"
                         : cbytes == 4 ? "unsigned"
                                       : "unsigned short";
-    s += fmt::format("#pragma unroll\n    for (int r = 0; r < {}; ++r) {{\n", R);
-    s += fmt::format("      const {} u = threadIdx.x + r * blockDim.x;\n      if (u < units) {{\n",
-                     idx);
-    s += fmt::format("        unsigned cw[{}] = {{}};\n", std::max(1, cbytes / 4));
+    std::string s = fmt::format("{}unsigned cw[{}] = {{}};\n", indent, std::max(1, cbytes / 4));
     if (q.kind == QuantShape::fp8) {
       const char* e5 = q.e5m2 ? "true" : "false";
       s += fmt::format(
-          "#pragma unroll\n        for (int j = 0; j < {0}; j += 2) cw[j / 4] |= "
-          "lbrt::fp8x2(lbq_x[r][j] * inv, lbq_x[r][j + 1] * inv, {1}) << (8 * (j % 4));\n",
-          g, e5);
+          "#pragma unroll\n{3}for (int j = 0; j < {0}; j += 2) cw[j / 4] |= "
+          "lbrt::fp8x2({2}[j] * inv, {2}[j + 1] * inv, {1}) << (8 * (j % 4));\n",
+          g, e5, x, indent);
     } else if (q.packed) {
       s += fmt::format(
-          "#pragma unroll\n        for (int j = 0; j < {}; ++j) cw[j / 8] |= ({} & 15u) << (4 * (j "
-          "% "
+          "#pragma unroll\n{2}for (int j = 0; j < {0}; ++j) cw[j / 8] |= ({1} & 15u) << (4 * (j % "
           "8));\n",
-          g, code_of(q, "lbq_x[r][j]", "inv", "z"));
+          g, code_of(q, x + "[j]", "inv", "z"), indent);
     } else {
       s += fmt::format(
-          "#pragma unroll\n        for (int j = 0; j < {}; ++j) cw[j / 4] |= ({} & 255u) << (8 * "
-          "(j % "
+          "#pragma unroll\n{2}for (int j = 0; j < {0}; ++j) cw[j / 4] |= ({1} & 255u) << (8 * (j % "
           "4));\n",
-          g, code_of(q, "lbq_x[r][j]", "inv", "z"));
+          g, code_of(q, x + "[j]", "inv", "z"), indent);
     }
     if (cbytes == 16)
-      s += "        ((uint4*)p.qcodes)[gbase + u] = make_uint4(cw[0], cw[1], cw[2], cw[3]);\n";
+      s += fmt::format("{}((uint4*)p.qcodes)[{}] = make_uint4(cw[0], cw[1], cw[2], cw[3]);\n",
+                       indent, unit);
     else if (cbytes == 8)
-      s += "        ((uint2*)p.qcodes)[gbase + u] = make_uint2(cw[0], cw[1]);\n";
+      s += fmt::format("{}((uint2*)p.qcodes)[{}] = make_uint2(cw[0], cw[1]);\n", indent, unit);
     else
-      s += fmt::format("        (({0}*)p.qcodes)[gbase + u] = ({0})cw[0];\n", ctype);
-    s += "      }\n    }\n  }\n";
-    return s + hand_off() + "}\n";
+      s += fmt::format("{0}(({1}*)p.qcodes)[{2}] = ({1})cw[0];\n", indent, ctype, unit);
+    return s;
   }
 
   int param_bytes() const { return params_size(ni, no, nc, v); }
@@ -1704,6 +1799,8 @@ KernelSource generate_cuda(const Program& program, const Variant& variant, bool 
     s += gen.quant_stats_kernel(ks.group);
   else if (variant.quant && variant.qreg > 0)
     s += gen.quant_reg_kernel(ks.group, variant.qreg);
+  else if (variant.quant && variant.qlane)
+    s += gen.quant_lane_kernel(ks.group);
   else if (variant.quant)
     s += gen.quant_kernel(ks.group);
   else

@@ -192,6 +192,10 @@ struct Variant {
   /// into the word at Params::qamax (codegen's quant_stats_kernel); the row kernel then
   /// derives the global scale from it.
   bool qstats = false;
+  /// The quantize epilogue with per-block groups of at most a warp's units, element-wise:
+  /// a unit of G elements per thread, a group's lanes meet by shuffles (codegen's
+  /// quant_lane_kernel; launched as the vector kernels are, launch_lanes).
+  bool qlane = false;
   /// vec: inputs (bit k) of class strided read as 16-byte vectors of a contiguous last
   /// dimension broadcast over the others (a bias[N] over [M, N]): a group's offset from the
   /// collapsed extents and strides (Params ext / st), its vectors by plain cached loads.
@@ -222,7 +226,7 @@ struct KernelSource {
 /// up to 4 units per thread. 10: the epilogue records a deferred check's refusal itself;
 /// 11: the vector kernel's stores with the evict-first hint (lbrt::stcs). 12: nvfp4
 /// epilogues (the statistics kernel; Params::qamax / qglobal in every quantize epilogue).
-inline constexpr int kCodegenVersion = 12;
+inline constexpr int kCodegenVersion = 13;
 inline constexpr int kThreads = 256;
 /// The kernel of `program` for `variant` (with with_code false: only its shape fields).
 KernelSource generate_cuda(const Program& program, const Variant& variant, bool with_code = true);
@@ -364,6 +368,10 @@ inline constexpr int kQuantRegCappedUnits = 4;
 /// default they take the shared-memory row kernel, measured faster (launch.cpp). Tests turn
 /// it on to check the register-row kernel's bits.
 inline std::atomic<bool> g_quant_reg_exact{false};
+/// Whether per-block epilogues whose groups span at most a warp's units take the
+/// element-wise lane kernel (Variant::qlane; else the shared-memory row kernel). A knob for
+/// benchmarks and tests.
+inline std::atomic<bool> g_quant_lane{true};
 
 /// A kernel resolved for one program structure, variant and arch: its binary, what
 /// launching it needs, and (quantize epilogue) its occupancy once measured. Shared by every
@@ -400,8 +408,8 @@ struct PlanState {
   Layout layout;
   std::mutex mutex;
   /// [vec, strided] (+ 2: the quantize epilogue's codes in vectors; 4: its register-row
-  /// kernel), + kSlots with fast math; set once, then read-only
-  static constexpr int kSlots = 5;
+  /// kernel; 5: its lane kernel), + kSlots with fast math; set once, then read-only
+  static constexpr int kSlots = 6;
   std::shared_ptr<const ResolvedKernel> kernels[2 * kSlots];
   /// nvfp4 epilogues' statistics kernels: vec / strided, + 2 with fast math.
   std::shared_ptr<const ResolvedKernel> stats_kernels[2 * kSlots];
@@ -444,6 +452,11 @@ BroadcastInputs broadcast_inputs(const FusedDesc& d, const Layout& L);
 /// (with $LOWBIT_JIT_ARCH set, the arch needs no device either). launch.cpp.
 const ResolvedKernel& prepare_launch(const FusedDesc& d, const FusedArgs& a, const Layout& L,
                                      std::vector<unsigned char>& params);
+
+/// Launches the lane epilogue kernel (Variant::qlane) over the layout's units (launch.cpp).
+void launch_lanes(const Compiled& compiled, const KernelSource& shape,
+                  const std::vector<unsigned char>& params, const Layout& layout, int device,
+                  void* stream);
 
 /// Launches nvfp4's statistics kernel (Variant::qstats) over the layout (launch.cpp).
 void launch_stats(const Compiled& compiled, const KernelSource& shape, const Variant& variant,

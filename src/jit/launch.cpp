@@ -267,6 +267,14 @@ void launch_items(const Compiled& compiled, uint64_t items, uint64_t waves,
 
 }  // namespace
 
+void launch_lanes(const Compiled& compiled, const KernelSource& shape,
+                  const std::vector<unsigned char>& params, const Layout& layout, int device,
+                  void* stream) {
+  // A unit per thread, up to kGridWaves grids of resident blocks (as the vector kernels).
+  launch_items(compiled, static_cast<uint64_t>(layout.numel) / static_cast<uint64_t>(shape.group),
+               kGridWaves, params, device, stream);
+}
+
 void launch_stats(const Compiled& compiled, const KernelSource& shape, const Variant& variant,
                   const std::vector<unsigned char>& params, const Layout& layout, int device,
                   void* stream) {
@@ -497,6 +505,18 @@ class FusedCuda final : public Kernel<FusedOp> {
           which = 4;
         }
       }
+      // Per-block groups of at most a warp's units: the element-wise lane kernel (no rows, no
+      // shared memory), where the codes' pointer allows one store per unit.
+      if (v.vec && block && fusion::g_quant_lane.load(std::memory_order_relaxed)) {
+        const int b = d.scheme.block;
+        const int code_bytes = is_packed(d.scheme.code_dtype()) ? group / 2 : group;
+        if (b % group == 0 && b / group <= 32 && 32 % (b / group) == 0 && code_bytes >= 2 &&
+            reinterpret_cast<uintptr_t>(q.codes.data()) % static_cast<uintptr_t>(code_bytes) == 0) {
+          v.qlane = true;
+          v.qstore = false;
+          which = 5;
+        }
+      }
       if (d.fast_math) which += fusion::PlanState::kSlots;
       if (!st.kernels[which]) {
         if (st.arch.empty()) st.arch = fusion::arch_for(d.device.index);
@@ -559,10 +579,14 @@ class FusedCuda final : public Kernel<FusedOp> {
       fusion::launch_stats(*sk->compiled, sk->shape, sk->variant, params, L, d.device.index, s);
     }
     fusion::pack_params(*d.program, variant, L, a, flag_ptr, host_ptr, params, amax);
-    int blocks_per_sm = st.quant_blocks_per_sm[which];
-    fusion::launch_quant(*k->compiled, params, rows, threads, smem, d.device.index, s,
-                         &blocks_per_sm);
-    st.quant_blocks_per_sm[which] = blocks_per_sm;
+    if (variant.qlane) {
+      fusion::launch_lanes(*k->compiled, k->shape, params, L, d.device.index, s);
+    } else {
+      int blocks_per_sm = st.quant_blocks_per_sm[which];
+      fusion::launch_quant(*k->compiled, params, rows, threads, smem, d.device.index, s,
+                           &blocks_per_sm);
+      st.quant_blocks_per_sm[which] = blocks_per_sm;
+    }
     if (report) return;  // the kernel records a refusal: no wait
     if (!flag_ptr) return;
     uint64_t word = 0;

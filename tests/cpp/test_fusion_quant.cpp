@@ -540,6 +540,17 @@ std::vector<fusion::Variant> quant_variants(const FusedDesc& d) {
         sv.qstats = true;
         out.push_back(sv);
       }
+      // Per-block groups of at most a warp's units: the lane kernel (launch.cpp's rule).
+      if (v.vec && block && !qstore) {
+        const int group = fusion::generate_cuda(*d.program, v, false).group;
+        const int b = d.scheme.block;
+        const int code_bytes = is_packed(d.scheme.code_dtype()) ? group / 2 : group;
+        if (b % group == 0 && b / group <= 32 && 32 % (b / group) == 0 && code_bytes >= 2) {
+          fusion::Variant lv = v;
+          lv.qlane = true;
+          out.push_back(lv);
+        }
+      }
       // Per-row scales on whole groups: the register-row kernel too (launch.cpp takes it
       // with fast math, for rows of at most 8 groups per thread).
       if (v.vec && !block && qstore) {
@@ -776,9 +787,9 @@ TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
     const int64_t K = shape[shape.size() - 1];
     const int group = v.vec ? src.group : 1;
     const int64_t nb = d.scheme.granularity == Granularity::block ? K / d.scheme.block : 0;
-    size = v.qstats ? run(params.data(), 2, fusion::kThreads, 0u)
-                    : run(params.data(), 2, quant_threads(v, K, group),
-                          v.qreg > 0 ? 0u : static_cast<unsigned>(4 * K + 8 * nb));
+    size = v.qstats || v.qlane ? run(params.data(), 2, fusion::kThreads, 0u)
+                               : run(params.data(), 2, quant_threads(v, K, group),
+                                     v.qreg > 0 ? 0u : static_cast<unsigned>(4 * K + 8 * nb));
     param_bytes = src.param_bytes;
     ::dlclose(so);
   };
@@ -806,6 +817,7 @@ TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
         // The statistics kernel of the same path (vec / strided), then the row kernel.
         fusion::Variant sv = v;
         sv.qstore = false;
+        sv.qlane = false;
         sv.qstats = true;
         ASSERT_NE(std::find(variants.begin(), variants.end(), sv), variants.end());
         unsigned long long none[2] = {0, 0};
@@ -825,6 +837,42 @@ TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
       EXPECT_EQ(host[1], 1u) << "the hand-off raises done";
     }
   }
+  // The lane kernel over several steps of its grid (2 blocks of 256 threads: 768 bf16 units
+  // or 1536 f32 ones), the last step's lanes partly past the end.
+  int lane_runs = 0, lane_schemes = 0;
+  for (const char* text : {"int4:block32", "int4:block32:asym", "mxfp4", "nvfp4",
+                           "fp8e4m3:block128", "int8:block64:scale=bf16", "mxfp8e5m2"}) {
+    const QuantScheme scheme = QuantScheme::parse(text);
+    const Shape shape{24, 256};
+    // kind 3i: full inputs (the vector path), expressions of every form.
+    const int i = lane_schemes++;
+    const QCase c = make_case(rng, shape, i % 2 ? Dtype::f32 : Dtype::bf16, 3 * i);
+    const QuantizedTensor want = unfused(c, scheme);
+    const QuantizedTensor got = QuantizedTensor::allocate(scheme, shape);
+    const FusedDesc d = FusedDesc::make({{got.view(), c.value}});
+    for (const fusion::Variant& v : quant_variants(d)) {
+      if (!v.qlane) continue;
+      scribble(got, rng);
+      int size = 0, param_bytes = -1;
+      unsigned amax[4] = {0, 0, 0, 0};
+      if (scheme.format == QuantFormat::nvfp4) {
+        fusion::Variant sv = v;
+        sv.qlane = false;
+        sv.qstats = true;
+        unsigned long long none[2] = {0, 0};
+        emulate(d, sv, shape, none, nullptr, size, param_bytes, amax);
+        if (HasFatalFailure()) return;
+      }
+      unsigned long long flag[2] = {0, 0}, host[2] = {0, 0};
+      emulate(d, v, shape, flag, host, size, param_bytes, amax);
+      if (HasFatalFailure()) return;
+      EXPECT_EQ(size, param_bytes);
+      ASSERT_EQ(same_parts(want.view(), got.view()), "") << text << " variant " << v.key();
+      EXPECT_EQ(host[0], 0u) << "the hand-off writes the (clean) flag";
+      ++lane_runs;
+    }
+  }
+  EXPECT_EQ(lane_runs, 7) << "every scheme takes the lane kernel";
   // Other outputs beside the codes (a bf16 one, maybe transposed, and an f32 one): pass 1
   // of every row kernel stores them, in 16-byte words (the vector and register-row
   // kernels) or element by element (the strided kernel); the codes are unchanged.
@@ -861,6 +909,7 @@ TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
         if (scheme.format == QuantFormat::nvfp4) {
           fusion::Variant sv = v;
           sv.qstore = false;
+          sv.qlane = false;
           sv.qstats = true;
           unsigned long long none[2] = {0, 0};
           emulate(d, sv, shape, none, nullptr, size, param_bytes, amax);
@@ -882,8 +931,8 @@ TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
   // A NaN, then an Inf in a later row: every variant's flag names the NaN (the shared-memory
   // kernel finds it by its row search, the others per element), through the hand-off and
   // in the device word where there is none.
-  {
-    const QuantScheme scheme = QuantScheme::parse("fp8e4m3:token");
+  for (const char* text : {"fp8e4m3:token", "mxfp4"}) {
+    const QuantScheme scheme = QuantScheme::parse(text);
     const Shape shape{4, 192};
     Tensor x = Tensor::empty(shape, Dtype::f32);
     for (int64_t i = 0; i < x.numel(); ++i)
@@ -952,6 +1001,7 @@ TEST(FusionQuantCuda, MatchesTheCpuEpilogue) {
   for (const bool reg : {false, true}) {
     fusion::g_quant_reg_exact.store(reg);
     fusion::g_quant_reg_units.store(reg ? units : 0);
+    fusion::g_quant_lane.store(reg);  // per-block groups: the lane kernel with the second pass
     for (const char* text : kSchemes) {
       const QuantScheme scheme = QuantScheme::parse(text);
       for (int k = 0; k < 4; ++k) {
@@ -995,9 +1045,10 @@ TEST(FusionQuantCuda, MatchesTheCpuEpilogue) {
   }
   fusion::g_quant_reg_exact.store(false);
   fusion::g_quant_reg_units.store(units);
+  fusion::g_quant_lane.store(true);
   std::printf(
       "cuda: %d quantize-epilogue cases bit-identical to the cpu epilogue (half of them with "
-      "the register-row kernel allowed)\n",
+      "the register-row and lane kernels allowed)\n",
       cases);
 }
 
