@@ -30,8 +30,8 @@
   CASE(exp, 1, lb_exp(x))                                                                     \
   CASE(log, 1, lb_log(x))                                                                     \
   CASE(tanh, 1, lb_tanh(x))                                                                   \
-  CASE(sigmoid, 1, F(1.0f) / lb_exp_n1p(hn::Neg(x)))                                          \
-  CASE(silu, 1, x / lb_exp_n1p(hn::Neg(x)))                                                   \
+  CASE(sigmoid, 1, F(1.0f) / lb_exp_n1p_neg(x))                                               \
+  CASE(silu, 1, x / lb_exp_n1p_neg(x))                                                        \
   CASE(softplus, 1, hn::IfThenElse(x > F(20.0f), x, lb_log1p_pos(lb_exp(x))))                 \
   CASE(gelu, 1,                                                                               \
        (x * F(0.5f)) * (F(1.0f) + lb_erf(x * F(static_cast<float>(0.70710678118654752440))))) \

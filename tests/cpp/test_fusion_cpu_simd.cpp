@@ -187,6 +187,28 @@ TEST(FusionCpuSimd, EveryVectorStepGivesTheScalarFormulasBits) {
   EXPECT_FALSE(s.step(f64_add, &o, x.data(), x.data(), nullptr, 1));
 }
 
+// sigmoid / silu take e^-x scaled by vscalefps on AVX-512 with the clamp mirrored
+// (lb_exp_n1p_neg): every f32 value where the scaling meets the clamps, overflows or
+// underflows (|x| in [64, 128]) and near zero (|x| below 2^-20) against the scalar formulas.
+TEST(FusionCpuSimd, SigmoidAndSiluAtTheEndsOfTheExponentRange) {
+  SimdOn restore;
+  const fusion::SimdSteps s = steps_or_skip();
+  if (!s.step) GTEST_SKIP() << "SKIPPED: this CPU has no x86 target with FMA (scalar loops only)";
+  std::vector<float> x;
+  for (uint32_t b = 0x42800000u; b < 0x43000000u; ++b)  // [64, 128)
+    for (uint32_t sign : {0u, 0x80000000u}) x.push_back(std::bit_cast<float>(b | sign));
+  for (uint32_t b = 0; b < 0x35800000u; b += 97)  // [0, 2^-20), strided
+    for (uint32_t sign : {0u, 0x80000000u}) x.push_back(std::bit_cast<float>(b | sign));
+  const std::vector<float> none(x.size(), 0.0f);
+  check_op(
+      s, f32_instr(Op::sigmoid), x, none, none, [](float a, float, float) { return lb_sigmoid(a); },
+      "sigmoid");
+  check_op(
+      s, f32_instr(Op::silu), x, none, none, [](float a, float, float) { return lb_silu(a); },
+      "silu");
+  std::printf("sigmoid and silu: %zu values each\n", x.size());
+}
+
 TEST(FusionCpuSimd, Bf16LoadAndStoreMatchNumeric) {
   SimdOn restore;
   const fusion::SimdSteps s = steps_or_skip();
