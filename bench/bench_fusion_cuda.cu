@@ -354,8 +354,8 @@ int main(int argc, char** argv) {
     // The quantize epilogue: silu(a) * b quantized per token (rows of 8192), scales computed
     // in the same kernel. Bytes: two bf16 inputs, the codes and the f32 row scales.
     auto quant_row = [&](const std::string& name, const char* scheme_text, bool check,
-                         bool fast = false, bool deferred = false) {
-      const int64_t cols = 8192, rows_n = n / cols;
+                         bool fast = false, bool deferred = false, int64_t cols = 8192) {
+      const int64_t rows_n = n / cols;
       const lowbit::QuantScheme scheme = lowbit::QuantScheme::parse(scheme_text);
       const lowbit::QuantizedTensor q =
           lowbit::QuantizedTensor::allocate(scheme, {rows_n, cols}, gpu);
@@ -460,6 +460,18 @@ int main(int argc, char** argv) {
       lowbit::fusion::g_quant_reg_exact.store(false);
     }
     quant_row("silu(a) * b -> int8:token fused, check off", "int8:token", false);
+    // Rows longer than shared memory holds: the recomputing row kernel (pass 2 reads the row
+    // again, mostly from L2).
+    quant_row("silu(a) * b -> fp8e4m3:token fused, check off, rows of 65536 (recomputing)",
+              "fp8e4m3:token", false, false, false, 65536);
+    quant_row("silu(a) * b -> fp8e4m3:token fused, finiteness check, rows of 65536",
+              "fp8e4m3:token", true, false, false, 65536);
+    {  // The same kernel on rows of 8192 (which fit in shared memory)
+      lowbit::fusion::g_quant_recompute_always.store(true);
+      quant_row("silu(a) * b -> fp8e4m3:token fused, check off, recomputing row kernel",
+                "fp8e4m3:token", false);
+      lowbit::fusion::g_quant_recompute_always.store(false);
+    }
     quant_row("silu(a) * b -> mxfp4 fused, check off", "mxfp4", false);
     quant_row("silu(a) * b -> mxfp4 fused, finiteness check", "mxfp4", true);
     quant_row("silu(a) * b -> int4:block32 fused, check off", "int4:block32", false);

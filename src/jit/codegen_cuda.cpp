@@ -1252,8 +1252,11 @@ struct Gen {
     std::string s = "extern \"C\" __global__ void __launch_bounds__(" + std::to_string(kThreads) +
                     ") lowbit_fused(const Params p) {\n";
     s += prologue();
-    s += "  LB_DYN_SMEM(float, lbq_v);\n  __shared__ float lbq_red[3][32];\n"
-         "  __shared__ float lbq_row[3];\n";
+    // Variant::qrecompute (per-row groups, vec): no row in shared memory; pass 2 evaluates
+    // the row again.
+    const bool recompute = v.qrecompute && v.vec && !q.block;
+    if (!recompute) s += "  LB_DYN_SMEM(float, lbq_v);\n";
+    s += "  __shared__ float lbq_red[3][32];\n  __shared__ float lbq_row[3];\n";
     if (q.kind == QuantShape::nv4)  // the global scale, from the statistics kernel's absmax
       s += "  const float lbq_global = lbq_nvfp4_global(__uint_as_float(*p.qamax));\n"
            "  if (blockIdx.x == 0 && threadIdx.x == 0) *p.qglobal = lbq_global;\n";
@@ -1271,7 +1274,7 @@ struct Gen {
         "    const {0} base = row * K;\n",
         idx);
     if (!q.block) s += "    float lbq_a = 0.0f, lbq_lo = 0.0f, lbq_hi = 0.0f;\n";
-    const bool row_check = p.check_finite && !q.block && !q.affine;
+    const bool row_check = p.check_finite && !q.block && !q.affine && !recompute;
     if (row_check) s += "    unsigned lbq_ab = 0u;\n";
     // Pass 1: the values into shared memory.
     if (v.vec) {
@@ -1302,14 +1305,17 @@ struct Gen {
       s += fmt::format("      if (u + blockDim.x < K / {}) {{\n", g);
       s += load("u + blockDim.x", "        ");
       s += "      }\n";
-      if (g % 4 == 0 && !rolled(g)) s += fmt::format("      float lbq_u[{}];\n", g);
+      const bool units = g % 4 == 0 && !rolled(g) && !recompute;
+      if (units) s += fmt::format("      float lbq_u[{}];\n", g);
       s += output_words(g, "      ");  // the other outputs, stored from here
       s += fmt::format("#pragma unroll{}\n      for (int j = 0; j < {}; ++j) {{\n",
                        rolled(g) ? " 1" : "", g);
       s += group_element(g, "        ");
       s += put_outputs(g, rolled(g), "        ");
       s += fmt::format("        const {} e = g * {} + j;\n        (void)e;\n", idx, g);
-      if (g % 4 == 0 && !rolled(g)) {
+      if (recompute) {
+        s += quant_element(q, "", "        ") + "      }\n";
+      } else if (units) {
         // The unit's values leave in float4 stores.
         s += quant_element(q, "", "        ", row_check);
         s += "        lbq_u[j] = v;\n      }\n";
@@ -1389,7 +1395,30 @@ struct Gen {
           "lbq_pz[({1}) / {2}];\n{0}(void)inv; (void)z;\n",
           indent, j, q.b);
     };
-    if (v.qstore) {
+    if (recompute) {
+      // The row's units evaluated again (their loads mostly from L2, just read by pass 1),
+      // a unit's G codes in one store.
+      s += fmt::format(
+          "    for ({0} u = threadIdx.x; u < K / {1}; u += blockDim.x) {{\n"
+          "      const {0} g = base / {1} + u;\n",
+          idx, g);
+      for (size_t k = 0; k < ni; ++k) {
+        if (v.cls[k] != Layout::Class::full) continue;
+        const int vk = vecs(p.input_dtypes[k], g);
+        s += fmt::format(
+            "      uint4 r{0}[{1}];\n#pragma unroll\n      for (int w = 0; w < {1}; ++w) r{0}[w] = "
+            "((const uint4*)p.in[{0}])[g * {1} + w];\n",
+            k, vk);
+      }
+      s += fmt::format("      float lbq_x[{}];\n", g);
+      s += fmt::format("#pragma unroll{}\n      for (int j = 0; j < {}; ++j) {{\n",
+                       rolled(g) ? " 1" : "", g);
+      s += group_element(g, "        ");
+      s += fmt::format("        lbq_x[j] = {};\n      }}\n",
+                       quant_value(fmt::format("y{}", p.quantized_output)));
+      s += params_at("0", "      ");
+      s += unit_codes(q, g, "lbq_x", "g", "      ") + "    }\n";
+    } else if (v.qstore) {
       // Units of 4 elements: a float4 from shared memory (consecutive threads read
       // consecutive 16 bytes: no bank conflicts) and one 4-byte (8-bit codes) or 2-byte
       // (4-bit codes) store, coalesced across the warp.

@@ -749,11 +749,12 @@ std::string Variant::key() const {
   if (cols) s += fmt::format("cols{:x}", cols);
   if (pair) s += "pair";
   if (quant)
-    s += qstats     ? "qstats"
-         : qlane    ? "quantl"
-         : qreg > 0 ? fmt::format("quantr{}", qreg)
-         : qstore   ? "quantv"
-                    : "quant";
+    s += qstats       ? "qstats"
+         : qlane      ? "quantl"
+         : qrecompute ? "quantc"
+         : qreg > 0   ? fmt::format("quantr{}", qreg)
+         : qstore     ? "quantv"
+                      : "quant";
   if (fast) s += "fast";
   s += ":";
   for (Layout::Class c : cls)

@@ -196,6 +196,10 @@ struct Variant {
   /// a unit of G elements per thread, a group's lanes meet by shuffles (codegen's
   /// quant_lane_kernel; launched as the vector kernels are, launch_lanes).
   bool qlane = false;
+  /// The quantize epilogue with per-row groups over rows longer than shared memory holds
+  /// (vec only): the shared-memory kernel's shape, with the row's values not kept; its
+  /// second pass evaluates the row again (codegen's quant_kernel).
+  bool qrecompute = false;
   /// vec: inputs (bit k) of class strided read as 16-byte vectors of a contiguous last
   /// dimension broadcast over the others (a bias[N] over [M, N]): a group's offset from the
   /// collapsed extents and strides (Params ext / st), its vectors by plain cached loads.
@@ -372,6 +376,9 @@ inline std::atomic<bool> g_quant_reg_exact{false};
 /// element-wise lane kernel (Variant::qlane; else the shared-memory row kernel). A knob for
 /// benchmarks and tests.
 inline std::atomic<bool> g_quant_lane{true};
+/// Whether per-row epilogues take the recomputing row kernel (Variant::qrecompute) at any
+/// row length, not only where a row outgrows shared memory. A knob for tests and benchmarks.
+inline std::atomic<bool> g_quant_recompute_always{false};
 
 /// A kernel resolved for one program structure, variant and arch: its binary, what
 /// launching it needs, and (quantize epilogue) its occupancy once measured. Shared by every
@@ -408,8 +415,9 @@ struct PlanState {
   Layout layout;
   std::mutex mutex;
   /// [vec, strided] (+ 2: the quantize epilogue's codes in vectors; 4: its register-row
-  /// kernel; 5: its lane kernel), + kSlots with fast math; set once, then read-only
-  static constexpr int kSlots = 6;
+  /// kernel; 5: its lane kernel; 6: its recomputing row kernel), + kSlots with fast math;
+  /// set once, then read-only
+  static constexpr int kSlots = 7;
   std::shared_ptr<const ResolvedKernel> kernels[2 * kSlots];
   /// nvfp4 epilogues' statistics kernels: vec / strided, + 2 with fast math.
   std::shared_ptr<const ResolvedKernel> stats_kernels[2 * kSlots];

@@ -517,6 +517,20 @@ class FusedCuda final : public Kernel<FusedOp> {
           which = 5;
         }
       }
+      // Per-row groups over rows longer than shared memory holds (4 bytes per value): the
+      // recomputing row kernel, whose second pass evaluates the row again (vec, and the
+      // codes' pointer allowing one store per unit).
+      if (v.vec && !block && v.qreg == 0) {
+        const int code_bytes = is_packed(d.scheme.code_dtype()) ? group / 2 : group;
+        const bool long_rows = 4 * K > fusion::device_info(d.device.index).smem_optin - 1024;
+        if ((long_rows || fusion::g_quant_recompute_always.load(std::memory_order_relaxed)) &&
+            code_bytes >= 2 &&
+            reinterpret_cast<uintptr_t>(q.codes.data()) % static_cast<uintptr_t>(code_bytes) == 0) {
+          v.qrecompute = true;
+          v.qstore = false;
+          which = 6;
+        }
+      }
       if (d.fast_math) which += fusion::PlanState::kSlots;
       if (!st.kernels[which]) {
         if (st.arch.empty()) st.arch = fusion::arch_for(d.device.index);
@@ -531,7 +545,8 @@ class FusedCuda final : public Kernel<FusedOp> {
       threads =
           static_cast<unsigned>(std::clamp<int64_t>((units + 31) / 32 * 32, 32, fusion::kThreads));
     const int64_t nb = block ? K / d.scheme.block : 0;
-    const unsigned smem = variant.qreg > 0 ? 0u : static_cast<unsigned>(4 * K + 8 * nb);
+    const unsigned smem =
+        variant.qreg > 0 || variant.qrecompute ? 0u : static_cast<unsigned>(4 * K + 8 * nb);
     auto s = static_cast<cudaStream_t>(stream.native_handle());
     std::optional<Buffer> flag;  // per call, where the thread's persistent words are missing
     // With a CheckReport: the report's flag word (zero between calls: the kernel's last block

@@ -540,6 +540,13 @@ std::vector<fusion::Variant> quant_variants(const FusedDesc& d) {
         sv.qstats = true;
         out.push_back(sv);
       }
+      // Per-row groups: the recomputing row kernel (launch.cpp takes it for rows longer
+      // than shared memory holds).
+      if (v.vec && !block && !qstore) {
+        fusion::Variant rv = v;
+        rv.qrecompute = true;
+        out.push_back(rv);
+      }
       // Per-block groups of at most a warp's units: the lane kernel (launch.cpp's rule).
       if (v.vec && block && !qstore) {
         const int group = fusion::generate_cuda(*d.program, v, false).group;
@@ -787,9 +794,10 @@ TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
     const int64_t K = shape[shape.size() - 1];
     const int group = v.vec ? src.group : 1;
     const int64_t nb = d.scheme.granularity == Granularity::block ? K / d.scheme.block : 0;
-    size = v.qstats || v.qlane ? run(params.data(), 2, fusion::kThreads, 0u)
-                               : run(params.data(), 2, quant_threads(v, K, group),
-                                     v.qreg > 0 ? 0u : static_cast<unsigned>(4 * K + 8 * nb));
+    size = v.qstats || v.qlane
+               ? run(params.data(), 2, fusion::kThreads, 0u)
+               : run(params.data(), 2, quant_threads(v, K, group),
+                     v.qreg > 0 || v.qrecompute ? 0u : static_cast<unsigned>(4 * K + 8 * nb));
     param_bytes = src.param_bytes;
     ::dlclose(so);
   };
@@ -1107,6 +1115,61 @@ TEST(FusionQuantCuda, OtherOutputsBesideTheCodes) {
   fusion::g_quant_reg_exact.store(false);
   fusion::g_quant_reg_units.store(units);
   std::printf("cuda: %d quantize-epilogue calls with other outputs match the cpu\n", cases);
+}
+
+TEST(FusionQuantCuda, RowsLongerThanSharedMemory) {
+  LOWBIT_REQUIRE_CUDA();
+  const Device gpu = Device::cuda(0);
+  std::mt19937_64 rng(31);
+  // 70000 values of 4 bytes: more than the 227 KiB a block may have on an H100, so per-row
+  // scales take the recomputing row kernel.
+  const Shape shape{3, 70000};
+  int cases = 0;
+  for (const char* text :
+       {"fp8e4m3:token", "int8:token", "int8:token:asym", "int4:token", "uint4:token:asym"}) {
+    const QuantScheme scheme = QuantScheme::parse(text);
+    for (const bool other : {false, true}) {
+      const QCase c = make_case(rng, shape, Dtype::bf16, 3 * cases);  // full inputs: vec
+      const QuantizedTensor want = unfused(c, scheme);
+      const Tensor da = testing::to_device(c.inputs[0], gpu);
+      const Tensor db = testing::to_device(c.inputs[1], gpu);
+      std::string unused;
+      const Expr dvalue = case_expr(da.view(), db.view(), 3 * cases, &unused);
+      const QuantizedTensor dq = QuantizedTensor::allocate(scheme, shape, gpu);
+      Tensor kept;
+      try {
+        if (other) {  // and another output beside the codes
+          kept = poisoned(shape, Dtype::bf16, gpu);
+          fuse({{kept, dvalue}, {dq.view(), dvalue}});
+        } else {
+          fuse({{dq.view(), dvalue}});
+        }
+        Stream::default_for(gpu).synchronize();
+      } catch (const Error& e) {
+        FAIL() << text << ": " << e.what();
+      }
+      ASSERT_EQ(same_parts(want.view(), HostParts(dq).view), "") << text << " " << c.text;
+      if (other) {
+        Tensor y = Tensor::empty(shape, Dtype::bf16);
+        fuse({{y, c.value}});
+        ASSERT_EQ(testing::compare_bytes(y, testing::to_host(kept)), "") << text;
+      }
+      ++cases;
+    }
+  }
+  // A NaN in the last row is named.
+  Tensor a = Tensor::empty(shape, Dtype::f32);
+  for (int64_t i = 0; i < a.numel(); ++i) a.data_as<float>()[i] = 1.0f + static_cast<float>(i % 7);
+  a.data_as<float>()[2 * 70000 + 68001] = -1.0f;  // log: NaN
+  const Tensor da = testing::to_device(a, gpu);
+  const QuantizedTensor q =
+      QuantizedTensor::allocate(QuantScheme::parse("fp8e4m3:token"), shape, gpu);
+  testing::expect_error(
+      [&] {
+        fuse({{q.view(), fusion::log(fusion::input(da))}});
+      },
+      ErrorCode::invalid_argument, "[2, 68001] (flat index 208001) is NaN");
+  std::printf("cuda: %d epilogue calls on rows of 70000 match the cpu\n", cases);
 }
 
 TEST(FusionQuantCuda, NonFiniteValuesAreRefused) {
