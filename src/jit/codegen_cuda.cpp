@@ -1249,9 +1249,8 @@ struct Gen {
 
   std::string quant_kernel(int g) const {
     const QuantShape q = quant_shape();
-    const int max_threads = v.qrecompute ? kRecomputeThreads : kThreads;
-    std::string s = "extern \"C\" __global__ void __launch_bounds__(" +
-                    std::to_string(max_threads) + ") lowbit_fused(const Params p) {\n";
+    std::string s = "extern \"C\" __global__ void __launch_bounds__(" + std::to_string(kThreads) +
+                    ") lowbit_fused(const Params p) {\n";
     s += prologue();
     // Variant::qrecompute (per-row groups, vec): no row in shared memory; pass 2 evaluates
     // the row again.
@@ -1690,42 +1689,18 @@ struct Gen {
     s += fmt::format("  const {0} full = n / {1};\n  const int lbq_lane = threadIdx.x & 31;\n", idx,
                      g);
     s += "  (void)lbq_lane;\n";
-    // The next unit's loads are issued before the current one is computed (q<k>, copied
-    // to r<k>), as the vector kernel does.
-    auto load = [&](const std::string& unit, const std::string& indent) {
-      std::string l;
-      for (size_t k = 0; k < ni; ++k) {
-        if (v.cls[k] != Layout::Class::full) continue;
-        const int vk = vecs(p.input_dtypes[k], g);
-        l += fmt::format(
-            "#pragma unroll\n{3}for (int w = 0; w < {1}; ++w) q{0}[w] = lbrt::ldcs(p.in[{0}], "
-            "({2}) * {1} + w);\n",
-            k, vk, unit, indent);
-      }
-      return l;
-    };
-    for (size_t k = 0; k < ni; ++k)
-      if (v.cls[k] == Layout::Class::full)
-        s += fmt::format(
-            "  uint4 q{0}[{1}];\n#pragma unroll\n  for (int w = 0; w < {1}; ++w) q{0}[w] = "
-            "make_uint4(0u, 0u, 0u, 0u);\n",
-            k, vecs(p.input_dtypes[k], g));
-    s += fmt::format("  {{\n    const {0} g = ({0})blockIdx.x * blockDim.x + threadIdx.x;\n", idx);
-    s += "    if (g < full) {\n" + load("g", "      ") + "    }\n  }\n";
     s += fmt::format(
         "  for ({0} u0 = ({0})blockIdx.x * blockDim.x; u0 < full; u0 += nthreads) {{\n"
         "    const {0} g = u0 + threadIdx.x;\n    const bool act = g < full;\n",
         idx);
-    s += take_vectors(g, "    ");
-    s += "    if (g + nthreads < full) {\n" + load("g + nthreads", "      ") + "    }\n";
-    s += "    if (!act) {\n";  // lanes past the end: zero inputs
-    for (size_t k = 0; k < ni; ++k)
-      if (v.cls[k] == Layout::Class::full)
-        s += fmt::format(
-            "#pragma unroll\n      for (int w = 0; w < {1}; ++w) r{0}[w] = make_uint4(0u, 0u, 0u, "
-            "0u);\n",
-            k, vecs(p.input_dtypes[k], g));
-    s += "    }\n";
+    for (size_t k = 0; k < ni; ++k) {
+      if (v.cls[k] != Layout::Class::full) continue;
+      const int vk = vecs(p.input_dtypes[k], g);
+      s += fmt::format(
+          "    uint4 r{0}[{1}];\n#pragma unroll\n    for (int w = 0; w < {1}; ++w) r{0}[w] = act ? "
+          "lbrt::ldcs(p.in[{0}], g * {1} + w) : make_uint4(0u, 0u, 0u, 0u);\n",
+          k, vk);
+    }
     s += output_words(g, "    ");
     s += fmt::format("    float lbq_x[{}];\n", g);
     s += "    float lbq_a = 0.0f, lbq_lo = 0.0f, lbq_hi = 0.0f;\n";

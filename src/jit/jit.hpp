@@ -232,9 +232,6 @@ struct KernelSource {
 /// epilogues (the statistics kernel; Params::qamax / qglobal in every quantize epilogue).
 inline constexpr int kCodegenVersion = 13;
 inline constexpr int kThreads = 256;
-/// Threads per block of the recomputing row kernel (Variant::qrecompute): rows of more than
-/// 57,000 values; fewer rows in flight, so that pass 2 finds more of its row in L2.
-inline constexpr int kRecomputeThreads = 1024;
 /// The kernel of `program` for `variant` (with with_code false: only its shape fields).
 KernelSource generate_cuda(const Program& program, const Variant& variant, bool with_code = true);
 /// Fills the kernel's Params struct for one call into `buf` (resized; a buffer reused

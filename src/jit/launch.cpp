@@ -542,9 +542,8 @@ class FusedCuda final : public Kernel<FusedOp> {
     const int group = variant.vec ? k->shape.group : 1;
     const int64_t units = K / group;
     if (variant.qreg == 0)
-      threads = static_cast<unsigned>(
-          std::clamp<int64_t>((units + 31) / 32 * 32, 32,
-                              variant.qrecompute ? fusion::kRecomputeThreads : fusion::kThreads));
+      threads =
+          static_cast<unsigned>(std::clamp<int64_t>((units + 31) / 32 * 32, 32, fusion::kThreads));
     const int64_t nb = block ? K / d.scheme.block : 0;
     const unsigned smem =
         variant.qreg > 0 || variant.qrecompute ? 0u : static_cast<unsigned>(4 * K + 8 * nb);

@@ -573,8 +573,7 @@ std::vector<fusion::Variant> quant_variants(const FusedDesc& d) {
 unsigned quant_threads(const fusion::Variant& v, int64_t K, int group) {
   const int64_t units = K / group;
   if (v.qreg > 0) return static_cast<unsigned>(((units + v.qreg - 1) / v.qreg + 31) / 32 * 32);
-  return static_cast<unsigned>(std::clamp<int64_t>(
-      (units + 31) / 32 * 32, 32, v.qrecompute ? fusion::kRecomputeThreads : fusion::kThreads));
+  return static_cast<unsigned>(std::clamp<int64_t>((units + 31) / 32 * 32, 32, fusion::kThreads));
 }
 
 TEST(FusionQuantNvrtc, RowKernelsCompileForSm90a) {
