@@ -99,27 +99,19 @@ def main():
     # fp8 codes, f32 row scales).
     a2, b2 = a.view(-1, 8192), b.view(-1, 8192)
     qbytes = 2 * 2 * N + N + 4 * (N // 8192)
-    for label, fn in (("torch eager silu(a) * b -> fp8e4m3:token", gated_fp8),
-                      ("torch.compile silu(a) * b -> fp8e4m3:token", torch.compile(gated_fp8))):
-        t0 = time.perf_counter()
-        fn(a2, b2)
-        torch.cuda.synchronize()
-        if label.startswith("torch.compile"):
-            notes.append(f"{label}: first call (compile) {time.perf_counter() - t0:.1f} s")
-        ms = bench(lambda: fn(a2, b2))
-        rows.append((label, N, ms, qbytes / ms / 1e6))
     # The same with h = a + b kept beside the codes (bytes: h's bf16 written too).
     hbytes = qbytes + 2 * N
-    for label, fn in (("torch eager h = a + b, silu(h) -> fp8e4m3:token", residual_fp8),
-                      ("torch.compile h = a + b, silu(h) -> fp8e4m3:token",
-                       torch.compile(residual_fp8))):
-        t0 = time.perf_counter()
-        fn(a2, b2)
-        torch.cuda.synchronize()
-        if label.startswith("torch.compile"):
-            notes.append(f"{label}: first call (compile) {time.perf_counter() - t0:.1f} s")
-        ms = bench(lambda: fn(a2, b2))
-        rows.append((label, N, ms, hbytes / ms / 1e6))
+    for name, fn, nb in (("silu(a) * b -> fp8e4m3:token", gated_fp8, qbytes),
+                         ("h = a + b, silu(h) -> fp8e4m3:token", residual_fp8, hbytes)):
+        compiled = torch.compile(fn)
+        for label, f in ((f"torch eager {name}", fn), (f"torch.compile {name}", compiled)):
+            t0 = time.perf_counter()
+            f(a2, b2)
+            torch.cuda.synchronize()
+            if label.startswith("torch.compile"):
+                notes.append(f"{label}: first call (compile) {time.perf_counter() - t0:.1f} s")
+            ms = bench(lambda: f(a2, b2))
+            rows.append((label, N, ms, nb / ms / 1e6))
 
     print(f"\nPyTorch {torch.__version__} element-wise chains on {torch.cuda.get_device_name()}, "
           f"{N} bf16 elements")

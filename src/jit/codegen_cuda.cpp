@@ -1168,6 +1168,21 @@ struct Gen {
         indent, e);
   }
 
+  /// The statistics lbq_a (or lbq_lo / lbq_hi) folded across lanes by xor shuffles, over the
+  /// offsets `loop` (a for-header opening a block) runs through.
+  static std::string xor_fold(const QuantShape& q, const std::string& loop) {
+    std::string s = loop;
+    if (q.affine)
+      s += "      const float l2 = __shfl_xor_sync(0xffffffffu, lbq_lo, o);\n"
+           "      const float h2 = __shfl_xor_sync(0xffffffffu, lbq_hi, o);\n"
+           "      lbq_lo = l2 < lbq_lo ? l2 : lbq_lo;\n      lbq_hi = h2 > lbq_hi ? h2 : "
+           "lbq_hi;\n";
+    else
+      s += "      const float a2 = __shfl_xor_sync(0xffffffffu, lbq_a, o);\n"
+           "      lbq_a = a2 > lbq_a ? a2 : lbq_a;\n";
+    return s + "    }\n";
+  }
+
   /// Per-row groups: each warp's share of the row's statistics into red[0..2][warp] (`red`
   /// the array expression), then the block's barrier. row_check: the magnitude bits lbq_ab
   /// (a symmetric row's absmax, the finiteness test riding on it) into red[0], by one
@@ -1179,16 +1194,7 @@ struct Gen {
           "    if (lbq_lane == 0) {}[0][lbq_warp] = __uint_as_float(lbq_ab);\n"
           "    __syncthreads();\n",
           red);
-    std::string s = "    for (int o = 16; o > 0; o >>= 1) {\n";
-    if (q.affine)
-      s += "      const float l2 = __shfl_xor_sync(0xffffffffu, lbq_lo, o);\n"
-           "      const float h2 = __shfl_xor_sync(0xffffffffu, lbq_hi, o);\n"
-           "      lbq_lo = l2 < lbq_lo ? l2 : lbq_lo;\n      lbq_hi = h2 > lbq_hi ? h2 : "
-           "lbq_hi;\n";
-    else
-      s += "      const float a2 = __shfl_xor_sync(0xffffffffu, lbq_a, o);\n"
-           "      lbq_a = a2 > lbq_a ? a2 : lbq_a;\n";
-    s += "    }\n";
+    std::string s = xor_fold(q, "    for (int o = 16; o > 0; o >>= 1) {\n");
     s += fmt::format(
         "    if (lbq_lane == 0) {{\n      {0}[0][lbq_warp] = lbq_a;\n"
         "      {0}[1][lbq_warp] = lbq_lo;\n      {0}[2][lbq_warp] = lbq_hi;\n    }}\n"
@@ -1724,18 +1730,9 @@ struct Gen {
            report_non_finite("e", "        ") + "      }\n";
     s += "    }\n";
     s += "    if (act) {\n" + store_words(g, false, "g", "      ") + "    }\n";
-    if (lanes > 1) {  // the group's statistics across its lanes
-      s += fmt::format("#pragma unroll\n    for (int o = 1; o < {}; o <<= 1) {{\n", lanes);
-      if (q.affine)
-        s += "      const float l2 = __shfl_xor_sync(0xffffffffu, lbq_lo, o);\n"
-             "      const float h2 = __shfl_xor_sync(0xffffffffu, lbq_hi, o);\n"
-             "      lbq_lo = l2 < lbq_lo ? l2 : lbq_lo;\n      lbq_hi = h2 > lbq_hi ? h2 : "
-             "lbq_hi;\n";
-      else
-        s += "      const float a2 = __shfl_xor_sync(0xffffffffu, lbq_a, o);\n"
-             "      lbq_a = a2 > lbq_a ? a2 : lbq_a;\n";
-      s += "    }\n";
-    }
+    if (lanes > 1)  // the group's statistics across its lanes
+      s += xor_fold(
+          q, fmt::format("#pragma unroll\n    for (int o = 1; o < {}; o <<= 1) {{\n", lanes));
     s += "    const float a = lbq_a, lo = lbq_lo, hi = lbq_hi;\n    (void)a; (void)lo; (void)hi;\n";
     s += fmt::format("    const {} gi = g / {};\n", idx, lanes);
     s += group_params(q, "gi", "    ", false) + "    (void)inv; (void)z;\n";
