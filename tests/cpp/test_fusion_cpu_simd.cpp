@@ -13,6 +13,7 @@
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <hwy/targets.h>
 
 #include <bit>
 #include <cmath>
@@ -46,6 +47,25 @@ struct SimdOn {
 fusion::SimdSteps steps_or_skip() {
   fusion::set_cpu_simd_for_testing(true);
   return fusion::cpu_simd_steps();
+}
+
+/// Runs fn(steps) once per target this CPU supports that has the vector steps (x86 with
+/// FMA: AVX2 and the AVX-512 ones), each forced in turn; returns how many ran.
+template <class Fn>
+int for_each_target(Fn fn) {
+  int ran = 0;
+  hwy::SetSupportedTargetsForTest(0);
+  for (int64_t m = hwy::SupportedTargets(); m != 0; m &= m - 1) {
+    hwy::SetSupportedTargetsForTest(m & -m);
+    const fusion::SimdSteps s = steps_or_skip();
+    if (!s.step) continue;
+    SCOPED_TRACE(s.target);
+    std::printf("vector steps built for %s\n", s.target);
+    fn(s);
+    ++ran;
+  }
+  hwy::SetSupportedTargetsForTest(0);
+  return ran;
 }
 
 bool same_f32(float a, float b) {
@@ -112,9 +132,6 @@ void check_op(const fusion::SimdSteps& s, const Instr& in, const std::vector<flo
 
 TEST(FusionCpuSimd, EveryVectorStepGivesTheScalarFormulasBits) {
   SimdOn restore;
-  const fusion::SimdSteps s = steps_or_skip();
-  if (!s.step) GTEST_SKIP() << "SKIPPED: this CPU has no x86 target with FMA (scalar loops only)";
-  std::printf("vector steps built for %s\n", s.target);
   const std::vector<float> x = swept_values();
   // Second and third operands: the same values in two other orders.
   std::vector<float> y = x, z = x;
@@ -124,67 +141,70 @@ TEST(FusionCpuSimd, EveryVectorStepGivesTheScalarFormulasBits) {
   // A share of equal operands (ties of min / max / compares) and signed zeros.
   for (size_t i = 0; i < y.size(); i += 7) y[i] = x[i];
   for (size_t i = 3; i < y.size(); i += 11) y[i] = -x[i];
-
+  // where's condition: mostly 0 / 1 as compares give, plus the swept values (NaN is true).
+  std::vector<float> cond = x;
+  for (size_t i = 0; i < cond.size(); ++i)
+    if (i % 3) cond[i] = (i % 3 == 1) ? 0.0f : 1.0f;
+  // Every target with the vector steps (AVX2 and AVX-512 differ in places: exp's scaling).
+  const int ran = for_each_target([&](const fusion::SimdSteps& s) {
 #define UN(op, expr) \
   check_op(          \
       s, f32_instr(Op::op), x, y, z, [](float a, float, float) { return expr; }, #op)
 #define BIN(op, expr) \
   check_op(           \
       s, f32_instr(Op::op), x, y, z, [](float a, float b, float) { return expr; }, #op)
-  UN(neg, lb_neg(a));
-  UN(abs, lb_abs(a));
-  UN(relu, lb_relu(a));
-  UN(sqrt, lb_sqrt(a));
-  UN(rsqrt, lb_rsqrt(a));
-  UN(exp, lb_exp(a));
-  UN(log, lb_log(a));
-  UN(tanh, lb_tanh(a));
-  UN(sigmoid, lb_sigmoid(a));
-  UN(silu, lb_silu(a));
-  UN(softplus, lb_softplus(a));
-  UN(gelu, lb_gelu_erf(a));
-  UN(gelu_tanh, lb_gelu_tanh(a));
-  check_op(
-      s, f32_instr(Op::cast, Dtype::bf16), x, y, z,
-      [](float a, float, float) { return float_of(lb_bf16_bits(a) << 16); }, "cast bf16");
-  check_op(
-      s, f32_instr(Op::cast, Dtype::f32), x, y, z, [](float a, float, float) { return a; },
-      "cast f32");
-  BIN(add, lb_add(a, b));
-  BIN(sub, lb_sub(a, b));
-  BIN(mul, lb_mul(a, b));
-  BIN(div, lb_div(a, b));
-  BIN(minimum, lb_min(a, b));
-  BIN(maximum, lb_max(a, b));
-  BIN(leaky_relu, lb_leaky_relu(a, b));
-  BIN(lt, lb_lt(a, b));
-  BIN(le, lb_le(a, b));
-  BIN(gt, lb_gt(a, b));
-  BIN(ge, lb_ge(a, b));
-  BIN(eq, lb_eq(a, b));
-  BIN(ne, lb_ne(a, b));
+    UN(neg, lb_neg(a));
+    UN(abs, lb_abs(a));
+    UN(relu, lb_relu(a));
+    UN(sqrt, lb_sqrt(a));
+    UN(rsqrt, lb_rsqrt(a));
+    UN(exp, lb_exp(a));
+    UN(log, lb_log(a));
+    UN(tanh, lb_tanh(a));
+    UN(sigmoid, lb_sigmoid(a));
+    UN(silu, lb_silu(a));
+    UN(softplus, lb_softplus(a));
+    UN(gelu, lb_gelu_erf(a));
+    UN(gelu_tanh, lb_gelu_tanh(a));
+    check_op(
+        s, f32_instr(Op::cast, Dtype::bf16), x, y, z,
+        [](float a, float, float) { return float_of(lb_bf16_bits(a) << 16); }, "cast bf16");
+    check_op(
+        s, f32_instr(Op::cast, Dtype::f32), x, y, z, [](float a, float, float) { return a; },
+        "cast f32");
+    BIN(add, lb_add(a, b));
+    BIN(sub, lb_sub(a, b));
+    BIN(mul, lb_mul(a, b));
+    BIN(div, lb_div(a, b));
+    BIN(minimum, lb_min(a, b));
+    BIN(maximum, lb_max(a, b));
+    BIN(leaky_relu, lb_leaky_relu(a, b));
+    BIN(lt, lb_lt(a, b));
+    BIN(le, lb_le(a, b));
+    BIN(gt, lb_gt(a, b));
+    BIN(ge, lb_ge(a, b));
+    BIN(eq, lb_eq(a, b));
+    BIN(ne, lb_ne(a, b));
 #undef UN
 #undef BIN
-  check_op(
-      s, f32_instr(Op::clamp), x, y, z, [](float a, float b, float c) { return lb_clamp(a, b, c); },
-      "clamp");
-  // where's condition: mostly 0 / 1 as compares give, plus the swept values (NaN is true).
-  std::vector<float> cond = x;
-  for (size_t i = 0; i < cond.size(); ++i)
-    if (i % 3) cond[i] = (i % 3 == 1) ? 0.0f : 1.0f;
-  check_op(
-      s, f32_instr(Op::where), cond, y, z,
-      [](float c, float a, float b) { return lb_where(c, a, b); }, "where");
+    check_op(
+        s, f32_instr(Op::clamp), x, y, z,
+        [](float a, float b, float c) { return lb_clamp(a, b, c); }, "clamp");
+    check_op(
+        s, f32_instr(Op::where), cond, y, z,
+        [](float c, float a, float b) { return lb_where(c, a, b); }, "where");
 
-  // pow and f64 steps are not vectorised: the step declines, touching nothing.
-  Instr pw = f32_instr(Op::pow);
-  pw.param = 2.5;
-  float o = 7.0f;
-  EXPECT_FALSE(s.step(pw, &o, x.data(), nullptr, nullptr, 1));
-  EXPECT_EQ(o, 7.0f);
-  Instr f64_add = f32_instr(Op::add);
-  f64_add.num = f64_add.arg_num = Num::f64;
-  EXPECT_FALSE(s.step(f64_add, &o, x.data(), x.data(), nullptr, 1));
+    // pow and f64 steps are not vectorised: the step declines, touching nothing.
+    Instr pw = f32_instr(Op::pow);
+    pw.param = 2.5;
+    float o = 7.0f;
+    EXPECT_FALSE(s.step(pw, &o, x.data(), nullptr, nullptr, 1));
+    EXPECT_EQ(o, 7.0f);
+    Instr f64_add = f32_instr(Op::add);
+    f64_add.num = f64_add.arg_num = Num::f64;
+    EXPECT_FALSE(s.step(f64_add, &o, x.data(), x.data(), nullptr, 1));
+  });
+  if (ran == 0) GTEST_SKIP() << "SKIPPED: this CPU has no x86 target with FMA (scalar loops only)";
 }
 
 // sigmoid / silu take e^-x scaled by vscalefps on AVX-512 with the clamp mirrored
@@ -192,21 +212,23 @@ TEST(FusionCpuSimd, EveryVectorStepGivesTheScalarFormulasBits) {
 // underflows (|x| in [64, 128]) and near zero (|x| below 2^-20) against the scalar formulas.
 TEST(FusionCpuSimd, SigmoidAndSiluAtTheEndsOfTheExponentRange) {
   SimdOn restore;
-  const fusion::SimdSteps s = steps_or_skip();
-  if (!s.step) GTEST_SKIP() << "SKIPPED: this CPU has no x86 target with FMA (scalar loops only)";
   std::vector<float> x;
   for (uint32_t b = 0x42800000u; b < 0x43000000u; ++b)  // [64, 128)
     for (uint32_t sign : {0u, 0x80000000u}) x.push_back(std::bit_cast<float>(b | sign));
   for (uint32_t b = 0; b < 0x35800000u; b += 97)  // [0, 2^-20), strided
     for (uint32_t sign : {0u, 0x80000000u}) x.push_back(std::bit_cast<float>(b | sign));
   const std::vector<float> none(x.size(), 0.0f);
-  check_op(
-      s, f32_instr(Op::sigmoid), x, none, none, [](float a, float, float) { return lb_sigmoid(a); },
-      "sigmoid");
-  check_op(
-      s, f32_instr(Op::silu), x, none, none, [](float a, float, float) { return lb_silu(a); },
-      "silu");
-  std::printf("sigmoid and silu: %zu values each\n", x.size());
+  // Every target: AVX-512 scales by vscalefps, AVX2 through the exponent's bits.
+  const int ran = for_each_target([&](const fusion::SimdSteps& s) {
+    check_op(
+        s, f32_instr(Op::sigmoid), x, none, none,
+        [](float a, float, float) { return lb_sigmoid(a); }, "sigmoid");
+    check_op(
+        s, f32_instr(Op::silu), x, none, none, [](float a, float, float) { return lb_silu(a); },
+        "silu");
+  });
+  if (ran == 0) GTEST_SKIP() << "SKIPPED: this CPU has no x86 target with FMA (scalar loops only)";
+  std::printf("sigmoid and silu: %zu values each, %d targets\n", x.size(), ran);
 }
 
 TEST(FusionCpuSimd, Bf16LoadAndStoreMatchNumeric) {
