@@ -329,7 +329,9 @@ def fuse(
                                                (the bits of quantize(fuse(expr), scheme))
         fuse(expr, out=arr)                 -> writes into arr (an array, or a
                                                QuantizedTensor: the epilogue), returns it
-        fuse([(out1, e1), (out2, e2)])      -> several outputs in one pass, in place
+        fuse([(out1, e1), (out2, e2)])      -> several outputs in one pass, in place (one of
+                                               them may be a QuantizedTensor: the epilogue
+                                               beside the others)
         fuse({out1: e1, out2: e2})          -> the same, for hashable outputs (torch
                                                tensors, QuantizedTensors; not NumPy arrays)
         fuse([e1, e2])                      -> a tuple of new arrays
