@@ -891,13 +891,17 @@ TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
     }
   }
   EXPECT_EQ(lane_runs, 7) << "every scheme takes the lane kernel";
-  // Other outputs beside the codes (a bf16 one, maybe transposed, and an f32 one): pass 1
-  // of every row kernel stores them, in 16-byte words (the vector and register-row
-  // kernels) or element by element (the strided kernel); the codes are unchanged.
+  // Other outputs beside the codes (a bf16 one, maybe transposed, and an f32 one; or an
+  // fp8 one, whose 1-byte elements make the groups 16 wide, and an f64 one): pass 1 of every
+  // row kernel stores them, in 16-byte words (the vector, register-row and lane kernels) or
+  // element by element (the strided kernel); the codes are unchanged.
   int side_cases = 0;
   for (const char* text : {"fp8e4m3:token", "int4:block32:asym", "nvfp4", "int8:token"}) {
     const QuantScheme scheme = QuantScheme::parse(text);
-    for (const bool transposed : {false, true}) {
+    for (const int config : {0, 1, 2}) {
+      const bool transposed = config == 1;
+      const Dtype d1 = config == 2 ? Dtype::f8e4m3fn : Dtype::bf16;
+      const Dtype d2 = config == 2 ? Dtype::f64 : Dtype::f32;
       const Shape shape{5, 192};
       const Shape base_shape = transposed ? Shape{192, 5} : shape;
       const QCase c = make_case(rng, shape, Dtype::bf16, side_cases);
@@ -908,10 +912,10 @@ TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
       };
       // The CPU epilogue's results (FusionQuantCpu checks them against the definition).
       const QuantizedTensor want = QuantizedTensor::allocate(scheme, shape);
-      Tensor w1 = Tensor::empty(base_shape, Dtype::bf16), w2 = Tensor::empty(shape, Dtype::f32);
+      Tensor w1 = Tensor::empty(base_shape, d1), w2 = Tensor::empty(shape, d2);
       fuse(with_sides(want.view(), c.value, view1(w1), w2, other, qpos));
       const QuantizedTensor got = QuantizedTensor::allocate(scheme, shape);
-      Tensor g1 = Tensor::empty(base_shape, Dtype::bf16), g2 = Tensor::empty(shape, Dtype::f32);
+      Tensor g1 = Tensor::empty(base_shape, d1), g2 = Tensor::empty(shape, d2);
       const FusedDesc d =
           FusedDesc::make(with_sides(got.view(), c.value, view1(g1), g2, other, qpos));
       const std::vector<fusion::Variant> variants = quant_variants(d);
@@ -926,8 +930,9 @@ TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
         unsigned long long flag[2] = {0, 0}, host[2] = {0, 0};
         emulate_call(d, v, shape, flag, host, size, param_bytes);
         if (HasFatalFailure()) return;
-        const std::string where = fmt::format("{} variant {}{}, quantized output at {}", text,
-                                              v.key(), transposed ? " (transposed)" : "", qpos % 3);
+        const std::string where = fmt::format(
+            "{} variant {}{}, outputs {} / {}, quantized output at {}", text, v.key(),
+            transposed ? " (transposed)" : "", dtype_name(d1), dtype_name(d2), qpos % 3);
         ASSERT_EQ(same_parts(want.view(), got.view()), "") << where;
         ASSERT_EQ(testing::compare_bytes(w1, g1), "") << where;
         ASSERT_EQ(testing::compare_bytes(w2, g2), "") << where;
