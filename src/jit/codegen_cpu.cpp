@@ -36,10 +36,10 @@ bool vector_op(Op op) {
 
 bool vector_dtype(Dtype d) { return d == Dtype::f32 || d == Dtype::bf16; }
 
-/// Fast-math replacements (FusedDesc::fast_math), on AVX-512 only (elsewhere the exact
-/// formulas serve): e^x as 2^(x log2 e) with a degree-6 polynomial on [-1/2, 1/2] and
-/// vscalefps, 1 / d as vrcp14ps with one Newton step (the denominators here are >= 1), and
-/// bf16 outputs by vcvtneps2bf16 where the CPU has AVX512-BF16 (which flushes subnormal
+/// Fast-math replacements (FusedDesc::fast_math), on AVX-512 and AVX2 (elsewhere the exact
+/// formulas serve): e^x as 2^(x log2 e) with a degree-4 polynomial on [-1/2, 1/2], scaled
+/// by vscalefps (AVX2: two exact power-of-two factors), sigmoid and silu by one division,
+/// and bf16 outputs by vcvtneps2bf16 where the CPU has AVX512-BF16 (which flushes subnormal
 /// values to zero). Errors: docs/jit.md.
 constexpr const char* kFastMath = R"(
 #if HWY_TARGET <= HWY_AVX3
@@ -75,6 +75,41 @@ HWY_INLINE V fast_op_sigmoid(V x) {
 HWY_INLINE V fast_op_silu(V x) { return V{_mm512_div_ps(x.raw, fast_one_plus_exp_neg(x))}; }
 HWY_INLINE V fast_op_exp(V x) {
   return V{fast_exp2(_mm512_mul_ps(x.raw, _mm512_set1_ps(1.44269504088896341f)))};
+}
+#elif HWY_TARGET <= HWY_AVX2
+#define LB_FAST 1
+/// AVX2: the same polynomial; 2^round(y) in two exact steps 2^k1 2^k2 (k1 = k >> 1, each
+/// factor a normal number for k in [-150, 128]), so that the product rounds once, as
+/// vscalefps does.
+HWY_INLINE __m256 fast_exp2(__m256 y) {
+  y = _mm256_min_ps(_mm256_set1_ps(128.0f), y);
+  y = _mm256_max_ps(_mm256_set1_ps(-150.0f), y);
+  const __m256 k = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_sub_ps(y, k);
+  __m256 p = _mm256_set1_ps(9.582830106e-3f);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.590639966e-2f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402409885e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931241964e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  const __m256i ki = _mm256_cvtps_epi32(k);  // exact: k is an integer (NaN: see below)
+  const __m256i k1 = _mm256_srai_epi32(ki, 1);
+  const __m256i k2 = _mm256_sub_epi32(ki, k1);
+  const __m256i bias = _mm256_set1_epi32(127);
+  const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k1, bias), 23));
+  const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k2, bias), 23));
+  // A NaN y gives a NaN p (and garbage scales): the product stays NaN.
+  return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+}
+HWY_INLINE __m256 fast_one_plus_exp_neg(V x) {
+  return _mm256_add_ps(fast_exp2(_mm256_mul_ps(x.raw, _mm256_set1_ps(-1.44269504088896341f))),
+                       _mm256_set1_ps(1.0f));
+}
+HWY_INLINE V fast_op_sigmoid(V x) {
+  return V{_mm256_div_ps(_mm256_set1_ps(1.0f), fast_one_plus_exp_neg(x))};
+}
+HWY_INLINE V fast_op_silu(V x) { return V{_mm256_div_ps(x.raw, fast_one_plus_exp_neg(x))}; }
+HWY_INLINE V fast_op_exp(V x) {
+  return V{fast_exp2(_mm256_mul_ps(x.raw, _mm256_set1_ps(1.44269504088896341f)))};
 }
 #endif
 )";

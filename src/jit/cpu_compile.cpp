@@ -160,6 +160,10 @@ CpuToolchain find_toolchain() {
   t.flags =
       "-std=c++17 -O3 -march=native -DHWY_COMPILE_ONLY_STATIC=1 -ffp-contract=off "
       "-fno-math-errno -fPIC -shared -w";
+  // More flags, after lowbit's (part of every key, as the flags are): e.g. -mno-avx512f
+  // builds the AVX2 kernels on an AVX-512 machine (the tests run them so).
+  if (const char* extra = std::getenv("LOWBIT_JIT_CXXFLAGS"); extra && *extra)
+    t.flags += std::string(" ") + extra;
   t.cpu = cpu_identity();
   return t;
 #endif

@@ -71,9 +71,9 @@ class FusedCpuJit final : public Kernel<FusedOp> {
   PrecisionGuarantee precision(const FusedDesc& d) const override {
     if (d.fast_math)
       return {
-          "f32 math, one rounding per output; opt-in fast math: exp, sigmoid and silu "
-          "through an approximate exp (2^f by a degree-6 polynomial) and reciprocal "
-          "(rcp14 and a Newton step), within a few f32 ulp (docs/jit.md); bf16 outputs "
+          "f32 math, one rounding per output; opt-in fast math (AVX-512 and AVX2): exp, "
+          "sigmoid and silu through an approximate exp (2^f by a degree-4 polynomial), "
+          "relative error <= 7e-6 (docs/jit.md), multiply-adds contracted; bf16 outputs "
           "by vcvtneps2bf16 where the CPU has it (subnormals flushed to zero)",
           std::nullopt, true, false};
     return {
