@@ -484,6 +484,12 @@ class FusedCuda final : public Kernel<FusedOp> {
       const int group = v.vec ? fusion::generate_cuda(*d.program, v, false).group : 1;
       if (v.vec && K % group != 0) v.vec = false;
       which = (v.vec ? 0 : 1) + (qstore ? 2 : 0);
+      // The register-row, lane and recomputing kernels store a unit's G codes at once: the
+      // codes' pointer must allow that store.
+      const int code_bytes = is_packed(d.scheme.code_dtype()) ? group / 2 : group;
+      const bool unit_stores =
+          v.vec && code_bytes >= 2 &&
+          reinterpret_cast<uintptr_t>(q.codes.data()) % static_cast<uintptr_t>(code_bytes) == 0;
       // Per-row scales on whole groups with fast math: the row in registers when it fits (at
       // most g_quant_reg_units groups of G elements per thread) and the codes' pointer allows
       // one store per group. Exact programs take the shared-memory row kernel: measured on
@@ -492,40 +498,31 @@ class FusedCuda final : public Kernel<FusedOp> {
       // 92.6% and 89.6% in registers (4 groups per thread, 3 blocks per SM); fast math 99.0%
       // there and 101.1% in registers. (With one resident grid, session 21, the register
       // rows had been the faster exact: 86.5% against 86.1%.)
-      if (v.vec && !block &&
+      if (unit_stores && !block &&
           (d.fast_math || fusion::g_quant_reg_exact.load(std::memory_order_relaxed))) {
         const int64_t units = K / group;
         const int64_t r = (units + fusion::kThreads - 1) / fusion::kThreads;
-        const int64_t limit = fusion::g_quant_reg_units.load(std::memory_order_relaxed);
-        const int code_bytes = is_packed(d.scheme.code_dtype()) ? group / 2 : group;
-        if (r <= limit && code_bytes >= 2 &&
-            reinterpret_cast<uintptr_t>(q.codes.data()) % static_cast<uintptr_t>(code_bytes) == 0) {
+        if (r <= fusion::g_quant_reg_units.load(std::memory_order_relaxed)) {
           v.qreg = static_cast<int>(r);
           threads = static_cast<unsigned>((units + r - 1) / r + 31) / 32 * 32;
           which = 4;
         }
       }
       // Per-block groups of at most a warp's units: the element-wise lane kernel (no rows, no
-      // shared memory), where the codes' pointer allows one store per unit.
-      if (v.vec && block && fusion::g_quant_lane.load(std::memory_order_relaxed)) {
+      // shared memory).
+      if (unit_stores && block && fusion::g_quant_lane.load(std::memory_order_relaxed)) {
         const int b = d.scheme.block;
-        const int code_bytes = is_packed(d.scheme.code_dtype()) ? group / 2 : group;
-        if (b % group == 0 && b / group <= 32 && 32 % (b / group) == 0 && code_bytes >= 2 &&
-            reinterpret_cast<uintptr_t>(q.codes.data()) % static_cast<uintptr_t>(code_bytes) == 0) {
+        if (b % group == 0 && b / group <= 32 && 32 % (b / group) == 0) {
           v.qlane = true;
           v.qstore = false;
           which = 5;
         }
       }
       // Per-row groups over rows longer than shared memory holds (4 bytes per value): the
-      // recomputing row kernel, whose second pass evaluates the row again (vec, and the
-      // codes' pointer allowing one store per unit).
-      if (v.vec && !block && v.qreg == 0) {
-        const int code_bytes = is_packed(d.scheme.code_dtype()) ? group / 2 : group;
+      // recomputing row kernel, whose second pass evaluates the row again.
+      if (unit_stores && !block && v.qreg == 0) {
         const bool long_rows = 4 * K > fusion::device_info(d.device.index).smem_optin - 1024;
-        if ((long_rows || fusion::g_quant_recompute_always.load(std::memory_order_relaxed)) &&
-            code_bytes >= 2 &&
-            reinterpret_cast<uintptr_t>(q.codes.data()) % static_cast<uintptr_t>(code_bytes) == 0) {
+        if (long_rows || fusion::g_quant_recompute_always.load(std::memory_order_relaxed)) {
           v.qrecompute = true;
           v.qstore = false;
           which = 6;
