@@ -42,75 +42,44 @@ bool vector_dtype(Dtype d) { return d == Dtype::f32 || d == Dtype::bf16; }
 /// and bf16 outputs by vcvtneps2bf16 where the CPU has AVX512-BF16 (which flushes subnormal
 /// values to zero). Errors: docs/jit.md.
 constexpr const char* kFastMath = R"(
-#if HWY_TARGET <= HWY_AVX3
+#if HWY_TARGET <= HWY_AVX2
 #define LB_FAST 1
 /// 2^y for y clamped to [-150, 128] (NaN passes): 0 below, infinity above, as e^x
 /// underflows and overflows. 2^f on [-0.5, 0.5] by a degree-4 minimax polynomial (relative
 /// error 2.9e-6 in f32; with the rounding of x log2 e, e^x within 6.5e-6 for |x| <= 88,
-/// tighter than CUDA's __expf there), scaled by 2^round(y). (Degree 5, 1.8e-7, took 7% more
-/// time for chain8; f = y - floor(y) by vreduceps with scalef by y itself, 1-2% more.)
-HWY_INLINE __m512 fast_exp2(__m512 y) {
-  y = _mm512_min_ps(_mm512_set1_ps(128.0f), y);
-  y = _mm512_max_ps(_mm512_set1_ps(-150.0f), y);
-  const __m512 k = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(y, k);
-  __m512 p = _mm512_set1_ps(9.582830106e-3f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.590639966e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402409885e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931241964e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, k);
+/// tighter than CUDA's __expf there), scaled by 2^round(y): vscalefps on AVX-512; on AVX2
+/// two exact power-of-two factors 2^k1 2^k2 (k1 = k >> 1, each normal for k in [-150, 128]),
+/// so that the product rounds once there too. (Degree 5, 1.8e-7, took 7% more time for
+/// chain8; f = y - floor(y) by vreduceps with scalef by y itself, 1-2% more.)
+HWY_INLINE V fast_exp2(V y) {
+  y = gt_select(F(-150.0f), lt_select(F(128.0f), y));
+  const V k = hn::Round(y);
+  const V f = y - k;
+  V p = F(9.582830106e-3f);
+  p = hn::MulAdd(p, f, F(5.590639966e-2f));
+  p = hn::MulAdd(p, f, F(2.402409885e-1f));
+  p = hn::MulAdd(p, f, F(6.931241964e-1f));
+  p = hn::MulAdd(p, f, F(1.0f));
+#if HWY_TARGET <= HWY_AVX3
+  return V{_mm512_scalef_ps(p.raw, k.raw)};
+#else
+  // A NaN y gives a NaN p (and garbage scales): the product stays NaN.
+  const VI ki{_mm256_cvtps_epi32(k.raw)};  // k is an integer: no rounding, no fix-up
+  const VI k1 = hn::ShiftRight<1>(ki);
+  return (p * from_bits(hn::ShiftLeft<23>(k1 + I(127)))) *
+         from_bits(hn::ShiftLeft<23>(ki - k1 + I(127)));
+#endif
 }
 /// 1 / (1 + e^-x) and x / (1 + e^-x) by one division: 2^y for y >= 128 is infinity, where
 /// the quotient is 0 (or NaN for silu(-inf), as -inf / inf is in the exact form); NaN
 /// passes. (A division per vector costs less on Zen 4 than the rcp14, Newton step, range mask
 /// and multiply it replaced: chain8 in cache 0.281 against 0.315 ns per element.)
-HWY_INLINE __m512 fast_one_plus_exp_neg(V x) {
-  return _mm512_add_ps(fast_exp2(_mm512_mul_ps(x.raw, _mm512_set1_ps(-1.44269504088896341f))),
-                       _mm512_set1_ps(1.0f));
+HWY_INLINE V fast_one_plus_exp_neg(V x) {
+  return fast_exp2(x * F(-1.44269504088896341f)) + F(1.0f);
 }
-HWY_INLINE V fast_op_sigmoid(V x) {
-  return V{_mm512_div_ps(_mm512_set1_ps(1.0f), fast_one_plus_exp_neg(x))};
-}
-HWY_INLINE V fast_op_silu(V x) { return V{_mm512_div_ps(x.raw, fast_one_plus_exp_neg(x))}; }
-HWY_INLINE V fast_op_exp(V x) {
-  return V{fast_exp2(_mm512_mul_ps(x.raw, _mm512_set1_ps(1.44269504088896341f)))};
-}
-#elif HWY_TARGET <= HWY_AVX2
-#define LB_FAST 1
-/// AVX2: the same polynomial; 2^round(y) in two exact steps 2^k1 2^k2 (k1 = k >> 1, each
-/// factor a normal number for k in [-150, 128]), so that the product rounds once, as
-/// vscalefps does.
-HWY_INLINE __m256 fast_exp2(__m256 y) {
-  y = _mm256_min_ps(_mm256_set1_ps(128.0f), y);
-  y = _mm256_max_ps(_mm256_set1_ps(-150.0f), y);
-  const __m256 k = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 f = _mm256_sub_ps(y, k);
-  __m256 p = _mm256_set1_ps(9.582830106e-3f);
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.590639966e-2f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402409885e-1f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931241964e-1f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
-  const __m256i ki = _mm256_cvtps_epi32(k);  // exact: k is an integer (NaN: see below)
-  const __m256i k1 = _mm256_srai_epi32(ki, 1);
-  const __m256i k2 = _mm256_sub_epi32(ki, k1);
-  const __m256i bias = _mm256_set1_epi32(127);
-  const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k1, bias), 23));
-  const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k2, bias), 23));
-  // A NaN y gives a NaN p (and garbage scales): the product stays NaN.
-  return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
-}
-HWY_INLINE __m256 fast_one_plus_exp_neg(V x) {
-  return _mm256_add_ps(fast_exp2(_mm256_mul_ps(x.raw, _mm256_set1_ps(-1.44269504088896341f))),
-                       _mm256_set1_ps(1.0f));
-}
-HWY_INLINE V fast_op_sigmoid(V x) {
-  return V{_mm256_div_ps(_mm256_set1_ps(1.0f), fast_one_plus_exp_neg(x))};
-}
-HWY_INLINE V fast_op_silu(V x) { return V{_mm256_div_ps(x.raw, fast_one_plus_exp_neg(x))}; }
-HWY_INLINE V fast_op_exp(V x) {
-  return V{fast_exp2(_mm256_mul_ps(x.raw, _mm256_set1_ps(1.44269504088896341f)))};
-}
+HWY_INLINE V fast_op_sigmoid(V x) { return F(1.0f) / fast_one_plus_exp_neg(x); }
+HWY_INLINE V fast_op_silu(V x) { return x / fast_one_plus_exp_neg(x); }
+HWY_INLINE V fast_op_exp(V x) { return fast_exp2(x * F(1.44269504088896341f)); }
 #endif
 )";
 

@@ -1226,6 +1226,34 @@ struct Gen {
     return s + indent + "}\n" + indent + "(void)a; (void)lo; (void)hi;\n";
   }
 
+  /// Declarations of the full inputs' vector arrays <arr><k>[] for groups of g elements.
+  std::string declare_vectors(const std::string& arr, int g, const std::string& indent) const {
+    std::string s;
+    for (size_t k = 0; k < ni; ++k)
+      if (v.cls[k] == Layout::Class::full)
+        s += fmt::format("{}uint4 {}{}[{}];\n", indent, arr, k, vecs(p.input_dtypes[k], g));
+    return s;
+  }
+
+  /// Loads of the full inputs' 16-byte vectors of group `grp` (an index expression) into
+  /// <arr><k>[]: evict-first (lbrt::ldcs) for data read once, plain for data read again
+  /// soon; zeros where `guard` (an expression, if given) is false.
+  std::string load_vectors(const std::string& arr, const std::string& grp, int g, bool evict_first,
+                           const std::string& indent, const std::string& guard = {}) const {
+    std::string s;
+    for (size_t k = 0; k < ni; ++k) {
+      if (v.cls[k] != Layout::Class::full) continue;
+      const int vk = vecs(p.input_dtypes[k], g);
+      std::string src = evict_first
+                            ? fmt::format("lbrt::ldcs(p.in[{}], ({}) * {} + w)", k, grp, vk)
+                            : fmt::format("((const uint4*)p.in[{}])[({}) * {} + w]", k, grp, vk);
+      if (!guard.empty()) src = fmt::format("{} ? {} : make_uint4(0u, 0u, 0u, 0u)", guard, src);
+      s += fmt::format("#pragma unroll\n{}for (int w = 0; w < {}; ++w) {}{}[w] = {};\n", indent, vk,
+                       arr, k, src);
+    }
+    return s;
+  }
+
   /// The current group's vectors r<k>[] of the full inputs: copies of q<k>[], so that the
   /// next group's loads into q<k>[] can be issued before this one is computed.
   std::string take_vectors(int g, const std::string& indent) const {
@@ -1286,20 +1314,9 @@ struct Gen {
     if (v.vec) {
       // The next unit's vectors load while this one is computed.
       auto load = [&](const std::string& unit, const std::string& indent) {
-        std::string l;
-        for (size_t k = 0; k < ni; ++k) {
-          if (v.cls[k] != Layout::Class::full) continue;
-          const int vk = vecs(p.input_dtypes[k], g);
-          l += fmt::format(
-              "#pragma unroll\n{4}for (int w = 0; w < {1}; ++w) q{0}[w] = "
-              "((const uint4*)p.in[{0}])[(base / {2} + ({3})) * {1} + w];\n",
-              k, vk, g, unit, indent);
-        }
-        return l;
+        return load_vectors("q", fmt::format("base / {} + ({})", g, unit), g, false, indent);
       };
-      for (size_t k = 0; k < ni; ++k)
-        if (v.cls[k] == Layout::Class::full)
-          s += fmt::format("    uint4 q{}[{}];\n", k, vecs(p.input_dtypes[k], g));
+      s += declare_vectors("q", g, "    ");
       s += fmt::format("    if (threadIdx.x < K / {}) {{\n", g);
       s += load("threadIdx.x", "      ");
       s += "    }\n";
@@ -1408,14 +1425,7 @@ struct Gen {
           "    for ({0} u = threadIdx.x; u < K / {1}; u += blockDim.x) {{\n"
           "      const {0} g = base / {1} + u;\n",
           idx, g);
-      for (size_t k = 0; k < ni; ++k) {
-        if (v.cls[k] != Layout::Class::full) continue;
-        const int vk = vecs(p.input_dtypes[k], g);
-        s += fmt::format(
-            "      uint4 r{0}[{1}];\n#pragma unroll\n      for (int w = 0; w < {1}; ++w) r{0}[w] = "
-            "((const uint4*)p.in[{0}])[g * {1} + w];\n",
-            k, vk);
-      }
+      s += declare_vectors("r", g, "      ") + load_vectors("r", "g", g, false, "      ");
       s += fmt::format("      float lbq_x[{}];\n", g);
       s += fmt::format("#pragma unroll{}\n      for (int j = 0; j < {}; ++j) {{\n",
                        rolled(g) ? " 1" : "", g);
@@ -1488,20 +1498,9 @@ struct Gen {
     if (v.vec) {
       s += fmt::format("  const {0} full = n / {1};\n", idx, g);
       auto load = [&](const std::string& group, const std::string& indent) {
-        std::string l;
-        for (size_t k = 0; k < ni; ++k) {
-          if (v.cls[k] != Layout::Class::full) continue;
-          const int vk = vecs(p.input_dtypes[k], g);
-          l += fmt::format(
-              "#pragma unroll\n{3}for (int w = 0; w < {1}; ++w) q{0}[w] = lbrt::ldcs(p.in[{0}], "
-              "({2}) * {1} + w);\n",
-              k, vk, group, indent);
-        }
-        return l;
+        return load_vectors("q", group, g, true, indent);
       };
-      for (size_t k = 0; k < ni; ++k)
-        if (v.cls[k] == Layout::Class::full)
-          s += fmt::format("  uint4 q{}[{}];\n", k, vecs(p.input_dtypes[k], g));
+      s += declare_vectors("q", g, "  ");
       s += "  if (tid < full) {\n" + load("tid", "    ") + "  }\n";
       s += fmt::format("  for ({} g = tid; g < full; g += nthreads) {{\n", idx);
       s += take_vectors(g, "    ");
@@ -1699,25 +1698,12 @@ struct Gen {
         "  for ({0} u0 = ({0})blockIdx.x * blockDim.x; u0 < full; u0 += nthreads) {{\n"
         "    const {0} g = u0 + threadIdx.x;\n    const bool act = g < full;\n",
         idx);
-    for (size_t k = 0; k < ni; ++k) {
-      if (v.cls[k] != Layout::Class::full) continue;
-      const int vk = vecs(p.input_dtypes[k], g);
-      s += fmt::format(
-          "    uint4 r{0}[{1}];\n#pragma unroll\n    for (int w = 0; w < {1}; ++w) r{0}[w] = act ? "
-          "lbrt::ldcs(p.in[{0}], g * {1} + w) : make_uint4(0u, 0u, 0u, 0u);\n",
-          k, vk);
-    }
+    s += declare_vectors("r", g, "    ") + load_vectors("r", "g", g, true, "    ", "act");
     s += output_words(g, "    ");
     s += fmt::format("    float lbq_x[{}];\n", g);
     s += "    float lbq_a = 0.0f, lbq_lo = 0.0f, lbq_hi = 0.0f;\n";
     s += fmt::format("#pragma unroll\n    for (int j = 0; j < {}; ++j) {{\n", g);
-    for (size_t k = 0; k < ni; ++k) {
-      if (v.cls[k] != Layout::Class::full) continue;
-      const Dtype d = p.input_dtypes[k];
-      s += fmt::format("      const {} x{} = {};\n", num_type(input_num(k)), k,
-                       decode(d, lane(d, fmt::format("r{}", k), "j", g, false)));
-    }
-    s += declare_outputs("      ") + "      " + eval_call() + "\n";
+    s += group_element(g, "      ");
     s += put_outputs(g, false, "      ");
     s += fmt::format("      const float v = {};\n      lbq_x[j] = v;\n",
                      quant_value(fmt::format("y{}", p.quantized_output)));

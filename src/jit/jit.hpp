@@ -210,6 +210,16 @@ struct Variant {
   /// FusedDesc::fast_math: approximate exp / division and contraction (other NVRTC flags).
   bool fast = false;
   std::string key() const;
+  /// The statistics kernel (qstats) of the same path (vec / strided) as this epilogue kernel.
+  Variant stats_variant() const {
+    Variant s = *this;
+    s.qstore = false;
+    s.qreg = 0;
+    s.qlane = false;
+    s.qrecompute = false;
+    s.qstats = true;
+    return s;
+  }
   friend bool operator==(const Variant&, const Variant&) = default;
 };
 
@@ -230,6 +240,7 @@ struct KernelSource {
 /// up to 4 units per thread. 10: the epilogue records a deferred check's refusal itself;
 /// 11: the vector kernel's stores with the evict-first hint (lbrt::stcs). 12: nvfp4
 /// epilogues (the statistics kernel; Params::qamax / qglobal in every quantize epilogue).
+/// 13: other outputs beside the quantized one; the lane and recomputing epilogue kernels.
 inline constexpr int kCodegenVersion = 13;
 inline constexpr int kThreads = 256;
 /// The kernel of `program` for `variant` (with with_code false: only its shape fields).
@@ -420,7 +431,7 @@ struct PlanState {
   static constexpr int kSlots = 7;
   std::shared_ptr<const ResolvedKernel> kernels[2 * kSlots];
   /// nvfp4 epilogues' statistics kernels: vec / strided, + 2 with fast math.
-  std::shared_ptr<const ResolvedKernel> stats_kernels[2 * kSlots];
+  std::shared_ptr<const ResolvedKernel> stats_kernels[4];
   /// The quantize epilogue's blocks per SM (they depend on the row length: per descriptor).
   int quant_blocks_per_sm[2 * kSlots] = {};
   std::string arch;

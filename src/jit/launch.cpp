@@ -577,14 +577,10 @@ class FusedCuda final : public Kernel<FusedOp> {
       const fusion::ResolvedKernel* sk;
       {
         std::lock_guard<std::mutex> lock(st.mutex);
-        const int slot = (d.fast_math ? fusion::PlanState::kSlots : 0) + (variant.vec ? 0 : 1);
-        if (!st.stats_kernels[slot]) {
-          fusion::Variant sv = variant;
-          sv.qstore = false;
-          sv.qreg = 0;
-          sv.qstats = true;
-          st.stats_kernels[slot] = fusion::resolve_kernel(d.program, sv, st.arch);
-        }
+        const int slot = (d.fast_math ? 2 : 0) + (variant.vec ? 0 : 1);
+        if (!st.stats_kernels[slot])
+          st.stats_kernels[slot] =
+              fusion::resolve_kernel(d.program, variant.stats_variant(), st.arch);
         sk = st.stats_kernels[slot].get();
       }
       fusion::pack_params(*d.program, sk->variant, L, a, nullptr, nullptr, params, amax);

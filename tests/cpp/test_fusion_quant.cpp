@@ -535,11 +535,8 @@ std::vector<fusion::Variant> quant_variants(const FusedDesc& d) {
       v.qstore = qstore;
       if (qstore && !(K % 4 == 0 && (!block || d.scheme.block % 4 == 0))) continue;
       out.push_back(v);
-      if (d.scheme.format == QuantFormat::nvfp4 && !qstore) {  // its statistics kernel
-        fusion::Variant sv = v;
-        sv.qstats = true;
-        out.push_back(sv);
-      }
+      if (d.scheme.format == QuantFormat::nvfp4 && !qstore)  // its statistics kernel
+        out.push_back(v.stats_variant());
       // Per-row groups: the recomputing row kernel (launch.cpp takes it for rows longer
       // than shared memory holds).
       if (v.vec && !block && !qstore) {
@@ -808,14 +805,8 @@ TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
                           int& param_bytes) {
     unsigned amax[4] = {0, 0, 0, 0};
     if (d.scheme.format == QuantFormat::nvfp4) {
-      fusion::Variant sv = v;
-      sv.qstore = false;
-      sv.qlane = false;
-      sv.qrecompute = false;
-      sv.qreg = 0;
-      sv.qstats = true;
       unsigned long long none[2] = {0, 0};
-      emulate(d, sv, shape, none, nullptr, size, param_bytes, amax);
+      emulate(d, v.stats_variant(), shape, none, nullptr, size, param_bytes, amax);
       if (HasFatalFailure()) return;
     }
     emulate(d, v, shape, flag, host, size, param_bytes, amax);
@@ -842,10 +833,7 @@ TEST(FusionQuantCodegen, RowKernelsRunOnAHostEmulator) {
       unsigned amax[4] = {0, 0, 0, 0};
       if (scheme.format == QuantFormat::nvfp4) {
         // The statistics kernel of the same path (vec / strided), then the row kernel.
-        fusion::Variant sv = v;
-        sv.qstore = false;
-        sv.qlane = false;
-        sv.qstats = true;
+        const fusion::Variant sv = v.stats_variant();
         ASSERT_NE(std::find(variants.begin(), variants.end(), sv), variants.end());
         unsigned long long none[2] = {0, 0};
         emulate(d, sv, shape, none, nullptr, size, param_bytes, amax);
